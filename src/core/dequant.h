@@ -1,0 +1,14 @@
+// Plain reference dequantizers, one per supported GGUF type. These define what a quantized
+// tensor means; every optimized kernel is tested against them.
+#pragma once
+#include <cstdint>
+
+#include "core/ggml_types.h"
+
+namespace duo {
+
+// Writes n floats decoded from `src` (which holds n elements of `type`; n a multiple of
+// the block size). Throws duo::Error for a type without a dequantizer.
+void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n);
+
+}  // namespace duo
