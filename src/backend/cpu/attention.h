@@ -1,0 +1,33 @@
+// Attention of a chunk of queries over KV segments with a per-head mask policy (causal for
+// retrieval heads, Λ sink+recent for streaming heads). One routine serves pre-fill (many
+// queries) and decode (one query, keys split across threads), for every attention mode.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "kv/head_policy.h"
+#include "kv/kv_cache.h"
+
+namespace duo {
+
+class ThreadPool;
+
+struct AttentionArgs {
+  const float* q = nullptr;  // n x (n_heads * head_dim), RoPE applied
+  float* out = nullptr;      // n x (n_heads * head_dim)
+  int64_t n = 0;             // queries, at positions pos0 .. pos0 + n - 1
+  int64_t pos0 = 0;
+  int n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  // For each KV head: the segments it may attend to (cached positions and the chunk itself),
+  // and the head's kind. Query head h uses KV head h / (n_heads / n_kv_heads).
+  const std::vector<std::vector<KvSegment>>* segments = nullptr;
+  const std::vector<HeadKind>* kinds = nullptr;
+  StreamingWindow window;
+};
+
+// Plain reference: one query, one key at a time, double accumulation.
+void attention_ref(const AttentionArgs& a);
+// Blocked online-softmax version, multithreaded.
+void attention(const AttentionArgs& a, ThreadPool& pool);
+
+}  // namespace duo

@@ -1,0 +1,111 @@
+#include "backend/cpu/ops.h"
+
+#include <cmath>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+namespace duo {
+
+void rmsnorm(const float* x, const float* w, float* y, int n, float eps) {
+  float ss = 0.0f;
+  for (int i = 0; i < n; ++i) ss += x[i] * x[i];
+  const float scale = 1.0f / std::sqrt(ss / (float)n + eps);
+  for (int i = 0; i < n; ++i) y[i] = x[i] * scale * w[i];
+}
+
+void rope(float* v, int n_dims, int pos, const float* inv_freq, RopeStyle style) {
+  const int half = n_dims / 2;
+  for (int i = 0; i < half; ++i) {
+    const float angle = (float)pos * inv_freq[i];
+    const float c = std::cos(angle), s = std::sin(angle);
+    const int a = style == RopeStyle::Interleaved ? 2 * i : i;
+    const int b = style == RopeStyle::Interleaved ? 2 * i + 1 : i + half;
+    const float x0 = v[a], x1 = v[b];
+    v[a] = x0 * c - x1 * s;
+    v[b] = x0 * s + x1 * c;
+  }
+}
+
+void swiglu(const float* gate, const float* up, float* out, int n) {
+  int i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  // silu(g) = g / (1 + exp(-g)); exp via the vector routine on a small stack block.
+  float buf[64];
+  for (; i + 64 <= n; i += 64) {
+    for (int j = 0; j < 64; ++j) buf[j] = -gate[i + j];
+    exp_inplace(buf, 64);
+    for (int j = 0; j < 64; ++j) out[i + j] = gate[i + j] / (1.0f + buf[j]) * up[i + j];
+  }
+#endif
+  for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+void add_inplace(float* y, const float* x, int n) {
+  for (int i = 0; i < n; ++i) y[i] += x[i];
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+// exp(x) = 2^k * exp(r), r = x - k ln2 in [-ln2/2, ln2/2], exp(r) by a degree-6 polynomial.
+static inline __m256 exp256(__m256 x) {
+  const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365447504f);
+  x = _mm256_max_ps(_mm256_min_ps(x, hi), lo);
+  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // Two-part ln2 keeps r accurate.
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  const __m256 r2 = _mm256_mul_ps(r, r);
+  p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+#endif
+
+void exp_inplace(float* x, int n) {
+  int i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, exp256(_mm256_loadu_ps(x + i)));
+#endif
+  for (; i < n; ++i) x[i] = std::exp(x[i]);
+}
+
+void softmax(float* x, int n) {
+  float m = -INFINITY;
+  for (int i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  for (int i = 0; i < n; ++i) x[i] -= m;
+  exp_inplace(x, n);
+  float s = 0.0f;
+  for (int i = 0; i < n; ++i) s += x[i];
+  const float inv = 1.0f / s;
+  for (int i = 0; i < n; ++i) x[i] *= inv;
+}
+
+float dot_f32(const float* a, const float* b, int n) {
+  int i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+  }
+  acc0 = _mm256_add_ps(acc0, acc1);
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc0), _mm256_extractf128_ps(acc0, 1));
+  s = _mm_hadd_ps(s, s);
+  s = _mm_hadd_ps(s, s);
+  float r = _mm_cvtss_f32(s);
+#else
+  float r = 0.0f;
+#endif
+  for (; i < n; ++i) r += a[i] * b[i];
+  return r;
+}
+
+}  // namespace duo

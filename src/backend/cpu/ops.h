@@ -1,0 +1,32 @@
+// Element-wise and row-wise CPU ops of the llama-family forward. Each has the obvious
+// plain meaning; the loops are written so the compiler vectorizes them.
+#pragma once
+#include <cstdint>
+
+#include "model/config.h"
+
+namespace duo {
+
+// y[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]  for one row of n.
+void rmsnorm(const float* x, const float* w, float* y, int n, float eps);
+
+// Rotates one head vector (n_dims values) in place for position `pos`.
+// inv_freq[i] = theta^(-2i/n_dims) / factor[i], precomputed by the caller (n_dims/2 values).
+void rope(float* v, int n_dims, int pos, const float* inv_freq, RopeStyle style);
+
+// out[i] = silu(gate[i]) * up[i]
+void swiglu(const float* gate, const float* up, float* out, int n);
+
+// y[i] += x[i]
+void add_inplace(float* y, const float* x, int n);
+
+// exp of n values in place (vectorized polynomial; max rel. error ~2e-7 on [-87, 88]).
+void exp_inplace(float* x, int n);
+
+// Numerically stable softmax of one row in place.
+void softmax(float* x, int n);
+
+// dot product of two float vectors
+float dot_f32(const float* a, const float* b, int n);
+
+}  // namespace duo

@@ -1,0 +1,35 @@
+// Which KV heads keep everything (retrieval heads) and which keep only attention sinks plus
+// a recent window (streaming heads). This is the seam DuoAttention plugs into: the same
+// forward runs `full` (all retrieval), `streaming` (all streaming) and `duo` (a pattern).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace duo {
+
+enum class HeadKind : uint8_t { Retrieval, Streaming };
+
+// Streaming heads see key positions j <= i with j < sink or j > i - recent (a Λ-shaped mask).
+struct StreamingWindow {
+  int sink = 64;
+  int recent = 256;
+};
+
+struct HeadPlan {
+  StreamingWindow window;
+  std::vector<std::vector<HeadKind>> kinds;  // [layer][kv head]
+
+  static HeadPlan uniform(int n_layers, int n_kv_heads, HeadKind kind, StreamingWindow w = {}) {
+    HeadPlan p;
+    p.window = w;
+    p.kinds.assign(n_layers, std::vector<HeadKind>(n_kv_heads, kind));
+    return p;
+  }
+  // Is key position j visible to a query at position i for a head of this kind?
+  bool visible(HeadKind kind, int64_t i, int64_t j) const {
+    if (j > i) return false;
+    return kind == HeadKind::Retrieval || j < window.sink || j > i - window.recent;
+  }
+};
+
+}  // namespace duo

@@ -1,0 +1,36 @@
+// Hyper-parameters of a llama-family model, read from GGUF metadata and checked for sanity.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace duo {
+
+class GgufFile;
+
+// How RoPE pairs the dimensions of a head: llama GGUF files use adjacent pairs (2i, 2i+1)
+// (the converter permutes Q/K for it); qwen2 keeps HF's rotate-half layout (i, i + d/2).
+enum class RopeStyle { Interleaved, Neox };
+
+struct ModelConfig {
+  std::string arch;  // "llama" or "qwen2"
+  std::string name;
+  int n_layers = 0;
+  int n_embd = 0;
+  int n_ff = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  int n_rot = 0;  // rotated dimensions per head (== head_dim for the supported models)
+  int n_vocab = 0;
+  int n_ctx_train = 0;
+  float rope_theta = 10000.0f;
+  float norm_eps = 1e-5f;
+  RopeStyle rope_style = RopeStyle::Interleaved;
+  bool qkv_bias = false;
+  bool tied_embeddings = false;  // no output.weight: the LM head reuses token_embd
+
+  int group_size() const { return n_heads / n_kv_heads; }  // query heads per KV head
+  static ModelConfig from_gguf(const GgufFile& f);
+};
+
+}  // namespace duo

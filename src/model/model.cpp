@@ -1,0 +1,219 @@
+#include "model/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "backend/cpu/attention.h"
+#include "backend/cpu/ops.h"
+#include "core/dequant.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "io/gguf.h"
+
+#include <fmt/ranges.h>
+
+namespace duo {
+
+namespace {
+
+// A 2-D weight tensor as a matmul operand, checked against the expected shape.
+WeightView weight(const GgufFile& f, const std::string& name, int64_t cols, int64_t rows, size_t& total) {
+  const GgufTensorInfo& t = f.tensor(name);
+  DUO_CHECK(t.dims.size() == 2 && t.dims[0] == cols && t.dims[1] == rows,
+            "{}: tensor '{}' has shape [{}], expected [{}, {}]", f.path(), name,
+            fmt::join(t.dims, ", "), cols, rows);
+  DUO_CHECK(type_traits(t.type).can_dequantize, "{}: tensor '{}' has type {} which is not supported", f.path(), name,
+            type_name(t.type));
+  total += t.nbytes;
+  WeightView w;
+  w.type = t.type;
+  w.data = f.tensor_data(t);
+  w.rows = rows;
+  w.cols = cols;
+  w.row_stride = row_bytes(t.type, cols);
+  return w;
+}
+
+// A 1-D tensor (norm weight, bias) decoded to float.
+std::vector<float> vector_f32(const GgufFile& f, const std::string& name, int64_t n, size_t& total) {
+  const GgufTensorInfo& t = f.tensor(name);
+  DUO_CHECK(t.n_elements() == n, "{}: tensor '{}' has {} elements, expected {}", f.path(), name, t.n_elements(), n);
+  total += t.nbytes;
+  std::vector<float> v((size_t)n);
+  dequantize_row(t.type, f.tensor_data(t), v.data(), n);
+  return v;
+}
+
+// Grow-only scratch buffer.
+float* scratch(std::vector<float>& buf, size_t n) {
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+}  // namespace
+
+Model::~Model() = default;
+
+std::unique_ptr<Model> Model::load(const std::string& path) {
+  std::unique_ptr<Model> m(new Model());
+  m->file_ = GgufFile::open(path);
+  const GgufFile& f = *m->file_;
+  m->cfg_ = ModelConfig::from_gguf(f);
+  const ModelConfig& c = m->cfg_;
+  ModelWeights& w = m->w_;
+  size_t& total = w.bytes;
+  const int64_t E = c.n_embd, D = c.head_dim, Q = (int64_t)c.n_heads * D, KV = (int64_t)c.n_kv_heads * D;
+
+  w.tok_embd = weight(f, "token_embd.weight", E, c.n_vocab, total);
+  w.output = c.tied_embeddings ? w.tok_embd : weight(f, "output.weight", E, c.n_vocab, total);
+  w.output_norm = vector_f32(f, "output_norm.weight", E, total);
+  w.layers.resize(c.n_layers);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    LayerWeights& L = w.layers[l];
+    L.attn_norm = vector_f32(f, p + "attn_norm.weight", E, total);
+    L.ffn_norm = vector_f32(f, p + "ffn_norm.weight", E, total);
+    L.wq = weight(f, p + "attn_q.weight", E, Q, total);
+    L.wk = weight(f, p + "attn_k.weight", E, KV, total);
+    L.wv = weight(f, p + "attn_v.weight", E, KV, total);
+    L.wo = weight(f, p + "attn_output.weight", Q, E, total);
+    L.w_gate = weight(f, p + "ffn_gate.weight", E, c.n_ff, total);
+    L.w_up = weight(f, p + "ffn_up.weight", E, c.n_ff, total);
+    L.w_down = weight(f, p + "ffn_down.weight", c.n_ff, E, total);
+    if (c.qkv_bias) {
+      L.bq = vector_f32(f, p + "attn_q.bias", Q, total);
+      L.bk = vector_f32(f, p + "attn_k.bias", KV, total);
+      L.bv = vector_f32(f, p + "attn_v.bias", KV, total);
+    }
+  }
+
+  m->inv_freq_.resize(D / 2);
+  for (int i = 0; i < D / 2; ++i)
+    m->inv_freq_[i] = (float)std::pow((double)c.rope_theta, -2.0 * i / (double)D);
+  // Llama-3.1-style per-frequency factors, when the file carries them.
+  if (const GgufTensorInfo* rf = f.find_tensor("rope_freqs.weight")) {
+    std::vector<float> factors = vector_f32(f, rf->name, D / 2, total);
+    for (int i = 0; i < D / 2; ++i) m->inv_freq_[i] /= factors[i];
+  }
+  return m;
+}
+
+std::unique_ptr<KvCache> Model::new_cache(const HeadPlan& plan) const {
+  return std::make_unique<KvCache>(cfg_.n_layers, cfg_.n_kv_heads, cfg_.head_dim, plan);
+}
+
+void Model::forward(KvCache& cache, const int32_t* tokens, int64_t n, float* logits, ThreadPool& pool,
+                    bool all_logits, int64_t chunk) {
+  DUO_CHECK(n > 0, "forward needs at least one token");
+  DUO_CHECK(chunk > 0, "chunk size must be positive");
+  for (int64_t i = 0; i < n; ++i)
+    DUO_CHECK(tokens[i] >= 0 && tokens[i] < cfg_.n_vocab, "token id {} at index {} is outside the vocabulary (0..{})",
+              tokens[i], i, cfg_.n_vocab - 1);
+  for (int64_t b = 0; b < n; b += chunk) {
+    const int64_t m = std::min(chunk, n - b);
+    const bool last = b + m == n;
+    float* lg = nullptr;
+    if (logits && all_logits) lg = logits + b * cfg_.n_vocab;
+    if (logits && !all_logits && last) lg = logits;
+    forward_chunk(cache, tokens + b, m, lg, all_logits, pool);
+  }
+}
+
+void Model::forward_chunk(KvCache& cache, const int32_t* tokens, int64_t n, float* logits, bool all_logits,
+                          ThreadPool& pool) {
+  const ModelConfig& c = cfg_;
+  const int64_t E = c.n_embd, D = c.head_dim, H = c.n_heads, HKV = c.n_kv_heads;
+  const int64_t Q = H * D, KV = HKV * D, F = c.n_ff;
+  const int64_t pos0 = cache.n_past();
+
+  // Activations of this chunk, reused across calls.
+  static thread_local std::vector<float> bx, bxn, bq, bk, bv, batt, bo, bg, bu;
+  float* x = scratch(bx, n * E);
+  float* xn = scratch(bxn, n * E);
+  float* q = scratch(bq, n * Q);
+  float* k = scratch(bk, n * KV);
+  float* v = scratch(bv, n * KV);
+  float* att = scratch(batt, n * Q);
+  float* o = scratch(bo, n * std::max(E, F));
+  float* g = scratch(bg, n * F);
+  float* u = scratch(bu, n * F);
+
+  // Embedding lookup: dequantize one row per token.
+  const WeightView& te = w_.tok_embd;
+  pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
+    for (int64_t t = b; t < e; ++t) dequantize_row(te.type, te.data + (size_t)tokens[t] * te.row_stride, x + t * E, E);
+  });
+
+  std::vector<std::vector<KvSegment>> segs(HKV);
+  std::vector<HeadKind> kinds(HKV);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& L = w_.layers[l];
+    // --- attention block ---
+    pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
+      for (int64_t t = b; t < e; ++t) rmsnorm(x + t * E, L.attn_norm.data(), xn + t * E, (int)E, c.norm_eps);
+    });
+    matmul(L.wq, xn, n, q, pool);
+    matmul(L.wk, xn, n, k, pool);
+    matmul(L.wv, xn, n, v, pool);
+    pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
+      for (int64_t t = b; t < e; ++t) {
+        if (!L.bq.empty()) {
+          add_inplace(q + t * Q, L.bq.data(), (int)Q);
+          add_inplace(k + t * KV, L.bk.data(), (int)KV);
+          add_inplace(v + t * KV, L.bv.data(), (int)KV);
+        }
+        for (int64_t h = 0; h < H; ++h) rope(q + t * Q + h * D, (int)D, (int)(pos0 + t), inv_freq_.data(), c.rope_style);
+        for (int64_t h = 0; h < HKV; ++h)
+          rope(k + t * KV + h * D, (int)D, (int)(pos0 + t), inv_freq_.data(), c.rope_style);
+      }
+    });
+    // Each KV head attends to what its cache holds plus this chunk, under its own mask.
+    for (int64_t h = 0; h < HKV; ++h) {
+      HeadCache& hc = cache.head(l, (int)h);
+      segs[h].clear();
+      hc.segments(pos0, segs[h]);
+      segs[h].push_back({k + h * D, v + h * D, pos0, n, KV});
+      kinds[h] = hc.kind();
+    }
+    AttentionArgs args;
+    args.q = q;
+    args.out = att;
+    args.n = n;
+    args.pos0 = pos0;
+    args.n_heads = (int)H;
+    args.n_kv_heads = (int)HKV;
+    args.head_dim = (int)D;
+    args.segments = &segs;
+    args.kinds = &kinds;
+    args.window = cache.plan().window;
+    attention(args, pool);
+    for (int64_t h = 0; h < HKV; ++h) cache.head(l, (int)h).append(k + h * D, v + h * D, n, KV, pos0);
+    matmul(L.wo, att, n, o, pool);
+    // --- feed-forward block ---
+    pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
+      for (int64_t t = b; t < e; ++t) {
+        add_inplace(x + t * E, o + t * E, (int)E);
+        rmsnorm(x + t * E, L.ffn_norm.data(), xn + t * E, (int)E, c.norm_eps);
+      }
+    });
+    matmul(L.w_gate, xn, n, g, pool);
+    matmul(L.w_up, xn, n, u, pool);
+    pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
+      for (int64_t t = b; t < e; ++t) swiglu(g + t * F, u + t * F, g + t * F, (int)F);
+    });
+    matmul(L.w_down, g, n, o, pool);
+    pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
+      for (int64_t t = b; t < e; ++t) add_inplace(x + t * E, o + t * E, (int)E);
+    });
+  }
+  cache.advance(n);
+
+  if (!logits) return;
+  // LM head: only the rows whose logits are wanted.
+  const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
+  for (int64_t t = first; t < n; ++t) rmsnorm(x + t * E, w_.output_norm.data(), xn + t * E, (int)E, c.norm_eps);
+  matmul(w_.output, xn + first * E, rows, logits, pool);
+}
+
+}  // namespace duo

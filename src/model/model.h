@@ -1,0 +1,64 @@
+// A llama-family decoder (llama, qwen2) over GGUF weights, run on the CPU. The forward is
+// written top to bottom in model.cpp; attention goes through the per-head KV policy seam.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/matmul.h"
+#include "kv/kv_cache.h"
+#include "model/config.h"
+
+namespace duo {
+
+class GgufFile;
+class ThreadPool;
+
+struct LayerWeights {
+  std::vector<float> attn_norm, ffn_norm;
+  WeightView wq, wk, wv, wo, w_gate, w_up, w_down;
+  std::vector<float> bq, bk, bv;  // empty when the architecture has no QKV bias
+};
+
+struct ModelWeights {
+  WeightView tok_embd;
+  WeightView output;  // == tok_embd when embeddings are tied
+  std::vector<float> output_norm;
+  std::vector<LayerWeights> layers;
+  size_t bytes = 0;  // total bytes of the weight tensors as stored
+};
+
+class Model {
+ public:
+  // Opens and validates a GGUF model; weights stay memory-mapped.
+  static std::unique_ptr<Model> load(const std::string& path);
+  ~Model();
+
+  const ModelConfig& config() const { return cfg_; }
+  const GgufFile& gguf() const { return *file_; }
+  const ModelWeights& weights() const { return w_; }
+
+  // A KV cache for one sequence, shaped for this model.
+  std::unique_ptr<KvCache> new_cache(const HeadPlan& plan) const;
+
+  // Runs `n` tokens at positions cache.n_past() ... and appends them to the cache.
+  // Tokens go through the layers in chunks of at most `chunk` (chunked pre-fill: each chunk
+  // attends to the cache plus itself, then streaming heads drop what they no longer need).
+  // logits: when non-null receives n_vocab floats for the last token, or for every token
+  // (n x n_vocab) when all_logits.
+  void forward(KvCache& cache, const int32_t* tokens, int64_t n, float* logits, ThreadPool& pool,
+               bool all_logits = false, int64_t chunk = 512);
+
+ private:
+  Model() = default;
+  void forward_chunk(KvCache& cache, const int32_t* tokens, int64_t n, float* logits, bool all_logits,
+                     ThreadPool& pool);
+
+  std::unique_ptr<GgufFile> file_;
+  ModelConfig cfg_;
+  ModelWeights w_;
+  std::vector<float> inv_freq_;  // RoPE inverse frequencies, head_dim / 2 values
+};
+
+}  // namespace duo
