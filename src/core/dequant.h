@@ -11,4 +11,7 @@ namespace duo {
 // the block size). Throws duo::Error for a type without a dequantizer.
 void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n);
 
+// 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes of a Q4_K/Q5_K block.
+void kquant_scale_min(int j, const uint8_t* scales, uint8_t& sc, uint8_t& m);
+
 }  // namespace duo

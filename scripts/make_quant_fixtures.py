@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Reference dequantization fixtures from gguf-py (the GGUF project's own Python library),
+an implementation independent of ours.
+
+For every supported type: a few blocks of raw bytes and the floats gguf-py decodes them to.
+Blocks are random bytes with sane f16 scales (every bit pattern of the quants is legal), so
+the fixtures exercise all code paths, plus blocks quantized from random floats where gguf-py
+can quantize. Run: /opt/refenv/bin/python scripts/make_quant_fixtures.py
+(gguf 0.19.0, numpy 2.x). Output: tests/fixtures/quant/<TYPE>.json
+"""
+import json
+import os
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from gguf import GGML_QUANT_SIZES, quants
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "quant")
+# Byte offsets of the f16 scale fields in each block layout (set to sane values).
+SCALES = {
+    T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0],
+    T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208],
+}
+
+
+def random_blocks(qtype, n_blocks, rng):
+    block_elems, block_bytes = GGML_QUANT_SIZES[qtype]
+    raw = rng.integers(0, 256, size=(n_blocks, block_bytes), dtype=np.uint8)
+    for off in SCALES[qtype]:
+        scales = rng.uniform(-0.05, 0.05, size=n_blocks).astype(np.float16)
+        raw[:, off:off + 2] = scales.view(np.uint8).reshape(n_blocks, 2)
+    return raw.reshape(-1)
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    rng = np.random.default_rng(20261124)
+    for qtype in SCALES:
+        block_elems, _ = GGML_QUANT_SIZES[qtype]
+        cases = []
+        raw = random_blocks(qtype, 4, rng)
+        cases.append(("random_bytes", raw))
+        try:
+            x = rng.normal(0, 1, size=(1, block_elems * 2)).astype(np.float32)
+            q = quants.quantize(x, qtype).reshape(-1).view(np.uint8)
+            cases.append(("quantized_normal", q))
+        except Exception as e:  # not every type has a numpy quantizer
+            print(f"{qtype.name}: no quantizer ({type(e).__name__}); random bytes only")
+        out = []
+        for name, bytes_ in cases:
+            deq = quants.dequantize(bytes_.reshape(1, -1), qtype).reshape(-1).astype(np.float32)
+            out.append({"name": name, "hex": bytes_.tobytes().hex(), "n": int(deq.size),
+                        "values": [float(v) for v in deq]})
+        with open(os.path.join(OUT, f"{qtype.name}.json"), "w") as f:
+            json.dump({"type": qtype.name, "type_id": int(qtype), "cases": out}, f)
+    # Plain float types.
+    x = rng.normal(0, 3, size=64).astype(np.float32)
+    for qtype, arr in ((T.F16, x.astype(np.float16)), (T.BF16, None)):
+        if qtype == T.BF16:
+            bits = (x.view(np.uint32) >> 16).astype(np.uint16)
+            deq = (bits.astype(np.uint32) << 16).view(np.float32)
+            raw = bits.view(np.uint8)
+        else:
+            raw = arr.view(np.uint8)
+            deq = arr.astype(np.float32)
+        with open(os.path.join(OUT, f"{qtype.name}.json"), "w") as f:
+            json.dump({"type": qtype.name, "type_id": int(qtype), "cases": [
+                {"name": "normal", "hex": raw.tobytes().hex(), "n": int(deq.size),
+                 "values": [float(v) for v in deq]}]}, f)
+    print("wrote", sorted(os.listdir(OUT)))
+
+
+if __name__ == "__main__":
+    main()
