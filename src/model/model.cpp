@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <random>
 
 #include "backend/cpu/attention.h"
 #include "backend/cpu/ops.h"
@@ -55,6 +56,75 @@ float* scratch(std::vector<float>& buf, size_t n) {
 
 Model::~Model() = default;
 
+const GgufFile& Model::gguf() const {
+  DUO_CHECK(file_ != nullptr, "this model has synthetic weights and no GGUF file");
+  return *file_;
+}
+
+void Model::init_rope(const std::vector<float>* factors) {
+  const int D = cfg_.head_dim;
+  inv_freq_.resize(D / 2);
+  for (int i = 0; i < D / 2; ++i) {
+    inv_freq_[i] = (float)std::pow((double)cfg_.rope_theta, -2.0 * i / (double)D);
+    if (factors) inv_freq_[i] /= (*factors)[i];
+  }
+}
+
+std::unique_ptr<Model> Model::synthetic(const ModelConfig& cfg, uint64_t seed) {
+  DUO_CHECK(cfg.n_layers > 0 && cfg.n_heads > 0 && cfg.n_kv_heads > 0 && cfg.n_heads % cfg.n_kv_heads == 0 &&
+                cfg.head_dim > 0 && cfg.head_dim % 2 == 0 && cfg.n_embd > 0 && cfg.n_ff > 0 && cfg.n_vocab > 0,
+            "synthetic model: inconsistent shape");
+  std::unique_ptr<Model> m(new Model());
+  m->cfg_ = cfg;
+  m->cfg_.n_rot = cfg.head_dim;
+  std::mt19937_64 rng(seed);
+  // Weights ~ N(0, 1/fan_in) keep activations of a deep random stack at unit scale.
+  auto matrix = [&](int64_t cols, int64_t rows) {
+    std::normal_distribution<float> nd(0.0f, 1.0f / std::sqrt((float)cols));
+    auto& buf = m->owned_.emplace_back((size_t)(cols * rows));
+    for (auto& x : buf) x = nd(rng);
+    WeightView w;
+    w.type = GgmlType::F32;
+    w.data = reinterpret_cast<const uint8_t*>(buf.data());
+    w.rows = rows;
+    w.cols = cols;
+    w.row_stride = sizeof(float) * cols;
+    m->w_.bytes += buf.size() * sizeof(float);
+    return w;
+  };
+  auto vec = [&](int64_t n, float mean, float sd) {
+    std::normal_distribution<float> nd(mean, sd);
+    std::vector<float> v((size_t)n);
+    for (auto& x : v) x = nd(rng);
+    return v;
+  };
+  const ModelConfig& c = m->cfg_;
+  const int64_t E = c.n_embd, Q = (int64_t)c.n_heads * c.head_dim, KV = (int64_t)c.n_kv_heads * c.head_dim;
+  ModelWeights& w = m->w_;
+  w.tok_embd = matrix(E, c.n_vocab);
+  w.output = c.tied_embeddings ? w.tok_embd : matrix(E, c.n_vocab);
+  w.output_norm = vec(E, 1.0f, 0.1f);
+  w.layers.resize(c.n_layers);
+  for (auto& L : w.layers) {
+    L.attn_norm = vec(E, 1.0f, 0.1f);
+    L.ffn_norm = vec(E, 1.0f, 0.1f);
+    L.wq = matrix(E, Q);
+    L.wk = matrix(E, KV);
+    L.wv = matrix(E, KV);
+    L.wo = matrix(Q, E);
+    L.w_gate = matrix(E, c.n_ff);
+    L.w_up = matrix(E, c.n_ff);
+    L.w_down = matrix(c.n_ff, E);
+    if (c.qkv_bias) {
+      L.bq = vec(Q, 0.0f, 0.1f);
+      L.bk = vec(KV, 0.0f, 0.1f);
+      L.bv = vec(KV, 0.0f, 0.1f);
+    }
+  }
+  m->init_rope(nullptr);
+  return m;
+}
+
 std::unique_ptr<Model> Model::load(const std::string& path) {
   std::unique_ptr<Model> m(new Model());
   m->file_ = GgufFile::open(path);
@@ -88,13 +158,12 @@ std::unique_ptr<Model> Model::load(const std::string& path) {
     }
   }
 
-  m->inv_freq_.resize(D / 2);
-  for (int i = 0; i < D / 2; ++i)
-    m->inv_freq_[i] = (float)std::pow((double)c.rope_theta, -2.0 * i / (double)D);
   // Llama-3.1-style per-frequency factors, when the file carries them.
   if (const GgufTensorInfo* rf = f.find_tensor("rope_freqs.weight")) {
     std::vector<float> factors = vector_f32(f, rf->name, D / 2, total);
-    for (int i = 0; i < D / 2; ++i) m->inv_freq_[i] /= factors[i];
+    m->init_rope(&factors);
+  } else {
+    m->init_rope(nullptr);
   }
   return m;
 }
@@ -188,6 +257,7 @@ void Model::forward_chunk(KvCache& cache, const int32_t* tokens, int64_t n, floa
     args.kinds = &kinds;
     args.window = cache.plan().window;
     attention(args, pool);
+    if (observer_) observer_->on_attention(l, args);
     for (int64_t h = 0; h < HKV; ++h) cache.head(l, (int)h).append(k + h * D, v + h * D, n, KV, pos0);
     matmul(L.wo, att, n, o, pool);
     // --- feed-forward block ---

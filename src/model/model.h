@@ -14,6 +14,15 @@ namespace duo {
 
 class GgufFile;
 class ThreadPool;
+struct AttentionArgs;
+
+// Sees every layer's attention inputs during a forward pass (queries after RoPE, and the
+// segments each KV head attends to). Used by evaluation tools that measure where heads look.
+class AttentionObserver {
+ public:
+  virtual ~AttentionObserver() = default;
+  virtual void on_attention(int layer, const AttentionArgs& args) = 0;
+};
 
 struct LayerWeights {
   std::vector<float> attn_norm, ffn_norm;
@@ -33,10 +42,15 @@ class Model {
  public:
   // Opens and validates a GGUF model; weights stay memory-mapped.
   static std::unique_ptr<Model> load(const std::string& path);
+  // A model of the given shape with seeded random F32 weights (tests, and speed or memory
+  // measurements of shapes whose weights are not available: speed does not depend on values).
+  static std::unique_ptr<Model> synthetic(const ModelConfig& cfg, uint64_t seed);
   ~Model();
 
   const ModelConfig& config() const { return cfg_; }
-  const GgufFile& gguf() const { return *file_; }
+  // The GGUF file the weights come from (throws for a synthetic model).
+  const GgufFile& gguf() const;
+  bool has_gguf() const { return file_ != nullptr; }
   const ModelWeights& weights() const { return w_; }
 
   // A KV cache for one sequence, shaped for this model.
@@ -50,15 +64,21 @@ class Model {
   void forward(KvCache& cache, const int32_t* tokens, int64_t n, float* logits, ThreadPool& pool,
                bool all_logits = false, int64_t chunk = 512);
 
+  // Installs (or with nullptr removes) an observer called by every later forward pass.
+  void set_observer(AttentionObserver* obs) { observer_ = obs; }
+
  private:
   Model() = default;
+  void init_rope(const std::vector<float>* factors);
   void forward_chunk(KvCache& cache, const int32_t* tokens, int64_t n, float* logits, bool all_logits,
                      ThreadPool& pool);
 
   std::unique_ptr<GgufFile> file_;
+  std::vector<std::vector<float>> owned_;  // weight storage of a synthetic model
   ModelConfig cfg_;
   ModelWeights w_;
   std::vector<float> inv_freq_;  // RoPE inverse frequencies, head_dim / 2 values
+  AttentionObserver* observer_ = nullptr;
 };
 
 }  // namespace duo

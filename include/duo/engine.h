@@ -1,0 +1,99 @@
+// Public API of the duo engine: load a model once (Engine), run sequences on it (Session).
+//
+//   duo::Engine engine({.model_path = "model.gguf", .threads = 2});
+//   auto s = engine.new_session();
+//   s->generate(engine.tokenizer().encode("Hello", false, true), 32, sampler,
+//               [](int32_t id, const std::string& text) { std::cout << text; return true; });
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kv/head_policy.h"
+#include "sample/sampler.h"
+
+namespace duo {
+
+class Model;
+class Tokenizer;
+class ThreadPool;
+class KvCache;
+
+enum class AttentionMode { Full, Streaming, Duo };
+AttentionMode parse_attention_mode(const std::string& s);  // "full" | "streaming" | "duo"
+const char* to_string(AttentionMode m);
+
+struct EngineOptions {
+  std::string model_path;
+  int threads = 0;  // 0: all hardware threads
+  AttentionMode attention = AttentionMode::Full;
+  StreamingWindow window;     // sink and recent sizes of streaming heads
+  int64_t chunk = 512;        // pre-fill chunk (tokens per forward pass)
+  int64_t max_context = 0;    // 0: the model's training context
+  HeadPlan plan;              // head kinds for duo mode (window is taken from `window`)
+  std::string pattern_origin = "head pattern";  // where `plan` came from, for error messages
+};
+
+struct GenerationStats {
+  int64_t prompt_tokens = 0;
+  int64_t generated_tokens = 0;
+  double prefill_seconds = 0.0;
+  double decode_seconds = 0.0;
+  size_t kv_bytes = 0;
+  size_t kv_bytes_retrieval = 0;
+  size_t kv_bytes_streaming = 0;
+  bool stopped_by_eog = false;
+  double prefill_tok_s() const { return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0.0; }
+  double decode_tok_s() const { return decode_seconds > 0 ? generated_tokens / decode_seconds : 0.0; }
+};
+
+class Session;
+
+class Engine {
+ public:
+  explicit Engine(const EngineOptions& opts);
+  ~Engine();
+  const EngineOptions& options() const { return opts_; }
+  Model& model() { return *model_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  ThreadPool& pool() { return *pool_; }
+  const HeadPlan& plan() const { return plan_; }
+  int64_t max_context() const;
+  std::unique_ptr<Session> new_session();
+
+ private:
+  EngineOptions opts_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<ThreadPool> pool_;
+  HeadPlan plan_;
+};
+
+// Called with each generated token and its text (complete UTF-8 characters only; may be
+// empty while a character is incomplete). Return false to stop.
+using TokenCallback = std::function<bool(int32_t id, const std::string& text)>;
+
+class Session {
+ public:
+  explicit Session(Engine& engine);
+  ~Session();
+  int64_t n_past() const;
+  KvCache& cache() { return *cache_; }
+  // Appends tokens to the sequence; returns the logits of the last one (n_vocab floats).
+  const std::vector<float>& feed(const std::vector<int32_t>& tokens);
+  // Feeds the prompt, then samples up to max_tokens tokens, stopping at an end-of-generation
+  // token (not emitted) or when the callback returns false.
+  GenerationStats generate(const std::vector<int32_t>& prompt, int max_tokens, Sampler& sampler,
+                           const TokenCallback& on_token);
+  void reset();
+
+ private:
+  Engine& engine_;
+  std::unique_ptr<KvCache> cache_;
+  std::vector<float> logits_;
+};
+
+}  // namespace duo

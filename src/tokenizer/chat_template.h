@@ -1,0 +1,32 @@
+// Chat formats of instruct models. GGUF files carry a Jinja template; rather than embedding a
+// Jinja interpreter we recognise the template's family and render it natively, taking the
+// default system prompt the template injects from the template text itself.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace duo {
+
+class GgufFile;
+
+struct ChatMessage {
+  std::string role;  // "system", "user" or "assistant"
+  std::string content;
+};
+
+struct ChatTemplate {
+  enum class Kind { ChatML, Llama3, Llama2 };
+  Kind kind = Kind::ChatML;
+  std::string default_system;  // injected when the conversation has no system message ("" = none)
+  std::string bos;             // BOS text the template itself writes (Llama formats)
+
+  // From tokenizer.chat_template; throws duo::Error for a template of an unknown family.
+  // Without a template, plain ChatML (no default system prompt).
+  static ChatTemplate from_gguf(const GgufFile& f);
+  static ChatTemplate from_jinja(const std::string& jinja);
+};
+
+std::string apply_chat_template(const ChatTemplate& t, const std::vector<ChatMessage>& messages,
+                                bool add_generation_prompt);
+
+}  // namespace duo

@@ -1,0 +1,341 @@
+#include "tokenizer/tokenizer.h"
+
+#include <algorithm>
+#include <queue>
+
+#include "core/error.h"
+#include "io/gguf.h"
+#include "tokenizer/pretokenize.h"
+
+namespace duo {
+
+namespace {
+
+// GPT-2 byte-level mapping: every byte gets a printable code point (the printable ASCII and
+// Latin-1 bytes map to themselves, the rest to 256 + k), so tokens are valid text.
+struct ByteMap {
+  std::string to_text[256];          // byte -> UTF-8 of its code point
+  std::unordered_map<uint32_t, uint8_t> from_cp;
+  ByteMap() {
+    int k = 0;
+    for (int b = 0; b < 256; ++b) {
+      const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+      const uint32_t cp = printable ? (uint32_t)b : (uint32_t)(256 + k++);
+      to_text[b] = utf8(cp);
+      from_cp[cp] = (uint8_t)b;
+    }
+  }
+  static std::string utf8(uint32_t cp) {
+    std::string s;
+    if (cp < 0x80) {
+      s += (char)cp;
+    } else if (cp < 0x800) {
+      s += (char)(0xC0 | (cp >> 6));
+      s += (char)(0x80 | (cp & 0x3F));
+    } else {
+      s += (char)(0xE0 | (cp >> 12));
+      s += (char)(0x80 | ((cp >> 6) & 0x3F));
+      s += (char)(0x80 | (cp & 0x3F));
+    }
+    return s;
+  }
+};
+const ByteMap& byte_map() {
+  static const ByteMap m;
+  return m;
+}
+
+// Decodes one UTF-8 code point at s[i]; returns its length (1 for invalid bytes).
+int utf8_next(const std::string& s, size_t i, uint32_t& cp) {
+  const unsigned char c = (unsigned char)s[i];
+  int n = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
+  if (i + n > s.size()) n = 1;
+  if (n == 1) {
+    cp = c;
+    return 1;
+  }
+  cp = c & (0x7F >> n);
+  for (int k = 1; k < n; ++k) cp = (cp << 6) | ((unsigned char)s[i + k] & 0x3F);
+  return n;
+}
+
+// Symbols of a piece being merged, as a doubly linked list over byte ranges of `text`.
+struct Symbol {
+  int prev, next;
+  size_t start, len;
+};
+
+// A candidate merge of symbols `left` and its right neighbour. `left_len`/`right_len`
+// detect stale entries (a symbol changed since the candidate was queued).
+struct Candidate {
+  int64_t priority;  // lower merges first
+  int left;
+  size_t left_len, right_len;
+  bool operator<(const Candidate& o) const {
+    return priority != o.priority ? priority > o.priority : left > o.left;
+  }
+};
+
+}  // namespace
+
+Tokenizer::Tokenizer(Vocab v) : vocab_(std::move(v)) {
+  const size_t n = vocab_.tokens.size();
+  token_to_id_.reserve(n * 2);
+  for (size_t i = 0; i < n; ++i) token_to_id_.emplace(vocab_.tokens[i], (int32_t)i);
+  for (size_t i = 0; i < vocab_.merges.size(); ++i) merge_rank_.emplace(vocab_.merges[i], (int32_t)i);
+  for (size_t i = 0; i < n; ++i)
+    if ((vocab_.types[i] == TokenType::Control || vocab_.types[i] == TokenType::UserDefined) &&
+        !vocab_.tokens[i].empty())
+      specials_.push_back((int32_t)i);
+  for (int32_t id : specials_) special_first_[(unsigned char)vocab_.tokens[id][0]] = true;
+  std::stable_sort(specials_.begin(), specials_.end(),
+                   [&](int32_t a, int32_t b) { return vocab_.tokens[a].size() > vocab_.tokens[b].size(); });
+  eog_.assign(n, false);
+  for (int32_t id : {vocab_.eos, vocab_.eot})
+    if (id >= 0) eog_[id] = true;
+  for (const char* t : {"<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>"}) {
+    const int32_t id = token_id(t);
+    if (id >= 0 && vocab_.types[id] == TokenType::Control) eog_[id] = true;
+  }
+  std::fill(std::begin(byte_tokens_), std::end(byte_tokens_), -1);
+  if (vocab_.model == Vocab::Model::BPE) {
+    pre_ = std::make_unique<Pretokenizer>(vocab_.pre);
+    for (int b = 0; b < 256; ++b) byte_tokens_[b] = token_id(byte_map().to_text[b]);
+  } else {
+    char buf[8];
+    for (int b = 0; b < 256; ++b) {
+      std::snprintf(buf, sizeof buf, "<0x%02X>", b);
+      byte_tokens_[b] = token_id(buf);
+    }
+  }
+}
+
+Tokenizer::~Tokenizer() = default;
+
+std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) { return std::make_unique<Tokenizer>(load_vocab(f)); }
+
+int32_t Tokenizer::token_id(std::string_view text) const {
+  auto it = token_to_id_.find(std::string(text));
+  return it == token_to_id_.end() ? -1 : it->second;
+}
+
+bool Tokenizer::is_eog(int32_t id) const { return id >= 0 && (size_t)id < eog_.size() && eog_[id]; }
+
+void Tokenizer::encode_bpe_piece(const std::string& piece, std::vector<int32_t>& out) const {
+  {
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    auto it = cache_.find(piece);
+    if (it != cache_.end()) {
+      out.insert(out.end(), it->second.begin(), it->second.end());
+      return;
+    }
+  }
+  // Map bytes to their code points; each byte starts as one symbol.
+  std::string text;
+  std::vector<Symbol> sym;
+  for (unsigned char c : piece) {
+    const std::string& t = byte_map().to_text[c];
+    sym.push_back({(int)sym.size() - 1, (int)sym.size() + 1, text.size(), t.size()});
+    text += t;
+  }
+  if (!sym.empty()) sym.back().next = -1;
+  std::priority_queue<Candidate> q;
+  std::string key;
+  auto try_pair = [&](int left) {
+    if (left < 0 || sym[left].next < 0) return;
+    const Symbol &a = sym[left], &b = sym[a.next];
+    key.assign(text, a.start, a.len);
+    key += ' ';
+    key.append(text, b.start, b.len);
+    auto it = merge_rank_.find(key);
+    if (it != merge_rank_.end()) q.push({it->second, left, a.len, b.len});
+  };
+  for (int i = 0; i + 1 < (int)sym.size(); ++i) try_pair(i);
+  while (!q.empty()) {
+    const Candidate c = q.top();
+    q.pop();
+    Symbol& a = sym[c.left];
+    if (a.len == 0 || a.next < 0 || a.len != c.left_len || sym[a.next].len != c.right_len) continue;  // stale
+    Symbol& b = sym[a.next];
+    a.len += b.len;  // symbols are adjacent in `text`
+    b.len = 0;
+    a.next = b.next;
+    if (b.next >= 0) sym[b.next].prev = c.left;
+    try_pair(a.prev);
+    try_pair(c.left);
+  }
+  std::vector<int32_t> ids;
+  for (int i = sym.empty() ? -1 : 0; i >= 0; i = sym[i].next) {
+    const std::string s = text.substr(sym[i].start, sym[i].len);
+    const int32_t id = token_id(s);
+    if (id >= 0) {
+      ids.push_back(id);
+      continue;
+    }
+    // Not in the vocabulary: fall back to one token per byte.
+    for (size_t k = 0; k < s.size();) {
+      uint32_t cp;
+      const int len = utf8_next(s, k, cp);
+      auto bt = byte_map().from_cp.find(cp);
+      const int32_t bid = bt != byte_map().from_cp.end() ? byte_tokens_[bt->second] : -1;
+      if (bid >= 0)
+        ids.push_back(bid);
+      else if (vocab_.unk >= 0)
+        ids.push_back(vocab_.unk);
+      k += len;
+    }
+  }
+  out.insert(out.end(), ids.begin(), ids.end());
+  std::lock_guard<std::mutex> lock(cache_mu_);
+  if (cache_.size() > 200000) cache_.clear();
+  cache_.emplace(piece, std::move(ids));
+}
+
+void Tokenizer::encode_spm(const std::string& raw, bool first_segment, std::vector<int32_t>& out) const {
+  // SentencePiece: spaces become U+2581, optionally a leading one; then the highest-scoring
+  // merges of adjacent symbols win; unknown symbols fall back to <0xXX> byte tokens.
+  std::string text;
+  if (vocab_.add_space_prefix && first_segment) text = "\xE2\x96\x81";
+  for (char c : raw) {
+    if (c == ' ')
+      text += "\xE2\x96\x81";
+    else
+      text += c;
+  }
+  std::vector<Symbol> sym;
+  for (size_t i = 0; i < text.size();) {
+    uint32_t cp;
+    const int n = utf8_next(text, i, cp);
+    sym.push_back({(int)sym.size() - 1, (int)sym.size() + 1, i, (size_t)n});
+    i += n;
+  }
+  if (sym.empty()) return;
+  sym.back().next = -1;
+  std::priority_queue<Candidate> q;
+  auto try_pair = [&](int left) {
+    if (left < 0 || sym[left].next < 0) return;
+    const Symbol &a = sym[left], &b = sym[a.next];
+    const int32_t id = token_id(std::string_view(text).substr(a.start, a.len + b.len));
+    if (id < 0) return;
+    // Higher score merges first; priority is the negated score in fixed point.
+    q.push({(int64_t)(-(double)vocab_.scores[id] * 1e6), left, a.len, b.len});
+  };
+  for (int i = 0; i + 1 < (int)sym.size(); ++i) try_pair(i);
+  while (!q.empty()) {
+    const Candidate c = q.top();
+    q.pop();
+    Symbol& a = sym[c.left];
+    if (a.len == 0 || a.next < 0 || a.len != c.left_len || sym[a.next].len != c.right_len) continue;
+    Symbol& b = sym[a.next];
+    a.len += b.len;
+    b.len = 0;
+    a.next = b.next;
+    if (b.next >= 0) sym[b.next].prev = c.left;
+    try_pair(a.prev);
+    try_pair(c.left);
+  }
+  for (int i = 0; i >= 0; i = sym[i].next) {
+    const std::string s = text.substr(sym[i].start, sym[i].len);
+    const int32_t id = token_id(s);
+    if (id >= 0) {
+      out.push_back(id);
+      continue;
+    }
+    for (unsigned char c : s) {
+      if (byte_tokens_[c] >= 0)
+        out.push_back(byte_tokens_[c]);
+      else if (vocab_.unk >= 0)
+        out.push_back(vocab_.unk);
+    }
+  }
+}
+
+void Tokenizer::encode_segment(const std::string& text, bool first_segment, std::vector<int32_t>& out) const {
+  if (text.empty()) return;
+  if (vocab_.model == Vocab::Model::SPM) {
+    encode_spm(text, first_segment, out);
+    return;
+  }
+  for (const std::string& piece : pre_->split(text)) encode_bpe_piece(piece, out);
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, bool parse_special) const {
+  std::vector<int32_t> out;
+  if (add_bos && vocab_.bos >= 0) out.push_back(vocab_.bos);
+  // Split out special tokens (longest match first at the earliest position), encode the
+  // text between them.
+  size_t pos = 0, seg_start = 0;
+  bool first = true;
+  while (pos < text.size()) {
+    int32_t hit = -1;
+    if (special_first_[(unsigned char)text[pos]]) {
+      for (int32_t id : specials_) {
+        if (!parse_special && vocab_.types[id] == TokenType::Control) continue;
+        const std::string& s = vocab_.tokens[id];
+        if (text.compare(pos, s.size(), s) == 0) {
+          hit = id;
+          break;
+        }
+      }
+    }
+    if (hit < 0) {
+      ++pos;
+      continue;
+    }
+    encode_segment(std::string(text.substr(seg_start, pos - seg_start)), first, out);
+    first = false;
+    out.push_back(hit);
+    pos += vocab_.tokens[hit].size();
+    seg_start = pos;
+  }
+  encode_segment(std::string(text.substr(seg_start)), first, out);
+  if (vocab_.add_eos && vocab_.eos >= 0) out.push_back(vocab_.eos);
+  return out;
+}
+
+std::string Tokenizer::piece_bytes(int32_t id) const {
+  DUO_CHECK(id >= 0 && id < n_vocab(), "token id {} is outside the vocabulary", id);
+  const std::string& t = vocab_.tokens[id];
+  const TokenType type = vocab_.types[id];
+  if (type == TokenType::Control || type == TokenType::UserDefined) return t;
+  if (vocab_.model == Vocab::Model::SPM) {
+    if (type == TokenType::Byte && t.size() == 6) return std::string(1, (char)std::stoi(t.substr(3, 2), nullptr, 16));
+    std::string s;
+    for (size_t i = 0; i < t.size(); ++i) {
+      if (t.compare(i, 3, "\xE2\x96\x81") == 0) {
+        s += ' ';
+        i += 2;
+      } else {
+        s += t[i];
+      }
+    }
+    return s;
+  }
+  std::string s;
+  for (size_t i = 0; i < t.size();) {
+    uint32_t cp;
+    const int n = utf8_next(t, i, cp);
+    auto it = byte_map().from_cp.find(cp);
+    if (it != byte_map().from_cp.end())
+      s += (char)it->second;
+    else
+      s.append(t, i, n);
+    i += n;
+  }
+  return s;
+}
+
+std::string Tokenizer::token_to_piece(int32_t id) const {
+  if (id >= 0 && id < n_vocab() && vocab_.types[id] == TokenType::Control) return "";
+  return piece_bytes(id);
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+  std::string s;
+  for (int32_t id : ids) s += piece_bytes(id);
+  // SentencePiece: the space prefix added on encoding is dropped again.
+  if (vocab_.model == Vocab::Model::SPM && vocab_.add_space_prefix && !s.empty() && s[0] == ' ') s.erase(0, 1);
+  return s;
+}
+
+}  // namespace duo

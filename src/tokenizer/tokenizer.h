@@ -1,0 +1,58 @@
+// Text <-> token ids for the vocabularies GGUF models carry: byte-level BPE (GPT-2 style,
+// with the model's pre-tokenizer regexes, run through PCRE2) and SentencePiece (scores, byte
+// fallback). Special tokens in text are recognised when asked to.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "tokenizer/vocab.h"
+
+namespace duo {
+
+class GgufFile;
+class Pretokenizer;
+
+class Tokenizer {
+ public:
+  explicit Tokenizer(Vocab v);
+  ~Tokenizer();
+  static std::unique_ptr<Tokenizer> from_gguf(const GgufFile& f);
+
+  // add_bos: prepend the BOS token (when the vocabulary has one).
+  // parse_special: text of control tokens (e.g. "<|im_start|>") becomes those tokens;
+  // user-defined tokens are always recognised, as in the reference implementations.
+  std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special) const;
+  // Concatenated pieces; control tokens render as their text.
+  std::string decode(const std::vector<int32_t>& ids) const;
+  // Raw bytes of one token (may be part of a UTF-8 character). Control tokens give "".
+  std::string token_to_piece(int32_t id) const;
+  int32_t n_vocab() const { return (int32_t)vocab_.tokens.size(); }
+  // End of generation: EOS, EOT, and the end-of-turn control tokens of chat formats.
+  bool is_eog(int32_t id) const;
+  int32_t token_id(std::string_view text) const;  // -1 when not a token
+  const Vocab& vocab() const { return vocab_; }
+
+ private:
+  void encode_bpe_piece(const std::string& piece, std::vector<int32_t>& out) const;
+  void encode_spm(const std::string& text, bool first_segment, std::vector<int32_t>& out) const;
+  void encode_segment(const std::string& text, bool first_segment, std::vector<int32_t>& out) const;
+  std::string piece_bytes(int32_t id) const;
+
+  Vocab vocab_;
+  std::unordered_map<std::string, int32_t> token_to_id_;
+  std::unordered_map<std::string, int32_t> merge_rank_;
+  std::vector<int32_t> specials_;  // control and user-defined tokens, longest text first
+  bool special_first_[256] = {};   // bytes a special token can start with
+  std::vector<bool> eog_;
+  std::unique_ptr<Pretokenizer> pre_;
+  int32_t byte_tokens_[256];  // SPM byte fallback <0xXX> ids, or BPE single-byte token ids
+  mutable std::mutex cache_mu_;
+  mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;  // BPE piece -> ids
+};
+
+}  // namespace duo

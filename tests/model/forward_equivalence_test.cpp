@@ -1,0 +1,125 @@
+// Properties of the forward pass on a small random model: chunked pre-fill equals one pass,
+// decode equals pre-fill, and the attention modes are one code path (an all-retrieval
+// pattern is `full`, an all-streaming one is StreamingLLM, which equals full attention while
+// the sequence still fits in sink + recent).
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/thread_pool.h"
+#include "model/model.h"
+
+namespace duo {
+namespace {
+
+ModelConfig tiny_config(bool qwen_like) {
+  ModelConfig c;
+  c.arch = qwen_like ? "qwen2" : "llama";
+  c.n_layers = 3;
+  c.n_embd = 96;
+  c.n_heads = 6;
+  c.n_kv_heads = 2;
+  c.head_dim = 16;
+  c.n_ff = 160;
+  c.n_vocab = 300;
+  c.n_ctx_train = 4096;
+  c.rope_theta = 10000.0f;
+  c.norm_eps = 1e-5f;
+  c.rope_style = qwen_like ? RopeStyle::Neox : RopeStyle::Interleaved;
+  c.qkv_bias = qwen_like;
+  c.tied_embeddings = !qwen_like;
+  return c;
+}
+
+std::vector<int32_t> tokens(int n, int vocab) {
+  std::vector<int32_t> t(n);
+  for (int i = 0; i < n; ++i) t[i] = (i * 7919 + 13) % vocab;
+  return t;
+}
+
+// All logits of a sequence, fed in chunks of the given sizes (cycled).
+std::vector<float> run(Model& m, const HeadPlan& plan, const std::vector<int32_t>& toks, int64_t chunk,
+                       ThreadPool& pool) {
+  auto cache = m.new_cache(plan);
+  std::vector<float> logits(toks.size() * m.config().n_vocab);
+  m.forward(*cache, toks.data(), (int64_t)toks.size(), logits.data(), pool, true, chunk);
+  EXPECT_EQ(cache->n_past(), (int64_t)toks.size());
+  return logits;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double m = 0;
+  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, (double)std::fabs(a[i] - b[i]));
+  return m;
+}
+
+class ForwardEquivalence : public ::testing::TestWithParam<bool> {};
+
+TEST_P(ForwardEquivalence, ChunkedPrefillEqualsOnePass) {
+  auto m = Model::synthetic(tiny_config(GetParam()), 42);
+  ThreadPool pool(2);
+  const auto toks = tokens(300, m->config().n_vocab);
+  for (HeadKind kind : {HeadKind::Retrieval, HeadKind::Streaming}) {
+    HeadPlan plan = HeadPlan::uniform(3, 2, kind, {4, 32});
+    const auto one = run(*m, plan, toks, 300, pool);
+    for (int64_t chunk : {1, 7, 64, 299}) {
+      const auto chunked = run(*m, plan, toks, chunk, pool);
+      EXPECT_LT(max_abs_diff(one, chunked), 2e-4) << "chunk " << chunk << " kind " << (int)kind;
+    }
+  }
+}
+
+TEST_P(ForwardEquivalence, ModesAreOneCodePath) {
+  auto m = Model::synthetic(tiny_config(GetParam()), 7);
+  ThreadPool pool(2);
+  const auto toks = tokens(200, m->config().n_vocab);
+  const StreamingWindow w{4, 32};
+  const auto full = run(*m, HeadPlan::uniform(3, 2, HeadKind::Retrieval, w), toks, 50, pool);
+  const auto streaming = run(*m, HeadPlan::uniform(3, 2, HeadKind::Streaming, w), toks, 50, pool);
+  // While position < sink + recent every key is still visible: streaming == full.
+  const int V = m->config().n_vocab;
+  for (int t = 0; t < 200; ++t) {
+    double d = 0;
+    for (int i = 0; i < V; ++i) d = std::max(d, (double)std::fabs(full[t * V + i] - streaming[t * V + i]));
+    if (t < w.recent) {
+      EXPECT_LT(d, 2e-4) << "position " << t;
+    } else if (t > 2 * w.recent) {
+      EXPECT_GT(d, 1e-3) << "streaming should differ from full at position " << t;
+    }
+  }
+  // A duo plan mixing both kinds lies strictly between: differs from both.
+  HeadPlan mixed = HeadPlan::uniform(3, 2, HeadKind::Retrieval, w);
+  mixed.kinds[1][0] = HeadKind::Streaming;
+  mixed.kinds[2][1] = HeadKind::Streaming;
+  const auto duo = run(*m, mixed, toks, 50, pool);
+  EXPECT_GT(max_abs_diff(duo, full), 1e-3);
+  EXPECT_GT(max_abs_diff(duo, streaming), 1e-3);
+}
+
+TEST_P(ForwardEquivalence, DecodeMatchesPrefillAndThreadsAgree) {
+  auto m = Model::synthetic(tiny_config(GetParam()), 99);
+  const auto toks = tokens(90, m->config().n_vocab);
+  HeadPlan plan = HeadPlan::uniform(3, 2, HeadKind::Retrieval);
+  ThreadPool one(1), three(3);
+  const auto a = run(*m, plan, toks, 90, one);
+  const auto b = run(*m, plan, toks, 1, three);
+  EXPECT_LT(max_abs_diff(a, b), 2e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(LlamaAndQwen, ForwardEquivalence, ::testing::Values(false, true));
+
+TEST(Forward, RejectsBadTokens) {
+  auto m = Model::synthetic(tiny_config(false), 1);
+  ThreadPool pool(1);
+  auto cache = m->new_cache(HeadPlan::uniform(3, 2, HeadKind::Retrieval));
+  std::vector<float> logits(m->config().n_vocab);
+  const int32_t bad[] = {5, 300};
+  EXPECT_THROW(m->forward(*cache, bad, 2, logits.data(), pool), std::runtime_error);
+  const int32_t neg[] = {-1};
+  EXPECT_THROW(m->forward(*cache, neg, 1, logits.data(), pool), std::runtime_error);
+  EXPECT_EQ(cache->n_past(), 0);
+}
+
+}  // namespace
+}  // namespace duo

@@ -1,0 +1,87 @@
+// `duo generate`: one prompt in, streamed text out, timing on stderr.
+#include <fmt/core.h>
+
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "commands.h"
+#include "core/error.h"
+#include "model/model.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+namespace duo::cli {
+
+namespace {
+struct GenerateOptions {
+  ModelOptions model;
+  std::string prompt, file, system;
+  bool chat = false, quiet = false;
+  int max_tokens = 128;
+  SamplerConfig sampling;
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  DUO_CHECK(f.good(), "cannot read prompt file '{}'", path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+}  // namespace
+
+void add_sampling_options(CLI::App& cmd, SamplerConfig& s) {
+  cmd.add_option("--temp", s.temperature, "sampling temperature (0: greedy)")->check(CLI::NonNegativeNumber);
+  cmd.add_option("--top-k", s.top_k, "keep the k most likely tokens (0: off)")->check(CLI::NonNegativeNumber);
+  cmd.add_option("--top-p", s.top_p, "nucleus sampling mass (1: off)")->check(CLI::Range(0.0, 1.0));
+  cmd.add_option("--seed", s.seed, "random seed");
+}
+
+void add_generate(CLI::App& app) {
+  auto o = std::make_shared<GenerateOptions>();
+  auto* cmd = app.add_subcommand("generate", "generate a continuation of a prompt");
+  add_model_options(*cmd, o->model);
+  auto* p = cmd->add_option("-p,--prompt", o->prompt, "prompt text");
+  auto* f = cmd->add_option("-f,--file", o->file, "read the prompt from a file");
+  p->excludes(f);
+  cmd->add_option("-n,--max-tokens", o->max_tokens, "tokens to generate")->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template as a user message");
+  cmd->add_option("--system", o->system, "system message (with --chat)");
+  cmd->add_flag("-q,--quiet", o->quiet, "no statistics on stderr");
+  add_sampling_options(*cmd, o->sampling);
+  cmd->callback([o] {
+    DUO_CHECK(!o->prompt.empty() || !o->file.empty(), "give a prompt with -p TEXT or -f FILE");
+    const std::string text = o->file.empty() ? o->prompt : read_file(o->file);
+    Engine engine(engine_options(o->model));
+    const Tokenizer& tok = engine.tokenizer();
+    std::vector<int32_t> ids;
+    if (o->chat) {
+      ChatTemplate tmpl = ChatTemplate::from_gguf(engine.model().gguf());
+      std::vector<ChatMessage> msgs;
+      if (!o->system.empty()) msgs.push_back({"system", o->system});
+      msgs.push_back({"user", text});
+      ids = tok.encode(apply_chat_template(tmpl, msgs, true), false, true);
+    } else {
+      ids = tok.encode(text, tok.vocab().add_bos, false);
+    }
+    DUO_CHECK(!ids.empty(), "the prompt is empty after tokenization");
+    Sampler sampler(o->sampling);
+    auto s = engine.new_session();
+    if (!o->chat) std::cout << text << std::flush;
+    GenerationStats st = s->generate(ids, o->max_tokens, sampler, [](int32_t, const std::string& piece) {
+      std::cout << piece << std::flush;
+      return true;
+    });
+    std::cout << std::endl;
+    if (!o->quiet)
+      fmt::print(stderr,
+                 "[{} prompt tokens: {:.1f} tok/s | {} generated: {:.1f} tok/s | attention {} | KV {:.2f} MiB "
+                 "(retrieval {:.2f}, streaming {:.2f}) | peak RSS {:.0f} MiB]\n",
+                 st.prompt_tokens, st.prefill_tok_s(), st.generated_tokens, st.decode_tok_s(),
+                 to_string(engine.options().attention), st.kv_bytes / 1048576.0, st.kv_bytes_retrieval / 1048576.0,
+                 st.kv_bytes_streaming / 1048576.0, peak_rss_mib());
+  });
+}
+
+}  // namespace duo::cli

@@ -1,0 +1,40 @@
+// Each `duo` subcommand registers itself on the CLI11 app and runs from its callback.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "duo/engine.h"
+
+namespace duo::cli {
+
+void add_info(CLI::App& app);
+void add_generate(CLI::App& app);
+void add_chat(CLI::App& app);
+void add_bench(CLI::App& app);
+void add_demo(CLI::App& app);
+void add_eval(CLI::App& app);
+void add_pattern(CLI::App& app);
+
+// Options shared by the commands that load a model.
+struct ModelOptions {
+  std::string model;
+  int threads = 0;
+  std::string attention = "full";
+  int sink = 64, recent = 256;
+  int64_t chunk = 512;
+  int64_t max_context = 0;
+  std::string pattern;           // gate matrix TSV for --attention duo
+  double retrieval_ratio = -1;   // keep this fraction as retrieval heads (< 0: use threshold)
+  float threshold = 0.5f;
+};
+void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention = true);
+// Resolves -m (default: the fetched SmolLM2) and builds engine options; throws with advice
+// when the model file is missing.
+EngineOptions engine_options(const ModelOptions& o);
+std::string default_model_path();
+void add_sampling_options(CLI::App& cmd, SamplerConfig& s);
+
+// Peak resident memory of this process in MiB (from /proc/self/status VmHWM).
+double peak_rss_mib();
+
+}  // namespace duo::cli

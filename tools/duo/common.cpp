@@ -1,0 +1,70 @@
+#include <filesystem>
+#include <fstream>
+
+#include "commands.h"
+#include "core/error.h"
+#include "io/head_pattern.h"
+
+namespace duo::cli {
+
+std::string default_model_path() {
+  std::string dir;
+  if (const char* d = std::getenv("DUO_MODELS"))
+    dir = d;
+  else
+    dir = std::string(std::getenv("HOME") ? std::getenv("HOME") : "/root") + "/.cache/duo/models";
+  return dir + "/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention) {
+  cmd.add_option("-m,--model", o.model, "GGUF model file (default: the fetched SmolLM2-135M-Instruct)");
+  cmd.add_option("-t,--threads", o.threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
+  cmd.add_option("--chunk", o.chunk, "pre-fill chunk size in tokens")->check(CLI::PositiveNumber);
+  cmd.add_option("--max-context", o.max_context, "context limit in tokens (0: the model's)")
+      ->check(CLI::NonNegativeNumber);
+  if (with_attention) {
+    cmd.add_option("--attention", o.attention, "attention mode: full, streaming or duo")
+        ->check(CLI::IsMember({"full", "streaming", "duo"}));
+    cmd.add_option("--sink", o.sink, "attention-sink tokens kept by streaming heads")->check(CLI::NonNegativeNumber);
+    cmd.add_option("--recent", o.recent, "recent tokens kept by streaming heads")->check(CLI::PositiveNumber);
+    cmd.add_option("--pattern", o.pattern, "head pattern: gate matrix TSV (rows layers, columns KV heads)");
+    cmd.add_option("--retrieval-ratio", o.retrieval_ratio, "fraction of KV heads kept as retrieval heads")
+        ->check(CLI::Range(0.0, 1.0));
+    cmd.add_option("--threshold", o.threshold, "gate threshold for retrieval heads (without --retrieval-ratio)")
+        ->check(CLI::Range(0.0, 1.0));
+  }
+}
+
+EngineOptions engine_options(const ModelOptions& o) {
+  EngineOptions e;
+  e.model_path = o.model.empty() ? default_model_path() : o.model;
+  if (!std::filesystem::exists(e.model_path)) {
+    if (o.model.empty())
+      fail("default model not found at {}; fetch it with: python3 scripts/fetch_models.py smollm2", e.model_path);
+    fail("model file not found: {}", e.model_path);
+  }
+  e.threads = o.threads;
+  e.attention = parse_attention_mode(o.attention);
+  e.window = {o.sink, o.recent};
+  e.chunk = o.chunk;
+  e.max_context = o.max_context;
+  if (e.attention == AttentionMode::Duo) {
+    DUO_CHECK(!o.pattern.empty(), "--attention duo needs --pattern FILE (a gate matrix TSV)");
+    const GateMatrix g = load_gates_tsv(o.pattern);
+    e.plan.kinds = o.retrieval_ratio >= 0 ? binarize_ratio(g, o.retrieval_ratio) : binarize_threshold(g, o.threshold);
+    e.pattern_origin = o.pattern;
+  } else {
+    DUO_CHECK(o.pattern.empty(), "--pattern is only used with --attention duo");
+  }
+  return e;
+}
+
+double peak_rss_mib() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  return 0.0;
+}
+
+}  // namespace duo::cli
