@@ -1,0 +1,100 @@
+// The CPU forward of the real models against HF transformers on the same GGUF weights
+// (tests/fixtures/models, from scripts/make_model_fixtures.py): logits at several positions,
+// and greedy continuations.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/thread_pool.h"
+#include "model/model.h"
+#include "sample/sampler.h"
+#include "test_support.h"
+
+namespace duo {
+namespace {
+
+struct Tolerance {
+  double logit;        // max |ours - reference| over the reference's top-20 logits
+  double logprob;      // same for log-probabilities
+  bool exact_greedy;   // whole 64-token greedy continuation must match
+};
+
+void check_model(const std::string& file, const std::string& fixture, Tolerance tol) {
+  std::ifstream f(test::fixture_path("models/" + fixture + ".json"));
+  ASSERT_TRUE(f.good());
+  const auto j = nlohmann::json::parse(f);
+  auto model = Model::load(test::models_dir() + "/" + file);
+  const int V = model->config().n_vocab;
+  ThreadPool pool(2);
+  for (const auto& p : j["prompts"]) {
+    const auto ids = p["ids"].get<std::vector<int32_t>>();
+    const int64_t n = (int64_t)ids.size();
+    // Logits of every position in one pre-fill pass.
+    auto cache = model->new_cache(HeadPlan::uniform(model->config().n_layers, model->config().n_kv_heads,
+                                                    HeadKind::Retrieval));
+    std::vector<float> logits((size_t)n * V);
+    model->forward(*cache, ids.data(), n, logits.data(), pool, /*all_logits=*/true);
+    double worst_logit = 0, worst_lp = 0;
+    for (const auto& [pos_s, ref] : p["top_logits"].items()) {
+      const int64_t pos = std::stoll(pos_s);
+      const float* row = logits.data() + pos * V;
+      double mx = -1e30, z = 0;
+      for (int i = 0; i < V; ++i) mx = std::max(mx, (double)row[i]);
+      for (int i = 0; i < V; ++i) z += std::exp(row[i] - mx);
+      const double lse = mx + std::log(z);
+      const auto rids = ref["ids"].get<std::vector<int32_t>>();
+      const auto rvals = ref["values"].get<std::vector<double>>();
+      const double rlse = ref["logsumexp"];
+      for (size_t k = 0; k < rids.size(); ++k) {
+        worst_logit = std::max(worst_logit, std::fabs(row[rids[k]] - rvals[k]));
+        worst_lp = std::max(worst_lp, std::fabs((row[rids[k]] - lse) - (rvals[k] - rlse)));
+      }
+      // The reference's top token is ours too unless the reference itself nearly ties.
+      if (rvals[0] - rvals[1] > 2 * tol.logit) {
+        EXPECT_EQ(Sampler::argmax(row, V), rids[0]) << "position " << pos;
+      }
+    }
+    EXPECT_LT(worst_logit, tol.logit) << p["description"];
+    EXPECT_LT(worst_lp, tol.logprob) << p["description"];
+
+    // Greedy continuation, decoding one token at a time after the pre-fill.
+    const auto ref_gen = p["greedy"].get<std::vector<int32_t>>();
+    std::vector<int32_t> gen;
+    std::vector<float> last(logits.end() - V, logits.end());
+    for (size_t i = 0; i < ref_gen.size(); ++i) {
+      const int32_t next = Sampler::argmax(last.data(), V);
+      gen.push_back(next);
+      if (next != ref_gen[i]) break;
+      model->forward(*cache, &next, 1, last.data(), pool);
+    }
+    if (tol.exact_greedy) {
+      EXPECT_EQ(gen, ref_gen) << p["description"];
+    } else {
+      // Must agree at least until the reference's first near-tie (gap < 0.2).
+      const auto gaps = p["greedy_gaps"].get<std::vector<double>>();
+      size_t must = 0;
+      while (must < ref_gen.size() && gaps[must] >= 0.2) ++must;
+      for (size_t i = 0; i < must; ++i) ASSERT_EQ(gen.at(i), ref_gen[i]) << p["description"] << " step " << i;
+    }
+    std::printf("  %-40s %4lld tokens: max |dlogit| %.4f, max |dlogprob| %.4f, greedy %zu/%zu\n",
+                p["description"].get<std::string>().substr(0, 40).c_str(), (long long)n, worst_logit, worst_lp,
+                std::min(gen.size(), ref_gen.size()) - (gen == ref_gen ? 0 : 1), ref_gen.size());
+  }
+}
+
+TEST(ReferenceLogits, SmolLM2) {
+  DUO_REQUIRE_MODEL(path, test::kSmolLM2);
+  // Measured: max |dlogit| ~1e-4 (float32 reference, our pre-fill in float after row
+  // dequantization); decode uses 16-bit activations.
+  check_model(test::kSmolLM2, "smollm2", {0.01, 0.01, true});
+}
+
+TEST(ReferenceLogits, QwenCoder) {
+  DUO_REQUIRE_MODEL(path, test::kQwenCoder);
+  check_model(test::kQwenCoder, "qwen2.5-coder-1.5b", {0.35, 0.35, false});
+}
+
+}  // namespace
+}  // namespace duo
