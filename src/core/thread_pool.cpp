@@ -37,6 +37,8 @@ void ThreadPool::worker_loop(int index) {
     uint64_t gen = generation_.load(std::memory_order_acquire);
     for (int spin = 0; gen == seen && spin < kSpinIterations; ++spin) {
       DUO_PAUSE();
+      // With more threads than cores a spinning thread can hold the core the producer needs.
+      if ((spin & 255) == 255) std::this_thread::yield();
       gen = generation_.load(std::memory_order_acquire);
     }
     if (gen == seen) {
@@ -65,7 +67,10 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   }
   cv_.notify_all();
   fn(0, n_threads_);
-  while (pending_.load(std::memory_order_acquire) != 0) DUO_PAUSE();
+  for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
+    DUO_PAUSE();
+    if ((spin & 255) == 255) std::this_thread::yield();
+  }
   job_ = nullptr;
 }
 
