@@ -32,30 +32,27 @@ std::vector<const char*> patterns_for(const std::string& name) {
   fail("unsupported pre-tokenizer '{}'", name);
 }
 
-// Strict UTF-8 check (no overlongs, no surrogates, <= U+10FFFF).
-bool valid_utf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const unsigned char c = (unsigned char)s[i];
-    int n;
-    uint32_t cp;
-    if (c < 0x80) { ++i; continue; }
-    if ((c & 0xE0) == 0xC0) n = 1, cp = c & 0x1F;
-    else if ((c & 0xF0) == 0xE0) n = 2, cp = c & 0x0F;
-    else if ((c & 0xF8) == 0xF0) n = 3, cp = c & 0x07;
-    else return false;
-    for (int k = 1; k <= n; ++k) {
-      if (i + k >= s.size()) return false;
-      const unsigned char cc = (unsigned char)s[i + k];
-      if ((cc & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
-        (cp >= 0xD800 && cp <= 0xDFFF))
-      return false;
-    i += n + 1;
+// Length of the valid UTF-8 character at s[i] (no overlongs, no surrogates, <= U+10FFFF),
+// or 0 when the bytes there are not one.
+size_t utf8_char_len(std::string_view s, size_t i) {
+  const unsigned char c = (unsigned char)s[i];
+  if (c < 0x80) return 1;
+  int n;
+  uint32_t cp;
+  if ((c & 0xE0) == 0xC0) n = 1, cp = c & 0x1F;
+  else if ((c & 0xF0) == 0xE0) n = 2, cp = c & 0x0F;
+  else if ((c & 0xF8) == 0xF0) n = 3, cp = c & 0x07;
+  else return 0;
+  if (i + n >= s.size()) return 0;
+  for (int k = 1; k <= n; ++k) {
+    const unsigned char cc = (unsigned char)s[i + k];
+    if ((cc & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (cc & 0x3F);
   }
-  return true;
+  if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
+      (cp >= 0xD800 && cp <= 0xDFFF))
+    return 0;
+  return n + 1;
 }
 
 }  // namespace
@@ -90,14 +87,32 @@ Pretokenizer::~Pretokenizer() {
 }
 
 std::vector<std::string> Pretokenizer::split(std::string_view text) const {
-  std::vector<std::string> pieces{std::string(text)};
-  // PCRE2 in UTF mode must not see invalid UTF-8; such text is left as one piece, which
-  // byte-level BPE still encodes losslessly.
-  if (!valid_utf8(text)) return pieces;
+  // PCRE2 in UTF mode must not see invalid UTF-8: the regexes run on the maximal valid runs,
+  // and every invalid byte is a piece of its own (byte-level BPE encodes it losslessly).
+  std::vector<std::string> pieces;
+  std::vector<bool> invalid;
+  for (size_t i = 0, run = 0; i <= text.size();) {
+    const size_t n = i < text.size() ? utf8_char_len(text, i) : 0;
+    if (n > 0) {
+      i += n;
+      continue;
+    }
+    if (i > run) pieces.emplace_back(text.substr(run, i - run)), invalid.push_back(false);
+    if (i == text.size()) break;
+    pieces.emplace_back(text.substr(i, 1)), invalid.push_back(true);
+    run = ++i;
+  }
   for (const Regex* re : regexes_) {
     std::vector<std::string> next;
+    std::vector<bool> next_invalid;
     pcre2_match_data* md = pcre2_match_data_create_from_pattern(re->code, nullptr);
-    for (const std::string& s : pieces) {
+    for (size_t pi = 0; pi < pieces.size(); ++pi) {
+      const std::string& s = pieces[pi];
+      if (invalid[pi]) {
+        next.push_back(s);
+        next_invalid.resize(next.size(), true);
+        continue;
+      }
       const auto* subject = reinterpret_cast<PCRE2_SPTR>(s.data());
       size_t pos = 0, last = 0;
       while (pos <= s.size()) {
@@ -119,9 +134,11 @@ std::vector<std::string> Pretokenizer::split(std::string_view text) const {
         }
       }
       if (last < s.size()) next.emplace_back(s.substr(last));
+      next_invalid.resize(next.size(), false);
     }
     pcre2_match_data_free(md);
     pieces.swap(next);
+    invalid.swap(next_invalid);
   }
   return pieces;
 }

@@ -68,7 +68,7 @@ struct Symbol {
 // A candidate merge of symbols `left` and its right neighbour. `left_len`/`right_len`
 // detect stale entries (a symbol changed since the candidate was queued).
 struct Candidate {
-  int64_t priority;  // lower merges first
+  double priority;  // lower merges first (BPE: merge rank; SentencePiece: -score)
   int left;
   size_t left_len, right_len;
   bool operator<(const Candidate& o) const {
@@ -100,6 +100,7 @@ Tokenizer::Tokenizer(Vocab v) : vocab_(std::move(v)) {
   std::fill(std::begin(byte_tokens_), std::end(byte_tokens_), -1);
   if (vocab_.model == Vocab::Model::BPE) {
     pre_ = std::make_unique<Pretokenizer>(vocab_.pre);
+    ignore_merges_ = vocab_.pre == "llama-bpe" || vocab_.pre == "llama3";
     for (int b = 0; b < 256; ++b) byte_tokens_[b] = token_id(byte_map().to_text[b]);
   } else {
     char buf[8];
@@ -139,6 +140,17 @@ void Tokenizer::encode_bpe_piece(const std::string& piece, std::vector<int32_t>&
     text += t;
   }
   if (!sym.empty()) sym.back().next = -1;
+  // Llama-3 style vocabularies (tokenizer.json "ignore_merges": true): a piece that is a token
+  // as a whole is that token, even when the merges would split it differently.
+  if (ignore_merges_ && sym.size() > 1) {
+    const int32_t whole = token_id(text);
+    if (whole >= 0) {
+      out.push_back(whole);
+      std::lock_guard<std::mutex> lock(cache_mu_);
+      cache_.emplace(piece, std::vector<int32_t>{whole});
+      return;
+    }
+  }
   std::priority_queue<Candidate> q;
   std::string key;
   auto try_pair = [&](int left) {
@@ -148,7 +160,7 @@ void Tokenizer::encode_bpe_piece(const std::string& piece, std::vector<int32_t>&
     key += ' ';
     key.append(text, b.start, b.len);
     auto it = merge_rank_.find(key);
-    if (it != merge_rank_.end()) q.push({it->second, left, a.len, b.len});
+    if (it != merge_rank_.end()) q.push({(double)it->second, left, a.len, b.len});
   };
   for (int i = 0; i + 1 < (int)sym.size(); ++i) try_pair(i);
   while (!q.empty()) {
@@ -191,11 +203,11 @@ void Tokenizer::encode_bpe_piece(const std::string& piece, std::vector<int32_t>&
   cache_.emplace(piece, std::move(ids));
 }
 
-void Tokenizer::encode_spm(const std::string& raw, bool first_segment, std::vector<int32_t>& out) const {
+void Tokenizer::encode_spm(const std::string& raw, bool space_prefix, std::vector<int32_t>& out) const {
   // SentencePiece: spaces become U+2581, optionally a leading one; then the highest-scoring
   // merges of adjacent symbols win; unknown symbols fall back to <0xXX> byte tokens.
   std::string text;
-  if (vocab_.add_space_prefix && first_segment) text = "\xE2\x96\x81";
+  if (vocab_.add_space_prefix && space_prefix) text = "\xE2\x96\x81";
   for (char c : raw) {
     if (c == ' ')
       text += "\xE2\x96\x81";
@@ -217,8 +229,8 @@ void Tokenizer::encode_spm(const std::string& raw, bool first_segment, std::vect
     const Symbol &a = sym[left], &b = sym[a.next];
     const int32_t id = token_id(std::string_view(text).substr(a.start, a.len + b.len));
     if (id < 0) return;
-    // Higher score merges first; priority is the negated score in fixed point.
-    q.push({(int64_t)(-(double)vocab_.scores[id] * 1e6), left, a.len, b.len});
+    // Higher score merges first (ties: leftmost first, as SentencePiece and llama.cpp).
+    q.push({-(double)vocab_.scores[id], left, a.len, b.len});
   };
   for (int i = 0; i + 1 < (int)sym.size(); ++i) try_pair(i);
   while (!q.empty()) {
@@ -250,10 +262,10 @@ void Tokenizer::encode_spm(const std::string& raw, bool first_segment, std::vect
   }
 }
 
-void Tokenizer::encode_segment(const std::string& text, bool first_segment, std::vector<int32_t>& out) const {
+void Tokenizer::encode_segment(const std::string& text, bool space_prefix, std::vector<int32_t>& out) const {
   if (text.empty()) return;
   if (vocab_.model == Vocab::Model::SPM) {
-    encode_spm(text, first_segment, out);
+    encode_spm(text, space_prefix, out);
     return;
   }
   for (const std::string& piece : pre_->split(text)) encode_bpe_piece(piece, out);
@@ -264,8 +276,9 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, bool
   if (add_bos && vocab_.bos >= 0) out.push_back(vocab_.bos);
   // Split out special tokens (longest match first at the earliest position), encode the
   // text between them.
+  // SentencePiece: like llama.cpp, every run of text (at the start or after a special token)
+  // gets the space prefix when the vocabulary asks for one.
   size_t pos = 0, seg_start = 0;
-  bool first = true;
   while (pos < text.size()) {
     int32_t hit = -1;
     if (special_first_[(unsigned char)text[pos]]) {
@@ -282,13 +295,12 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, bool
       ++pos;
       continue;
     }
-    encode_segment(std::string(text.substr(seg_start, pos - seg_start)), first, out);
-    first = false;
+    encode_segment(std::string(text.substr(seg_start, pos - seg_start)), true, out);
     out.push_back(hit);
     pos += vocab_.tokens[hit].size();
     seg_start = pos;
   }
-  encode_segment(std::string(text.substr(seg_start)), first, out);
+  encode_segment(std::string(text.substr(seg_start)), true, out);
   if (vocab_.add_eos && vocab_.eos >= 0) out.push_back(vocab_.eos);
   return out;
 }

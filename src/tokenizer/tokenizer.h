@@ -39,8 +39,8 @@ class Tokenizer {
 
  private:
   void encode_bpe_piece(const std::string& piece, std::vector<int32_t>& out) const;
-  void encode_spm(const std::string& text, bool first_segment, std::vector<int32_t>& out) const;
-  void encode_segment(const std::string& text, bool first_segment, std::vector<int32_t>& out) const;
+  void encode_spm(const std::string& text, bool space_prefix, std::vector<int32_t>& out) const;
+  void encode_segment(const std::string& text, bool space_prefix, std::vector<int32_t>& out) const;
   std::string piece_bytes(int32_t id) const;
 
   Vocab vocab_;
@@ -50,6 +50,7 @@ class Tokenizer {
   bool special_first_[256] = {};   // bytes a special token can start with
   std::vector<bool> eog_;
   std::unique_ptr<Pretokenizer> pre_;
+  bool ignore_merges_ = false;  // BPE: whole-piece vocabulary lookup before merging (Llama-3)
   int32_t byte_tokens_[256];  // SPM byte fallback <0xXX> ids, or BPE single-byte token ids
   mutable std::mutex cache_mu_;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;  // BPE piece -> ids
