@@ -1,0 +1,193 @@
+// Attention kernel benchmark, Llama-3-8B attention shape (32 q heads, 8 KV heads, d=128):
+// causal and Λ pre-fill at 8K/32K, split-KV decode at 32K/128K/512K, and a DuoAttention layer
+// (50% retrieval / 50% streaming heads, sink 64 / recent 256) against full attention.
+// Usage: duo_cuda_bench [--json FILE] [--quick]
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/attention.cuh"
+
+using namespace duo::cuda;
+
+#define CK(x) check_cuda((x), #x)
+
+namespace {
+
+constexpr int kHeads = 32, kKv = 8, kD = 128, kSink = 64, kRecent = 256;
+
+__global__ void fill_kernel(bf16* p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    uint32_t x = (uint32_t)i * 2654435761u ^ seed;
+    x ^= x >> 15, x *= 2246822519u, x ^= x >> 13;
+    p[i] = __float2bfloat16(((x & 0xffff) / 65536.0f - 0.5f) * 3.0f);
+  }
+}
+
+struct Buf {
+  void* p = nullptr;
+  explicit Buf(size_t bytes) { CK(cudaMalloc(&p, std::max<size_t>(bytes, 16))); CK(cudaMemset(p, 0, std::max<size_t>(bytes, 16))); }
+  ~Buf() { cudaFree(p); }
+  bf16* b() const { return static_cast<bf16*>(p); }
+};
+void fill(const Buf& b, size_t n, uint32_t seed) {
+  fill_kernel<<<1024, 256>>>(b.b(), n, seed);
+  CK(cudaGetLastError());
+}
+
+// Median over `rounds` of (time of `iters` back-to-back calls / iters), in milliseconds.
+template <class F>
+double time_ms(F&& f, int iters, int rounds = 5) {
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a)), CK(cudaEventCreate(&b));
+  for (int i = 0; i < 2; ++i) f();  // warm-up
+  CK(cudaDeviceSynchronize());
+  std::vector<double> t;
+  for (int r = 0; r < rounds; ++r) {
+    CK(cudaEventRecord(a));
+    for (int i = 0; i < iters; ++i) f();
+    CK(cudaEventRecord(b));
+    CK(cudaEventSynchronize(b));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms / iters);
+  }
+  CK(cudaEventDestroy(a)), CK(cudaEventDestroy(b));
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+struct Json {
+  std::string s = "{";
+  void add(const std::string& k, double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.6g", v);
+    s += (s.size() > 1 ? ",\n  \"" : "\n  \"") + k + "\": " + buf;
+  }
+  void add_str(const std::string& k, const std::string& v) { s += (s.size() > 1 ? ",\n  \"" : "\n  \"") + k + "\": \"" + v + "\""; }
+};
+
+// A layer's cache for `len` tokens: contiguous pages per head (page table identity).
+struct BenchCache {
+  Buf kp, vp, kr, vr, pt, kinds;
+  LayerKv view;
+  BenchCache(int len, int n_retrieval_kv)
+      : kp((size_t)kKv * ((len + kPageTokens - 1) / kPageTokens) * kPageTokens * kD * 2),
+        vp((size_t)kKv * ((len + kPageTokens - 1) / kPageTokens) * kPageTokens * kD * 2),
+        kr((size_t)kKv * (kSink + kRecent) * kD * 2),
+        vr((size_t)kKv * (kSink + kRecent) * kD * 2),
+        pt((size_t)kKv * ((len + kPageTokens - 1) / kPageTokens) * 4),
+        kinds(kKv) {
+    const int max_pages = (len + kPageTokens - 1) / kPageTokens;
+    std::vector<int32_t> table((size_t)kKv * max_pages);
+    std::iota(table.begin(), table.end(), 0);
+    CK(cudaMemcpy(pt.p, table.data(), table.size() * 4, cudaMemcpyHostToDevice));
+    std::vector<uint8_t> k(kKv);
+    for (int h = 0; h < kKv; ++h) k[h] = h < n_retrieval_kv ? 0 : 1;  // retrieval heads first
+    CK(cudaMemcpy(kinds.p, k.data(), kKv, cudaMemcpyHostToDevice));
+    fill(kp, (size_t)kKv * max_pages * kPageTokens * kD, 1), fill(vp, (size_t)kKv * max_pages * kPageTokens * kD, 2);
+    fill(kr, (size_t)kKv * (kSink + kRecent) * kD, 3), fill(vr, (size_t)kKv * (kSink + kRecent) * kD, 4);
+    view.k_pages = kp.b(), view.v_pages = vp.b(), view.page_table = static_cast<int32_t*>(pt.p);
+    view.max_pages = max_pages, view.k_ring = kr.b(), view.v_ring = vr.b();
+    view.kinds = static_cast<uint8_t*>(kinds.p), view.sink = kSink, view.recent = kRecent;
+    view.mode = n_retrieval_kv == kKv ? HeadMode::AllRetrieval : n_retrieval_kv == 0 ? HeadMode::AllStreaming
+                                                                                       : HeadMode::Mixed;
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_path;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--quick")) quick = true;
+  }
+  Json js;
+  int dev = 0;
+  CK(cudaGetDevice(&dev));
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, dev));
+  int sms = 0, clk = 0, mclk = 0, bus = 0;
+  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  CK(cudaDeviceGetAttribute(&clk, cudaDevAttrClockRate, dev));
+  CK(cudaDeviceGetAttribute(&mclk, cudaDevAttrMemoryClockRate, dev));
+  CK(cudaDeviceGetAttribute(&bus, cudaDevAttrGlobalMemoryBusWidth, dev));
+  std::printf("GPU: %s, %d SMs, SM clock %.0f MHz, memory clock %.0f MHz x %d bit, L2 %d MB, cc %d.%d\n", prop.name,
+              sms, clk / 1e3, mclk / 1e3, bus, prop.l2CacheSize >> 20, prop.major, prop.minor);
+  js.add_str("gpu", prop.name);
+  js.add("sms", sms);
+
+  {  // Device copy bandwidth (read + write bytes), the decode ceiling.
+    const size_t bytes = (size_t)1 << 30;
+    Buf a(bytes), b(bytes);
+    const double ms = time_ms([&] { CK(cudaMemcpyAsync(b.p, a.p, bytes, cudaMemcpyDeviceToDevice)); }, 10);
+    const double gbs = 2.0 * bytes / (ms * 1e-3) / 1e9;
+    std::printf("device copy: %.1f GB/s (read+write)\n", gbs);
+    js.add("copy_gbs", gbs);
+  }
+
+  std::printf("\nPre-fill attention, %d q heads / %d kv heads, d=%d (causal FLOPs = 4*L*L/2*d*heads)\n", kHeads, kKv, kD);
+  const std::vector<int> pre_lens = quick ? std::vector<int>{8192} : std::vector<int>{8192, 32768};
+  for (int L : pre_lens) {
+    Buf q((size_t)L * kHeads * kD * 2), k((size_t)L * kKv * kD * 2), v((size_t)L * kKv * kD * 2),
+        o((size_t)L * kHeads * kD * 2);
+    fill(q, (size_t)L * kHeads * kD, 5), fill(k, (size_t)L * kKv * kD, 6), fill(v, (size_t)L * kKv * kD, 7);
+    const double flops = 4.0 * L * (double)L / 2 * kD * kHeads;
+    double ms_full = 0;
+    for (int nret : {kKv, 0, kKv / 2}) {
+      BenchCache cache(256, nret);  // pos0 = 0: the cache is not read, only the mask policy matters
+      PrefillArgs a;
+      a.q = q.b(), a.k = k.b(), a.v = v.b(), a.out = o.b();
+      a.q_stride = a.o_stride = kHeads * kD, a.kv_stride = kKv * kD;
+      a.n = L, a.pos0 = 0, a.n_heads = kHeads, a.n_kv_heads = kKv, a.head_dim = kD;
+      a.cache = cache.view;
+      const double ms = time_ms([&] { prefill_attention(a, 0); }, L > 16384 ? 3 : 10);
+      const char* name = nret == kKv ? "causal" : nret == 0 ? "lambda" : "duo50";
+      if (nret == kKv) ms_full = ms;
+      std::printf("  %-7s L=%6d: %9.3f ms  %7.1f TFLOP/s (causal-equivalent)  speedup vs causal %.2fx\n", name, L, ms,
+                  flops / (ms * 1e-3) / 1e12, ms_full / ms);
+      const std::string key = std::string("prefill_") + name + "_" + std::to_string(L);
+      js.add(key + "_ms", ms);
+      js.add(key + "_tflops", flops / (ms * 1e-3) / 1e12);
+    }
+  }
+
+  std::printf("\nDecode attention (one token), split-KV over 256-token pages; bytes = K+V read\n");
+  const std::vector<int> dec_lens = quick ? std::vector<int>{32768} : std::vector<int>{32768, 131072, 524288};
+  for (int L : dec_lens) {
+    Buf q((size_t)kHeads * kD * 2), o((size_t)kHeads * kD * 2);
+    fill(q, kHeads * kD, 8);
+    double us_full = 0;
+    for (int nret : {kKv, kKv / 2}) {
+      BenchCache cache(L, nret);
+      DecodeArgs a;
+      a.q = q.b(), a.out = o.b(), a.n_past = L, a.n_heads = kHeads, a.n_kv_heads = kKv, a.head_dim = kD;
+      a.cache = cache.view;
+      const int splits = decode_splits(a);
+      Buf ws(decode_workspace_bytes(kHeads, kD, splits));
+      a.workspace = ws.p, a.workspace_bytes = decode_workspace_bytes(kHeads, kD, splits);
+      const double us = 1e3 * time_ms([&] { decode_attention(a, 0); }, 20);
+      const double bytes = 2.0 * 2 * kD * ((double)nret * L + (double)(kKv - nret) * std::min(L, kSink + kRecent));
+      const char* name = nret == kKv ? "full" : "duo50";
+      if (nret == kKv) us_full = us;
+      std::printf("  %-6s L=%7d: %9.1f us  %7.1f GB/s  (%d splits)  speedup vs full %.2fx\n", name, L, us,
+                  bytes / (us * 1e-6) / 1e9, splits, us_full / us);
+      const std::string key = std::string("decode_") + name + "_" + std::to_string(L);
+      js.add(key + "_us", us);
+      js.add(key + "_gbs", bytes / (us * 1e-6) / 1e9);
+    }
+  }
+  js.s += "\n}\n";
+  if (!json_path.empty()) {
+    FILE* f = std::fopen(json_path.c_str(), "w");
+    if (!f) return std::fprintf(stderr, "cannot write %s\n", json_path.c_str()), 1;
+    std::fputs(js.s.c_str(), f);
+    std::fclose(f);
+  }
+  return 0;
+}

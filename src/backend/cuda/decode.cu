@@ -1,0 +1,308 @@
+// Decode attention (one query token) in the flash-decoding style, and the KV append kernel.
+//
+// decode_kernel: grid (splits, n_kv_heads), 128 threads. A CTA owns one KV head and one run of
+// `split_tokens` keys, and all G query heads of that GQA group, so each K/V row is read from
+// memory exactly once. Memory-bound design: no shared-memory staging; a key row (d bf16) is
+// read by D/8 lanes with 16-byte loads (a half-warp for d=128), a warp handles 32/(D/8) keys
+// per load and U loads of K and V are in flight per thread before any use. Each lane group
+// keeps its own online-softmax state (m, l, o) for the G heads, so the inner loop needs only
+// the in-group shuffle reduction of the dot products; the states are merged through shared
+// memory at the end. A split writes (o / l, log2-sum-exp) to the workspace, and merge_kernel
+// combines the splits; with one split the CTA writes the output directly.
+// Streaming heads: after the current token is appended, every valid row of the sink + ring
+// buffer (rows [0, min(n_past, sink + recent))) is visible to it, so they are one contiguous
+// run handled by split 0; their other splits exit at once. Both kinds run in one launch.
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+#include "backend/cuda/attention.cuh"
+#include "backend/cuda/common.cuh"
+
+namespace duo::cuda {
+namespace detail {
+namespace {
+
+constexpr int kDecThreads = 128, kDecWarps = 4;
+
+__device__ __forceinline__ void bf16x8_to_float(const uint4& u, float (&f)[8]) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 t = __bfloat1622float2(h[i]);
+    f[2 * i] = t.x, f[2 * i + 1] = t.y;
+  }
+}
+
+struct DecodeParams {
+  DecodeArgs a;
+  int n_splits;
+  int split_tokens;
+  float* part_o;    // [n_heads][n_splits][D]
+  float* part_lse;  // [n_heads][n_splits]
+};
+
+template <int D, int G>
+__global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2) decode_kernel(const DecodeParams p) {
+  constexpr int LANES = D / 8;        // lanes a key row
+  constexpr int KPW = 32 / LANES;     // keys a warp-load
+  constexpr int STREAMS = kDecWarps * KPW;
+  constexpr int U = G <= 4 ? 8 : 4;   // loads in flight a thread (each K and V)
+  const DecodeArgs& a = p.a;
+  const LayerKv& c = a.cache;
+  const int split = blockIdx.x, kvh = blockIdx.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int sub = lane / LANES, cl = lane % LANES, stream = warp * KPW + sub;
+  const bool streaming =
+      c.mode == HeadMode::AllStreaming || (c.mode == HeadMode::Mixed && c.kinds[kvh] != 0);
+
+  int begin, end;
+  if (streaming) {
+    begin = 0, end = split == 0 ? min(a.n_past, c.sink + c.recent) : 0;
+  } else {
+    begin = split * p.split_tokens, end = min(a.n_past, begin + p.split_tokens);
+  }
+  const int h0 = kvh * G;
+  if (begin >= end) {  // empty split: contributes nothing to the merge
+    if (p.n_splits > 1 && threadIdx.x < G) p.part_lse[(int64_t)(h0 + threadIdx.x) * p.n_splits + split] = -INFINITY;
+    return;
+  }
+
+  const float sl2 = 1.4426950408889634f / sqrtf((float)D);
+  float q[G][8];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const uint4 u = *reinterpret_cast<const uint4*>(a.q + (int64_t)(h0 + g) * D + cl * 8);
+    bf16x8_to_float(u, q[g]);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) q[g][e] *= sl2;
+  }
+  float m[G], l[G], o[G][8];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = -INFINITY, l[g] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) o[g][e] = 0.0f;
+  }
+
+  const bf16* kbase = streaming ? c.k_ring + (int64_t)kvh * (c.sink + c.recent) * D : c.k_pages;
+  const bf16* vbase = streaming ? c.v_ring + (int64_t)kvh * (c.sink + c.recent) * D : c.v_pages;
+  const int32_t* pt = c.page_table + (int64_t)kvh * c.max_pages;
+  constexpr int STEP = kDecWarps * KPW * U;
+  for (int base = begin + warp * KPW * U; base < end; base += STEP) {
+    uint4 kr[U], vr[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int key = base + u * KPW + sub;
+      if (key < end) {
+        int64_t row = key;
+        if (!streaming) row = (int64_t)pt[key / kPageTokens] * kPageTokens + key % kPageTokens;
+        kr[u] = __ldcs(reinterpret_cast<const uint4*>(kbase + row * D) + cl);
+        vr[u] = __ldcs(reinterpret_cast<const uint4*>(vbase + row * D) + cl);
+      } else {
+        kr[u] = make_uint4(0, 0, 0, 0), vr[u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+    float s[U][G];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float kf[8];
+      bf16x8_to_float(kr[u], kf);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        float d = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) d = fmaf(q[g][e], kf[e], d);
+#pragma unroll
+        for (int off = LANES / 2; off > 0; off /= 2) d += __shfl_xor_sync(0xffffffffu, d, off);
+        s[u][g] = base + u * KPW + sub < end ? d : -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float mx = m[g];
+#pragma unroll
+      for (int u = 0; u < U; ++u) mx = fmaxf(mx, s[u][g]);
+      // mx is finite: the first key of every iteration is valid.
+      const float alpha = exp2f(m[g] - mx);
+      m[g] = mx;
+      l[g] *= alpha;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[g][e] *= alpha;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const float pr = exp2f(s[u][g] - mx);
+        l[g] += pr;
+        float vf[8];
+        bf16x8_to_float(vr[u], vf);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) o[g][e] = fmaf(pr, vf[e], o[g][e]);
+      }
+    }
+  }
+
+  // Merge the STREAMS lane groups of the CTA.
+  __shared__ float sm_m[STREAMS][G], sm_l[STREAMS][G];
+  __shared__ float sm_o[STREAMS][G][D];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (cl == 0) sm_m[stream][g] = m[g], sm_l[stream][g] = l[g];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sm_o[stream][g][cl * 8 + e] = o[g][e];
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * D; idx += kDecThreads) {
+    const int g = idx / D, dd = idx % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int s2 = 0; s2 < STREAMS; ++s2) M = fmaxf(M, sm_m[s2][g]);
+    float L = 0.0f, O = 0.0f;
+#pragma unroll
+    for (int s2 = 0; s2 < STREAMS; ++s2) {
+      const float w = sm_m[s2][g] == -INFINITY ? 0.0f : exp2f(sm_m[s2][g] - M);
+      L += w * sm_l[s2][g];
+      O += w * sm_o[s2][g][dd];
+    }
+    const int h = h0 + g;
+    if (p.n_splits == 1) {
+      a.out[(int64_t)h * D + dd] = __float2bfloat16(L > 0.0f ? O / L : 0.0f);
+    } else {
+      p.part_o[((int64_t)h * p.n_splits + split) * D + dd] = L > 0.0f ? O / L : 0.0f;
+      if (dd == 0) p.part_lse[(int64_t)h * p.n_splits + split] = L > 0.0f ? M + log2f(L) : -INFINITY;
+    }
+  }
+}
+
+// One CTA a query head, one thread a dimension: out = sum_s w_s o_s / sum_s w_s, w_s = 2^lse_s.
+template <int D>
+__global__ void __launch_bounds__(D) merge_kernel(const DecodeParams p) {
+  const int h = blockIdx.x, dd = threadIdx.x;
+  const float* lse = p.part_lse + (int64_t)h * p.n_splits;
+  float M = -INFINITY;
+  for (int s = 0; s < p.n_splits; ++s) M = fmaxf(M, lse[s]);
+  float W = 0.0f, O = 0.0f;
+  for (int s = 0; s < p.n_splits; ++s) {
+    if (lse[s] == -INFINITY) continue;
+    const float w = exp2f(lse[s] - M);
+    W += w;
+    O += w * p.part_o[((int64_t)h * p.n_splits + s) * D + dd];
+  }
+  p.a.out[(int64_t)h * D + dd] = __float2bfloat16(W > 0.0f ? O / W : 0.0f);
+}
+
+template <int D, int G>
+void launch_decode(const DecodeParams& p, cudaStream_t stream) {
+  dim3 grid(p.n_splits, p.a.n_kv_heads);
+  decode_kernel<D, G><<<grid, kDecThreads, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "decode_attention launch");
+  if (p.n_splits > 1) {
+    merge_kernel<D><<<p.a.n_heads, D, 0, stream>>>(p);
+    check_cuda(cudaGetLastError(), "decode merge launch");
+  }
+}
+
+template <int D>
+void dispatch_group(const DecodeParams& p, cudaStream_t stream) {
+  switch (p.a.n_heads / p.a.n_kv_heads) {
+    case 1: return launch_decode<D, 1>(p, stream);
+    case 2: return launch_decode<D, 2>(p, stream);
+    case 3: return launch_decode<D, 3>(p, stream);
+    case 4: return launch_decode<D, 4>(p, stream);
+    case 5: return launch_decode<D, 5>(p, stream);
+    case 6: return launch_decode<D, 6>(p, stream);
+    case 7: return launch_decode<D, 7>(p, stream);
+    case 8: return launch_decode<D, 8>(p, stream);
+    default: throw std::invalid_argument("decode_attention: at most 8 query heads a KV head");
+  }
+}
+
+int sm_count() {
+  static int n = [] {
+    int dev = 0, v = 0;
+    check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+    check_cuda(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev), "SM count");
+    return v;
+  }();
+  return n;
+}
+
+int choose_split_tokens(const DecodeArgs& a) {
+  if (a.split_tokens > 0) return a.split_tokens;
+  // About 4 CTAs an SM over the KV heads; splits of at least 256 keys, multiples of 64.
+  const int want_splits = std::max(1, (4 * sm_count() + a.n_kv_heads - 1) / a.n_kv_heads);
+  int t = (a.n_past + want_splits - 1) / want_splits;
+  t = std::max(256, (t + 63) / 64 * 64);
+  return t;
+}
+
+// kv_append: one CTA a chunk token, one thread a 16-byte piece of a row of each KV head.
+__global__ void append_kernel(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0, int n_kv, int d,
+                              const LayerKv c) {
+  const int r = blockIdx.x, pos = pos0 + r;
+  const int cpr = d / 8;
+  const int end = pos0 + n;
+  const int first_recent = max(c.sink, end - c.recent);
+  for (int idx = threadIdx.x; idx < n_kv * cpr; idx += blockDim.x) {
+    const int h = idx / cpr, ch = idx % cpr;
+    const bool streaming = c.mode == HeadMode::AllStreaming || (c.mode == HeadMode::Mixed && c.kinds[h] != 0);
+    int64_t dst;
+    bf16 *kd, *vd;
+    if (!streaming) {
+      dst = ((int64_t)c.page_table[(int64_t)h * c.max_pages + pos / kPageTokens] * kPageTokens + pos % kPageTokens) * d;
+      kd = c.k_pages, vd = c.v_pages;
+    } else {
+      int row;
+      if (pos < c.sink) row = pos;
+      else if (pos >= first_recent) row = c.sink + (pos - c.sink) % c.recent;
+      else continue;
+      dst = ((int64_t)h * (c.sink + c.recent) + row) * d;
+      kd = c.k_ring, vd = c.v_ring;
+    }
+    const int64_t src = (int64_t)r * kv_stride + (int64_t)h * d + ch * 8;
+    reinterpret_cast<uint4*>(kd + dst)[ch] = *reinterpret_cast<const uint4*>(k + src);
+    reinterpret_cast<uint4*>(vd + dst)[ch] = *reinterpret_cast<const uint4*>(v + src);
+  }
+}
+
+}  // namespace
+}  // namespace detail
+
+size_t decode_workspace_bytes(int n_heads, int head_dim, int max_splits) {
+  return (size_t)n_heads * max_splits * (head_dim + 1) * sizeof(float);
+}
+
+int decode_splits(const DecodeArgs& a) {
+  const int t = detail::choose_split_tokens(a);
+  return std::max(1, (a.n_past + t - 1) / t);
+}
+
+void decode_attention(const DecodeArgs& a, cudaStream_t stream) {
+  if (a.n_past <= 0) throw std::invalid_argument("decode_attention: n_past must be > 0");
+  if (a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads != 0)
+    throw std::invalid_argument("decode_attention: n_heads must be a multiple of n_kv_heads");
+  detail::DecodeParams p;
+  p.a = a;
+  p.split_tokens = detail::choose_split_tokens(a);
+  p.n_splits = std::max(1, (a.n_past + p.split_tokens - 1) / p.split_tokens);
+  if (p.n_splits > 1) {
+    if (!a.workspace || a.workspace_bytes < decode_workspace_bytes(a.n_heads, a.head_dim, p.n_splits))
+      throw std::invalid_argument("decode_attention: workspace too small for the splits");
+    p.part_o = static_cast<float*>(a.workspace);
+    p.part_lse = p.part_o + (size_t)a.n_heads * p.n_splits * a.head_dim;
+  } else {
+    p.part_o = p.part_lse = nullptr;
+  }
+  if (a.head_dim == 128) return detail::dispatch_group<128>(p, stream);
+  if (a.head_dim == 64) return detail::dispatch_group<64>(p, stream);
+  throw std::invalid_argument("decode_attention: head_dim must be 64 or 128");
+}
+
+void kv_append(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0, int n_kv_heads, int head_dim,
+               const LayerKv& cache, cudaStream_t stream) {
+  if (n <= 0) return;
+  if (head_dim % 8 != 0) throw std::invalid_argument("kv_append: head_dim must be a multiple of 8");
+  detail::append_kernel<<<n, 256, 0, stream>>>(k, v, kv_stride, n, pos0, n_kv_heads, head_dim, cache);
+  check_cuda(cudaGetLastError(), "kv_append launch");
+}
+
+}  // namespace duo::cuda

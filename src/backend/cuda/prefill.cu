@@ -1,0 +1,295 @@
+// Pre-fill attention: FlashAttention-2-style tiled kernel on mma.sync m16n8k16 (bf16 in, fp32
+// accumulate) with online softmax, templated over a mask policy (causal / Λ sink+recent).
+//
+// CTA = 4 warps, BM = 128 query rows of one query head (32 rows a warp, as two m16 tiles so
+// each K/V fragment read from shared memory feeds two MMAs), key tiles of BN = 64 rows
+// double-buffered with cp.async. Shared memory rows are XOR-swizzled in 16-byte chunks so
+// ldmatrix is conflict-free. Key tiles that the mask hides entirely are never visited: a
+// causal block visits tiles [0, qmax], a Λ block visits the sink tiles plus the tiles of its
+// recent window, so a streaming head costs O(L * (sink + recent + tiles)) instead of O(L^2).
+// Keys at positions < pos0 come from the cache (pages or sink+ring rows), the rest from the
+// chunk's own K/V, so one kernel does both a whole prompt and a chunk after cached context.
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "backend/cuda/attention.cuh"
+#include "backend/cuda/common.cuh"
+
+namespace duo::cuda {
+
+void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+namespace detail {
+namespace {
+
+constexpr int kWarps = 4, kThreads = kWarps * 32;
+constexpr int kMt = 2;                     // m16 tiles a warp
+constexpr int kBM = kWarps * 16 * kMt;     // 128 query rows a CTA
+constexpr int kBN = 64;                    // keys a tile
+template <int D>
+constexpr int smem_bytes() {
+  return (kBM * D + 4 * kBN * D) * (int)sizeof(bf16);  // Q + 2 stages of K and V
+}
+
+__device__ __forceinline__ int swz(int row, int chunk) { return ((chunk ^ (row & 7)) << 3); }
+
+template <int D, class Mask, bool kStreaming>
+__device__ __forceinline__ void prefill_head(const PrefillArgs& a, const Mask mask, int h, int qblock, bf16* smem) {
+  constexpr int CPR = D / 8;          // 16-byte chunks a row
+  constexpr int RPP = kThreads / CPR; // rows a load pass
+  bf16* sQ = smem;
+  bf16* sK = sQ + kBM * D;
+  bf16* sV = sK + 2 * kBN * D;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int kvh = h / (a.n_heads / a.n_kv_heads);
+  const int q0 = qblock * kBM;
+  const int qmin = a.pos0 + q0, qmax = a.pos0 + min(q0 + kBM, a.n) - 1;
+  const int kv_len = a.pos0 + a.n;
+  int r0b, r0e, r1b, r1e;
+  mask.tiles(qmin, qmax, kBN, r0b, r0e, r1b, r1e);
+  const int n0 = r0e - r0b, ntiles = n0 + (r1e - r1b);
+  auto tile_at = [&](int t) { return t < n0 ? r0b + t : r1b + (t - n0); };
+
+  const int cc = tid % CPR, rr = tid / CPR;
+#pragma unroll
+  for (int p = 0; p < kBM / RPP; ++p) {
+    const int r = rr + p * RPP, qi = q0 + r;
+    const bf16* src = a.q + (int64_t)min(qi, a.n - 1) * a.q_stride + (int64_t)h * D + cc * 8;
+    cp_async16(sQ + r * D + swz(r, cc), src, qi < a.n ? 16 : 0);
+  }
+  const LayerKv& c = a.cache;
+  auto load_kv = [&](int tile, int stage) {
+    const int k0 = tile * kBN;
+#pragma unroll
+    for (int p = 0; p < kBN / RPP; ++p) {
+      const int r = rr + p * RPP, j = k0 + r;
+      const bf16 *kp = a.k, *vp = a.v;
+      int bytes = 16;
+      if (j >= kv_len) {
+        bytes = 0;
+      } else if (j >= a.pos0) {
+        const int64_t off = (int64_t)(j - a.pos0) * a.kv_stride + (int64_t)kvh * D;
+        kp += off, vp += off;
+      } else if constexpr (kStreaming) {
+        const int row = j < c.sink ? j : c.sink + (j - c.sink) % c.recent;
+        const int64_t off = ((int64_t)kvh * (c.sink + c.recent) + row) * D;
+        kp = c.k_ring + off, vp = c.v_ring + off;
+      } else {
+        const int page = c.page_table[kvh * c.max_pages + j / kPageTokens];
+        const int64_t off = ((int64_t)page * kPageTokens + j % kPageTokens) * D;
+        kp = c.k_pages + off, vp = c.v_pages + off;
+      }
+      const int dst = stage * kBN * D + r * D + swz(r, cc);
+      cp_async16(sK + dst, kp + cc * 8, bytes);
+      cp_async16(sV + dst, vp + cc * 8, bytes);
+    }
+  };
+
+  float o[kMt][D / 8][4];
+  float m[kMt][2], l[kMt][2];
+#pragma unroll
+  for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+    for (int db = 0; db < D / 8; ++db) o[mt][db][0] = o[mt][db][1] = o[mt][db][2] = o[mt][db][3] = 0.0f;
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.0f;
+  }
+  const float sl2 = 1.4426950408889634f / sqrtf((float)D);  // softmax in base 2
+
+  load_kv(tile_at(0), 0);
+  cp_async_commit();
+  for (int t = 0; t < ntiles; ++t) {
+    const int stage = t & 1, tile = tile_at(t), k0 = tile * kBN;
+    if (t + 1 < ntiles) {
+      load_kv(tile_at(t + 1), stage ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const bf16* ks = sK + stage * kBN * D;
+    const bf16* vs = sV + stage * kBN * D;
+
+    // S = Q K^T
+    float s[kMt][kBN / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt)
+#pragma unroll
+      for (int nb = 0; nb < kBN / 8; ++nb) s[mt][nb][0] = s[mt][nb][1] = s[mt][nb][2] = s[mt][nb][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qa[kMt][4];
+#pragma unroll
+      for (int mt = 0; mt < kMt; ++mt) {
+        const int row = warp * 16 * kMt + mt * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+        ldmatrix_x4(qa[mt], sQ + row * D + swz(row, kk * 2 + lane / 16));
+      }
+#pragma unroll
+      for (int np = 0; np < kBN / 16; ++np) {
+        uint32_t kb[4];
+        const int row = np * 16 + (lane % 8) + (lane / 16) * 8;
+        ldmatrix_x4(kb, ks + row * D + swz(row, kk * 2 + (lane / 8) % 2));
+#pragma unroll
+        for (int mt = 0; mt < kMt; ++mt) {
+          mma_bf16(s[mt][2 * np], qa[mt], kb[0], kb[1]);
+          mma_bf16(s[mt][2 * np + 1], qa[mt], kb[2], kb[3]);
+        }
+      }
+    }
+
+    // Mask, online softmax.
+    const bool full = mask.tile_full(qmin, qmax, k0, k0 + kBN) && k0 + kBN <= kv_len;
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const int i = qmin + warp * 16 * kMt + mt * 16 + lane / 4 + hr * 8;
+        float mx = m[mt][hr];
+#pragma unroll
+        for (int nb = 0; nb < kBN / 8; ++nb)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float v = s[mt][nb][2 * hr + e] * sl2;
+            if (!full) {
+              const int j = k0 + nb * 8 + (lane % 4) * 2 + e;
+              if (j >= kv_len || !mask.visible(i, j)) v = -INFINITY;
+            }
+            s[mt][nb][2 * hr + e] = v;
+            mx = fmaxf(mx, v);
+          }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mref = mx == -INFINITY ? 0.0f : mx;
+        const float alpha = exp2f(m[mt][hr] - mref);
+        m[mt][hr] = mx;
+        float rs = 0.0f;
+#pragma unroll
+        for (int nb = 0; nb < kBN / 8; ++nb)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float p = exp2f(s[mt][nb][2 * hr + e] - mref);
+            s[mt][nb][2 * hr + e] = p;
+            rs += p;
+          }
+        l[mt][hr] = l[mt][hr] * alpha + rs;
+#pragma unroll
+        for (int db = 0; db < D / 8; ++db) o[mt][db][2 * hr] *= alpha, o[mt][db][2 * hr + 1] *= alpha;
+      }
+    }
+
+    // O += P V
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      uint32_t pa[kMt][4];
+#pragma unroll
+      for (int mt = 0; mt < kMt; ++mt) {
+        pa[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t vb[4];
+        const int row = kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+        ldmatrix_x4_trans(vb, vs + row * D + swz(row, dp * 2 + lane / 16));
+#pragma unroll
+        for (int mt = 0; mt < kMt; ++mt) {
+          mma_bf16(o[mt][2 * dp], pa[mt], vb[0], vb[1]);
+          mma_bf16(o[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
+        }
+      }
+    }
+    __syncthreads();  // this stage is refilled by the next iteration's prefetch
+  }
+
+  // Normalise, stage this warp's rows through its own rows of sQ, write 16-byte rows.
+#pragma unroll
+  for (int mt = 0; mt < kMt; ++mt)
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      float lt = l[mt][hr];
+      lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+      lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+      const float inv = lt > 0.0f ? 1.0f / lt : 0.0f;
+      const int row = warp * 16 * kMt + mt * 16 + lane / 4 + hr * 8;
+#pragma unroll
+      for (int db = 0; db < D / 8; ++db) {
+        const int col = (lane % 4) * 2;
+        *reinterpret_cast<uint32_t*>(sQ + row * D + swz(row, db) + col) =
+            pack_bf16(o[mt][db][2 * hr] * inv, o[mt][db][2 * hr + 1] * inv);
+      }
+    }
+  __syncwarp();
+#pragma unroll
+  for (int idx = lane; idx < 16 * kMt * CPR; idx += 32) {
+    const int r = warp * 16 * kMt + idx / CPR, ch = idx % CPR, qi = q0 + r;
+    if (qi < a.n)
+      *reinterpret_cast<uint4*>(a.out + (int64_t)qi * a.o_stride + (int64_t)h * D + ch * 8) =
+          *reinterpret_cast<const uint4*>(sQ + r * D + swz(r, ch));
+  }
+}
+
+template <int D, int kMode>
+__global__ void __launch_bounds__(kThreads, 2) prefill_kernel(const PrefillArgs a) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  bf16* smem = reinterpret_cast<bf16*>(smem_raw);
+  const int h = blockIdx.x;
+  const int qblock = gridDim.y - 1 - blockIdx.y;  // longest (latest) query blocks first
+  if constexpr (kMode == (int)HeadMode::AllRetrieval) {
+    prefill_head<D, CausalMask, false>(a, CausalMask{}, h, qblock, smem);
+  } else if constexpr (kMode == (int)HeadMode::AllStreaming) {
+    prefill_head<D, SinkRecentMask, true>(a, SinkRecentMask{a.cache.sink, a.cache.recent}, h, qblock, smem);
+  } else {
+    const int kvh = h / (a.n_heads / a.n_kv_heads);
+    if (a.cache.kinds[kvh] == 0)
+      prefill_head<D, CausalMask, false>(a, CausalMask{}, h, qblock, smem);
+    else
+      prefill_head<D, SinkRecentMask, true>(a, SinkRecentMask{a.cache.sink, a.cache.recent}, h, qblock, smem);
+  }
+}
+
+template <int D, int kMode>
+void launch_prefill(const PrefillArgs& a, cudaStream_t stream) {
+  constexpr int smem = smem_bytes<D>();
+  static bool configured = false;  // attribute set once a process per instantiation
+  if (!configured) {
+    check_cuda(cudaFuncSetAttribute(prefill_kernel<D, kMode>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+               "prefill smem attribute");
+    configured = true;
+  }
+  dim3 grid(a.n_heads, (a.n + kBM - 1) / kBM);
+  prefill_kernel<D, kMode><<<grid, kThreads, smem, stream>>>(a);
+  check_cuda(cudaGetLastError(), "prefill_attention launch");
+}
+
+template <int D>
+void dispatch_mode(const PrefillArgs& a, cudaStream_t stream) {
+  switch (a.cache.mode) {
+    case HeadMode::AllRetrieval: return launch_prefill<D, 0>(a, stream);
+    case HeadMode::AllStreaming: return launch_prefill<D, 1>(a, stream);
+    case HeadMode::Mixed: return launch_prefill<D, 2>(a, stream);
+  }
+}
+
+}  // namespace
+}  // namespace detail
+
+void prefill_attention(const PrefillArgs& a, cudaStream_t stream) {
+  if (a.n <= 0) return;
+  if (a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads != 0)
+    throw std::invalid_argument("prefill_attention: n_heads must be a multiple of n_kv_heads");
+  if (a.pos0 > 0 && a.cache.mode != HeadMode::AllStreaming && !a.cache.page_table)
+    throw std::invalid_argument("prefill_attention: pos0 > 0 needs a paged cache");
+  if (a.cache.mode != HeadMode::AllRetrieval && (a.cache.recent < 1 || a.cache.sink < 0))
+    throw std::invalid_argument("prefill_attention: streaming window needs recent >= 1, sink >= 0");
+  if (a.head_dim == 128) return detail::dispatch_mode<128>(a, stream);
+  if (a.head_dim == 64) return detail::dispatch_mode<64>(a, stream);
+  throw std::invalid_argument("prefill_attention: head_dim must be 64 or 128");
+}
+
+}  // namespace duo::cuda
