@@ -62,7 +62,9 @@ std::string apply_chat_template(const ChatTemplate& t, const std::vector<ChatMes
   std::string out;
   switch (t.kind) {
     case ChatTemplate::Kind::ChatML:
-      if (!has_system && !t.default_system.empty())
+      // The default system prompt comes with the first message (SmolLM2's template renders
+      // nothing for an empty conversation; Qwen's fails on one).
+      if (!has_system && !messages.empty() && !t.default_system.empty())
         out += "<|im_start|>system\n" + t.default_system + "<|im_end|>\n";
       for (const auto& m : messages) out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
       if (add_generation_prompt) out += "<|im_start|>assistant\n";

@@ -64,6 +64,8 @@ TEST(ChatTemplate, RecognisesFamiliesAndDefaultSystemPrompt) {
       "'<|im_end|>' + '\\n'}}{% endfor %}");
   EXPECT_EQ(plain.default_system, "");
   EXPECT_EQ(apply_chat_template(plain, {{"user", "hi"}}, false), "<|im_start|>user\nhi<|im_end|>\n");
+  // No messages: only the generation prompt, as SmolLM2's Jinja template renders it.
+  EXPECT_EQ(apply_chat_template(s, {}, true), "<|im_start|>assistant\n");
   // A system message replaces the default.
   EXPECT_EQ(apply_chat_template(q, {{"system", "S"}, {"user", "U"}}, false),
             "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n");

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -191,6 +192,8 @@ TEST(Tokenizer, LongTextIsFast) {
     const auto ids = tok->encode(text, false, false);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     EXPECT_LT(s, 2.0) << p << ": tokenizing " << text.size() << " bytes took " << s << " s";
+    std::printf("  %s: %zu bytes -> %zu tokens in %.0f ms\n", p.substr(p.rfind('/') + 1).c_str(), text.size(),
+                ids.size(), s * 1e3);
     EXPECT_GT(text.size() / ids.size(), 2u) << "implausibly many tokens";
     EXPECT_EQ(tok->decode(ids), text);
   }
