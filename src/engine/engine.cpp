@@ -43,6 +43,8 @@ Engine::Engine(const EngineOptions& opts) : opts_(opts) {
     case AttentionMode::Duo:
       DUO_CHECK(!opts.plan.kinds.empty(), "attention mode 'duo' needs a head pattern (--pattern FILE)");
       plan_ = make_head_plan(opts.plan.kinds, c.n_layers, c.n_kv_heads, opts.window, opts.pattern_origin);
+      // Retrieval heads first in every layer (weights, cache and attention loops).
+      plan_ = model_->reorder_heads(plan_);
       break;
   }
 }

@@ -168,6 +168,47 @@ std::unique_ptr<Model> Model::load(const std::string& path) {
   return m;
 }
 
+HeadPlan Model::reorder_heads(const HeadPlan& plan) {
+  DUO_CHECK(kv_order_.empty(), "the heads of this model were already reordered");
+  const ModelConfig& c = cfg_;
+  DUO_CHECK((int)plan.kinds.size() == c.n_layers, "head plan has {} layers, the model {}", plan.kinds.size(),
+            c.n_layers);
+  const int G = c.group_size(), D = c.head_dim;
+  HeadPlan out = plan;
+  kv_order_.assign(c.n_layers, {});
+  // Rows of `w` in groups of `rows_per_head`, rearranged by `order`, into an owned copy.
+  auto permute_rows = [&](WeightView& w, const std::vector<int>& order, int64_t rows_per_head) {
+    auto& buf = reordered_.emplace_back(w.row_stride * w.rows);
+    const size_t block = w.row_stride * rows_per_head;
+    for (size_t j = 0; j < order.size(); ++j) std::memcpy(buf.data() + j * block, w.data + order[j] * block, block);
+    w.data = buf.data();
+  };
+  auto permute_vec = [&](std::vector<float>& v, const std::vector<int>& order, int64_t per_head) {
+    if (v.empty()) return;
+    std::vector<float> r(v.size());
+    for (size_t j = 0; j < order.size(); ++j)
+      std::copy_n(v.begin() + order[j] * per_head, per_head, r.begin() + j * per_head);
+    v.swap(r);
+  };
+  for (int l = 0; l < c.n_layers; ++l) {
+    DUO_CHECK((int)plan.kinds[l].size() == c.n_kv_heads, "head plan layer {} has {} KV heads, the model {}", l,
+              plan.kinds[l].size(), c.n_kv_heads);
+    std::vector<int>& order = kv_order_[l];
+    for (HeadKind want : {HeadKind::Retrieval, HeadKind::Streaming})
+      for (int h = 0; h < c.n_kv_heads; ++h)
+        if (plan.kinds[l][h] == want) order.push_back(h);
+    for (int j = 0; j < c.n_kv_heads; ++j) out.kinds[l][j] = plan.kinds[l][order[j]];
+    LayerWeights& L = w_.layers[l];
+    permute_rows(L.wq, order, (int64_t)G * D);
+    permute_rows(L.wk, order, D);
+    permute_rows(L.wv, order, D);
+    permute_vec(L.bq, order, (int64_t)G * D);
+    permute_vec(L.bk, order, D);
+    permute_vec(L.bv, order, D);
+  }
+  return out;
+}
+
 std::unique_ptr<KvCache> Model::new_cache(const HeadPlan& plan) const {
   return std::make_unique<KvCache>(cfg_.n_layers, cfg_.n_kv_heads, cfg_.head_dim, plan);
 }
@@ -259,6 +300,18 @@ void Model::forward_chunk(KvCache& cache, const int32_t* tokens, int64_t n, floa
     attention(args, pool);
     if (observer_) observer_->on_attention(l, args);
     for (int64_t h = 0; h < HKV; ++h) cache.head(l, (int)h).append(k + h * D, v + h * D, n, KV, pos0);
+    if (!kv_order_.empty()) {
+      // Back to the stored head order for Wo: KV slot j holds original KV head order[j].
+      const std::vector<int>& order = kv_order_[l];
+      const int64_t G = c.group_size();
+      float* orig = q;  // q is free again: reuse it as the destination
+      pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
+        for (int64_t t = b; t < e; ++t)
+          for (int64_t j = 0; j < HKV; ++j)
+            std::memcpy(orig + t * Q + order[j] * G * D, att + t * Q + j * G * D, sizeof(float) * G * D);
+      });
+      std::swap(att, q);
+    }
     matmul(L.wo, att, n, o, pool);
     // --- feed-forward block ---
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {

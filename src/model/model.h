@@ -64,6 +64,15 @@ class Model {
   void forward(KvCache& cache, const int32_t* tokens, int64_t n, float* logits, ThreadPool& pool,
                bool all_logits = false, int64_t chunk = 512);
 
+  // DuoAttention layout: reorders every layer's KV heads so that its retrieval heads come
+  // first (contiguous in the cache and in the attention loops), moving the rows of their
+  // query heads in Wq and of the heads in Wk, Wv and the biases with them. The attention
+  // output is put back into the original head order before Wo, so Wo (whose columns cannot be
+  // permuted inside quantization blocks in general) stays as stored. Returns the plan in the
+  // new order. Can be applied once per model.
+  HeadPlan reorder_heads(const HeadPlan& plan);
+  bool heads_reordered() const { return !kv_order_.empty(); }
+
   // Installs (or with nullptr removes) an observer called by every later forward pass.
   void set_observer(AttentionObserver* obs) { observer_ = obs; }
 
@@ -75,6 +84,8 @@ class Model {
 
   std::unique_ptr<GgufFile> file_;
   std::vector<std::vector<float>> owned_;  // weight storage of a synthetic model
+  std::vector<std::vector<uint8_t>> reordered_;  // Wq/Wk/Wv rows in retrieval-first order
+  std::vector<std::vector<int>> kv_order_;       // [layer][new KV slot] = original KV head
   ModelConfig cfg_;
   ModelWeights w_;
   std::vector<float> inv_freq_;  // RoPE inverse frequencies, head_dim / 2 values

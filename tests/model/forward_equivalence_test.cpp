@@ -107,6 +107,24 @@ TEST_P(ForwardEquivalence, DecodeMatchesPrefillAndThreadsAgree) {
   EXPECT_LT(max_abs_diff(a, b), 2e-4);
 }
 
+TEST_P(ForwardEquivalence, ReorderedHeadsGiveTheSameLogits) {
+  auto plain = Model::synthetic(tiny_config(GetParam()), 5);
+  auto reordered = Model::synthetic(tiny_config(GetParam()), 5);
+  ThreadPool pool(2);
+  const auto toks = tokens(150, plain->config().n_vocab);
+  HeadPlan mixed = HeadPlan::uniform(3, 2, HeadKind::Retrieval, {4, 32});
+  mixed.kinds[0][0] = HeadKind::Streaming;  // layer 0: streaming head first -> gets moved
+  mixed.kinds[2][0] = HeadKind::Streaming;
+  const HeadPlan moved = reordered->reorder_heads(mixed);
+  EXPECT_EQ(moved.kinds[0][0], HeadKind::Retrieval);
+  EXPECT_EQ(moved.kinds[0][1], HeadKind::Streaming);
+  EXPECT_EQ(moved.kinds[1], mixed.kinds[1]);
+  const auto a = run(*plain, mixed, toks, 40, pool);
+  const auto b = run(*reordered, moved, toks, 40, pool);
+  EXPECT_LT(max_abs_diff(a, b), 2e-4);
+  EXPECT_THROW(reordered->reorder_heads(mixed), std::runtime_error);
+}
+
 INSTANTIATE_TEST_SUITE_P(LlamaAndQwen, ForwardEquivalence, ::testing::Values(false, true));
 
 TEST(Forward, RejectsBadTokens) {
