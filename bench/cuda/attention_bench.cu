@@ -168,6 +168,7 @@ int main(int argc, char** argv) {
       DecodeArgs a;
       a.q = q.b(), a.out = o.b(), a.n_past = L, a.n_heads = kHeads, a.n_kv_heads = kKv, a.head_dim = kD;
       a.cache = cache.view;
+      a.retrieval_kv_heads = nret;
       const int splits = decode_splits(a);
       Buf ws(decode_workspace_bytes(kHeads, kD, splits));
       a.workspace = ws.p, a.workspace_bytes = decode_workspace_bytes(kHeads, kD, splits);

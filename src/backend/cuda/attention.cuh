@@ -78,7 +78,10 @@ struct DecodeArgs {
   // head are `split_tokens` keys each (0: chosen from the SM count and n_past).
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
-  int split_tokens = 0;
+  int split_tokens = 0;  // rounded up to a multiple of 64
+  // How many KV heads are retrieval heads (0: all). Only sizes the splits: the split-KV grid is
+  // one wave of CTAs spread over the retrieval heads (streaming heads need one CTA each).
+  int retrieval_kv_heads = 0;
 };
 
 size_t decode_workspace_bytes(int n_heads, int head_dim, int max_splits);

@@ -89,14 +89,21 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2) decode_kernel(con
   const bf16* vbase = streaming ? c.v_ring + (int64_t)kvh * (c.sink + c.recent) * D : c.v_pages;
   const int32_t* pt = c.page_table + (int64_t)kvh * c.max_pages;
   constexpr int STEP = kDecWarps * KPW * U;
-  for (int base = begin + warp * KPW * U; base < end; base += STEP) {
+  // The KPW * U keys of a warp-iteration lie in one page (splits start at multiples of 64), so
+  // one page-table entry serves an iteration; the next one is fetched while K/V are in flight.
+  static_assert(kPageTokens % (KPW * U) == 0 && 64 % (KPW * U) == 0, "warp-iteration must stay inside a page");
+  int base = begin + warp * KPW * U;
+  int64_t page_row = streaming || base >= end ? 0 : (int64_t)pt[base / kPageTokens] * kPageTokens;
+  for (; base < end; base += STEP) {
+    const int next = base + STEP;
+    int32_t next_page = 0;
+    if (!streaming && next < end) next_page = pt[next / kPageTokens];
     uint4 kr[U], vr[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int key = base + u * KPW + sub;
       if (key < end) {
-        int64_t row = key;
-        if (!streaming) row = (int64_t)pt[key / kPageTokens] * kPageTokens + key % kPageTokens;
+        const int64_t row = streaming ? (int64_t)key : page_row + key % kPageTokens;
         kr[u] = __ldcs(reinterpret_cast<const uint4*>(kbase + row * D) + cl);
         vr[u] = __ldcs(reinterpret_cast<const uint4*>(vbase + row * D) + cl);
       } else {
@@ -139,6 +146,7 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2) decode_kernel(con
         for (int e = 0; e < 8; ++e) o[g][e] = fmaf(pr, vf[e], o[g][e]);
       }
     }
+    page_row = (int64_t)next_page * kPageTokens;
   }
 
   // Merge the STREAMS lane groups of the CTA.
@@ -226,10 +234,30 @@ int sm_count() {
   return n;
 }
 
+template <int D, int G>
+int resident_ctas() {
+  static int n = [] {
+    int v = 0;
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, decode_kernel<D, G>, kDecThreads, 0),
+               "decode occupancy");
+    return std::max(1, v);
+  }();
+  return n;
+}
+
+int resident_ctas(int d, int g) {
+  // G <= 4 kernels fit 3 CTAs an SM and G > 4 two (launch bounds); read it off the device.
+  if (d == 128) return g <= 4 ? resident_ctas<128, 4>() : resident_ctas<128, 8>();
+  return g <= 4 ? resident_ctas<64, 4>() : resident_ctas<64, 8>();
+}
+
 int choose_split_tokens(const DecodeArgs& a) {
-  if (a.split_tokens > 0) return a.split_tokens;
-  // About 4 CTAs an SM over the KV heads; splits of at least 256 keys, multiples of 64.
-  const int want_splits = std::max(1, (4 * sm_count() + a.n_kv_heads - 1) / a.n_kv_heads);
+  if (a.split_tokens > 0) return (a.split_tokens + 63) / 64 * 64;
+  // One full wave: the retrieval heads' splits fill every resident CTA slot once (a second,
+  // partial wave would leave most SMs idle at the end). Splits are multiples of 64 keys.
+  const int heads = a.retrieval_kv_heads > 0 ? a.retrieval_kv_heads : a.n_kv_heads;
+  const int slots = resident_ctas(a.head_dim, a.n_heads / a.n_kv_heads) * sm_count();
+  const int want_splits = std::max(1, slots / heads);
   int t = (a.n_past + want_splits - 1) / want_splits;
   t = std::max(256, (t + 63) / 64 * 64);
   return t;
