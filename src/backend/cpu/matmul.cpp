@@ -1,14 +1,19 @@
 // Quantized weight x float activation products.
 //
-// Two regimes:
-//  - few tokens (decode): memory and latency bound. Each weight row is read once and dotted
-//    with the activations. For the 32-element block types activations are quantized to 16-bit
-//    blocks and dotted with integer SIMD (_mm256_madd_epi16): as fast as 8-bit activations on
-//    AVX2, but with errors ~1e-5 relative, so greedy decoding agrees with float references
-//    even at near-ties. K-quant rows are dequantized into an L1-resident buffer (float FMA).
-//  - many tokens (pre-fill): compute bound. A thread dequantizes a block of rows once into a
-//    small buffer (never the whole matrix) and multiplies it with all tokens through a 3x4
-//    register-tiled float kernel, so each dequantized weight is reused by every token.
+// Activations are quantized once per call to 16-bit blocks of 32 (scale d, and d * sum(q)
+// for the offset term). 16 bits rather than llama.cpp's 8: on AVX2 _mm256_madd_epi16 costs
+// about what _mm256_maddubs_epi16 + _mm256_madd_epi16 cost, and the error (~1e-5 of
+// sum |w||x|) keeps greedy decoding equal to a float reference even at near-ties.
+//
+// Every quantized weight type is viewed through one decomposition: within a 32-element
+// block b, w[j] = dw[b] * q[j] + mw[b] with integer q that fits int16 (Q6_K's 6-bit values
+// times their int8 sub-scale, Q4_K's nibbles with the sub-scale folded into dw, ...). So
+//   sum_j w[j] x[j] = sum_b dw[b] * xd[b] * (q . xq)[b] + mw[b] * xs[b].
+//  - decode (few tokens): memory/latency bound. Q4_0/Q4_1/Q8_0 rows are dotted straight
+//    from their blocks; other types unpack a row into an L1 panel, then dot it.
+//  - pre-fill (many tokens): a thread unpacks a block of rows into an int16 panel (never the
+//    whole matrix) and runs a 2-row x 4-token register tile of integer dots over it, so each
+//    unpacked weight is reused by every token. Float weights (F32/F16/BF16) use a 3x4 FMA tile.
 #include "backend/cpu/matmul.h"
 
 #include <algorithm>
@@ -33,20 +38,53 @@ namespace duo {
 namespace {
 
 constexpr int64_t kDecodeTokens = 4;  // up to this many tokens use the per-row dot path
-constexpr int kRowBlock = 12;         // rows dequantized together in the pre-fill path (multiple of 3)
+constexpr int kRowBlock = 16;         // rows unpacked together in the pre-fill path (even)
+
+inline float h2f(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  return f16_to_f32(h);
+#endif
+}
 
 // ---------------------------------------------------------------------------------------------
-// 16-bit activation blocks: 32 values, scale d, and d * sum(q) for the offset term of the
-// formats with a minimum (Q4_1, Q5_1).
+// Activations: n tokens x nb blocks of 32, 16-bit.
 struct ActQ16 {
-  float d;
-  float s;
+  float d;  // scale
+  float s;  // d * sum(q)
   int16_t q[QK];
 };
 
-void quantize_act_q16(const float* x, int64_t n, ActQ16* out) {
-  for (int64_t b = 0; b < n / QK; ++b) {
+void quantize_act_q16(const float* x, int64_t nb, ActQ16* out) {
+  for (int64_t b = 0; b < nb; ++b) {
     const float* v = x + b * QK;
+#ifdef DUO_MM_AVX2
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8), v2 = _mm256_loadu_ps(v + 16),
+           v3 = _mm256_loadu_ps(v + 24);
+    __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                             _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    const float d = amax / 32767.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+    const __m256 idv = _mm256_set1_ps(id);
+    const __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, idv)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, idv)),
+                  i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, idv)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, idv));
+    // packs works per 128-bit lane: fix the order with a 64-bit permute.
+    const __m256i p01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i0, i1), 0xD8);
+    const __m256i p23 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i2, i3), 0xD8);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b].q), p01);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b].q + 16), p23);
+    __m256i s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    out[b].d = d;
+    out[b].s = d * (float)_mm_cvtsi128_si32(s4);
+#else
     float amax = 0.0f;
     for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(v[j]));
     const float d = amax / 32767.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
@@ -58,6 +96,7 @@ void quantize_act_q16(const float* x, int64_t n, ActQ16* out) {
     }
     out[b].d = d;
     out[b].s = d * (float)sum;
+#endif
   }
 }
 
@@ -69,7 +108,7 @@ inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// sum(w[j] * x[j]) over a 32-block as 8 int32 lanes; w given as two halves of 16 int16.
+// q . x over a 32-block as 8 int32 lanes; q given as two halves of 16 int16.
 inline __m256i dot_block16(__m256i w_lo, __m256i w_hi, const int16_t* x) {
   const __m256i x_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
   const __m256i x_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 16));
@@ -85,6 +124,8 @@ inline void nibbles16(const uint8_t* qs, __m256i& lo, __m256i& hi) {
 }
 #endif
 
+// ---------------------------------------------------------------------------------------------
+// Direct decode dots for the 32-block types of the default model.
 float dot_q4_1(const BlockQ4_1* w, const ActQ16* a, int64_t nb) {
 #ifdef DUO_MM_AVX2
   __m256 acc = _mm256_setzero_ps();
@@ -93,8 +134,8 @@ float dot_q4_1(const BlockQ4_1* w, const ActQ16* a, int64_t nb) {
     __m256i lo, hi;
     nibbles16(w[b].qs, lo, hi);
     const __m256 p = _mm256_cvtepi32_ps(dot_block16(lo, hi, a[b].q));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(w[b].d) * a[b].d), p, acc);
-    offs += f16_to_f32(w[b].m) * a[b].s;
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[b].d) * a[b].d), p, acc);
+    offs += h2f(w[b].m) * a[b].s;
   }
   return hsum256(acc) + offs;
 #else
@@ -103,7 +144,7 @@ float dot_q4_1(const BlockQ4_1* w, const ActQ16* a, int64_t nb) {
     int64_t isum = 0;
     for (int j = 0; j < QK / 2; ++j)
       isum += (w[b].qs[j] & 0xF) * a[b].q[j] + (w[b].qs[j] >> 4) * a[b].q[j + QK / 2];
-    sum += f16_to_f32(w[b].d) * a[b].d * (float)isum + f16_to_f32(w[b].m) * a[b].s;
+    sum += h2f(w[b].d) * a[b].d * (float)isum + h2f(w[b].m) * a[b].s;
   }
   return sum;
 #endif
@@ -117,7 +158,7 @@ float dot_q4_0(const BlockQ4_0* w, const ActQ16* a, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b) {
     __m256i lo, hi;
     nibbles16(w[b].qs, lo, hi);
-    const float d = f16_to_f32(w[b].d);
+    const float d = h2f(w[b].d);
     acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a[b].d), _mm256_cvtepi32_ps(dot_block16(lo, hi, a[b].q)), acc);
     offs -= 8.0f * d * a[b].s;
   }
@@ -128,7 +169,7 @@ float dot_q4_0(const BlockQ4_0* w, const ActQ16* a, int64_t nb) {
     int64_t isum = 0;
     for (int j = 0; j < QK / 2; ++j)
       isum += ((w[b].qs[j] & 0xF) - 8) * a[b].q[j] + ((w[b].qs[j] >> 4) - 8) * a[b].q[j + QK / 2];
-    sum += f16_to_f32(w[b].d) * a[b].d * (float)isum;
+    sum += h2f(w[b].d) * a[b].d * (float)isum;
   }
   return sum;
 #endif
@@ -141,7 +182,7 @@ float dot_q8_0(const BlockQ8_0* w, const ActQ16* a, int64_t nb) {
     const __m256i lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs)));
     const __m256i hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs + 16)));
     const __m256 p = _mm256_cvtepi32_ps(dot_block16(lo, hi, a[b].q));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(w[b].d) * a[b].d), p, acc);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[b].d) * a[b].d), p, acc);
   }
   return hsum256(acc);
 #else
@@ -149,60 +190,357 @@ float dot_q8_0(const BlockQ8_0* w, const ActQ16* a, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b) {
     int64_t isum = 0;
     for (int j = 0; j < QK; ++j) isum += w[b].qs[j] * a[b].q[j];
-    sum += f16_to_f32(w[b].d) * a[b].d * (float)isum;
+    sum += h2f(w[b].d) * a[b].d * (float)isum;
   }
   return sum;
 #endif
 }
 
-bool has_int_path(GgmlType t) { return t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q8_0; }
+// ---------------------------------------------------------------------------------------------
+// Integer panels: a row of nb 32-blocks as int16 q[nb*32], float dw[nb], float mw[nb].
+struct PanelRow {
+  int16_t* q;
+  float* dw;
+  float* mw;
+};
+
+bool is_float_type(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; }
+bool has_min(GgmlType t) {
+  return t == GgmlType::Q4_1 || t == GgmlType::Q5_1 || t == GgmlType::Q4_K || t == GgmlType::Q5_K;
+}
+
+// Q4 nibbles of 32 bytes to q[0..31] (low) and q[32..63] (high) -- the k-quant order; for the
+// 32-element formats 16 bytes give q[0..15] and q[16..31].
+inline void nib_split(const uint8_t* qs, int nbytes, int16_t* lo, int16_t* hi, int off) {
+  for (int l = 0; l < nbytes; ++l) {
+    lo[l] = (int16_t)((qs[l] & 0xF) + off);
+    hi[l] = (int16_t)((qs[l] >> 4) + off);
+  }
+}
+
+void unpack_row(GgmlType type, const uint8_t* src, int64_t nb, PanelRow p) {
+  switch (type) {
+    case GgmlType::Q4_0: {
+      const auto* b = reinterpret_cast<const BlockQ4_0*>(src);
+      for (int64_t i = 0; i < nb; ++i) {
+        nib_split(b[i].qs, 16, p.q + i * QK, p.q + i * QK + 16, -8);
+        p.dw[i] = h2f(b[i].d);
+        p.mw[i] = 0.0f;
+      }
+      return;
+    }
+    case GgmlType::Q4_1: {
+      const auto* b = reinterpret_cast<const BlockQ4_1*>(src);
+      for (int64_t i = 0; i < nb; ++i) {
+        nib_split(b[i].qs, 16, p.q + i * QK, p.q + i * QK + 16, 0);
+        p.dw[i] = h2f(b[i].d);
+        p.mw[i] = h2f(b[i].m);
+      }
+      return;
+    }
+    case GgmlType::Q5_0:
+    case GgmlType::Q5_1: {
+      const bool one = type == GgmlType::Q5_1;
+      const size_t bs = one ? sizeof(BlockQ5_1) : sizeof(BlockQ5_0);
+      for (int64_t i = 0; i < nb; ++i) {
+        const uint8_t* blk = src + i * bs;
+        const uint8_t* qh = blk + (one ? 4 : 2);
+        const uint8_t* qs = qh + 4;
+        uint32_t h;
+        std::memcpy(&h, qh, 4);
+        int16_t* q = p.q + i * QK;
+        const int off = one ? 0 : -16;
+        for (int j = 0; j < 16; ++j) {
+          q[j] = (int16_t)(((qs[j] & 0xF) | (((h >> j) & 1) << 4)) + off);
+          q[j + 16] = (int16_t)(((qs[j] >> 4) | (((h >> (j + 16)) & 1) << 4)) + off);
+        }
+        uint16_t d, m = 0;
+        std::memcpy(&d, blk, 2);
+        if (one) std::memcpy(&m, blk + 2, 2);
+        p.dw[i] = h2f(d);
+        p.mw[i] = one ? h2f(m) : 0.0f;
+      }
+      return;
+    }
+    case GgmlType::Q8_0: {
+      const auto* b = reinterpret_cast<const BlockQ8_0*>(src);
+      for (int64_t i = 0; i < nb; ++i) {
+        for (int j = 0; j < QK; ++j) p.q[i * QK + j] = b[i].qs[j];
+        p.dw[i] = h2f(b[i].d);
+        p.mw[i] = 0.0f;
+      }
+      return;
+    }
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K: {
+      const bool five = type == GgmlType::Q5_K;
+      const size_t bs = five ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
+      for (int64_t s = 0; s < nb / 8; ++s) {
+        const uint8_t* blk = src + s * bs;
+        uint16_t dh, mh;
+        std::memcpy(&dh, blk, 2);
+        std::memcpy(&mh, blk + 2, 2);
+        const float d = h2f(dh), dmin = h2f(mh);
+        const uint8_t* scales = blk + 4;
+        const uint8_t* qh = blk + 16;
+        const uint8_t* ql = five ? blk + 48 : blk + 16;
+        int16_t* q = p.q + s * QK_K;
+        for (int j = 0; j < 4; ++j, ql += 32, q += 64) {
+          nib_split(ql, 32, q, q + 32, 0);
+          if (five) {
+            const uint8_t u0 = (uint8_t)(1u << (2 * j)), u1 = (uint8_t)(2u << (2 * j));
+            for (int l = 0; l < 32; ++l) {
+              q[l] = (int16_t)(q[l] + ((qh[l] & u0) ? 16 : 0));
+              q[32 + l] = (int16_t)(q[32 + l] + ((qh[l] & u1) ? 16 : 0));
+            }
+          }
+        }
+        for (int j = 0; j < 8; ++j) {
+          uint8_t sc, m;
+          kquant_scale_min(j, scales, sc, m);
+          p.dw[s * 8 + j] = d * sc;
+          p.mw[s * 8 + j] = -dmin * m;
+        }
+      }
+      return;
+    }
+    case GgmlType::Q6_K: {
+      const auto* b = reinterpret_cast<const BlockQ6_K*>(src);
+      for (int64_t s = 0; s < nb / 8; ++s) {
+        const uint8_t* ql = b[s].ql;
+        const uint8_t* qh = b[s].qh;
+        const int8_t* sc = b[s].scales;
+        int16_t* q = p.q + s * QK_K;
+        for (int n = 0; n < QK_K; n += 128, ql += 64, qh += 32, sc += 8, q += 128) {
+          for (int l = 0; l < 32; ++l) {
+            const int is = l / 16;
+            q[l] = (int16_t)(((int)((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32) * sc[is]);
+            q[l + 32] = (int16_t)(((int)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32) * sc[is + 2]);
+            q[l + 64] = (int16_t)(((int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32) * sc[is + 4]);
+            q[l + 96] = (int16_t)(((int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32) * sc[is + 6]);
+          }
+        }
+        const float d = h2f(b[s].d);
+        for (int j = 0; j < 8; ++j) {
+          p.dw[s * 8 + j] = d;
+          p.mw[s * 8 + j] = 0.0f;
+        }
+      }
+      return;
+    }
+    default: fail("matmul: no integer path for {}", type_name(type));
+  }
+}
+
+// One row panel . one token: sum_b dw xd isum + mw xs.
+float dot_panel(const PanelRow& p, const ActQ16* a, const float* as, int64_t nb, bool mins) {
+  float r = 0.0f;
+#ifdef DUO_MM_AVX2
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.q + b * QK));
+    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.q + b * QK + 16));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(p.dw[b] * a[b].d), _mm256_cvtepi32_ps(dot_block16(lo, hi, a[b].q)), acc);
+  }
+  r = hsum256(acc);
+#else
+  for (int64_t b = 0; b < nb; ++b) {
+    int64_t isum = 0;
+    for (int j = 0; j < QK; ++j) isum += p.q[b * QK + j] * a[b].q[j];
+    r += p.dw[b] * a[b].d * (float)isum;
+  }
+#endif
+  if (mins) r += dot_f32(p.mw, as, (int)nb);
+  return r;
+}
+
+// R rows x T tokens register tile over panel rows: y[t * ldy + r] = row r . token t.
+template <int R, int T>
+void tile_int(const PanelRow* rows, const ActQ16* const* act, const float* const* as, int64_t nb, bool mins, float* y,
+              int64_t ldy) {
+#ifdef DUO_MM_AVX2
+  __m256 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    __m256i wl[R], wh[R];
+    __m256 dw[R];
+    for (int r = 0; r < R; ++r) {
+      wl[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r].q + b * QK));
+      wh[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r].q + b * QK + 16));
+      dw[r] = _mm256_broadcast_ss(rows[r].dw + b);
+    }
+    for (int t = 0; t < T; ++t) {
+      const ActQ16& ab = act[t][b];
+      const __m256i xl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.q));
+      const __m256i xh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.q + 16));
+      const __m256 xd = _mm256_broadcast_ss(&ab.d);
+      for (int r = 0; r < R; ++r) {
+        const __m256i p = _mm256_add_epi32(_mm256_madd_epi16(wl[r], xl), _mm256_madd_epi16(wh[r], xh));
+        acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], xd), _mm256_cvtepi32_ps(p), acc[r][t]);
+      }
+    }
+  }
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) {
+      float v = hsum256(acc[r][t]);
+      if (mins) v += dot_f32(rows[r].mw, as[t], (int)nb);
+      y[t * ldy + r] = v;
+    }
+#else
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) y[t * ldy + r] = dot_panel(rows[r], act[t], as[t], nb, mins);
+#endif
+}
 
 // Grow-only per-thread scratch.
+template <typename T>
+T* scratch(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
 float* thread_buffer(size_t n) {
   static thread_local std::vector<float> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
+  return scratch(buf, n);
+}
+struct PanelBuf {
+  std::vector<int16_t> q;
+  std::vector<float> f;
+};
+PanelBuf& thread_panel() {
+  static thread_local PanelBuf p;
+  return p;
+}
+
+// The calling thread's activation buffers (shared with the workers during a call).
+struct ActBuf {
+  std::vector<ActQ16> q;
+  std::vector<float> s;
+};
+ActBuf& act_buffer() {
+  static thread_local ActBuf a;
+  return a;
+}
+
+void quantize_acts(const float* x, int64_t n, int64_t cols, ActBuf& a, ThreadPool& pool) {
+  const int64_t nb = cols / QK;
+  ActQ16* q = scratch(a.q, (size_t)(n * nb));
+  float* s = scratch(a.s, (size_t)(n * nb));
+  auto body = [&](int64_t t0, int64_t t1, int) {
+    for (int64_t t = t0; t < t1; ++t) {
+      quantize_act_q16(x + t * cols, nb, q + t * nb);
+      for (int64_t b = 0; b < nb; ++b) s[t * nb + b] = q[t * nb + b].s;
+    }
+  };
+  if (n * cols >= 65536)
+    pool.parallel_for(n, body);
+  else
+    body(0, n, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Few tokens: one pass over each weight row.
 void matmul_rows(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool) {
   const int64_t nb = w.cols / QK;
-  static thread_local std::vector<ActQ16> act;  // caller's buffer, shared with workers below
-  std::vector<ActQ16>& a = act;
-  const bool int_path = has_int_path(w.type);
-  if (int_path) {
-    if (a.size() < (size_t)(n * nb)) a.resize((size_t)(n * nb));
-    for (int64_t t = 0; t < n; ++t) quantize_act_q16(x + t * w.cols, w.cols, a.data() + t * nb);
-  }
-  // Rows in chunks of 16 so that threads take whole cache lines of output.
+  const bool flt = is_float_type(w.type);
+  ActBuf& ab = act_buffer();
+  if (!flt) quantize_acts(x, n, w.cols, ab, pool);
+  const ActQ16* a = ab.q.data();
+  const float* as = ab.s.data();
+  const bool mins = has_min(w.type);
   pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) {
-    float* row = int_path ? nullptr : thread_buffer((size_t)w.cols);
+    PanelRow p{};
+    float* row = nullptr;
+    if (flt) {
+      row = thread_buffer((size_t)w.cols);
+    } else if (w.type != GgmlType::Q4_1 && w.type != GgmlType::Q4_0 && w.type != GgmlType::Q8_0) {
+      PanelBuf& pb = thread_panel();
+      p.q = scratch(pb.q, (size_t)w.cols);
+      p.dw = scratch(pb.f, (size_t)(2 * nb));
+      p.mw = p.dw + nb;
+    }
     for (int64_t r = r0; r < r1; ++r) {
       const uint8_t* wr = w.data + r * w.row_stride;
-      if (w.type == GgmlType::Q4_1) {
-        for (int64_t t = 0; t < n; ++t)
-          y[t * w.rows + r] = dot_q4_1(reinterpret_cast<const BlockQ4_1*>(wr), a.data() + t * nb, nb);
-      } else if (w.type == GgmlType::Q4_0) {
-        for (int64_t t = 0; t < n; ++t)
-          y[t * w.rows + r] = dot_q4_0(reinterpret_cast<const BlockQ4_0*>(wr), a.data() + t * nb, nb);
-      } else if (w.type == GgmlType::Q8_0) {
-        for (int64_t t = 0; t < n; ++t)
-          y[t * w.rows + r] = dot_q8_0(reinterpret_cast<const BlockQ8_0*>(wr), a.data() + t * nb, nb);
-      } else {
-        const float* wf = reinterpret_cast<const float*>(wr);
-        if (w.type != GgmlType::F32) {
-          dequantize_row(w.type, wr, row, w.cols);
-          wf = row;
-        }
-        for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_f32(wf, x + t * w.cols, (int)w.cols);
+      switch (w.type) {
+        case GgmlType::Q4_1:
+          for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_q4_1(reinterpret_cast<const BlockQ4_1*>(wr), a + t * nb, nb);
+          break;
+        case GgmlType::Q4_0:
+          for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_q4_0(reinterpret_cast<const BlockQ4_0*>(wr), a + t * nb, nb);
+          break;
+        case GgmlType::Q8_0:
+          for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_q8_0(reinterpret_cast<const BlockQ8_0*>(wr), a + t * nb, nb);
+          break;
+        default:
+          if (flt) {
+            const float* wf = reinterpret_cast<const float*>(wr);
+            if (w.type != GgmlType::F32) {
+              dequantize_row(w.type, wr, row, w.cols);
+              wf = row;
+            }
+            for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_f32(wf, x + t * w.cols, (int)w.cols);
+          } else {
+            unpack_row(w.type, wr, nb, p);
+            for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_panel(p, a + t * nb, as + t * nb, nb, mins);
+          }
       }
     }
   }, 16);
 }
 
 // ---------------------------------------------------------------------------------------------
-// Many tokens: rows x tokens tiles over dequantized row blocks.
+// Many tokens, quantized weights: row blocks unpacked to int16 panels, 2x4 integer tiles.
+void matmul_tiled_int(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool) {
+  const int64_t nb = w.cols / QK;
+  ActBuf& ab = act_buffer();
+  quantize_acts(x, n, w.cols, ab, pool);
+  const ActQ16* a = ab.q.data();
+  const float* as = ab.s.data();
+  const bool mins = has_min(w.type);
+  const int64_t blocks = (w.rows + kRowBlock - 1) / kRowBlock;
+  pool.parallel_for_dynamic(blocks, 1, [&](int64_t b0, int64_t b1, int) {
+    PanelBuf& pb = thread_panel();
+    int16_t* pq = scratch(pb.q, (size_t)(kRowBlock * w.cols));
+    float* pf = scratch(pb.f, (size_t)(kRowBlock * 2 * nb));
+    PanelRow rows[kRowBlock];
+    for (int i = 0; i < kRowBlock; ++i) rows[i] = {pq + i * w.cols, pf + 2 * i * nb, pf + (2 * i + 1) * nb};
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t r0 = blk * kRowBlock;
+      const int nr = (int)std::min<int64_t>(kRowBlock, w.rows - r0);
+      for (int i = 0; i < nr; ++i) unpack_row(w.type, w.data + (r0 + i) * w.row_stride, nb, rows[i]);
+      for (int64_t t = 0; t < n; t += 4) {
+        const int nt = (int)std::min<int64_t>(4, n - t);
+        const ActQ16* at[4];
+        const float* st[4];
+        for (int k = 0; k < nt; ++k) {
+          at[k] = a + (t + k) * nb;
+          st[k] = as + (t + k) * nb;
+        }
+        float* yt = y + t * w.rows + r0;
+        int i = 0;
+        for (; i + 2 <= nr; i += 2) {
+          switch (nt) {
+            case 4: tile_int<2, 4>(rows + i, at, st, nb, mins, yt + i, w.rows); break;
+            case 3: tile_int<2, 3>(rows + i, at, st, nb, mins, yt + i, w.rows); break;
+            case 2: tile_int<2, 2>(rows + i, at, st, nb, mins, yt + i, w.rows); break;
+            default: tile_int<2, 1>(rows + i, at, st, nb, mins, yt + i, w.rows); break;
+          }
+        }
+        if (i < nr) {
+          switch (nt) {
+            case 4: tile_int<1, 4>(rows + i, at, st, nb, mins, yt + i, w.rows); break;
+            case 3: tile_int<1, 3>(rows + i, at, st, nb, mins, yt + i, w.rows); break;
+            case 2: tile_int<1, 2>(rows + i, at, st, nb, mins, yt + i, w.rows); break;
+            default: tile_int<1, 1>(rows + i, at, st, nb, mins, yt + i, w.rows); break;
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Many tokens, float weights: rows x tokens tiles over dequantized row blocks.
 
 // y[t][r0 + i] for i < 3, t < 4: dot products of 3 rows (wr, stride ld) with 4 tokens.
 inline void tile_3x4(const float* wr, int64_t ld, const float* x0, int64_t ldx, int64_t cols, float* y, int64_t ldy,
@@ -282,8 +620,10 @@ void matmul(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool
   check(w);
   if (n <= kDecodeTokens)
     matmul_rows(w, x, n, y, pool);
-  else
+  else if (is_float_type(w.type))
     matmul_tiled(w, x, n, y, pool);
+  else
+    matmul_tiled_int(w, x, n, y, pool);
 }
 
 }  // namespace duo
