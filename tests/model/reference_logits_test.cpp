@@ -3,6 +3,7 @@
 // and greedy continuations.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -37,9 +38,11 @@ void check_model(const std::string& file, const std::string& fixture, Tolerance 
     auto cache = model->new_cache(HeadPlan::uniform(model->config().n_layers, model->config().n_kv_heads,
                                                     HeadKind::Retrieval));
     std::map<int64_t, std::vector<float>> at;
+    std::vector<int64_t> positions;  // JSON keys come back in string order: sort numerically
+    for (const auto& item : p["top_logits"].items()) positions.push_back(std::stoll(item.key()));
+    std::sort(positions.begin(), positions.end());
     int64_t done = 0;
-    for (const auto& item : p["top_logits"].items()) {
-      const int64_t pos = std::stoll(item.key());
+    for (int64_t pos : positions) {
       std::vector<float> row(V);
       model->forward(*cache, ids.data() + done, pos + 1 - done, row.data(), pool);
       done = pos + 1;
