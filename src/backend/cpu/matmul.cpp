@@ -38,7 +38,12 @@ namespace duo {
 namespace {
 
 constexpr int64_t kDecodeTokens = 4;  // up to this many tokens use the per-row dot path
-constexpr int kRowBlock = 16;         // rows unpacked together in the pre-fill path (even)
+constexpr int kRowBlock = 16;         // rows unpacked together in the pre-fill path (multiple of 4)
+constexpr int kTG = 8;                // tokens per SIMD vector in the pre-fill kernel
+// Activation integers lie in [-kActMax, kActMax]: 15 bits, so that the pre-fill kernel can
+// sum all 32 products of a block in one int32 lane even for Q6_K (|q| <= 32 * 128):
+// 32 * 4096 * 16383 < 2^31.
+constexpr float kActMax = 16383.0f;
 
 inline float h2f(uint16_t h) {
 #if defined(__F16C__)
@@ -69,7 +74,7 @@ void quantize_act_q16(const float* x, int64_t nb, ActQ16* out) {
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
     const float amax = _mm_cvtss_f32(m4);
-    const float d = amax / 32767.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+    const float d = amax / kActMax, id = d > 0.0f ? 1.0f / d : 0.0f;
     const __m256 idv = _mm256_set1_ps(id);
     const __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, idv)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, idv)),
                   i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, idv)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, idv));
@@ -87,7 +92,7 @@ void quantize_act_q16(const float* x, int64_t nb, ActQ16* out) {
 #else
     float amax = 0.0f;
     for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(v[j]));
-    const float d = amax / 32767.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+    const float d = amax / kActMax, id = d > 0.0f ? 1.0f / d : 0.0f;
     int sum = 0;
     for (int j = 0; j < QK; ++j) {
       const int q = (int)std::nearbyint(v[j] * id);
@@ -286,7 +291,17 @@ void unpack_row(GgmlType type, const uint8_t* src, int64_t nb, PanelRow p) {
         const uint8_t* ql = five ? blk + 48 : blk + 16;
         int16_t* q = p.q + s * QK_K;
         for (int j = 0; j < 4; ++j, ql += 32, q += 64) {
+#ifdef DUO_MM_AVX2
+          const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
+          const __m256i m4 = _mm256_set1_epi8(0x0F);
+          const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_cvtepu8_epi16(_mm256_castsi256_si128(lo)));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 16), _mm256_cvtepu8_epi16(_mm256_extracti128_si256(lo, 1)));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 32), _mm256_cvtepu8_epi16(_mm256_castsi256_si128(hi)));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 48), _mm256_cvtepu8_epi16(_mm256_extracti128_si256(hi, 1)));
+#else
           nib_split(ql, 32, q, q + 32, 0);
+#endif
           if (five) {
             const uint8_t u0 = (uint8_t)(1u << (2 * j)), u1 = (uint8_t)(2u << (2 * j));
             for (int l = 0; l < 32; ++l) {
@@ -312,6 +327,30 @@ void unpack_row(GgmlType type, const uint8_t* src, int64_t nb, PanelRow p) {
         const int8_t* sc = b[s].scales;
         int16_t* q = p.q + s * QK_K;
         for (int n = 0; n < QK_K; n += 128, ql += 64, qh += 32, sc += 8, q += 128) {
+#ifdef DUO_MM_AVX2
+          // Four 32-element groups of 6-bit values (0..63) as bytes, then (v - 32) * scale
+          // per 16 elements in int16 (|.| <= 4096).
+          const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
+          const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
+          const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh));
+          const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+          const __m256i v[4] = {
+              _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30)),
+              _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30)),
+              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m30)),
+              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                              _mm256_and_si256(_mm256_srli_epi16(h, 2), m30))};
+          const __m256i off = _mm256_set1_epi16(32);
+          for (int g = 0; g < 4; ++g) {
+            const __m256i a = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(v[g])), off);
+            const __m256i b2 = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(v[g], 1)), off);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 32 * g),
+                                _mm256_mullo_epi16(a, _mm256_set1_epi16(sc[2 * g])));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 32 * g + 16),
+                                _mm256_mullo_epi16(b2, _mm256_set1_epi16(sc[2 * g + 1])));
+          }
+          continue;
+#endif
           for (int l = 0; l < 32; ++l) {
             const int is = l / 16;
             q[l] = (int16_t)(((int)((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32) * sc[is]);
@@ -352,45 +391,6 @@ float dot_panel(const PanelRow& p, const ActQ16* a, const float* as, int64_t nb,
 #endif
   if (mins) r += dot_f32(p.mw, as, (int)nb);
   return r;
-}
-
-// R rows x T tokens register tile over panel rows: y[t * ldy + r] = row r . token t.
-template <int R, int T>
-void tile_int(const PanelRow* rows, const ActQ16* const* act, const float* const* as, int64_t nb, bool mins, float* y,
-              int64_t ldy) {
-#ifdef DUO_MM_AVX2
-  __m256 acc[R][T];
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    __m256i wl[R], wh[R];
-    __m256 dw[R];
-    for (int r = 0; r < R; ++r) {
-      wl[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r].q + b * QK));
-      wh[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r].q + b * QK + 16));
-      dw[r] = _mm256_broadcast_ss(rows[r].dw + b);
-    }
-    for (int t = 0; t < T; ++t) {
-      const ActQ16& ab = act[t][b];
-      const __m256i xl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.q));
-      const __m256i xh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.q + 16));
-      const __m256 xd = _mm256_broadcast_ss(&ab.d);
-      for (int r = 0; r < R; ++r) {
-        const __m256i p = _mm256_add_epi32(_mm256_madd_epi16(wl[r], xl), _mm256_madd_epi16(wh[r], xh));
-        acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], xd), _mm256_cvtepi32_ps(p), acc[r][t]);
-      }
-    }
-  }
-  for (int t = 0; t < T; ++t)
-    for (int r = 0; r < R; ++r) {
-      float v = hsum256(acc[r][t]);
-      if (mins) v += dot_f32(rows[r].mw, as[t], (int)nb);
-      y[t * ldy + r] = v;
-    }
-#else
-  for (int t = 0; t < T; ++t)
-    for (int r = 0; r < R; ++r) y[t * ldy + r] = dot_panel(rows[r], act[t], as[t], nb, mins);
-#endif
 }
 
 // Grow-only per-thread scratch.
@@ -489,13 +489,101 @@ void matmul_rows(const WeightView& w, const float* x, int64_t n, float* y, Threa
 }
 
 // ---------------------------------------------------------------------------------------------
-// Many tokens, quantized weights: row blocks unpacked to int16 panels, 2x4 integer tiles.
+// Many tokens, quantized weights. Activations are regrouped so that 8 tokens share a vector:
+// for token group g and block b, lane k of pair vector j holds elements (2j, 2j+1) of token
+// 8g+k as two int16. A weight pair broadcast to all lanes and _mm256_madd_epi16 then gives
+// that pair's products for 8 tokens at once, so the per-block float work (convert, scale,
+// min term) is shared by 8 tokens. Rows are unpacked to int16 panels a block of rows at a time.
+struct ActGroupBlock {
+  int32_t q[QK / 2][kTG];  // token pairs, lanes = tokens
+  float d[kTG];            // activation scales
+  float s[kTG];            // d * sum(q)
+};
+
+struct ActGroupBuf {
+  std::vector<ActGroupBlock> blocks;
+};
+ActGroupBuf& act_group_buffer() {
+  static thread_local ActGroupBuf a;
+  return a;
+}
+
+// R panel rows x 8 tokens of group `g` (nb blocks). Lane k of out[r] = row r . token k.
+template <int R>
+inline void tile_group(const PanelRow* rows, const ActGroupBlock* g, int64_t nb, bool mins, float out[R][kTG]) {
+#ifdef DUO_MM_AVX2
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const ActGroupBlock& ab = g[b];
+    __m256i isum[R];
+    for (int r = 0; r < R; ++r) isum[r] = _mm256_setzero_si256();
+    const int16_t* wq[R];
+    for (int r = 0; r < R; ++r) wq[r] = rows[r].q + b * QK;
+    for (int j = 0; j < QK / 2; ++j) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.q[j]));
+      for (int r = 0; r < R; ++r) {
+        int32_t pair;
+        std::memcpy(&pair, wq[r] + 2 * j, 4);
+        isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(_mm256_set1_epi32(pair), x));
+      }
+    }
+    const __m256 xd = _mm256_loadu_ps(ab.d);
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_mul_ps(_mm256_broadcast_ss(rows[r].dw + b), xd), acc[r]);
+    if (mins) {
+      const __m256 xs = _mm256_loadu_ps(ab.s);
+      for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(rows[r].mw + b), xs, acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out[r], acc[r]);
+#else
+  for (int r = 0; r < R; ++r)
+    for (int k = 0; k < kTG; ++k) {
+      float sum = 0.0f;
+      for (int64_t b = 0; b < nb; ++b) {
+        int64_t isum = 0;
+        for (int j = 0; j < QK / 2; ++j) {
+          const int32_t v = g[b].q[j][k];
+          isum += rows[r].q[b * QK + 2 * j] * (int16_t)(v & 0xFFFF) + rows[r].q[b * QK + 2 * j + 1] * (int16_t)(v >> 16);
+        }
+        sum += rows[r].dw[b] * g[b].d[k] * (float)isum + (mins ? rows[r].mw[b] * g[b].s[k] : 0.0f);
+      }
+      out[r][k] = sum;
+    }
+#endif
+}
+
 void matmul_tiled_int(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool) {
   const int64_t nb = w.cols / QK;
-  ActBuf& ab = act_buffer();
-  quantize_acts(x, n, w.cols, ab, pool);
-  const ActQ16* a = ab.q.data();
-  const float* as = ab.s.data();
+  const int64_t ng = (n + kTG - 1) / kTG;
+  ActGroupBlock* act = scratch(act_group_buffer().blocks, (size_t)(ng * nb));
+  // Quantize and regroup the activations, a token group per task.
+  pool.parallel_for(ng, [&](int64_t g0, int64_t g1, int) {
+    ActQ16 tmp[64];
+    for (int64_t g = g0; g < g1; ++g) {
+      ActGroupBlock* gb = act + g * nb;
+      for (int k = 0; k < kTG; ++k) {
+        const int64_t t = g * kTG + k;
+        for (int64_t b0 = 0; b0 < nb; b0 += 64) {
+          const int64_t cnt = std::min<int64_t>(64, nb - b0);
+          if (t < n) {
+            quantize_act_q16(x + t * w.cols + b0 * QK, cnt, tmp);
+          } else {
+            std::memset(static_cast<void*>(tmp), 0, sizeof(ActQ16) * cnt);
+          }
+          for (int64_t b = 0; b < cnt; ++b) {
+            ActGroupBlock& dst = gb[b0 + b];
+            int32_t pairs[QK / 2];
+            std::memcpy(pairs, tmp[b].q, sizeof(pairs));
+            for (int j = 0; j < QK / 2; ++j) dst.q[j][k] = pairs[j];
+            dst.d[k] = tmp[b].d;
+            dst.s[k] = tmp[b].s;
+          }
+        }
+      }
+    }
+  });
   const bool mins = has_min(w.type);
   const int64_t blocks = (w.rows + kRowBlock - 1) / kRowBlock;
   pool.parallel_for_dynamic(blocks, 1, [&](int64_t b0, int64_t b1, int) {
@@ -504,35 +592,23 @@ void matmul_tiled_int(const WeightView& w, const float* x, int64_t n, float* y, 
     float* pf = scratch(pb.f, (size_t)(kRowBlock * 2 * nb));
     PanelRow rows[kRowBlock];
     for (int i = 0; i < kRowBlock; ++i) rows[i] = {pq + i * w.cols, pf + 2 * i * nb, pf + (2 * i + 1) * nb};
+    alignas(32) float out[4][kTG];
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * kRowBlock;
       const int nr = (int)std::min<int64_t>(kRowBlock, w.rows - r0);
       for (int i = 0; i < nr; ++i) unpack_row(w.type, w.data + (r0 + i) * w.row_stride, nb, rows[i]);
-      for (int64_t t = 0; t < n; t += 4) {
-        const int nt = (int)std::min<int64_t>(4, n - t);
-        const ActQ16* at[4];
-        const float* st[4];
-        for (int k = 0; k < nt; ++k) {
-          at[k] = a + (t + k) * nb;
-          st[k] = as + (t + k) * nb;
-        }
-        float* yt = y + t * w.rows + r0;
-        int i = 0;
-        for (; i + 2 <= nr; i += 2) {
-          switch (nt) {
-            case 4: tile_int<2, 4>(rows + i, at, st, nb, mins, yt + i, w.rows); break;
-            case 3: tile_int<2, 3>(rows + i, at, st, nb, mins, yt + i, w.rows); break;
-            case 2: tile_int<2, 2>(rows + i, at, st, nb, mins, yt + i, w.rows); break;
-            default: tile_int<2, 1>(rows + i, at, st, nb, mins, yt + i, w.rows); break;
+      for (int64_t g = 0; g < ng; ++g) {
+        const int nt = (int)std::min<int64_t>(kTG, n - g * kTG);
+        for (int i = 0; i < nr; i += 4) {
+          const int rr = std::min(4, nr - i);
+          switch (rr) {
+            case 4: tile_group<4>(rows + i, act + g * nb, nb, mins, out); break;
+            case 3: tile_group<3>(rows + i, act + g * nb, nb, mins, out); break;
+            case 2: tile_group<2>(rows + i, act + g * nb, nb, mins, out); break;
+            default: tile_group<1>(rows + i, act + g * nb, nb, mins, out); break;
           }
-        }
-        if (i < nr) {
-          switch (nt) {
-            case 4: tile_int<1, 4>(rows + i, at, st, nb, mins, yt + i, w.rows); break;
-            case 3: tile_int<1, 3>(rows + i, at, st, nb, mins, yt + i, w.rows); break;
-            case 2: tile_int<1, 2>(rows + i, at, st, nb, mins, yt + i, w.rows); break;
-            default: tile_int<1, 1>(rows + i, at, st, nb, mins, yt + i, w.rows); break;
-          }
+          for (int r = 0; r < rr; ++r)
+            for (int k = 0; k < nt; ++k) y[(g * kTG + k) * w.rows + r0 + i + r] = out[r][k];
         }
       }
     }
