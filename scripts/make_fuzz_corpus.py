@@ -69,6 +69,16 @@ def main():
     embd = struct.pack("<256f", *([0.25] * 256))
     with open(os.path.join(OUT, "model_v3.gguf"), "wb") as f:
         f.write(gguf(3, model, [("token_embd.weight", 0, [32, 8], embd)]))
+    # Nested arrays, a bool array, a custom alignment and K-quant / BF16 / 3-d tensors.
+    nested = struct.pack("<IIQ", 9, 9, 2) + struct.pack("<IQ", 5, 2) + struct.pack("<ii", 1, -2) \
+        + struct.pack("<IQ", 8, 1) + s("x")
+    kvs = [("general.alignment", v(4, "I", 64)), ("nested", nested),
+           ("bools", struct.pack("<IIQ", 9, 7, 3) + bytes([1, 0, 1])),
+           ("f64s", struct.pack("<IIQ", 9, 12, 2) + struct.pack("<2d", 0.5, -1.0))]
+    q4k = bytes(range(144))
+    bf16 = bytes(2 * 3 * 2 * 2)
+    with open(os.path.join(OUT, "nested_v3.gguf"), "wb") as f:
+        f.write(gguf(3, kvs, [("k", 12, [256, 1], q4k), ("bf", 30, [3, 2, 2], bf16)], alignment=64))
     with open(os.path.join(OUT, "empty_v3.gguf"), "wb") as f:
         f.write(gguf(3, [], []))
     print(sorted(os.listdir(OUT)))

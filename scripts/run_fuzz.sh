@@ -1,27 +1,23 @@
 #!/usr/bin/env bash
-# Builds the GGUF fuzz target with clang (libFuzzer + ASan + UBSan) and runs it for a bounded
-# time (seconds, default 60) on a copy of the seed corpus. Exits non-zero on any finding.
+# Fuzzes the GGUF reader for a bounded time: ./scripts/run_fuzz.sh [seconds, default 60].
+# Configures build-fuzz with clang (libFuzzer + ASan + UBSan), builds gguf_fuzz and runs the
+# `gguf_fuzz_run` ctest test on a copy of tests/fuzz/corpus/gguf. Exits non-zero on any finding
+# (crash, sanitizer report, leak, timeout, escaped non-duo::Error exception); reproducers are
+# left in build-fuzz/fuzz-findings/ (replay one with: build-fuzz/tests/fuzz/gguf_fuzz FILE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
-need=()
-command -v clang++ >/dev/null || need+=(clang)
-dpkg -s libclang-rt-14-dev >/dev/null 2>&1 || need+=(libclang-rt-14-dev)
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-cmake -S tests/fuzz -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build-fuzz -j "$(nproc)"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cp -r tests/fuzz/corpus/gguf "$work/corpus"
-mkdir -p "$work/artifacts"
-./build-fuzz/gguf_fuzz -max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 -timeout=10 \
-  -artifact_prefix="$work/artifacts/" -print_final_stats=1 "$work/corpus" 2>&1 | tail -15
-if [ -n "$(ls -A "$work/artifacts")" ]; then
-  echo "fuzz: findings in $work/artifacts:"; ls -l "$work/artifacts"
-  mkdir -p build-fuzz/findings && cp "$work"/artifacts/* build-fuzz/findings/
+build=${DUO_FUZZ_BUILD:-build-fuzz}
+command -v clang++ >/dev/null || { echo "run_fuzz: clang++ not found (apt-get install clang libclang-rt-dev)" >&2; exit 2; }
+gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
+CC=clang CXX=clang++ cmake -S . -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DDUO_FUZZ=ON -DDUO_TESTS=OFF -DDUO_BENCH=OFF -DDUO_CUDA=OFF -DDUO_FUZZ_SECONDS="$secs" >/dev/null
+cmake --build "$build" --target gguf_fuzz -j "${DUO_JOBS:-2}"
+rm -rf "$build/fuzz-findings"
+if ctest --test-dir "$build/tests/fuzz" -R '^gguf_fuzz_run$' --output-on-failure; then
+  echo "run_fuzz: gguf_fuzz ran ${secs}s with no finding"
+else
+  echo "run_fuzz: FINDING (see output above); reproducers in $build/fuzz-findings:" >&2
+  ls -l "$build/fuzz-findings" >&2 || true
   exit 1
 fi
-echo "fuzz: gguf_fuzz ran ${secs}s with no finding"

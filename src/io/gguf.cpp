@@ -97,8 +97,8 @@ GgufValue read_array(Reader& r, int depth) {
   const uint64_t count = r.read<uint64_t>("array length");
   const uint64_t min_size = min_value_bytes(elem);
   if (count > r.left() / min_size)
-    r.error(fmt::format("array of {} {} elements cannot fit in the {} bytes left", count, value_type_name(elem),
-                        r.left()));
+    r.error(fmt::format("truncated or corrupt: array of {} {} elements cannot fit in the {} bytes left", count,
+                        value_type_name(elem), r.left()));
   auto arr = std::make_shared<GgufArray>();
   arr->elem_type = static_cast<GgufValueType>(elem);
   arr->items.reserve(static_cast<size_t>(count));
@@ -216,11 +216,8 @@ void GgufFile::parse() {
   const uint64_t n_tensors = r.read<uint64_t>("tensor count");
   const uint64_t n_kv = r.read<uint64_t>("metadata count");
   if (n_kv > r.left() / kMinKvBytes)
-    r.error(fmt::format("metadata count {} is impossible: the {} bytes left hold at most {}", n_kv, r.left(),
-                        r.left() / kMinKvBytes));
-  if (n_tensors > r.left() / kMinTensorInfoBytes)
-    r.error(fmt::format("tensor count {} is impossible: the {} bytes left hold at most {}", n_tensors, r.left(),
-                        r.left() / kMinTensorInfoBytes));
+    r.error(fmt::format("truncated or corrupt: metadata count {} is impossible, the {} bytes left hold at most {}",
+                        n_kv, r.left(), r.left() / kMinKvBytes));
 
   // Metadata.
   for (uint64_t i = 0; i < n_kv; ++i) {
@@ -243,10 +240,11 @@ void GgufFile::parse() {
     alignment_ = al;
   }
 
-  // Tensor directory.
+  // Tensor directory. Checked here rather than with the header so that a truncated file
+  // reports the metadata item it ends in.
   if (n_tensors > r.left() / kMinTensorInfoBytes)
-    r.error(fmt::format("tensor count {} is impossible: the {} bytes left hold at most {}", n_tensors, r.left(),
-                        r.left() / kMinTensorInfoBytes));
+    r.error(fmt::format("truncated or corrupt: tensor count {} is impossible, the {} bytes left hold at most {}",
+                        n_tensors, r.left(), r.left() / kMinTensorInfoBytes));
   tensors_.reserve(static_cast<size_t>(n_tensors));
   for (uint64_t i = 0; i < n_tensors; ++i) {
     GgufTensorInfo t;
@@ -407,7 +405,13 @@ std::string to_string(const GgufValue& v, size_t max_items) {
   switch (v.index()) {
     case 0: return std::to_string(std::get<int64_t>(v));
     case 1: return std::to_string(std::get<uint64_t>(v));
-    case 2: return fmt::format("{}", std::get<double>(v));
+    case 2: {
+      // float32 values are widened to double: print them at float precision (1e-05, not
+      // 9.999999747378752e-06).
+      const double d = std::get<double>(v);
+      const float f = static_cast<float>(d);
+      return static_cast<double>(f) == d ? fmt::format("{}", f) : fmt::format("{}", d);
+    }
     case 3: return std::get<bool>(v) ? "true" : "false";
     case 4: {
       const std::string& s = std::get<std::string>(v);
