@@ -38,7 +38,8 @@ namespace duo {
 namespace {
 
 constexpr int64_t kDecodeTokens = 4;  // up to this many tokens use the per-row dot path
-constexpr int kRowBlock = 16;         // rows unpacked together in the pre-fill path (multiple of 4)
+constexpr int kTileRows = 6;          // rows per pre-fill register tile
+constexpr int kRowBlock = 24;         // rows unpacked together in the pre-fill path (multiple of kTileRows)
 constexpr int kTG = 8;                // tokens per SIMD vector in the pre-fill kernel
 // Activation integers lie in [-kActMax, kActMax]: 15 bits, so that the pre-fill kernel can
 // sum all 32 products of a block in one int32 lane even for Q6_K (|q| <= 32 * 128):
@@ -199,6 +200,49 @@ float dot_q8_0(const BlockQ8_0* w, const ActQ16* a, int64_t nb) {
   }
   return sum;
 #endif
+}
+
+// Q4_K row . activations (as: the activation block sums d * sum(q), token-major).
+float dot_q4_k(const BlockQ4_K* w, const ActQ16* a, const float* as, int64_t nsb) {
+  float r = 0.0f;
+#ifdef DUO_MM_AVX2
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  __m256 macc = _mm256_setzero_ps();
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  for (int64_t s = 0; s < nsb; ++s, a += 8, as += 8) {
+    uint8_t sc[8], mn[8];
+    for (int j = 0; j < 8; ++j) kquant_scale_min(j, w[s].scales, sc[j], mn[j]);
+    const float d = h2f(w[s].d);
+    int64_t m8;
+    std::memcpy(&m8, mn, 8);
+    const __m256 mf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(m8)));
+    macc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(h2f(w[s].dmin)), mf), _mm256_loadu_ps(as), macc);
+    for (int j = 0; j < 4; ++j) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[s].qs + 32 * j));
+      const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+      const __m256i p0 = dot_block16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(lo)),
+                                     _mm256_cvtepu8_epi16(_mm256_extracti128_si256(lo, 1)), a[2 * j].q);
+      const __m256i p1 = dot_block16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(hi)),
+                                     _mm256_cvtepu8_epi16(_mm256_extracti128_si256(hi, 1)), a[2 * j + 1].q);
+      acc[0] = _mm256_fmadd_ps(_mm256_set1_ps(d * sc[2 * j] * a[2 * j].d), _mm256_cvtepi32_ps(p0), acc[0]);
+      acc[1] = _mm256_fmadd_ps(_mm256_set1_ps(d * sc[2 * j + 1] * a[2 * j + 1].d), _mm256_cvtepi32_ps(p1), acc[1]);
+    }
+  }
+  r = hsum256(_mm256_add_ps(acc[0], acc[1])) - hsum256(macc);
+#else
+  for (int64_t s = 0; s < nsb; ++s, a += 8, as += 8) {
+    const float d = h2f(w[s].d), dmin = h2f(w[s].dmin);
+    for (int j = 0; j < 8; ++j) {
+      uint8_t sc, mn;
+      kquant_scale_min(j, w[s].scales, sc, mn);
+      const uint8_t* q = w[s].qs + 32 * (j / 2);
+      int64_t isum = 0;
+      for (int l = 0; l < 32; ++l) isum += ((j & 1) ? (q[l] >> 4) : (q[l] & 0xF)) * a[j].q[l];
+      r += d * sc * a[j].d * (float)isum - dmin * mn * as[j];
+    }
+  }
+#endif
+  return r;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -453,7 +497,8 @@ void matmul_rows(const WeightView& w, const float* x, int64_t n, float* y, Threa
     float* row = nullptr;
     if (flt) {
       row = thread_buffer((size_t)w.cols);
-    } else if (w.type != GgmlType::Q4_1 && w.type != GgmlType::Q4_0 && w.type != GgmlType::Q8_0) {
+    } else if (w.type != GgmlType::Q4_1 && w.type != GgmlType::Q4_0 && w.type != GgmlType::Q8_0 &&
+               w.type != GgmlType::Q4_K) {
       PanelBuf& pb = thread_panel();
       p.q = scratch(pb.q, (size_t)w.cols);
       p.dw = scratch(pb.f, (size_t)(2 * nb));
@@ -467,6 +512,10 @@ void matmul_rows(const WeightView& w, const float* x, int64_t n, float* y, Threa
           break;
         case GgmlType::Q4_0:
           for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_q4_0(reinterpret_cast<const BlockQ4_0*>(wr), a + t * nb, nb);
+          break;
+        case GgmlType::Q4_K:
+          for (int64_t t = 0; t < n; ++t)
+            y[t * w.rows + r] = dot_q4_k(reinterpret_cast<const BlockQ4_K*>(wr), a + t * nb, as + t * nb, nb / 8);
           break;
         case GgmlType::Q8_0:
           for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_q8_0(reinterpret_cast<const BlockQ8_0*>(wr), a + t * nb, nb);
@@ -592,20 +641,23 @@ void matmul_tiled_int(const WeightView& w, const float* x, int64_t n, float* y, 
     float* pf = scratch(pb.f, (size_t)(kRowBlock * 2 * nb));
     PanelRow rows[kRowBlock];
     for (int i = 0; i < kRowBlock; ++i) rows[i] = {pq + i * w.cols, pf + 2 * i * nb, pf + (2 * i + 1) * nb};
-    alignas(32) float out[4][kTG];
+    alignas(32) float out[kTileRows][kTG];
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * kRowBlock;
       const int nr = (int)std::min<int64_t>(kRowBlock, w.rows - r0);
       for (int i = 0; i < nr; ++i) unpack_row(w.type, w.data + (r0 + i) * w.row_stride, nb, rows[i]);
       for (int64_t g = 0; g < ng; ++g) {
         const int nt = (int)std::min<int64_t>(kTG, n - g * kTG);
-        for (int i = 0; i < nr; i += 4) {
-          const int rr = std::min(4, nr - i);
+        for (int i = 0; i < nr; i += kTileRows) {
+          const int rr = std::min(kTileRows, nr - i);
+          const ActGroupBlock* ag = act + g * nb;
           switch (rr) {
-            case 4: tile_group<4>(rows + i, act + g * nb, nb, mins, out); break;
-            case 3: tile_group<3>(rows + i, act + g * nb, nb, mins, out); break;
-            case 2: tile_group<2>(rows + i, act + g * nb, nb, mins, out); break;
-            default: tile_group<1>(rows + i, act + g * nb, nb, mins, out); break;
+            case 6: tile_group<6>(rows + i, ag, nb, mins, out); break;
+            case 5: tile_group<5>(rows + i, ag, nb, mins, out); break;
+            case 4: tile_group<4>(rows + i, ag, nb, mins, out); break;
+            case 3: tile_group<3>(rows + i, ag, nb, mins, out); break;
+            case 2: tile_group<2>(rows + i, ag, nb, mins, out); break;
+            default: tile_group<1>(rows + i, ag, nb, mins, out); break;
           }
           for (int r = 0; r < rr; ++r)
             for (int k = 0; k < nt; ++k) y[(g * kTG + k) * w.rows + r0 + i + r] = out[r][k];
