@@ -56,11 +56,11 @@ std::vector<uint8_t> random_weights(GgmlType type, int64_t rows, int64_t cols, s
   return data;
 }
 
-// Activations are quantized per 32-block to integers in [-16383, 16383] (scale amax/16383),
-// so each x[c] moves by at most amax_b / (2 * 16383); the product moves by at most
-// sum_b amax_b / 32766 * sum_{c in b} |w[c]|. Float accumulation adds a few ulps of
+// Activations are quantized per 32-block to integers in [-32767, 32767] (scale amax/32767),
+// so each x[c] moves by at most amax_b / (2 * 32767); the product moves by at most
+// sum_b amax_b / 65534 * sum_{c in b} |w[c]|. Float accumulation adds a few ulps of
 // sum |w||x|. Float weight types (F32/F16/BF16) only have the accumulation term.
-constexpr double kActSteps = 2.0 * 16383.0;
+constexpr double kActSteps = 2.0 * 32767.0;
 
 void check_type(GgmlType type, int64_t rows, int64_t cols) {
   std::mt19937 rng(17 + (int)type + (int)cols);
@@ -106,7 +106,7 @@ void check_type(GgmlType type, int64_t rows, int64_t cols) {
   }
 }
 
-// Values that survive activation quantization exactly (every block holds +-16383 * 2^-10 and
+// Values that survive activation quantization exactly (every block holds +-32767 * 2^-10 and
 // multiples of 2^-10, so the integers are x * 2^10) and power-of-two weight scales: every
 // partial sum is a multiple of a common unit below 2^24 units, so the result is exact.
 void check_exact(GgmlType type, int64_t rows, int64_t cols) {
@@ -126,7 +126,7 @@ void check_exact(GgmlType type, int64_t rows, int64_t cols) {
   for (int64_t n : {1, 3, 9, 20}) {
     std::vector<float> x(n * cols), ref(n * rows), out(n * rows);
     for (int64_t i = 0; i < n * cols; ++i) x[i] = (float)small(rng) / 1024.0f;
-    for (int64_t i = 0; i < n * cols; i += 32) x[i + (i / 32) % 32] = ((i / 32) % 2 ? 16383.0f : -16383.0f) / 1024.0f;
+    for (int64_t i = 0; i < n * cols; i += 32) x[i + (i / 32) % 32] = ((i / 32) % 2 ? 32767.0f : -32767.0f) / 1024.0f;
     matmul_ref(w, x.data(), n, ref.data());
     for (int threads : {1, 2, 3}) {
       ThreadPool pool(threads);
@@ -157,6 +157,28 @@ TEST(Matmul, QwenShapes) {
   check_type(GgmlType::Q6_K, 7, 8960);  // ffn_down: 35 super-blocks
   check_type(GgmlType::Q4_K, 7, 8960);
   check_type(GgmlType::Q4_K, 29, 1536);
+}
+
+// The largest integer sums the kernels can meet: Q6_K values -32 with sub-scale -128 (4096
+// after folding) against activations at full scale. A block then sums to 32 * 4096 * 32767,
+// past int32: the kernels must split it.
+TEST(Matmul, ExtremeQ6KBlocksDoNotOverflow) {
+  const int64_t rows = 7, cols = 512;
+  std::vector<uint8_t> data(row_bytes(GgmlType::Q6_K, cols) * rows, 0);
+  for (int64_t b = 0; b < rows * cols / 256; ++b) {
+    uint8_t* blk = data.data() + b * 210;
+    std::memset(blk + 192, 0x80, 16);  // scales = -128
+    const uint16_t d = f32_to_f16(0.001f);
+    std::memcpy(blk + 208, &d, 2);
+  }
+  WeightView w{GgmlType::Q6_K, data.data(), rows, cols, row_bytes(GgmlType::Q6_K, cols)};
+  for (int64_t n : {1, 9}) {
+    std::vector<float> x(n * cols, 1.5f), ref(n * rows), out(n * rows);
+    matmul_ref(w, x.data(), n, ref.data());
+    ThreadPool pool(2);
+    matmul(w, x.data(), n, out.data(), pool);
+    for (int64_t i = 0; i < n * rows; ++i) ASSERT_NEAR(out[i], ref[i], 1e-5 * std::fabs(ref[i])) << "n " << n << " i " << i;
+  }
 }
 
 TEST(Matmul, RejectsBadShapes) {

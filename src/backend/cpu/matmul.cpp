@@ -41,10 +41,10 @@ constexpr int64_t kDecodeTokens = 4;  // up to this many tokens use the per-row 
 constexpr int kTileRows = 6;          // rows per pre-fill register tile
 constexpr int kRowBlock = 24;         // rows unpacked together in the pre-fill path (multiple of kTileRows)
 constexpr int kTG = 8;                // tokens per SIMD vector in the pre-fill kernel
-// Activation integers lie in [-kActMax, kActMax]: 15 bits, so that the pre-fill kernel can
-// sum all 32 products of a block in one int32 lane even for Q6_K (|q| <= 32 * 128):
-// 32 * 4096 * 16383 < 2^31.
-constexpr float kActMax = 16383.0f;
+// Activation integers lie in [-kActMax, kActMax]. The pre-fill kernel sums the products of
+// a block in one int32 lane: 32 * |q| * 32767 < 2^31 holds for |q| <= 2048 (every type but
+// Q6_K, whose scaled values reach 32 * 128 = 4096 and get two partial sums of 16).
+constexpr float kActMax = 32767.0f;
 
 inline float h2f(uint16_t h) {
 #if defined(__F16C__)
@@ -134,16 +134,23 @@ inline void nibbles16(const uint8_t* qs, __m256i& lo, __m256i& hi) {
 // Direct decode dots for the 32-block types of the default model.
 float dot_q4_1(const BlockQ4_1* w, const ActQ16* a, int64_t nb) {
 #ifdef DUO_MM_AVX2
+  // (d, m) of the weights and (d, s) of the activations are adjacent pairs: one F16C
+  // conversion and one multiply give lane 0 = scale of the block's integer dot, lane 1 = its
+  // offset term, accumulated in `offs`.
   __m256 acc = _mm256_setzero_ps();
-  float offs = 0.0f;
+  __m128 offs = _mm_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     __m256i lo, hi;
     nibbles16(w[b].qs, lo, hi);
     const __m256 p = _mm256_cvtepi32_ps(dot_block16(lo, hi, a[b].q));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(w[b].d) * a[b].d), p, acc);
-    offs += h2f(w[b].m) * a[b].s;
+    int32_t dm;
+    std::memcpy(&dm, &w[b].d, 4);
+    const __m128 ds = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(dm)),
+                                 _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(&a[b].d))));
+    acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(ds), p, acc);
+    offs = _mm_add_ps(offs, ds);
   }
-  return hsum256(acc) + offs;
+  return hsum256(acc) + _mm_cvtss_f32(_mm_movehdup_ps(offs));
 #else
   float sum = 0.0f;
   for (int64_t b = 0; b < nb; ++b) {
@@ -558,7 +565,7 @@ ActGroupBuf& act_group_buffer() {
 }
 
 // R panel rows x 8 tokens of group `g` (nb blocks). Lane k of out[r] = row r . token k.
-template <int R>
+template <int R, bool kSplit>
 inline void tile_group(const PanelRow* rows, const ActGroupBlock* g, int64_t nb, bool mins, float out[R][kTG]) {
 #ifdef DUO_MM_AVX2
   __m256 acc[R];
@@ -569,6 +576,9 @@ inline void tile_group(const PanelRow* rows, const ActGroupBlock* g, int64_t nb,
     for (int r = 0; r < R; ++r) isum[r] = _mm256_setzero_si256();
     const int16_t* wq[R];
     for (int r = 0; r < R; ++r) wq[r] = rows[r].q + b * QK;
+    const __m256 xd = _mm256_loadu_ps(ab.d);
+    __m256 sc[R];
+    for (int r = 0; r < R; ++r) sc[r] = _mm256_mul_ps(_mm256_broadcast_ss(rows[r].dw + b), xd);
     for (int j = 0; j < QK / 2; ++j) {
       const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.q[j]));
       for (int r = 0; r < R; ++r) {
@@ -576,10 +586,14 @@ inline void tile_group(const PanelRow* rows, const ActGroupBlock* g, int64_t nb,
         std::memcpy(&pair, wq[r] + 2 * j, 4);
         isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(_mm256_set1_epi32(pair), x));
       }
+      if (kSplit && j == QK / 4 - 1) {
+        for (int r = 0; r < R; ++r) {
+          acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), sc[r], acc[r]);
+          isum[r] = _mm256_setzero_si256();
+        }
+      }
     }
-    const __m256 xd = _mm256_loadu_ps(ab.d);
-    for (int r = 0; r < R; ++r)
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_mul_ps(_mm256_broadcast_ss(rows[r].dw + b), xd), acc[r]);
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), sc[r], acc[r]);
     if (mins) {
       const __m256 xs = _mm256_loadu_ps(ab.s);
       for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(rows[r].mw + b), xs, acc[r]);
@@ -601,6 +615,19 @@ inline void tile_group(const PanelRow* rows, const ActGroupBlock* g, int64_t nb,
       out[r][k] = sum;
     }
 #endif
+}
+
+template <bool kSplit>
+inline void tile_rows(int rr, const PanelRow* rows, const ActGroupBlock* g, int64_t nb, bool mins,
+                      float out[kTileRows][kTG]) {
+  switch (rr) {
+    case 6: tile_group<6, kSplit>(rows, g, nb, mins, out); break;
+    case 5: tile_group<5, kSplit>(rows, g, nb, mins, out); break;
+    case 4: tile_group<4, kSplit>(rows, g, nb, mins, out); break;
+    case 3: tile_group<3, kSplit>(rows, g, nb, mins, out); break;
+    case 2: tile_group<2, kSplit>(rows, g, nb, mins, out); break;
+    default: tile_group<1, kSplit>(rows, g, nb, mins, out); break;
+  }
 }
 
 void matmul_tiled_int(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool) {
@@ -633,7 +660,7 @@ void matmul_tiled_int(const WeightView& w, const float* x, int64_t n, float* y, 
       }
     }
   });
-  const bool mins = has_min(w.type);
+  const bool mins = has_min(w.type), split = w.type == GgmlType::Q6_K;
   const int64_t blocks = (w.rows + kRowBlock - 1) / kRowBlock;
   pool.parallel_for_dynamic(blocks, 1, [&](int64_t b0, int64_t b1, int) {
     PanelBuf& pb = thread_panel();
@@ -651,14 +678,10 @@ void matmul_tiled_int(const WeightView& w, const float* x, int64_t n, float* y, 
         for (int i = 0; i < nr; i += kTileRows) {
           const int rr = std::min(kTileRows, nr - i);
           const ActGroupBlock* ag = act + g * nb;
-          switch (rr) {
-            case 6: tile_group<6>(rows + i, ag, nb, mins, out); break;
-            case 5: tile_group<5>(rows + i, ag, nb, mins, out); break;
-            case 4: tile_group<4>(rows + i, ag, nb, mins, out); break;
-            case 3: tile_group<3>(rows + i, ag, nb, mins, out); break;
-            case 2: tile_group<2>(rows + i, ag, nb, mins, out); break;
-            default: tile_group<1>(rows + i, ag, nb, mins, out); break;
-          }
+          if (split)
+            tile_rows<true>(rr, rows + i, ag, nb, mins, out);
+          else
+            tile_rows<false>(rr, rows + i, ag, nb, mins, out);
           for (int r = 0; r < rr; ++r)
             for (int k = 0; k < nt; ++k) y[(g * kTG + k) * w.rows + r0 + i + r] = out[r][k];
         }
