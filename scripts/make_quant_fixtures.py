@@ -6,7 +6,10 @@ For every supported type: a few blocks of raw bytes and the floats gguf-py decod
 Blocks are random bytes with sane f16 scales (every bit pattern of the quants is legal), so
 the fixtures exercise all code paths, plus blocks quantized from random floats where gguf-py
 can quantize. Run: /opt/refenv/bin/python scripts/make_quant_fixtures.py
-(gguf 0.19.0, numpy 2.x). Output: tests/fixtures/quant/<TYPE>.json
+(gguf 0.19.0, numpy 2.x). Output: tests/fixtures/quant/<TYPE>.json, and
+tests/fixtures/quant/real_rows.json: a row prefix of real tensors of the cached models
+(SmolLM2 Q4_1/Q8_0, Qwen2.5-Coder Q4_K/Q6_K) with gguf-py's dequantization, when the models
+are in ~/.cache/duo/models (or $DUO_MODELS).
 """
 import json
 import os
@@ -67,7 +70,47 @@ def main():
             json.dump({"type": qtype.name, "type_id": int(qtype), "cases": [
                 {"name": "normal", "hex": raw.tobytes().hex(), "n": int(deq.size),
                  "values": [float(v) for v in deq]}]}, f)
+    real_rows()
     print("wrote", sorted(os.listdir(OUT)))
+
+
+MODELS = os.environ.get("DUO_MODELS", os.path.expanduser("~/.cache/duo/models"))
+# (model file, tensor type wanted, preferred tensor name or None for the first of that type)
+REAL = [
+    ("SmolLM2-135M-Instruct.Q4_1.gguf", T.Q4_1, "blk.0.attn_q.weight"),
+    ("SmolLM2-135M-Instruct.Q4_1.gguf", T.Q8_0, "token_embd.weight"),
+    ("Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf", T.Q4_K, None),
+    ("Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf", T.Q6_K, None),
+]
+ROW = 5            # which row of each tensor
+MAX_ELEMS = 256    # keep fixtures small: a prefix of whole blocks of that row
+
+
+def real_rows():
+    from gguf import GGUFReader
+    out = []
+    readers = {}
+    for fname, qtype, name in REAL:
+        path = os.path.join(MODELS, fname)
+        if not os.path.exists(path):
+            print("skip real rows: missing", path)
+            return
+        r = readers.setdefault(fname, GGUFReader(path))
+        cands = [t for t in r.tensors if t.tensor_type == qtype and (name is None or t.name == name)]
+        t = cands[0]
+        block_elems, block_bytes = GGML_QUANT_SIZES[qtype]
+        cols = int(t.shape[0])
+        raw = np.asarray(t.data).view(np.uint8).reshape(-1)
+        row_bytes = cols // block_elems * block_bytes
+        n = min(cols, MAX_ELEMS) // block_elems * block_elems
+        row = raw[ROW * row_bytes: ROW * row_bytes + n // block_elems * block_bytes]
+        deq = quants.dequantize(row.reshape(1, -1), qtype).reshape(-1).astype(np.float32)
+        out.append({"model": fname, "tensor": t.name, "type": qtype.name, "type_id": int(qtype), "row": ROW,
+                    "cols": cols, "n": int(n), "hex": row.tobytes().hex(),
+                    # shortest strings that round-trip through float32
+                    "values": [float(np.format_float_positional(v, unique=True)) for v in deq]})
+    with open(os.path.join(OUT, "real_rows.json"), "w") as f:
+        json.dump({"rows": out}, f)
 
 
 if __name__ == "__main__":

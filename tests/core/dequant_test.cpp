@@ -3,11 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "core/dequant.h"
 #include "core/fp16.h"
+#include "io/gguf.h"
 #include "test_support.h"
 
 namespace duo {
@@ -46,6 +49,36 @@ TEST_P(DequantFixture, MatchesGgufPy) {
 INSTANTIATE_TEST_SUITE_P(AllTypes, DequantFixture,
                          ::testing::Values("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K",
                                            "Q6_K"));
+
+// Rows of real tensors (scripts/make_quant_fixtures.py, gguf-py's dequantization). The saved
+// bytes are always checked; when the model is cached, they must also be the bytes in the file.
+TEST(DequantRealRows, MatchesGgufPyAndTheModelFiles) {
+  std::ifstream f(test::fixture_path("quant/real_rows.json"));
+  ASSERT_TRUE(f.good());
+  const auto j = nlohmann::json::parse(f);
+  ASSERT_GE(j["rows"].size(), 4u);
+  for (const auto& r : j["rows"]) {
+    const auto type = static_cast<GgmlType>(r["type_id"].get<uint32_t>());
+    const auto raw = from_hex(r["hex"]);
+    const int64_t n = r["n"];
+    ASSERT_EQ(raw.size(), row_bytes(type, n));
+    std::vector<float> y(n);
+    dequantize_row(type, raw.data(), y.data(), n);
+    const auto& expect = r["values"];
+    for (int64_t i = 0; i < n; ++i) {
+      const float e = expect[i].get<float>();
+      ASSERT_NEAR(y[i], e, 2e-6f * std::max(1.0f, std::fabs(e))) << r["tensor"] << " element " << i;
+    }
+    const std::string path = test::models_dir() + "/" + r["model"].get<std::string>();
+    if (!std::filesystem::exists(path)) continue;
+    auto g = GgufFile::open(path);
+    const GgufTensorInfo& t = g->tensor(r["tensor"]);
+    ASSERT_EQ(t.type, type);
+    ASSERT_EQ(t.cols(), r["cols"].get<int64_t>());
+    const uint8_t* row = g->tensor_data(t) + r["row"].get<int64_t>() * row_bytes(type, t.cols());
+    ASSERT_EQ(std::memcmp(row, raw.data(), raw.size()), 0) << r["tensor"];
+  }
+}
 
 TEST(Dequant, UnsupportedTypeAndBadLengthAreErrors) {
   uint8_t buf[292] = {};
