@@ -9,11 +9,15 @@
 // block b, w[j] = dw[b] * q[j] + mw[b] with integer q that fits int16 (Q6_K's 6-bit values
 // times their int8 sub-scale, Q4_K's nibbles with the sub-scale folded into dw, ...). So
 //   sum_j w[j] x[j] = sum_b dw[b] * xd[b] * (q . xq)[b] + mw[b] * xs[b].
-//  - decode (few tokens): memory/latency bound. Q4_0/Q4_1/Q8_0 rows are dotted straight
-//    from their blocks; other types unpack a row into an L1 panel, then dot it.
+//  - decode (few tokens): memory/latency bound. Q4_0/Q4_1/Q8_0/Q4_K rows are dotted straight
+//    from their blocks; the other types unpack a row into an L1 panel, then dot it.
 //  - pre-fill (many tokens): a thread unpacks a block of rows into an int16 panel (never the
-//    whole matrix) and runs a 2-row x 4-token register tile of integer dots over it, so each
-//    unpacked weight is reused by every token. Float weights (F32/F16/BF16) use a 3x4 FMA tile.
+//    whole matrix); activations are regrouped with 8 tokens in the lanes of a vector, so one
+//    broadcast weight pair times one activation vector (_mm256_madd_epi16) serves 8 tokens,
+//    and a 6-row x 8-token register tile reuses each activation load for 6 rows. The float
+//    work per block (convert, scale, offset term) is shared by 8 tokens. The kernel is bound
+//    by the one-per-cycle vpmaddwd on Zen3. Float weights (F32/F16/BF16) use a 3x4 FMA tile
+//    over dequantized row blocks.
 #include "backend/cpu/matmul.h"
 
 #include <algorithm>
@@ -661,19 +665,24 @@ void matmul_tiled_int(const WeightView& w, const float* x, int64_t n, float* y, 
     }
   });
   const bool mins = has_min(w.type), split = w.type == GgmlType::Q6_K;
+  // Tasks are (row block, token-group chunk): token chunks only split the work when there are
+  // too few row blocks to keep every thread busy.
   const int64_t blocks = (w.rows + kRowBlock - 1) / kRowBlock;
-  pool.parallel_for_dynamic(blocks, 1, [&](int64_t b0, int64_t b1, int) {
+  const int64_t tchunks = std::min<int64_t>(ng, std::max<int64_t>(1, (2 * pool.size() + blocks - 1) / blocks));
+  const int64_t gper = (ng + tchunks - 1) / tchunks;
+  pool.parallel_for_dynamic(blocks * tchunks, 1, [&](int64_t task0, int64_t task1, int) {
     PanelBuf& pb = thread_panel();
     int16_t* pq = scratch(pb.q, (size_t)(kRowBlock * w.cols));
     float* pf = scratch(pb.f, (size_t)(kRowBlock * 2 * nb));
     PanelRow rows[kRowBlock];
     for (int i = 0; i < kRowBlock; ++i) rows[i] = {pq + i * w.cols, pf + 2 * i * nb, pf + (2 * i + 1) * nb};
     alignas(32) float out[kTileRows][kTG];
-    for (int64_t blk = b0; blk < b1; ++blk) {
+    for (int64_t task = task0; task < task1; ++task) {
+      const int64_t blk = task / tchunks, g_begin = (task % tchunks) * gper, g_end = std::min(ng, g_begin + gper);
       const int64_t r0 = blk * kRowBlock;
       const int nr = (int)std::min<int64_t>(kRowBlock, w.rows - r0);
       for (int i = 0; i < nr; ++i) unpack_row(w.type, w.data + (r0 + i) * w.row_stride, nb, rows[i]);
-      for (int64_t g = 0; g < ng; ++g) {
+      for (int64_t g = g_begin; g < g_end; ++g) {
         const int nt = (int)std::min<int64_t>(kTG, n - g * kTG);
         for (int i = 0; i < nr; i += kTileRows) {
           const int rr = std::min(kTileRows, nr - i);
