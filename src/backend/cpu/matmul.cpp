@@ -16,7 +16,7 @@
 //    broadcast weight pair times one activation vector (_mm256_madd_epi16) serves 8 tokens,
 //    and a 6-row x 8-token register tile reuses each activation load for 6 rows. The float
 //    work per block (convert, scale, offset term) is shared by 8 tokens. The kernel is bound
-//    by the one-per-cycle vpmaddwd on Zen3. Float weights (F32/F16/BF16) use a 3x4 FMA tile
+//    by vpmaddwd throughput on Zen3 (about one per cycle as measured). Float weights (F32/F16/BF16) use a 3x4 FMA tile
 //    over dequantized row blocks.
 #include "backend/cpu/matmul.h"
 
@@ -211,6 +211,27 @@ float dot_q8_0(const BlockQ8_0* w, const ActQ16* a, int64_t nb) {
   }
   return sum;
 #endif
+}
+
+// F16 / BF16 row . float activations, converting 8 weights at a time.
+float dot_half(GgmlType type, const uint16_t* w, const float* x, int64_t n) {
+  int64_t i = 0;
+  float r = 0.0f;
+#ifdef DUO_MM_AVX2
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  auto load = [&](int64_t k) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k));
+    if (type == GgmlType::F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  };
+  for (; i + 16 <= n; i += 16) {
+    acc0 = _mm256_fmadd_ps(load(i), _mm256_loadu_ps(x + i), acc0);
+    acc1 = _mm256_fmadd_ps(load(i + 8), _mm256_loadu_ps(x + i + 8), acc1);
+  }
+  r = hsum256(_mm256_add_ps(acc0, acc1));
+#endif
+  for (; i < n; ++i) r += (type == GgmlType::F16 ? f16_to_f32(w[i]) : bf16_to_f32(w[i])) * x[i];
+  return r;
 }
 
 // Q4_K row . activations (as: the activation block sums d * sum(q), token-major).
@@ -532,7 +553,9 @@ void matmul_rows(const WeightView& w, const float* x, int64_t n, float* y, Threa
           for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_q8_0(reinterpret_cast<const BlockQ8_0*>(wr), a + t * nb, nb);
           break;
         default:
-          if (flt) {
+          if (flt && w.type != GgmlType::F32 && n == 1) {
+            y[r] = dot_half(w.type, reinterpret_cast<const uint16_t*>(wr), x, w.cols);
+          } else if (flt) {
             const float* wf = reinterpret_cast<const float*>(wr);
             if (w.type != GgmlType::F32) {
               dequantize_row(w.type, wr, row, w.cols);
