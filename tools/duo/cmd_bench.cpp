@@ -153,6 +153,7 @@ void add_bench(CLI::App& app) {
                                             "else a seeded random ranking)")
       ->check(CLI::Range(0.0, 1.0));
   cmd->callback([o] {
+    DUO_CHECK(o->model.device == "cpu", "duo bench --device {} is not implemented yet", o->model.device);
     if (!o->contexts.empty()) {
       run_mode_comparison(o->model, o->contexts, o->gen, o->ratio, o->json);
       return;

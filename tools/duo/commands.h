@@ -26,6 +26,7 @@ struct ModelOptions {
   std::string pattern;           // gate matrix TSV for --attention duo
   double retrieval_ratio = -1;   // keep this fraction as retrieval heads (< 0: use threshold)
   float threshold = 0.5f;
+  std::string device = "cpu";    // cpu | cuda
 };
 void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention = true);
 // Resolves -m (default: the fetched SmolLM2) and builds engine options; throws with advice
