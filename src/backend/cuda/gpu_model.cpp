@@ -34,8 +34,11 @@ void GpuModel::release_scratch() {
     b->release();
 }
 
-const int32_t* GpuModel::upload_tokens(const int32_t* tokens, int64_t n) {
+const int32_t* GpuModel::upload_tokens(const GpuKvCache& kv, const int32_t* tokens, int64_t n) {
   const ModelConfig& c = config();
+  DUO_CHECK(kv.n_past() + n <= kv.max_tokens(),
+            "sequence of {} tokens exceeds the {} tokens its CUDA KV cache was created for ({} already in it)",
+            kv.n_past() + n, kv.max_tokens(), kv.n_past());
   for (int64_t i = 0; i < n; ++i)
     DUO_CHECK(tokens[i] >= 0 && tokens[i] < c.n_vocab, "token id {} at index {} is outside the vocabulary (0..{})",
               tokens[i], i, c.n_vocab - 1);
@@ -50,7 +53,7 @@ void GpuModel::forward(GpuKvCache& kv, const int32_t* tokens, int64_t n, int64_t
   DUO_CHECK(n > 0, "forward needs at least one token");
   DUO_CHECK(chunk > 0, "chunk size must be positive");
   const int64_t V = config().n_vocab;
-  const int32_t* ids = upload_tokens(tokens, n);
+  const int32_t* ids = upload_tokens(kv, tokens, n);
   for (int64_t b = 0; b < n; b += chunk) {
     const int m = (int)std::min(chunk, n - b);
     const bool last = b + m == n;
@@ -68,7 +71,7 @@ int32_t GpuModel::forward_pick(GpuKvCache& kv, const int32_t* tokens, int64_t n,
   DUO_CHECK(n > 0, "forward needs at least one token");
   DUO_CHECK(chunk > 0, "chunk size must be positive");
   const int V = config().n_vocab;
-  const int32_t* ids = upload_tokens(tokens, n);
+  const int32_t* ids = upload_tokens(kv, tokens, n);
   for (int64_t b = 0; b < n; b += chunk) {
     const int m = (int)std::min(chunk, n - b);
     run_chunk(kv, ids + b, m, b + m == n ? 1 : 0);

@@ -50,7 +50,7 @@ class GpuModel {
   // One chunk of n tokens whose ids are at tokens_d (device); afterwards the logits of the
   // last `logits_rows` tokens (0, 1 or n) are in logits_.
   void run_chunk(GpuKvCache& kv, const int32_t* tokens_d, int n, int logits_rows);
-  const int32_t* upload_tokens(const int32_t* tokens, int64_t n);
+  const int32_t* upload_tokens(const GpuKvCache& kv, const int32_t* tokens, int64_t n);
 
   std::unique_ptr<GpuWeights> w_;
   cudaStream_t stream_ = nullptr;
