@@ -66,6 +66,18 @@ TEST(Backend, DeviceNames) {
   EXPECT_THROW(parse_device("gpu"), Error);
 }
 
+TEST(Backend, CudaWithoutAGpuFailsCleanly) {
+  if (!cuda_compiled()) GTEST_SKIP() << "this build has no CUDA backend";
+  // CI compiles the CUDA backend on machines without a GPU: asking for it must give a duo
+  // error (no crash, no abort); on a GPU machine it simply works.
+  try {
+    auto be = make_cuda_synthetic_backend(small_config(), 1);
+    EXPECT_EQ(be->device(), Device::Cuda);
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("CUDA"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Backend, CudaUnavailableSaysWhy) {
   if (cuda_compiled()) GTEST_SKIP() << "this build has the CUDA backend (tested by duo_cuda_tests)";
   try {
