@@ -124,7 +124,7 @@ std::vector<int32_t> tokens(int n, int vocab, uint32_t seed) {
   return t;
 }
 
-constexpr Tolerance kTinyTol{0.03, 0.1};
+constexpr Tolerance kTinyTol{0.05, 0.25};
 
 class CudaForwardTiny : public ::testing::TestWithParam<bool> {};
 
@@ -282,12 +282,12 @@ void check_real_model(const RealModel& rm) {
 
 TEST(CudaForwardReal, SmolLM2LogitsMatchCpu) {
   DUO_REQUIRE_MODEL(path, duo::test::kSmolLM2);
-  check_real_model({duo::test::kSmolLM2, "smollm2", {0.05, 0.5}});
+  check_real_model({duo::test::kSmolLM2, "smollm2", {0.05, 1.0}});
 }
 
 TEST(CudaForwardReal, QwenCoderLogitsMatchCpu) {
   DUO_REQUIRE_MODEL(path, duo::test::kQwenCoder);
-  check_real_model({duo::test::kQwenCoder, "qwen2.5-coder-1.5b", {0.05, 0.5}});
+  check_real_model({duo::test::kQwenCoder, "qwen2.5-coder-1.5b", {0.05, 1.0}});
 }
 
 // End to end: SmolLM2 greedy generation of 64 tokens on the GPU (token picked on the device)
@@ -296,7 +296,7 @@ TEST(CudaForwardReal, QwenCoderLogitsMatchCpu) {
 // prompt whose whole path stays above it must match all 64 tokens.
 TEST(CudaForwardReal, SmolLM2GreedyGenerationMatchesCpu) {
   DUO_REQUIRE_MODEL(path, duo::test::kSmolLM2);
-  constexpr double kGreedyMargin = 0.5;
+  constexpr double kGreedyMargin = 1.0;
   constexpr int kSteps = 64;
   auto m = Model::load(path);
   const ModelConfig& c = m->config();
