@@ -117,7 +117,8 @@ void PagePool::release() {
   (void)cudaDeviceSynchronize();  // kernels may still read the pages
   if (vmm_) {
     const Vmm& v = vmm();
-    if (mapped_) v.unmap(reinterpret_cast<CUdeviceptr>(base_), mapped_);
+    // One unmap per mapping: a call may not cut through a range mapped by another cuMemMap.
+    for (size_t off = 0; off < mapped_; off += slab_) v.unmap(reinterpret_cast<CUdeviceptr>(base_) + off, slab_);
     v.free_va(reinterpret_cast<CUdeviceptr>(base_), reserved_);
   } else {
     cudaFree(base_);
