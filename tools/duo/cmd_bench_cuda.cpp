@@ -200,7 +200,10 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
   if (preset) {
     backend = make_cuda_synthetic_backend(preset->config, bo.seed);
   } else {
-    const EngineOptions eo = engine_options(mo);  // resolves -m and checks the file exists
+    ModelOptions only_model = mo;  // --pattern here feeds the duo modes, not --attention duo
+    only_model.pattern.clear();
+    only_model.attention = "full";
+    const EngineOptions eo = engine_options(only_model);  // resolves -m and checks the file exists
     host_model = Model::load(eo.model_path);
     backend = make_cuda_backend(*host_model);
   }
