@@ -157,7 +157,9 @@ def kv_bytes(s, D, tokens):
 def bench_prefill(m, L, chunk, seed):
     s = m.s
     chunk = chunk if chunk > 0 else L  # 0: one causal pass over the whole prompt (flash attention)
-    need = kv_bytes(s, m.D, L) + chunk * (s["embd"] * 8 + s["ff"] * 8 + s["heads"] * m.D * 8) * 2 + 2 * GiB
+    # Peak activations a token: gate|up (4F bytes) + silu(g) and its product (4F), fp32 RoPE
+    # temporaries of q (~12 Q), residual / norm / attention rows (~8 E).
+    need = kv_bytes(s, m.D, L) + chunk * (8 * s["ff"] + 12 * s["heads"] * m.D + 8 * s["embd"]) + 2 * GiB
     if need > free_bytes():
         return {"tokens": L, "skipped": f"needs {need / GiB:.1f} GiB, {free_bytes() / GiB:.1f} GiB free"}
     g = torch.Generator(device=m.dev).manual_seed(seed + L)
