@@ -72,6 +72,11 @@ class Model {
   // new order. Can be applied once per model.
   HeadPlan reorder_heads(const HeadPlan& plan);
   bool heads_reordered() const { return !kv_order_.empty(); }
+  // [layer][new KV slot] = original KV head (empty when not reordered): other backends
+  // that take the weights (CUDA) need it to put the attention output back in Wo's order.
+  const std::vector<std::vector<int>>& kv_order() const { return kv_order_; }
+  // RoPE inverse frequencies (head_dim / 2 values, any rope_freqs factors applied).
+  const std::vector<float>& rope_inv_freq() const { return inv_freq_; }
 
   // Installs (or with nullptr removes) an observer called by every later forward pass.
   void set_observer(AttentionObserver* obs) { observer_ = obs; }
