@@ -5,11 +5,13 @@
 // Hopper), and at 8K the wgmma outputs are compared with the mma.sync ones.
 // Usage: duo_cuda_bench [--json FILE] [--quick]
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backend/cuda/attention.cuh"
@@ -47,6 +49,15 @@ double time_ms(F&& f, int iters, int rounds = 5) {
   cudaEvent_t a, b;
   CK(cudaEventCreate(&a)), CK(cudaEventCreate(&b));
   for (int i = 0; i < 2; ++i) f();  // warm-up
+  // A kernel that never finishes (deadlocked pipeline) ends the run after 120 s with a message.
+  for (const auto t0 = std::chrono::steady_clock::now(); cudaStreamQuery(0) == cudaErrorNotReady;) {
+    if (std::chrono::steady_clock::now() - t0 > std::chrono::seconds(120)) {
+      std::fprintf(stderr, "FATAL: kernel did not finish within 120 s (deadlocked pipeline?)\n");
+      std::fflush(stderr);
+      std::_Exit(3);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   CK(cudaDeviceSynchronize());
   std::vector<double> t;
   for (int r = 0; r < rounds; ++r) {

@@ -10,19 +10,25 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <numeric>
+#include <ostream>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backend/cpu/attention.h"
 #include "backend/cuda/attention.cuh"
 
 namespace duo::cuda {
+// gtest prints test parameters through this (kernel names instead of raw bytes).
+void PrintTo(PrefillKernel k, std::ostream* os) { *os << prefill_kernel_name(k); }
+
 namespace {
 
 constexpr double kMaxAbs = 2e-2, kMaxRel = 1e-2;
@@ -44,6 +50,24 @@ struct DevBuf {
     CK(cudaMemcpy(p + offset, h, count * sizeof(T), cudaMemcpyHostToDevice));
   }
 };
+
+// Waits for the GPU like cudaDeviceSynchronize, but a kernel that never finishes (a deadlocked
+// mbarrier pipeline) ends the process after 60 s with a message naming what was running, instead
+// of hanging the test binary until an outer timeout (exiting tears the CUDA context down).
+void sync_or_die(const std::string& what) {
+  const auto t0 = std::chrono::steady_clock::now();
+  for (;;) {
+    const cudaError_t e = cudaStreamQuery(0);
+    if (e == cudaSuccess) return;
+    if (e != cudaErrorNotReady) CK(e);
+    if (std::chrono::steady_clock::now() - t0 > std::chrono::seconds(60)) {
+      std::fprintf(stderr, "FATAL: %s did not finish within 60 s (deadlocked pipeline?)\n", what.c_str());
+      std::fflush(stderr);
+      std::_Exit(3);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
 
 // Random bf16 values and their float twins.
 void random_bf16(std::mt19937& rng, size_t n, float scale, std::vector<bf16>& b, std::vector<float>& f) {
@@ -178,6 +202,7 @@ void run_prefill(const Shape& s, const std::vector<int>& chunks, int pattern, in
     a.cache = cache.view;
     a.kernel = kernel;
     prefill_attention(a, 0);
+    sync_or_die(std::string("prefill_attention[") + prefill_kernel_name(kernel) + "] chunk at " + std::to_string(pos0));
     kv_append(a.k, a.v, a.kv_stride, n, pos0, s.kv_heads, s.d, cache.view, 0);
     CK(cudaDeviceSynchronize());
     std::vector<bf16> got(n * qrow);
@@ -310,7 +335,7 @@ void run_probe(int n, int (*key_of)(int), PrefillKernel kernel) {
   a.cache = cache.view;
   a.kernel = kernel;
   prefill_attention(a, 0);
-  CK(cudaDeviceSynchronize());
+  sync_or_die(std::string("probe prefill_attention[") + prefill_kernel_name(kernel) + "]");
   std::vector<bf16> got(qb.size());
   CK(cudaMemcpy(got.data(), dout.p, got.size() * sizeof(bf16), cudaMemcpyDeviceToHost));
   int bad_rows = 0;

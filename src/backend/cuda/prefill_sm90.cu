@@ -200,8 +200,9 @@ __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, 
     }
     sm90::wgmma_commit();
   };
-  // Online softmax of the tile at k0 held in s: masks, updates m and l, leaves P (fp32) in s and
-  // the factor O must be scaled by in alpha.
+  // Online softmax of the tile at k0 held in s: masks, updates m (raw scores) and l, leaves P
+  // (fp32) in s and the factor O must be scaled by in alpha. Scores stay unscaled until the
+  // exponent, p = 2^(s * scale - max * scale), one FFMA + one MUFU.EX2 an element.
   auto softmax = [&](int k0, float (&alpha)[2]) {
     const bool full = mask.tile_full(wq_min, wq_max, k0, k0 + kBN) && k0 + kBN <= kv_len;
 #pragma unroll
@@ -212,27 +213,26 @@ __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, 
       for (int nb = 0; nb < kBN / 8; ++nb)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          float v = s[4 * nb + 2 * hr + e] * scale;
+          float& v = s[4 * nb + 2 * hr + e];
           if (!full) {
             const int j = k0 + 8 * nb + 2 * (lane % 4) + e;
             if (j >= kv_len || !mask.visible(i, j)) v = -INFINITY;
           }
-          s[4 * nb + 2 * hr + e] = v;
           mx = fmaxf(mx, v);
         }
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float mref = mx == -INFINITY ? 0.0f : mx;  // a row with nothing visible yet keeps P = 0
-      alpha[hr] = sm90::ex2(m[hr] - mref);
+      const float mref = mx == -INFINITY ? 0.0f : mx * scale;  // nothing visible yet: P = 0, not NaN
+      alpha[hr] = sm90::ex2(fmaf(m[hr], scale, -mref));       // m = -inf: 0
       m[hr] = mx;
       float rs = 0.0f;
 #pragma unroll
       for (int nb = 0; nb < kBN / 8; ++nb)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const float pe = sm90::ex2(s[4 * nb + 2 * hr + e] - mref);
-          s[4 * nb + 2 * hr + e] = pe;
-          rs += pe;
+          float& v = s[4 * nb + 2 * hr + e];
+          v = sm90::ex2(fmaf(v, scale, -mref));
+          rs += v;
         }
       l[hr] = l[hr] * alpha[hr] + rs;
     }

@@ -132,15 +132,24 @@ __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
                    (uint32_t)__cvta_generic_to_shared(bar))
                : "memory");
 }
-// Blocks until the phase with the given parity has completed (acquire semantics).
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+// One test of the phase: 1 when the phase with the given parity has completed (acquire).
+__device__ __forceinline__ uint32_t mbar_try_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done;
   asm volatile(
-      "{\n.reg .pred done;\n"
-      "WAIT_%=:\n"
-      "mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT_%=;\n}\n" ::"r"((uint32_t)__cvta_generic_to_shared(bar)),
-      "r"(parity)
+      "{\n.reg .pred p;\n"
+      "mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"((uint32_t)__cvta_generic_to_shared(bar)), "r"(parity)
       : "memory");
+  return done;
+}
+// Blocks until the phase with the given parity has completed. (No timeout: any extra state in
+// this loop made ptxas spill the consumers' accumulators; the tests and the benchmark put a
+// host-side watchdog around launches instead.)
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  while (!mbar_try_wait(bar, parity)) {
+  }
 }
 // cp.async.mbarrier.arrive.noinc (mbarrier section): an arrive-on the barrier is triggered once all
 // prior cp.async operations of this thread have completed. With .noinc the barrier's expected
