@@ -424,6 +424,12 @@ TEST(CudaDecode, MixedSmol) { run_decode(kSmol, 700, 3, 2, 4, 50, 128, 14); }
 TEST(CudaDecode, MhaSingleSplit) { run_decode(kMha, 300, 2, 0, 0, 1, 4096, 15); }
 TEST(CudaDecode, StreamingShortContext) { run_decode(kLlama, 20, 3, 1, 4, 64, 0, 16); }
 TEST(CudaDecode, StreamingLongRingWrap) { run_decode(kSmol, 1000, 2, 1, 16, 100, 0, 17); }
+// Every context length from 1 on: a lane group or a split whose keys all lie past n_past must
+// contribute nothing (it once produced NaN through exp2(-inf - -inf) and broke real decoding).
+TEST(CudaDecode, EveryShortContextRetrieval) { run_decode(kSmol, 0, 160, 0, 0, 1, 0, 21); }
+TEST(CudaDecode, EveryShortContextSplit64) { run_decode(kSmol, 0, 160, 0, 0, 1, 64, 22); }
+TEST(CudaDecode, EveryShortContextMixedD128) { run_decode(kLlama, 0, 120, 2, 4, 16, 64, 23); }
+TEST(CudaDecode, EveryShortContextStreaming) { run_decode(kSmol, 0, 120, 1, 4, 32, 0, 24); }
 
 }  // namespace
 }  // namespace duo::cuda

@@ -33,7 +33,9 @@ __global__ void swiglu_kernel(const float* gu, int64_t n, int F, bf16* out) {
 template <class T>
 __global__ void fill_kernel(T* dst, int64_t count, uint64_t seed, float center, float scale) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x) {
-    const float v = center + scale * hash_uniform(seed, (uint64_t)i);
+    // Separate rounding of the product and the sum (no FMA contraction): the host computes the
+    // same expression and the tests compare the values exactly.
+    const float v = __fadd_rn(center, __fmul_rn(scale, hash_uniform(seed, (uint64_t)i)));
     if constexpr (sizeof(T) == 2)
       dst[i] = __float2bfloat16(v);
     else
