@@ -316,7 +316,7 @@ GenerationRequest parse_request(Endpoint endpoint, const std::string& body) {
   json j;
   try {
     j = json::parse(body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e999
     throw ApiError(400, "invalid_request_error", fmt::format("the body is not valid JSON: {}", e.what()), "",
                    "invalid_json");
   }
