@@ -284,6 +284,20 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
   const int64_t* first = bfirst.data();
   const int64_t* pos = bpos.data();
   const int32_t* ids = bids.data();
+  // Row ranges the matmuls run over: consecutive one-token items together (decode steps of
+  // several sequences: the weights are read once for all of them), every longer item on its
+  // own (a pre-fill chunk). Each row then takes the matmul path it takes when its sequence
+  // runs alone, so batching changes nothing for up to kDecodeTokens decoders and for pre-fill.
+  std::vector<std::pair<int64_t, int64_t>> groups;
+  for (size_t i = 0; i < count; ++i) {
+    if (items[i].n == 1 && i > 0 && items[i - 1].n == 1)
+      ++groups.back().second;
+    else
+      groups.push_back({first[i], items[i].n});
+  }
+  auto mm = [&](const WeightView& w, const float* in, float* out) {
+    for (const auto& [r0, m] : groups) matmul(w, in + r0 * w.cols, m, out + r0 * w.rows, pool);
+  };
 
   // Activations of this batch, reused across calls.
   static thread_local std::vector<float> bx, bxn, bq, bk, bv, batt, bo, bg, bu;
@@ -311,9 +325,9 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) rmsnorm(x + t * E, L.attn_norm.data(), xn + t * E, (int)E, c.norm_eps);
     });
-    matmul(L.wq, xn, n, q, pool);
-    matmul(L.wk, xn, n, k, pool);
-    matmul(L.wv, xn, n, v, pool);
+    mm(L.wq, xn, q);
+    mm(L.wk, xn, k);
+    mm(L.wv, xn, v);
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) {
         if (!L.bq.empty()) {
@@ -365,7 +379,7 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
       });
       std::swap(att, q);
     }
-    matmul(L.wo, att, n, o, pool);
+    mm(L.wo, att, o);
     // --- feed-forward block ---
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) {
@@ -373,12 +387,12 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
         rmsnorm(x + t * E, L.ffn_norm.data(), xn + t * E, (int)E, c.norm_eps);
       }
     });
-    matmul(L.w_gate, xn, n, g, pool);
-    matmul(L.w_up, xn, n, u, pool);
+    mm(L.w_gate, xn, g);
+    mm(L.w_up, xn, u);
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) swiglu(g + t * F, u + t * F, g + t * F, (int)F);
     });
-    matmul(L.w_down, g, n, o, pool);
+    mm(L.w_down, g, o);
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) add_inplace(x + t * E, o + t * E, (int)E);
     });
@@ -387,14 +401,19 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
 
   if (!logits) return;
   // LM head: only the rows whose logits are wanted (every row, or each item's last), gathered
-  // into consecutive rows of xn.
+  // into consecutive rows of xn, in groups as above.
   int64_t rows = 0;
+  groups.clear();
   for (size_t i = 0; i < count; ++i) {
-    const int64_t end = first[i] + items[i].n;
-    for (int64_t t = all_logits ? first[i] : end - 1; t < end; ++t, ++rows)
+    const int64_t end = first[i] + items[i].n, begin = all_logits ? first[i] : end - 1;
+    if (items[i].n == 1 && i > 0 && items[i - 1].n == 1)
+      ++groups.back().second;
+    else
+      groups.push_back({rows, end - begin});
+    for (int64_t t = begin; t < end; ++t, ++rows)
       rmsnorm(x + t * E, w_.output_norm.data(), xn + rows * E, (int)E, c.norm_eps);
   }
-  matmul(w_.output, xn, rows, logits, pool);
+  for (const auto& [r0, m] : groups) matmul(w_.output, xn + r0 * E, m, logits + r0 * c.n_vocab, pool);
 }
 
 }  // namespace duo

@@ -72,11 +72,13 @@ class Model {
   void forward(KvCache& cache, const int32_t* tokens, int64_t n, float* logits, ThreadPool& pool,
                bool all_logits = false, int64_t chunk = 512);
 
-  // Continuous batching: runs several sequences through the layers together. The matmuls see
-  // every item's tokens at once (the weights are read once per step, not once per sequence);
-  // each item attends over its own cache under its own head plan and window. Items are not
-  // chunked: each is one forward step of its sequence. logits (when non-null) receives n_vocab
-  // floats per item, for the item's last token, in item order.
+  // Continuous batching: runs several sequences through the layers together. Consecutive
+  // one-token items (decode steps) share each matmul, so the weights are read once per step,
+  // not once per sequence; a longer item (a pre-fill chunk) gets matmuls of its own, so its
+  // rows compute exactly what forward() computes for them. Each item attends over its own
+  // cache under its own head plan and window. Items are not chunked: each is one forward step
+  // of its sequence. logits (when non-null) receives n_vocab floats per item, for the item's
+  // last token, in item order.
   void forward_batch(const std::vector<BatchItem>& items, float* logits, ThreadPool& pool);
 
   // DuoAttention layout: reorders every layer's KV heads so that its retrieval heads come

@@ -234,22 +234,26 @@ void Scheduler::step() {
   Model& model = engine_.model();
   const int V = model.config().n_vocab;
   const int64_t chunk = engine_.options().chunk;
-  // One item per sequence: a pre-fill chunk (the same chunk boundaries as Model::forward,
-  // so a lone sequence computes exactly what `duo generate` does) or its last token.
+  // One item per sequence: its last token (decoders first, side by side, so they share the
+  // matmuls), or a pre-fill chunk with the chunk boundaries of Model::forward. forward_batch
+  // gives chunks matmuls of their own, so what a sequence computes does not depend on what
+  // else is in the step while at most 4 sequences decode (beyond that the shared matmuls
+  // take the many-token kernel: equal within rounding, see forward_batch_test).
   std::vector<BatchItem> items;
   std::vector<Sequence*> owners;
+  for (auto& s : active_)
+    if (s->fed == (int64_t)s->job.prompt.size()) {
+      items.push_back({s->cache.get(), &s->next, 1});
+      owners.push_back(s.get());
+    }
   int64_t prefill_left = opts_.prefill_tokens_per_step, prefilled = 0;
   for (auto& s : active_) {
     const int64_t P = (int64_t)s->job.prompt.size();
-    if (s->fed < P) {
-      if (prefill_left <= 0) continue;
-      const int64_t m = std::min(chunk, P - s->fed);
-      prefill_left -= m;
-      prefilled += m;
-      items.push_back({s->cache.get(), s->job.prompt.data() + s->fed, m});
-    } else {
-      items.push_back({s->cache.get(), &s->next, 1});
-    }
+    if (s->fed == P || prefill_left <= 0) continue;
+    const int64_t m = std::min(chunk, P - s->fed);
+    prefill_left -= m;
+    prefilled += m;
+    items.push_back({s->cache.get(), s->job.prompt.data() + s->fed, m});
     owners.push_back(s.get());
   }
   static thread_local std::vector<float> logits;
