@@ -100,6 +100,9 @@ void run_server(const ServeOptions& o) {
     int sig = 0;
     sigwait(&stop_signals, &sig);
     if (sig == SIGINT || sig == SIGTERM) fmt::print(stderr, "duo serve: signal {}, stopping\n", sig);
+    // Requests in flight end first (with 503), so that their connections let go, then the
+    // listener closes and its threads finish.
+    scheduler.shutdown();
     server.stop();
   });
   fmt::print("duo serve: listening on http://{}:{} (model '{}', {} attention, sink {} recent {}, KV budget {:.0f} "
