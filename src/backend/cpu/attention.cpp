@@ -82,6 +82,38 @@ inline void row_scores(const float* q, const float* kt, int d, float scale, floa
 #endif
 }
 
+// Decode has few query rows per task (the query heads of one KV head at one position). For
+// them, transposing a key block costs more than the rows' dot products, so their scores are
+// taken straight from the key rows: s[r][j] = scale * (q_r . key_j).
+constexpr int kDirectRows = 8;
+
+inline void direct_scores(const float* const* qrow, int rows, const float* k, int n, int64_t stride, int d,
+                          float scale, float (*s)[kKeyBlock]) {
+#ifdef DUO_ATTN_AVX2
+  for (int j = 0; j < n; ++j) {
+    const float* kr = k + j * stride;
+    __m256 acc[kDirectRows];
+    for (int r = 0; r < rows; ++r) acc[r] = _mm256_setzero_ps();
+    for (int c = 0; c < d; c += 8) {
+      const __m256 kv = _mm256_loadu_ps(kr + c);
+      for (int r = 0; r < rows; ++r) acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(qrow[r] + c), kv, acc[r]);
+    }
+    for (int r = 0; r < rows; ++r) {
+      const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+      const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      s[r][j] = _mm_cvtss_f32(_mm_add_ss(h2, _mm_movehdup_ps(h2))) * scale;
+    }
+  }
+#else
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < n; ++j) {
+      float dot = 0.0f;
+      for (int c = 0; c < d; ++c) dot += qrow[r][c] * k[j * stride + c];
+      s[r][j] = dot * scale;
+    }
+#endif
+}
+
 // o[0..d) = o * alpha + sum_j p[j] * v_j
 inline void row_pv(float* o, float alpha, const float* p, const KeyBlock& b, int d) {
 #ifdef DUO_ATTN_AVX2
@@ -110,7 +142,8 @@ inline void row_pv(float* o, float alpha, const float* p, const KeyBlock& b, int
 void attend_blocks(const std::vector<KeyBlock>& blocks, size_t kb0, size_t kb1, int rows, const float* const* qrow,
                    const int64_t* pos, HeadKind kind, const StreamingWindow& w, int d, float scale, RowState& st) {
   alignas(32) float kt[kMaxHeadDim * kKeyBlock];
-  alignas(32) float s[kKeyBlock];
+  alignas(32) float s_rows[kDirectRows][kKeyBlock];
+  const bool direct = rows <= kDirectRows;
   int64_t pmin = pos[0], pmax = pos[0];
   for (int r = 1; r < rows; ++r) pmin = std::min(pmin, pos[r]), pmax = std::max(pmax, pos[r]);
   for (size_t bi = kb0; bi < kb1; ++bi) {
@@ -121,16 +154,22 @@ void attend_blocks(const std::vector<KeyBlock>& blocks, size_t kb0, size_t kb1, 
       const int64_t last = b.pos0 + b.n - 1;
       if (b.pos0 >= w.sink && last <= pmin - w.recent) continue;
     }
-    // Transpose the key block so a row's scores are a sequence of broadcast-FMAs.
-    for (int j = 0; j < b.n; ++j) {
-      const float* kr = b.k + j * b.stride;
-      for (int c = 0; c < d; ++c) kt[c * kKeyBlock + j] = kr[c];
+    if (direct) {
+      direct_scores(qrow, rows, b.k, b.n, b.stride, d, scale, s_rows);
+    } else {
+      // Transpose the key block so a row's scores are a sequence of broadcast-FMAs.
+      for (int j = 0; j < b.n; ++j) {
+        const float* kr = b.k + j * b.stride;
+        for (int c = 0; c < d; ++c) kt[c * kKeyBlock + j] = kr[c];
+      }
+      for (int j = b.n; j < kKeyBlock; ++j)
+        for (int c = 0; c < d; ++c) kt[c * kKeyBlock + j] = 0.0f;
     }
-    for (int j = b.n; j < kKeyBlock; ++j)
-      for (int c = 0; c < d; ++c) kt[c * kKeyBlock + j] = 0.0f;
     const bool all_visible_full = kind == HeadKind::Retrieval && b.pos0 + b.n - 1 <= pmin;
     for (int r = 0; r < rows; ++r) {
-      row_scores(qrow[r], kt, d, scale, s);
+      alignas(32) float s_one[kKeyBlock];
+      float* s = direct ? s_rows[r] : s_one;
+      if (!direct) row_scores(qrow[r], kt, d, scale, s);
       float mx = kNegInf;
       if (all_visible_full) {
         for (int j = 0; j < b.n; ++j) mx = std::max(mx, s[j]);
