@@ -317,8 +317,9 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
     for (int64_t t = b; t < e; ++t) dequantize_row(te.type, te.data + (size_t)ids[t] * te.row_stride, x + t * E, E);
   });
 
-  std::vector<std::vector<KvSegment>> segs(HKV);
-  std::vector<HeadKind> kinds(HKV);
+  std::vector<std::vector<std::vector<KvSegment>>> segs(count);  // [item][kv head]
+  std::vector<std::vector<HeadKind>> kinds(count);
+  std::vector<AttentionArgs> calls(count);
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = w_.layers[l];
     // --- attention block ---
@@ -340,18 +341,21 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
       }
     });
     // Each sequence on its own: each of its KV heads attends to what the head's cache holds
-    // plus the sequence's rows of this batch, under its own mask.
+    // plus the sequence's rows of this batch, under its own mask. All sequences' attention
+    // runs in one go (one parallel region for the decoders), then the caches take the rows.
     for (size_t i = 0; i < count; ++i) {
       KvCache& cache = *items[i].cache;
       const int64_t r0 = first[i], m = items[i].n, pos0 = cache.n_past();
+      segs[i].resize(HKV);
+      kinds[i].resize(HKV);
       for (int64_t h = 0; h < HKV; ++h) {
         HeadCache& hc = cache.head(l, (int)h);
-        segs[h].clear();
-        hc.segments(pos0, segs[h]);
-        segs[h].push_back({k + r0 * KV + h * D, v + r0 * KV + h * D, pos0, m, KV});
-        kinds[h] = hc.kind();
+        segs[i][h].clear();
+        hc.segments(pos0, segs[i][h]);
+        segs[i][h].push_back({k + r0 * KV + h * D, v + r0 * KV + h * D, pos0, m, KV});
+        kinds[i][h] = hc.kind();
       }
-      AttentionArgs args;
+      AttentionArgs& args = calls[i];
       args.q = q + r0 * Q;
       args.out = att + r0 * Q;
       args.n = m;
@@ -359,13 +363,17 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
       args.n_heads = (int)H;
       args.n_kv_heads = (int)HKV;
       args.head_dim = (int)D;
-      args.segments = &segs;
-      args.kinds = &kinds;
+      args.segments = &segs[i];
+      args.kinds = &kinds[i];
       args.window = cache.plan().window;
-      attention(args, pool);
-      if (observer_) observer_->on_attention(l, args);
+    }
+    attention_many(calls, pool);
+    for (size_t i = 0; i < count; ++i) {
+      if (observer_) observer_->on_attention(l, calls[i]);
+      KvCache& cache = *items[i].cache;
+      const int64_t r0 = first[i];
       for (int64_t h = 0; h < HKV; ++h)
-        cache.head(l, (int)h).append(k + r0 * KV + h * D, v + r0 * KV + h * D, m, KV, pos0);
+        cache.head(l, (int)h).append(k + r0 * KV + h * D, v + r0 * KV + h * D, items[i].n, KV, cache.n_past());
     }
     if (!kv_order_.empty()) {
       // Back to the stored head order for Wo: KV slot j holds original KV head order[j].

@@ -237,7 +237,12 @@ TEST_F(SchedulerTest, RefusesWhatCanNeverFitAndAFullQueue) {
   queued->cancel();
   EXPECT_TRUE(finished_within(*queued, 10000ms));
   EXPECT_EQ(queued->finish_reason(), FinishReason::Cancelled);
-  for (int i = 0; i < 100 && metrics_.gauges().kv_reserved != 0; ++i) std::this_thread::sleep_for(10ms);
+  // (The gauges are published after the step that finished them.)
+  auto idle = [&] {
+    const SchedulerGauges g = metrics_.gauges();
+    return g.kv_reserved == 0 && g.active == 0 && g.queued == 0;
+  };
+  for (int i = 0; i < 200 && !idle(); ++i) std::this_thread::sleep_for(10ms);
   EXPECT_EQ(metrics_.gauges().kv_reserved, 0u);
   EXPECT_EQ(metrics_.gauges().active, 0);
   EXPECT_EQ(metrics_.gauges().queued, 0);
