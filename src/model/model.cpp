@@ -287,7 +287,8 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
   // Row ranges the matmuls run over: consecutive one-token items together (decode steps of
   // several sequences: the weights are read once for all of them), every longer item on its
   // own (a pre-fill chunk). Each row then takes the matmul path it takes when its sequence
-  // runs alone, so batching changes nothing for up to kDecodeTokens decoders and for pre-fill.
+  // runs alone, so batching changes nothing for pre-fill, nor for decode while at most 4
+  // sequences decode together (the matmul's few-token path; more take its many-token kernel).
   std::vector<std::pair<int64_t, int64_t>> groups;
   for (size_t i = 0; i < count; ++i) {
     if (items[i].n == 1 && i > 0 && items[i - 1].n == 1)
