@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/common.cuh"
@@ -51,6 +52,7 @@ static_assert(kProducerRegs * kWg + 2 * kConsumerRegs * kWg == 168 * kThreads, "
 constexpr int kRowBytes = 128;                   // a swizzled row: 64 bf16
 constexpr int kHalfBytes = 128 * kRowBytes;      // one 64-column half of a 128-row tile
 static_assert(kBM == 128 && kBN == 128, "Q, K and V tiles share the 128-row half layout");
+static_assert(kPageTokens % kBN == 0, "a key tile lies within one cache page");
 
 template <int D>
 struct SmemLayout {
@@ -104,12 +106,37 @@ __device__ __forceinline__ void produce(const PrefillArgs& a, int kvh, const Til
       return (value ? cache.v_pages : cache.k_pages) + ((int64_t)page * kPageTokens + j % kPageTokens) * D;
     }
   };
+  // Rows r0 + p * kRowsPerPass of a tile land at dst + chunk_off(r0, c) + p * (kRowsPerPass * 128)
+  // (kRowsPerPass is a multiple of 8, so the swizzle phase r % 8 is the same for every pass).
+  const uint32_t dst_off = chunk_off(r0, c);
+  constexpr uint32_t kPassBytes = kRowsPerPass * kRowBytes;
   auto load = [&](int k0, uint32_t dst, bool value) {
+    dst += dst_off;
+    // Fast paths, one address computation a tile: the tile lies wholly in the chunk (one
+    // strided run of rows), or wholly in one cache page (tiles are 128-aligned, pages 256 rows).
+    if (k0 >= a.pos0 && k0 + kBN <= kv_len) {
+      const bf16* src = (value ? a.v : a.k) + (int64_t)(k0 - a.pos0 + r0) * a.kv_stride + (int64_t)kvh * D + c * 8;
+      const int64_t step = (int64_t)kRowsPerPass * a.kv_stride;
+#pragma unroll
+      for (int p = 0; p < kBN / kRowsPerPass; ++p) sm90::cp_async16(dst + p * kPassBytes, src + p * step, 16);
+      return;
+    }
+    if constexpr (!kStreaming) {
+      if (k0 + kBN <= a.pos0) {
+        const int64_t page = cache.page_table[kvh * cache.max_pages + k0 / kPageTokens];
+        const bf16* src =
+            (value ? cache.v_pages : cache.k_pages) + (page * kPageTokens + k0 % kPageTokens + r0) * D + c * 8;
+#pragma unroll
+        for (int p = 0; p < kBN / kRowsPerPass; ++p) sm90::cp_async16(dst + p * kPassBytes, src + p * kRowsPerPass * D, 16);
+        return;
+      }
+    }
+    // General: row by row (tiles that straddle pos0 or the end of the keys, sink + ring rows).
 #pragma unroll 4
     for (int p = 0; p < kBN / kRowsPerPass; ++p) {
-      const int r = r0 + p * kRowsPerPass, j = k0 + r;
+      const int j = k0 + r0 + p * kRowsPerPass;
       const bool in = j < kv_len;
-      sm90::cp_async16(dst + chunk_off(r, c), in ? row(j, value) + c * 8 : a.k, in ? 16 : 0);
+      sm90::cp_async16(dst + p * kPassBytes, in ? row(j, value) + c * 8 : a.k, in ? 16 : 0);
     }
   };
   for (int t = 0; t < tiles.count; ++t) {
@@ -177,6 +204,7 @@ __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, 
   const int row = 64 * cw + 16 * warp + lane / 4;              // block row of this thread's first row (+8: second)
   const int i0 = a.pos0 + q0 + row;
   const int wq_min = a.pos0 + q0 + 64 * cw, wq_max = wq_min + 63;
+  constexpr bool kLambda = std::is_same_v<Mask, SinkRecentMask>;
 
   auto issue_s = [&](int stage) {
     sm90::fence_operands(s);
@@ -203,39 +231,58 @@ __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, 
   // Online softmax of the tile at k0 held in s: masks, updates m (raw scores) and l, leaves P
   // (fp32) in s and the factor O must be scaled by in alpha. Scores stay unscaled until the
   // exponent, p = 2^(s * scale - max * scale), one FFMA + one MUFU.EX2 an element.
-  auto softmax = [&](int k0, float (&alpha)[2]) {
-    const bool full = mask.tile_full(wq_min, wq_max, k0, k0 + kBN) && k0 + kBN <= kv_len;
+  // Only tiles that cross the mask's edge or the end of the keys are masked (kMasked): the
+  // per-element tests are a separate copy of the code behind a warp-uniform branch, because
+  // when they shared the loop the compiler predicated them onto every tile (5 integer
+  // instructions an element, the largest cost in the profile). Row maxima and sums are
+  // reduced in 4 independent chains (a 32-deep FMNMX/FADD chain was latency-bound).
+  auto softmax = [&](int k0, float(&alpha)[2], auto masked) {
+    constexpr bool kMasked = decltype(masked)::value;
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-      const int i = i0 + 8 * hr;
-      float mx = m[hr];
+      if constexpr (kMasked) {
+        // Element (nb, e) of this row is key j = base + c with c = 8 nb + e (a constant).
+        const int i = i0 + 8 * hr, base = k0 + 2 * (lane % 4);
+        const int hi = min(i, kv_len - 1) - base;  // causal and end of keys: c <= hi
+#pragma unroll
+        for (int nb = 0; nb < kBN / 8; ++nb)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int c = 8 * nb + e;
+            bool vis = c <= hi;
+            if constexpr (kLambda) vis = vis && (c < mask.sink - base || c > i - mask.recent - base);
+            if (!vis) s[4 * nb + 2 * hr + e] = -INFINITY;
+          }
+      }
+      float mx4[4] = {m[hr], -INFINITY, -INFINITY, -INFINITY};
 #pragma unroll
       for (int nb = 0; nb < kBN / 8; ++nb)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = s[4 * nb + 2 * hr + e];
-          if (!full) {
-            const int j = k0 + 8 * nb + 2 * (lane % 4) + e;
-            if (j >= kv_len || !mask.visible(i, j)) v = -INFINITY;
-          }
-          mx = fmaxf(mx, v);
-        }
+        mx4[nb % 4] = fmaxf(mx4[nb % 4], fmaxf(s[4 * nb + 2 * hr], s[4 * nb + 2 * hr + 1]));
+      float mx = fmaxf(fmaxf(mx4[0], mx4[1]), fmaxf(mx4[2], mx4[3]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float mref = mx == -INFINITY ? 0.0f : mx * scale;  // nothing visible yet: P = 0, not NaN
       alpha[hr] = sm90::ex2(fmaf(m[hr], scale, -mref));       // m = -inf: 0
       m[hr] = mx;
-      float rs = 0.0f;
+      float rs4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
       for (int nb = 0; nb < kBN / 8; ++nb)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& v = s[4 * nb + 2 * hr + e];
           v = sm90::ex2(fmaf(v, scale, -mref));
-          rs += v;
+          rs4[nb % 4] += v;
         }
-      l[hr] = l[hr] * alpha[hr] + rs;
+      l[hr] = l[hr] * alpha[hr] + ((rs4[0] + rs4[1]) + (rs4[2] + rs4[3]));
     }
+  };
+  // Whether the tile at k0 needs masking (uniform over the warpgroup).
+  auto tile_masked = [&](int k0) { return !(mask.tile_full(wq_min, wq_max, k0, k0 + kBN) && k0 + kBN <= kv_len); };
+  auto softmax_tile = [&](int k0, float(&alpha)[2]) {
+    if (tile_masked(k0))
+      softmax(k0, alpha, std::true_type{});
+    else
+      softmax(k0, alpha, std::false_type{});
   };
   auto rescale_o = [&](const float (&alpha)[2]) {
 #pragma unroll
@@ -259,30 +306,35 @@ __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, 
   if (tiles.count > 0) {
     float alpha[2];
     if constexpr (kOverlap) {
+      // FA3's order: O is rescaled by alpha(t-1) between the S(t) and the P V(t-1) issues (O
+      // is not in flight there), so after P V(t-1) completes only the bf16 packing of P(t)
+      // stands between it and the next S issue.
       wait_full(bar.k_full, 0);
       issue_s(0);
       sm90::wgmma_wait<0>();
       sm90::fence_operands(s);
       sm90::mbar_arrive(&bar.k_empty[0]);
-      softmax(tiles[0] * kBN, alpha);  // O is still zero: nothing to rescale
+      softmax_tile(tiles[0] * kBN, alpha);  // alpha = 0 (m was -inf): O stays 0
       s_to_p();
       for (int t = 1; t < tiles.count; ++t) {
         wait_full(bar.k_full, t);
         issue_s(t % kStages);  // S(t) = Q K(t)^T ...
+        rescale_o(alpha);
         wait_full(bar.v_full, t - 1);
-        issue_pv((t - 1) % kStages);  // ... while O += P(t-1) V(t-1)
+        issue_pv((t - 1) % kStages);  // ... then O += P(t-1) V(t-1)
         sm90::wgmma_wait<1>();        // S(t) done (groups complete in order)
         sm90::fence_operands(s);
         sm90::mbar_arrive(&bar.k_empty[t % kStages]);
-        softmax(tiles[t] * kBN, alpha);  // overlaps P V(t-1)
+        softmax_tile(tiles[t] * kBN, alpha);  // overlaps P V(t-1)
+        sm90::fence_operands(s);  // the softmax is complete before the wait below
         sm90::wgmma_wait<0>();
         sm90::fence_operands(o);
         sm90::fence_operands(p);  // P(t-1) stays untouched until its wgmma is complete
-        sm90::mbar_arrive(&bar.v_empty[(t - 1) % kStages]);
-        rescale_o(alpha);
         s_to_p();
+        sm90::mbar_arrive(&bar.v_empty[(t - 1) % kStages]);
       }
       const int last = tiles.count - 1;
+      rescale_o(alpha);
       wait_full(bar.v_full, last);
       issue_pv(last % kStages);
       sm90::wgmma_wait<0>();
@@ -296,7 +348,7 @@ __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, 
         sm90::wgmma_wait<0>();
         sm90::fence_operands(s);
         sm90::mbar_arrive(&bar.k_empty[t % kStages]);
-        softmax(tiles[t] * kBN, alpha);
+        softmax_tile(tiles[t] * kBN, alpha);
         rescale_o(alpha);
         s_to_p();
         wait_full(bar.v_full, t);
