@@ -147,7 +147,7 @@ int main(int argc, char** argv) {
 
   std::printf("\nPre-fill attention, %d q heads / %d kv heads, d=%d (causal FLOPs = 4*L*L/2*d*heads)\n", kHeads, kKv, kD);
   std::vector<PrefillKernel> kernels{PrefillKernel::Mma};
-  if (prefill_wgmma_available()) kernels.insert(kernels.end(), {PrefillKernel::Wgmma, PrefillKernel::WgmmaSerial});
+  if (prefill_wgmma_available()) kernels.insert(kernels.end(), {PrefillKernel::Wgmma, PrefillKernel::WgmmaSerial, PrefillKernel::WgmmaPingPong});
   else std::printf("  (wgmma kernel unavailable: needs sm_90a code and a cc 9.0 device)\n");
   {
     PrefillArgs probe;
@@ -176,7 +176,7 @@ int main(int argc, char** argv) {
         if (kern == PrefillKernel::Mma) ms_mma = ms;
         ms_best = std::min(ms_best, ms);
         const char* kn = prefill_kernel_name(kern);
-        std::printf("  %-7s L=%6d %-12s: %9.3f ms  %7.1f TFLOP/s (causal-equivalent)  vs mma %.2fx", name, L, kn, ms,
+        std::printf("  %-7s L=%6d %-14s: %9.3f ms  %7.1f TFLOP/s (causal-equivalent)  vs mma %.2fx", name, L, kn, ms,
                     flops / (ms * 1e-3) / 1e12, ms_mma / ms);
         const std::string key = std::string("prefill_") + name + "_" + std::to_string(L) + "_" + kn;
         js.add(key + "_ms", ms);

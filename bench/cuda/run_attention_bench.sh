@@ -17,7 +17,7 @@ print("ours / PyTorch SDPA (higher is better for us)")
 for k in sorted(ours, key=lambda s: (len(s), s)):
     if k.startswith("prefill_causal") and k.endswith("_tflops") and k in ref:
         L = k[len("prefill_causal_"):-len("_tflops")]
-        for kern in ("mma", "wgmma", "wgmma_serial"):
+        for kern in ("mma", "wgmma", "wgmma_serial", "wgmma_pingpong"):
             kk = f"prefill_causal_{L}_{kern}_tflops"
             if kk in ours:
                 print(f"  {'prefill_causal_' + L + ' ' + kern:28s} {ours[kk]:7.1f} vs {ref[k]:7.1f} TFLOP/s  ratio {ours[kk] / ref[k]:.2f}x")

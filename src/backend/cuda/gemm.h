@@ -1,4 +1,6 @@
-// Linear layers on cuBLAS: bf16 weights and activations, fp32 accumulation and fp32 output.
+// Linear layers: bf16 weights and activations, fp32 accumulation and fp32 output. cuBLAS for
+// several tokens; one token (n = 1, decode) runs gemv_bf16 (kernels.h), which streams the weights
+// at the read bandwidth, unless DUO_GEMV=0 (cuBLAS for every shape, for comparison).
 #pragma once
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -25,6 +27,8 @@ class Gemm {
 
  private:
   cublasHandle_t handle_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  bool gemv_ = true;
   DeviceBuffer workspace_;
 };
 

@@ -42,6 +42,7 @@ struct QkvRopeArgs {
   int n = 0, pos0 = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
   bool neox = false;
   bf16 *q = nullptr, *k = nullptr, *v = nullptr;
+  const int32_t* pos_d = nullptr;  // graph replay: when set, pos0 is read from this device int32
 };
 void qkv_bias_rope(const QkvRopeArgs& a, cudaStream_t stream);
 
@@ -65,6 +66,14 @@ struct SampleArgs {
   double u = 0.0;
 };
 void sample_token(const float* logits, int n, const SampleArgs& a, int32_t* out, cudaStream_t stream);
+
+// y[r] = sum_c W[r][c] * x[c] (+ y[r] when accumulate) for r < rows: the linear layer of one
+// token (decode), a bandwidth-bound pass over W (bf16 [rows][cols] row-major; x bf16 [cols];
+// y fp32). Needs gemv_bf16_supported (cols % 8 == 0, cols <= 24576, 16-byte aligned W and x);
+// throws std::invalid_argument otherwise. Gemm::linear uses it for n = 1.
+bool gemv_bf16_supported(const bf16* W, int64_t cols, const bf16* x);
+void gemv_bf16(const bf16* W, int64_t rows, int64_t cols, const bf16* x, float* y, bool accumulate,
+               cudaStream_t stream);
 
 // dst[i] = center + scale * hash_uniform(seed, i) (see synthetic.h): seeded weights made on the GPU.
 void fill_uniform(bf16* dst, int64_t count, uint64_t seed, float center, float scale, cudaStream_t stream);

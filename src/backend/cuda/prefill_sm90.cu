@@ -42,6 +42,12 @@ namespace {
 
 constexpr int kBM = 128, kBN = 128;  // query rows a CTA, keys a tile
 constexpr int kStages = 2;           // depth of the K and V rings
+// How the consumer warpgroups schedule their wgmma: each tile start to end (serial), S of tile
+// t + 1 issued before the softmax of tile t (overlap, FA3's intra-warpgroup pipelining), and
+// overlap plus ping-pong: the two consumer warpgroups take turns issuing their GEMMs (named
+// barriers), so one's softmax runs while the other's GEMMs occupy the tensor cores.
+enum Sched : int { kSerial = 0, kOverlap = 1, kPingPong = 2 };
+constexpr int kSchedBar = 3;  // named barriers 3 and 4 (0: __syncthreads, 1-2: per-warpgroup syncs)
 constexpr int kWg = 128;             // threads a warpgroup
 constexpr int kThreads = 3 * kWg;
 // __launch_bounds__(384, 1) gives every thread 168 registers at launch; the producer returns
@@ -158,7 +164,7 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 }
 
 // Warpgroups 1 and 2: attention of query rows [64 cw, 64 cw + 64) of the block.
-template <int D, class Mask, bool kOverlap>
+template <int D, class Mask, int kSched>
 __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, int h, int q0, const TileList& tiles,
                                         unsigned char* smem, uint32_t sbase, const Barriers& bar) {
   sm90::setmaxnreg_inc<kConsumerRegs>();
@@ -305,12 +311,28 @@ __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, 
 
   if (tiles.count > 0) {
     float alpha[2];
-    if constexpr (kOverlap) {
+    if constexpr (kSched != kSerial) {
       // FA3's order: O is rescaled by alpha(t-1) between the S(t) and the P V(t-1) issues (O
       // is not in flight there), so after P V(t-1) completes only the bf16 packing of P(t)
       // stands between it and the next S issue.
+      // Ping-pong: every GEMM-issue phase (S(0); S(t) + P V(t-1); the last P V) starts with a
+      // wait on this warpgroup's scheduler barrier and ends with an arrive on the other's, so
+      // the two warpgroups issue in turns, warpgroup 0 first (warpgroup 1 pre-arrives once).
+      // Both walk the same tiles, so each does count + 1 phases; warpgroup 1 skips the arrive
+      // after its last phase, which leaves every barrier generation matched when they finish.
+      auto phase_begin = [&] {
+        if constexpr (kSched == kPingPong) sm90::named_bar_sync(kSchedBar + cw, 2 * kWg);
+      };
+      auto phase_end = [&](bool last) {
+        if constexpr (kSched == kPingPong)
+          if (!(last && cw == 1)) sm90::named_bar_arrive(kSchedBar + (1 - cw), 2 * kWg);
+      };
+      if constexpr (kSched == kPingPong)
+        if (cw == 1) sm90::named_bar_arrive(kSchedBar, 2 * kWg);
       wait_full(bar.k_full, 0);
+      phase_begin();
       issue_s(0);
+      phase_end(false);
       sm90::wgmma_wait<0>();
       sm90::fence_operands(s);
       sm90::mbar_arrive(&bar.k_empty[0]);
@@ -318,10 +340,12 @@ __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, 
       s_to_p();
       for (int t = 1; t < tiles.count; ++t) {
         wait_full(bar.k_full, t);
+        phase_begin();
         issue_s(t % kStages);  // S(t) = Q K(t)^T ...
         rescale_o(alpha);
         wait_full(bar.v_full, t - 1);
         issue_pv((t - 1) % kStages);  // ... then O += P(t-1) V(t-1)
+        phase_end(false);
         sm90::wgmma_wait<1>();        // S(t) done (groups complete in order)
         sm90::fence_operands(s);
         sm90::mbar_arrive(&bar.k_empty[t % kStages]);
@@ -336,7 +360,9 @@ __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, 
       const int last = tiles.count - 1;
       rescale_o(alpha);
       wait_full(bar.v_full, last);
+      phase_begin();
       issue_pv(last % kStages);
+      phase_end(true);
       sm90::wgmma_wait<0>();
       sm90::fence_operands(o);
       sm90::fence_operands(p);
@@ -390,7 +416,7 @@ __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, 
   }
 }
 
-template <int D, class Mask, bool kStreaming, bool kOverlap>
+template <int D, class Mask, bool kStreaming, int kSched>
 __device__ __forceinline__ void run_block(const PrefillArgs& a, const Mask& mask, int h, int kvh, int q0,
                                           unsigned char* smem, const Barriers& bar) {
   using L = SmemLayout<D>;
@@ -400,10 +426,10 @@ __device__ __forceinline__ void run_block(const PrefillArgs& a, const Mask& mask
   if (threadIdx.x < kWg)
     produce<D, kStreaming>(a, kvh, tiles, sbase + L::kK, sbase + L::kV, bar);
   else
-    consume<D, Mask, kOverlap>(a, mask, h, q0, tiles, smem, sbase, bar);
+    consume<D, Mask, kSched>(a, mask, h, q0, tiles, smem, sbase, bar);
 }
 
-template <int D, int kMode, bool kOverlap>
+template <int D, int kMode, int kSched>
 __global__ void __launch_bounds__(kThreads, 1) prefill_sm90_kernel(const PrefillArgs a) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = SmemLayout<D>;
@@ -426,36 +452,45 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_sm90_kernel(const Prefill
   const int q0 = (gridDim.y - 1 - blockIdx.y) * kBM;  // longest (latest) query blocks first
   const bool streaming = kMode == (int)HeadMode::AllStreaming || (kMode == (int)HeadMode::Mixed && a.cache.kinds[kvh] != 0);
   if (streaming)
-    run_block<D, SinkRecentMask, true, kOverlap>(a, SinkRecentMask{a.cache.sink, a.cache.recent}, h, kvh, q0, smem, bar);
+    run_block<D, SinkRecentMask, true, kSched>(a, SinkRecentMask{a.cache.sink, a.cache.recent}, h, kvh, q0, smem, bar);
   else
-    run_block<D, CausalMask, false, kOverlap>(a, CausalMask{}, h, kvh, q0, smem, bar);
+    run_block<D, CausalMask, false, kSched>(a, CausalMask{}, h, kvh, q0, smem, bar);
 #else
   (void)a;
   __trap();  // built without sm_90a code; the host never launches this (prefill_sm90_unsupported)
 #endif
 }
 
-template <int D, int kMode, bool kOverlap>
+template <int D, int kMode, int kSched>
 void launch(const PrefillArgs& a, cudaStream_t stream) {
   constexpr int smem = SmemLayout<D>::kAlloc;
   static bool configured = false;  // attribute set once a process per instantiation
   if (!configured) {
-    check_cuda(cudaFuncSetAttribute(prefill_sm90_kernel<D, kMode, kOverlap>,
+    check_cuda(cudaFuncSetAttribute(prefill_sm90_kernel<D, kMode, kSched>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
                "prefill_sm90 smem attribute");
     configured = true;
   }
   const dim3 grid(a.n_heads, (a.n + kBM - 1) / kBM);
-  prefill_sm90_kernel<D, kMode, kOverlap><<<grid, kThreads, smem, stream>>>(a);
+  prefill_sm90_kernel<D, kMode, kSched><<<grid, kThreads, smem, stream>>>(a);
   check_cuda(cudaGetLastError(), "prefill_sm90 launch");
 }
 
-template <int D, bool kOverlap>
+template <int D, int kSched>
 void dispatch_mode(const PrefillArgs& a, cudaStream_t stream) {
   switch (a.cache.mode) {
-    case HeadMode::AllRetrieval: return launch<D, 0, kOverlap>(a, stream);
-    case HeadMode::AllStreaming: return launch<D, 1, kOverlap>(a, stream);
-    case HeadMode::Mixed: return launch<D, 2, kOverlap>(a, stream);
+    case HeadMode::AllRetrieval: return launch<D, 0, kSched>(a, stream);
+    case HeadMode::AllStreaming: return launch<D, 1, kSched>(a, stream);
+    case HeadMode::Mixed: return launch<D, 2, kSched>(a, stream);
+  }
+}
+
+template <int D>
+void dispatch_sched(const PrefillArgs& a, PrefillKernel k, cudaStream_t stream) {
+  switch (k) {
+    case PrefillKernel::WgmmaSerial: return dispatch_mode<D, kSerial>(a, stream);
+    case PrefillKernel::WgmmaPingPong: return dispatch_mode<D, kPingPong>(a, stream);
+    default: return dispatch_mode<D, kOverlap>(a, stream);
   }
 }
 
@@ -503,11 +538,11 @@ const char* prefill_sm90_unsupported(const PrefillArgs& a) {
   return nullptr;
 }
 
-void prefill_sm90(const PrefillArgs& a, bool overlap, cudaStream_t stream) {
+void prefill_sm90(const PrefillArgs& a, PrefillKernel kernel, cudaStream_t stream) {
   if (const char* why = prefill_sm90_unsupported(a))
     throw std::invalid_argument(std::string("prefill_attention (wgmma): ") + why);
-  if (a.head_dim == 128) return overlap ? dispatch_mode<128, true>(a, stream) : dispatch_mode<128, false>(a, stream);
-  return overlap ? dispatch_mode<64, true>(a, stream) : dispatch_mode<64, false>(a, stream);
+  if (a.head_dim == 128) return dispatch_sched<128>(a, kernel, stream);
+  return dispatch_sched<64>(a, kernel, stream);
 }
 
 }  // namespace duo::cuda::detail

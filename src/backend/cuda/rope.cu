@@ -14,7 +14,7 @@ __global__ void __launch_bounds__(kRopeThreads) qkv_rope_kernel(const QkvRopeArg
   const int t = blockIdx.x, D = a.head_dim, half = D / 2;
   const int64_t Q = (int64_t)a.n_heads * D, KV = (int64_t)a.n_kv_heads * D;
   const float* row = a.qkv + (int64_t)t * a.ld;
-  const float pos = (float)(a.pos0 + t);  // exact for positions < 2^24
+  const float pos = (float)((a.pos_d ? *a.pos_d : a.pos0) + t);  // exact for positions < 2^24
   const int pairs = (a.n_heads + a.n_kv_heads) * half;
   for (int idx = threadIdx.x; idx < pairs; idx += kRopeThreads) {
     const int head = idx / half, i = idx % half;

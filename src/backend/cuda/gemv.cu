@@ -1,0 +1,96 @@
+// The linear layer of one token (decode): y = W x with W bf16 [rows][cols] row-major, x bf16,
+// y fp32. At M = 1 a linear layer is a pass over its weights, so the kernel is built to stream
+// W at the device's read bandwidth: every warp owns whole rows (grid-stride over rows), each lane
+// reads 16-byte pieces of a row with kUnroll loads in flight before any use, x sits in shared
+// memory (read once a CTA), and a row's partial dot products are summed by a warp shuffle.
+// cuBLAS picks a general GEMM tiling for n = 1 that left ~25% of the bandwidth unused in the
+// Llama-3-8B decode step (bench/cuda/NOTES.md); this is its one-token replacement.
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/reduce.cuh"
+
+namespace duo::cuda {
+namespace detail {
+namespace {
+
+constexpr int kGemvThreads = 256, kGemvWarps = kGemvThreads / 32;
+constexpr int kUnroll = 8;                 // 16-byte loads of W in flight a lane
+constexpr int kMaxCols = 48 * 1024 / 2;    // x must fit the default 48 KB of dynamic shared memory
+
+__device__ __forceinline__ float dot8(const uint4& w, const uint4& x) {
+  const __nv_bfloat162* a = reinterpret_cast<const __nv_bfloat162*>(&w);
+  const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&x);
+  float s = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 fa = __bfloat1622float2(a[i]), fb = __bfloat1622float2(b[i]);
+    s = fmaf(fa.x, fb.x, s);
+    s = fmaf(fa.y, fb.y, s);
+  }
+  return s;
+}
+
+__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* __restrict__ W, int64_t rows, int cols,
+                                                            const bf16* __restrict__ x, float* __restrict__ y,
+                                                            bool accumulate) {
+  extern __shared__ uint4 sx[];  // x as 16-byte pieces
+  const int pieces = cols / 8;
+  for (int i = threadIdx.x; i < pieces; i += kGemvThreads) sx[i] = reinterpret_cast<const uint4*>(x)[i];
+  __syncthreads();
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t step = (int64_t)gridDim.x * kGemvWarps;
+  for (int64_t r = (int64_t)blockIdx.x * kGemvWarps + warp; r < rows; r += step) {
+    const uint4* wr = reinterpret_cast<const uint4*>(W + r * cols);
+    float acc = 0.0f;
+    int c = lane;
+    for (; c + 32 * (kUnroll - 1) < pieces; c += 32 * kUnroll) {
+      uint4 wv[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) wv[u] = __ldcs(wr + c + 32 * u);  // streamed once: evict first
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) acc += dot8(wv[u], sx[c + 32 * u]);
+    }
+    for (; c < pieces; c += 32) acc += dot8(__ldcs(wr + c), sx[c]);
+    acc = warp_sum(acc);
+    if (lane == 0) y[r] = accumulate ? y[r] + acc : acc;
+  }
+}
+
+int sm_count() {
+  static const int n = [] {
+    int dev = 0, v = 0;
+    check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+    check_cuda(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev), "SM count");
+    return v;
+  }();
+  return n;
+}
+
+}  // namespace
+}  // namespace detail
+
+bool gemv_bf16_supported(const bf16* W, int64_t cols, const bf16* x) {
+  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  return cols > 0 && cols % 8 == 0 && cols <= detail::kMaxCols && aligned(W) && aligned(x);
+}
+
+void gemv_bf16(const bf16* W, int64_t rows, int64_t cols, const bf16* x, float* y, bool accumulate,
+               cudaStream_t stream) {
+  if (rows <= 0) return;
+  if (!gemv_bf16_supported(W, cols, x))
+    throw std::invalid_argument("gemv_bf16: needs cols % 8 == 0, cols <= 24576 and 16-byte aligned W and x");
+  const int smem = (int)(cols * sizeof(bf16));
+  int per_sm = 0;
+  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, detail::gemv_kernel, detail::kGemvThreads, smem),
+             "gemv occupancy");
+  // One wave of resident CTAs walks all rows (a second, partial wave would idle most SMs).
+  const int64_t blocks =
+      std::min<int64_t>((rows + detail::kGemvWarps - 1) / detail::kGemvWarps, (int64_t)std::max(1, per_sm) * detail::sm_count());
+  detail::gemv_kernel<<<(unsigned)blocks, detail::kGemvThreads, smem, stream>>>(W, rows, (int)cols, x, y, accumulate);
+  check_cuda(cudaGetLastError(), "gemv_bf16 launch");
+}
+
+}  // namespace duo::cuda
