@@ -172,6 +172,7 @@ int main(int argc, char** argv) {
         a.n = L, a.pos0 = 0, a.n_heads = kHeads, a.n_kv_heads = kKv, a.head_dim = kD;
         a.cache = cache.view;
         a.kernel = kern;
+        if (nret > 0 && nret < kKv) a.retrieval_kv_heads = nret;
         const double ms = time_ms([&] { prefill_attention(a, 0); }, L > 16384 ? 3 : 10);
         if (kern == PrefillKernel::Mma) ms_mma = ms;
         ms_best = std::min(ms_best, ms);

@@ -178,8 +178,10 @@ Err compare(const std::vector<bf16>& got, const std::vector<float>& ref) {
 
 // Pre-fill a sequence of `len` tokens in the given chunks (each chunk attends to the cache
 // plus itself, then is appended), checking every chunk's output against the reference.
+// tell_retrieval: Mixed heads pass their retrieval count (the wgmma kernel then dispatches the
+// retrieval heads' blocks first); false leaves it 0 (plain head-major block order).
 void run_prefill(const Shape& s, const std::vector<int>& chunks, int pattern, int sink, int recent, uint32_t seed,
-                 PrefillKernel kernel) {
+                 PrefillKernel kernel, bool tell_retrieval = true) {
   const int len = std::accumulate(chunks.begin(), chunks.end(), 0);
   const auto kinds = make_kinds(s.kv_heads, pattern);
   std::mt19937 rng(seed);
@@ -201,6 +203,8 @@ void run_prefill(const Shape& s, const std::vector<int>& chunks, int pattern, in
     a.n = n, a.pos0 = pos0, a.n_heads = s.heads, a.n_kv_heads = s.kv_heads, a.head_dim = s.d;
     a.cache = cache.view;
     a.kernel = kernel;
+    if (tell_retrieval && cache.view.mode == HeadMode::Mixed)
+      a.retrieval_kv_heads = (int)std::count(kinds.begin(), kinds.end(), 0);
     prefill_attention(a, 0);
     sync_or_die(std::string("prefill_attention[") + prefill_kernel_name(kernel) + "] chunk at " + std::to_string(pos0));
     kv_append(a.k, a.v, a.kv_stride, n, pos0, s.kv_heads, s.d, cache.view, 0);
@@ -280,8 +284,9 @@ class CudaPrefill : public ::testing::TestWithParam<PrefillKernel> {
     if (GetParam() != PrefillKernel::Mma && !prefill_wgmma_available())
       GTEST_SKIP() << "wgmma pre-fill kernel unavailable here (needs sm_90a code and a cc 9.0 device)";
   }
-  void run(const Shape& s, const std::vector<int>& chunks, int pattern, int sink, int recent, uint32_t seed) {
-    run_prefill(s, chunks, pattern, sink, recent, seed, GetParam());
+  void run(const Shape& s, const std::vector<int>& chunks, int pattern, int sink, int recent, uint32_t seed,
+           bool tell_retrieval = true) {
+    run_prefill(s, chunks, pattern, sink, recent, seed, GetParam(), tell_retrieval);
   }
 };
 
@@ -294,6 +299,7 @@ TEST_P(CudaPrefill, LambdaNoSink) { run(kMha, {300}, 1, 0, 17, 6); }
 TEST_P(CudaPrefill, ChunkedRetrievalOverPages) { run(kLlama, {250, 300, 150}, 0, 0, 1, 7); }
 TEST_P(CudaPrefill, ChunkedMixedHeadsRingWrap) { run(kLlama, {250, 250, 200}, 2, 5, 70, 8); }
 TEST_P(CudaPrefill, ChunkedMixedSmol) { run(kSmol, {130, 1, 300, 77}, 2, 4, 90, 9); }
+TEST_P(CudaPrefill, ChunkedMixedRetrievalCountNotGiven) { run(kLlama, {250, 250, 200}, 2, 5, 70, 8, false); }
 TEST_P(CudaPrefill, ChunkedStreamingMha) { run(kMha, {100, 200, 129}, 1, 8, 33, 10); }
 
 // Tiling edges of the wgmma kernel (128-row query blocks, 128-key tiles, 2-stage K/V ring).

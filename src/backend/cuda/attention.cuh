@@ -71,6 +71,11 @@ struct PrefillArgs {
   int n_heads = 0, n_kv_heads = 0, head_dim = 0;  // head_dim 64 or 128
   LayerKv cache;
   PrefillKernel kernel = PrefillKernel::Auto;
+  // Mixed heads: how many KV heads are retrieval heads (0: not given). When given, the wgmma
+  // kernel dispatches every retrieval head's query blocks before any streaming head's: a
+  // streaming block costs a few key tiles, a retrieval block up to the whole context, and
+  // heavy blocks first leave a short tail that the light ones fill.
+  int retrieval_kv_heads = 0;
 };
 
 // Causal / Λ attention of a chunk over cache + chunk (tensor cores, online softmax).

@@ -57,19 +57,9 @@ __device__ __forceinline__ int device_split_tokens(int n_past, int n_splits) {
   return max(256, (t + 63) / 64 * 64);
 }
 
-// The r-th KV head of the given kind (0 retrieval, 1 streaming) in head order. Called by every
-// thread of a warp (ballots over 32 heads at a time); without Mixed heads it is r itself.
+// The r-th KV head of the given kind (0 retrieval, 1 streaming); without Mixed heads, r itself.
 __device__ __forceinline__ int nth_head(const LayerKv& c, int n_kv, int r, int kind) {
-  if (c.mode != HeadMode::Mixed) return r;
-  const int lane = threadIdx.x % 32;
-  for (int base = 0; base < n_kv; base += 32) {
-    const int h = base + lane;
-    const unsigned m = __ballot_sync(0xffffffffu, h < n_kv && (c.kinds[h] != 0) == (kind != 0));
-    const int cnt = __popc(m);
-    if (r < cnt) return base + (int)__fns(m, 0, r + 1);
-    r -= cnt;
-  }
-  return 0;  // not reached: the host sized the grid from the head counts
+  return c.mode == HeadMode::Mixed ? nth_kv_head(c.kinds, n_kv, r, kind) : r;
 }
 
 template <int D, int G>

@@ -17,6 +17,10 @@ namespace detail {
 namespace {
 
 constexpr int kGemvThreads = 256, kGemvWarps = kGemvThreads / 32;
+// CTAs an SM: 4 x 256 threads x <= 64 registers and 4 x <= 48 KB of x always fit, so the grid
+// below is resident at once without asking the occupancy API (the first call may be inside a
+// CUDA graph capture). 32 warps an SM with 8 x 512-byte loads each in flight is ample.
+constexpr int kGemvCtasPerSm = 4;
 constexpr int kUnroll = 8;                 // 16-byte loads of W in flight a lane
 constexpr int kMaxCols = 48 * 1024 / 2;    // x must fit the default 48 KB of dynamic shared memory
 
@@ -33,7 +37,7 @@ __device__ __forceinline__ float dot8(const uint4& w, const uint4& x) {
   return s;
 }
 
-__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const bf16* __restrict__ W, int64_t rows, int cols,
+__global__ void __launch_bounds__(kGemvThreads, kGemvCtasPerSm) gemv_kernel(const bf16* __restrict__ W, int64_t rows, int cols,
                                                             const bf16* __restrict__ x, float* __restrict__ y,
                                                             bool accumulate) {
   extern __shared__ uint4 sx[];  // x as 16-byte pieces
@@ -83,12 +87,9 @@ void gemv_bf16(const bf16* W, int64_t rows, int64_t cols, const bf16* x, float* 
   if (!gemv_bf16_supported(W, cols, x))
     throw std::invalid_argument("gemv_bf16: needs cols % 8 == 0, cols <= 24576 and 16-byte aligned W and x");
   const int smem = (int)(cols * sizeof(bf16));
-  int per_sm = 0;
-  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, detail::gemv_kernel, detail::kGemvThreads, smem),
-             "gemv occupancy");
   // One wave of resident CTAs walks all rows (a second, partial wave would idle most SMs).
-  const int64_t blocks =
-      std::min<int64_t>((rows + detail::kGemvWarps - 1) / detail::kGemvWarps, (int64_t)std::max(1, per_sm) * detail::sm_count());
+  const int64_t blocks = std::min<int64_t>((rows + detail::kGemvWarps - 1) / detail::kGemvWarps,
+                                           (int64_t)detail::kGemvCtasPerSm * detail::sm_count());
   detail::gemv_kernel<<<(unsigned)blocks, detail::kGemvThreads, smem, stream>>>(W, rows, (int)cols, x, y, accumulate);
   check_cuda(cudaGetLastError(), "gemv_bf16 launch");
 }

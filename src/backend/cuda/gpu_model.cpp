@@ -252,6 +252,7 @@ void GpuModel::enqueue_chunk(const GpuKvCache& kv, const Act& act, const int32_t
       pa.q_stride = Q, pa.kv_stride = KV, pa.o_stride = Q;
       pa.n = n, pa.pos0 = pos0, pa.n_heads = (int)H, pa.n_kv_heads = (int)HKV, pa.head_dim = (int)D;
       pa.cache = cache;
+      if (cache.mode == HeadMode::Mixed) pa.retrieval_kv_heads = kv.retrieval_heads(l);
       if (timing_) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l], s));
       prefill_attention(pa, s);
       if (timing_) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l + 1], s));

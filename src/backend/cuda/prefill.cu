@@ -332,6 +332,9 @@ void prefill_attention(const PrefillArgs& a, cudaStream_t stream) {
     throw std::invalid_argument("prefill_attention: pos0 > 0 needs a paged cache");
   if (a.cache.mode != HeadMode::AllRetrieval && (a.cache.recent < 1 || a.cache.sink < 0))
     throw std::invalid_argument("prefill_attention: streaming window needs recent >= 1, sink >= 0");
+  if (a.retrieval_kv_heads != 0 && (a.cache.mode != HeadMode::Mixed || a.retrieval_kv_heads < 0 ||
+                                    a.retrieval_kv_heads >= a.n_kv_heads))
+    throw std::invalid_argument("prefill_attention: retrieval_kv_heads is for Mixed heads, in [1, n_kv_heads)");
   if (const PrefillKernel k = prefill_kernel_for(a); k != PrefillKernel::Mma)
     return detail::prefill_sm90(a, k, stream);
   if (a.head_dim == 128) return detail::dispatch_mode<128>(a, stream);

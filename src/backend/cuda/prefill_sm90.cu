@@ -448,8 +448,19 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_sm90_kernel(const Prefill
     sm90::fence_mbarrier_init();
   }
   __syncthreads();
-  const int h = blockIdx.x, kvh = h / (a.n_heads / a.n_kv_heads);
-  const int q0 = (gridDim.y - 1 - blockIdx.y) * kBM;  // longest (latest) query blocks first
+  // Which query head and block: longest (latest) query blocks first; with Mixed heads and the
+  // retrieval count given, all retrieval heads' blocks before any streaming head's (CTAs are
+  // dispatched roughly in linear block order, x fastest).
+  int h = blockIdx.x, q0 = (gridDim.y - 1 - blockIdx.y) * kBM;
+  if (kMode == (int)HeadMode::Mixed && a.retrieval_kv_heads > 0) {
+    const int G = a.n_heads / a.n_kv_heads, rq = a.retrieval_kv_heads * G, sq = a.n_heads - rq;
+    const int id = blockIdx.y * gridDim.x + blockIdx.x, heavy = rq * gridDim.y;
+    const int kind = id < heavy ? 0 : 1, j = id < heavy ? id : id - heavy, per = id < heavy ? rq : sq;
+    const int r = j % per;
+    h = nth_kv_head(a.cache.kinds, a.n_kv_heads, r / G, kind) * G + r % G;
+    q0 = (gridDim.y - 1 - j / per) * kBM;
+  }
+  const int kvh = h / (a.n_heads / a.n_kv_heads);
   const bool streaming = kMode == (int)HeadMode::AllStreaming || (kMode == (int)HeadMode::Mixed && a.cache.kinds[kvh] != 0);
   if (streaming)
     run_block<D, SinkRecentMask, true, kSched>(a, SinkRecentMask{a.cache.sink, a.cache.recent}, h, kvh, q0, smem, bar);
