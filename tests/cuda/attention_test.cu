@@ -253,6 +253,7 @@ void run_decode(const Shape& s, int len0, int steps, int pattern, int sink, int 
       kv_append(dk.p + pos * kvrow, dv.p + pos * kvrow, kvrow, 1, pos, s.kv_heads, s.d, cache.view, 0);
     }
     CK(cudaMemset(dout.p, 0xff, qrow * sizeof(bf16)));
+    CK(cudaMemset(ws.p, 0xff, ws.n));  // NaN poison: empty splits must not read stale partials
     DecodeArgs a;
     a.q = dq.p + pos * qrow, a.out = dout.p, a.n_past = device_pos ? -7 : pos + 1;
     if (device_pos) a.pos_d = dpos.p;

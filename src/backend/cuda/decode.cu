@@ -237,7 +237,12 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const DecodeParams
   const float* po = p.part_o + (int64_t)h * S * D + dd;
   float O = 0.0f;
 #pragma unroll 8
-  for (int s = grp; s < S; s += kGroups) O += w_s[s] * po[(int64_t)s * D];
+  for (int s = grp; s < S; s += kGroups) {
+    // An empty split wrote only its lse (-inf, so w = 0); its part_o is stale workspace
+    // memory that may hold NaN, and 0 * NaN is NaN: skip it, do not multiply.
+    const float w = w_s[s], v = po[(int64_t)s * D];
+    O += w != 0.0f ? w * v : 0.0f;
+  }
   part[grp][dd] = O;
   float W = 0.0f;
   for (int s = threadIdx.x; s < S; s += kMergeThreads) W += w_s[s];
