@@ -255,7 +255,7 @@ void run_decode(const Shape& s, int len0, int steps, int pattern, int sink, int 
     CK(cudaMemset(dout.p, 0xff, qrow * sizeof(bf16)));
     CK(cudaMemset(ws.p, 0xff, ws.n));  // NaN poison: empty splits must not read stale partials
     DecodeArgs a;
-    a.q = dq.p + pos * qrow, a.out = dout.p, a.n_past = device_pos ? -7 : pos + 1;
+    a.q = dq.p + pos * qrow, a.out = dout.p, a.n_past = device_pos ? (pos % 2 ? 0 : len) : pos + 1;  // bound or none
     if (device_pos) a.pos_d = dpos.p;
     a.n_heads = s.heads, a.n_kv_heads = s.kv_heads, a.head_dim = s.d;
     a.cache = cache.view;

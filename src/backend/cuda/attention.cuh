@@ -98,9 +98,10 @@ struct DecodeArgs {
   bf16* out = nullptr;      // [n_heads][d]
   int n_past = 0;           // keys at positions [0, n_past); the current token is already appended
   // Graph replay: when set, the current token's position is read from this device int32
-  // (n_past = *pos_d + 1) and n_past above is ignored. Nothing about the launch then depends on
-  // the position: the split count is fixed (one wave) and each split's size is computed on the
-  // device, so one captured launch serves every step.
+  // (n_past = *pos_d + 1); n_past above then only bounds it (the most keys any replay will see,
+  // 0: unknown), which caps the split count. Nothing about the launch depends on the position:
+  // the split count is fixed (one wave, at most one a 256 keys of the bound) and each split's
+  // size is computed on the device, so one captured launch serves every step.
   const int32_t* pos_d = nullptr;
   int n_heads = 0, n_kv_heads = 0, head_dim = 0;
   LayerKv cache;

@@ -347,7 +347,7 @@ void choose_splits(const DecodeArgs& a, int& n_splits, int& split_tokens) {
   // slot once (a second, partial wave would leave most SMs idle at the end).
   const int slots = resident_ctas(a.head_dim, a.n_heads / a.n_kv_heads) * sm_count();
   n_splits = std::max(1, (slots - (a.n_kv_heads - R)) / R);
-  if (!a.pos_d) n_splits = std::min(n_splits, std::max(1, (a.n_past + 255) / 256));  // >= 256 keys a split
+  if (a.n_past > 0) n_splits = std::min(n_splits, std::max(1, (a.n_past + 255) / 256));  // >= 256 keys a split
   split_tokens = 0;
 }
 
@@ -389,6 +389,7 @@ size_t decode_workspace_bytes(int n_heads, int head_dim, int max_splits) {
 }
 
 int decode_splits(const DecodeArgs& a) {
+  if (!a.pos_d && a.n_past <= 0) throw std::invalid_argument("decode_attention: n_past must be > 0");
   int n = 1, t = 0;
   detail::choose_splits(a, n, t);
   return n;
@@ -396,6 +397,7 @@ int decode_splits(const DecodeArgs& a) {
 
 void decode_attention(const DecodeArgs& a, cudaStream_t stream) {
   if (!a.pos_d && a.n_past <= 0) throw std::invalid_argument("decode_attention: n_past must be > 0");
+  if (a.pos_d && a.n_past < 0) throw std::invalid_argument("decode_attention: negative n_past bound");
   if (a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads != 0)
     throw std::invalid_argument("decode_attention: n_heads must be a multiple of n_kv_heads");
   detail::DecodeParams p;

@@ -153,6 +153,7 @@ GpuModel::Act GpuModel::activations(const GpuKvCache& kv, int n) {
     for (int l = 0; l < c.n_layers; ++l) {
       DecodeArgs da;
       da.pos_d = pos_d;  // the decode (graph) form: split counts that do not depend on the position
+      da.n_past = (int)kv.max_tokens();  // ... only on the longest the sequence may get
       da.n_heads = c.n_heads, da.n_kv_heads = c.n_kv_heads, da.head_dim = c.head_dim;
       da.cache = kv.layer(l);
       da.retrieval_kv_heads = kv.retrieval_heads(l);
@@ -237,7 +238,7 @@ void GpuModel::enqueue_chunk(const GpuKvCache& kv, const Act& act, const int32_t
       // Decode: store the token's K/V first, then attend over positions [0, pos + 1).
       kv_append(k, v, KV, 1, 0, (int)HKV, (int)D, cache, s, pos_d);
       DecodeArgs da;
-      da.q = q, da.out = att, da.pos_d = pos_d;
+      da.q = q, da.out = att, da.pos_d = pos_d, da.n_past = (int)kv.max_tokens();
       da.n_heads = (int)H, da.n_kv_heads = (int)HKV, da.head_dim = (int)D;
       da.cache = cache;
       da.retrieval_kv_heads = kv.retrieval_heads(l);
