@@ -291,6 +291,9 @@ __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, 
       softmax(k0, alpha, std::false_type{});
   };
   auto rescale_o = [&](const float (&alpha)[2]) {
+    // Once the row maxima settle (most tiles of a long row), alpha is 1 for every row of the
+    // warp: skip the 64 multiplies (warp-uniform branch; O is not in flight here).
+    if (__all_sync(0xffffffffu, alpha[0] == 1.0f && alpha[1] == 1.0f)) return;
 #pragma unroll
     for (int db = 0; db < kONb; ++db)
 #pragma unroll
