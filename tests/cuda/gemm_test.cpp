@@ -4,8 +4,11 @@
 // grows ~sqrt(K) * 2^-24 of that sum; cuBLAS split-K orders differ, so allow a wide margin).
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
 #include <random>
 #include <stdexcept>
+#include <utility>
 
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/kernels.h"
@@ -71,6 +74,37 @@ TEST(CudaGemv, Shapes) {
   check_linear(100, 14336, 1, 0, 0, false, 14, true);
   check_linear(20000, 576, 1, 0, 0, false, 15, true);  // more rows than one wave of CTAs holds
 }
+// The fused gate/up projection + SwiGLU gives the same bits as gemv_bf16 over all 2F rows
+// followed by swiglu(), and agrees with a double-precision reference to bf16 rounding.
+TEST(CudaGemv, SwiGluFusedMatchesUnfused) {
+  for (auto [F, cols] : {std::pair<int64_t, int64_t>{1, 64}, {777, 2056}, {3000, 4096}}) {
+    std::mt19937 rng((uint32_t)F);
+    auto w = test::randn_bf16(rng, (size_t)(2 * F * cols), 0.05f);
+    auto x = test::randn_bf16(rng, (size_t)cols, 1.0f);
+    Dev<bf16> dw(test::to_bf16(w)), dx(test::to_bf16(x)), fused((size_t)F), unfused((size_t)F);
+    Dev<float> gu((size_t)(2 * F));
+    gemv_swiglu_bf16(dw.get(), F, cols, dx.get(), fused.get(), 0);
+    gemv_bf16(dw.get(), 2 * F, cols, dx.get(), gu.get(), false, 0);
+    swiglu(gu.get(), 1, (int)F, unfused.get(), 0);
+    const auto a = fused.download(), b = unfused.download();
+    int64_t bad = 0;
+    for (int64_t i = 0; i < F; ++i) {
+      ASSERT_EQ(std::memcmp(&a[(size_t)i], &b[(size_t)i], sizeof(bf16)), 0)
+          << "F " << F << " row " << i << ": fused " << test::to_float(a[(size_t)i]) << " vs "
+          << test::to_float(b[(size_t)i]);
+      double g = 0, u = 0;
+      for (int64_t c = 0; c < cols; ++c) {
+        g += (double)w[(size_t)(i * cols + c)] * x[(size_t)c];
+        u += (double)w[(size_t)((F + i) * cols + c)] * x[(size_t)c];
+      }
+      const double want = g / (1.0 + std::exp(-g)) * u, got = test::to_float(a[(size_t)i]);
+      if (std::fabs(got - want) > 1e-2 * std::fabs(want) + 1e-3 && bad++ < 5)
+        ADD_FAILURE() << "F " << F << " row " << i << ": " << got << " want " << want;
+    }
+    EXPECT_EQ(bad, 0);
+  }
+}
+
 TEST(CudaGemv, GemmFallsBackWhereGemvCannotRun) {
   check_linear(64, 100, 1, 0, 0, false, 16);     // cols % 8 != 0: cuBLAS
   check_linear(64, 256, 1, 0, 0, true, 17, false, 1);  // X not 16-byte aligned: cuBLAS

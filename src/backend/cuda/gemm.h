@@ -24,6 +24,8 @@ class Gemm {
   // Y: fp32 [n][rows], rows ldy apart.
   void linear(const bf16* W, int64_t rows, int64_t cols, const bf16* X, int64_t ldx, int64_t n, float* Y,
               int64_t ldy, bool accumulate = false);
+  // Whether linear() takes the one-token GEMV path (gemv_bf16) for these operands.
+  bool uses_gemv(int64_t n, const bf16* W, int64_t cols, const bf16* X) const;
 
  private:
   cublasHandle_t handle_ = nullptr;

@@ -4,13 +4,16 @@
 // reads 16-byte pieces of a row with kUnroll loads in flight before any use, x sits in shared
 // memory (read once a CTA), and a row's partial dot products are summed by a warp shuffle.
 // cuBLAS picks a general GEMM tiling for n = 1 that left ~25% of the bandwidth unused in the
-// Llama-3-8B decode step (bench/cuda/NOTES.md); this is its one-token replacement.
+// Llama-3-8B decode step (bench/cuda/NOTES.md); this is its one-token replacement. The FFN's
+// gate/up projection has a variant that also applies SwiGLU (a warp computes a gate row and its
+// up row), so the decode step needs no separate SwiGLU kernel.
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/reduce.cuh"
+#include "backend/cuda/swiglu.cuh"
 
 namespace duo::cuda {
 namespace detail {
@@ -37,9 +40,29 @@ __device__ __forceinline__ float dot8(const uint4& w, const uint4& x) {
   return s;
 }
 
-__global__ void __launch_bounds__(kGemvThreads, kGemvCtasPerSm) gemv_kernel(const bf16* __restrict__ W, int64_t rows, int cols,
-                                                            const bf16* __restrict__ x, float* __restrict__ y,
-                                                            bool accumulate) {
+// One row's dot product with x (in shared memory), summed over the warp (every lane gets it).
+__device__ __forceinline__ float row_dot(const bf16* __restrict__ row, const uint4* sx, int pieces, int lane) {
+  const uint4* wr = reinterpret_cast<const uint4*>(row);
+  float acc = 0.0f;
+  int c = lane;
+  for (; c + 32 * (kUnroll - 1) < pieces; c += 32 * kUnroll) {
+    uint4 wv[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) wv[u] = __ldcs(wr + c + 32 * u);  // streamed once: evict first
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) acc += dot8(wv[u], sx[c + 32 * u]);
+  }
+  for (; c < pieces; c += 32) acc += dot8(__ldcs(wr + c), sx[c]);
+  return warp_sum(acc);
+}
+
+// kSwiGLU: W holds 2 * rows rows (gate rows, then up rows) and the output is
+// h[r] = swiglu_bf16(gate . x, up . x), the SwiGLU of the FFN fused into its input projection.
+template <bool kSwiGLU>
+__global__ void __launch_bounds__(kGemvThreads, kGemvCtasPerSm) gemv_kernel(const bf16* __restrict__ W, int64_t rows,
+                                                                            int cols, const bf16* __restrict__ x,
+                                                                            float* __restrict__ y, bf16* __restrict__ h,
+                                                                            bool accumulate) {
   extern __shared__ uint4 sx[];  // x as 16-byte pieces
   const int pieces = cols / 8;
   for (int i = threadIdx.x; i < pieces; i += kGemvThreads) sx[i] = reinterpret_cast<const uint4*>(x)[i];
@@ -47,19 +70,13 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvCtasPerSm) gemv_kernel(cons
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t step = (int64_t)gridDim.x * kGemvWarps;
   for (int64_t r = (int64_t)blockIdx.x * kGemvWarps + warp; r < rows; r += step) {
-    const uint4* wr = reinterpret_cast<const uint4*>(W + r * cols);
-    float acc = 0.0f;
-    int c = lane;
-    for (; c + 32 * (kUnroll - 1) < pieces; c += 32 * kUnroll) {
-      uint4 wv[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) wv[u] = __ldcs(wr + c + 32 * u);  // streamed once: evict first
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) acc += dot8(wv[u], sx[c + 32 * u]);
+    const float acc = row_dot(W + r * cols, sx, pieces, lane);
+    if constexpr (kSwiGLU) {
+      const float up = row_dot(W + (r + rows) * cols, sx, pieces, lane);
+      if (lane == 0) h[r] = swiglu_bf16(acc, up);
+    } else {
+      if (lane == 0) y[r] = accumulate ? y[r] + acc : acc;
     }
-    for (; c < pieces; c += 32) acc += dot8(__ldcs(wr + c), sx[c]);
-    acc = warp_sum(acc);
-    if (lane == 0) y[r] = accumulate ? y[r] + acc : acc;
   }
 }
 
@@ -81,17 +98,33 @@ bool gemv_bf16_supported(const bf16* W, int64_t cols, const bf16* x) {
   return cols > 0 && cols % 8 == 0 && cols <= detail::kMaxCols && aligned(W) && aligned(x);
 }
 
+namespace {
+template <bool kSwiGLU>
+void launch_gemv(const bf16* W, int64_t rows, int64_t cols, const bf16* x, float* y, bf16* h, bool accumulate,
+                 cudaStream_t stream) {
+  const int smem = (int)(cols * sizeof(bf16));
+  // One wave of resident CTAs walks all rows (a second, partial wave would idle most SMs).
+  const int64_t blocks = std::min<int64_t>((rows + detail::kGemvWarps - 1) / detail::kGemvWarps,
+                                           (int64_t)detail::kGemvCtasPerSm * detail::sm_count());
+  detail::gemv_kernel<kSwiGLU><<<(unsigned)blocks, detail::kGemvThreads, smem, stream>>>(W, rows, (int)cols, x, y, h,
+                                                                                        accumulate);
+  check_cuda(cudaGetLastError(), "gemv_bf16 launch");
+}
+}  // namespace
+
 void gemv_bf16(const bf16* W, int64_t rows, int64_t cols, const bf16* x, float* y, bool accumulate,
                cudaStream_t stream) {
   if (rows <= 0) return;
   if (!gemv_bf16_supported(W, cols, x))
     throw std::invalid_argument("gemv_bf16: needs cols % 8 == 0, cols <= 24576 and 16-byte aligned W and x");
-  const int smem = (int)(cols * sizeof(bf16));
-  // One wave of resident CTAs walks all rows (a second, partial wave would idle most SMs).
-  const int64_t blocks = std::min<int64_t>((rows + detail::kGemvWarps - 1) / detail::kGemvWarps,
-                                           (int64_t)detail::kGemvCtasPerSm * detail::sm_count());
-  detail::gemv_kernel<<<(unsigned)blocks, detail::kGemvThreads, smem, stream>>>(W, rows, (int)cols, x, y, accumulate);
-  check_cuda(cudaGetLastError(), "gemv_bf16 launch");
+  launch_gemv<false>(W, rows, cols, x, y, nullptr, accumulate, stream);
+}
+
+void gemv_swiglu_bf16(const bf16* Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h, cudaStream_t stream) {
+  if (F <= 0) return;
+  if (!gemv_bf16_supported(Wgu, cols, x))
+    throw std::invalid_argument("gemv_swiglu_bf16: needs cols % 8 == 0, cols <= 24576 and 16-byte aligned W and x");
+  launch_gemv<true>(Wgu, F, cols, x, nullptr, h, false, stream);
 }
 
 }  // namespace duo::cuda

@@ -262,8 +262,12 @@ void GpuModel::enqueue_chunk(const GpuKvCache& kv, const Act& act, const int32_t
     gemm_->linear(W.wo, E, Q, att, Q, n, o, E);
     // --- feed-forward block ---
     add_rmsnorm(x, o, W.ffn_norm, xn, n, (int)E, c.norm_eps, s);
-    gemm_->linear(W.wgu, 2 * F, E, xn, E, n, gu, 2 * F);
-    swiglu(gu, n, (int)F, h, s);
+    if (gemm_->uses_gemv(n, W.wgu, E, xn)) {
+      gemv_swiglu_bf16(W.wgu, F, E, xn, h, s);  // one token: SwiGLU in the projection's epilogue
+    } else {
+      gemm_->linear(W.wgu, 2 * F, E, xn, E, n, gu, 2 * F);
+      swiglu(gu, n, (int)F, h, s);
+    }
     gemm_->linear(W.wdown, E, F, h, F, n, o, E);
     // Residual add, then the next layer's attention norm (the output norm after the last).
     const float* next_norm = l + 1 < c.n_layers ? w_->layer(l + 1).attn_norm : w_->output_norm();

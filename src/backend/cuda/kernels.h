@@ -74,6 +74,10 @@ void sample_token(const float* logits, int n, const SampleArgs& a, int32_t* out,
 bool gemv_bf16_supported(const bf16* W, int64_t cols, const bf16* x);
 void gemv_bf16(const bf16* W, int64_t rows, int64_t cols, const bf16* x, float* y, bool accumulate,
                cudaStream_t stream);
+// The FFN input projection of one token with SwiGLU applied: Wgu holds 2F rows (gate rows, then
+// up rows, as GpuLayerWeights::wgu), h[i] = bf16(silu(gate_i . x) * (up_i . x)) for i < F, the
+// same bits as gemv_bf16 over the 2F rows followed by swiglu(). Same requirements as gemv_bf16.
+void gemv_swiglu_bf16(const bf16* Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h, cudaStream_t stream);
 
 // dst[i] = center + scale * hash_uniform(seed, i) (see synthetic.h): seeded weights made on the GPU.
 void fill_uniform(bf16* dst, int64_t count, uint64_t seed, float center, float scale, cudaStream_t stream);
