@@ -62,6 +62,30 @@ __device__ __forceinline__ int nth_kv_head(const uint8_t* kinds, int n_kv, int r
   return 0;
 }
 
+// Where KV head h stores position pos in a layer's cache when the chunk being appended ends at
+// position end (exclusive): sets k / v to the K and V rows (page rows for retrieval heads, sink +
+// ring rows for streaming heads) and returns true, or returns false when no later query can see
+// that position (a streaming head's rows between its sink and the chunk's last `recent`).
+__device__ __forceinline__ bool cache_rows(const LayerKv& c, int h, int pos, int end, int d, bf16*& k, bf16*& v) {
+  const bool streaming = c.mode == HeadMode::AllStreaming || (c.mode == HeadMode::Mixed && c.kinds[h] != 0);
+  int64_t dst;
+  if (!streaming) {
+    dst = ((int64_t)c.page_table[(int64_t)h * c.max_pages + pos / kPageTokens] * kPageTokens + pos % kPageTokens) * d;
+    k = c.k_pages + dst, v = c.v_pages + dst;
+    return true;
+  }
+  int row;
+  if (pos < c.sink)
+    row = pos;
+  else if (pos >= max(c.sink, end - c.recent))
+    row = c.sink + (pos - c.sink) % c.recent;
+  else
+    return false;
+  dst = ((int64_t)h * (c.sink + c.recent) + row) * d;
+  k = c.k_ring + dst, v = c.v_ring + dst;
+  return true;
+}
+
 // Mask policies. visible(i, j): may query position i see key position j?
 // Key tiles of width bn are visited as two index ranges [r0b, r0e) and [r1b, r1e) for a block
 // of queries [qmin, qmax]; tile_full() says that no element of a tile needs masking.

@@ -357,27 +357,13 @@ __global__ void append_kernel(const bf16* k, const bf16* v, int64_t kv_stride, i
   const int pos0 = pos_d ? *pos_d : pos0_host;
   const int r = blockIdx.x, pos = pos0 + r;
   const int cpr = d / 8;
-  const int end = pos0 + n;
-  const int first_recent = max(c.sink, end - c.recent);
   for (int idx = threadIdx.x; idx < n_kv * cpr; idx += blockDim.x) {
     const int h = idx / cpr, ch = idx % cpr;
-    const bool streaming = c.mode == HeadMode::AllStreaming || (c.mode == HeadMode::Mixed && c.kinds[h] != 0);
-    int64_t dst;
     bf16 *kd, *vd;
-    if (!streaming) {
-      dst = ((int64_t)c.page_table[(int64_t)h * c.max_pages + pos / kPageTokens] * kPageTokens + pos % kPageTokens) * d;
-      kd = c.k_pages, vd = c.v_pages;
-    } else {
-      int row;
-      if (pos < c.sink) row = pos;
-      else if (pos >= first_recent) row = c.sink + (pos - c.sink) % c.recent;
-      else continue;
-      dst = ((int64_t)h * (c.sink + c.recent) + row) * d;
-      kd = c.k_ring, vd = c.v_ring;
-    }
+    if (!cache_rows(c, h, pos, pos0 + n, d, kd, vd)) continue;
     const int64_t src = (int64_t)r * kv_stride + (int64_t)h * d + ch * 8;
-    reinterpret_cast<uint4*>(kd + dst)[ch] = *reinterpret_cast<const uint4*>(k + src);
-    reinterpret_cast<uint4*>(vd + dst)[ch] = *reinterpret_cast<const uint4*>(v + src);
+    reinterpret_cast<uint4*>(kd)[ch] = *reinterpret_cast<const uint4*>(k + src);
+    reinterpret_cast<uint4*>(vd)[ch] = *reinterpret_cast<const uint4*>(v + src);
   }
 }
 

@@ -233,10 +233,12 @@ void GpuModel::enqueue_chunk(const GpuKvCache& kv, const Act& act, const int32_t
     ra.neox = c.rope_style == RopeStyle::Neox;
     ra.q = q, ra.k = k, ra.v = v;
     ra.pos_d = pos_d;
+    // Decode: the token's K/V go straight into the cache (kv_append's job), then attention
+    // over positions [0, pos + 1).
+    ra.to_cache = pos_d != nullptr;
+    ra.cache = cache;
     qkv_bias_rope(ra, s);
     if (pos_d) {
-      // Decode: store the token's K/V first, then attend over positions [0, pos + 1).
-      kv_append(k, v, KV, 1, 0, (int)HKV, (int)D, cache, s, pos_d);
       DecodeArgs da;
       da.q = q, da.out = att, da.pos_d = pos_d, da.n_past = (int)kv.max_tokens();
       da.n_heads = (int)H, da.n_kv_heads = (int)HKV, da.head_dim = (int)D;

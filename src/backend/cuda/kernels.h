@@ -43,6 +43,10 @@ struct QkvRopeArgs {
   bool neox = false;
   bf16 *q = nullptr, *k = nullptr, *v = nullptr;
   const int32_t* pos_d = nullptr;  // graph replay: when set, pos0 is read from this device int32
+  // Decode (n = 1, at most 128 KV heads): K and V go straight into `cache` at the token's
+  // position, as kv_append would store them after this call; k and v are then unused.
+  bool to_cache = false;
+  LayerKv cache;
 };
 void qkv_bias_rope(const QkvRopeArgs& a, cudaStream_t stream);
 
