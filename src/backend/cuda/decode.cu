@@ -76,7 +76,8 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2) decode_kernel(con
   const int item = blockIdx.x, n_items = p.n_retrieval * p.n_splits;
   const bool streaming = item >= n_items;
   const int split = streaming ? 0 : item % p.n_splits;
-  const int kvh = streaming ? nth_head(c, a.n_kv_heads, item - n_items, 1) : nth_head(c, a.n_kv_heads, item / p.n_splits, 0);
+  const int kvh = streaming ? nth_head(c, a.n_kv_heads, item - n_items, 1)
+                            : nth_head(c, a.n_kv_heads, item / p.n_splits, 0);
   // A streaming head, or a retrieval head without splits, writes its output directly.
   const bool direct = streaming || p.n_splits == 1;
 

@@ -183,9 +183,10 @@ void GpuModel::run_decode(GpuKvCache& kv, int logits_rows) {
   }
   // Everything a captured step baked in: the cache (its views and page tables), the buffers,
   // and whether it ends with the LM head. The position is read on the device.
-  const std::vector<const void*> key = {reinterpret_cast<const void*>(kv.id()), reinterpret_cast<const void*>((intptr_t)logits_rows),
+  auto as_key = [](uint64_t v) { return reinterpret_cast<const void*>(v); };
+  const std::vector<const void*> key = {as_key(kv.id()), as_key((uint64_t)logits_rows), as_key(act.ws_bytes),
                                         step, act.x, act.xn, act.qkv, act.q, act.k, act.v, act.att, act.o, act.gu,
-                                        act.h, act.logits, act.ws, reinterpret_cast<const void*>(act.ws_bytes)};
+                                        act.h, act.logits, act.ws};
   if (!graph_ || key != graph_key_) {
     reset_graph();
     cudaGraph_t g = nullptr;

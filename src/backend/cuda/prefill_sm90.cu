@@ -19,8 +19,14 @@
 //    m64n{D}k16 with V as an MN-major B operand: V is never transposed).
 //    Intra-warpgroup overlap (FA3): the S wgmma of tile t+1 is issued before the P V wgmma of
 //    tile t, so the tensor cores work through both while the warps run the softmax of tile t+1;
-//    O is rescaled once P V of tile t has completed. The serial variant (overlap = false) runs
-//    each tile start to end; it exists to localise pipelining bugs and to measure the overlap.
+//    O is rescaled between the two issues. The serial schedule runs each tile start to end (it
+//    localises pipelining bugs and measures the overlap); the ping-pong schedule adds FA3's
+//    inter-warpgroup turns (the two consumer warpgroups issue their GEMMs alternately).
+//    Only tiles that cross the mask's edge pay for masking (a separate copy of the softmax).
+//  - Rows are gathered by the producer with one address computation a tile when the tile lies
+//    wholly in the chunk or in one cache page, row by row otherwise (ring rows, tile edges).
+//  - Block order: longest query blocks first; with Mixed heads and the retrieval count given,
+//    all retrieval heads' blocks before any streaming head's (heavy first, light ones fill in).
 // Shared memory layouts and descriptors are documented in sm90_ptx.cuh (128-byte swizzle,
 // tiles stored as 64-column halves). Key tiles are visited as the mask policy says (common.cuh),
 // exactly as in prefill.cu: a causal block visits [0, qmax / BN], a Λ block its sink tiles and the
@@ -133,7 +139,8 @@ __device__ __forceinline__ void produce(const PrefillArgs& a, int kvh, const Til
         const bf16* src =
             (value ? cache.v_pages : cache.k_pages) + (page * kPageTokens + k0 % kPageTokens + r0) * D + c * 8;
 #pragma unroll
-        for (int p = 0; p < kBN / kRowsPerPass; ++p) sm90::cp_async16(dst + p * kPassBytes, src + p * kRowsPerPass * D, 16);
+        for (int p = 0; p < kBN / kRowsPerPass; ++p)
+          sm90::cp_async16(dst + p * kPassBytes, src + p * kRowsPerPass * D, 16);
         return;
       }
     }
