@@ -211,10 +211,10 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2) decode_kernel(con
 }
 
 // One CTA a query head of a retrieval KV head: out = sum_s w_s o_s / sum_s w_s, w_s = 2^lse_s.
-// The split weights are computed once into shared memory; then kMergeGroups groups of D
+// The split weights are computed once into shared memory; then kMergeThreads / D groups of D
 // threads each sum a share of the splits (loads unrolled, so many are in flight: a loop with
 // one load an iteration waits out the memory latency once per split, ~100 splits a head).
-constexpr int kMergeThreads = 256, kMaxMergeSplits = 2048;
+constexpr int kMergeThreads = 512, kMaxMergeSplits = 2048;
 template <int D, int G>
 __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const DecodeParams p) {
   constexpr int kGroups = kMergeThreads / D;
