@@ -29,4 +29,10 @@ for k in sorted(ours, key=lambda s: (len(s), s)):
         g = k[:-3] + "_gbs"
         print(f"  {k[:-3]:28s} {ours[k]:9.1f} vs {ref[k]:9.1f} us  ({ours[g]:.0f} vs {ref[g]:.0f} GB/s)  speedup {ref[k] / ours[k]:.2f}x"
               f"  ours = {100 * ours[g] / ours['copy_gbs']:.0f}% of copy bandwidth")
+for k in ours:
+    if k.startswith("gemv_") and k.endswith("_gbs"):
+        name = k[len("gemv_"):-len("_gbs")]
+        cb = ours.get(f"cublas_m1_{name}_gbs")
+        print(f"  one-token linear {name:10s} gemv {ours[k]:7.0f} GB/s vs cuBLAS {cb:7.0f} GB/s  ({ours[k] / cb:.2f}x)"
+              f"  gemv = {100 * ours[k] / ours['copy_gbs']:.0f}% of copy bandwidth")
 PY
