@@ -37,7 +37,8 @@ def main(ours_path, torch_path):
         print(f"{r['mode']:<10} {L:>8} {r['ms']:10.1f} {tr} {fr}")
 
     print(f"\n{'decode':<10} {'context':>8} {'ours ms/t':>10} {'torch ms/t':>10} {'torch/ours':>10} {'vs our full':>11}"
-          f" {'KV vs full':>10}  (torch: CUDA graph when it captured, else eager)")
+          f" {'KV vs full':>10} {'~non-attn':>9}  (torch: CUDA graph when it captured, else eager;"
+          f" ~non-attn = our ms/token - our attention time)")
     for r in ours["decode"]:
         C = r["context"]
         if "ms_per_token" not in r:
@@ -53,7 +54,9 @@ def main(ours_path, torch_path):
         fr = (f"{'>=' if lower else ''}{full_dec[C]['ms_per_token'] / r['ms_per_token']:.2f}x".rjust(11)
               if C in full_dec else f"{'-':>11}")
         note = f"  (measured at {measured}: {C} does not fit)" if measured else ""
-        print(f"{r['mode']:<10} {C:>8} {r['ms_per_token']:10.3f} {tr} {fr} {r['kv_reduction_vs_full']:9.2f}x{note}")
+        rest = r['ms_per_token'] - r.get('attn_us', 0.0) / 1e3
+        print(f"{r['mode']:<10} {C:>8} {r['ms_per_token']:10.3f} {tr} {fr} {r['kv_reduction_vs_full']:9.2f}x"
+              f" {rest:9.3f}{note}")
 
     # The targets that this run can decide.
     shape = ours["model"]["shape"]
