@@ -1,8 +1,9 @@
 // Attention kernel benchmark, Llama-3-8B attention shape (32 q heads, 8 KV heads, d=128):
 // causal and Λ pre-fill at 8K/32K, split-KV decode at 32K/128K/512K, and a DuoAttention layer
 // (50% retrieval / 50% streaming heads, sink 64 / recent 256) against full attention.
-// Pre-fill runs on every kernel the device has (mma.sync; wgmma and wgmma without overlap on
-// Hopper), and at 8K the wgmma outputs are compared with the mma.sync ones.
+// Pre-fill runs on every kernel the device has (mma.sync; wgmma, wgmma without overlap and
+// wgmma with ping-pong on Hopper), and at 8K the wgmma outputs are compared with the mma.sync
+// ones. Last, the decode step's linear layers: gemv_bf16 against cuBLAS at one token.
 // Usage: duo_cuda_bench [--json FILE] [--quick]
 #include <algorithm>
 #include <chrono>
@@ -14,7 +15,10 @@
 #include <thread>
 #include <vector>
 
+#include <cublas_v2.h>
+
 #include "backend/cuda/attention.cuh"
+#include "backend/cuda/kernels.h"
 
 using namespace duo::cuda;
 
@@ -147,7 +151,7 @@ int main(int argc, char** argv) {
 
   std::printf("\nPre-fill attention, %d q heads / %d kv heads, d=%d (causal FLOPs = 4*L*L/2*d*heads)\n", kHeads, kKv, kD);
   std::vector<PrefillKernel> kernels{PrefillKernel::Mma};
-  if (prefill_wgmma_available()) kernels.insert(kernels.end(), {PrefillKernel::Wgmma, PrefillKernel::WgmmaSerial});
+  if (prefill_wgmma_available()) kernels.insert(kernels.end(), {PrefillKernel::Wgmma, PrefillKernel::WgmmaSerial, PrefillKernel::WgmmaPingPong});
   else std::printf("  (wgmma kernel unavailable: needs sm_90a code and a cc 9.0 device)\n");
   {
     PrefillArgs probe;
@@ -172,11 +176,12 @@ int main(int argc, char** argv) {
         a.n = L, a.pos0 = 0, a.n_heads = kHeads, a.n_kv_heads = kKv, a.head_dim = kD;
         a.cache = cache.view;
         a.kernel = kern;
+        if (nret > 0 && nret < kKv) a.retrieval_kv_heads = nret;
         const double ms = time_ms([&] { prefill_attention(a, 0); }, L > 16384 ? 3 : 10);
         if (kern == PrefillKernel::Mma) ms_mma = ms;
         ms_best = std::min(ms_best, ms);
         const char* kn = prefill_kernel_name(kern);
-        std::printf("  %-7s L=%6d %-12s: %9.3f ms  %7.1f TFLOP/s (causal-equivalent)  vs mma %.2fx", name, L, kn, ms,
+        std::printf("  %-7s L=%6d %-14s: %9.3f ms  %7.1f TFLOP/s (causal-equivalent)  vs mma %.2fx", name, L, kn, ms,
                     flops / (ms * 1e-3) / 1e12, ms_mma / ms);
         const std::string key = std::string("prefill_") + name + "_" + std::to_string(L) + "_" + kn;
         js.add(key + "_ms", ms);
@@ -228,6 +233,46 @@ int main(int argc, char** argv) {
       js.add(key + "_gbs", bytes / (us * 1e-6) / 1e9);
     }
   }
+  // The decode step's linear layers (one token): our GEMV against cuBLAS (what Gemm::linear used
+  // for n = 1 before), in GB/s of weights read. Several copies of a small matrix are cycled so
+  // that back-to-back calls cannot be served from the 50 MB L2.
+  std::printf("\nLinear layers of one token (Llama-3-8B decode shapes), GB/s of bf16 weights read\n");
+  {
+    cublasHandle_t handle = nullptr;
+    if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) return std::fprintf(stderr, "cublasCreate failed\n"), 1;
+    struct Lin {
+      const char* name;
+      int rows, cols;
+    };
+    const Lin lins[] = {{"wqkv", 6144, 4096}, {"wo", 4096, 4096}, {"w_gate_up", 28672, 4096},
+                        {"w_down", 4096, 14336}, {"lm_head", 128256, 4096}};
+    for (const Lin& l : lins) {
+      if (quick && l.rows > 30000) continue;
+      const size_t elems = (size_t)l.rows * l.cols, bytes = elems * 2;
+      const int copies = (int)std::max<size_t>(1, ((size_t)512 << 20) / bytes);
+      Buf w(bytes * copies), x((size_t)l.cols * 2), y((size_t)l.rows * 4);
+      fill(w, elems * copies, 9), fill(x, l.cols, 10);
+      int i = 0;
+      const double ms_ours = time_ms(
+          [&] { gemv_bf16(w.b() + (i++ % copies) * elems, l.rows, l.cols, x.b(), (float*)y.p, false, 0); }, 20);
+      const float alpha = 1.0f, beta = 0.0f;
+      const double ms_cublas = time_ms(
+          [&] {
+            if (cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, l.rows, 1, l.cols, &alpha, w.b() + (i++ % copies) * elems,
+                             CUDA_R_16BF, l.cols, x.b(), CUDA_R_16BF, l.cols, &beta, y.p, CUDA_R_32F, l.rows,
+                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS)
+              std::fprintf(stderr, "cublasGemmEx failed\n");
+          },
+          20);
+      const double gb_ours = bytes / (ms_ours * 1e-3) / 1e9, gb_cublas = bytes / (ms_cublas * 1e-3) / 1e9;
+      std::printf("  %-10s %6d x %5d: gemv %7.1f us %7.1f GB/s | cuBLAS %7.1f us %7.1f GB/s | gemv / cuBLAS %.2fx\n",
+                  l.name, l.rows, l.cols, 1e3 * ms_ours, gb_ours, 1e3 * ms_cublas, gb_cublas, ms_cublas / ms_ours);
+      js.add(std::string("gemv_") + l.name + "_gbs", gb_ours);
+      js.add(std::string("cublas_m1_") + l.name + "_gbs", gb_cublas);
+    }
+    cublasDestroy(handle);
+  }
+
   js.s += "\n}\n";
   if (!json_path.empty()) {
     FILE* f = std::fopen(json_path.c_str(), "w");

@@ -37,7 +37,8 @@ def main(ours_path, torch_path):
         print(f"{r['mode']:<10} {L:>8} {r['ms']:10.1f} {tr} {fr}")
 
     print(f"\n{'decode':<10} {'context':>8} {'ours ms/t':>10} {'torch ms/t':>10} {'torch/ours':>10} {'vs our full':>11}"
-          f" {'KV vs full':>10}  (torch: CUDA graph when it captured, else eager)")
+          f" {'KV vs full':>10} {'~non-attn':>9}  (torch: CUDA graph when it captured, else eager;"
+          f" ~non-attn = our ms/token - our attention time)")
     for r in ours["decode"]:
         C = r["context"]
         if "ms_per_token" not in r:
@@ -45,9 +46,17 @@ def main(ours_path, torch_path):
             continue
         t = t_dec.get(C)
         tm = (t.get("ms_per_token_graph") or t.get("ms_per_token_eager")) if t else None
+        measured = r.get("measured_context")
+        if measured:  # ours ran a shorter context: not comparable with PyTorch at C
+            tm = None
         tr = f"{tm:10.3f} {tm / r['ms_per_token']:9.2f}x" if tm else f"{'-':>10} {'-':>10}"
-        fr = f"{full_dec[C]['ms_per_token'] / r['ms_per_token']:10.2f}x" if C in full_dec else f"{'-':>11}"
-        print(f"{r['mode']:<10} {C:>8} {r['ms_per_token']:10.3f} {tr} {fr} {r['kv_reduction_vs_full']:9.2f}x")
+        lower = C in full_dec and "measured_context" in full_dec[C] and r["mode"] != "full"
+        fr = (f"{'>=' if lower else ''}{full_dec[C]['ms_per_token'] / r['ms_per_token']:.2f}x".rjust(11)
+              if C in full_dec else f"{'-':>11}")
+        note = f"  (measured at {measured}: {C} does not fit)" if measured else ""
+        rest = r['ms_per_token'] - r.get('attn_us', 0.0) / 1e3
+        print(f"{r['mode']:<10} {C:>8} {r['ms_per_token']:10.3f} {tr} {fr} {r['kv_reduction_vs_full']:9.2f}x"
+              f" {rest:9.3f}{note}")
 
     # The targets that this run can decide.
     shape = ours["model"]["shape"]
@@ -66,7 +75,8 @@ def main(ours_path, torch_path):
     for r in ours["decode"]:
         if r["mode"] == "full" and r["context"] >= 131072 and "attn_gbs" in r:
             extra = f" = {100 * r['attn_gbs'] / copy:.0f}% of PyTorch-measured copy" if copy else ""
-            print(f"  decode attention at {r['context']}: {r['attn_gbs']:.0f} GB/s{extra} (target >= 85% of ~3.0 TB/s)")
+            ctx = r.get("measured_context", r["context"])
+            print(f"  decode attention at {ctx}: {r['attn_gbs']:.0f} GB/s{extra} (target >= 85% of ~3.0 TB/s)")
     if shape == "llama3-8b":
         d = ratio(ours["decode"], "duo50", "context", 262144, "speedup_vs_full")
         p = ratio(ours["prefill"], "duo50", "tokens", 131072, "speedup_vs_full")
@@ -85,7 +95,14 @@ def main(ours_path, torch_path):
         kv = ratio(ours["decode"], "duo25", "context", 131072, "kv_reduction_vs_full")
         d = ratio(ours["decode"], "duo25", "context", 131072, "speedup_vs_full")
         print(f"  llama2-7b duo25 KV >= 2.5x smaller than full: {kv and f'{kv:.2f}x'} {verdict(None if kv is None else kv >= 2.5)}")
-        print(f"  llama2-7b duo25 decode at 128K >= 2x our full: {d and f'{d:.2f}x'} {verdict(None if d is None else d >= 2.0)}")
+        lb = ratio(ours["decode"], "duo25", "context", 131072, "speedup_vs_full_is_lower_bound")
+        if lb and d is not None:
+            at = ratio(ours["decode"], "duo25", "context", 131072, "full_measured_context")
+            print(f"  llama2-7b duo25 decode at 128K >= 2x our full: >= {d:.2f}x (full's KV at 128K does not fit "
+                  f"next to the weights; full measured at {at} tokens, which is faster than full at 128K, so this "
+                  f"is a lower bound) {'PASS' if d >= 2.0 else 'not decided (lower bound below 2x)'}")
+        else:
+            print(f"  llama2-7b duo25 decode at 128K >= 2x our full: {d and f'{d:.2f}x'} {verdict(None if d is None else d >= 2.0)}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ print("ours / PyTorch SDPA (higher is better for us)")
 for k in sorted(ours, key=lambda s: (len(s), s)):
     if k.startswith("prefill_causal") and k.endswith("_tflops") and k in ref:
         L = k[len("prefill_causal_"):-len("_tflops")]
-        for kern in ("mma", "wgmma", "wgmma_serial"):
+        for kern in ("mma", "wgmma", "wgmma_serial", "wgmma_pingpong"):
             kk = f"prefill_causal_{L}_{kern}_tflops"
             if kk in ours:
                 print(f"  {'prefill_causal_' + L + ' ' + kern:28s} {ours[kk]:7.1f} vs {ref[k]:7.1f} TFLOP/s  ratio {ours[kk] / ref[k]:.2f}x")
@@ -29,4 +29,10 @@ for k in sorted(ours, key=lambda s: (len(s), s)):
         g = k[:-3] + "_gbs"
         print(f"  {k[:-3]:28s} {ours[k]:9.1f} vs {ref[k]:9.1f} us  ({ours[g]:.0f} vs {ref[g]:.0f} GB/s)  speedup {ref[k] / ours[k]:.2f}x"
               f"  ours = {100 * ours[g] / ours['copy_gbs']:.0f}% of copy bandwidth")
+for k in ours:
+    if k.startswith("gemv_") and k.endswith("_gbs"):
+        name = k[len("gemv_"):-len("_gbs")]
+        cb = ours.get(f"cublas_m1_{name}_gbs")
+        print(f"  one-token linear {name:10s} gemv {ours[k]:7.0f} GB/s vs cuBLAS {cb:7.0f} GB/s  ({ours[k] / cb:.2f}x)"
+              f"  gemv = {100 * ours[k] / ours['copy_gbs']:.0f}% of copy bandwidth")
 PY

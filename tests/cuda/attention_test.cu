@@ -178,8 +178,10 @@ Err compare(const std::vector<bf16>& got, const std::vector<float>& ref) {
 
 // Pre-fill a sequence of `len` tokens in the given chunks (each chunk attends to the cache
 // plus itself, then is appended), checking every chunk's output against the reference.
+// tell_retrieval: Mixed heads pass their retrieval count (the wgmma kernel then dispatches the
+// retrieval heads' blocks first); false leaves it 0 (plain head-major block order).
 void run_prefill(const Shape& s, const std::vector<int>& chunks, int pattern, int sink, int recent, uint32_t seed,
-                 PrefillKernel kernel) {
+                 PrefillKernel kernel, bool tell_retrieval = true) {
   const int len = std::accumulate(chunks.begin(), chunks.end(), 0);
   const auto kinds = make_kinds(s.kv_heads, pattern);
   std::mt19937 rng(seed);
@@ -201,6 +203,8 @@ void run_prefill(const Shape& s, const std::vector<int>& chunks, int pattern, in
     a.n = n, a.pos0 = pos0, a.n_heads = s.heads, a.n_kv_heads = s.kv_heads, a.head_dim = s.d;
     a.cache = cache.view;
     a.kernel = kernel;
+    if (tell_retrieval && cache.view.mode == HeadMode::Mixed)
+      a.retrieval_kv_heads = (int)std::count(kinds.begin(), kinds.end(), 0);
     prefill_attention(a, 0);
     sync_or_die(std::string("prefill_attention[") + prefill_kernel_name(kernel) + "] chunk at " + std::to_string(pos0));
     kv_append(a.k, a.v, a.kv_stride, n, pos0, s.kv_heads, s.d, cache.view, 0);
@@ -220,8 +224,10 @@ void run_prefill(const Shape& s, const std::vector<int>& chunks, int pattern, in
 }
 
 // Fill the cache with `len0` tokens, then decode `steps` tokens (append, then attend).
+// device_pos: the position comes from device memory (the CUDA-graph form: kv_append and
+// decode_attention read it there, the split count is fixed and n_past is poisoned).
 void run_decode(const Shape& s, int len0, int steps, int pattern, int sink, int recent, int split_tokens,
-                uint32_t seed) {
+                uint32_t seed, bool device_pos = false) {
   const int len = len0 + steps;
   const auto kinds = make_kinds(s.kv_heads, pattern);
   std::mt19937 rng(seed);
@@ -235,17 +241,26 @@ void run_decode(const Shape& s, int len0, int steps, int pattern, int sink, int 
   DevBuf<bf16> dq(len * qrow), dk(len * kvrow), dv(len * kvrow), dout(qrow);
   dq.upload(qb.data(), qb.size()), dk.upload(kb.data(), kb.size()), dv.upload(vb.data(), vb.size());
   kv_append(dk.p, dv.p, kvrow, len0, 0, s.kv_heads, s.d, cache.view, 0);
-  const int max_splits = (len + 63) / 64 + 1;
+  const int max_splits = std::max((len + 63) / 64 + 1, 1024);  // device_pos: one wave of splits
   DevBuf<unsigned char> ws(decode_workspace_bytes(s.heads, s.d, max_splits));
+  DevBuf<int32_t> dpos(1);
   for (int t = 0; t < steps; ++t) {
     const int pos = len0 + t;
-    kv_append(dk.p + pos * kvrow, dv.p + pos * kvrow, kvrow, 1, pos, s.kv_heads, s.d, cache.view, 0);
+    if (device_pos) {
+      dpos.upload(&pos, 1);
+      kv_append(dk.p + pos * kvrow, dv.p + pos * kvrow, kvrow, 1, -12345, s.kv_heads, s.d, cache.view, 0, dpos.p);
+    } else {
+      kv_append(dk.p + pos * kvrow, dv.p + pos * kvrow, kvrow, 1, pos, s.kv_heads, s.d, cache.view, 0);
+    }
     CK(cudaMemset(dout.p, 0xff, qrow * sizeof(bf16)));
+    CK(cudaMemset(ws.p, 0xff, ws.n));  // NaN poison: empty splits must not read stale partials
     DecodeArgs a;
-    a.q = dq.p + pos * qrow, a.out = dout.p, a.n_past = pos + 1;
+    a.q = dq.p + pos * qrow, a.out = dout.p, a.n_past = device_pos ? (pos % 2 ? 0 : len) : pos + 1;  // bound or none
+    if (device_pos) a.pos_d = dpos.p;
     a.n_heads = s.heads, a.n_kv_heads = s.kv_heads, a.head_dim = s.d;
     a.cache = cache.view;
     a.workspace = ws.p, a.workspace_bytes = ws.n, a.split_tokens = split_tokens;
+    a.retrieval_kv_heads = (int)std::count(kinds.begin(), kinds.end(), 0);
     decode_attention(a, 0);
     CK(cudaDeviceSynchronize());
     std::vector<bf16> got(qrow);
@@ -270,8 +285,9 @@ class CudaPrefill : public ::testing::TestWithParam<PrefillKernel> {
     if (GetParam() != PrefillKernel::Mma && !prefill_wgmma_available())
       GTEST_SKIP() << "wgmma pre-fill kernel unavailable here (needs sm_90a code and a cc 9.0 device)";
   }
-  void run(const Shape& s, const std::vector<int>& chunks, int pattern, int sink, int recent, uint32_t seed) {
-    run_prefill(s, chunks, pattern, sink, recent, seed, GetParam());
+  void run(const Shape& s, const std::vector<int>& chunks, int pattern, int sink, int recent, uint32_t seed,
+           bool tell_retrieval = true) {
+    run_prefill(s, chunks, pattern, sink, recent, seed, GetParam(), tell_retrieval);
   }
 };
 
@@ -284,6 +300,7 @@ TEST_P(CudaPrefill, LambdaNoSink) { run(kMha, {300}, 1, 0, 17, 6); }
 TEST_P(CudaPrefill, ChunkedRetrievalOverPages) { run(kLlama, {250, 300, 150}, 0, 0, 1, 7); }
 TEST_P(CudaPrefill, ChunkedMixedHeadsRingWrap) { run(kLlama, {250, 250, 200}, 2, 5, 70, 8); }
 TEST_P(CudaPrefill, ChunkedMixedSmol) { run(kSmol, {130, 1, 300, 77}, 2, 4, 90, 9); }
+TEST_P(CudaPrefill, ChunkedMixedRetrievalCountNotGiven) { run(kLlama, {250, 250, 200}, 2, 5, 70, 8, false); }
 TEST_P(CudaPrefill, ChunkedStreamingMha) { run(kMha, {100, 200, 129}, 1, 8, 33, 10); }
 
 // Tiling edges of the wgmma kernel (128-row query blocks, 128-key tiles, 2-stage K/V ring).
@@ -375,7 +392,8 @@ TEST_P(CudaPrefill, ProbeOneTilePartialRows) {  // 77 rows: masked tail rows, ke
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernel, CudaPrefill,
-                         ::testing::Values(PrefillKernel::Mma, PrefillKernel::Wgmma, PrefillKernel::WgmmaSerial),
+                         ::testing::Values(PrefillKernel::Mma, PrefillKernel::Wgmma, PrefillKernel::WgmmaSerial,
+                                           PrefillKernel::WgmmaPingPong),
                          [](const ::testing::TestParamInfo<PrefillKernel>& i) {
                            return std::string(prefill_kernel_name(i.param));
                          });
@@ -424,6 +442,13 @@ TEST(CudaDecode, MixedSmol) { run_decode(kSmol, 700, 3, 2, 4, 50, 128, 14); }
 TEST(CudaDecode, MhaSingleSplit) { run_decode(kMha, 300, 2, 0, 0, 1, 4096, 15); }
 TEST(CudaDecode, StreamingShortContext) { run_decode(kLlama, 20, 3, 1, 4, 64, 0, 16); }
 TEST(CudaDecode, StreamingLongRingWrap) { run_decode(kSmol, 1000, 2, 1, 16, 100, 0, 17); }
+TEST(CudaDecode, MixedAutoSplit) { run_decode(kLlama, 1500, 3, 2, 4, 64, 0, 18); }
+// Position in device memory (what a captured CUDA graph replays): one-wave split count, split
+// sizes from the device position, over a page boundary and the ring wrap.
+TEST(CudaDecode, DevicePosRetrieval) { run_decode(kLlama, 250, 12, 0, 0, 1, 0, 30, true); }
+TEST(CudaDecode, DevicePosMixedRingWrap) { run_decode(kLlama, 1530, 10, 2, 4, 64, 0, 31, true); }
+TEST(CudaDecode, DevicePosStreaming) { run_decode(kSmol, 300, 5, 1, 4, 32, 0, 32, true); }
+TEST(CudaDecode, DevicePosEveryShortContextMixed) { run_decode(kSmol, 0, 70, 2, 4, 16, 0, 33, true); }
 // Every context length from 1 on: a lane group or a split whose keys all lie past n_past must
 // contribute nothing (it once produced NaN through exp2(-inf - -inf) and broke real decoding).
 TEST(CudaDecode, EveryShortContextRetrieval) { run_decode(kSmol, 0, 160, 0, 0, 1, 0, 21); }

@@ -5,9 +5,12 @@
 // streaming heads. Byte accounting must equal the CPU's for bf16 (half of its float bytes).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <random>
+#include <stdexcept>
 
 #include "backend/cuda/gpu_kv_cache.h"
+#include "backend/cuda/kernels.h"
 #include "core/error.h"
 #include "cuda_test_util.h"
 #include "kv/kv_cache.h"
@@ -165,6 +168,55 @@ TEST(CudaKvCache, FillRandomHoldsPositions) {
   const double n = (double)g.kpool.size();
   EXPECT_NEAR(sum / n, 0.0, 0.01);
   EXPECT_NEAR(sq / n, 1.0 / 3, 0.01);  // uniform [-1, 1)
+}
+
+// The decode step writes the token's K and V from qkv_bias_rope straight into the cache
+// (to_cache, position in device memory) instead of kv_append: the cache must then hold exactly
+// what rope-to-buffers + HeadCache::append hold, for retrieval and streaming heads, across a
+// page boundary (256) and many wraps of the ring (sink 4 + recent 40).
+TEST(CudaKvCache, RopeWritesDecodeTokenIntoCache) {
+  constexpr int layers = 3, n_kv = 4, H = 8, d = 64;
+  HeadPlan plan = HeadPlan::uniform(layers, n_kv, HeadKind::Retrieval, {4, 40});
+  plan.kinds[0] = {HeadKind::Streaming, HeadKind::Retrieval, HeadKind::Streaming, HeadKind::Retrieval};
+  plan.kinds[1] = std::vector<HeadKind>(n_kv, HeadKind::Streaming);  // layer 2 stays all retrieval
+  const ModelConfig c = cache_config(layers, n_kv, d);
+  constexpr int steps = 300;
+  GpuKvCache gpu(c, plan, steps, 0);
+  KvCache cpu(layers, n_kv, d, plan);
+  std::mt19937 rng(9);
+  const int64_t Q = (int64_t)H * d, KV = (int64_t)n_kv * d, ld = Q + 2 * KV;
+  std::vector<float> inv(d / 2);
+  for (int i = 0; i < d / 2; ++i) inv[i] = std::pow(10000.0f, -2.0f * i / d);
+  Dev<float> dinv(inv);
+  Dev<bf16> dq((size_t)Q), dk((size_t)KV), dv((size_t)KV), dq2((size_t)Q);
+  Dev<int32_t> dpos(1);
+  for (int pos = 0; pos < steps; ++pos) {
+    gpu.reserve(pos + 1);
+    dpos.upload(std::vector<int32_t>{pos});
+    for (int l = 0; l < layers; ++l) {
+      Dev<float> qkv(test::randn(rng, (size_t)ld, 2.0f));
+      QkvRopeArgs a;
+      a.qkv = qkv.get(), a.ld = ld, a.inv_freq = dinv.get();
+      a.n = 1, a.pos0 = pos, a.n_heads = H, a.n_kv_heads = n_kv, a.head_dim = d;
+      a.q = dq.get(), a.k = dk.get(), a.v = dv.get();
+      qkv_bias_rope(a, 0);  // to buffers: what the CPU cache appends
+      a.pos0 = -1, a.pos_d = dpos.get(), a.q = dq2.get(), a.k = a.v = nullptr;
+      a.to_cache = true, a.cache = gpu.layer(l);
+      qkv_bias_rope(a, 0);  // decode form: into the GPU cache
+      const auto k = test::to_float(dk.download()), v = test::to_float(dv.download());
+      ASSERT_EQ(test::to_float(dq2.download()), test::to_float(dq.download())) << "q must not depend on where K/V go";
+      for (int h = 0; h < n_kv; ++h) cpu.head(l, h).append(k.data() + h * d, v.data() + h * d, 1, KV, pos);
+    }
+    gpu.advance(1);
+    cpu.advance(1);
+    if (pos % 37 == 0 || pos == 255 || pos == 256 || pos + 1 == steps) {
+      SCOPED_TRACE("after " + std::to_string(pos + 1) + " positions");
+      expect_same_contents(gpu, cpu, layers, n_kv, d);
+    }
+  }
+  QkvRopeArgs bad;
+  bad.n = 2, bad.n_heads = H, bad.n_kv_heads = n_kv, bad.head_dim = d, bad.to_cache = true;
+  EXPECT_THROW(qkv_bias_rope(bad, 0), std::invalid_argument) << "to_cache takes one token";
 }
 
 TEST(CudaKvCache, RejectsUnsupportedShapes) {

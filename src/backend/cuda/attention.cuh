@@ -53,10 +53,12 @@ struct LayerKv {
 //  - Wgmma: FlashAttention-3-style Hopper kernel (prefill_sm90.cu: wgmma, warp-specialised
 //    producer/consumers, intra-warpgroup overlap); needs sm_90a code and a cc 9.0 device.
 //  - WgmmaSerial: the same kernel without the intra-warpgroup overlap (debugging/measurement).
-//  - Auto: the environment variable DUO_PREFILL_KERNEL (mma | wgmma | wgmma_serial | auto) when
-//    set, else Wgmma for head_dim 128 where it can run, else Mma.
+//  - WgmmaPingPong: Wgmma plus FA3's inter-warpgroup ping-pong (the two consumer warpgroups
+//    issue their GEMMs in turns, so one's softmax overlaps the other's GEMMs).
+//  - Auto: the environment variable DUO_PREFILL_KERNEL (mma | wgmma | wgmma_serial |
+//    wgmma_pingpong | auto) when set, else Wgmma for head_dim 128 where it can run, else Mma.
 // A forced Wgmma that cannot run these arguments is an error (std::invalid_argument), not a fallback.
-enum class PrefillKernel : int { Auto = 0, Mma = 1, Wgmma = 2, WgmmaSerial = 3 };
+enum class PrefillKernel : int { Auto = 0, Mma = 1, Wgmma = 2, WgmmaSerial = 3, WgmmaPingPong = 4 };
 
 struct PrefillArgs {
   const bf16* q = nullptr;  // [n][n_heads][d], token stride q_stride
@@ -69,6 +71,11 @@ struct PrefillArgs {
   int n_heads = 0, n_kv_heads = 0, head_dim = 0;  // head_dim 64 or 128
   LayerKv cache;
   PrefillKernel kernel = PrefillKernel::Auto;
+  // Mixed heads: how many KV heads are retrieval heads (0: not given). When given, the wgmma
+  // kernel dispatches every retrieval head's query blocks before any streaming head's: a
+  // streaming block costs a few key tiles, a retrieval block up to the whole context, and
+  // heavy blocks first leave a short tail that the light ones fill.
+  int retrieval_kv_heads = 0;
 };
 
 // Causal / Λ attention of a chunk over cache + chunk (tensor cores, online softmax).
@@ -82,30 +89,41 @@ const char* prefill_kernel_name(PrefillKernel k);
 
 // Copies the chunk's keys/values (positions [pos0, pos0 + n)) into the cache: pages for
 // retrieval heads, sink + ring rows for streaming heads (only what a later query can see).
+// pos_d (graph replay): when set, pos0 is read from that device int32 instead.
 void kv_append(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0, int n_kv_heads, int head_dim,
-               const LayerKv& cache, cudaStream_t stream);
+               const LayerKv& cache, cudaStream_t stream, const int32_t* pos_d = nullptr);
 
 struct DecodeArgs {
   const bf16* q = nullptr;  // [n_heads][d] (one token)
   bf16* out = nullptr;      // [n_heads][d]
   int n_past = 0;           // keys at positions [0, n_past); the current token is already appended
+  // Graph replay: when set, the current token's position is read from this device int32
+  // (n_past = *pos_d + 1); n_past above then only bounds it (the most keys any replay will see,
+  // 0: unknown), which caps the split count. Nothing about the launch depends on the position:
+  // the split count is fixed (one wave, at most one a 256 keys of the bound) and each split's
+  // size is computed on the device, so one captured launch serves every step.
+  const int32_t* pos_d = nullptr;
   int n_heads = 0, n_kv_heads = 0, head_dim = 0;
   LayerKv cache;
   // Split-KV workspace (flash-decoding): from decode_workspace_bytes(). Splits of a retrieval
-  // head are `split_tokens` keys each (0: chosen from the SM count and n_past).
+  // head are `split_tokens` keys each (0: the split count fills one wave of CTAs and the size
+  // follows from n_past on the device: a multiple of 64, at least 256).
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   int split_tokens = 0;  // rounded up to a multiple of 64
-  // How many KV heads are retrieval heads (0: all). Only sizes the splits: the split-KV grid is
-  // one wave of CTAs spread over the retrieval heads (streaming heads need one CTA each).
+  // How many KV heads are retrieval heads: all of them when the cache mode is AllRetrieval
+  // (0 or n_kv_heads accepted), none for AllStreaming; Mixed needs the exact count. The grid is
+  // retrieval heads x splits + one CTA a streaming head, sized to one wave (streaming heads
+  // read only sink + recent rows and must not leave a tail).
   int retrieval_kv_heads = 0;
 };
 
 size_t decode_workspace_bytes(int n_heads, int head_dim, int max_splits);
-// How many splits decode_attention uses for these arguments.
+// How many splits a retrieval head gets (the workspace must hold that many).
 int decode_splits(const DecodeArgs& a);
-// One token's attention: a split-KV kernel (one CTA per KV head and split, all query heads of
-// the GQA group in the CTA so K/V are read once) plus a merge kernel when there are splits.
+// One token's attention: a split-KV kernel (one CTA per retrieval KV head and split, one per
+// streaming KV head, all query heads of the GQA group in the CTA so K/V are read once) plus a
+// merge kernel for the retrieval heads when there are splits.
 void decode_attention(const DecodeArgs& a, cudaStream_t stream);
 
 // Throws std::runtime_error with the CUDA error string.

@@ -47,6 +47,45 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
+// The r-th KV head of the given kind (0 retrieval, 1 streaming) in head order, from the per-head
+// kinds in device memory. Every thread of the warp must call it (ballots over 32 heads at a
+// time); returns 0 when there are fewer than r + 1 such heads (callers size grids from the counts).
+__device__ __forceinline__ int nth_kv_head(const uint8_t* kinds, int n_kv, int r, int kind) {
+  const int lane = threadIdx.x % 32;
+  for (int base = 0; base < n_kv; base += 32) {
+    const int h = base + lane;
+    const unsigned m = __ballot_sync(0xffffffffu, h < n_kv && (kinds[h] != 0) == (kind != 0));
+    const int cnt = __popc(m);
+    if (r < cnt) return base + (int)__fns(m, 0, r + 1);
+    r -= cnt;
+  }
+  return 0;
+}
+
+// Where KV head h stores position pos in a layer's cache when the chunk being appended ends at
+// position end (exclusive): sets k / v to the K and V rows (page rows for retrieval heads, sink +
+// ring rows for streaming heads) and returns true, or returns false when no later query can see
+// that position (a streaming head's rows between its sink and the chunk's last `recent`).
+__device__ __forceinline__ bool cache_rows(const LayerKv& c, int h, int pos, int end, int d, bf16*& k, bf16*& v) {
+  const bool streaming = c.mode == HeadMode::AllStreaming || (c.mode == HeadMode::Mixed && c.kinds[h] != 0);
+  int64_t dst;
+  if (!streaming) {
+    dst = ((int64_t)c.page_table[(int64_t)h * c.max_pages + pos / kPageTokens] * kPageTokens + pos % kPageTokens) * d;
+    k = c.k_pages + dst, v = c.v_pages + dst;
+    return true;
+  }
+  int row;
+  if (pos < c.sink)
+    row = pos;
+  else if (pos >= max(c.sink, end - c.recent))
+    row = c.sink + (pos - c.sink) % c.recent;
+  else
+    return false;
+  dst = ((int64_t)h * (c.sink + c.recent) + row) * d;
+  k = c.k_ring + dst, v = c.v_ring + dst;
+  return true;
+}
+
 // Mask policies. visible(i, j): may query position i see key position j?
 // Key tiles of width bn are visited as two index ranges [r0b, r0e) and [r1b, r1e) for a block
 // of queries [qmin, qmax]; tile_full() says that no element of a tile needs masking.

@@ -1,7 +1,8 @@
 // Decode attention (one query token) in the flash-decoding style, and the KV append kernel.
 //
-// decode_kernel: grid (splits, n_kv_heads), 128 threads. A CTA owns one KV head and one run of
-// `split_tokens` keys, and all G query heads of that GQA group, so each K/V row is read from
+// decode_kernel: a 1-D grid of 128-thread CTAs: retrieval KV heads x splits, then one CTA a
+// streaming KV head. A CTA owns one KV head and one run of keys (a split, or a streaming head's
+// sink + ring rows), and all G query heads of that GQA group, so each K/V row is read from
 // memory exactly once. Memory-bound design: no shared-memory staging; a key row (d bf16) is
 // read by D/8 lanes with 16-byte loads (a half-warp for d=128), a warp handles 32/(D/8) keys
 // per load and U loads of K and V are in flight per thread before any use. Each lane group
@@ -11,13 +12,17 @@
 // combines the splits; with one split the CTA writes the output directly.
 // Streaming heads: after the current token is appended, every valid row of the sink + ring
 // buffer (rows [0, min(n_past, sink + recent))) is visible to it, so they are one contiguous
-// run handled by split 0; their other splits exit at once. Both kinds run in one launch.
+// run, one CTA that writes its output directly. Both kinds run in one launch, sized so every
+// CTA is resident at once (one wave): the short streaming CTAs never delay a retrieval split.
+// The split count does not depend on n_past (only each split's size does, computed on the
+// device), so the launch can be captured once in a CUDA graph and replayed at every position.
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/reduce.cuh"
 
 namespace duo::cuda {
 namespace detail {
@@ -36,11 +41,26 @@ __device__ __forceinline__ void bf16x8_to_float(const uint4& u, float (&f)[8]) {
 
 struct DecodeParams {
   DecodeArgs a;
-  int n_splits;
-  int split_tokens;
-  float* part_o;    // [n_heads][n_splits][D]
-  float* part_lse;  // [n_heads][n_splits]
+  int n_retrieval;   // retrieval KV heads (grid: n_retrieval * n_splits + streaming heads)
+  int n_splits;      // splits a retrieval head
+  int split_tokens;  // keys a split; 0: from n_past on the device
+  float* part_o;     // [n_heads][n_splits][D]
+  float* part_lse;   // [n_heads][n_splits]
 };
+
+__device__ __forceinline__ int decode_n_past(const DecodeArgs& a) { return a.pos_d ? *a.pos_d + 1 : a.n_past; }
+
+// Keys a split when the host left it to the device: n_splits splits cover n_past, each a
+// multiple of 64 keys (warp-iterations stay inside a page) and at least 256.
+__device__ __forceinline__ int device_split_tokens(int n_past, int n_splits) {
+  const int t = (n_past + n_splits - 1) / n_splits;
+  return max(256, (t + 63) / 64 * 64);
+}
+
+// The r-th KV head of the given kind (0 retrieval, 1 streaming); without Mixed heads, r itself.
+__device__ __forceinline__ int nth_head(const LayerKv& c, int n_kv, int r, int kind) {
+  return c.mode == HeadMode::Mixed ? nth_kv_head(c.kinds, n_kv, r, kind) : r;
+}
 
 template <int D, int G>
 __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2) decode_kernel(const DecodeParams p) {
@@ -50,21 +70,27 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2) decode_kernel(con
   constexpr int U = G <= 4 ? 8 : 4;   // loads in flight a thread (each K and V)
   const DecodeArgs& a = p.a;
   const LayerKv& c = a.cache;
-  const int split = blockIdx.x, kvh = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int sub = lane / LANES, cl = lane % LANES, stream = warp * KPW + sub;
-  const bool streaming =
-      c.mode == HeadMode::AllStreaming || (c.mode == HeadMode::Mixed && c.kinds[kvh] != 0);
+  const int n_past = decode_n_past(a);
+  const int item = blockIdx.x, n_items = p.n_retrieval * p.n_splits;
+  const bool streaming = item >= n_items;
+  const int split = streaming ? 0 : item % p.n_splits;
+  const int kvh = streaming ? nth_head(c, a.n_kv_heads, item - n_items, 1)
+                            : nth_head(c, a.n_kv_heads, item / p.n_splits, 0);
+  // A streaming head, or a retrieval head without splits, writes its output directly.
+  const bool direct = streaming || p.n_splits == 1;
 
   int begin, end;
   if (streaming) {
-    begin = 0, end = split == 0 ? min(a.n_past, c.sink + c.recent) : 0;
+    begin = 0, end = min(n_past, c.sink + c.recent);
   } else {
-    begin = split * p.split_tokens, end = min(a.n_past, begin + p.split_tokens);
+    const int st = p.split_tokens > 0 ? p.split_tokens : device_split_tokens(n_past, p.n_splits);
+    begin = split * st, end = min(n_past, begin + st);
   }
   const int h0 = kvh * G;
   if (begin >= end) {  // empty split: contributes nothing to the merge
-    if (p.n_splits > 1 && threadIdx.x < G) p.part_lse[(int64_t)(h0 + threadIdx.x) * p.n_splits + split] = -INFINITY;
+    if (!direct && threadIdx.x < G) p.part_lse[(int64_t)(h0 + threadIdx.x) * p.n_splits + split] = -INFINITY;
     return;
   }
 
@@ -175,7 +201,7 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2) decode_kernel(con
       O += w * sm_o[s2][g][dd];
     }
     const int h = h0 + g;
-    if (p.n_splits == 1) {
+    if (direct) {
       a.out[(int64_t)h * D + dd] = __float2bfloat16(L > 0.0f ? O / L : 0.0f);
     } else {
       p.part_o[((int64_t)h * p.n_splits + split) * D + dd] = L > 0.0f ? O / L : 0.0f;
@@ -184,30 +210,65 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2) decode_kernel(con
   }
 }
 
-// One CTA a query head, one thread a dimension: out = sum_s w_s o_s / sum_s w_s, w_s = 2^lse_s.
-template <int D>
-__global__ void __launch_bounds__(D) merge_kernel(const DecodeParams p) {
-  const int h = blockIdx.x, dd = threadIdx.x;
-  const float* lse = p.part_lse + (int64_t)h * p.n_splits;
+// One CTA a query head of a retrieval KV head: out = sum_s w_s o_s / sum_s w_s, w_s = 2^lse_s.
+// The split weights are computed once into shared memory; then kMergeThreads / D groups of D
+// threads each sum a share of the splits (loads unrolled, so many are in flight: a loop with
+// one load an iteration waits out the memory latency once per split, ~100 splits a head).
+constexpr int kMergeThreads = 512, kMaxMergeSplits = 2048;
+template <int D, int G>
+__global__ void __launch_bounds__(kMergeThreads) merge_kernel(const DecodeParams p) {
+  constexpr int kGroups = kMergeThreads / D;
+  __shared__ float w_s[kMaxMergeSplits];
+  __shared__ float part[kGroups][D];
+  __shared__ float red[kMergeThreads / 32];
+  const int kvh = nth_head(p.a.cache, p.a.n_kv_heads, blockIdx.x / G, 0);
+  const int h = kvh * G + blockIdx.x % G, S = p.n_splits;
+  const float* lse = p.part_lse + (int64_t)h * S;
   float M = -INFINITY;
-  for (int s = 0; s < p.n_splits; ++s) M = fmaxf(M, lse[s]);
-  float W = 0.0f, O = 0.0f;
-  for (int s = 0; s < p.n_splits; ++s) {
-    if (lse[s] == -INFINITY) continue;
-    const float w = exp2f(lse[s] - M);
-    W += w;
-    O += w * p.part_o[((int64_t)h * p.n_splits + s) * D + dd];
+  for (int s = threadIdx.x; s < S; s += kMergeThreads) M = fmaxf(M, lse[s]);
+  M = warp_max(M);
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = M;
+  __syncthreads();
+  M = red[0];
+#pragma unroll
+  for (int i = 1; i < kMergeThreads / 32; ++i) M = fmaxf(M, red[i]);
+  for (int s = threadIdx.x; s < S; s += kMergeThreads) w_s[s] = lse[s] == -INFINITY ? 0.0f : exp2f(lse[s] - M);
+  __syncthreads();
+  const int dd = threadIdx.x % D, grp = threadIdx.x / D;
+  const float* po = p.part_o + (int64_t)h * S * D + dd;
+  float O = 0.0f;
+#pragma unroll 8
+  for (int s = grp; s < S; s += kGroups) {
+    // An empty split wrote only its lse (-inf, so w = 0); its part_o is stale workspace
+    // memory that may hold NaN, and 0 * NaN is NaN: skip it, do not multiply.
+    const float w = w_s[s], v = po[(int64_t)s * D];
+    O += w != 0.0f ? w * v : 0.0f;
   }
-  p.a.out[(int64_t)h * D + dd] = __float2bfloat16(W > 0.0f ? O / W : 0.0f);
+  part[grp][dd] = O;
+  float W = 0.0f;
+  for (int s = threadIdx.x; s < S; s += kMergeThreads) W += w_s[s];
+  W = warp_sum(W);
+  __syncthreads();  // part[] written; red[] (the max) read by everyone
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = W;
+  __syncthreads();
+  if (grp == 0) {
+    float Wt = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kMergeThreads / 32; ++i) Wt += red[i];
+    float Ot = 0.0f;
+#pragma unroll
+    for (int g = 0; g < kGroups; ++g) Ot += part[g][dd];
+    p.a.out[(int64_t)h * D + dd] = __float2bfloat16(Wt > 0.0f ? Ot / Wt : 0.0f);
+  }
 }
 
 template <int D, int G>
 void launch_decode(const DecodeParams& p, cudaStream_t stream) {
-  dim3 grid(p.n_splits, p.a.n_kv_heads);
-  decode_kernel<D, G><<<grid, kDecThreads, 0, stream>>>(p);
+  const int streaming_heads = p.a.n_kv_heads - p.n_retrieval;
+  decode_kernel<D, G><<<p.n_retrieval * p.n_splits + streaming_heads, kDecThreads, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "decode_attention launch");
-  if (p.n_splits > 1) {
-    merge_kernel<D><<<p.a.n_heads, D, 0, stream>>>(p);
+  if (p.n_splits > 1 && p.n_retrieval > 0) {
+    merge_kernel<D, G><<<p.n_retrieval * G, kMergeThreads, 0, stream>>>(p);
     check_cuda(cudaGetLastError(), "decode merge launch");
   }
 }
@@ -254,44 +315,56 @@ int resident_ctas(int d, int g) {
   return g <= 4 ? resident_ctas<64, 4>() : resident_ctas<64, 8>();
 }
 
-int choose_split_tokens(const DecodeArgs& a) {
-  if (a.split_tokens > 0) return (a.split_tokens + 63) / 64 * 64;
-  // One full wave: the retrieval heads' splits fill every resident CTA slot once (a second,
-  // partial wave would leave most SMs idle at the end). Splits are multiples of 64 keys.
-  const int heads = a.retrieval_kv_heads > 0 ? a.retrieval_kv_heads : a.n_kv_heads;
+// Retrieval KV heads of a launch (validated).
+int retrieval_heads(const DecodeArgs& a) {
+  switch (a.cache.mode) {
+    case HeadMode::AllRetrieval:
+      if (a.retrieval_kv_heads != 0 && a.retrieval_kv_heads != a.n_kv_heads)
+        throw std::invalid_argument("decode_attention: retrieval_kv_heads must be 0 or n_kv_heads for AllRetrieval");
+      return a.n_kv_heads;
+    case HeadMode::AllStreaming: return 0;
+    case HeadMode::Mixed:
+      if (a.retrieval_kv_heads <= 0 || a.retrieval_kv_heads >= a.n_kv_heads)
+        throw std::invalid_argument("decode_attention: Mixed heads need retrieval_kv_heads in [1, n_kv_heads)");
+      return a.retrieval_kv_heads;
+  }
+  throw std::invalid_argument("decode_attention: bad head mode");
+}
+
+// Splits a retrieval head, and their size (0: computed on the device from n_past).
+void choose_splits(const DecodeArgs& a, int& n_splits, int& split_tokens) {
+  const int R = retrieval_heads(a);
+  if (R == 0) {
+    n_splits = 1, split_tokens = 0;
+    return;
+  }
+  if (a.split_tokens > 0 && !a.pos_d) {
+    split_tokens = (a.split_tokens + 63) / 64 * 64;
+    n_splits = std::max(1, (a.n_past + split_tokens - 1) / split_tokens);
+    return;
+  }
+  if (a.split_tokens > 0) throw std::invalid_argument("decode_attention: split_tokens needs a host n_past (no pos_d)");
+  // One full wave: the retrieval splits plus one CTA a streaming head fill every resident CTA
+  // slot once (a second, partial wave would leave most SMs idle at the end).
   const int slots = resident_ctas(a.head_dim, a.n_heads / a.n_kv_heads) * sm_count();
-  const int want_splits = std::max(1, slots / heads);
-  int t = (a.n_past + want_splits - 1) / want_splits;
-  t = std::max(256, (t + 63) / 64 * 64);
-  return t;
+  n_splits = std::max(1, (slots - (a.n_kv_heads - R)) / R);
+  if (a.n_past > 0) n_splits = std::min(n_splits, std::max(1, (a.n_past + 255) / 256));  // >= 256 keys a split
+  split_tokens = 0;
 }
 
 // kv_append: one CTA a chunk token, one thread a 16-byte piece of a row of each KV head.
-__global__ void append_kernel(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0, int n_kv, int d,
-                              const LayerKv c) {
+__global__ void append_kernel(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0_host, int n_kv,
+                              int d, const LayerKv c, const int32_t* pos_d) {
+  const int pos0 = pos_d ? *pos_d : pos0_host;
   const int r = blockIdx.x, pos = pos0 + r;
   const int cpr = d / 8;
-  const int end = pos0 + n;
-  const int first_recent = max(c.sink, end - c.recent);
   for (int idx = threadIdx.x; idx < n_kv * cpr; idx += blockDim.x) {
     const int h = idx / cpr, ch = idx % cpr;
-    const bool streaming = c.mode == HeadMode::AllStreaming || (c.mode == HeadMode::Mixed && c.kinds[h] != 0);
-    int64_t dst;
     bf16 *kd, *vd;
-    if (!streaming) {
-      dst = ((int64_t)c.page_table[(int64_t)h * c.max_pages + pos / kPageTokens] * kPageTokens + pos % kPageTokens) * d;
-      kd = c.k_pages, vd = c.v_pages;
-    } else {
-      int row;
-      if (pos < c.sink) row = pos;
-      else if (pos >= first_recent) row = c.sink + (pos - c.sink) % c.recent;
-      else continue;
-      dst = ((int64_t)h * (c.sink + c.recent) + row) * d;
-      kd = c.k_ring, vd = c.v_ring;
-    }
+    if (!cache_rows(c, h, pos, pos0 + n, d, kd, vd)) continue;
     const int64_t src = (int64_t)r * kv_stride + (int64_t)h * d + ch * 8;
-    reinterpret_cast<uint4*>(kd + dst)[ch] = *reinterpret_cast<const uint4*>(k + src);
-    reinterpret_cast<uint4*>(vd + dst)[ch] = *reinterpret_cast<const uint4*>(v + src);
+    reinterpret_cast<uint4*>(kd)[ch] = *reinterpret_cast<const uint4*>(k + src);
+    reinterpret_cast<uint4*>(vd)[ch] = *reinterpret_cast<const uint4*>(v + src);
   }
 }
 
@@ -303,18 +376,23 @@ size_t decode_workspace_bytes(int n_heads, int head_dim, int max_splits) {
 }
 
 int decode_splits(const DecodeArgs& a) {
-  const int t = detail::choose_split_tokens(a);
-  return std::max(1, (a.n_past + t - 1) / t);
+  if (!a.pos_d && a.n_past <= 0) throw std::invalid_argument("decode_attention: n_past must be > 0");
+  int n = 1, t = 0;
+  detail::choose_splits(a, n, t);
+  return n;
 }
 
 void decode_attention(const DecodeArgs& a, cudaStream_t stream) {
-  if (a.n_past <= 0) throw std::invalid_argument("decode_attention: n_past must be > 0");
+  if (!a.pos_d && a.n_past <= 0) throw std::invalid_argument("decode_attention: n_past must be > 0");
+  if (a.pos_d && a.n_past < 0) throw std::invalid_argument("decode_attention: negative n_past bound");
   if (a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads != 0)
     throw std::invalid_argument("decode_attention: n_heads must be a multiple of n_kv_heads");
   detail::DecodeParams p;
   p.a = a;
-  p.split_tokens = detail::choose_split_tokens(a);
-  p.n_splits = std::max(1, (a.n_past + p.split_tokens - 1) / p.split_tokens);
+  p.n_retrieval = detail::retrieval_heads(a);
+  detail::choose_splits(a, p.n_splits, p.split_tokens);
+  if (p.n_splits > detail::kMaxMergeSplits)
+    throw std::invalid_argument("decode_attention: more than 2048 splits (raise split_tokens)");
   if (p.n_splits > 1) {
     if (!a.workspace || a.workspace_bytes < decode_workspace_bytes(a.n_heads, a.head_dim, p.n_splits))
       throw std::invalid_argument("decode_attention: workspace too small for the splits");
@@ -329,10 +407,10 @@ void decode_attention(const DecodeArgs& a, cudaStream_t stream) {
 }
 
 void kv_append(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0, int n_kv_heads, int head_dim,
-               const LayerKv& cache, cudaStream_t stream) {
+               const LayerKv& cache, cudaStream_t stream, const int32_t* pos_d) {
   if (n <= 0) return;
   if (head_dim % 8 != 0) throw std::invalid_argument("kv_append: head_dim must be a multiple of 8");
-  detail::append_kernel<<<n, 256, 0, stream>>>(k, v, kv_stride, n, pos0, n_kv_heads, head_dim, cache);
+  detail::append_kernel<<<n, 256, 0, stream>>>(k, v, kv_stride, n, pos0, n_kv_heads, head_dim, cache, pos_d);
   check_cuda(cudaGetLastError(), "kv_append launch");
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/swiglu.cuh"
 #include "backend/cuda/synthetic.h"
 
 namespace duo::cuda {
@@ -26,7 +27,7 @@ __global__ void swiglu_kernel(const float* gu, int64_t n, int F, bf16* out) {
   for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < count; idx += (int64_t)gridDim.x * blockDim.x) {
     const int64_t t = idx / F, i = idx % F;
     const float g = gu[t * 2 * F + i], u = gu[t * 2 * F + F + i];
-    out[idx] = __float2bfloat16(g / (1.0f + expf(-g)) * u);
+    out[idx] = swiglu_bf16(g, u);
   }
 }
 

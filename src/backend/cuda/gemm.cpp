@@ -1,8 +1,11 @@
 #include "backend/cuda/gemm.h"
 
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/kernels.h"
 #include "core/error.h"
 
 namespace duo::cuda {
@@ -11,7 +14,9 @@ namespace {
 constexpr size_t kWorkspaceBytes = 32ull << 20;  // what cuBLAS recommends for Hopper
 }
 
-Gemm::Gemm(cudaStream_t stream) {
+Gemm::Gemm(cudaStream_t stream) : stream_(stream) {
+  const char* env = std::getenv("DUO_GEMV");
+  gemv_ = !(env && !std::strcmp(env, "0"));
   DUO_CUDA_TRY(cublasCreate(&handle_));
   DUO_CUDA_TRY(cublasSetStream(handle_, stream));
   // An explicit workspace keeps cuBLAS from allocating its own (counted memory; capturable).
@@ -23,6 +28,10 @@ Gemm::Gemm(cudaStream_t stream) {
 
 Gemm::~Gemm() {
   if (handle_) cublasDestroy(handle_);
+}
+
+bool Gemm::uses_gemv(int64_t n, const bf16* W, int64_t cols, const bf16* X) const {
+  return n == 1 && gemv_ && gemv_bf16_supported(W, cols, X);
 }
 
 void Gemm::linear(const bf16* W, int64_t rows, int64_t cols, const bf16* X, int64_t ldx, int64_t n, float* Y,
@@ -39,6 +48,7 @@ void Gemm::linear(const bf16* W, int64_t rows, int64_t cols, const bf16* X, int6
   //   Y row-major [n][rows],    ld ldy   ==  column-major Y^T (rows x n),    ldc = ldy
   // and Y = X W^T  <=>  Y^T = W X^T: C (m = rows, n = n) = op(A) (rows x cols) * op(B) (cols x n)
   // with A = the W^T buffer transposed (CUBLAS_OP_T), B = the X^T buffer as is (CUBLAS_OP_N), k = cols.
+  if (uses_gemv(n, W, cols, X)) return gemv_bf16(W, rows, cols, X, Y, accumulate, stream_);
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   DUO_CUDA_TRY(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)n, (int)cols, &alpha, W, CUDA_R_16BF,
                             (int)cols, X, CUDA_R_16BF, (int)ldx, &beta, Y, CUDA_R_32F, (int)ldy, CUBLAS_COMPUTE_32F,

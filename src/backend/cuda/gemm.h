@@ -1,4 +1,6 @@
-// Linear layers on cuBLAS: bf16 weights and activations, fp32 accumulation and fp32 output.
+// Linear layers: bf16 weights and activations, fp32 accumulation and fp32 output. cuBLAS for
+// several tokens; one token (n = 1, decode) runs gemv_bf16 (kernels.h), which streams the weights
+// at the read bandwidth, unless DUO_GEMV=0 (cuBLAS for every shape, for comparison).
 #pragma once
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -22,9 +24,13 @@ class Gemm {
   // Y: fp32 [n][rows], rows ldy apart.
   void linear(const bf16* W, int64_t rows, int64_t cols, const bf16* X, int64_t ldx, int64_t n, float* Y,
               int64_t ldy, bool accumulate = false);
+  // Whether linear() takes the one-token GEMV path (gemv_bf16) for these operands.
+  bool uses_gemv(int64_t n, const bf16* W, int64_t cols, const bf16* X) const;
 
  private:
   cublasHandle_t handle_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  bool gemv_ = true;
   DeviceBuffer workspace_;
 };
 

@@ -1,5 +1,6 @@
 #include "backend/cuda/gpu_kv_cache.h"
 
+#include <atomic>
 #include <cstring>
 #include <limits>
 
@@ -16,6 +17,8 @@ int64_t pages_for(int64_t tokens) { return (tokens + kPageTokens - 1) / kPageTok
 
 GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max_tokens, cudaStream_t stream)
     : cfg_(cfg), plan_(plan), max_tokens_(max_tokens), stream_(stream) {
+  static std::atomic<uint64_t> next_id{1};
+  id_ = next_id++;
   n_layers_ = cfg.n_layers, n_kv_ = cfg.n_kv_heads, d_ = cfg.head_dim;
   rows_ = plan.window.sink + plan.window.recent;
   DUO_CHECK((int)plan.kinds.size() == n_layers_, "head plan has {} layers, the model {}", plan.kinds.size(),

@@ -32,6 +32,8 @@ class GpuKvCache {
   GpuKvCache& operator=(const GpuKvCache&) = delete;
 
   const HeadPlan& plan() const { return plan_; }
+  // Unique among the caches of this process (a captured decode graph belongs to one cache).
+  uint64_t id() const { return id_; }
   int64_t n_past() const { return n_past_; }
   void advance(int64_t n) { n_past_ += n; }
   int64_t max_tokens() const { return max_tokens_; }
@@ -75,6 +77,7 @@ class GpuKvCache {
   DeviceBuffer kinds_;              // [layer][kv head] uint8
   std::vector<LayerKv> views_;
 
+  uint64_t id_ = 0;
   int64_t pages_per_head_ = 0;  // pages every retrieval head has
   int64_t n_past_ = 0;
 };

@@ -1,12 +1,26 @@
 #include "backend/cuda/gpu_model.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
 #include "core/error.h"
 
 namespace duo::cuda {
+
+struct GpuModel::Act {
+  float* x;
+  bf16* xn;
+  float* qkv;
+  bf16 *q, *k, *v, *att;
+  float *o, *gu;
+  bf16* h;
+  float* logits;
+  void* ws;  // split-KV decode workspace (n = 1)
+  size_t ws_bytes;
+};
 
 GpuModel::GpuModel(std::unique_ptr<GpuWeights> weights) : w_(std::move(weights)) {
   // A blocking stream: it stays ordered with the legacy default stream, which the plain
@@ -15,10 +29,19 @@ GpuModel::GpuModel(std::unique_ptr<GpuWeights> weights) : w_(std::move(weights))
   gemm_ = std::make_unique<Gemm>(stream_);
   events_.resize(2 * (size_t)config().n_layers);
   for (auto& e : events_) DUO_CUDA_TRY(cudaEventCreate(&e));
+  const char* env = std::getenv("DUO_CUDA_GRAPH");
+  graphs_ = !(env && !std::strcmp(env, "0"));
+}
+
+void GpuModel::reset_graph() {
+  if (graph_) cudaGraphExecDestroy(graph_);
+  graph_ = nullptr;
+  graph_key_.clear();
 }
 
 GpuModel::~GpuModel() {
   if (stream_) (void)cudaStreamSynchronize(stream_);
+  reset_graph();
   for (auto e : events_) cudaEventDestroy(e);
   gemm_.reset();
   if (stream_) cudaStreamDestroy(stream_);
@@ -32,6 +55,7 @@ void GpuModel::release_scratch() {
   DUO_CUDA_TRY(cudaStreamSynchronize(stream_));
   for (ScratchBuffer* b : {&tokens_, &x_, &xn_, &qkv_, &q_, &k_, &v_, &att_, &o_, &gu_, &h_, &logits_, &decode_ws_})
     b->release();
+  reset_graph();  // it pointed into the released buffers
 }
 
 const int32_t* GpuModel::upload_tokens(const GpuKvCache& kv, const int32_t* tokens, int64_t n) {
@@ -42,8 +66,14 @@ const int32_t* GpuModel::upload_tokens(const GpuKvCache& kv, const int32_t* toke
   for (int64_t i = 0; i < n; ++i)
     DUO_CHECK(tokens[i] >= 0 && tokens[i] < c.n_vocab, "token id {} at index {} is outside the vocabulary (0..{})",
               tokens[i], i, c.n_vocab - 1);
-  int32_t* d = tokens_.ensure_n<int32_t>(n);
   // From pageable memory: returns once the ids are staged, after the stream's earlier work.
+  if (n == 1) {
+    const int32_t step[2] = {tokens[0], (int32_t)kv.n_past()};  // token id, position
+    int32_t* d = step_.ensure_n<int32_t>(2);
+    DUO_CUDA_TRY(cudaMemcpyAsync(d, step, sizeof(step), cudaMemcpyHostToDevice, stream_));
+    return d;
+  }
+  int32_t* d = tokens_.ensure_n<int32_t>(n);
   DUO_CUDA_TRY(cudaMemcpyAsync(d, tokens, sizeof(int32_t) * n, cudaMemcpyHostToDevice, stream_));
   return d;
 }
@@ -58,7 +88,10 @@ void GpuModel::forward(GpuKvCache& kv, const int32_t* tokens, int64_t n, int64_t
     const int m = (int)std::min(chunk, n - b);
     const bool last = b + m == n;
     const int rows = !logits ? 0 : all_logits ? m : last ? 1 : 0;
-    run_chunk(kv, ids + b, m, rows);
+    if (n == 1)
+      run_decode(kv, rows);
+    else
+      run_chunk(kv, ids + b, m, rows);
     if (rows > 0)
       DUO_CUDA_TRY(cudaMemcpyAsync(logits + (all_logits ? b * V : 0), logits_.ensure_n<float>(rows * V),
                                    sizeof(float) * rows * V, cudaMemcpyDeviceToHost, stream_));
@@ -72,9 +105,13 @@ int32_t GpuModel::forward_pick(GpuKvCache& kv, const int32_t* tokens, int64_t n,
   DUO_CHECK(chunk > 0, "chunk size must be positive");
   const int V = config().n_vocab;
   const int32_t* ids = upload_tokens(kv, tokens, n);
-  for (int64_t b = 0; b < n; b += chunk) {
-    const int m = (int)std::min(chunk, n - b);
-    run_chunk(kv, ids + b, m, b + m == n ? 1 : 0);
+  if (n == 1) {
+    run_decode(kv, 1);
+  } else {
+    for (int64_t b = 0; b < n; b += chunk) {
+      const int m = (int)std::min(chunk, n - b);
+      run_chunk(kv, ids + b, m, b + m == n ? 1 : 0);
+    }
   }
   int32_t* out = picked_.ensure_n<int32_t>(1);
   const float* lg = logits_.ensure_n<float>(V);
@@ -94,24 +131,95 @@ int32_t GpuModel::forward_pick(GpuKvCache& kv, const int32_t* tokens, int64_t n,
   return id;
 }
 
+GpuModel::Act GpuModel::activations(const GpuKvCache& kv, int n) {
+  const ModelConfig& c = config();
+  const int64_t E = c.n_embd, Q = (int64_t)c.n_heads * c.head_dim, KV = (int64_t)c.n_kv_heads * c.head_dim;
+  const int64_t QKV = Q + 2 * KV, F = c.n_ff;
+  Act a;
+  a.x = x_.ensure_n<float>(n * E);
+  a.xn = xn_.ensure_n<bf16>(n * E);
+  a.qkv = qkv_.ensure_n<float>(n * QKV);
+  a.q = q_.ensure_n<bf16>(n * Q);
+  a.k = k_.ensure_n<bf16>(n * KV);
+  a.v = v_.ensure_n<bf16>(n * KV);
+  a.att = att_.ensure_n<bf16>(n * Q);
+  a.o = o_.ensure_n<float>(n * E);
+  a.gu = gu_.ensure_n<float>(n * 2 * F);
+  a.h = h_.ensure_n<bf16>(n * F);
+  a.logits = logits_.ensure_n<float>(c.n_vocab);  // grown for more rows by enqueue_chunk's caller
+  a.ws = nullptr, a.ws_bytes = 0;
+  if (n == 1) {  // the largest split-KV workspace any layer needs, allocated before anything is queued
+    const int32_t* pos_d = step_.ensure_n<int32_t>(2) + 1;
+    for (int l = 0; l < c.n_layers; ++l) {
+      DecodeArgs da;
+      da.pos_d = pos_d;  // the decode (graph) form: split counts that do not depend on the position
+      da.n_past = (int)kv.max_tokens();  // ... only on the longest the sequence may get
+      da.n_heads = c.n_heads, da.n_kv_heads = c.n_kv_heads, da.head_dim = c.head_dim;
+      da.cache = kv.layer(l);
+      da.retrieval_kv_heads = kv.retrieval_heads(l);
+      a.ws_bytes = std::max(a.ws_bytes, decode_workspace_bytes(c.n_heads, c.head_dim, decode_splits(da)));
+    }
+    a.ws = decode_ws_.ensure(a.ws_bytes);
+  }
+  return a;
+}
+
 void GpuModel::run_chunk(GpuKvCache& kv, const int32_t* tokens_d, int n, int logits_rows) {
+  kv.reserve(kv.n_past() + (int64_t)n);  // pages for the chunk's positions, before any kernel runs
+  Act act = activations(kv, n);
+  if (logits_rows > 1) act.logits = logits_.ensure_n<float>((int64_t)logits_rows * config().n_vocab);
+  enqueue_chunk(kv, act, tokens_d, n, (int)kv.n_past(), nullptr, logits_rows);
+  kv.advance(n);
+}
+
+void GpuModel::run_decode(GpuKvCache& kv, int logits_rows) {
+  kv.reserve(kv.n_past() + 1);  // pages (and their page-table entries) before the step runs
+  const Act act = activations(kv, 1);
+  const int32_t* step = step_.ensure_n<int32_t>(2);  // [token id, position], staged by upload_tokens
+  if (!graphs_ || timing_) {
+    enqueue_chunk(kv, act, step, 1, -1, step + 1, logits_rows);
+    kv.advance(1);
+    return;
+  }
+  // Everything a captured step baked in: the cache (its views and page tables), the buffers,
+  // and whether it ends with the LM head. The position is read on the device.
+  auto as_key = [](uint64_t v) { return reinterpret_cast<const void*>(v); };
+  const std::vector<const void*> key = {as_key(kv.id()), as_key((uint64_t)logits_rows), as_key(act.ws_bytes),
+                                        step, act.x, act.xn, act.qkv, act.q, act.k, act.v, act.att, act.o, act.gu,
+                                        act.h, act.logits, act.ws};
+  if (!graph_ || key != graph_key_) {
+    reset_graph();
+    cudaGraph_t g = nullptr;
+    DUO_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    try {
+      enqueue_chunk(kv, act, step, 1, -1, step + 1, logits_rows);
+    } catch (...) {
+      (void)cudaStreamEndCapture(stream_, &g);
+      if (g) cudaGraphDestroy(g);
+      throw;
+    }
+    DUO_CUDA_TRY(cudaStreamEndCapture(stream_, &g));
+    const cudaError_t e = cudaGraphInstantiate(&graph_, g, 0);
+    cudaGraphDestroy(g);
+    DUO_CUDA_TRY(e);
+    graph_key_ = key;
+    ++captures_;
+  }
+  DUO_CUDA_TRY(cudaGraphLaunch(graph_, stream_));
+  kv.advance(1);
+}
+
+void GpuModel::enqueue_chunk(const GpuKvCache& kv, const Act& act, const int32_t* tokens_d, int n, int pos0,
+                             const int32_t* pos_d, int logits_rows) {
   const ModelConfig& c = config();
   const int64_t E = c.n_embd, D = c.head_dim, H = c.n_heads, HKV = c.n_kv_heads;
   const int64_t Q = H * D, KV = HKV * D, QKV = Q + 2 * KV, F = c.n_ff, V = c.n_vocab;
-  const int pos0 = (int)kv.n_past();
   const cudaStream_t s = stream_;
-  kv.reserve(pos0 + (int64_t)n);  // pages for the chunk's positions, before any kernel runs
-
-  float* x = x_.ensure_n<float>(n * E);
-  bf16* xn = xn_.ensure_n<bf16>(n * E);
-  float* qkv = qkv_.ensure_n<float>(n * QKV);
-  bf16* q = q_.ensure_n<bf16>(n * Q);
-  bf16* k = k_.ensure_n<bf16>(n * KV);
-  bf16* v = v_.ensure_n<bf16>(n * KV);
-  bf16* att = att_.ensure_n<bf16>(n * Q);
-  float* o = o_.ensure_n<float>(n * E);
-  float* gu = gu_.ensure_n<float>(n * 2 * F);
-  bf16* h = h_.ensure_n<bf16>(n * F);
+  float* x = act.x;
+  bf16* xn = act.xn;
+  float* qkv = act.qkv;
+  bf16 *q = act.q, *k = act.k, *v = act.v, *att = act.att, *h = act.h;
+  float *o = act.o, *gu = act.gu;
 
   embed_tokens(w_->tok_embd(), tokens_d, n, (int)E, x, s);
   rmsnorm(x, w_->layer(0).attn_norm, xn, n, (int)E, c.norm_eps, s);
@@ -125,22 +233,19 @@ void GpuModel::run_chunk(GpuKvCache& kv, const int32_t* tokens_d, int n, int log
     ra.n = n, ra.pos0 = pos0, ra.n_heads = (int)H, ra.n_kv_heads = (int)HKV, ra.head_dim = (int)D;
     ra.neox = c.rope_style == RopeStyle::Neox;
     ra.q = q, ra.k = k, ra.v = v;
+    ra.pos_d = pos_d;
+    // Decode: the token's K/V go straight into the cache (kv_append's job), then attention
+    // over positions [0, pos + 1).
+    ra.to_cache = pos_d != nullptr;
+    ra.cache = cache;
     qkv_bias_rope(ra, s);
-    if (n == 1) {
-      // Decode: store the token's K/V first, then attend over positions [0, pos0 + 1).
-      kv_append(k, v, KV, 1, pos0, (int)HKV, (int)D, cache, s);
+    if (pos_d) {
       DecodeArgs da;
-      da.q = q, da.out = att, da.n_past = pos0 + 1;
+      da.q = q, da.out = att, da.pos_d = pos_d, da.n_past = (int)kv.max_tokens();
       da.n_heads = (int)H, da.n_kv_heads = (int)HKV, da.head_dim = (int)D;
       da.cache = cache;
       da.retrieval_kv_heads = kv.retrieval_heads(l);
-      // Without retrieval heads every head reads only its sink + recent rows: one split.
-      if (da.retrieval_kv_heads == 0) da.split_tokens = std::max(64, pos0 + 1);
-      const int splits = decode_splits(da);
-      if (splits > 1) {
-        const size_t ws = decode_workspace_bytes((int)H, (int)D, splits);
-        da.workspace = decode_ws_.ensure(ws), da.workspace_bytes = ws;
-      }
+      da.workspace = act.ws, da.workspace_bytes = act.ws_bytes;
       if (timing_) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l], s));
       decode_attention(da, s);
       if (timing_) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l + 1], s));
@@ -151,6 +256,7 @@ void GpuModel::run_chunk(GpuKvCache& kv, const int32_t* tokens_d, int n, int log
       pa.q_stride = Q, pa.kv_stride = KV, pa.o_stride = Q;
       pa.n = n, pa.pos0 = pos0, pa.n_heads = (int)H, pa.n_kv_heads = (int)HKV, pa.head_dim = (int)D;
       pa.cache = cache;
+      if (cache.mode == HeadMode::Mixed) pa.retrieval_kv_heads = kv.retrieval_heads(l);
       if (timing_) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l], s));
       prefill_attention(pa, s);
       if (timing_) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l + 1], s));
@@ -159,8 +265,12 @@ void GpuModel::run_chunk(GpuKvCache& kv, const int32_t* tokens_d, int n, int log
     gemm_->linear(W.wo, E, Q, att, Q, n, o, E);
     // --- feed-forward block ---
     add_rmsnorm(x, o, W.ffn_norm, xn, n, (int)E, c.norm_eps, s);
-    gemm_->linear(W.wgu, 2 * F, E, xn, E, n, gu, 2 * F);
-    swiglu(gu, n, (int)F, h, s);
+    if (gemm_->uses_gemv(n, W.wgu, E, xn)) {
+      gemv_swiglu_bf16(W.wgu, F, E, xn, h, s);  // one token: SwiGLU in the projection's epilogue
+    } else {
+      gemm_->linear(W.wgu, 2 * F, E, xn, E, n, gu, 2 * F);
+      swiglu(gu, n, (int)F, h, s);
+    }
     gemm_->linear(W.wdown, E, F, h, F, n, o, E);
     // Residual add, then the next layer's attention norm (the output norm after the last).
     const float* next_norm = l + 1 < c.n_layers ? w_->layer(l + 1).attn_norm : w_->output_norm();
@@ -174,11 +284,9 @@ void GpuModel::run_chunk(GpuKvCache& kv, const int32_t* tokens_d, int n, int log
       }
     }
   }
-  kv.advance(n);
   if (logits_rows > 0) {
     // LM head over the last rows only (xn holds them normalised by output_norm).
-    float* lg = logits_.ensure_n<float>((int64_t)logits_rows * V);
-    gemm_->linear(w_->output(), V, E, xn + (int64_t)(n - logits_rows) * E, E, logits_rows, lg, V);
+    gemm_->linear(w_->output(), V, E, xn + (int64_t)(n - logits_rows) * E, E, logits_rows, act.logits, V);
   }
 }
 

@@ -2,6 +2,9 @@
 // Model::forward_chunk): fp32 residual stream, bf16 GEMM operands on cuBLAS, the attention
 // kernels of attention.cuh over a GpuKvCache. Everything of a forward is queued on one
 // stream; the host waits only where it needs a result (logits or a picked token).
+// A decode step (one token) reads its token id and position from device memory, so the whole
+// step (every layer and the LM head, ~11 kernels a layer) is captured once as a CUDA graph and
+// replayed: one launch a token instead of hundreds.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -46,11 +49,27 @@ class GpuModel {
   // Frees the activation buffers (they grow to the largest chunk seen).
   void release_scratch();
 
+  // Decode steps replay a CUDA graph (captured on first use, again when the cache or an
+  // activation buffer changed). Off: the same kernels are launched one by one (also whenever
+  // attention timing is on). Default on unless the environment sets DUO_CUDA_GRAPH=0.
+  void set_decode_graphs(bool on) { graphs_ = on; }
+  bool decode_graphs() const { return graphs_; }
+  int graph_captures() const { return captures_; }  // decode graphs captured so far
+
  private:
+  struct Act;  // the activation buffers of one chunk
   // One chunk of n tokens whose ids are at tokens_d (device); afterwards the logits of the
   // last `logits_rows` tokens (0, 1 or n) are in logits_.
   void run_chunk(GpuKvCache& kv, const int32_t* tokens_d, int n, int logits_rows);
+  // One token (n = 1) whose id and position are at step_ (device): eager or through the graph.
+  void run_decode(GpuKvCache& kv, int logits_rows);
+  Act activations(const GpuKvCache& kv, int n);
+  // Queues the kernels of a chunk. pos_d: the decode form (n = 1, position read on the device).
+  void enqueue_chunk(const GpuKvCache& kv, const Act& act, const int32_t* tokens_d, int n, int pos0,
+                     const int32_t* pos_d, int logits_rows);
+  // Checks and stages the ids: n > 1 into tokens_; one token, with its position, into step_.
   const int32_t* upload_tokens(const GpuKvCache& kv, const int32_t* tokens, int64_t n);
+  void reset_graph();
 
   std::unique_ptr<GpuWeights> w_;
   cudaStream_t stream_ = nullptr;
@@ -59,8 +78,13 @@ class GpuModel {
   ScratchBuffer tokens_{"token ids"}, x_{"the residual stream"}, xn_{"normalised activations"},
       qkv_{"QKV projections"}, q_{"queries"}, k_{"keys"}, v_{"values"}, att_{"attention output"},
       o_{"projection output"}, gu_{"gate/up projections"}, h_{"SwiGLU output"}, logits_{"logits"},
-      decode_ws_{"the split-KV decode workspace"}, picked_{"the picked token"};
+      decode_ws_{"the split-KV decode workspace"}, picked_{"the picked token"},
+      step_{"the decode step's token id and position"};
   bool timing_ = false;
+  bool graphs_ = true;
+  int captures_ = 0;
+  cudaGraphExec_t graph_ = nullptr;
+  std::vector<const void*> graph_key_;  // what the captured graph baked in (see run_decode)
   double attn_ms_ = 0.0;
   std::vector<cudaEvent_t> events_;  // [2 * layer]: before and after the layer's attention
 };

@@ -42,6 +42,11 @@ struct QkvRopeArgs {
   int n = 0, pos0 = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
   bool neox = false;
   bf16 *q = nullptr, *k = nullptr, *v = nullptr;
+  const int32_t* pos_d = nullptr;  // graph replay: when set, pos0 is read from this device int32
+  // Decode (n = 1, at most 128 KV heads): K and V go straight into `cache` at the token's
+  // position, as kv_append would store them after this call; k and v are then unused.
+  bool to_cache = false;
+  LayerKv cache;
 };
 void qkv_bias_rope(const QkvRopeArgs& a, cudaStream_t stream);
 
@@ -65,6 +70,18 @@ struct SampleArgs {
   double u = 0.0;
 };
 void sample_token(const float* logits, int n, const SampleArgs& a, int32_t* out, cudaStream_t stream);
+
+// y[r] = sum_c W[r][c] * x[c] (+ y[r] when accumulate) for r < rows: the linear layer of one
+// token (decode), a bandwidth-bound pass over W (bf16 [rows][cols] row-major; x bf16 [cols];
+// y fp32). Needs gemv_bf16_supported (cols % 8 == 0, cols <= 24576, 16-byte aligned W and x);
+// throws std::invalid_argument otherwise. Gemm::linear uses it for n = 1.
+bool gemv_bf16_supported(const bf16* W, int64_t cols, const bf16* x);
+void gemv_bf16(const bf16* W, int64_t rows, int64_t cols, const bf16* x, float* y, bool accumulate,
+               cudaStream_t stream);
+// The FFN input projection of one token with SwiGLU applied: Wgu holds 2F rows (gate rows, then
+// up rows, as GpuLayerWeights::wgu), h[i] = bf16(silu(gate_i . x) * (up_i . x)) for i < F, the
+// same bits as gemv_bf16 over the 2F rows followed by swiglu(). Same requirements as gemv_bf16.
+void gemv_swiglu_bf16(const bf16* Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h, cudaStream_t stream);
 
 // dst[i] = center + scale * hash_uniform(seed, i) (see synthetic.h): seeded weights made on the GPU.
 void fill_uniform(bf16* dst, int64_t count, uint64_t seed, float center, float scale, cudaStream_t stream);

@@ -287,7 +287,9 @@ PrefillKernel env_kernel() {
     if (!std::strcmp(e, "mma")) return PrefillKernel::Mma;
     if (!std::strcmp(e, "wgmma")) return PrefillKernel::Wgmma;
     if (!std::strcmp(e, "wgmma_serial")) return PrefillKernel::WgmmaSerial;
-    throw std::invalid_argument(std::string("DUO_PREFILL_KERNEL=") + e + ": expected mma, wgmma, wgmma_serial or auto");
+    if (!std::strcmp(e, "wgmma_pingpong")) return PrefillKernel::WgmmaPingPong;
+    throw std::invalid_argument(std::string("DUO_PREFILL_KERNEL=") + e +
+                                ": expected mma, wgmma, wgmma_serial, wgmma_pingpong or auto");
   }();
   return k;
 }
@@ -301,6 +303,7 @@ const char* prefill_kernel_name(PrefillKernel k) {
     case PrefillKernel::Mma: return "mma";
     case PrefillKernel::Wgmma: return "wgmma";
     case PrefillKernel::WgmmaSerial: return "wgmma_serial";
+    case PrefillKernel::WgmmaPingPong: return "wgmma_pingpong";
   }
   return "?";
 }
@@ -329,8 +332,11 @@ void prefill_attention(const PrefillArgs& a, cudaStream_t stream) {
     throw std::invalid_argument("prefill_attention: pos0 > 0 needs a paged cache");
   if (a.cache.mode != HeadMode::AllRetrieval && (a.cache.recent < 1 || a.cache.sink < 0))
     throw std::invalid_argument("prefill_attention: streaming window needs recent >= 1, sink >= 0");
+  if (a.retrieval_kv_heads != 0 && (a.cache.mode != HeadMode::Mixed || a.retrieval_kv_heads < 0 ||
+                                    a.retrieval_kv_heads >= a.n_kv_heads))
+    throw std::invalid_argument("prefill_attention: retrieval_kv_heads is for Mixed heads, in [1, n_kv_heads)");
   if (const PrefillKernel k = prefill_kernel_for(a); k != PrefillKernel::Mma)
-    return detail::prefill_sm90(a, k == PrefillKernel::Wgmma, stream);
+    return detail::prefill_sm90(a, k, stream);
   if (a.head_dim == 128) return detail::dispatch_mode<128>(a, stream);
   if (a.head_dim == 64) return detail::dispatch_mode<64>(a, stream);
   throw std::invalid_argument("prefill_attention: head_dim must be 64 or 128");

@@ -19,8 +19,14 @@
 //    m64n{D}k16 with V as an MN-major B operand: V is never transposed).
 //    Intra-warpgroup overlap (FA3): the S wgmma of tile t+1 is issued before the P V wgmma of
 //    tile t, so the tensor cores work through both while the warps run the softmax of tile t+1;
-//    O is rescaled once P V of tile t has completed. The serial variant (overlap = false) runs
-//    each tile start to end; it exists to localise pipelining bugs and to measure the overlap.
+//    O is rescaled between the two issues. The serial schedule runs each tile start to end (it
+//    localises pipelining bugs and measures the overlap); the ping-pong schedule adds FA3's
+//    inter-warpgroup turns (the two consumer warpgroups issue their GEMMs alternately).
+//    Only tiles that cross the mask's edge pay for masking (a separate copy of the softmax).
+//  - Rows are gathered by the producer with one address computation a tile when the tile lies
+//    wholly in the chunk or in one cache page, row by row otherwise (ring rows, tile edges).
+//  - Block order: longest query blocks first; with Mixed heads and the retrieval count given,
+//    all retrieval heads' blocks before any streaming head's (heavy first, light ones fill in).
 // Shared memory layouts and descriptors are documented in sm90_ptx.cuh (128-byte swizzle,
 // tiles stored as 64-column halves). Key tiles are visited as the mask policy says (common.cuh),
 // exactly as in prefill.cu: a causal block visits [0, qmax / BN], a Λ block its sink tiles and the
@@ -30,6 +36,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/common.cuh"
@@ -41,6 +48,12 @@ namespace {
 
 constexpr int kBM = 128, kBN = 128;  // query rows a CTA, keys a tile
 constexpr int kStages = 2;           // depth of the K and V rings
+// How the consumer warpgroups schedule their wgmma: each tile start to end (serial), S of tile
+// t + 1 issued before the softmax of tile t (overlap, FA3's intra-warpgroup pipelining), and
+// overlap plus ping-pong: the two consumer warpgroups take turns issuing their GEMMs (named
+// barriers), so one's softmax runs while the other's GEMMs occupy the tensor cores.
+enum Sched : int { kSerial = 0, kOverlap = 1, kPingPong = 2 };
+constexpr int kSchedBar = 3;  // named barriers 3 and 4 (0: __syncthreads, 1-2: per-warpgroup syncs)
 constexpr int kWg = 128;             // threads a warpgroup
 constexpr int kThreads = 3 * kWg;
 // __launch_bounds__(384, 1) gives every thread 168 registers at launch; the producer returns
@@ -51,6 +64,7 @@ static_assert(kProducerRegs * kWg + 2 * kConsumerRegs * kWg == 168 * kThreads, "
 constexpr int kRowBytes = 128;                   // a swizzled row: 64 bf16
 constexpr int kHalfBytes = 128 * kRowBytes;      // one 64-column half of a 128-row tile
 static_assert(kBM == 128 && kBN == 128, "Q, K and V tiles share the 128-row half layout");
+static_assert(kPageTokens % kBN == 0, "a key tile lies within one cache page");
 
 template <int D>
 struct SmemLayout {
@@ -104,12 +118,38 @@ __device__ __forceinline__ void produce(const PrefillArgs& a, int kvh, const Til
       return (value ? cache.v_pages : cache.k_pages) + ((int64_t)page * kPageTokens + j % kPageTokens) * D;
     }
   };
+  // Rows r0 + p * kRowsPerPass of a tile land at dst + chunk_off(r0, c) + p * (kRowsPerPass * 128)
+  // (kRowsPerPass is a multiple of 8, so the swizzle phase r % 8 is the same for every pass).
+  const uint32_t dst_off = chunk_off(r0, c);
+  constexpr uint32_t kPassBytes = kRowsPerPass * kRowBytes;
   auto load = [&](int k0, uint32_t dst, bool value) {
+    dst += dst_off;
+    // Fast paths, one address computation a tile: the tile lies wholly in the chunk (one
+    // strided run of rows), or wholly in one cache page (tiles are 128-aligned, pages 256 rows).
+    if (k0 >= a.pos0 && k0 + kBN <= kv_len) {
+      const bf16* src = (value ? a.v : a.k) + (int64_t)(k0 - a.pos0 + r0) * a.kv_stride + (int64_t)kvh * D + c * 8;
+      const int64_t step = (int64_t)kRowsPerPass * a.kv_stride;
+#pragma unroll
+      for (int p = 0; p < kBN / kRowsPerPass; ++p) sm90::cp_async16(dst + p * kPassBytes, src + p * step, 16);
+      return;
+    }
+    if constexpr (!kStreaming) {
+      if (k0 + kBN <= a.pos0) {
+        const int64_t page = cache.page_table[kvh * cache.max_pages + k0 / kPageTokens];
+        const bf16* src =
+            (value ? cache.v_pages : cache.k_pages) + (page * kPageTokens + k0 % kPageTokens + r0) * D + c * 8;
+#pragma unroll
+        for (int p = 0; p < kBN / kRowsPerPass; ++p)
+          sm90::cp_async16(dst + p * kPassBytes, src + p * kRowsPerPass * D, 16);
+        return;
+      }
+    }
+    // General: row by row (tiles that straddle pos0 or the end of the keys, sink + ring rows).
 #pragma unroll 4
     for (int p = 0; p < kBN / kRowsPerPass; ++p) {
-      const int r = r0 + p * kRowsPerPass, j = k0 + r;
+      const int j = k0 + r0 + p * kRowsPerPass;
       const bool in = j < kv_len;
-      sm90::cp_async16(dst + chunk_off(r, c), in ? row(j, value) + c * 8 : a.k, in ? 16 : 0);
+      sm90::cp_async16(dst + p * kPassBytes, in ? row(j, value) + c * 8 : a.k, in ? 16 : 0);
     }
   };
   for (int t = 0; t < tiles.count; ++t) {
@@ -131,7 +171,7 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 }
 
 // Warpgroups 1 and 2: attention of query rows [64 cw, 64 cw + 64) of the block.
-template <int D, class Mask, bool kOverlap>
+template <int D, class Mask, int kSched>
 __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, int h, int q0, const TileList& tiles,
                                         unsigned char* smem, uint32_t sbase, const Barriers& bar) {
   sm90::setmaxnreg_inc<kConsumerRegs>();
@@ -177,6 +217,7 @@ __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, 
   const int row = 64 * cw + 16 * warp + lane / 4;              // block row of this thread's first row (+8: second)
   const int i0 = a.pos0 + q0 + row;
   const int wq_min = a.pos0 + q0 + 64 * cw, wq_max = wq_min + 63;
+  constexpr bool kLambda = std::is_same_v<Mask, SinkRecentMask>;
 
   auto issue_s = [&](int stage) {
     sm90::fence_operands(s);
@@ -203,41 +244,63 @@ __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, 
   // Online softmax of the tile at k0 held in s: masks, updates m (raw scores) and l, leaves P
   // (fp32) in s and the factor O must be scaled by in alpha. Scores stay unscaled until the
   // exponent, p = 2^(s * scale - max * scale), one FFMA + one MUFU.EX2 an element.
-  auto softmax = [&](int k0, float (&alpha)[2]) {
-    const bool full = mask.tile_full(wq_min, wq_max, k0, k0 + kBN) && k0 + kBN <= kv_len;
+  // Only tiles that cross the mask's edge or the end of the keys are masked (kMasked): the
+  // per-element tests are a separate copy of the code behind a warp-uniform branch, because
+  // when they shared the loop the compiler predicated them onto every tile (5 integer
+  // instructions an element, the largest cost in the profile). Row maxima and sums are
+  // reduced in 4 independent chains (a 32-deep FMNMX/FADD chain was latency-bound).
+  auto softmax = [&](int k0, float(&alpha)[2], auto masked) {
+    constexpr bool kMasked = decltype(masked)::value;
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-      const int i = i0 + 8 * hr;
-      float mx = m[hr];
+      if constexpr (kMasked) {
+        // Element (nb, e) of this row is key j = base + c with c = 8 nb + e (a constant).
+        const int i = i0 + 8 * hr, base = k0 + 2 * (lane % 4);
+        const int hi = min(i, kv_len - 1) - base;  // causal and end of keys: c <= hi
+#pragma unroll
+        for (int nb = 0; nb < kBN / 8; ++nb)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int c = 8 * nb + e;
+            bool vis = c <= hi;
+            if constexpr (kLambda) vis = vis && (c < mask.sink - base || c > i - mask.recent - base);
+            if (!vis) s[4 * nb + 2 * hr + e] = -INFINITY;
+          }
+      }
+      float mx4[4] = {m[hr], -INFINITY, -INFINITY, -INFINITY};
 #pragma unroll
       for (int nb = 0; nb < kBN / 8; ++nb)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = s[4 * nb + 2 * hr + e];
-          if (!full) {
-            const int j = k0 + 8 * nb + 2 * (lane % 4) + e;
-            if (j >= kv_len || !mask.visible(i, j)) v = -INFINITY;
-          }
-          mx = fmaxf(mx, v);
-        }
+        mx4[nb % 4] = fmaxf(mx4[nb % 4], fmaxf(s[4 * nb + 2 * hr], s[4 * nb + 2 * hr + 1]));
+      float mx = fmaxf(fmaxf(mx4[0], mx4[1]), fmaxf(mx4[2], mx4[3]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float mref = mx == -INFINITY ? 0.0f : mx * scale;  // nothing visible yet: P = 0, not NaN
       alpha[hr] = sm90::ex2(fmaf(m[hr], scale, -mref));       // m = -inf: 0
       m[hr] = mx;
-      float rs = 0.0f;
+      float rs4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
       for (int nb = 0; nb < kBN / 8; ++nb)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& v = s[4 * nb + 2 * hr + e];
           v = sm90::ex2(fmaf(v, scale, -mref));
-          rs += v;
+          rs4[nb % 4] += v;
         }
-      l[hr] = l[hr] * alpha[hr] + rs;
+      l[hr] = l[hr] * alpha[hr] + ((rs4[0] + rs4[1]) + (rs4[2] + rs4[3]));
     }
   };
+  // Whether the tile at k0 needs masking (uniform over the warpgroup).
+  auto tile_masked = [&](int k0) { return !(mask.tile_full(wq_min, wq_max, k0, k0 + kBN) && k0 + kBN <= kv_len); };
+  auto softmax_tile = [&](int k0, float(&alpha)[2]) {
+    if (tile_masked(k0))
+      softmax(k0, alpha, std::true_type{});
+    else
+      softmax(k0, alpha, std::false_type{});
+  };
   auto rescale_o = [&](const float (&alpha)[2]) {
+    // Once the row maxima settle (most tiles of a long row), alpha is 1 for every row of the
+    // warp: skip the 64 multiplies (warp-uniform branch; O is not in flight here).
+    if (__all_sync(0xffffffffu, alpha[0] == 1.0f && alpha[1] == 1.0f)) return;
 #pragma unroll
     for (int db = 0; db < kONb; ++db)
 #pragma unroll
@@ -258,33 +321,58 @@ __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, 
 
   if (tiles.count > 0) {
     float alpha[2];
-    if constexpr (kOverlap) {
+    if constexpr (kSched != kSerial) {
+      // FA3's order: O is rescaled by alpha(t-1) between the S(t) and the P V(t-1) issues (O
+      // is not in flight there), so after P V(t-1) completes only the bf16 packing of P(t)
+      // stands between it and the next S issue.
+      // Ping-pong: every GEMM-issue phase (S(0); S(t) + P V(t-1); the last P V) starts with a
+      // wait on this warpgroup's scheduler barrier and ends with an arrive on the other's, so
+      // the two warpgroups issue in turns, warpgroup 0 first (warpgroup 1 pre-arrives once).
+      // Both walk the same tiles, so each does count + 1 phases; warpgroup 1 skips the arrive
+      // after its last phase, which leaves every barrier generation matched when they finish.
+      auto phase_begin = [&] {
+        if constexpr (kSched == kPingPong) sm90::named_bar_sync(kSchedBar + cw, 2 * kWg);
+      };
+      auto phase_end = [&](bool last) {
+        if constexpr (kSched == kPingPong)
+          if (!(last && cw == 1)) sm90::named_bar_arrive(kSchedBar + (1 - cw), 2 * kWg);
+      };
+      if constexpr (kSched == kPingPong)
+        if (cw == 1) sm90::named_bar_arrive(kSchedBar, 2 * kWg);
       wait_full(bar.k_full, 0);
+      phase_begin();
       issue_s(0);
+      phase_end(false);
       sm90::wgmma_wait<0>();
       sm90::fence_operands(s);
       sm90::mbar_arrive(&bar.k_empty[0]);
-      softmax(tiles[0] * kBN, alpha);  // O is still zero: nothing to rescale
+      softmax_tile(tiles[0] * kBN, alpha);  // alpha = 0 (m was -inf): O stays 0
       s_to_p();
       for (int t = 1; t < tiles.count; ++t) {
         wait_full(bar.k_full, t);
+        phase_begin();
         issue_s(t % kStages);  // S(t) = Q K(t)^T ...
+        rescale_o(alpha);
         wait_full(bar.v_full, t - 1);
-        issue_pv((t - 1) % kStages);  // ... while O += P(t-1) V(t-1)
+        issue_pv((t - 1) % kStages);  // ... then O += P(t-1) V(t-1)
+        phase_end(false);
         sm90::wgmma_wait<1>();        // S(t) done (groups complete in order)
         sm90::fence_operands(s);
         sm90::mbar_arrive(&bar.k_empty[t % kStages]);
-        softmax(tiles[t] * kBN, alpha);  // overlaps P V(t-1)
+        softmax_tile(tiles[t] * kBN, alpha);  // overlaps P V(t-1)
+        sm90::fence_operands(s);  // the softmax is complete before the wait below
         sm90::wgmma_wait<0>();
         sm90::fence_operands(o);
         sm90::fence_operands(p);  // P(t-1) stays untouched until its wgmma is complete
-        sm90::mbar_arrive(&bar.v_empty[(t - 1) % kStages]);
-        rescale_o(alpha);
         s_to_p();
+        sm90::mbar_arrive(&bar.v_empty[(t - 1) % kStages]);
       }
       const int last = tiles.count - 1;
+      rescale_o(alpha);
       wait_full(bar.v_full, last);
+      phase_begin();
       issue_pv(last % kStages);
+      phase_end(true);
       sm90::wgmma_wait<0>();
       sm90::fence_operands(o);
       sm90::fence_operands(p);
@@ -296,7 +384,7 @@ __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, 
         sm90::wgmma_wait<0>();
         sm90::fence_operands(s);
         sm90::mbar_arrive(&bar.k_empty[t % kStages]);
-        softmax(tiles[t] * kBN, alpha);
+        softmax_tile(tiles[t] * kBN, alpha);
         rescale_o(alpha);
         s_to_p();
         wait_full(bar.v_full, t);
@@ -338,7 +426,7 @@ __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, 
   }
 }
 
-template <int D, class Mask, bool kStreaming, bool kOverlap>
+template <int D, class Mask, bool kStreaming, int kSched>
 __device__ __forceinline__ void run_block(const PrefillArgs& a, const Mask& mask, int h, int kvh, int q0,
                                           unsigned char* smem, const Barriers& bar) {
   using L = SmemLayout<D>;
@@ -348,10 +436,10 @@ __device__ __forceinline__ void run_block(const PrefillArgs& a, const Mask& mask
   if (threadIdx.x < kWg)
     produce<D, kStreaming>(a, kvh, tiles, sbase + L::kK, sbase + L::kV, bar);
   else
-    consume<D, Mask, kOverlap>(a, mask, h, q0, tiles, smem, sbase, bar);
+    consume<D, Mask, kSched>(a, mask, h, q0, tiles, smem, sbase, bar);
 }
 
-template <int D, int kMode, bool kOverlap>
+template <int D, int kMode, int kSched>
 __global__ void __launch_bounds__(kThreads, 1) prefill_sm90_kernel(const PrefillArgs a) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = SmemLayout<D>;
@@ -370,40 +458,60 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_sm90_kernel(const Prefill
     sm90::fence_mbarrier_init();
   }
   __syncthreads();
-  const int h = blockIdx.x, kvh = h / (a.n_heads / a.n_kv_heads);
-  const int q0 = (gridDim.y - 1 - blockIdx.y) * kBM;  // longest (latest) query blocks first
+  // Which query head and block: longest (latest) query blocks first; with Mixed heads and the
+  // retrieval count given, all retrieval heads' blocks before any streaming head's (CTAs are
+  // dispatched roughly in linear block order, x fastest).
+  int h = blockIdx.x, q0 = (gridDim.y - 1 - blockIdx.y) * kBM;
+  if (kMode == (int)HeadMode::Mixed && a.retrieval_kv_heads > 0) {
+    const int G = a.n_heads / a.n_kv_heads, rq = a.retrieval_kv_heads * G, sq = a.n_heads - rq;
+    const int id = blockIdx.y * gridDim.x + blockIdx.x, heavy = rq * gridDim.y;
+    const int kind = id < heavy ? 0 : 1, j = id < heavy ? id : id - heavy, per = id < heavy ? rq : sq;
+    const int r = j % per;
+    h = nth_kv_head(a.cache.kinds, a.n_kv_heads, r / G, kind) * G + r % G;
+    q0 = (gridDim.y - 1 - j / per) * kBM;
+  }
+  const int kvh = h / (a.n_heads / a.n_kv_heads);
   const bool streaming = kMode == (int)HeadMode::AllStreaming || (kMode == (int)HeadMode::Mixed && a.cache.kinds[kvh] != 0);
   if (streaming)
-    run_block<D, SinkRecentMask, true, kOverlap>(a, SinkRecentMask{a.cache.sink, a.cache.recent}, h, kvh, q0, smem, bar);
+    run_block<D, SinkRecentMask, true, kSched>(a, SinkRecentMask{a.cache.sink, a.cache.recent}, h, kvh, q0, smem, bar);
   else
-    run_block<D, CausalMask, false, kOverlap>(a, CausalMask{}, h, kvh, q0, smem, bar);
+    run_block<D, CausalMask, false, kSched>(a, CausalMask{}, h, kvh, q0, smem, bar);
 #else
   (void)a;
   __trap();  // built without sm_90a code; the host never launches this (prefill_sm90_unsupported)
 #endif
 }
 
-template <int D, int kMode, bool kOverlap>
+template <int D, int kMode, int kSched>
 void launch(const PrefillArgs& a, cudaStream_t stream) {
   constexpr int smem = SmemLayout<D>::kAlloc;
   static bool configured = false;  // attribute set once a process per instantiation
   if (!configured) {
-    check_cuda(cudaFuncSetAttribute(prefill_sm90_kernel<D, kMode, kOverlap>,
+    check_cuda(cudaFuncSetAttribute(prefill_sm90_kernel<D, kMode, kSched>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
                "prefill_sm90 smem attribute");
     configured = true;
   }
   const dim3 grid(a.n_heads, (a.n + kBM - 1) / kBM);
-  prefill_sm90_kernel<D, kMode, kOverlap><<<grid, kThreads, smem, stream>>>(a);
+  prefill_sm90_kernel<D, kMode, kSched><<<grid, kThreads, smem, stream>>>(a);
   check_cuda(cudaGetLastError(), "prefill_sm90 launch");
 }
 
-template <int D, bool kOverlap>
+template <int D, int kSched>
 void dispatch_mode(const PrefillArgs& a, cudaStream_t stream) {
   switch (a.cache.mode) {
-    case HeadMode::AllRetrieval: return launch<D, 0, kOverlap>(a, stream);
-    case HeadMode::AllStreaming: return launch<D, 1, kOverlap>(a, stream);
-    case HeadMode::Mixed: return launch<D, 2, kOverlap>(a, stream);
+    case HeadMode::AllRetrieval: return launch<D, 0, kSched>(a, stream);
+    case HeadMode::AllStreaming: return launch<D, 1, kSched>(a, stream);
+    case HeadMode::Mixed: return launch<D, 2, kSched>(a, stream);
+  }
+}
+
+template <int D>
+void dispatch_sched(const PrefillArgs& a, PrefillKernel k, cudaStream_t stream) {
+  switch (k) {
+    case PrefillKernel::WgmmaSerial: return dispatch_mode<D, kSerial>(a, stream);
+    case PrefillKernel::WgmmaPingPong: return dispatch_mode<D, kPingPong>(a, stream);
+    default: return dispatch_mode<D, kOverlap>(a, stream);
   }
 }
 
@@ -451,11 +559,11 @@ const char* prefill_sm90_unsupported(const PrefillArgs& a) {
   return nullptr;
 }
 
-void prefill_sm90(const PrefillArgs& a, bool overlap, cudaStream_t stream) {
+void prefill_sm90(const PrefillArgs& a, PrefillKernel kernel, cudaStream_t stream) {
   if (const char* why = prefill_sm90_unsupported(a))
     throw std::invalid_argument(std::string("prefill_attention (wgmma): ") + why);
-  if (a.head_dim == 128) return overlap ? dispatch_mode<128, true>(a, stream) : dispatch_mode<128, false>(a, stream);
-  return overlap ? dispatch_mode<64, true>(a, stream) : dispatch_mode<64, false>(a, stream);
+  if (a.head_dim == 128) return dispatch_sched<128>(a, kernel, stream);
+  return dispatch_sched<64>(a, kernel, stream);
 }
 
 }  // namespace duo::cuda::detail

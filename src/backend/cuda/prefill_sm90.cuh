@@ -14,8 +14,10 @@ bool prefill_sm90_built();
 // 128, and 16-byte aligned rows (pointers and token strides) for its 16-byte cp.async loads.
 const char* prefill_sm90_unsupported(const PrefillArgs& a);
 
-// Launches the wgmma kernel. `overlap`: issue the S = Q K^T wgmma of the next key tile before the
-// softmax of the current one (FA3's intra-warpgroup overlap); false runs each tile start to end.
-void prefill_sm90(const PrefillArgs& a, bool overlap, cudaStream_t stream);
+// Launches the wgmma kernel in the schedule `kernel` names: Wgmma (the S = Q K^T wgmma of the
+// next key tile issued before the softmax of the current one, FA3's intra-warpgroup overlap),
+// WgmmaPingPong (that, plus the two consumer warpgroups issuing their GEMMs in turns) or
+// WgmmaSerial (each tile start to end).
+void prefill_sm90(const PrefillArgs& a, PrefillKernel kernel, cudaStream_t stream);
 
 }  // namespace duo::cuda::detail

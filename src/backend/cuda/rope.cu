@@ -1,7 +1,9 @@
 // QKV post-processing after the fused QKV GEMM: bias, RoPE on Q and K, bf16 conversion.
-// One CTA a token; a thread rotates one (a, b) pair of one head, as rope() in cpu/ops.cpp.
+// One CTA a token; a thread rotates one (a, b) pair of one head, as rope() in cpu/ops.cpp. In
+// the decode step K and V are written straight into the KV cache (no separate kv_append).
 #include <stdexcept>
 
+#include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
 
 namespace duo::cuda {
@@ -10,11 +12,21 @@ namespace {
 
 constexpr int kRopeThreads = 256;
 
+constexpr int kMaxCacheHeads = 128;  // to_cache: rows looked up once a KV head, in shared memory
+
 __global__ void __launch_bounds__(kRopeThreads) qkv_rope_kernel(const QkvRopeArgs a) {
   const int t = blockIdx.x, D = a.head_dim, half = D / 2;
   const int64_t Q = (int64_t)a.n_heads * D, KV = (int64_t)a.n_kv_heads * D;
   const float* row = a.qkv + (int64_t)t * a.ld;
-  const float pos = (float)(a.pos0 + t);  // exact for positions < 2^24
+  const int pos0 = a.pos_d ? *a.pos_d : a.pos0;
+  const float pos = (float)(pos0 + t);  // exact for positions < 2^24
+  __shared__ bf16* k_row[kMaxCacheHeads];
+  __shared__ bf16* v_row[kMaxCacheHeads];
+  if (a.to_cache) {  // where each KV head keeps this position (nullptr: nowhere, never for n = 1)
+    for (int h = threadIdx.x; h < a.n_kv_heads; h += kRopeThreads)
+      if (!cache_rows(a.cache, h, pos0 + t, pos0 + a.n, D, k_row[h], v_row[h])) k_row[h] = v_row[h] = nullptr;
+    __syncthreads();
+  }
   const int pairs = (a.n_heads + a.n_kv_heads) * half;
   for (int idx = threadIdx.x; idx < pairs; idx += kRopeThreads) {
     const int head = idx / half, i = idx % half;
@@ -25,7 +37,8 @@ __global__ void __launch_bounds__(kRopeThreads) qkv_rope_kernel(const QkvRopeArg
       dst = a.q + (int64_t)t * Q + src;
     } else {
       src = Q + (int64_t)(head - a.n_heads) * D;
-      dst = a.k + (int64_t)t * KV + (src - Q);
+      dst = a.to_cache ? k_row[head - a.n_heads] : a.k + (int64_t)t * KV + (src - Q);
+      if (!dst) continue;
     }
     const int ia = a.neox ? i : 2 * i, ib = a.neox ? i + half : 2 * i + 1;
     float x0 = row[src + ia], x1 = row[src + ib];
@@ -38,7 +51,9 @@ __global__ void __launch_bounds__(kRopeThreads) qkv_rope_kernel(const QkvRopeArg
   for (int64_t j = threadIdx.x; j < KV; j += kRopeThreads) {
     float x = row[Q + KV + j];
     if (a.bias) x += a.bias[Q + KV + j];
-    a.v[(int64_t)t * KV + j] = __float2bfloat16(x);
+    bf16* dst = a.to_cache ? v_row[j / D] : a.v + (int64_t)t * KV;
+    if (!dst) continue;
+    dst[a.to_cache ? j % D : j] = __float2bfloat16(x);
   }
 }
 
@@ -49,6 +64,8 @@ void qkv_bias_rope(const QkvRopeArgs& a, cudaStream_t stream) {
   if (a.n <= 0) return;
   if (a.head_dim % 2 != 0 || a.n_heads <= 0 || a.n_kv_heads <= 0)
     throw std::invalid_argument("qkv_bias_rope: bad head shape");
+  if (a.to_cache && (a.n != 1 || a.n_kv_heads > detail::kMaxCacheHeads))
+    throw std::invalid_argument("qkv_bias_rope: writing to the cache takes one token and at most 128 KV heads");
   detail::qkv_rope_kernel<<<a.n, detail::kRopeThreads, 0, stream>>>(a);
   check_cuda(cudaGetLastError(), "qkv_bias_rope launch");
 }

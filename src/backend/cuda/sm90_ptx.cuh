@@ -185,6 +185,11 @@ __device__ __forceinline__ void setmaxnreg_dec() {
 __device__ __forceinline__ void named_bar_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// bar.arrive: counts this warp's threads towards the barrier's `threads` without waiting (the
+// producer side of a named-barrier handshake; the other side waits with bar.sync).
+__device__ __forceinline__ void named_bar_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 
 // ---- ex2.approx (Floating-Point Instructions): 2^x on the SFU (ex2.approx.ftz(-inf) = +0) -------
 __device__ __forceinline__ float ex2(float x) {
