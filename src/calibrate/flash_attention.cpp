@@ -9,6 +9,11 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define DUO_FLASH_AVX2 1
+#endif
+
 namespace duo {
 
 using calib_detail::exp_inplace_t;
@@ -60,6 +65,71 @@ void transpose_block(const T* rows, int64_t stride, int bk, int d, T* kt) {
     for (int c = bk; c < B; ++c) kt[dd * B + c] = T(0);
 }
 
+// The two products every block step is made of (the float versions keep their accumulators
+// in registers):
+//   row_dot_block:   out[0..B) = x[0..d) . bt[0..d)[0..B)         (scores, dP rows)
+//   accumulate_rows: out[0..d) += sum_j coef[j * cs] * rows[j][0..d)  (P V, dV, dK, dQ)
+// Zero coefficients (masked entries) are skipped: they contribute exactly nothing.
+template <typename T>
+void row_dot_block(const T* x, const T* bt, int d, T* out) {
+  for (int c = 0; c < B; ++c) out[c] = T(0);
+  for (int dd = 0; dd < d; ++dd) {
+    const T xv = x[dd];
+    const T* br = bt + dd * B;
+    for (int c = 0; c < B; ++c) out[c] += xv * br[c];
+  }
+}
+
+template <typename T>
+void accumulate_rows(T* out, const T* coef, int64_t cs, const T* rows, int64_t ld, int m, int d) {
+  for (int j = 0; j < m; ++j) {
+    const T cj = coef[j * cs];
+    if (cj == T(0)) continue;
+    const T* r = rows + j * ld;
+    for (int dd = 0; dd < d; ++dd) out[dd] += cj * r[dd];
+  }
+}
+
+#ifdef DUO_FLASH_AVX2
+static_assert(B == 64, "the AVX2 row kernels hold a 64-wide row in 8 registers");
+template <>
+void row_dot_block<float>(const float* x, const float* bt, int d, float* out) {
+  __m256 acc[8];
+  for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+  for (int dd = 0; dd < d; ++dd) {
+    const __m256 xv = _mm256_broadcast_ss(x + dd);
+    const float* br = bt + dd * B;
+    for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(br + 8 * j), acc[j]);
+  }
+  for (int j = 0; j < 8; ++j) _mm256_storeu_ps(out + 8 * j, acc[j]);
+}
+
+template <>
+void accumulate_rows<float>(float* out, const float* coef, int64_t cs, const float* rows, int64_t ld, int m, int d) {
+  if (d % 8 != 0) {  // not a whole number of vectors: the plain loop
+    for (int j = 0; j < m; ++j) {
+      const float cj = coef[j * cs];
+      if (cj == 0.0f) continue;
+      for (int dd = 0; dd < d; ++dd) out[dd] += cj * rows[j * ld + dd];
+    }
+    return;
+  }
+  for (int c0 = 0; c0 < d; c0 += 64) {
+    const int w = std::min(64, d - c0) / 8;
+    __m256 acc[8];
+    for (int i = 0; i < w; ++i) acc[i] = _mm256_loadu_ps(out + c0 + 8 * i);
+    for (int j = 0; j < m; ++j) {
+      const float cj = coef[j * cs];
+      if (cj == 0.0f) continue;
+      const __m256 cv = _mm256_set1_ps(cj);
+      const float* r = rows + j * ld + c0;
+      for (int i = 0; i < w; ++i) acc[i] = _mm256_fmadd_ps(cv, _mm256_loadu_ps(r + 8 * i), acc[i]);
+    }
+    for (int i = 0; i < w; ++i) _mm256_storeu_ps(out + c0 + 8 * i, acc[i]);
+  }
+}
+#endif
+
 // s[r][c] = scale * q_r . key_c over a B-wide row, then the mask (and c >= bk) as -inf.
 template <typename T, typename Mask>
 void block_scores(const T* q, int64_t ldq, int bq, const T* kt, int bk, int d, T scale, const Mask& mask, int64_t i0,
@@ -67,13 +137,7 @@ void block_scores(const T* q, int64_t ldq, int bq, const T* kt, int bk, int d, T
   const bool full = mask.all(i0, i0 + bq, j0, j0 + bk);
   for (int r = 0; r < bq; ++r) {
     T* sr = s + r * B;
-    for (int c = 0; c < B; ++c) sr[c] = T(0);
-    const T* qr = q + r * ldq;
-    for (int dd = 0; dd < d; ++dd) {
-      const T x = qr[dd];
-      const T* kr = kt + dd * B;
-      for (int c = 0; c < B; ++c) sr[c] += x * kr[c];
-    }
+    row_dot_block(q + r * ldq, kt, d, sr);
     for (int c = 0; c < B; ++c) sr[c] *= scale;
     for (int c = bk; c < B; ++c) sr[c] = neg_inf<T>();
     if (!full)
@@ -92,14 +156,7 @@ void block_probs_and_ds(T* s, T* p, const T* lse, const T* delta, const T* dout,
     T* pr = p + r * B;
     for (int c = 0; c < B; ++c) pr[c] = sr[c] - lse[r];
     exp_inplace_t(pr, B);
-    // dP row, reusing s.
-    for (int c = 0; c < B; ++c) sr[c] = T(0);
-    const T* gr = dout + r * ldo;
-    for (int dd = 0; dd < d; ++dd) {
-      const T x = gr[dd];
-      const T* vr = vt + dd * B;
-      for (int c = 0; c < B; ++c) sr[c] += x * vr[c];
-    }
+    row_dot_block(dout + r * ldo, vt, d, sr);  // dP row, reusing s
     for (int c = 0; c < B; ++c) sr[c] = pr[c] * (sr[c] - delta[r]);
   }
 }
@@ -116,9 +173,9 @@ void forward_impl(const T* q, const T* k, const T* v, T* o, T* lse, const Attent
   pool.parallel_for_dynamic(H * nb, 1, [&](int64_t tb, int64_t te, int) {
     Scratch<T>& sc = scratch<T>(D);
     for (int64_t task = tb; task < te; ++task) {
-      const int h = (int)(task / nb), hk = h / G;
-      // Diagonal blocks first in the task order is irrelevant; query blocks run independently.
-      const int64_t i0 = (task % nb) * B;
+      // Later query blocks see more keys: hand them out first.
+      const int h = (int)(task % H), hk = h / G;
+      const int64_t i0 = (nb - 1 - task / H) * B;
       const int bq = (int)std::min<int64_t>(B, n - i0);
       const T* qb = q + i0 * ldq + (int64_t)h * D;
       T m[B], l[B];
@@ -144,13 +201,9 @@ void forward_impl(const T* q, const T* k, const T* v, T* o, T* lse, const Attent
           l[r] = l[r] * alpha + sum;
           m[r] = mx;
           T* ar = sc.acc.data() + r * D;
-          for (int dd = 0; dd < D; ++dd) ar[dd] *= alpha;
-          for (int c = 0; c < bk; ++c) {
-            const T pc = sr[c];
-            if (pc == T(0)) continue;
-            const T* vr = vb + c * ldk;
-            for (int dd = 0; dd < D; ++dd) ar[dd] += pc * vr[dd];
-          }
+          if (alpha != T(1))
+            for (int dd = 0; dd < D; ++dd) ar[dd] *= alpha;
+          accumulate_rows(ar, sr, 1, vb, ldk, bk, D);
         }
       }
       for (int r = 0; r < bq; ++r) {
@@ -191,8 +244,8 @@ void backward_impl(const T* q, const T* k, const T* v, const T* o, const T* lse,
   pool.parallel_for_dynamic(HKV * nb, 1, [&](int64_t tb, int64_t te, int) {
     Scratch<T>& sc = scratch<T>(D);
     for (int64_t task = tb; task < te; ++task) {
-      const int hk = (int)(task / nb);
-      const int64_t j0 = (task % nb) * B;
+      const int hk = (int)(task % HKV);
+      const int64_t j0 = (task / HKV) * B;  // earlier key blocks are seen by more queries: first
       const int bk = (int)std::min<int64_t>(B, n - j0);
       const T* kb = k + j0 * ldk + (int64_t)hk * D;
       const T* vb = v + j0 * ldk + (int64_t)hk * D;
@@ -212,19 +265,10 @@ void backward_impl(const T* q, const T* k, const T* v, const T* o, const T* lse,
           block_scores(qb, ldq, bq, sc.kt.data(), bk, D, scale, mask, i0, j0, sc.s.data());
           block_probs_and_ds(sc.s.data(), sc.p.data(), lse + (int64_t)h * n + i0, delta.data() + (int64_t)h * n + i0,
                              gb, ldq, bq, sc.vt.data(), D);
-          for (int r = 0; r < bq; ++r) {
-            const T* pr = sc.p.data() + r * B;
-            const T* dsr = sc.s.data() + r * B;
-            const T* gr = gb + r * ldq;
-            const T* qr = qb + r * ldq;
-            for (int c = 0; c < bk; ++c) {
-              const T pc = pr[c], dsc = dsr[c];
-              if (pc == T(0)) continue;  // masked (or underflowed): contributes nothing
-              T* dvr = dva + c * D;
-              T* dkr = dka + c * D;
-              for (int dd = 0; dd < D; ++dd) dvr[dd] += pc * gr[dd];
-              for (int dd = 0; dd < D; ++dd) dkr[dd] += dsc * qr[dd];
-            }
+          // dV_c += sum_r P[r][c] dO_r ; dK_c += sum_r dS[r][c] q_r (dS is 0 where P is).
+          for (int c = 0; c < bk; ++c) {
+            accumulate_rows(dva + c * D, sc.p.data() + c, B, gb, ldq, bq, D);
+            accumulate_rows(dka + c * D, sc.s.data() + c, B, qb, ldq, bq, D);
           }
         }
       }
@@ -246,8 +290,8 @@ void backward_impl(const T* q, const T* k, const T* v, const T* o, const T* lse,
   pool.parallel_for_dynamic(H * nb, 1, [&](int64_t tb, int64_t te, int) {
     Scratch<T>& sc = scratch<T>(D);
     for (int64_t task = tb; task < te; ++task) {
-      const int h = (int)(task / nb), hk = h / G;
-      const int64_t i0 = (task % nb) * B;
+      const int h = (int)(task % H), hk = h / G;
+      const int64_t i0 = (nb - 1 - task / H) * B;  // longest first
       const int bq = (int)std::min<int64_t>(B, n - i0);
       const T* qb = q + i0 * ldq + (int64_t)h * D;
       const T* gb = d_o + i0 * ldq + (int64_t)h * D;
@@ -263,17 +307,7 @@ void backward_impl(const T* q, const T* k, const T* v, const T* o, const T* lse,
         block_scores(qb, ldq, bq, sc.kt.data(), bk, D, scale, mask, i0, j0, sc.s.data());
         block_probs_and_ds(sc.s.data(), sc.p.data(), lse + (int64_t)h * n + i0, delta.data() + (int64_t)h * n + i0, gb,
                            ldq, bq, sc.vt.data(), D);
-        for (int r = 0; r < bq; ++r) {
-          const T* dsr = sc.s.data() + r * B;
-          const T* pr = sc.p.data() + r * B;
-          T* ar = dqa + r * D;
-          for (int c = 0; c < bk; ++c) {
-            if (pr[c] == T(0)) continue;
-            const T dsc = dsr[c];
-            const T* kr = kb + c * ldk;
-            for (int dd = 0; dd < D; ++dd) ar[dd] += dsc * kr[dd];
-          }
-        }
+        for (int r = 0; r < bq; ++r) accumulate_rows(dqa + r * D, sc.s.data() + r * B, 1, kb, ldk, bk, D);
       }
       for (int r = 0; r < bq; ++r) {
         T* dqr = dq + (i0 + r) * ldq + (int64_t)h * D;

@@ -83,7 +83,8 @@ const std::vector<std::string>& PasskeyGenerator::alphabet() {
 }
 
 void PasskeyDataConfig::validate() const {
-  DUO_CHECK(min_len >= 1 && max_len >= min_len, "sample lengths: need 1 <= min ({}) <= max ({})", min_len, max_len);
+  DUO_CHECK(min_len >= 0 && max_len >= std::max<int64_t>(1, min_len), "sample lengths: need min ({}) <= max ({})",
+            min_len, max_len);
   DUO_CHECK(length_intervals >= 1, "length intervals must be >= 1 (got {})", length_intervals);
   DUO_CHECK(n_passkeys >= 1 && n_passkeys <= kMaxPasskeys, "passkeys per sample must be in 1..{} (got {})",
             kMaxPasskeys, n_passkeys);
@@ -107,7 +108,14 @@ PasskeyGenerator::PasskeyGenerator(const Tokenizer& tok, const ChatTemplate* tmp
   }
   std::string key = longest;
   for (int i = 1; i < cfg_.passkey_words; ++i) key += " " + longest;
-  const int64_t fixed = fixed_tokens(std::vector<std::string>((size_t)cfg_.n_passkeys, key));
+  const int64_t fixed = max_fixed_ = fixed_tokens(std::vector<std::string>((size_t)cfg_.n_passkeys, key));
+  if (cfg_.min_len == 0) {
+    cfg_.min_len = fixed + PasskeyDataConfig::kAutoHaystack;
+    DUO_CHECK(cfg_.min_len <= cfg_.max_len,
+              "{} passkeys of {} words with {} tokens of haystack need samples of {} tokens, more than the maximum "
+              "length {}; use fewer/shorter passkeys or a longer maximum",
+              cfg_.n_passkeys, cfg_.passkey_words, PasskeyDataConfig::kAutoHaystack, cfg_.min_len, cfg_.max_len);
+  }
   DUO_CHECK(cfg_.min_len >= fixed + kMinHaystack,
             "minimum sample length {} is too short for {} passkeys of {} words: the question, answers and "
             "passkeys alone can take {} tokens; use a minimum length of at least {} or fewer/shorter passkeys",

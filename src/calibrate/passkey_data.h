@@ -22,12 +22,16 @@ namespace duo {
 class Tokenizer;
 
 struct PasskeyDataConfig {
-  int64_t min_len = 1000, max_len = 32000;  // total tokens of a sample
+  // Total tokens of a sample. min_len 0: kAutoHaystack tokens of haystack plus what the
+  // passkeys, questions and answers can take (the reference's minimum context of 1000 counts
+  // the haystack only), resolved by the generator.
+  int64_t min_len = 0, max_len = 32000;
   int length_intervals = 50;                // lengths drawn from this many evenly spaced values
   int n_passkeys = 10;
   int passkey_words = 32;                   // words per passkey
   double min_depth = 0.05, max_depth = 0.95;
   int depth_intervals = 20;                 // distinct depths drawn from this many evenly spaced values
+  static constexpr int64_t kAutoHaystack = 1000;
   void validate() const;
 };
 
@@ -60,10 +64,12 @@ class PasskeyGenerator : public SampleSource {
   // depths (ascending, in [0, 1]); errors when the length leaves no room for the haystack.
   PasskeySample build(int64_t length, const std::vector<std::string>& passkeys, const std::vector<double>& depths,
                       uint64_t haystack_seed) const;
-  // Tokens a sample needs besides its haystack (for these passkey lengths, roughly).
+  // Tokens a sample needs besides its haystack, for these passkeys.
   int64_t fixed_tokens(const std::vector<std::string>& passkeys) const;
+  // ... and at most, for passkeys made of the word that takes the most tokens.
+  int64_t max_fixed_tokens() const { return max_fixed_; }
 
-  const PasskeyDataConfig& config() const { return cfg_; }
+  const PasskeyDataConfig& config() const { return cfg_; }  // min_len resolved
   static const std::vector<std::string>& alphabet();  // "alpha" ... "zulu"
 
  private:
@@ -71,6 +77,7 @@ class PasskeyGenerator : public SampleSource {
   bool chat_ = false;
   ChatTemplate tmpl_;
   PasskeyDataConfig cfg_;
+  int64_t max_fixed_ = 0;
 };
 
 // Uniform integer in [0, n) and uniform double in [0, 1) from the raw generator output

@@ -130,6 +130,42 @@ TEST(CalibAttention, LambdaKeysOutsideTheWindowGetNoGradient) {
   }
 }
 
+// The float kernels (vectorized rows) against the double ones, for head dims that are one,
+// two and no whole number of 64-wide chunks.
+TEST(CalibAttention, FloatKernelsMatchDouble) {
+  ThreadPool pool(2);
+  std::mt19937_64 rng(15);
+  for (int D : {8, 12, 64, 128})
+    for (const auto mask : {AttentionMask::causal(), AttentionMask::lambda(3, 50)}) {
+      SCOPED_TRACE("head dim " + std::to_string(D) + (mask.kind == AttentionMask::Kind::Causal ? " causal" : " lambda"));
+      const AttentionDims d{150, 4, 2, D};
+      const size_t nq = d.n * d.n_heads * D, nk = d.n * d.n_kv_heads * D, nl = d.n * d.n_heads;
+      auto q = random_vector(nq, rng), k = random_vector(nk, rng), v = random_vector(nk, rng);
+      auto d_o = random_vector(nq, rng);
+      std::vector<double> o(nq), lse(nl), dq(nq), dk(nk), dv(nk);
+      flash_attention_forward<double>(q.data(), k.data(), v.data(), o.data(), lse.data(), d, mask, pool);
+      flash_attention_backward<double>(q.data(), k.data(), v.data(), o.data(), lse.data(), d_o.data(), dq.data(),
+                                       dk.data(), dv.data(), false, d, mask, pool);
+      auto f = [](const std::vector<double>& x) { return std::vector<float>(x.begin(), x.end()); };
+      auto qf = f(q), kf = f(k), vf = f(v), gf = f(d_o);
+      std::vector<float> of(nq), lf(nl), dqf(nq), dkf(nk), dvf(nk);
+      flash_attention_forward<float>(qf.data(), kf.data(), vf.data(), of.data(), lf.data(), d, mask, pool);
+      flash_attention_backward<float>(qf.data(), kf.data(), vf.data(), of.data(), lf.data(), gf.data(), dqf.data(),
+                                      dkf.data(), dvf.data(), false, d, mask, pool);
+      auto close = [](const std::vector<float>& a, const std::vector<double>& b, const char* what) {
+        double scale = 0, err = 0;
+        for (size_t i = 0; i < b.size(); ++i) scale = std::max(scale, std::fabs(b[i]));
+        for (size_t i = 0; i < b.size(); ++i) err = std::max(err, std::fabs(a[i] - b[i]));
+        EXPECT_LT(err, 2e-5 * std::max(1.0, scale)) << what << " (max |value| " << scale << ")";
+      };
+      close(of, o, "o");
+      close(lf, lse, "lse");
+      close(dqf, dq, "dq");
+      close(dkf, dk, "dk");
+      close(dvf, dv, "dv");
+    }
+}
+
 TEST(CalibAttention, ThreadCountDoesNotChangeResults) {
   ThreadPool p1(1), p3(3);
   std::mt19937_64 rng(14);

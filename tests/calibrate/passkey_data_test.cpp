@@ -143,6 +143,24 @@ TEST(CalibPasskeyData, RejectsLengthsWithoutRoomForTheHaystack) {
   EXPECT_THROW(c.validate(), Error);
 }
 
+TEST(CalibPasskeyData, AutomaticMinimumLengthLeavesAThousandTokensOfHaystack) {
+  DUO_REQUIRE_MODEL(path, test::kSmolLM2);
+  auto g = GgufFile::open(path);
+  auto tok = Tokenizer::from_gguf(*g);
+  const ChatTemplate tmpl = ChatTemplate::from_gguf(*g);
+  PasskeyDataConfig c;  // reference settings: 10 passkeys of 32 words, min_len 0 (auto)
+  c.max_len = 8000;
+  PasskeyGenerator gen(*tok, &tmpl, c);
+  EXPECT_EQ(gen.config().min_len, gen.max_fixed_tokens() + 1000);
+  EXPECT_GT(gen.max_fixed_tokens(), 10 * 2 * 32);  // each passkey twice, at least a token a word
+  std::mt19937_64 rng(3);
+  const PasskeySample s = gen.build(gen.config().min_len, std::vector<std::string>(10, "alpha bravo"),
+                                    {0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9}, 1);
+  EXPECT_EQ((int64_t)s.tokens.size(), gen.config().min_len);
+  c.max_len = 2000;  // cannot hold 1000 tokens of haystack besides the passkeys
+  EXPECT_THROW(PasskeyGenerator(*tok, &tmpl, c), Error);
+}
+
 TEST(CalibPasskeyData, UniformHelpersAreInRangeAndUnbiased) {
   std::mt19937_64 rng(1);
   std::vector<int> counts(7, 0);

@@ -14,6 +14,7 @@ void add_bench(CLI::App& app);
 void add_demo(CLI::App& app);
 void add_eval(CLI::App& app);
 void add_pattern(CLI::App& app);
+void add_calibrate(CLI::App& app);
 
 // Options shared by the commands that load a model.
 struct ModelOptions {
