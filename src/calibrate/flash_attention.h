@@ -6,8 +6,8 @@
 // Two mask policies, the two attention kinds of DuoAttention:
 //   Causal  key j visible to query i iff j <= i                               (retrieval heads)
 //   Lambda  iff j <= i and (j < sink or j > i - recent)   (streaming heads: sinks + recent window)
-// They are small policy types with a per-element test and two block tests, so the kernels are
-// written once (and a CUDA twin can reuse the same policies).
+// They are small policy types (calibrate/attention_mask.h) with a per-element test and two block
+// tests, so the kernels are written once (and a CUDA twin includes the same policies).
 //
 // Backward schedule (deterministic, no atomics): pass 1 runs one task per (KV head, key block)
 // and accumulates dK, dV over every visible query block of the group's query heads; pass 2 runs
@@ -15,38 +15,11 @@
 #pragma once
 #include <cstdint>
 
+#include "calibrate/attention_mask.h"
+
 namespace duo {
 
 class ThreadPool;
-
-struct CausalMask {
-  bool visible(int64_t i, int64_t j) const { return j <= i; }
-  // Some / every (i, j) with i in [i0, i1), j in [j0, j1) visible (ranges non-empty).
-  bool any(int64_t, int64_t i1, int64_t j0, int64_t) const { return j0 <= i1 - 1; }
-  bool all(int64_t i0, int64_t, int64_t, int64_t j1) const { return j1 - 1 <= i0; }
-};
-
-struct LambdaMask {
-  int64_t sink = 128, recent = 256;
-  bool visible(int64_t i, int64_t j) const { return j <= i && (j < sink || j > i - recent); }
-  bool any(int64_t i0, int64_t i1, int64_t j0, int64_t j1) const {
-    return j0 <= i1 - 1 && (j0 < sink || j1 - 1 > i0 - recent);
-  }
-  // Causal everywhere, and the invisible gap [sink, i - recent] of the last row (the widest
-  // gap) misses the key range.
-  bool all(int64_t i0, int64_t i1, int64_t j0, int64_t j1) const {
-    const int64_t gap0 = sink, gap1 = i1 - 1 - recent;
-    return j1 - 1 <= i0 && (gap0 > gap1 || j1 - 1 < gap0 || j0 > gap1);
-  }
-};
-
-// A mask chosen at run time.
-struct AttentionMask {
-  enum class Kind { Causal, Lambda } kind = Kind::Causal;
-  int64_t sink = 0, recent = 0;
-  static AttentionMask causal() { return {}; }
-  static AttentionMask lambda(int64_t sink, int64_t recent) { return {Kind::Lambda, sink, recent}; }
-};
 
 // Shapes: q and o are n x (n_heads * head_dim), k and v are n x (n_kv_heads * head_dim),
 // query head h uses KV head h / (n_heads / n_kv_heads); positions are 0 .. n-1.
