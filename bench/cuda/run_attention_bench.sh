@@ -14,9 +14,16 @@ python3 - "$tmp/ours.json" "$tmp/torch.json" <<'PY'
 import json, sys
 ours, ref = (json.load(open(p)) for p in sys.argv[1:3])
 print("ours / PyTorch SDPA (higher is better for us)")
-for k in sorted(ours):
+for k in sorted(ours, key=lambda s: (len(s), s)):
     if k.startswith("prefill_causal") and k.endswith("_tflops") and k in ref:
-        print(f"  {k[:-7]:28s} {ours[k]:7.1f} vs {ref[k]:7.1f} TFLOP/s  ratio {ours[k] / ref[k]:.2f}x")
+        L = k[len("prefill_causal_"):-len("_tflops")]
+        for kern in ("mma", "wgmma", "wgmma_serial"):
+            kk = f"prefill_causal_{L}_{kern}_tflops"
+            if kk in ours:
+                print(f"  {'prefill_causal_' + L + ' ' + kern:28s} {ours[kk]:7.1f} vs {ref[k]:7.1f} TFLOP/s  ratio {ours[kk] / ref[k]:.2f}x")
+for k in sorted(ours):
+    if k.endswith("_maxdiff_vs_mma"):
+        print(f"  {k:44s} {ours[k]:.3g}{'  MISMATCH' if ours[k] > 2e-2 else ''}")
 for k in sorted(ours, key=lambda s: (len(s), s)):
     if k.startswith("decode_full") and k.endswith("_us") and k in ref:
         g = k[:-3] + "_gbs"

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/backend.h"
 #include "kv/head_policy.h"
 #include "sample/sampler.h"
 
@@ -35,6 +36,7 @@ struct EngineOptions {
   int64_t max_context = 0;    // 0: the model's training context
   HeadPlan plan;              // head kinds for duo mode (window is taken from `window`)
   std::string pattern_origin = "head pattern";  // where `plan` came from, for error messages
+  Device device = Device::Cpu;  // where the forward runs (the CPU model is loaded either way)
 };
 
 struct GenerationStats {
@@ -58,6 +60,7 @@ class Engine {
   ~Engine();
   const EngineOptions& options() const { return opts_; }
   Model& model() { return *model_; }
+  ModelBackend& backend() { return *backend_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   ThreadPool& pool() { return *pool_; }
   const HeadPlan& plan() const { return plan_; }
@@ -70,6 +73,7 @@ class Engine {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ThreadPool> pool_;
   HeadPlan plan_;
+  std::unique_ptr<ModelBackend> backend_;
 };
 
 // Called with each generated token and its text (complete UTF-8 characters only; may be
@@ -81,7 +85,8 @@ class Session {
   explicit Session(Engine& engine);
   ~Session();
   int64_t n_past() const;
-  KvCache& cache() { return *cache_; }
+  SequenceState& state() { return *state_; }
+  KvCache& cache();  // the CPU KV cache (fails for a sequence on another device)
   // Appends tokens to the sequence; returns the logits of the last one (n_vocab floats).
   const std::vector<float>& feed(const std::vector<int32_t>& tokens);
   // Feeds the prompt, then samples up to max_tokens tokens, stopping at an end-of-generation
@@ -92,8 +97,9 @@ class Session {
 
  private:
   Engine& engine_;
-  std::unique_ptr<KvCache> cache_;
+  std::unique_ptr<SequenceState> state_;
   std::vector<float> logits_;
+  int32_t pick(const std::vector<int32_t>& tokens, Sampler& sampler);
 };
 
 }  // namespace duo

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "engine/cpu_backend.h"
 #include "engine/utf8_stream.h"
 #include "io/gguf.h"
 #include "io/head_pattern.h"
@@ -47,6 +48,8 @@ Engine::Engine(const EngineOptions& opts) : opts_(opts) {
       plan_ = model_->reorder_heads(plan_);
       break;
   }
+  // The CUDA backend copies the (reordered) weights to the GPU once, here.
+  backend_ = opts.device == Device::Cuda ? make_cuda_backend(*model_) : make_cpu_backend(*model_, *pool_);
 }
 
 Engine::~Engine() = default;
@@ -57,23 +60,42 @@ int64_t Engine::max_context() const {
 
 std::unique_ptr<Session> Engine::new_session() { return std::make_unique<Session>(*this); }
 
-Session::Session(Engine& engine) : engine_(engine), cache_(engine.model().new_cache(engine.plan())) {}
+namespace {
+void check_room(const SequenceState& s, const std::vector<int32_t>& tokens, int64_t limit) {
+  DUO_CHECK(!tokens.empty(), "nothing to feed: the token list is empty");
+  DUO_CHECK(s.n_past() + (int64_t)tokens.size() <= limit,
+            "sequence of {} tokens exceeds the context limit of {} tokens ({} already in the cache)",
+            s.n_past() + (int64_t)tokens.size(), limit, s.n_past());
+}
+}  // namespace
+
+Session::Session(Engine& engine)
+    : engine_(engine), state_(engine.backend().new_sequence(engine.plan(), engine.max_context())) {}
 Session::~Session() = default;
 
-int64_t Session::n_past() const { return cache_->n_past(); }
+int64_t Session::n_past() const { return state_->n_past(); }
 
-void Session::reset() { cache_->clear(); }
+KvCache& Session::cache() {
+  KvCache* c = cpu_cache(*state_);
+  DUO_CHECK(c != nullptr, "the KV cache of this session lives on device '{}', not in host memory",
+            to_string(engine_.backend().device()));
+  return *c;
+}
+
+void Session::reset() { state_->clear(); }
 
 const std::vector<float>& Session::feed(const std::vector<int32_t>& tokens) {
-  DUO_CHECK(!tokens.empty(), "nothing to feed: the token list is empty");
-  const int64_t limit = engine_.max_context();
-  DUO_CHECK(cache_->n_past() + (int64_t)tokens.size() <= limit,
-            "sequence of {} tokens exceeds the context limit of {} tokens ({} already in the cache)",
-            cache_->n_past() + (int64_t)tokens.size(), limit, cache_->n_past());
+  check_room(*state_, tokens, engine_.max_context());
   logits_.resize(engine_.model().config().n_vocab);
-  engine_.model().forward(*cache_, tokens.data(), (int64_t)tokens.size(), logits_.data(), engine_.pool(), false,
-                          engine_.options().chunk);
+  engine_.backend().forward(*state_, tokens.data(), (int64_t)tokens.size(), logits_.data(), engine_.options().chunk);
   return logits_;
+}
+
+// Feeds tokens and picks the next one (on the device for CUDA: no logits copied to the host).
+int32_t Session::pick(const std::vector<int32_t>& tokens, Sampler& sampler) {
+  check_room(*state_, tokens, engine_.max_context());
+  return engine_.backend().forward_pick(*state_, tokens.data(), (int64_t)tokens.size(), engine_.options().chunk,
+                                        sampler);
 }
 
 GenerationStats Session::generate(const std::vector<int32_t>& prompt, int max_tokens, Sampler& sampler,
@@ -82,29 +104,31 @@ GenerationStats Session::generate(const std::vector<int32_t>& prompt, int max_to
   GenerationStats st;
   st.prompt_tokens = (int64_t)prompt.size();
   const Tokenizer& tok = engine_.tokenizer();
-  const int n_vocab = engine_.model().config().n_vocab;
   auto t0 = clock::now();
-  feed(prompt);
+  int32_t id = -1;
+  if (max_tokens > 0)
+    id = pick(prompt, sampler);
+  else
+    feed(prompt);
   st.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
   Utf8Stream utf8;
   t0 = clock::now();
   for (int i = 0; i < max_tokens; ++i) {
-    const int32_t id = sampler.sample(logits_.data(), n_vocab);
     if (tok.is_eog(id)) {
       st.stopped_by_eog = true;
       break;
     }
     ++st.generated_tokens;
     const bool go_on = on_token(id, utf8.push(tok.token_to_piece(id)));
-    if (!go_on || i + 1 == max_tokens || cache_->n_past() >= engine_.max_context()) break;
-    feed({id});
+    if (!go_on || i + 1 == max_tokens || state_->n_past() >= engine_.max_context()) break;
+    id = pick({id}, sampler);
   }
   st.decode_seconds = std::chrono::duration<double>(clock::now() - t0).count();
   const std::string tail = utf8.flush();
   if (!tail.empty()) on_token(-1, tail);
-  st.kv_bytes = cache_->bytes();
-  st.kv_bytes_retrieval = cache_->bytes(HeadKind::Retrieval);
-  st.kv_bytes_streaming = cache_->bytes(HeadKind::Streaming);
+  st.kv_bytes = state_->kv_bytes();
+  st.kv_bytes_retrieval = state_->kv_bytes(HeadKind::Retrieval);
+  st.kv_bytes_streaming = state_->kv_bytes(HeadKind::Streaming);
   return st;
 }
 

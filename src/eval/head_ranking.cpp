@@ -66,6 +66,7 @@ class NeedleMassObserver : public AttentionObserver {
 GateMatrix rank_heads_by_needle_mass(Engine& engine, const HeadRankingOptions& o,
                                      const std::function<void(size_t, size_t)>& progress) {
   DUO_CHECK(engine.options().attention == AttentionMode::Full, "head ranking must run with full attention");
+  DUO_CHECK(engine.options().device == Device::Cpu, "head ranking observes attention on the CPU: use --device cpu");
   const ModelConfig& c = engine.model().config();
   std::vector<double> mass((size_t)c.n_layers * c.n_kv_heads, 0.0);
   const ChatTemplate tmpl = ChatTemplate::from_gguf(engine.model().gguf());

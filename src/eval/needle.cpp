@@ -223,7 +223,9 @@ void write_needle_svg(const std::vector<NeedleResult>& rs, const std::string& ti
   std::sort(lengths.begin(), lengths.end());
   std::sort(depths.begin(), depths.end());
   const int cw = 70, ch = 34, left = 90, top = 60;
-  const int W = left + cw * (int)lengths.size() + 30, H = top + ch * (int)depths.size() + 70;
+  // Wide enough for the title too (about 0.55 em a character at 16 px).
+  const int title_w = (int)(title.size() + 20) * 9 + 20;
+  const int W = std::max(left + cw * (int)lengths.size() + 30, title_w), H = top + ch * (int)depths.size() + 70;
   auto f = open_out(path);
   f << fmt::format("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\">\n", W, H);
   f << fmt::format("<rect width=\"{}\" height=\"{}\" fill=\"white\"/>\n", W, H);

@@ -72,9 +72,16 @@ void HeadCache::segments(int64_t n_past, std::vector<KvSegment>& out) const {
   }
 }
 
+size_t HeadCache::bytes_for(HeadKind kind, int head_dim, StreamingWindow w, int64_t n_past) {
+  if (kind == HeadKind::Retrieval) {
+    const size_t pages = (size_t)((std::max<int64_t>(n_past, 0) + kPageTokens - 1) / kPageTokens);
+    return pages * 2 * sizeof(float) * kPageTokens * head_dim;
+  }
+  return 2 * sizeof(float) * (size_t)(w.sink + w.recent) * head_dim;
+}
+
 size_t HeadCache::bytes() const {
-  if (kind_ == HeadKind::Retrieval) return k_pages_.size() * 2 * sizeof(float) * kPageTokens * d_;
-  return 2 * sizeof(float) * (size_t)(w_.sink + w_.recent) * d_;
+  return bytes_for(kind_, d_, w_, (int64_t)k_pages_.size() * kPageTokens);
 }
 
 KvCache::KvCache(int n_layers, int n_kv_heads, int head_dim, HeadPlan plan)
@@ -100,6 +107,16 @@ size_t KvCache::bytes(HeadKind kind) const {
   for (const auto& h : heads_)
     if (h.kind() == kind) b += h.bytes();
   return b;
+}
+
+size_t KvCache::bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past, HeadKind kind) {
+  size_t heads = 0;
+  for (const auto& layer : plan.kinds) heads += (size_t)std::count(layer.begin(), layer.end(), kind);
+  return heads * HeadCache::bytes_for(kind, head_dim, plan.window, n_past);
+}
+
+size_t KvCache::bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past) {
+  return bytes_for(plan, head_dim, n_past, HeadKind::Retrieval) + bytes_for(plan, head_dim, n_past, HeadKind::Streaming);
 }
 
 void KvCache::clear() {

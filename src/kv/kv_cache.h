@@ -35,6 +35,10 @@ class HeadCache {
   void segments(int64_t n_past, std::vector<KvSegment>& out) const;
   // Bytes allocated for keys and values.
   size_t bytes() const;
+  // Bytes a head of this kind holds once its sequence has n_past positions: retrieval heads
+  // grow a page at a time, streaming heads are constant. bytes() follows this formula, so
+  // admission control can price a sequence exactly before running it.
+  static size_t bytes_for(HeadKind kind, int head_dim, StreamingWindow w, int64_t n_past);
 
  private:
   HeadKind kind_;
@@ -59,6 +63,9 @@ class KvCache {
   // Total bytes of K and V held, and split by head kind.
   size_t bytes() const;
   size_t bytes(HeadKind kind) const;
+  // What bytes(kind) will be for a cache with this plan once it holds n_past positions.
+  static size_t bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past, HeadKind kind);
+  static size_t bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past);
   void clear();
 
  private:

@@ -209,6 +209,19 @@ HeadPlan Model::reorder_heads(const HeadPlan& plan) {
   return out;
 }
 
+HeadPlan Model::to_slot_order(const HeadPlan& plan) const {
+  DUO_CHECK((int)plan.kinds.size() == cfg_.n_layers, "head plan has {} layers, the model {}", plan.kinds.size(),
+            cfg_.n_layers);
+  for (int l = 0; l < cfg_.n_layers; ++l)
+    DUO_CHECK((int)plan.kinds[l].size() == cfg_.n_kv_heads, "head plan layer {} has {} KV heads, the model {}", l,
+              plan.kinds[l].size(), cfg_.n_kv_heads);
+  if (kv_order_.empty()) return plan;
+  HeadPlan out = plan;
+  for (int l = 0; l < cfg_.n_layers; ++l)
+    for (int j = 0; j < cfg_.n_kv_heads; ++j) out.kinds[l][j] = plan.kinds[l][kv_order_[l][j]];
+  return out;
+}
+
 std::unique_ptr<KvCache> Model::new_cache(const HeadPlan& plan) const {
   return std::make_unique<KvCache>(cfg_.n_layers, cfg_.n_kv_heads, cfg_.head_dim, plan);
 }
@@ -226,18 +239,68 @@ void Model::forward(KvCache& cache, const int32_t* tokens, int64_t n, float* log
     float* lg = nullptr;
     if (logits && all_logits) lg = logits + b * cfg_.n_vocab;
     if (logits && !all_logits && last) lg = logits;
-    forward_chunk(cache, tokens + b, m, lg, all_logits, pool);
+    const BatchItem item{&cache, tokens + b, m};
+    forward_items(&item, 1, lg, all_logits, pool);
   }
 }
 
-void Model::forward_chunk(KvCache& cache, const int32_t* tokens, int64_t n, float* logits, bool all_logits,
-                          ThreadPool& pool) {
+void Model::forward_batch(const std::vector<BatchItem>& items, float* logits, ThreadPool& pool) {
+  DUO_CHECK(!items.empty(), "forward_batch needs at least one item");
+  for (size_t i = 0; i < items.size(); ++i) {
+    const BatchItem& it = items[i];
+    DUO_CHECK(it.cache != nullptr && it.tokens != nullptr && it.n > 0, "batch item {} has no cache or no tokens", i);
+    DUO_CHECK(it.cache->n_kv_heads() == cfg_.n_kv_heads && (int)it.cache->plan().kinds.size() == cfg_.n_layers,
+              "batch item {}: the cache is not shaped for this model", i);
+    for (size_t j = 0; j < i; ++j)
+      DUO_CHECK(items[j].cache != it.cache, "batch items {} and {} share one cache (one item per sequence)", j, i);
+    for (int64_t t = 0; t < it.n; ++t)
+      DUO_CHECK(it.tokens[t] >= 0 && it.tokens[t] < cfg_.n_vocab,
+                "batch item {}: token id {} at index {} is outside the vocabulary (0..{})", i, it.tokens[t], t,
+                cfg_.n_vocab - 1);
+  }
+  forward_items(items.data(), items.size(), logits, false, pool);
+}
+
+void Model::forward_items(const BatchItem* items, size_t count, float* logits, bool all_logits, ThreadPool& pool) {
   const ModelConfig& c = cfg_;
   const int64_t E = c.n_embd, D = c.head_dim, H = c.n_heads, HKV = c.n_kv_heads;
   const int64_t Q = H * D, KV = HKV * D, F = c.n_ff;
-  const int64_t pos0 = cache.n_past();
 
-  // Activations of this chunk, reused across calls.
+  // The batch's tokens side by side: item i owns rows [first[i], first[i] + items[i].n), and
+  // row t sits at position pos[t] of its sequence.
+  // (Grow-only buffers of the calling thread; the worker threads see them through the
+  // pointers below, never by name, since a thread_local name means each thread's own copy.)
+  static thread_local std::vector<int64_t> bfirst, bpos;
+  static thread_local std::vector<int32_t> bids;
+  bfirst.resize(count);
+  bpos.clear();
+  bids.clear();
+  for (size_t i = 0; i < count; ++i) {
+    bfirst[i] = (int64_t)bpos.size();
+    const int64_t p0 = items[i].cache->n_past();
+    for (int64_t t = 0; t < items[i].n; ++t) bpos.push_back(p0 + t), bids.push_back(items[i].tokens[t]);
+  }
+  const int64_t n = (int64_t)bpos.size();
+  const int64_t* first = bfirst.data();
+  const int64_t* pos = bpos.data();
+  const int32_t* ids = bids.data();
+  // Row ranges the matmuls run over: consecutive one-token items together (decode steps of
+  // several sequences: the weights are read once for all of them), every longer item on its
+  // own (a pre-fill chunk). Each row then takes the matmul path it takes when its sequence
+  // runs alone, so batching changes nothing for pre-fill, nor for decode while at most 4
+  // sequences decode together (the matmul's few-token path; more take its many-token kernel).
+  std::vector<std::pair<int64_t, int64_t>> groups;
+  for (size_t i = 0; i < count; ++i) {
+    if (items[i].n == 1 && i > 0 && items[i - 1].n == 1)
+      ++groups.back().second;
+    else
+      groups.push_back({first[i], items[i].n});
+  }
+  auto mm = [&](const WeightView& w, const float* in, float* out) {
+    for (const auto& [r0, m] : groups) matmul(w, in + r0 * w.cols, m, out + r0 * w.rows, pool);
+  };
+
+  // Activations of this batch, reused across calls.
   static thread_local std::vector<float> bx, bxn, bq, bk, bv, batt, bo, bg, bu;
   float* x = scratch(bx, n * E);
   float* xn = scratch(bxn, n * E);
@@ -252,20 +315,21 @@ void Model::forward_chunk(KvCache& cache, const int32_t* tokens, int64_t n, floa
   // Embedding lookup: dequantize one row per token.
   const WeightView& te = w_.tok_embd;
   pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
-    for (int64_t t = b; t < e; ++t) dequantize_row(te.type, te.data + (size_t)tokens[t] * te.row_stride, x + t * E, E);
+    for (int64_t t = b; t < e; ++t) dequantize_row(te.type, te.data + (size_t)ids[t] * te.row_stride, x + t * E, E);
   });
 
-  std::vector<std::vector<KvSegment>> segs(HKV);
-  std::vector<HeadKind> kinds(HKV);
+  std::vector<std::vector<std::vector<KvSegment>>> segs(count);  // [item][kv head]
+  std::vector<std::vector<HeadKind>> kinds(count);
+  std::vector<AttentionArgs> calls(count);
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = w_.layers[l];
     // --- attention block ---
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) rmsnorm(x + t * E, L.attn_norm.data(), xn + t * E, (int)E, c.norm_eps);
     });
-    matmul(L.wq, xn, n, q, pool);
-    matmul(L.wk, xn, n, k, pool);
-    matmul(L.wv, xn, n, v, pool);
+    mm(L.wq, xn, q);
+    mm(L.wk, xn, k);
+    mm(L.wv, xn, v);
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) {
         if (!L.bq.empty()) {
@@ -273,33 +337,45 @@ void Model::forward_chunk(KvCache& cache, const int32_t* tokens, int64_t n, floa
           add_inplace(k + t * KV, L.bk.data(), (int)KV);
           add_inplace(v + t * KV, L.bv.data(), (int)KV);
         }
-        for (int64_t h = 0; h < H; ++h) rope(q + t * Q + h * D, (int)D, (int)(pos0 + t), inv_freq_.data(), c.rope_style);
-        for (int64_t h = 0; h < HKV; ++h)
-          rope(k + t * KV + h * D, (int)D, (int)(pos0 + t), inv_freq_.data(), c.rope_style);
+        for (int64_t h = 0; h < H; ++h) rope(q + t * Q + h * D, (int)D, (int)pos[t], inv_freq_.data(), c.rope_style);
+        for (int64_t h = 0; h < HKV; ++h) rope(k + t * KV + h * D, (int)D, (int)pos[t], inv_freq_.data(), c.rope_style);
       }
     });
-    // Each KV head attends to what its cache holds plus this chunk, under its own mask.
-    for (int64_t h = 0; h < HKV; ++h) {
-      HeadCache& hc = cache.head(l, (int)h);
-      segs[h].clear();
-      hc.segments(pos0, segs[h]);
-      segs[h].push_back({k + h * D, v + h * D, pos0, n, KV});
-      kinds[h] = hc.kind();
+    // Each sequence on its own: each of its KV heads attends to what the head's cache holds
+    // plus the sequence's rows of this batch, under its own mask. All sequences' attention
+    // runs in one go (one parallel region for the decoders), then the caches take the rows.
+    for (size_t i = 0; i < count; ++i) {
+      KvCache& cache = *items[i].cache;
+      const int64_t r0 = first[i], m = items[i].n, pos0 = cache.n_past();
+      segs[i].resize(HKV);
+      kinds[i].resize(HKV);
+      for (int64_t h = 0; h < HKV; ++h) {
+        HeadCache& hc = cache.head(l, (int)h);
+        segs[i][h].clear();
+        hc.segments(pos0, segs[i][h]);
+        segs[i][h].push_back({k + r0 * KV + h * D, v + r0 * KV + h * D, pos0, m, KV});
+        kinds[i][h] = hc.kind();
+      }
+      AttentionArgs& args = calls[i];
+      args.q = q + r0 * Q;
+      args.out = att + r0 * Q;
+      args.n = m;
+      args.pos0 = pos0;
+      args.n_heads = (int)H;
+      args.n_kv_heads = (int)HKV;
+      args.head_dim = (int)D;
+      args.segments = &segs[i];
+      args.kinds = &kinds[i];
+      args.window = cache.plan().window;
     }
-    AttentionArgs args;
-    args.q = q;
-    args.out = att;
-    args.n = n;
-    args.pos0 = pos0;
-    args.n_heads = (int)H;
-    args.n_kv_heads = (int)HKV;
-    args.head_dim = (int)D;
-    args.segments = &segs;
-    args.kinds = &kinds;
-    args.window = cache.plan().window;
-    attention(args, pool);
-    if (observer_) observer_->on_attention(l, args);
-    for (int64_t h = 0; h < HKV; ++h) cache.head(l, (int)h).append(k + h * D, v + h * D, n, KV, pos0);
+    attention_many(calls, pool);
+    for (size_t i = 0; i < count; ++i) {
+      if (observer_) observer_->on_attention(l, calls[i]);
+      KvCache& cache = *items[i].cache;
+      const int64_t r0 = first[i];
+      for (int64_t h = 0; h < HKV; ++h)
+        cache.head(l, (int)h).append(k + r0 * KV + h * D, v + r0 * KV + h * D, items[i].n, KV, cache.n_past());
+    }
     if (!kv_order_.empty()) {
       // Back to the stored head order for Wo: KV slot j holds original KV head order[j].
       const std::vector<int>& order = kv_order_[l];
@@ -312,7 +388,7 @@ void Model::forward_chunk(KvCache& cache, const int32_t* tokens, int64_t n, floa
       });
       std::swap(att, q);
     }
-    matmul(L.wo, att, n, o, pool);
+    mm(L.wo, att, o);
     // --- feed-forward block ---
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) {
@@ -320,23 +396,33 @@ void Model::forward_chunk(KvCache& cache, const int32_t* tokens, int64_t n, floa
         rmsnorm(x + t * E, L.ffn_norm.data(), xn + t * E, (int)E, c.norm_eps);
       }
     });
-    matmul(L.w_gate, xn, n, g, pool);
-    matmul(L.w_up, xn, n, u, pool);
+    mm(L.w_gate, xn, g);
+    mm(L.w_up, xn, u);
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) swiglu(g + t * F, u + t * F, g + t * F, (int)F);
     });
-    matmul(L.w_down, g, n, o, pool);
+    mm(L.w_down, g, o);
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) add_inplace(x + t * E, o + t * E, (int)E);
     });
   }
-  cache.advance(n);
+  for (size_t i = 0; i < count; ++i) items[i].cache->advance(items[i].n);
 
   if (!logits) return;
-  // LM head: only the rows whose logits are wanted.
-  const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
-  for (int64_t t = first; t < n; ++t) rmsnorm(x + t * E, w_.output_norm.data(), xn + t * E, (int)E, c.norm_eps);
-  matmul(w_.output, xn + first * E, rows, logits, pool);
+  // LM head: only the rows whose logits are wanted (every row, or each item's last), gathered
+  // into consecutive rows of xn, in groups as above.
+  int64_t rows = 0;
+  groups.clear();
+  for (size_t i = 0; i < count; ++i) {
+    const int64_t end = first[i] + items[i].n, begin = all_logits ? first[i] : end - 1;
+    if (items[i].n == 1 && i > 0 && items[i - 1].n == 1)
+      ++groups.back().second;
+    else
+      groups.push_back({rows, end - begin});
+    for (int64_t t = begin; t < end; ++t, ++rows)
+      rmsnorm(x + t * E, w_.output_norm.data(), xn + rows * E, (int)E, c.norm_eps);
+  }
+  for (const auto& [r0, m] : groups) matmul(w_.output, xn + r0 * E, m, logits + r0 * c.n_vocab, pool);
 }
 
 }  // namespace duo

@@ -30,6 +30,14 @@ struct LayerWeights {
   std::vector<float> bq, bk, bv;  // empty when the architecture has no QKV bias
 };
 
+// One sequence's share of a batched forward: `n` tokens appended to `cache` at positions
+// cache->n_past() ... (a decode step has n = 1; a pre-fill chunk more).
+struct BatchItem {
+  KvCache* cache = nullptr;
+  const int32_t* tokens = nullptr;
+  int64_t n = 0;
+};
+
 struct ModelWeights {
   WeightView tok_embd;
   WeightView output;  // == tok_embd when embeddings are tied
@@ -66,6 +74,15 @@ class Model {
   void forward(KvCache& cache, const int32_t* tokens, int64_t n, float* logits, ThreadPool& pool,
                bool all_logits = false, int64_t chunk = 512);
 
+  // Continuous batching: runs several sequences through the layers together. Consecutive
+  // one-token items (decode steps) share each matmul, so the weights are read once per step,
+  // not once per sequence; a longer item (a pre-fill chunk) gets matmuls of its own, so its
+  // rows compute exactly what forward() computes for them. Each item attends over its own
+  // cache under its own head plan and window. Items are not chunked: each is one forward step
+  // of its sequence. logits (when non-null) receives n_vocab floats per item, for the item's
+  // last token, in item order.
+  void forward_batch(const std::vector<BatchItem>& items, float* logits, ThreadPool& pool);
+
   // DuoAttention layout: reorders every layer's KV heads so that its retrieval heads come
   // first (contiguous in the cache and in the attention loops), moving the rows of their
   // query heads in Wq and of the heads in Wk, Wv and the biases with them. The attention
@@ -74,6 +91,15 @@ class Model {
   // new order. Can be applied once per model.
   HeadPlan reorder_heads(const HeadPlan& plan);
   bool heads_reordered() const { return !kv_order_.empty(); }
+  // [layer][new KV slot] = original KV head (empty when not reordered): other backends
+  // that take the weights (CUDA) need it to put the attention output back in Wo's order.
+  const std::vector<std::vector<int>>& kv_order() const { return kv_order_; }
+  // RoPE inverse frequencies (head_dim / 2 values, any rope_freqs factors applied).
+  const std::vector<float>& rope_inv_freq() const { return inv_freq_; }
+  // A plan given in the stored head order, rearranged into this model's cache-slot order (the
+  // order reorder_heads established; unchanged when the heads were never reordered). Lets one
+  // model serve sequences with different patterns.
+  HeadPlan to_slot_order(const HeadPlan& plan) const;
 
   // Installs (or with nullptr removes) an observer called by every later forward pass.
   void set_observer(AttentionObserver* obs) { observer_ = obs; }
@@ -81,8 +107,9 @@ class Model {
  private:
   Model() = default;
   void init_rope(const std::vector<float>* factors);
-  void forward_chunk(KvCache& cache, const int32_t* tokens, int64_t n, float* logits, bool all_logits,
-                     ThreadPool& pool);
+  // The layer loop over a batch of items (one item: a pre-fill chunk). logits: one row per
+  // item for its last token, or every token's row when all_logits.
+  void forward_items(const BatchItem* items, size_t count, float* logits, bool all_logits, ThreadPool& pool);
 
   std::unique_ptr<GgufFile> file_;
   std::vector<std::vector<float>> owned_;  // weight storage of a synthetic model

@@ -20,6 +20,8 @@ int32_t Sampler::argmax(const float* logits, int n) {
   return best;
 }
 
+double Sampler::uniform01() { return std::uniform_real_distribution<double>(0.0, 1.0)(rng_); }
+
 int32_t Sampler::sample(const float* logits, int n_vocab) {
   if (cfg_.temperature <= 0.0f) return argmax(logits, n_vocab);
   cand_.resize(n_vocab);

@@ -18,6 +18,9 @@ class Sampler {
   explicit Sampler(SamplerConfig cfg);
   int32_t sample(const float* logits, int n_vocab);
   const SamplerConfig& config() const { return cfg_; }
+  // A uniform number in [0, 1) from this sampler's generator: device-side sampling (CUDA)
+  // draws its random number here, so a seed still makes a run reproducible.
+  double uniform01();
 
   // Index of the largest value (the first one on ties), as greedy decoding uses.
   static int32_t argmax(const float* logits, int n);

@@ -137,6 +137,7 @@ void add_bench(CLI::App& app) {
     uint64_t seed = 1;
     std::string contexts;
     double ratio = 0.5;
+    CudaBenchOptions cuda;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("bench", "measure pre-fill and decode speed");
@@ -152,7 +153,16 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--duo-ratio", o->ratio, "retrieval-head ratio of duo in --compare-modes (pattern from --pattern, "
                                             "else a seeded random ranking)")
       ->check(CLI::Range(0.0, 1.0));
-  cmd->callback([o] {
+  add_cuda_bench_options(*cmd, o->cuda);
+  cmd->callback([o, cmd] {
+    if (o->model.device == "cuda") {
+      DUO_CHECK(o->contexts.empty() && cmd->get_option("--prompts")->count() == 0,
+                "--compare-modes and --prompts are the CPU benchmark; with --device cuda use --modes, --prefill and "
+                "--decode");
+      run_cuda_bench(o->model, o->cuda, cmd->get_option("--chunk")->count() > 0, o->json);
+      return;
+    }
+    DUO_CHECK(o->cuda.synthetic.empty(), "--synthetic needs --device cuda (full-size shapes do not fit a CPU run)");
     if (!o->contexts.empty()) {
       run_mode_comparison(o->model, o->contexts, o->gen, o->ratio, o->json);
       return;

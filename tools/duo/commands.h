@@ -14,6 +14,7 @@ void add_bench(CLI::App& app);
 void add_demo(CLI::App& app);
 void add_eval(CLI::App& app);
 void add_pattern(CLI::App& app);
+void add_serve(CLI::App& app);
 void add_calibrate(CLI::App& app);
 
 // Options shared by the commands that load a model.
@@ -27,6 +28,7 @@ struct ModelOptions {
   std::string pattern;           // gate matrix TSV for --attention duo
   double retrieval_ratio = -1;   // keep this fraction as retrieval heads (< 0: use threshold)
   float threshold = 0.5f;
+  std::string device = "cpu";    // cpu | cuda
 };
 void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention = true);
 // Resolves -m (default: the fetched SmolLM2) and builds engine options; throws with advice
@@ -37,5 +39,20 @@ void add_sampling_options(CLI::App& cmd, SamplerConfig& s);
 
 // Peak resident memory of this process in MiB (from /proc/self/status VmHWM).
 double peak_rss_mib();
+
+// `duo bench --device cuda` (cmd_bench_cuda.cpp): pre-fill latency and decode ms/token of
+// several attention modes on the GPU, with attention-kernel throughput and peak memory.
+struct CudaBenchOptions {
+  std::string synthetic;  // model shape with synthetic weights (llama3-8b, ...); empty: -m model
+  std::string modes = "full,duo25,duo50,streaming";
+  std::string prefill = "8192,32768,131072";
+  std::string decode = "32768,131072,262144,524288,1048576";
+  int decode_steps = 32;
+  int64_t chunk = 8192;  // pre-fill chunk unless --chunk is given
+  std::string out;       // JSON document to write
+  uint64_t seed = 1;
+};
+void add_cuda_bench_options(CLI::App& cmd, CudaBenchOptions& o);
+void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_given, bool json);
 
 }  // namespace duo::cli

@@ -22,6 +22,7 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention) {
   cmd.add_option("--chunk", o.chunk, "pre-fill chunk size in tokens")->check(CLI::PositiveNumber);
   cmd.add_option("--max-context", o.max_context, "context limit in tokens (0: the model's)")
       ->check(CLI::NonNegativeNumber);
+  cmd.add_option("--device", o.device, "where the model runs: cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   if (with_attention) {
     cmd.add_option("--attention", o.attention, "attention mode: full, streaming or duo")
         ->check(CLI::IsMember({"full", "streaming", "duo"}));
@@ -48,6 +49,7 @@ EngineOptions engine_options(const ModelOptions& o) {
   e.window = {o.sink, o.recent};
   e.chunk = o.chunk;
   e.max_context = o.max_context;
+  e.device = parse_device(o.device);
   if (e.attention == AttentionMode::Duo) {
     DUO_CHECK(!o.pattern.empty(), "--attention duo needs --pattern FILE (a gate matrix TSV)");
     const GateMatrix g = load_gates_tsv(o.pattern);

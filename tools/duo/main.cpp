@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   duo::cli::add_bench(app);
   duo::cli::add_eval(app);
   duo::cli::add_pattern(app);
+  duo::cli::add_serve(app);
   duo::cli::add_calibrate(app);
   try {
     app.parse(argc, argv);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 
 #include "backend/cpu/ops.h"
 #include "core/error.h"
@@ -82,6 +83,38 @@ inline void row_scores(const float* q, const float* kt, int d, float scale, floa
 #endif
 }
 
+// Decode has few query rows per task (the query heads of one KV head at one position). For
+// them, transposing a key block costs more than the rows' dot products, so their scores are
+// taken straight from the key rows: s[r][j] = scale * (q_r . key_j).
+constexpr int kDirectRows = 8;
+
+inline void direct_scores(const float* const* qrow, int rows, const float* k, int n, int64_t stride, int d,
+                          float scale, float (*s)[kKeyBlock]) {
+#ifdef DUO_ATTN_AVX2
+  for (int j = 0; j < n; ++j) {
+    const float* kr = k + j * stride;
+    __m256 acc[kDirectRows];
+    for (int r = 0; r < rows; ++r) acc[r] = _mm256_setzero_ps();
+    for (int c = 0; c < d; c += 8) {
+      const __m256 kv = _mm256_loadu_ps(kr + c);
+      for (int r = 0; r < rows; ++r) acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(qrow[r] + c), kv, acc[r]);
+    }
+    for (int r = 0; r < rows; ++r) {
+      const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+      const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      s[r][j] = _mm_cvtss_f32(_mm_add_ss(h2, _mm_movehdup_ps(h2))) * scale;
+    }
+  }
+#else
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < n; ++j) {
+      float dot = 0.0f;
+      for (int c = 0; c < d; ++c) dot += qrow[r][c] * k[j * stride + c];
+      s[r][j] = dot * scale;
+    }
+#endif
+}
+
 // o[0..d) = o * alpha + sum_j p[j] * v_j
 inline void row_pv(float* o, float alpha, const float* p, const KeyBlock& b, int d) {
 #ifdef DUO_ATTN_AVX2
@@ -110,7 +143,8 @@ inline void row_pv(float* o, float alpha, const float* p, const KeyBlock& b, int
 void attend_blocks(const std::vector<KeyBlock>& blocks, size_t kb0, size_t kb1, int rows, const float* const* qrow,
                    const int64_t* pos, HeadKind kind, const StreamingWindow& w, int d, float scale, RowState& st) {
   alignas(32) float kt[kMaxHeadDim * kKeyBlock];
-  alignas(32) float s[kKeyBlock];
+  alignas(32) float s_rows[kDirectRows][kKeyBlock];
+  const bool direct = rows <= kDirectRows;
   int64_t pmin = pos[0], pmax = pos[0];
   for (int r = 1; r < rows; ++r) pmin = std::min(pmin, pos[r]), pmax = std::max(pmax, pos[r]);
   for (size_t bi = kb0; bi < kb1; ++bi) {
@@ -121,16 +155,22 @@ void attend_blocks(const std::vector<KeyBlock>& blocks, size_t kb0, size_t kb1, 
       const int64_t last = b.pos0 + b.n - 1;
       if (b.pos0 >= w.sink && last <= pmin - w.recent) continue;
     }
-    // Transpose the key block so a row's scores are a sequence of broadcast-FMAs.
-    for (int j = 0; j < b.n; ++j) {
-      const float* kr = b.k + j * b.stride;
-      for (int c = 0; c < d; ++c) kt[c * kKeyBlock + j] = kr[c];
+    if (direct) {
+      direct_scores(qrow, rows, b.k, b.n, b.stride, d, scale, s_rows);
+    } else {
+      // Transpose the key block so a row's scores are a sequence of broadcast-FMAs.
+      for (int j = 0; j < b.n; ++j) {
+        const float* kr = b.k + j * b.stride;
+        for (int c = 0; c < d; ++c) kt[c * kKeyBlock + j] = kr[c];
+      }
+      for (int j = b.n; j < kKeyBlock; ++j)
+        for (int c = 0; c < d; ++c) kt[c * kKeyBlock + j] = 0.0f;
     }
-    for (int j = b.n; j < kKeyBlock; ++j)
-      for (int c = 0; c < d; ++c) kt[c * kKeyBlock + j] = 0.0f;
     const bool all_visible_full = kind == HeadKind::Retrieval && b.pos0 + b.n - 1 <= pmin;
     for (int r = 0; r < rows; ++r) {
-      row_scores(qrow[r], kt, d, scale, s);
+      alignas(32) float s_one[kKeyBlock];
+      float* s = direct ? s_rows[r] : s_one;
+      if (!direct) row_scores(qrow[r], kt, d, scale, s);
       float mx = kNegInf;
       if (all_visible_full) {
         for (int j = 0; j < b.n; ++j) mx = std::max(mx, s[j]);
@@ -195,19 +235,32 @@ void attention_ref(const AttentionArgs& a) {
   }
 }
 
-void attention(const AttentionArgs& a, ThreadPool& pool) {
-  check_args(a);
-  const int d = a.head_dim, g = a.n_heads / a.n_kv_heads;
-  const float scale = 1.0f / std::sqrt((float)d);
-  std::vector<std::vector<KeyBlock>> blocks(a.n_kv_heads);
-  for (int h = 0; h < a.n_kv_heads; ++h) make_blocks((*a.segments)[h], blocks[h]);
+namespace {
 
-  // Rows of a task: up to q_per_task positions x the g query heads of one KV head.
-  const int q_per_task = std::max(1, kMaxRows / g);
-  DUO_CHECK(g <= kMaxRows, "attention: {} query heads per KV head is more than supported ({})", g, kMaxRows);
-  const int64_t q_tasks = (a.n + q_per_task - 1) / q_per_task;
-
-  auto run_rows = [&](int kvh, int64_t t0, int64_t t1, size_t kb0, size_t kb1, RowState& st, int& rows) {
+// One attention call made ready: its key blocks, and its queries cut into tasks of up to
+// q_per_task positions x the g query heads of one KV head.
+struct Prepared {
+  explicit Prepared(const AttentionArgs& args) : a(args) {
+    check_args(a);
+    d = a.head_dim;
+    g = a.n_heads / a.n_kv_heads;
+    DUO_CHECK(g <= kMaxRows, "attention: {} query heads per KV head is more than supported ({})", g, kMaxRows);
+    scale = 1.0f / std::sqrt((float)d);
+    blocks.resize(a.n_kv_heads);
+    for (int h = 0; h < a.n_kv_heads; ++h) make_blocks((*a.segments)[h], blocks[h]);
+    q_per_task = std::max(1, kMaxRows / g);
+    q_tasks = (a.n + q_per_task - 1) / q_per_task;
+    tasks = q_tasks * a.n_kv_heads;
+  }
+  // Pre-fill: enough tasks to keep every thread busy. Otherwise (decode, short chunks) each
+  // head's keys are split across threads.
+  bool split_keys(const ThreadPool& pool) const { return !(tasks >= 2 * pool.size() || pool.size() == 1); }
+  void task_rows(int64_t task, int& kvh, int64_t& t0, int64_t& t1) const {
+    kvh = (int)(task % a.n_kv_heads);
+    t0 = (task / a.n_kv_heads) * q_per_task;
+    t1 = std::min(a.n, t0 + q_per_task);
+  }
+  void run_rows(int kvh, int64_t t0, int64_t t1, size_t kb0, size_t kb1, RowState& st, int& rows) const {
     const float* qrow[kMaxRows];
     int64_t pos[kMaxRows];
     rows = 0;
@@ -219,8 +272,8 @@ void attention(const AttentionArgs& a, ThreadPool& pool) {
       }
     st.reset(rows, d);
     attend_blocks(blocks[kvh], kb0, kb1, rows, qrow, pos, (*a.kinds)[kvh], a.window, d, scale, st);
-  };
-  auto write_out = [&](int kvh, int64_t t0, int64_t t1, const RowState& st) {
+  }
+  void write_out(int kvh, int64_t t0, int64_t t1, const RowState& st) const {
     int r = 0;
     for (int64_t t = t0; t < t1; ++t)
       for (int j = 0; j < g; ++j, ++r) {
@@ -228,69 +281,108 @@ void attention(const AttentionArgs& a, ThreadPool& pool) {
         const float inv = st.l[r] > 0.0f ? 1.0f / st.l[r] : 0.0f;
         for (int c = 0; c < d; ++c) o[c] = st.o[r * d + c] * inv;
       }
-  };
-
-  const int64_t tasks = q_tasks * a.n_kv_heads;
-  if (tasks >= 2 * pool.size() || pool.size() == 1) {
-    // Pre-fill: enough (KV head, query block) tasks to keep every thread busy. Later query
-    // blocks see more keys (causal), so tasks are handed out dynamically, longest first.
-    pool.parallel_for_dynamic(tasks, 1, [&](int64_t b, int64_t e, int) {
-      static thread_local RowState st;
-      for (int64_t task = b; task < e; ++task) {
-        const int64_t qt = q_tasks - 1 - task / a.n_kv_heads;
-        const int kvh = (int)(task % a.n_kv_heads);
-        const int64_t t0 = qt * q_per_task, t1 = std::min(a.n, t0 + q_per_task);
-        int rows;
-        run_rows(kvh, t0, t1, 0, blocks[kvh].size(), st, rows);
-        write_out(kvh, t0, t1, st);
-      }
-    });
-    return;
   }
 
-  // Decode / short chunks: split each head's keys across threads, then merge the partial
-  // softmax states (flash-decoding).
+  const AttentionArgs& a;
+  int d = 0, g = 0, q_per_task = 0;
+  float scale = 0.0f;
+  int64_t q_tasks = 0, tasks = 0;
+  std::vector<std::vector<KeyBlock>> blocks;
+};
+
+void run_prefill(const Prepared& p, ThreadPool& pool) {
+  // Later query blocks see more keys (causal), so tasks are handed out dynamically, longest
+  // first.
+  pool.parallel_for_dynamic(p.tasks, 1, [&](int64_t b, int64_t e, int) {
+    static thread_local RowState st;
+    for (int64_t task = b; task < e; ++task) {
+      const int64_t qt = p.q_tasks - 1 - task / p.a.n_kv_heads;
+      const int kvh = (int)(task % p.a.n_kv_heads);
+      const int64_t t0 = qt * p.q_per_task, t1 = std::min(p.a.n, t0 + p.q_per_task);
+      int rows;
+      p.run_rows(kvh, t0, t1, 0, p.blocks[kvh].size(), st, rows);
+      p.write_out(kvh, t0, t1, st);
+    }
+  });
+}
+
+// Split each head's keys across threads, then merge the partial softmax states
+// (flash-decoding). Several calls share one parallel region; each call's partial states and
+// their merge order are those it has alone, so the results do not depend on the company.
+void run_split(const std::vector<const Prepared*>& ps, ThreadPool& pool) {
   const int splits = std::max(1, (int)std::min<int64_t>(4 * pool.size(), 64));
   struct Partial {
     RowState st;
     int rows = 0;
   };
+  std::vector<int64_t> first_part(ps.size() + 1, 0);  // parts of call i: [first_part[i], first_part[i + 1])
+  for (size_t i = 0; i < ps.size(); ++i) first_part[i + 1] = first_part[i] + ps[i]->tasks * splits;
   // Grow-only and owned by the calling thread: decode calls this once per layer per token.
   // (A reference, so worker threads use the caller's buffer, not their own thread_local.)
   static thread_local std::vector<Partial> parts_buffer;
-  if (parts_buffer.size() < (size_t)tasks * splits) parts_buffer.resize((size_t)tasks * splits);
+  if (parts_buffer.size() < (size_t)first_part.back()) parts_buffer.resize((size_t)first_part.back());
   std::vector<Partial>& parts = parts_buffer;
-  pool.parallel_for_dynamic(tasks * splits, 1, [&](int64_t b, int64_t e, int) {
+  pool.parallel_for_dynamic(first_part.back(), 1, [&](int64_t b, int64_t e, int) {
+    size_t i = (size_t)(std::upper_bound(first_part.begin(), first_part.end(), b) - first_part.begin()) - 1;
     for (int64_t pi = b; pi < e; ++pi) {
-      const int64_t task = pi / splits;
-      const int sp = (int)(pi % splits);
-      const int kvh = (int)(task % a.n_kv_heads);
-      const int64_t qt = task / a.n_kv_heads;
-      const int64_t t0 = qt * q_per_task, t1 = std::min(a.n, t0 + q_per_task);
-      const size_t nb = blocks[kvh].size();
+      while (pi >= first_part[i + 1]) ++i;
+      const Prepared& p = *ps[i];
+      const int64_t local = pi - first_part[i];
+      const int sp = (int)(local % splits);
+      int kvh;
+      int64_t t0, t1;
+      p.task_rows(local / splits, kvh, t0, t1);
+      const size_t nb = p.blocks[kvh].size();
       const size_t kb0 = nb * sp / splits, kb1 = nb * (sp + 1) / splits;
-      run_rows(kvh, t0, t1, kb0, kb1, parts[pi].st, parts[pi].rows);
+      p.run_rows(kvh, t0, t1, kb0, kb1, parts[pi].st, parts[pi].rows);
     }
   });
-  for (int64_t task = 0; task < tasks; ++task) {
-    const int kvh = (int)(task % a.n_kv_heads);
-    const int64_t qt = task / a.n_kv_heads;
-    const int64_t t0 = qt * q_per_task, t1 = std::min(a.n, t0 + q_per_task);
-    RowState& acc = parts[(size_t)task * splits].st;
-    const int rows = parts[(size_t)task * splits].rows;
-    for (int sp = 1; sp < splits; ++sp) {
-      const RowState& p = parts[(size_t)task * splits + sp].st;
-      for (int r = 0; r < rows; ++r) {
-        if (p.m[r] == kNegInf) continue;
-        const float m = std::max(acc.m[r], p.m[r]);
-        const float a1 = acc.m[r] == kNegInf ? 0.0f : std::exp(acc.m[r] - m), a2 = std::exp(p.m[r] - m);
-        for (int c = 0; c < d; ++c) acc.o[r * d + c] = acc.o[r * d + c] * a1 + p.o[r * d + c] * a2;
-        acc.l[r] = acc.l[r] * a1 + p.l[r] * a2;
-        acc.m[r] = m;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const Prepared& p = *ps[i];
+    for (int64_t task = 0; task < p.tasks; ++task) {
+      int kvh;
+      int64_t t0, t1;
+      p.task_rows(task, kvh, t0, t1);
+      const size_t base = (size_t)(first_part[i] + task * splits);
+      RowState& acc = parts[base].st;
+      const int rows = parts[base].rows;
+      for (int sp = 1; sp < splits; ++sp) {
+        const RowState& q = parts[base + sp].st;
+        for (int r = 0; r < rows; ++r) {
+          if (q.m[r] == kNegInf) continue;
+          const float m = std::max(acc.m[r], q.m[r]);
+          const float a1 = acc.m[r] == kNegInf ? 0.0f : std::exp(acc.m[r] - m), a2 = std::exp(q.m[r] - m);
+          for (int c = 0; c < p.d; ++c) acc.o[r * p.d + c] = acc.o[r * p.d + c] * a1 + q.o[r * p.d + c] * a2;
+          acc.l[r] = acc.l[r] * a1 + q.l[r] * a2;
+          acc.m[r] = m;
+        }
       }
+      p.write_out(kvh, t0, t1, acc);
     }
-    write_out(kvh, t0, t1, acc);
   }
+}
+
+}  // namespace
+
+void attention(const AttentionArgs& a, ThreadPool& pool) {
+  const Prepared p(a);
+  if (p.split_keys(pool))
+    run_split({&p}, pool);
+  else
+    run_prefill(p, pool);
+}
+
+void attention_many(const std::vector<AttentionArgs>& calls, ThreadPool& pool) {
+  std::vector<std::unique_ptr<Prepared>> prepared;
+  std::vector<const Prepared*> split;
+  for (const AttentionArgs& a : calls) {
+    prepared.push_back(std::make_unique<Prepared>(a));
+    if (prepared.back()->split_keys(pool))
+      split.push_back(prepared.back().get());
+    else
+      run_prefill(*prepared.back(), pool);
+  }
+  if (!split.empty()) run_split(split, pool);
 }
 
 }  // namespace duo

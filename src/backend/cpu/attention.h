@@ -29,5 +29,9 @@ struct AttentionArgs {
 void attention_ref(const AttentionArgs& a);
 // Blocked online-softmax version, multithreaded.
 void attention(const AttentionArgs& a, ThreadPool& pool);
+// Several independent calls (the sequences of a batched decode step): calls that split their
+// keys across threads share one parallel region instead of one each. Each call's output is
+// exactly what attention() gives it alone.
+void attention_many(const std::vector<AttentionArgs>& calls, ThreadPool& pool);
 
 }  // namespace duo

@@ -48,6 +48,16 @@ struct LayerKv {
   int sink = 64, recent = 256;
 };
 
+// Which pre-fill kernel prefill_attention runs.
+//  - Mma: FlashAttention-2-style mma.sync kernel (prefill.cu), any device, head_dim 64/128.
+//  - Wgmma: FlashAttention-3-style Hopper kernel (prefill_sm90.cu: wgmma, warp-specialised
+//    producer/consumers, intra-warpgroup overlap); needs sm_90a code and a cc 9.0 device.
+//  - WgmmaSerial: the same kernel without the intra-warpgroup overlap (debugging/measurement).
+//  - Auto: the environment variable DUO_PREFILL_KERNEL (mma | wgmma | wgmma_serial | auto) when
+//    set, else Wgmma for head_dim 128 where it can run, else Mma.
+// A forced Wgmma that cannot run these arguments is an error (std::invalid_argument), not a fallback.
+enum class PrefillKernel : int { Auto = 0, Mma = 1, Wgmma = 2, WgmmaSerial = 3 };
+
 struct PrefillArgs {
   const bf16* q = nullptr;  // [n][n_heads][d], token stride q_stride
   const bf16* k = nullptr;  // chunk keys [n][n_kv_heads][d], token stride kv_stride
@@ -58,10 +68,17 @@ struct PrefillArgs {
   int pos0 = 0;  // position of the first query; keys < pos0 come from `cache`
   int n_heads = 0, n_kv_heads = 0, head_dim = 0;  // head_dim 64 or 128
   LayerKv cache;
+  PrefillKernel kernel = PrefillKernel::Auto;
 };
 
 // Causal / Λ attention of a chunk over cache + chunk (tensor cores, online softmax).
 void prefill_attention(const PrefillArgs& a, cudaStream_t stream);
+// The kernel prefill_attention runs for `a` (Auto resolved); throws like prefill_attention when a
+// forced wgmma kernel cannot run.
+PrefillKernel prefill_kernel_for(const PrefillArgs& a);
+// Whether the wgmma kernel can run on the current device (sm_90a code built, cc 9.0 device).
+bool prefill_wgmma_available();
+const char* prefill_kernel_name(PrefillKernel k);
 
 // Copies the chunk's keys/values (positions [pos0, pos0 + n)) into the cache: pages for
 // retrieval heads, sink + ring rows for streaming heads (only what a later query can see).

@@ -130,15 +130,18 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2) decode_kernel(con
       float mx = m[g];
 #pragma unroll
       for (int u = 0; u < U; ++u) mx = fmaxf(mx, s[u][g]);
-      // mx is finite: the first key of every iteration is valid.
-      const float alpha = exp2f(m[g] - mx);
+      // A lane group whose keys all lie past `end` (sub > 0 in a warp's last iteration, or a
+      // split shorter than a warp-iteration) has seen no key yet: mx is -inf, and exp2(-inf - -inf)
+      // would be NaN. Use 0 as the reference then: alpha and every p come out exactly 0.
+      const float ref = mx == -INFINITY ? 0.0f : mx;
+      const float alpha = exp2f(m[g] - ref);
       m[g] = mx;
       l[g] *= alpha;
 #pragma unroll
       for (int e = 0; e < 8; ++e) o[g][e] *= alpha;
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const float pr = exp2f(s[u][g] - mx);
+        const float pr = exp2f(s[u][g] - ref);
         l[g] += pr;
         float vf[8];
         bf16x8_to_float(vr[u], vf);

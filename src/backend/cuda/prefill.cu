@@ -10,11 +10,14 @@
 // Keys at positions < pos0 come from the cache (pages or sink+ring rows), the rest from the
 // chunk's own K/V, so one kernel does both a whole prompt and a chunk after cached context.
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/prefill_sm90.cuh"
 
 namespace duo::cuda {
 
@@ -276,8 +279,47 @@ void dispatch_mode(const PrefillArgs& a, cudaStream_t stream) {
   }
 }
 
+// DUO_PREFILL_KERNEL, read once: the kernel Auto means (Auto when unset).
+PrefillKernel env_kernel() {
+  static const PrefillKernel k = [] {
+    const char* e = std::getenv("DUO_PREFILL_KERNEL");
+    if (!e || !*e || !std::strcmp(e, "auto")) return PrefillKernel::Auto;
+    if (!std::strcmp(e, "mma")) return PrefillKernel::Mma;
+    if (!std::strcmp(e, "wgmma")) return PrefillKernel::Wgmma;
+    if (!std::strcmp(e, "wgmma_serial")) return PrefillKernel::WgmmaSerial;
+    throw std::invalid_argument(std::string("DUO_PREFILL_KERNEL=") + e + ": expected mma, wgmma, wgmma_serial or auto");
+  }();
+  return k;
+}
+
 }  // namespace
 }  // namespace detail
+
+const char* prefill_kernel_name(PrefillKernel k) {
+  switch (k) {
+    case PrefillKernel::Auto: return "auto";
+    case PrefillKernel::Mma: return "mma";
+    case PrefillKernel::Wgmma: return "wgmma";
+    case PrefillKernel::WgmmaSerial: return "wgmma_serial";
+  }
+  return "?";
+}
+
+bool prefill_wgmma_available() {
+  PrefillArgs probe;  // aligned null pointers, head_dim 128: only the build and the device decide
+  probe.head_dim = 128;
+  return detail::prefill_sm90_unsupported(probe) == nullptr;
+}
+
+PrefillKernel prefill_kernel_for(const PrefillArgs& a) {
+  PrefillKernel k = a.kernel == PrefillKernel::Auto ? detail::env_kernel() : a.kernel;
+  if (k == PrefillKernel::Auto)
+    return a.head_dim == 128 && !detail::prefill_sm90_unsupported(a) ? PrefillKernel::Wgmma : PrefillKernel::Mma;
+  if (k != PrefillKernel::Mma)
+    if (const char* why = detail::prefill_sm90_unsupported(a))
+      throw std::invalid_argument(std::string("prefill_attention: ") + prefill_kernel_name(k) + " kernel requested but " + why);
+  return k;
+}
 
 void prefill_attention(const PrefillArgs& a, cudaStream_t stream) {
   if (a.n <= 0) return;
@@ -287,6 +329,8 @@ void prefill_attention(const PrefillArgs& a, cudaStream_t stream) {
     throw std::invalid_argument("prefill_attention: pos0 > 0 needs a paged cache");
   if (a.cache.mode != HeadMode::AllRetrieval && (a.cache.recent < 1 || a.cache.sink < 0))
     throw std::invalid_argument("prefill_attention: streaming window needs recent >= 1, sink >= 0");
+  if (const PrefillKernel k = prefill_kernel_for(a); k != PrefillKernel::Mma)
+    return detail::prefill_sm90(a, k == PrefillKernel::Wgmma, stream);
   if (a.head_dim == 128) return detail::dispatch_mode<128>(a, stream);
   if (a.head_dim == 64) return detail::dispatch_mode<64>(a, stream);
   throw std::invalid_argument("prefill_attention: head_dim must be 64 or 128");

@@ -1,0 +1,124 @@
+#include "backend/cuda/cuda_backend.h"
+
+#include <fmt/core.h>
+
+#include <stdexcept>
+
+#include "backend/cuda/cuda_check.h"
+#include "core/error.h"
+#include "model/model.h"
+#include "sample/sampler.h"
+
+namespace duo::cuda {
+
+namespace {
+
+class CudaSequence final : public SequenceState {
+ public:
+  explicit CudaSequence(std::unique_ptr<GpuKvCache> kv) : kv_(std::move(kv)) {}
+  int64_t n_past() const override { return kv_->n_past(); }
+  const HeadPlan& plan() const override { return kv_->plan(); }
+  size_t kv_bytes() const override { return kv_->bytes(); }
+  size_t kv_bytes(HeadKind kind) const override { return kv_->bytes(kind); }
+  void clear() override { kv_->clear(); }
+  GpuKvCache& kv() { return *kv_; }
+
+ private:
+  std::unique_ptr<GpuKvCache> kv_;
+};
+
+// The kernels' launchers report errors as std::runtime_error / std::invalid_argument; the
+// engine's callers expect duo::Error.
+template <class F>
+auto guarded(const char* what, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail("CUDA backend, {}: {}", what, e.what());
+  }
+}
+
+// Picks the first device; errors say why there is none.
+void select_device() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    (void)cudaGetLastError();
+    fail("no usable CUDA device ({}): run on a machine with an NVIDIA GPU and driver, or use --device cpu",
+         e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+  }
+  DUO_CUDA_TRY(cudaSetDevice(0));
+}
+
+}  // namespace
+
+DeviceInfo device_info() {
+  select_device();
+  DeviceInfo d;
+  int dev = 0;
+  DUO_CUDA_TRY(cudaGetDevice(&dev));
+  cudaDeviceProp p{};
+  DUO_CUDA_TRY(cudaGetDeviceProperties(&p, dev));
+  d.name = p.name;
+  d.sm_count = p.multiProcessorCount;
+  d.cc_major = p.major, d.cc_minor = p.minor;
+  d.total_memory = p.totalGlobalMem;
+  DUO_CUDA_TRY(cudaDriverGetVersion(&d.driver_version));
+  DUO_CUDA_TRY(cudaRuntimeGetVersion(&d.runtime_version));
+  return d;
+}
+
+CudaBackend::CudaBackend(std::unique_ptr<GpuWeights> weights) {
+  model_ = guarded("creating the model", [&] { return std::make_unique<GpuModel>(std::move(weights)); });
+}
+
+std::string CudaBackend::description() const {
+  const DeviceInfo d = device_info();
+  return fmt::format("cuda: {} ({} SMs, {:.1f} GiB), weights {:.2f} GiB bf16", d.name, d.sm_count,
+                     d.total_memory / 1073741824.0, model_->weights().bytes() / 1073741824.0);
+}
+
+std::unique_ptr<SequenceState> CudaBackend::new_sequence(const HeadPlan& plan, int64_t max_tokens) {
+  return guarded("creating a KV cache",
+                 [&] { return std::make_unique<CudaSequence>(model_->new_cache(plan, max_tokens)); });
+}
+
+GpuKvCache& CudaBackend::cache_of(SequenceState& state) {
+  auto* s = dynamic_cast<CudaSequence*>(&state);
+  DUO_CHECK(s != nullptr, "this sequence does not live on the CUDA device");
+  return s->kv();
+}
+
+void CudaBackend::forward(SequenceState& state, const int32_t* tokens, int64_t n, float* logits, int64_t chunk,
+                          bool all_logits) {
+  GpuKvCache& kv = cache_of(state);
+  guarded("forward", [&] { model_->forward(kv, tokens, n, chunk, logits, all_logits); });
+}
+
+int32_t CudaBackend::forward_pick(SequenceState& state, const int32_t* tokens, int64_t n, int64_t chunk,
+                                  Sampler& sampler) {
+  GpuKvCache& kv = cache_of(state);
+  const SamplerConfig& cfg = sampler.config();
+  const double u = cfg.temperature > 0.0f ? sampler.uniform01() : 0.0;
+  return guarded("forward", [&] { return model_->forward_pick(kv, tokens, n, chunk, cfg, u); });
+}
+
+}  // namespace duo::cuda
+
+namespace duo {
+
+std::unique_ptr<ModelBackend> make_cuda_backend(const Model& model) {
+  cuda::select_device();
+  auto w = cuda::guarded("uploading the weights", [&] { return cuda::GpuWeights::upload(model); });
+  return std::make_unique<cuda::CudaBackend>(std::move(w));
+}
+
+std::unique_ptr<ModelBackend> make_cuda_synthetic_backend(const ModelConfig& cfg, uint64_t seed) {
+  cuda::select_device();
+  auto w = cuda::guarded("generating synthetic weights", [&] { return cuda::GpuWeights::synthetic(cfg, seed); });
+  return std::make_unique<cuda::CudaBackend>(std::move(w));
+}
+
+}  // namespace duo

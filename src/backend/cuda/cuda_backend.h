@@ -1,0 +1,42 @@
+// The CUDA implementation of the device seam (engine/backend.h), and what benchmarks need
+// beyond it: the GPU model and cache behind a sequence, and a description of the device.
+#pragma once
+#include <string>
+
+#include "backend/cuda/gpu_kv_cache.h"
+#include "backend/cuda/gpu_model.h"
+#include "engine/backend.h"
+
+namespace duo::cuda {
+
+struct DeviceInfo {
+  std::string name;
+  int sm_count = 0;
+  int cc_major = 0, cc_minor = 0;
+  size_t total_memory = 0;
+  int driver_version = 0, runtime_version = 0;  // e.g. 13000
+};
+// The current device; fails with a clear message when there is no usable CUDA device.
+DeviceInfo device_info();
+
+class CudaBackend final : public ModelBackend {
+ public:
+  explicit CudaBackend(std::unique_ptr<GpuWeights> weights);
+  Device device() const override { return Device::Cuda; }
+  std::string description() const override;
+  const ModelConfig& config() const override { return model_->config(); }
+  std::unique_ptr<SequenceState> new_sequence(const HeadPlan& plan, int64_t max_tokens) override;
+  void forward(SequenceState& state, const int32_t* tokens, int64_t n, float* logits, int64_t chunk,
+               bool all_logits) override;
+  int32_t forward_pick(SequenceState& state, const int32_t* tokens, int64_t n, int64_t chunk,
+                       Sampler& sampler) override;
+
+  GpuModel& gpu() { return *model_; }
+  // The GPU cache of a sequence made by this backend.
+  static GpuKvCache& cache_of(SequenceState& state);
+
+ private:
+  std::unique_ptr<GpuModel> model_;
+};
+
+}  // namespace duo::cuda

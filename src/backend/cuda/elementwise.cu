@@ -1,0 +1,73 @@
+// Element-wise kernels of the forward: embedding lookup, SwiGLU, and the seeded fill that
+// makes synthetic weights (and synthetic KV contents for the decode benchmark) on the GPU.
+#include <algorithm>
+
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/synthetic.h"
+
+namespace duo::cuda {
+namespace detail {
+namespace {
+
+// Grid-stride loops over int64 counts: a 1M-token cache or a 150K x 4K matrix exceeds 2^31.
+__host__ unsigned grid_for(int64_t count, int threads) {
+  return (unsigned)std::max<int64_t>(1, std::min<int64_t>((count + threads - 1) / threads, 1 << 16));
+}
+
+__global__ void embed_kernel(const bf16* table, const int32_t* tokens, int E, float* x) {
+  const int t = blockIdx.x;
+  const bf16* row = table + (int64_t)tokens[t] * E;
+  float* out = x + (int64_t)t * E;
+  for (int i = threadIdx.x; i < E; i += blockDim.x) out[i] = __bfloat162float(row[i]);
+}
+
+__global__ void swiglu_kernel(const float* gu, int64_t n, int F, bf16* out) {
+  const int64_t count = n * F;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < count; idx += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t t = idx / F, i = idx % F;
+    const float g = gu[t * 2 * F + i], u = gu[t * 2 * F + F + i];
+    out[idx] = __float2bfloat16(g / (1.0f + expf(-g)) * u);
+  }
+}
+
+template <class T>
+__global__ void fill_kernel(T* dst, int64_t count, uint64_t seed, float center, float scale) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x) {
+    // Separate rounding of the product and the sum (no FMA contraction): the host computes the
+    // same expression and the tests compare the values exactly.
+    const float v = __fadd_rn(center, __fmul_rn(scale, hash_uniform(seed, (uint64_t)i)));
+    if constexpr (sizeof(T) == 2)
+      dst[i] = __float2bfloat16(v);
+    else
+      dst[i] = v;
+  }
+}
+
+}  // namespace
+}  // namespace detail
+
+void embed_tokens(const bf16* table, const int32_t* tokens, int n, int E, float* x, cudaStream_t stream) {
+  if (n <= 0) return;
+  detail::embed_kernel<<<n, 256, 0, stream>>>(table, tokens, E, x);
+  check_cuda(cudaGetLastError(), "embed_tokens launch");
+}
+
+void swiglu(const float* gu, int64_t n, int F, bf16* out, cudaStream_t stream) {
+  if (n <= 0) return;
+  detail::swiglu_kernel<<<detail::grid_for(n * F, 256), 256, 0, stream>>>(gu, n, F, out);
+  check_cuda(cudaGetLastError(), "swiglu launch");
+}
+
+void fill_uniform(bf16* dst, int64_t count, uint64_t seed, float center, float scale, cudaStream_t stream) {
+  if (count <= 0) return;
+  detail::fill_kernel<bf16><<<detail::grid_for(count, 256), 256, 0, stream>>>(dst, count, seed, center, scale);
+  check_cuda(cudaGetLastError(), "fill_uniform launch");
+}
+
+void fill_uniform(float* dst, int64_t count, uint64_t seed, float center, float scale, cudaStream_t stream) {
+  if (count <= 0) return;
+  detail::fill_kernel<float><<<detail::grid_for(count, 256), 256, 0, stream>>>(dst, count, seed, center, scale);
+  check_cuda(cudaGetLastError(), "fill_uniform launch");
+}
+
+}  // namespace duo::cuda

@@ -1,0 +1,171 @@
+#include "backend/cuda/gpu_kv_cache.h"
+
+#include <cstring>
+#include <limits>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/synthetic.h"
+#include "core/error.h"
+
+namespace duo::cuda {
+
+namespace {
+int64_t pages_for(int64_t tokens) { return (tokens + kPageTokens - 1) / kPageTokens; }
+}  // namespace
+
+GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max_tokens, cudaStream_t stream)
+    : cfg_(cfg), plan_(plan), max_tokens_(max_tokens), stream_(stream) {
+  n_layers_ = cfg.n_layers, n_kv_ = cfg.n_kv_heads, d_ = cfg.head_dim;
+  rows_ = plan.window.sink + plan.window.recent;
+  DUO_CHECK((int)plan.kinds.size() == n_layers_, "head plan has {} layers, the model {}", plan.kinds.size(),
+            n_layers_);
+  DUO_CHECK(d_ == 64 || d_ == 128, "the CUDA attention kernels support head dimension 64 or 128, not {}", d_);
+  // Positions are int in the kernels (and page indices int32): stay well inside.
+  DUO_CHECK(max_tokens > 0 && max_tokens <= (int64_t)std::numeric_limits<int32_t>::max() / 2,
+            "CUDA KV cache: unsupported sequence capacity {}", max_tokens);
+  max_pages_ = (int)pages_for(max_tokens);
+  retrieval_.assign(n_layers_, 0);
+  std::vector<uint8_t> kinds((size_t)n_layers_ * n_kv_);
+  std::vector<bool> has_streaming(n_layers_, false);
+  for (int l = 0; l < n_layers_; ++l) {
+    DUO_CHECK((int)plan.kinds[l].size() == n_kv_, "head plan layer {} has {} KV heads, the model {}", l,
+              plan.kinds[l].size(), n_kv_);
+    for (int h = 0; h < n_kv_; ++h) {
+      const bool s = plan.kinds[l][h] == HeadKind::Streaming;
+      kinds[(size_t)l * n_kv_ + h] = s ? 1 : 0;
+      if (s) {
+        has_streaming[l] = true;
+        ++n_streaming_;
+      } else {
+        ++retrieval_[l];
+        ++n_retrieval_;
+      }
+    }
+  }
+  if (n_streaming_ > 0)
+    DUO_CHECK(plan.window.sink >= 0 && plan.window.recent >= 1,
+              "streaming window needs sink >= 0 and recent >= 1 (got {}, {})", plan.window.sink, plan.window.recent);
+
+  const size_t page_bytes = sizeof(bf16) * kPageTokens * d_;
+  const int64_t pool_pages = n_retrieval_ * max_pages_;
+  DUO_CHECK(pool_pages <= std::numeric_limits<int32_t>::max(), "CUDA KV cache: {} pages exceed int32 page indices",
+            pool_pages);
+  k_pool_ = std::make_unique<PagePool>(page_bytes, pool_pages, "the K page pool");
+  v_pool_ = std::make_unique<PagePool>(page_bytes, pool_pages, "the V page pool");
+
+  const size_t table_entries = (size_t)n_layers_ * n_kv_ * max_pages_;
+  page_table_ = DeviceBuffer(sizeof(int32_t) * table_entries, "the KV page tables");
+  DUO_CUDA_TRY(cudaMemset(page_table_.get(), 0, page_table_.bytes()));
+  DUO_CUDA_TRY(cudaMallocHost(&host_table_, sizeof(int32_t) * table_entries));
+  std::memset(host_table_, 0, sizeof(int32_t) * table_entries);
+
+  int ring_layers = 0;
+  for (bool s : has_streaming) ring_layers += s;
+  const size_t ring_layer_elems = (size_t)n_kv_ * rows_ * d_;
+  if (ring_layers > 0) {
+    k_ring_ = DeviceBuffer(sizeof(bf16) * ring_layer_elems * ring_layers, "the streaming-head K buffers");
+    v_ring_ = DeviceBuffer(sizeof(bf16) * ring_layer_elems * ring_layers, "the streaming-head V buffers");
+    // Zero once: rows not yet written must be finite (attention.cuh).
+    DUO_CUDA_TRY(cudaMemset(k_ring_.get(), 0, k_ring_.bytes()));
+    DUO_CUDA_TRY(cudaMemset(v_ring_.get(), 0, v_ring_.bytes()));
+  }
+  kinds_ = DeviceBuffer(kinds.size(), "the head kinds");
+  DUO_CUDA_TRY(cudaMemcpy(kinds_.get(), kinds.data(), kinds.size(), cudaMemcpyHostToDevice));
+
+  views_.resize(n_layers_);
+  int ring_at = 0;
+  for (int l = 0; l < n_layers_; ++l) {
+    LayerKv& v = views_[l];
+    v.k_pages = static_cast<bf16*>(k_pool_->base());
+    v.v_pages = static_cast<bf16*>(v_pool_->base());
+    v.page_table = page_table_.as<int32_t>() + (size_t)l * n_kv_ * max_pages_;
+    v.max_pages = max_pages_;
+    if (has_streaming[l]) {
+      v.k_ring = k_ring_.as<bf16>() + ring_layer_elems * ring_at;
+      v.v_ring = v_ring_.as<bf16>() + ring_layer_elems * ring_at;
+      ++ring_at;
+    }
+    v.kinds = kinds_.as<uint8_t>() + (size_t)l * n_kv_;
+    v.mode = retrieval_[l] == n_kv_ ? HeadMode::AllRetrieval : retrieval_[l] == 0 ? HeadMode::AllStreaming
+                                                                                  : HeadMode::Mixed;
+    v.sink = plan.window.sink;
+    v.recent = plan.window.recent;
+  }
+}
+
+GpuKvCache::~GpuKvCache() {
+  if (host_table_) {
+    (void)cudaStreamSynchronize(stream_);  // a queued page-table copy may still read the mirror
+    cudaFreeHost(host_table_);
+  }
+}
+
+void GpuKvCache::reserve(int64_t end) {
+  DUO_CHECK(end <= max_tokens_, "sequence of {} tokens exceeds the {} tokens this CUDA KV cache was created for", end,
+            max_tokens_);
+  const int64_t want = pages_for(end);
+  if (want <= pages_per_head_ || n_retrieval_ == 0) return;
+  const int64_t pages_needed = n_retrieval_ * want;
+  k_pool_->ensure(pages_needed, stream_);
+  v_pool_->ensure(pages_needed, stream_);
+  int64_t next = n_retrieval_ * pages_per_head_;
+  for (int64_t p = pages_per_head_; p < want; ++p)
+    for (int l = 0; l < n_layers_; ++l)
+      for (int h = 0; h < n_kv_; ++h)
+        if (plan_.kinds[l][h] == HeadKind::Retrieval)
+          host_table_[((size_t)l * n_kv_ + h) * max_pages_ + p] = (int32_t)next++;
+  // The new columns [pages_per_head_, want) of every (layer, head) row, in one strided copy.
+  // Pinned source and entries that never change until clear(): safe to queue asynchronously.
+  const size_t pitch = sizeof(int32_t) * max_pages_;
+  DUO_CUDA_TRY(cudaMemcpy2DAsync(page_table_.as<int32_t>() + pages_per_head_, pitch, host_table_ + pages_per_head_,
+                                 pitch, sizeof(int32_t) * (want - pages_per_head_), (size_t)n_layers_ * n_kv_,
+                                 cudaMemcpyHostToDevice, stream_));
+  pages_per_head_ = want;
+}
+
+size_t GpuKvCache::bytes(HeadKind kind) const {
+  if (kind == HeadKind::Retrieval) return (size_t)(n_retrieval_ * pages_per_head_) * 2 * sizeof(bf16) * kPageTokens * d_;
+  return (size_t)n_streaming_ * 2 * sizeof(bf16) * rows_ * d_;
+}
+
+size_t GpuKvCache::bytes_for(const ModelConfig& cfg, const HeadPlan& plan, int64_t n) {
+  size_t r = 0, s = 0;
+  for (const auto& layer : plan.kinds)
+    for (HeadKind k : layer) (k == HeadKind::Retrieval ? r : s)++;
+  const size_t d = cfg.head_dim;
+  return r * (size_t)pages_for(n) * 2 * sizeof(bf16) * kPageTokens * d +
+         s * 2 * sizeof(bf16) * (size_t)(plan.window.sink + plan.window.recent) * d;
+}
+
+size_t GpuKvCache::device_bytes() const {
+  return k_pool_->mapped_bytes() + v_pool_->mapped_bytes() + k_ring_.bytes() + v_ring_.bytes() +
+         page_table_.bytes() + kinds_.bytes();
+}
+
+void GpuKvCache::clear() {
+  DUO_CUDA_TRY(cudaStreamSynchronize(stream_));  // queued copies read the mirror we reset
+  std::memset(host_table_, 0, sizeof(int32_t) * (size_t)n_layers_ * n_kv_ * max_pages_);
+  if (k_ring_.get()) {
+    DUO_CUDA_TRY(cudaMemsetAsync(k_ring_.get(), 0, k_ring_.bytes(), stream_));
+    DUO_CUDA_TRY(cudaMemsetAsync(v_ring_.get(), 0, v_ring_.bytes(), stream_));
+  }
+  pages_per_head_ = 0;  // pages stay mapped and are handed out again
+  n_past_ = 0;
+}
+
+void GpuKvCache::fill_random(int64_t n, uint64_t seed) {
+  DUO_CHECK(n_past_ == 0, "fill_random needs an empty cache (it holds {} positions)", n_past_);
+  reserve(n);
+  const int64_t elems = n_retrieval_ * pages_per_head_ * kPageTokens * d_;
+  fill_uniform(static_cast<bf16*>(k_pool_->base()), elems, mix64(seed), 0.0f, 1.0f, stream_);
+  fill_uniform(static_cast<bf16*>(v_pool_->base()), elems, mix64(seed + 1), 0.0f, 1.0f, stream_);
+  if (k_ring_.get()) {
+    const int64_t ring = (int64_t)(k_ring_.bytes() / sizeof(bf16));
+    fill_uniform(k_ring_.as<bf16>(), ring, mix64(seed + 2), 0.0f, 1.0f, stream_);
+    fill_uniform(v_ring_.as<bf16>(), ring, mix64(seed + 3), 0.0f, 1.0f, stream_);
+  }
+  n_past_ = n;
+}
+
+}  // namespace duo::cuda

@@ -1,0 +1,67 @@
+// Model weights resident on the GPU: bf16 matrices (GEMM operands), fp32 norms and biases.
+// The projections that read the same input are fused into one matrix so a layer runs three
+// GEMMs on its input side: Wq|Wk|Wv ([Q + 2 KV] rows) and Wgate|Wup ([2 F] rows).
+// Weights come either from a loaded Model (GGUF rows dequantized on the host a chunk at a
+// time with the reference dequantizers, rounded to bf16, uploaded; never the whole model as
+// f32 on the host) or from a seed, generated on the GPU for full-size synthetic shapes.
+//
+// Why bf16 and not f16 operands: f16 has 3 more mantissa bits but overflows at 65504, and real
+// models carry activation outliers (SwiGLU outputs in the thousands) into the GEMMs; bf16 has
+// fp32's range. bench/bf16_emulation.cpp measures what bf16 costs on the test models (relative
+// logit error ~1e-2, see bench/cuda/NOTES.md), which the tests accept; no f16 mode for now.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "backend/cuda/attention.cuh"
+#include "backend/cuda/device_memory.h"
+#include "model/config.h"
+
+namespace duo {
+class Model;
+}
+
+namespace duo::cuda {
+
+struct GpuLayerWeights {
+  const float* attn_norm = nullptr;  // [E]
+  const float* ffn_norm = nullptr;   // [E]
+  const bf16* wqkv = nullptr;        // [(H + 2 HKV) D][E]
+  const float* bqkv = nullptr;       // [(H + 2 HKV) D], or nullptr without QKV bias
+  const bf16* wo = nullptr;          // [E][H D], input columns in the KV cache's head order
+  const bf16* wgu = nullptr;         // [2F][E]: gate rows, then up rows
+  const bf16* wdown = nullptr;       // [E][F]
+};
+
+class GpuWeights {
+ public:
+  // Uploads a model's weights (after Model::reorder_heads, if any: the reordered Wq/Wk/Wv
+  // rows are taken as they are and Wo's input columns are permuted to match, so the GPU
+  // forward needs no reordering step).
+  static std::unique_ptr<GpuWeights> upload(const Model& m);
+  // Seeded uniform weights of variance 1/fan_in, norms ~1, biases ~0.1: generated on the GPU.
+  static std::unique_ptr<GpuWeights> synthetic(const ModelConfig& cfg, uint64_t seed);
+
+  const ModelConfig& config() const { return cfg_; }
+  const bf16* tok_embd() const { return tok_embd_; }  // [vocab][E]
+  const bf16* output() const { return output_; }      // [vocab][E] (== tok_embd when tied)
+  const float* output_norm() const { return output_norm_; }
+  const float* inv_freq() const { return inv_freq_; }  // [D / 2] RoPE inverse frequencies
+  const GpuLayerWeights& layer(int l) const { return layers_[l]; }
+  size_t bytes() const { return arena_.bytes(); }
+
+ private:
+  GpuWeights() = default;
+  void allocate(const ModelConfig& cfg);
+
+  ModelConfig cfg_;
+  DeviceBuffer arena_;
+  const bf16* tok_embd_ = nullptr;
+  const bf16* output_ = nullptr;
+  const float* output_norm_ = nullptr;
+  const float* inv_freq_ = nullptr;
+  std::vector<GpuLayerWeights> layers_;
+};
+
+}  // namespace duo::cuda

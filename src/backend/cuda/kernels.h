@@ -1,0 +1,73 @@
+// The non-attention CUDA kernels of the model forward, as host-callable launchers. Each has a
+// plain CPU twin (src/backend/cpu/ops.h, sample/sampler.h, core/dequant.h) that
+// tests/cuda/ops_test.cpp checks it against.
+//
+// Precision: the residual stream and every GEMM output are fp32; what feeds a GEMM or the
+// attention kernels (normalised activations, SwiGLU output, Q/K/V) is bf16. All pointers are
+// device pointers; every launcher enqueues on `stream` and checks the launch (throws
+// std::runtime_error with the CUDA error string, like check_cuda).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "backend/cuda/attention.cuh"
+
+namespace duo::cuda {
+
+// x[t][:] = table[tokens[t]][:] for t < n (table: [vocab][E] bf16, x: [n][E] fp32). Token
+// ids must be valid (the forward checks them on the host).
+void embed_tokens(const bf16* table, const int32_t* tokens, int n, int E, float* x, cudaStream_t stream);
+
+// y[t] = bf16(x[t] / sqrt(mean(x[t]^2) + eps) * w) for n rows of E.
+void rmsnorm(const float* x, const float* w, bf16* y, int64_t n, int E, float eps, cudaStream_t stream);
+
+// The residual add fused with the next norm: x[t] += d[t], then y[t] = bf16(rmsnorm(x[t]) * w).
+void add_rmsnorm(float* x, const float* d, const float* w, bf16* y, int64_t n, int E, float eps,
+                 cudaStream_t stream);
+
+// x[i] += d[i] for `count` floats.
+void add_inplace(float* x, const float* d, int64_t count, cudaStream_t stream);
+
+// Q/K/V of n tokens at positions pos0, pos0 + 1, ...: rows of `qkv` (fp32, row stride ld) hold
+// [Q heads | K heads | V heads] x head_dim. Adds the bias ([Q | K | V], or none), applies RoPE
+// to Q and K (interleaved pairs (2i, 2i+1) for llama GGUF, rotate-half pairs (i, i + d/2) for
+// neox/qwen2; angle = pos * inv_freq[i]) and writes bf16 q [n][H*D], k and v [n][HKV*D].
+struct QkvRopeArgs {
+  const float* qkv = nullptr;
+  int64_t ld = 0;
+  const float* bias = nullptr;    // [(H + 2 HKV) * D] or nullptr
+  const float* inv_freq = nullptr;  // [D / 2]
+  int n = 0, pos0 = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  bool neox = false;
+  bf16 *q = nullptr, *k = nullptr, *v = nullptr;
+};
+void qkv_bias_rope(const QkvRopeArgs& a, cudaStream_t stream);
+
+// out[t][i] = bf16(silu(g) * u) with g = gu[t][i], u = gu[t][F + i] (gate and up projections
+// side by side in one fp32 row of 2F).
+void swiglu(const float* gu, int64_t n, int F, bf16* out, cudaStream_t stream);
+
+// out[r] = index of the largest of row r's n values (the first one on ties), for `rows` rows.
+void argmax_rows(const float* logits, int rows, int n, int32_t* out, cudaStream_t stream);
+
+// One token drawn from n logits: x = logits / temperature (> 0); keep the top_k largest
+// (0: all; ties by lower index), then the smallest set of largest x whose probability mass
+// reaches top_p (1: all); draw with the uniform number u in [0, 1): the kept token i where the
+// running sum of kept probabilities in index order first exceeds u * (their total).
+// The kept set is the same as Sampler::sample's; the order of the walk differs (index order
+// here, sorted order there), which gives the same distribution.
+struct SampleArgs {
+  float temperature = 1.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  double u = 0.0;
+};
+void sample_token(const float* logits, int n, const SampleArgs& a, int32_t* out, cudaStream_t stream);
+
+// dst[i] = center + scale * hash_uniform(seed, i) (see synthetic.h): seeded weights made on the GPU.
+void fill_uniform(bf16* dst, int64_t count, uint64_t seed, float center, float scale, cudaStream_t stream);
+void fill_uniform(float* dst, int64_t count, uint64_t seed, float center, float scale, cudaStream_t stream);
+
+}  // namespace duo::cuda

@@ -1,0 +1,49 @@
+// A run of equally sized KV pages at one fixed device address that grows as a sequence grows.
+// The attention kernels address a page as base + index * page_bytes, so the pool must stay
+// contiguous while it grows. With the driver's virtual memory management the address range
+// for max_pages is reserved up front (address space only) and physical memory is mapped into
+// it in slabs as pages are needed: nothing is copied, and at most one slab is mapped beyond
+// what the pages need. Where VMM is unavailable the whole range is allocated at once.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace duo::cuda {
+
+class PagePool {
+ public:
+  PagePool(size_t page_bytes, int64_t max_pages, std::string what);
+  ~PagePool();
+  PagePool(const PagePool&) = delete;
+  PagePool& operator=(const PagePool&) = delete;
+
+  // Makes pages [0, pages) usable; memory mapped for them is zeroed on `stream`. Throws
+  // duo::Error with the bytes needed when the device runs out of memory, or when `pages`
+  // exceeds max_pages.
+  void ensure(int64_t pages, cudaStream_t stream);
+
+  void* base() const { return base_; }
+  size_t page_bytes() const { return page_bytes_; }
+  int64_t max_pages() const { return max_pages_; }
+  size_t mapped_bytes() const { return mapped_; }  // device memory held
+  bool growable() const { return vmm_; }
+
+ private:
+  void release();
+
+  std::string what_;
+  size_t page_bytes_;
+  int64_t max_pages_;
+  bool vmm_ = false;
+  int device_ = 0;
+  void* base_ = nullptr;
+  size_t reserved_ = 0;  // address space (VMM) or allocation (fallback)
+  size_t mapped_ = 0;
+  size_t slab_ = 0;
+};
+
+}  // namespace duo::cuda

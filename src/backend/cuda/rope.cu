@@ -1,0 +1,56 @@
+// QKV post-processing after the fused QKV GEMM: bias, RoPE on Q and K, bf16 conversion.
+// One CTA a token; a thread rotates one (a, b) pair of one head, as rope() in cpu/ops.cpp.
+#include <stdexcept>
+
+#include "backend/cuda/kernels.h"
+
+namespace duo::cuda {
+namespace detail {
+namespace {
+
+constexpr int kRopeThreads = 256;
+
+__global__ void __launch_bounds__(kRopeThreads) qkv_rope_kernel(const QkvRopeArgs a) {
+  const int t = blockIdx.x, D = a.head_dim, half = D / 2;
+  const int64_t Q = (int64_t)a.n_heads * D, KV = (int64_t)a.n_kv_heads * D;
+  const float* row = a.qkv + (int64_t)t * a.ld;
+  const float pos = (float)(a.pos0 + t);  // exact for positions < 2^24
+  const int pairs = (a.n_heads + a.n_kv_heads) * half;
+  for (int idx = threadIdx.x; idx < pairs; idx += kRopeThreads) {
+    const int head = idx / half, i = idx % half;
+    int64_t src;  // offset of this head in the qkv row (== in the bias)
+    bf16* dst;
+    if (head < a.n_heads) {
+      src = (int64_t)head * D;
+      dst = a.q + (int64_t)t * Q + src;
+    } else {
+      src = Q + (int64_t)(head - a.n_heads) * D;
+      dst = a.k + (int64_t)t * KV + (src - Q);
+    }
+    const int ia = a.neox ? i : 2 * i, ib = a.neox ? i + half : 2 * i + 1;
+    float x0 = row[src + ia], x1 = row[src + ib];
+    if (a.bias) x0 += a.bias[src + ia], x1 += a.bias[src + ib];
+    float s, c;
+    sincosf(pos * a.inv_freq[i], &s, &c);
+    dst[ia] = __float2bfloat16(x0 * c - x1 * s);
+    dst[ib] = __float2bfloat16(x0 * s + x1 * c);
+  }
+  for (int64_t j = threadIdx.x; j < KV; j += kRopeThreads) {
+    float x = row[Q + KV + j];
+    if (a.bias) x += a.bias[Q + KV + j];
+    a.v[(int64_t)t * KV + j] = __float2bfloat16(x);
+  }
+}
+
+}  // namespace
+}  // namespace detail
+
+void qkv_bias_rope(const QkvRopeArgs& a, cudaStream_t stream) {
+  if (a.n <= 0) return;
+  if (a.head_dim % 2 != 0 || a.n_heads <= 0 || a.n_kv_heads <= 0)
+    throw std::invalid_argument("qkv_bias_rope: bad head shape");
+  detail::qkv_rope_kernel<<<a.n, detail::kRopeThreads, 0, stream>>>(a);
+  check_cuda(cudaGetLastError(), "qkv_bias_rope launch");
+}
+
+}  // namespace duo::cuda

@@ -1,0 +1,32 @@
+#include "engine/backend.h"
+
+#include "core/error.h"
+
+namespace duo {
+
+Device parse_device(const std::string& s) {
+  if (s == "cpu") return Device::Cpu;
+  if (s == "cuda") return Device::Cuda;
+  fail("unknown device '{}' (expected cpu or cuda)", s);
+}
+
+const char* to_string(Device d) { return d == Device::Cuda ? "cuda" : "cpu"; }
+
+#ifdef DUO_HAVE_CUDA
+bool cuda_compiled() { return true; }
+// make_cuda_backend / make_cuda_synthetic_backend: src/backend/cuda/cuda_backend.cpp
+#else
+bool cuda_compiled() { return false; }
+
+namespace {
+[[noreturn]] void no_cuda() {
+  fail("device 'cuda' is not available: this duo was built without the CUDA backend "
+       "(configure with -DDUO_CUDA=ON on a machine with nvcc, e.g. cmake -S . -B build -DDUO_CUDA=ON)");
+}
+}  // namespace
+
+std::unique_ptr<ModelBackend> make_cuda_backend(const Model&) { no_cuda(); }
+std::unique_ptr<ModelBackend> make_cuda_synthetic_backend(const ModelConfig&, uint64_t) { no_cuda(); }
+#endif
+
+}  // namespace duo

@@ -1,0 +1,38 @@
+// The HTTP face of `duo serve` (cpp-httplib): OpenAI-compatible /v1/completions and
+// /v1/chat/completions (JSON or server-sent events), /v1/models, /health and /metrics.
+// Every error a client can get is a JSON body in the OpenAI error format.
+#pragma once
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "serve/metrics.h"
+#include "serve/prepare.h"
+#include "serve/scheduler.h"
+
+namespace duo::serve {
+
+struct HttpOptions {
+  std::string host = "127.0.0.1";
+  int port = 8080;                        // 0: any free port (bind() says which)
+  size_t max_body_bytes = size_t(8) << 20;  // larger bodies get 413
+  int threads = 0;                        // connection threads (0: enough for max_batch + max_queue)
+  bool log_requests = false;              // one line per request on stderr
+};
+
+class HttpServer {
+ public:
+  HttpServer(const ServeContext& ctx, Scheduler& scheduler, Metrics& metrics, HttpOptions opts);
+  ~HttpServer();
+  // Binds the listening socket; returns the port. Throws duo::Error when it cannot.
+  int bind();
+  // Serves until stop() (from another thread).
+  void listen();
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace duo::serve

@@ -1,0 +1,128 @@
+#include "serve/prepare.h"
+
+#include <random>
+
+#include "core/error.h"
+#include "model/model.h"
+#include "serve/api_error.h"
+#include "tokenizer/tokenizer.h"
+
+namespace duo::serve {
+
+namespace {
+
+HeadPlan request_plan(const GenerationRequest& r, const ServeContext& ctx) {
+  Engine& engine = *ctx.engine;
+  const ModelConfig& c = engine.model().config();
+  const AttentionMode mode = r.attention.value_or(engine.options().attention);
+  StreamingWindow w = engine.options().window;
+  if (r.sink) w.sink = *r.sink;
+  if (r.recent) w.recent = *r.recent;
+  switch (mode) {
+    case AttentionMode::Full: return HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Retrieval, w);
+    case AttentionMode::Streaming: return HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Streaming, w);
+    case AttentionMode::Duo: break;
+  }
+  const bool own_pattern = r.pattern_name || r.pattern_gates || r.retrieval_ratio || r.threshold;
+  if (!own_pattern && engine.options().attention == AttentionMode::Duo) {
+    HeadPlan p = engine.plan();  // the server's pattern, already in slot order
+    p.window = w;
+    return p;
+  }
+  const GateMatrix* gates = nullptr;
+  std::string origin;
+  if (r.pattern_gates) {
+    gates = &*r.pattern_gates;
+    origin = "request pattern";
+  } else {
+    const std::string name = r.pattern_name.value_or(ctx.default_pattern);
+    if (name.empty())
+      bad_param("pattern", "\"attention\": \"duo\" needs a head pattern: give 'pattern' (a name the server loaded, "
+                           "or a gate matrix); this server has no default");
+    auto it = ctx.patterns.find(name);
+    if (it == ctx.patterns.end()) {
+      std::string known;
+      for (const auto& [n, g] : ctx.patterns) known += (known.empty() ? "" : ", ") + n;
+      bad_param("pattern", "unknown pattern '{}' (this server has: {})", name, known.empty() ? "none" : known);
+    }
+    gates = &it->second;
+    origin = "pattern '" + name + "'";
+  }
+  try {
+    const double ratio = r.retrieval_ratio ? *r.retrieval_ratio : (r.threshold ? -1.0 : ctx.default_retrieval_ratio);
+    const float threshold = r.threshold.value_or(ctx.default_threshold);
+    const auto kinds = ratio >= 0 ? binarize_ratio(*gates, ratio) : binarize_threshold(*gates, threshold);
+    return engine.model().to_slot_order(make_head_plan(kinds, c.n_layers, c.n_kv_heads, w, origin));
+  } catch (const Error& e) {
+    bad_param("pattern", "{}", e.what());
+  }
+}
+
+}  // namespace
+
+std::vector<int32_t> prompt_tokens(const GenerationRequest& r, const ServeContext& ctx) {
+  const Tokenizer& tok = ctx.engine->tokenizer();
+  const int n_vocab = ctx.engine->model().config().n_vocab;
+  std::vector<int32_t> ids;
+  if (r.endpoint == Endpoint::ChatCompletions) {
+    if (!ctx.chat)
+      throw ApiError(400, "invalid_request_error",
+                     fmt::format("this model has no chat template duo can render ({}); use /v1/completions",
+                                 ctx.chat_error),
+                     "messages");
+    std::string text;
+    try {
+      text = apply_chat_template(*ctx.chat, r.messages, true);
+    } catch (const Error& e) {
+      bad_param("messages", "{}", e.what());
+    }
+    ids = tok.encode(text, false, true);
+  } else if (r.prompt_is_tokens) {
+    for (size_t i = 0; i < r.prompt_tokens.size(); ++i)
+      if (r.prompt_tokens[i] >= n_vocab)
+        bad_param("prompt", "token id {} at index {} is outside the vocabulary (0..{})", r.prompt_tokens[i], i,
+                  n_vocab - 1);
+    ids = r.prompt_tokens;
+  } else {
+    ids = tok.encode(r.prompt, tok.vocab().add_bos, false);
+  }
+  if (ids.empty()) bad_param(r.endpoint == Endpoint::ChatCompletions ? "messages" : "prompt", "the prompt is empty");
+  return ids;
+}
+
+Job prepare_job(const GenerationRequest& r, const ServeContext& ctx) {
+  if (r.model != ctx.model_id)
+    throw ApiError(404, "invalid_request_error",
+                   fmt::format("the model '{}' does not exist; this server has '{}'", r.model, ctx.model_id), "model",
+                   "model_not_found");
+  Job job;
+  job.prompt = prompt_tokens(r, ctx);
+  const int64_t limit = ctx.engine->max_context(), P = (int64_t)job.prompt.size();
+  if (P >= limit)
+    throw ApiError(400, "invalid_request_error",
+                   fmt::format("the prompt has {} tokens; this model's context limit is {} tokens, which leaves no "
+                               "room to generate",
+                               P, limit),
+                   r.endpoint == Endpoint::ChatCompletions ? "messages" : "prompt", "context_length_exceeded");
+  if (r.max_tokens) {
+    if (P + *r.max_tokens > limit)
+      throw ApiError(400, "invalid_request_error",
+                     fmt::format("this model's context limit is {} tokens, but the prompt has {} tokens and "
+                                 "max_tokens asks for {} more",
+                                 limit, P, *r.max_tokens),
+                     "max_tokens", "context_length_exceeded");
+    job.max_tokens = *r.max_tokens;
+  } else {
+    job.max_tokens = std::min(ctx.default_max_tokens, limit - P);
+  }
+  job.plan = request_plan(r, ctx);
+  job.sampling = r.sampling;
+  if (!r.seed_given) {
+    std::random_device rd;
+    job.sampling.seed = (uint64_t)rd() << 32 | rd();
+  }
+  job.stop = r.stop;
+  return job;
+}
+
+}  // namespace duo::serve

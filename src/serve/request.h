@@ -1,0 +1,62 @@
+// An OpenAI-style generation request (/v1/completions or /v1/chat/completions), parsed from
+// its JSON body and checked field by field: wrong types, out-of-range values and options this
+// server does not implement are ApiErrors naming the field, never silently ignored.
+//
+// duo's own options ride along as extra top-level fields (the openai client's `extra_body`):
+//   attention        "full" | "streaming" | "duo"
+//   sink, recent     streaming-head window (attention sinks, recent tokens)
+//   pattern          duo head pattern: the name of one the server loaded, or an inline gate
+//                    matrix (array of layers, each an array of KV-head gates in [0, 1])
+//   retrieval_ratio  binarize the pattern keeping this fraction of heads as retrieval heads
+//   threshold        or: gates >= threshold are retrieval heads
+//   top_k            sampling cut (0: off)
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "duo/engine.h"
+#include "io/head_pattern.h"
+#include "sample/sampler.h"
+#include "tokenizer/chat_template.h"
+
+namespace duo::serve {
+
+enum class Endpoint { Completions, ChatCompletions };
+const char* endpoint_path(Endpoint e);
+
+struct GenerationRequest {
+  Endpoint endpoint = Endpoint::Completions;
+  std::string model;
+  // Completions: the prompt as text, or as token ids when prompt_is_tokens.
+  std::string prompt;
+  std::vector<int32_t> prompt_tokens;
+  bool prompt_is_tokens = false;
+  // Chat completions: the conversation.
+  std::vector<ChatMessage> messages;
+
+  std::optional<int64_t> max_tokens;
+  SamplerConfig sampling;
+  bool seed_given = false;
+  std::vector<std::string> stop;
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+
+  // duo options (unset: the server's defaults)
+  std::optional<AttentionMode> attention;
+  std::optional<int> sink, recent;
+  std::optional<std::string> pattern_name;
+  std::optional<GateMatrix> pattern_gates;
+  std::optional<double> retrieval_ratio;
+  std::optional<float> threshold;
+};
+
+// Limits on what a body may ask for (beyond the model's context, checked later).
+constexpr size_t kMaxStopStrings = 16;
+constexpr size_t kMaxStopLength = 256;
+
+// Parses and validates a request body. Throws ApiError (400) with the offending field.
+GenerationRequest parse_request(Endpoint endpoint, const std::string& body);
+
+}  // namespace duo::serve

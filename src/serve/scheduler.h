@@ -1,0 +1,120 @@
+// Continuous batching on one Engine. HTTP threads submit jobs; one scheduler thread owns the
+// model and runs steps: each step admits queued jobs while the KV budget allows, then runs
+// one Model::forward_batch over every running sequence (a pre-fill chunk for sequences still
+// reading their prompt, the last sampled token for the others), samples each sequence's next
+// token and streams its text to the waiting HTTP thread.
+//
+// Admission is against exact KV cost: a sequence reserves what its cache will hold at its
+// largest (prompt + max_tokens - 1 positions; retrieval heads grow with length, streaming
+// heads are constant; the formula is KvCache::bytes_for), so the caches together never
+// exceed the budget. A job that could never fit is refused at submit; one that fits later
+// waits in a bounded FIFO queue; a full queue is refused (503).
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "duo/engine.h"
+#include "serve/api_error.h"
+#include "serve/metrics.h"
+
+namespace duo::serve {
+
+enum class FinishReason { None, Stop, Length, Cancelled, Error };
+const char* to_string(FinishReason r);
+
+// What to generate: everything resolved against the model already.
+struct Job {
+  std::vector<int32_t> prompt;
+  HeadPlan plan;  // in the model's cache-slot order (Model::to_slot_order)
+  int64_t max_tokens = 16;
+  SamplerConfig sampling;
+  std::vector<std::string> stop;
+};
+
+// One request's output, written by the scheduler thread and read by the HTTP thread.
+class Generation {
+ public:
+  // Waits until there is new text or the generation has finished, at most `timeout`. Appends
+  // the new text to `text`; returns true once finished (all text has then been taken).
+  bool wait_for(std::string& text, std::chrono::milliseconds timeout);
+  // The client went away: the scheduler drops the sequence (or the queued job) at its next step.
+  void cancel() { cancelled_.store(true); }
+  bool cancelled() const { return cancelled_.load(); }
+
+  // After wait_for returned true:
+  FinishReason finish_reason() const;
+  int64_t prompt_tokens() const { return prompt_tokens_; }
+  int64_t completion_tokens() const;
+  std::optional<ApiError> error() const;
+
+  // Scheduler side.
+  explicit Generation(int64_t prompt_tokens) : prompt_tokens_(prompt_tokens) {}
+  void emit(const std::string& text);
+  void finish(FinishReason reason, int64_t completion_tokens, std::optional<ApiError> error = std::nullopt);
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::string pending_;
+  bool finished_ = false;
+  FinishReason reason_ = FinishReason::None;
+  const int64_t prompt_tokens_;
+  int64_t completion_tokens_ = 0;
+  std::optional<ApiError> error_;
+  std::atomic<bool> cancelled_{false};
+};
+
+struct SchedulerOptions {
+  size_t kv_budget_bytes = size_t(2) << 30;
+  int max_batch = 32;                  // sequences running at once
+  int max_queue = 64;                  // jobs waiting for admission
+  int64_t prefill_tokens_per_step = 0;  // pre-fill tokens per step (0: the engine's chunk); one chunk at least
+};
+
+class Scheduler {
+ public:
+  Scheduler(Engine& engine, SchedulerOptions opts, Metrics& metrics);
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Queues a job. Throws ApiError: 400 for a job that is malformed or could never fit the KV
+  // budget, 503 when the queue is full or the scheduler is shutting down.
+  std::shared_ptr<Generation> submit(Job job);
+  // Exact KV bytes a job reserves (its cache at prompt + max_tokens - 1 positions).
+  size_t kv_cost(const Job& job) const;
+  const SchedulerOptions& options() const { return opts_; }
+  // Stops the thread; jobs still queued or running finish with a 503 error.
+  void shutdown();
+
+ private:
+  struct Sequence;
+  void run();
+  void admit_locked();
+  void step();
+  bool take_token(Sequence& s, int32_t id);  // true when the sequence finished
+  void finish(Sequence& s, FinishReason reason, std::optional<ApiError> error = std::nullopt);
+  void publish_gauges(int last_batch);
+
+  Engine& engine_;
+  SchedulerOptions opts_;
+  Metrics& metrics_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::deque<std::unique_ptr<Sequence>> pending_;  // guarded by mu_
+  size_t reserved_ = 0;                            // guarded by mu_
+  std::vector<std::unique_ptr<Sequence>> active_;  // scheduler thread only
+  std::thread thread_;
+};
+
+}  // namespace duo::serve

@@ -1,0 +1,178 @@
+// The GPU KV cache against the CPU HeadCache: the same rows appended in the same chunks
+// (kv_append on the GPU, HeadCache::append on the CPU) must leave, for every position a head
+// still holds, exactly the same key and value (bf16 values, compared exactly) at the place
+// attention.cuh's layout says: page_table[h][p / 256] for retrieval heads, sink + ring rows for
+// streaming heads. Byte accounting must equal the CPU's for bf16 (half of its float bytes).
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "backend/cuda/gpu_kv_cache.h"
+#include "core/error.h"
+#include "cuda_test_util.h"
+#include "kv/kv_cache.h"
+
+namespace duo::cuda {
+namespace {
+
+using test::Dev;
+
+ModelConfig cache_config(int layers, int kv_heads, int d) {
+  ModelConfig c;
+  c.n_layers = layers;
+  c.n_kv_heads = kv_heads;
+  c.n_heads = kv_heads;
+  c.head_dim = d;
+  return c;
+}
+
+// Reads back what head (l, h) of the GPU cache holds for position p (K then V, d values each).
+struct GpuView {
+  const GpuKvCache& kv;
+  int d;
+  std::vector<int32_t> table;
+  std::vector<bf16> kpool, vpool, kring, vring;
+
+  GpuView(const GpuKvCache& cache, int layer, int d_) : kv(cache), d(d_) {
+    DUO_CUDA_TRY(cudaDeviceSynchronize());
+    const LayerKv& v = kv.layer(layer);
+    table.resize((size_t)kv.plan().kinds[layer].size() * v.max_pages);
+    DUO_CUDA_TRY(cudaMemcpy(table.data(), v.page_table, table.size() * 4, cudaMemcpyDeviceToHost));
+    const size_t pool = kv.bytes(HeadKind::Retrieval) / 2 / sizeof(bf16);  // used pages, K or V
+    kpool.resize(pool), vpool.resize(pool);
+    if (pool) {
+      DUO_CUDA_TRY(cudaMemcpy(kpool.data(), v.k_pages, pool * 2, cudaMemcpyDeviceToHost));
+      DUO_CUDA_TRY(cudaMemcpy(vpool.data(), v.v_pages, pool * 2, cudaMemcpyDeviceToHost));
+    }
+    if (v.k_ring) {
+      const size_t ring = kv.plan().kinds[layer].size() * (size_t)(v.sink + v.recent) * d;
+      kring.resize(ring), vring.resize(ring);
+      DUO_CUDA_TRY(cudaMemcpy(kring.data(), v.k_ring, ring * 2, cudaMemcpyDeviceToHost));
+      DUO_CUDA_TRY(cudaMemcpy(vring.data(), v.v_ring, ring * 2, cudaMemcpyDeviceToHost));
+    }
+  }
+};
+
+void expect_same_contents(const GpuKvCache& gpu, const KvCache& cpu, int layers, int n_kv, int d) {
+  for (int l = 0; l < layers; ++l) {
+    GpuView g(gpu, l, d);
+    const LayerKv& v = gpu.layer(l);
+    for (int h = 0; h < n_kv; ++h) {
+      std::vector<KvSegment> segs;
+      cpu.head(l, h).segments(cpu.n_past(), segs);
+      const bool streaming = cpu.head(l, h).kind() == HeadKind::Streaming;
+      int checked = 0;
+      for (const KvSegment& s : segs)
+        for (int64_t r = 0; r < s.n; ++r) {
+          const int64_t p = s.pos0 + r;
+          const bf16 *gk, *gv;
+          if (streaming) {
+            const int64_t row = p < v.sink ? p : v.sink + (p - v.sink) % v.recent;
+            const size_t off = ((size_t)h * (v.sink + v.recent) + row) * d;
+            gk = &g.kring[off], gv = &g.vring[off];
+          } else {
+            const int32_t page = g.table[(size_t)h * v.max_pages + p / kPageTokens];
+            ASSERT_GE(page, 0);
+            const size_t off = ((size_t)page * kPageTokens + p % kPageTokens) * d;
+            ASSERT_LE(off + d, g.kpool.size()) << "page " << page << " outside the used pool";
+            gk = &g.kpool[off], gv = &g.vpool[off];
+          }
+          for (int c = 0; c < d; ++c) {
+            ASSERT_EQ(test::to_float(gk[c]), s.k[r * s.stride + c])
+                << "K layer " << l << " head " << h << " position " << p << " dim " << c;
+            ASSERT_EQ(test::to_float(gv[c]), s.v[r * s.stride + c])
+                << "V layer " << l << " head " << h << " position " << p << " dim " << c;
+          }
+          ++checked;
+        }
+      EXPECT_GT(checked, 0);
+    }
+  }
+  EXPECT_EQ(gpu.bytes(HeadKind::Retrieval) * 2, cpu.bytes(HeadKind::Retrieval));
+  EXPECT_EQ(gpu.bytes(HeadKind::Streaming) * 2, cpu.bytes(HeadKind::Streaming));
+}
+
+// Appends the same random rows in `chunks` to both caches and compares after every chunk.
+void run_appends(int d, const HeadPlan& plan, const std::vector<int>& chunks, uint32_t seed) {
+  const int layers = (int)plan.kinds.size(), n_kv = (int)plan.kinds[0].size();
+  const ModelConfig c = cache_config(layers, n_kv, d);
+  int total = 0;
+  for (int n : chunks) total += n;
+  GpuKvCache gpu(c, plan, total + 3, 0);
+  KvCache cpu(layers, n_kv, d, plan);
+  std::mt19937 rng(seed);
+  const int64_t row = (int64_t)n_kv * d;
+  for (int n : chunks) {
+    const int64_t pos0 = gpu.n_past();
+    gpu.reserve(pos0 + n);
+    for (int l = 0; l < layers; ++l) {
+      auto k = test::randn_bf16(rng, (size_t)(n * row)), v = test::randn_bf16(rng, (size_t)(n * row));
+      Dev<bf16> dk(test::to_bf16(k)), dv(test::to_bf16(v));
+      kv_append(dk.get(), dv.get(), row, n, (int)pos0, n_kv, d, gpu.layer(l), 0);
+      DUO_CUDA_TRY(cudaDeviceSynchronize());
+      for (int h = 0; h < n_kv; ++h) cpu.head(l, h).append(k.data() + h * d, v.data() + h * d, n, row, pos0);
+    }
+    gpu.advance(n);
+    cpu.advance(n);
+    SCOPED_TRACE("after " + std::to_string(gpu.n_past()) + " positions");
+    expect_same_contents(gpu, cpu, layers, n_kv, d);
+    EXPECT_EQ(GpuKvCache::bytes_for(c, plan, gpu.n_past()), gpu.bytes());
+  }
+}
+
+TEST(CudaKvCache, MixedHeadsMatchHeadCache) {
+  HeadPlan plan = HeadPlan::uniform(3, 4, HeadKind::Retrieval, {4, 40});
+  plan.kinds[0] = {HeadKind::Retrieval, HeadKind::Streaming, HeadKind::Retrieval, HeadKind::Streaming};
+  plan.kinds[1] = std::vector<HeadKind>(4, HeadKind::Streaming);  // layer 2 stays all retrieval
+  run_appends(64, plan, {100, 1, 300, 37, 1, 1, 256}, 1);
+}
+
+TEST(CudaKvCache, StreamingOnlyD128NoSink) {
+  run_appends(128, HeadPlan::uniform(2, 2, HeadKind::Streaming, {0, 33}), {10, 50, 1, 1, 200}, 2);
+}
+
+TEST(CudaKvCache, PoolGrowsAcrossSlabsAndClears) {
+  // 4 layers x 8 retrieval heads x d 128: 64 KB pages, 32 MiB slabs of 512 pages; 5000 tokens
+  // need 20 pages a head = 640 pages: the pool maps a second slab on the way.
+  const ModelConfig c = cache_config(4, 8, 128);
+  const HeadPlan plan = HeadPlan::uniform(4, 8, HeadKind::Retrieval);
+  GpuKvCache gpu(c, plan, 5000, 0);
+  EXPECT_EQ(gpu.bytes(), 0u);
+  gpu.reserve(256 * 12);
+  const size_t early = gpu.device_bytes();
+  gpu.reserve(5000);
+  EXPECT_GT(gpu.device_bytes(), early) << "more pages must map more memory";
+  EXPECT_EQ(gpu.bytes(), (size_t)32 * 20 * 2 * 256 * 128 * 2);
+  EXPECT_THROW(gpu.reserve(5001), Error);
+  gpu.clear();
+  EXPECT_EQ(gpu.bytes(), 0u);
+  EXPECT_EQ(gpu.n_past(), 0);
+  // After clear() the pages are handed out again and hold new rows correctly.
+  run_appends(128, plan, {700, 1}, 3);
+}
+
+TEST(CudaKvCache, FillRandomHoldsPositions) {
+  const ModelConfig c = cache_config(2, 4, 64);
+  HeadPlan plan = HeadPlan::uniform(2, 4, HeadKind::Retrieval, {4, 16});
+  plan.kinds[1][3] = HeadKind::Streaming;
+  GpuKvCache gpu(c, plan, 10000, 0);
+  gpu.fill_random(9000, 7);
+  EXPECT_EQ(gpu.n_past(), 9000);
+  EXPECT_EQ(gpu.bytes(), GpuKvCache::bytes_for(c, plan, 9000));
+  GpuView g(gpu, 0, 64);
+  double sum = 0, sq = 0;
+  for (bf16 x : g.kpool) sum += test::to_float(x), sq += test::to_float(x) * test::to_float(x);
+  const double n = (double)g.kpool.size();
+  EXPECT_NEAR(sum / n, 0.0, 0.01);
+  EXPECT_NEAR(sq / n, 1.0 / 3, 0.01);  // uniform [-1, 1)
+}
+
+TEST(CudaKvCache, RejectsUnsupportedShapes) {
+  EXPECT_THROW(GpuKvCache(cache_config(1, 2, 96), HeadPlan::uniform(1, 2, HeadKind::Retrieval), 100, 0), Error);
+  EXPECT_THROW(GpuKvCache(cache_config(1, 2, 64), HeadPlan::uniform(2, 2, HeadKind::Retrieval), 100, 0), Error);
+  EXPECT_THROW(GpuKvCache(cache_config(1, 2, 64), HeadPlan::uniform(1, 2, HeadKind::Streaming, {4, 0}), 100, 0),
+               Error);
+}
+
+}  // namespace
+}  // namespace duo::cuda

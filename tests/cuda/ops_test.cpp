@@ -1,0 +1,260 @@
+// Every non-attention CUDA kernel of the forward against its CPU twin on random inputs.
+// Tolerances: outputs rounded to bf16 may differ from the rounded CPU value by one bf16 step
+// (2^-7 relative at most) because fp32 results differ in the last bits (summation order,
+// FMA contraction, sinf/expf ulps); fp32 outputs of the same operations must agree exactly
+// where the operation is a single IEEE op (embedding, residual add).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "backend/cpu/ops.h"
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/synthetic.h"
+#include "cuda_test_util.h"
+#include "sample/sampler.h"
+
+namespace duo::cuda {
+namespace {
+
+using test::Dev;
+
+constexpr double kBf16Step = 1.0 / 128;  // one bf16 step, relative
+
+TEST(CudaOps, RmsNorm) {
+  std::mt19937 rng(1);
+  for (int E : {576, 1536, 4096}) {
+    const int n = 5;
+    auto x = test::randn(rng, (size_t)n * E, 3.0f);
+    auto w = test::randn(rng, E, 0.2f, 1.0f);
+    Dev<float> dx(x), dw(w);
+    Dev<bf16> dy((size_t)n * E);
+    rmsnorm(dx.get(), dw.get(), dy.get(), n, E, 1e-5f, 0);
+    std::vector<float> want((size_t)n * E);
+    for (int t = 0; t < n; ++t) duo::rmsnorm(&x[(size_t)t * E], w.data(), &want[(size_t)t * E], E, 1e-5f);
+    EXPECT_ALL_CLOSE(test::to_float(dy.download()), want, kBf16Step, 1e-6, "rmsnorm E=" + std::to_string(E));
+  }
+}
+
+TEST(CudaOps, AddRmsNormAndAdd) {
+  std::mt19937 rng(2);
+  const int n = 4, E = 896;
+  auto x = test::randn(rng, (size_t)n * E), d = test::randn(rng, (size_t)n * E);
+  auto w = test::randn(rng, E, 0.2f, 1.0f);
+  Dev<float> dx(x), dd(d), dw(w);
+  Dev<bf16> dy((size_t)n * E);
+  add_rmsnorm(dx.get(), dd.get(), dw.get(), dy.get(), n, E, 1e-6f, 0);
+  std::vector<float> sum = x, want((size_t)n * E);
+  for (int t = 0; t < n; ++t) {
+    duo::add_inplace(&sum[(size_t)t * E], &d[(size_t)t * E], E);
+    duo::rmsnorm(&sum[(size_t)t * E], w.data(), &want[(size_t)t * E], E, 1e-6f);
+  }
+  EXPECT_EQ(dx.download(), sum) << "add_rmsnorm must leave x + d in x (one IEEE add)";
+  EXPECT_ALL_CLOSE(test::to_float(dy.download()), want, kBf16Step, 1e-6, "add_rmsnorm output");
+
+  add_inplace(dx.get(), dd.get(), (int64_t)n * E, 0);
+  for (size_t i = 0; i < sum.size(); ++i) sum[i] += d[i];
+  EXPECT_EQ(dx.download(), sum) << "add_inplace";
+}
+
+// Bias + RoPE of both pairings at small and very large positions, against cpu rope().
+void check_rope(RopeStyle style, int H, int HKV, int D, bool bias, int pos0, float theta, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int n = 7, Q = H * D, KV = HKV * D, ld = Q + 2 * KV + 5;  // padded rows: ld honoured
+  auto qkv = test::randn(rng, (size_t)n * ld, 2.0f);
+  auto b = test::randn(rng, (size_t)(Q + 2 * KV), 0.5f);
+  std::vector<float> inv(D / 2);
+  for (int i = 0; i < D / 2; ++i) inv[i] = (float)std::pow((double)theta, -2.0 * i / D);
+  Dev<float> dqkv(qkv), db(b), dinv(inv);
+  Dev<bf16> dq((size_t)n * Q), dk((size_t)n * KV), dv((size_t)n * KV);
+  QkvRopeArgs a;
+  a.qkv = dqkv.get(), a.ld = ld, a.bias = bias ? db.get() : nullptr, a.inv_freq = dinv.get();
+  a.n = n, a.pos0 = pos0, a.n_heads = H, a.n_kv_heads = HKV, a.head_dim = D;
+  a.neox = style == RopeStyle::Neox;
+  a.q = dq.get(), a.k = dk.get(), a.v = dv.get();
+  qkv_bias_rope(a, 0);
+  std::vector<float> wq((size_t)n * Q), wk((size_t)n * KV), wv((size_t)n * KV);
+  for (int t = 0; t < n; ++t) {
+    const float* row = &qkv[(size_t)t * ld];
+    for (int j = 0; j < Q; ++j) wq[(size_t)t * Q + j] = row[j] + (bias ? b[j] : 0.0f);
+    for (int j = 0; j < KV; ++j) wk[(size_t)t * KV + j] = row[Q + j] + (bias ? b[Q + j] : 0.0f);
+    for (int j = 0; j < KV; ++j) wv[(size_t)t * KV + j] = row[Q + KV + j] + (bias ? b[Q + KV + j] : 0.0f);
+    for (int h = 0; h < H; ++h) rope(&wq[(size_t)t * Q + h * D], D, pos0 + t, inv.data(), style);
+    for (int h = 0; h < HKV; ++h) rope(&wk[(size_t)t * KV + h * D], D, pos0 + t, inv.data(), style);
+  }
+  const std::string what = std::string(style == RopeStyle::Neox ? "neox" : "interleaved") + " rope at " +
+                           std::to_string(pos0) + (bias ? " with bias" : "");
+  // abs term: x0*c - x1*s may cancel; the fp32 inputs differ by ~1e-6 at most.
+  EXPECT_ALL_CLOSE(test::to_float(dq.download()), wq, kBf16Step, 1e-5, what + ": q");
+  EXPECT_ALL_CLOSE(test::to_float(dk.download()), wk, kBf16Step, 1e-5, what + ": k");
+  EXPECT_ALL_CLOSE(test::to_float(dv.download()), wv, kBf16Step, 1e-6, what + ": v");
+}
+
+TEST(CudaOps, RopeInterleavedLlama) {
+  check_rope(RopeStyle::Interleaved, 9, 3, 64, false, 0, 10000.0f, 3);
+  check_rope(RopeStyle::Interleaved, 32, 8, 128, false, 131000, 500000.0f, 4);
+  check_rope(RopeStyle::Interleaved, 32, 8, 128, false, (1 << 20) - 7, 500000.0f, 5);
+}
+
+TEST(CudaOps, RopeNeoxQwenWithBias) {
+  check_rope(RopeStyle::Neox, 12, 2, 128, true, 0, 1e6f, 6);
+  check_rope(RopeStyle::Neox, 28, 4, 128, true, 30000, 1e6f, 7);
+  check_rope(RopeStyle::Neox, 8, 8, 64, false, 777, 10000.0f, 8);
+}
+
+TEST(CudaOps, SwiGlu) {
+  std::mt19937 rng(9);
+  const int n = 3, F = 1000;
+  auto gu = test::randn(rng, (size_t)n * 2 * F, 3.0f);
+  Dev<float> dgu(gu);
+  Dev<bf16> dout((size_t)n * F);
+  swiglu(dgu.get(), n, F, dout.get(), 0);
+  std::vector<float> want((size_t)n * F);
+  for (int t = 0; t < n; ++t) duo::swiglu(&gu[(size_t)t * 2 * F], &gu[(size_t)t * 2 * F + F], &want[(size_t)t * F], F);
+  EXPECT_ALL_CLOSE(test::to_float(dout.download()), want, kBf16Step, 1e-6, "swiglu");
+}
+
+TEST(CudaOps, EmbeddingIsExactRowCopy) {
+  std::mt19937 rng(10);
+  const int V = 1000, E = 576;
+  auto table = test::randn_bf16(rng, (size_t)V * E);
+  std::vector<int32_t> toks = {0, 999, 5, 5, 123, 998};
+  Dev<bf16> dt(test::to_bf16(table));
+  Dev<int32_t> dtok(toks);
+  Dev<float> dx(toks.size() * E);
+  embed_tokens(dt.get(), dtok.get(), (int)toks.size(), E, dx.get(), 0);
+  std::vector<float> want;
+  for (int32_t t : toks) want.insert(want.end(), table.begin() + (size_t)t * E, table.begin() + (size_t)(t + 1) * E);
+  EXPECT_EQ(dx.download(), want);
+}
+
+TEST(CudaOps, ArgmaxFirstOnTies) {
+  std::mt19937 rng(11);
+  const int rows = 4, n = 49152;
+  auto x = test::randn(rng, (size_t)rows * n);
+  x[(size_t)0 * n + 17] = 50.0f, x[(size_t)0 * n + 40000] = 50.0f;      // tie: first wins
+  x[(size_t)1 * n + n - 1] = 60.0f;                                      // last element
+  for (int i = 0; i < n; ++i) x[(size_t)2 * n + i] = -INFINITY;         // nothing finite: 0
+  x[(size_t)3 * n + 0] = 9.0f;                                           // first element
+  Dev<float> dx(x);
+  Dev<int32_t> dout(rows);
+  argmax_rows(dx.get(), rows, n, dout.get(), 0);
+  const auto got = dout.download();
+  for (int r = 0; r < rows; ++r) EXPECT_EQ(got[r], Sampler::argmax(&x[(size_t)r * n], n)) << "row " << r;
+}
+
+// CPU reference of sample_token: the kept set exactly as Sampler::sample builds it (sort by
+// value then index, top-k, then the shortest prefix reaching top_p), the draw in index order.
+// `slack` gets how close r came to a boundary between two kept tokens (relative to the kept
+// mass) or how close the top-p cut came to top_p: where that is ~1e-6 fp32 may decide otherwise.
+int32_t sample_ref(const std::vector<float>& logits, const SampleArgs& a, double& slack) {
+  const int n = (int)logits.size();
+  std::vector<float> x(n);
+  for (int i = 0; i < n; ++i) x[i] = logits[i] / a.temperature;
+  std::vector<int> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int p, int q) { return x[p] > x[q] || (x[p] == x[q] && p < q); });
+  int keep = a.top_k > 0 && a.top_k < n ? a.top_k : n;
+  const double mx = x[order[0]];
+  double total = 0;
+  for (int j = 0; j < keep; ++j) total += std::exp((double)x[order[j]] - mx);
+  slack = 1.0;
+  if (a.top_p < 1.0f) {
+    double cum = 0;
+    for (int j = 0; j < keep; ++j) {
+      cum += std::exp((double)x[order[j]] - mx);
+      slack = std::min(slack, std::fabs(cum / total - a.top_p));
+      if (cum / total >= a.top_p) {
+        keep = j + 1;
+        break;
+      }
+    }
+  }
+  std::vector<bool> kept(n, false);
+  double kept_mass = 0;
+  for (int j = 0; j < keep; ++j) kept[order[j]] = true, kept_mass += std::exp((double)x[order[j]] - mx);
+  const double r = a.u * kept_mass;
+  double cum = 0;
+  int32_t pick = order[keep - 1];
+  for (int i = 0; i < n; ++i) {
+    if (!kept[i]) continue;
+    cum += std::exp((double)x[i] - mx);
+    slack = std::min(slack, std::fabs(cum - r) / kept_mass);
+    if (r < cum) {
+      pick = i;
+      break;
+    }
+  }
+  return pick;
+}
+
+TEST(CudaOps, SamplingMatchesReferenceDraws) {
+  std::mt19937 rng(12);
+  struct Case {
+    float t;
+    int k;
+    float p;
+  };
+  const Case cases[] = {{0.7f, 0, 1.0f}, {1.0f, 40, 1.0f}, {0.8f, 0, 0.9f}, {1.2f, 50, 0.95f}, {0.5f, 1, 1.0f},
+                        {1.0f, 0, 0.3f}};
+  int compared = 0, near_boundary = 0;
+  for (int n : {1000, 49152}) {
+    auto logits = test::randn(rng, n, 3.0f);
+    logits[n / 2] = logits[n / 3];  // a tie
+    Dev<float> dl(logits);
+    Dev<int32_t> dout(1);
+    for (const Case& c : cases)
+      for (double u : {0.0, 0.01, 0.25, 0.5, 0.77, 0.999}) {
+        SampleArgs a;
+        a.temperature = c.t, a.top_k = c.k, a.top_p = c.p, a.u = u;
+        sample_token(dl.get(), n, a, dout.get(), 0);
+        const int32_t got = dout.download()[0];
+        double slack = 0;
+        const int32_t want = sample_ref(logits, a, slack);
+        ++compared;
+        if (slack < 1e-5) {
+          ++near_boundary;  // fp32 sums may land on the other side: only require a kept token
+          continue;
+        }
+        EXPECT_EQ(got, want) << "n " << n << " T " << c.t << " top_k " << c.k << " top_p " << c.p << " u " << u;
+      }
+  }
+  std::printf("  sampling: %d draws compared, %d skipped as within 1e-5 of a boundary\n", compared, near_boundary);
+  EXPECT_LT(near_boundary, compared / 10);
+}
+
+TEST(CudaOps, SamplingRejectsBadArguments) {
+  Dev<float> dl(std::vector<float>(10, 0.0f));
+  Dev<int32_t> dout(1);
+  SampleArgs a;
+  a.temperature = 0.0f;
+  EXPECT_THROW(sample_token(dl.get(), 10, a, dout.get(), 0), std::invalid_argument);
+  a.temperature = 1.0f, a.u = 1.0;
+  EXPECT_THROW(sample_token(dl.get(), 10, a, dout.get(), 0), std::invalid_argument);
+}
+
+TEST(CudaOps, SyntheticFillMatchesHostHash) {
+  const int64_t n = 100003;
+  Dev<float> df(n);
+  Dev<bf16> db(n);
+  fill_uniform(df.get(), n, 42, 1.0f, 0.1f, 0);
+  fill_uniform(db.get(), n, 42, 1.0f, 0.1f, 0);
+  const auto f = df.download();
+  const auto b = db.download();
+  double mean = 0, var = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float want = 1.0f + 0.1f * hash_uniform(42, (uint64_t)i);
+    ASSERT_EQ(f[i], want) << "element " << i;
+    ASSERT_EQ(test::to_float(b[i]), test::round_bf16(want)) << "element " << i;
+    mean += f[i];
+  }
+  mean /= n;
+  for (int64_t i = 0; i < n; ++i) var += (f[i] - mean) * (f[i] - mean);
+  var /= n;
+  EXPECT_NEAR(mean, 1.0, 0.002);
+  EXPECT_NEAR(var, 0.01 / 3, 0.0002);  // uniform on [-a, a): variance a^2 / 3
+}
+
+}  // namespace
+}  // namespace duo::cuda

@@ -1,0 +1,92 @@
+// The device seam: the CPU backend is exactly Model::forward over a KvCache, and asking for
+// CUDA in a build without it fails with a message that says how to get it.
+#include <gtest/gtest.h>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "engine/backend.h"
+#include "engine/cpu_backend.h"
+#include "model/model.h"
+#include "sample/sampler.h"
+
+namespace duo {
+namespace {
+
+ModelConfig small_config() {
+  ModelConfig c;
+  c.arch = "llama";
+  c.n_layers = 2;
+  c.n_embd = 64;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.head_dim = 16;
+  c.n_ff = 96;
+  c.n_vocab = 200;
+  c.n_ctx_train = 1024;
+  return c;
+}
+
+TEST(Backend, CpuBackendIsModelForward) {
+  auto m = Model::synthetic(small_config(), 3);
+  ThreadPool pool(2);
+  auto be = make_cpu_backend(*m, pool);
+  EXPECT_EQ(be->device(), Device::Cpu);
+  const HeadPlan plan = HeadPlan::uniform(2, 2, HeadKind::Streaming, {4, 16});
+  std::vector<int32_t> toks(70);
+  for (int i = 0; i < 70; ++i) toks[i] = (i * 37 + 5) % 200;
+  const int V = m->config().n_vocab;
+
+  auto cache = m->new_cache(plan);
+  std::vector<float> want(toks.size() * V);
+  m->forward(*cache, toks.data(), (int64_t)toks.size(), want.data(), pool, true, 32);
+
+  auto seq = be->new_sequence(plan, 1024);
+  std::vector<float> got(toks.size() * V);
+  be->forward(*seq, toks.data(), (int64_t)toks.size(), got.data(), 32, true);
+  EXPECT_EQ(got, want);  // the same computation, bit for bit
+  EXPECT_EQ(seq->n_past(), 70);
+  EXPECT_EQ(seq->kv_bytes(), cache->bytes());
+  EXPECT_EQ(seq->kv_bytes(HeadKind::Streaming), cache->bytes(HeadKind::Streaming));
+  ASSERT_NE(cpu_cache(*seq), nullptr);
+
+  // forward_pick at temperature 0 is the argmax of the last token's logits.
+  const int32_t next = 17;
+  std::vector<float> last(V);
+  m->forward(*cache, &next, 1, last.data(), pool);
+  Sampler greedy(SamplerConfig{});
+  EXPECT_EQ(be->forward_pick(*seq, &next, 1, 32, greedy), Sampler::argmax(last.data(), V));
+  seq->clear();
+  EXPECT_EQ(seq->n_past(), 0);
+}
+
+TEST(Backend, DeviceNames) {
+  EXPECT_EQ(parse_device("cpu"), Device::Cpu);
+  EXPECT_EQ(parse_device("cuda"), Device::Cuda);
+  EXPECT_STREQ(to_string(Device::Cuda), "cuda");
+  EXPECT_THROW(parse_device("gpu"), Error);
+}
+
+TEST(Backend, CudaWithoutAGpuFailsCleanly) {
+  if (!cuda_compiled()) GTEST_SKIP() << "this build has no CUDA backend";
+  // CI compiles the CUDA backend on machines without a GPU: asking for it must give a duo
+  // error (no crash, no abort); on a GPU machine it simply works.
+  try {
+    auto be = make_cuda_synthetic_backend(small_config(), 1);
+    EXPECT_EQ(be->device(), Device::Cuda);
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("CUDA"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Backend, CudaUnavailableSaysWhy) {
+  if (cuda_compiled()) GTEST_SKIP() << "this build has the CUDA backend (tested by duo_cuda_tests)";
+  try {
+    make_cuda_synthetic_backend(small_config(), 1);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("DUO_CUDA=ON"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace duo

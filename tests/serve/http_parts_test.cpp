@@ -1,0 +1,149 @@
+// The pieces of the HTTP layer that need no model: Prometheus rendering, OpenAI response
+// bodies, and finding a client's socket to notice it leave.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "serve/connection_watch.h"
+#include "serve/metrics.h"
+#include "serve/openai_json.h"
+
+namespace duo::serve {
+namespace {
+
+// Value of one sample line ("name{labels} value") in a Prometheus text page.
+double sample(const std::string& page, const std::string& series) {
+  const size_t at = page.find("\n" + series + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(page.substr(at + series.size() + 2));
+}
+
+TEST(Metrics, RendersCountersAndGauges) {
+  Metrics m;
+  m.count_request("/v1/completions", 200);
+  m.count_request("/v1/completions", 200);
+  m.count_request("other", 404);
+  m.count_rejected("queue_full");
+  m.count_finished("stop");
+  m.record_step(100, 3, 0.5);
+  m.record_step(0, 4, 0.25);
+  SchedulerGauges g;
+  g.active = 3;
+  g.queued = 2;
+  g.kv_retrieval = 1000;
+  g.kv_streaming = 24;
+  g.kv_reserved = 4096;
+  g.kv_budget = 1 << 20;
+  g.last_batch = 3;
+  m.set_gauges(g);
+  m.observe_kv(5000);
+  const std::string page = m.render();
+  EXPECT_EQ(sample(page, R"(duo_requests_total{endpoint="/v1/completions",status="200"})"), 2);
+  EXPECT_EQ(sample(page, R"(duo_requests_total{endpoint="other",status="404"})"), 1);
+  EXPECT_EQ(sample(page, R"(duo_requests_rejected_total{reason="queue_full"})"), 1);
+  EXPECT_EQ(sample(page, R"(duo_requests_finished_total{reason="stop"})"), 1);
+  EXPECT_EQ(sample(page, "duo_prompt_tokens_total"), 100);
+  EXPECT_EQ(sample(page, "duo_generated_tokens_total"), 7);
+  EXPECT_EQ(sample(page, "duo_batch_steps_total"), 2);
+  EXPECT_DOUBLE_EQ(sample(page, "duo_batch_step_seconds_total"), 0.75);
+  // Fresh server: the rate is over its first second.
+  EXPECT_DOUBLE_EQ(sample(page, "duo_generation_tokens_per_second"), 7);
+  EXPECT_EQ(sample(page, R"(duo_kv_bytes{kind="retrieval"})"), 1000);
+  EXPECT_EQ(sample(page, R"(duo_kv_bytes{kind="streaming"})"), 24);
+  EXPECT_EQ(sample(page, "duo_kv_bytes_peak"), 5000);
+  EXPECT_EQ(sample(page, "duo_kv_reserved_bytes"), 4096);
+  EXPECT_EQ(sample(page, "duo_kv_budget_bytes"), 1 << 20);
+  EXPECT_EQ(sample(page, "duo_queue_depth"), 2);
+  EXPECT_EQ(sample(page, "duo_active_sequences"), 3);
+  // Every sample has its HELP and TYPE.
+  EXPECT_NE(page.find("# TYPE duo_requests_total counter\n"), std::string::npos);
+  EXPECT_NE(page.find("# TYPE duo_queue_depth gauge\n"), std::string::npos);
+}
+
+TEST(Metrics, EscapesLabelValues) {
+  Metrics m;
+  m.count_rejected("a\"b\\c\nd");
+  EXPECT_NE(m.render().find(R"(reason="a\"b\\c\nd")"), std::string::npos);
+}
+
+TEST(OpenAIJson, CompletionAndChunks) {
+  ResponseMeta meta{"cmpl-1", 1700000000, "smol"};
+  const auto c = completion_body(Endpoint::Completions, meta, "hi", FinishReason::Length, 5, 2);
+  EXPECT_EQ(c["object"], "text_completion");
+  EXPECT_EQ(c["choices"][0]["text"], "hi");
+  EXPECT_EQ(c["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(c["usage"]["total_tokens"], 7);
+  const auto h = completion_body(Endpoint::ChatCompletions, meta, "yo", FinishReason::Stop, 1, 1);
+  EXPECT_EQ(h["object"], "chat.completion");
+  EXPECT_EQ(h["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(h["choices"][0]["message"]["content"], "yo");
+  EXPECT_EQ(h["choices"][0]["finish_reason"], "stop");
+  const auto piece = stream_chunk(Endpoint::ChatCompletions, meta, "x", FinishReason::None);
+  EXPECT_EQ(piece["object"], "chat.completion.chunk");
+  EXPECT_EQ(piece["choices"][0]["delta"]["content"], "x");
+  EXPECT_TRUE(piece["choices"][0]["finish_reason"].is_null());
+  const auto last = stream_chunk(Endpoint::ChatCompletions, meta, "", FinishReason::Stop);
+  EXPECT_TRUE(last["choices"][0]["delta"].empty());
+  EXPECT_EQ(last["choices"][0]["finish_reason"], "stop");
+  const auto u = usage_chunk(Endpoint::Completions, meta, 3, 4);
+  EXPECT_TRUE(u["choices"].empty());
+  EXPECT_EQ(u["usage"]["completion_tokens"], 4);
+  EXPECT_EQ(new_response_meta(Endpoint::ChatCompletions, "m").id.rfind("chatcmpl-", 0), 0u);
+}
+
+TEST(OpenAIJson, InvalidUtf8IsReplacedNotThrown) {
+  // A generation cut inside a multi-byte character must still serialize.
+  const nlohmann::json j = {{"text", std::string("ok \xE2\x82")}};
+  std::string s;
+  ASSERT_NO_THROW(s = dump(j));
+  EXPECT_NE(s.find("ok \xEF\xBF\xBD"), std::string::npos);
+  EXPECT_EQ(sse_event({{"a", 1}}), "data: {\"a\":1}\n\n");
+}
+
+TEST(ConnectionWatch, SeesThePeerLeave) {
+  const int lsock = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(lsock, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(lsock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(lsock, 1), 0);
+  socklen_t len = sizeof(addr);
+  getsockname(lsock, reinterpret_cast<sockaddr*>(&addr), &len);
+  const int server_port = ntohs(addr.sin_port);
+  const int client = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_EQ(connect(client, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  const int conn = accept(lsock, nullptr, nullptr);
+  ASSERT_GE(conn, 0);
+  sockaddr_in peer{};
+  len = sizeof(peer);
+  getsockname(client, reinterpret_cast<sockaddr*>(&peer), &len);
+
+  ConnectionWatch watch("127.0.0.1", ntohs(peer.sin_port), "127.0.0.1", server_port);
+  EXPECT_TRUE(watch.found());
+  EXPECT_FALSE(watch.peer_gone());
+  // Pipelined data from a live client is not a departure.
+  ASSERT_EQ(send(client, "GET", 3, 0), 3);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(watch.peer_gone());
+  close(client);
+  bool gone = false;
+  for (int i = 0; i < 100 && !gone; ++i) {
+    gone = watch.peer_gone();
+    if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(gone);
+  // Endpoints that match no socket: found() is false and nothing is claimed.
+  ConnectionWatch nobody("127.0.0.1", 1, "127.0.0.1", 2);
+  EXPECT_FALSE(nobody.found());
+  EXPECT_FALSE(nobody.peer_gone());
+  close(conn);
+  close(lsock);
+}
+
+}  // namespace
+}  // namespace duo::serve

@@ -1,0 +1,250 @@
+// Request parsing and validation: valid bodies give the fields they say; every malformed or
+// unsupported one is an ApiError with the right status and the offending field named.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "serve/api_error.h"
+#include "serve/request.h"
+
+namespace duo::serve {
+namespace {
+
+GenerationRequest completion(const std::string& body) { return parse_request(Endpoint::Completions, body); }
+GenerationRequest chat(const std::string& body) { return parse_request(Endpoint::ChatCompletions, body); }
+
+// The ApiError a body raises (fails the test when it parses).
+ApiError error_of(Endpoint ep, const std::string& body) {
+  try {
+    parse_request(ep, body);
+  } catch (const ApiError& e) {
+    return e;
+  }
+  ADD_FAILURE() << "accepted: " << body;
+  return ApiError(0, "", "");
+}
+
+TEST(Request, CompletionFields) {
+  const auto r = completion(R"({"model":"m","prompt":"Hello","max_tokens":7,"temperature":0.5,"top_p":0.9,
+      "top_k":40,"seed":12,"stop":["a","bc"],"stream":true,"stream_options":{"include_usage":true},"n":1,
+      "presence_penalty":0,"logit_bias":{},"user":"u","echo":false,"best_of":1,"logprobs":null})");
+  EXPECT_EQ(r.endpoint, Endpoint::Completions);
+  EXPECT_EQ(r.model, "m");
+  EXPECT_EQ(r.prompt, "Hello");
+  EXPECT_FALSE(r.prompt_is_tokens);
+  EXPECT_EQ(r.max_tokens, 7);
+  EXPECT_FLOAT_EQ(r.sampling.temperature, 0.5f);
+  EXPECT_FLOAT_EQ(r.sampling.top_p, 0.9f);
+  EXPECT_EQ(r.sampling.top_k, 40);
+  EXPECT_EQ(r.sampling.seed, 12u);
+  EXPECT_TRUE(r.seed_given);
+  EXPECT_EQ(r.stop, (std::vector<std::string>{"a", "bc"}));
+  EXPECT_TRUE(r.stream);
+  EXPECT_TRUE(r.include_usage);
+  EXPECT_FALSE(r.attention);
+}
+
+TEST(Request, DefaultsAndNulls) {
+  // null means "the default", as the OpenAI API treats it.
+  const auto r = completion(R"({"model":"m","prompt":"x","max_tokens":null,"temperature":null,"stop":null})");
+  EXPECT_FALSE(r.max_tokens);
+  EXPECT_EQ(r.sampling.temperature, 0.0f);
+  EXPECT_TRUE(r.stop.empty());
+  EXPECT_FALSE(r.stream);
+  EXPECT_FALSE(r.seed_given);
+  EXPECT_EQ(completion(R"({"model":"m","prompt":"x","stop":"\n"})").stop, std::vector<std::string>{"\n"});
+}
+
+TEST(Request, PromptForms) {
+  EXPECT_EQ(completion(R"({"model":"m","prompt":["one"]})").prompt, "one");
+  const auto t = completion(R"({"model":"m","prompt":[1,2,3]})");
+  EXPECT_TRUE(t.prompt_is_tokens);
+  EXPECT_EQ(t.prompt_tokens, (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_EQ(completion(R"({"model":"m","prompt":[[4,5]]})").prompt_tokens, (std::vector<int32_t>{4, 5}));
+}
+
+TEST(Request, ChatMessages) {
+  const auto r = chat(R"({"model":"m","messages":[{"role":"developer","content":"Be brief."},
+      {"role":"user","content":[{"type":"text","text":"Hi "},{"type":"text","text":"there"}],"name":"bob"},
+      {"role":"assistant","content":"Hello"}],"max_completion_tokens":5,"response_format":{"type":"text"},
+      "tools":[],"tool_choice":"none","logprobs":false})");
+  ASSERT_EQ(r.messages.size(), 3u);
+  EXPECT_EQ(r.messages[0].role, "system");
+  EXPECT_EQ(r.messages[1].content, "Hi there");
+  EXPECT_EQ(r.messages[2].role, "assistant");
+  EXPECT_EQ(r.max_tokens, 5);
+}
+
+TEST(Request, DuoOptions) {
+  const auto r = completion(R"({"model":"m","prompt":"x","attention":"duo","sink":4,"recent":32,
+      "pattern":[[1,0],[0.5,0.25]],"retrieval_ratio":0.5})");
+  EXPECT_EQ(r.attention, AttentionMode::Duo);
+  EXPECT_EQ(r.sink, 4);
+  EXPECT_EQ(r.recent, 32);
+  ASSERT_TRUE(r.pattern_gates);
+  EXPECT_EQ(r.pattern_gates->n_layers, 2);
+  EXPECT_EQ(r.pattern_gates->n_kv_heads, 2);
+  EXPECT_FLOAT_EQ(r.pattern_gates->at(1, 1), 0.25f);
+  EXPECT_EQ(r.retrieval_ratio, 0.5);
+  const auto n = completion(R"({"model":"m","prompt":"x","attention":"duo","pattern":"mine","threshold":0.3})");
+  EXPECT_EQ(n.pattern_name, "mine");
+  EXPECT_FLOAT_EQ(*n.threshold, 0.3f);
+  EXPECT_EQ(completion(R"({"model":"m","prompt":"x","attention":"streaming"})").attention, AttentionMode::Streaming);
+}
+
+struct Bad {
+  Endpoint ep;
+  const char* body;
+  int status;
+  const char* param;  // "" = none expected
+};
+
+TEST(Request, BadBodiesNameTheField) {
+  const Endpoint C = Endpoint::Completions, H = Endpoint::ChatCompletions;
+  const Bad cases[] = {
+      {C, "", 400, ""},
+      {C, "{", 400, ""},
+      {C, "nul", 400, ""},
+      {C, "[1,2]", 400, ""},
+      {C, "\"text\"", 400, ""},
+      {C, R"({"model":"m","prompt":"\xff\xfe"})", 400, ""},  // invalid UTF-8
+      {C, R"({"prompt":"x"})", 400, "model"},
+      {C, R"({"model":5,"prompt":"x"})", 400, "model"},
+      {C, R"({"model":"m"})", 400, "prompt"},
+      {C, R"({"model":"m","prompt":5})", 400, "prompt"},
+      {C, R"({"model":"m","prompt":[]})", 400, "prompt"},
+      {C, R"({"model":"m","prompt":[[]]})", 400, "prompt[0]"},
+      {C, R"({"model":"m","prompt":["a","b"]})", 400, "prompt"},
+      {C, R"({"model":"m","prompt":[1,-2]})", 400, "prompt[1]"},
+      {C, R"({"model":"m","prompt":[1,2.5]})", 400, "prompt[1]"},
+      {C, R"({"model":"m","prompt":[1,"a"]})", 400, "prompt[1]"},
+      {C, R"({"model":"m","prompt":"x","max_tokens":0})", 400, "max_tokens"},
+      {C, R"({"model":"m","prompt":"x","max_tokens":-1})", 400, "max_tokens"},
+      {C, R"({"model":"m","prompt":"x","max_tokens":1.5})", 400, "max_tokens"},
+      {C, R"({"model":"m","prompt":"x","max_tokens":"8"})", 400, "max_tokens"},
+      {C, R"({"model":"m","prompt":"x","max_tokens":99999999999999999999})", 400, "max_tokens"},
+      {C, R"({"model":"m","prompt":"x","temperature":-0.1})", 400, "temperature"},
+      {C, R"({"model":"m","prompt":"x","temperature":2.5})", 400, "temperature"},
+      {C, R"({"model":"m","prompt":"x","temperature":1e999})", 400, ""},
+      {C, R"({"model":"m","prompt":"x","top_p":0})", 400, "top_p"},
+      {C, R"({"model":"m","prompt":"x","top_p":1.01})", 400, "top_p"},
+      {C, R"({"model":"m","prompt":"x","top_k":-1})", 400, "top_k"},
+      {C, R"({"model":"m","prompt":"x","seed":"1"})", 400, "seed"},
+      {C, R"({"model":"m","prompt":"x","seed":1.5})", 400, "seed"},
+      {C, R"({"model":"m","prompt":"x","stream":"yes"})", 400, "stream"},
+      {C, R"({"model":"m","prompt":"x","stream_options":{"include_usage":true}})", 400, "stream_options"},
+      {C, R"({"model":"m","prompt":"x","stream":true,"stream_options":5})", 400, "stream_options"},
+      {C, R"({"model":"m","prompt":"x","stop":5})", 400, "stop"},
+      {C, R"({"model":"m","prompt":"x","stop":[""]})", 400, "stop"},
+      {C, R"({"model":"m","prompt":"x","stop":["a",1]})", 400, "stop"},
+      {C, R"({"model":"m","prompt":"x","n":2})", 400, "n"},
+      {C, R"({"model":"m","prompt":"x","n":"1"})", 400, "n"},
+      {C, R"({"model":"m","prompt":"x","presence_penalty":0.5})", 400, "presence_penalty"},
+      {C, R"({"model":"m","prompt":"x","logit_bias":{"1":5}})", 400, "logit_bias"},
+      {C, R"({"model":"m","prompt":"x","logprobs":2})", 400, "logprobs"},
+      {C, R"({"model":"m","prompt":"x","echo":true})", 400, "echo"},
+      {C, R"({"model":"m","prompt":"x","best_of":3})", 400, "best_of"},
+      {C, R"({"model":"m","prompt":"x","suffix":"s"})", 400, "suffix"},
+      {C, R"({"model":"m","prompt":"x","max_token":5})", 400, "max_token"},
+      {C, R"({"model":"m","prompt":"x","messages":[]})", 400, "messages"},
+      {C, R"({"model":"m","prompt":"x","attention":"sparse"})", 400, "attention"},
+      {C, R"({"model":"m","prompt":"x","attention":1})", 400, "attention"},
+      {C, R"({"model":"m","prompt":"x","sink":-1})", 400, "sink"},
+      {C, R"({"model":"m","prompt":"x","recent":0})", 400, "recent"},
+      {C, R"({"model":"m","prompt":"x","pattern":""})", 400, "pattern"},
+      {C, R"({"model":"m","prompt":"x","pattern":[]})", 400, "pattern"},
+      {C, R"({"model":"m","prompt":"x","pattern":[[1],[1,0]]})", 400, "pattern"},
+      {C, R"({"model":"m","prompt":"x","pattern":[[1.5]]})", 400, "pattern"},
+      {C, R"({"model":"m","prompt":"x","pattern":[["a"]]})", 400, "pattern"},
+      {C, R"({"model":"m","prompt":"x","pattern":{"a":1}})", 400, "pattern"},
+      {C, R"({"model":"m","prompt":"x","retrieval_ratio":2})", 400, "retrieval_ratio"},
+      {C, R"({"model":"m","prompt":"x","retrieval_ratio":0.5,"threshold":0.5})", 400, "threshold"},
+      {C, R"({"model":"m","prompt":"x","attention":"full","pattern":"p"})", 400, "pattern"},
+      {H, R"({"model":"m"})", 400, "messages"},
+      {H, R"({"model":"m","messages":"hi"})", 400, "messages"},
+      {H, R"({"model":"m","messages":[]})", 400, "messages"},
+      {H, R"({"model":"m","messages":[5]})", 400, "messages[0]"},
+      {H, R"({"model":"m","messages":[{"content":"x"}]})", 400, "messages[0].role"},
+      {H, R"({"model":"m","messages":[{"role":"robot","content":"x"}]})", 400, "messages[0].role"},
+      {H, R"({"model":"m","messages":[{"role":"tool","content":"x"}]})", 400, "messages[0].role"},
+      {H, R"({"model":"m","messages":[{"role":"user"}]})", 400, "messages[0].content"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":5}]})", 400, "messages[0].content"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]})", 400, "messages[0].content[0]"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":[{"type":"text"}]}]})", 400, "messages[0].content[0]"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]})", 400, "tools"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}})", 400,
+       "response_format"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true})", 400, "logprobs"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"prompt":"x"})", 400, "prompt"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":0})", 400,
+       "max_completion_tokens"},
+  };
+  for (const Bad& b : cases) {
+    const ApiError e = error_of(b.ep, b.body);
+    EXPECT_EQ(e.status, b.status) << b.body;
+    EXPECT_EQ(e.param, b.param) << b.body << " -> " << e.what();
+    EXPECT_EQ(e.type, "invalid_request_error") << b.body;
+    EXPECT_FALSE(std::string(e.what()).empty());
+  }
+}
+
+TEST(Request, DeepNestingIsRefusedBeforeParsing) {
+  const std::string deep = R"({"model":"m","prompt":)" + std::string(200000, '[') + std::string(200000, ']') + "}";
+  const ApiError e = error_of(Endpoint::Completions, deep);
+  EXPECT_EQ(e.status, 400);
+  EXPECT_NE(std::string(e.what()).find("nested"), std::string::npos);
+  // Brackets inside strings do not count.
+  EXPECT_NO_THROW(completion(R"({"model":"m","prompt":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"]]]]]"})"));
+}
+
+TEST(Request, ErrorJsonIsTheOpenAIShape) {
+  const ApiError e(400, "invalid_request_error", "bad thing", "temperature", "some_code");
+  const auto j = error_json(e);
+  EXPECT_EQ(j["error"]["message"], "bad thing");
+  EXPECT_EQ(j["error"]["type"], "invalid_request_error");
+  EXPECT_EQ(j["error"]["param"], "temperature");
+  EXPECT_EQ(j["error"]["code"], "some_code");
+  const auto k = error_json(ApiError(503, "server_error", "busy"));
+  EXPECT_TRUE(k["error"]["param"].is_null());
+  EXPECT_TRUE(k["error"]["code"].is_null());
+}
+
+// Random mutations of a valid body: each either parses or is an ApiError; nothing else escapes.
+TEST(Request, MutatedBodiesNeverThrowAnythingElse) {
+  const std::string good =
+      R"({"model":"m","prompt":"Hello","max_tokens":7,"temperature":0.5,"stop":["a"],"stream":true,)"
+      R"("attention":"duo","pattern":[[1,0]],"sink":4})";
+  std::mt19937 rng(1);
+  const std::string alphabet = "{}[]\":,0123456789.-eE truefalsnul\\x";
+  int parsed = 0, rejected = 0;
+  for (int i = 0; i < 20000; ++i) {
+    std::string b = good;
+    const int edits = 1 + (int)(rng() % 4);
+    for (int k = 0; k < edits; ++k) {
+      const size_t pos = rng() % (b.size() + 1);
+      switch (rng() % 3) {
+        case 0: b.insert(b.begin() + (long)pos, alphabet[rng() % alphabet.size()]); break;
+        case 1:
+          if (pos < b.size()) b.erase(pos, 1);
+          break;
+        default:
+          if (pos < b.size()) b[pos] = (char)(rng() % 256);
+      }
+    }
+    for (Endpoint ep : {Endpoint::Completions, Endpoint::ChatCompletions}) {
+      try {
+        parse_request(ep, b);
+        ++parsed;
+      } catch (const ApiError& e) {
+        EXPECT_GE(e.status, 400);
+        EXPECT_LT(e.status, 500);
+        ++rejected;
+      }
+    }
+  }
+  EXPECT_GT(rejected, 1000);
+  EXPECT_GT(parsed, 10);
+}
+
+}  // namespace
+}  // namespace duo::serve

@@ -1,0 +1,572 @@
+#!/usr/bin/env python3
+"""End-to-end tests of `duo serve` over loopback HTTP, with curl and the official openai client.
+
+- greedy outputs, streaming and not, equal `duo generate` (completions, chat, streaming and duo
+  attention, stop strings), also for 4 concurrent requests (continuous batching);
+- malformed requests (hand-written and randomly mutated bodies, broken HTTP) get OpenAI-format
+  errors and the server stays up with nothing leaked (no running sequence, no reserved KV);
+- a client that disconnects cancels its request;
+- a request that can never fit the KV budget gets 400, a full queue 503.
+
+Usage: test_serve.py --duo build/duo   (run_e2e.sh sets up the openai client)
+Prints one line per test and "N passed, N failed" at the end; exit 77 when the model is missing.
+"""
+import argparse
+import http.client
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+import openai
+
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_ID = "SmolLM2-135M-Instruct.Q4_1"
+THREADS = "2"
+N_LAYERS, N_KV = 30, 3  # SmolLM2-135M
+
+PROMPTS = [
+    "Once upon a time",
+    "The three laws of thermodynamics are",
+    "def quicksort(arr):\n    ",
+    "Paris is the capital of",
+]
+LONG_PROMPT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
+               "combined movable metal type, oil-based ink and a wooden press adapted from wine making. "
+               "Within fifty years presses were running in more than two hundred European cities, and the "
+               "price of books fell sharply. Scholars argue about") 
+
+
+# ----------------------------------------------------------------------------------------------
+# Processes and HTTP
+
+
+class Server:
+    """`duo serve --port 0 ...`, stopped with SIGTERM."""
+
+    def __init__(self, duo, *args):
+        self.stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([duo, "serve", "--port", "0", "-t", THREADS, *args], stdout=subprocess.PIPE,
+                                     stderr=self.stderr, text=True)
+        line = self.proc.stdout.readline()
+        m = re.search(r"http://([\d.]+):(\d+)", line)
+        if not m:
+            self.proc.kill()
+            raise RuntimeError(f"duo serve did not start: {line!r} {self.log()}")
+        self.host, self.port = m.group(1), int(m.group(2))
+        self.client = openai.OpenAI(base_url=f"http://{self.host}:{self.port}/v1", api_key="unused", max_retries=0,
+                                    timeout=300)
+
+    def log(self):
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace")
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def request(self, method, path, body=None, headers=None, timeout=300):
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            if isinstance(body, (dict, list)):
+                body = json.dumps(body)
+            if isinstance(body, str):
+                body = body.encode()
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            return r.status, dict(r.getheaders()), r.read()
+        finally:
+            conn.close()
+
+    def post(self, path, body, **kw):
+        return self.request("POST", path, body, {"Content-Type": "application/json"}, **kw)
+
+    def metrics(self):
+        status, _, body = self.request("GET", "/metrics")
+        assert status == 200, status
+        out = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def wait_idle(self, timeout=20):
+        """Waits until no sequence runs, none is queued and no KV is reserved; returns the metrics."""
+        end = time.time() + timeout
+        while True:
+            m = self.metrics()
+            if m["duo_active_sequences"] == 0 and m["duo_queue_depth"] == 0 and m["duo_kv_reserved_bytes"] == 0:
+                return m
+            if time.time() > end:
+                raise AssertionError(f"server not idle after {timeout}s: active {m['duo_active_sequences']}, "
+                                     f"queued {m['duo_queue_depth']}, reserved {m['duo_kv_reserved_bytes']}")
+            time.sleep(0.05)
+
+    def stop(self):
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("duo serve did not stop on SIGTERM")
+        return self.proc.returncode
+
+
+def generate(duo, prompt, n, *args, chat=False):
+    """What `duo generate` prints as the continuation (greedy)."""
+    cmd = [duo, "generate", "-q", "-t", THREADS, "-n", str(n), "-p", prompt, *args]
+    if chat:
+        cmd.append("--chat")
+    out = subprocess.run(cmd, check=True, capture_output=True).stdout.decode()
+    assert out.endswith("\n"), out
+    out = out[:-1]
+    if not chat:
+        assert out.startswith(prompt), (prompt, out)
+        out = out[len(prompt):]
+    return out
+
+
+def curl(server, path, body, stream=False):
+    out = subprocess.run(["curl", "-sS", "-N" if stream else "-s", "-H", "Content-Type: application/json", "-d",
+                          json.dumps(body), f"http://{server.host}:{server.port}{path}"],
+                         check=True, capture_output=True).stdout.decode()
+    return out
+
+
+def sse_events(text):
+    """The data payloads of a server-sent event stream; checks it ends with [DONE]."""
+    events = [line[len("data: "):] for line in text.split("\n") if line.startswith("data: ")]
+    assert events and events[-1] == "[DONE]", text[-200:]
+    return [json.loads(e) for e in events[:-1]]
+
+
+def raw_request(server, body_obj, path="/v1/completions"):
+    """Sends a POST on a raw socket and returns the socket (for disconnect tests)."""
+    body = json.dumps(body_obj).encode()
+    s = socket.create_connection((server.host, server.port))
+    s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+              % (path.encode(), len(body)) + body)
+    return s
+
+
+def check_error_body(status, body, where):
+    """An OpenAI-format error body."""
+    try:
+        j = json.loads(body)
+    except ValueError:
+        raise AssertionError(f"{where}: status {status}, body is not JSON: {body[:200]!r}")
+    e = j.get("error")
+    assert isinstance(e, dict), f"{where}: no error object: {j}"
+    assert isinstance(e.get("message"), str) and e["message"], f"{where}: {j}"
+    assert isinstance(e.get("type"), str) and e["type"], f"{where}: {j}"
+    assert "param" in e and "code" in e, f"{where}: {j}"
+    return e
+
+
+# ----------------------------------------------------------------------------------------------
+# Tests
+
+
+class Tests:
+    def __init__(self, duo, tmp):
+        self.duo = duo
+        self.tmp = tmp
+        # A duo pattern: in each layer one of the three KV heads is a retrieval head (the
+        # reordering `duo generate` applies moves most of them).
+        self.pattern = os.path.join(tmp, "diag.tsv")
+        self.gates = [[0.9 if (l + h) % N_KV == 0 else 0.1 for h in range(N_KV)] for l in range(N_LAYERS)]
+        with open(self.pattern, "w") as f:
+            for row in self.gates:
+                f.write("\t".join(f"{g:.1f}" for g in row) + "\n")
+        self.server = Server(duo, "--max-batch", "4", "--max-body", "1", "--pattern-file", f"diag={self.pattern}")
+        self.ref = {}
+
+    def reference(self, prompt, n, *args, chat=False):
+        key = (prompt, n, args, chat)
+        if key not in self.ref:
+            self.ref[key] = generate(self.duo, prompt, n, *args, chat=chat)
+        return self.ref[key]
+
+    def test_health_models_metrics(self):
+        s = self.server
+        status, headers, body = s.request("GET", "/health")
+        assert status == 200 and json.loads(body)["status"] == "ok", body
+        models = s.client.models.list()
+        assert [m.id for m in models.data] == [MODEL_ID], models
+        assert s.client.models.retrieve(MODEL_ID).id == MODEL_ID
+        status, _, body = s.request("GET", "/v1/models/nope")
+        assert status == 404 and check_error_body(status, body, "model")["code"] == "model_not_found"
+        status, headers, body = s.request("GET", "/metrics")
+        assert status == 200 and headers["Content-Type"].startswith("text/plain"), headers
+        for name in ["duo_requests_total", "duo_generation_tokens_per_second", 'duo_kv_bytes{kind="retrieval"}',
+                     'duo_kv_bytes{kind="streaming"}', "duo_queue_depth", "duo_kv_budget_bytes"]:
+            assert name in body.decode(), name
+
+    def test_greedy_completions_equal_duo_generate(self):
+        s = self.server
+        for prompt in PROMPTS[:3]:
+            want = self.reference(prompt, 32)
+            body = {"model": MODEL_ID, "prompt": prompt, "max_tokens": 32, "temperature": 0}
+            # curl, JSON
+            j = json.loads(curl(s, "/v1/completions", body))
+            assert j["choices"][0]["text"] == want, (j, want)
+            assert j["usage"]["completion_tokens"] == 32 and j["choices"][0]["finish_reason"] == "length", j
+            # curl, server-sent events
+            events = sse_events(curl(s, "/v1/completions", {**body, "stream": True}, stream=True))
+            assert "".join(e["choices"][0]["text"] for e in events) == want
+            assert events[-1]["choices"][0]["finish_reason"] == "length"
+            # openai client, both ways
+            r = s.client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=32, temperature=0)
+            assert r.choices[0].text == want and r.usage.prompt_tokens > 0, r
+            text, usage = "", None
+            for chunk in s.client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=32, temperature=0,
+                                                     stream=True, stream_options={"include_usage": True}):
+                if chunk.choices:
+                    text += chunk.choices[0].text
+                if chunk.usage:
+                    usage = chunk.usage
+            assert text == want, (text, want)
+            assert usage and usage.completion_tokens == 32, usage
+
+    def test_chat_equals_duo_generate_chat(self):
+        s = self.server
+        question = "Name three colors of the rainbow."
+        want = self.reference(question, 40, chat=True)
+        msgs = [{"role": "user", "content": question}]
+        r = s.client.chat.completions.create(model=MODEL_ID, messages=msgs, max_tokens=40, temperature=0)
+        assert r.choices[0].message.content == want, (r.choices[0].message.content, want)
+        assert r.choices[0].message.role == "assistant"
+        text = ""
+        for chunk in s.client.chat.completions.create(model=MODEL_ID, messages=msgs, max_tokens=40, temperature=0,
+                                                      stream=True):
+            if chunk.choices and chunk.choices[0].delta.content:
+                text += chunk.choices[0].delta.content
+        assert text == want, (text, want)
+        # With a system message.
+        system = "You answer in one short sentence."
+        want = self.reference(question, 30, "--system", system, chat=True)
+        r = s.client.chat.completions.create(model=MODEL_ID, max_tokens=30, temperature=0, messages=[
+            {"role": "system", "content": system}, {"role": "user", "content": question}])
+        assert r.choices[0].message.content == want, (r.choices[0].message.content, want)
+
+    def test_attention_options_equal_duo_generate(self):
+        s = self.server
+        full = self.reference(LONG_PROMPT, 24)
+        streaming = self.reference(LONG_PROMPT, 24, "--attention", "streaming", "--sink", "4", "--recent", "16")
+        assert streaming != full, "a 4+16 window should change this continuation"
+        r = s.client.completions.create(model=MODEL_ID, prompt=LONG_PROMPT, max_tokens=24, temperature=0,
+                                        extra_body={"attention": "streaming", "sink": 4, "recent": 16})
+        assert r.choices[0].text == streaming, (r.choices[0].text, streaming)
+        duo = self.reference(LONG_PROMPT, 24, "--attention", "duo", "--pattern", self.pattern, "--sink", "4",
+                             "--recent", "16")
+        for pattern in ["diag", self.gates]:
+            text = ""
+            for chunk in s.client.completions.create(
+                    model=MODEL_ID, prompt=LONG_PROMPT, max_tokens=24, temperature=0, stream=True,
+                    extra_body={"attention": "duo", "pattern": pattern, "sink": 4, "recent": 16}):
+                text += chunk.choices[0].text
+            assert text == duo, (text, duo)
+
+    def test_stop_strings(self):
+        s = self.server
+        prompt = PROMPTS[0]
+        full = self.reference(prompt, 32)
+        words = full.split()
+        stop = " " + words[3]  # cut before the fourth word
+        want = full[:full.index(stop)]
+        r = s.client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=32, temperature=0,
+                                        stop=["never appears", stop])
+        assert r.choices[0].text == want and r.choices[0].finish_reason == "stop", (r.choices[0], want)
+        text, reasons = "", []
+        for chunk in s.client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=32, temperature=0,
+                                                 stop=stop, stream=True):
+            text += chunk.choices[0].text
+            reasons.append(chunk.choices[0].finish_reason)
+        assert text == want and reasons[-1] == "stop", (text, want, reasons)
+
+    def test_concurrent_requests_equal_duo_generate(self):
+        # Four at once (the server's --max-batch): continuous batching, mixed streaming / not.
+        s = self.server
+        wants = [self.reference(p, 32) for p in PROMPTS]
+        got = [None] * len(PROMPTS)
+        errors = []
+
+        tokens = [0] * len(PROMPTS)
+
+        def run(i):
+            try:
+                if i % 2:
+                    got[i] = ""
+                    for c in s.client.completions.create(model=MODEL_ID, prompt=PROMPTS[i], max_tokens=32,
+                                                         temperature=0, stream=True,
+                                                         stream_options={"include_usage": True}):
+                        if c.choices:
+                            got[i] += c.choices[0].text
+                        if c.usage:
+                            tokens[i] = c.usage.completion_tokens
+                else:
+                    r = s.client.completions.create(model=MODEL_ID, prompt=PROMPTS[i], max_tokens=32, temperature=0)
+                    got[i], tokens[i] = r.choices[0].text, r.usage.completion_tokens
+            except Exception as e:  # reported below
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
+        before = s.metrics()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        for i in range(len(PROMPTS)):
+            assert got[i] == wants[i], (i, got[i], wants[i])
+        after = s.wait_idle()
+        assert all(0 < n <= 32 for n in tokens), tokens
+        assert after["duo_generated_tokens_total"] - before["duo_generated_tokens_total"] == sum(tokens)
+
+    def test_openai_client_sees_errors(self):
+        s = self.server
+        cases = [
+            (openai.NotFoundError, dict(model="gpt-4", prompt="x")),
+            (openai.BadRequestError, dict(model=MODEL_ID, prompt="x", temperature=5)),
+            (openai.BadRequestError, dict(model=MODEL_ID, prompt="x", max_tokens=10 ** 6)),
+            (openai.BadRequestError, dict(model=MODEL_ID, prompt="x", n=3)),
+            (openai.BadRequestError, dict(model=MODEL_ID, prompt="x", extra_body={"attention": "duo"})),
+            (openai.BadRequestError, dict(model=MODEL_ID, prompt="x", extra_body={"attention": "duo",
+                                                                                 "pattern": "missing"})),
+        ]
+        for exc, kw in cases:
+            try:
+                s.client.completions.create(**kw)
+            except exc as e:
+                assert e.body and e.body.get("message"), e.body
+            else:
+                raise AssertionError(f"no {exc.__name__} for {kw}")
+        long_prompt = "word " * 9000  # beyond the 8K context
+        try:
+            s.client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": long_prompt}])
+        except openai.BadRequestError as e:
+            assert e.code == "context_length_exceeded", e.body
+        else:
+            raise AssertionError("an over-long prompt was accepted")
+
+    def test_malformed_requests_fuzz(self):
+        s = self.server
+        bad = [b"", b"{", b"}", b"null", b"[]", b"42", b'"x"', b"\xff\xfe\x00", b"{" * 100000,
+               b'{"model":' + b"[" * 5000 + b"]" * 5000 + b"}",
+               json.dumps({"model": MODEL_ID}).encode(),
+               json.dumps({"model": MODEL_ID, "prompt": None}).encode(),
+               json.dumps({"model": MODEL_ID, "prompt": {"a": 1}}).encode(),
+               json.dumps({"model": MODEL_ID, "prompt": [99999999]}).encode(),
+               json.dumps({"model": MODEL_ID, "prompt": [-1]}).encode(),
+               json.dumps({"model": MODEL_ID, "prompt": ""}).encode(),
+               json.dumps({"model": MODEL_ID, "prompt": "x", "max_tokens": "ten"}).encode(),
+               json.dumps({"model": MODEL_ID, "prompt": "x", "max_tokens": 0}).encode(),
+               json.dumps({"model": MODEL_ID, "prompt": "x", "max_tokens": 2 ** 70}).encode(),
+               json.dumps({"model": MODEL_ID, "prompt": "x", "stop": [1, 2]}).encode(),
+               json.dumps({"model": MODEL_ID, "prompt": "x", "top_p": -1}).encode(),
+               json.dumps({"model": MODEL_ID, "prompt": "x", "sink": 1.5}).encode(),
+               json.dumps({"model": MODEL_ID, "prompt": "x", "attention": "duo", "pattern": [[1, 0]]}).encode(),
+               json.dumps({"model": MODEL_ID, "prompt": "x", "attention": "duo", "pattern": [[7]]}).encode(),
+               json.dumps({"model": MODEL_ID, "prompt": "x", "stream": True, "stream_options": []}).encode(),
+               b'{"model":"' + MODEL_ID.encode() + b'","prompt":"x","temperature":1e999}',
+               b'{"model":"' + MODEL_ID.encode() + b'","prompt":"\\ud800"}']
+        for body in bad:
+            for path in ("/v1/completions", "/v1/chat/completions"):
+                status, _, resp = s.post(path, body)
+                assert 400 <= status < 500, (status, body[:80], resp[:200])
+                check_error_body(status, resp, f"{path} {body[:60]!r}")
+        # Randomly mutated valid bodies: an answer (any status) with a JSON body, never a crash.
+        rng = random.Random(2024)
+        seeds = [{"model": MODEL_ID, "prompt": "Hi", "max_tokens": 2, "temperature": 0, "stop": ["x"]},
+                 {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
+                  "stream": True, "attention": "streaming", "sink": 2, "recent": 8}]
+        alphabet = b'{}[]":,0123456789.-eE truefalsnul\\'
+        n_ok = n_err = 0
+        for i in range(300):
+            seed = seeds[i % 2]
+            body = bytearray(json.dumps(seed).encode())
+            for _ in range(rng.randint(1, 4)):
+                pos = rng.randrange(len(body) + 1)
+                op = rng.randrange(3)
+                if op == 0:
+                    body[pos:pos] = bytes([rng.choice(alphabet)])
+                elif op == 1 and pos < len(body):
+                    del body[pos]
+                elif pos < len(body):
+                    body[pos] = rng.randrange(256)
+            path = "/v1/completions" if "prompt" in seed else "/v1/chat/completions"
+            status, headers, resp = s.post(path, bytes(body))
+            if status == 200:
+                n_ok += 1
+                if headers.get("Content-Type", "").startswith("text/event-stream"):
+                    sse_events(resp.decode(errors="replace"))
+                else:
+                    json.loads(resp)
+            else:
+                n_err += 1
+                assert 400 <= status < 500, (status, bytes(body), resp[:200])
+                check_error_body(status, resp, bytes(body))
+        assert n_err > 100, (n_ok, n_err)
+        # Random bytes.
+        for i in range(50):
+            status, _, resp = s.post("/v1/chat/completions", bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))))
+            assert 400 <= status < 500, status
+            check_error_body(status, resp, "random bytes")
+        # Oversized body (--max-body 1 MiB), unknown routes, wrong methods.
+        status, _, resp = s.post("/v1/completions", b"{" + b" " * (2 << 20) + b"}")
+        assert status == 413 and check_error_body(status, resp, "413")["code"] == "payload_too_large", status
+        for method, path, want in [("GET", "/v1/completions", 405), ("POST", "/health", 405), ("GET", "/nope", 404),
+                                   ("DELETE", "/v1/models", 405), ("PUT", "/v1/chat/completions", 405)]:
+            status, _, resp = s.request(method, path, b"{}" if method != "GET" else None)
+            assert status == want, (method, path, status)
+            check_error_body(status, resp, path)
+        # Broken HTTP on raw sockets: garbage, a lying Content-Length, a huge header, a hang-up.
+        for raw in [b"HELLO\r\n\r\n", b"POST /v1/completions HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n{}",
+                    b"POST /v1/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"model\"",
+                    b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+                    b"POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\nxx\r\n0\r\n\r\n"]:
+            c = socket.create_connection((s.host, s.port))
+            c.settimeout(10)
+            c.sendall(raw)
+            c.shutdown(socket.SHUT_WR)
+            try:
+                c.recv(4096)
+            except OSError:
+                pass
+            c.close()
+        assert s.alive(), s.log()
+        status, _, body = s.request("GET", "/health")
+        assert status == 200, status
+        m = s.wait_idle()
+        assert m['duo_kv_bytes{kind="retrieval"}'] == 0 and m['duo_kv_bytes{kind="streaming"}'] == 0, m
+
+    def test_client_disconnect_cancels(self):
+        s = self.server
+        s.wait_idle()
+
+        def cancelled():
+            return s.metrics().get('duo_requests_finished_total{reason="cancelled"}', 0)
+
+        def wait_cancelled(before, what):
+            end = time.time() + 10
+            while cancelled() <= before:
+                assert time.time() < end, f"{what}: no cancellation seen"
+                time.sleep(0.02)
+            m = s.wait_idle()
+            return m
+
+        long_req = {"model": MODEL_ID, "prompt": "Write a very long story.", "max_tokens": 4000}
+        # Streaming: read a little, hang up.
+        before = cancelled()
+        c = raw_request(s, {**long_req, "stream": True})
+        assert c.recv(4096).startswith(b"HTTP/1.1 200"), "no stream started"
+        c.close()
+        m = wait_cancelled(before, "streaming")
+        assert m["duo_generated_tokens_total"] > 0
+        # Not streaming: hang up while it generates.
+        before = cancelled()
+        c = raw_request(s, long_req)
+        time.sleep(0.5)
+        c.close()
+        wait_cancelled(before, "non-streaming")
+        # The openai client closing a stream early.
+        before = cancelled()
+        stream = s.client.completions.create(stream=True, **long_req)
+        for i, _ in enumerate(stream):
+            if i == 2:
+                break
+        stream.close()
+        wait_cancelled(before, "openai stream.close()")
+
+    def test_kv_budget_and_queue_limits(self):
+        # 16 MiB of KV: a full-attention request fits while it stays within one 256-token page
+        # per head (11.25 MiB for SmolLM2), 2000 tokens never fit; streaming heads (sink 4,
+        # recent 60: 2.8 MiB) fit at any length. One running, one queued, the next gets 503.
+        b = Server(self.duo, "--kv-budget", "16", "--max-batch", "1", "--max-queue", "1")
+        try:
+            r = b.client.completions.create(model=MODEL_ID, prompt="Hello", max_tokens=8, temperature=0)
+            assert r.choices[0].text == self.reference("Hello", 8), r
+            try:
+                b.client.completions.create(model=MODEL_ID, prompt="Hello", max_tokens=2000)
+            except openai.BadRequestError as e:
+                assert e.code == "kv_budget_exceeded", e.body
+            else:
+                raise AssertionError("an over-budget request was accepted")
+            streaming = {"model": MODEL_ID, "prompt": "Hello", "max_tokens": 2000, "attention": "streaming",
+                         "sink": 4, "recent": 60, "stream": True}
+            running = raw_request(b, streaming)
+            assert running.recv(4096).startswith(b"HTTP/1.1 200")
+            queued = raw_request(b, streaming)
+            end = time.time() + 10
+            while b.metrics()["duo_queue_depth"] < 1:
+                assert time.time() < end, "second request never queued"
+                time.sleep(0.02)
+            status, _, resp = b.post("/v1/completions", streaming)
+            assert status == 503, status
+            assert check_error_body(status, resp, "queue full")["code"] == "server_overloaded"
+            try:
+                b.client.completions.create(model=MODEL_ID, prompt="Hello", max_tokens=4)
+            except openai.InternalServerError as e:
+                assert e.status_code == 503
+            else:
+                raise AssertionError("a request beyond the queue was accepted")
+            running.close()
+            queued.close()
+            m = b.wait_idle()
+            assert m['duo_requests_rejected_total{reason="kv_budget"}'] >= 1, m
+            assert m['duo_requests_rejected_total{reason="queue_full"}'] >= 2, m
+            assert m["duo_kv_bytes_peak"] <= 16 << 20, m
+        finally:
+            assert b.stop() == 0, b.log()
+
+    def test_sigterm_stops_cleanly(self):
+        code = self.server.stop()
+        assert code == 0, (code, self.server.log())
+        assert "stopped" in self.server.log()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duo", required=True)
+    ap.add_argument("-k", default="", help="run only tests whose name contains this")
+    args = ap.parse_args()
+    models = os.environ.get("DUO_MODELS", os.path.expanduser("~/.cache/duo/models"))
+    if not os.path.exists(os.path.join(models, MODEL_FILE)):
+        print(f"model missing: {os.path.join(models, MODEL_FILE)} (scripts/fetch_models.py)")
+        return 1 if os.environ.get("DUO_REQUIRE_MODELS") else 77
+    passed = failed = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Tests(os.path.abspath(args.duo), tmp)
+        try:
+            names = [n for n in dir(Tests) if n.startswith("test_") and args.k in n]
+            # Cleanly stopping the shared server comes last.
+            names.sort(key=lambda n: n == "test_sigterm_stops_cleanly")
+            for name in names:
+                t0 = time.time()
+                try:
+                    getattr(t, name)()
+                    passed += 1
+                    print(f"PASS {name} ({time.time() - t0:.1f}s)", flush=True)
+                except Exception:
+                    failed += 1
+                    print(f"FAIL {name} ({time.time() - t0:.1f}s)\n{traceback.format_exc()}", flush=True)
+                    if not t.server.alive():
+                        print("server died:\n" + t.server.log(), flush=True)
+        finally:
+            t.server.stop()
+    print(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

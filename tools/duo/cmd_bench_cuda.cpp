@@ -1,0 +1,375 @@
+// `duo bench --device cuda`: for each attention mode (full, duo at given retrieval ratios,
+// streaming), pre-fill latency at given prompt lengths (chunked) and decode ms/token at given
+// context lengths, with the attention kernels timed separately (CUDA events: TFLOP/s for
+// pre-fill, GB/s for decode), KV bytes, peak GPU memory, and ratios against full attention
+// measured in the same run. Full-size shapes run with synthetic weights made on the GPU
+// (--synthetic llama3-8b | llama2-7b | qwen2.5-7b); duo modes binarize the published gate
+// matrix of the shape (tests/fixtures/patterns) at the ratio. Decode contexts are filled with
+// a kernel (random keys and values) instead of a real pre-fill: decode speed depends on how
+// much each head reads, not on the values. A length whose KV cache would not fit is skipped
+// with the reason. bench/cuda/run_model_bench.sh runs this and the PyTorch baseline together.
+#include <fmt/core.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+
+#include "commands.h"
+#include "core/error.h"
+#include "engine/backend.h"
+#include "io/head_pattern.h"
+#include "kv/attention_cost.h"
+#include "model/model.h"
+#include "model/presets.h"
+#include "sample/sampler.h"
+
+#ifdef DUO_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
+
+namespace duo::cli {
+
+void add_cuda_bench_options(CLI::App& cmd, CudaBenchOptions& o) {
+  cmd.add_option("--synthetic", o.synthetic,
+                 "with --device cuda: a full-size model shape with synthetic weights (" +
+                     [] {
+                       std::string s;
+                       for (const auto& n : model_preset_names()) s += (s.empty() ? "" : ", ") + n;
+                       return s;
+                     }() + ")");
+  cmd.add_option("--modes", o.modes, "with --device cuda: attention modes (full, streaming, duoNN = NN% retrieval heads)");
+  cmd.add_option("--prefill", o.prefill, "with --device cuda: pre-fill lengths (comma-separated, 0 or empty: none)");
+  cmd.add_option("--decode", o.decode, "with --device cuda: decode context lengths (comma-separated, empty: none)");
+  cmd.add_option("--decode-steps", o.decode_steps, "with --device cuda: timed decode steps per context")
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("--out", o.out, "with --device cuda: write the results as a JSON document to this file");
+  cmd.add_option("--bench-seed", o.seed, "with --device cuda: seed of synthetic weights, tokens and KV contents");
+}
+
+#ifndef DUO_HAVE_CUDA
+
+void run_cuda_bench(const ModelOptions&, CudaBenchOptions, bool, bool) {
+  make_cuda_synthetic_backend(ModelConfig{}, 0);  // fails saying how to build with CUDA
+}
+
+#else
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+using json = nlohmann::json;
+constexpr double kGiB = 1073741824.0;
+
+std::vector<int64_t> parse_lengths(const std::string& s, const char* what) {
+  std::vector<int64_t> v;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    size_t used = 0;
+    long long x = 0;
+    try {
+      x = std::stoll(item, &used);
+    } catch (const std::logic_error&) {
+      used = 0;
+    }
+    DUO_CHECK(used == item.size() && x >= 0, "bad {} length '{}' in '{}'", what, item, s);
+    if (x > 0) v.push_back(x);
+  }
+  return v;
+}
+
+struct Mode {
+  std::string name;
+  double ratio;  // retrieval heads: 1 full, 0 streaming
+  HeadPlan plan;
+};
+
+// Modes and their head plans. Duo plans binarize a gate matrix at the mode's ratio.
+std::vector<Mode> make_modes(const std::string& list, const ModelConfig& c, StreamingWindow w, const GateMatrix* gates) {
+  std::vector<Mode> modes;
+  std::stringstream ss(list);
+  std::string m;
+  while (std::getline(ss, m, ',')) {
+    Mode md;
+    md.name = m;
+    if (m == "full") {
+      md.ratio = 1.0;
+      md.plan = HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Retrieval, w);
+    } else if (m == "streaming") {
+      md.ratio = 0.0;
+      md.plan = HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Streaming, w);
+    } else if (m.rfind("duo", 0) == 0 && m.size() > 3) {
+      int pct = -1;
+      try {
+        size_t used = 0;
+        pct = std::stoi(m.substr(3), &used);
+        if (used != m.size() - 3) pct = -1;
+      } catch (const std::logic_error&) {
+      }
+      DUO_CHECK(pct >= 0 && pct <= 100, "bad mode '{}': duo modes are duoNN with NN the percent of retrieval heads", m);
+      md.ratio = pct / 100.0;
+      md.plan = make_head_plan(binarize_ratio(*gates, md.ratio), c.n_layers, c.n_kv_heads, w, "gates");
+    } else {
+      fail("unknown mode '{}' (full, streaming, duoNN)", m);
+    }
+    modes.push_back(std::move(md));
+  }
+  DUO_CHECK(!modes.empty(), "no modes given");
+  return modes;
+}
+
+// Gates for the duo modes: --pattern, else the shape's published pattern, else seeded random.
+GateMatrix load_gates(const ModelOptions& mo, const ModelPreset* preset, const ModelConfig& c, uint64_t seed,
+                      std::string& origin) {
+  std::string file = mo.pattern;
+  if (file.empty() && preset && !preset->pattern_file.empty()) {
+    for (const std::string& dir :
+         {std::string(DUO_SOURCE_DIR) + "/tests/fixtures/patterns", std::string("tests/fixtures/patterns")}) {
+      if (std::filesystem::exists(dir + "/" + preset->pattern_file)) {
+        file = dir + "/" + preset->pattern_file;
+        break;
+      }
+    }
+    DUO_CHECK(!file.empty(), "published pattern {} not found (give one with --pattern)", preset->pattern_file);
+  }
+  GateMatrix g;
+  if (!file.empty()) {
+    g = load_gates_tsv(file);
+    DUO_CHECK(g.n_layers == c.n_layers && g.n_kv_heads == c.n_kv_heads,
+              "{}: pattern is {} x {} but the model has {} layers x {} KV heads", file, g.n_layers, g.n_kv_heads,
+              c.n_layers, c.n_kv_heads);
+    origin = file;
+    return g;
+  }
+  g.n_layers = c.n_layers, g.n_kv_heads = c.n_kv_heads;
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  for (int i = 0; i < c.n_layers * c.n_kv_heads; ++i) g.values.push_back(u(rng));
+  origin = fmt::format("seeded random gates (seed {})", seed);
+  return g;
+}
+
+// Device memory a chunk of n tokens uses for activations (see GpuModel::run_chunk).
+double activation_bytes(const ModelConfig& c, int64_t n) {
+  const double E = c.n_embd, D = c.head_dim, Q = (double)c.n_heads * D, KV = (double)c.n_kv_heads * D, F = c.n_ff;
+  const double per_token = E * 4 + E * 2 + (Q + 2 * KV) * 4 + Q * 2 + 2 * KV * 2 + Q * 2 + E * 4 + 2 * F * 4 + F * 2;
+  return per_token * n + 4.0 * c.n_vocab + 64e6 /* decode workspace, picks */;
+}
+
+// Whether `need` more bytes fit the device now, with 1 GiB left for cuBLAS and the context.
+bool fits(double need, std::string& why) {
+  size_t free_b = 0, total_b = 0;
+  cuda::device_memory_info(free_b, total_b);
+  if (need + kGiB <= (double)free_b) return true;
+  why = fmt::format("needs {:.1f} GiB (KV cache + activations), {:.1f} GiB free", need / kGiB, free_b / kGiB);
+  return false;
+}
+
+std::vector<int32_t> random_tokens(int64_t n, int vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> u(0, vocab - 1);
+  std::vector<int32_t> t((size_t)n);
+  for (auto& x : t) x = u(rng);
+  return t;
+}
+
+double seconds_since(clock_type::time_point t0) {
+  return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+}  // namespace
+
+void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_given, bool as_json) {
+  if (chunk_given) bo.chunk = mo.chunk;
+  DUO_CHECK(bo.chunk > 0, "chunk must be positive");
+  const std::vector<int64_t> prefill = parse_lengths(bo.prefill, "pre-fill");
+  const std::vector<int64_t> decode = parse_lengths(bo.decode, "decode");
+  const StreamingWindow window{mo.sink, mo.recent};
+
+  // The model: a synthetic full-size shape, or a GGUF file's weights (original head order:
+  // the kernels read each head's kind, so contiguous retrieval heads do not change speed).
+  const ModelPreset* preset = bo.synthetic.empty() ? nullptr : &model_preset(bo.synthetic);
+  std::unique_ptr<Model> host_model;
+  std::unique_ptr<ModelBackend> backend;
+  const auto t_load = clock_type::now();
+  if (preset) {
+    backend = make_cuda_synthetic_backend(preset->config, bo.seed);
+  } else {
+    ModelOptions only_model = mo;  // --pattern here feeds the duo modes, not --attention duo
+    only_model.pattern.clear();
+    only_model.attention = "full";
+    const EngineOptions eo = engine_options(only_model);  // resolves -m and checks the file exists
+    host_model = Model::load(eo.model_path);
+    backend = make_cuda_backend(*host_model);
+  }
+  const double load_s = seconds_since(t_load);
+  auto& cb = dynamic_cast<cuda::CudaBackend&>(*backend);
+  cuda::GpuModel& gpu = cb.gpu();
+  const ModelConfig& c = backend->config();
+  std::string gate_origin;
+  const GateMatrix gates = load_gates(mo, preset, c, bo.seed, gate_origin);
+  const std::vector<Mode> modes = make_modes(bo.modes, c, window, &gates);
+
+  const cuda::DeviceInfo dev = cuda::device_info();
+  json doc;
+  doc["machine"] = {{"gpu", dev.name},
+                    {"sm_count", dev.sm_count},
+                    {"compute_capability", fmt::format("{}.{}", dev.cc_major, dev.cc_minor)},
+                    {"memory_bytes", dev.total_memory},
+                    {"driver_version", dev.driver_version},
+                    {"runtime_version", dev.runtime_version}};
+  doc["model"] = {{"name", c.name},
+                  {"shape", preset ? preset->name : std::string("gguf")},
+                  {"layers", c.n_layers},
+                  {"embd", c.n_embd},
+                  {"ff", c.n_ff},
+                  {"heads", c.n_heads},
+                  {"kv_heads", c.n_kv_heads},
+                  {"head_dim", c.head_dim},
+                  {"vocab", c.n_vocab},
+                  {"weights_bytes", gpu.weights().bytes()},
+                  {"load_seconds", load_s}};
+  doc["options"] = {{"chunk", bo.chunk},          {"sink", window.sink},   {"recent", window.recent},
+                    {"decode_steps", bo.decode_steps}, {"gates", gate_origin}, {"seed", bo.seed}};
+  if (!as_json) {
+    fmt::print("machine: {} ({} SMs, cc {}.{}, {:.1f} GiB), driver {}, runtime {}\n", dev.name, dev.sm_count,
+               dev.cc_major, dev.cc_minor, dev.total_memory / kGiB, dev.driver_version, dev.runtime_version);
+    fmt::print("model: {} | {} layers, {} / {} heads, d {}, ff {}, vocab {} | weights {:.2f} GiB bf16 (ready in {:.1f} s)\n",
+               c.name, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.n_ff, c.n_vocab,
+               gpu.weights().bytes() / kGiB, load_s);
+    fmt::print("pre-fill chunk {} | streaming heads: sink {} + recent {} | duo gates: {}\n", bo.chunk, window.sink,
+               window.recent, gate_origin);
+  }
+
+  // --- pre-fill ---
+  json prefill_rows = json::array();
+  std::map<int64_t, double> full_prefill_ms;
+  if (!as_json && !prefill.empty())
+    fmt::print("\n{:<10} {:>8} {:>11} {:>10} {:>12} {:>8} {:>9} {:>9}\n", "pre-fill", "tokens", "latency ms",
+               "attn ms", "attn TFLOP/s", "KV GiB", "peak GiB", "vs full");
+  for (const Mode& m : modes)
+    for (int64_t L : prefill) {
+      json row = {{"mode", m.name}, {"retrieval_ratio", m.ratio}, {"tokens", L}};
+      const double kv = (double)cuda::GpuKvCache::bytes_for(c, m.plan, L);
+      row["kv_bytes"] = kv;
+      gpu.release_scratch();
+      std::string why;
+      if (!fits(kv + activation_bytes(c, std::min(L, bo.chunk)) + 128e6, why)) {
+        row["skipped"] = why;
+        if (!as_json) fmt::print("{:<10} {:>8}  skipped: {}\n", m.name, L, why);
+        prefill_rows.push_back(row);
+        continue;
+      }
+      const auto toks = random_tokens(L, c.n_vocab, bo.seed + L);
+      {  // warm-up: cuBLAS algorithm choice and kernel set-up for this chunk shape
+        auto s = backend->new_sequence(m.plan, std::min(L, bo.chunk));
+        backend->forward(*s, toks.data(), std::min(L, bo.chunk), nullptr, bo.chunk);
+      }
+      auto s = backend->new_sequence(m.plan, L);
+      std::vector<float> logits(c.n_vocab);
+      cuda::reset_peak_bytes();
+      gpu.reset_attention_timing();
+      gpu.set_attention_timing(true);
+      const auto t0 = clock_type::now();
+      backend->forward(*s, toks.data(), L, logits.data(), bo.chunk);
+      const double ms = 1e3 * seconds_since(t0);
+      gpu.set_attention_timing(false);
+      const double attn_ms = gpu.attention_ms();
+      const double tflops = prefill_attention_flops(c, m.plan, L, bo.chunk) / (attn_ms * 1e-3) / 1e12;
+      row["ms"] = ms;
+      row["attn_ms"] = attn_ms;
+      row["attn_tflops"] = tflops;
+      row["kv_bytes"] = s->kv_bytes();
+      row["peak_bytes"] = cuda::peak_bytes();
+      if (m.name == "full") full_prefill_ms[L] = ms;
+      std::string vs = "-";
+      if (full_prefill_ms.count(L)) {
+        row["speedup_vs_full"] = full_prefill_ms[L] / ms;
+        vs = fmt::format("{:.2f}x", full_prefill_ms[L] / ms);
+      }
+      if (!as_json)
+        fmt::print("{:<10} {:>8} {:>11.1f} {:>10.1f} {:>12.1f} {:>8.2f} {:>9.2f} {:>9}\n", m.name, L, ms, attn_ms,
+                   tflops, s->kv_bytes() / kGiB, cuda::peak_bytes() / kGiB, vs);
+      std::fflush(stdout);
+      prefill_rows.push_back(row);
+    }
+  doc["prefill"] = prefill_rows;
+
+  // --- decode ---
+  json decode_rows = json::array();
+  std::map<int64_t, double> full_decode_ms;
+  constexpr int kWarm = 2, kTimedAttention = 4;
+  const HeadPlan full_plan = HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Retrieval, window);
+  if (!as_json && !decode.empty())
+    fmt::print("\n{:<10} {:>8} {:>10} {:>10} {:>11} {:>8} {:>9} {:>9} {:>10}\n", "decode", "context", "ms/token",
+               "attn us", "attn GB/s", "KV GiB", "peak GiB", "vs full", "KV vs full");
+  for (const Mode& m : modes)
+    for (int64_t C : decode) {
+      const int64_t cap = C + kWarm + bo.decode_steps + kTimedAttention + 1;
+      const double kv = (double)cuda::GpuKvCache::bytes_for(c, m.plan, cap);
+      const double kv_full = (double)cuda::GpuKvCache::bytes_for(c, full_plan, C);
+      json row = {{"mode", m.name}, {"retrieval_ratio", m.ratio}, {"context", C}, {"kv_bytes", kv},
+                  {"kv_reduction_vs_full", kv_full / (double)cuda::GpuKvCache::bytes_for(c, m.plan, C)}};
+      gpu.release_scratch();
+      std::string why;
+      if (!fits(kv + 64e6 /* pool slabs */ + activation_bytes(c, 1), why)) {
+        row["skipped"] = why;
+        if (!as_json) fmt::print("{:<10} {:>8}  skipped: {}\n", m.name, C, why);
+        decode_rows.push_back(row);
+        continue;
+      }
+      auto s = backend->new_sequence(m.plan, cap);
+      cuda::reset_peak_bytes();
+      cuda::CudaBackend::cache_of(*s).fill_random(C, bo.seed);
+      Sampler greedy(SamplerConfig{});
+      int32_t next = 1;
+      for (int i = 0; i < kWarm; ++i) next = backend->forward_pick(*s, &next, 1, bo.chunk, greedy);
+      const auto t0 = clock_type::now();
+      for (int i = 0; i < bo.decode_steps; ++i) next = backend->forward_pick(*s, &next, 1, bo.chunk, greedy);
+      const double ms = 1e3 * seconds_since(t0) / bo.decode_steps;
+      // Attention kernels alone, in a separate pass (events between kernels cost a little).
+      const int64_t past0 = s->n_past();
+      gpu.reset_attention_timing();
+      gpu.set_attention_timing(true);
+      for (int i = 0; i < kTimedAttention; ++i) next = backend->forward_pick(*s, &next, 1, bo.chunk, greedy);
+      gpu.set_attention_timing(false);
+      const double attn_us = 1e3 * gpu.attention_ms() / kTimedAttention;
+      const double bytes = decode_attention_bytes(c, m.plan, past0 + 1 + kTimedAttention / 2, 2);
+      const double gbs = bytes / (attn_us * 1e-6) / 1e9;
+      row["ms_per_token"] = ms;
+      row["attn_us"] = attn_us;
+      row["attn_gbs"] = gbs;
+      row["kv_bytes"] = s->kv_bytes();
+      row["peak_bytes"] = cuda::peak_bytes();
+      if (m.name == "full") full_decode_ms[C] = ms;
+      std::string vs = "-";
+      if (full_decode_ms.count(C)) {
+        row["speedup_vs_full"] = full_decode_ms[C] / ms;
+        vs = fmt::format("{:.2f}x", full_decode_ms[C] / ms);
+      }
+      if (!as_json)
+        fmt::print("{:<10} {:>8} {:>10.3f} {:>10.1f} {:>11.1f} {:>8.2f} {:>9.2f} {:>9} {:>9.2f}x\n", m.name, C, ms,
+                   attn_us, gbs, s->kv_bytes() / kGiB, cuda::peak_bytes() / kGiB, vs,
+                   row["kv_reduction_vs_full"].get<double>());
+      std::fflush(stdout);
+      decode_rows.push_back(row);
+    }
+  doc["decode"] = decode_rows;
+
+  if (as_json) fmt::print("{}\n", doc.dump(1));
+  if (!bo.out.empty()) {
+    std::ofstream f(bo.out);
+    DUO_CHECK(f.good(), "cannot write {}", bo.out);
+    f << doc.dump(1) << "\n";
+    if (!as_json) fmt::print("\nwrote {}\n", bo.out);
+  }
+}
+
+#endif
+
+}  // namespace duo::cli
