@@ -33,10 +33,10 @@ if [ ! -f "$out/heuristic.tsv" ]; then
   "$duo" pattern rank -m "$model" -t "$threads" -o "$out/heuristic.tsv" >&2
 fi
 
-acc() {  # name, then eval options; prints the accuracy in percent
+acc() {  # name, then eval options; prints the accuracy in percent (an existing OUTDIR/name.json is reused)
   local name=$1
   shift
-  "$duo" eval niah -m "$model" -t "$threads" --lengths "$lengths" --depths "$depths" -o "$out/$name" $extra "$@" \
+  [ -f "$out/$name.json" ] || "$duo" eval niah -m "$model" -t "$threads" --lengths "$lengths" --depths "$depths" -o "$out/$name" $extra "$@" \
     > "$out/$name.txt" 2>&1
   python3 -c "import json,sys; print(f\"{100*json.load(open(sys.argv[1]))['accuracy']:.0f}\")" "$out/$name.json"
 }
