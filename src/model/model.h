@@ -60,8 +60,6 @@ class Model {
   const GgufFile& gguf() const;
   bool has_gguf() const { return file_ != nullptr; }
   const ModelWeights& weights() const { return w_; }
-  // RoPE inverse frequencies (head_dim / 2 values, rope_freqs factors applied).
-  const std::vector<float>& rope_inv_freq() const { return inv_freq_; }
 
   // A KV cache for one sequence, shaped for this model.
   std::unique_ptr<KvCache> new_cache(const HeadPlan& plan) const;
