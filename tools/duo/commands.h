@@ -15,6 +15,7 @@ void add_demo(CLI::App& app);
 void add_eval(CLI::App& app);
 void add_pattern(CLI::App& app);
 void add_serve(CLI::App& app);
+void add_calibrate(CLI::App& app);
 
 // Options shared by the commands that load a model.
 struct ModelOptions {

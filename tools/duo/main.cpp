@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   duo::cli::add_eval(app);
   duo::cli::add_pattern(app);
   duo::cli::add_serve(app);
+  duo::cli::add_calibrate(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
