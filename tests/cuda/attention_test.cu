@@ -411,7 +411,7 @@ TEST(CudaPrefillDispatch, AutoChoosesWgmmaOnHopper) {
   a.q_stride = a.kv_stride = a.o_stride = 128;
   if (major == 9 && minor == 0) {
     ASSERT_TRUE(prefill_wgmma_available()) << "cc 9.0 device but no sm_90a code: build with CMAKE_CUDA_ARCHITECTURES=90a";
-    if (std::getenv("DUO_PREFILL_KERNEL") == nullptr) EXPECT_EQ(prefill_kernel_for(a), PrefillKernel::Wgmma);
+    if (std::getenv("DUO_PREFILL_KERNEL") == nullptr) EXPECT_EQ(prefill_kernel_for(a), PrefillKernel::WgmmaPingPong);
   } else {
     EXPECT_FALSE(prefill_wgmma_available());
     EXPECT_THROW(

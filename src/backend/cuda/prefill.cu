@@ -317,7 +317,9 @@ bool prefill_wgmma_available() {
 PrefillKernel prefill_kernel_for(const PrefillArgs& a) {
   PrefillKernel k = a.kernel == PrefillKernel::Auto ? detail::env_kernel() : a.kernel;
   if (k == PrefillKernel::Auto)
-    return a.head_dim == 128 && !detail::prefill_sm90_unsupported(a) ? PrefillKernel::Wgmma : PrefillKernel::Mma;
+    // Ping-pong wgmma: measured fastest on the H100 (8K / 32K causal: 609 / 569 TFLOP/s vs 598 / 550
+    // for wgmma and 260 / 273 for mma; bench/cuda/NOTES.md run 4) and passes every pre-fill test.
+    return a.head_dim == 128 && !detail::prefill_sm90_unsupported(a) ? PrefillKernel::WgmmaPingPong : PrefillKernel::Mma;
   if (k != PrefillKernel::Mma)
     if (const char* why = detail::prefill_sm90_unsupported(a))
       throw std::invalid_argument(std::string("prefill_attention: ") + prefill_kernel_name(k) + " kernel requested but " + why);
