@@ -11,6 +11,7 @@
 #include "core/dequant.h"
 #include "core/fp16.h"
 #include "core/thread_pool.h"
+#include "simd_levels.h"
 
 namespace duo {
 namespace {
@@ -68,7 +69,7 @@ void check_type(GgmlType type, int64_t rows, int64_t cols) {
   WeightView w{type, data.data(), rows, cols, row_bytes(type, cols)};
   const bool quant_act = !(type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  for (int64_t n : {1, 2, 5, 17, 64}) {
+  for (int64_t n : {1, 2, 5, 7, 14, 17, 64}) {
     std::vector<float> x(n * cols), ref(n * rows), out(n * rows);
     for (auto& v : x) v = nd(rng);
     // A few outliers, as real activations have.
@@ -93,16 +94,18 @@ void check_type(GgmlType type, int64_t rows, int64_t cols) {
         bound[t * rows + r] = quant_act ? q : 0.0;
       }
     }
-    for (int threads : {1, 2, 3}) {
-      ThreadPool pool(threads);
-      std::fill(out.begin(), out.end(), std::nanf(""));
-      matmul(w, x.data(), n, out.data(), pool);
-      for (int64_t i = 0; i < n * rows; ++i) {
-        const double tol = bound[i] + 1e-6 * mag[i] + 1e-6;
-        ASSERT_NEAR(out[i], ref[i], tol) << type_name(type) << " rows " << rows << " cols " << cols << " n " << n
-                                         << " threads " << threads << " index " << i;
+    for (SimdLevel level : test::simd_levels())
+      for (int threads : {1, 2, 3}) {
+        test::ScopedSimdLevel scoped(level);
+        ThreadPool pool(threads);
+        std::fill(out.begin(), out.end(), std::nanf(""));
+        matmul(w, x.data(), n, out.data(), pool);
+        for (int64_t i = 0; i < n * rows; ++i) {
+          const double tol = bound[i] + 1e-6 * mag[i] + 1e-6;
+          ASSERT_NEAR(out[i], ref[i], tol) << type_name(type) << " rows " << rows << " cols " << cols << " n " << n
+                                           << " threads " << threads << " " << simd_name(level) << " index " << i;
+        }
       }
-    }
   }
 }
 
@@ -128,12 +131,15 @@ void check_exact(GgmlType type, int64_t rows, int64_t cols) {
     for (int64_t i = 0; i < n * cols; ++i) x[i] = (float)small(rng) / 1024.0f;
     for (int64_t i = 0; i < n * cols; i += 32) x[i + (i / 32) % 32] = ((i / 32) % 2 ? 32767.0f : -32767.0f) / 1024.0f;
     matmul_ref(w, x.data(), n, ref.data());
-    for (int threads : {1, 2, 3}) {
-      ThreadPool pool(threads);
-      matmul(w, x.data(), n, out.data(), pool);
-      for (int64_t i = 0; i < n * rows; ++i)
-        ASSERT_EQ(out[i], ref[i]) << type_name(type) << " n " << n << " threads " << threads << " index " << i;
-    }
+    for (SimdLevel level : test::simd_levels())
+      for (int threads : {1, 2, 3}) {
+        test::ScopedSimdLevel scoped(level);
+        ThreadPool pool(threads);
+        matmul(w, x.data(), n, out.data(), pool);
+        for (int64_t i = 0; i < n * rows; ++i)
+          ASSERT_EQ(out[i], ref[i]) << type_name(type) << " n " << n << " threads " << threads << " "
+                                    << simd_name(level) << " index " << i;
+      }
   }
 }
 
@@ -150,6 +156,8 @@ TEST(Matmul, MatchesReferenceForEveryType) {
     check_type(t, 37, 576);  // SmolLM2's hidden size, rows not a multiple of any tile
     check_type(t, 5, 64);
   }
+  // Several row panels (48 rows in the AVX-512 kernel) with a partial last one.
+  for (GgmlType t : {GgmlType::Q4_1, GgmlType::Q8_0}) check_type(t, 101, 96);
   for (GgmlType t : {GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) check_type(t, 19, 512);
 }
 
@@ -176,8 +184,12 @@ TEST(Matmul, ExtremeQ6KBlocksDoNotOverflow) {
     std::vector<float> x(n * cols, 1.5f), ref(n * rows), out(n * rows);
     matmul_ref(w, x.data(), n, ref.data());
     ThreadPool pool(2);
-    matmul(w, x.data(), n, out.data(), pool);
-    for (int64_t i = 0; i < n * rows; ++i) ASSERT_NEAR(out[i], ref[i], 1e-5 * std::fabs(ref[i])) << "n " << n << " i " << i;
+    for (SimdLevel level : test::simd_levels()) {
+      test::ScopedSimdLevel scoped(level);
+      matmul(w, x.data(), n, out.data(), pool);
+      for (int64_t i = 0; i < n * rows; ++i)
+        ASSERT_NEAR(out[i], ref[i], 1e-5 * std::fabs(ref[i])) << "n " << n << " " << simd_name(level) << " i " << i;
+    }
   }
 }
 

@@ -25,7 +25,10 @@
 #include <cstring>
 #include <vector>
 
+#include "backend/cpu/matmul_internal.h"
 #include "backend/cpu/ops.h"
+#include "backend/cpu/simd_avx512.h"
+#include "backend/cpu/simd_level.h"
 #include "core/dequant.h"
 #include "core/error.h"
 #include "core/fp16.h"
@@ -39,6 +42,8 @@
 
 namespace duo {
 
+using namespace mm;
+
 namespace {
 
 constexpr int64_t kDecodeTokens = 4;  // up to this many tokens use the per-row dot path
@@ -50,21 +55,9 @@ constexpr int kTG = 8;                // tokens per SIMD vector in the pre-fill 
 // Q6_K, whose scaled values reach 32 * 128 = 4096 and get two partial sums of 16).
 constexpr float kActMax = 32767.0f;
 
-inline float h2f(uint16_t h) {
-#if defined(__F16C__)
-  return _cvtsh_ss(h);
-#else
-  return f16_to_f32(h);
-#endif
-}
+}  // namespace
 
-// ---------------------------------------------------------------------------------------------
-// Activations: n tokens x nb blocks of 32, 16-bit.
-struct ActQ16 {
-  float d;  // scale
-  float s;  // d * sum(q)
-  int16_t q[QK];
-};
+namespace mm {
 
 void quantize_act_q16(const float* x, int64_t nb, ActQ16* out) {
   for (int64_t b = 0; b < nb; ++b) {
@@ -109,6 +102,10 @@ void quantize_act_q16(const float* x, int64_t nb, ActQ16* out) {
 #endif
   }
 }
+
+}  // namespace mm
+
+namespace {
 
 #ifdef DUO_MM_AVX2
 inline float hsum256(__m256 v) {
@@ -277,13 +274,9 @@ float dot_q4_k(const BlockQ4_K* w, const ActQ16* a, const float* as, int64_t nsb
   return r;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Integer panels: a row of nb 32-blocks as int16 q[nb*32], float dw[nb], float mw[nb].
-struct PanelRow {
-  int16_t* q;
-  float* dw;
-  float* mw;
-};
+}  // namespace
+
+namespace mm {
 
 bool is_float_type(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; }
 bool has_min(GgmlType t) {
@@ -447,6 +440,10 @@ void unpack_row(GgmlType type, const uint8_t* src, int64_t nb, PanelRow p) {
   }
 }
 
+}  // namespace mm
+
+namespace {
+
 // One row panel . one token: sum_b dw xd isum + mw xs.
 float dot_panel(const PanelRow& p, const ActQ16* a, const float* as, int64_t nb, bool mins) {
   float r = 0.0f;
@@ -469,12 +466,6 @@ float dot_panel(const PanelRow& p, const ActQ16* a, const float* as, int64_t nb,
   return r;
 }
 
-// Grow-only per-thread scratch.
-template <typename T>
-T* scratch(std::vector<T>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-  return v.data();
-}
 float* thread_buffer(size_t n) {
   static thread_local std::vector<float> buf;
   return scratch(buf, n);
@@ -488,11 +479,10 @@ PanelBuf& thread_panel() {
   return p;
 }
 
-// The calling thread's activation buffers (shared with the workers during a call).
-struct ActBuf {
-  std::vector<ActQ16> q;
-  std::vector<float> s;
-};
+}  // namespace
+
+namespace mm {
+
 ActBuf& act_buffer() {
   static thread_local ActBuf a;
   return a;
@@ -513,6 +503,10 @@ void quantize_acts(const float* x, int64_t n, int64_t cols, ActBuf& a, ThreadPoo
   else
     body(0, n, 0);
 }
+
+}  // namespace mm
+
+namespace {
 
 // ---------------------------------------------------------------------------------------------
 // Few tokens: one pass over each weight row.
@@ -805,6 +799,13 @@ void matmul(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool
     matmul_rows(w, x, n, y, pool);
   else if (is_float_type(w.type))
     matmul_tiled(w, x, n, y, pool);
+#if DUO_HAVE_AVX512
+  else if (use_avx512()) {
+    ActBuf& ab = act_buffer();
+    quantize_acts(x, n, w.cols, ab, pool);
+    matmul_prefill_avx512(w, ab.q.data(), n, y, pool);
+  }
+#endif
   else
     matmul_tiled_int(w, x, n, y, pool);
 }
