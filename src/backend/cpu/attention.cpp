@@ -5,7 +5,10 @@
 #include <cstring>
 #include <limits>
 
+#include "backend/cpu/attention_internal.h"
 #include "backend/cpu/ops.h"
+#include "backend/cpu/simd_avx512.h"
+#include "backend/cpu/simd_level.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 
@@ -18,9 +21,10 @@ namespace duo {
 
 namespace {
 
-constexpr int kKeyBlock = 64;    // keys per block (scores of a row fit in 8 AVX registers)
-constexpr int kMaxRows = 64;     // query rows (positions x heads of one GQA group) per task
-constexpr int kMaxHeadDim = 256;
+using attn::KeyBlock;
+using attn::kKeyBlock;  // (scores of a row fit in 8 AVX registers)
+using attn::kMaxHeadDim;
+using attn::kMaxRows;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 bool visible(HeadKind kind, const StreamingWindow& w, int64_t i, int64_t j) {
@@ -34,15 +38,6 @@ void check_args(const AttentionArgs& a) {
   DUO_CHECK(a.segments && (int)a.segments->size() == a.n_kv_heads && a.kinds && (int)a.kinds->size() == a.n_kv_heads,
             "attention: segments/kinds must be given for each of the {} KV heads", a.n_kv_heads);
 }
-
-// A block of up to kKeyBlock consecutive positions inside one segment.
-struct KeyBlock {
-  const float* k;
-  const float* v;
-  int64_t pos0;
-  int n;
-  int64_t stride;
-};
 
 void make_blocks(const std::vector<KvSegment>& segs, std::vector<KeyBlock>& out) {
   out.clear();
@@ -234,12 +229,31 @@ void attention(const AttentionArgs& a, ThreadPool& pool) {
   if (tasks >= 2 * pool.size() || pool.size() == 1) {
     // Pre-fill: enough (KV head, query block) tasks to keep every thread busy. Later query
     // blocks see more keys (causal), so tasks are handed out dynamically, longest first.
+    // With AVX-512, tasks of at least 16 rows go to the query-lanes kernel.
+    [[maybe_unused]] const bool lanes = DUO_HAVE_AVX512 && use_avx512() && std::min<int64_t>(a.n, q_per_task) * g >= 16;
     pool.parallel_for_dynamic(tasks, 1, [&](int64_t b, int64_t e, int) {
       static thread_local RowState st;
       for (int64_t task = b; task < e; ++task) {
         const int64_t qt = q_tasks - 1 - task / a.n_kv_heads;
         const int kvh = (int)(task % a.n_kv_heads);
         const int64_t t0 = qt * q_per_task, t1 = std::min(a.n, t0 + q_per_task);
+#if DUO_HAVE_AVX512
+        if (lanes && (t1 - t0) * g >= 16) {
+          const float* qrow[kMaxRows];
+          float* orow[kMaxRows];
+          int64_t pos[kMaxRows];
+          int rows = 0;
+          for (int64_t t = t0; t < t1; ++t)
+            for (int j = 0; j < g; ++j, ++rows) {
+              qrow[rows] = a.q + (t * a.n_heads + kvh * g + j) * d;
+              orow[rows] = a.out + (t * a.n_heads + kvh * g + j) * d;
+              pos[rows] = a.pos0 + t;
+            }
+          attn::attend_rows_avx512(blocks[kvh].data(), blocks[kvh].size(), rows, qrow, pos, (*a.kinds)[kvh],
+                                   a.window, d, scale, orow);
+          continue;
+        }
+#endif
         int rows;
         run_rows(kvh, t0, t1, 0, blocks[kvh].size(), st, rows);
         write_out(kvh, t0, t1, st);

@@ -11,8 +11,8 @@
 // keeps RV*TT int32 block sums and RV*TT float accumulators; per block the float work is one
 // convert, one scale multiply and one FMA (two with a min term) per accumulator, against 16
 // vpdpwssd. Results are 16 consecutive outputs of one token: plain vector stores.
+#include "backend/cpu/simd_avx512.h"  // first: it includes <immintrin.h>
 #include "backend/cpu/matmul_internal.h"
-#include "backend/cpu/simd_avx512.h"
 
 #if DUO_HAVE_AVX512
 
@@ -62,9 +62,7 @@ void fill_panel(const WeightView& w, int64_t r0, int nr, int64_t nb, Panel& p, i
   }
 }
 
-// int32 -> float. (_mm512_cvtepi32_ps trips GCC 12's -Wmaybe-uninitialized on its own
-// undefined pass-through operand; the zero-masked form with a full mask is the same instruction.)
-inline __m512 to_float(__m512i v) { return _mm512_maskz_cvtepi32_ps((__mmask16)0xFFFF, v); }
+inline __m512 to_float(__m512i v) { return _mm512_cvtepi32_ps(v); }
 
 inline __m512i bcast_pair(const int16_t* q) {
   int32_t v;

@@ -4,13 +4,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "backend/cpu/simd_avx512.h"  // first: it includes <immintrin.h>
 #include "backend/cpu/matmul.h"
 #include "core/fp16.h"
 #include "core/quant_blocks.h"
-
-#if defined(__F16C__)
-#include <immintrin.h>
-#endif
 
 namespace duo::mm {
 

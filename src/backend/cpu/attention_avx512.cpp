@@ -1,0 +1,186 @@
+// AVX-512 pre-fill attention: the QUERY rows of a task (positions x the query heads of one
+// KV head, up to 64) sit in the lanes of RV = rows/16 vectors, so
+//  - scores S^T[j] (key j against every row) are broadcast-FMAs of the key's elements against
+//    the transposed queries: no key transposition and no horizontal sums;
+//  - the online softmax is lane-wise: running max m, sum l and rescale factor alpha are RV
+//    vectors, and the causal / Λ masks are compares of a key index against the rows' positions;
+//  - O^T[c] += V[j][c] * P^T[j] are broadcast-FMAs too, with O^T in registers over a whole key
+//    block, one column tile at a time.
+// Queries are transposed (and pre-scaled by 1/sqrt(d)) once per task and O^T back once at the
+// end; keys and values are read in place from the cache pages / the chunk.
+#include "backend/cpu/simd_avx512.h"  // first: it includes <immintrin.h>
+#include "backend/cpu/attention_internal.h"
+
+#if DUO_HAVE_AVX512
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <limits>
+#include <memory>
+
+#include "backend/cpu/simd_math_avx512.h"
+
+namespace duo::attn {
+
+namespace {
+
+constexpr int kLanes = 16;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+struct Scratch {
+  alignas(64) float qt[kMaxHeadDim * kMaxRows];  // [c][RV * 16]: queries, transposed and scaled
+  alignas(64) float ot[kMaxHeadDim * kMaxRows];  // [c][RV * 16]: unnormalized outputs
+  alignas(64) float st[kKeyBlock * kMaxRows];    // [j][RV * 16]: scores, then probabilities
+};
+Scratch& thread_scratch() {
+  static thread_local std::unique_ptr<Scratch> s(new Scratch);
+  return *s;
+}
+
+// st[j] = Q^T . k_j for keys j of [j0, j0 + KJ): KJ keys x RV row vectors in registers.
+template <int RV, int KJ>
+inline void score_tile(const float* qt, const float* k, int64_t stride, int d, int j0, float* st) {
+  __m512 acc[KJ][RV];
+  for (int jj = 0; jj < KJ; ++jj)
+    for (int v = 0; v < RV; ++v) acc[jj][v] = _mm512_setzero_ps();
+  const float* kr = k + j0 * stride;
+  for (int c = 0; c < d; ++c) {
+    __m512 q[RV];
+    for (int v = 0; v < RV; ++v) q[v] = _mm512_load_ps(qt + c * RV * kLanes + v * kLanes);
+    for (int jj = 0; jj < KJ; ++jj) {
+      const __m512 kb = _mm512_set1_ps(kr[jj * stride + c]);
+      for (int v = 0; v < RV; ++v) acc[jj][v] = _mm512_fmadd_ps(kb, q[v], acc[jj][v]);
+    }
+  }
+  for (int jj = 0; jj < KJ; ++jj)
+    for (int v = 0; v < RV; ++v) _mm512_store_ps(st + (j0 + jj) * RV * kLanes + v * kLanes, acc[jj][v]);
+}
+
+// ot[c] = ot[c] * alpha + sum_j v_j[c] * st[j] for columns [c0, c0 + CT), keys j < n.
+template <int RV, int CT>
+inline void pv_tile(const float* st, const float* vb, int64_t stride, int n, int c0, const __m512* alpha, float* ot) {
+  __m512 acc[CT][RV];
+  for (int cc = 0; cc < CT; ++cc)
+    for (int v = 0; v < RV; ++v)
+      acc[cc][v] = _mm512_mul_ps(_mm512_load_ps(ot + (c0 + cc) * RV * kLanes + v * kLanes), alpha[v]);
+  for (int j = 0; j < n; ++j) {
+    __m512 p[RV];
+    for (int v = 0; v < RV; ++v) p[v] = _mm512_load_ps(st + j * RV * kLanes + v * kLanes);
+    const float* vr = vb + j * stride + c0;
+    for (int cc = 0; cc < CT; ++cc) {
+      const __m512 x = _mm512_set1_ps(vr[cc]);
+      for (int v = 0; v < RV; ++v) acc[cc][v] = _mm512_fmadd_ps(x, p[v], acc[cc][v]);
+    }
+  }
+  for (int cc = 0; cc < CT; ++cc)
+    for (int v = 0; v < RV; ++v) _mm512_store_ps(ot + (c0 + cc) * RV * kLanes + v * kLanes, acc[cc][v]);
+}
+
+template <int RV>
+void attend(const KeyBlock* blocks, size_t n_blocks, int rows, const float* const* qrow, const int64_t* pos,
+            HeadKind kind, const StreamingWindow& w, int d, float scale, float* const* out) {
+  constexpr int W = RV * kLanes;                 // floats per transposed row
+  constexpr int KJ = RV <= 2 ? 8 : 4;            // keys per score tile (<= 24 accumulators)
+  constexpr int CT = RV <= 2 ? 8 : (RV == 3 ? 8 : 4);  // output columns per PV tile
+  Scratch& s = thread_scratch();
+  int64_t pmin = pos[0], pmax = pos[0];
+  for (int r = 1; r < rows; ++r) pmin = std::min(pmin, pos[r]), pmax = std::max(pmax, pos[r]);
+  for (int c = 0; c < d; ++c)
+    for (int r = 0; r < W; ++r) s.qt[c * W + r] = r < rows ? qrow[r][c] * scale : 0.0f;
+  std::memset(s.ot, 0, sizeof(float) * d * W);
+  __m512 m[RV], l[RV];
+  for (int v = 0; v < RV; ++v) m[v] = _mm512_set1_ps(kNegInf), l[v] = _mm512_setzero_ps();
+
+  for (size_t bi = 0; bi < n_blocks; ++bi) {
+    const KeyBlock& b = blocks[bi];
+    if (b.pos0 > pmax) continue;  // entirely in the future of every row
+    const int64_t last = b.pos0 + b.n - 1;
+    if (kind == HeadKind::Streaming && b.pos0 >= w.sink && last <= pmin - w.recent) continue;  // outside Λ
+
+    int j = 0;
+    for (; j + KJ <= b.n; j += KJ) score_tile<RV, KJ>(s.qt, b.k, b.stride, d, j, s.st);
+    for (; j < b.n; ++j) score_tile<RV, 1>(s.qt, b.k, b.stride, d, j, s.st);
+
+    // Mask, block max per row.
+    __m512 mb[RV];
+    for (int v = 0; v < RV; ++v) mb[v] = _mm512_set1_ps(kNegInf);
+    const bool all_visible = kind == HeadKind::Retrieval && last <= pmin;
+    if (all_visible) {
+      for (int jj = 0; jj < b.n; ++jj)
+        for (int v = 0; v < RV; ++v) mb[v] = _mm512_max_ps(mb[v], _mm512_load_ps(s.st + jj * W + v * kLanes));
+    } else {
+      // Row position relative to the block start (padding rows: never visible), and that minus
+      // the recent window: key jj is visible to a row when jj <= rel, and for a streaming head
+      // also when it is a sink or jj > rel - recent.
+      alignas(64) int32_t rel[W], rel_recent[W];
+      for (int r = 0; r < W; ++r) {
+        const int64_t x = r < rows ? pos[r] - b.pos0 : INT_MIN / 2;
+        rel[r] = (int32_t)std::clamp<int64_t>(x, INT_MIN / 2, INT_MAX / 2);
+        rel_recent[r] = (int32_t)std::clamp<int64_t>(x - w.recent, INT_MIN / 2, INT_MAX / 2);
+      }
+      for (int jj = 0; jj < b.n; ++jj) {
+        const __m512i jv = _mm512_set1_epi32(jj);
+        const bool sink = b.pos0 + jj < w.sink;
+        for (int v = 0; v < RV; ++v) {
+          __mmask16 vis = _mm512_cmp_epi32_mask(jv, _mm512_load_si512(rel + v * kLanes), _MM_CMPINT_LE);
+          if (kind == HeadKind::Streaming && !sink)
+            vis &= _mm512_cmp_epi32_mask(jv, _mm512_load_si512(rel_recent + v * kLanes), _MM_CMPINT_NLE);
+          float* sp = s.st + jj * W + v * kLanes;
+          const __m512 sv = _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), vis, _mm512_load_ps(sp));
+          _mm512_store_ps(sp, sv);
+          mb[v] = _mm512_max_ps(mb[v], sv);
+        }
+      }
+    }
+
+    // Online softmax update. Rows that have seen nothing yet keep m = -inf; they subtract 0
+    // instead (exp(-inf) = 0 for their scores and alpha), which avoids -inf - -inf.
+    __m512 alpha[RV], sub[RV], sum[RV];
+    for (int v = 0; v < RV; ++v) {
+      const __m512 m_new = _mm512_max_ps(m[v], mb[v]);
+      const __mmask16 none = _mm512_cmp_ps_mask(m_new, _mm512_set1_ps(kNegInf), _CMP_EQ_OQ);
+      sub[v] = _mm512_mask_mov_ps(m_new, none, _mm512_setzero_ps());
+      alpha[v] = exp512(_mm512_sub_ps(m[v], sub[v]));
+      m[v] = m_new;
+      sum[v] = _mm512_setzero_ps();
+    }
+    for (int jj = 0; jj < b.n; ++jj)
+      for (int v = 0; v < RV; ++v) {
+        float* sp = s.st + jj * W + v * kLanes;
+        const __m512 p = exp512(_mm512_sub_ps(_mm512_load_ps(sp), sub[v]));
+        _mm512_store_ps(sp, p);
+        sum[v] = _mm512_add_ps(sum[v], p);
+      }
+    for (int v = 0; v < RV; ++v) l[v] = _mm512_fmadd_ps(l[v], alpha[v], sum[v]);
+
+    for (int c0 = 0; c0 < d; c0 += CT) pv_tile<RV, CT>(s.st, b.v, b.stride, b.n, c0, alpha, s.ot);
+  }
+
+  alignas(64) float inv[W];
+  for (int v = 0; v < RV; ++v) {
+    const __mmask16 pos_l = _mm512_cmp_ps_mask(l[v], _mm512_setzero_ps(), _CMP_GT_OQ);
+    _mm512_store_ps(inv + v * kLanes, _mm512_maskz_div_ps(pos_l, _mm512_set1_ps(1.0f), l[v]));
+  }
+  for (int r = 0; r < rows; ++r) {
+    float* o = out[r];
+    for (int c = 0; c < d; ++c) o[c] = s.ot[c * W + r] * inv[r];
+  }
+}
+
+}  // namespace
+
+void attend_rows_avx512(const KeyBlock* blocks, size_t n_blocks, int rows, const float* const* qrow,
+                        const int64_t* pos, HeadKind kind, const StreamingWindow& w, int d, float scale,
+                        float* const* out) {
+  switch ((rows + kLanes - 1) / kLanes) {
+    case 1: attend<1>(blocks, n_blocks, rows, qrow, pos, kind, w, d, scale, out); break;
+    case 2: attend<2>(blocks, n_blocks, rows, qrow, pos, kind, w, d, scale, out); break;
+    case 3: attend<3>(blocks, n_blocks, rows, qrow, pos, kind, w, d, scale, out); break;
+    default: attend<4>(blocks, n_blocks, rows, qrow, pos, kind, w, d, scale, out); break;
+  }
+}
+
+}  // namespace duo::attn
+
+#endif  // DUO_HAVE_AVX512
