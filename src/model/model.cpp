@@ -263,9 +263,7 @@ void Model::forward_chunk(KvCache& cache, const int32_t* tokens, int64_t n, floa
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) rmsnorm(x + t * E, L.attn_norm.data(), xn + t * E, (int)E, c.norm_eps);
     });
-    matmul(L.wq, xn, n, q, pool);
-    matmul(L.wk, xn, n, k, pool);
-    matmul(L.wv, xn, n, v, pool);
+    matmul_multi({{L.wq, q}, {L.wk, k}, {L.wv, v}}, xn, n, pool);
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) {
         if (!L.bq.empty()) {
@@ -273,9 +271,8 @@ void Model::forward_chunk(KvCache& cache, const int32_t* tokens, int64_t n, floa
           add_inplace(k + t * KV, L.bk.data(), (int)KV);
           add_inplace(v + t * KV, L.bv.data(), (int)KV);
         }
-        for (int64_t h = 0; h < H; ++h) rope(q + t * Q + h * D, (int)D, (int)(pos0 + t), inv_freq_.data(), c.rope_style);
-        for (int64_t h = 0; h < HKV; ++h)
-          rope(k + t * KV + h * D, (int)D, (int)(pos0 + t), inv_freq_.data(), c.rope_style);
+        rope_heads(q + t * Q, (int)H, (int)D, (int)(pos0 + t), inv_freq_.data(), c.rope_style);
+        rope_heads(k + t * KV, (int)HKV, (int)D, (int)(pos0 + t), inv_freq_.data(), c.rope_style);
       }
     });
     // Each KV head attends to what its cache holds plus this chunk, under its own mask.
@@ -320,8 +317,7 @@ void Model::forward_chunk(KvCache& cache, const int32_t* tokens, int64_t n, floa
         rmsnorm(x + t * E, L.ffn_norm.data(), xn + t * E, (int)E, c.norm_eps);
       }
     });
-    matmul(L.w_gate, xn, n, g, pool);
-    matmul(L.w_up, xn, n, u, pool);
+    matmul_multi({{L.w_gate, g}, {L.w_up, u}}, xn, n, pool);
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) swiglu(g + t * F, u + t * F, g + t * F, (int)F);
     });

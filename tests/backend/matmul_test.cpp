@@ -193,6 +193,39 @@ TEST(Matmul, ExtremeQ6KBlocksDoNotOverflow) {
   }
 }
 
+// Matrices sharing an input in one call give exactly what one call each gives, at every
+// SIMD level, for decode and pre-fill token counts (mixed types and row counts).
+TEST(Matmul, MultiEqualsOneCallEach) {
+  std::mt19937 rng(5);
+  const int64_t cols = 512;
+  auto wa = random_weights(GgmlType::Q4_K, 37, cols, rng), wb = random_weights(GgmlType::Q6_K, 16, cols, rng),
+       wc = random_weights(GgmlType::Q4_1, 101, cols, rng);
+  WeightView a{GgmlType::Q4_K, wa.data(), 37, cols, row_bytes(GgmlType::Q4_K, cols)};
+  WeightView b{GgmlType::Q6_K, wb.data(), 16, cols, row_bytes(GgmlType::Q6_K, cols)};
+  WeightView c{GgmlType::Q4_1, wc.data(), 101, cols, row_bytes(GgmlType::Q4_1, cols)};
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int64_t n : {1, 3, 9, 70}) {
+    std::vector<float> x(n * cols);
+    for (auto& v : x) v = nd(rng);
+    for (SimdLevel level : test::simd_levels()) {
+      test::ScopedSimdLevel scoped(level);
+      ThreadPool pool(2);
+      std::vector<float> ya(n * 37), yb(n * 16), yc(n * 101), ra(ya.size()), rb(yb.size()), rc(yc.size());
+      matmul_multi({{a, ya.data()}, {b, yb.data()}, {c, yc.data()}}, x.data(), n, pool);
+      matmul(a, x.data(), n, ra.data(), pool);
+      matmul(b, x.data(), n, rb.data(), pool);
+      matmul(c, x.data(), n, rc.data(), pool);
+      EXPECT_EQ(ya, ra) << "n " << n << " " << simd_name(level);
+      EXPECT_EQ(yb, rb) << "n " << n << " " << simd_name(level);
+      EXPECT_EQ(yc, rc) << "n " << n << " " << simd_name(level);
+    }
+  }
+  std::vector<float> x(576), y(64);
+  WeightView other{GgmlType::Q4_1, wc.data(), 1, 576, row_bytes(GgmlType::Q4_1, 576)};
+  ThreadPool pool(1);
+  EXPECT_THROW(matmul_multi({{a, y.data()}, {other, y.data()}}, x.data(), 1, pool), std::runtime_error);
+}
+
 TEST(Matmul, RejectsBadShapes) {
   std::vector<uint8_t> d(1024);
   ThreadPool pool(1);

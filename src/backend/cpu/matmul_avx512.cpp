@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/error.h"
 #include "core/thread_pool.h"
 
 namespace duo::mm {
@@ -34,30 +35,69 @@ constexpr int kPairs = QK / 2;   // int16 pairs per 32-block
 // d[b * kRB + i] and m[b * kRB + i] its scale and min. Rows past the matrix are zero.
 struct Panel {
   std::vector<int32_t> q;
-  std::vector<float> dm;  // d then m
-  std::vector<int16_t> row_q;  // one unpacked row
-  std::vector<float> row_f;
+  std::vector<float> dm;       // d then m
+  std::vector<int16_t> rows_q;  // 16 unpacked rows
+  std::vector<float> rows_f;
 };
 Panel& thread_panel512() {
   static thread_local Panel p;
   return p;
 }
 
+// In-register transpose of a 16 x 16 matrix of 32-bit words.
+inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // Now r[4g + k] holds words k, k+4, k+8, k+12 (by 128-bit lane) of rows 4g..4g+3.
+  for (int k = 0; k < 4; ++k) {
+    t[k] = _mm512_shuffle_i32x4(r[k], r[4 + k], 0x88);       // lanes 0,2 of rows 0-3 | 4-7
+    t[4 + k] = _mm512_shuffle_i32x4(r[k], r[4 + k], 0xDD);   // lanes 1,3
+    t[8 + k] = _mm512_shuffle_i32x4(r[8 + k], r[12 + k], 0x88);
+    t[12 + k] = _mm512_shuffle_i32x4(r[8 + k], r[12 + k], 0xDD);
+  }
+  for (int k = 0; k < 4; ++k) {
+    r[k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0x88);         // lane 0
+    r[8 + k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0xDD);     // lane 2
+    r[4 + k] = _mm512_shuffle_i32x4(t[4 + k], t[12 + k], 0x88);  // lane 1
+    r[12 + k] = _mm512_shuffle_i32x4(t[4 + k], t[12 + k], 0xDD); // lane 3
+  }
+}
+
+// Unpacks rows [r0, r0 + nr) into the panel, 16 rows at a time: each row to int16 with
+// unpack_row, then each block's 16 x 16 (row, pair) words transposed in registers.
 void fill_panel(const WeightView& w, int64_t r0, int nr, int64_t nb, Panel& p, int32_t*& q, float*& d, float*& m) {
   q = scratch(p.q, (size_t)(nb * kPairs * kRB));
   d = scratch(p.dm, (size_t)(2 * nb * kRB));
   m = d + nb * kRB;
-  int16_t* rq = scratch(p.row_q, (size_t)(nb * QK));
-  float* rf = scratch(p.row_f, (size_t)(2 * nb));
-  for (int i = 0; i < kRB; ++i) {
-    if (i < nr) {
-      unpack_row(w.type, w.data + (r0 + i) * w.row_stride, nb, PanelRow{rq, rf, rf + nb});
-      const int32_t* pairs = reinterpret_cast<const int32_t*>(rq);
-      for (int64_t k = 0; k < nb * kPairs; ++k) q[k * kRB + i] = pairs[k];
-      for (int64_t b = 0; b < nb; ++b) d[b * kRB + i] = rf[b], m[b * kRB + i] = rf[nb + b];
-    } else {
-      for (int64_t k = 0; k < nb * kPairs; ++k) q[k * kRB + i] = 0;
-      for (int64_t b = 0; b < nb; ++b) d[b * kRB + i] = 0.0f, m[b * kRB + i] = 0.0f;
+  int16_t* rq = scratch(p.rows_q, (size_t)(16 * nb * QK));
+  float* rf = scratch(p.rows_f, (size_t)(16 * 2 * nb));
+  for (int v = 0; v < kRV; ++v) {
+    const int i0 = 16 * v, cnt = std::clamp(nr - i0, 0, 16);
+    for (int i = 0; i < 16; ++i) {
+      int16_t* row_q = rq + i * nb * QK;
+      float* row_f = rf + i * 2 * nb;
+      if (i < cnt) {
+        unpack_row(w.type, w.data + (r0 + i0 + i) * w.row_stride, nb, PanelRow{row_q, row_f, row_f + nb});
+      } else {
+        std::memset(row_q, 0, sizeof(int16_t) * nb * QK);
+        std::memset(row_f, 0, sizeof(float) * 2 * nb);
+      }
+      for (int64_t b = 0; b < nb; ++b) d[b * kRB + i0 + i] = row_f[b], m[b * kRB + i0 + i] = row_f[nb + b];
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(rq + i * nb * QK + b * QK);
+      transpose16(r);
+      for (int j = 0; j < kPairs; ++j) _mm512_storeu_si512(q + (b * kPairs + j) * kRB + i0, r[j]);
     }
   }
 }
@@ -135,19 +175,28 @@ void tiles(const int32_t* pq, const float* pd, const float* pm, const ActQ16* a,
 
 }  // namespace
 
-void matmul_prefill_avx512(const WeightView& w, const ActQ16* a, int64_t n, float* y, ThreadPool& pool) {
+void matmul_prefill_avx512(const MatmulOut* outs, int count, const ActQ16* a, int64_t n, ThreadPool& pool) {
   static_assert(kTT <= 4, "tiles() handles token tails of up to 3");
-  const int64_t nb = w.cols / QK;
-  const bool mins = has_min(w.type), split = w.type == GgmlType::Q6_K;
-  // Tasks are (row block, token chunk); token chunks only split the work when there are too
-  // few row blocks to keep every thread busy (each chunk unpacks its panel again).
-  const int64_t blocks = (w.rows + kRB - 1) / kRB;
-  const int64_t tchunks = std::min<int64_t>((n + kTT - 1) / kTT, std::max<int64_t>(1, (2 * pool.size() + blocks - 1) / blocks));
+  const int64_t nb = outs[0].w.cols / QK;
+  // Tasks are (matrix, row block, token chunk); token chunks only split the work when there
+  // are too few row blocks to keep every thread busy (each chunk unpacks its panel again).
+  constexpr int kMaxOuts = 4;
+  DUO_CHECK(count <= kMaxOuts, "matmul: at most {} matrices share an input", kMaxOuts);
+  int64_t blocks[kMaxOuts], first_task[kMaxOuts + 1], all_blocks = 0;
+  for (int i = 0; i < count; ++i) all_blocks += blocks[i] = (outs[i].w.rows + kRB - 1) / kRB;
+  const int64_t tchunks =
+      std::min<int64_t>((n + kTT - 1) / kTT, std::max<int64_t>(1, (2 * pool.size() + all_blocks - 1) / all_blocks));
   const int64_t tper = ((n + tchunks - 1) / tchunks + kTT - 1) / kTT * kTT;
-  pool.parallel_for_dynamic(blocks * tchunks, 1, [&](int64_t task0, int64_t task1, int) {
+  first_task[0] = 0;
+  for (int i = 0; i < count; ++i) first_task[i + 1] = first_task[i] + blocks[i] * tchunks;
+  pool.parallel_for_dynamic(first_task[count], 1, [&](int64_t task0, int64_t task1, int) {
     Panel& p = thread_panel512();
     for (int64_t task = task0; task < task1; ++task) {
-      const int64_t blk = task / tchunks, t0 = (task % tchunks) * tper, t1 = std::min(n, t0 + tper);
+      int i = 0;
+      while (task >= first_task[i + 1]) ++i;
+      const WeightView& w = outs[i].w;
+      const int64_t local = task - first_task[i];
+      const int64_t blk = local / tchunks, t0 = (local % tchunks) * tper, t1 = std::min(n, t0 + tper);
       if (t0 >= t1) continue;
       const int64_t r0 = blk * kRB;
       const int nr = (int)std::min<int64_t>(kRB, w.rows - r0);
@@ -159,10 +208,10 @@ void matmul_prefill_avx512(const WeightView& w, const ActQ16* a, int64_t n, floa
         const int valid = std::clamp(nr - 16 * v, 0, 16);
         mask[v] = (__mmask16)((1u << valid) - 1u);
       }
-      float* yb = y + r0;
-      if (split)
+      float* yb = outs[i].y + r0;
+      if (w.type == GgmlType::Q6_K)
         tiles<true, false>(pq, pd, pm, a, nb, t0, t1, yb, w.rows, mask);
-      else if (mins)
+      else if (has_min(w.type))
         tiles<false, true>(pq, pd, pm, a, nb, t0, t1, yb, w.rows, mask);
       else
         tiles<false, false>(pq, pd, pm, a, nb, t0, t1, yb, w.rows, mask);

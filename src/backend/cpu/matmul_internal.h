@@ -55,7 +55,8 @@ bool has_min(GgmlType t);
 void unpack_row(GgmlType type, const uint8_t* src, int64_t nb, PanelRow p);
 
 // AVX-512 kernels (matmul_avx512.cpp), callable when use_avx512().
-// Pre-fill: y = W x for n tokens whose activations are already quantized (a: n x nb, token-major).
-void matmul_prefill_avx512(const WeightView& w, const ActQ16* a, int64_t n, float* y, ThreadPool& pool);
+// Pre-fill: y_i = W_i x for n tokens whose activations are already quantized (a: n x nb,
+// token-major), all matrices in one parallel region.
+void matmul_prefill_avx512(const MatmulOut* outs, int count, const ActQ16* a, int64_t n, ThreadPool& pool);
 
 }  // namespace duo::mm

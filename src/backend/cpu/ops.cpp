@@ -28,6 +28,37 @@ void rope(float* v, int n_dims, int pos, const float* inv_freq, RopeStyle style)
   }
 }
 
+void rope_heads(float* v, int n_heads, int n_dims, int pos, const float* inv_freq, RopeStyle style) {
+  constexpr int kMaxHalf = 256;
+  const int half = n_dims / 2;
+  if (half > kMaxHalf) {
+    for (int h = 0; h < n_heads; ++h) rope(v + h * n_dims, n_dims, pos, inv_freq, style);
+    return;
+  }
+  float cs[kMaxHalf], sn[kMaxHalf];
+  for (int i = 0; i < half; ++i) {
+    const float angle = (float)pos * inv_freq[i];
+    cs[i] = std::cos(angle);
+    sn[i] = std::sin(angle);
+  }
+  for (int h = 0; h < n_heads; ++h) {
+    float* x = v + h * n_dims;
+    if (style == RopeStyle::Interleaved) {
+      for (int i = 0; i < half; ++i) {
+        const float x0 = x[2 * i], x1 = x[2 * i + 1];
+        x[2 * i] = x0 * cs[i] - x1 * sn[i];
+        x[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
+      }
+    } else {
+      for (int i = 0; i < half; ++i) {
+        const float x0 = x[i], x1 = x[i + half];
+        x[i] = x0 * cs[i] - x1 * sn[i];
+        x[i + half] = x0 * sn[i] + x1 * cs[i];
+      }
+    }
+  }
+}
+
 void swiglu(const float* gate, const float* up, float* out, int n) {
   int i = 0;
 #if defined(__AVX2__) && defined(__FMA__)
