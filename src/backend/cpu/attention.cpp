@@ -213,6 +213,13 @@ void attention(const AttentionArgs& a, ThreadPool& pool) {
         ++rows;
       }
     st.reset(rows, d);
+#if DUO_HAVE_AVX512
+    if (use_avx512() && attn::decode_kernel_fits(d)) {
+      attn::attend_rows_decode_avx512(blocks[kvh].data(), kb0, kb1, rows, qrow, pos, (*a.kinds)[kvh], a.window, d,
+                                      scale, st.m, st.l, st.o);
+      return;
+    }
+#endif
     attend_blocks(blocks[kvh], kb0, kb1, rows, qrow, pos, (*a.kinds)[kvh], a.window, d, scale, st);
   };
   auto write_out = [&](int kvh, int64_t t0, int64_t t1, const RowState& st) {

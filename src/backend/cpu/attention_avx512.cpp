@@ -15,11 +15,13 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <memory>
 
 #include "backend/cpu/simd_math_avx512.h"
+#include "core/error.h"
 
 namespace duo::attn {
 
@@ -168,7 +170,104 @@ void attend(const KeyBlock* blocks, size_t n_blocks, int rows, const float* cons
   }
 }
 
+// Lane j of the result = sum of the 16 lanes of a[j].
+inline __m512 hsum16(const __m512 a[16]) {
+  __m512 b[8], c[4];
+  for (int i = 0; i < 8; ++i)
+    b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  // b[i], per 128-bit lane: the lane's elements 0+2 and 1+3 of a[2i] and a[2i+1], interleaved.
+  for (int i = 0; i < 4; ++i) {
+    const __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
+    c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  // c[i], per 128-bit lane L: the lane-L sums of a[4i .. 4i+3].
+  const __m512 e01 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
+  const __m512 e23 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], 0x88), _mm512_shuffle_f32x4(c[2], c[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(e01, e23, 0x88), _mm512_shuffle_f32x4(e01, e23, 0xDD));
+}
+
+template <int D16>
+void attend_decode(const KeyBlock* blocks, size_t kb0, size_t kb1, int rows, const float* const* qrow,
+                   const int64_t* pos, HeadKind kind, const StreamingWindow& w, float scale, float* m, float* l,
+                   float* o) {
+  constexpr int d = 16 * D16;
+  int64_t pmin = pos[0], pmax = pos[0];
+  for (int r = 1; r < rows; ++r) pmin = std::min(pmin, pos[r]), pmax = std::max(pmax, pos[r]);
+  alignas(64) float s[kKeyBlock];
+  for (size_t bi = kb0; bi < kb1; ++bi) {
+    const KeyBlock& b = blocks[bi];
+    if (b.pos0 > pmax) continue;
+    const int64_t last = b.pos0 + b.n - 1;
+    if (kind == HeadKind::Streaming && b.pos0 >= w.sink && last <= pmin - w.recent) continue;
+    const bool all_visible = kind == HeadKind::Retrieval && last <= pmin;
+    for (int r = 0; r < rows; ++r) {
+      __m512 q[D16];
+      for (int c = 0; c < D16; ++c) q[c] = _mm512_mul_ps(_mm512_loadu_ps(qrow[r] + 16 * c), _mm512_set1_ps(scale));
+      int j = 0;
+      for (; j + 16 <= b.n; j += 16) {
+        __m512 acc[16];
+        for (int jj = 0; jj < 16; ++jj) {
+          const float* kr = b.k + (j + jj) * b.stride;
+          __m512 t = _mm512_mul_ps(_mm512_loadu_ps(kr), q[0]);
+          for (int c = 1; c < D16; ++c) t = _mm512_fmadd_ps(_mm512_loadu_ps(kr + 16 * c), q[c], t);
+          acc[jj] = t;
+        }
+        _mm512_store_ps(s + j, hsum16(acc));
+      }
+      for (; j < b.n; ++j) {
+        const float* kr = b.k + j * b.stride;
+        __m512 t = _mm512_mul_ps(_mm512_loadu_ps(kr), q[0]);
+        for (int c = 1; c < D16; ++c) t = _mm512_fmadd_ps(_mm512_loadu_ps(kr + 16 * c), q[c], t);
+        s[j] = _mm512_reduce_add_ps(t);
+      }
+      if (!all_visible)
+        for (int jj = 0; jj < b.n; ++jj) {
+          const int64_t kp = b.pos0 + jj;
+          const bool vis = kp <= pos[r] && (kind == HeadKind::Retrieval || kp < w.sink || kp > pos[r] - w.recent);
+          if (!vis) s[jj] = kNegInf;
+        }
+      // Online softmax over this block's n keys (lanes past n are masked out).
+      __m512 mx = _mm512_set1_ps(kNegInf);
+      for (int jj = 0; jj < b.n; jj += 16)
+        mx = _mm512_max_ps(mx, _mm512_mask_load_ps(_mm512_set1_ps(kNegInf), (__mmask16)((1u << std::min(16, b.n - jj)) - 1u), s + jj));
+      const float bmax = _mm512_reduce_max_ps(mx);
+      if (bmax == kNegInf) continue;  // nothing visible to this row here
+      const float m_new = std::max(m[r], bmax);
+      const float alpha = m[r] == kNegInf ? 0.0f : std::exp(m[r] - m_new);
+      __m512 sum = _mm512_setzero_ps();
+      for (int jj = 0; jj < b.n; jj += 16) {
+        const __mmask16 valid = (__mmask16)((1u << std::min(16, b.n - jj)) - 1u);
+        const __m512 p = _mm512_maskz_mov_ps(valid, exp512(_mm512_sub_ps(_mm512_load_ps(s + jj), _mm512_set1_ps(m_new))));
+        _mm512_store_ps(s + jj, p);
+        sum = _mm512_add_ps(sum, p);
+      }
+      l[r] = l[r] * alpha + _mm512_reduce_add_ps(sum);
+      m[r] = m_new;
+      float* orow = o + r * d;
+      __m512 acc[D16];
+      for (int c = 0; c < D16; ++c) acc[c] = _mm512_mul_ps(_mm512_loadu_ps(orow + 16 * c), _mm512_set1_ps(alpha));
+      for (int jj = 0; jj < b.n; ++jj) {
+        const __m512 p = _mm512_set1_ps(s[jj]);
+        const float* vr = b.v + jj * b.stride;
+        for (int c = 0; c < D16; ++c) acc[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vr + 16 * c), acc[c]);
+      }
+      for (int c = 0; c < D16; ++c) _mm512_storeu_ps(orow + 16 * c, acc[c]);
+    }
+  }
+}
+
 }  // namespace
+
+void attend_rows_decode_avx512(const KeyBlock* blocks, size_t kb0, size_t kb1, int rows, const float* const* qrow,
+                               const int64_t* pos, HeadKind kind, const StreamingWindow& w, int d, float scale,
+                               float* m, float* l, float* o) {
+  switch (d / 16) {
+    case 4: attend_decode<4>(blocks, kb0, kb1, rows, qrow, pos, kind, w, scale, m, l, o); break;
+    case 8: attend_decode<8>(blocks, kb0, kb1, rows, qrow, pos, kind, w, scale, m, l, o); break;
+    case 16: attend_decode<16>(blocks, kb0, kb1, rows, qrow, pos, kind, w, scale, m, l, o); break;
+    default: fail("attention: the AVX-512 decode kernel has no instantiation for head dim {}", d);
+  }
+}
 
 void attend_rows_avx512(const KeyBlock* blocks, size_t n_blocks, int rows, const float* const* qrow,
                         const int64_t* pos, HeadKind kind, const StreamingWindow& w, int d, float scale,

@@ -28,4 +28,14 @@ void attend_rows_avx512(const KeyBlock* blocks, size_t n_blocks, int rows, const
                         const int64_t* pos, HeadKind kind, const StreamingWindow& w, int d, float scale,
                         float* const* out);
 
+// AVX-512 kernel for few rows (decode: the query heads of one KV head): rows query vectors at
+// positions pos[r] attend to blocks [kb0, kb1), updating an online-softmax state: running max
+// m[r], sum l[r] and unnormalized output o[r * d ...] (as the caller initialized them: -inf, 0,
+// 0). Keys are dotted in place, 16 at a time, with a transposing reduction (no key
+// transposition). Needs d in {64, 128, 256} (decode_kernel_fits).
+inline bool decode_kernel_fits(int d) { return d == 64 || d == 128 || d == 256; }
+void attend_rows_decode_avx512(const KeyBlock* blocks, size_t kb0, size_t kb1, int rows, const float* const* qrow,
+                               const int64_t* pos, HeadKind kind, const StreamingWindow& w, int d, float scale,
+                               float* m, float* l, float* o);
+
 }  // namespace duo::attn

@@ -11,6 +11,11 @@
 // keeps RV*TT int32 block sums and RV*TT float accumulators; per block the float work is one
 // convert, one scale multiply and one FMA (two with a min term) per accumulator, against 16
 // vpdpwssd. Results are 16 consecutive outputs of one token: plain vector stores.
+//
+// Decode (few tokens) keeps matmul.cpp's 256-bit per-row dots at every level: they are bound
+// by vector ALU work per 32-block (nibble expansion, dot, convert, scale), and measured on Zen 4
+// (which executes a 512-bit op as two halves) neither a 512-bit vpdpwssd version nor a 256-bit
+// VNNI one beat them (~4.6 cycles a block each).
 #include "backend/cpu/simd_avx512.h"  // first: it includes <immintrin.h>
 #include "backend/cpu/matmul_internal.h"
 
