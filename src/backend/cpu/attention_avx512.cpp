@@ -196,21 +196,50 @@ inline __m512 hsum16(const __m512 a[16]) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(e01, e23, 0x88), _mm512_shuffle_f32x4(e01, e23, 0xDD));
 }
 
+// o[r][c] = o[r][c] * alpha[r] + sum_j p[r][j] v_j[c] for RT rows and 4 column vectors from c0:
+// the value vectors are loaded once for all rows, and RT * 4 independent FMA chains hide the
+// FMA latency (one row's 4 chains alone would wait on it every key).
+template <int RT>
+inline void pv_rows(const float* ps, const float* alpha, const KeyBlock& b, int c0, int d, float* o) {
+  __m512 acc[RT][4];
+  for (int r = 0; r < RT; ++r)
+    for (int c = 0; c < 4; ++c)
+      acc[r][c] = _mm512_mul_ps(_mm512_loadu_ps(o + r * d + c0 + 16 * c), _mm512_set1_ps(alpha[r]));
+  for (int j = 0; j < b.n; ++j) {
+    const float* vr = b.v + j * b.stride + c0;
+    __m512 v[4];
+    for (int c = 0; c < 4; ++c) {
+      v[c] = _mm512_loadu_ps(vr + 16 * c);
+      pin(v[c]);
+    }
+    for (int r = 0; r < RT; ++r) {
+      const __m512 p = _mm512_set1_ps(ps[r * kKeyBlock + j]);
+      for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_fmadd_ps(p, v[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < RT; ++r)
+    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(o + r * d + c0 + 16 * c, acc[r][c]);
+}
+
 template <int D16>
 void attend_decode(const KeyBlock* blocks, size_t kb0, size_t kb1, int rows, const float* const* qrow,
                    const int64_t* pos, HeadKind kind, const StreamingWindow& w, float scale, float* m, float* l,
                    float* o) {
+  static_assert(D16 % 4 == 0, "PV tiles are 4 vectors wide");
   constexpr int d = 16 * D16;
   int64_t pmin = pos[0], pmax = pos[0];
   for (int r = 1; r < rows; ++r) pmin = std::min(pmin, pos[r]), pmax = std::max(pmax, pos[r]);
-  alignas(64) float s[kKeyBlock];
+  alignas(64) float ps[kMaxRows * kKeyBlock];  // per row: scores, then probabilities
+  float alpha[kMaxRows];
   for (size_t bi = kb0; bi < kb1; ++bi) {
     const KeyBlock& b = blocks[bi];
     if (b.pos0 > pmax) continue;
     const int64_t last = b.pos0 + b.n - 1;
     if (kind == HeadKind::Streaming && b.pos0 >= w.sink && last <= pmin - w.recent) continue;
     const bool all_visible = kind == HeadKind::Retrieval && last <= pmin;
+    // Scores and softmax statistics, row by row.
     for (int r = 0; r < rows; ++r) {
+      float* s = ps + r * kKeyBlock;
       __m512 q[D16];
       for (int c = 0; c < D16; ++c) q[c] = _mm512_mul_ps(_mm512_loadu_ps(qrow[r] + 16 * c), _mm512_set1_ps(scale));
       int j = 0;
@@ -239,29 +268,39 @@ void attend_decode(const KeyBlock* blocks, size_t kb0, size_t kb1, int rows, con
       // Online softmax over this block's n keys (lanes past n are masked out).
       __m512 mx = _mm512_set1_ps(kNegInf);
       for (int jj = 0; jj < b.n; jj += 16)
-        mx = _mm512_max_ps(mx, _mm512_mask_load_ps(_mm512_set1_ps(kNegInf), (__mmask16)((1u << std::min(16, b.n - jj)) - 1u), s + jj));
+        mx = _mm512_max_ps(mx, _mm512_mask_load_ps(_mm512_set1_ps(kNegInf),
+                                                   (__mmask16)((1u << std::min(16, b.n - jj)) - 1u), s + jj));
       const float bmax = _mm512_reduce_max_ps(mx);
-      if (bmax == kNegInf) continue;  // nothing visible to this row here
+      if (bmax == kNegInf) {  // nothing visible to this row here: o * 1 + 0
+        alpha[r] = 1.0f;
+        std::memset(s, 0, sizeof(float) * b.n);
+        continue;
+      }
       const float m_new = std::max(m[r], bmax);
-      const float alpha = m[r] == kNegInf ? 0.0f : std::exp(m[r] - m_new);
+      alpha[r] = m[r] == kNegInf ? 0.0f : std::exp(m[r] - m_new);
       __m512 sum = _mm512_setzero_ps();
       for (int jj = 0; jj < b.n; jj += 16) {
         const __mmask16 valid = (__mmask16)((1u << std::min(16, b.n - jj)) - 1u);
-        const __m512 p = _mm512_maskz_mov_ps(valid, exp512(_mm512_sub_ps(_mm512_load_ps(s + jj), _mm512_set1_ps(m_new))));
+        const __m512 p =
+            _mm512_maskz_mov_ps(valid, exp512(_mm512_sub_ps(_mm512_load_ps(s + jj), _mm512_set1_ps(m_new))));
         _mm512_store_ps(s + jj, p);
         sum = _mm512_add_ps(sum, p);
       }
-      l[r] = l[r] * alpha + _mm512_reduce_add_ps(sum);
+      l[r] = l[r] * alpha[r] + _mm512_reduce_add_ps(sum);
       m[r] = m_new;
-      float* orow = o + r * d;
-      __m512 acc[D16];
-      for (int c = 0; c < D16; ++c) acc[c] = _mm512_mul_ps(_mm512_loadu_ps(orow + 16 * c), _mm512_set1_ps(alpha));
-      for (int jj = 0; jj < b.n; ++jj) {
-        const __m512 p = _mm512_set1_ps(s[jj]);
-        const float* vr = b.v + jj * b.stride;
-        for (int c = 0; c < D16; ++c) acc[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vr + 16 * c), acc[c]);
+    }
+    // O = O * alpha + P V, four rows x four column vectors at a time.
+    for (int r0 = 0; r0 < rows; r0 += 4) {
+      const float* pr = ps + r0 * kKeyBlock;
+      float* orow = o + r0 * d;
+      for (int c0 = 0; c0 < d; c0 += 64) {
+        switch (std::min(4, rows - r0)) {
+          case 4: pv_rows<4>(pr, alpha + r0, b, c0, d, orow); break;
+          case 3: pv_rows<3>(pr, alpha + r0, b, c0, d, orow); break;
+          case 2: pv_rows<2>(pr, alpha + r0, b, c0, d, orow); break;
+          default: pv_rows<1>(pr, alpha + r0, b, c0, d, orow); break;
+        }
       }
-      for (int c = 0; c < D16; ++c) _mm512_storeu_ps(orow + 16 * c, acc[c]);
     }
   }
 }
