@@ -22,7 +22,7 @@ namespace duo {
 namespace {
 
 using attn::KeyBlock;
-using attn::kKeyBlock;  // (scores of a row fit in 8 AVX registers)
+using attn::kKeyBlock;
 using attn::kMaxHeadDim;
 using attn::kMaxRows;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -237,7 +237,7 @@ void attention(const AttentionArgs& a, ThreadPool& pool) {
     // Pre-fill: enough (KV head, query block) tasks to keep every thread busy. Later query
     // blocks see more keys (causal), so tasks are handed out dynamically, longest first.
     // With AVX-512, tasks of at least 16 rows go to the query-lanes kernel.
-    [[maybe_unused]] const bool lanes = DUO_HAVE_AVX512 && use_avx512() && std::min<int64_t>(a.n, q_per_task) * g >= 16;
+    [[maybe_unused]] const bool lanes = DUO_HAVE_AVX512 && use_avx512();
     pool.parallel_for_dynamic(tasks, 1, [&](int64_t b, int64_t e, int) {
       static thread_local RowState st;
       for (int64_t task = b; task < e; ++task) {

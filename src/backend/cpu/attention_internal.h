@@ -8,7 +8,7 @@
 
 namespace duo::attn {
 
-constexpr int kKeyBlock = 64;    // keys per block
+constexpr int kKeyBlock = 64;    // keys per block (the AVX2 row kernel keeps a row's scores in 8 registers)
 constexpr int kMaxRows = 64;     // query rows (positions x heads of one GQA group) per task
 constexpr int kMaxHeadDim = 256;
 

@@ -18,6 +18,11 @@
 //    work per block (convert, scale, offset term) is shared by 8 tokens. The kernel is bound
 //    by vpmaddwd throughput on Zen3 (about one per cycle as measured). Float weights (F32/F16/BF16) use a 3x4 FMA tile
 //    over dequantized row blocks.
+//  - at the AVX-512 SIMD level (simd_level.h) quantized pre-fill goes to matmul_avx512.cpp
+//    instead (weight rows in the lanes, vpdpwssd; same numbers). Decode uses the dots here at
+//    every level.
+// matmul_multi runs matrices that share an input (Q/K/V, gate/up) as one call: one activation
+// quantization, one parallel region.
 #include "backend/cpu/matmul.h"
 
 #include <algorithm>

@@ -1,6 +1,6 @@
 // Matrix multiplication of quantized weights by float activations: the hot path of the
-// CPU forward. Weights stay quantized in memory; activations are quantized to 8 bits per
-// block and multiplied with integer SIMD dot products.
+// CPU forward. Weights stay quantized in memory; activations are quantized to 16 bits per
+// 32-element block and multiplied with integer SIMD dot products (matmul.cpp explains why 16).
 #pragma once
 #include <cstddef>
 #include <cstdint>
