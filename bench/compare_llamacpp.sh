@@ -114,8 +114,8 @@ def lookup(fa, n_prompt, n_gen, depth):
     return None, None
 
 fas = sorted({fa_of(r) for r in lcpp})
-print(f"model {os.path.basename(model)} | {threads} threads | llama.cpp {commit} "
-      f"({lcpp[0].get('build_commit', '?')}, {lcpp[0].get('cpu_info', '?')})")
+print(f"model {os.path.basename(model)} | {threads} threads | duo {duo[0].get('simd', '?')} kernels | "
+      f"llama.cpp {commit} ({lcpp[0].get('build_commit', '?')}, {lcpp[0].get('cpu_info', '?')})")
 hdr = (f"{'prompt':>7} {'fa':>4} | {'duo pp':>9} {'lcpp pp':>15} {'duo/lcpp':>8} | "
        f"{'duo tg':>8} {'lcpp tg@P':>14} {'duo/lcpp':>8} | {'lcpp tg@0':>9}")
 print(hdr)

@@ -327,9 +327,9 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) rmsnorm(x + t * E, L.attn_norm.data(), xn + t * E, (int)E, c.norm_eps);
     });
-    mm(L.wq, xn, q);
-    mm(L.wk, xn, k);
-    mm(L.wv, xn, v);
+    // Q/K/V share one activation quantization and one parallel region (matmul_multi).
+    for (const auto& [r0, m] : groups)
+      matmul_multi({{L.wq, q + r0 * Q}, {L.wk, k + r0 * KV}, {L.wv, v + r0 * KV}}, xn + r0 * E, m, pool);
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) {
         if (!L.bq.empty()) {
@@ -337,8 +337,8 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
           add_inplace(k + t * KV, L.bk.data(), (int)KV);
           add_inplace(v + t * KV, L.bv.data(), (int)KV);
         }
-        for (int64_t h = 0; h < H; ++h) rope(q + t * Q + h * D, (int)D, (int)pos[t], inv_freq_.data(), c.rope_style);
-        for (int64_t h = 0; h < HKV; ++h) rope(k + t * KV + h * D, (int)D, (int)pos[t], inv_freq_.data(), c.rope_style);
+        rope_heads(q + t * Q, (int)H, (int)D, (int)pos[t], inv_freq_.data(), c.rope_style);
+        rope_heads(k + t * KV, (int)HKV, (int)D, (int)pos[t], inv_freq_.data(), c.rope_style);
       }
     });
     // Each sequence on its own: each of its KV heads attends to what the head's cache holds
@@ -396,8 +396,8 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
         rmsnorm(x + t * E, L.ffn_norm.data(), xn + t * E, (int)E, c.norm_eps);
       }
     });
-    mm(L.w_gate, xn, g);
-    mm(L.w_up, xn, u);
+    for (const auto& [r0, m] : groups)
+      matmul_multi({{L.w_gate, g + r0 * F}, {L.w_up, u + r0 * F}}, xn + r0 * E, m, pool);
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) swiglu(g + t * F, u + t * F, g + t * F, (int)F);
     });

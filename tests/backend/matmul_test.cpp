@@ -11,6 +11,7 @@
 #include "core/dequant.h"
 #include "core/fp16.h"
 #include "core/thread_pool.h"
+#include "simd_levels.h"
 
 namespace duo {
 namespace {
@@ -68,7 +69,7 @@ void check_type(GgmlType type, int64_t rows, int64_t cols) {
   WeightView w{type, data.data(), rows, cols, row_bytes(type, cols)};
   const bool quant_act = !(type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  for (int64_t n : {1, 2, 5, 17, 64}) {
+  for (int64_t n : {1, 2, 5, 7, 14, 17, 64}) {
     std::vector<float> x(n * cols), ref(n * rows), out(n * rows);
     for (auto& v : x) v = nd(rng);
     // A few outliers, as real activations have.
@@ -93,16 +94,18 @@ void check_type(GgmlType type, int64_t rows, int64_t cols) {
         bound[t * rows + r] = quant_act ? q : 0.0;
       }
     }
-    for (int threads : {1, 2, 3}) {
-      ThreadPool pool(threads);
-      std::fill(out.begin(), out.end(), std::nanf(""));
-      matmul(w, x.data(), n, out.data(), pool);
-      for (int64_t i = 0; i < n * rows; ++i) {
-        const double tol = bound[i] + 1e-6 * mag[i] + 1e-6;
-        ASSERT_NEAR(out[i], ref[i], tol) << type_name(type) << " rows " << rows << " cols " << cols << " n " << n
-                                         << " threads " << threads << " index " << i;
+    for (SimdLevel level : test::simd_levels())
+      for (int threads : {1, 2, 3}) {
+        test::ScopedSimdLevel scoped(level);
+        ThreadPool pool(threads);
+        std::fill(out.begin(), out.end(), std::nanf(""));
+        matmul(w, x.data(), n, out.data(), pool);
+        for (int64_t i = 0; i < n * rows; ++i) {
+          const double tol = bound[i] + 1e-6 * mag[i] + 1e-6;
+          ASSERT_NEAR(out[i], ref[i], tol) << type_name(type) << " rows " << rows << " cols " << cols << " n " << n
+                                           << " threads " << threads << " " << simd_name(level) << " index " << i;
+        }
       }
-    }
   }
 }
 
@@ -128,12 +131,15 @@ void check_exact(GgmlType type, int64_t rows, int64_t cols) {
     for (int64_t i = 0; i < n * cols; ++i) x[i] = (float)small(rng) / 1024.0f;
     for (int64_t i = 0; i < n * cols; i += 32) x[i + (i / 32) % 32] = ((i / 32) % 2 ? 32767.0f : -32767.0f) / 1024.0f;
     matmul_ref(w, x.data(), n, ref.data());
-    for (int threads : {1, 2, 3}) {
-      ThreadPool pool(threads);
-      matmul(w, x.data(), n, out.data(), pool);
-      for (int64_t i = 0; i < n * rows; ++i)
-        ASSERT_EQ(out[i], ref[i]) << type_name(type) << " n " << n << " threads " << threads << " index " << i;
-    }
+    for (SimdLevel level : test::simd_levels())
+      for (int threads : {1, 2, 3}) {
+        test::ScopedSimdLevel scoped(level);
+        ThreadPool pool(threads);
+        matmul(w, x.data(), n, out.data(), pool);
+        for (int64_t i = 0; i < n * rows; ++i)
+          ASSERT_EQ(out[i], ref[i]) << type_name(type) << " n " << n << " threads " << threads << " "
+                                    << simd_name(level) << " index " << i;
+      }
   }
 }
 
@@ -150,6 +156,8 @@ TEST(Matmul, MatchesReferenceForEveryType) {
     check_type(t, 37, 576);  // SmolLM2's hidden size, rows not a multiple of any tile
     check_type(t, 5, 64);
   }
+  // Several row panels (48 rows in the AVX-512 kernel) with a partial last one.
+  for (GgmlType t : {GgmlType::Q4_1, GgmlType::Q8_0}) check_type(t, 101, 96);
   for (GgmlType t : {GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) check_type(t, 19, 512);
 }
 
@@ -176,9 +184,46 @@ TEST(Matmul, ExtremeQ6KBlocksDoNotOverflow) {
     std::vector<float> x(n * cols, 1.5f), ref(n * rows), out(n * rows);
     matmul_ref(w, x.data(), n, ref.data());
     ThreadPool pool(2);
-    matmul(w, x.data(), n, out.data(), pool);
-    for (int64_t i = 0; i < n * rows; ++i) ASSERT_NEAR(out[i], ref[i], 1e-5 * std::fabs(ref[i])) << "n " << n << " i " << i;
+    for (SimdLevel level : test::simd_levels()) {
+      test::ScopedSimdLevel scoped(level);
+      matmul(w, x.data(), n, out.data(), pool);
+      for (int64_t i = 0; i < n * rows; ++i)
+        ASSERT_NEAR(out[i], ref[i], 1e-5 * std::fabs(ref[i])) << "n " << n << " " << simd_name(level) << " i " << i;
+    }
   }
+}
+
+// Matrices sharing an input in one call give exactly what one call each gives, at every
+// SIMD level, for decode and pre-fill token counts (mixed types and row counts).
+TEST(Matmul, MultiEqualsOneCallEach) {
+  std::mt19937 rng(5);
+  const int64_t cols = 512;
+  auto wa = random_weights(GgmlType::Q4_K, 37, cols, rng), wb = random_weights(GgmlType::Q6_K, 16, cols, rng),
+       wc = random_weights(GgmlType::Q4_1, 101, cols, rng);
+  WeightView a{GgmlType::Q4_K, wa.data(), 37, cols, row_bytes(GgmlType::Q4_K, cols)};
+  WeightView b{GgmlType::Q6_K, wb.data(), 16, cols, row_bytes(GgmlType::Q6_K, cols)};
+  WeightView c{GgmlType::Q4_1, wc.data(), 101, cols, row_bytes(GgmlType::Q4_1, cols)};
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int64_t n : {1, 3, 9, 70}) {
+    std::vector<float> x(n * cols);
+    for (auto& v : x) v = nd(rng);
+    for (SimdLevel level : test::simd_levels()) {
+      test::ScopedSimdLevel scoped(level);
+      ThreadPool pool(2);
+      std::vector<float> ya(n * 37), yb(n * 16), yc(n * 101), ra(ya.size()), rb(yb.size()), rc(yc.size());
+      matmul_multi({{a, ya.data()}, {b, yb.data()}, {c, yc.data()}}, x.data(), n, pool);
+      matmul(a, x.data(), n, ra.data(), pool);
+      matmul(b, x.data(), n, rb.data(), pool);
+      matmul(c, x.data(), n, rc.data(), pool);
+      EXPECT_EQ(ya, ra) << "n " << n << " " << simd_name(level);
+      EXPECT_EQ(yb, rb) << "n " << n << " " << simd_name(level);
+      EXPECT_EQ(yc, rc) << "n " << n << " " << simd_name(level);
+    }
+  }
+  std::vector<float> x(576), y(64);
+  WeightView other{GgmlType::Q4_1, wc.data(), 1, 576, row_bytes(GgmlType::Q4_1, 576)};
+  ThreadPool pool(1);
+  EXPECT_THROW(matmul_multi({{a, y.data()}, {other, y.data()}}, x.data(), 1, pool), std::runtime_error);
 }
 
 TEST(Matmul, RejectsBadShapes) {

@@ -82,5 +82,27 @@ TEST(Ops, RopeRotatesPairsByPositionTimesFrequency) {
   EXPECT_EQ(r, v);
 }
 
+// rope_heads (angles computed once per token) gives rope() of every head (to rounding: the
+// compiler may contract the rotations into FMAs differently in the two loops).
+TEST(Ops, RopeHeadsEqualsRopePerHead) {
+  for (int d : {64, 128}) {
+    std::vector<float> inv_freq(d / 2);
+    for (int i = 0; i < d / 2; ++i) inv_freq[i] = std::pow(1e6f, -2.0f * i / d);
+    std::mt19937 rng(d);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    const int heads = 9;
+    std::vector<float> v(heads * d);
+    for (auto& x : v) x = nd(rng);
+    for (RopeStyle style : {RopeStyle::Interleaved, RopeStyle::Neox})
+      for (int pos : {0, 1, 777, 32767}) {
+        std::vector<float> a = v, b = v;
+        rope_heads(a.data(), heads, d, pos, inv_freq.data(), style);
+        for (int h = 0; h < heads; ++h) rope(b.data() + h * d, d, pos, inv_freq.data(), style);
+        for (size_t i = 0; i < a.size(); ++i)
+          ASSERT_NEAR(a[i], b[i], 1e-6 * (1.0 + std::fabs(b[i]))) << "d " << d << " pos " << pos << " i " << i;
+      }
+  }
+}
+
 }  // namespace
 }  // namespace duo

@@ -9,6 +9,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "backend/simd_levels.h"
 #include "core/thread_pool.h"
 #include "model/model.h"
 #include "sample/sampler.h"
@@ -101,6 +102,15 @@ TEST(ReferenceLogits, SmolLM2) {
   DUO_REQUIRE_MODEL(path, test::kSmolLM2);
   // Measured: max |dlogit| ~1e-4 (float32 reference, our pre-fill in float after row
   // dequantization); decode uses 16-bit activations.
+  check_model(test::kSmolLM2, "smollm2", {0.01, 0.01, true});
+}
+
+// The same with the AVX2 kernels, on builds whose default is AVX-512 (elsewhere the test above
+// already ran them).
+TEST(ReferenceLogits, SmolLM2Avx2Kernels) {
+  DUO_REQUIRE_MODEL(path, test::kSmolLM2);
+  if (simd_compiled() != SimdLevel::Avx512) GTEST_SKIP() << "the default run used the AVX2 kernels";
+  test::ScopedSimdLevel avx2(SimdLevel::Avx2);
   check_model(test::kSmolLM2, "smollm2", {0.01, 0.01, true});
 }
 

@@ -8,6 +8,7 @@
 #include <random>
 #include <sstream>
 
+#include "backend/cpu/simd_level.h"
 #include "commands.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -177,9 +178,9 @@ void add_bench(CLI::App& app) {
     std::uniform_int_distribution<int32_t> tok(0, c.n_vocab - 1);
     std::vector<float> logits(c.n_vocab);
     if (!o->json)
-      fmt::print("model {} | {} threads | attention {} | chunk {}\n{:>8} {:>12} {:>12} {:>10} {:>10}\n", c.name,
-                 engine.pool().size(), to_string(eo.attention), eo.chunk, "prompt", "prefill t/s", "decode t/s",
-                 "KV MiB", "peak MiB");
+      fmt::print("model {} | {} threads | {} kernels | attention {} | chunk {}\n{:>8} {:>12} {:>12} {:>10} {:>10}\n",
+                 c.name, engine.pool().size(), simd_name(simd_level()), to_string(eo.attention), eo.chunk, "prompt",
+                 "prefill t/s", "decode t/s", "KV MiB", "peak MiB");
     {  // Warm-up: fault in the mapped weights once.
       auto cache = model.new_cache(engine.plan());
       std::vector<int32_t> w(16);
@@ -209,9 +210,10 @@ void add_bench(CLI::App& app) {
       const double pp = P * o->reps / prefill, tg = o->gen > 0 ? o->gen * o->reps / decode : 0.0;
       if (o->json)
         fmt::print("{{\"prompt_tokens\":{},\"gen_tokens\":{},\"prefill_tok_s\":{:.2f},\"decode_tok_s\":{:.2f},"
-                   "\"kv_mib\":{:.2f},\"peak_rss_mb\":{:.1f},\"attention\":\"{}\",\"threads\":{},\"reps\":{}}}\n",
+                   "\"kv_mib\":{:.2f},\"peak_rss_mb\":{:.1f},\"attention\":\"{}\",\"threads\":{},\"reps\":{},"
+                   "\"simd\":\"{}\"}}\n",
                    P, o->gen, pp, tg, kv / 1048576.0, peak_rss_mib(), to_string(eo.attention), engine.pool().size(),
-                   o->reps);
+                   o->reps, simd_name(simd_level()));
       else
         fmt::print("{:>8} {:>12.1f} {:>12.1f} {:>10.2f} {:>10.0f}\n", P, pp, tg, kv / 1048576.0, peak_rss_mib());
       std::fflush(stdout);

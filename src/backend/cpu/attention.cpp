@@ -6,7 +6,10 @@
 #include <limits>
 #include <memory>
 
+#include "backend/cpu/attention_internal.h"
 #include "backend/cpu/ops.h"
+#include "backend/cpu/simd_avx512.h"
+#include "backend/cpu/simd_level.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 
@@ -19,9 +22,10 @@ namespace duo {
 
 namespace {
 
-constexpr int kKeyBlock = 64;    // keys per block (scores of a row fit in 8 AVX registers)
-constexpr int kMaxRows = 64;     // query rows (positions x heads of one GQA group) per task
-constexpr int kMaxHeadDim = 256;
+using attn::KeyBlock;
+using attn::kKeyBlock;
+using attn::kMaxHeadDim;
+using attn::kMaxRows;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 bool visible(HeadKind kind, const StreamingWindow& w, int64_t i, int64_t j) {
@@ -35,15 +39,6 @@ void check_args(const AttentionArgs& a) {
   DUO_CHECK(a.segments && (int)a.segments->size() == a.n_kv_heads && a.kinds && (int)a.kinds->size() == a.n_kv_heads,
             "attention: segments/kinds must be given for each of the {} KV heads", a.n_kv_heads);
 }
-
-// A block of up to kKeyBlock consecutive positions inside one segment.
-struct KeyBlock {
-  const float* k;
-  const float* v;
-  int64_t pos0;
-  int n;
-  int64_t stride;
-};
 
 void make_blocks(const std::vector<KvSegment>& segs, std::vector<KeyBlock>& out) {
   out.clear();
@@ -271,6 +266,13 @@ struct Prepared {
         ++rows;
       }
     st.reset(rows, d);
+#if DUO_HAVE_AVX512
+    if (use_avx512() && attn::decode_kernel_fits(d)) {
+      attn::attend_rows_decode_avx512(blocks[kvh].data(), kb0, kb1, rows, qrow, pos, (*a.kinds)[kvh], a.window, d,
+                                      scale, st.m, st.l, st.o);
+      return;
+    }
+#endif
     attend_blocks(blocks[kvh], kb0, kb1, rows, qrow, pos, (*a.kinds)[kvh], a.window, d, scale, st);
   }
   void write_out(int kvh, int64_t t0, int64_t t1, const RowState& st) const {
@@ -293,12 +295,31 @@ struct Prepared {
 void run_prefill(const Prepared& p, ThreadPool& pool) {
   // Later query blocks see more keys (causal), so tasks are handed out dynamically, longest
   // first.
+  [[maybe_unused]] const bool lanes = DUO_HAVE_AVX512 && use_avx512();
   pool.parallel_for_dynamic(p.tasks, 1, [&](int64_t b, int64_t e, int) {
     static thread_local RowState st;
     for (int64_t task = b; task < e; ++task) {
       const int64_t qt = p.q_tasks - 1 - task / p.a.n_kv_heads;
       const int kvh = (int)(task % p.a.n_kv_heads);
       const int64_t t0 = qt * p.q_per_task, t1 = std::min(p.a.n, t0 + p.q_per_task);
+#if DUO_HAVE_AVX512
+      // With AVX-512, tasks of at least 16 rows go to the query-lanes kernel.
+      if (lanes && (t1 - t0) * p.g >= 16) {
+        const float* qrow[kMaxRows];
+        float* orow[kMaxRows];
+        int64_t pos[kMaxRows];
+        int rows = 0;
+        for (int64_t t = t0; t < t1; ++t)
+          for (int j = 0; j < p.g; ++j, ++rows) {
+            qrow[rows] = p.a.q + (t * p.a.n_heads + kvh * p.g + j) * p.d;
+            orow[rows] = p.a.out + (t * p.a.n_heads + kvh * p.g + j) * p.d;
+            pos[rows] = p.a.pos0 + t;
+          }
+        attn::attend_rows_avx512(p.blocks[kvh].data(), p.blocks[kvh].size(), rows, qrow, pos, (*p.a.kinds)[kvh],
+                                 p.a.window, p.d, p.scale, orow);
+        continue;
+      }
+#endif
       int rows;
       p.run_rows(kvh, t0, t1, 0, p.blocks[kvh].size(), st, rows);
       p.write_out(kvh, t0, t1, st);

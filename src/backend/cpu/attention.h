@@ -27,7 +27,8 @@ struct AttentionArgs {
 
 // Plain reference: one query, one key at a time, double accumulation.
 void attention_ref(const AttentionArgs& a);
-// Blocked online-softmax version, multithreaded.
+// Blocked online-softmax version, multithreaded. At the AVX-512 SIMD level pre-fill tasks of
+// >= 16 query rows and decode go to the kernels in attention_avx512.cpp.
 void attention(const AttentionArgs& a, ThreadPool& pool);
 // Several independent calls (the sequences of a batched decode step): calls that split their
 // keys across threads share one parallel region instead of one each. Each call's output is

@@ -18,6 +18,11 @@
 //    work per block (convert, scale, offset term) is shared by 8 tokens. The kernel is bound
 //    by vpmaddwd throughput on Zen3 (about one per cycle as measured). Float weights (F32/F16/BF16) use a 3x4 FMA tile
 //    over dequantized row blocks.
+//  - at the AVX-512 SIMD level (simd_level.h) quantized pre-fill goes to matmul_avx512.cpp
+//    instead (weight rows in the lanes, vpdpwssd; same numbers). Decode uses the dots here at
+//    every level.
+// matmul_multi runs matrices that share an input (Q/K/V, gate/up) as one call: one activation
+// quantization, one parallel region.
 #include "backend/cpu/matmul.h"
 
 #include <algorithm>
@@ -25,7 +30,10 @@
 #include <cstring>
 #include <vector>
 
+#include "backend/cpu/matmul_internal.h"
 #include "backend/cpu/ops.h"
+#include "backend/cpu/simd_avx512.h"
+#include "backend/cpu/simd_level.h"
 #include "core/dequant.h"
 #include "core/error.h"
 #include "core/fp16.h"
@@ -39,6 +47,8 @@
 
 namespace duo {
 
+using namespace mm;
+
 namespace {
 
 constexpr int64_t kDecodeTokens = 4;  // up to this many tokens use the per-row dot path
@@ -50,21 +60,9 @@ constexpr int kTG = 8;                // tokens per SIMD vector in the pre-fill 
 // Q6_K, whose scaled values reach 32 * 128 = 4096 and get two partial sums of 16).
 constexpr float kActMax = 32767.0f;
 
-inline float h2f(uint16_t h) {
-#if defined(__F16C__)
-  return _cvtsh_ss(h);
-#else
-  return f16_to_f32(h);
-#endif
-}
+}  // namespace
 
-// ---------------------------------------------------------------------------------------------
-// Activations: n tokens x nb blocks of 32, 16-bit.
-struct ActQ16 {
-  float d;  // scale
-  float s;  // d * sum(q)
-  int16_t q[QK];
-};
+namespace mm {
 
 void quantize_act_q16(const float* x, int64_t nb, ActQ16* out) {
   for (int64_t b = 0; b < nb; ++b) {
@@ -109,6 +107,10 @@ void quantize_act_q16(const float* x, int64_t nb, ActQ16* out) {
 #endif
   }
 }
+
+}  // namespace mm
+
+namespace {
 
 #ifdef DUO_MM_AVX2
 inline float hsum256(__m256 v) {
@@ -277,13 +279,9 @@ float dot_q4_k(const BlockQ4_K* w, const ActQ16* a, const float* as, int64_t nsb
   return r;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Integer panels: a row of nb 32-blocks as int16 q[nb*32], float dw[nb], float mw[nb].
-struct PanelRow {
-  int16_t* q;
-  float* dw;
-  float* mw;
-};
+}  // namespace
+
+namespace mm {
 
 bool is_float_type(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; }
 bool has_min(GgmlType t) {
@@ -293,6 +291,16 @@ bool has_min(GgmlType t) {
 // Q4 nibbles of 32 bytes to q[0..31] (low) and q[32..63] (high) -- the k-quant order; for the
 // 32-element formats 16 bytes give q[0..15] and q[16..31].
 inline void nib_split(const uint8_t* qs, int nbytes, int16_t* lo, int16_t* hi, int off) {
+#ifdef DUO_MM_AVX2
+  if (nbytes == 16) {
+    __m256i l16, h16;
+    nibbles16(qs, l16, h16);
+    const __m256i o = _mm256_set1_epi16((int16_t)off);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo), _mm256_add_epi16(l16, o));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(hi), _mm256_add_epi16(h16, o));
+    return;
+  }
+#endif
   for (int l = 0; l < nbytes; ++l) {
     lo[l] = (int16_t)((qs[l] & 0xF) + off);
     hi[l] = (int16_t)((qs[l] >> 4) + off);
@@ -447,6 +455,10 @@ void unpack_row(GgmlType type, const uint8_t* src, int64_t nb, PanelRow p) {
   }
 }
 
+}  // namespace mm
+
+namespace {
+
 // One row panel . one token: sum_b dw xd isum + mw xs.
 float dot_panel(const PanelRow& p, const ActQ16* a, const float* as, int64_t nb, bool mins) {
   float r = 0.0f;
@@ -469,12 +481,6 @@ float dot_panel(const PanelRow& p, const ActQ16* a, const float* as, int64_t nb,
   return r;
 }
 
-// Grow-only per-thread scratch.
-template <typename T>
-T* scratch(std::vector<T>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-  return v.data();
-}
 float* thread_buffer(size_t n) {
   static thread_local std::vector<float> buf;
   return scratch(buf, n);
@@ -488,11 +494,10 @@ PanelBuf& thread_panel() {
   return p;
 }
 
-// The calling thread's activation buffers (shared with the workers during a call).
-struct ActBuf {
-  std::vector<ActQ16> q;
-  std::vector<float> s;
-};
+}  // namespace
+
+namespace mm {
+
 ActBuf& act_buffer() {
   static thread_local ActBuf a;
   return a;
@@ -514,59 +519,79 @@ void quantize_acts(const float* x, int64_t n, int64_t cols, ActBuf& a, ThreadPoo
     body(0, n, 0);
 }
 
+}  // namespace mm
+
+namespace {
+
 // ---------------------------------------------------------------------------------------------
-// Few tokens: one pass over each weight row.
-void matmul_rows(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool) {
+// Few tokens: one pass over each weight row. Rows [r0, r1) of w for n tokens (a, as: their
+// quantized activations when w is quantized).
+void rows_range(const WeightView& w, const float* x, const ActQ16* a, const float* as, int64_t n, float* y,
+                int64_t r0, int64_t r1) {
   const int64_t nb = w.cols / QK;
   const bool flt = is_float_type(w.type);
+  const bool mins = has_min(w.type);
+  PanelRow p{};
+  float* row = nullptr;
+  if (flt) {
+    row = thread_buffer((size_t)w.cols);
+  } else if (w.type != GgmlType::Q4_1 && w.type != GgmlType::Q4_0 && w.type != GgmlType::Q8_0 &&
+             w.type != GgmlType::Q4_K) {
+    PanelBuf& pb = thread_panel();
+    p.q = scratch(pb.q, (size_t)w.cols);
+    p.dw = scratch(pb.f, (size_t)(2 * nb));
+    p.mw = p.dw + nb;
+  }
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* wr = w.data + r * w.row_stride;
+    switch (w.type) {
+      case GgmlType::Q4_1:
+        for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_q4_1(reinterpret_cast<const BlockQ4_1*>(wr), a + t * nb, nb);
+        break;
+      case GgmlType::Q4_0:
+        for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_q4_0(reinterpret_cast<const BlockQ4_0*>(wr), a + t * nb, nb);
+        break;
+      case GgmlType::Q4_K:
+        for (int64_t t = 0; t < n; ++t)
+          y[t * w.rows + r] = dot_q4_k(reinterpret_cast<const BlockQ4_K*>(wr), a + t * nb, as + t * nb, nb / 8);
+        break;
+      case GgmlType::Q8_0:
+        for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_q8_0(reinterpret_cast<const BlockQ8_0*>(wr), a + t * nb, nb);
+        break;
+      default:
+        if (flt && w.type != GgmlType::F32 && n == 1) {
+          y[r] = dot_half(w.type, reinterpret_cast<const uint16_t*>(wr), x, w.cols);
+        } else if (flt) {
+          const float* wf = reinterpret_cast<const float*>(wr);
+          if (w.type != GgmlType::F32) {
+            dequantize_row(w.type, wr, row, w.cols);
+            wf = row;
+          }
+          for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_f32(wf, x + t * w.cols, (int)w.cols);
+        } else {
+          unpack_row(w.type, wr, nb, p);
+          for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_panel(p, a + t * nb, as + t * nb, nb, mins);
+        }
+    }
+  }
+}
+
+// The rows of every matrix in one parallel region (sharing x's quantization).
+void matmul_rows(const MatmulOut* outs, int count, const float* x, int64_t n, ThreadPool& pool) {
+  bool any_quant = false;
+  int64_t total = 0;
+  for (int i = 0; i < count; ++i) any_quant |= !is_float_type(outs[i].w.type), total += outs[i].w.rows;
   ActBuf& ab = act_buffer();
-  if (!flt) quantize_acts(x, n, w.cols, ab, pool);
+  if (any_quant) quantize_acts(x, n, outs[0].w.cols, ab, pool);
   const ActQ16* a = ab.q.data();
   const float* as = ab.s.data();
-  const bool mins = has_min(w.type);
-  pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) {
-    PanelRow p{};
-    float* row = nullptr;
-    if (flt) {
-      row = thread_buffer((size_t)w.cols);
-    } else if (w.type != GgmlType::Q4_1 && w.type != GgmlType::Q4_0 && w.type != GgmlType::Q8_0 &&
-               w.type != GgmlType::Q4_K) {
-      PanelBuf& pb = thread_panel();
-      p.q = scratch(pb.q, (size_t)w.cols);
-      p.dw = scratch(pb.f, (size_t)(2 * nb));
-      p.mw = p.dw + nb;
-    }
-    for (int64_t r = r0; r < r1; ++r) {
-      const uint8_t* wr = w.data + r * w.row_stride;
-      switch (w.type) {
-        case GgmlType::Q4_1:
-          for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_q4_1(reinterpret_cast<const BlockQ4_1*>(wr), a + t * nb, nb);
-          break;
-        case GgmlType::Q4_0:
-          for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_q4_0(reinterpret_cast<const BlockQ4_0*>(wr), a + t * nb, nb);
-          break;
-        case GgmlType::Q4_K:
-          for (int64_t t = 0; t < n; ++t)
-            y[t * w.rows + r] = dot_q4_k(reinterpret_cast<const BlockQ4_K*>(wr), a + t * nb, as + t * nb, nb / 8);
-          break;
-        case GgmlType::Q8_0:
-          for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_q8_0(reinterpret_cast<const BlockQ8_0*>(wr), a + t * nb, nb);
-          break;
-        default:
-          if (flt && w.type != GgmlType::F32 && n == 1) {
-            y[r] = dot_half(w.type, reinterpret_cast<const uint16_t*>(wr), x, w.cols);
-          } else if (flt) {
-            const float* wf = reinterpret_cast<const float*>(wr);
-            if (w.type != GgmlType::F32) {
-              dequantize_row(w.type, wr, row, w.cols);
-              wf = row;
-            }
-            for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_f32(wf, x + t * w.cols, (int)w.cols);
-          } else {
-            unpack_row(w.type, wr, nb, p);
-            for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_panel(p, a + t * nb, as + t * nb, nb, mins);
-          }
-      }
+  pool.parallel_for(total, [&](int64_t r0, int64_t r1, int) {
+    int64_t off = 0;
+    for (int i = 0; i < count; ++i) {
+      const WeightView& w = outs[i].w;
+      const int64_t b = std::max(r0, off), e = std::min(r1, off + w.rows);
+      if (b < e) rows_range(w, x, a, as, n, outs[i].y, b - off, e - off);
+      off += w.rows;
     }
   }, 16);
 }
@@ -800,13 +825,38 @@ void matmul_ref(const WeightView& w, const float* x, int64_t n, float* y) {
 }
 
 void matmul(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool) {
-  check(w);
-  if (n <= kDecodeTokens)
-    matmul_rows(w, x, n, y, pool);
-  else if (is_float_type(w.type))
-    matmul_tiled(w, x, n, y, pool);
-  else
-    matmul_tiled_int(w, x, n, y, pool);
+  matmul_multi({{w, y}}, x, n, pool);
+}
+
+void matmul_multi(std::initializer_list<MatmulOut> outs, const float* x, int64_t n, ThreadPool& pool) {
+  const MatmulOut* o = outs.begin();
+  const int count = (int)outs.size();
+  DUO_CHECK(count > 0, "matmul: no matrices");
+  bool any_float = false;
+  for (int i = 0; i < count; ++i) {
+    check(o[i].w);
+    DUO_CHECK(o[i].w.cols == o[0].w.cols, "matmul: matrices sharing an input have {} and {} columns", o[0].w.cols,
+              o[i].w.cols);
+    any_float |= is_float_type(o[i].w.type);
+  }
+  if (n <= kDecodeTokens) {
+    matmul_rows(o, count, x, n, pool);
+    return;
+  }
+#if DUO_HAVE_AVX512
+  if (use_avx512() && !any_float) {
+    ActBuf& ab = act_buffer();
+    quantize_acts(x, n, o[0].w.cols, ab, pool);
+    matmul_prefill_avx512(o, count, ab.q.data(), n, pool);
+    return;
+  }
+#endif
+  for (int i = 0; i < count; ++i) {
+    if (is_float_type(o[i].w.type))
+      matmul_tiled(o[i].w, x, n, o[i].y, pool);
+    else
+      matmul_tiled_int(o[i].w, x, n, o[i].y, pool);
+  }
 }
 
 }  // namespace duo

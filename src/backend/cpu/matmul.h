@@ -1,9 +1,10 @@
 // Matrix multiplication of quantized weights by float activations: the hot path of the
-// CPU forward. Weights stay quantized in memory; activations are quantized to 8 bits per
-// block and multiplied with integer SIMD dot products.
+// CPU forward. Weights stay quantized in memory; activations are quantized to 16 bits per
+// 32-element block and multiplied with integer SIMD dot products (matmul.cpp explains why 16).
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 
 #include "core/ggml_types.h"
 
@@ -27,5 +28,14 @@ struct WeightView {
 void matmul_ref(const WeightView& w, const float* x, int64_t n_tokens, float* y);
 // Optimized, multithreaded.
 void matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
+
+// Several matrices applied to the same X (Q/K/V, gate/up): y_i = W_i X, as matmul() each, but
+// with one quantization of X and one parallel region (fewer thread-pool round trips per token
+// in decode). Every W_i must have X's number of columns.
+struct MatmulOut {
+  const WeightView& w;
+  float* y;
+};
+void matmul_multi(std::initializer_list<MatmulOut> outs, const float* x, int64_t n_tokens, ThreadPool& pool);
 
 }  // namespace duo

@@ -9,8 +9,7 @@
 namespace duo {
 
 void rmsnorm(const float* x, const float* w, float* y, int n, float eps) {
-  float ss = 0.0f;
-  for (int i = 0; i < n; ++i) ss += x[i] * x[i];
+  const float ss = dot_f32(x, x, n);  // vectorized (a plain loop's float sum would not be)
   const float scale = 1.0f / std::sqrt(ss / (float)n + eps);
   for (int i = 0; i < n; ++i) y[i] = x[i] * scale * w[i];
 }
@@ -28,18 +27,35 @@ void rope(float* v, int n_dims, int pos, const float* inv_freq, RopeStyle style)
   }
 }
 
-void swiglu(const float* gate, const float* up, float* out, int n) {
-  int i = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-  // silu(g) = g / (1 + exp(-g)); exp via the vector routine on a small stack block.
-  float buf[64];
-  for (; i + 64 <= n; i += 64) {
-    for (int j = 0; j < 64; ++j) buf[j] = -gate[i + j];
-    exp_inplace(buf, 64);
-    for (int j = 0; j < 64; ++j) out[i + j] = gate[i + j] / (1.0f + buf[j]) * up[i + j];
+void rope_heads(float* v, int n_heads, int n_dims, int pos, const float* inv_freq, RopeStyle style) {
+  constexpr int kMaxHalf = 256;
+  const int half = n_dims / 2;
+  if (half > kMaxHalf) {
+    for (int h = 0; h < n_heads; ++h) rope(v + h * n_dims, n_dims, pos, inv_freq, style);
+    return;
   }
-#endif
-  for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  float cs[kMaxHalf], sn[kMaxHalf];
+  for (int i = 0; i < half; ++i) {
+    const float angle = (float)pos * inv_freq[i];
+    cs[i] = std::cos(angle);
+    sn[i] = std::sin(angle);
+  }
+  for (int h = 0; h < n_heads; ++h) {
+    float* x = v + h * n_dims;
+    if (style == RopeStyle::Interleaved) {
+      for (int i = 0; i < half; ++i) {
+        const float x0 = x[2 * i], x1 = x[2 * i + 1];
+        x[2 * i] = x0 * cs[i] - x1 * sn[i];
+        x[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
+      }
+    } else {
+      for (int i = 0; i < half; ++i) {
+        const float x0 = x[i], x1 = x[i + half];
+        x[i] = x0 * cs[i] - x1 * sn[i];
+        x[i + half] = x0 * sn[i] + x1 * cs[i];
+      }
+    }
+  }
 }
 
 void add_inplace(float* y, const float* x, int n) {
@@ -70,6 +86,20 @@ static inline __m256 exp256(__m256 x) {
   return _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 #endif
+
+void swiglu(const float* gate, const float* up, float* out, int n) {
+  int i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  // silu(g) = g / (1 + exp(-g))
+  const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 e = exp256(_mm256_xor_ps(g, sign));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
+  }
+#endif
+  for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
 
 void exp_inplace(float* x, int n) {
   int i = 0;

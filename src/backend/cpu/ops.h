@@ -13,6 +13,9 @@ void rmsnorm(const float* x, const float* w, float* y, int n, float eps);
 // Rotates one head vector (n_dims values) in place for position `pos`.
 // inv_freq[i] = theta^(-2i/n_dims) / factor[i], precomputed by the caller (n_dims/2 values).
 void rope(float* v, int n_dims, int pos, const float* inv_freq, RopeStyle style);
+// rope() on n_heads consecutive head vectors of n_dims (one token's heads), with the angles'
+// cos/sin computed once for all of them (n_dims <= 512). Same values as rope() per head.
+void rope_heads(float* v, int n_heads, int n_dims, int pos, const float* inv_freq, RopeStyle style);
 
 // out[i] = silu(gate[i]) * up[i]
 void swiglu(const float* gate, const float* up, float* out, int n);

@@ -1,0 +1,41 @@
+// Pieces of the CPU attention shared by its ISA-specific files (attention.cpp: dispatch, AVX2
+// and scalar row kernels; attention_avx512.cpp: the AVX-512 pre-fill kernel).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kv/head_policy.h"
+
+namespace duo::attn {
+
+constexpr int kKeyBlock = 64;    // keys per block (the AVX2 row kernel keeps a row's scores in 8 registers)
+constexpr int kMaxRows = 64;     // query rows (positions x heads of one GQA group) per task
+constexpr int kMaxHeadDim = 256;
+
+// A block of up to kKeyBlock consecutive positions inside one segment.
+struct KeyBlock {
+  const float* k;
+  const float* v;
+  int64_t pos0;
+  int n;
+  int64_t stride;
+};
+
+// AVX-512 pre-fill kernel (attention_avx512.cpp), callable when use_avx512(): `rows` query
+// vectors qrow[r] at positions pos[r] (all of one KV head) attend to blocks[0..n_blocks) under
+// the head's mask; out[r] receives the normalized output row (d floats). 16 <= rows <= kMaxRows.
+void attend_rows_avx512(const KeyBlock* blocks, size_t n_blocks, int rows, const float* const* qrow,
+                        const int64_t* pos, HeadKind kind, const StreamingWindow& w, int d, float scale,
+                        float* const* out);
+
+// AVX-512 kernel for few rows (decode: the query heads of one KV head): rows query vectors at
+// positions pos[r] attend to blocks [kb0, kb1), updating an online-softmax state: running max
+// m[r], sum l[r] and unnormalized output o[r * d ...] (as the caller initialized them: -inf, 0,
+// 0). Keys are dotted in place, 16 at a time, with a transposing reduction (no key
+// transposition). Needs d in {64, 128, 256} (decode_kernel_fits).
+inline bool decode_kernel_fits(int d) { return d == 64 || d == 128 || d == 256; }
+void attend_rows_decode_avx512(const KeyBlock* blocks, size_t kb0, size_t kb1, int rows, const float* const* qrow,
+                               const int64_t* pos, HeadKind kind, const StreamingWindow& w, int d, float scale,
+                               float* m, float* l, float* o);
+
+}  // namespace duo::attn

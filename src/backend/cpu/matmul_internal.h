@@ -1,0 +1,62 @@
+// Pieces of the quantized matmul shared by its ISA-specific files (matmul.cpp: dispatch, AVX2
+// and scalar kernels; matmul_avx512.cpp: AVX-512 kernels). Not part of the op interface.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "backend/cpu/simd_avx512.h"  // first: it includes <immintrin.h>
+#include "backend/cpu/matmul.h"
+#include "core/fp16.h"
+#include "core/quant_blocks.h"
+
+namespace duo::mm {
+
+inline float h2f(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  return f16_to_f32(h);
+#endif
+}
+
+// One 32-block of a token's activations quantized to 16 bits: x[j] ~ d * q[j].
+struct ActQ16 {
+  float d;  // scale
+  float s;  // d * sum(q)
+  int16_t q[QK];
+};
+void quantize_act_q16(const float* x, int64_t nb, ActQ16* out);
+
+// Grow-only per-thread scratch.
+template <typename T>
+T* scratch(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+// The calling thread's activation buffers (shared with the workers during a call): n tokens x
+// nb blocks, token-major, and the blocks' s values on their own (the min terms' dot operand).
+struct ActBuf {
+  std::vector<ActQ16> q;
+  std::vector<float> s;
+};
+ActBuf& act_buffer();
+void quantize_acts(const float* x, int64_t n, int64_t cols, ActBuf& a, ThreadPool& pool);
+
+// Every quantized type as integer panels: within 32-block b of a row, w[j] = dw[b] * q[j] + mw[b]
+// with int16 q (see matmul.cpp). A row of nb blocks: q[nb*32], dw[nb], mw[nb].
+struct PanelRow {
+  int16_t* q;
+  float* dw;
+  float* mw;
+};
+bool is_float_type(GgmlType t);
+bool has_min(GgmlType t);
+void unpack_row(GgmlType type, const uint8_t* src, int64_t nb, PanelRow p);
+
+// AVX-512 kernels (matmul_avx512.cpp), callable when use_avx512().
+// Pre-fill: y_i = W_i x for n tokens whose activations are already quantized (a: n x nb,
+// token-major), all matrices in one parallel region.
+void matmul_prefill_avx512(const MatmulOut* outs, int count, const ActQ16* a, int64_t n, ThreadPool& pool);
+
+}  // namespace duo::mm
