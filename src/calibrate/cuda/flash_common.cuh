@@ -18,22 +18,49 @@
 //               (K in S = Q K^T; dO in dP^T = V dO^T; Q in S^T = K Q^T)
 //   frag_b_kn   B pair for n8 tiles (2 nc, 2 nc + 1) x k rows [k0, k0 + 16) of a tile stored [k][n]
 //               (V in O = P V; K in dQ = dS K; dO in dV = P^T dO; Q in dK = dS^T Q)
+//
+// CPU emulation: with DUO_CUDA_EMULATION defined, the kernels (flash_forward_kernel.cuh,
+// flash_backward_kernels.cuh) compile as host code against tests/calibrate/cuda_emulation.h,
+// which provides these device primitives (ldmatrix, mma.sync, cp.async, shuffles, shared
+// memory) with their PTX-documented semantics and runs a CTA's threads as fibers. The kernels
+// then live in namespace flash_emulated, so they never collide with the real ones.
 #pragma once
 #include <cuda_bf16.h>
 
 #include <cstdint>
 
-#include "backend/cuda/common.cuh"
 #include "calibrate/cuda/flash_attention_cuda.h"
+
+#ifdef DUO_CUDA_EMULATION
+#define DUO_FLASH_NS flash_emulated
+#else
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/reduce.cuh"
+#define DUO_FLASH_NS flash
+#endif
 
 namespace duo::cuda::calib {
 // Checks the arguments of flash_forward / flash_backward (throws std::invalid_argument naming op).
 void validate_flash_args(const FlashArgs& a, const char* op);
 }  // namespace duo::cuda::calib
 
-namespace duo::cuda::calib::flash {
+namespace duo::cuda::calib::DUO_FLASH_NS {
 
+#ifdef DUO_CUDA_EMULATION
+namespace dt = duo::cuda::emu;
+template <class T>
+inline T* dynamic_smem() {
+  return reinterpret_cast<T*>(dt::shared_memory());
+}
+#else
 namespace dt = duo::cuda::detail;
+// The kernel's dynamic shared memory (sized at launch).
+template <class T>
+__device__ __forceinline__ T* dynamic_smem() {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  return reinterpret_cast<T*>(smem_raw);
+}
+#endif
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -127,4 +154,4 @@ __device__ __forceinline__ void zero(float (&acc)[N][4]) {
   for (int i = 0; i < N; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
 }
 
-}  // namespace duo::cuda::calib::flash
+}  // namespace duo::cuda::calib::DUO_FLASH_NS
