@@ -5,13 +5,14 @@
 // calibration giving close gates on both devices.
 //
 // The GPU keeps bf16 weights and rounds GEMM and attention operands to bf16; the CPU works in
-// fp32 on the dequantized weights. Measured without a GPU (a CPU run with the weights rounded to
-// bf16, tools in bench/cuda/NOTES_calibration.md): the weights alone move the gate gradient by
-// 5e-4 (tiny, relative L2) and 4e-3 (SmolLM2); the activations' rounding adds about as much
-// again per rounding point. Tolerances (relative L2 of the gradient vector; distillation loss;
-// hidden states at the loss rows), about 10x what is expected:
-//   tiny      gradient 0.05, distill 0.02, hidden rel RMS 0.02
-//   SmolLM2   gradient 0.10, distill 0.05, hidden rel RMS 0.05
+// fp32 on the dequantized weights. bench/calib_bf16_emulation.cpp (the CPU model with the CUDA
+// backend's rounding points, no GPU) predicts for these very samples:
+//   tiny (4 variants + gates at 0/1)  distill rel <= 6.2e-3, gradient rel L2 <= 4.7e-3, hidden rel RMS <= 1.1e-2
+//   SmolLM2, 300 tokens               distill rel 2.2e-2,    gradient rel L2 1.9e-2,    hidden rel RMS 4.6e-3
+// to which the attention kernels' internal rounding adds ~1e-3 (tests/calibrate/
+// flash_cuda_emulation_test.cpp). Tolerances (about 5x the prediction, 10x for the gradient):
+//   tiny      gradient 0.05, distill 0.03, hidden rel RMS 0.05
+//   SmolLM2   gradient 0.10, distill 0.10, hidden rel RMS 0.03
 // Every comparison prints what it measured.
 #include <gtest/gtest.h>
 
@@ -147,7 +148,7 @@ TEST(CalibCudaModel, TinyModelLossAndGradientMatchCpu) {
     std::uniform_real_distribution<double> ud(0.2, 0.9);
     std::vector<double> gates(4);
     for (auto& g : gates) g = ud(rng);
-    compare_backends(*model, tokens, kRows, gates, kWindow, {0.05, 0.02, 0.02}, var.name);
+    compare_backends(*model, tokens, kRows, gates, kWindow, {0.05, 0.03, 0.05}, var.name);
   }
 }
 
@@ -156,9 +157,9 @@ TEST(CalibCudaModel, TinyModelLossAndGradientMatchCpu) {
 TEST(CalibCudaModel, GatesAtZeroAndOneMatchCpu) {
   auto model = Model::synthetic(tiny(RopeStyle::Neox, true, 64), 31);
   const auto tokens = random_tokens(kTokens, 64, 32);
-  compare_backends(*model, tokens, kRows, {0.0, 1.0, 0.4, 0.0}, kWindow, {0.05, 0.02, 0.02}, "gates 0, 1, 0.4, 0");
-  compare_backends(*model, tokens, kRows, {1.0, 1.0, 0.0, 0.7}, kWindow, {0.05, 0.02, 0.02}, "gates 1, 1, 0, 0.7");
-  compare_backends(*model, tokens, kRows, {0.0, 0.0, 0.0, 0.0}, kWindow, {0.05, 0.02, 0.02}, "all gates 0");
+  compare_backends(*model, tokens, kRows, {0.0, 1.0, 0.4, 0.0}, kWindow, {0.05, 0.03, 0.05}, "gates 0, 1, 0.4, 0");
+  compare_backends(*model, tokens, kRows, {1.0, 1.0, 0.0, 0.7}, kWindow, {0.05, 0.03, 0.05}, "gates 1, 1, 0, 0.7");
+  compare_backends(*model, tokens, kRows, {0.0, 0.0, 0.0, 0.0}, kWindow, {0.05, 0.03, 0.05}, "all gates 0");
 }
 
 // Every gate at 1: the gated forward is the full forward bit for bit, so the distillation loss
@@ -237,7 +238,7 @@ TEST(CalibCudaModel, SmolLM2MatchesCpu) {
   std::mt19937_64 rng(72);
   std::uniform_real_distribution<double> ud(0.3, 1.0);
   for (auto& g : gates) g = ud(rng);
-  compare_backends(*model, tokens, rows, gates, {16, 64}, {0.10, 0.05, 0.05}, "SmolLM2, 300 tokens");
+  compare_backends(*model, tokens, rows, gates, {16, 64}, {0.10, 0.10, 0.03}, "SmolLM2, 300 tokens");
 }
 
 // Three calibration steps on each device from the same samples: the losses agree and so do the

@@ -152,16 +152,26 @@ void time_lengths(const std::string& list, const LossBackend& loss, CudaCalibrat
     }
     if (err < best) best = err, coef[0] = cf[0], coef[1] = cf[1], coef[2] = cf[2];
   }
-  const std::vector<int64_t> grid = length_grid(data);
-  double mean = 0;
-  for (int64_t L : grid) mean += coef[0] + coef[1] * basis((double)L, 1) + coef[2] * basis((double)L, 2);
-  mean /= (double)grid.size();
+  auto mean_ms = [&](int64_t max_len) {  // over the generator's grid from min_len to max_len
+    PasskeyDataConfig d = data;
+    d.max_len = max_len;
+    double mean = 0;
+    const std::vector<int64_t> grid = length_grid(d);
+    for (int64_t L : grid) mean += coef[0] + coef[1] * basis((double)L, 1) + coef[2] * basis((double)L, 2);
+    return mean / (double)grid.size();
+  };
   const double lo = *std::min_element(xs.begin(), xs.end()), hi = *std::max_element(xs.begin(), xs.end());
-  if ((double)grid.front() < lo || (double)grid.back() > hi)
-    fmt::print("note: the sampled lengths reach beyond the measured {}..{}: the estimate extrapolates the fit\n", lo, hi);
   fmt::print("fit: step ms = {:.1f} + {:.2f} (L/1e4) + {:.2f} (L/1e4)^2\n", coef[0], coef[1], coef[2]);
-  fmt::print("lengths {}..{} in {} values: mean {:.0f} ms a step, {} steps ~ {}\n", data.min_len, data.max_len,
-             grid.size(), mean, steps, hms(mean * (double)steps / 1000.0));
+  // The configured range, then the usual ones up to the configured maximum.
+  std::vector<int64_t> maxima = {data.max_len};
+  for (int64_t m : {4096, 8192, 16384, 32000})
+    if (m < data.max_len && m > data.min_len) maxima.push_back(m);
+  for (int64_t m : maxima) {
+    const double ms = mean_ms(m);
+    fmt::print("lengths {}..{} ({} values): mean {:.0f} ms a step, {} steps ~ {}{}\n", data.min_len, m,
+               data.length_intervals, ms, steps, hms(ms * (double)steps / 1000.0),
+               (double)data.min_len < lo || (double)m > hi ? " (extrapolated beyond the measured lengths)" : "");
+  }
 }
 
 void run_calibrate(CalibrateOptions& o) {
