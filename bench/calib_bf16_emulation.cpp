@@ -186,8 +186,8 @@ struct Emulation {
     grad.assign(gates_d.size(), 0.0);
     std::vector<float> dx((size_t)(n * E), 0.0f);
     for (size_t r = 0; r < rows.size(); ++r)
-      rmsnorm_backward<float>(&ckpt.back()[rows[r] * E], w.output_norm().data(), &d_mix[r * E], &dx[rows[r] * E], 1,
-                              E, cf.norm_eps, true, pool);
+      rmsnorm_backward<float>(&ckpt.back()[rows[r] * E], w.output_norm().data(), &d_mix[r * E], &dx[rows[r] * E], 1, E,
+                              cf.norm_eps, true, pool);
     for (int l = cf.n_layers - 1; l >= 0; --l) {
       std::vector<float> scratch;
       forward_layer(l, ckpt[l], scratch, gates.data() + l * HKV);
@@ -240,11 +240,13 @@ void compare(Model& model, const std::vector<int32_t>& tokens, const std::vector
               std::fabs(v_plain.distill - v_ref.distill) / v_ref.distill, rel);
   grad_err(g_emu, rel, mx, cs);
   double hn = 0, hd = 0;
-  for (size_t i = 0; i < h_ref.size(); ++i) hn += (h_emu[i] - h_ref[i]) * (h_emu[i] - h_ref[i]), hd += h_ref[i] * h_ref[i];
-  std::printf("%-34s bf16 rounding: distill %.6g vs %.6g (rel %.2e) | grad rel L2 %.2e, max %.2e of max, cos %.6f | "
-              "hidden rel RMS %.2e\n",
-              what, v_emu.distill, v_ref.distill, std::fabs(v_emu.distill - v_ref.distill) / v_ref.distill, rel, mx,
-              cs, std::sqrt(hn / hd));
+  for (size_t i = 0; i < h_ref.size(); ++i)
+    hn += (h_emu[i] - h_ref[i]) * (h_emu[i] - h_ref[i]), hd += h_ref[i] * h_ref[i];
+  std::printf(
+      "%-34s bf16 rounding: distill %.6g vs %.6g (rel %.2e) | grad rel L2 %.2e, max %.2e of max, cos %.6f | "
+      "hidden rel RMS %.2e\n",
+      what, v_emu.distill, v_ref.distill, std::fabs(v_emu.distill - v_ref.distill) / v_ref.distill, rel, mx, cs,
+      std::sqrt(hn / hd));
 }
 
 std::vector<int32_t> random_tokens(int64_t n, int vocab, uint64_t seed) {

@@ -256,6 +256,19 @@ inline T warp_sum(T v) {
   return v;
 }
 
+// backend/cuda/reduce.cuh's block_sum, same algorithm: warp sums, one partial a warp in shared
+// memory, every warp reduces the partials.
+inline float block_sum(float v) {
+  static float partial[32];
+  const int lane = lane_id(), warp = (int)(me().tid.x / 32), warps = (int)(rt().block_dim.x / 32);
+  v = warp_sum(v);
+  syncthreads();
+  if (lane == 0) partial[warp] = v;
+  syncthreads();
+  v = lane < warps ? partial[lane] : 0.0f;
+  return warp_sum(v);
+}
+
 // --- launching ---------------------------------------------------------------------------------
 inline void fiber_entry() {
   rt().body();

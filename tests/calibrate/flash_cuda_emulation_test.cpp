@@ -18,15 +18,17 @@
 #include "calibrate/flash_attention.h"
 #include "core/fp16.h"
 #include "core/thread_pool.h"
-// The emulation last: it redefines the CUDA keywords for what follows.
+// The emulation first, then the kernels compiled against it (it redefines the CUDA keywords).
+// clang-format off
 #include "cuda_emulation.h"
 #include "calibrate/cuda/flash_backward_kernels.cuh"
 #include "calibrate/cuda/flash_forward_kernel.cuh"
+// clang-format on
 
 namespace duo {
 namespace {
 
-namespace fe = duo::cuda::calib::flash_emulated;
+namespace fe = duo::cuda::calib::kernels_emulated;
 namespace emu = duo::cuda::emu;
 using cuda::bf16;
 
@@ -46,12 +48,9 @@ struct Case {
 // Single token; blocks of 128 queries and 64 keys, partial last blocks; sinks and windows
 // smaller and larger than a tile; only the diagonal; GQA groups of 1, 2, 3.
 const Case kCases[] = {
-    {1, 2, 1, 64, AttentionMask::causal()},
-    {130, 4, 2, 64, AttentionMask::causal()},
-    {130, 3, 3, 64, AttentionMask::lambda(4, 16)},
-    {200, 6, 2, 128, AttentionMask::lambda(100, 70)},
-    {150, 2, 1, 128, AttentionMask::causal()},
-    {70, 2, 2, 64, AttentionMask::lambda(0, 1)},
+    {1, 2, 1, 64, AttentionMask::causal()},        {130, 4, 2, 64, AttentionMask::causal()},
+    {130, 3, 3, 64, AttentionMask::lambda(4, 16)}, {200, 6, 2, 128, AttentionMask::lambda(100, 70)},
+    {150, 2, 1, 128, AttentionMask::causal()},     {70, 2, 2, 64, AttentionMask::lambda(0, 1)},
 };
 
 ThreadPool& pool() {
@@ -186,14 +185,15 @@ TEST(CalibCudaEmulation, AttentionBackwardMatchesCpu) {
     std::vector<float> o(d.q.size()), lse((size_t)(c.H * c.n));
     flash_attention_forward<float>(d.q.data(), d.k.data(), d.v.data(), o.data(), lse.data(), dims, c.mask, pool());
     std::vector<float> wdq(d.q.size()), wdk(d.k.size()), wdv(d.v.size());
-    flash_attention_backward<float>(d.q.data(), d.k.data(), d.v.data(), o.data(), lse.data(), d.d_o.data(),
-                                    wdq.data(), wdk.data(), wdv.data(), false, dims, c.mask, pool());
+    flash_attention_backward<float>(d.q.data(), d.k.data(), d.v.data(), o.data(), lse.data(), d.d_o.data(), wdq.data(),
+                                    wdk.data(), wdv.data(), false, dims, c.mask, pool());
     const int64_t ld = lse_ld(c.n);
     emu::GuardedBuffer<bf16> q(to_bf16(d.q)), k(to_bf16(d.k)), v(to_bf16(d.v)), d_o(to_bf16(d.d_o));
     emu::GuardedBuffer<float> go(o), glse(pad(lse, c.H, c.n, ld)), delta((size_t)(c.H * ld)), dq(d.q.size()),
         dk(d.q.size()), dv(d.q.size());
-    const fe::BwdParams p{q.get(),  k.get(),  v.get(),  d_o.get(), glse.get(), delta.get(), dq.get(), dk.get(),
-                          dv.get(), c.n,      ld,       c.H,       c.HKV,      ~0ull,       false,    1.0f / std::sqrt((float)c.D)};
+    const fe::BwdParams p{
+        q.get(),  k.get(), v.get(), d_o.get(), glse.get(), delta.get(), dq.get(), dk.get(),
+        dv.get(), c.n,     ld,      c.H,       c.HKV,      ~0ull,       false,    1.0f / std::sqrt((float)c.D)};
     with_mask(c, [&](auto mask) {
       if (c.D == 64)
         run_backward<64>(p, go.get(), delta.get(), mask);
@@ -231,14 +231,15 @@ TEST(CalibCudaEmulation, AttentionBackwardAccumulatesAndSkipsHeads) {
                                   wdk.data(), wdv.data(), true, dims, lambda.mask, pool());
   const int64_t ld = lse_ld(causal.n);
   emu::GuardedBuffer<bf16> q(to_bf16(d.q)), k(to_bf16(d.k)), v(to_bf16(d.v)), gdof(to_bf16(dof)), gdos(to_bf16(dos));
-  emu::GuardedBuffer<float> gof(of), gos(os), glf(pad(lf, causal.H, causal.n, ld)), gls(pad(ls, causal.H, causal.n, ld)),
-      delta((size_t)(causal.H * ld)), dq(d.q.size()), dk(d.q.size()), dv(d.q.size());
+  emu::GuardedBuffer<float> gof(of), gos(os), glf(pad(lf, causal.H, causal.n, ld)),
+      gls(pad(ls, causal.H, causal.n, ld)), delta((size_t)(causal.H * ld)), dq(d.q.size()), dk(d.q.size()),
+      dv(d.q.size());
   const float scale = 1.0f / std::sqrt(64.0f);
-  const fe::BwdParams pf{q.get(), k.get(), v.get(), gdof.get(), glf.get(), delta.get(), dq.get(), dk.get(),
-                         dv.get(), causal.n, ld, causal.H, causal.HKV, 0b01, false, scale};
+  const fe::BwdParams pf{q.get(),  k.get(),  v.get(), gdof.get(), glf.get(),  delta.get(), dq.get(), dk.get(),
+                         dv.get(), causal.n, ld,      causal.H,   causal.HKV, 0b01,        false,    scale};
   run_backward<64>(pf, gof.get(), delta.get(), CausalMask{});
-  const fe::BwdParams ps{q.get(), k.get(), v.get(), gdos.get(), gls.get(), delta.get(), dq.get(), dk.get(),
-                         dv.get(), causal.n, ld, causal.H, causal.HKV, 0b10, true, scale};
+  const fe::BwdParams ps{q.get(),  k.get(),  v.get(), gdos.get(), gls.get(),  delta.get(), dq.get(), dk.get(),
+                         dv.get(), causal.n, ld,      causal.H,   causal.HKV, 0b10,        true,     scale};
   run_backward<64>(ps, gos.get(), delta.get(), LambdaMask{8, 24});
   expect_close(dq.copy(), wdq, 1e-2, 3e-2, "emulated dQ causal + lambda, skipped heads");
   expect_close(group_sum(dk.copy(), causal), wdk, 1e-2, 3e-2, "emulated dK causal + lambda, skipped heads");

@@ -110,9 +110,10 @@ void compare_backends(const Model& model, const std::vector<int32_t>& tokens, co
   const double h_err = rel_rms(h_gpu, h_cpu);
   const GradCompare gc = compare_grads(g_gpu, g_cpu);
   const double d_err = std::fabs(v_gpu.distill - v_cpu.distill) / std::max(v_cpu.distill, 1e-300);
-  std::printf("  %-40s distill cpu %.6g gpu %.6g (rel %.2e) | grad rel L2 %.2e, max %.2e of max, cos %.6f | "
-              "hidden rel RMS %.2e\n",
-              what.c_str(), v_cpu.distill, v_gpu.distill, d_err, gc.rel_l2, gc.max_rel, gc.cosine, h_err);
+  std::printf(
+      "  %-40s distill cpu %.6g gpu %.6g (rel %.2e) | grad rel L2 %.2e, max %.2e of max, cos %.6f | "
+      "hidden rel RMS %.2e\n",
+      what.c_str(), v_cpu.distill, v_gpu.distill, d_err, gc.rel_l2, gc.max_rel, gc.cosine, h_err);
   EXPECT_GT(v_cpu.distill, 0.0) << what;
   EXPECT_LE(d_err, tol.distill_rel) << what;
   EXPECT_LE(gc.rel_l2, tol.grad_rel_l2) << what;
@@ -211,14 +212,14 @@ TEST(CalibCudaModel, RejectsBadInput) {
   const auto tokens = random_tokens(100, 64, 62);
   std::vector<double> grad;
   const std::vector<double> gates(4, 0.5);
-  EXPECT_THROW(gpu.loss_and_grad(tokens, {}, gates, 0.05, grad), Error);              // no rows
-  EXPECT_THROW(gpu.loss_and_grad(tokens, {100}, gates, 0.05, grad), Error);           // row past the end
-  EXPECT_THROW(gpu.loss_and_grad(tokens, {5, 5}, gates, 0.05, grad), Error);          // repeated row
-  EXPECT_THROW(gpu.loss_and_grad(tokens, {50}, {0.5, 0.5}, 0.05, grad), Error);       // wrong gate count
+  EXPECT_THROW(gpu.loss_and_grad(tokens, {}, gates, 0.05, grad), Error);         // no rows
+  EXPECT_THROW(gpu.loss_and_grad(tokens, {100}, gates, 0.05, grad), Error);      // row past the end
+  EXPECT_THROW(gpu.loss_and_grad(tokens, {5, 5}, gates, 0.05, grad), Error);     // repeated row
+  EXPECT_THROW(gpu.loss_and_grad(tokens, {50}, {0.5, 0.5}, 0.05, grad), Error);  // wrong gate count
   auto bad = tokens;
   bad[3] = 64;
-  EXPECT_THROW(gpu.loss_and_grad(bad, {50}, gates, 0.05, grad), Error);               // token outside vocab
-  EXPECT_THROW(gpu.backward_gated(std::vector<float>(128, 0.0f), grad), Error);       // no forward_gated yet
+  EXPECT_THROW(gpu.loss_and_grad(bad, {50}, gates, 0.05, grad), Error);          // token outside vocab
+  EXPECT_THROW(gpu.backward_gated(std::vector<float>(128, 0.0f), grad), Error);  // no forward_gated yet
   auto odd = tiny(RopeStyle::Neox, false, 64);
   odd.head_dim = 32, odd.n_rot = 32;  // the attention kernels take 64 or 128
   auto odd_model = Model::synthetic(odd, 1);

@@ -22,11 +22,11 @@
 #include <vector>
 
 #include "backend/cuda/gemm.h"
+#include "calibrate/cuda/flash_attention_cuda.h"
+#include "calibrate/cuda/grad_kernels.h"
 #include "calibrate/dense_gemm.h"
 #include "calibrate/flash_attention.h"
 #include "calibrate/grad_ops.h"
-#include "calibrate/cuda/flash_attention_cuda.h"
-#include "calibrate/cuda/grad_kernels.h"
 #include "core/thread_pool.h"
 #include "cuda_test_util.h"
 
@@ -64,8 +64,8 @@ void expect_close_rms(const std::vector<float>& got, const std::vector<float>& w
   std::printf("  %-64s rel RMS %.2e, max |d| %.2e (%.2e of max |want| %.3g)\n", what.c_str(), e.rel_rms, e.max_abs,
               e.max_abs / std::max(scale, 1e-30), scale);
   EXPECT_LE(rel, rel_rms) << what;
-  EXPECT_LE(e.max_abs, rel_max * scale + 1e-4) << what << ": worst at " << e.argmax << ": got " << got[e.argmax]
-                                               << ", want " << want[e.argmax];
+  EXPECT_LE(e.max_abs, rel_max * scale + 1e-4)
+      << what << ": worst at " << e.argmax << ": got " << got[e.argmax] << ", want " << want[e.argmax];
 }
 
 // ------------------------------------------------------------------------------- GEMM
@@ -120,13 +120,13 @@ TEST(CalibCudaOps, FinalNormAtRowsForwardAndBackward) {
   Dev<float> d_x(x), d_w(w), d_dy(dy), d_out(rows.size() * dim), d_dx(n * dim);
   Dev<int32_t> d_rows(rows);
   rmsnorm_rows_f32(d_x.get(), d_rows.get(), d_w.get(), d_out.get(), (int64_t)rows.size(), dim, 1e-5f, 0);
-  rmsnorm_backward(d_x.get(), d_w.get(), d_dy.get(), d_dx.get(), (int64_t)rows.size(), dim, 1e-5f, true,
-                   d_rows.get(), 0);
+  rmsnorm_backward(d_x.get(), d_w.get(), d_dy.get(), d_dx.get(), (int64_t)rows.size(), dim, 1e-5f, true, d_rows.get(),
+                   0);
   std::vector<float> want_out(rows.size() * dim), want_dx((size_t)(n * dim), 0.0f);
   for (size_t r = 0; r < rows.size(); ++r) {
     duo::rmsnorm_forward<float>(&x[rows[r] * dim], w.data(), &want_out[r * dim], 1, dim, 1e-5, pool());
-    duo::rmsnorm_backward<float>(&x[rows[r] * dim], w.data(), &dy[r * dim], &want_dx[rows[r] * dim], 1, dim, 1e-5,
-                                 true, pool());
+    duo::rmsnorm_backward<float>(&x[rows[r] * dim], w.data(), &dy[r * dim], &want_dx[rows[r] * dim], 1, dim, 1e-5, true,
+                                 pool());
   }
   EXPECT_ALL_CLOSE(d_out.download(), want_out, 2e-5, 1e-6, "final norm at rows");
   EXPECT_ALL_CLOSE(d_dx.download(), want_dx, 2e-5, 1e-6, "final norm backward into rows (others stay 0)");
@@ -194,8 +194,8 @@ TEST(CalibCudaOps, GateMixForwardAndBackwardMatchCpu) {
                       d_part.get(), d_dg.get(), s.n, s.H, s.HKV, s.D, 0);
     std::vector<float> wf(count), ws(count);
     std::vector<double> wg = dg0;
-    duo::gate_mix_backward<float>(full.data(), stream.data(), gates.data(), d_o.data(), wf.data(), ws.data(),
-                                  wg.data(), s.n, s.H, s.HKV, s.D, pool());
+    duo::gate_mix_backward<float>(full.data(), stream.data(), gates.data(), d_o.data(), wf.data(), ws.data(), wg.data(),
+                                  s.n, s.H, s.HKV, s.D, pool());
     EXPECT_ALL_CLOSE(test::to_float(d_dfull.download()), wf, kBf16Step, 1e-7, "d full " + tag);
     EXPECT_ALL_CLOSE(test::to_float(d_dstream.download()), ws, kBf16Step, 1e-7, "d stream " + tag);
     const std::vector<double> got = d_dg.download();
@@ -222,8 +222,8 @@ TEST(CalibCudaOps, QkvGradPackSumsGroupsAndInvertsRope) {
     RopeStyle style;
     float theta;
   };
-  for (const Case c : {Case{70, 8, 2, 64, RopeStyle::Interleaved, 10000.0f}, Case{45, 12, 2, 128, RopeStyle::Neox, 1e6f},
-                       Case{2100, 4, 4, 64, RopeStyle::Neox, 10000.0f}}) {
+  for (const Case c : {Case{70, 8, 2, 64, RopeStyle::Interleaved, 10000.0f},
+                       Case{45, 12, 2, 128, RopeStyle::Neox, 1e6f}, Case{2100, 4, 4, 64, RopeStyle::Neox, 10000.0f}}) {
     const std::string tag = std::string(c.style == RopeStyle::Neox ? "neox" : "interleaved") + " n " +
                             std::to_string(c.n) + " H " + std::to_string(c.H) + "/" + std::to_string(c.HKV);
     const int64_t Q = (int64_t)c.H * c.D, KV = (int64_t)c.HKV * c.D, QKV = Q + 2 * KV;
@@ -280,14 +280,10 @@ struct AttnCase {
 // GQA groups of 1, 3, 4 and 6, lengths that are not multiples of a block, a single token.
 std::vector<AttnCase> attention_cases() {
   return {
-      {1, 4, 2, 64, AttentionMask::causal()},
-      {37, 4, 2, 64, AttentionMask::causal()},
-      {300, 8, 2, 64, AttentionMask::causal()},
-      {300, 8, 2, 64, AttentionMask::lambda(4, 16)},
-      {300, 9, 3, 64, AttentionMask::lambda(100, 70)},
-      {257, 12, 2, 128, AttentionMask::causal()},
-      {257, 12, 2, 128, AttentionMask::lambda(4, 40)},
-      {600, 12, 2, 128, AttentionMask::lambda(128, 256)},
+      {1, 4, 2, 64, AttentionMask::causal()},           {37, 4, 2, 64, AttentionMask::causal()},
+      {300, 8, 2, 64, AttentionMask::causal()},         {300, 8, 2, 64, AttentionMask::lambda(4, 16)},
+      {300, 9, 3, 64, AttentionMask::lambda(100, 70)},  {257, 12, 2, 128, AttentionMask::causal()},
+      {257, 12, 2, 128, AttentionMask::lambda(4, 40)},  {600, 12, 2, 128, AttentionMask::lambda(128, 256)},
       {200, 4, 4, 128, AttentionMask::lambda(0, 1)},  // only the diagonal
       {1000, 6, 1, 64, AttentionMask::lambda(64, 130)},
   };
@@ -362,8 +358,8 @@ TEST(CalibCudaAttention, BackwardMatchesCpu) {
     std::vector<float> o(d.q.size()), lse((size_t)(c.H * c.n));
     flash_attention_forward<float>(d.q.data(), d.k.data(), d.v.data(), o.data(), lse.data(), dims, c.mask, pool());
     std::vector<float> wdq(d.q.size()), wdk(d.k.size()), wdv(d.v.size());
-    flash_attention_backward<float>(d.q.data(), d.k.data(), d.v.data(), o.data(), lse.data(), d.d_o.data(),
-                                    wdq.data(), wdk.data(), wdv.data(), false, dims, c.mask, pool());
+    flash_attention_backward<float>(d.q.data(), d.k.data(), d.v.data(), o.data(), lse.data(), d.d_o.data(), wdq.data(),
+                                    wdk.data(), wdv.data(), false, dims, c.mask, pool());
     Dev<bf16> dq(test::to_bf16(d.q)), dk(test::to_bf16(d.k)), dv(test::to_bf16(d.v)), ddo(test::to_bf16(d.d_o));
     const FlashArgs a = flash_args(c, dq, dk, dv);
     std::vector<float> lse_pad((size_t)(c.H * a.lse_ld), 0.0f);

@@ -1,9 +1,10 @@
 // make_cuda_calibration (calibrate/cuda_calibration.h) over CudaGatedModel.
+#include "calibrate/cuda_calibration.h"
+
 #include <fmt/format.h>
 
 #include "backend/cuda/cuda_backend.h"
 #include "calibrate/cuda/cuda_gated_model.h"
-#include "calibrate/cuda_calibration.h"
 
 namespace duo {
 
@@ -11,8 +12,7 @@ namespace {
 
 class CudaCalibrationImpl final : public CudaCalibration {
  public:
-  CudaCalibrationImpl(const Model& model, StreamingWindow window)
-      : device_(cuda::device_info()), gm_(model, window) {}
+  CudaCalibrationImpl(const Model& model, StreamingWindow window) : device_(cuda::device_info()), gm_(model, window) {}
 
   LossBackend loss_backend(double lambda) override {
     return [this, lambda](const PasskeySample& s, const std::vector<double>& gates, std::vector<double>& grad) {

@@ -19,22 +19,22 @@ namespace duo::cuda::calib {
 struct CudaGatedModel::Bufs {
   DeviceBuffer arena;
   int32_t* tokens;
-  float* ckpt;          // (n_layers + 1) x cap x E: each layer's input, then the last output
-  float *xa, *xb;       // the full forward's residual stream (ping-pong)
-  bf16* xn;             // normalised activations (GEMM input)
-  float* qkv;           // [cap][QKV] projections
-  bf16 *q, *k, *v;      // after bias and RoPE
-  float *of, *os;       // causal / Λ attention outputs [cap][Q]
+  float* ckpt;           // (n_layers + 1) x cap x E: each layer's input, then the last output
+  float *xa, *xb;        // the full forward's residual stream (ping-pong)
+  bf16* xn;              // normalised activations (GEMM input)
+  float* qkv;            // [cap][QKV] projections
+  bf16 *q, *k, *v;       // after bias and RoPE
+  float *of, *os;        // causal / Λ attention outputs [cap][Q]
   float *lse_f, *lse_s;  // [H][lse_ld]
-  bf16* o_bf;           // mixed attention output (Wo's input)
-  float *proj, *x2;     // Wo output; residual after attention
-  float* gu;            // [cap][2F] gate and up projections
-  bf16* h;              // SwiGLU output
-  float* dx;            // gradient of the residual stream
+  bf16* o_bf;            // mixed attention output (Wo's input)
+  float *proj, *x2;      // Wo output; residual after attention
+  float* gu;             // [cap][2F] gate and up projections
+  bf16* h;               // SwiGLU output
+  float* dx;             // gradient of the residual stream
   bf16* dx_bf;
-  float* dh;            // [cap][F]
-  bf16* dgu;            // [cap][2F]
-  float *dxn, *d_o;     // [cap][E], [cap][Q]
+  float* dh;         // [cap][F]
+  bf16* dgu;         // [cap][2F]
+  float *dxn, *d_o;  // [cap][E], [cap][Q]
   bf16 *d_full, *d_stream;
   float* delta;         // [H][lse_ld]
   float *dq, *dk, *dv;  // [cap][Q]: per query head
@@ -54,21 +54,43 @@ struct Plan {
 };
 
 Plan plan_buffers(const ModelConfig& c, int64_t cap) {
-  const size_t n = (size_t)cap, E = c.n_embd, D = c.head_dim, H = c.n_heads, Q = H * D,
-               KV = (size_t)c.n_kv_heads * D, QKV = Q + 2 * KV, F = c.n_ff, L = c.n_layers;
+  const size_t n = (size_t)cap, E = c.n_embd, D = c.head_dim, H = c.n_heads, Q = H * D, KV = (size_t)c.n_kv_heads * D,
+               QKV = Q + 2 * KV, F = c.n_ff, L = c.n_layers;
   const size_t lse = H * (size_t)flash_lse_ld(cap);
   const size_t f = sizeof(float), b = sizeof(bf16);
   Plan p;
   p.sizes = {
-      n * sizeof(int32_t),                                           // tokens
-      (L + 1) * n * E * f, n * E * f, n * E * f,                     // ckpt, xa, xb
-      n * E * b, n * QKV * f,                                        // xn, qkv
-      n * Q * b, n * KV * b, n * KV * b,                             // q, k, v
-      n * Q * f, n * Q * f, lse * f, lse * f,                        // of, os, lse_f, lse_s
-      n * Q * b, n * E * f, n * E * f, n * 2 * F * f, n * F * b,     // o_bf, proj, x2, gu, h
-      n * E * f, n * E * b, n * F * f, n * 2 * F * b,                // dx, dx_bf, dh, dgu
-      n * E * f, n * Q * f, n * Q * b, n * Q * b, lse * f,           // dxn, d_o, d_full, d_stream, delta
-      n * Q * f, n * Q * f, n * Q * f, n * QKV * b,                  // dq, dk, dv, dqkv
+      n * sizeof(int32_t),  // tokens
+      (L + 1) * n * E * f,
+      n * E * f,
+      n * E * f,  // ckpt, xa, xb
+      n * E * b,
+      n * QKV * f,  // xn, qkv
+      n * Q * b,
+      n * KV * b,
+      n * KV * b,  // q, k, v
+      n * Q * f,
+      n * Q * f,
+      lse * f,
+      lse * f,  // of, os, lse_f, lse_s
+      n * Q * b,
+      n * E * f,
+      n * E * f,
+      n * 2 * F * f,
+      n * F * b,  // o_bf, proj, x2, gu, h
+      n * E * f,
+      n * E * b,
+      n * F * f,
+      n * 2 * F * b,  // dx, dx_bf, dh, dgu
+      n * E * f,
+      n * Q * f,
+      n * Q * b,
+      n * Q * b,
+      lse * f,  // dxn, d_o, d_full, d_stream, delta
+      n * Q * f,
+      n * Q * f,
+      n * Q * f,
+      n * QKV * b,                                                     // dq, dk, dv, dqkv
       (size_t)gate_partials_count(cap, c.n_kv_heads) * sizeof(double)  // partials
   };
   for (size_t s : p.sizes) p.total += align_up(s);
@@ -162,7 +184,8 @@ void CudaGatedModel::prepare(int64_t n) {
 void CudaGatedModel::op_done(const char* op) {
   if (!sync_checks_) return;
   const cudaError_t e = cudaStreamSynchronize(stream_);
-  if (e != cudaSuccess) fail("CUDA calibration: {} failed ({}, layer {}): {}", op, phase_, layer_, cudaGetErrorString(e));
+  if (e != cudaSuccess)
+    fail("CUDA calibration: {} failed ({}, layer {}): {}", op, phase_, layer_, cudaGetErrorString(e));
 }
 
 void CudaGatedModel::upload_sample(const std::vector<int32_t>& tokens, const std::vector<int64_t>& rows) {

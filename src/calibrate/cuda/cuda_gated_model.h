@@ -106,9 +106,9 @@ class CudaGatedModel {
   double* d_gates_d_ = nullptr;  // n_gates doubles: the backward's gate gradient
   ScratchBuffer rows_{"loss rows"}, h_rows_{"hidden states at the loss rows"},
       d_rows_{"gradient of the hidden states at the loss rows"};
-  int64_t n_cap_ = 0;        // tokens the buffers hold
-  int64_t n_ = 0;            // tokens of the current sample (up to its last loss row)
-  int64_t n_rows_ = 0;       // loss rows of the current sample
+  int64_t n_cap_ = 0;           // tokens the buffers hold
+  int64_t n_ = 0;               // tokens of the current sample (up to its last loss row)
+  int64_t n_rows_ = 0;          // loss rows of the current sample
   std::vector<float> gates_f_;  // the last forward_gated's gates (float, as the CPU model)
   bool gated_ready_ = false;
   bool sync_checks_ = false;

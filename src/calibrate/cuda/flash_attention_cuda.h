@@ -32,13 +32,13 @@
 namespace duo::cuda::calib {
 
 struct FlashArgs {
-  const bf16* q = nullptr;  // [n][n_heads * head_dim]
-  const bf16* k = nullptr;  // [n][n_kv_heads * head_dim]
-  const bf16* v = nullptr;  // [n][n_kv_heads * head_dim]
-  int64_t n = 0;            // positions 0 .. n-1
+  const bf16* q = nullptr;                        // [n][n_heads * head_dim]
+  const bf16* k = nullptr;                        // [n][n_kv_heads * head_dim]
+  const bf16* v = nullptr;                        // [n][n_kv_heads * head_dim]
+  int64_t n = 0;                                  // positions 0 .. n-1
   int n_heads = 0, n_kv_heads = 0, head_dim = 0;  // head_dim 64 or 128; n_kv_heads <= 64
-  AttentionMask mask;       // causal, or Λ with sink >= 0, recent >= 1
-  int64_t lse_ld = 0;       // per-head row stride of lse and delta: >= n, a multiple of 64 (flash_lse_ld)
+  AttentionMask mask;                             // causal, or Λ with sink >= 0, recent >= 1
+  int64_t lse_ld = 0;  // per-head row stride of lse and delta: >= n, a multiple of 64 (flash_lse_ld)
   // Backward only: bit j set when KV head j's output gradient may be non-zero. Query heads of a
   // clear bit are skipped (their gradients are exactly zero: written as zeros, or left as they
   // are when accumulating), e.g. the causal branch of a head whose gate is 0.

@@ -9,7 +9,7 @@
 #include "calibrate/cuda/grad_kernels.h"
 
 namespace duo::cuda::calib {
-namespace flash {
+namespace kernels {
 namespace {
 
 using namespace bwd;
@@ -17,8 +17,7 @@ using namespace bwd;
 template <class Kernel>
 void set_smem(Kernel kernel, int bytes, bool& configured, const char* op) {
   if (configured) return;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) != cudaSuccess)
-    check_launch(op);
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) != cudaSuccess) check_launch(op);
   configured = true;
 }
 
@@ -36,7 +35,7 @@ void launch_bwd(const BwdParams& p, const Mask& mask, cudaStream_t stream) {
 }
 
 }  // namespace
-}  // namespace flash
+}  // namespace kernels
 
 void flash_backward(const FlashArgs& a, const float* o, const float* lse, const bf16* d_o, const FlashGrads& g,
                     cudaStream_t stream) {
@@ -44,26 +43,28 @@ void flash_backward(const FlashArgs& a, const float* o, const float* lse, const 
   auto misaligned = [](const void* ptr) { return !ptr || (reinterpret_cast<uintptr_t>(ptr) & 15) != 0; };
   if (misaligned(o) || misaligned(lse) || misaligned(d_o) || misaligned(g.dq) || misaligned(g.dk_part) ||
       misaligned(g.dv_part) || misaligned(g.delta))
-    throw std::invalid_argument("flash_backward: o, lse, d_o and the gradients must be 16-byte aligned device pointers");
+    throw std::invalid_argument(
+        "flash_backward: o, lse, d_o and the gradients must be 16-byte aligned device pointers");
   const int64_t items = a.n * a.n_heads;
   const unsigned blocks = (unsigned)std::min<int64_t>((items + 7) / 8, 65536);
-  flash::delta_kernel<><<<blocks, 256, 0, stream>>>(d_o, o, g.delta, a.n, a.n_heads, a.head_dim, a.lse_ld);
+  kernels::delta_kernel<><<<blocks, 256, 0, stream>>>(d_o, o, g.delta, a.n, a.n_heads, a.head_dim, a.lse_ld);
   check_launch("flash_backward delta");
-  const flash::BwdParams p{a.q,      a.k,          a.v,       d_o,       lse,          g.delta,
-                           g.dq,     g.dk_part,    g.dv_part, a.n,       a.lse_ld,     a.n_heads,
-                           a.n_kv_heads, a.active_kv, g.accumulate, 1.0f / std::sqrt((float)a.head_dim)};
+  const kernels::BwdParams p{a.q,          a.k,         a.v,          d_o,
+                             lse,          g.delta,     g.dq,         g.dk_part,
+                             g.dv_part,    a.n,         a.lse_ld,     a.n_heads,
+                             a.n_kv_heads, a.active_kv, g.accumulate, 1.0f / std::sqrt((float)a.head_dim)};
   const bool causal = a.mask.kind == AttentionMask::Kind::Causal;
   const LambdaMask lambda{a.mask.sink, a.mask.recent};
   if (a.head_dim == 64) {
     if (causal)
-      flash::launch_bwd<64>(p, CausalMask{}, stream);
+      kernels::launch_bwd<64>(p, CausalMask{}, stream);
     else
-      flash::launch_bwd<64>(p, lambda, stream);
+      kernels::launch_bwd<64>(p, lambda, stream);
   } else {
     if (causal)
-      flash::launch_bwd<128>(p, CausalMask{}, stream);
+      kernels::launch_bwd<128>(p, CausalMask{}, stream);
     else
-      flash::launch_bwd<128>(p, lambda, stream);
+      kernels::launch_bwd<128>(p, lambda, stream);
   }
 }
 

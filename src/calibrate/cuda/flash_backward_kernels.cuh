@@ -15,7 +15,7 @@
 
 #include "calibrate/cuda/flash_common.cuh"
 
-namespace duo::cuda::calib::DUO_FLASH_NS {
+namespace duo::cuda::calib::DUO_CALIB_KERNELS {
 
 namespace bwd {
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
@@ -93,10 +93,10 @@ __global__ void __launch_bounds__(bwd::kThreads, 2) flash_bwd_dkdv_kernel(const 
   using namespace bwd;
   bf16* sK = dynamic_smem<bf16>();
   bf16* sV = sK + kB * D;
-  bf16* sQ = sV + kB * D;      // 2 stages
-  bf16* sO = sQ + 2 * kB * D;  // dO, 2 stages
+  bf16* sQ = sV + kB * D;                                 // 2 stages
+  bf16* sO = sQ + 2 * kB * D;                             // dO, 2 stages
   float* sL = reinterpret_cast<float*>(sO + 2 * kB * D);  // lse, 2 stages
-  float* sDl = sL + 2 * kB;                                // delta, 2 stages
+  float* sDl = sL + 2 * kB;                               // delta, 2 stages
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int h = blockIdx.x, hk = h / (p.n_heads / p.n_kv_heads);
   const int64_t n = p.n, ldq = (int64_t)p.n_heads * D, ldk = (int64_t)p.n_kv_heads * D;
@@ -173,7 +173,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 2) flash_bwd_dkdv_kernel(const 
         }
     mma_c_by_kn<D, kB>(dv, s, os, lane);   // dV += P^T dO
     mma_c_by_kn<D, kB>(dk, dp, qs, lane);  // dK += dS^T Q
-    __syncthreads();  // this stage is refilled by the next iteration's prefetch
+    __syncthreads();                       // this stage is refilled by the next iteration's prefetch
     i0 = in;
     st ^= 1;
   }
@@ -266,4 +266,4 @@ __global__ void __launch_bounds__(bwd::kThreads, 2) flash_bwd_dq_kernel(const Bw
   store_rows<D>(p.dq, ldq, h, q0 + r0, n, dq, p.scale, p.accumulate, lane);
 }
 
-}  // namespace duo::cuda::calib::DUO_FLASH_NS
+}  // namespace duo::cuda::calib::DUO_CALIB_KERNELS

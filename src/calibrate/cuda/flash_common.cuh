@@ -19,48 +19,21 @@
 //   frag_b_kn   B pair for n8 tiles (2 nc, 2 nc + 1) x k rows [k0, k0 + 16) of a tile stored [k][n]
 //               (V in O = P V; K in dQ = dS K; dO in dV = P^T dO; Q in dK = dS^T Q)
 //
-// CPU emulation: with DUO_CUDA_EMULATION defined, the kernels (flash_forward_kernel.cuh,
-// flash_backward_kernels.cuh) compile as host code against tests/calibrate/cuda_emulation.h,
-// which provides these device primitives (ldmatrix, mma.sync, cp.async, shuffles, shared
-// memory) with their PTX-documented semantics and runs a CTA's threads as fibers. The kernels
-// then live in namespace flash_emulated, so they never collide with the real ones.
+// Built for the GPU and for the CPU emulation test alike (device_env.cuh).
 #pragma once
 #include <cuda_bf16.h>
 
 #include <cstdint>
 
+#include "calibrate/cuda/device_env.cuh"
 #include "calibrate/cuda/flash_attention_cuda.h"
-
-#ifdef DUO_CUDA_EMULATION
-#define DUO_FLASH_NS flash_emulated
-#else
-#include "backend/cuda/common.cuh"
-#include "backend/cuda/reduce.cuh"
-#define DUO_FLASH_NS flash
-#endif
 
 namespace duo::cuda::calib {
 // Checks the arguments of flash_forward / flash_backward (throws std::invalid_argument naming op).
 void validate_flash_args(const FlashArgs& a, const char* op);
 }  // namespace duo::cuda::calib
 
-namespace duo::cuda::calib::DUO_FLASH_NS {
-
-#ifdef DUO_CUDA_EMULATION
-namespace dt = duo::cuda::emu;
-template <class T>
-inline T* dynamic_smem() {
-  return reinterpret_cast<T*>(dt::shared_memory());
-}
-#else
-namespace dt = duo::cuda::detail;
-// The kernel's dynamic shared memory (sized at launch).
-template <class T>
-__device__ __forceinline__ T* dynamic_smem() {
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  return reinterpret_cast<T*>(smem_raw);
-}
-#endif
+namespace duo::cuda::calib::DUO_CALIB_KERNELS {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -72,8 +45,8 @@ __device__ __forceinline__ int swz(int row, int chunk) { return ((chunk ^ (row &
 // clamped to row n - 1, which exists: n >= 1).
 template <int D, int R, int kThreads>
 __device__ __forceinline__ void load_tile(bf16* tile, const bf16* base, int64_t ld, int64_t r0, int64_t n, int tid) {
-  constexpr int CPR = D / 8;            // 16-byte chunks a row
-  constexpr int RPP = kThreads / CPR;   // rows a pass
+  constexpr int CPR = D / 8;           // 16-byte chunks a row
+  constexpr int RPP = kThreads / CPR;  // rows a pass
   static_assert(kThreads % CPR == 0 && R % RPP == 0, "tile load shape");
   const int cc = tid % CPR, rr = tid / CPR;
 #pragma unroll
@@ -154,4 +127,4 @@ __device__ __forceinline__ void zero(float (&acc)[N][4]) {
   for (int i = 0; i < N; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
 }
 
-}  // namespace duo::cuda::calib::DUO_FLASH_NS
+}  // namespace duo::cuda::calib::DUO_CALIB_KERNELS

@@ -12,7 +12,7 @@ namespace duo::cuda::calib {
 
 int64_t flash_lse_ld(int64_t n) { return (n + 63) / 64 * 64; }
 
-namespace flash {
+namespace kernels {
 namespace {
 
 using namespace fwd;
@@ -33,7 +33,7 @@ void launch_fwd(const FwdParams& p, const Mask& mask, cudaStream_t stream) {
 }
 
 }  // namespace
-}  // namespace flash
+}  // namespace kernels
 
 void validate_flash_args(const FlashArgs& a, const char* op) {
   auto bad = [&](const char* why) { throw std::invalid_argument(std::string(op) + ": " + why); };
@@ -52,19 +52,19 @@ void validate_flash_args(const FlashArgs& a, const char* op) {
 
 void flash_forward(const FlashArgs& a, float* o, float* lse, cudaStream_t stream) {
   validate_flash_args(a, "flash_forward");
-  const flash::FwdParams p{a.q, a.k, a.v, o, lse, a.n, a.lse_ld, a.n_heads, a.n_kv_heads};
+  const kernels::FwdParams p{a.q, a.k, a.v, o, lse, a.n, a.lse_ld, a.n_heads, a.n_kv_heads};
   const bool causal = a.mask.kind == AttentionMask::Kind::Causal;
   const LambdaMask lambda{a.mask.sink, a.mask.recent};
   if (a.head_dim == 64) {
     if (causal)
-      flash::launch_fwd<64>(p, CausalMask{}, stream);
+      kernels::launch_fwd<64>(p, CausalMask{}, stream);
     else
-      flash::launch_fwd<64>(p, lambda, stream);
+      kernels::launch_fwd<64>(p, lambda, stream);
   } else {
     if (causal)
-      flash::launch_fwd<128>(p, CausalMask{}, stream);
+      kernels::launch_fwd<128>(p, CausalMask{}, stream);
     else
-      flash::launch_fwd<128>(p, lambda, stream);
+      kernels::launch_fwd<128>(p, lambda, stream);
   }
 }
 

@@ -11,7 +11,7 @@
 
 #include "calibrate/cuda/flash_common.cuh"
 
-namespace duo::cuda::calib::DUO_FLASH_NS {
+namespace duo::cuda::calib::DUO_CALIB_KERNELS {
 
 namespace fwd {
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
@@ -187,4 +187,4 @@ __global__ void __launch_bounds__(fwd::kThreads, 2) flash_fwd_kernel(const FwdPa
     }
 }
 
-}  // namespace duo::cuda::calib::DUO_FLASH_NS
+}  // namespace duo::cuda::calib::DUO_CALIB_KERNELS

@@ -68,11 +68,11 @@ void gate_mix_backward(const float* full, const float* streaming, const float* g
 // angle = t * inv_freq[i]; pairs (2i, 2i+1) when !neox, (i, i + D/2) when neox). The bias has no
 // input gradient. CPU twins: rope_apply(..., inverse = true) and the sums.
 struct QkvGradArgs {
-  const float* dq = nullptr;       // [n][n_heads * head_dim]
-  const float* dk_part = nullptr;  // [n][n_heads * head_dim]
-  const float* dv_part = nullptr;  // [n][n_heads * head_dim]
+  const float* dq = nullptr;        // [n][n_heads * head_dim]
+  const float* dk_part = nullptr;   // [n][n_heads * head_dim]
+  const float* dv_part = nullptr;   // [n][n_heads * head_dim]
   const float* inv_freq = nullptr;  // [head_dim / 2]
-  bf16* dqkv = nullptr;            // [n][(n_heads + 2 n_kv_heads) * head_dim]
+  bf16* dqkv = nullptr;             // [n][(n_heads + 2 n_kv_heads) * head_dim]
   int64_t n = 0;
   int n_heads = 0, n_kv_heads = 0, head_dim = 0;
   bool neox = false;

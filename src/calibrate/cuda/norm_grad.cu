@@ -1,11 +1,10 @@
-// RMSNorm backward (with the residual's accumulate) and the final norm at the loss rows in fp32.
-// One CTA a row, fp32 throughout; the two row sums of the backward are block reductions
-// (backend/cuda/reduce.cuh).
+// RMSNorm backward (with the residual's accumulate) and the final norm at the loss rows in fp32:
+// the launchers of norm_grad_kernels.cuh (one CTA a row; block reductions for the row sums).
 #include <stdexcept>
 #include <string>
 
-#include "backend/cuda/reduce.cuh"
 #include "calibrate/cuda/grad_kernels.h"
+#include "calibrate/cuda/norm_grad_kernels.cuh"
 
 namespace duo::cuda::calib {
 
@@ -19,42 +18,8 @@ void check_launch(const char* op) {
 
 namespace {
 
-constexpr int kThreads = 256;
-
-__global__ void __launch_bounds__(kThreads) rmsnorm_backward_kernel(const float* x, const float* w, const float* dy,
-                                                                    float* dx, int dim, float eps, bool accumulate,
-                                                                    const int32_t* rows) {
-  const int64_t r = blockIdx.x;
-  const int64_t row = (rows ? (int64_t)rows[r] : r) * dim;
-  const float* xr = x + row;
-  const float* gr = dy + r * dim;
-  float* dr = dx + row;
-  float ss = 0.0f, gx = 0.0f;
-  for (int i = threadIdx.x; i < dim; i += kThreads) {
-    const float v = xr[i];
-    ss += v * v;
-    gx += gr[i] * w[i] * v;
-  }
-  ss = detail::block_sum(ss);
-  gx = detail::block_sum(gx);
-  const float rr = 1.0f / sqrtf(ss / (float)dim + eps);
-  const float c = rr * rr * rr * gx / (float)dim;
-  for (int i = threadIdx.x; i < dim; i += kThreads) {
-    const float v = rr * gr[i] * w[i] - c * xr[i];
-    dr[i] = accumulate ? dr[i] + v : v;
-  }
-}
-
-__global__ void __launch_bounds__(kThreads) rmsnorm_rows_kernel(const float* x, const int32_t* rows, const float* w,
-                                                                float* out, int dim, float eps) {
-  const int64_t r = blockIdx.x;
-  const float* xr = x + (int64_t)rows[r] * dim;
-  float ss = 0.0f;
-  for (int i = threadIdx.x; i < dim; i += kThreads) ss += xr[i] * xr[i];
-  ss = detail::block_sum(ss);
-  const float rr = 1.0f / sqrtf(ss / (float)dim + eps);
-  for (int i = threadIdx.x; i < dim; i += kThreads) out[r * dim + i] = xr[i] * rr * w[i];
-}
+using namespace kernels;
+using norm::kThreads;
 
 }  // namespace
 
