@@ -1,6 +1,6 @@
 // A CPU emulation of the few CUDA device features the calibration's attention kernels use, so
 // their index and fragment logic runs (and is tested) without a GPU: a CTA's threads run as
-// fibers (ucontext) on one OS thread, switching only at barriers and warp-collective operations;
+// fibers on one OS thread, switching only at barriers and warp-collective operations;
 // ldmatrix (.x4, .trans), mma.sync.m16n8k16 (bf16 -> fp32), __shfl_xor_sync and cp.async behave
 // as the PTX ISA documents them; shared memory is one buffer, filled with NaN bit patterns before
 // every CTA so a read of something never written shows. A barrier that some thread never reaches
@@ -75,8 +75,64 @@ struct Warp {
   Slot slot[32];
 };
 
+// Switching between fibers: on x86-64 a minimal switch of the callee-saved registers and the
+// stack pointer (glibc's swapcontext also saves the signal mask: a system call per switch, which
+// made the emulation six times slower); elsewhere ucontext.
+#if defined(__x86_64__)
+extern "C" void duo_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .weak duo_emu_switch
+  .type duo_emu_switch, @function
+duo_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size duo_emu_switch, .-duo_emu_switch
+  .section .note.GNU-stack,"",@progbits
+  .text
+)");
+struct Context {
+  void* sp = nullptr;
+  // A fresh stack whose first switch "returns" into entry with the stack aligned as at a call.
+  void start(char* stack, size_t bytes, void (*entry)()) {
+    uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(15);
+    void** p = reinterpret_cast<void**>(top);
+    *--p = nullptr;                              // entry's (unused) return address: rsp % 16 == 8 at entry
+    *--p = reinterpret_cast<void*>(entry);       // popped by ret
+    for (int i = 0; i < 6; ++i) *--p = nullptr;  // rbp, rbx, r12-r15
+    sp = p;
+  }
+};
+inline void switch_to(Context& from, Context& to) { duo_emu_switch(&from.sp, to.sp); }
+#else
+struct Context {
+  ucontext_t uc;
+  void start(char* stack, size_t bytes, void (*entry)()) {
+    getcontext(&uc);
+    uc.uc_stack.ss_sp = stack;
+    uc.uc_stack.ss_size = bytes;
+    uc.uc_link = nullptr;
+    makecontext(&uc, entry, 0);
+  }
+};
+inline void switch_to(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
 struct Fiber {
-  ucontext_t ctx;
+  Context ctx;
   std::unique_ptr<char[]> stack;
   uint3 tid;
   bool done = false;
@@ -86,7 +142,7 @@ struct Runtime {
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
   int cur = -1;
-  ucontext_t sched;
+  Context sched;
   uint3 block_idx{0, 0, 0}, grid_dim{1, 1, 1}, block_dim{1, 1, 1};
   uint64_t cta_gen = 0;
   int cta_arrived = 0;
@@ -101,7 +157,7 @@ inline Runtime& rt() {
   return r;
 }
 inline Fiber& me() { return rt().fibers[(size_t)rt().cur]; }
-inline void yield() { swapcontext(&me().ctx, &rt().sched); }
+inline void yield() { switch_to(me().ctx, rt().sched); }
 inline int lane_id() { return (int)(me().tid.x % 32); }
 inline Warp& my_warp() { return rt().warps[me().tid.x / 32]; }
 
@@ -274,14 +330,16 @@ inline void fiber_entry() {
   rt().body();
   me().done = true;
   ++rt().progress;
-  swapcontext(&me().ctx, &rt().sched);  // never resumed
+  switch_to(me().ctx, rt().sched);  // never resumed
 }
 
 // Runs `body` for every CTA of the grid (blockIdx.y outer, x inner), block.x threads each.
-inline void launch(uint3 grid, int threads, size_t smem_bytes, std::function<void()> body) {
+inline void launch(dim3 grid, dim3 block, size_t smem_bytes, std::function<void()> body) {
   constexpr size_t kStack = 256 * 1024;
   Runtime& r = rt();
-  if (threads % 32 != 0) throw std::invalid_argument("emulation: threads must be a multiple of 32");
+  const int threads = (int)block.x;
+  if (threads % 32 != 0 || block.y != 1 || block.z != 1 || grid.z != 1)
+    throw std::invalid_argument("emulation: 1-D blocks of a multiple of 32 threads, 2-D grids");
   r.grid_dim = grid;
   r.block_dim = uint3{(unsigned)threads, 1, 1};
   r.body = std::move(body);
@@ -300,11 +358,7 @@ inline void launch(uint3 grid, int threads, size_t smem_bytes, std::function<voi
         Fiber& f = r.fibers[(size_t)t];
         f.tid = uint3{(unsigned)t, 0, 0};
         f.done = false;
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = f.stack.get();
-        f.ctx.uc_stack.ss_size = kStack;
-        f.ctx.uc_link = nullptr;
-        makecontext(&f.ctx, fiber_entry, 0);
+        f.ctx.start(f.stack.get(), kStack, fiber_entry);
       }
       for (;;) {
         bool all_done = true;
@@ -313,7 +367,7 @@ inline void launch(uint3 grid, int threads, size_t smem_bytes, std::function<voi
           if (r.fibers[(size_t)t].done) continue;
           all_done = false;
           r.cur = t;
-          swapcontext(&r.sched, &r.fibers[(size_t)t].ctx);
+          switch_to(r.sched, r.fibers[(size_t)t].ctx);
         }
         r.cur = -1;
         if (all_done) break;

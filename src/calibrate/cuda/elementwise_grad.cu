@@ -8,25 +8,25 @@
 namespace duo::cuda::calib {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kEltThreads = 256;
 
-unsigned grid_for(int64_t count) {
-  return (unsigned)std::max<int64_t>(1, std::min<int64_t>((count + kThreads - 1) / kThreads, 1 << 16));
+unsigned elt_grid(int64_t count) {
+  return (unsigned)std::max<int64_t>(1, std::min<int64_t>((count + kEltThreads - 1) / kEltThreads, 1 << 16));
 }
 
-using namespace kernels;
+using namespace DUO_CALIB_KERNELS;
 
 }  // namespace
 
 void swiglu_backward(const float* gu, const float* dh, bf16* dgu, int64_t n, int F, cudaStream_t stream) {
   if (n <= 0 || F <= 0) return;
-  swiglu_backward_kernel<<<grid_for(n * F), kThreads, 0, stream>>>(gu, dh, dgu, n, F);
+  DUO_LAUNCH(swiglu_backward_kernel, elt_grid(n * F), kEltThreads, 0, stream, gu, dh, dgu, n, F);
   check_launch("swiglu_backward");
 }
 
 void to_bf16(const float* x, bf16* y, int64_t count, cudaStream_t stream) {
   if (count <= 0) return;
-  to_bf16_kernel<<<grid_for(count), kThreads, 0, stream>>>(x, y, count);
+  DUO_LAUNCH(to_bf16_kernel, elt_grid(count), kEltThreads, 0, stream, x, y, count);
   check_launch("to_bf16");
 }
 

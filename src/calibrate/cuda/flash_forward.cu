@@ -12,28 +12,27 @@ namespace duo::cuda::calib {
 
 int64_t flash_lse_ld(int64_t n) { return (n + 63) / 64 * 64; }
 
-namespace kernels {
+namespace DUO_CALIB_KERNELS {
 namespace {
-
-using namespace fwd;
 
 template <int D, class Mask>
 void launch_fwd(const FwdParams& p, const Mask& mask, cudaStream_t stream) {
   constexpr int smem = fwd_smem_bytes<D>();
+  const auto kernel = flash_fwd_kernel<D, Mask>;
   static bool configured = false;  // attribute set once a process per instantiation
   if (!configured) {
-    if (cudaFuncSetAttribute(flash_fwd_kernel<D, Mask>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
-        cudaSuccess)
+    if (cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             smem) != cudaSuccess)
       check_launch("flash_forward (shared memory attribute)");
     configured = true;
   }
-  const dim3 grid((unsigned)p.n_heads, (unsigned)((p.n + kBM - 1) / kBM));
-  flash_fwd_kernel<D, Mask><<<grid, kThreads, smem, stream>>>(p, mask);
+  const dim3 grid((unsigned)p.n_heads, (unsigned)((p.n + fwd::kBM - 1) / fwd::kBM));
+  DUO_LAUNCH(kernel, grid, fwd::kThreads, smem, stream, p, mask);
   check_launch(D == 64 ? "flash_forward (head_dim 64)" : "flash_forward (head_dim 128)");
 }
 
 }  // namespace
-}  // namespace kernels
+}  // namespace DUO_CALIB_KERNELS
 
 void validate_flash_args(const FlashArgs& a, const char* op) {
   auto bad = [&](const char* why) { throw std::invalid_argument(std::string(op) + ": " + why); };
@@ -52,19 +51,19 @@ void validate_flash_args(const FlashArgs& a, const char* op) {
 
 void flash_forward(const FlashArgs& a, float* o, float* lse, cudaStream_t stream) {
   validate_flash_args(a, "flash_forward");
-  const kernels::FwdParams p{a.q, a.k, a.v, o, lse, a.n, a.lse_ld, a.n_heads, a.n_kv_heads};
+  const DUO_CALIB_KERNELS::FwdParams p{a.q, a.k, a.v, o, lse, a.n, a.lse_ld, a.n_heads, a.n_kv_heads};
   const bool causal = a.mask.kind == AttentionMask::Kind::Causal;
   const LambdaMask lambda{a.mask.sink, a.mask.recent};
   if (a.head_dim == 64) {
     if (causal)
-      kernels::launch_fwd<64>(p, CausalMask{}, stream);
+      DUO_CALIB_KERNELS::launch_fwd<64>(p, CausalMask{}, stream);
     else
-      kernels::launch_fwd<64>(p, lambda, stream);
+      DUO_CALIB_KERNELS::launch_fwd<64>(p, lambda, stream);
   } else {
     if (causal)
-      kernels::launch_fwd<128>(p, CausalMask{}, stream);
+      DUO_CALIB_KERNELS::launch_fwd<128>(p, CausalMask{}, stream);
     else
-      kernels::launch_fwd<128>(p, lambda, stream);
+      DUO_CALIB_KERNELS::launch_fwd<128>(p, lambda, stream);
   }
 }
 

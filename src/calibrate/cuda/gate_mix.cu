@@ -12,26 +12,25 @@
 namespace duo::cuda::calib {
 namespace {
 
-using namespace kernels;
-using namespace kernels::mix;
+using namespace DUO_CALIB_KERNELS;
 
 void check_heads(int n_heads, int n_kv_heads, int head_dim, const char* op) {
-  if (n_kv_heads <= 0 || n_kv_heads > kMaxKvHeads || n_heads % n_kv_heads != 0 || head_dim <= 0)
+  if (n_kv_heads <= 0 || n_kv_heads > mix::kMaxKvHeads || n_heads % n_kv_heads != 0 || head_dim <= 0)
     throw std::invalid_argument(std::string(op) + ": needs 1..64 KV heads dividing the query heads");
 }
 
 }  // namespace
 
-int64_t gate_partials_count(int64_t n, int n_kv_heads) { return (n + kChunkRows - 1) / kChunkRows * n_kv_heads; }
+int64_t gate_partials_count(int64_t n, int n_kv_heads) { return (n + mix::kChunkRows - 1) / mix::kChunkRows * n_kv_heads; }
 
 void gate_mix_forward(const float* full, const float* streaming, const float* gates, bf16* o, int64_t n, int n_heads,
                       int n_kv_heads, int head_dim, cudaStream_t stream) {
   if (n <= 0) return;
   check_heads(n_heads, n_kv_heads, head_dim, "gate_mix_forward");
   const int64_t width = (int64_t)n_heads * head_dim, count = n * width;
-  const unsigned grid = (unsigned)std::max<int64_t>(1, std::min<int64_t>((count + kThreads - 1) / kThreads, 1 << 16));
-  gate_mix_forward_kernel<<<grid, kThreads, 0, stream>>>(full, streaming, gates, o, count, width, head_dim,
-                                                         n_heads / n_kv_heads);
+  const unsigned grid = (unsigned)std::max<int64_t>(1, std::min<int64_t>((count + mix::kThreads - 1) / mix::kThreads, 1 << 16));
+  DUO_LAUNCH(gate_mix_forward_kernel, grid, mix::kThreads, 0, stream, full, streaming, gates, o, count, width, head_dim,
+             n_heads / n_kv_heads);
   check_launch("gate_mix_forward");
 }
 
@@ -40,12 +39,12 @@ void gate_mix_backward(const float* full, const float* streaming, const float* g
                        int head_dim, cudaStream_t stream) {
   if (n <= 0) return;
   check_heads(n_heads, n_kv_heads, head_dim, "gate_mix_backward");
-  const int64_t chunks = (n + kChunkRows - 1) / kChunkRows;
+  const int64_t chunks = (n + mix::kChunkRows - 1) / mix::kChunkRows;
   if (chunks > 0x7fffffff) throw std::invalid_argument("gate_mix_backward: too many rows");
-  gate_mix_backward_kernel<<<(unsigned)chunks, kThreads, 0, stream>>>(full, streaming, gates, d_o, d_full, d_stream,
-                                                                      partials, n, n_heads, n_kv_heads, head_dim);
+  DUO_LAUNCH(gate_mix_backward_kernel, (unsigned)chunks, mix::kThreads, 0, stream, full, streaming, gates, d_o, d_full,
+             d_stream, partials, n, n_heads, n_kv_heads, head_dim);
   check_launch("gate_mix_backward");
-  gate_reduce_kernel<<<1, kMaxKvHeads, 0, stream>>>(partials, chunks, n_kv_heads, d_gates);
+  DUO_LAUNCH(gate_reduce_kernel, 1, mix::kMaxKvHeads, 0, stream, partials, chunks, n_kv_heads, d_gates);
   check_launch("gate_mix_backward (gate reduction)");
 }
 

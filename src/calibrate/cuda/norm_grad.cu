@@ -16,18 +16,13 @@ void check_launch(const char* op) {
                              "DUO_CALIB_SYNC=1 to check after every op)");
 }
 
-namespace {
-
-using namespace kernels;
-using norm::kThreads;
-
-}  // namespace
+using namespace DUO_CALIB_KERNELS;
 
 void rmsnorm_backward(const float* x, const float* w, const float* dy, float* dx, int64_t n, int dim, float eps,
                       bool accumulate, const int32_t* rows, cudaStream_t stream) {
   if (n <= 0) return;
   if (dim <= 0 || n > 0x7fffffff) throw std::invalid_argument("rmsnorm_backward: bad shape");
-  rmsnorm_backward_kernel<<<(unsigned)n, kThreads, 0, stream>>>(x, w, dy, dx, dim, eps, accumulate, rows);
+  DUO_LAUNCH(rmsnorm_backward_kernel, (unsigned)n, norm::kThreads, 0, stream, x, w, dy, dx, dim, eps, accumulate, rows);
   check_launch("rmsnorm_backward");
 }
 
@@ -35,7 +30,7 @@ void rmsnorm_rows_f32(const float* x, const int32_t* rows, const float* w, float
                       cudaStream_t stream) {
   if (n <= 0) return;
   if (dim <= 0 || n > 0x7fffffff) throw std::invalid_argument("rmsnorm_rows_f32: bad shape");
-  rmsnorm_rows_kernel<<<(unsigned)n, kThreads, 0, stream>>>(x, rows, w, out, dim, eps);
+  DUO_LAUNCH(rmsnorm_rows_kernel, (unsigned)n, norm::kThreads, 0, stream, x, rows, w, out, dim, eps);
   check_launch("rmsnorm_rows_f32");
 }
 

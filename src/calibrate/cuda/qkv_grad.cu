@@ -8,18 +8,13 @@
 #include "calibrate/cuda/qkv_grad_kernels.cuh"
 
 namespace duo::cuda::calib {
-namespace {
-
-using namespace kernels;
-using qkv::kThreads;
-
-}  // namespace
+using namespace DUO_CALIB_KERNELS;
 
 void qkv_grad_pack(const QkvGradArgs& a, cudaStream_t stream) {
   if (a.n <= 0) return;
   if (a.head_dim <= 0 || a.head_dim % 2 != 0 || a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads != 0 || a.n > 0x7fffffff)
     throw std::invalid_argument("qkv_grad_pack: bad head shape");
-  qkv_grad_kernel<<<(unsigned)a.n, kThreads, 0, stream>>>(a);
+  DUO_LAUNCH(qkv_grad_kernel, (unsigned)a.n, qkv::kThreads, 0, stream, a);
   check_launch("qkv_grad_pack");
 }
 
