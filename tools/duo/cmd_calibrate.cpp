@@ -1,13 +1,18 @@
 // `duo calibrate`: DuoAttention retrieval-head identification. Optimizes one gate per KV head
-// on synthetic passkey data (frozen model, CPU gated forward/backward) and writes the gate
-// matrix TSV that `--attention duo --pattern` loads.
+// on synthetic passkey data (frozen model, gated forward/backward on the CPU or, with
+// --device cuda, on one GPU) and writes the gate matrix TSV that `--attention duo --pattern` loads.
+// --time-lengths measures the loss backend's cost per step at given lengths instead (no run).
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <random>
 
 #include "calibrate/calibrator.h"
+#include "calibrate/cuda_calibration.h"
 #include "calibrate/gated_model.h"
 #include "commands.h"
 #include "core/error.h"
@@ -23,6 +28,8 @@ namespace {
 
 struct CalibrateOptions {
   std::string model, out, checkpoint, log;
+  std::string device = "cpu";
+  std::string time_lengths;  // comma-separated lengths: measure instead of calibrating
   int threads = 0;
   bool resume = false, plain = false;
   int64_t checkpoint_every = 10;
@@ -40,12 +47,131 @@ void write_log(const std::vector<StepReport>& hist, const std::string& path) {
                      r.loss.reg, r.sparsity, r.lr, r.tokens, r.answer_tokens, r.seconds);
 }
 
-void print_step(const StepReport& r) {
+std::string hms(double seconds) {
+  const int64_t s = (int64_t)(seconds + 0.5);
+  return s >= 3600 ? fmt::format("{}h{:02}m{:02}s", s / 3600, s / 60 % 60, s % 60)
+                   : fmt::format("{}m{:02}s", s / 60, s % 60);
+}
+
+// eta: seconds left at this run's mean time per step so far.
+void print_step(const StepReport& r, double eta, const std::string& extra) {
   fmt::print(stderr,
              "step {:>5}/{} | len {:>6} ({} answer) | loss {:.5f} = distill {:.5f} + reg {:.4f} | sparsity@0.5 {:.3f} "
-             "| lr {:.2e} | {:.0f} tok/s | {:.2f} s\n",
+             "| lr {:.2e} | {:.0f} tok/s | {:.2f} s{} | ETA {}\n",
              r.step, r.steps, r.tokens, r.answer_tokens, r.loss.total, r.loss.distill, r.loss.reg, r.sparsity, r.lr,
-             r.seconds > 0 ? r.tokens / r.seconds : 0.0, r.seconds);
+             r.seconds > 0 ? r.tokens / r.seconds : 0.0, r.seconds, extra, hms(eta));
+}
+
+// Lengths of the data generator's grid (what samples are drawn from), for cost estimates.
+std::vector<int64_t> length_grid(const PasskeyDataConfig& d) {
+  std::vector<int64_t> g;
+  const int k = std::max(1, d.length_intervals);
+  for (int i = 0; i < k; ++i)
+    g.push_back(k == 1 ? d.max_len : d.min_len + (int64_t)((double)(d.max_len - d.min_len) * i / (k - 1)));
+  return g;
+}
+
+// --time-lengths: one warm-up and one timed loss evaluation at each length (random tokens, the
+// last 320 positions as loss rows, every gate 0.5 so both attention branches run), then the mean
+// time per step over the sampling grid from a fit t(L) = a + b L + c L^2.
+void time_lengths(const std::string& list, const LossBackend& loss, CudaCalibration* cuda, int n_gates, int vocab,
+                  const PasskeyDataConfig& data, int64_t steps) {
+  std::vector<int64_t> lengths;
+  for (size_t at = 0; at < list.size();) {
+    const size_t comma = std::min(list.find(',', at), list.size());
+    const std::string item = list.substr(at, comma - at);
+    try {
+      lengths.push_back(std::stoll(item));
+    } catch (const std::exception&) {
+      fail("--time-lengths: '{}' is not a length", item);
+    }
+    DUO_CHECK(lengths.back() >= 2, "--time-lengths: length {} is too short", lengths.back());
+    at = comma + 1;
+  }
+  DUO_CHECK(!lengths.empty(), "--time-lengths needs at least one length");
+  std::mt19937_64 rng(7);
+  const std::vector<double> gates((size_t)n_gates, 0.5);
+  std::vector<double> grad;
+  std::vector<double> xs, ts;
+  fmt::print("{:>8} {:>10} {:>12} {:>12} {:>12}\n", "length", "step ms", "full fwd ms", "gated fwd ms", "backward ms");
+  for (int64_t L : lengths) {
+    PasskeySample s;
+    for (int64_t i = 0; i < L; ++i) s.tokens.push_back((int32_t)uniform_below(rng, (uint64_t)vocab));
+    for (int64_t i = std::max<int64_t>(0, L - 320); i < L; ++i) s.answer_rows.push_back(i);
+    double ms = 0, f = 0, g = 0, b = 0;
+    for (int rep = 0; rep < 2; ++rep) {
+      const auto t0 = std::chrono::steady_clock::now();
+      loss(s, gates, grad);
+      ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    }
+    if (cuda) {
+      cuda->last_times(f, g, b, ms);
+      fmt::print("{:>8} {:>10.1f} {:>12.1f} {:>12.1f} {:>12.1f}\n", L, ms, f, g, b);
+    } else {
+      fmt::print("{:>8} {:>10.1f} {:>12} {:>12} {:>12}\n", L, ms, "-", "-", "-");
+    }
+    xs.push_back((double)L), ts.push_back(ms);
+  }
+  // Least squares fit of t = a + b L + c L^2 with a, b, c >= 0 (launch overhead, linear layers,
+  // attention): the best of the fits over every subset of the three terms whose coefficients are
+  // all non-negative, so that a few points do not extrapolate into negative times.
+  double coef[3] = {0, 0, 0}, best = INFINITY;
+  auto basis = [](double L, int k) { return k == 0 ? 1.0 : k == 1 ? L / 1e4 : L * L / 1e8; };
+  for (int mask = 1; mask < 8; ++mask) {
+    int idx[3], m = 0;
+    for (int k = 0; k < 3; ++k)
+      if (mask >> k & 1) idx[m++] = k;
+    if (m > (int)xs.size()) continue;
+    double A[3][4] = {};
+    for (size_t i = 0; i < xs.size(); ++i)
+      for (int r = 0; r < m; ++r) {
+        for (int c = 0; c < m; ++c) A[r][c] += basis(xs[i], idx[r]) * basis(xs[i], idx[c]);
+        A[r][m] += basis(xs[i], idx[r]) * ts[i];
+      }
+    bool ok = true;
+    for (int c = 0; c < m && ok; ++c) {  // Gauss-Jordan on the normal equations
+      int piv = c;
+      for (int r = c + 1; r < m; ++r)
+        if (std::fabs(A[r][c]) > std::fabs(A[piv][c])) piv = r;
+      for (int k = 0; k <= m; ++k) std::swap(A[c][k], A[piv][k]);
+      if (std::fabs(A[c][c]) < 1e-12) ok = false;
+      for (int r = 0; r < m && ok; ++r) {
+        if (r == c) continue;
+        const double fct = A[r][c] / A[c][c];
+        for (int k = 0; k <= m; ++k) A[r][k] -= fct * A[c][k];
+      }
+    }
+    if (!ok) continue;
+    double cf[3] = {0, 0, 0};
+    for (int r = 0; r < m; ++r) cf[idx[r]] = A[r][m] / A[r][r];
+    if (cf[0] < 0 || cf[1] < 0 || cf[2] < 0) continue;
+    double err = 0;
+    for (size_t i = 0; i < xs.size(); ++i) {
+      const double e = cf[0] + cf[1] * basis(xs[i], 1) + cf[2] * basis(xs[i], 2) - ts[i];
+      err += e * e;
+    }
+    if (err < best) best = err, coef[0] = cf[0], coef[1] = cf[1], coef[2] = cf[2];
+  }
+  auto mean_ms = [&](int64_t max_len) {  // over the generator's grid from min_len to max_len
+    PasskeyDataConfig d = data;
+    d.max_len = max_len;
+    double mean = 0;
+    const std::vector<int64_t> grid = length_grid(d);
+    for (int64_t L : grid) mean += coef[0] + coef[1] * basis((double)L, 1) + coef[2] * basis((double)L, 2);
+    return mean / (double)grid.size();
+  };
+  const double lo = *std::min_element(xs.begin(), xs.end()), hi = *std::max_element(xs.begin(), xs.end());
+  fmt::print("fit: step ms = {:.1f} + {:.2f} (L/1e4) + {:.2f} (L/1e4)^2\n", coef[0], coef[1], coef[2]);
+  // The configured range, then the usual ones up to the configured maximum.
+  std::vector<int64_t> maxima = {data.max_len};
+  for (int64_t m : {4096, 8192, 16384, 32000})
+    if (m < data.max_len && m > data.min_len) maxima.push_back(m);
+  for (int64_t m : maxima) {
+    const double ms = mean_ms(m);
+    fmt::print("lengths {}..{} ({} values): mean {:.0f} ms a step, {} steps ~ {}{}\n", data.min_len, m,
+               data.length_intervals, ms, steps, hms(ms * (double)steps / 1000.0),
+               (double)data.min_len < lo || (double)m > hi ? " (extrapolated beyond the measured lengths)" : "");
+  }
 }
 
 void run_calibrate(CalibrateOptions& o) {
@@ -56,6 +182,7 @@ void run_calibrate(CalibrateOptions& o) {
     fail("model file not found: {}", path);
   }
   DUO_CHECK(!o.resume || !o.checkpoint.empty(), "--resume needs --checkpoint FILE");
+  DUO_CHECK(!o.out.empty() || !o.time_lengths.empty(), "--out FILE is required (the gate matrix TSV to write)");
   auto model = Model::load(path);
   const ModelConfig& mc = model->config();
   auto tok = Tokenizer::from_gguf(model->gguf());
@@ -66,9 +193,33 @@ void run_calibrate(CalibrateOptions& o) {
   PasskeyGenerator data(*tok, o.plain ? nullptr : &tmpl, o.data);
   o.data = data.config();  // min_len resolved
 
+  const bool on_gpu = o.device == "cuda";
   ThreadPool pool(o.threads);
-  FrozenWeights<float> weights(*model, (size_t)o.weights_budget_mib << 20, pool);
-  GatedModel<float> gm(weights, o.cal.window, pool);
+  // The CPU gated model, or the CUDA one (only the backend that runs is built).
+  std::unique_ptr<FrozenWeights<float>> weights;
+  std::unique_ptr<GatedModel<float>> gm;
+  std::unique_ptr<CudaCalibration> gpu;
+  LossBackend loss;
+  std::string memory;
+  if (on_gpu) {
+    gpu = make_cuda_calibration(*model, o.cal.window);
+    loss = gpu->loss_backend(o.cal.lambda);
+    memory = fmt::format("device: {}; activations at {} tokens ~{:.2f} GiB", gpu->description(), o.data.max_len,
+                         gpu->activation_bytes(o.data.max_len) / 1073741824.0);
+  } else {
+    weights = std::make_unique<FrozenWeights<float>>(*model, (size_t)o.weights_budget_mib << 20, pool);
+    gm = std::make_unique<GatedModel<float>>(*weights, o.cal.window, pool);
+    loss = cpu_loss_backend(*gm, o.cal.lambda);
+    memory = fmt::format("memory: dense weights {:.0f} MiB ({}), activations at {} tokens ~{:.0f} MiB; {} threads",
+                         weights->layer_bytes() * (weights->all_resident() ? mc.n_layers : 1) / 1048576.0,
+                         weights->all_resident() ? "all layers resident" : "one layer at a time", o.data.max_len,
+                         gm->activation_bytes(o.data.max_len) / 1048576.0, pool.size());
+  }
+  if (!o.time_lengths.empty()) {
+    fmt::print(stderr, "timing {} on {} ({})\n", o.device, mc.name, memory);
+    time_lengths(o.time_lengths, loss, gpu.get(), mc.n_layers * mc.n_kv_heads, mc.n_vocab, o.data, o.cal.steps);
+    return;
+  }
   const nlohmann::json run_info = {{"model", std::filesystem::path(path).filename().string()},
                                    {"arch", mc.arch},
                                    {"min_len", o.data.min_len},
@@ -79,7 +230,7 @@ void run_calibrate(CalibrateOptions& o) {
                                    {"min_depth", o.data.min_depth},
                                    {"max_depth", o.data.max_depth},
                                    {"chat", !o.plain}};
-  Calibrator cal(mc.n_layers, mc.n_kv_heads, data, cpu_loss_backend(gm, o.cal.lambda), o.cal, run_info);
+  Calibrator cal(mc.n_layers, mc.n_kv_heads, data, loss, o.cal, run_info);
   if (o.resume && std::filesystem::exists(o.checkpoint)) {
     cal.load_checkpoint(o.checkpoint);
     fmt::print(stderr, "resumed from {} at step {}\n", o.checkpoint, cal.state().step);
@@ -88,14 +239,10 @@ void run_calibrate(CalibrateOptions& o) {
   }
   fmt::print(stderr,
              "calibrate: {} ({} layers x {} KV heads = {} gates) | {} steps | lengths {}..{} | {} passkeys x {} "
-             "words | lambda {} | lr {} | window sink {} recent {} | {} threads\n"
-             "memory: dense weights {:.0f} MiB ({}), activations at {} tokens ~{:.0f} MiB\n",
+             "words | lambda {} | lr {} | window sink {} recent {} | device {}\n{}\n",
              mc.name, mc.n_layers, mc.n_kv_heads, mc.n_layers * mc.n_kv_heads, o.cal.steps, o.data.min_len,
              o.data.max_len, o.data.n_passkeys, o.data.passkey_words, o.cal.lambda, o.cal.adamw.lr, o.cal.window.sink,
-             o.cal.window.recent, pool.size(),
-             weights.layer_bytes() * (weights.all_resident() ? mc.n_layers : 1) / 1048576.0,
-             weights.all_resident() ? "all layers resident" : "one layer at a time", o.data.max_len,
-             gm.activation_bytes(o.data.max_len) / 1048576.0);
+             o.cal.window.recent, o.device, memory);
 
   const auto t0 = std::chrono::steady_clock::now();
   auto save = [&] {
@@ -103,9 +250,18 @@ void run_calibrate(CalibrateOptions& o) {
     if (!o.checkpoint.empty()) cal.save_checkpoint(o.checkpoint);
     if (!o.log.empty()) write_log(cal.history(), o.log);
   };
+  const int64_t first_step = cal.state().step;
   while (!cal.done()) {
     const StepReport r = cal.step();
-    print_step(r);
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double eta = elapsed / (double)(r.step - first_step) * (double)(r.steps - r.step);
+    std::string extra;
+    if (gpu) {  // where the step's GPU time went
+      double f = 0, g = 0, b = 0, total = 0;
+      gpu->last_times(f, g, b, total);
+      extra = fmt::format(" (fwd {:.0f} + {:.0f}, bwd {:.0f} ms)", f, g, b);
+    }
+    print_step(r, eta, extra);
     if (o.checkpoint_every > 0 && r.step % o.checkpoint_every == 0) save();
   }
   save();
@@ -125,7 +281,12 @@ void add_calibrate(CLI::App& app) {
   cmd->option_defaults()->always_capture_default();
   cmd->add_option("-m,--model", o->model, "GGUF model file (default: the fetched SmolLM2-135M-Instruct)");
   cmd->add_option("-t,--threads", o->threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("-o,--out", o->out, "gate matrix TSV to write (rows layers, columns KV heads)")->required();
+  cmd->add_option("--device", o->device, "where the gated model runs: cpu or cuda (one GPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--time-lengths", o->time_lengths,
+                  "comma-separated sample lengths: time one step at each (random tokens) and estimate the run's "
+                  "time per step over --min-len..--max-len, instead of calibrating");
+  cmd->add_option("-o,--out", o->out, "gate matrix TSV to write (rows layers, columns KV heads); required unless --time-lengths");
   cmd->add_option("--steps", o->cal.steps, "optimization steps (one sample each)")->check(CLI::PositiveNumber);
   cmd->add_option("--min-len", o->data.min_len,
                   "shortest sample, tokens (0: 1000 tokens of haystack plus what the passkeys and questions take)")

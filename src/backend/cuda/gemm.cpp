@@ -55,4 +55,23 @@ void Gemm::linear(const bf16* W, int64_t rows, int64_t cols, const bf16* X, int6
                             CUBLAS_GEMM_DEFAULT));
 }
 
+void Gemm::linear_input_grad(const bf16* W, int64_t rows, int64_t cols, const bf16* dY, int64_t lddy, int64_t n,
+                             float* dX, int64_t lddx, bool accumulate) {
+  if (n <= 0) return;
+  constexpr int64_t kMax = std::numeric_limits<int>::max();
+  DUO_CHECK(rows > 0 && cols > 0 && rows <= kMax && cols <= kMax && n <= kMax && lddy >= rows && lddx >= cols &&
+                lddy <= kMax && lddx <= kMax,
+            "input-gradient gemm: unsupported shape rows {} cols {} n {} lddy {} lddx {}", rows, cols, n, lddy, lddx);
+  // Column-major views of the row-major buffers (as in linear()):
+  //   W  row-major [rows][cols], ld cols  ==  column-major W^T  (cols x rows), lda = cols
+  //   dY row-major [n][rows],    ld lddy  ==  column-major dY^T (rows x n),    ldb = lddy
+  //   dX row-major [n][cols],    ld lddx  ==  column-major dX^T (cols x n),    ldc = lddx
+  // dX = dY W  <=>  dX^T = W^T dY^T: C (m = cols, n = n) = A (cols x rows) * B (rows x n), k = rows,
+  // both buffers taken as they are (CUBLAS_OP_N, CUBLAS_OP_N).
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  DUO_CUDA_TRY(cublasGemmEx(handle_, CUBLAS_OP_N, CUBLAS_OP_N, (int)cols, (int)n, (int)rows, &alpha, W, CUDA_R_16BF,
+                            (int)cols, dY, CUDA_R_16BF, (int)lddy, &beta, dX, CUDA_R_32F, (int)lddx, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT));
+}
+
 }  // namespace duo::cuda

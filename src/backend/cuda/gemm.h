@@ -24,6 +24,12 @@ class Gemm {
   // Y: fp32 [n][rows], rows ldy apart.
   void linear(const bf16* W, int64_t rows, int64_t cols, const bf16* X, int64_t ldx, int64_t n, float* Y,
               int64_t ldy, bool accumulate = false);
+  // The input gradient of that linear layer (calibration backward; weights frozen):
+  // dX[t][c] = sum_r dY[t][r] * W[r][c] (+ dX[t][c] when accumulate) for t < n, c < cols.
+  // W: bf16 [rows][cols] as above; dY: bf16 [n][rows], rows lddy apart; dX: fp32 [n][cols],
+  // rows lddx apart. Always cuBLAS (no GEMV path).
+  void linear_input_grad(const bf16* W, int64_t rows, int64_t cols, const bf16* dY, int64_t lddy, int64_t n,
+                         float* dX, int64_t lddx, bool accumulate = false);
   // Whether linear() takes the one-token GEMV path (gemv_bf16) for these operands.
   bool uses_gemv(int64_t n, const bf16* W, int64_t cols, const bf16* X) const;
 
