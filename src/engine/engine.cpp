@@ -48,6 +48,7 @@ Engine::Engine(const EngineOptions& opts) : opts_(opts) {
       plan_ = model_->reorder_heads(plan_);
       break;
   }
+  plan_.kv_type = opts.kv_type;
   // The CUDA backend copies the (reordered) weights to the GPU once, here.
   backend_ = opts.device == Device::Cuda ? make_cuda_backend(*model_) : make_cpu_backend(*model_, *pool_);
 }

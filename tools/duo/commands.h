@@ -29,6 +29,7 @@ struct ModelOptions {
   double retrieval_ratio = -1;   // keep this fraction as retrieval heads (< 0: use threshold)
   float threshold = 0.5f;
   std::string device = "cpu";    // cpu | cuda
+  std::string kv_type = "default";  // KV cache storage: f32, bf16, f16, q8, q4 (default: f32 CPU, bf16 CUDA)
 };
 void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention = true);
 // Resolves -m (default: the fetched SmolLM2) and builds engine options; throws with advice

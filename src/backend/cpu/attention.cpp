@@ -36,21 +36,29 @@ void check_args(const AttentionArgs& a) {
             "attention: segments/kinds must be given for each of the {} KV heads", a.n_kv_heads);
 }
 
-// A block of up to kKeyBlock consecutive positions inside one segment.
+// A block of up to kKeyBlock consecutive positions inside one segment. Float segments are read
+// in place; the rows of other formats (16-bit, quantized groups) are decoded when the block is
+// visited, into a buffer of one block (never the whole cache).
 struct KeyBlock {
   const float* k;
   const float* v;
   int64_t pos0;
   int n;
   int64_t stride;
+  const KvSegment* seg = nullptr;  // encoded rows: rows [r0, r0 + n) of *seg
+  int64_t r0 = 0;
 };
 
 void make_blocks(const std::vector<KvSegment>& segs, std::vector<KeyBlock>& out) {
   out.clear();
   for (const auto& s : segs)
-    for (int64_t o = 0; o < s.n; o += kKeyBlock)
-      out.push_back({s.k + o * s.stride, s.v + o * s.stride, s.pos0 + o, (int)std::min<int64_t>(kKeyBlock, s.n - o),
-                     s.stride});
+    for (int64_t o = 0; o < s.n; o += kKeyBlock) {
+      const int n = (int)std::min<int64_t>(kKeyBlock, s.n - o);
+      if (s.type == KvType::F32)
+        out.push_back({s.k + o * s.stride, s.v + o * s.stride, s.pos0 + o, n, s.stride});
+      else
+        out.push_back({nullptr, nullptr, s.pos0 + o, n, 0, &s, o});
+    }
 }
 
 // Online-softmax state of `rows` query rows.
@@ -144,16 +152,21 @@ void attend_blocks(const std::vector<KeyBlock>& blocks, size_t kb0, size_t kb1, 
                    const int64_t* pos, HeadKind kind, const StreamingWindow& w, int d, float scale, RowState& st) {
   alignas(32) float kt[kMaxHeadDim * kKeyBlock];
   alignas(32) float s_rows[kDirectRows][kKeyBlock];
+  alignas(32) static thread_local float k_dec[kKeyBlock * kMaxHeadDim], v_dec[kKeyBlock * kMaxHeadDim];
   const bool direct = rows <= kDirectRows;
   int64_t pmin = pos[0], pmax = pos[0];
   for (int r = 1; r < rows; ++r) pmin = std::min(pmin, pos[r]), pmax = std::max(pmax, pos[r]);
   for (size_t bi = kb0; bi < kb1; ++bi) {
-    const KeyBlock& b = blocks[bi];
+    KeyBlock b = blocks[bi];
     if (b.pos0 > pmax) continue;  // entirely in the future of every row
     if (kind == HeadKind::Streaming) {
       // Entirely outside both the sink and every row's recent window?
       const int64_t last = b.pos0 + b.n - 1;
       if (b.pos0 >= w.sink && last <= pmin - w.recent) continue;
+    }
+    if (b.seg) {  // decode this block's rows (16-bit or quantized) to floats
+      segment_rows(*b.seg, b.r0, b.n, d, k_dec, v_dec);
+      b.k = k_dec, b.v = v_dec, b.stride = d;
     }
     if (direct) {
       direct_scores(qrow, rows, b.k, b.n, b.stride, d, scale, s_rows);
@@ -200,6 +213,13 @@ void attention_ref(const AttentionArgs& a) {
   check_args(a);
   const int d = a.head_dim, g = a.n_heads / a.n_kv_heads;
   const double scale = 1.0 / std::sqrt((double)d);
+  // Every segment's rows as floats (segment_rows decodes 16-bit and quantized rows).
+  std::vector<std::vector<std::vector<float>>> kf(a.n_kv_heads), vf(a.n_kv_heads);
+  for (int h = 0; h < a.n_kv_heads; ++h)
+    for (const auto& s : (*a.segments)[h]) {
+      kf[h].emplace_back((size_t)(s.n * d)), vf[h].emplace_back((size_t)(s.n * d));
+      segment_rows(s, 0, s.n, d, kf[h].back().data(), vf[h].back().data());
+    }
   std::vector<double> scores, acc(d);
   for (int64_t t = 0; t < a.n; ++t) {
     const int64_t i = a.pos0 + t;
@@ -209,13 +229,15 @@ void attention_ref(const AttentionArgs& a) {
       const float* q = a.q + (t * a.n_heads + h) * d;
       scores.clear();
       std::vector<const float*> vrows;
-      for (const auto& s : (*a.segments)[kvh])
-        for (int64_t r = 0; r < s.n; ++r) {
-          if (!visible(kind, a.window, i, s.pos0 + r)) continue;
+      const auto& segs = (*a.segments)[kvh];
+      for (size_t si = 0; si < segs.size(); ++si)
+        for (int64_t r = 0; r < segs[si].n; ++r) {
+          if (!visible(kind, a.window, i, segs[si].pos0 + r)) continue;
+          const float* kr = kf[kvh][si].data() + r * d;
           double dot = 0.0;
-          for (int c = 0; c < d; ++c) dot += (double)q[c] * s.k[r * s.stride + c];
+          for (int c = 0; c < d; ++c) dot += (double)q[c] * kr[c];
           scores.push_back(dot * scale);
-          vrows.push_back(s.v + r * s.stride);
+          vrows.push_back(vf[kvh][si].data() + r * d);
         }
       float* o = a.out + (t * a.n_heads + h) * d;
       if (scores.empty()) {
