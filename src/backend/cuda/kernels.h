@@ -83,6 +83,12 @@ void gemv_bf16(const bf16* W, int64_t rows, int64_t cols, const bf16* x, float* 
 // same bits as gemv_bf16 over the 2F rows followed by swiglu(). Same requirements as gemv_bf16.
 void gemv_swiglu_bf16(const bf16* Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h, cudaStream_t stream);
 
+// Benchmarks: fills `pages` quantized KV pages (kv/kv_quant.h layout) with random codes (the
+// first code_bytes of each page) and the params word `params` everywhere else, so a decode over
+// them reads finite values.
+void fill_quant_pages(uint8_t* pool, int64_t pages, int64_t page_bytes, int64_t code_bytes, uint64_t seed,
+                      uint32_t params, cudaStream_t stream);
+
 // dst[i] = center + scale * hash_uniform(seed, i) (see synthetic.h): seeded weights made on the GPU.
 void fill_uniform(bf16* dst, int64_t count, uint64_t seed, float center, float scale, cudaStream_t stream);
 void fill_uniform(float* dst, int64_t count, uint64_t seed, float center, float scale, cudaStream_t stream);
