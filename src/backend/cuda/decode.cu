@@ -260,7 +260,7 @@ void choose_splits(const DecodeArgs& a, int& n_splits, int& split_tokens) {
   // slot once (a second, partial wave would leave most SMs idle at the end).
   const int g = a.n_heads / a.n_kv_heads;
   const int per_sm = quantized_cache(a.cache) ? decode_quant_resident_ctas(a.head_dim, g, a.cache.type)
-                                              : resident_ctas(a.head_dim, g);
+                                              : resident_ctas(a.head_dim, g);  // (R > 0 here)
   const int slots = per_sm * sm_count();
   n_splits = std::max(1, (slots - (a.n_kv_heads - R)) / R);
   if (a.n_past > 0) n_splits = std::min(n_splits, std::max(1, (a.n_past + 255) / 256));  // >= 256 keys a split
@@ -318,7 +318,8 @@ void decode_attention(const DecodeArgs& a, cudaStream_t stream) {
   }
   if (a.head_dim != 64 && a.head_dim != 128) throw std::invalid_argument("decode_attention: head_dim must be 64 or 128");
   if (a.n_heads / a.n_kv_heads > 8) throw std::invalid_argument("decode_attention: at most 8 query heads a KV head");
-  if (quantized_cache(a.cache)) return detail::launch_decode_quant(p, stream);
+  // A layer without retrieval heads reads only bf16 rings, whatever the cache's type.
+  if (quantized_cache(a.cache) && p.n_retrieval > 0) return detail::launch_decode_quant(p, stream);
   if (a.head_dim == 128) return detail::dispatch_group<128>(p, stream);
   return detail::dispatch_group<64>(p, stream);
 }

@@ -1,5 +1,6 @@
 #include "backend/cuda/gpu_kv_cache.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <limits>
@@ -210,6 +211,24 @@ size_t GpuKvCache::bytes_for(const ModelConfig& cfg, const HeadPlan& plan, int64
   const int d = cfg.head_dim;
   return r * ((size_t)pages_for(n) * 2 * page_bytes(type, d) + quant_row_bytes(type, plan.window.sink, d)) +
          s * 2 * sizeof(bf16) * (size_t)(plan.window.sink + plan.window.recent) * d;
+}
+
+size_t GpuKvCache::device_bytes_for(const ModelConfig& cfg, const HeadPlan& plan, int64_t capacity, int64_t n) {
+  const KvType type = resolve_type(plan.kv_type);
+  const size_t d = cfg.head_dim, n_kv = cfg.n_kv_heads, layers = plan.kinds.size();
+  size_t r = 0, ring_layers = 0;
+  for (const auto& layer : plan.kinds) {
+    const size_t rl = (size_t)std::count(layer.begin(), layer.end(), HeadKind::Retrieval);
+    r += rl;
+    ring_layers += rl < layer.size();
+  }
+  const size_t rows = (size_t)(plan.window.sink + plan.window.recent);
+  size_t b = r * ((size_t)pages_for(n) * 2 * page_bytes(type, (int)d) + quant_row_bytes(type, plan.window.sink, (int)d));
+  b += ring_layers * n_kv * rows * d * 2 * sizeof(bf16);                  // streaming rows of whole layers
+  b += layers * n_kv * (size_t)pages_for(capacity) * sizeof(int32_t);     // page tables
+  b += layers * n_kv;                                                      // head kinds
+  if (is_quantized(type)) b += layers * n_kv * sizeof(int32_t);            // slot tables
+  return b;
 }
 
 size_t GpuKvCache::device_bytes() const {

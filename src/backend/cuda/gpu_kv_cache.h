@@ -58,6 +58,11 @@ class GpuKvCache {
   size_t device_bytes() const;
   // Bytes the K and V of a sequence of n tokens take under `plan` (what bytes() will say).
   static size_t bytes_for(const ModelConfig& cfg, const HeadPlan& plan, int64_t n);
+  // Device memory a cache created for `capacity` tokens holds once it has n (what
+  // device_bytes() will say): the K/V pages as bytes_for, the streaming buffers of every layer
+  // with streaming heads (all its heads' rows), page tables and small tables; pool memory is
+  // mapped in slabs (PagePool), so the real figure can exceed this by up to a slab a pool.
+  static size_t device_bytes_for(const ModelConfig& cfg, const HeadPlan& plan, int64_t capacity, int64_t n);
   // The type a plan's kv_type gives this cache (Default -> BF16); fails for f32 / f16.
   static KvType resolve_type(KvType t);
   // Bytes of one K (or V) page of a retrieval head.

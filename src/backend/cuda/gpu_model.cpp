@@ -272,7 +272,7 @@ void GpuModel::enqueue_chunk(const GpuKvCache& kv, const Act& act, const int32_t
     // --- feed-forward block ---
     add_rmsnorm(x, o, W.ffn_norm, xn, n, (int)E, c.norm_eps, s);
     if (gemm_->uses_gemv(n, W.wgu, E, xn)) {
-      gemv_swiglu_bf16(W.wgu, F, E, xn, h, s);  // one token: SwiGLU in the projection's epilogue
+      gemm_->swiglu_gemv(W.wgu, F, E, xn, h);  // one token: SwiGLU in the projection's epilogue
     } else {
       gemm_->linear(W.wgu, 2 * F, E, xn, E, n, gu, 2 * F);
       swiglu(gu, n, (int)F, h, s);

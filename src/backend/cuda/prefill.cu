@@ -381,7 +381,7 @@ bool prefill_wgmma_available() {
 }
 
 PrefillKernel prefill_kernel_for(const PrefillArgs& a) {
-  if (quantized_cache(a.cache)) {  // only the mma.sync kernel dequantizes cached groups
+  if (quantized_cache(a.cache) && a.cache.mode != HeadMode::AllStreaming) {  // only mma dequantizes groups
     if (a.kernel != PrefillKernel::Auto && a.kernel != PrefillKernel::Mma)
       throw std::invalid_argument(std::string("prefill_attention: ") + prefill_kernel_name(a.kernel) +
                                   " kernel requested but the cache is quantized (only mma reads quantized pages)");
