@@ -57,7 +57,7 @@ struct CudaBenchOptions {
   // the weights, verified by allocating it, and decode ms/token there.
   bool find_max_context = false;
   std::string kv_types = "bf16,q8,q4";
-  int64_t context_cap = 1 << 24;  // RoPE positions are exact floats below 2^24
+  int64_t context_cap = (1 << 24) - 4096;  // RoPE positions (and the decode steps after) stay exact floats < 2^24
 };
 void add_cuda_bench_options(CLI::App& cmd, CudaBenchOptions& o);
 void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_given, bool json);
