@@ -6,9 +6,13 @@
 //   duo_bf16_emulation MODEL.gguf FIXTURE.json [steps]   real model: fixture prompts, then
 //                                                         teacher-forced decode steps
 //   duo_bf16_emulation tiny                               the random models of forward_test
+// Environment: DUO_EMU_KV=bf16|q8|q4 gives both caches that --kv-type (the GPU quantizes its own
+// bf16 K/V, the CPU its f32 K/V rounded to bf16: codes near a grid boundary can differ), and
+// DUO_EMU_WEIGHTS=int8 emulates --gpu-weights int8 (per-row int8 weights, dequantized to bf16).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -20,6 +24,7 @@
 #include "core/fp16.h"
 #include "core/thread_pool.h"
 #include "kv/kv_cache.h"
+#include "kv/kv_type.h"
 #include "model/model.h"
 #include "sample/sampler.h"
 
@@ -34,10 +39,27 @@ struct W {
   std::vector<float> d;
   WeightView v;
 };
-static W conv(const WeightView& w) {
+static bool emu_int8() {
+  const char* e = std::getenv("DUO_EMU_WEIGHTS");
+  return e && std::string(e) == "int8";
+}
+static KvType emu_kv() {
+  const char* e = std::getenv("DUO_EMU_KV");
+  return e ? parse_kv_type(e) : KvType::Default;
+}
+// int8 weight-only quantization of a row: scale = max|w| / 127, q = round(w / scale).
+static void int8_row(float* x, int64_t n) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
+  for (int64_t i = 0; i < n; ++i) x[i] = scale * std::nearbyint(x[i] / scale);
+}
+static W conv(const WeightView& w, bool int8 = emu_int8()) {
   W o;
   o.d.resize(w.rows * w.cols);
   for (int64_t r = 0; r < w.rows; ++r) dequantize_row(w.type, w.data + r * w.row_stride, &o.d[r * w.cols], w.cols);
+  if (int8)
+    for (int64_t r = 0; r < w.rows; ++r) int8_row(&o.d[r * w.cols], w.cols);
   rbv(o.d.data(), o.d.size());
   o.v.type = GgmlType::F32;
   o.v.data = (const uint8_t*)o.d.data();
@@ -55,7 +77,7 @@ struct Emu {
   std::vector<float> invf;
   Emu(Model& m_, ThreadPool& p) : m(m_), pool(p) {
     const auto& w = m.weights();
-    emb = conv(w.tok_embd);
+    emb = conv(w.tok_embd, false);  // the embedding table stays bf16 (only rows are read)
     out = m.config().tied_embeddings ? emb : conv(w.output);
     if (m.config().tied_embeddings) {
       out.v.data = (const uint8_t*)emb.d.data();
@@ -181,6 +203,7 @@ int main_tiny() {
       for (auto& x : t) x = rng() % V;
       for (HeadKind kind : {HeadKind::Retrieval, HeadKind::Streaming}) {
         HeadPlan plan = HeadPlan::uniform(3, 2, kind, {4, 40});
+        plan.kv_type = emu_kv();
         auto cc = m->new_cache(plan), ce = m->new_cache(plan);
         std::vector<float> lc(V), le(V);
         double worst = 0, wmax = 0, maxgap = 0;
@@ -231,6 +254,7 @@ int main(int argc, char** argv) {
   for (auto& p : j["prompts"]) {
     auto ids = p["ids"].get<std::vector<int32_t>>();
     HeadPlan plan = HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Retrieval);
+    plan.kv_type = emu_kv();
     auto cc = m->new_cache(plan), ce = m->new_cache(plan);
     std::vector<float> lc(V), le(V);
     m->forward(*cc, ids.data(), ids.size(), lc.data(), pool);

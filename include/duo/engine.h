@@ -37,6 +37,8 @@ struct EngineOptions {
   HeadPlan plan;              // head kinds for duo mode (window is taken from `window`)
   std::string pattern_origin = "head pattern";  // where `plan` came from, for error messages
   Device device = Device::Cpu;  // where the forward runs (the CPU model is loaded either way)
+  KvType kv_type = KvType::Default;  // KV cache storage (kv/kv_type.h; Default: f32 CPU, bf16 CUDA)
+  WeightFormat gpu_weights = WeightFormat::Bf16;  // weight matrices on the CUDA device
 };
 
 struct GenerationStats {

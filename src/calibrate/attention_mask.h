@@ -7,11 +7,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define DUO_HD __host__ __device__
-#else
-#define DUO_HD
-#endif
+#include "core/host_device.h"
 
 namespace duo {
 

@@ -12,6 +12,14 @@ Device parse_device(const std::string& s) {
 
 const char* to_string(Device d) { return d == Device::Cuda ? "cuda" : "cpu"; }
 
+WeightFormat parse_weight_format(const std::string& s) {
+  if (s == "bf16") return WeightFormat::Bf16;
+  if (s == "int8") return WeightFormat::Int8;
+  fail("unknown GPU weight format '{}' (expected bf16 or int8)", s);
+}
+
+const char* to_string(WeightFormat f) { return f == WeightFormat::Int8 ? "int8" : "bf16"; }
+
 #ifdef DUO_HAVE_CUDA
 bool cuda_compiled() { return true; }
 // make_cuda_backend / make_cuda_synthetic_backend: src/backend/cuda/cuda_backend.cpp
@@ -25,8 +33,8 @@ namespace {
 }
 }  // namespace
 
-std::unique_ptr<ModelBackend> make_cuda_backend(const Model&) { no_cuda(); }
-std::unique_ptr<ModelBackend> make_cuda_synthetic_backend(const ModelConfig&, uint64_t) { no_cuda(); }
+std::unique_ptr<ModelBackend> make_cuda_backend(const Model&, WeightFormat) { no_cuda(); }
+std::unique_ptr<ModelBackend> make_cuda_synthetic_backend(const ModelConfig&, uint64_t, WeightFormat) { no_cuda(); }
 #endif
 
 }  // namespace duo

@@ -25,6 +25,13 @@ const char* to_string(Device d);
 // Whether this build has the CUDA backend compiled in.
 bool cuda_compiled();
 
+// How the CUDA backend keeps the weight matrices (--gpu-weights): bf16, or int8 weight-only with
+// an fp32 scale a row (half the bytes; decode GEMVs read int8 directly, pre-fill dequantizes
+// tiles to bf16 for cuBLAS). Norms, biases and the embedding table stay as they are.
+enum class WeightFormat { Bf16, Int8 };
+WeightFormat parse_weight_format(const std::string& s);  // "bf16" | "int8"
+const char* to_string(WeightFormat f);
+
 // One sequence's KV cache on a device, shaped by a HeadPlan.
 class SequenceState {
  public:
@@ -68,9 +75,10 @@ std::unique_ptr<ModelBackend> make_cpu_backend(Model& model, ThreadPool& pool);
 
 // CUDA backend with the weights of a loaded model (after any head reordering), converted to
 // bf16 on the GPU. Fails with a clear message when this build has no CUDA or no GPU is found.
-std::unique_ptr<ModelBackend> make_cuda_backend(const Model& model);
+std::unique_ptr<ModelBackend> make_cuda_backend(const Model& model, WeightFormat weights = WeightFormat::Bf16);
 // CUDA backend of a model shape with seeded random bf16 weights generated on the GPU (speed
 // and memory measurements of full-size shapes without their weights).
-std::unique_ptr<ModelBackend> make_cuda_synthetic_backend(const ModelConfig& cfg, uint64_t seed);
+std::unique_ptr<ModelBackend> make_cuda_synthetic_backend(const ModelConfig& cfg, uint64_t seed,
+                                                           WeightFormat weights = WeightFormat::Bf16);
 
 }  // namespace duo

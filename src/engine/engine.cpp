@@ -48,8 +48,10 @@ Engine::Engine(const EngineOptions& opts) : opts_(opts) {
       plan_ = model_->reorder_heads(plan_);
       break;
   }
+  plan_.kv_type = opts.kv_type;
   // The CUDA backend copies the (reordered) weights to the GPU once, here.
-  backend_ = opts.device == Device::Cuda ? make_cuda_backend(*model_) : make_cpu_backend(*model_, *pool_);
+  backend_ = opts.device == Device::Cuda ? make_cuda_backend(*model_, opts.gpu_weights)
+                                          : make_cpu_backend(*model_, *pool_);
 }
 
 Engine::~Engine() = default;

@@ -24,6 +24,7 @@ class NeedleMassObserver : public AttentionObserver {
     const int d = a.head_dim, g = a.n_heads / a.n_kv_heads;
     const double scale = 1.0 / std::sqrt((double)d);
     std::vector<double> s;
+    std::vector<float> krow(d), vrow(d);
     for (int64_t t = 0; t < a.n; ++t) {
       const int64_t pos = a.pos0 + t;
       if (pos < p_.question_begin) continue;
@@ -36,8 +37,10 @@ class NeedleMassObserver : public AttentionObserver {
         std::vector<std::pair<double, bool>> sc;
         for (const auto& seg : (*a.segments)[kvh])
           for (int64_t r = 0; r < seg.n && seg.pos0 + r <= pos; ++r) {
+            const float* kr = seg.k ? seg.k + r * seg.stride : krow.data();
+            if (!seg.k) segment_rows(seg, r, 1, d, krow.data(), vrow.data());  // 16-bit or quantized rows
             double dot = 0.0;
-            for (int c = 0; c < d; ++c) dot += (double)q[c] * seg.k[r * seg.stride + c];
+            for (int c = 0; c < d; ++c) dot += (double)q[c] * kr[c];
             const int64_t j = seg.pos0 + r;
             sc.push_back({dot * scale, j >= p_.needle_begin && j < p_.needle_end});
             mx = std::max(mx, dot * scale);

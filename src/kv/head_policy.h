@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kv/kv_type.h"
+
 namespace duo {
 
 enum class HeadKind : uint8_t { Retrieval, Streaming };
@@ -17,6 +19,9 @@ struct StreamingWindow {
 
 struct HeadPlan {
   StreamingWindow window;
+  // How the cache stores keys and values (Default: the device's own format, f32 on the CPU and
+  // bf16 on CUDA).
+  KvType kv_type = KvType::Default;
   std::vector<std::vector<HeadKind>> kinds;  // [layer][kv head]
 
   static HeadPlan uniform(int n_layers, int n_kv_heads, HeadKind kind, StreamingWindow w = {}) {

@@ -2,6 +2,9 @@
 //  - retrieval heads: a growing cache in pages of kPageTokens positions;
 //  - streaming heads: `sink` first positions plus a ring buffer of the last `recent` ones,
 //    so their memory is constant however long the sequence gets.
+// Rows are stored as the plan's KvType says (kv_type.h): f32 (default), bf16 or f16 rows, or
+// KIVI-quantized pages (q8 / q4, kv_quant.h) for retrieval heads, whose first sink16 positions
+// and last incomplete group of 64 stay in bf16 rows (a group is quantized when it completes).
 // The cache exposes what a head can attend to as KvSegments: runs of consecutive positions.
 #pragma once
 #include <cstddef>
@@ -10,24 +13,19 @@
 #include <vector>
 
 #include "kv/head_policy.h"
+#include "kv/kv_segment.h"
+#include "kv/kv_type.h"
 
 namespace duo {
-
-// Keys and values of positions [pos0, pos0 + n) of one head; row r is at k + r * stride.
-struct KvSegment {
-  const float* k = nullptr;
-  const float* v = nullptr;
-  int64_t pos0 = 0;
-  int64_t n = 0;
-  int64_t stride = 0;  // floats between consecutive rows
-};
 
 class HeadCache {
  public:
   static constexpr int64_t kPageTokens = 256;
-  HeadCache(HeadKind kind, int head_dim, StreamingWindow w);
+  // type: F32, BF16, F16, Q8 or Q4 (Default means F32). Quantized types need head_dim % 64 == 0.
+  HeadCache(HeadKind kind, int head_dim, StreamingWindow w, KvType type = KvType::F32);
 
   HeadKind kind() const { return kind_; }
+  KvType type() const { return type_; }
   // Appends positions [n_past, n_past + n) (rows at k/v with `stride` floats between rows).
   // Streaming heads keep only what a later query can still see.
   void append(const float* k, const float* v, int64_t n, int64_t stride, int64_t n_past);
@@ -36,25 +34,35 @@ class HeadCache {
   // Bytes allocated for keys and values.
   size_t bytes() const;
   // Bytes a head of this kind holds once its sequence has n_past positions: retrieval heads
-  // grow a page at a time, streaming heads are constant. bytes() follows this formula, so
-  // admission control can price a sequence exactly before running it.
-  static size_t bytes_for(HeadKind kind, int head_dim, StreamingWindow w, int64_t n_past);
+  // grow a page at a time (quantized ones also hold their bf16 sink and residual rows from the
+  // start), streaming heads are constant. bytes() follows this formula, so admission control
+  // can price a sequence exactly before running it.
+  static size_t bytes_for(HeadKind kind, int head_dim, StreamingWindow w, int64_t n_past, KvType type = KvType::F32);
 
  private:
+  using Buffer = std::unique_ptr<uint8_t[]>;
   HeadKind kind_;
   int d_;
   StreamingWindow w_;
-  // Retrieval: pages of kPageTokens rows each for K and for V.
-  std::vector<std::unique_ptr<float[]>> k_pages_, v_pages_;
+  KvType type_;
+  bool quantized_;    // a retrieval head with q8 / q4 pages
+  int sink16_ = 0;    // quantized: positions [0, sink16_) kept in bf16 rows
+  size_t page_bytes_;  // one K (or V) page
+  // Retrieval: pages of kPageTokens positions each for K and for V.
+  std::vector<Buffer> k_pages_, v_pages_;
   // Streaming: sink rows then ring rows, one buffer each for K and V.
-  std::unique_ptr<float[]> k_ring_, v_ring_;
+  Buffer k_ring_, v_ring_;
+  // Quantized retrieval heads: the sink rows and the incomplete last group (slot = pos % 64).
+  Buffer k_sink_, v_sink_, k_resid_, v_resid_;
 };
 
 class KvCache {
  public:
+  // The plan's kv_type picks the storage (Default: f32).
   KvCache(int n_layers, int n_kv_heads, int head_dim, HeadPlan plan);
 
   const HeadPlan& plan() const { return plan_; }
+  KvType type() const { return type_; }
   int64_t n_past() const { return n_past_; }
   void advance(int64_t n) { n_past_ += n; }
   HeadCache& head(int layer, int kv_head) { return heads_[(size_t)layer * n_kv_ + kv_head]; }
@@ -71,8 +79,12 @@ class KvCache {
  private:
   int n_layers_, n_kv_, d_;
   HeadPlan plan_;
+  KvType type_;  // plan_.kv_type with Default resolved
   std::vector<HeadCache> heads_;
   int64_t n_past_ = 0;
 };
+
+// The CPU cache's type for a plan's kv_type (Default -> F32).
+inline KvType cpu_kv_type(KvType t) { return t == KvType::Default ? KvType::F32 : t; }
 
 }  // namespace duo

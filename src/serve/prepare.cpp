@@ -11,7 +11,7 @@ namespace duo::serve {
 
 namespace {
 
-HeadPlan request_plan(const GenerationRequest& r, const ServeContext& ctx) {
+HeadPlan request_kinds(const GenerationRequest& r, const ServeContext& ctx) {
   Engine& engine = *ctx.engine;
   const ModelConfig& c = engine.model().config();
   const AttentionMode mode = r.attention.value_or(engine.options().attention);
@@ -56,6 +56,13 @@ HeadPlan request_plan(const GenerationRequest& r, const ServeContext& ctx) {
   } catch (const Error& e) {
     bad_param("pattern", "{}", e.what());
   }
+}
+
+// The request's head plan, stored as the server's KV type says.
+HeadPlan request_plan(const GenerationRequest& r, const ServeContext& ctx) {
+  HeadPlan p = request_kinds(r, ctx);
+  p.kv_type = ctx.engine->options().kv_type;
+  return p;
 }
 
 }  // namespace

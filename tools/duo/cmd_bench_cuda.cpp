@@ -48,6 +48,12 @@ void add_cuda_bench_options(CLI::App& cmd, CudaBenchOptions& o) {
       ->check(CLI::PositiveNumber);
   cmd.add_option("--out", o.out, "with --device cuda: write the results as a JSON document to this file");
   cmd.add_option("--bench-seed", o.seed, "with --device cuda: seed of synthetic weights, tokens and KV contents");
+  cmd.add_flag("--find-max-context", o.find_max_context,
+               "with --device cuda: for each of --modes x --kv-types, the longest context that fits the device "
+               "(searched with exact byte formulas, verified by allocating it) and decode ms/token there");
+  cmd.add_option("--kv-types", o.kv_types, "with --find-max-context: KV cache types to try (bf16, q8, q4)");
+  cmd.add_option("--context-cap", o.context_cap, "with --find-max-context: the longest context tried")
+      ->check(CLI::PositiveNumber);
 }
 
 #ifndef DUO_HAVE_CUDA
@@ -182,13 +188,155 @@ double seconds_since(clock_type::time_point t0) {
   return std::chrono::duration<double>(clock_type::now() - t0).count();
 }
 
+// K and V bytes one decode step reads at n_past positions, all layers, for the plan's KV type:
+// a retrieval head's keys as stored (quantized: codes plus params, page_bytes / 256 a position
+// for each of K and V), a streaming head's min(n_past, sink + recent) bf16 rows.
+double decode_read_bytes(const ModelConfig& c, const HeadPlan& plan, int64_t n_past) {
+  const KvType t = cuda::GpuKvCache::resolve_type(plan.kv_type);
+  if (!is_quantized(t)) return decode_attention_bytes(c, plan, n_past, 2);
+  const double per_key = 2.0 * (double)cuda::GpuKvCache::page_bytes(t, c.head_dim) / cuda::kPageTokens;
+  const int64_t W = (int64_t)plan.window.sink + plan.window.recent;
+  double b = 0;
+  for (const auto& layer : plan.kinds)
+    for (HeadKind k : layer)
+      b += k == HeadKind::Retrieval ? per_key * (double)n_past : 4.0 * c.head_dim * (double)std::min(n_past, W);
+  return b;
+}
+
+constexpr int kWarm = 2, kTimedAttention = 4;
+
+// Decode at a context filled by a kernel: ms/token over `steps` steps (the CUDA graph), then the
+// attention kernels alone (events) over kTimedAttention more.
+struct DecodeRun {
+  double ms = 0, attn_us = 0, gbs = 0;
+  size_t kv_bytes = 0, device_bytes = 0;
+};
+DecodeRun measure_decode(ModelBackend& backend, cuda::GpuModel& gpu, const HeadPlan& plan, int64_t ctx, int steps,
+                         int64_t chunk, uint64_t seed) {
+  const ModelConfig& c = backend.config();
+  auto s = backend.new_sequence(plan, ctx + kWarm + steps + kTimedAttention + 1);
+  cuda::reset_peak_bytes();
+  cuda::GpuKvCache& kv = cuda::CudaBackend::cache_of(*s);
+  kv.fill_random(ctx, seed);
+  Sampler greedy(SamplerConfig{});
+  int32_t next = 1;
+  for (int i = 0; i < kWarm; ++i) next = backend.forward_pick(*s, &next, 1, chunk, greedy);
+  DecodeRun r;
+  const auto t0 = clock_type::now();
+  for (int i = 0; i < steps; ++i) next = backend.forward_pick(*s, &next, 1, chunk, greedy);
+  r.ms = 1e3 * seconds_since(t0) / steps;
+  const int64_t past0 = s->n_past();
+  gpu.reset_attention_timing();
+  gpu.set_attention_timing(true);
+  for (int i = 0; i < kTimedAttention; ++i) next = backend.forward_pick(*s, &next, 1, chunk, greedy);
+  gpu.set_attention_timing(false);
+  r.attn_us = 1e3 * gpu.attention_ms() / kTimedAttention;
+  r.gbs = decode_read_bytes(c, plan, past0 + 1 + kTimedAttention / 2) / (r.attn_us * 1e-6) / 1e9;
+  r.kv_bytes = s->kv_bytes();
+  r.device_bytes = kv.device_bytes();
+  return r;
+}
+
+// --find-max-context: for each mode x KV type, the longest context (a multiple of 1024) whose
+// cache, created for it plus the decode steps, fits the memory left beside the weights with
+// `headroom` to spare (exact byte formulas: GpuKvCache::device_bytes_for, two pool slabs of
+// mapping slack, decode activations), then verified by allocating and filling that cache and
+// decoding at it; an allocation that still fails retries 2% shorter.
+json run_max_context(ModelBackend& backend, cuda::GpuModel& gpu, const std::vector<Mode>& modes,
+                     const CudaBenchOptions& bo, bool as_json) {
+  const ModelConfig& c = backend.config();
+  constexpr double kHeadroom = 512.0 * 1048576, kSlabs = 2 * 2 * 32.0 * 1048576;
+  constexpr int64_t kStep = 1024;
+  const int64_t extra = kWarm + bo.decode_steps + kTimedAttention + 1;
+  std::vector<KvType> types;
+  {
+    std::stringstream ss(bo.kv_types);
+    std::string t;
+    while (std::getline(ss, t, ','))
+      if (!t.empty()) types.push_back(cuda::GpuKvCache::resolve_type(parse_kv_type(t)));
+    DUO_CHECK(!types.empty(), "no KV types given (--kv-types)");
+  }
+  json rows = json::array();
+  if (!as_json)
+    fmt::print("\n{:<10} {:<5} {:>12} {:>8} {:>10} {:>9} {:>9} {:>9} {:>10}  {}\n", "max ctx", "kv", "context",
+               "KV GiB", "device GiB", "peak GiB", "ms/token", "attn us", "attn GB/s", "note");
+  for (const Mode& m0 : modes)
+    for (KvType type : types) {
+      HeadPlan plan = m0.plan;
+      plan.kv_type = type;
+      gpu.release_scratch();
+      size_t free_b = 0, total_b = 0;
+      cuda::device_memory_info(free_b, total_b);
+      const double budget = (double)free_b - kHeadroom;
+      auto need = [&](int64_t n) {
+        return (double)cuda::GpuKvCache::device_bytes_for(c, plan, n + extra, n + extra) + kSlabs + activation_bytes(c, 1);
+      };
+      json row = {{"mode", m0.name}, {"kv_type", to_string(type)}, {"free_bytes_before", free_b}};
+      std::string note;
+      int64_t n = 0;
+      const int64_t cap = bo.context_cap / kStep * kStep;
+      if (need(cap) <= budget) {
+        n = cap;
+        note = fmt::format("capped at {} (not limited by memory)", cap);
+      } else {
+        for (int64_t lo = 1, hi = cap / kStep - 1; lo <= hi;) {  // largest multiple of kStep that fits
+          const int64_t mid = (lo + hi) / 2;
+          if (need(mid * kStep) <= budget)
+            n = mid * kStep, lo = mid + 1;
+          else
+            hi = mid - 1;
+        }
+      }
+      row["formula_context"] = n;
+      DecodeRun r;
+      std::string failure;
+      for (int attempt = 0; n > 0 && attempt < 6; ++attempt) {
+        try {
+          r = measure_decode(backend, gpu, plan, n, bo.decode_steps, bo.chunk, bo.seed);
+          failure.clear();
+          break;
+        } catch (const Error& e) {
+          failure = e.what();
+          n -= std::max<int64_t>(n / 50 / kStep * kStep, kStep);
+          gpu.release_scratch();
+        }
+      }
+      if (n <= 0 || !failure.empty()) {
+        row["skipped"] = failure.empty() ? "nothing fits" : failure;
+        if (!as_json) fmt::print("{:<10} {:<5}  skipped: {}\n", m0.name, to_string(type), row["skipped"].get<std::string>());
+        rows.push_back(row);
+        continue;
+      }
+      if (n != row["formula_context"].get<int64_t>()) note = fmt::format("formula said {}, allocation failed: {}",
+                                                                         row["formula_context"].get<int64_t>(), note);
+      const double predicted = (double)cuda::GpuKvCache::device_bytes_for(c, plan, n + extra, n + kWarm + bo.decode_steps + kTimedAttention);
+      row["context"] = n;
+      row["kv_bytes"] = r.kv_bytes;
+      row["cache_device_bytes"] = r.device_bytes;
+      row["cache_device_bytes_formula"] = predicted;
+      row["peak_bytes"] = cuda::peak_bytes();
+      row["ms_per_token"] = r.ms;
+      row["attn_us"] = r.attn_us;
+      row["attn_gbs"] = r.gbs;
+      if (!note.empty()) row["note"] = note;
+      if (!as_json)
+        fmt::print("{:<10} {:<5} {:>12} {:>8.2f} {:>10.2f} {:>9.2f} {:>9.3f} {:>9.1f} {:>10.1f}  {}\n", m0.name,
+                   to_string(type), n, r.kv_bytes / kGiB, r.device_bytes / kGiB, cuda::peak_bytes() / kGiB, r.ms,
+                   r.attn_us, r.gbs, note);
+      std::fflush(stdout);
+      rows.push_back(row);
+    }
+  return rows;
+}
+
 }  // namespace
 
 void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_given, bool as_json) {
   if (chunk_given) bo.chunk = mo.chunk;
   DUO_CHECK(bo.chunk > 0, "chunk must be positive");
-  const std::vector<int64_t> prefill = parse_lengths(bo.prefill, "pre-fill");
-  const std::vector<int64_t> decode = parse_lengths(bo.decode, "decode");
+  // --find-max-context runs only its table.
+  const std::vector<int64_t> prefill = bo.find_max_context ? std::vector<int64_t>{} : parse_lengths(bo.prefill, "pre-fill");
+  const std::vector<int64_t> decode = bo.find_max_context ? std::vector<int64_t>{} : parse_lengths(bo.decode, "decode");
   const StreamingWindow window{mo.sink, mo.recent};
 
   // The model: a synthetic full-size shape, or a GGUF file's weights (original head order:
@@ -197,15 +345,16 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
   std::unique_ptr<Model> host_model;
   std::unique_ptr<ModelBackend> backend;
   const auto t_load = clock_type::now();
+  const WeightFormat weight_format = parse_weight_format(mo.gpu_weights);
   if (preset) {
-    backend = make_cuda_synthetic_backend(preset->config, bo.seed);
+    backend = make_cuda_synthetic_backend(preset->config, bo.seed, weight_format);
   } else {
     ModelOptions only_model = mo;  // --pattern here feeds the duo modes, not --attention duo
     only_model.pattern.clear();
     only_model.attention = "full";
     const EngineOptions eo = engine_options(only_model);  // resolves -m and checks the file exists
     host_model = Model::load(eo.model_path);
-    backend = make_cuda_backend(*host_model);
+    backend = make_cuda_backend(*host_model, weight_format);
   }
   const double load_s = seconds_since(t_load);
   auto& cb = dynamic_cast<cuda::CudaBackend&>(*backend);
@@ -213,7 +362,8 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
   const ModelConfig& c = backend->config();
   std::string gate_origin;
   const GateMatrix gates = load_gates(mo, preset, c, bo.seed, gate_origin);
-  const std::vector<Mode> modes = make_modes(bo.modes, c, window, &gates);
+  std::vector<Mode> modes = make_modes(bo.modes, c, window, &gates);
+  for (Mode& m : modes) m.plan.kv_type = parse_kv_type(mo.kv_type);  // --kv-type (default: bf16)
 
   const cuda::DeviceInfo dev = cuda::device_info();
   json doc;
@@ -235,15 +385,31 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
                   {"weights_bytes", gpu.weights().bytes()},
                   {"load_seconds", load_s}};
   doc["options"] = {{"chunk", bo.chunk},          {"sink", window.sink},   {"recent", window.recent},
-                    {"decode_steps", bo.decode_steps}, {"gates", gate_origin}, {"seed", bo.seed}};
+                    {"decode_steps", bo.decode_steps}, {"gates", gate_origin}, {"seed", bo.seed},
+                    {"kv_type", mo.kv_type},           {"gpu_weights", mo.gpu_weights}};
   if (!as_json) {
     fmt::print("machine: {} ({} SMs, cc {}.{}, {:.1f} GiB), driver {}, runtime {}\n", dev.name, dev.sm_count,
                dev.cc_major, dev.cc_minor, dev.total_memory / kGiB, dev.driver_version, dev.runtime_version);
-    fmt::print("model: {} | {} layers, {} / {} heads, d {}, ff {}, vocab {} | weights {:.2f} GiB bf16 (ready in {:.1f} s)\n",
+    fmt::print("model: {} | {} layers, {} / {} heads, d {}, ff {}, vocab {} | weights {:.2f} GiB {} (ready in {:.1f} s)\n",
                c.name, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.n_ff, c.n_vocab,
-               gpu.weights().bytes() / kGiB, load_s);
+               gpu.weights().bytes() / kGiB, to_string(gpu.weights().format()), load_s);
     fmt::print("pre-fill chunk {} | streaming heads: sink {} + recent {} | duo gates: {}\n", bo.chunk, window.sink,
                window.recent, gate_origin);
+  }
+
+  if (bo.find_max_context) {
+    doc["max_context"] = run_max_context(*backend, gpu, modes, bo, as_json);
+    // The issue-6 target, when this run measured its configuration.
+    for (const auto& r : doc["max_context"])
+      if (preset && preset->name == "llama3-8b" && r["mode"] == "duo50" && r["kv_type"] == "q4" &&
+          gpu.weights().format() == WeightFormat::Int8 && r.contains("context")) {
+        const int64_t ctx = r["context"].get<int64_t>();
+        doc["target_3_3M"] = ctx >= 3300000;
+        if (!as_json)
+          fmt::print("\ntarget (issue 6): Llama-3-8B duo50 + q4 KV + int8 weights decodes at >= 3.3M tokens: {} ({} "
+                     "tokens)\n",
+                     ctx >= 3300000 ? "PASS" : "FAIL", ctx);
+      }
   }
 
   // --- pre-fill ---
@@ -303,8 +469,8 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
   // --- decode ---
   json decode_rows = json::array();
   std::map<int64_t, double> full_decode_ms;
-  constexpr int kWarm = 2, kTimedAttention = 4;
-  const HeadPlan full_plan = HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Retrieval, window);
+  HeadPlan full_plan = HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Retrieval, window);
+  full_plan.kv_type = parse_kv_type(mo.kv_type);
   if (!as_json && !decode.empty())
     fmt::print("\n{:<10} {:>8} {:>10} {:>10} {:>11} {:>8} {:>9} {:>9} {:>10}\n", "decode", "context", "ms/token",
                "attn us", "attn GB/s", "KV GiB", "peak GiB", "vs full", "KV vs full");
@@ -367,7 +533,7 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
       for (int i = 0; i < kTimedAttention; ++i) next = backend->forward_pick(*s, &next, 1, bo.chunk, greedy);
       gpu.set_attention_timing(false);
       const double attn_us = 1e3 * gpu.attention_ms() / kTimedAttention;
-      const double bytes = decode_attention_bytes(c, m.plan, past0 + 1 + kTimedAttention / 2, 2);
+      const double bytes = decode_read_bytes(c, m.plan, past0 + 1 + kTimedAttention / 2);
       const double gbs = bytes / (attn_us * 1e-6) / 1e9;
       row["ms_per_token"] = ms;
       row["attn_us"] = attn_us;

@@ -29,6 +29,8 @@ struct ModelOptions {
   double retrieval_ratio = -1;   // keep this fraction as retrieval heads (< 0: use threshold)
   float threshold = 0.5f;
   std::string device = "cpu";    // cpu | cuda
+  std::string kv_type = "default";  // KV cache storage: f32, bf16, f16, q8, q4 (default: f32 CPU, bf16 CUDA)
+  std::string gpu_weights = "bf16";  // weight matrices on the GPU: bf16 or int8
 };
 void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention = true);
 // Resolves -m (default: the fetched SmolLM2) and builds engine options; throws with advice
@@ -51,6 +53,11 @@ struct CudaBenchOptions {
   int64_t chunk = 8192;  // pre-fill chunk unless --chunk is given
   std::string out;       // JSON document to write
   uint64_t seed = 1;
+  // --find-max-context: for each mode x KV type, the longest context whose cache fits next to
+  // the weights, verified by allocating it, and decode ms/token there.
+  bool find_max_context = false;
+  std::string kv_types = "bf16,q8,q4";
+  int64_t context_cap = (1 << 24) - 4096;  // RoPE positions (and the decode steps after) stay exact floats < 2^24
 };
 void add_cuda_bench_options(CLI::App& cmd, CudaBenchOptions& o);
 void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_given, bool json);

@@ -23,6 +23,13 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention) {
   cmd.add_option("--max-context", o.max_context, "context limit in tokens (0: the model's)")
       ->check(CLI::NonNegativeNumber);
   cmd.add_option("--device", o.device, "where the model runs: cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd.add_option("--kv-type", o.kv_type,
+                 "KV cache storage: f32, bf16, f16 (CPU only), q8, q4 (KIVI: keys per channel, values per token, "
+                 "groups of 64; sinks and the last partial group in bf16); default f32 on the CPU, bf16 on CUDA")
+      ->check(CLI::IsMember({"default", "f32", "bf16", "f16", "q8", "q4"}));
+  cmd.add_option("--gpu-weights", o.gpu_weights,
+                 "with --device cuda: weight matrices in bf16, or int8 weight-only (a scale a row; half the bytes)")
+      ->check(CLI::IsMember({"bf16", "int8"}));
   if (with_attention) {
     cmd.add_option("--attention", o.attention, "attention mode: full, streaming or duo")
         ->check(CLI::IsMember({"full", "streaming", "duo"}));
@@ -50,6 +57,9 @@ EngineOptions engine_options(const ModelOptions& o) {
   e.chunk = o.chunk;
   e.max_context = o.max_context;
   e.device = parse_device(o.device);
+  e.kv_type = parse_kv_type(o.kv_type);
+  e.gpu_weights = parse_weight_format(o.gpu_weights);
+  DUO_CHECK(e.gpu_weights == WeightFormat::Bf16 || e.device == Device::Cuda, "--gpu-weights needs --device cuda");
   if (e.attention == AttentionMode::Duo) {
     DUO_CHECK(!o.pattern.empty(), "--attention duo needs --pattern FILE (a gate matrix TSV)");
     const GateMatrix g = load_gates_tsv(o.pattern);

@@ -43,9 +43,13 @@ void check_args(const AttentionArgs& a) {
 void make_blocks(const std::vector<KvSegment>& segs, std::vector<KeyBlock>& out) {
   out.clear();
   for (const auto& s : segs)
-    for (int64_t o = 0; o < s.n; o += kKeyBlock)
-      out.push_back({s.k + o * s.stride, s.v + o * s.stride, s.pos0 + o, (int)std::min<int64_t>(kKeyBlock, s.n - o),
-                     s.stride});
+    for (int64_t o = 0; o < s.n; o += kKeyBlock) {
+      const int n = (int)std::min<int64_t>(kKeyBlock, s.n - o);
+      if (s.type == KvType::F32)
+        out.push_back({s.k + o * s.stride, s.v + o * s.stride, s.pos0 + o, n, s.stride});
+      else
+        out.push_back({nullptr, nullptr, s.pos0 + o, n, 0, &s, o});
+    }
 }
 
 // Online-softmax state of `rows` query rows.
@@ -139,16 +143,21 @@ void attend_blocks(const std::vector<KeyBlock>& blocks, size_t kb0, size_t kb1, 
                    const int64_t* pos, HeadKind kind, const StreamingWindow& w, int d, float scale, RowState& st) {
   alignas(32) float kt[kMaxHeadDim * kKeyBlock];
   alignas(32) float s_rows[kDirectRows][kKeyBlock];
+  alignas(32) static thread_local float k_dec[kKeyBlock * kMaxHeadDim], v_dec[kKeyBlock * kMaxHeadDim];
   const bool direct = rows <= kDirectRows;
   int64_t pmin = pos[0], pmax = pos[0];
   for (int r = 1; r < rows; ++r) pmin = std::min(pmin, pos[r]), pmax = std::max(pmax, pos[r]);
   for (size_t bi = kb0; bi < kb1; ++bi) {
-    const KeyBlock& b = blocks[bi];
+    KeyBlock b = blocks[bi];
     if (b.pos0 > pmax) continue;  // entirely in the future of every row
     if (kind == HeadKind::Streaming) {
       // Entirely outside both the sink and every row's recent window?
       const int64_t last = b.pos0 + b.n - 1;
       if (b.pos0 >= w.sink && last <= pmin - w.recent) continue;
+    }
+    if (b.seg) {  // decode this block's rows (16-bit or quantized) to floats
+      segment_rows(*b.seg, b.r0, b.n, d, k_dec, v_dec);
+      b.k = k_dec, b.v = v_dec, b.stride = d;
     }
     if (direct) {
       direct_scores(qrow, rows, b.k, b.n, b.stride, d, scale, s_rows);
@@ -195,6 +204,13 @@ void attention_ref(const AttentionArgs& a) {
   check_args(a);
   const int d = a.head_dim, g = a.n_heads / a.n_kv_heads;
   const double scale = 1.0 / std::sqrt((double)d);
+  // Every segment's rows as floats (segment_rows decodes 16-bit and quantized rows).
+  std::vector<std::vector<std::vector<float>>> kf(a.n_kv_heads), vf(a.n_kv_heads);
+  for (int h = 0; h < a.n_kv_heads; ++h)
+    for (const auto& s : (*a.segments)[h]) {
+      kf[h].emplace_back((size_t)(s.n * d)), vf[h].emplace_back((size_t)(s.n * d));
+      segment_rows(s, 0, s.n, d, kf[h].back().data(), vf[h].back().data());
+    }
   std::vector<double> scores, acc(d);
   for (int64_t t = 0; t < a.n; ++t) {
     const int64_t i = a.pos0 + t;
@@ -204,13 +220,15 @@ void attention_ref(const AttentionArgs& a) {
       const float* q = a.q + (t * a.n_heads + h) * d;
       scores.clear();
       std::vector<const float*> vrows;
-      for (const auto& s : (*a.segments)[kvh])
-        for (int64_t r = 0; r < s.n; ++r) {
-          if (!visible(kind, a.window, i, s.pos0 + r)) continue;
+      const auto& segs = (*a.segments)[kvh];
+      for (size_t si = 0; si < segs.size(); ++si)
+        for (int64_t r = 0; r < segs[si].n; ++r) {
+          if (!visible(kind, a.window, i, segs[si].pos0 + r)) continue;
+          const float* kr = kf[kvh][si].data() + r * d;
           double dot = 0.0;
-          for (int c = 0; c < d; ++c) dot += (double)q[c] * s.k[r * s.stride + c];
+          for (int c = 0; c < d; ++c) dot += (double)q[c] * kr[c];
           scores.push_back(dot * scale);
-          vrows.push_back(s.v + r * s.stride);
+          vrows.push_back(vf[kvh][si].data() + r * d);
         }
       float* o = a.out + (t * a.n_heads + h) * d;
       if (scores.empty()) {
@@ -242,7 +260,10 @@ struct Prepared {
     DUO_CHECK(g <= kMaxRows, "attention: {} query heads per KV head is more than supported ({})", g, kMaxRows);
     scale = 1.0f / std::sqrt((float)d);
     blocks.resize(a.n_kv_heads);
-    for (int h = 0; h < a.n_kv_heads; ++h) make_blocks((*a.segments)[h], blocks[h]);
+    for (int h = 0; h < a.n_kv_heads; ++h) {
+      make_blocks((*a.segments)[h], blocks[h]);
+      for (const KeyBlock& b : blocks[h]) all_float = all_float && b.seg == nullptr;
+    }
     q_per_task = std::max(1, kMaxRows / g);
     q_tasks = (a.n + q_per_task - 1) / q_per_task;
     tasks = q_tasks * a.n_kv_heads;
@@ -267,7 +288,7 @@ struct Prepared {
       }
     st.reset(rows, d);
 #if DUO_HAVE_AVX512
-    if (use_avx512() && attn::decode_kernel_fits(d)) {
+    if (all_float && use_avx512() && attn::decode_kernel_fits(d)) {
       attn::attend_rows_decode_avx512(blocks[kvh].data(), kb0, kb1, rows, qrow, pos, (*a.kinds)[kvh], a.window, d,
                                       scale, st.m, st.l, st.o);
       return;
@@ -289,13 +310,14 @@ struct Prepared {
   int d = 0, g = 0, q_per_task = 0;
   float scale = 0.0f;
   int64_t q_tasks = 0, tasks = 0;
+  bool all_float = true;  // every block read in place (the AVX-512 kernels need this)
   std::vector<std::vector<KeyBlock>> blocks;
 };
 
 void run_prefill(const Prepared& p, ThreadPool& pool) {
   // Later query blocks see more keys (causal), so tasks are handed out dynamically, longest
   // first.
-  [[maybe_unused]] const bool lanes = DUO_HAVE_AVX512 && use_avx512();
+  [[maybe_unused]] const bool lanes = DUO_HAVE_AVX512 && use_avx512() && p.all_float;
   pool.parallel_for_dynamic(p.tasks, 1, [&](int64_t b, int64_t e, int) {
     static thread_local RowState st;
     for (int64_t task = b; task < e; ++task) {

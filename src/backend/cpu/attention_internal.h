@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "kv/head_policy.h"
+#include "kv/kv_segment.h"
 
 namespace duo::attn {
 
@@ -12,13 +13,18 @@ constexpr int kKeyBlock = 64;    // keys per block (the AVX2 row kernel keeps a 
 constexpr int kMaxRows = 64;     // query rows (positions x heads of one GQA group) per task
 constexpr int kMaxHeadDim = 256;
 
-// A block of up to kKeyBlock consecutive positions inside one segment.
+// A block of up to kKeyBlock consecutive positions inside one segment. Float segments are read
+// in place (k, v, stride); the rows of other formats (16-bit, quantized groups) have k = v =
+// nullptr and name rows [r0, r0 + n) of *seg, decoded when the block is visited into a buffer of
+// one block (never the whole cache). The AVX-512 kernels take float blocks only.
 struct KeyBlock {
   const float* k;
   const float* v;
   int64_t pos0;
   int n;
   int64_t stride;
+  const KvSegment* seg = nullptr;
+  int64_t r0 = 0;
 };
 
 // AVX-512 pre-fill kernel (attention_avx512.cpp), callable when use_avx512(): `rows` query

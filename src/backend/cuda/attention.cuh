@@ -11,11 +11,21 @@
 //    row r < sink holds position r, position p >= sink sits in row sink + (p - sink) % recent
 //    (the same layout as the CPU HeadCache).
 //  Buffers must be zero-initialised once (cudaMemset) so never-written rows are finite.
+//  - quantized caches (LayerKv::type Q8 / Q4, kv/kv_quant.h): retrieval heads' pages hold KIVI
+//    groups (kq_pages / vq_pages, page_bytes each, the same page table); a retrieval head's first
+//    sink16 positions stay bf16 rows in k_sink / v_sink ([slot][sink16][d]) and the positions of
+//    its last, incomplete group of 64 bf16 rows in k_resid / v_resid ([slot][64][d], row = pos %
+//    64), slot = slot_of[kv head] (its index among the layer's retrieval heads). Position p >=
+//    sink16 is quantized once its group is complete (kv_quantize), i.e. the cache's state is a
+//    function of n_past: groups below n_past / 64 * 64 in pages, the rest in the residual.
+//    Streaming heads keep their bf16 sink + ring rows.
 //
 // Protocol (same as the CPU engine): pre-fill of a chunk at positions [pos0, pos0 + n) attends
 // over the cache (positions < pos0) plus the chunk itself, then kv_append() stores the chunk.
 // Decode appends the new token first (kv_append with n = 1), then decode_attention() attends
-// over positions [0, n_past) (n_past includes the new token).
+// over positions [0, n_past) (n_past includes the new token). Quantized caches: kv_quantize()
+// runs before kv_append() in pre-fill (it reads the completed groups' earlier rows from the
+// residual, which kv_append then overwrites) and after the append in decode.
 //
 // Retrieval and streaming heads of one layer run in one launch: the kernels read the head kind
 // per KV head from device memory (HeadMode::Mixed) and dispatch to the causal or the Λ
@@ -27,6 +37,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kv/kv_type.h"
+
 namespace duo::cuda {
 
 using bf16 = __nv_bfloat16;
@@ -37,7 +49,7 @@ enum class HeadMode : int { AllRetrieval = 0, AllStreaming = 1, Mixed = 2 };
 
 // Device view of one layer's KV cache. Pointers are device pointers.
 struct LayerKv {
-  bf16* k_pages = nullptr;  // [pool pages][kPageTokens][d]
+  bf16* k_pages = nullptr;  // [pool pages][kPageTokens][d] (bf16 caches; nullptr when quantized)
   bf16* v_pages = nullptr;
   const int32_t* page_table = nullptr;  // [n_kv_heads][max_pages]
   int max_pages = 0;
@@ -46,7 +58,19 @@ struct LayerKv {
   const uint8_t* kinds = nullptr;  // [n_kv_heads]: 0 retrieval, 1 streaming (read when Mixed)
   HeadMode mode = HeadMode::AllRetrieval;
   int sink = 64, recent = 256;
+  // Quantized retrieval heads (type Q8 or Q4; see the layout notes above).
+  KvType type = KvType::BF16;
+  uint8_t* kq_pages = nullptr;  // [pool pages][page_bytes]
+  uint8_t* vq_pages = nullptr;
+  int64_t page_bytes = 0;
+  bf16* k_sink = nullptr;  // [retrieval slot][sink16][d]
+  bf16* v_sink = nullptr;
+  bf16* k_resid = nullptr;  // [retrieval slot][64][d]
+  bf16* v_resid = nullptr;
+  const int32_t* slot_of = nullptr;  // [n_kv_heads]: retrieval slot of a retrieval head
+  int sink16 = 0;                    // kvq::sink16(sink)
 };
+__host__ __device__ inline bool quantized_cache(const LayerKv& c) { return c.type == KvType::Q8 || c.type == KvType::Q4; }
 
 // Which pre-fill kernel prefill_attention runs.
 //  - Mma: FlashAttention-2-style mma.sync kernel (prefill.cu), any device, head_dim 64/128.
@@ -58,6 +82,8 @@ struct LayerKv {
 //  - Auto: the environment variable DUO_PREFILL_KERNEL (mma | wgmma | wgmma_serial |
 //    wgmma_pingpong | auto) when set, else Wgmma for head_dim 128 where it can run, else Mma.
 // A forced Wgmma that cannot run these arguments is an error (std::invalid_argument), not a fallback.
+// Quantized caches run on Mma, which dequantizes cached groups into its shared-memory tiles
+// (prefill.cu); Auto picks it for them whatever DUO_PREFILL_KERNEL says.
 enum class PrefillKernel : int { Auto = 0, Mma = 1, Wgmma = 2, WgmmaSerial = 3, WgmmaPingPong = 4 };
 
 struct PrefillArgs {
@@ -90,8 +116,21 @@ const char* prefill_kernel_name(PrefillKernel k);
 // Copies the chunk's keys/values (positions [pos0, pos0 + n)) into the cache: pages for
 // retrieval heads, sink + ring rows for streaming heads (only what a later query can see).
 // pos_d (graph replay): when set, pos0 is read from that device int32 instead.
+// Quantized caches: retrieval heads' sink rows, and the rows of the chunk's last group into the
+// residual; the groups the chunk completes before that are kv_quantize's (run it first).
 void kv_append(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0, int n_kv_heads, int head_dim,
                const LayerKv& cache, cudaStream_t stream, const int32_t* pos_d = nullptr);
+
+// Quantized caches: quantizes every retrieval head's groups of 64 positions (at >= sink16) that
+// the chunk [pos0, pos0 + n) completes, into their pages (kv_quant.h layout, the CPU cache's
+// bytes exactly). Rows at positions < pos0 come from the residual; rows >= pos0 from the chunk's
+// k / v (row p at (p - pos0) * kv_stride + head * head_dim), or, when k is nullptr, from the
+// residual too (decode: the new token was written there first). Pre-fill: call before
+// kv_append. pos_d (graph replay, n = 1): pos0 is read on the device; the launch does nothing
+// unless that token completes a group. retrieval_kv_heads: the layer's retrieval heads (the
+// grid). A no-op for bf16 caches.
+void kv_quantize(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0, int n_kv_heads, int head_dim,
+                 int retrieval_kv_heads, const LayerKv& cache, cudaStream_t stream, const int32_t* pos_d = nullptr);
 
 struct DecodeArgs {
   const bf16* q = nullptr;  // [n_heads][d] (one token)

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "backend/cuda/attention.cuh"
+#include "kv/kv_quant.h"
 
 namespace duo::cuda::detail {
 
@@ -66,9 +67,24 @@ __device__ __forceinline__ int nth_kv_head(const uint8_t* kinds, int n_kv, int r
 // position end (exclusive): sets k / v to the K and V rows (page rows for retrieval heads, sink +
 // ring rows for streaming heads) and returns true, or returns false when no later query can see
 // that position (a streaming head's rows between its sink and the chunk's last `recent`).
+// Quantized caches: a retrieval head's sink rows, or its residual rows for the positions of the
+// chunk's last group (complete or not); positions of earlier groups return false (kv_quantize
+// stores those, straight from the chunk).
 __device__ __forceinline__ bool cache_rows(const LayerKv& c, int h, int pos, int end, int d, bf16*& k, bf16*& v) {
   const bool streaming = c.mode == HeadMode::AllStreaming || (c.mode == HeadMode::Mixed && c.kinds[h] != 0);
   int64_t dst;
+  if (!streaming && quantized_cache(c)) {
+    const int64_t slot = c.slot_of[h];
+    if (pos < c.sink16) {
+      dst = (slot * c.sink16 + pos) * d;
+      k = c.k_sink + dst, v = c.v_sink + dst;
+      return true;
+    }
+    if (pos < (end - 1) / kvq::kGroup * kvq::kGroup) return false;
+    dst = (slot * kvq::kGroup + pos % kvq::kGroup) * d;
+    k = c.k_resid + dst, v = c.v_resid + dst;
+    return true;
+  }
   if (!streaming) {
     dst = ((int64_t)c.page_table[(int64_t)h * c.max_pages + pos / kPageTokens] * kPageTokens + pos % kPageTokens) * d;
     k = c.k_pages + dst, v = c.v_pages + dst;

@@ -76,8 +76,9 @@ CudaBackend::CudaBackend(std::unique_ptr<GpuWeights> weights) {
 
 std::string CudaBackend::description() const {
   const DeviceInfo d = device_info();
-  return fmt::format("cuda: {} ({} SMs, {:.1f} GiB), weights {:.2f} GiB bf16", d.name, d.sm_count,
-                     d.total_memory / 1073741824.0, model_->weights().bytes() / 1073741824.0);
+  return fmt::format("cuda: {} ({} SMs, {:.1f} GiB), weights {:.2f} GiB {}", d.name, d.sm_count,
+                     d.total_memory / 1073741824.0, model_->weights().bytes() / 1073741824.0,
+                     to_string(model_->weights().format()));
 }
 
 std::unique_ptr<SequenceState> CudaBackend::new_sequence(const HeadPlan& plan, int64_t max_tokens) {
@@ -109,15 +110,16 @@ int32_t CudaBackend::forward_pick(SequenceState& state, const int32_t* tokens, i
 
 namespace duo {
 
-std::unique_ptr<ModelBackend> make_cuda_backend(const Model& model) {
+std::unique_ptr<ModelBackend> make_cuda_backend(const Model& model, WeightFormat weights) {
   cuda::select_device();
-  auto w = cuda::guarded("uploading the weights", [&] { return cuda::GpuWeights::upload(model); });
+  auto w = cuda::guarded("uploading the weights", [&] { return cuda::GpuWeights::upload(model, weights); });
   return std::make_unique<cuda::CudaBackend>(std::move(w));
 }
 
-std::unique_ptr<ModelBackend> make_cuda_synthetic_backend(const ModelConfig& cfg, uint64_t seed) {
+std::unique_ptr<ModelBackend> make_cuda_synthetic_backend(const ModelConfig& cfg, uint64_t seed, WeightFormat weights) {
   cuda::select_device();
-  auto w = cuda::guarded("generating synthetic weights", [&] { return cuda::GpuWeights::synthetic(cfg, seed); });
+  auto w = cuda::guarded("generating synthetic weights",
+                         [&] { return cuda::GpuWeights::synthetic(cfg, seed, weights); });
   return std::make_unique<cuda::CudaBackend>(std::move(w));
 }
 

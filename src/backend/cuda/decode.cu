@@ -22,45 +22,12 @@
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/decode_split.cuh"
 #include "backend/cuda/reduce.cuh"
 
 namespace duo::cuda {
 namespace detail {
 namespace {
-
-constexpr int kDecThreads = 128, kDecWarps = 4;
-
-__device__ __forceinline__ void bf16x8_to_float(const uint4& u, float (&f)[8]) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 t = __bfloat1622float2(h[i]);
-    f[2 * i] = t.x, f[2 * i + 1] = t.y;
-  }
-}
-
-struct DecodeParams {
-  DecodeArgs a;
-  int n_retrieval;   // retrieval KV heads (grid: n_retrieval * n_splits + streaming heads)
-  int n_splits;      // splits a retrieval head
-  int split_tokens;  // keys a split; 0: from n_past on the device
-  float* part_o;     // [n_heads][n_splits][D]
-  float* part_lse;   // [n_heads][n_splits]
-};
-
-__device__ __forceinline__ int decode_n_past(const DecodeArgs& a) { return a.pos_d ? *a.pos_d + 1 : a.n_past; }
-
-// Keys a split when the host left it to the device: n_splits splits cover n_past, each a
-// multiple of 64 keys (warp-iterations stay inside a page) and at least 256.
-__device__ __forceinline__ int device_split_tokens(int n_past, int n_splits) {
-  const int t = (n_past + n_splits - 1) / n_splits;
-  return max(256, (t + 63) / 64 * 64);
-}
-
-// The r-th KV head of the given kind (0 retrieval, 1 streaming); without Mixed heads, r itself.
-__device__ __forceinline__ int nth_head(const LayerKv& c, int n_kv, int r, int kind) {
-  return c.mode == HeadMode::Mixed ? nth_kv_head(c.kinds, n_kv, r, kind) : r;
-}
 
 template <int D, int G>
 __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2) decode_kernel(const DecodeParams p) {
@@ -210,67 +177,12 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2) decode_kernel(con
   }
 }
 
-// One CTA a query head of a retrieval KV head: out = sum_s w_s o_s / sum_s w_s, w_s = 2^lse_s.
-// The split weights are computed once into shared memory; then kMergeThreads / D groups of D
-// threads each sum a share of the splits (loads unrolled, so many are in flight: a loop with
-// one load an iteration waits out the memory latency once per split, ~100 splits a head).
-constexpr int kMergeThreads = 512, kMaxMergeSplits = 2048;
-template <int D, int G>
-__global__ void __launch_bounds__(kMergeThreads) merge_kernel(const DecodeParams p) {
-  constexpr int kGroups = kMergeThreads / D;
-  __shared__ float w_s[kMaxMergeSplits];
-  __shared__ float part[kGroups][D];
-  __shared__ float red[kMergeThreads / 32];
-  const int kvh = nth_head(p.a.cache, p.a.n_kv_heads, blockIdx.x / G, 0);
-  const int h = kvh * G + blockIdx.x % G, S = p.n_splits;
-  const float* lse = p.part_lse + (int64_t)h * S;
-  float M = -INFINITY;
-  for (int s = threadIdx.x; s < S; s += kMergeThreads) M = fmaxf(M, lse[s]);
-  M = warp_max(M);
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = M;
-  __syncthreads();
-  M = red[0];
-#pragma unroll
-  for (int i = 1; i < kMergeThreads / 32; ++i) M = fmaxf(M, red[i]);
-  for (int s = threadIdx.x; s < S; s += kMergeThreads) w_s[s] = lse[s] == -INFINITY ? 0.0f : exp2f(lse[s] - M);
-  __syncthreads();
-  const int dd = threadIdx.x % D, grp = threadIdx.x / D;
-  const float* po = p.part_o + (int64_t)h * S * D + dd;
-  float O = 0.0f;
-#pragma unroll 8
-  for (int s = grp; s < S; s += kGroups) {
-    // An empty split wrote only its lse (-inf, so w = 0); its part_o is stale workspace
-    // memory that may hold NaN, and 0 * NaN is NaN: skip it, do not multiply.
-    const float w = w_s[s], v = po[(int64_t)s * D];
-    O += w != 0.0f ? w * v : 0.0f;
-  }
-  part[grp][dd] = O;
-  float W = 0.0f;
-  for (int s = threadIdx.x; s < S; s += kMergeThreads) W += w_s[s];
-  W = warp_sum(W);
-  __syncthreads();  // part[] written; red[] (the max) read by everyone
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = W;
-  __syncthreads();
-  if (grp == 0) {
-    float Wt = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kMergeThreads / 32; ++i) Wt += red[i];
-    float Ot = 0.0f;
-#pragma unroll
-    for (int g = 0; g < kGroups; ++g) Ot += part[g][dd];
-    p.a.out[(int64_t)h * D + dd] = __float2bfloat16(Wt > 0.0f ? Ot / Wt : 0.0f);
-  }
-}
-
 template <int D, int G>
 void launch_decode(const DecodeParams& p, cudaStream_t stream) {
   const int streaming_heads = p.a.n_kv_heads - p.n_retrieval;
   decode_kernel<D, G><<<p.n_retrieval * p.n_splits + streaming_heads, kDecThreads, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "decode_attention launch");
-  if (p.n_splits > 1 && p.n_retrieval > 0) {
-    merge_kernel<D, G><<<p.n_retrieval * G, kMergeThreads, 0, stream>>>(p);
-    check_cuda(cudaGetLastError(), "decode merge launch");
-  }
+  launch_merge<D, G>(p, stream);
 }
 
 template <int D>
@@ -346,7 +258,10 @@ void choose_splits(const DecodeArgs& a, int& n_splits, int& split_tokens) {
   if (a.split_tokens > 0) throw std::invalid_argument("decode_attention: split_tokens needs a host n_past (no pos_d)");
   // One full wave: the retrieval splits plus one CTA a streaming head fill every resident CTA
   // slot once (a second, partial wave would leave most SMs idle at the end).
-  const int slots = resident_ctas(a.head_dim, a.n_heads / a.n_kv_heads) * sm_count();
+  const int g = a.n_heads / a.n_kv_heads;
+  const int per_sm = quantized_cache(a.cache) ? decode_quant_resident_ctas(a.head_dim, g, a.cache.type)
+                                              : resident_ctas(a.head_dim, g);  // (R > 0 here)
+  const int slots = per_sm * sm_count();
   n_splits = std::max(1, (slots - (a.n_kv_heads - R)) / R);
   if (a.n_past > 0) n_splits = std::min(n_splits, std::max(1, (a.n_past + 255) / 256));  // >= 256 keys a split
   split_tokens = 0;
@@ -401,9 +316,12 @@ void decode_attention(const DecodeArgs& a, cudaStream_t stream) {
   } else {
     p.part_o = p.part_lse = nullptr;
   }
+  if (a.head_dim != 64 && a.head_dim != 128) throw std::invalid_argument("decode_attention: head_dim must be 64 or 128");
+  if (a.n_heads / a.n_kv_heads > 8) throw std::invalid_argument("decode_attention: at most 8 query heads a KV head");
+  // A layer without retrieval heads reads only bf16 rings, whatever the cache's type.
+  if (quantized_cache(a.cache) && p.n_retrieval > 0) return detail::launch_decode_quant(p, stream);
   if (a.head_dim == 128) return detail::dispatch_group<128>(p, stream);
-  if (a.head_dim == 64) return detail::dispatch_group<64>(p, stream);
-  throw std::invalid_argument("decode_attention: head_dim must be 64 or 128");
+  return detail::dispatch_group<64>(p, stream);
 }
 
 void kv_append(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0, int n_kv_heads, int head_dim,

@@ -1,5 +1,6 @@
 #include "backend/cuda/gemm.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -72,6 +73,33 @@ void Gemm::linear_input_grad(const bf16* W, int64_t rows, int64_t cols, const bf
   DUO_CUDA_TRY(cublasGemmEx(handle_, CUBLAS_OP_N, CUBLAS_OP_N, (int)cols, (int)n, (int)rows, &alpha, W, CUDA_R_16BF,
                             (int)cols, dY, CUDA_R_16BF, (int)lddy, &beta, dX, CUDA_R_32F, (int)lddx, CUBLAS_COMPUTE_32F,
                             CUBLAS_GEMM_DEFAULT));
+}
+
+bool Gemm::uses_gemv(int64_t n, const GpuMatrix& W, int64_t cols, const bf16* X) const {
+  if (!W.int8()) return uses_gemv(n, W.w, cols, X);
+  return n == 1 && gemv_int8_supported(W.q, cols, X);  // int8: GEMV regardless of DUO_GEMV
+}
+
+void Gemm::linear(const GpuMatrix& W, int64_t rows, int64_t cols, const bf16* X, int64_t ldx, int64_t n, float* Y,
+                  int64_t ldy, bool accumulate) {
+  if (!W.int8()) return linear(W.w, rows, cols, X, ldx, n, Y, ldy, accumulate);
+  if (n <= 0) return;
+  if (uses_gemv(n, W, cols, X)) return gemv_int8(W.q, W.scale, rows, cols, X, Y, accumulate, stream_);
+  // Several tokens: bf16 tiles of whole rows, each a GEMM writing its columns of Y.
+  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(rows, (int64_t)(kDequantTileBytes / (2 * cols))));
+  bf16* tile = dequant_.ensure_n<bf16>(block * cols);
+  for (int64_t r0 = 0; r0 < rows; r0 += block) {
+    const int64_t m = std::min(block, rows - r0);
+    dequant_int8_rows(W.q + r0 * cols, W.scale + r0, m, cols, tile, stream_);
+    linear(tile, m, cols, X, ldx, n, Y + r0, ldy, accumulate);
+  }
+}
+
+void Gemm::swiglu_gemv(const GpuMatrix& Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h) {
+  if (Wgu.int8())
+    gemv_swiglu_int8(Wgu.q, Wgu.scale, F, cols, x, h, stream_);
+  else
+    gemv_swiglu_bf16(Wgu.w, F, cols, x, h, stream_);
 }
 
 }  // namespace duo::cuda

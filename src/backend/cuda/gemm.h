@@ -1,6 +1,9 @@
 // Linear layers: bf16 weights and activations, fp32 accumulation and fp32 output. cuBLAS for
 // several tokens; one token (n = 1, decode) runs gemv_bf16 (kernels.h), which streams the weights
 // at the read bandwidth, unless DUO_GEMV=0 (cuBLAS for every shape, for comparison).
+// int8 weight-only matrices (GpuMatrix with q / scale, --gpu-weights int8): one token runs
+// gemv_int8 (always: half the bytes of bf16); several tokens dequantize the weights a block of
+// rows at a time into a bf16 scratch tile (at most kDequantTileBytes) and run cuBLAS on it.
 #pragma once
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -11,6 +14,15 @@
 #include "backend/cuda/device_memory.h"
 
 namespace duo::cuda {
+
+// A weight matrix [rows][cols] row-major on the device: bf16 (w), or int8 with a fp32 scale an
+// output row (q, scale: W[r][c] ~ scale[r] * q[r][c]).
+struct GpuMatrix {
+  const bf16* w = nullptr;
+  const int8_t* q = nullptr;
+  const float* scale = nullptr;
+  bool int8() const { return q != nullptr; }
+};
 
 class Gemm {
  public:
@@ -33,11 +45,22 @@ class Gemm {
   // Whether linear() takes the one-token GEMV path (gemv_bf16) for these operands.
   bool uses_gemv(int64_t n, const bf16* W, int64_t cols, const bf16* X) const;
 
+  // The same for a bf16 or int8 matrix.
+  void linear(const GpuMatrix& W, int64_t rows, int64_t cols, const bf16* X, int64_t ldx, int64_t n, float* Y,
+              int64_t ldy, bool accumulate = false);
+  bool uses_gemv(int64_t n, const GpuMatrix& W, int64_t cols, const bf16* X) const;
+  // One token's FFN input projection with SwiGLU fused (Wgu: 2F rows, gate then up), for a
+  // matrix where uses_gemv(1, Wgu, cols, x) holds: gemv_swiglu_bf16 or gemv_swiglu_int8.
+  void swiglu_gemv(const GpuMatrix& Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h);
+
+  static constexpr size_t kDequantTileBytes = 64ull << 20;
+
  private:
   cublasHandle_t handle_ = nullptr;
   cudaStream_t stream_ = nullptr;
   bool gemv_ = true;
   DeviceBuffer workspace_;
+  ScratchBuffer dequant_{"the dequantized int8 weight tile"};
 };
 
 }  // namespace duo::cuda

@@ -1,5 +1,6 @@
 #include "backend/cuda/gpu_kv_cache.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <limits>
@@ -8,17 +9,35 @@
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/synthetic.h"
 #include "core/error.h"
+#include "kv/kv_quant.h"
 
 namespace duo::cuda {
 
 namespace {
 int64_t pages_for(int64_t tokens) { return (tokens + kPageTokens - 1) / kPageTokens; }
+// bf16 rows a quantized retrieval head keeps beside its pages: sink and residual.
+size_t quant_row_bytes(KvType type, int sink, int d) {
+  return is_quantized(type) ? 2 * sizeof(bf16) * (size_t)(kvq::sink16(sink) + kvq::kGroup) * d : 0;
+}
 }  // namespace
+
+KvType GpuKvCache::resolve_type(KvType t) {
+  if (t == KvType::Default) return KvType::BF16;
+  DUO_CHECK(t == KvType::BF16 || is_quantized(t), "the CUDA KV cache stores bf16, q8 or q4 (got {})", to_string(t));
+  return t;
+}
+
+size_t GpuKvCache::page_bytes(KvType type, int head_dim) {
+  type = resolve_type(type);
+  if (is_quantized(type)) return (size_t)kvq::QuantLayout{head_dim, quant_bits(type)}.page_bytes();
+  return sizeof(bf16) * kPageTokens * head_dim;
+}
 
 GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max_tokens, cudaStream_t stream)
     : cfg_(cfg), plan_(plan), max_tokens_(max_tokens), stream_(stream) {
   static std::atomic<uint64_t> next_id{1};
   id_ = next_id++;
+  type_ = resolve_type(plan.kv_type);
   n_layers_ = cfg.n_layers, n_kv_ = cfg.n_kv_heads, d_ = cfg.head_dim;
   rows_ = plan.window.sink + plan.window.recent;
   DUO_CHECK((int)plan.kinds.size() == n_layers_, "head plan has {} layers, the model {}", plan.kinds.size(),
@@ -50,12 +69,45 @@ GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max
     DUO_CHECK(plan.window.sink >= 0 && plan.window.recent >= 1,
               "streaming window needs sink >= 0 and recent >= 1 (got {}, {})", plan.window.sink, plan.window.recent);
 
-  const size_t page_bytes = sizeof(bf16) * kPageTokens * d_;
+  const size_t page_bytes = GpuKvCache::page_bytes(type_, d_);
   const int64_t pool_pages = n_retrieval_ * max_pages_;
   DUO_CHECK(pool_pages <= std::numeric_limits<int32_t>::max(), "CUDA KV cache: {} pages exceed int32 page indices",
             pool_pages);
   k_pool_ = std::make_unique<PagePool>(page_bytes, pool_pages, "the K page pool");
   v_pool_ = std::make_unique<PagePool>(page_bytes, pool_pages, "the V page pool");
+
+  // Quantized: bf16 sink and residual rows of every retrieval head (slot-major, layer by layer)
+  // and each layer's head -> slot table.
+  std::vector<int32_t> slots((size_t)n_layers_ * n_kv_, -1);
+  std::vector<int64_t> first_slot(n_layers_, 0);  // retrieval heads in the layers before l
+  if (is_quantized(type_)) {
+    DUO_CHECK(plan.window.sink >= 0, "the sink must be >= 0 (got {})", plan.window.sink);
+    sink16_ = kvq::sink16(plan.window.sink);
+    int64_t next = 0;
+    for (int l = 0; l < n_layers_; ++l) {
+      first_slot[l] = next;
+      int r = 0;
+      for (int h = 0; h < n_kv_; ++h)
+        if (plan.kinds[l][h] == HeadKind::Retrieval) slots[(size_t)l * n_kv_ + h] = r++;
+      next += r;
+    }
+    if (n_retrieval_ > 0) {
+      const size_t resid = sizeof(bf16) * (size_t)n_retrieval_ * kvq::kGroup * d_;
+      k_resid_ = DeviceBuffer(resid, "the quantized heads' residual K rows");
+      v_resid_ = DeviceBuffer(resid, "the quantized heads' residual V rows");
+      DUO_CUDA_TRY(cudaMemset(k_resid_.get(), 0, resid));
+      DUO_CUDA_TRY(cudaMemset(v_resid_.get(), 0, resid));
+      if (sink16_ > 0) {
+        const size_t sink = sizeof(bf16) * (size_t)n_retrieval_ * sink16_ * d_;
+        k_sink_ = DeviceBuffer(sink, "the quantized heads' sink K rows");
+        v_sink_ = DeviceBuffer(sink, "the quantized heads' sink V rows");
+        DUO_CUDA_TRY(cudaMemset(k_sink_.get(), 0, sink));
+        DUO_CUDA_TRY(cudaMemset(v_sink_.get(), 0, sink));
+      }
+    }
+    slots_ = DeviceBuffer(sizeof(int32_t) * slots.size(), "the retrieval slot tables");
+    DUO_CUDA_TRY(cudaMemcpy(slots_.get(), slots.data(), sizeof(int32_t) * slots.size(), cudaMemcpyHostToDevice));
+  }
 
   const size_t table_entries = (size_t)n_layers_ * n_kv_ * max_pages_;
   page_table_ = DeviceBuffer(sizeof(int32_t) * table_entries, "the KV page tables");
@@ -80,8 +132,25 @@ GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max
   int ring_at = 0;
   for (int l = 0; l < n_layers_; ++l) {
     LayerKv& v = views_[l];
-    v.k_pages = static_cast<bf16*>(k_pool_->base());
-    v.v_pages = static_cast<bf16*>(v_pool_->base());
+    v.type = type_;
+    if (is_quantized(type_)) {
+      v.kq_pages = static_cast<uint8_t*>(k_pool_->base());
+      v.vq_pages = static_cast<uint8_t*>(v_pool_->base());
+      v.page_bytes = (int64_t)page_bytes;
+      v.sink16 = sink16_;
+      v.slot_of = slots_.as<int32_t>() + (size_t)l * n_kv_;
+      if (k_resid_.get()) {
+        v.k_resid = k_resid_.as<bf16>() + first_slot[l] * kvq::kGroup * d_;
+        v.v_resid = v_resid_.as<bf16>() + first_slot[l] * kvq::kGroup * d_;
+      }
+      if (k_sink_.get()) {
+        v.k_sink = k_sink_.as<bf16>() + first_slot[l] * sink16_ * d_;
+        v.v_sink = v_sink_.as<bf16>() + first_slot[l] * sink16_ * d_;
+      }
+    } else {
+      v.k_pages = static_cast<bf16*>(k_pool_->base());
+      v.v_pages = static_cast<bf16*>(v_pool_->base());
+    }
     v.page_table = page_table_.as<int32_t>() + (size_t)l * n_kv_ * max_pages_;
     v.max_pages = max_pages_;
     if (has_streaming[l]) {
@@ -128,7 +197,9 @@ void GpuKvCache::reserve(int64_t end) {
 }
 
 size_t GpuKvCache::bytes(HeadKind kind) const {
-  if (kind == HeadKind::Retrieval) return (size_t)(n_retrieval_ * pages_per_head_) * 2 * sizeof(bf16) * kPageTokens * d_;
+  if (kind == HeadKind::Retrieval)
+    return (size_t)n_retrieval_ *
+           ((size_t)pages_per_head_ * 2 * page_bytes(type_, d_) + quant_row_bytes(type_, plan_.window.sink, d_));
   return (size_t)n_streaming_ * 2 * sizeof(bf16) * rows_ * d_;
 }
 
@@ -136,23 +207,41 @@ size_t GpuKvCache::bytes_for(const ModelConfig& cfg, const HeadPlan& plan, int64
   size_t r = 0, s = 0;
   for (const auto& layer : plan.kinds)
     for (HeadKind k : layer) (k == HeadKind::Retrieval ? r : s)++;
-  const size_t d = cfg.head_dim;
-  return r * (size_t)pages_for(n) * 2 * sizeof(bf16) * kPageTokens * d +
+  const KvType type = resolve_type(plan.kv_type);
+  const int d = cfg.head_dim;
+  return r * ((size_t)pages_for(n) * 2 * page_bytes(type, d) + quant_row_bytes(type, plan.window.sink, d)) +
          s * 2 * sizeof(bf16) * (size_t)(plan.window.sink + plan.window.recent) * d;
+}
+
+size_t GpuKvCache::device_bytes_for(const ModelConfig& cfg, const HeadPlan& plan, int64_t capacity, int64_t n) {
+  const KvType type = resolve_type(plan.kv_type);
+  const size_t d = cfg.head_dim, n_kv = cfg.n_kv_heads, layers = plan.kinds.size();
+  size_t r = 0, ring_layers = 0;
+  for (const auto& layer : plan.kinds) {
+    const size_t rl = (size_t)std::count(layer.begin(), layer.end(), HeadKind::Retrieval);
+    r += rl;
+    ring_layers += rl < layer.size();
+  }
+  const size_t rows = (size_t)(plan.window.sink + plan.window.recent);
+  size_t b = r * ((size_t)pages_for(n) * 2 * page_bytes(type, (int)d) + quant_row_bytes(type, plan.window.sink, (int)d));
+  b += ring_layers * n_kv * rows * d * 2 * sizeof(bf16);                  // streaming rows of whole layers
+  b += layers * n_kv * (size_t)pages_for(capacity) * sizeof(int32_t);     // page tables
+  b += layers * n_kv;                                                      // head kinds
+  if (is_quantized(type)) b += layers * n_kv * sizeof(int32_t);            // slot tables
+  return b;
 }
 
 size_t GpuKvCache::device_bytes() const {
   return k_pool_->mapped_bytes() + v_pool_->mapped_bytes() + k_ring_.bytes() + v_ring_.bytes() +
-         page_table_.bytes() + kinds_.bytes();
+         page_table_.bytes() + kinds_.bytes() + k_sink_.bytes() + v_sink_.bytes() + k_resid_.bytes() +
+         v_resid_.bytes() + slots_.bytes();
 }
 
 void GpuKvCache::clear() {
   DUO_CUDA_TRY(cudaStreamSynchronize(stream_));  // queued copies read the mirror we reset
   std::memset(host_table_, 0, sizeof(int32_t) * (size_t)n_layers_ * n_kv_ * max_pages_);
-  if (k_ring_.get()) {
-    DUO_CUDA_TRY(cudaMemsetAsync(k_ring_.get(), 0, k_ring_.bytes(), stream_));
-    DUO_CUDA_TRY(cudaMemsetAsync(v_ring_.get(), 0, v_ring_.bytes(), stream_));
-  }
+  for (DeviceBuffer* b : {&k_ring_, &v_ring_, &k_sink_, &v_sink_, &k_resid_, &v_resid_})
+    if (b->get()) DUO_CUDA_TRY(cudaMemsetAsync(b->get(), 0, b->bytes(), stream_));
   pages_per_head_ = 0;  // pages stay mapped and are handed out again
   n_past_ = 0;
 }
@@ -160,9 +249,25 @@ void GpuKvCache::clear() {
 void GpuKvCache::fill_random(int64_t n, uint64_t seed) {
   DUO_CHECK(n_past_ == 0, "fill_random needs an empty cache (it holds {} positions)", n_past_);
   reserve(n);
-  const int64_t elems = n_retrieval_ * pages_per_head_ * kPageTokens * d_;
-  fill_uniform(static_cast<bf16*>(k_pool_->base()), elems, mix64(seed), 0.0f, 1.0f, stream_);
-  fill_uniform(static_cast<bf16*>(v_pool_->base()), elems, mix64(seed + 1), 0.0f, 1.0f, stream_);
+  if (is_quantized(type_)) {
+    // Random codes; every group's params (scale, min) = (1/8, -1) for q4 and (1/128, -1) for q8
+    // (halves 0x3000 / 0x2000 and 0xBC00), so values lie in [-1, 1) like the bf16 fill.
+    const kvq::QuantLayout L{d_, quant_bits(type_)};
+    const uint32_t params = (type_ == KvType::Q4 ? 0x3000u : 0x2000u) | (0xBC00u << 16);
+    const int64_t pages = n_retrieval_ * pages_per_head_;
+    fill_quant_pages(static_cast<uint8_t*>(k_pool_->base()), pages, L.page_bytes(), L.code_bytes(), mix64(seed),
+                     params, stream_);
+    fill_quant_pages(static_cast<uint8_t*>(v_pool_->base()), pages, L.page_bytes(), L.code_bytes(), mix64(seed + 1),
+                     params, stream_);
+    int64_t salt = 4;
+    for (DeviceBuffer* b : {&k_sink_, &v_sink_, &k_resid_, &v_resid_})
+      if (b->get()) fill_uniform(b->as<bf16>(), (int64_t)(b->bytes() / sizeof(bf16)), mix64(seed + salt++), 0.0f, 1.0f,
+                                 stream_);
+  } else {
+    const int64_t elems = n_retrieval_ * pages_per_head_ * kPageTokens * d_;
+    fill_uniform(static_cast<bf16*>(k_pool_->base()), elems, mix64(seed), 0.0f, 1.0f, stream_);
+    fill_uniform(static_cast<bf16*>(v_pool_->base()), elems, mix64(seed + 1), 0.0f, 1.0f, stream_);
+  }
   if (k_ring_.get()) {
     const int64_t ring = (int64_t)(k_ring_.bytes() / sizeof(bf16));
     fill_uniform(k_ring_.as<bf16>(), ring, mix64(seed + 2), 0.0f, 1.0f, stream_);

@@ -4,9 +4,13 @@
 //    added as the sequence grows (PagePool maps memory as needed);
 //  - streaming heads: per layer a buffer of sink + recent rows per KV head (ring layout), whose
 //    size never changes.
+// The plan's kv_type picks the retrieval heads' page format: bf16 (Default) or KIVI q8 / q4
+// (kv/kv_quant.h: quantized pages in the same pools and page tables, plus per retrieval head
+// bf16 rows for its first sink16 positions and its last, incomplete group; see attention.cuh).
 // Byte accounting follows the CPU KvCache exactly (whole pages for retrieval heads, sink +
-// recent rows for streaming heads), in bf16: bytes() is half of KvCache::bytes() for the same
-// plan and length.
+// recent rows for streaming heads, the sink and residual rows of quantized heads): bytes()
+// equals KvCache::bytes() for the same plan, type and length (for bf16: half of the CPU's
+// default f32 cache).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -32,6 +36,7 @@ class GpuKvCache {
   GpuKvCache& operator=(const GpuKvCache&) = delete;
 
   const HeadPlan& plan() const { return plan_; }
+  KvType type() const { return type_; }  // BF16, Q8 or Q4
   // Unique among the caches of this process (a captured decode graph belongs to one cache).
   uint64_t id() const { return id_; }
   int64_t n_past() const { return n_past_; }
@@ -53,6 +58,15 @@ class GpuKvCache {
   size_t device_bytes() const;
   // Bytes the K and V of a sequence of n tokens take under `plan` (what bytes() will say).
   static size_t bytes_for(const ModelConfig& cfg, const HeadPlan& plan, int64_t n);
+  // Device memory a cache created for `capacity` tokens holds once it has n (what
+  // device_bytes() will say): the K/V pages as bytes_for, the streaming buffers of every layer
+  // with streaming heads (all its heads' rows), page tables and small tables; pool memory is
+  // mapped in slabs (PagePool), so the real figure can exceed this by up to a slab a pool.
+  static size_t device_bytes_for(const ModelConfig& cfg, const HeadPlan& plan, int64_t capacity, int64_t n);
+  // The type a plan's kv_type gives this cache (Default -> BF16); fails for f32 / f16.
+  static KvType resolve_type(KvType t);
+  // Bytes of one K (or V) page of a retrieval head.
+  static size_t page_bytes(KvType type, int head_dim);
 
   void clear();
 
@@ -65,7 +79,9 @@ class GpuKvCache {
   HeadPlan plan_;
   int64_t max_tokens_;
   cudaStream_t stream_;
+  KvType type_ = KvType::BF16;
   int n_layers_, n_kv_, d_, rows_;  // rows_ = sink + recent
+  int sink16_ = 0;                  // quantized: bf16 sink rows a retrieval head
   int max_pages_;                   // pages a retrieval head can have
   std::vector<int> retrieval_;      // retrieval heads a layer
   int64_t n_retrieval_ = 0, n_streaming_ = 0;
@@ -75,6 +91,9 @@ class GpuKvCache {
   int32_t* host_table_ = nullptr;   // pinned mirror
   DeviceBuffer k_ring_, v_ring_;    // [layer with streaming heads][kv head][rows][d]
   DeviceBuffer kinds_;              // [layer][kv head] uint8
+  // Quantized caches: bf16 sink and residual rows of every retrieval head, and each layer's
+  // head -> retrieval slot table ([layer][kv head] int32, -1 for streaming heads).
+  DeviceBuffer k_sink_, v_sink_, k_resid_, v_resid_, slots_;
   std::vector<LayerKv> views_;
 
   uint64_t id_ = 0;

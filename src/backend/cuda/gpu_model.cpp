@@ -239,6 +239,9 @@ void GpuModel::enqueue_chunk(const GpuKvCache& kv, const Act& act, const int32_t
     ra.to_cache = pos_d != nullptr;
     ra.cache = cache;
     qkv_bias_rope(ra, s);
+    // Quantized caches: the token just written to the residual may complete a group of 64
+    // (decided on the device, so the captured step serves every position).
+    if (pos_d) kv_quantize(nullptr, nullptr, 0, 1, -1, (int)HKV, (int)D, kv.retrieval_heads(l), cache, s, pos_d);
     if (pos_d) {
       DecodeArgs da;
       da.q = q, da.out = att, da.pos_d = pos_d, da.n_past = (int)kv.max_tokens();
@@ -260,13 +263,16 @@ void GpuModel::enqueue_chunk(const GpuKvCache& kv, const Act& act, const int32_t
       if (timing_) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l], s));
       prefill_attention(pa, s);
       if (timing_) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l + 1], s));
+      // Quantized caches: groups this chunk completes go into pages first (their earlier rows
+      // are read from the residual, which kv_append then overwrites). No-op for bf16.
+      kv_quantize(k, v, KV, n, pos0, (int)HKV, (int)D, kv.retrieval_heads(l), cache, s);
       kv_append(k, v, KV, n, pos0, (int)HKV, (int)D, cache, s);
     }
     gemm_->linear(W.wo, E, Q, att, Q, n, o, E);
     // --- feed-forward block ---
     add_rmsnorm(x, o, W.ffn_norm, xn, n, (int)E, c.norm_eps, s);
     if (gemm_->uses_gemv(n, W.wgu, E, xn)) {
-      gemv_swiglu_bf16(W.wgu, F, E, xn, h, s);  // one token: SwiGLU in the projection's epilogue
+      gemm_->swiglu_gemv(W.wgu, F, E, xn, h);  // one token: SwiGLU in the projection's epilogue
     } else {
       gemm_->linear(W.wgu, 2 * F, E, xn, E, n, gu, 2 * F);
       swiglu(gu, n, (int)F, h, s);

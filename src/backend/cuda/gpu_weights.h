@@ -9,6 +9,12 @@
 // models carry activation outliers (SwiGLU outputs in the thousands) into the GEMMs; bf16 has
 // fp32's range. bench/bf16_emulation.cpp measures what bf16 costs on the test models (relative
 // logit error ~1e-2, see bench/cuda/NOTES.md), which the tests accept; no f16 mode for now.
+//
+// WeightFormat::Int8 (--gpu-weights int8): the four projections of every layer and an untied LM
+// head are stored int8 weight-only, per output row: scale = max |W[r]| / 127, q = round(W / scale)
+// (from the GGUF rows dequantized to f32 on the host; synthetic weights are drawn as int8 on the
+// GPU). Half the bytes of bf16: the decode step reads ~half as much. The embedding table (only
+// rows are read) and a tied LM head stay bf16. Every int8 matrix's width must be a multiple of 16.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -16,6 +22,8 @@
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/device_memory.h"
+#include "backend/cuda/gemm.h"
+#include "engine/backend.h"
 #include "model/config.h"
 
 namespace duo {
@@ -27,11 +35,11 @@ namespace duo::cuda {
 struct GpuLayerWeights {
   const float* attn_norm = nullptr;  // [E]
   const float* ffn_norm = nullptr;   // [E]
-  const bf16* wqkv = nullptr;        // [(H + 2 HKV) D][E]
+  GpuMatrix wqkv;                    // [(H + 2 HKV) D][E]
   const float* bqkv = nullptr;       // [(H + 2 HKV) D], or nullptr without QKV bias
-  const bf16* wo = nullptr;          // [E][H D], input columns in the KV cache's head order
-  const bf16* wgu = nullptr;         // [2F][E]: gate rows, then up rows
-  const bf16* wdown = nullptr;       // [E][F]
+  GpuMatrix wo;                      // [E][H D], input columns in the KV cache's head order
+  GpuMatrix wgu;                     // [2F][E]: gate rows, then up rows
+  GpuMatrix wdown;                   // [E][F]
 };
 
 class GpuWeights {
@@ -39,13 +47,15 @@ class GpuWeights {
   // Uploads a model's weights (after Model::reorder_heads, if any: the reordered Wq/Wk/Wv
   // rows are taken as they are and Wo's input columns are permuted to match, so the GPU
   // forward needs no reordering step).
-  static std::unique_ptr<GpuWeights> upload(const Model& m);
+  static std::unique_ptr<GpuWeights> upload(const Model& m, WeightFormat format = WeightFormat::Bf16);
   // Seeded uniform weights of variance 1/fan_in, norms ~1, biases ~0.1: generated on the GPU.
-  static std::unique_ptr<GpuWeights> synthetic(const ModelConfig& cfg, uint64_t seed);
+  static std::unique_ptr<GpuWeights> synthetic(const ModelConfig& cfg, uint64_t seed,
+                                               WeightFormat format = WeightFormat::Bf16);
 
   const ModelConfig& config() const { return cfg_; }
+  WeightFormat format() const { return format_; }
   const bf16* tok_embd() const { return tok_embd_; }  // [vocab][E]
-  const bf16* output() const { return output_; }      // [vocab][E] (== tok_embd when tied)
+  const GpuMatrix& output() const { return output_; }  // [vocab][E] (the bf16 tok_embd when tied)
   const float* output_norm() const { return output_norm_; }
   const float* inv_freq() const { return inv_freq_; }  // [D / 2] RoPE inverse frequencies
   const GpuLayerWeights& layer(int l) const { return layers_[l]; }
@@ -53,12 +63,13 @@ class GpuWeights {
 
  private:
   GpuWeights() = default;
-  void allocate(const ModelConfig& cfg);
+  void allocate(const ModelConfig& cfg, WeightFormat format);
 
   ModelConfig cfg_;
+  WeightFormat format_ = WeightFormat::Bf16;
   DeviceBuffer arena_;
   const bf16* tok_embd_ = nullptr;
-  const bf16* output_ = nullptr;
+  GpuMatrix output_;
   const float* output_norm_ = nullptr;
   const float* inv_freq_ = nullptr;
   std::vector<GpuLayerWeights> layers_;

@@ -83,6 +83,27 @@ void gemv_bf16(const bf16* W, int64_t rows, int64_t cols, const bf16* x, float* 
 // same bits as gemv_bf16 over the 2F rows followed by swiglu(). Same requirements as gemv_bf16.
 void gemv_swiglu_bf16(const bf16* Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h, cudaStream_t stream);
 
+// int8 weight-only linear layers (gemv_int8.cu): W[r][c] ~ scale[r] * q[r][c], q int8 [rows][cols]
+// row-major, scale fp32 [rows]. gemv_int8 is gemv_bf16's twin (one token, y fp32, accumulate);
+// it needs gemv_int8_supported (cols % 16 == 0, cols <= 24576, 16-byte aligned W and x).
+// gemv_swiglu_int8: Wgu holds 2F rows (gate, then up) and 2F scales; h = bf16(silu(g) * u).
+// dequant_int8_rows: out[r][c] = bf16(scale[r] * q[r][c]) (cols % 8 == 0), the bf16 tile a
+// pre-fill GEMM reads. fill_int8: uniform integers in [-127, 127] (synthetic weights).
+bool gemv_int8_supported(const int8_t* W, int64_t cols, const bf16* x);
+void gemv_int8(const int8_t* W, const float* scale, int64_t rows, int64_t cols, const bf16* x, float* y,
+               bool accumulate, cudaStream_t stream);
+void gemv_swiglu_int8(const int8_t* Wgu, const float* scale, int64_t F, int64_t cols, const bf16* x, bf16* h,
+                      cudaStream_t stream);
+void dequant_int8_rows(const int8_t* q, const float* scale, int64_t rows, int64_t cols, bf16* out,
+                       cudaStream_t stream);
+void fill_int8(int8_t* dst, int64_t count, uint64_t seed, cudaStream_t stream);
+
+// Benchmarks: fills `pages` quantized KV pages (kv/kv_quant.h layout) with random codes (the
+// first code_bytes of each page) and the params word `params` everywhere else, so a decode over
+// them reads finite values.
+void fill_quant_pages(uint8_t* pool, int64_t pages, int64_t page_bytes, int64_t code_bytes, uint64_t seed,
+                      uint32_t params, cudaStream_t stream);
+
 // dst[i] = center + scale * hash_uniform(seed, i) (see synthetic.h): seeded weights made on the GPU.
 void fill_uniform(bf16* dst, int64_t count, uint64_t seed, float center, float scale, cudaStream_t stream);
 void fill_uniform(float* dst, int64_t count, uint64_t seed, float center, float scale, cudaStream_t stream);

@@ -39,6 +39,60 @@ constexpr int smem_bytes() {
 
 __device__ __forceinline__ int swz(int row, int chunk) { return ((chunk ^ (row & 7)) << 3); }
 
+// Quantized caches: a key tile (kBN = 64 positions = one group, at >= sink16 and complete)
+// dequantized from its page straight into the stage's K and V tiles, as bf16. Thread (rr, cc)
+// fills the 8 channels cc of rows rr, rr + RPP, ...: its 8 key params once, then a row's codes
+// (4 or 8 bytes) and, for values, the row's params word.
+template <int D>
+__device__ __forceinline__ void dequant_tile(const LayerKv& c, int kvh, int k0, bf16* sk, bf16* sv, int rr, int cc) {
+  static_assert(kBN == kvq::kGroup, "a pre-fill key tile is one quantization group");
+  constexpr int CPR = D / 8, RPP = kThreads / CPR;
+  const int bits = c.type == KvType::Q8 ? 8 : 4;
+  const kvq::QuantLayout L{D, bits};
+  const int64_t page = c.page_table[(int64_t)kvh * c.max_pages + k0 / kPageTokens];
+  const int gi = k0 % kPageTokens / kvq::kGroup;
+  const uint8_t* kp = c.kq_pages + page * c.page_bytes;
+  const uint8_t* vp = c.vq_pages + page * c.page_bytes;
+  float ks[8], km[8];
+  {
+    const uint4* pw = reinterpret_cast<const uint4*>(kp + L.k_params(gi, cc * 8));
+    const uint4 w0 = pw[0], w1 = pw[1];
+    const uint32_t w[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+#pragma unroll
+    for (int e = 0; e < 8; ++e) ks[e] = kvq::params_scale(w[e]), km[e] = kvq::params_min(w[e]);
+  }
+  // The 8 codes of channels 8 cc .. 8 cc + 7 of a row of codes.
+  auto codes = [&](const uint8_t* row, int (&q)[8]) {
+    if (bits == 8) {
+      const uint2 u = *reinterpret_cast<const uint2*>(row + cc * 8);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) q[e] = (u.x >> (8 * e)) & 255, q[e + 4] = (u.y >> (8 * e)) & 255;
+    } else {
+      const uint32_t u = *reinterpret_cast<const uint32_t*>(row + cc * 4);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) q[e] = (u >> (4 * e)) & 15;
+    }
+  };
+#pragma unroll 2
+  for (int p = 0; p < kBN / RPP; ++p) {
+    const int r = rr + p * RPP, t = gi * kvq::kGroup + r;
+    int q[8];
+    uint4 out;
+    uint32_t* o32 = reinterpret_cast<uint32_t*>(&out);
+    codes(kp + L.codes(t), q);
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      o32[e] = pack_bf16(kvq::decode(q[2 * e], ks[2 * e], km[2 * e]), kvq::decode(q[2 * e + 1], ks[2 * e + 1], km[2 * e + 1]));
+    *reinterpret_cast<uint4*>(sk + r * D + swz(r, cc)) = out;
+    const uint32_t vw = *reinterpret_cast<const uint32_t*>(vp + L.v_params(t, cc * 8 / kvq::kGroup));
+    const float vs = kvq::params_scale(vw), vm = kvq::params_min(vw);
+    codes(vp + L.codes(t), q);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o32[e] = pack_bf16(kvq::decode(q[2 * e], vs, vm), kvq::decode(q[2 * e + 1], vs, vm));
+    *reinterpret_cast<uint4*>(sv + r * D + swz(r, cc)) = out;
+  }
+}
+
 template <int D, class Mask, bool kStreaming>
 __device__ __forceinline__ void prefill_head(const PrefillArgs& a, const Mask mask, int h, int qblock, bf16* smem) {
   constexpr int CPR = D / 8;          // 16-byte chunks a row
@@ -64,8 +118,17 @@ __device__ __forceinline__ void prefill_head(const PrefillArgs& a, const Mask ma
     cp_async16(sQ + r * D + swz(r, cc), src, qi < a.n ? 16 : 0);
   }
   const LayerKv& c = a.cache;
+  // Quantized retrieval heads: cached positions in complete groups [sink16, qend) are read by
+  // dequant_tile; the others (sink rows, the residual [qend, pos0)) are bf16 rows.
+  const bool quant = !kStreaming && quantized_cache(c);
+  const int qend = a.pos0 / kvq::kGroup * kvq::kGroup;
+  const int64_t slot = quant ? c.slot_of[kvh] : 0;
   auto load_kv = [&](int tile, int stage) {
     const int k0 = tile * kBN;
+    if (quant && k0 >= c.sink16 && k0 + kBN <= qend) {
+      dequant_tile<D>(c, kvh, k0, sK + stage * kBN * D, sV + stage * kBN * D, rr, cc);
+      return;
+    }
 #pragma unroll
     for (int p = 0; p < kBN / RPP; ++p) {
       const int r = rr + p * RPP, j = k0 + r;
@@ -80,6 +143,9 @@ __device__ __forceinline__ void prefill_head(const PrefillArgs& a, const Mask ma
         const int row = j < c.sink ? j : c.sink + (j - c.sink) % c.recent;
         const int64_t off = ((int64_t)kvh * (c.sink + c.recent) + row) * D;
         kp = c.k_ring + off, vp = c.v_ring + off;
+      } else if (quant) {
+        const int64_t off = j < c.sink16 ? (slot * c.sink16 + j) * D : (slot * kvq::kGroup + j % kvq::kGroup) * D;
+        kp = (j < c.sink16 ? c.k_sink : c.k_resid) + off, vp = (j < c.sink16 ? c.v_sink : c.v_resid) + off;
       } else {
         const int page = c.page_table[kvh * c.max_pages + j / kPageTokens];
         const int64_t off = ((int64_t)page * kPageTokens + j % kPageTokens) * D;
@@ -315,6 +381,12 @@ bool prefill_wgmma_available() {
 }
 
 PrefillKernel prefill_kernel_for(const PrefillArgs& a) {
+  if (quantized_cache(a.cache) && a.cache.mode != HeadMode::AllStreaming) {  // only mma dequantizes groups
+    if (a.kernel != PrefillKernel::Auto && a.kernel != PrefillKernel::Mma)
+      throw std::invalid_argument(std::string("prefill_attention: ") + prefill_kernel_name(a.kernel) +
+                                  " kernel requested but the cache is quantized (only mma reads quantized pages)");
+    return PrefillKernel::Mma;
+  }
   PrefillKernel k = a.kernel == PrefillKernel::Auto ? detail::env_kernel() : a.kernel;
   if (k == PrefillKernel::Auto)
     // Ping-pong wgmma: measured fastest on the H100 (8K / 32K causal: 609 / 569 TFLOP/s vs 598 / 550
@@ -332,6 +404,10 @@ void prefill_attention(const PrefillArgs& a, cudaStream_t stream) {
     throw std::invalid_argument("prefill_attention: n_heads must be a multiple of n_kv_heads");
   if (a.pos0 > 0 && a.cache.mode != HeadMode::AllStreaming && !a.cache.page_table)
     throw std::invalid_argument("prefill_attention: pos0 > 0 needs a paged cache");
+  if (quantized_cache(a.cache) && a.cache.mode != HeadMode::AllStreaming &&
+      (!a.cache.kq_pages || !a.cache.vq_pages || !a.cache.slot_of || !a.cache.k_resid ||
+       (a.cache.sink16 > 0 && !a.cache.k_sink)))
+    throw std::invalid_argument("prefill_attention: the quantized cache view is incomplete");
   if (a.cache.mode != HeadMode::AllRetrieval && (a.cache.recent < 1 || a.cache.sink < 0))
     throw std::invalid_argument("prefill_attention: streaming window needs recent >= 1, sink >= 0");
   if (a.retrieval_kv_heads != 0 && (a.cache.mode != HeadMode::Mixed || a.retrieval_kv_heads < 0 ||

@@ -4,11 +4,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define DUO_HD __host__ __device__ __forceinline__
-#else
-#define DUO_HD inline
-#endif
+#include "core/host_device.h"
 
 namespace duo::cuda {
 

@@ -279,6 +279,13 @@ void CudaGatedModel::layer_forward(int l, const float* x_in, float* x_out, const
   op_done("down projection");
 }
 
+// The backward GEMMs take bf16 weights; calibration loads the model with them (int8 GPU weights
+// are an inference option only).
+static const bf16* bf16_weight(const GpuMatrix& m) {
+  DUO_CHECK(!m.int8() && m.w, "calibration needs bf16 GPU weights (not --gpu-weights int8)");
+  return m.w;
+}
+
 void CudaGatedModel::layer_backward(int l, const float* x_in, const float* gates_host, float* dx, double* d_gates_d) {
   const ModelConfig& c = config();
   const int64_t n = n_, E = c.n_embd, D = c.head_dim, H = c.n_heads, HKV = c.n_kv_heads;
@@ -290,18 +297,18 @@ void CudaGatedModel::layer_backward(int l, const float* x_in, const float* gates
 
   // --- feed-forward block: x' = x2 + swiglu(g, u) Wd^T ---
   to_bf16(dx, b.dx_bf, n * E, s);
-  gemm_->linear_input_grad(W.wdown, E, F, b.dx_bf, E, n, b.dh, F);  // dh = dx Wd
+  gemm_->linear_input_grad(bf16_weight(W.wdown), E, F, b.dx_bf, E, n, b.dh, F);  // dh = dx Wd
   op_done("down projection backward");
   swiglu_backward(b.gu, b.dh, b.dgu, n, (int)F, s);
   op_done("SwiGLU backward");
-  gemm_->linear_input_grad(W.wgu, 2 * F, E, b.dgu, 2 * F, n, b.dxn, E);  // dxn2 = [dg | du] [Wg ; Wu]
+  gemm_->linear_input_grad(bf16_weight(W.wgu), 2 * F, E, b.dgu, 2 * F, n, b.dxn, E);  // dxn2 = [dg | du] [Wg ; Wu]
   op_done("gate/up projection backward");
   rmsnorm_backward(b.x2, W.ffn_norm, b.dxn, dx, n, (int)E, c.norm_eps, true, nullptr, s);  // dx = d x2
   op_done("FFN rmsnorm backward");
 
   // --- attention block: x2 = x + mix(of, os) Wo^T ---
   to_bf16(dx, b.dx_bf, n * E, s);
-  gemm_->linear_input_grad(W.wo, E, Q, b.dx_bf, E, n, b.d_o, Q);  // do = dx2 Wo
+  gemm_->linear_input_grad(bf16_weight(W.wo), E, Q, b.dx_bf, E, n, b.d_o, Q);  // do = dx2 Wo
   op_done("output projection backward");
   gate_mix_backward(b.of, b.os, gates_d_ + (int64_t)l * HKV, b.d_o, b.d_full, b.d_stream, b.partials, d_gates_d, n,
                     (int)H, (int)HKV, (int)D, s);
@@ -338,7 +345,7 @@ void CudaGatedModel::layer_backward(int l, const float* x_in, const float* gates
   qa.neox = c.rope_style == RopeStyle::Neox;
   qkv_grad_pack(qa, s);
   op_done("RoPE backward + QKV gradient pack");
-  gemm_->linear_input_grad(W.wqkv, QKV, E, b.dqkv, QKV, n, b.dxn, E);  // dxn = [dq | dk | dv] [Wq ; Wk ; Wv]
+  gemm_->linear_input_grad(bf16_weight(W.wqkv), QKV, E, b.dqkv, QKV, n, b.dxn, E);  // dxn = [dq | dk | dv] [Wq ; Wk ; Wv]
   op_done("QKV projection backward");
   rmsnorm_backward(x_in, W.attn_norm, b.dxn, dx, n, (int)E, c.norm_eps, true, nullptr, s);  // dx = d x_in
   op_done("attention rmsnorm backward");

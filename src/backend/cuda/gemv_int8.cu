@@ -1,0 +1,184 @@
+// int8 weight-only linear layers (--gpu-weights int8): W[r][c] ~ scale[r] * q[r][c] with q int8 in
+// [-127, 127] and one fp32 scale an output row (quantized on upload: scale = max |W[r]| / 127).
+//  - gemv_int8: the one-token layer (decode), gemv.cu's structure reading half the bytes: a warp
+//    owns whole rows, a lane reads 16 int8 weights a 16-byte load (kUnroll loads in flight) and the
+//    matching 16 bf16 of x from shared memory; int8 -> float without I2F (the byte, biased by 128,
+//    is placed under the exponent of 2^23 and 2^23 + 128 subtracted: exact); the row's sum is
+//    scaled once. The SwiGLU variant computes a gate row and its up row, as gemv_swiglu_bf16.
+//  - dequant_int8_rows: rows to bf16 (scale * q rounded to bf16), the tile a pre-fill GEMM
+//    (cuBLAS) reads: Gemm::linear dequantizes a block of rows at a time into a scratch buffer.
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/reduce.cuh"
+#include "backend/cuda/swiglu.cuh"
+#include "backend/cuda/synthetic.h"
+
+namespace duo::cuda {
+namespace detail {
+namespace {
+
+constexpr int kThreads = 256, kWarps = kThreads / 32;
+constexpr int kCtasPerSm = 4;  // as gemv.cu: 4 x 256 threads always fit, so one wave is resident
+constexpr int kUnroll = 8;     // 16-byte loads of W in flight a lane
+constexpr int kMaxCols = 48 * 1024 / 2;
+
+// The 4 int8 of a word as exact floats.
+__device__ __forceinline__ void int8x4_to_float(uint32_t w, float* f) {
+  const uint32_t u = w ^ 0x80808080u;  // signed -> biased unsigned (b + 128)
+#pragma unroll
+  for (int k = 0; k < 4; ++k) f[k] = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540u | k)) - 8388736.0f;
+}
+
+// 16 weights (one 16-byte load) against 16 bf16 of x (two 16-byte pieces in shared memory).
+__device__ __forceinline__ float dot16(const uint4& w, const uint4& x0, const uint4& x1) {
+  const uint32_t ws[4] = {w.x, w.y, w.z, w.w};
+  const __nv_bfloat162* xa = reinterpret_cast<const __nv_bfloat162*>(&x0);
+  const __nv_bfloat162* xb = reinterpret_cast<const __nv_bfloat162*>(&x1);
+  float s = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float f[4];
+    int8x4_to_float(ws[i], f);
+    const __nv_bfloat162* xp = i < 2 ? xa + 2 * i : xb + 2 * (i - 2);
+    const float2 a = __bfloat1622float2(xp[0]), b = __bfloat1622float2(xp[1]);
+    s = fmaf(f[0], a.x, s);
+    s = fmaf(f[1], a.y, s);
+    s = fmaf(f[2], b.x, s);
+    s = fmaf(f[3], b.y, s);
+  }
+  return s;
+}
+
+// One row's unscaled dot product with x (16-element pieces), summed over the warp.
+__device__ __forceinline__ float row_dot(const int8_t* __restrict__ row, const uint4* sx, int pieces, int lane) {
+  const uint4* wr = reinterpret_cast<const uint4*>(row);
+  float acc = 0.0f;
+  int c = lane;
+  for (; c + 32 * (kUnroll - 1) < pieces; c += 32 * kUnroll) {
+    uint4 wv[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) wv[u] = __ldcs(wr + c + 32 * u);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) acc += dot16(wv[u], sx[2 * (c + 32 * u)], sx[2 * (c + 32 * u) + 1]);
+  }
+  for (; c < pieces; c += 32) acc += dot16(__ldcs(wr + c), sx[2 * c], sx[2 * c + 1]);
+  return warp_sum(acc);
+}
+
+template <bool kSwiGLU>
+__global__ void __launch_bounds__(kThreads, kCtasPerSm)
+    gemv_int8_kernel(const int8_t* __restrict__ W, const float* __restrict__ scale, int64_t rows, int cols,
+                     const bf16* __restrict__ x, float* __restrict__ y, bf16* __restrict__ h, bool accumulate) {
+  extern __shared__ uint4 sx[];  // x as 16-byte pieces of 8 bf16
+  for (int i = threadIdx.x; i < cols / 8; i += kThreads) sx[i] = reinterpret_cast<const uint4*>(x)[i];
+  __syncthreads();
+  const int pieces = cols / 16;  // 16-byte pieces of a weight row
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t step = (int64_t)gridDim.x * kWarps;
+  for (int64_t r = (int64_t)blockIdx.x * kWarps + warp; r < rows; r += step) {
+    const float acc = row_dot(W + r * cols, sx, pieces, lane) * scale[r];
+    if constexpr (kSwiGLU) {
+      const float up = row_dot(W + (r + rows) * cols, sx, pieces, lane) * scale[r + rows];
+      if (lane == 0) h[r] = swiglu_bf16(acc, up);
+    } else {
+      if (lane == 0) y[r] = accumulate ? y[r] + acc : acc;
+    }
+  }
+}
+
+// A CTA a row at a time (grid-stride), a thread 8 weights at a time (8 bytes in, 16 bytes out).
+__global__ void dequant_kernel(const int8_t* q, const float* scale, int64_t rows, int cols, bf16* out) {
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float s = scale[r];
+    const uint2* src = reinterpret_cast<const uint2*>(q + r * cols);
+    uint4* dst = reinterpret_cast<uint4*>(out + r * cols);
+    for (int i = threadIdx.x; i < cols / 8; i += blockDim.x) {
+      const uint2 w = src[i];
+      float f[8];
+      int8x4_to_float(w.x, f);
+      int8x4_to_float(w.y, f + 4);
+      uint4 o;
+      uint32_t* o32 = reinterpret_cast<uint32_t*>(&o);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const __nv_bfloat162 b = __floats2bfloat162_rn(s * f[2 * k], s * f[2 * k + 1]);
+        o32[k] = *reinterpret_cast<const uint32_t*>(&b);
+      }
+      dst[i] = o;
+    }
+  }
+}
+
+// Uniform integers in [-127, 127] from the counter hash (synthetic.h).
+__global__ void fill_int8_kernel(int8_t* dst, int64_t count, uint64_t seed) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x)
+    dst[i] = (int8_t)((int)(mix64(seed ^ mix64((uint64_t)i)) % 255u) - 127);
+}
+
+int sm_count() {
+  static const int n = [] {
+    int dev = 0, v = 0;
+    check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+    check_cuda(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev), "SM count");
+    return v;
+  }();
+  return n;
+}
+
+unsigned grid_for(int64_t count) {
+  return (unsigned)std::max<int64_t>(1, std::min<int64_t>((count + 255) / 256, 1 << 16));
+}
+
+template <bool kSwiGLU>
+void launch(const int8_t* W, const float* scale, int64_t rows, int64_t cols, const bf16* x, float* y, bf16* h,
+            bool accumulate, cudaStream_t stream) {
+  const int smem = (int)(cols * sizeof(bf16));
+  const int64_t blocks = std::min<int64_t>((rows + kWarps - 1) / kWarps, (int64_t)kCtasPerSm * sm_count());
+  gemv_int8_kernel<kSwiGLU><<<(unsigned)blocks, kThreads, smem, stream>>>(W, scale, rows, (int)cols, x, y, h, accumulate);
+  check_cuda(cudaGetLastError(), "gemv_int8 launch");
+}
+
+}  // namespace
+}  // namespace detail
+
+bool gemv_int8_supported(const int8_t* W, int64_t cols, const bf16* x) {
+  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  return cols > 0 && cols % 16 == 0 && cols <= detail::kMaxCols && aligned(W) && aligned(x);
+}
+
+void gemv_int8(const int8_t* W, const float* scale, int64_t rows, int64_t cols, const bf16* x, float* y,
+               bool accumulate, cudaStream_t stream) {
+  if (rows <= 0) return;
+  if (!gemv_int8_supported(W, cols, x))
+    throw std::invalid_argument("gemv_int8: needs cols % 16 == 0, cols <= 24576 and 16-byte aligned W and x");
+  detail::launch<false>(W, scale, rows, cols, x, y, nullptr, accumulate, stream);
+}
+
+void gemv_swiglu_int8(const int8_t* Wgu, const float* scale, int64_t F, int64_t cols, const bf16* x, bf16* h,
+                      cudaStream_t stream) {
+  if (F <= 0) return;
+  if (!gemv_int8_supported(Wgu, cols, x))
+    throw std::invalid_argument("gemv_swiglu_int8: needs cols % 16 == 0, cols <= 24576 and 16-byte aligned W and x");
+  detail::launch<true>(Wgu, scale, F, cols, x, nullptr, h, false, stream);
+}
+
+void dequant_int8_rows(const int8_t* q, const float* scale, int64_t rows, int64_t cols, bf16* out,
+                       cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0) return;
+  if (cols % 8 != 0 || cols > (1 << 30) || (reinterpret_cast<uintptr_t>(q) & 7) || (reinterpret_cast<uintptr_t>(out) & 15))
+    throw std::invalid_argument("dequant_int8_rows: needs cols % 8 == 0 and 8 / 16-byte aligned q / out");
+  const unsigned blocks = (unsigned)std::min<int64_t>(rows, 65535);
+  detail::dequant_kernel<<<blocks, 256, 0, stream>>>(q, scale, rows, (int)cols, out);
+  check_cuda(cudaGetLastError(), "dequant_int8_rows launch");
+}
+
+void fill_int8(int8_t* dst, int64_t count, uint64_t seed, cudaStream_t stream) {
+  if (count <= 0) return;
+  detail::fill_int8_kernel<<<detail::grid_for(count), 256, 0, stream>>>(dst, count, seed);
+  check_cuda(cudaGetLastError(), "fill_int8 launch");
+}
+
+}  // namespace duo::cuda
