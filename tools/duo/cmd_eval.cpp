@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "eval/head_ranking.h"
 #include "eval/needle.h"
+#include "eval/perplexity.h"
 #include "model/model.h"
 
 namespace duo::cli {
@@ -99,6 +100,52 @@ void add_needle_eval(CLI::App& eval, const char* name, NeedleTask task, const ch
   });
 }
 
+void add_ppl_eval(CLI::App& eval) {
+  struct Opts {
+    ModelOptions model;
+    PerplexityOptions ppl;
+    std::string json;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* cmd = eval.add_subcommand("ppl", "perplexity on the generated prose, fed in pre-fill chunks as inference runs");
+  add_model_options(*cmd, o->model);
+  cmd->add_option("--length", o->ppl.length, "tokens of text")->check(CLI::Range(2, 1 << 24));
+  cmd->add_option("--score-chunk", o->ppl.chunk, "tokens a forward pass (logits of the whole chunk are kept)")
+      ->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--tail-from", o->ppl.tail_from, "also score positions >= this separately (0: length / 2)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--seed", o->ppl.seed, "seed of the text");
+  cmd->add_option("--json", o->json, "write the result as JSON here");
+  cmd->callback([o] {
+    Engine engine(engine_options(o->model));
+    const std::string mode = to_string(engine.options().attention);
+    fmt::print(stderr, "ppl eval: {} | attention {} | {} tokens in chunks of {}\n", engine.model().config().name, mode,
+               o->ppl.length, o->ppl.chunk);
+    const auto t0 = std::chrono::steady_clock::now();
+    const PerplexityResult r = run_perplexity(engine, o->ppl, [&](int64_t done, int64_t total) {
+      const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      progress_bar((size_t)done, (size_t)total, "tokens", el);
+    });
+    fmt::print("perplexity {:.4f} (nll {:.5f}, {} tokens) | positions >= {}: {:.4f} (nll {:.5f}, {} tokens) | "
+               "{} attention, KV {:.2f} MiB, {:.1f} s\n",
+               r.ppl, r.nll, r.scored, r.tail_from, r.tail_ppl, r.tail_nll, r.tail_scored, mode, r.kv_bytes / 1048576.0,
+               r.seconds);
+    if (!o->json.empty()) {
+      const auto parent = std::filesystem::path(o->json).parent_path();
+      if (!parent.empty()) std::filesystem::create_directories(parent);
+      FILE* f = std::fopen(o->json.c_str(), "w");
+      DUO_CHECK(f, "cannot write {}", o->json);
+      fmt::print(f,
+                 "{{\"model\": \"{}\", \"mode\": \"{}\", \"length\": {}, \"ppl\": {:.6f}, \"nll\": {:.6f}, "
+                 "\"scored\": {}, \"tail_from\": {}, \"tail_ppl\": {:.6f}, \"tail_nll\": {:.6f}, \"tail_scored\": {}, "
+                 "\"kv_bytes\": {}, \"seconds\": {:.3f}}}\n",
+                 engine.model().config().name, mode, o->ppl.length, r.ppl, r.nll, r.scored, r.tail_from, r.tail_ppl,
+                 r.tail_nll, r.tail_scored, r.kv_bytes, r.seconds);
+      std::fclose(f);
+    }
+  });
+}
+
 }  // namespace
 
 void add_eval(CLI::App& app) {
@@ -106,6 +153,7 @@ void add_eval(CLI::App& app) {
   eval->require_subcommand(1);
   add_needle_eval(*eval, "niah", NeedleTask::Niah, "needle in a haystack: find a magic number in long prose");
   add_needle_eval(*eval, "passkey", NeedleTask::Passkey, "passkey retrieval in long filler text");
+  add_ppl_eval(*eval);
 }
 
 void add_pattern(CLI::App& app) {
