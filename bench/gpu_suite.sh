@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Every GPU measurement the issues ask for, in one unattended run on the device machine (one
+# H100, no network), in priority order, each step under its own time limit so a slow step cannot
+# eat the rest. Meant to run in the background while the models are still being ferried in: the
+# steps that need SmolLM2 or Qwen wait for their files.
+#
+#   setsid nohup bash bench/gpu_suite.sh > /tmp/duo-results/suite.log 2>&1 &
+#   cat /tmp/duo-results/progress          # one line per step start / end with its exit status
+#
+# The source tree is snapshotted to /tmp/duo-src first (the device's copy of the repository is
+# replaced by every later command), built in /tmp/duo-build, and everything is written under
+# RESULTS (default /tmp/duo-results): one log per step, the benchmarks' JSON, NIAH csv/json/svg,
+# calibrated patterns. SKIP="name name" skips steps; ONLY="name ..." runs just those.
+set -u
+repo=$(pwd)
+src=${SRC_COPY:-/tmp/duo-src}
+build=${BUILD:-/tmp/duo-build}
+R=${RESULTS:-/tmp/duo-results}
+models=${DUO_MODELS:-$HOME/.cache/duo/models}
+smol=$models/SmolLM2-135M-Instruct.Q4_1.gguf
+qwen=$models/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf
+mkdir -p "$R"
+log() { echo "$(date +%T) $*" >> "$R/progress"; }
+
+want() {  # whether step $1 runs
+  [[ " ${SKIP:-} " == *" $1 "* ]] && return 1
+  [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]
+}
+
+step() {  # name, seconds, command...: runs the command under timeout, logs to $R/name.log
+  local name=$1 limit=$2
+  shift 2
+  want "$name" || return 0
+  log "start $name (limit ${limit}s)"
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" > "$R/$name.log" 2>&1
+  local rc=$?
+  log "end $name rc=$rc $((SECONDS - t0))s"
+  return $rc
+}
+
+wait_for() {  # file, seconds: waits until the file exists (the ferry writes it atomically)
+  local t0=$SECONDS
+  while [ ! -f "$1" ]; do
+    (( SECONDS - t0 > $2 )) && { log "gave up waiting for $1"; return 1; }
+    sleep 5
+  done
+}
+
+log "suite begins in $repo on $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null)"
+rm -rf "$src" && mkdir -p "$src"
+tar -C "$repo" --exclude=./.carry --exclude=./build --exclude='./build-*' -cf - . | tar -C "$src" -xf -
+cd "$src" || exit 1
+duo=$build/duo
+export DUO=$duo duo R smol qwen  # (the functions below also run in `bash -c`)
+niah() {  # model outdir name options...: one NIAH eval on the GPU
+  local m=$1 dir=$2 name=$3 lengths=$4
+  shift 4
+  "$duo" eval niah -m "$m" --device cuda --lengths "$lengths" --depths 0,0.25,0.5,0.75,1 -o "$dir/$name" "$@"
+}
+
+# 1. Build (CUDA for sm_90a; the HTTP server is left out: its -dev package is not on the device).
+build_all() {
+  source scripts/gpu_machine_env.sh
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDUO_CUDA=ON -DDUO_SERVE=OFF \
+    -DCMAKE_CUDA_ARCHITECTURES=90a && cmake --build "$build" -j16
+}
+step build 600 build_all || { log "build failed"; exit 1; }
+nvidia-smi > "$R/nvidia-smi.txt" 2>&1
+lscpu > "$R/lscpu.txt" 2>&1
+
+# 2. Every CUDA test (SmolLM2's real-model tests need the model; Qwen's skip until it is here).
+wait_for "$smol" 300
+step cuda_tests 360 "$build/duo_cuda_tests" --gtest_color=no
+
+# 3. Longest context per mode x KV type (issue 6), int8 weights; then bf16 weights for two modes.
+step maxctx_int8 300 "$duo" bench --device cuda --synthetic llama3-8b --gpu-weights int8 --find-max-context \
+  --modes full,duo25,duo50,streaming --kv-types bf16,q8,q4 --decode-steps 8 --out "$R/maxctx_int8.json"
+# 4. Qwen2.5-Coder-1.5B: calibration cost per step at 2K-32K (the estimate of a reference run),
+#    a short real calibration, then NIAH at 4K-32K and perplexity for every mode and KV type.
+if wait_for "$qwen" 900; then
+qpat=$R/patterns/qwen_cuda.tsv
+mkdir -p "$R/patterns" "$R/niah_qwen" "$R/ppl_qwen"
+step calib_qwen_timing 240 "$duo" calibrate --device cuda -m "$qwen" --time-lengths 2048,4096,8192,16384,32000 \
+  --steps 2000
+step calib_qwen 420 "$duo" calibrate --device cuda -m "$qwen" --steps ${QWEN_STEPS:-500} --max-len 8192 --seed 1 \
+  -o "$qpat" --checkpoint /tmp/qwen_cuda.ckpt.json --checkpoint-every 25 --resume --log "$R/patterns/qwen_cuda.log.csv"
+[ -f "$qpat" ] || { log "no calibrated Qwen pattern: NIAH compares the stand-in only"; qpat=patterns/Qwen2.5-Coder-1.5B-Instruct/heuristic_needle_mass.tsv; }
+cp patterns/Qwen2.5-Coder-1.5B-Instruct/heuristic_needle_mass.tsv "$R/niah_qwen/heuristic.tsv"
+step niah_qwen 600 env EXTRA="--device cuda" scripts/compare_patterns.sh "$qwen" "$qpat" "$R/niah_qwen" \
+  4096,8192,16384,32000 0,0.25,0.5,0.75,1 0.25,0.5
+step niah_qwen_q4 300 bash -c "$(declare -f niah); set -e
+  niah '$qwen' '$R/niah_qwen' duo50_q4 4096,8192,16384,32000 --attention duo --kv-type q4 --pattern '$qpat' --retrieval-ratio 0.5
+  niah '$qwen' '$R/niah_qwen' full_q4 4096,8192,16384,32000 --attention full --kv-type q4
+  niah '$qwen' '$R/niah_qwen' duo50_q8 4096,8192,16384,32000 --attention duo --kv-type q8 --pattern '$qpat' --retrieval-ratio 0.5"
+ppl() {  # name options...: Qwen perplexity on 16K tokens of prose
+  local name=$1
+  shift
+  "$duo" eval ppl -m "$qwen" --device cuda --length 16384 --score-chunk 1024 --json "$R/ppl_qwen/$name.json" "$@"
+}
+step ppl_qwen 300 bash -c "$(declare -f ppl); set -e
+  ppl full --attention full
+  ppl full_q8 --attention full --kv-type q8
+  ppl full_q4 --attention full --kv-type q4
+  ppl duo50 --attention duo --pattern '$qpat' --retrieval-ratio 0.5
+  ppl duo50_q4 --attention duo --pattern '$qpat' --retrieval-ratio 0.5 --kv-type q4
+  ppl streaming --attention streaming
+  ppl full_int8w --attention full --gpu-weights int8"
+fi
+
+# 5. The issue-5 targets, ours and PyTorch in one run: Llama-3-8B shape, full vs duo 50%, pre-fill at
+#    128K (chunk 8192, then 16384) and decode at 256K; Llama-2-7B shape (MHA), duo 25%, decode at
+#    128K with its KV memory.
+step llama3_targets 360 env OUT="$R/llama3_targets" STEPS=16 MODES=full,duo50 PREFILL=131072 DECODE=262144 \
+  bench/cuda/run_model_bench.sh "$build" llama3-8b
+step llama3_chunk16k 150 "$duo" bench --device cuda --synthetic llama3-8b --modes full,duo50 --prefill 131072 \
+  --decode "" --chunk 16384 --out "$R/llama3_chunk16k.json"
+step llama2 300 env OUT="$R/llama2" STEPS=16 MODES=full,duo25 PREFILL="" DECODE=131072 \
+  bench/cuda/run_model_bench.sh "$build" llama2-7b
+
+# 6. With time left: bf16-weight maximum contexts, the whole Llama-3-8B table (every mode, pre-fill
+#    8K-128K, decode 32K-1M), SmolLM2 NIAH on the GPU.
+step maxctx_bf16 150 "$duo" bench --device cuda --synthetic llama3-8b --find-max-context --modes full,duo50 \
+  --kv-types bf16,q4 --decode-steps 8 --out "$R/maxctx_bf16.json"
+
+step llama3 420 env OUT="$R/llama3" STEPS=16 bench/cuda/run_model_bench.sh "$build" llama3-8b
+# SmolLM2: calibrated vs random vs stand-in at 25% / 50%, full and streaming as the bounds; then duo 50% and full with a q4 cache.
+mkdir -p "$R/niah_smol"
+cp patterns/SmolLM2-135M-Instruct/heuristic_needle_mass.tsv "$R/niah_smol/heuristic.tsv"
+step niah_smol 300 env EXTRA="--device cuda" scripts/compare_patterns.sh "$smol" \
+  patterns/SmolLM2-135M-Instruct/cpu_48steps.tsv "$R/niah_smol" 2048,4096,8000 0,0.25,0.5,0.75,1 0.25,0.5
+step niah_smol_q4 200 bash -c "$(declare -f niah); set -e
+  niah '$smol' '$R/niah_smol' full_q4 2048,4096,8000 --attention full --kv-type q4
+  niah '$smol' '$R/niah_smol' duo50_q4 2048,4096,8000 --attention duo --kv-type q4 \
+    --pattern patterns/SmolLM2-135M-Instruct/cpu_48steps.tsv --retrieval-ratio 0.5"
+
+log "suite done"
