@@ -31,6 +31,8 @@ step() {  # name, seconds, command...: runs the command under timeout, logs to $
   local name=$1 limit=$2
   shift 2
   want "$name" || return 0
+  # Steps named long_* (tens of minutes) run only when ONLY names them.
+  [[ $name == long_* && " ${ONLY:-} " != *" $name "* ]] && return 0
   log "start $name (limit ${limit}s)"
   local t0=$SECONDS
   timeout --kill-after=10 "$limit" "$@" > "$R/$name.log" 2>&1
@@ -52,7 +54,7 @@ rm -rf "$src" && mkdir -p "$src"
 tar -C "$repo" --exclude=./.carry --exclude=./build --exclude='./build-*' -cf - . | tar -C "$src" -xf -
 cd "$src" || exit 1
 duo=$build/duo
-export DUO=$duo duo R smol qwen  # (the functions below also run in `bash -c`)
+export DUO=$duo duo build R smol qwen  # (the functions below also run in `bash -c`)
 niah() {  # model outdir name options...: one NIAH eval on the GPU
   local m=$1 dir=$2 name=$3 lengths=$4
   shift 4
@@ -65,7 +67,7 @@ build_all() {
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDUO_CUDA=ON -DDUO_SERVE=OFF \
     -DCMAKE_CUDA_ARCHITECTURES=90a && cmake --build "$build" -j16
 }
-step build 600 build_all || { log "build failed"; exit 1; }
+step build 600 bash -c "$(declare -f build_all); build_all" || { log "build failed"; exit 1; }
 nvidia-smi > "$R/nvidia-smi.txt" 2>&1
 lscpu > "$R/lscpu.txt" 2>&1
 
@@ -133,5 +135,36 @@ step niah_smol_q4 200 bash -c "$(declare -f niah); set -e
   niah '$smol' '$R/niah_smol' full_q4 2048,4096,8000 --attention full --kv-type q4
   niah '$smol' '$R/niah_smol' duo50_q4 2048,4096,8000 --attention duo --kv-type q4 \
     --pattern patterns/SmolLM2-135M-Instruct/cpu_48steps.tsv --retrieval-ratio 0.5"
+
+# 7. Long runs, only on request (ONLY="long_calib_qwen_16k long_patterns_qwen ..."): the reference
+#    Qwen calibration (2000 steps, lengths up to 16K) and its comparison with the stand-in and random
+#    patterns at low retrieval ratios, where NIAH and perplexity separate them; decode at 256K with
+#    int8 weights on both sides.
+q16=$R/patterns/qwen_cuda_2000steps_16k.tsv
+step long_calib_qwen_16k 1500 "$duo" calibrate --device cuda -m "$qwen" --steps 2000 --max-len 16384 --seed 1 \
+  -o "$q16" --checkpoint /tmp/qwen16k.ckpt.json --checkpoint-every 50 --resume \
+  --log "$R/patterns/qwen_cuda_2000steps_16k.log.csv"
+[ -f "$q16" ] || q16=${qpat:-$R/patterns/qwen_cuda.tsv}
+long_patterns() {  # NIAH and perplexity of Qwen patterns at 10% - 50% retrieval heads
+  local dir=$R/patterns_qwen
+  mkdir -p "$dir"
+  # Evaluations of the other patterns from an earlier run (PREV, e.g. carried in .prev) are reused.
+  [ -d "${PREV:-}" ] && cp "$PREV"/{full,streaming,heuristic_*,random_*,ppl_heuristic_*,ppl_random_*}.json "$dir/" 2>/dev/null
+  cp "$src/patterns/Qwen2.5-Coder-1.5B-Instruct/heuristic_needle_mass.tsv" "$dir/heuristic.tsv"
+  EXTRA="--device cuda" scripts/compare_patterns.sh "$qwen" "$q16" "$dir" 8192,16384,32000 0,0.25,0.5,0.75,1 \
+    0.1,0.15,0.25,0.5
+  for p in calibrated heuristic random; do
+    local f=$dir/$p.tsv
+    [ $p = calibrated ] && f=$q16
+    for r in 0.1 0.25 0.5; do
+      [ -f "$dir/ppl_${p}_$r.json" ] && continue
+      "$duo" eval ppl -m "$qwen" --device cuda --length 16384 --score-chunk 1024 --attention duo --pattern "$f" \
+        --retrieval-ratio $r --json "$dir/ppl_${p}_$r.json"
+    done
+  done
+}
+step long_patterns_qwen 900 bash -c "$(declare -f long_patterns); q16='$q16'; src='$src'; PREV='${PREV:-}'; long_patterns"
+step long_llama3_int8 200 "$duo" bench --device cuda --synthetic llama3-8b --gpu-weights int8 --modes full,duo50 \
+  --prefill "" --decode 262144 --decode-steps 16 --out "$R/llama3_int8.json"
 
 log "suite done"
