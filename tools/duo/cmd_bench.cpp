@@ -67,14 +67,15 @@ void run_mode_comparison(const ModelOptions& mo, const std::string& contexts, in
   std::vector<Row> rows;
   for (const std::string mode : {"full", "duo", "streaming"}) {
     ModelOptions o = mo;
-    o.attention = mode;
+    // duo's plan is built below from --pattern (or a random ranking): the options are parsed as
+    // full attention, without the pattern, then switched to duo.
+    o.attention = mode == std::string("duo") ? "full" : mode;
     o.pattern.clear();
     EngineOptions eo = engine_options(o);
     std::unique_ptr<Engine> engine;
     if (mode == "duo") {
       // Which heads are retrieval heads does not change speed or memory, only how many:
       // without --pattern, a seeded random ranking at the requested ratio.
-      eo.attention = AttentionMode::Full;
       Engine probe(eo);
       const ModelConfig& c = probe.model().config();
       GateMatrix g;

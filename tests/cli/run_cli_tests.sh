@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# ctest cli_smoke: CLI paths that no unit test reaches, run on the real SmolLM2.
+#  - `duo bench --compare-modes` with --pattern: full, duo and streaming rows, duo's KV between
+#    streaming's and full's (the duo row once failed option parsing after the full rows had run);
+#  - `duo eval ppl --json`: a finite perplexity > 1 for the tokens asked;
+#  - bad input gives a clear error and a non-zero exit, not a crash.
+# Exit status 77 (ctest: skipped) when the model is missing, unless DUO_REQUIRE_MODELS is set.
+set -euo pipefail
+duo=${1:?usage: run_cli_tests.sh path/to/duo}
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+model=${DUO_MODELS:-$HOME/.cache/duo/models}/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ ! -f "$model" ]; then
+  [ -n "${DUO_REQUIRE_MODELS:-}" ] && { echo "model missing: $model"; exit 1; }
+  echo "model not fetched: $model"; exit 77
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+"$duo" bench -m "$model" -t 2 --compare-modes 512 -n 2 --duo-ratio 0.5 \
+  --pattern "$root/patterns/SmolLM2-135M-Instruct/cpu_48steps.tsv" > "$tmp/modes.txt"
+cat "$tmp/modes.txt"
+kv() { awk -v m="$1" '$1 == m && $2 == 512 { print $4 }' "$tmp/modes.txt"; }
+kv_full=$(kv full) kv_duo=$(kv duo) kv_stream=$(kv streaming)
+[ -n "$kv_full" ] && [ -n "$kv_duo" ] && [ -n "$kv_stream" ] || fail "compare-modes: missing a row"
+awk -v f="$kv_full" -v d="$kv_duo" -v s="$kv_stream" 'BEGIN { exit !(s < d && d < f) }' ||
+  fail "compare-modes: KV MiB not streaming < duo < full ($kv_stream, $kv_duo, $kv_full)"
+
+"$duo" eval ppl -m "$model" -t 2 --length 96 --score-chunk 32 --json "$tmp/ppl.json" > "$tmp/ppl.txt" 2>&1
+python3 - "$tmp/ppl.json" <<'PY' || fail "eval ppl: bad JSON result"
+import json, math, sys
+r = json.load(open(sys.argv[1]))
+assert r["scored"] == 95 and r["tail_from"] == 48 and r["tail_scored"] == 48, r
+assert math.isfinite(r["ppl"]) and 1.0 < r["ppl"] < 1e4, r
+assert abs(math.log(r["ppl"]) - r["nll"]) < 1e-4, r
+PY
+
+if "$duo" eval ppl -m "$model" --length 1000000 > "$tmp/err.txt" 2>&1; then fail "eval ppl accepted 1M tokens"; fi
+grep -q "longer than the context limit" "$tmp/err.txt" || { cat "$tmp/err.txt"; fail "eval ppl: unclear error"; }
+echo "cli smoke tests passed"
