@@ -207,9 +207,16 @@ void matmul_prefill_avx512(const MatmulOut* outs, int count, const ActQ16* a, in
   constexpr int kMaxOuts = 4;
   DUO_CHECK(count <= kMaxOuts, "matmul: at most {} matrices share an input", kMaxOuts);
   int64_t blocks[kMaxOuts], first_task[kMaxOuts + 1], all_blocks = 0;
-  for (int i = 0; i < count; ++i) all_blocks += blocks[i] = (outs[i].w.rows + kRB - 1) / kRB;
+  bool all_packed = true;
+  for (int i = 0; i < count; ++i) {
+    all_blocks += blocks[i] = (outs[i].w.rows + kRB - 1) / kRB;
+    all_packed = all_packed && outs[i].w.packed;
+  }
+  // Packed panels cost nothing to revisit, so then aim at ~8 tasks a thread: a thread that
+  // finishes early waits for at most a small task (a batched step runs ~10 such calls a layer).
+  const int64_t want_tasks = (all_packed ? 8 : 2) * pool.size();
   const int64_t tchunks =
-      std::min<int64_t>((n + kTT - 1) / kTT, std::max<int64_t>(1, (2 * pool.size() + all_blocks - 1) / all_blocks));
+      std::min<int64_t>((n + kTT - 1) / kTT, std::max<int64_t>(1, (want_tasks + all_blocks - 1) / all_blocks));
   const int64_t tper = ((n + tchunks - 1) / tchunks + kTT - 1) / kTT * kTT;
   first_task[0] = 0;
   for (int i = 0; i < count; ++i) first_task[i + 1] = first_task[i] + blocks[i] * tchunks;
