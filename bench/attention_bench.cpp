@@ -5,6 +5,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdlib>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -74,6 +75,63 @@ void BM_Attention(benchmark::State& state, int n_heads, int n_kv, int d) {
   state.counters["GFLOP/s"] =
       benchmark::Counter(4.0 * d * n_heads * pairs * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
+
+// A batched decode step as `duo serve` runs it: `seqs` sequences, one query each, over their
+// own caches of `cached` positions, for 30 layers (SmolLM2's), attention_many per layer. The
+// caches (seqs x 30 x cached x 1.5 KB) are far larger than the CPU caches, so this measures
+// attention reading K/V from DRAM. Time is per step (all layers).
+void BM_DecodeStep(benchmark::State& state) {
+  const int n_heads = 9, n_kv = 3, d = 64, layers = 30;
+  const int64_t seqs = state.range(0), cached = state.range(1);
+  const int64_t kv_row = (int64_t)n_kv * d;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> kc((size_t)(cached * kv_row)), q((size_t)(seqs * n_heads * d)), kn((size_t)(seqs * kv_row));
+  for (auto& x : kc) x = nd(rng);
+  for (auto& x : q) x = nd(rng);
+  for (auto& x : kn) x = nd(rng);
+  std::vector<float> out(q.size());
+  const duo::StreamingWindow window{64, 256};
+  std::vector<std::unique_ptr<duo::KvCache>> caches;
+  for (int64_t s = 0; s < seqs; ++s) {
+    caches.push_back(std::make_unique<duo::KvCache>(layers, n_kv, d,
+                                                     duo::HeadPlan::uniform(layers, n_kv, duo::HeadKind::Retrieval, window)));
+    for (int l = 0; l < layers; ++l)
+      for (int h = 0; h < n_kv; ++h) caches[s]->head(l, h).append(kc.data() + h * d, kc.data() + h * d, cached, kv_row, 0);
+    caches[s]->advance(cached);
+  }
+  std::vector<std::vector<std::vector<duo::KvSegment>>> segs((size_t)(seqs * layers));
+  std::vector<duo::HeadKind> kinds(n_kv, duo::HeadKind::Retrieval);
+  std::vector<std::vector<duo::AttentionArgs>> calls(layers);
+  for (int l = 0; l < layers; ++l)
+    for (int64_t s = 0; s < seqs; ++s) {
+      auto& sg = segs[(size_t)(l * seqs + s)];
+      sg.resize(n_kv);
+      for (int h = 0; h < n_kv; ++h) {
+        caches[s]->head(l, h).segments(cached, sg[h]);
+        sg[h].push_back({kn.data() + s * kv_row + h * d, kn.data() + s * kv_row + h * d, cached, 1, kv_row});
+      }
+      duo::AttentionArgs a;
+      a.q = q.data() + s * n_heads * d;
+      a.out = out.data() + s * n_heads * d;
+      a.n = 1;
+      a.pos0 = cached;
+      a.n_heads = n_heads;
+      a.n_kv_heads = n_kv;
+      a.head_dim = d;
+      a.segments = &sg;
+      a.kinds = &kinds;
+      a.window = window;
+      calls[l].push_back(a);
+    }
+  for (auto _ : state) {
+    for (int l = 0; l < layers; ++l) duo::attention_many(calls[l], pool());
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter(2.0 * 4 * kv_row * (cached + 1) * seqs * layers * 1e-9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_DecodeStep)->Args({32, 160})->Args({32, 400})->Args({1, 160})->Args({1, 20})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Args: {queries, cached positions, streaming}.
 BENCHMARK_CAPTURE(BM_Attention, smollm2_9x3x64, 9, 3, 64)

@@ -99,6 +99,46 @@ DUO_MM_BENCH(Q4_0_1536x576, Q4_0, 1536, 576);
 DUO_MM_BENCH(Q5_K_1536x1536, Q5_K, 1536, 1536);
 DUO_MM_BENCH(F16_576x576, F16, 576, 576);
 
+// SmolLM2's 30 layers of Q4_1 matrices (q, k, v, o, gate, up, down; ~100 MB, 290 MB packed),
+// each multiplied by n tokens, as a batched decode step of `duo serve` runs them: the weights
+// stream from DRAM, not from the CPU caches. Args: {tokens, packed (pack_weight) or not}.
+void BM_LayerStack(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const bool packed = state.range(1) != 0;
+  const int64_t E = 576, KV = 192, F = 1536;
+  struct Mat {
+    std::vector<uint8_t> data;
+    duo::WeightView w;
+    std::shared_ptr<const duo::PackedWeight> p;
+  };
+  std::vector<Mat> mats;
+  double flops = 0;
+  for (int l = 0; l < 30; ++l)
+    for (auto [rows, cols] : {std::pair{E, E}, {KV, E}, {KV, E}, {E, E}, {F, E}, {F, E}, {E, F}}) {
+      Mat m;
+      m.data = random_weights(GgmlType::Q4_1, rows, cols);
+      m.w = {GgmlType::Q4_1, m.data.data(), rows, cols, duo::row_bytes(GgmlType::Q4_1, cols)};
+      if (packed) {
+        m.p = duo::pack_weight(m.w, pool());
+        m.w.packed = m.p.get();
+      }
+      flops += 2.0 * rows * cols * n;
+      mats.push_back(std::move(m));
+    }
+  std::vector<float> x((size_t)(n * F)), y((size_t)(n * F));
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (auto& v : x) v = nd(rng);
+  for (auto _ : state) {
+    for (const Mat& m : mats) duo::matmul(m.w, x.data(), n, y.data(), pool());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_LayerStack)->Args({48, 0})->Args({48, 1})->Args({24, 1})->Args({128, 1})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
+
 }  // namespace
 
 BENCHMARK_MAIN();

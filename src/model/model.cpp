@@ -170,6 +170,7 @@ std::unique_ptr<Model> Model::load(const std::string& path) {
 
 HeadPlan Model::reorder_heads(const HeadPlan& plan) {
   DUO_CHECK(kv_order_.empty(), "the heads of this model were already reordered");
+  DUO_CHECK(packed_.empty(), "reorder the heads before packing the weights");
   const ModelConfig& c = cfg_;
   DUO_CHECK((int)plan.kinds.size() == c.n_layers, "head plan has {} layers, the model {}", plan.kinds.size(),
             c.n_layers);
@@ -207,6 +208,22 @@ HeadPlan Model::reorder_heads(const HeadPlan& plan) {
     permute_vec(L.bv, order, D);
   }
   return out;
+}
+
+size_t Model::pack_weights(ThreadPool& pool) {
+  if (!packed_.empty()) return 0;
+  size_t bytes = 0;
+  auto pack = [&](WeightView& w) {
+    std::shared_ptr<const PackedWeight> p = pack_weight(w, pool);
+    if (!p) return;
+    w.packed = p.get();
+    bytes += packed_bytes(*p);
+    packed_.push_back(std::move(p));
+  };
+  for (LayerWeights& L : w_.layers)
+    for (WeightView* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) pack(*w);
+  pack(w_.output);
+  return bytes;
 }
 
 HeadPlan Model::to_slot_order(const HeadPlan& plan) const {
@@ -289,6 +306,26 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
   // own (a pre-fill chunk). Each row then takes the matmul path it takes when its sequence
   // runs alone, so batching changes nothing for pre-fill, nor for decode while at most 4
   // sequences decode together (the matmul's few-token path; more take its many-token kernel).
+  // With quantized weights the many-token kernel computes each row from its own token alone,
+  // so neighbouring ranges that take it anyway (more than kMatmulFewTokens rows each: a batch
+  // of decoders, pre-fill chunks) merge into one call with the same numbers, and the weights
+  // are read once per step for all of them.
+  bool mergeable = matmul_tokens_independent(w_.output);
+  for (const LayerWeights& L : w_.layers)
+    for (const WeightView* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+      mergeable = mergeable && matmul_tokens_independent(*w);
+  auto merge_wide = [&](std::vector<std::pair<int64_t, int64_t>>& gs) {
+    if (!mergeable) return;
+    std::vector<std::pair<int64_t, int64_t>> merged;
+    for (const auto& g : gs) {
+      if (!merged.empty() && merged.back().second > kMatmulFewTokens && g.second > kMatmulFewTokens &&
+          merged.back().first + merged.back().second == g.first)
+        merged.back().second += g.second;
+      else
+        merged.push_back(g);
+    }
+    gs.swap(merged);
+  };
   std::vector<std::pair<int64_t, int64_t>> groups;
   for (size_t i = 0; i < count; ++i) {
     if (items[i].n == 1 && i > 0 && items[i - 1].n == 1)
@@ -296,6 +333,7 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
     else
       groups.push_back({first[i], items[i].n});
   }
+  merge_wide(groups);
   auto mm = [&](const WeightView& w, const float* in, float* out) {
     for (const auto& [r0, m] : groups) matmul(w, in + r0 * w.cols, m, out + r0 * w.rows, pool);
   };
@@ -422,6 +460,7 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
     for (int64_t t = begin; t < end; ++t, ++rows)
       rmsnorm(x + t * E, w_.output_norm.data(), xn + rows * E, (int)E, c.norm_eps);
   }
+  merge_wide(groups);
   for (const auto& [r0, m] : groups) matmul(w_.output, xn + r0 * E, m, logits + r0 * c.n_vocab, pool);
 }
 

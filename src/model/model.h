@@ -99,6 +99,13 @@ class Model {
   // model serve sequences with different patterns.
   HeadPlan to_slot_order(const HeadPlan& plan) const;
 
+  // Packs every layer's matrices and the LM head once into the many-token matmul kernel's
+  // panels (pack_weight): pre-fill chunks and batched decode steps then skip unpacking the
+  // quantized weights on every call; one-token decode still reads the stored blocks. Costs
+  // about 2 bytes per weight; returns the bytes added (0 where the kernel packs nothing).
+  // Heads must be reordered (reorder_heads) before, not after.
+  size_t pack_weights(ThreadPool& pool);
+
   // Installs (or with nullptr removes) an observer called by every later forward pass.
   void set_observer(AttentionObserver* obs) { observer_ = obs; }
 
@@ -113,6 +120,7 @@ class Model {
   std::vector<std::vector<float>> owned_;  // weight storage of a synthetic model
   std::vector<std::vector<uint8_t>> reordered_;  // Wq/Wk/Wv rows in retrieval-first order
   std::vector<std::vector<int>> kv_order_;       // [layer][new KV slot] = original KV head
+  std::vector<std::shared_ptr<const PackedWeight>> packed_;  // pack_weights()
   ModelConfig cfg_;
   ModelWeights w_;
   std::vector<float> inv_freq_;  // RoPE inverse frequencies, head_dim / 2 values

@@ -226,6 +226,74 @@ TEST(Matmul, MultiEqualsOneCallEach) {
   EXPECT_THROW(matmul_multi({{a, y.data()}, {other, y.data()}}, x.data(), 1, pool), std::runtime_error);
 }
 
+// Panels packed once (pack_weight) give bit for bit what unpacking on every call gives, for
+// every quantized type, decode and pre-fill token counts, partial row panels, at every SIMD
+// level (the packed form is only read by the AVX-512 kernel; the others must ignore it), and
+// also within the reference's tolerance (check_type's bound, loosely).
+TEST(Matmul, PackedWeightsEqualUnpacked) {
+  std::mt19937 rng(23);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  struct Shape {
+    GgmlType type;
+    int64_t rows, cols;
+  };
+  for (const Shape& s : {Shape{GgmlType::Q4_1, 101, 576}, Shape{GgmlType::Q8_0, 49, 96}, Shape{GgmlType::Q4_0, 37, 64},
+                         Shape{GgmlType::Q5_0, 48, 64}, Shape{GgmlType::Q5_1, 13, 64}, Shape{GgmlType::Q4_K, 37, 512},
+                         Shape{GgmlType::Q5_K, 19, 256}, Shape{GgmlType::Q6_K, 50, 512}}) {
+    auto data = random_weights(s.type, s.rows, s.cols, rng);
+    WeightView w{s.type, data.data(), s.rows, s.cols, row_bytes(s.type, s.cols)};
+    ThreadPool pack_pool(2);
+    std::shared_ptr<const PackedWeight> packed;
+    {
+      test::ScopedSimdLevel scoped(simd_compiled());
+      packed = pack_weight(w, pack_pool);
+    }
+    if (simd_compiled() >= SimdLevel::Avx512) {
+      ASSERT_NE(packed, nullptr) << type_name(s.type);
+      EXPECT_GE(packed_bytes(*packed), (size_t)(s.rows * s.cols * 2));
+    }
+    WeightView wp = w;
+    wp.packed = packed.get();
+    for (int64_t n : {1, 5, 9, 33}) {
+      std::vector<float> x(n * s.cols), ref(n * s.rows), y(n * s.rows), yp(n * s.rows);
+      for (auto& v : x) v = nd(rng);
+      matmul_ref(w, x.data(), n, ref.data());
+      for (SimdLevel level : test::simd_levels())
+        for (int threads : {1, 3}) {
+          test::ScopedSimdLevel scoped(level);
+          ThreadPool pool(threads);
+          matmul(w, x.data(), n, y.data(), pool);
+          matmul(wp, x.data(), n, yp.data(), pool);
+          ASSERT_EQ(yp, y) << type_name(s.type) << " n " << n << " threads " << threads << " " << simd_name(level);
+          double mag = 0;
+          for (float v : ref) mag = std::max(mag, (double)std::fabs(v));
+          for (size_t i = 0; i < yp.size(); ++i) ASSERT_NEAR(yp[i], ref[i], 1e-3 * mag + 1e-4) << type_name(s.type);
+        }
+    }
+  }
+  // Float weights have no packed form.
+  std::vector<float> f(64 * 4, 0.5f);
+  ThreadPool pool(1);
+  EXPECT_EQ(pack_weight(WeightView{GgmlType::F32, reinterpret_cast<const uint8_t*>(f.data()), 4, 64, 256}, pool),
+            nullptr);
+}
+
+// Panels packed from one matrix are refused for another (a stale pointer after the weights
+// moved would otherwise multiply by the wrong numbers).
+TEST(Matmul, PackedWeightsOfAnotherMatrixAreRefused) {
+  if (simd_compiled() < SimdLevel::Avx512) GTEST_SKIP() << "no AVX-512 kernels in this build";
+  std::mt19937 rng(29);
+  auto a = random_weights(GgmlType::Q4_1, 48, 64, rng), b = random_weights(GgmlType::Q4_1, 48, 64, rng);
+  WeightView wa{GgmlType::Q4_1, a.data(), 48, 64, row_bytes(GgmlType::Q4_1, 64)};
+  WeightView wb{GgmlType::Q4_1, b.data(), 48, 64, row_bytes(GgmlType::Q4_1, 64)};
+  test::ScopedSimdLevel scoped(SimdLevel::Avx512);
+  ThreadPool pool(1);
+  auto pa = pack_weight(wa, pool);
+  wb.packed = pa.get();
+  std::vector<float> x(8 * 64, 1.0f), y(8 * 48);
+  EXPECT_THROW(matmul(wb, x.data(), 8, y.data(), pool), std::runtime_error);
+}
+
 TEST(Matmul, RejectsBadShapes) {
   std::vector<uint8_t> d(1024);
   ThreadPool pool(1);

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "backend/cpu/simd_level.h"
 #include "core/thread_pool.h"
 #include "model/model.h"
 #include "sample/sampler.h"
@@ -241,6 +242,59 @@ TEST(ForwardBatch, SmolLM2BatchedGreedyMatchesOneAtATime) {
   EXPECT_LT(worst, 2e-2);
   RecordProperty("max_abs_logit_diff", std::to_string(worst));
   std::printf("SmolLM2 batched vs alone: max |logit diff| %.3g\n", worst);
+}
+
+// The real quantized model in a serving step: 6 decoders (the many-token kernel), pre-fill
+// chunks of 23 and 9 tokens (merged into the decoders' matmul calls: the quantized kernel
+// computes each token alone) and one of 3 tokens (the few-token path, a call of its own).
+// Every chunk's logits must equal those of its sequence run alone bit for bit; the decoders'
+// stay within the rounding of the other kernel. Packed weights (pack_weights) change nothing.
+TEST(ForwardBatch, SmolLM2PrefillChunksMergedWithDecodesAreExact) {
+  DUO_REQUIRE_MODEL(path, test::kSmolLM2);
+  for (bool packed : {false, true}) {
+    auto m = Model::load(path);
+    ThreadPool pool(2);
+    if (packed) {
+      const size_t bytes = m->pack_weights(pool);
+      if (simd_compiled() >= SimdLevel::Avx512) {
+        EXPECT_GT(bytes, (size_t)200 << 20);
+      }
+      EXPECT_EQ(m->pack_weights(pool), 0u) << "packs once";
+      EXPECT_THROW(m->reorder_heads(HeadPlan::uniform(m->config().n_layers, m->config().n_kv_heads,
+                                                      HeadKind::Retrieval)),
+                   std::runtime_error);
+    }
+    const ModelConfig& c = m->config();
+    const int V = c.n_vocab;
+    const int prompts[] = {12, 70, 40, 5, 33, 90, 17, 8, 26};
+    const int feeds[] = {1, 1, 1, 1, 1, 1, 23, 9, 3};
+    std::vector<std::unique_ptr<KvCache>> alone, batched;
+    std::vector<std::vector<int32_t>> feed;
+    std::vector<float> want(9 * (size_t)V), got(9 * (size_t)V);
+    for (int i = 0; i < 9; ++i) {
+      const HeadPlan p = HeadPlan::uniform(c.n_layers, c.n_kv_heads, i % 3 == 1 ? HeadKind::Streaming
+                                                                                  : HeadKind::Retrieval, {16, 64});
+      alone.push_back(m->new_cache(p));
+      batched.push_back(m->new_cache(p));
+      const auto t = tokens(prompts[i], V, i);
+      m->forward(*alone[i], t.data(), (int64_t)t.size(), nullptr, pool);
+      m->forward(*batched[i], t.data(), (int64_t)t.size(), nullptr, pool);
+      feed.push_back(tokens(feeds[i], V, 50 + i));
+      m->forward(*alone[i], feed[i].data(), feeds[i], want.data() + i * V, pool);
+    }
+    std::vector<BatchItem> items;
+    for (int i = 0; i < 9; ++i) items.push_back({batched[i].get(), feed[i].data(), feeds[i]});
+    m->forward_batch(items, got.data(), pool);
+    for (int i = 0; i < 9; ++i) {
+      EXPECT_EQ(batched[i]->n_past(), alone[i]->n_past());
+      const double d = max_abs_diff(want.data() + i * V, got.data() + i * V, V);
+      if (feeds[i] > 1) {
+        EXPECT_EQ(d, 0.0) << "chunk of sequence " << i << (packed ? " (packed)" : "");
+      } else {
+        EXPECT_LT(d, 2e-2) << "decoder " << i << (packed ? " (packed)" : "");
+      }
+    }
+  }
 }
 
 }  // namespace

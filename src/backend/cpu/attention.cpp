@@ -358,8 +358,18 @@ void run_split(const std::vector<const Prepared*>& ps, ThreadPool& pool) {
     RowState st;
     int rows = 0;
   };
+  // A call whose heads have at most `splits` key blocks takes one part per block: the same
+  // partition as `splits` parts (those put each block alone and leave the rest empty, and
+  // empty parts drop out of the merge exactly), without the empty tasks. A batched decode step
+  // of many short sequences then runs a few tasks per sequence, not `splits`.
+  std::vector<int> call_splits(ps.size());
   std::vector<int64_t> first_part(ps.size() + 1, 0);  // parts of call i: [first_part[i], first_part[i + 1])
-  for (size_t i = 0; i < ps.size(); ++i) first_part[i + 1] = first_part[i] + ps[i]->tasks * splits;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    size_t most = 1;
+    for (const auto& hb : ps[i]->blocks) most = std::max(most, hb.size());
+    call_splits[i] = (int)std::min<size_t>((size_t)splits, most);
+    first_part[i + 1] = first_part[i] + ps[i]->tasks * call_splits[i];
+  }
   // Grow-only and owned by the calling thread: decode calls this once per layer per token.
   // (A reference, so worker threads use the caller's buffer, not their own thread_local.)
   static thread_local std::vector<Partial> parts_buffer;
@@ -371,25 +381,33 @@ void run_split(const std::vector<const Prepared*>& ps, ThreadPool& pool) {
       while (pi >= first_part[i + 1]) ++i;
       const Prepared& p = *ps[i];
       const int64_t local = pi - first_part[i];
-      const int sp = (int)(local % splits);
+      const int ns = call_splits[i], sp = (int)(local % ns);
       int kvh;
       int64_t t0, t1;
-      p.task_rows(local / splits, kvh, t0, t1);
+      p.task_rows(local / ns, kvh, t0, t1);
       const size_t nb = p.blocks[kvh].size();
-      const size_t kb0 = nb * sp / splits, kb1 = nb * (sp + 1) / splits;
+      const size_t kb0 = nb * sp / ns, kb1 = nb * (sp + 1) / ns;
       p.run_rows(kvh, t0, t1, kb0, kb1, parts[pi].st, parts[pi].rows);
     }
   });
-  for (size_t i = 0; i < ps.size(); ++i) {
-    const Prepared& p = *ps[i];
-    for (int64_t task = 0; task < p.tasks; ++task) {
+  // Merge each task's parts in order and write its rows: tasks in parallel (each merge is the
+  // same serial fold whichever thread runs it).
+  std::vector<int64_t> first_task(ps.size() + 1, 0);
+  for (size_t i = 0; i < ps.size(); ++i) first_task[i + 1] = first_task[i] + ps[i]->tasks;
+  pool.parallel_for(first_task.back(), [&](int64_t b, int64_t e, int) {
+    size_t i = (size_t)(std::upper_bound(first_task.begin(), first_task.end(), b) - first_task.begin()) - 1;
+    for (int64_t gt = b; gt < e; ++gt) {
+      while (gt >= first_task[i + 1]) ++i;
+      const Prepared& p = *ps[i];
+      const int64_t task = gt - first_task[i];
+      const int ns = call_splits[i];
       int kvh;
       int64_t t0, t1;
       p.task_rows(task, kvh, t0, t1);
-      const size_t base = (size_t)(first_part[i] + task * splits);
+      const size_t base = (size_t)(first_part[i] + task * ns);
       RowState& acc = parts[base].st;
       const int rows = parts[base].rows;
-      for (int sp = 1; sp < splits; ++sp) {
+      for (int sp = 1; sp < ns; ++sp) {
         const RowState& q = parts[base + sp].st;
         for (int r = 0; r < rows; ++r) {
           if (q.m[r] == kNegInf) continue;
@@ -402,7 +420,7 @@ void run_split(const std::vector<const Prepared*>& ps, ThreadPool& pool) {
       }
       p.write_out(kvh, t0, t1, acc);
     }
-  }
+  });
 }
 
 }  // namespace

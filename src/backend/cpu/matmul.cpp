@@ -51,7 +51,7 @@ using namespace mm;
 
 namespace {
 
-constexpr int64_t kDecodeTokens = 4;  // up to this many tokens use the per-row dot path
+constexpr int64_t kDecodeTokens = kMatmulFewTokens;  // up to this many tokens use the per-row dot path
 constexpr int kTileRows = 6;          // rows per pre-fill register tile
 constexpr int kRowBlock = 24;         // rows unpacked together in the pre-fill path (multiple of kTileRows)
 constexpr int kTG = 8;                // tokens per SIMD vector in the pre-fill kernel
@@ -823,6 +823,23 @@ void matmul_ref(const WeightView& w, const float* x, int64_t n, float* y) {
     }
   }
 }
+
+std::shared_ptr<const PackedWeight> pack_weight(const WeightView& w, ThreadPool& pool) {
+  check(w);
+#if DUO_HAVE_AVX512
+  if (use_avx512() && !is_float_type(w.type)) return pack_weight_avx512(w, pool);
+#else
+  (void)pool;
+#endif
+  return nullptr;
+}
+
+// The quantized kernels (AVX-512 tile, AVX2 token-group tile, scalar) keep one accumulator per
+// (row, token) and visit the blocks in the same order for every token; only the float-weight
+// tile mixes paths (3x4 SIMD tiles, dot products for the ragged edge).
+bool matmul_tokens_independent(const WeightView& w) { return !is_float_type(w.type); }
+
+size_t packed_bytes(const PackedWeight& p) { return p.q.size() * sizeof(int32_t) + p.dm.size() * sizeof(float); }
 
 void matmul(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool) {
   matmul_multi({{w, y}}, x, n, pool);

@@ -5,12 +5,15 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <memory>
 
 #include "core/ggml_types.h"
 
 namespace duo {
 
 class ThreadPool;
+
+struct PackedWeight;
 
 // A weight matrix as stored in GGUF: `rows` output features, each a contiguous row of
 // `cols` input features encoded in `type` (`row_stride` bytes apart).
@@ -20,7 +23,26 @@ struct WeightView {
   int64_t rows = 0;
   int64_t cols = 0;
   size_t row_stride = 0;
+  // Optional: the same matrix in the layout of the many-token kernel (pack_weight). Read by
+  // matmul calls of more than 4 tokens; the few-token path always reads `data`.
+  const PackedWeight* packed = nullptr;
 };
+
+// Makes `w`'s many-token panels once, so that matmuls of many tokens (pre-fill chunks, a
+// batch of decoding sequences) skip unpacking the quantized blocks on every call. Costs
+// ~2 bytes per weight plus 8 bytes per 32-block (about 4x a Q4 matrix). Returns nullptr
+// where the kernel that would run reads no packed form (float weights, or below the AVX-512
+// SIMD level). Set the result's pointer in WeightView::packed; it must outlive the view.
+std::shared_ptr<const PackedWeight> pack_weight(const WeightView& w, ThreadPool& pool);
+size_t packed_bytes(const PackedWeight& p);
+
+// Calls of up to this many tokens take the few-token path (one pass over each weight row per
+// token); more take the many-token kernel.
+inline constexpr int64_t kMatmulFewTokens = 4;
+// True when the many-token kernel computes each token's outputs from that token alone, with
+// the same numbers whichever other tokens share the call (quantized weights, every SIMD
+// level): callers may then merge many-token calls without changing any result.
+bool matmul_tokens_independent(const WeightView& w);
 
 // Y[t][r] = sum_c W[r][c] * X[t][c] for t in [0, n_tokens). X is n_tokens x cols, Y is
 // n_tokens x rows, both row-major float.

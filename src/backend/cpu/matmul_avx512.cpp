@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -77,12 +78,10 @@ inline void transpose16(__m512i r[16]) {
   }
 }
 
-// Unpacks rows [r0, r0 + nr) into the panel, 16 rows at a time: each row to int16 with
-// unpack_row, then each block's 16 x 16 (row, pair) words transposed in registers.
-void fill_panel(const WeightView& w, int64_t r0, int nr, int64_t nb, Panel& p, int32_t*& q, float*& d, float*& m) {
-  q = scratch(p.q, (size_t)(nb * kPairs * kRB));
-  d = scratch(p.dm, (size_t)(2 * nb * kRB));
-  m = d + nb * kRB;
+// Unpacks rows [r0, r0 + nr) into a panel (q: nb * kPairs * kRB words, d and m: nb * kRB
+// floats each), 16 rows at a time: each row to int16 with unpack_row (into p's row buffers), then
+// each block's 16 x 16 (row, pair) words transposed in registers.
+void fill_panel(const WeightView& w, int64_t r0, int nr, int64_t nb, Panel& p, int32_t* q, float* d, float* m) {
   int16_t* rq = scratch(p.rows_q, (size_t)(16 * nb * QK));
   float* rf = scratch(p.rows_f, (size_t)(16 * 2 * nb));
   for (int v = 0; v < kRV; ++v) {
@@ -180,6 +179,26 @@ void tiles(const int32_t* pq, const float* pd, const float* pm, const ActQ16* a,
 
 }  // namespace
 
+std::shared_ptr<const PackedWeight> pack_weight_avx512(const WeightView& w, ThreadPool& pool) {
+  const int64_t nb = w.cols / QK, blocks = (w.rows + kRB - 1) / kRB;
+  auto pw = std::make_shared<PackedWeight>();
+  pw->data = w.data;
+  pw->type = w.type;
+  pw->rows = w.rows;
+  pw->cols = w.cols;
+  pw->q.resize((size_t)(blocks * nb * kPairs * kRB));
+  pw->dm.resize((size_t)(blocks * 2 * nb * kRB));
+  pool.parallel_for_dynamic(blocks, 1, [&](int64_t b0, int64_t b1, int) {
+    Panel& p = thread_panel512();
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      float* d = pw->dm.data() + blk * 2 * nb * kRB;
+      fill_panel(w, blk * kRB, (int)std::min<int64_t>(kRB, w.rows - blk * kRB), nb, p,
+                 pw->q.data() + blk * nb * kPairs * kRB, d, d + nb * kRB);
+    }
+  });
+  return pw;
+}
+
 void matmul_prefill_avx512(const MatmulOut* outs, int count, const ActQ16* a, int64_t n, ThreadPool& pool) {
   static_assert(kTT <= 4, "tiles() handles token tails of up to 3");
   const int64_t nb = outs[0].w.cols / QK;
@@ -188,9 +207,16 @@ void matmul_prefill_avx512(const MatmulOut* outs, int count, const ActQ16* a, in
   constexpr int kMaxOuts = 4;
   DUO_CHECK(count <= kMaxOuts, "matmul: at most {} matrices share an input", kMaxOuts);
   int64_t blocks[kMaxOuts], first_task[kMaxOuts + 1], all_blocks = 0;
-  for (int i = 0; i < count; ++i) all_blocks += blocks[i] = (outs[i].w.rows + kRB - 1) / kRB;
+  bool all_packed = true;
+  for (int i = 0; i < count; ++i) {
+    all_blocks += blocks[i] = (outs[i].w.rows + kRB - 1) / kRB;
+    all_packed = all_packed && outs[i].w.packed;
+  }
+  // Packed panels cost nothing to revisit, so then aim at ~8 tasks a thread: a thread that
+  // finishes early waits for at most a small task (a batched step runs ~10 such calls a layer).
+  const int64_t want_tasks = (all_packed ? 8 : 2) * pool.size();
   const int64_t tchunks =
-      std::min<int64_t>((n + kTT - 1) / kTT, std::max<int64_t>(1, (2 * pool.size() + all_blocks - 1) / all_blocks));
+      std::min<int64_t>((n + kTT - 1) / kTT, std::max<int64_t>(1, (want_tasks + all_blocks - 1) / all_blocks));
   const int64_t tper = ((n + tchunks - 1) / tchunks + kTT - 1) / kTT * kTT;
   first_task[0] = 0;
   for (int i = 0; i < count; ++i) first_task[i + 1] = first_task[i] + blocks[i] * tchunks;
@@ -200,14 +226,27 @@ void matmul_prefill_avx512(const MatmulOut* outs, int count, const ActQ16* a, in
       int i = 0;
       while (task >= first_task[i + 1]) ++i;
       const WeightView& w = outs[i].w;
+      DUO_CHECK(!w.packed || (w.packed->data == w.data && w.packed->type == w.type && w.packed->rows == w.rows &&
+                              w.packed->cols == w.cols),
+                "matmul: the packed panels were made from another weight matrix");
       const int64_t local = task - first_task[i];
       const int64_t blk = local / tchunks, t0 = (local % tchunks) * tper, t1 = std::min(n, t0 + tper);
       if (t0 >= t1) continue;
       const int64_t r0 = blk * kRB;
       const int nr = (int)std::min<int64_t>(kRB, w.rows - r0);
-      int32_t* pq;
-      float *pd, *pm;
-      fill_panel(w, r0, nr, nb, p, pq, pd, pm);
+      const int32_t* pq;
+      const float *pd, *pm;
+      if (w.packed) {
+        // Packed once (pack_weight_avx512): the panel of this row block, as fill_panel makes it.
+        pq = w.packed->q.data() + blk * nb * kPairs * kRB;
+        pd = w.packed->dm.data() + blk * 2 * nb * kRB;
+        pm = pd + nb * kRB;
+      } else {
+        int32_t* q = scratch(p.q, (size_t)(nb * kPairs * kRB));
+        float* d = scratch(p.dm, (size_t)(2 * nb * kRB));
+        fill_panel(w, r0, nr, nb, p, q, d, d + nb * kRB);
+        pq = q, pd = d, pm = d + nb * kRB;
+      }
       __mmask16 mask[kRV];
       for (int v = 0; v < kRV; ++v) {
         const int valid = std::clamp(nr - 16 * v, 0, 16);

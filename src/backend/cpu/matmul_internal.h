@@ -2,12 +2,27 @@
 // and scalar kernels; matmul_avx512.cpp: AVX-512 kernels). Not part of the op interface.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "backend/cpu/simd_avx512.h"  // first: it includes <immintrin.h>
 #include "backend/cpu/matmul.h"
 #include "core/fp16.h"
 #include "core/quant_blocks.h"
+
+namespace duo {
+
+// A quantized weight matrix rearranged once into the panels the AVX-512 many-token kernel
+// reads (pack_weight), so its calls skip unpacking. Knows the matrix it was made from.
+struct PackedWeight {
+  const uint8_t* data = nullptr;
+  GgmlType type = GgmlType::F32;
+  int64_t rows = 0, cols = 0;
+  std::vector<int32_t> q;  // row blocks' panels of int16 pairs, one after another
+  std::vector<float> dm;   // row blocks' scales then mins
+};
+
+}  // namespace duo
 
 namespace duo::mm {
 
@@ -55,6 +70,8 @@ bool has_min(GgmlType t);
 void unpack_row(GgmlType type, const uint8_t* src, int64_t nb, PanelRow p);
 
 // AVX-512 kernels (matmul_avx512.cpp), callable when use_avx512().
+// Every row block's pre-fill panel made once (matmul_avx512.cpp describes the layout).
+std::shared_ptr<const PackedWeight> pack_weight_avx512(const WeightView& w, ThreadPool& pool);
 // Pre-fill: y_i = W_i x for n tokens whose activations are already quantized (a: n x nb,
 // token-major), all matrices in one parallel region.
 void matmul_prefill_avx512(const MatmulOut* outs, int count, const ActQ16* a, int64_t n, ThreadPool& pool);
