@@ -178,6 +178,23 @@ void gemv_bf16(const bf16*, int64_t, int64_t, const bf16*, float*, bool, cudaStr
   throw std::logic_error("emulated gemv_bf16: not used");
 }
 
+// Decode GEMVs and int8 weights are inference paths the calibration never takes (it loads bf16
+// weights and runs every linear layer through cuBLAS); they exist here so the host code links.
+void gemv_swiglu_bf16(const bf16*, int64_t, int64_t, const bf16*, bf16*, cudaStream_t) {
+  throw std::logic_error("emulated gemv_swiglu_bf16: not used");
+}
+bool gemv_int8_supported(const int8_t*, int64_t, const bf16*) { return false; }
+void gemv_int8(const int8_t*, const float*, int64_t, int64_t, const bf16*, float*, bool, cudaStream_t) {
+  throw std::logic_error("emulated gemv_int8: not used");
+}
+void gemv_swiglu_int8(const int8_t*, const float*, int64_t, int64_t, const bf16*, bf16*, cudaStream_t) {
+  throw std::logic_error("emulated gemv_swiglu_int8: not used");
+}
+void dequant_int8_rows(const int8_t*, const float*, int64_t, int64_t, bf16*, cudaStream_t) {
+  throw std::logic_error("emulated dequant_int8_rows: not used");
+}
+void fill_int8(int8_t*, int64_t, uint64_t, cudaStream_t) { throw std::logic_error("emulated fill_int8: not used"); }
+
 void fill_uniform(bf16* dst, int64_t count, uint64_t seed, float center, float scale, cudaStream_t) {
   for (int64_t i = 0; i < count; ++i) dst[i] = __float2bfloat16(center + scale * hash_uniform(seed, (uint64_t)i));
 }
