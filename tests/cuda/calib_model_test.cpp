@@ -23,6 +23,7 @@
 #include "calibrate/calibrator.h"
 #include "calibrate/cuda/cuda_gated_model.h"
 #include "calibrate/gated_model.h"
+#include "calibrate/gated_model_fixtures.h"
 #include "calibrate/loss.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -33,32 +34,7 @@
 namespace duo::cuda::calib {
 namespace {
 
-ModelConfig tiny(RopeStyle style, bool bias, int head_dim) {
-  ModelConfig c;
-  c.arch = style == RopeStyle::Neox ? "qwen2" : "llama";
-  c.name = "tiny";
-  c.n_layers = 2;
-  c.n_embd = 128;
-  c.n_ff = 192;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.head_dim = head_dim;  // the CUDA attention kernels take 64 or 128
-  c.n_rot = head_dim;
-  c.n_vocab = 64;
-  c.n_ctx_train = 4096;
-  c.rope_theta = style == RopeStyle::Neox ? 1e6f : 10000.0f;
-  c.norm_eps = 1e-5f;
-  c.rope_style = style;
-  c.qkv_bias = bias;
-  return c;
-}
-
-std::vector<int32_t> random_tokens(int64_t n, int vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t((size_t)n);
-  for (auto& x : t) x = (int32_t)(rng() % (uint64_t)vocab);
-  return t;
-}
+using namespace duo::calib_fixtures;
 
 struct GradCompare {
   double rel_l2 = 0, max_rel = 0, cosine = 0;
@@ -133,12 +109,6 @@ const Variant kVariants[] = {{RopeStyle::Interleaved, false, 64, "interleaved, n
                              {RopeStyle::Interleaved, true, 128, "interleaved, bias, d 128"},
                              {RopeStyle::Neox, false, 128, "neox, no bias, d 128"},
                              {RopeStyle::Neox, true, 64, "neox, bias, d 64"}};
-
-// 200 tokens cross 64- and 128-row blocks (not a multiple of either); the window (sink 4,
-// recent 40) makes streaming attention differ from full attention in every layer.
-constexpr int64_t kTokens = 200;
-const StreamingWindow kWindow{4, 40};
-const std::vector<int64_t> kRows = {70, 101, 102, 150, 199};
 
 TEST(CalibCudaModel, TinyModelLossAndGradientMatchCpu) {
   for (const Variant& var : kVariants) {
@@ -246,18 +216,6 @@ TEST(CalibCudaModel, SmolLM2MatchesCpu) {
 // gates. AdamW's first steps move every gate by about lr whatever the gradient's size, so the
 // gates agree where the gradients' signs do: gates start at 0.5 with lambda 0 (no L1 term to
 // cancel against), where the distillation gradient is large and its sign clear.
-class RandomSamples : public SampleSource {
- public:
-  PasskeySample next(std::mt19937_64& rng) override {
-    PasskeySample s;
-    const int64_t n = 150 + (int64_t)uniform_below(rng, 100);
-    for (int64_t i = 0; i < n; ++i) s.tokens.push_back((int32_t)uniform_below(rng, 64));
-    s.answer_mask.assign((size_t)n, 0);
-    for (int64_t i = n - 8; i < n; ++i) s.answer_rows.push_back(i), s.answer_mask[i] = 1;
-    return s;
-  }
-};
-
 TEST(CalibCudaModel, ThreeStepCalibrationMatchesCpu) {
   auto model = Model::synthetic(tiny(RopeStyle::Neox, true, 64), 81);
   CalibrationConfig cfg;
