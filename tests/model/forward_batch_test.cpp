@@ -15,28 +15,14 @@
 #include "backend/cpu/simd_level.h"
 #include "core/thread_pool.h"
 #include "model/model.h"
+#include "model/tiny_model_config.h"
 #include "sample/sampler.h"
 #include "test_support.h"
 
 namespace duo {
 namespace {
 
-ModelConfig tiny_config(bool qwen_like) {
-  ModelConfig c;
-  c.arch = qwen_like ? "qwen2" : "llama";
-  c.n_layers = 3;
-  c.n_embd = 96;
-  c.n_heads = 6;
-  c.n_kv_heads = 2;
-  c.head_dim = 16;
-  c.n_ff = 160;
-  c.n_vocab = 300;
-  c.n_ctx_train = 4096;
-  c.rope_style = qwen_like ? RopeStyle::Neox : RopeStyle::Interleaved;
-  c.qkv_bias = qwen_like;
-  c.tied_embeddings = !qwen_like;
-  return c;
-}
+using test::tiny_config;
 
 std::vector<int32_t> tokens(int n, int vocab, int salt) {
   std::vector<int32_t> t(n);
