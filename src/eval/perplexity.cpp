@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "core/error.h"
@@ -70,6 +72,19 @@ PerplexityResult run_perplexity(Engine& engine, const PerplexityOptions& o,
   r.ppl = std::exp(r.nll);
   if (r.tail_scored) r.tail_nll = tail_sum / r.tail_scored, r.tail_ppl = std::exp(r.tail_nll);
   return r;
+}
+
+void write_perplexity_json(const PerplexityResult& r, const std::string& model, const std::string& mode,
+                           int64_t length, const std::string& path) {
+  const nlohmann::json j = {{"model", model},           {"mode", mode},
+                            {"length", length},         {"ppl", r.ppl},
+                            {"nll", r.nll},             {"scored", r.scored},
+                            {"tail_from", r.tail_from}, {"tail_ppl", r.tail_ppl},
+                            {"tail_nll", r.tail_nll},   {"tail_scored", r.tail_scored},
+                            {"kv_bytes", r.kv_bytes},   {"seconds", r.seconds}};
+  std::ofstream f(path);
+  DUO_CHECK(f.good(), "cannot write '{}'", path);
+  f << j.dump(2) << "\n";
 }
 
 }  // namespace duo

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 namespace duo {
@@ -34,5 +35,9 @@ struct PerplexityResult {
 // `progress(done, total)` is called after every chunk (tokens fed so far, length).
 PerplexityResult run_perplexity(Engine& engine, const PerplexityOptions& opts,
                                 const std::function<void(int64_t, int64_t)>& progress = {});
+
+// The result as one JSON object (model, mode, length, ppl, nll, scored, tail_*, kv_bytes, seconds).
+void write_perplexity_json(const PerplexityResult& r, const std::string& model, const std::string& mode,
+                           int64_t length, const std::string& path);
 
 }  // namespace duo

@@ -133,15 +133,7 @@ void add_ppl_eval(CLI::App& eval) {
     if (!o->json.empty()) {
       const auto parent = std::filesystem::path(o->json).parent_path();
       if (!parent.empty()) std::filesystem::create_directories(parent);
-      FILE* f = std::fopen(o->json.c_str(), "w");
-      DUO_CHECK(f, "cannot write {}", o->json);
-      fmt::print(f,
-                 "{{\"model\": \"{}\", \"mode\": \"{}\", \"length\": {}, \"ppl\": {:.6f}, \"nll\": {:.6f}, "
-                 "\"scored\": {}, \"tail_from\": {}, \"tail_ppl\": {:.6f}, \"tail_nll\": {:.6f}, \"tail_scored\": {}, "
-                 "\"kv_bytes\": {}, \"seconds\": {:.3f}}}\n",
-                 engine.model().config().name, mode, o->ppl.length, r.ppl, r.nll, r.scored, r.tail_from, r.tail_ppl,
-                 r.tail_nll, r.tail_scored, r.kv_bytes, r.seconds);
-      std::fclose(f);
+      write_perplexity_json(r, engine.model().config().name, mode, o->ppl.length, o->json);
     }
   });
 }
