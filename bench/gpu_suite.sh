@@ -72,7 +72,7 @@ nvidia-smi > "$R/nvidia-smi.txt" 2>&1
 lscpu > "$R/lscpu.txt" 2>&1
 
 # 2. Every CUDA test (SmolLM2's real-model tests need the model; Qwen's skip until it is here).
-wait_for "$smol" 300
+want cuda_tests && wait_for "$smol" 300
 step cuda_tests 360 "$build/duo_cuda_tests" --gtest_color=no
 
 # 3. Longest context per mode x KV type (issue 6), int8 weights; then bf16 weights for two modes.
@@ -80,7 +80,7 @@ step maxctx_int8 300 "$duo" bench --device cuda --synthetic llama3-8b --gpu-weig
   --modes full,duo25,duo50,streaming --kv-types bf16,q8,q4 --decode-steps 8 --out "$R/maxctx_int8.json"
 # 4. Qwen2.5-Coder-1.5B: calibration cost per step at 2K-32K (the estimate of a reference run),
 #    a short real calibration, then NIAH at 4K-32K and perplexity for every mode and KV type.
-if wait_for "$qwen" 900; then
+if { want calib_qwen || want niah_qwen || want ppl_qwen; } && wait_for "$qwen" 900; then
 qpat=$R/patterns/qwen_cuda.tsv
 mkdir -p "$R/patterns" "$R/niah_qwen" "$R/ppl_qwen"
 step calib_qwen_timing 240 "$duo" calibrate --device cuda -m "$qwen" --time-lengths 2048,4096,8192,16384,32000 \
@@ -166,5 +166,46 @@ long_patterns() {  # NIAH and perplexity of Qwen patterns at 10% - 50% retrieval
 step long_patterns_qwen 900 bash -c "$(declare -f long_patterns); q16='$q16'; src='$src'; PREV='${PREV:-}'; long_patterns"
 step long_llama3_int8 200 "$duo" bench --device cuda --synthetic llama3-8b --gpu-weights int8 --modes full,duo50 \
   --prefill "" --decode 262144 --decode-steps 16 --out "$R/llama3_int8.json"
+
+# 8. Issue-5 decode target with int8 weights on both sides, ours and PyTorch (bf16) in one run.
+step llama3_int8_targets 300 env OUT="$R/llama3_int8_targets" STEPS=16 MODES=full,duo50 PREFILL="" DECODE=262144 \
+  bench/cuda/run_model_bench.sh "$build" llama3-8b --gpu-weights int8
+
+# 9. Issue-4 follow-up, on request (ONLY="qwen_tests sweep_calib_qwen sweep_eval_qwen"): Qwen's gates
+#    barely leave 1 at lambda 0.05, so calibrate at larger lambdas (side by side on the GPU: one
+#    process does not fill it), then NIAH and perplexity of each pattern at 25% / 50%. The stand-in,
+#    random, full and streaming results of the same cells are reused from the committed run (PREV).
+if { want qwen_tests || want sweep_calib_qwen || want sweep_eval_qwen; } && wait_for "$qwen" 900; then
+step qwen_tests 300 "$build/duo_cuda_tests" --gtest_color=no --gtest_filter='*Qwen*'
+sweep_calib() {
+  mkdir -p "$R/sweep"
+  for lam in $LAMBDAS; do
+    "$duo" calibrate --device cuda -m "$qwen" --steps "$SWEEP_STEPS" --max-len 8192 --seed 1 --lambda "$lam" \
+      -o "$R/sweep/qwen_lambda$lam.tsv" --log "$R/sweep/qwen_lambda$lam.log.csv" > "$R/sweep/calib_lambda$lam.log" 2>&1 &
+  done
+  wait
+  ls -l "$R"/sweep/*.tsv
+}
+sweep_eval_one() {  # lambda: NIAH at 25% / 50% (8K / 16K / 32K x 5 depths) and perplexity on 16K tokens
+  local lam=$1 dir=$R/sweep/eval_lambda$1 prev=$src/bench/results/h100-2026-11-25
+  mkdir -p "$dir"
+  cp "$prev"/niah_qwen_2000steps/{full,streaming,heuristic_0.25,heuristic_0.5,random_0.25,random_0.5}.json "$dir/"
+  cp "$src/patterns/Qwen2.5-Coder-1.5B-Instruct/heuristic_needle_mass.tsv" "$dir/heuristic.tsv"
+  EXTRA="--device cuda" scripts/compare_patterns.sh "$qwen" "$R/sweep/qwen_lambda$lam.tsv" "$dir" \
+    8192,16384,32000 0,0.25,0.5,0.75,1 0.25,0.5 > "$dir/table.md" 2>&1
+  for r in 0.25 0.5; do
+    "$duo" eval ppl -m "$qwen" --device cuda --length 16384 --score-chunk 1024 --attention duo \
+      --pattern "$R/sweep/qwen_lambda$lam.tsv" --retrieval-ratio $r --json "$dir/ppl_$r.json" > "$dir/ppl_$r.log" 2>&1
+  done
+}
+sweep_eval() {
+  for lam in $LAMBDAS; do sweep_eval_one "$lam" & done
+  wait
+  for lam in $LAMBDAS; do echo "lambda $lam"; cat "$R/sweep/eval_lambda$lam/table.md"; grep -h perplexity "$R/sweep/eval_lambda$lam"/ppl_*.log; done
+}
+export LAMBDAS=${LAMBDAS:-0.25 0.5 1} SWEEP_STEPS=${SWEEP_STEPS:-400} qwen src
+step sweep_calib_qwen 600 bash -c "$(declare -f sweep_calib); sweep_calib"
+step sweep_eval_qwen 600 bash -c "$(declare -f sweep_eval_one sweep_eval); sweep_eval"
+fi
 
 log "suite done"

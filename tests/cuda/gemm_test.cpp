@@ -180,8 +180,9 @@ TEST(CudaGemvInt8, Shapes) {
 TEST(CudaGemmInt8, SeveralTokensThroughBf16Tiles) {
   check_linear_int8(640, 1536, 130, 0, false, 36);
   check_linear_int8(576, 1536, 37, 24, true, 37);
-  // 8200 x 4096: more than one 64 MiB tile of bf16 rows (8192 rows), so two GEMMs.
-  check_linear_int8(8200, 4096, 3, 0, false, 38);
+  // 33000 x 4096: more than one 256 MiB tile of bf16 rows (32768 rows), so two balanced GEMMs of
+  // 16512 and 16488 rows.
+  check_linear_int8(33000, 4096, 3, 0, false, 38);
 }
 
 TEST(CudaGemvInt8, SwiGluFusedMatchesUnfused) {

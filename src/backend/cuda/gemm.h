@@ -53,7 +53,9 @@ class Gemm {
   // matrix where uses_gemv(1, Wgu, cols, x) holds: gemv_swiglu_bf16 or gemv_swiglu_int8.
   void swiglu_gemv(const GpuMatrix& Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h);
 
-  static constexpr size_t kDequantTileBytes = 64ull << 20;
+  // 256 MiB holds every Llama-3-8B matrix (the fused gate/up one is 224 MiB) whole, so a pre-fill
+  // chunk runs the same GEMM shapes as with bf16 weights.
+  static constexpr size_t kDequantTileBytes = 256ull << 20;
 
  private:
   cublasHandle_t handle_ = nullptr;

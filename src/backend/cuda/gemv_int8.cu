@@ -89,26 +89,25 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm)
   }
 }
 
-// A CTA a row at a time (grid-stride), a thread 8 weights at a time (8 bytes in, 16 bytes out).
+// One thread per 8 weights of the row-major matrix (8 bytes in, 16 bytes out), over the whole
+// matrix at once: a CTA a row left a 4096-column row's 256 threads with two short loads each, too
+// few bytes in flight to stream the weights at the copy bandwidth.
 __global__ void dequant_kernel(const int8_t* q, const float* scale, int64_t rows, int cols, bf16* out) {
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const float s = scale[r];
-    const uint2* src = reinterpret_cast<const uint2*>(q + r * cols);
-    uint4* dst = reinterpret_cast<uint4*>(out + r * cols);
-    for (int i = threadIdx.x; i < cols / 8; i += blockDim.x) {
-      const uint2 w = src[i];
-      float f[8];
-      int8x4_to_float(w.x, f);
-      int8x4_to_float(w.y, f + 4);
-      uint4 o;
-      uint32_t* o32 = reinterpret_cast<uint32_t*>(&o);
+  const int64_t per_row = cols / 8, total = rows * per_row;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const float s = scale[i / per_row];
+    const uint2 w = reinterpret_cast<const uint2*>(q)[i];
+    float f[8];
+    int8x4_to_float(w.x, f);
+    int8x4_to_float(w.y, f + 4);
+    uint4 o;
+    uint32_t* o32 = reinterpret_cast<uint32_t*>(&o);
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const __nv_bfloat162 b = __floats2bfloat162_rn(s * f[2 * k], s * f[2 * k + 1]);
-        o32[k] = *reinterpret_cast<const uint32_t*>(&b);
-      }
-      dst[i] = o;
+    for (int k = 0; k < 4; ++k) {
+      const __nv_bfloat162 b = __floats2bfloat162_rn(s * f[2 * k], s * f[2 * k + 1]);
+      o32[k] = *reinterpret_cast<const uint32_t*>(&b);
     }
+    reinterpret_cast<uint4*>(out)[i] = o;
   }
 }
 
@@ -170,7 +169,8 @@ void dequant_int8_rows(const int8_t* q, const float* scale, int64_t rows, int64_
   if (rows <= 0 || cols <= 0) return;
   if (cols % 8 != 0 || cols > (1 << 30) || (reinterpret_cast<uintptr_t>(q) & 7) || (reinterpret_cast<uintptr_t>(out) & 15))
     throw std::invalid_argument("dequant_int8_rows: needs cols % 8 == 0 and 8 / 16-byte aligned q / out");
-  const unsigned blocks = (unsigned)std::min<int64_t>(rows, 65535);
+  const int64_t chunks = rows * (cols / 8);
+  const unsigned blocks = (unsigned)std::min<int64_t>((chunks + 255) / 256, 1 << 20);
   detail::dequant_kernel<<<blocks, 256, 0, stream>>>(q, scale, rows, (int)cols, out);
   check_cuda(cudaGetLastError(), "dequant_int8_rows launch");
 }
