@@ -168,44 +168,65 @@ step long_llama3_int8 200 "$duo" bench --device cuda --synthetic llama3-8b --gpu
   --prefill "" --decode 262144 --decode-steps 16 --out "$R/llama3_int8.json"
 
 # 8. Issue-5 decode target with int8 weights on both sides, ours and PyTorch (bf16) in one run.
-step llama3_int8_targets 300 env OUT="$R/llama3_int8_targets" STEPS=16 MODES=full,duo50 PREFILL="" DECODE=262144 \
+step llama3_int8_targets 300 env OUT="$R/llama3_int8_targets" STEPS=16 MODES=full,duo50 PREFILL=131072 DECODE=262144 \
   bench/cuda/run_model_bench.sh "$build" llama3-8b --gpu-weights int8
 
 # 9. Issue-4 follow-up, on request (ONLY="qwen_tests sweep_calib_qwen sweep_eval_qwen"): Qwen's gates
-#    barely leave 1 at lambda 0.05, so calibrate at larger lambdas (side by side on the GPU: one
-#    process does not fill it), then NIAH and perplexity of each pattern at 25% / 50%. The stand-in,
-#    random, full and streaming results of the same cells are reused from the committed run (PREV).
+#    barely leave 1 at lambda 0.05, so calibrate with other settings (side by side on the GPU: one
+#    process does not fill it), then NIAH and perplexity of each pattern at 25% / 50%, and NIAH on a
+#    harder grid (seed 7, depths 0.1-0.9) at 20% / 25%. The stand-in, random, full and streaming
+#    results of the first grid are reused from the committed run (PREV). SWEEP lists the runs as
+#    "name|calibrate options;..." (default: the committed lambda sweep).
 if { want qwen_tests || want sweep_calib_qwen || want sweep_eval_qwen; } && wait_for "$qwen" 900; then
 step qwen_tests 300 "$build/duo_cuda_tests" --gtest_color=no --gtest_filter='*Qwen*'
+sweep_names() { local e; IFS=';' read -ra e <<< "$SWEEP"; for x in "${e[@]}"; do echo "${x%%|*}"; done; }
 sweep_calib() {
   mkdir -p "$R/sweep"
-  for lam in $LAMBDAS; do
-    "$duo" calibrate --device cuda -m "$qwen" --steps "$SWEEP_STEPS" --max-len 8192 --seed 1 --lambda "$lam" \
-      -o "$R/sweep/qwen_lambda$lam.tsv" --log "$R/sweep/qwen_lambda$lam.log.csv" > "$R/sweep/calib_lambda$lam.log" 2>&1 &
+  local e x
+  IFS=';' read -ra e <<< "$SWEEP"
+  for x in "${e[@]}"; do
+    local name=${x%%|*} opts=${x#*|}
+    # shellcheck disable=SC2086  # opts is a list of options
+    "$duo" calibrate --device cuda -m "$qwen" --seed 1 $opts -o "$R/sweep/qwen_$name.tsv" \
+      --log "$R/sweep/qwen_$name.log.csv" > "$R/sweep/calib_$name.log" 2>&1 &
   done
   wait
   ls -l "$R"/sweep/*.tsv
 }
-sweep_eval_one() {  # lambda: NIAH at 25% / 50% (8K / 16K / 32K x 5 depths) and perplexity on 16K tokens
-  local lam=$1 dir=$R/sweep/eval_lambda$1 prev=$src/bench/results/h100-2026-11-25
+sweep_eval_one() {  # name: NIAH at 25% / 50% (8K / 16K / 32K x 5 depths), perplexity on 16K tokens,
+  local name=$1 dir=$R/sweep/eval_$1 prev=$src/bench/results/h100-2026-11-25  # harder NIAH at 20% / 25%
+  local pat=$R/sweep/qwen_$name.tsv
   mkdir -p "$dir"
   cp "$prev"/niah_qwen_2000steps/{full,streaming,heuristic_0.25,heuristic_0.5,random_0.25,random_0.5}.json "$dir/"
   cp "$src/patterns/Qwen2.5-Coder-1.5B-Instruct/heuristic_needle_mass.tsv" "$dir/heuristic.tsv"
-  EXTRA="--device cuda" scripts/compare_patterns.sh "$qwen" "$R/sweep/qwen_lambda$lam.tsv" "$dir" \
-    8192,16384,32000 0,0.25,0.5,0.75,1 0.25,0.5 > "$dir/table.md" 2>&1
+  EXTRA="--device cuda" scripts/compare_patterns.sh "$qwen" "$pat" "$dir" 8192,16384,32000 0,0.25,0.5,0.75,1 \
+    0.25,0.5 > "$dir/table.md" 2>&1
   for r in 0.25 0.5; do
-    "$duo" eval ppl -m "$qwen" --device cuda --length 16384 --score-chunk 1024 --attention duo \
-      --pattern "$R/sweep/qwen_lambda$lam.tsv" --retrieval-ratio $r --json "$dir/ppl_$r.json" > "$dir/ppl_$r.log" 2>&1
+    "$duo" eval ppl -m "$qwen" --device cuda --length 16384 --score-chunk 1024 --attention duo --pattern "$pat" \
+      --retrieval-ratio $r --json "$dir/ppl_$r.json" > "$dir/ppl_$r.log" 2>&1
+  done
+  for r in 0.2 0.25; do
+    "$duo" eval niah -m "$qwen" --device cuda --seed 7 --lengths 8192,16384,32000 \
+      --depths 0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9 --attention duo --pattern "$pat" --retrieval-ratio $r \
+      -o "$dir/seed7_$r" > "$dir/seed7_$r.txt" 2>&1
   done
 }
 sweep_eval() {
-  for lam in $LAMBDAS; do sweep_eval_one "$lam" & done
+  local n
+  for n in $(sweep_names); do sweep_eval_one "$n" & done
   wait
-  for lam in $LAMBDAS; do echo "lambda $lam"; cat "$R/sweep/eval_lambda$lam/table.md"; grep -h perplexity "$R/sweep/eval_lambda$lam"/ppl_*.log; done
+  for n in $(sweep_names); do
+    echo "== $n"; cat "$R/sweep/eval_$n/table.md"; grep -h perplexity "$R/sweep/eval_$n"/ppl_*.log
+    for r in 0.2 0.25; do
+      python3 -c "import json,sys; print('seed 7 grid at', sys.argv[2], json.load(open(sys.argv[1]))['accuracy'])" \
+        "$R/sweep/eval_$n/seed7_$r.json" $r
+    done
+  done
 }
-export LAMBDAS=${LAMBDAS:-0.25 0.5 1} SWEEP_STEPS=${SWEEP_STEPS:-400} qwen src
-step sweep_calib_qwen 600 bash -c "$(declare -f sweep_calib); sweep_calib"
-step sweep_eval_qwen 600 bash -c "$(declare -f sweep_eval_one sweep_eval); sweep_eval"
+export SWEEP=${SWEEP:-"lambda0.25|--lambda 0.25 --steps 400 --max-len 8192;lambda0.5|--lambda 0.5 --steps 400 --max-len 8192;lambda1|--lambda 1 --steps 400 --max-len 8192"}
+export qwen src
+step sweep_calib_qwen 900 bash -c "$(declare -f sweep_calib); sweep_calib"
+step sweep_eval_qwen 600 bash -c "$(declare -f sweep_names sweep_eval_one sweep_eval); sweep_eval"
 fi
 
 log "suite done"
