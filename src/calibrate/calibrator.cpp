@@ -51,7 +51,7 @@ std::string differences(const nlohmann::json& saved, const nlohmann::json& now) 
 }  // namespace
 
 nlohmann::json CalibrationConfig::to_json() const {
-  return {{"steps", steps},
+  nlohmann::json j = {{"steps", steps},
           {"lambda", lambda},
           {"lr", adamw.lr},
           {"beta1", adamw.beta1},
@@ -62,11 +62,13 @@ nlohmann::json CalibrationConfig::to_json() const {
           {"recent", window.recent},
           {"init_gate", init_gate},
           {"seed", seed}};
+  if (distill != DistillTarget::Hidden) j["loss"] = to_string(distill);  // (checkpoints of L2 runs stay as they were)
+  return j;
 }
 
-LossBackend cpu_loss_backend(GatedModel<float>& model, double lambda) {
-  return [&model, lambda](const PasskeySample& s, const std::vector<double>& gates, std::vector<double>& grad) {
-    return calibration_loss_and_grad<float>(model, s.tokens, s.answer_rows, gates, lambda, grad);
+LossBackend cpu_loss_backend(GatedModel<float>& model, double lambda, DistillTarget target) {
+  return [&model, lambda, target](const PasskeySample& s, const std::vector<double>& gates, std::vector<double>& grad) {
+    return calibration_loss_and_grad<float>(model, s.tokens, s.answer_rows, gates, lambda, grad, target);
   };
 }
 

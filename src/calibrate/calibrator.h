@@ -27,6 +27,7 @@ struct CalibrationConfig {
   StreamingWindow window{128, 256};  // during calibration (the reference's training window)
   double init_gate = 1.0;
   uint64_t seed = 42;
+  DistillTarget distill = DistillTarget::Hidden;  // --loss hidden | kl
   nlohmann::json to_json() const;
 };
 
@@ -83,7 +84,7 @@ class Calibrator {
 template <typename T>
 class GatedModel;
 // The CPU loss backend: the gated model in float on the sample's answer rows.
-LossBackend cpu_loss_backend(GatedModel<float>& model, double lambda);
+LossBackend cpu_loss_backend(GatedModel<float>& model, double lambda, DistillTarget target = DistillTarget::Hidden);
 
 // Fraction of gates below `threshold` (streaming heads at that threshold).
 double gate_sparsity(const std::vector<double>& gates, double threshold = 0.5);

@@ -18,7 +18,7 @@ class CudaCalibration {
  public:
   virtual ~CudaCalibration() = default;
   // The Calibrator's loss backend; valid while this object lives.
-  virtual LossBackend loss_backend(double lambda) = 0;
+  virtual LossBackend loss_backend(double lambda, DistillTarget target) = 0;
   // The GPU, and what the weights take on it.
   virtual std::string description() const = 0;
   // Device bytes of activations for a sample of n tokens.

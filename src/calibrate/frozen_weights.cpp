@@ -78,6 +78,12 @@ const DenseLayer<T>& FrozenWeights<T>::layer(int l) {
 }
 
 template <typename T>
+const std::vector<T>& FrozenWeights<T>::output() {
+  if (output_.empty()) output_ = dense<T>(model_.weights().output, pool_);
+  return output_;
+}
+
+template <typename T>
 void FrozenWeights<T>::embed(const int32_t* tokens, int64_t n, T* x) const {
   const WeightView& te = model_.weights().tok_embd;
   const int64_t E = cfg_.n_embd;

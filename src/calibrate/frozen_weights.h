@@ -38,6 +38,9 @@ class FrozenWeights {
   // x[t] = embedding row of tokens[t] (n x n_embd).
   void embed(const int32_t* tokens, int64_t n, T* x) const;
   const std::vector<T>& output_norm() const { return output_norm_; }
+  // The LM head [vocab][n_embd] (the token embeddings when tied), dequantized on first use (only
+  // the logit-distillation loss needs it).
+  const std::vector<T>& output();
   const std::vector<float>& rope_inv_freq() const { return inv_freq_; }
 
  private:
@@ -47,6 +50,7 @@ class FrozenWeights {
   ThreadPool& pool_;
   ModelConfig cfg_;
   std::vector<T> output_norm_;
+  std::vector<T> output_;  // empty until output()
   std::vector<float> inv_freq_;
   std::vector<DenseLayer<T>> layers_;  // all layers when resident, else one slot
   int slot_layer_ = -1;

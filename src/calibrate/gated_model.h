@@ -43,6 +43,8 @@ class GatedModel {
   const ModelConfig& config() const { return w_.config(); }
   int n_gates() const { return config().n_layers * config().n_kv_heads; }
   StreamingWindow window() const { return window_; }
+  FrozenWeights<T>& weights() { return w_; }
+  ThreadPool& pool() { return pool_; }
 
   // Token embeddings x0 (n x n_embd).
   std::vector<T> embed(const std::vector<int32_t>& tokens) const;

@@ -97,6 +97,38 @@ TEST(CalibGatedModel, GateGradientMatchesFiniteDifferences) {
   }
 }
 
+// The logit-distillation loss (--loss kl) through the whole gated model: the LM head projection,
+// the KL and the backward into the hidden states, against finite differences of the total loss.
+TEST(CalibGatedModel, LogitLossGateGradientMatchesFiniteDifferences) {
+  ThreadPool pool(2);
+  for (const Variant& var : {kVariants[0], kVariants[3]}) {
+    SCOPED_TRACE(var.name);
+    auto model = Model::synthetic(tiny_config(var.style, var.bias), 24);
+    FrozenWeights<double> w(*model, size_t(1) << 30, pool);
+    GatedModel<double> gm(w, kWindow, pool);
+    const auto tokens = random_tokens(kTokens, 64, 25);
+    std::mt19937_64 rng(26);
+    std::uniform_real_distribution<double> ud(0.2, 0.9);
+    std::vector<double> gates((size_t)gm.n_gates());
+    for (auto& g : gates) g = ud(rng);
+    const double lambda = 0.05;
+    std::vector<double> grad;
+    const LossValue v = calibration_loss_and_grad<double>(gm, tokens, kRows, gates, lambda, grad, DistillTarget::Logits);
+    EXPECT_GT(v.distill, 0.0);
+    // Not the hidden-state L2 under another name.
+    std::vector<double> g_l2;
+    EXPECT_NE(calibration_loss_and_grad<double>(gm, tokens, kRows, gates, lambda, g_l2).distill, v.distill);
+    auto loss = [&](const std::vector<double>& g) {
+      std::vector<double> unused;
+      return calibration_loss_and_grad<double>(gm, tokens, kRows, g, lambda, unused, DistillTarget::Logits).total;
+    };
+    check_gradient(loss, gates, grad, "d KL loss / d gates", 0, 1e-6, 1e-7);
+    // All gates at 1: the gated model is the frozen one, so the KL is exactly 0.
+    std::vector<double> ones(gates.size(), 1.0), g1;
+    EXPECT_EQ(calibration_loss_and_grad<double>(gm, tokens, kRows, ones, 0.0, g1, DistillTarget::Logits).distill, 0.0);
+  }
+}
+
 TEST(CalibGatedModel, EmbeddingGradientMatchesFiniteDifferences) {
   ThreadPool pool(2);
   for (const Variant& var : kVariants) {

@@ -65,7 +65,7 @@ struct Tolerance {
 // Loss, gradient and hidden states of both backends on one sample; prints and checks.
 void compare_backends(const Model& model, const std::vector<int32_t>& tokens, const std::vector<int64_t>& rows,
                       const std::vector<double>& gates, StreamingWindow win, const Tolerance& tol,
-                      const std::string& what) {
+                      const std::string& what, DistillTarget target = DistillTarget::Hidden) {
   ThreadPool pool(4);
   FrozenWeights<float> w(model, size_t(1) << 32, pool);
   GatedModel<float> cpu(w, win, pool);
@@ -73,8 +73,8 @@ void compare_backends(const Model& model, const std::vector<int32_t>& tokens, co
   gpu.set_sync_checks(true);  // a failing op names itself
   const double lambda = 0.05;
   std::vector<double> g_cpu, g_gpu;
-  const LossValue v_cpu = calibration_loss_and_grad<float>(cpu, tokens, rows, gates, lambda, g_cpu);
-  const LossValue v_gpu = gpu.loss_and_grad(tokens, rows, gates, lambda, g_gpu);
+  const LossValue v_cpu = calibration_loss_and_grad<float>(cpu, tokens, rows, gates, lambda, g_cpu, target);
+  const LossValue v_gpu = gpu.loss_and_grad(tokens, rows, gates, lambda, g_gpu, target);
   ASSERT_EQ(g_gpu.size(), g_cpu.size());
   // Hidden states of the gated forward at the rows.
   const int64_t E = model.config().n_embd;
@@ -121,6 +121,23 @@ TEST(CalibCudaModel, TinyModelLossAndGradientMatchCpu) {
     for (auto& g : gates) g = ud(rng);
     compare_backends(*model, tokens, kRows, gates, kWindow, {0.05, 0.03, 0.05}, var.name);
   }
+}
+
+// The logit-distillation loss (--loss kl): LM head GEMMs on the GPU, KL on the host.
+TEST(CalibCudaModel, TinyModelLogitLossMatchesCpu) {
+  for (const Variant& var : {kVariants[0], kVariants[3]}) {
+    SCOPED_TRACE(var.name);
+    auto model = Model::synthetic(tiny(var.style, var.bias, var.head_dim), 27);
+    const auto tokens = random_tokens(kTokens, 64, 28);
+    compare_backends(*model, tokens, kRows, {0.7, 0.2, 0.5, 0.9}, kWindow, {0.05, 0.03, 0.05}, var.name,
+                     DistillTarget::Logits);
+  }
+  auto model = Model::synthetic(tiny(RopeStyle::Neox, true, 128), 29);
+  CudaGatedModel gpu(*model, kWindow);
+  std::vector<double> grad;
+  const LossValue v = gpu.loss_and_grad(random_tokens(kTokens, 64, 30), kRows, std::vector<double>(4, 1.0), 0.05, grad,
+                                        DistillTarget::Logits);
+  EXPECT_EQ(v.distill, 0.0);  // every gate 1: the gated model is the frozen one
 }
 
 // Gates at exactly 0 and 1 skip a branch's attention backward for that head (a zero gradient):

@@ -203,13 +203,13 @@ void run_calibrate(CalibrateOptions& o) {
   std::string memory;
   if (on_gpu) {
     gpu = make_cuda_calibration(*model, o.cal.window);
-    loss = gpu->loss_backend(o.cal.lambda);
+    loss = gpu->loss_backend(o.cal.lambda, o.cal.distill);
     memory = fmt::format("device: {}; activations at {} tokens ~{:.2f} GiB", gpu->description(), o.data.max_len,
                          gpu->activation_bytes(o.data.max_len) / 1073741824.0);
   } else {
     weights = std::make_unique<FrozenWeights<float>>(*model, (size_t)o.weights_budget_mib << 20, pool);
     gm = std::make_unique<GatedModel<float>>(*weights, o.cal.window, pool);
-    loss = cpu_loss_backend(*gm, o.cal.lambda);
+    loss = cpu_loss_backend(*gm, o.cal.lambda, o.cal.distill);
     memory = fmt::format("memory: dense weights {:.0f} MiB ({}), activations at {} tokens ~{:.0f} MiB; {} threads",
                          weights->layer_bytes() * (weights->all_resident() ? mc.n_layers : 1) / 1048576.0,
                          weights->all_resident() ? "all layers resident" : "one layer at a time", o.data.max_len,
@@ -239,9 +239,9 @@ void run_calibrate(CalibrateOptions& o) {
   }
   fmt::print(stderr,
              "calibrate: {} ({} layers x {} KV heads = {} gates) | {} steps | lengths {}..{} | {} passkeys x {} "
-             "words | lambda {} | lr {} | window sink {} recent {} | device {}\n{}\n",
+             "words | loss {} | lambda {} | lr {} | window sink {} recent {} | device {}\n{}\n",
              mc.name, mc.n_layers, mc.n_kv_heads, mc.n_layers * mc.n_kv_heads, o.cal.steps, o.data.min_len,
-             o.data.max_len, o.data.n_passkeys, o.data.passkey_words, o.cal.lambda, o.cal.adamw.lr, o.cal.window.sink,
+             o.data.max_len, o.data.n_passkeys, o.data.passkey_words, to_string(o.cal.distill), o.cal.lambda, o.cal.adamw.lr, o.cal.window.sink,
              o.cal.window.recent, o.device, memory);
 
   const auto t0 = std::chrono::steady_clock::now();
@@ -296,6 +296,11 @@ void add_calibrate(CLI::App& app) {
   cmd->add_option("--length-intervals", o->data.length_intervals, "sample lengths drawn from this many values")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--lambda", o->cal.lambda, "weight of the L1 gate regularizer")->check(CLI::NonNegativeNumber);
+  cmd->add_option_function<std::string>(
+         "--loss", [o](const std::string& v) { o->cal.distill = parse_distill_target(v); },
+         "distillation loss: hidden (L2 of the final hidden states, the reference's) or kl (KL divergence of the "
+         "answer tokens' next-token distributions through the LM head)")
+      ->check(CLI::IsMember({"hidden", "kl"}));
   cmd->add_option("--lr", o->cal.adamw.lr, "AdamW learning rate")->check(CLI::PositiveNumber);
   cmd->add_option("--weight-decay", o->cal.adamw.weight_decay, "AdamW weight decay")->check(CLI::NonNegativeNumber);
   cmd->add_option("--sink", o->cal.window.sink, "attention-sink tokens of streaming attention during calibration")

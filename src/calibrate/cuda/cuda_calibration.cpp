@@ -14,9 +14,9 @@ class CudaCalibrationImpl final : public CudaCalibration {
  public:
   CudaCalibrationImpl(const Model& model, StreamingWindow window) : device_(cuda::device_info()), gm_(model, window) {}
 
-  LossBackend loss_backend(double lambda) override {
-    return [this, lambda](const PasskeySample& s, const std::vector<double>& gates, std::vector<double>& grad) {
-      return gm_.loss_and_grad(s.tokens, s.answer_rows, gates, lambda, grad);
+  LossBackend loss_backend(double lambda, DistillTarget target) override {
+    return [this, lambda, target](const PasskeySample& s, const std::vector<double>& gates, std::vector<double>& grad) {
+      return gm_.loss_and_grad(s.tokens, s.answer_rows, gates, lambda, grad, target);
     };
   }
   std::string description() const override {

@@ -10,7 +10,9 @@
 #include "backend/cuda/kernels.h"
 #include "calibrate/cuda/flash_attention_cuda.h"
 #include "calibrate/cuda/grad_kernels.h"
+#include "calibrate/logit_loss.h"
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "model/model.h"
 
 namespace duo::cuda::calib {
@@ -425,8 +427,51 @@ void CudaGatedModel::backward_gated(const std::vector<float>& d_out, std::vector
   for (size_t i = 0; i < g.size(); ++i) d_gates[i] += g[i];
 }
 
+// The gated logits are computed as z_full + (h_mix - h_full) W^T: the difference enters the bf16
+// GEMM rounded relative to itself, not to h, so small differences keep their precision.
+double CudaGatedModel::logits_distill(const std::vector<float>& h_full, const std::vector<float>& h_mix,
+                                      std::vector<float>& d_mix) {
+  const ModelConfig& c = config();
+  const int64_t R = n_rows_, E = c.n_embd, V = c.n_vocab;
+  if (!host_pool_) host_pool_ = std::make_unique<ThreadPool>(0);
+  ThreadPool& pool = *host_pool_;
+  std::vector<bf16> x((size_t)(2 * R * E));
+  for (int64_t i = 0; i < R * E; ++i) {
+    x[(size_t)i] = __float2bfloat16(h_full[(size_t)i]);
+    x[(size_t)(R * E + i)] = __float2bfloat16(h_mix[(size_t)i] - h_full[(size_t)i]);
+  }
+  bf16* x_d = lm_x_.ensure_n<bf16>(2 * R * E);
+  float* z_d = lm_z_.ensure_n<float>(2 * R * V);
+  DUO_CUDA_TRY(cudaMemcpyAsync(x_d, x.data(), sizeof(bf16) * x.size(), cudaMemcpyHostToDevice, stream_));
+  gemm_->linear(w_->output(), V, E, x_d, E, 2 * R, z_d, V);  // [z_full ; z_delta] = [h_full ; h_mix - h_full] W^T
+  op_done("LM head (logit loss)");
+  std::vector<float> z((size_t)(2 * R * V)), dz((size_t)(R * V));
+  DUO_CUDA_TRY(cudaMemcpyAsync(z.data(), z_d, sizeof(float) * z.size(), cudaMemcpyDeviceToHost, stream_));
+  DUO_CUDA_TRY(cudaStreamSynchronize(stream_));
+  float* zf = z.data();
+  float* zm = z.data() + R * V;
+  pool.parallel_for_dynamic(R, 1, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b * V; i < e * V; ++i) zm[i] += zf[i];
+  });
+  const double kl = logit_kl<float>(zf, zm, R, V, dz.data(), &pool);
+  std::vector<bf16> dz_bf((size_t)(R * V));
+  pool.parallel_for_dynamic(R, 1, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b * V; i < e * V; ++i) dz_bf[(size_t)i] = __float2bfloat16(dz[(size_t)i]);
+  });
+  bf16* dz_d = lm_dz_.ensure_n<bf16>(R * V);
+  float* dh_d = lm_dh_.ensure_n<float>(R * E);
+  DUO_CUDA_TRY(cudaMemcpyAsync(dz_d, dz_bf.data(), sizeof(bf16) * dz_bf.size(), cudaMemcpyHostToDevice, stream_));
+  gemm_->linear_input_grad(bf16_weight(w_->output()), V, E, dz_d, V, R, dh_d, E);  // d h_mix = d z W
+  op_done("LM head backward (logit loss)");
+  d_mix.resize((size_t)(R * E));
+  DUO_CUDA_TRY(cudaMemcpyAsync(d_mix.data(), dh_d, sizeof(float) * d_mix.size(), cudaMemcpyDeviceToHost, stream_));
+  DUO_CUDA_TRY(cudaStreamSynchronize(stream_));
+  return kl;
+}
+
 LossValue CudaGatedModel::loss_and_grad(const std::vector<int32_t>& tokens, const std::vector<int64_t>& rows,
-                                        const std::vector<double>& gates, double lambda, std::vector<double>& grad) {
+                                        const std::vector<double>& gates, double lambda, std::vector<double>& grad,
+                                        DistillTarget target) {
   DUO_CHECK((int)gates.size() == n_gates(), "{} gates for a model with {}", gates.size(), n_gates());
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t E = config().n_embd, R = (int64_t)rows.size();
@@ -437,7 +482,8 @@ LossValue CudaGatedModel::loss_and_grad(const std::vector<int32_t>& tokens, cons
   forward_gated(tokens, gates, rows, h_mix);
   DUO_CUDA_TRY(cudaEventRecord(ev_[2], stream_));
   LossValue v;
-  v.distill = distill_loss<float>(h_full.data(), h_mix.data(), R, E, d_mix.data());
+  v.distill = target == DistillTarget::Logits ? logits_distill(h_full, h_mix, d_mix)
+                                              : distill_loss<float>(h_full.data(), h_mix.data(), R, E, d_mix.data());
   grad.assign(gates.size(), 0.0);
   DUO_CUDA_TRY(cudaEventRecord(ev_[3], stream_));
   backward_gated(d_mix, grad);

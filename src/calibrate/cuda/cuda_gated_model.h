@@ -42,6 +42,7 @@
 
 namespace duo {
 class Model;
+class ThreadPool;
 }
 
 namespace duo::cuda::calib {
@@ -74,8 +75,11 @@ class CudaGatedModel {
   void backward_gated(const std::vector<float>& d_out, std::vector<double>& d_gates);
 
   // calibration_loss_and_grad on the GPU: loss of one sample, grad overwritten with dL/d gates.
+  // target Logits: the KL of the answer rows' logits (calibrate/logit_loss.h); the LM head's
+  // GEMMs run on the GPU, the softmaxes and the KL on the host (threads).
   LossValue loss_and_grad(const std::vector<int32_t>& tokens, const std::vector<int64_t>& rows,
-                          const std::vector<double>& gates, double lambda, std::vector<double>& grad);
+                          const std::vector<double>& gates, double lambda, std::vector<double>& grad,
+                          DistillTarget target = DistillTarget::Hidden);
   const PhaseTimes& last_times() const { return times_; }
 
   // Device bytes of activations for a sequence of n tokens (checkpoints, tape, gradients).
@@ -95,6 +99,8 @@ class CudaGatedModel {
   // dx: in d x_out, out d x_in; the tape holds layer l's forward of x_in with these gates.
   void layer_backward(int l, const float* x_in, const float* gates_host, float* dx, double* d_gates_d);
   void final_rows(const float* x, std::vector<float>& out);
+  // The logit distillation of the current rows: returns the KL, writes d loss / d h_mix.
+  double logits_distill(const std::vector<float>& h_full, const std::vector<float>& h_mix, std::vector<float>& d_mix);
   void op_done(const char* op);  // error check (and sync in sync-check mode) naming the op
 
   std::unique_ptr<GpuWeights> w_;
@@ -105,7 +111,10 @@ class CudaGatedModel {
   float* gates_d_ = nullptr;     // n_gates floats (in the activation arena)
   double* d_gates_d_ = nullptr;  // n_gates doubles: the backward's gate gradient
   ScratchBuffer rows_{"loss rows"}, h_rows_{"hidden states at the loss rows"},
-      d_rows_{"gradient of the hidden states at the loss rows"};
+      d_rows_{"gradient of the hidden states at the loss rows"}, lm_x_{"LM head input rows"},
+      lm_z_{"logits of the loss rows"}, lm_dz_{"logit gradient of the loss rows"},
+      lm_dh_{"LM head input gradient"};
+  std::unique_ptr<ThreadPool> host_pool_;  // the logit loss's softmaxes (created on first use)
   int64_t n_cap_ = 0;           // tokens the buffers hold
   int64_t n_ = 0;               // tokens of the current sample (up to its last loss row)
   int64_t n_rows_ = 0;          // loss rows of the current sample
