@@ -167,11 +167,14 @@ step long_patterns_qwen 900 bash -c "$(declare -f long_patterns); q16='$q16'; sr
 step long_llama3_int8 200 "$duo" bench --device cuda --synthetic llama3-8b --gpu-weights int8 --modes full,duo50 \
   --prefill "" --decode 262144 --decode-steps 16 --out "$R/llama3_int8.json"
 
-# 8. Issue-5 decode target with int8 weights on both sides, ours and PyTorch (bf16) in one run.
+# 8. The CUDA calibration tests alone (a quick check of calibration changes, no model needed).
+step calib_cuda_tests 180 "$build/duo_cuda_tests" --gtest_color=no --gtest_filter='CalibCuda*'
+
+# 9. Issue-5 decode target with int8 weights on both sides, ours and PyTorch (bf16) in one run.
 step llama3_int8_targets 300 env OUT="$R/llama3_int8_targets" STEPS=16 MODES=full,duo50 PREFILL=131072 DECODE=262144 \
   bench/cuda/run_model_bench.sh "$build" llama3-8b --gpu-weights int8
 
-# 9. Issue-4 follow-up, on request (ONLY="qwen_tests sweep_calib_qwen sweep_eval_qwen"): Qwen's gates
+# 10. Issue-4 follow-up, on request (ONLY="qwen_tests sweep_calib_qwen sweep_eval_qwen"): Qwen's gates
 #    barely leave 1 at lambda 0.05, so calibrate with other settings (side by side on the GPU: one
 #    process does not fill it), then NIAH and perplexity of each pattern at 25% / 50%, and NIAH on a
 #    harder grid (seed 7, depths 0.1-0.9) at 20% / 25%. The stand-in, random, full and streaming
