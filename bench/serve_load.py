@@ -151,12 +151,15 @@ def main():
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--kv-budget", type=float, default=1024, help="MiB")
     ap.add_argument("--threads", default="2")
+    ap.add_argument("--kv-type", default="f16",
+                    help="the server's KV cache storage (duo serve --kv-type; both phases use it)")
     ap.add_argument("--min-ratio", type=float, default=3.0)
     ap.add_argument("--json", help="write the numbers here")
     args = ap.parse_args()
 
     proc = subprocess.Popen([args.duo, "serve", "--port", "0", "-t", args.threads, "--max-batch", str(args.streams),
-                             "--max-queue", str(2 * args.streams), "--kv-budget", str(args.kv_budget)],
+                             "--max-queue", str(2 * args.streams), "--kv-budget", str(args.kv_budget),
+                             "--kv-type", args.kv_type],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     m = re.search(r"http://([\d.]+):(\d+)", line)

@@ -1,6 +1,6 @@
 // attention_many (the sequences of a batched step in one go) against one attention() call
 // per sequence: bitwise equal outputs, for decode and pre-fill calls, both head kinds, several
-// thread counts; and against the plain reference.
+// thread counts, float and 16-bit caches; and against the plain reference.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -25,7 +25,7 @@ struct Seq {
 
 constexpr int kHeads = 9, kKv = 3, kD = 64;
 
-void build(Seq& s, std::mt19937& rng) {
+void build(Seq& s, std::mt19937& rng, KvType type) {
   std::normal_distribution<float> nd(0.0f, 1.0f);
   auto fill = [&](std::vector<float>& v, size_t n, float scale) {
     v.resize(n);
@@ -37,7 +37,9 @@ void build(Seq& s, std::mt19937& rng) {
   fill(s.kn, s.n_new * row, 1.0f);
   fill(s.vn, s.n_new * row, 1.0f);
   fill(s.q, s.n_new * kHeads * kD, 2.0f);
-  s.cache = std::make_unique<KvCache>(1, kKv, kD, HeadPlan::uniform(1, kKv, s.kind, s.w));
+  HeadPlan plan = HeadPlan::uniform(1, kKv, s.kind, s.w);
+  plan.kv_type = type;
+  s.cache = std::make_unique<KvCache>(1, kKv, kD, plan);
   for (int h = 0; h < kKv; ++h) s.cache->head(0, h).append(s.kc.data() + h * kD, s.vc.data() + h * kD, s.n_cached, row, 0);
   s.cache->advance(s.n_cached);
   s.segs.assign(kKv, {});
@@ -63,7 +65,9 @@ AttentionArgs args_of(Seq& s, float* out) {
   return a;
 }
 
-TEST(AttentionMany, EqualsOneCallPerSequence) {
+class AttentionMany : public ::testing::TestWithParam<KvType> {};
+
+TEST_P(AttentionMany, EqualsOneCallPerSequence) {
   std::mt19937 rng(99);
   struct Shape {
     int64_t n_cached, n_new;
@@ -80,7 +84,7 @@ TEST(AttentionMany, EqualsOneCallPerSequence) {
     seqs[i].n_new = shapes[i].n_new;
     seqs[i].kind = shapes[i].kind;
     seqs[i].w = shapes[i].w;
-    build(seqs[i], rng);
+    build(seqs[i], rng, GetParam());
   }
   for (int threads : {1, 2, 3}) {
     ThreadPool pool(threads);
@@ -104,6 +108,9 @@ TEST(AttentionMany, EqualsOneCallPerSequence) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(KvTypes, AttentionMany, ::testing::Values(KvType::F32, KvType::F16, KvType::BF16),
+                         [](const auto& info) { return std::string(to_string(info.param)); });
 
 }  // namespace
 }  // namespace duo

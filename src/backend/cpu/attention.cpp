@@ -47,8 +47,12 @@ void make_blocks(const std::vector<KvSegment>& segs, std::vector<KeyBlock>& out)
       const int n = (int)std::min<int64_t>(kKeyBlock, s.n - o);
       if (s.type == KvType::F32)
         out.push_back({s.k + o * s.stride, s.v + o * s.stride, s.pos0 + o, n, s.stride});
+      else if (s.type == KvType::F16 || s.type == KvType::BF16)
+        out.push_back({nullptr, nullptr, s.pos0 + o, n, s.stride, &s, o, s.type,
+                       static_cast<const uint16_t*>(s.kx) + o * s.stride,
+                       static_cast<const uint16_t*>(s.vx) + o * s.stride});
       else
-        out.push_back({nullptr, nullptr, s.pos0 + o, n, 0, &s, o});
+        out.push_back({nullptr, nullptr, s.pos0 + o, n, 0, &s, o, s.type});
     }
 }
 
@@ -262,7 +266,7 @@ struct Prepared {
     blocks.resize(a.n_kv_heads);
     for (int h = 0; h < a.n_kv_heads; ++h) {
       make_blocks((*a.segments)[h], blocks[h]);
-      for (const KeyBlock& b : blocks[h]) all_float = all_float && b.seg == nullptr;
+      for (const KeyBlock& b : blocks[h]) in_place = in_place && attn::reads_in_place(b);
     }
     q_per_task = std::max(1, kMaxRows / g);
     q_tasks = (a.n + q_per_task - 1) / q_per_task;
@@ -288,7 +292,7 @@ struct Prepared {
       }
     st.reset(rows, d);
 #if DUO_HAVE_AVX512
-    if (all_float && use_avx512() && attn::decode_kernel_fits(d)) {
+    if (in_place && use_avx512() && attn::decode_kernel_fits(d)) {
       attn::attend_rows_decode_avx512(blocks[kvh].data(), kb0, kb1, rows, qrow, pos, (*a.kinds)[kvh], a.window, d,
                                       scale, st.m, st.l, st.o);
       return;
@@ -310,14 +314,14 @@ struct Prepared {
   int d = 0, g = 0, q_per_task = 0;
   float scale = 0.0f;
   int64_t q_tasks = 0, tasks = 0;
-  bool all_float = true;  // every block read in place (the AVX-512 kernels need this)
+  bool in_place = true;  // every block float or 16-bit, read in place (the AVX-512 kernels need this)
   std::vector<std::vector<KeyBlock>> blocks;
 };
 
 void run_prefill(const Prepared& p, ThreadPool& pool) {
   // Later query blocks see more keys (causal), so tasks are handed out dynamically, longest
   // first.
-  [[maybe_unused]] const bool lanes = DUO_HAVE_AVX512 && use_avx512() && p.all_float;
+  [[maybe_unused]] const bool lanes = DUO_HAVE_AVX512 && use_avx512() && p.in_place;
   pool.parallel_for_dynamic(p.tasks, 1, [&](int64_t b, int64_t e, int) {
     static thread_local RowState st;
     for (int64_t task = b; task < e; ++task) {
