@@ -277,6 +277,29 @@ inline void pv_rows(const float* ps, const float* alpha, const KeyBlock& b, int 
     for (int c = 0; c < 4; ++c) _mm512_storeu_ps(o + r * d + c0 + 16 * c, acc[r][c]);
 }
 
+// s[j] = q . k_j for the n keys of rows of type T (stride elements apart); q: D16 vectors.
+template <int D16, KvType T>
+inline void key_scores(const typename Rows<T>::Elem* kb, int64_t stride, int n, const __m512* q, float* s) {
+  using R = Rows<T>;
+  int j = 0;
+  for (; j + 16 <= n; j += 16) {
+    __m512 acc[16];
+    for (int jj = 0; jj < 16; ++jj) {
+      const typename R::Elem* kr = kb + (j + jj) * stride;
+      __m512 t = _mm512_mul_ps(R::load(kr), q[0]);
+      for (int c = 1; c < D16; ++c) t = _mm512_fmadd_ps(R::load(kr + 16 * c), q[c], t);
+      acc[jj] = t;
+    }
+    _mm512_store_ps(s + j, hsum16(acc));
+  }
+  for (; j < n; ++j) {
+    const typename R::Elem* kr = kb + j * stride;
+    __m512 t = _mm512_mul_ps(R::load(kr), q[0]);
+    for (int c = 1; c < D16; ++c) t = _mm512_fmadd_ps(R::load(kr + 16 * c), q[c], t);
+    s[j] = _mm512_reduce_add_ps(t);
+  }
+}
+
 // One key block of the decode kernel, its rows of type T read in place: scores and the online
 // softmax row by row, then O = O * alpha + P V.
 template <int D16, KvType T>
@@ -294,23 +317,7 @@ void decode_block(const KeyBlock& b, int rows, const float* const* qrow, const i
     float* s = ps + r * kKeyBlock;
     __m512 q[D16];
     for (int c = 0; c < D16; ++c) q[c] = _mm512_mul_ps(_mm512_loadu_ps(qrow[r] + 16 * c), _mm512_set1_ps(scale));
-    int j = 0;
-    for (; j + 16 <= b.n; j += 16) {
-      __m512 acc[16];
-      for (int jj = 0; jj < 16; ++jj) {
-        const typename R::Elem* kr = kb + (j + jj) * b.stride;
-        __m512 t = _mm512_mul_ps(R::load(kr), q[0]);
-        for (int c = 1; c < D16; ++c) t = _mm512_fmadd_ps(R::load(kr + 16 * c), q[c], t);
-        acc[jj] = t;
-      }
-      _mm512_store_ps(s + j, hsum16(acc));
-    }
-    for (; j < b.n; ++j) {
-      const typename R::Elem* kr = kb + j * b.stride;
-      __m512 t = _mm512_mul_ps(R::load(kr), q[0]);
-      for (int c = 1; c < D16; ++c) t = _mm512_fmadd_ps(R::load(kr + 16 * c), q[c], t);
-      s[j] = _mm512_reduce_add_ps(t);
-    }
+    key_scores<D16, T>(kb, b.stride, b.n, q, s);
     if (!all_visible)
       for (int jj = 0; jj < b.n; ++jj) {
         const int64_t kp = b.pos0 + jj;
