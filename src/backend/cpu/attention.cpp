@@ -437,16 +437,49 @@ void attention(const AttentionArgs& a, ThreadPool& pool) {
     run_prefill(p, pool);
 }
 
+namespace {
+
+// Calls whose tasks each take all of their head's keys (no split, no merge), in one parallel
+// region: a batched step of many decoders has tasks enough for every thread without splitting.
+void run_whole(const std::vector<const Prepared*>& ps, ThreadPool& pool) {
+  std::vector<int64_t> first_task(ps.size() + 1, 0);
+  for (size_t i = 0; i < ps.size(); ++i) first_task[i + 1] = first_task[i] + ps[i]->tasks;
+  pool.parallel_for_dynamic(first_task.back(), 1, [&](int64_t b, int64_t e, int) {
+    static thread_local RowState st;
+    size_t i = (size_t)(std::upper_bound(first_task.begin(), first_task.end(), b) - first_task.begin()) - 1;
+    for (int64_t gt = b; gt < e; ++gt) {
+      while (gt >= first_task[i + 1]) ++i;
+      const Prepared& p = *ps[i];
+      int kvh, rows;
+      int64_t t0, t1;
+      p.task_rows(gt - first_task[i], kvh, t0, t1);
+      p.run_rows(kvh, t0, t1, 0, p.blocks[kvh].size(), st, rows);
+      p.write_out(kvh, t0, t1, st);
+    }
+  });
+}
+
+}  // namespace
+
 void attention_many(const std::vector<AttentionArgs>& calls, ThreadPool& pool) {
   std::vector<std::unique_ptr<Prepared>> prepared;
-  std::vector<const Prepared*> split;
+  std::vector<const Prepared*> split, decoders;
   for (const AttentionArgs& a : calls) {
     prepared.push_back(std::make_unique<Prepared>(a));
-    if (prepared.back()->split_keys(pool))
-      split.push_back(prepared.back().get());
-    else
+    if (!prepared.back()->split_keys(pool))
       run_prefill(*prepared.back(), pool);
+    else if (a.n == 1)
+      decoders.push_back(prepared.back().get());
+    else
+      split.push_back(prepared.back().get());
   }
+  // Up to kExactDecodeCalls decoders split their keys as attention() does alone (same bits);
+  // more each take whole heads (one online softmax over all keys instead of merged parts:
+  // equal within rounding), saving the partial states and the merge.
+  if (decoders.size() > kExactDecodeCalls)
+    run_whole(decoders, pool);
+  else
+    split.insert(split.end(), decoders.begin(), decoders.end());
   if (!split.empty()) run_split(split, pool);
 }
 
