@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Load test of `duo serve` on loopback: continuous batching against one request at a time.
 
-Starts one `duo serve` and, in one run:
+Starts one `duo serve` (--threads, --kv-type: f16 by default, as llama.cpp's CPU KV cache; the
+quality cost on SmolLM2 is in bench/CPU_NOTES.md) and, in one run, with that one server:
   1. sequential: one client sends the request mix once through, one request at a time;
   2. batched: --streams clients (default 32) each send requests from the same mix, back to
      back, for --seconds; then waits for the ones in flight.
@@ -15,7 +16,7 @@ which other processes on a shared machine disturb less), time to first token, fa
 memory the server held at most (duo_kv_bytes_peak, checked against --kv-budget) and its peak
 resident memory.
 
-  python3 bench/serve_load.py --duo build/duo [--streams 32 --seconds 60 --kv-budget 512]
+  python3 bench/serve_load.py --duo build/duo [--streams 32 --seconds 60 --kv-budget 512 --kv-type f32]
 Exit status 1 when a request failed, KV memory exceeded the budget, or the ratio is below
 --min-ratio (default 3).
 """
