@@ -79,10 +79,14 @@ void BM_Attention(benchmark::State& state, int n_heads, int n_kv, int d) {
 // A batched decode step as `duo serve` runs it: `seqs` sequences, one query each, over their
 // own caches of `cached` positions, for 30 layers (SmolLM2's), attention_many per layer. The
 // caches (seqs x 30 x cached x 1.5 KB) are far larger than the CPU caches, so this measures
-// attention reading K/V from DRAM. Time is per step (all layers).
+// attention reading K/V from DRAM. Time is per step (all layers). Third argument: the cache's
+// storage (0 f32, 1 f16, 2 bf16; 16-bit rows are half the bytes).
 void BM_DecodeStep(benchmark::State& state) {
   const int n_heads = 9, n_kv = 3, d = 64, layers = 30;
   const int64_t seqs = state.range(0), cached = state.range(1);
+  const duo::KvType type =
+      state.range(2) == 1 ? duo::KvType::F16 : state.range(2) == 2 ? duo::KvType::BF16 : duo::KvType::F32;
+  state.SetLabel(duo::to_string(type));
   const int64_t kv_row = (int64_t)n_kv * d;
   std::mt19937 rng(7);
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -94,8 +98,9 @@ void BM_DecodeStep(benchmark::State& state) {
   const duo::StreamingWindow window{64, 256};
   std::vector<std::unique_ptr<duo::KvCache>> caches;
   for (int64_t s = 0; s < seqs; ++s) {
-    caches.push_back(std::make_unique<duo::KvCache>(layers, n_kv, d,
-                                                     duo::HeadPlan::uniform(layers, n_kv, duo::HeadKind::Retrieval, window)));
+    duo::HeadPlan plan = duo::HeadPlan::uniform(layers, n_kv, duo::HeadKind::Retrieval, window);
+    plan.kv_type = type;
+    caches.push_back(std::make_unique<duo::KvCache>(layers, n_kv, d, plan));
     for (int l = 0; l < layers; ++l)
       for (int h = 0; h < n_kv; ++h) caches[s]->head(l, h).append(kc.data() + h * d, kc.data() + h * d, cached, kv_row, 0);
     caches[s]->advance(cached);
@@ -128,10 +133,14 @@ void BM_DecodeStep(benchmark::State& state) {
     for (int l = 0; l < layers; ++l) duo::attention_many(calls[l], pool());
     benchmark::DoNotOptimize(out.data());
   }
-  state.counters["GB/s"] = benchmark::Counter(2.0 * 4 * kv_row * (cached + 1) * seqs * layers * 1e-9,
+  const double elem_bytes = type == duo::KvType::F32 ? 4.0 : 2.0;
+  state.counters["GB/s"] = benchmark::Counter(2.0 * elem_bytes * kv_row * (cached + 1) * seqs * layers * 1e-9,
                                               benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_DecodeStep)->Args({32, 160})->Args({32, 400})->Args({1, 160})->Args({1, 20})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_DecodeStep)
+    ->Args({32, 160, 0})->Args({32, 160, 1})->Args({32, 160, 2})->Args({32, 400, 0})->Args({32, 400, 1})
+    ->Args({1, 160, 0})->Args({1, 160, 1})->Args({1, 20, 0})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Args: {queries, cached positions, streaming}.
 BENCHMARK_CAPTURE(BM_Attention, smollm2_9x3x64, 9, 3, 64)

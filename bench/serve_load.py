@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Load test of `duo serve` on loopback: continuous batching against one request at a time.
 
-Starts one `duo serve` and, in one run:
+Starts one `duo serve` (--threads, --kv-type: f16 by default, as llama.cpp's CPU KV cache; the
+quality cost on SmolLM2 is in bench/CPU_NOTES.md) and, in one run, with that one server:
   1. sequential: one client sends the request mix once through, one request at a time;
   2. batched: --streams clients (default 32) each send requests from the same mix, back to
      back, for --seconds; then waits for the ones in flight.
@@ -15,7 +16,7 @@ which other processes on a shared machine disturb less), time to first token, fa
 memory the server held at most (duo_kv_bytes_peak, checked against --kv-budget) and its peak
 resident memory.
 
-  python3 bench/serve_load.py --duo build/duo [--streams 32 --seconds 60 --kv-budget 512]
+  python3 bench/serve_load.py --duo build/duo [--streams 32 --seconds 60 --kv-budget 512 --kv-type f32]
 Exit status 1 when a request failed, KV memory exceeded the budget, or the ratio is below
 --min-ratio (default 3).
 """
@@ -151,12 +152,15 @@ def main():
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--kv-budget", type=float, default=1024, help="MiB")
     ap.add_argument("--threads", default="2")
+    ap.add_argument("--kv-type", default="f16",
+                    help="the server's KV cache storage (duo serve --kv-type; both phases use it)")
     ap.add_argument("--min-ratio", type=float, default=3.0)
     ap.add_argument("--json", help="write the numbers here")
     args = ap.parse_args()
 
     proc = subprocess.Popen([args.duo, "serve", "--port", "0", "-t", args.threads, "--max-batch", str(args.streams),
-                             "--max-queue", str(2 * args.streams), "--kv-budget", str(args.kv_budget)],
+                             "--max-queue", str(2 * args.streams), "--kv-budget", str(args.kv_budget),
+                             "--kv-type", args.kv_type],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     m = re.search(r"http://([\d.]+):(\d+)", line)

@@ -4,6 +4,10 @@
 #include <cmath>
 #include <cstring>
 
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 #include "core/error.h"
 #include "core/fp16.h"
 #include "kv/kv_quant.h"
@@ -22,7 +26,15 @@ void encode_rows(KvType type, const float* src, int64_t src_stride, int64_t n, i
       }
       case KvType::F16: {
         uint16_t* o = static_cast<uint16_t*>(dst) + r * d;
-        for (int c = 0; c < d; ++c) o[c] = f32_to_f16(s[c]);
+        int c = 0;
+#if defined(__F16C__)
+        // vcvtps2ph rounds to nearest even like f32_to_f16 (same bits but for NaN payloads):
+        // every cache append of every token goes through here.
+        for (; c + 8 <= d; c += 8)
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(o + c),
+                           _mm256_cvtps_ph(_mm256_loadu_ps(s + c), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+        for (; c < d; ++c) o[c] = f32_to_f16(s[c]);
         break;
       }
       default: fail("encode_rows: {} is not a row format", to_string(type));

@@ -407,13 +407,23 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
       args.window = cache.plan().window;
     }
     attention_many(calls, pool);
-    for (size_t i = 0; i < count; ++i) {
-      if (observer_) observer_->on_attention(l, calls[i]);
-      KvCache& cache = *items[i].cache;
-      const int64_t r0 = first[i];
-      for (int64_t h = 0; h < HKV; ++h)
-        cache.head(l, (int)h).append(k + r0 * KV + h * D, v + r0 * KV + h * D, items[i].n, KV, cache.n_past());
-    }
+    if (observer_)
+      for (size_t i = 0; i < count; ++i) observer_->on_attention(l, calls[i]);
+    // Each sequence's cache takes its rows; the caches are distinct, so a step of many
+    // sequences appends in parallel (one at a time, this serial work kept the other threads
+    // waiting).
+    auto append = [&](int64_t i0, int64_t i1, int) {
+      for (int64_t i = i0; i < i1; ++i) {
+        KvCache& cache = *items[i].cache;
+        const int64_t r0 = first[i];
+        for (int64_t h = 0; h < HKV; ++h)
+          cache.head(l, (int)h).append(k + r0 * KV + h * D, v + r0 * KV + h * D, items[i].n, KV, cache.n_past());
+      }
+    };
+    if (count >= 8)
+      pool.parallel_for((int64_t)count, append);
+    else
+      append(0, (int64_t)count, 0);
     if (!kv_order_.empty()) {
       // Back to the stored head order for Wo: KV slot j holds original KV head order[j].
       const std::vector<int>& order = kv_order_[l];

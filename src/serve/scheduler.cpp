@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "engine/utf8_stream.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
@@ -272,16 +273,30 @@ void Scheduler::step() {
   size_t kv = 0;
   for (const auto& s : active_) kv += s->cache->bytes();
   metrics_.observe_kv(kv);
-  int64_t generated = 0;
+  // Sequences whose next token is due sample it in parallel (each from its own logits with
+  // its own sampler: the same tokens in any order); taking the tokens stays in batch order.
+  std::vector<size_t> due;
   for (size_t i = 0; i < owners.size(); ++i) {
     Sequence& s = *owners[i];
     if (s.fed < (int64_t)s.job.prompt.size()) {
       s.fed += items[i].n;
       if (s.fed < (int64_t)s.job.prompt.size()) continue;  // more prompt to read
     }
-    const int32_t id = s.sampler.sample(logits.data() + i * V, V);
-    if (!engine_.tokenizer().is_eog(id)) ++generated;
-    take_token(s, id);
+    due.push_back(i);
+  }
+  std::vector<int32_t> ids(due.size());
+  const float* lg = logits.data();  // (a thread_local: the workers must not name it)
+  auto sample = [&](int64_t j0, int64_t j1, int) {
+    for (int64_t j = j0; j < j1; ++j) ids[j] = owners[due[j]]->sampler.sample(lg + due[j] * V, V);
+  };
+  if (due.size() >= 4)
+    engine_.pool().parallel_for((int64_t)due.size(), sample);
+  else
+    sample(0, (int64_t)due.size(), 0);
+  int64_t generated = 0;
+  for (size_t j = 0; j < due.size(); ++j) {
+    if (!engine_.tokenizer().is_eog(ids[j])) ++generated;
+    take_token(*owners[due[j]], ids[j]);
   }
   metrics_.record_step(prefilled, generated, std::chrono::duration<double>(clock::now() - t0).count());
 }

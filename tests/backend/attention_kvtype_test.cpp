@@ -10,6 +10,7 @@
 #include <random>
 
 #include "backend/cpu/attention.h"
+#include "simd_levels.h"
 #include "core/thread_pool.h"
 #include "kv/kv_codec.h"
 
@@ -147,9 +148,15 @@ const Case kCases[] = {
     {4, 4, 64, 130, 3, 1, {8, 32}},       // streaming only
 };
 
+// At every SIMD level: AVX-512 reads 16-bit rows in place (decode) or widens a block at a time
+// (pre-fill), AVX2 and scalar decode a block into floats first.
 TEST(AttentionKvType, SixteenBitRows) {
-  for (KvType t : {KvType::BF16, KvType::F16})
-    for (const Case& c : kCases) run_case(c, t, 2);
+  for (SimdLevel level : test::simd_levels()) {
+    test::ScopedSimdLevel scoped(level);
+    std::printf(" %s\n", simd_name(level));
+    for (KvType t : {KvType::BF16, KvType::F16})
+      for (const Case& c : kCases) run_case(c, t, 2);
+  }
 }
 
 TEST(AttentionKvType, QuantizedWithinStorageBound) {

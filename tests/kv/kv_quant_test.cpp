@@ -42,6 +42,24 @@ TEST(KvQuant, HalfDirectedRounding) {
   }
 }
 
+// encode_rows to f16 (vectorized with F16C where the build has it) gives f32_to_f16's bits for
+// every value but NaN: ties, subnormals, the overflow edge, infinities, signed zeros, random
+// magnitudes; rows of a length that is not a multiple of 8 take the scalar tail.
+TEST(KvQuant, EncodeRowsF16EqualsScalar) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> xs = {0.0f,     -0.0f,     1.0f,      65504.0f, 65519.99f, 65520.0f, -65520.0f, 1e-8f,
+                           2.98e-8f, 2.99e-8f,  5.96e-8f,  6.1e-5f,  -6.1e-5f,  1e30f,    INFINITY,  -INFINITY,
+                           1.00048828125f /* halfway between two halves: to even */, 1.00146484375f, 3.0e-5f};
+  for (int i = 0; i < 40000; ++i) xs.push_back(u(rng) * std::pow(10.0f, (float)(i % 14) - 9.0f));
+  for (int d : {64, 13}) {
+    const int64_t n = (int64_t)xs.size() / d;
+    std::vector<uint16_t> out((size_t)(n * d));
+    encode_rows(KvType::F16, xs.data(), d, n, d, out.data());
+    for (int64_t i = 0; i < n * d; ++i) ASSERT_EQ(out[(size_t)i], f32_to_f16(xs[(size_t)i])) << xs[(size_t)i];
+  }
+}
+
 TEST(KvQuant, PageLayoutBytes) {
   EXPECT_EQ((kvq::QuantLayout{128, 4}.page_bytes()), 256 * 64 + 4 * 128 * 4);  // 18432
   EXPECT_EQ((kvq::QuantLayout{128, 8}.page_bytes()), 256 * 128 + 4 * 128 * 4);  // 34816

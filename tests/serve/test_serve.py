@@ -529,6 +529,36 @@ class Tests:
         finally:
             assert b.stop() == 0, b.log()
 
+    def test_f16_kv_server_equals_duo_generate(self):
+        # The load test's server stores its KV cache in f16 (bench/serve_load.py): four at once,
+        # greedy, full and streaming attention, equal `duo generate --kv-type f16`.
+        b = Server(self.duo, "--kv-type", "f16", "--max-batch", "4")
+        try:
+            jobs = [(p, {}, ()) for p in PROMPTS[:3]] + [
+                (LONG_PROMPT, {"attention": "streaming", "sink": 4, "recent": 16},
+                 ("--attention", "streaming", "--sink", "4", "--recent", "16"))]
+            wants = [self.reference(p, 32, "--kv-type", "f16", *args) for p, _, args in jobs]
+            got, errors = [None] * len(jobs), []
+
+            def run(i):
+                try:
+                    r = b.client.completions.create(model=MODEL_ID, prompt=jobs[i][0], max_tokens=32, temperature=0,
+                                                    extra_body=jobs[i][1])
+                    got[i] = r.choices[0].text
+                except Exception as e:  # reported below
+                    errors.append(repr(e))
+
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors, errors
+            for i in range(len(jobs)):
+                assert got[i] == wants[i], (i, got[i], wants[i])
+        finally:
+            assert b.stop() == 0, b.log()
+
     def test_sigterm_stops_cleanly(self):
         code = self.server.stop()
         assert code == 0, (code, self.server.log())

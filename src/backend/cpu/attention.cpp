@@ -47,8 +47,12 @@ void make_blocks(const std::vector<KvSegment>& segs, std::vector<KeyBlock>& out)
       const int n = (int)std::min<int64_t>(kKeyBlock, s.n - o);
       if (s.type == KvType::F32)
         out.push_back({s.k + o * s.stride, s.v + o * s.stride, s.pos0 + o, n, s.stride});
+      else if (s.type == KvType::F16 || s.type == KvType::BF16)
+        out.push_back({nullptr, nullptr, s.pos0 + o, n, s.stride, &s, o, s.type,
+                       static_cast<const uint16_t*>(s.kx) + o * s.stride,
+                       static_cast<const uint16_t*>(s.vx) + o * s.stride});
       else
-        out.push_back({nullptr, nullptr, s.pos0 + o, n, 0, &s, o});
+        out.push_back({nullptr, nullptr, s.pos0 + o, n, 0, &s, o, s.type});
     }
 }
 
@@ -262,7 +266,7 @@ struct Prepared {
     blocks.resize(a.n_kv_heads);
     for (int h = 0; h < a.n_kv_heads; ++h) {
       make_blocks((*a.segments)[h], blocks[h]);
-      for (const KeyBlock& b : blocks[h]) all_float = all_float && b.seg == nullptr;
+      for (const KeyBlock& b : blocks[h]) in_place = in_place && attn::reads_in_place(b);
     }
     q_per_task = std::max(1, kMaxRows / g);
     q_tasks = (a.n + q_per_task - 1) / q_per_task;
@@ -288,7 +292,7 @@ struct Prepared {
       }
     st.reset(rows, d);
 #if DUO_HAVE_AVX512
-    if (all_float && use_avx512() && attn::decode_kernel_fits(d)) {
+    if (in_place && use_avx512() && attn::decode_kernel_fits(d)) {
       attn::attend_rows_decode_avx512(blocks[kvh].data(), kb0, kb1, rows, qrow, pos, (*a.kinds)[kvh], a.window, d,
                                       scale, st.m, st.l, st.o);
       return;
@@ -310,14 +314,14 @@ struct Prepared {
   int d = 0, g = 0, q_per_task = 0;
   float scale = 0.0f;
   int64_t q_tasks = 0, tasks = 0;
-  bool all_float = true;  // every block read in place (the AVX-512 kernels need this)
+  bool in_place = true;  // every block float or 16-bit, read in place (the AVX-512 kernels need this)
   std::vector<std::vector<KeyBlock>> blocks;
 };
 
 void run_prefill(const Prepared& p, ThreadPool& pool) {
   // Later query blocks see more keys (causal), so tasks are handed out dynamically, longest
   // first.
-  [[maybe_unused]] const bool lanes = DUO_HAVE_AVX512 && use_avx512() && p.all_float;
+  [[maybe_unused]] const bool lanes = DUO_HAVE_AVX512 && use_avx512() && p.in_place;
   pool.parallel_for_dynamic(p.tasks, 1, [&](int64_t b, int64_t e, int) {
     static thread_local RowState st;
     for (int64_t task = b; task < e; ++task) {
@@ -433,16 +437,49 @@ void attention(const AttentionArgs& a, ThreadPool& pool) {
     run_prefill(p, pool);
 }
 
+namespace {
+
+// Calls whose tasks each take all of their head's keys (no split, no merge), in one parallel
+// region: a batched step of many decoders has tasks enough for every thread without splitting.
+void run_whole(const std::vector<const Prepared*>& ps, ThreadPool& pool) {
+  std::vector<int64_t> first_task(ps.size() + 1, 0);
+  for (size_t i = 0; i < ps.size(); ++i) first_task[i + 1] = first_task[i] + ps[i]->tasks;
+  pool.parallel_for_dynamic(first_task.back(), 1, [&](int64_t b, int64_t e, int) {
+    static thread_local RowState st;
+    size_t i = (size_t)(std::upper_bound(first_task.begin(), first_task.end(), b) - first_task.begin()) - 1;
+    for (int64_t gt = b; gt < e; ++gt) {
+      while (gt >= first_task[i + 1]) ++i;
+      const Prepared& p = *ps[i];
+      int kvh, rows;
+      int64_t t0, t1;
+      p.task_rows(gt - first_task[i], kvh, t0, t1);
+      p.run_rows(kvh, t0, t1, 0, p.blocks[kvh].size(), st, rows);
+      p.write_out(kvh, t0, t1, st);
+    }
+  });
+}
+
+}  // namespace
+
 void attention_many(const std::vector<AttentionArgs>& calls, ThreadPool& pool) {
   std::vector<std::unique_ptr<Prepared>> prepared;
-  std::vector<const Prepared*> split;
+  std::vector<const Prepared*> split, decoders;
   for (const AttentionArgs& a : calls) {
     prepared.push_back(std::make_unique<Prepared>(a));
-    if (prepared.back()->split_keys(pool))
-      split.push_back(prepared.back().get());
-    else
+    if (!prepared.back()->split_keys(pool))
       run_prefill(*prepared.back(), pool);
+    else if (a.n == 1)
+      decoders.push_back(prepared.back().get());
+    else
+      split.push_back(prepared.back().get());
   }
+  // Up to kExactDecodeCalls decoders split their keys as attention() does alone (same bits);
+  // more each take whole heads (one online softmax over all keys instead of merged parts:
+  // equal within rounding), saving the partial states and the merge.
+  if (decoders.size() > kExactDecodeCalls)
+    run_whole(decoders, pool);
+  else
+    split.insert(split.end(), decoders.begin(), decoders.end());
   if (!split.empty()) run_split(split, pool);
 }
 

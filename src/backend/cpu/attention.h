@@ -2,6 +2,7 @@
 // retrieval heads, Λ sink+recent for streaming heads). One routine serves pre-fill (many
 // queries) and decode (one query, keys split across threads), for every attention mode.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -32,7 +33,11 @@ void attention_ref(const AttentionArgs& a);
 void attention(const AttentionArgs& a, ThreadPool& pool);
 // Several independent calls (the sequences of a batched decode step): calls that split their
 // keys across threads share one parallel region instead of one each. Each call's output is
-// exactly what attention() gives it alone.
+// exactly what attention() gives it alone, except that with more than kExactDecodeCalls
+// one-query calls those take each KV head's keys whole on one thread (enough tasks without
+// splitting, and no merge): equal within rounding. (The same bound as the matmuls' few-token
+// path: a batched step of at most 4 decoders computes exactly what each computes alone.)
+constexpr size_t kExactDecodeCalls = 4;
 void attention_many(const std::vector<AttentionArgs>& calls, ThreadPool& pool);
 
 }  // namespace duo

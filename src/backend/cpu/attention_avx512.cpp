@@ -7,7 +7,11 @@
 //  - O^T[c] += V[j][c] * P^T[j] are broadcast-FMAs too, with O^T in registers over a whole key
 //    block, one column tile at a time.
 // Queries are transposed (and pre-scaled by 1/sqrt(d)) once per task and O^T back once at the
-// end; keys and values are read in place from the cache pages / the chunk.
+// end; float keys and values are read in place from the cache pages / the chunk, 16-bit ones
+// (f16, bf16 caches) converted a block at a time into a float buffer (the tiles broadcast
+// single elements, which a 16-bit row would make a convert each).
+// The decode kernel (few rows) reads float and 16-bit rows in place, 16 elements a load,
+// converting in registers (vcvtph2ps for f16, a 16-bit shift for bf16).
 #include "backend/cpu/simd_avx512.h"  // first: it includes <immintrin.h>
 #include "backend/cpu/attention_internal.h"
 
@@ -19,6 +23,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <type_traits>
 
 #include "backend/cpu/simd_math_avx512.h"
 #include "core/error.h"
@@ -34,10 +39,51 @@ struct Scratch {
   alignas(64) float qt[kMaxHeadDim * kMaxRows];  // [c][RV * 16]: queries, transposed and scaled
   alignas(64) float ot[kMaxHeadDim * kMaxRows];  // [c][RV * 16]: unnormalized outputs
   alignas(64) float st[kKeyBlock * kMaxRows];    // [j][RV * 16]: scores, then probabilities
+  alignas(64) float kf[kKeyBlock * kMaxHeadDim];  // a 16-bit block's keys and values as floats
+  alignas(64) float vf[kKeyBlock * kMaxHeadDim];
 };
 Scratch& thread_scratch() {
   static thread_local std::unique_ptr<Scratch> s(new Scratch);
   return *s;
+}
+
+// Rows of one storage type: the element type, where a block's keys and values start, and a
+// load of 16 consecutive elements as floats (exact: every f16 and bf16 value is a float).
+template <KvType T>
+struct Rows {
+  static_assert(T == KvType::F32 || T == KvType::F16 || T == KvType::BF16, "rows read in place");
+  using Elem = std::conditional_t<T == KvType::F32, float, uint16_t>;
+  static const Elem* k(const KeyBlock& b) {
+    if constexpr (T == KvType::F32) return b.k; else return b.kh;
+  }
+  static const Elem* v(const KeyBlock& b) {
+    if constexpr (T == KvType::F32) return b.v; else return b.vh;
+  }
+  static __m512 load(const Elem* p) {
+    if constexpr (T == KvType::F32) {
+      return _mm512_loadu_ps(p);
+    } else {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      if constexpr (T == KvType::F16)
+        return _mm512_cvtph_ps(h);
+      else
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+  }
+};
+
+// A 16-bit block's n rows of keys and values -> packed float rows (d apart) in kf, vf.
+template <KvType T>
+void widen_block(const KeyBlock& b, int d, float* kf, float* vf) {
+  using R = Rows<T>;
+  for (int j = 0; j < b.n; ++j) {
+    const typename R::Elem* kr = R::k(b) + j * b.stride;
+    const typename R::Elem* vr = R::v(b) + j * b.stride;
+    for (int c = 0; c < d; c += 16) {
+      _mm512_store_ps(kf + j * d + c, R::load(kr + c));
+      _mm512_store_ps(vf + j * d + c, R::load(vr + c));
+    }
+  }
 }
 
 // Keeps a loaded vector in a register: without it GCC folds the load into every FMA that uses
@@ -105,10 +151,19 @@ void attend(const KeyBlock* blocks, size_t n_blocks, int rows, const float* cons
   for (int v = 0; v < RV; ++v) m[v] = _mm512_set1_ps(kNegInf), l[v] = _mm512_setzero_ps();
 
   for (size_t bi = 0; bi < n_blocks; ++bi) {
-    const KeyBlock& b = blocks[bi];
+    KeyBlock b = blocks[bi];
     if (b.pos0 > pmax) continue;  // entirely in the future of every row
     const int64_t last = b.pos0 + b.n - 1;
     if (kind == HeadKind::Streaming && b.pos0 >= w.sink && last <= pmin - w.recent) continue;  // outside Λ
+    if (b.type != KvType::F32) {
+      DUO_CHECK(d % 16 == 0 && reads_in_place(b), "attention: AVX-512 pre-fill over a {} block (head dim {})",
+                to_string(b.type), d);
+      if (b.type == KvType::F16)
+        widen_block<KvType::F16>(b, d, s.kf, s.vf);
+      else
+        widen_block<KvType::BF16>(b, d, s.kf, s.vf);
+      b.k = s.kf, b.v = s.vf, b.stride = d;
+    }
 
     int j = 0;
     for (; j + KJ <= b.n; j += KJ) score_tile<RV, KJ>(s.qt, b.k, b.stride, d, j, s.st);
@@ -199,17 +254,18 @@ inline __m512 hsum16(const __m512 a[16]) {
 // o[r][c] = o[r][c] * alpha[r] + sum_j p[r][j] v_j[c] for RT rows and 4 column vectors from c0:
 // the value vectors are loaded once for all rows, and RT * 4 independent FMA chains hide the
 // FMA latency (one row's 4 chains alone would wait on it every key).
-template <int RT>
+template <KvType T, int RT>
 inline void pv_rows(const float* ps, const float* alpha, const KeyBlock& b, int c0, int d, float* o) {
+  using R = Rows<T>;
   __m512 acc[RT][4];
   for (int r = 0; r < RT; ++r)
     for (int c = 0; c < 4; ++c)
       acc[r][c] = _mm512_mul_ps(_mm512_loadu_ps(o + r * d + c0 + 16 * c), _mm512_set1_ps(alpha[r]));
   for (int j = 0; j < b.n; ++j) {
-    const float* vr = b.v + j * b.stride + c0;
+    const typename R::Elem* vr = R::v(b) + j * b.stride + c0;
     __m512 v[4];
     for (int c = 0; c < 4; ++c) {
-      v[c] = _mm512_loadu_ps(vr + 16 * c);
+      v[c] = R::load(vr + 16 * c);
       pin(v[c]);
     }
     for (int r = 0; r < RT; ++r) {
@@ -221,86 +277,109 @@ inline void pv_rows(const float* ps, const float* alpha, const KeyBlock& b, int 
     for (int c = 0; c < 4; ++c) _mm512_storeu_ps(o + r * d + c0 + 16 * c, acc[r][c]);
 }
 
+// s[j] = q . k_j for the n keys of rows of type T (stride elements apart); q: D16 vectors.
+template <int D16, KvType T>
+inline void key_scores(const typename Rows<T>::Elem* kb, int64_t stride, int n, const __m512* q, float* s) {
+  using R = Rows<T>;
+  int j = 0;
+  for (; j + 16 <= n; j += 16) {
+    __m512 acc[16];
+    for (int jj = 0; jj < 16; ++jj) {
+      const typename R::Elem* kr = kb + (j + jj) * stride;
+      __m512 t = _mm512_mul_ps(R::load(kr), q[0]);
+      for (int c = 1; c < D16; ++c) t = _mm512_fmadd_ps(R::load(kr + 16 * c), q[c], t);
+      acc[jj] = t;
+    }
+    _mm512_store_ps(s + j, hsum16(acc));
+  }
+  for (; j < n; ++j) {
+    const typename R::Elem* kr = kb + j * stride;
+    __m512 t = _mm512_mul_ps(R::load(kr), q[0]);
+    for (int c = 1; c < D16; ++c) t = _mm512_fmadd_ps(R::load(kr + 16 * c), q[c], t);
+    s[j] = _mm512_reduce_add_ps(t);
+  }
+}
+
+// One key block of the decode kernel, its rows of type T read in place: scores and the online
+// softmax row by row, then O = O * alpha + P V.
+template <int D16, KvType T>
+void decode_block(const KeyBlock& b, int rows, const float* const* qrow, const int64_t* pos, int64_t pmin,
+                  HeadKind kind, const StreamingWindow& w, float scale, float* m, float* l, float* o) {
+  using R = Rows<T>;
+  constexpr int d = 16 * D16;
+  alignas(64) float ps[kMaxRows * kKeyBlock];  // per row: scores, then probabilities
+  float alpha[kMaxRows];
+  const int64_t last = b.pos0 + b.n - 1;
+  const bool all_visible = kind == HeadKind::Retrieval && last <= pmin;
+  const typename R::Elem* kb = R::k(b);
+  // Scores and softmax statistics, row by row.
+  for (int r = 0; r < rows; ++r) {
+    float* s = ps + r * kKeyBlock;
+    __m512 q[D16];
+    for (int c = 0; c < D16; ++c) q[c] = _mm512_mul_ps(_mm512_loadu_ps(qrow[r] + 16 * c), _mm512_set1_ps(scale));
+    key_scores<D16, T>(kb, b.stride, b.n, q, s);
+    if (!all_visible)
+      for (int jj = 0; jj < b.n; ++jj) {
+        const int64_t kp = b.pos0 + jj;
+        const bool vis = kp <= pos[r] && (kind == HeadKind::Retrieval || kp < w.sink || kp > pos[r] - w.recent);
+        if (!vis) s[jj] = kNegInf;
+      }
+    // Online softmax over this block's n keys (lanes past n are masked out).
+    __m512 mx = _mm512_set1_ps(kNegInf);
+    for (int jj = 0; jj < b.n; jj += 16)
+      mx = _mm512_max_ps(mx, _mm512_mask_load_ps(_mm512_set1_ps(kNegInf),
+                                                 (__mmask16)((1u << std::min(16, b.n - jj)) - 1u), s + jj));
+    const float bmax = _mm512_reduce_max_ps(mx);
+    if (bmax == kNegInf) {  // nothing visible to this row here: o * 1 + 0
+      alpha[r] = 1.0f;
+      std::memset(s, 0, sizeof(float) * b.n);
+      continue;
+    }
+    const float m_new = std::max(m[r], bmax);
+    alpha[r] = m[r] == kNegInf ? 0.0f : std::exp(m[r] - m_new);
+    __m512 sum = _mm512_setzero_ps();
+    for (int jj = 0; jj < b.n; jj += 16) {
+      const __mmask16 valid = (__mmask16)((1u << std::min(16, b.n - jj)) - 1u);
+      const __m512 p =
+          _mm512_maskz_mov_ps(valid, exp512(_mm512_sub_ps(_mm512_load_ps(s + jj), _mm512_set1_ps(m_new))));
+      _mm512_store_ps(s + jj, p);
+      sum = _mm512_add_ps(sum, p);
+    }
+    l[r] = l[r] * alpha[r] + _mm512_reduce_add_ps(sum);
+    m[r] = m_new;
+  }
+  // O = O * alpha + P V, four rows x four column vectors at a time.
+  for (int r0 = 0; r0 < rows; r0 += 4) {
+    const float* pr = ps + r0 * kKeyBlock;
+    float* orow = o + r0 * d;
+    for (int c0 = 0; c0 < d; c0 += 64) {
+      switch (std::min(4, rows - r0)) {
+        case 4: pv_rows<T, 4>(pr, alpha + r0, b, c0, d, orow); break;
+        case 3: pv_rows<T, 3>(pr, alpha + r0, b, c0, d, orow); break;
+        case 2: pv_rows<T, 2>(pr, alpha + r0, b, c0, d, orow); break;
+        default: pv_rows<T, 1>(pr, alpha + r0, b, c0, d, orow); break;
+      }
+    }
+  }
+}
+
 template <int D16>
 void attend_decode(const KeyBlock* blocks, size_t kb0, size_t kb1, int rows, const float* const* qrow,
                    const int64_t* pos, HeadKind kind, const StreamingWindow& w, float scale, float* m, float* l,
                    float* o) {
   static_assert(D16 % 4 == 0, "PV tiles are 4 vectors wide");
-  constexpr int d = 16 * D16;
   int64_t pmin = pos[0], pmax = pos[0];
   for (int r = 1; r < rows; ++r) pmin = std::min(pmin, pos[r]), pmax = std::max(pmax, pos[r]);
-  alignas(64) float ps[kMaxRows * kKeyBlock];  // per row: scores, then probabilities
-  float alpha[kMaxRows];
   for (size_t bi = kb0; bi < kb1; ++bi) {
     const KeyBlock& b = blocks[bi];
     if (b.pos0 > pmax) continue;
     const int64_t last = b.pos0 + b.n - 1;
     if (kind == HeadKind::Streaming && b.pos0 >= w.sink && last <= pmin - w.recent) continue;
-    const bool all_visible = kind == HeadKind::Retrieval && last <= pmin;
-    // Scores and softmax statistics, row by row.
-    for (int r = 0; r < rows; ++r) {
-      float* s = ps + r * kKeyBlock;
-      __m512 q[D16];
-      for (int c = 0; c < D16; ++c) q[c] = _mm512_mul_ps(_mm512_loadu_ps(qrow[r] + 16 * c), _mm512_set1_ps(scale));
-      int j = 0;
-      for (; j + 16 <= b.n; j += 16) {
-        __m512 acc[16];
-        for (int jj = 0; jj < 16; ++jj) {
-          const float* kr = b.k + (j + jj) * b.stride;
-          __m512 t = _mm512_mul_ps(_mm512_loadu_ps(kr), q[0]);
-          for (int c = 1; c < D16; ++c) t = _mm512_fmadd_ps(_mm512_loadu_ps(kr + 16 * c), q[c], t);
-          acc[jj] = t;
-        }
-        _mm512_store_ps(s + j, hsum16(acc));
-      }
-      for (; j < b.n; ++j) {
-        const float* kr = b.k + j * b.stride;
-        __m512 t = _mm512_mul_ps(_mm512_loadu_ps(kr), q[0]);
-        for (int c = 1; c < D16; ++c) t = _mm512_fmadd_ps(_mm512_loadu_ps(kr + 16 * c), q[c], t);
-        s[j] = _mm512_reduce_add_ps(t);
-      }
-      if (!all_visible)
-        for (int jj = 0; jj < b.n; ++jj) {
-          const int64_t kp = b.pos0 + jj;
-          const bool vis = kp <= pos[r] && (kind == HeadKind::Retrieval || kp < w.sink || kp > pos[r] - w.recent);
-          if (!vis) s[jj] = kNegInf;
-        }
-      // Online softmax over this block's n keys (lanes past n are masked out).
-      __m512 mx = _mm512_set1_ps(kNegInf);
-      for (int jj = 0; jj < b.n; jj += 16)
-        mx = _mm512_max_ps(mx, _mm512_mask_load_ps(_mm512_set1_ps(kNegInf),
-                                                   (__mmask16)((1u << std::min(16, b.n - jj)) - 1u), s + jj));
-      const float bmax = _mm512_reduce_max_ps(mx);
-      if (bmax == kNegInf) {  // nothing visible to this row here: o * 1 + 0
-        alpha[r] = 1.0f;
-        std::memset(s, 0, sizeof(float) * b.n);
-        continue;
-      }
-      const float m_new = std::max(m[r], bmax);
-      alpha[r] = m[r] == kNegInf ? 0.0f : std::exp(m[r] - m_new);
-      __m512 sum = _mm512_setzero_ps();
-      for (int jj = 0; jj < b.n; jj += 16) {
-        const __mmask16 valid = (__mmask16)((1u << std::min(16, b.n - jj)) - 1u);
-        const __m512 p =
-            _mm512_maskz_mov_ps(valid, exp512(_mm512_sub_ps(_mm512_load_ps(s + jj), _mm512_set1_ps(m_new))));
-        _mm512_store_ps(s + jj, p);
-        sum = _mm512_add_ps(sum, p);
-      }
-      l[r] = l[r] * alpha[r] + _mm512_reduce_add_ps(sum);
-      m[r] = m_new;
-    }
-    // O = O * alpha + P V, four rows x four column vectors at a time.
-    for (int r0 = 0; r0 < rows; r0 += 4) {
-      const float* pr = ps + r0 * kKeyBlock;
-      float* orow = o + r0 * d;
-      for (int c0 = 0; c0 < d; c0 += 64) {
-        switch (std::min(4, rows - r0)) {
-          case 4: pv_rows<4>(pr, alpha + r0, b, c0, d, orow); break;
-          case 3: pv_rows<3>(pr, alpha + r0, b, c0, d, orow); break;
-          case 2: pv_rows<2>(pr, alpha + r0, b, c0, d, orow); break;
-          default: pv_rows<1>(pr, alpha + r0, b, c0, d, orow); break;
-        }
-      }
+    switch (b.type) {
+      case KvType::F32: decode_block<D16, KvType::F32>(b, rows, qrow, pos, pmin, kind, w, scale, m, l, o); break;
+      case KvType::F16: decode_block<D16, KvType::F16>(b, rows, qrow, pos, pmin, kind, w, scale, m, l, o); break;
+      case KvType::BF16: decode_block<D16, KvType::BF16>(b, rows, qrow, pos, pmin, kind, w, scale, m, l, o); break;
+      default: fail("attention: the AVX-512 decode kernel cannot read {} rows in place", to_string(b.type));
     }
   }
 }

@@ -16,7 +16,10 @@ constexpr int kMaxHeadDim = 256;
 // A block of up to kKeyBlock consecutive positions inside one segment. Float segments are read
 // in place (k, v, stride); the rows of other formats (16-bit, quantized groups) have k = v =
 // nullptr and name rows [r0, r0 + n) of *seg, decoded when the block is visited into a buffer of
-// one block (never the whole cache). The AVX-512 kernels take float blocks only.
+// one block (never the whole cache). 16-bit blocks (type F16 or BF16) also point at their rows
+// (kh, vh, stride elements apart): the AVX-512 kernels read those in place, converting in
+// registers, so a half-precision cache costs half the memory traffic of a float one. The
+// AVX-512 kernels take F32, F16 and BF16 blocks (reads_in_place), not quantized ones.
 struct KeyBlock {
   const float* k;
   const float* v;
@@ -25,7 +28,13 @@ struct KeyBlock {
   int64_t stride;
   const KvSegment* seg = nullptr;
   int64_t r0 = 0;
+  KvType type = KvType::F32;
+  const uint16_t* kh = nullptr;
+  const uint16_t* vh = nullptr;
 };
+inline bool reads_in_place(const KeyBlock& b) {
+  return b.type == KvType::F32 || b.type == KvType::F16 || b.type == KvType::BF16;
+}
 
 // AVX-512 pre-fill kernel (attention_avx512.cpp), callable when use_avx512(): `rows` query
 // vectors qrow[r] at positions pos[r] (all of one KV head) attend to blocks[0..n_blocks) under
