@@ -27,14 +27,14 @@ namespace {
 using namespace duo::calib_fixtures;
 
 void compare(const Model& model, const std::vector<int32_t>& tokens, const std::vector<double>& gates,
-             const std::string& what) {
+             const std::string& what, DistillTarget target = DistillTarget::Hidden) {
   ThreadPool pool(2);
   FrozenWeights<float> w(model, size_t(1) << 30, pool);
   GatedModel<float> cpu(w, kWindow, pool);
   CudaGatedModel gpu(model, kWindow);
   std::vector<double> g_cpu, g_gpu;
-  const LossValue v_cpu = calibration_loss_and_grad<float>(cpu, tokens, kRows, gates, 0.05, g_cpu);
-  const LossValue v_gpu = gpu.loss_and_grad(tokens, kRows, gates, 0.05, g_gpu);
+  const LossValue v_cpu = calibration_loss_and_grad<float>(cpu, tokens, kRows, gates, 0.05, g_cpu, target);
+  const LossValue v_gpu = gpu.loss_and_grad(tokens, kRows, gates, 0.05, g_gpu, target);
   ASSERT_EQ(g_gpu.size(), g_cpu.size());
   double num = 0, den = 0;
   for (size_t i = 0; i < g_cpu.size(); ++i) num += (g_gpu[i] - g_cpu[i]) * (g_gpu[i] - g_cpu[i]), den += g_cpu[i] * g_cpu[i];
@@ -68,6 +68,13 @@ TEST(CalibCudaModelEmulation, TinyModelsMatchCpu) {
     for (auto& g : gates) g = ud(rng);
     compare(*model, random_tokens(kTokens, 64, 22), gates, v.name);
   }
+}
+
+// --loss kl: the LM head GEMMs (bf16, the gated rows as a difference from the frozen ones), the
+// host KL and the backward GEMM, against the CPU model.
+TEST(CalibCudaModelEmulation, LogitLossMatchesCpu) {
+  auto model = Model::synthetic(tiny(RopeStyle::Neox, true, 64), 27);
+  compare(*model, random_tokens(kTokens, 64, 28), {0.7, 0.2, 0.5, 0.9}, "kl, neox, bias, d 64", DistillTarget::Logits);
 }
 
 TEST(CalibCudaModelEmulation, GatesAtZeroAndOneMatchCpu) {
