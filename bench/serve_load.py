@@ -2,7 +2,8 @@
 """Load test of `duo serve` on loopback: continuous batching against one request at a time.
 
 Starts one `duo serve` (--threads, --kv-type: f16 by default, as llama.cpp's CPU KV cache; the
-quality cost on SmolLM2 is in bench/CPU_NOTES.md) and, in one run, with that one server:
+quality cost on SmolLM2 is in bench/CPU_NOTES.md; --act-bits: 16 by default, 8 for int8
+activations in the batched matmuls) and, in one run, with that one server:
   1. sequential: one client sends the request mix once through, one request at a time;
   2. batched: --streams clients (default 32) each send requests from the same mix, back to
      back, for --seconds; then waits for the ones in flight.
@@ -154,13 +155,15 @@ def main():
     ap.add_argument("--threads", default="2")
     ap.add_argument("--kv-type", default="f16",
                     help="the server's KV cache storage (duo serve --kv-type; both phases use it)")
+    ap.add_argument("--act-bits", default="16",
+                    help="the server's CPU many-token matmul activations, 16 or 8 (duo serve --act-bits; both phases)")
     ap.add_argument("--min-ratio", type=float, default=3.0)
     ap.add_argument("--json", help="write the numbers here")
     args = ap.parse_args()
 
     proc = subprocess.Popen([args.duo, "serve", "--port", "0", "-t", args.threads, "--max-batch", str(args.streams),
                              "--max-queue", str(2 * args.streams), "--kv-budget", str(args.kv_budget),
-                             "--kv-type", args.kv_type],
+                             "--kv-type", args.kv_type, "--act-bits", args.act_bits],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     m = re.search(r"http://([\d.]+):(\d+)", line)

@@ -49,6 +49,7 @@ Engine::Engine(const EngineOptions& opts) : opts_(opts) {
       break;
   }
   plan_.kv_type = opts.kv_type;
+  model_->set_act_bits(opts.act_bits);
   // The CUDA backend copies the (reordered) weights to the GPU once, here.
   backend_ = opts.device == Device::Cuda ? make_cuda_backend(*model_, opts.gpu_weights)
                                           : make_cpu_backend(*model_, *pool_);

@@ -210,6 +210,14 @@ HeadPlan Model::reorder_heads(const HeadPlan& plan) {
   return out;
 }
 
+void Model::set_act_bits(int bits) {
+  DUO_CHECK(bits == 16 || bits == 8, "activation bits must be 16 or 8 (got {})", bits);
+  DUO_CHECK(packed_.empty(), "set the activation bits before packing the weights");
+  for (LayerWeights& L : w_.layers)
+    for (WeightView* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) w->act_bits = bits;
+  w_.output.act_bits = bits;
+}
+
 size_t Model::pack_weights(ThreadPool& pool) {
   if (!packed_.empty()) return 0;
   size_t bytes = 0;

@@ -105,6 +105,10 @@ class Model {
   // about 2 bytes per weight; returns the bytes added (0 where the kernel packs nothing).
   // Heads must be reordered (reorder_heads) before, not after.
   size_t pack_weights(ThreadPool& pool);
+  // Activation integers of the many-token matmuls of every layer matrix and the LM head
+  // (WeightView::act_bits: 16, or 8 for Q4_0/Q4_1 matrices at the AVX-512 level). Set before
+  // pack_weights, which packs the panels this mode reads.
+  void set_act_bits(int bits);
 
   // Installs (or with nullptr removes) an observer called by every later forward pass.
   void set_observer(AttentionObserver* obs) { observer_ = obs; }

@@ -30,6 +30,7 @@ struct ModelOptions {
   float threshold = 0.5f;
   std::string device = "cpu";    // cpu | cuda
   std::string kv_type = "default";  // KV cache storage: f32, bf16, f16, q8, q4 (default: f32 CPU, bf16 CUDA)
+  int act_bits = 16;  // CPU many-token matmul activations: 16 or 8 bits
   std::string gpu_weights = "bf16";  // weight matrices on the GPU: bf16 or int8
 };
 void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention = true);

@@ -30,6 +30,10 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention) {
   cmd.add_option("--gpu-weights", o.gpu_weights,
                  "with --device cuda: weight matrices in bf16, or int8 weight-only (a scale a row; half the bytes)")
       ->check(CLI::IsMember({"bf16", "int8"}));
+  cmd.add_option("--act-bits", o.act_bits,
+                 "CPU pre-fill/batched matmul activations: 16, or 8 (int8 x Q4_0/Q4_1 nibbles with AVX-512 VNNI: "
+                 "faster, less exact; other weight types keep 16)")
+      ->check(CLI::IsMember({8, 16}));
   if (with_attention) {
     cmd.add_option("--attention", o.attention, "attention mode: full, streaming or duo")
         ->check(CLI::IsMember({"full", "streaming", "duo"}));
@@ -59,6 +63,7 @@ EngineOptions engine_options(const ModelOptions& o) {
   e.device = parse_device(o.device);
   e.kv_type = parse_kv_type(o.kv_type);
   e.gpu_weights = parse_weight_format(o.gpu_weights);
+  e.act_bits = o.act_bits;
   DUO_CHECK(e.gpu_weights == WeightFormat::Bf16 || e.device == Device::Cuda, "--gpu-weights needs --device cuda");
   if (e.attention == AttentionMode::Duo) {
     DUO_CHECK(!o.pattern.empty(), "--attention duo needs --pattern FILE (a gate matrix TSV)");

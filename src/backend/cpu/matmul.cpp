@@ -806,6 +806,7 @@ void matmul_tiled(const WeightView& w, const float* x, int64_t n, float* y, Thre
 
 void check(const WeightView& w) {
   DUO_CHECK(w.data != nullptr && w.rows > 0 && w.cols > 0, "matmul: empty weight");
+  DUO_CHECK(w.act_bits == 16 || w.act_bits == 8, "matmul: activations of {} bits (16 or 8)", w.act_bits);
   DUO_CHECK(type_traits(w.type).can_dequantize, "matmul: weights of type {} are not supported", type_name(w.type));
   DUO_CHECK(w.cols % type_traits(w.type).block_elems == 0, "matmul: {} columns is not a whole number of {} blocks",
             w.cols, type_name(w.type));
@@ -829,6 +830,7 @@ void matmul_ref(const WeightView& w, const float* x, int64_t n, float* y) {
 std::shared_ptr<const PackedWeight> pack_weight(const WeightView& w, ThreadPool& pool) {
   check(w);
 #if DUO_HAVE_AVX512
+  if (matmul_uses_act8(w)) return pack_weight_act8_avx512(w, pool);
   if (use_avx512() && !is_float_type(w.type)) return pack_weight_avx512(w, pool);
 #else
   (void)pool;
@@ -841,6 +843,15 @@ std::shared_ptr<const PackedWeight> pack_weight(const WeightView& w, ThreadPool&
 // tile mixes paths (3x4 SIMD tiles, dot products for the ragged edge).
 bool matmul_tokens_independent(const WeightView& w) { return !is_float_type(w.type); }
 
+bool matmul_uses_act8(const WeightView& w) {
+#if DUO_HAVE_AVX512
+  return w.act_bits == 8 && act8_type(w.type) && use_avx512();
+#else
+  (void)w;
+  return false;
+#endif
+}
+
 size_t packed_bytes(const PackedWeight& p) { return p.q.size() * sizeof(int32_t) + p.dm.size() * sizeof(float); }
 
 void matmul(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool) {
@@ -851,8 +862,9 @@ void matmul_multi(std::initializer_list<MatmulOut> outs, const float* x, int64_t
   const MatmulOut* o = outs.begin();
   const int count = (int)outs.size();
   DUO_CHECK(count > 0, "matmul: no matrices");
-  bool any_float = false;
+  bool any_float = false, any_act8 = false;
   for (int i = 0; i < count; ++i) {
+    any_act8 = any_act8 || matmul_uses_act8(o[i].w);
     check(o[i].w);
     DUO_CHECK(o[i].w.cols == o[0].w.cols, "matmul: matrices sharing an input have {} and {} columns", o[0].w.cols,
               o[i].w.cols);
@@ -863,6 +875,15 @@ void matmul_multi(std::initializer_list<MatmulOut> outs, const float* x, int64_t
     return;
   }
 #if DUO_HAVE_AVX512
+  // 8-bit activations: the matrices that take them in one call of their kernel, the others
+  // (another weight type) in the 16-bit one below.
+  if (any_act8) {
+    std::vector<MatmulOut> act8, rest;
+    for (int i = 0; i < count; ++i) (matmul_uses_act8(o[i].w) ? act8 : rest).push_back(o[i]);
+    matmul_prefill_act8_avx512(act8.data(), (int)act8.size(), quantize_acts8(x, n, o[0].w.cols, pool), n, pool);
+    for (const MatmulOut& r : rest) matmul_multi({r}, x, n, pool);
+    return;
+  }
   if (use_avx512() && !any_float) {
     ActBuf& ab = act_buffer();
     quantize_acts(x, n, o[0].w.cols, ab, pool);

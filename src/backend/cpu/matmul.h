@@ -26,6 +26,11 @@ struct WeightView {
   // Optional: the same matrix in the layout of the many-token kernel (pack_weight). Read by
   // matmul calls of more than 4 tokens; the few-token path always reads `data`.
   const PackedWeight* packed = nullptr;
+  // Activation integers of the many-token kernel: 16 (default; see matmul.cpp) or 8. With 8,
+  // Q4_0/Q4_1 weights at the AVX-512 level multiply u8 nibbles by int8 activations (q8_1-style
+  // blocks, vpdpbusd: twice the products an instruction of the 16-bit kernel); other types,
+  // other levels and the few-token path stay on 16 bits. Packing (pack_weight) follows it.
+  int act_bits = 16;
 };
 
 // Makes `w`'s many-token panels once, so that matmuls of many tokens (pre-fill chunks, a
@@ -35,6 +40,9 @@ struct WeightView {
 // SIMD level). Set the result's pointer in WeightView::packed; it must outlive the view.
 std::shared_ptr<const PackedWeight> pack_weight(const WeightView& w, ThreadPool& pool);
 size_t packed_bytes(const PackedWeight& p);
+// True when matmuls of more than kMatmulFewTokens tokens by `w` would take the 8-bit
+// activation kernel (w.act_bits == 8, a Q4_0/Q4_1 matrix, the AVX-512 SIMD level).
+bool matmul_uses_act8(const WeightView& w);
 
 // Calls of up to this many tokens take the few-token path (one pass over each weight row per
 // token); more take the many-token kernel.
@@ -48,6 +56,10 @@ bool matmul_tokens_independent(const WeightView& w);
 // n_tokens x rows, both row-major float.
 // Reference: dequantizes one row at a time and accumulates in double.
 void matmul_ref(const WeightView& w, const float* x, int64_t n_tokens, float* y);
+// Reference of the 8-bit activation kernel (Q4_0/Q4_1 only, any SIMD level): activations
+// quantized per 32-block to int8 as that kernel does (scale amax / 127), exact integer block
+// sums, then per block y += dw * xd * isum + mw * xd * sum(xq), in double.
+void matmul_act8_ref(const WeightView& w, const float* x, int64_t n_tokens, float* y);
 // Optimized, multithreaded.
 void matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
 

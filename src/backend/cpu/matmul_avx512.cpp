@@ -227,8 +227,8 @@ void matmul_prefill_avx512(const MatmulOut* outs, int count, const ActQ16* a, in
       while (task >= first_task[i + 1]) ++i;
       const WeightView& w = outs[i].w;
       DUO_CHECK(!w.packed || (w.packed->data == w.data && w.packed->type == w.type && w.packed->rows == w.rows &&
-                              w.packed->cols == w.cols),
-                "matmul: the packed panels were made from another weight matrix");
+                              w.packed->cols == w.cols && w.packed->act_bits == 16),
+                "matmul: the packed panels were made from another weight matrix or for 8-bit activations");
       const int64_t local = task - first_task[i];
       const int64_t blk = local / tchunks, t0 = (local % tchunks) * tper, t1 = std::min(n, t0 + tper);
       if (t0 >= t1) continue;

@@ -18,7 +18,8 @@ struct PackedWeight {
   const uint8_t* data = nullptr;
   GgmlType type = GgmlType::F32;
   int64_t rows = 0, cols = 0;
-  std::vector<int32_t> q;  // row blocks' panels of int16 pairs, one after another
+  int act_bits = 16;       // 16: panels of int16 pairs; 8: of u8 quads (matmul_act8_avx512.cpp)
+  std::vector<int32_t> q;  // row blocks' panels of int16 pairs (u8 quads), one after another
   std::vector<float> dm;   // row blocks' scales then mins
 };
 
@@ -58,6 +59,22 @@ struct ActBuf {
 ActBuf& act_buffer();
 void quantize_acts(const float* x, int64_t n, int64_t cols, ActBuf& a, ThreadPool& pool);
 
+// One 32-block of a token's activations quantized to 8 bits (as llama.cpp's q8_1):
+// x[j] ~ d * q[j], |q| <= 127.
+struct ActQ8 {
+  float d;  // scale: amax / 127
+  float s;  // d * sum(q)
+  int8_t q[QK];
+};
+void quantize_act_q8(const float* x, int64_t nb, ActQ8* out);
+// n tokens x (cols / 32) blocks, token-major, into the calling thread's buffer.
+const ActQ8* quantize_acts8(const float* x, int64_t n, int64_t cols, ThreadPool& pool);
+// The weight types the 8-bit kernel reads (4-bit nibbles, unsigned): Q4_0, Q4_1.
+bool act8_type(GgmlType t);
+// A Q4_0/Q4_1 row as u8 nibbles in element order (q[nb*32]) and per block w[j] = dw * q[j] + mw
+// (Q4_0: mw = -8 dw).
+void unpack_row_u8(GgmlType type, const uint8_t* src, int64_t nb, uint8_t* q, float* dw, float* mw);
+
 // Every quantized type as integer panels: within 32-block b of a row, w[j] = dw[b] * q[j] + mw[b]
 // with int16 q (see matmul.cpp). A row of nb blocks: q[nb*32], dw[nb], mw[nb].
 struct PanelRow {
@@ -75,5 +92,8 @@ std::shared_ptr<const PackedWeight> pack_weight_avx512(const WeightView& w, Thre
 // Pre-fill: y_i = W_i x for n tokens whose activations are already quantized (a: n x nb,
 // token-major), all matrices in one parallel region.
 void matmul_prefill_avx512(const MatmulOut* outs, int count, const ActQ16* a, int64_t n, ThreadPool& pool);
+// The same for 8-bit activations and Q4_0/Q4_1 weights (matmul_act8_avx512.cpp): u8 panels.
+std::shared_ptr<const PackedWeight> pack_weight_act8_avx512(const WeightView& w, ThreadPool& pool);
+void matmul_prefill_act8_avx512(const MatmulOut* outs, int count, const ActQ8* a, int64_t n, ThreadPool& pool);
 
 }  // namespace duo::mm

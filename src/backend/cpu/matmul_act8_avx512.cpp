@@ -1,0 +1,200 @@
+// AVX-512 VNNI many-token kernel of the 8-bit activation mode (WeightView::act_bits == 8) for
+// Q4_0/Q4_1 weights. The same shape as matmul_avx512.cpp's 16-bit kernel -- 16 weight rows in
+// the lanes, a register tile of kRV row vectors x kTT tokens, exact int32 block sums, float
+// work per block -- but the panel holds u8 nibble QUADS: word (b, j, i) = elements 4j..4j+3 of
+// block b of row i, so a block is 8 words a row, and each token's quad is a 32-bit broadcast
+// of its int8 activations. _mm512_dpbusd_epi32 (u8 x s8, four products a lane) then does in
+// 8 instructions what vpdpwssd does in 16. Block sums reach 32 * 15 * 127 = 60960: no
+// overflow. The panel is 1 byte a weight (the 16-bit panel: 2).
+#include "backend/cpu/simd_avx512.h"  // first: it includes <immintrin.h>
+#include "backend/cpu/matmul_internal.h"
+
+#if DUO_HAVE_AVX512
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+
+namespace duo::mm {
+
+namespace {
+
+constexpr int kRV = 3;          // row vectors per tile (48 rows)
+constexpr int kTT = 4;          // tokens per tile
+constexpr int kRB = 16 * kRV;   // rows per panel
+constexpr int kQuads = QK / 4;  // u8 quads per 32-block
+
+struct Panel8 {
+  std::vector<int32_t> q;
+  std::vector<float> dm;  // d then m
+  std::vector<uint8_t> row_q;
+  std::vector<float> row_f;
+};
+Panel8& thread_panel8() {
+  static thread_local Panel8 p;
+  return p;
+}
+
+// Rows [r0, r0 + nr) into a panel: q[(b * kQuads + j) * kRB + i] = quad j of block b of row i,
+// d[b * kRB + i], m[b * kRB + i]. Rows past the matrix are zero. Runs once per matrix when
+// packed (pack_weight), else per call; plain word copies (a quarter of the tile's loads).
+void fill_panel8(const WeightView& w, int64_t r0, int nr, int64_t nb, Panel8& p, int32_t* q, float* d, float* m) {
+  uint8_t* rq = scratch(p.row_q, (size_t)(nb * QK));
+  float* dw = scratch(p.row_f, (size_t)(2 * nb));
+  float* mw = dw + nb;
+  for (int i = 0; i < kRB; ++i) {
+    if (i < nr) {
+      unpack_row_u8(w.type, w.data + (r0 + i) * w.row_stride, nb, rq, dw, mw);
+      for (int64_t b = 0; b < nb; ++b) {
+        d[b * kRB + i] = dw[b], m[b * kRB + i] = mw[b];
+        for (int j = 0; j < kQuads; ++j) std::memcpy(q + (b * kQuads + j) * kRB + i, rq + b * QK + 4 * j, 4);
+      }
+    } else {
+      for (int64_t b = 0; b < nb; ++b) {
+        d[b * kRB + i] = m[b * kRB + i] = 0.0f;
+        for (int j = 0; j < kQuads; ++j) q[(b * kQuads + j) * kRB + i] = 0;
+      }
+    }
+  }
+}
+
+inline __m512i bcast_quad(const int8_t* q) {
+  int32_t v;
+  std::memcpy(&v, q, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// y[t][16 v + lane] for the TT tokens at a (token-major, nb blocks each) and the panel's rows.
+template <int TT>
+inline void tile8(const int32_t* pq, const float* pd, const float* pm, const ActQ8* a, int64_t nb, float* y,
+                  int64_t ldy, const __mmask16* store_mask) {
+  __m512 acc[kRV][TT];
+  for (int v = 0; v < kRV; ++v)
+    for (int t = 0; t < TT; ++t) acc[v][t] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const int32_t* q = pq + b * kQuads * kRB;
+    const float* d = pd + b * kRB;
+    const float* m = pm + b * kRB;
+    __m512i is[kRV][TT];
+    for (int v = 0; v < kRV; ++v)
+      for (int t = 0; t < TT; ++t) is[v][t] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+    for (int j = 0; j < kQuads; ++j) {
+      __m512i wv[kRV];
+      for (int v = 0; v < kRV; ++v) wv[v] = _mm512_loadu_si512(q + j * kRB + 16 * v);
+      for (int t = 0; t < TT; ++t) {
+        const __m512i x = bcast_quad(a[t * nb + b].q + 4 * j);
+        for (int v = 0; v < kRV; ++v) is[v][t] = _mm512_dpbusd_epi32(is[v][t], wv[v], x);
+      }
+    }
+    // acc += float(is) * d_row * d_token + m_row * s_token.
+    for (int t = 0; t < TT; ++t) {
+      const __m512 xd = _mm512_set1_ps(a[t * nb + b].d), xs = _mm512_set1_ps(a[t * nb + b].s);
+      for (int v = 0; v < kRV; ++v) {
+        acc[v][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[v][t]), _mm512_mul_ps(_mm512_loadu_ps(d + 16 * v), xd),
+                                    acc[v][t]);
+        acc[v][t] = _mm512_fmadd_ps(_mm512_loadu_ps(m + 16 * v), xs, acc[v][t]);
+      }
+    }
+  }
+  for (int t = 0; t < TT; ++t)
+    for (int v = 0; v < kRV; ++v) _mm512_mask_storeu_ps(y + t * ldy + 16 * v, store_mask[v], acc[v][t]);
+}
+
+void tiles8(const int32_t* pq, const float* pd, const float* pm, const ActQ8* a, int64_t nb, int64_t t0, int64_t t1,
+            float* y, int64_t ldy, const __mmask16* mask) {
+  int64_t t = t0;
+  for (; t + kTT <= t1; t += kTT) tile8<kTT>(pq, pd, pm, a + t * nb, nb, y + t * ldy, ldy, mask);
+  switch (t1 - t) {
+    case 3: tile8<3>(pq, pd, pm, a + t * nb, nb, y + t * ldy, ldy, mask); break;
+    case 2: tile8<2>(pq, pd, pm, a + t * nb, nb, y + t * ldy, ldy, mask); break;
+    case 1: tile8<1>(pq, pd, pm, a + t * nb, nb, y + t * ldy, ldy, mask); break;
+    default: break;
+  }
+}
+
+}  // namespace
+
+std::shared_ptr<const PackedWeight> pack_weight_act8_avx512(const WeightView& w, ThreadPool& pool) {
+  DUO_CHECK(act8_type(w.type), "matmul: no 8-bit activation path for {}", type_name(w.type));
+  const int64_t nb = w.cols / QK, blocks = (w.rows + kRB - 1) / kRB;
+  auto pw = std::make_shared<PackedWeight>();
+  pw->data = w.data;
+  pw->type = w.type;
+  pw->rows = w.rows;
+  pw->cols = w.cols;
+  pw->act_bits = 8;
+  pw->q.resize((size_t)(blocks * nb * kQuads * kRB));
+  pw->dm.resize((size_t)(blocks * 2 * nb * kRB));
+  pool.parallel_for_dynamic(blocks, 1, [&](int64_t b0, int64_t b1, int) {
+    Panel8& p = thread_panel8();
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      float* d = pw->dm.data() + blk * 2 * nb * kRB;
+      fill_panel8(w, blk * kRB, (int)std::min<int64_t>(kRB, w.rows - blk * kRB), nb, p,
+                  pw->q.data() + blk * nb * kQuads * kRB, d, d + nb * kRB);
+    }
+  });
+  return pw;
+}
+
+void matmul_prefill_act8_avx512(const MatmulOut* outs, int count, const ActQ8* a, int64_t n, ThreadPool& pool) {
+  static_assert(kTT <= 4, "tiles8() handles token tails of up to 3");
+  const int64_t nb = outs[0].w.cols / QK;
+  // Tasks as in matmul_prefill_avx512: (matrix, row block, token chunk).
+  constexpr int kMaxOuts = 4;
+  DUO_CHECK(count <= kMaxOuts, "matmul: at most {} matrices share an input", kMaxOuts);
+  int64_t blocks[kMaxOuts], first_task[kMaxOuts + 1], all_blocks = 0;
+  bool all_packed = true;
+  for (int i = 0; i < count; ++i) {
+    DUO_CHECK(act8_type(outs[i].w.type), "matmul: no 8-bit activation path for {}", type_name(outs[i].w.type));
+    all_blocks += blocks[i] = (outs[i].w.rows + kRB - 1) / kRB;
+    all_packed = all_packed && outs[i].w.packed;
+  }
+  const int64_t want_tasks = (all_packed ? 8 : 2) * pool.size();
+  const int64_t tchunks =
+      std::min<int64_t>((n + kTT - 1) / kTT, std::max<int64_t>(1, (want_tasks + all_blocks - 1) / all_blocks));
+  const int64_t tper = ((n + tchunks - 1) / tchunks + kTT - 1) / kTT * kTT;
+  first_task[0] = 0;
+  for (int i = 0; i < count; ++i) first_task[i + 1] = first_task[i] + blocks[i] * tchunks;
+  pool.parallel_for_dynamic(first_task[count], 1, [&](int64_t task0, int64_t task1, int) {
+    Panel8& p = thread_panel8();
+    for (int64_t task = task0; task < task1; ++task) {
+      int i = 0;
+      while (task >= first_task[i + 1]) ++i;
+      const WeightView& w = outs[i].w;
+      DUO_CHECK(!w.packed || (w.packed->data == w.data && w.packed->type == w.type && w.packed->rows == w.rows &&
+                              w.packed->cols == w.cols && w.packed->act_bits == 8),
+                "matmul: the packed panels were made from another weight matrix or for 16-bit activations");
+      const int64_t local = task - first_task[i];
+      const int64_t blk = local / tchunks, t0 = (local % tchunks) * tper, t1 = std::min(n, t0 + tper);
+      if (t0 >= t1) continue;
+      const int64_t r0 = blk * kRB;
+      const int nr = (int)std::min<int64_t>(kRB, w.rows - r0);
+      const int32_t* pq;
+      const float *pd, *pm;
+      if (w.packed) {
+        pq = w.packed->q.data() + blk * nb * kQuads * kRB;
+        pd = w.packed->dm.data() + blk * 2 * nb * kRB;
+        pm = pd + nb * kRB;
+      } else {
+        int32_t* q = scratch(p.q, (size_t)(nb * kQuads * kRB));
+        float* d = scratch(p.dm, (size_t)(2 * nb * kRB));
+        fill_panel8(w, r0, nr, nb, p, q, d, d + nb * kRB);
+        pq = q, pd = d, pm = d + nb * kRB;
+      }
+      __mmask16 mask[kRV];
+      for (int v = 0; v < kRV; ++v) {
+        const int valid = std::clamp(nr - 16 * v, 0, 16);
+        mask[v] = (__mmask16)((1u << valid) - 1u);
+      }
+      tiles8(pq, pd, pm, a, nb, t0, t1, outs[i].y + r0, w.rows, mask);
+    }
+  });
+}
+
+}  // namespace duo::mm
+
+#endif  // DUO_HAVE_AVX512
