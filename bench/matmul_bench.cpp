@@ -101,10 +101,12 @@ DUO_MM_BENCH(F16_576x576, F16, 576, 576);
 
 // SmolLM2's 30 layers of Q4_1 matrices (q, k, v, o, gate, up, down; ~100 MB, 290 MB packed),
 // each multiplied by n tokens, as a batched decode step of `duo serve` runs them: the weights
-// stream from DRAM, not from the CPU caches. Args: {tokens, packed (pack_weight) or not}.
+// stream from DRAM, not from the CPU caches. Args: {tokens, packed (pack_weight) or not,
+// activation bits (WeightView::act_bits: 16, or 8 for the int8 kernel)}.
 void BM_LayerStack(benchmark::State& state) {
   const int64_t n = state.range(0);
   const bool packed = state.range(1) != 0;
+  const int act_bits = (int)state.range(2);
   const int64_t E = 576, KV = 192, F = 1536;
   struct Mat {
     std::vector<uint8_t> data;
@@ -118,6 +120,7 @@ void BM_LayerStack(benchmark::State& state) {
       Mat m;
       m.data = random_weights(GgmlType::Q4_1, rows, cols);
       m.w = {GgmlType::Q4_1, m.data.data(), rows, cols, duo::row_bytes(GgmlType::Q4_1, cols)};
+      m.w.act_bits = act_bits;
       if (packed) {
         m.p = duo::pack_weight(m.w, pool());
         m.w.packed = m.p.get();
@@ -136,7 +139,8 @@ void BM_LayerStack(benchmark::State& state) {
   }
   state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_LayerStack)->Args({48, 0})->Args({48, 1})->Args({24, 1})->Args({128, 1})
+BENCHMARK(BM_LayerStack)->Args({48, 0, 16})->Args({48, 1, 16})->Args({24, 1, 16})->Args({128, 1, 16})
+    ->Args({48, 0, 8})->Args({48, 1, 8})->Args({24, 1, 8})->Args({128, 1, 8})
     ->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace

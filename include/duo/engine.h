@@ -40,7 +40,7 @@ struct EngineOptions {
   KvType kv_type = KvType::Default;  // KV cache storage (kv/kv_type.h; Default: f32 CPU, bf16 CUDA)
   WeightFormat gpu_weights = WeightFormat::Bf16;  // weight matrices on the CUDA device
   // CPU many-token matmuls (pre-fill chunks, batched decode): 16-bit activations, or 8 (int8
-  // activations x u8 nibbles for Q4_0/Q4_1 weights on AVX-512 VNNI; WeightView::act_bits).
+  // activations for Q4_0/Q4_1/Q8_0 weights on AVX-512 VNNI; WeightView::act_bits).
   int act_bits = 16;
 };
 

@@ -106,7 +106,7 @@ class Model {
   // Heads must be reordered (reorder_heads) before, not after.
   size_t pack_weights(ThreadPool& pool);
   // Activation integers of the many-token matmuls of every layer matrix and the LM head
-  // (WeightView::act_bits: 16, or 8 for Q4_0/Q4_1 matrices at the AVX-512 level). Set before
+  // (WeightView::act_bits: 16, or 8 for Q4_0/Q4_1/Q8_0 matrices at the AVX-512 level). Set before
   // pack_weights, which packs the panels this mode reads.
   void set_act_bits(int bits);
 

@@ -18,7 +18,7 @@
 namespace duo {
 namespace {
 
-// Random Q4_0/Q4_1/Q8_0 rows: random nibbles/bytes, f16 scale (and min) ~ N(0, 0.05).
+// Random Q4_0/Q4_1/Q5_0/Q8_0 rows: random nibbles/bytes, f16 scale (and min) ~ N(0, 0.05).
 std::vector<uint8_t> random_q(GgmlType type, int64_t rows, int64_t cols, std::mt19937& rng) {
   std::vector<uint8_t> data(row_bytes(type, cols) * rows);
   std::uniform_int_distribution<int> byte(0, 255);
@@ -97,7 +97,8 @@ TEST(MatmulAct8, KernelMatchesReferences) {
   };
   double worst_rel = 0;
   for (const Shape& s : {Shape{GgmlType::Q4_1, 101, 576}, Shape{GgmlType::Q4_1, 13, 32}, Shape{GgmlType::Q4_1, 48, 96},
-                         Shape{GgmlType::Q4_0, 49, 64}, Shape{GgmlType::Q4_0, 200, 1536}}) {
+                         Shape{GgmlType::Q4_0, 49, 64}, Shape{GgmlType::Q4_0, 200, 1536},
+                         Shape{GgmlType::Q8_0, 77, 576}, Shape{GgmlType::Q8_0, 5, 32}}) {
     auto data = random_q(s.type, s.rows, s.cols, rng);
     WeightView w{s.type, data.data(), s.rows, s.cols, row_bytes(s.type, s.cols)};
     w.act_bits = 8;
@@ -134,14 +135,37 @@ TEST(MatmulAct8, KernelMatchesReferences) {
   EXPECT_GT(worst_rel, 0.0);  // 8-bit activations do round: a zero here means the 16-bit path ran
 }
 
+// The largest block sums each type can make (Q8_0: -128 weights against +127 activations, the
+// unsigned side at 255; Q4: nibbles 15) stay exact: no int32 overflow, no lost sign.
+TEST(MatmulAct8, ExtremeBlocksStayExact) {
+  if (!have_act8()) GTEST_SKIP() << "no AVX-512 VNNI kernels in this build";
+  test::ScopedSimdLevel scoped(SimdLevel::Avx512);
+  const int64_t rows = 20, cols = 256, n = 6;
+  for (GgmlType type : {GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4_0}) {
+    std::mt19937 rng(53);
+    auto data = random_q(type, rows, cols, rng);
+    const size_t bs = type_traits(type).block_bytes, head = type == GgmlType::Q4_1 ? 4 : 2;
+    for (size_t off = 0, k = 0; off < data.size(); off += bs, ++k)  // alternate blocks: all min / all max
+      std::memset(data.data() + off + head, k % 2 ? 0x7F : (type == GgmlType::Q8_0 ? 0x80 : 0xFF), bs - head);
+    WeightView w{type, data.data(), rows, cols, row_bytes(type, cols)};
+    w.act_bits = 8;
+    std::vector<float> x(n * cols), y(n * rows), ref8(n * rows);
+    for (int64_t i = 0; i < n * cols; ++i) x[i] = (i / QK) % 3 == 0 ? -3.0f : 3.0f;  // whole blocks at +-amax
+    ThreadPool pool(2);
+    matmul(w, x.data(), n, y.data(), pool);
+    matmul_act8_ref(w, x.data(), n, ref8.data());
+    for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], ref8[i], 1e-5 * std::fabs(ref8[i]) + 1e-6) << type_name(type);
+  }
+}
+
 // Where the 8-bit kernel does not apply, act_bits 8 changes nothing: other weight types, the
 // AVX2 level, the few-token path. Mixed matmul_multi calls give each matrix its own result.
 TEST(MatmulAct8, FallsBackTo16BitsElsewhere) {
   std::mt19937 rng(43);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  auto q41 = random_q(GgmlType::Q4_1, 50, 64, rng), q80 = random_q(GgmlType::Q8_0, 30, 64, rng);
+  auto q41 = random_q(GgmlType::Q4_1, 50, 64, rng), q50 = random_q(GgmlType::Q5_0, 30, 64, rng);
   WeightView a16{GgmlType::Q4_1, q41.data(), 50, 64, row_bytes(GgmlType::Q4_1, 64)};
-  WeightView b16{GgmlType::Q8_0, q80.data(), 30, 64, row_bytes(GgmlType::Q8_0, 64)};
+  WeightView b16{GgmlType::Q5_0, q50.data(), 30, 64, row_bytes(GgmlType::Q5_0, 64)};
   WeightView a8 = a16, b8 = b16;
   a8.act_bits = b8.act_bits = 8;
   EXPECT_FALSE(matmul_uses_act8(b8));
@@ -160,7 +184,7 @@ TEST(MatmulAct8, FallsBackTo16BitsElsewhere) {
       matmul(a8p, x.data(), n, ya8.data(), pool);
       matmul(b16, x.data(), n, yb16.data(), pool);
       matmul(b8p, x.data(), n, yb8.data(), pool);
-      EXPECT_EQ(yb8, yb16) << "Q8_0 n " << n << " " << simd_name(level);
+      EXPECT_EQ(yb8, yb16) << "Q5_0 n " << n << " " << simd_name(level);
       if (!matmul_uses_act8(a8) || n <= kMatmulFewTokens)
         EXPECT_EQ(ya8, ya16) << "Q4_1 n " << n << " " << simd_name(level);
       else
@@ -193,7 +217,7 @@ TEST(MatmulAct8, RejectsBadModesAndMismatchedPanels) {
   w8_with_p16.packed = p16.get();
   EXPECT_THROW(matmul(w16_with_p8, x.data(), 8, y.data(), pool), std::runtime_error);
   EXPECT_THROW(matmul(w8_with_p16, x.data(), 8, y.data(), pool), std::runtime_error);
-  EXPECT_THROW(matmul_act8_ref(WeightView{GgmlType::Q8_0, q.data(), 1, 32, 34}, x.data(), 1, y.data()),
+  EXPECT_THROW(matmul_act8_ref(WeightView{GgmlType::Q5_0, q.data(), 1, 32, 22}, x.data(), 1, y.data()),
                std::runtime_error);
 }
 

@@ -31,8 +31,8 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention) {
                  "with --device cuda: weight matrices in bf16, or int8 weight-only (a scale a row; half the bytes)")
       ->check(CLI::IsMember({"bf16", "int8"}));
   cmd.add_option("--act-bits", o.act_bits,
-                 "CPU pre-fill/batched matmul activations: 16, or 8 (int8 x Q4_0/Q4_1 nibbles with AVX-512 VNNI: "
-                 "faster, less exact; other weight types keep 16)")
+                 "CPU pre-fill/batched matmul activations: 16, or 8 (int8, for Q4_0/Q4_1/Q8_0 weights with AVX-512 "
+                 "VNNI: faster, less exact; other weight types keep 16)")
       ->check(CLI::IsMember({8, 16}));
   if (with_attention) {
     cmd.add_option("--attention", o.attention, "attention mode: full, streaming or duo")

@@ -27,9 +27,10 @@ struct WeightView {
   // matmul calls of more than 4 tokens; the few-token path always reads `data`.
   const PackedWeight* packed = nullptr;
   // Activation integers of the many-token kernel: 16 (default; see matmul.cpp) or 8. With 8,
-  // Q4_0/Q4_1 weights at the AVX-512 level multiply u8 nibbles by int8 activations (q8_1-style
-  // blocks, vpdpbusd: twice the products an instruction of the 16-bit kernel); other types,
-  // other levels and the few-token path stay on 16 bits. Packing (pack_weight) follows it.
+  // Q4_0/Q4_1/Q8_0 weights at the AVX-512 level multiply their bytes by int8 activations
+  // (q8_1-style blocks, vpdpbusd: twice the products an instruction of the 16-bit kernel);
+  // other types, other levels and the few-token path stay on 16 bits. Packing (pack_weight)
+  // follows it.
   int act_bits = 16;
 };
 
@@ -41,7 +42,7 @@ struct WeightView {
 std::shared_ptr<const PackedWeight> pack_weight(const WeightView& w, ThreadPool& pool);
 size_t packed_bytes(const PackedWeight& p);
 // True when matmuls of more than kMatmulFewTokens tokens by `w` would take the 8-bit
-// activation kernel (w.act_bits == 8, a Q4_0/Q4_1 matrix, the AVX-512 SIMD level).
+// activation kernel (w.act_bits == 8, a Q4_0/Q4_1/Q8_0 matrix, the AVX-512 SIMD level).
 bool matmul_uses_act8(const WeightView& w);
 
 // Calls of up to this many tokens take the few-token path (one pass over each weight row per
@@ -56,7 +57,7 @@ bool matmul_tokens_independent(const WeightView& w);
 // n_tokens x rows, both row-major float.
 // Reference: dequantizes one row at a time and accumulates in double.
 void matmul_ref(const WeightView& w, const float* x, int64_t n_tokens, float* y);
-// Reference of the 8-bit activation kernel (Q4_0/Q4_1 only, any SIMD level): activations
+// Reference of the 8-bit activation kernel (Q4_0/Q4_1/Q8_0 only, any SIMD level): activations
 // quantized per 32-block to int8 as that kernel does (scale amax / 127), exact integer block
 // sums, then per block y += dw * xd * isum + mw * xd * sum(xq), in double.
 void matmul_act8_ref(const WeightView& w, const float* x, int64_t n_tokens, float* y);

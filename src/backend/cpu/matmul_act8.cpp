@@ -1,10 +1,11 @@
 // The plain parts of the 8-bit activation mode of the quantized matmul (WeightView::act_bits
-// == 8): activation quantization to int8 blocks, Q4_0/Q4_1 rows as u8 nibbles, and the
+// == 8): activation quantization to int8 blocks, Q4_0/Q4_1/Q8_0 rows as bytes, and the
 // reference the AVX-512 kernel (matmul_act8_avx512.cpp) is tested against.
 //
 // Why 8 bits: the many-token kernel is bound by its integer dot instructions. Q4 nibbles are
 // unsigned 0..15, so with int8 activations vpdpbusd (u8 x s8, 4 products a lane) does 64
-// products an instruction where the 16-bit kernel's vpdpwssd does 32. The cost is precision:
+// products an instruction where the 16-bit kernel's vpdpwssd does 32. Q8_0 weights are signed:
+// there the activations take the unsigned side, offset by 128 (matmul_act8_avx512.cpp). The cost is precision:
 // an activation moves by up to amax / 254 of its block instead of amax / 65534.
 #include <algorithm>
 #include <cmath>
@@ -49,10 +50,19 @@ const ActQ8* quantize_acts8(const float* x, int64_t n, int64_t cols, ThreadPool&
   return q;
 }
 
-bool act8_type(GgmlType t) { return t == GgmlType::Q4_0 || t == GgmlType::Q4_1; }
+bool act8_type(GgmlType t) { return t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q8_0; }
 
-void unpack_row_u8(GgmlType type, const uint8_t* src, int64_t nb, uint8_t* q, float* dw, float* mw) {
+void unpack_row_8(GgmlType type, const uint8_t* src, int64_t nb, uint8_t* q, float* dw, float* mw) {
   DUO_CHECK(act8_type(type), "matmul: no 8-bit activation path for {}", type_name(type));
+  if (type == GgmlType::Q8_0) {
+    const auto* b = reinterpret_cast<const BlockQ8_0*>(src);
+    for (int64_t i = 0; i < nb; ++i) {
+      std::memcpy(q + i * QK, b[i].qs, QK);
+      dw[i] = h2f(b[i].d);
+      mw[i] = 0.0f;
+    }
+    return;
+  }
   const bool one = type == GgmlType::Q4_1;
   const size_t bs = one ? sizeof(BlockQ4_1) : sizeof(BlockQ4_0);
   for (int64_t i = 0; i < nb; ++i) {
@@ -82,15 +92,20 @@ void matmul_act8_ref(const WeightView& w, const float* x, int64_t n, float* y) {
   std::vector<mm::ActQ8> a((size_t)(n * nb));
   for (int64_t t = 0; t < n; ++t) mm::quantize_act_q8(x + t * w.cols, nb, a.data() + t * nb);
   std::vector<uint8_t> q((size_t)w.cols);
+  const bool signed_w = w.type == GgmlType::Q8_0;
   std::vector<float> dw((size_t)nb), mw((size_t)nb);
   for (int64_t r = 0; r < w.rows; ++r) {
-    mm::unpack_row_u8(w.type, w.data + r * w.row_stride, nb, q.data(), dw.data(), mw.data());
+    mm::unpack_row_8(w.type, w.data + r * w.row_stride, nb, q.data(), dw.data(), mw.data());
     for (int64_t t = 0; t < n; ++t) {
       double sum = 0.0;
       for (int64_t b = 0; b < nb; ++b) {
         const mm::ActQ8& ab = a[(size_t)(t * nb + b)];
         int64_t isum = 0, xsum = 0;
-        for (int j = 0; j < QK; ++j) isum += q[(size_t)(b * QK + j)] * ab.q[j], xsum += ab.q[j];
+        for (int j = 0; j < QK; ++j) {
+          const uint8_t qb = q[(size_t)(b * QK + j)];
+          isum += (signed_w ? (int)(int8_t)qb : (int)qb) * ab.q[j];
+          xsum += ab.q[j];
+        }
         sum += (double)dw[(size_t)b] * ab.d * (double)isum + (double)mw[(size_t)b] * ab.d * (double)xsum;
       }
       y[t * w.rows + r] = (float)sum;

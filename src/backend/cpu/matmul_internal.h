@@ -69,11 +69,11 @@ struct ActQ8 {
 void quantize_act_q8(const float* x, int64_t nb, ActQ8* out);
 // n tokens x (cols / 32) blocks, token-major, into the calling thread's buffer.
 const ActQ8* quantize_acts8(const float* x, int64_t n, int64_t cols, ThreadPool& pool);
-// The weight types the 8-bit kernel reads (4-bit nibbles, unsigned): Q4_0, Q4_1.
+// The weight types the 8-bit kernel reads: Q4_0, Q4_1 (unsigned nibbles), Q8_0 (signed bytes).
 bool act8_type(GgmlType t);
-// A Q4_0/Q4_1 row as u8 nibbles in element order (q[nb*32]) and per block w[j] = dw * q[j] + mw
-// (Q4_0: mw = -8 dw).
-void unpack_row_u8(GgmlType type, const uint8_t* src, int64_t nb, uint8_t* q, float* dw, float* mw);
+// A row of such a type as bytes in element order (q[nb*32]: Q4 nibbles 0..15, Q8_0's int8 as
+// their two's complement bytes) and per block w[j] = dw * q[j] + mw (Q4_0: mw = -8 dw; Q8_0: 0).
+void unpack_row_8(GgmlType type, const uint8_t* src, int64_t nb, uint8_t* q, float* dw, float* mw);
 
 // Every quantized type as integer panels: within 32-block b of a row, w[j] = dw[b] * q[j] + mw[b]
 // with int16 q (see matmul.cpp). A row of nb blocks: q[nb*32], dw[nb], mw[nb].
@@ -92,7 +92,7 @@ std::shared_ptr<const PackedWeight> pack_weight_avx512(const WeightView& w, Thre
 // Pre-fill: y_i = W_i x for n tokens whose activations are already quantized (a: n x nb,
 // token-major), all matrices in one parallel region.
 void matmul_prefill_avx512(const MatmulOut* outs, int count, const ActQ16* a, int64_t n, ThreadPool& pool);
-// The same for 8-bit activations and Q4_0/Q4_1 weights (matmul_act8_avx512.cpp): u8 panels.
+// The same for 8-bit activations and Q4_0/Q4_1/Q8_0 weights (matmul_act8_avx512.cpp): byte panels.
 std::shared_ptr<const PackedWeight> pack_weight_act8_avx512(const WeightView& w, ThreadPool& pool);
 void matmul_prefill_act8_avx512(const MatmulOut* outs, int count, const ActQ8* a, int64_t n, ThreadPool& pool);
 
