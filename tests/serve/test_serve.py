@@ -532,12 +532,21 @@ class Tests:
     def test_f16_kv_server_equals_duo_generate(self):
         # The load test's server stores its KV cache in f16 (bench/serve_load.py): four at once,
         # greedy, full and streaming attention, equal `duo generate --kv-type f16`.
-        b = Server(self.duo, "--kv-type", "f16", "--max-batch", "4")
+        self.check_server_equals_generate("--kv-type", "f16")
+
+    def test_act8_server_equals_duo_generate(self):
+        # The same with 8-bit activations in the many-token matmuls (--act-bits 8, the load test's
+        # faster option): at most 4 sequences decode together, so each one's tokens are those of
+        # `duo generate --act-bits 8`.
+        self.check_server_equals_generate("--kv-type", "f16", "--act-bits", "8")
+
+    def check_server_equals_generate(self, *opts):
+        b = Server(self.duo, *opts, "--max-batch", "4")
         try:
             jobs = [(p, {}, ()) for p in PROMPTS[:3]] + [
                 (LONG_PROMPT, {"attention": "streaming", "sink": 4, "recent": 16},
                  ("--attention", "streaming", "--sink", "4", "--recent", "16"))]
-            wants = [self.reference(p, 32, "--kv-type", "f16", *args) for p, _, args in jobs]
+            wants = [self.reference(p, 32, *opts, *args) for p, _, args in jobs]
             got, errors = [None] * len(jobs), []
 
             def run(i):
