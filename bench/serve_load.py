@@ -2,8 +2,9 @@
 """Load test of `duo serve` on loopback: continuous batching against one request at a time.
 
 Starts one `duo serve` (--threads, --kv-type: f16 by default, as llama.cpp's CPU KV cache; the
-quality cost on SmolLM2 is in bench/CPU_NOTES.md; --act-bits: 16 by default, 8 for int8
-activations in the batched matmuls) and, in one run, with that one server:
+quality cost on SmolLM2 is in bench/CPU_NOTES.md; --act-bits: 8 by default, int8 activations in
+the many-token matmuls as llama.cpp's CPU kernels use, or 16 for duo's exact default) and, in one
+run, with that one server:
   1. sequential: one client sends the request mix once through, one request at a time;
   2. batched: --streams clients (default 32) each send requests from the same mix, back to
      back, for --seconds; then waits for the ones in flight.
@@ -155,7 +156,7 @@ def main():
     ap.add_argument("--threads", default="2")
     ap.add_argument("--kv-type", default="f16",
                     help="the server's KV cache storage (duo serve --kv-type; both phases use it)")
-    ap.add_argument("--act-bits", default="16",
+    ap.add_argument("--act-bits", default="8",
                     help="the server's CPU many-token matmul activations, 16 or 8 (duo serve --act-bits; both phases)")
     ap.add_argument("--min-ratio", type=float, default=3.0)
     ap.add_argument("--json", help="write the numbers here")
