@@ -5,7 +5,7 @@
 #
 #   bench/cuda/run_model_bench.sh [build dir (default build-gpu)] [shape (default llama3-8b)] [extra duo bench args]
 #
-# Environment: PREFILL, DECODE (comma-separated lengths), CHUNK (our pre-fill chunk, default
+# Environment: PREFILL, DECODE (comma-separated lengths; set and empty: none), CHUNK (our pre-fill chunk, default
 # 8192), TORCH_CHUNK (PyTorch's, default 0 = whole prompt in one flash-attention pass), MODES,
 # STEPS (timed decode steps), OUT (directory for the JSON files, default a temporary one).
 set -euo pipefail
@@ -13,8 +13,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 build="${1:-build-gpu}"
 shape="${2:-llama3-8b}"
 shift $(( $# > 2 ? 2 : $# ))
-PREFILL="${PREFILL:-8192,32768,131072}"
-DECODE="${DECODE:-32768,131072,262144,524288,1048576}"
+PREFILL="${PREFILL-8192,32768,131072}"
+DECODE="${DECODE-32768,131072,262144,524288,1048576}"
 CHUNK="${CHUNK:-8192}"
 TORCH_CHUNK="${TORCH_CHUNK:-0}"
 MODES="${MODES:-full,duo25,duo50,streaming}"
