@@ -435,7 +435,8 @@ double CudaGatedModel::logits_distill(const std::vector<float>& h_full, const st
   const int64_t R = n_rows_, E = c.n_embd, V = c.n_vocab;
   if (!host_pool_) host_pool_ = std::make_unique<ThreadPool>(0);
   ThreadPool& pool = *host_pool_;
-  std::vector<bf16> x((size_t)(2 * R * E));
+  std::vector<bf16>& x = lm_host_x_;  // host buffers kept across steps (hundreds of MiB of logits)
+  x.resize((size_t)(2 * R * E));
   for (int64_t i = 0; i < R * E; ++i) {
     x[(size_t)i] = __float2bfloat16(h_full[(size_t)i]);
     x[(size_t)(R * E + i)] = __float2bfloat16(h_mix[(size_t)i] - h_full[(size_t)i]);
@@ -445,7 +446,10 @@ double CudaGatedModel::logits_distill(const std::vector<float>& h_full, const st
   DUO_CUDA_TRY(cudaMemcpyAsync(x_d, x.data(), sizeof(bf16) * x.size(), cudaMemcpyHostToDevice, stream_));
   gemm_->linear(w_->output(), V, E, x_d, E, 2 * R, z_d, V);  // [z_full ; z_delta] = [h_full ; h_mix - h_full] W^T
   op_done("LM head (logit loss)");
-  std::vector<float> z((size_t)(2 * R * V)), dz((size_t)(R * V));
+  std::vector<float>& z = lm_host_z_;
+  std::vector<float>& dz = lm_host_dz_;
+  z.resize((size_t)(2 * R * V));
+  dz.resize((size_t)(R * V));
   DUO_CUDA_TRY(cudaMemcpyAsync(z.data(), z_d, sizeof(float) * z.size(), cudaMemcpyDeviceToHost, stream_));
   DUO_CUDA_TRY(cudaStreamSynchronize(stream_));
   float* zf = z.data();
@@ -454,7 +458,8 @@ double CudaGatedModel::logits_distill(const std::vector<float>& h_full, const st
     for (int64_t i = b * V; i < e * V; ++i) zm[i] += zf[i];
   });
   const double kl = logit_kl<float>(zf, zm, R, V, dz.data(), &pool);
-  std::vector<bf16> dz_bf((size_t)(R * V));
+  std::vector<bf16>& dz_bf = lm_host_dz_bf_;
+  dz_bf.resize((size_t)(R * V));
   pool.parallel_for_dynamic(R, 1, [&](int64_t b, int64_t e, int) {
     for (int64_t i = b * V; i < e * V; ++i) dz_bf[(size_t)i] = __float2bfloat16(dz[(size_t)i]);
   });

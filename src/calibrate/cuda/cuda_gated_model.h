@@ -115,6 +115,8 @@ class CudaGatedModel {
       lm_z_{"logits of the loss rows"}, lm_dz_{"logit gradient of the loss rows"},
       lm_dh_{"LM head input gradient"};
   std::unique_ptr<ThreadPool> host_pool_;  // the logit loss's softmaxes (created on first use)
+  std::vector<bf16> lm_host_x_, lm_host_dz_bf_;  // the logit loss's host buffers, reused across steps
+  std::vector<float> lm_host_z_, lm_host_dz_;
   int64_t n_cap_ = 0;           // tokens the buffers hold
   int64_t n_ = 0;               // tokens of the current sample (up to its last loss row)
   int64_t n_rows_ = 0;          // loss rows of the current sample
