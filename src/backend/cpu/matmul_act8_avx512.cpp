@@ -11,13 +11,14 @@
 //    and the block sum starts at -128 * sum(w) (an exact integer the panel keeps in its m slot),
 //    so it ends at sum w q; |sums| <= 32 * 255 * 128: no overflow, no float work added.
 #include "backend/cpu/simd_avx512.h"  // first: it includes <immintrin.h>
-#include "backend/cpu/matmul_internal.h"
+#include "backend/cpu/matmul_tiles_avx512.h"
 
 #if DUO_HAVE_AVX512
 
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -26,9 +27,6 @@ namespace duo::mm {
 
 namespace {
 
-constexpr int kRV = 3;          // row vectors per tile (48 rows)
-constexpr int kTT = 4;          // tokens per tile
-constexpr int kRB = 16 * kRV;   // rows per panel
 constexpr int kQuads = QK / 4;  // u8 quads per 32-block
 
 struct Panel8 {
@@ -135,82 +133,33 @@ void tiles8(const int32_t* pq, const float* pd, const float* pm, const ActQ8* a,
 
 std::shared_ptr<const PackedWeight> pack_weight_act8_avx512(const WeightView& w, ThreadPool& pool) {
   DUO_CHECK(act8_type(w.type), "matmul: no 8-bit activation path for {}", type_name(w.type));
-  const int64_t nb = w.cols / QK, blocks = (w.rows + kRB - 1) / kRB;
-  auto pw = std::make_shared<PackedWeight>();
-  pw->data = w.data;
-  pw->type = w.type;
-  pw->rows = w.rows;
-  pw->cols = w.cols;
-  pw->act_bits = 8;
-  pw->q.resize((size_t)(blocks * nb * kQuads * kRB));
-  pw->dm.resize((size_t)(blocks * 2 * nb * kRB));
-  pool.parallel_for_dynamic(blocks, 1, [&](int64_t b0, int64_t b1, int) {
-    Panel8& p = thread_panel8();
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      float* d = pw->dm.data() + blk * 2 * nb * kRB;
-      fill_panel8(w, blk * kRB, (int)std::min<int64_t>(kRB, w.rows - blk * kRB), nb, p,
-                  pw->q.data() + blk * nb * kQuads * kRB, d, d + nb * kRB);
-    }
+  return pack_panels(w, kQuads, 8, pool, [](const WeightView& m, int64_t r0, int nr, int32_t* q, float* d, float* mn) {
+    fill_panel8(m, r0, nr, m.cols / QK, thread_panel8(), q, d, mn);
   });
-  return pw;
 }
 
 void matmul_prefill_act8_avx512(const MatmulOut* outs, int count, const ActQ8* a, int64_t n, ThreadPool& pool) {
   static_assert(kTT <= 4, "tiles8() handles token tails of up to 3");
   const int64_t nb = outs[0].w.cols / QK;
-  // Tasks as in matmul_prefill_avx512: (matrix, row block, token chunk).
-  constexpr int kMaxOuts = 4;
-  DUO_CHECK(count <= kMaxOuts, "matmul: at most {} matrices share an input", kMaxOuts);
-  int64_t blocks[kMaxOuts], first_task[kMaxOuts + 1], all_blocks = 0;
-  bool all_packed = true;
-  for (int i = 0; i < count; ++i) {
+  for (int i = 0; i < count; ++i)
     DUO_CHECK(act8_type(outs[i].w.type), "matmul: no 8-bit activation path for {}", type_name(outs[i].w.type));
-    all_blocks += blocks[i] = (outs[i].w.rows + kRB - 1) / kRB;
-    all_packed = all_packed && outs[i].w.packed;
-  }
-  const int64_t want_tasks = (all_packed ? 8 : 2) * pool.size();
-  const int64_t tchunks =
-      std::min<int64_t>((n + kTT - 1) / kTT, std::max<int64_t>(1, (want_tasks + all_blocks - 1) / all_blocks));
-  const int64_t tper = ((n + tchunks - 1) / tchunks + kTT - 1) / kTT * kTT;
-  first_task[0] = 0;
-  for (int i = 0; i < count; ++i) first_task[i + 1] = first_task[i] + blocks[i] * tchunks;
-  pool.parallel_for_dynamic(first_task[count], 1, [&](int64_t task0, int64_t task1, int) {
-    Panel8& p = thread_panel8();
-    for (int64_t task = task0; task < task1; ++task) {
-      int i = 0;
-      while (task >= first_task[i + 1]) ++i;
-      const WeightView& w = outs[i].w;
-      DUO_CHECK(!w.packed || (w.packed->data == w.data && w.packed->type == w.type && w.packed->rows == w.rows &&
-                              w.packed->cols == w.cols && w.packed->act_bits == 8),
-                "matmul: the packed panels were made from another weight matrix or for 16-bit activations");
-      const int64_t local = task - first_task[i];
-      const int64_t blk = local / tchunks, t0 = (local % tchunks) * tper, t1 = std::min(n, t0 + tper);
-      if (t0 >= t1) continue;
-      const int64_t r0 = blk * kRB;
-      const int nr = (int)std::min<int64_t>(kRB, w.rows - r0);
-      const int32_t* pq;
-      const float *pd, *pm;
-      if (w.packed) {
-        pq = w.packed->q.data() + blk * nb * kQuads * kRB;
-        pd = w.packed->dm.data() + blk * 2 * nb * kRB;
-        pm = pd + nb * kRB;
-      } else {
-        int32_t* q = scratch(p.q, (size_t)(nb * kQuads * kRB));
-        float* d = scratch(p.dm, (size_t)(2 * nb * kRB));
-        fill_panel8(w, r0, nr, nb, p, q, d, d + nb * kRB);
-        pq = q, pd = d, pm = d + nb * kRB;
-      }
-      __mmask16 mask[kRV];
-      for (int v = 0; v < kRV; ++v) {
-        const int valid = std::clamp(nr - 16 * v, 0, 16);
-        mask[v] = (__mmask16)((1u << valid) - 1u);
-      }
-      if (w.type == GgmlType::Q8_0)
-        tiles8<true>(pq, pd, pm, a, nb, t0, t1, outs[i].y + r0, w.rows, mask);
-      else
-        tiles8<false>(pq, pd, pm, a, nb, t0, t1, outs[i].y + r0, w.rows, mask);
-    }
-  });
+  run_panel_tasks(
+      outs, count, n, kQuads, 8, pool,
+      [] {
+        Panel8& p = thread_panel8();
+        return std::tie(p.q, p.dm);
+      },
+      [&](const WeightView& w, int64_t r0, int nr, int32_t* q, float* d, float* m) {
+        fill_panel8(w, r0, nr, nb, thread_panel8(), q, d, m);
+      },
+      [&](int i, const int32_t* pq, const float* pd, const float* pm, int64_t t0, int64_t t1, float* yb,
+          const __mmask16* mask) {
+        const WeightView& w = outs[i].w;
+        if (w.type == GgmlType::Q8_0)
+          tiles8<true>(pq, pd, pm, a, nb, t0, t1, yb, w.rows, mask);
+        else
+          tiles8<false>(pq, pd, pm, a, nb, t0, t1, yb, w.rows, mask);
+      });
 }
 
 }  // namespace duo::mm

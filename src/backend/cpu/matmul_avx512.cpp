@@ -17,13 +17,14 @@
 // (which executes a 512-bit op as two halves) neither a 512-bit vpdpwssd version nor a 256-bit
 // VNNI one beat them (~4.6 cycles a block each).
 #include "backend/cpu/simd_avx512.h"  // first: it includes <immintrin.h>
-#include "backend/cpu/matmul_internal.h"
+#include "backend/cpu/matmul_tiles_avx512.h"
 
 #if DUO_HAVE_AVX512
 
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -32,9 +33,6 @@ namespace duo::mm {
 
 namespace {
 
-constexpr int kRV = 3;           // row vectors per tile (48 rows)
-constexpr int kTT = 4;           // tokens per tile
-constexpr int kRB = 16 * kRV;    // rows per panel
 constexpr int kPairs = QK / 2;   // int16 pairs per 32-block
 
 // A panel of kRB rows x nb blocks: q[(b * kPairs + j) * kRB + i] = pair j of block b of row i,
@@ -180,87 +178,33 @@ void tiles(const int32_t* pq, const float* pd, const float* pm, const ActQ16* a,
 }  // namespace
 
 std::shared_ptr<const PackedWeight> pack_weight_avx512(const WeightView& w, ThreadPool& pool) {
-  const int64_t nb = w.cols / QK, blocks = (w.rows + kRB - 1) / kRB;
-  auto pw = std::make_shared<PackedWeight>();
-  pw->data = w.data;
-  pw->type = w.type;
-  pw->rows = w.rows;
-  pw->cols = w.cols;
-  pw->q.resize((size_t)(blocks * nb * kPairs * kRB));
-  pw->dm.resize((size_t)(blocks * 2 * nb * kRB));
-  pool.parallel_for_dynamic(blocks, 1, [&](int64_t b0, int64_t b1, int) {
-    Panel& p = thread_panel512();
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      float* d = pw->dm.data() + blk * 2 * nb * kRB;
-      fill_panel(w, blk * kRB, (int)std::min<int64_t>(kRB, w.rows - blk * kRB), nb, p,
-                 pw->q.data() + blk * nb * kPairs * kRB, d, d + nb * kRB);
-    }
+  return pack_panels(w, kPairs, 16, pool, [](const WeightView& m, int64_t r0, int nr, int32_t* q, float* d, float* mn) {
+    fill_panel(m, r0, nr, m.cols / QK, thread_panel512(), q, d, mn);
   });
-  return pw;
 }
 
 void matmul_prefill_avx512(const MatmulOut* outs, int count, const ActQ16* a, int64_t n, ThreadPool& pool) {
   static_assert(kTT <= 4, "tiles() handles token tails of up to 3");
   const int64_t nb = outs[0].w.cols / QK;
-  // Tasks are (matrix, row block, token chunk); token chunks only split the work when there
-  // are too few row blocks to keep every thread busy (each chunk unpacks its panel again).
-  constexpr int kMaxOuts = 4;
-  DUO_CHECK(count <= kMaxOuts, "matmul: at most {} matrices share an input", kMaxOuts);
-  int64_t blocks[kMaxOuts], first_task[kMaxOuts + 1], all_blocks = 0;
-  bool all_packed = true;
-  for (int i = 0; i < count; ++i) {
-    all_blocks += blocks[i] = (outs[i].w.rows + kRB - 1) / kRB;
-    all_packed = all_packed && outs[i].w.packed;
-  }
-  // Packed panels cost nothing to revisit, so then aim at ~8 tasks a thread: a thread that
-  // finishes early waits for at most a small task (a batched step runs ~10 such calls a layer).
-  const int64_t want_tasks = (all_packed ? 8 : 2) * pool.size();
-  const int64_t tchunks =
-      std::min<int64_t>((n + kTT - 1) / kTT, std::max<int64_t>(1, (want_tasks + all_blocks - 1) / all_blocks));
-  const int64_t tper = ((n + tchunks - 1) / tchunks + kTT - 1) / kTT * kTT;
-  first_task[0] = 0;
-  for (int i = 0; i < count; ++i) first_task[i + 1] = first_task[i] + blocks[i] * tchunks;
-  pool.parallel_for_dynamic(first_task[count], 1, [&](int64_t task0, int64_t task1, int) {
-    Panel& p = thread_panel512();
-    for (int64_t task = task0; task < task1; ++task) {
-      int i = 0;
-      while (task >= first_task[i + 1]) ++i;
-      const WeightView& w = outs[i].w;
-      DUO_CHECK(!w.packed || (w.packed->data == w.data && w.packed->type == w.type && w.packed->rows == w.rows &&
-                              w.packed->cols == w.cols && w.packed->act_bits == 16),
-                "matmul: the packed panels were made from another weight matrix or for 8-bit activations");
-      const int64_t local = task - first_task[i];
-      const int64_t blk = local / tchunks, t0 = (local % tchunks) * tper, t1 = std::min(n, t0 + tper);
-      if (t0 >= t1) continue;
-      const int64_t r0 = blk * kRB;
-      const int nr = (int)std::min<int64_t>(kRB, w.rows - r0);
-      const int32_t* pq;
-      const float *pd, *pm;
-      if (w.packed) {
-        // Packed once (pack_weight_avx512): the panel of this row block, as fill_panel makes it.
-        pq = w.packed->q.data() + blk * nb * kPairs * kRB;
-        pd = w.packed->dm.data() + blk * 2 * nb * kRB;
-        pm = pd + nb * kRB;
-      } else {
-        int32_t* q = scratch(p.q, (size_t)(nb * kPairs * kRB));
-        float* d = scratch(p.dm, (size_t)(2 * nb * kRB));
-        fill_panel(w, r0, nr, nb, p, q, d, d + nb * kRB);
-        pq = q, pd = d, pm = d + nb * kRB;
-      }
-      __mmask16 mask[kRV];
-      for (int v = 0; v < kRV; ++v) {
-        const int valid = std::clamp(nr - 16 * v, 0, 16);
-        mask[v] = (__mmask16)((1u << valid) - 1u);
-      }
-      float* yb = outs[i].y + r0;
-      if (w.type == GgmlType::Q6_K)
-        tiles<true, false>(pq, pd, pm, a, nb, t0, t1, yb, w.rows, mask);
-      else if (has_min(w.type))
-        tiles<false, true>(pq, pd, pm, a, nb, t0, t1, yb, w.rows, mask);
-      else
-        tiles<false, false>(pq, pd, pm, a, nb, t0, t1, yb, w.rows, mask);
-    }
-  });
+  run_panel_tasks(
+      outs, count, n, kPairs, 16, pool,
+      [] {
+        Panel& p = thread_panel512();
+        return std::tie(p.q, p.dm);
+      },
+      [&](const WeightView& w, int64_t r0, int nr, int32_t* q, float* d, float* m) {
+        fill_panel(w, r0, nr, nb, thread_panel512(), q, d, m);
+      },
+      [&](int i, const int32_t* pq, const float* pd, const float* pm, int64_t t0, int64_t t1, float* yb,
+          const __mmask16* mask) {
+        const WeightView& w = outs[i].w;
+        if (w.type == GgmlType::Q6_K)
+          tiles<true, false>(pq, pd, pm, a, nb, t0, t1, yb, w.rows, mask);
+        else if (has_min(w.type))
+          tiles<false, true>(pq, pd, pm, a, nb, t0, t1, yb, w.rows, mask);
+        else
+          tiles<false, false>(pq, pd, pm, a, nb, t0, t1, yb, w.rows, mask);
+      });
 }
 
 }  // namespace duo::mm
