@@ -62,6 +62,15 @@ const Variant kVariants[] = {{RopeStyle::Interleaved, false, "interleaved, no bi
 
 // 140 tokens cross two 64-token blocks; the window (sink 4, recent 40) makes streaming
 // attention differ from full attention in every layer.
+// Gates uniform in [0.2, 0.9]: strictly inside the clamp, so every gate has a two-sided difference.
+std::vector<double> random_gates(int n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> ud(0.2, 0.9);
+  std::vector<double> gates((size_t)n);
+  for (auto& g : gates) g = ud(rng);
+  return gates;
+}
+
 constexpr int64_t kTokens = 140;
 const StreamingWindow kWindow{4, 40};
 const std::vector<int64_t> kRows = {70, 101, 102, 120, 131};
@@ -74,10 +83,7 @@ TEST(CalibGatedModel, GateGradientMatchesFiniteDifferences) {
     FrozenWeights<double> w(*model, size_t(1) << 30, pool);
     GatedModel<double> gm(w, kWindow, pool);
     const auto tokens = random_tokens(kTokens, 64, 22);
-    std::mt19937_64 rng(23);
-    std::uniform_real_distribution<double> ud(0.2, 0.9);
-    std::vector<double> gates((size_t)gm.n_gates());
-    for (auto& g : gates) g = ud(rng);
+    const std::vector<double> gates = random_gates(gm.n_gates(), 23);
     const double lambda = 0.05;
     std::vector<double> grad;
     const LossValue v = calibration_loss_and_grad<double>(gm, tokens, kRows, gates, lambda, grad);
@@ -107,10 +113,7 @@ TEST(CalibGatedModel, LogitLossGateGradientMatchesFiniteDifferences) {
     FrozenWeights<double> w(*model, size_t(1) << 30, pool);
     GatedModel<double> gm(w, kWindow, pool);
     const auto tokens = random_tokens(kTokens, 64, 25);
-    std::mt19937_64 rng(26);
-    std::uniform_real_distribution<double> ud(0.2, 0.9);
-    std::vector<double> gates((size_t)gm.n_gates());
-    for (auto& g : gates) g = ud(rng);
+    const std::vector<double> gates = random_gates(gm.n_gates(), 26);
     const double lambda = 0.05;
     std::vector<double> grad;
     const LossValue v = calibration_loss_and_grad<double>(gm, tokens, kRows, gates, lambda, grad, DistillTarget::Logits);
