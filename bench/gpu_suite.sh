@@ -180,8 +180,13 @@ step llama3_int8_targets 300 env OUT="$R/llama3_int8_targets" STEPS=16 MODES=ful
 #    harder grid (seed 7, depths 0.1-0.9) at 20% / 25%. The stand-in, random, full and streaming
 #    results of the first grid are reused from the committed run (PREV). SWEEP lists the runs as
 #    "name|calibrate options;..." (default: the committed lambda sweep).
-if { want qwen_tests || want sweep_calib_qwen || want sweep_eval_qwen; } && wait_for "$qwen" 900; then
+if { want qwen_tests || want calib_qwen_kl_timing || want sweep_calib_qwen || want sweep_eval_qwen; } &&
+  wait_for "$qwen" 900; then
 step qwen_tests 300 "$build/duo_cuda_tests" --gtest_color=no --gtest_filter='*Qwen*'
+# Cost of a step with each loss at 8K and 16K tokens, one after the other on the idle GPU.
+step calib_qwen_kl_timing 240 bash -c "set -e
+  '$duo' calibrate --device cuda -m '$qwen' --time-lengths 8192,16384 --steps 400
+  '$duo' calibrate --device cuda -m '$qwen' --loss kl --time-lengths 8192,16384 --steps 400"
 sweep_names() { local e; IFS=';' read -ra e <<< "$SWEEP"; for x in "${e[@]}"; do echo "${x%%|*}"; done; }
 sweep_calib() {
   mkdir -p "$R/sweep"

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "calibrate/grad_ops.h"
+#include "calibrate/logit_loss.h"
 #include "core/fp16.h"
 #include "core/thread_pool.h"
 // The emulation first, then the kernels compiled against it (it redefines the CUDA keywords).
@@ -21,6 +22,7 @@
 #include "cuda_emulation.h"
 #include "calibrate/cuda/elementwise_grad_kernels.cuh"
 #include "calibrate/cuda/gate_mix_kernels.cuh"
+#include "calibrate/cuda/logit_kl_kernels.cuh"
 #include "calibrate/cuda/norm_grad_kernels.cuh"
 #include "calibrate/cuda/qkv_grad_kernels.cuh"
 // clang-format on
@@ -210,6 +212,38 @@ TEST(CalibCudaEmulation, QkvGradPack) {
     expect_all_close(to_float(out.copy()), want, kBf16Step, 1e-5,
                      style == RopeStyle::Neox ? "qkv pack, neox" : "qkv pack, interleaved");
   }
+}
+
+// The logit KL kernel (one CTA a row) against the host twin logit_kl<float>: a vocabulary that is
+// not a multiple of the 256 threads, rows of very different scale, one row with z_mix == z_full
+// (KL exactly 0 on both sides up to rounding), and the per-row KLs summed in row order.
+TEST(CalibCudaEmulation, LogitKlMatchesHostTwin) {
+  std::mt19937 rng(9);
+  const int64_t R = 4, V = 1000;
+  std::vector<float> z = randn(rng, (size_t)(2 * R * V), 4.0f);
+  for (int64_t i = 0; i < V; ++i) z[(size_t)(R * V + i)] *= 0.05f;                 // row 0: a small change
+  for (int64_t i = 0; i < V; ++i) z[(size_t)((R + 1) * V + i)] = 0.0f;            // row 1: none
+  for (int64_t i = 0; i < V; ++i) z[(size_t)(2 * V + i)] *= 10.0f;                // row 2: peaked
+  emu::GuardedBuffer<float> gz(z);
+  emu::GuardedBuffer<double> gkl((size_t)R);
+  emu::GuardedBuffer<bf16> gd((size_t)(R * V));
+  emu::launch(uint3{(unsigned)R, 1, 1}, ke::kl::kThreads, 0,
+              [&] { ke::logit_kl_kernel(gz.get(), R, V, 1.0 / (double)R, gkl.get(), gd.get()); });
+  std::vector<float> zf(z.begin(), z.begin() + R * V), zm((size_t)(R * V)), d((size_t)(R * V));
+  for (size_t i = 0; i < zm.size(); ++i) zm[i] = zf[i] + z[(size_t)(R * V) + i];
+  const double want = logit_kl<float>(zf.data(), zm.data(), R, V, d.data(), nullptr);
+  const auto kl = gkl.copy();
+  double got = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    std::vector<float> dr((size_t)V);
+    const double want_r = logit_kl<float>(zf.data() + r * V, zm.data() + r * V, 1, V, dr.data(), nullptr);
+    EXPECT_NEAR(kl[(size_t)r], want_r, 1e-12 + 1e-9 * want_r) << "row " << r;
+    got += kl[(size_t)r];
+  }
+  EXPECT_NEAR(kl[1], 0.0, 1e-12);
+  EXPECT_GT(want, 1e-3);
+  EXPECT_NEAR(got / (double)R, want, 1e-9 * want);
+  expect_all_close(to_float(gd.copy()), d, kBf16Step, 1e-12, "d KL / d z_mix");
 }
 
 }  // namespace

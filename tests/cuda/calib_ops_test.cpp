@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,7 @@
 #include "calibrate/dense_gemm.h"
 #include "calibrate/flash_attention.h"
 #include "calibrate/grad_ops.h"
+#include "calibrate/logit_loss.h"
 #include "core/thread_pool.h"
 #include "cuda_test_util.h"
 
@@ -159,6 +161,31 @@ TEST(CalibCudaOps, ToBf16RoundsToNearestEven) {
   Dev<bf16> d_y(x.size());
   to_bf16(d_x.get(), d_y.get(), (int64_t)x.size(), 0);
   EXPECT_EQ(test::to_float(d_y.download()), rounded(x));
+}
+
+// The logit KL on the GPU (duo calibrate --loss kl) against the host twin, at Qwen's vocabulary
+// size: per-row KL in double to 1e-9 relative (summation order), the gradient to one bf16 step.
+TEST(CalibCudaOps, LogitKlMatchesCpu) {
+  std::mt19937 rng(8);
+  const int64_t R = 6, V = 151936;
+  auto z = test::randn(rng, (size_t)(2 * R * V), 3.0f);
+  for (size_t i = (size_t)(R * V); i < z.size(); ++i) z[i] *= 0.02f;  // z_mix - z_full: small
+  Dev<float> d_z(z);
+  Dev<double> d_kl((size_t)R);
+  Dev<bf16> d_d((size_t)(R * V));
+  logit_kl_grad(d_z.get(), R, V, d_kl.get(), d_d.get(), 0);
+  std::vector<float> zf(z.begin(), z.begin() + R * V), zm((size_t)(R * V)), want_d((size_t)(R * V));
+  for (size_t i = 0; i < zm.size(); ++i) zm[i] = zf[i] + z[(size_t)(R * V) + i];
+  const double want = duo::logit_kl<float>(zf.data(), zm.data(), R, V, want_d.data(), &pool());
+  const auto kl = d_kl.download();
+  double got = 0;
+  for (double k : kl) got += k;
+  got /= (double)R;
+  std::printf("  logit KL: GPU %.12e, CPU %.12e\n", got, want);
+  EXPECT_GT(want, 1e-4);
+  EXPECT_NEAR(got, want, 1e-9 * want);
+  EXPECT_ALL_CLOSE(test::to_float(d_d.download()), want_d, kBf16Step, 1e-12, "d KL / d z_mix");
+  EXPECT_THROW(logit_kl_grad(d_z.get(), 0, V, d_kl.get(), d_d.get(), 0), std::invalid_argument);
 }
 
 // ------------------------------------------------------------------------------- gate mixing

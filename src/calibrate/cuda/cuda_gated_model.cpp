@@ -10,9 +10,7 @@
 #include "backend/cuda/kernels.h"
 #include "calibrate/cuda/flash_attention_cuda.h"
 #include "calibrate/cuda/grad_kernels.h"
-#include "calibrate/logit_loss.h"
 #include "core/error.h"
-#include "core/thread_pool.h"
 #include "model/model.h"
 
 namespace duo::cuda::calib {
@@ -433,9 +431,7 @@ double CudaGatedModel::logits_distill(const std::vector<float>& h_full, const st
                                       std::vector<float>& d_mix) {
   const ModelConfig& c = config();
   const int64_t R = n_rows_, E = c.n_embd, V = c.n_vocab;
-  if (!host_pool_) host_pool_ = std::make_unique<ThreadPool>(0);
-  ThreadPool& pool = *host_pool_;
-  std::vector<bf16>& x = lm_host_x_;  // host buffers kept across steps (hundreds of MiB of logits)
+  std::vector<bf16>& x = lm_host_x_;  // kept across steps
   x.resize((size_t)(2 * R * E));
   for (int64_t i = 0; i < R * E; ++i) {
     x[(size_t)i] = __float2bfloat16(h_full[(size_t)i]);
@@ -446,32 +442,22 @@ double CudaGatedModel::logits_distill(const std::vector<float>& h_full, const st
   DUO_CUDA_TRY(cudaMemcpyAsync(x_d, x.data(), sizeof(bf16) * x.size(), cudaMemcpyHostToDevice, stream_));
   gemm_->linear(w_->output(), V, E, x_d, E, 2 * R, z_d, V);  // [z_full ; z_delta] = [h_full ; h_mix - h_full] W^T
   op_done("LM head (logit loss)");
-  std::vector<float>& z = lm_host_z_;
-  std::vector<float>& dz = lm_host_dz_;
-  z.resize((size_t)(2 * R * V));
-  dz.resize((size_t)(R * V));
-  DUO_CUDA_TRY(cudaMemcpyAsync(z.data(), z_d, sizeof(float) * z.size(), cudaMemcpyDeviceToHost, stream_));
-  DUO_CUDA_TRY(cudaStreamSynchronize(stream_));
-  float* zf = z.data();
-  float* zm = z.data() + R * V;
-  pool.parallel_for_dynamic(R, 1, [&](int64_t b, int64_t e, int) {
-    for (int64_t i = b * V; i < e * V; ++i) zm[i] += zf[i];
-  });
-  const double kl = logit_kl<float>(zf, zm, R, V, dz.data(), &pool);
-  std::vector<bf16>& dz_bf = lm_host_dz_bf_;
-  dz_bf.resize((size_t)(R * V));
-  pool.parallel_for_dynamic(R, 1, [&](int64_t b, int64_t e, int) {
-    for (int64_t i = b * V; i < e * V; ++i) dz_bf[(size_t)i] = __float2bfloat16(dz[(size_t)i]);
-  });
+  // Softmaxes, per-row KL and d KL / d z_mix on the GPU; only the rows' KLs come back.
+  double* kl_d = lm_kl_.ensure_n<double>(R);
   bf16* dz_d = lm_dz_.ensure_n<bf16>(R * V);
+  logit_kl_grad(z_d, R, V, kl_d, dz_d, stream_);
+  op_done("logit KL");
+  std::vector<double> kl_rows((size_t)R);
+  DUO_CUDA_TRY(cudaMemcpyAsync(kl_rows.data(), kl_d, sizeof(double) * R, cudaMemcpyDeviceToHost, stream_));
   float* dh_d = lm_dh_.ensure_n<float>(R * E);
-  DUO_CUDA_TRY(cudaMemcpyAsync(dz_d, dz_bf.data(), sizeof(bf16) * dz_bf.size(), cudaMemcpyHostToDevice, stream_));
   gemm_->linear_input_grad(bf16_weight(w_->output()), V, E, dz_d, V, R, dh_d, E);  // d h_mix = d z W
   op_done("LM head backward (logit loss)");
   d_mix.resize((size_t)(R * E));
   DUO_CUDA_TRY(cudaMemcpyAsync(d_mix.data(), dh_d, sizeof(float) * d_mix.size(), cudaMemcpyDeviceToHost, stream_));
   DUO_CUDA_TRY(cudaStreamSynchronize(stream_));
-  return kl;
+  double kl = 0;  // in row order, as the host twin sums
+  for (double k : kl_rows) kl += k;
+  return kl / (double)R;
 }
 
 LossValue CudaGatedModel::loss_and_grad(const std::vector<int32_t>& tokens, const std::vector<int64_t>& rows,

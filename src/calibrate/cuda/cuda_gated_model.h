@@ -42,7 +42,6 @@
 
 namespace duo {
 class Model;
-class ThreadPool;
 }
 
 namespace duo::cuda::calib {
@@ -76,7 +75,7 @@ class CudaGatedModel {
 
   // calibration_loss_and_grad on the GPU: loss of one sample, grad overwritten with dL/d gates.
   // target Logits: the KL of the answer rows' logits (calibrate/logit_loss.h); the LM head's
-  // GEMMs run on the GPU, the softmaxes and the KL on the host (threads).
+  // GEMMs, softmaxes and KL run on the GPU (logit_kl_grad); the rows' KLs are summed on the host.
   LossValue loss_and_grad(const std::vector<int32_t>& tokens, const std::vector<int64_t>& rows,
                           const std::vector<double>& gates, double lambda, std::vector<double>& grad,
                           DistillTarget target = DistillTarget::Hidden);
@@ -113,10 +112,8 @@ class CudaGatedModel {
   ScratchBuffer rows_{"loss rows"}, h_rows_{"hidden states at the loss rows"},
       d_rows_{"gradient of the hidden states at the loss rows"}, lm_x_{"LM head input rows"},
       lm_z_{"logits of the loss rows"}, lm_dz_{"logit gradient of the loss rows"},
-      lm_dh_{"LM head input gradient"};
-  std::unique_ptr<ThreadPool> host_pool_;  // the logit loss's softmaxes (created on first use)
-  std::vector<bf16> lm_host_x_, lm_host_dz_bf_;  // the logit loss's host buffers, reused across steps
-  std::vector<float> lm_host_z_, lm_host_dz_;
+      lm_dh_{"LM head input gradient"}, lm_kl_{"per-row KL of the loss rows"};
+  std::vector<bf16> lm_host_x_;  // the LM head's input rows on the host, reused across steps
   int64_t n_cap_ = 0;           // tokens the buffers hold
   int64_t n_ = 0;               // tokens of the current sample (up to its last loss row)
   int64_t n_rows_ = 0;          // loss rows of the current sample

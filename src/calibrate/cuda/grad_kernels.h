@@ -79,4 +79,11 @@ struct QkvGradArgs {
 };
 void qkv_grad_pack(const QkvGradArgs& a, cudaStream_t stream);
 
+// --- logit distillation (CPU: calibrate/logit_loss.h logit_kl) ----------------------------------
+// z: [2 rows][vocab] fp32, the LM head's z_full rows then the (z_mix - z_full) rows. Per row r,
+// kl_rows[r] = KL(softmax(z_full[r]) || softmax(z_mix[r])) (z_mix = z_full + delta in fp32) in
+// double, and d_mix[r] = bf16((softmax(z_mix[r]) - softmax(z_full[r])) / rows), the gradient of
+// the mean over rows w.r.t. z_mix. The caller sums kl_rows in row order (the host twin's order).
+void logit_kl_grad(const float* z, int64_t rows, int64_t vocab, double* kl_rows, bf16* d_mix, cudaStream_t stream);
+
 }  // namespace duo::cuda::calib

@@ -10,4 +10,5 @@
 #include "calibrate/cuda/qkv_grad.cu"
 #include "calibrate/cuda/flash_forward.cu"
 #include "calibrate/cuda/flash_backward.cu"
+#include "calibrate/cuda/logit_kl.cu"
 // clang-format on
