@@ -183,10 +183,11 @@ step llama3_int8_targets 300 env OUT="$R/llama3_int8_targets" STEPS=16 MODES=ful
 if { want qwen_tests || want calib_qwen_kl_timing || want sweep_calib_qwen || want sweep_eval_qwen; } &&
   wait_for "$qwen" 900; then
 step qwen_tests 300 "$build/duo_cuda_tests" --gtest_color=no --gtest_filter='*Qwen*'
-# Cost of a step with each loss at 8K and 16K tokens, one after the other on the idle GPU.
+# Cost of a step with each loss (TIME_LENGTHS, default 8K and 16K tokens), one after the other on
+# the idle GPU.
 step calib_qwen_kl_timing 240 bash -c "set -e
-  '$duo' calibrate --device cuda -m '$qwen' --time-lengths 8192,16384 --steps 400
-  '$duo' calibrate --device cuda -m '$qwen' --loss kl --time-lengths 8192,16384 --steps 400"
+  '$duo' calibrate --device cuda -m '$qwen' --time-lengths ${TIME_LENGTHS:-8192,16384} --steps 400
+  '$duo' calibrate --device cuda -m '$qwen' --loss kl --time-lengths ${TIME_LENGTHS:-8192,16384} --steps 400"
 sweep_names() { local e; IFS=';' read -ra e <<< "$SWEEP"; for x in "${e[@]}"; do echo "${x%%|*}"; done; }
 sweep_calib() {
   mkdir -p "$R/sweep"
