@@ -68,7 +68,7 @@ nlohmann::json CalibrationConfig::to_json() const {
 
 LossBackend cpu_loss_backend(GatedModel<float>& model, double lambda, DistillTarget target) {
   return [&model, lambda, target](const PasskeySample& s, const std::vector<double>& gates, std::vector<double>& grad) {
-    return calibration_loss_and_grad<float>(model, s.tokens, s.answer_rows, gates, lambda, grad, target);
+    return calibration_loss_and_grad<float>(model, s.tokens, s.loss_rows, gates, lambda, grad, target);
   };
 }
 
@@ -113,7 +113,7 @@ StepReport Calibrator::step() {
   r.steps = cfg_.steps;
   r.sparsity = gate_sparsity(state_.gates);
   r.tokens = (int64_t)sample.tokens.size();
-  r.answer_tokens = (int64_t)sample.answer_rows.size();
+  r.answer_tokens = (int64_t)sample.loss_rows.size();
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   history_.push_back(r);
   return r;

@@ -82,6 +82,22 @@ const std::vector<std::string>& PasskeyGenerator::alphabet() {
   return a;
 }
 
+LossRows parse_loss_rows(const std::string& name) {
+  if (name == "answers") return LossRows::Answers;
+  if (name == "predictions") return LossRows::Predictions;
+  if (name == "questions") return LossRows::Questions;
+  fail("unknown loss rows '{}' (answers, predictions or questions)", name);
+}
+
+const char* to_string(LossRows rows) {
+  switch (rows) {
+    case LossRows::Answers: return "answers";
+    case LossRows::Predictions: return "predictions";
+    case LossRows::Questions: return "questions";
+  }
+  return "?";
+}
+
 void PasskeyDataConfig::validate() const {
   DUO_CHECK(min_len >= 0 && max_len >= std::max<int64_t>(1, min_len), "sample lengths: need min ({}) <= max ({})",
             min_len, max_len);
@@ -195,6 +211,7 @@ PasskeySample PasskeyGenerator::build(int64_t length, const std::vector<std::str
     }
     if (b < sentences.size()) append(t, sentences[b]);
   }
+  const int64_t questions_begin = (int64_t)t.size();
   append(t, piece_ids[1]);
   for (int i = 0; i < n; ++i) {
     const int64_t begin = (int64_t)t.size();
@@ -205,7 +222,20 @@ PasskeySample PasskeyGenerator::build(int64_t length, const std::vector<std::str
   DUO_CHECK((int64_t)t.size() == length, "passkey sample has {} tokens, expected {}", t.size(), length);
   s.answer_mask.assign(t.size(), 0);
   for (const auto& span : s.answer_spans)
-    for (int64_t p = span[0]; p < span[1]; ++p) s.answer_mask[p] = 1, s.answer_rows.push_back(p);
+    for (int64_t p = span[0]; p < span[1]; ++p) s.answer_mask[p] = 1;
+  switch (cfg_.loss_rows) {
+    case LossRows::Answers:
+      for (const auto& span : s.answer_spans)
+        for (int64_t p = span[0]; p < span[1]; ++p) s.loss_rows.push_back(p);
+      break;
+    case LossRows::Predictions:  // (an answer follows at least one template or question token)
+      for (const auto& span : s.answer_spans)
+        for (int64_t p = span[0] - 1; p < span[1] - 1; ++p) s.loss_rows.push_back(p);
+      break;
+    case LossRows::Questions:
+      for (int64_t p = questions_begin; p < length; ++p) s.loss_rows.push_back(p);
+      break;
+  }
   return s;
 }
 

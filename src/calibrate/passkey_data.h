@@ -4,8 +4,9 @@
 // "the first/second/... passkey to the vault", then one question per passkey, each followed by
 // its answer, in the model's chat template (a multi-turn chat: the book and the first question
 // in the first user turn, each answer an assistant turn, each later question a user turn).
-// The loss looks at the answer tokens; the sample ends with the last one (later tokens cannot
-// influence the loss under causal attention).
+// The loss looks at the rows PasskeyDataConfig::loss_rows names (by default the answer tokens);
+// the sample ends with the last answer token (later tokens cannot influence the loss under causal
+// attention).
 //
 // Lengths count every token of the sample. Everything is drawn from the caller's generator,
 // so a seeded generator gives the same samples on every run.
@@ -21,6 +22,19 @@ namespace duo {
 
 class Tokenizer;
 
+// Which positions of a sample the distillation loss compares.
+enum class LossRows {
+  Answers,      // the answer tokens themselves (the hidden states at them; their logits predict the
+                // token after each: the second word of a passkey ... the end of the turn)
+  Predictions,  // the positions whose next token is an answer token (each answer span one back): the
+                // last question/template token, whose prediction is the passkey's first word, is the
+                // step that must find the needle; the later words can be copied from it
+  Questions,    // every position from the end of the book on: questions, template and answers (the
+                // reference's label mask, which covers its questions and answers)
+};
+LossRows parse_loss_rows(const std::string& name);  // "answers", "predictions", "questions"
+const char* to_string(LossRows rows);
+
 struct PasskeyDataConfig {
   // Total tokens of a sample. min_len 0: kAutoHaystack tokens of haystack plus what the
   // passkeys, questions and answers can take (the reference's minimum context of 1000 counts
@@ -31,6 +45,7 @@ struct PasskeyDataConfig {
   int passkey_words = 32;                   // words per passkey
   double min_depth = 0.05, max_depth = 0.95;
   int depth_intervals = 20;                 // distinct depths drawn from this many evenly spaced values
+  LossRows loss_rows = LossRows::Answers;
   static constexpr int64_t kAutoHaystack = 1000;
   void validate() const;
 };
@@ -38,7 +53,7 @@ struct PasskeyDataConfig {
 struct PasskeySample {
   std::vector<int32_t> tokens;
   std::vector<uint8_t> answer_mask;  // 1 at the tokens of the answers
-  std::vector<int64_t> answer_rows;  // positions of those tokens, ascending
+  std::vector<int64_t> loss_rows;    // positions the loss compares (PasskeyDataConfig::loss_rows), ascending
   std::vector<std::string> passkeys;  // in order of appearance ("alpha bravo ...")
   std::vector<std::vector<int64_t>> answer_spans;  // per passkey: [begin, end) token range of its answer
   std::vector<int64_t> needle_positions;  // token position where each passkey's needle starts

@@ -54,7 +54,7 @@ class RandomSamples : public SampleSource {
     const int64_t n = 150 + (int64_t)uniform_below(rng, 100);
     for (int64_t i = 0; i < n; ++i) s.tokens.push_back((int32_t)uniform_below(rng, 64));
     s.answer_mask.assign((size_t)n, 0);
-    for (int64_t i = n - 8; i < n; ++i) s.answer_rows.push_back(i), s.answer_mask[i] = 1;
+    for (int64_t i = n - 8; i < n; ++i) s.loss_rows.push_back(i), s.answer_mask[i] = 1;
     return s;
   }
 };

@@ -50,11 +50,11 @@ void check_sample(const Tokenizer& tok, const PasskeySample& s, const PasskeyDat
   std::vector<int64_t> rows;
   for (size_t p = 0; p < s.tokens.size(); ++p)
     if (s.answer_mask[p]) rows.push_back((int64_t)p);
-  EXPECT_EQ(rows, s.answer_rows);
+  EXPECT_EQ(rows, s.loss_rows);
   int64_t span_total = 0;
   for (const auto& sp : s.answer_spans) span_total += sp[1] - sp[0];
   EXPECT_EQ((int64_t)rows.size(), span_total);
-  EXPECT_EQ(s.answer_rows.back(), (int64_t)s.tokens.size() - 1);
+  EXPECT_EQ(s.loss_rows.back(), (int64_t)s.tokens.size() - 1);
   // Needles in order, before the first answer, spread as the depths say.
   EXPECT_TRUE(std::is_sorted(s.needle_positions.begin(), s.needle_positions.end()));
   EXPECT_LT(s.needle_positions.back(), s.answer_spans[0][0]);
@@ -117,6 +117,53 @@ TEST(CalibPasskeyData, DepthsPlaceNeedlesAndPlainLayoutWorks) {
   EXPECT_EQ(text.find("<|im_start|>"), std::string::npos);
   EXPECT_NE(text.find("</book>.\n\nBased on the content of the book, what is the first passkey to the vault?\nPasskey: "),
             std::string::npos);
+}
+
+// The three row choices of the loss, checked on the decoded text: "predictions" are the rows whose
+// next token is an answer token (the first one sits on the "assistant" turn's last template token,
+// so its prediction is the passkey's first word), "questions" everything after the book.
+TEST(CalibPasskeyData, LossRowsSelectAnswersPredictionsOrQuestions) {
+  DUO_REQUIRE_MODEL(path, test::kSmolLM2);
+  auto g = GgufFile::open(path);
+  auto tok = Tokenizer::from_gguf(*g);
+  const ChatTemplate tmpl = ChatTemplate::from_gguf(*g);
+  const std::vector<std::string> keys = {"alpha bravo charlie", "zulu yankee xray"};
+  std::vector<PasskeySample> by_mode;
+  for (LossRows m : {LossRows::Answers, LossRows::Predictions, LossRows::Questions}) {
+    PasskeyDataConfig c;
+    c.min_len = c.max_len = 1200;
+    c.n_passkeys = 2;
+    c.passkey_words = 3;
+    c.loss_rows = m;
+    PasskeyGenerator gen(*tok, &tmpl, c);
+    by_mode.push_back(gen.build(1200, keys, {0.3, 0.6}, 5));
+  }
+  const PasskeySample &ans = by_mode[0], &pred = by_mode[1], &qs = by_mode[2];
+  ASSERT_EQ(ans.tokens, pred.tokens);  // the rows are the only difference
+  ASSERT_EQ(ans.tokens, qs.tokens);
+  ASSERT_EQ(pred.loss_rows.size(), ans.loss_rows.size());
+  // Row r's next token is the answer token at r + 1: the answers' tokens, in order.
+  std::vector<int32_t> predicted, answer_tokens;
+  for (int64_t r : pred.loss_rows) predicted.push_back(pred.tokens[(size_t)r + 1]);
+  for (int64_t r : ans.loss_rows) answer_tokens.push_back(ans.tokens[(size_t)r]);
+  EXPECT_EQ(predicted, answer_tokens);
+  EXPECT_TRUE(tok->decode(slice(pred.tokens, 0, pred.loss_rows[0] + 1)).ends_with("assistant\n"));
+  EXPECT_EQ(tok->decode(slice(pred.tokens, pred.loss_rows[0] + 1, pred.loss_rows[0] + 2)), "alpha");
+  // Questions: one contiguous run from the book's end to the sample's end, holding both questions
+  // and every answer row.
+  ASSERT_FALSE(qs.loss_rows.empty());
+  const int64_t q0 = qs.loss_rows.front();
+  EXPECT_EQ(qs.loss_rows.back(), (int64_t)qs.tokens.size() - 1);
+  EXPECT_EQ((int64_t)qs.loss_rows.size(), (int64_t)qs.tokens.size() - q0);
+  EXPECT_GT(q0, qs.needle_positions.back());
+  const std::string tail = tok->decode(slice(qs.tokens, q0, (int64_t)qs.tokens.size()));
+  EXPECT_EQ(tail.rfind(" </book>.", 0), 0u) << tail.substr(0, 40);
+  EXPECT_NE(tail.find("what is the first passkey"), std::string::npos);
+  EXPECT_NE(tail.find("what is the second passkey"), std::string::npos);
+  for (int64_t r : ans.loss_rows) EXPECT_GE(r, q0);
+  EXPECT_EQ(parse_loss_rows("predictions"), LossRows::Predictions);
+  EXPECT_STREQ(to_string(LossRows::Questions), "questions");
+  EXPECT_THROW(parse_loss_rows("answer"), Error);
 }
 
 TEST(CalibPasskeyData, RejectsLengthsWithoutRoomForTheHaystack) {

@@ -248,7 +248,7 @@ TEST(CalibCudaModel, ThreeStepCalibrationMatchesCpu) {
   GatedModel<float> cpu_model(w, cfg.window, pool);
   CudaGatedModel gpu_model(*model, cfg.window);
   LossBackend gpu_loss = [&](const PasskeySample& s, const std::vector<double>& g, std::vector<double>& grad) {
-    return gpu_model.loss_and_grad(s.tokens, s.answer_rows, g, cfg.lambda, grad);
+    return gpu_model.loss_and_grad(s.tokens, s.loss_rows, g, cfg.lambda, grad);
   };
   Calibrator cpu(2, 2, data, cpu_loss_backend(cpu_model, cfg.lambda), cfg);
   Calibrator gpu(2, 2, data, gpu_loss, cfg);

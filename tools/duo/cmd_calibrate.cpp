@@ -97,7 +97,7 @@ void time_lengths(const std::string& list, const LossBackend& loss, CudaCalibrat
   for (int64_t L : lengths) {
     PasskeySample s;
     for (int64_t i = 0; i < L; ++i) s.tokens.push_back((int32_t)uniform_below(rng, (uint64_t)vocab));
-    for (int64_t i = std::max<int64_t>(0, L - 320); i < L; ++i) s.answer_rows.push_back(i);
+    for (int64_t i = std::max<int64_t>(0, L - 320); i < L; ++i) s.loss_rows.push_back(i);
     double ms = 0, f = 0, g = 0, b = 0;
     for (int rep = 0; rep < 2; ++rep) {
       const auto t0 = std::chrono::steady_clock::now();
@@ -220,7 +220,7 @@ void run_calibrate(CalibrateOptions& o) {
     time_lengths(o.time_lengths, loss, gpu.get(), mc.n_layers * mc.n_kv_heads, mc.n_vocab, o.data, o.cal.steps);
     return;
   }
-  const nlohmann::json run_info = {{"model", std::filesystem::path(path).filename().string()},
+  nlohmann::json run_info = {{"model", std::filesystem::path(path).filename().string()},
                                    {"arch", mc.arch},
                                    {"min_len", o.data.min_len},
                                    {"max_len", o.data.max_len},
@@ -230,6 +230,8 @@ void run_calibrate(CalibrateOptions& o) {
                                    {"min_depth", o.data.min_depth},
                                    {"max_depth", o.data.max_depth},
                                    {"chat", !o.plain}};
+  // (recorded only when not the default, so checkpoints of earlier runs still resume)
+  if (o.data.loss_rows != LossRows::Answers) run_info["loss_rows"] = to_string(o.data.loss_rows);
   Calibrator cal(mc.n_layers, mc.n_kv_heads, data, loss, o.cal, run_info);
   if (o.resume && std::filesystem::exists(o.checkpoint)) {
     cal.load_checkpoint(o.checkpoint);
@@ -239,9 +241,9 @@ void run_calibrate(CalibrateOptions& o) {
   }
   fmt::print(stderr,
              "calibrate: {} ({} layers x {} KV heads = {} gates) | {} steps | lengths {}..{} | {} passkeys x {} "
-             "words | loss {} | lambda {} | lr {} | window sink {} recent {} | device {}\n{}\n",
+             "words | loss {} on {} | lambda {} | lr {} | window sink {} recent {} | device {}\n{}\n",
              mc.name, mc.n_layers, mc.n_kv_heads, mc.n_layers * mc.n_kv_heads, o.cal.steps, o.data.min_len,
-             o.data.max_len, o.data.n_passkeys, o.data.passkey_words, to_string(o.cal.distill), o.cal.lambda, o.cal.adamw.lr, o.cal.window.sink,
+             o.data.max_len, o.data.n_passkeys, o.data.passkey_words, to_string(o.cal.distill), to_string(o.data.loss_rows), o.cal.lambda, o.cal.adamw.lr, o.cal.window.sink,
              o.cal.window.recent, o.device, memory);
 
   const auto t0 = std::chrono::steady_clock::now();
@@ -301,6 +303,13 @@ void add_calibrate(CLI::App& app) {
          "distillation loss: hidden (L2 of the final hidden states, the reference's) or kl (KL divergence of the "
          "answer tokens' next-token distributions through the LM head)")
       ->check(CLI::IsMember({"hidden", "kl"}));
+  cmd->add_option_function<std::string>(
+         "--loss-rows", [o](const std::string& v) { o->data.loss_rows = parse_loss_rows(v); },
+         "positions the loss compares: answers (the answer tokens), predictions (the positions that predict "
+         "the answer tokens, including the question's last token, whose prediction must find the needle) or "
+         "questions (everything from the end of the book: questions, template and answers; the reference's "
+         "label mask)")
+      ->check(CLI::IsMember({"answers", "predictions", "questions"}));
   cmd->add_option("--lr", o->cal.adamw.lr, "AdamW learning rate")->check(CLI::PositiveNumber);
   cmd->add_option("--weight-decay", o->cal.adamw.weight_decay, "AdamW weight decay")->check(CLI::NonNegativeNumber);
   cmd->add_option("--sink", o->cal.window.sink, "attention-sink tokens of streaming attention during calibration")

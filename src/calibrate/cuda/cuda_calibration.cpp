@@ -16,7 +16,7 @@ class CudaCalibrationImpl final : public CudaCalibration {
 
   LossBackend loss_backend(double lambda, DistillTarget target) override {
     return [this, lambda, target](const PasskeySample& s, const std::vector<double>& gates, std::vector<double>& grad) {
-      return gm_.loss_and_grad(s.tokens, s.answer_rows, gates, lambda, grad, target);
+      return gm_.loss_and_grad(s.tokens, s.loss_rows, gates, lambda, grad, target);
     };
   }
   std::string description() const override {
