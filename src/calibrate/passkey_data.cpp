@@ -85,14 +85,16 @@ const std::vector<std::string>& PasskeyGenerator::alphabet() {
 LossRows parse_loss_rows(const std::string& name) {
   if (name == "answers") return LossRows::Answers;
   if (name == "predictions") return LossRows::Predictions;
+  if (name == "first") return LossRows::FirstWords;
   if (name == "questions") return LossRows::Questions;
-  fail("unknown loss rows '{}' (answers, predictions or questions)", name);
+  fail("unknown loss rows '{}' (answers, predictions, first or questions)", name);
 }
 
 const char* to_string(LossRows rows) {
   switch (rows) {
     case LossRows::Answers: return "answers";
     case LossRows::Predictions: return "predictions";
+    case LossRows::FirstWords: return "first";
     case LossRows::Questions: return "questions";
   }
   return "?";
@@ -231,6 +233,9 @@ PasskeySample PasskeyGenerator::build(int64_t length, const std::vector<std::str
     case LossRows::Predictions:  // (an answer follows at least one template or question token)
       for (const auto& span : s.answer_spans)
         for (int64_t p = span[0] - 1; p < span[1] - 1; ++p) s.loss_rows.push_back(p);
+      break;
+    case LossRows::FirstWords:
+      for (const auto& span : s.answer_spans) s.loss_rows.push_back(span[0] - 1);
       break;
     case LossRows::Questions:
       for (int64_t p = questions_begin; p < length; ++p) s.loss_rows.push_back(p);

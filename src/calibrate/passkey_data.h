@@ -29,10 +29,12 @@ enum class LossRows {
   Predictions,  // the positions whose next token is an answer token (each answer span one back): the
                 // last question/template token, whose prediction is the passkey's first word, is the
                 // step that must find the needle; the later words can be copied from it
+  FirstWords,   // only the position that predicts each answer's first token: the question -> needle
+                // lookup alone (one row a passkey)
   Questions,    // every position from the end of the book on: questions, template and answers (the
                 // reference's label mask, which covers its questions and answers)
 };
-LossRows parse_loss_rows(const std::string& name);  // "answers", "predictions", "questions"
+LossRows parse_loss_rows(const std::string& name);  // "answers", "predictions", "first", "questions"
 const char* to_string(LossRows rows);
 
 struct PasskeyDataConfig {

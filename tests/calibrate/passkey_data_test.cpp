@@ -119,9 +119,10 @@ TEST(CalibPasskeyData, DepthsPlaceNeedlesAndPlainLayoutWorks) {
             std::string::npos);
 }
 
-// The three row choices of the loss, checked on the decoded text: "predictions" are the rows whose
+// The row choices of the loss, checked on the decoded text: "predictions" are the rows whose
 // next token is an answer token (the first one sits on the "assistant" turn's last template token,
-// so its prediction is the passkey's first word), "questions" everything after the book.
+// so its prediction is the passkey's first word), "first" only those, "questions" everything after
+// the book.
 TEST(CalibPasskeyData, LossRowsSelectAnswersPredictionsOrQuestions) {
   DUO_REQUIRE_MODEL(path, test::kSmolLM2);
   auto g = GgufFile::open(path);
@@ -129,7 +130,7 @@ TEST(CalibPasskeyData, LossRowsSelectAnswersPredictionsOrQuestions) {
   const ChatTemplate tmpl = ChatTemplate::from_gguf(*g);
   const std::vector<std::string> keys = {"alpha bravo charlie", "zulu yankee xray"};
   std::vector<PasskeySample> by_mode;
-  for (LossRows m : {LossRows::Answers, LossRows::Predictions, LossRows::Questions}) {
+  for (LossRows m : {LossRows::Answers, LossRows::Predictions, LossRows::Questions, LossRows::FirstWords}) {
     PasskeyDataConfig c;
     c.min_len = c.max_len = 1200;
     c.n_passkeys = 2;
@@ -138,7 +139,7 @@ TEST(CalibPasskeyData, LossRowsSelectAnswersPredictionsOrQuestions) {
     PasskeyGenerator gen(*tok, &tmpl, c);
     by_mode.push_back(gen.build(1200, keys, {0.3, 0.6}, 5));
   }
-  const PasskeySample &ans = by_mode[0], &pred = by_mode[1], &qs = by_mode[2];
+  const PasskeySample &ans = by_mode[0], &pred = by_mode[1], &qs = by_mode[2], &first = by_mode[3];
   ASSERT_EQ(ans.tokens, pred.tokens);  // the rows are the only difference
   ASSERT_EQ(ans.tokens, qs.tokens);
   ASSERT_EQ(pred.loss_rows.size(), ans.loss_rows.size());
@@ -149,6 +150,10 @@ TEST(CalibPasskeyData, LossRowsSelectAnswersPredictionsOrQuestions) {
   EXPECT_EQ(predicted, answer_tokens);
   EXPECT_TRUE(tok->decode(slice(pred.tokens, 0, pred.loss_rows[0] + 1)).ends_with("assistant\n"));
   EXPECT_EQ(tok->decode(slice(pred.tokens, pred.loss_rows[0] + 1, pred.loss_rows[0] + 2)), "alpha");
+  // First: one row a passkey, the row before its answer (whose next token is the answer's first).
+  ASSERT_EQ(first.loss_rows.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) EXPECT_EQ(first.loss_rows[i], first.answer_spans[i][0] - 1);
+  EXPECT_EQ(tok->decode(slice(first.tokens, first.loss_rows[1] + 1, first.loss_rows[1] + 2)), "z");
   // Questions: one contiguous run from the book's end to the sample's end, holding both questions
   // and every answer row.
   ASSERT_FALSE(qs.loss_rows.empty());

@@ -306,10 +306,11 @@ void add_calibrate(CLI::App& app) {
   cmd->add_option_function<std::string>(
          "--loss-rows", [o](const std::string& v) { o->data.loss_rows = parse_loss_rows(v); },
          "positions the loss compares: answers (the answer tokens), predictions (the positions that predict "
-         "the answer tokens, including the question's last token, whose prediction must find the needle) or "
+         "the answer tokens, including the question's last token, whose prediction must find the needle), first "
+         "(only that position, one a passkey) or "
          "questions (everything from the end of the book: questions, template and answers; the reference's "
          "label mask)")
-      ->check(CLI::IsMember({"answers", "predictions", "questions"}));
+      ->check(CLI::IsMember({"answers", "predictions", "first", "questions"}));
   cmd->add_option("--lr", o->cal.adamw.lr, "AdamW learning rate")->check(CLI::PositiveNumber);
   cmd->add_option("--weight-decay", o->cal.adamw.weight_decay, "AdamW weight decay")->check(CLI::NonNegativeNumber);
   cmd->add_option("--sink", o->cal.window.sink, "attention-sink tokens of streaming attention during calibration")
