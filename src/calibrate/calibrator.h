@@ -43,7 +43,8 @@ struct StepReport {
   LossValue loss;
   double lr = 0;
   double sparsity = 0;  // fraction of gates below 0.5 after the step
-  int64_t tokens = 0, answer_tokens = 0;
+  int64_t tokens = 0, answer_tokens = 0;  // sample length; rows the loss compared (the name is the
+                                          // checkpoint and log column it always had)
   double seconds = 0;
 };
 

@@ -123,7 +123,7 @@ TEST(CalibPasskeyData, DepthsPlaceNeedlesAndPlainLayoutWorks) {
 // next token is an answer token (the first one sits on the "assistant" turn's last template token,
 // so its prediction is the passkey's first word), "first" only those, "questions" everything after
 // the book.
-TEST(CalibPasskeyData, LossRowsSelectAnswersPredictionsOrQuestions) {
+TEST(CalibPasskeyData, LossRowsSelectTheComparedPositions) {
   DUO_REQUIRE_MODEL(path, test::kSmolLM2);
   auto g = GgufFile::open(path);
   auto tok = Tokenizer::from_gguf(*g);

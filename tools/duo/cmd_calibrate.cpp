@@ -56,7 +56,7 @@ std::string hms(double seconds) {
 // eta: seconds left at this run's mean time per step so far.
 void print_step(const StepReport& r, double eta, const std::string& extra) {
   fmt::print(stderr,
-             "step {:>5}/{} | len {:>6} ({} answer) | loss {:.5f} = distill {:.5f} + reg {:.4f} | sparsity@0.5 {:.3f} "
+             "step {:>5}/{} | len {:>6} ({} loss rows) | loss {:.5f} = distill {:.5f} + reg {:.4f} | sparsity@0.5 {:.3f} "
              "| lr {:.2e} | {:.0f} tok/s | {:.2f} s{} | ETA {}\n",
              r.step, r.steps, r.tokens, r.answer_tokens, r.loss.total, r.loss.distill, r.loss.reg, r.sparsity, r.lr,
              r.seconds > 0 ? r.tokens / r.seconds : 0.0, r.seconds, extra, hms(eta));
