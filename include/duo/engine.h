@@ -69,6 +69,9 @@ class Engine {
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   ThreadPool& pool() { return *pool_; }
   const HeadPlan& plan() const { return plan_; }
+  // A plan given in the model's stored head order, in the backend's cache-slot order (the order
+  // a duo pattern put retrieval heads first in): lets one engine run sequences of other plans.
+  HeadPlan to_slot_order(const HeadPlan& plan) const;
   int64_t max_context() const;
   std::unique_ptr<Session> new_session();
 

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "kv/head_policy.h"
 #include "model/config.h"
@@ -45,6 +46,18 @@ class SequenceState {
   virtual void clear() = 0;
 };
 
+// One sequence's share of a batched step (ModelBackend::step): `n` tokens appended to `seq` at
+// positions seq->n_past() ...; a decode step has n = 1, a pre-fill chunk more (the caller cuts
+// the prompt into chunks: an item is one forward pass of its sequence, never split further).
+struct StepItem {
+  SequenceState* seq = nullptr;
+  const int32_t* tokens = nullptr;
+  int64_t n = 0;
+  // When set, the next token is picked from the item's last logits with this sampler (on the
+  // device for CUDA: only the id comes back); unset, the item's pick is -1.
+  Sampler* sampler = nullptr;
+};
+
 class ModelBackend {
  public:
   virtual ~ModelBackend() = default;
@@ -68,6 +81,27 @@ class ModelBackend {
   // only the token id.
   virtual int32_t forward_pick(SequenceState& state, const int32_t* tokens, int64_t n, int64_t chunk,
                                Sampler& sampler) = 0;
+
+  // Continuous batching: one forward step over several sequences (distinct), each with its own
+  // position, head plan, KV type and cache, pre-fill chunks and decode tokens mixed. What an
+  // item computes does not depend on the other items (within rounding: shared matmuls may take
+  // other kernels). picked (items.size() ints) receives each item's picked token or -1;
+  // logits, when non-null, n_vocab floats per item for its last token, in item order.
+  // Items are checked before anything runs (a bad token id, a sequence past its capacity or
+  // of another backend throws duo::Error and changes no cache); a failure while running
+  // leaves the caches of the step's sequences in an unknown state.
+  virtual void step(const std::vector<StepItem>& items, int32_t* picked, float* logits = nullptr) = 0;
+
+  // Bytes of keys and values a sequence of n positions holds under `plan` (what kv_bytes()
+  // will say): the figure users see and budgets are stated in.
+  virtual size_t kv_bytes_for(const HeadPlan& plan, int64_t n) const = 0;
+  // Memory a sequence created for `capacity` tokens takes on this device at its largest (KV
+  // rows in the device's format plus its tables and fixed buffers): what admission reserves so
+  // that running sequences can never exhaust the device.
+  virtual size_t sequence_bytes(const HeadPlan& plan, int64_t capacity) const = 0;
+  // Memory this device can give to KV caches now (for a default serving budget): free device
+  // memory less a margin for activations on CUDA; 0 when the backend does not know (CPU).
+  virtual size_t free_kv_memory() const { return 0; }
 };
 
 // The CPU engine (the model and the pool must outlive the backend).

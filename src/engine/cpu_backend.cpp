@@ -16,7 +16,10 @@ namespace {
 
 class CpuSequence final : public SequenceState {
  public:
-  explicit CpuSequence(std::unique_ptr<KvCache> cache) : cache_(std::move(cache)) {}
+  CpuSequence(std::unique_ptr<KvCache> cache, int64_t capacity) : cache_(std::move(cache)), capacity_(capacity) {}
+  // The positions the sequence was created for (the cache itself could grow past them; a
+  // caller that goes beyond broke its own admission arithmetic, so it is an error here too).
+  int64_t capacity() const { return capacity_; }
   int64_t n_past() const override { return cache_->n_past(); }
   const HeadPlan& plan() const override { return cache_->plan(); }
   size_t kv_bytes() const override { return cache_->bytes(); }
@@ -26,6 +29,7 @@ class CpuSequence final : public SequenceState {
 
  private:
   std::unique_ptr<KvCache> cache_;
+  int64_t capacity_;
 };
 
 CpuSequence& as_cpu(SequenceState& s) {
@@ -41,13 +45,17 @@ class CpuBackend final : public ModelBackend {
   std::string description() const override { return fmt::format("cpu, {} threads", pool_.size()); }
   const ModelConfig& config() const override { return model_.config(); }
 
-  std::unique_ptr<SequenceState> new_sequence(const HeadPlan& plan, int64_t) override {
-    return std::make_unique<CpuSequence>(model_.new_cache(plan));
+  std::unique_ptr<SequenceState> new_sequence(const HeadPlan& plan, int64_t max_tokens) override {
+    DUO_CHECK(max_tokens > 0, "a sequence needs a positive capacity (got {})", max_tokens);
+    return std::make_unique<CpuSequence>(model_.new_cache(plan), max_tokens);
   }
 
   void forward(SequenceState& state, const int32_t* tokens, int64_t n, float* logits, int64_t chunk,
                bool all_logits) override {
-    model_.forward(as_cpu(state).cache(), tokens, n, logits, pool_, all_logits, chunk);
+    CpuSequence& s = as_cpu(state);
+    DUO_CHECK(s.n_past() + n <= s.capacity(), "sequence of {} tokens exceeds the {} tokens it was created for",
+              s.n_past() + n, s.capacity());
+    model_.forward(s.cache(), tokens, n, logits, pool_, all_logits, chunk);
   }
 
   int32_t forward_pick(SequenceState& state, const int32_t* tokens, int64_t n, int64_t chunk,
@@ -55,6 +63,46 @@ class CpuBackend final : public ModelBackend {
     logits_.resize(model_.config().n_vocab);
     forward(state, tokens, n, logits_.data(), chunk, false);
     return sampler.sample(logits_.data(), model_.config().n_vocab);
+  }
+
+  // Model::forward_batch: consecutive one-token items share each matmul, a pre-fill chunk gets
+  // matmuls of its own. Decoders are best placed first and side by side (the scheduler does).
+  void step(const std::vector<StepItem>& items, int32_t* picked, float* logits) override {
+    DUO_CHECK(!items.empty(), "a batched step needs at least one item");
+    const int64_t V = model_.config().n_vocab;
+    std::vector<BatchItem> batch;
+    batch.reserve(items.size());
+    for (const StepItem& it : items) {
+      DUO_CHECK(it.seq != nullptr, "a batched step item has no sequence");
+      CpuSequence& s = as_cpu(*it.seq);
+      DUO_CHECK(s.n_past() + it.n <= s.capacity(), "sequence of {} tokens exceeds the {} tokens it was created for",
+                s.n_past() + it.n, s.capacity());
+      batch.push_back({&s.cache(), it.tokens, it.n});
+    }
+    float* rows = logits;
+    if (!rows) {
+      logits_.resize(items.size() * (size_t)V);
+      rows = logits_.data();
+    }
+    model_.forward_batch(batch, rows, pool_);
+    // Each item samples from its own row with its own sampler: the same tokens in any order.
+    auto sample = [&](int64_t i0, int64_t i1, int) {
+      for (int64_t i = i0; i < i1; ++i)
+        picked[i] = items[i].sampler ? items[i].sampler->sample(rows + i * V, (int)V) : -1;
+    };
+    const int64_t n = (int64_t)items.size();
+    if (n >= 4)
+      pool_.parallel_for(n, sample);
+    else
+      sample(0, n, 0);
+  }
+
+  size_t kv_bytes_for(const HeadPlan& plan, int64_t n) const override {
+    return KvCache::bytes_for(plan, model_.config().head_dim, n);
+  }
+  // The CPU cache grows row by row and holds nothing beyond its rows worth counting.
+  size_t sequence_bytes(const HeadPlan& plan, int64_t capacity) const override {
+    return kv_bytes_for(plan, capacity);
   }
 
  private:

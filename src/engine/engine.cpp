@@ -61,6 +61,8 @@ int64_t Engine::max_context() const {
   return opts_.max_context > 0 ? opts_.max_context : model_->config().n_ctx_train;
 }
 
+HeadPlan Engine::to_slot_order(const HeadPlan& plan) const { return model_->to_slot_order(plan); }
+
 std::unique_ptr<Session> Engine::new_session() { return std::make_unique<Session>(*this); }
 
 namespace {

@@ -23,6 +23,27 @@ void header(std::string& out, const char* name, const char* type, const char* he
 }
 }  // namespace
 
+Histogram::Histogram(std::vector<double> b) : bounds(std::move(b)), counts(bounds.size() + 1, 0) {}
+
+void Histogram::observe(double v) {
+  size_t i = 0;
+  while (i < bounds.size() && v > bounds[i]) ++i;  // buckets are "le": v <= bound
+  ++counts[i];
+  sum += v;
+  ++count;
+}
+
+void Histogram::render(std::string& out, const char* name, const char* help) const {
+  header(out, name, "histogram", help);
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < bounds.size(); ++i) {
+    cumulative += counts[i];
+    out += fmt::format("{}_bucket{{le=\"{}\"}} {}\n", name, bounds[i], cumulative);
+  }
+  out += fmt::format("{}_bucket{{le=\"+Inf\"}} {}\n", name, count);
+  out += fmt::format("{}_sum {:.6f}\n{}_count {}\n", name, sum, name, count);
+}
+
 void Metrics::count_request(const std::string& endpoint, int status) {
   std::lock_guard lk(mu_);
   ++requests_[{endpoint, status}];
@@ -38,9 +59,10 @@ void Metrics::count_finished(const std::string& reason) {
   ++finished_[reason];
 }
 
-void Metrics::record_step(int64_t prefill_tokens, int64_t generated, double seconds) {
+void Metrics::record_step(int sequences, int64_t prefill_tokens, int64_t generated, double seconds) {
   std::lock_guard lk(mu_);
   ++steps_;
+  batch_.observe(sequences);
   step_seconds_ += seconds;
   prompt_tokens_ += (uint64_t)prefill_tokens;
   generated_tokens_ += (uint64_t)generated;
@@ -48,6 +70,16 @@ void Metrics::record_step(int64_t prefill_tokens, int64_t generated, double seco
   window_.push_back({now, prefill_tokens, generated});
   while (!window_.empty() && std::chrono::duration<double>(now - window_.front().t).count() > kRateWindowSeconds)
     window_.pop_front();
+}
+
+void Metrics::observe_first_token(double seconds) {
+  std::lock_guard lk(mu_);
+  ttft_.observe(seconds);
+}
+
+void Metrics::observe_inter_token(double seconds) {
+  std::lock_guard lk(mu_);
+  itl_.observe(seconds);
 }
 
 void Metrics::set_gauges(const SchedulerGauges& g) {
@@ -105,6 +137,10 @@ std::string Metrics::render() const {
   out += fmt::format("duo_batch_steps_total {}\n", steps_);
   header(out, "duo_batch_step_seconds_total", "counter", "Time spent in batched forward steps.");
   out += fmt::format("duo_batch_step_seconds_total {:.6f}\n", step_seconds_);
+  batch_.render(out, "duo_batch_step_sequences", "Sequences in each batched forward step.");
+  ttft_.render(out, "duo_time_to_first_token_seconds",
+               "Time from a request's submission to its first generated token.");
+  itl_.render(out, "duo_inter_token_latency_seconds", "Time between consecutive generated tokens of a request.");
   header(out, "duo_batch_sequences", "gauge", "Sequences in the last batched step.");
   out += fmt::format("duo_batch_sequences {}\n", g_.last_batch);
   header(out, "duo_active_sequences", "gauge", "Sequences admitted and running (pre-fill or decode).");

@@ -8,8 +8,21 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace duo::serve {
+
+// A Prometheus histogram: counts of observations at or below fixed bounds (rendered
+// cumulatively, with +Inf), their sum and their number.
+struct Histogram {
+  explicit Histogram(std::vector<double> bounds);
+  void observe(double v);
+  void render(std::string& out, const char* name, const char* help) const;
+  std::vector<double> bounds;
+  std::vector<uint64_t> counts;  // per bucket (not cumulative); the last one is +Inf
+  double sum = 0.0;
+  uint64_t count = 0;
+};
 
 // What the scheduler holds right now.
 struct SchedulerGauges {
@@ -20,6 +33,8 @@ struct SchedulerGauges {
   size_t kv_reserved = 0;   // bytes reserved for admitted sequences (their final size)
   size_t kv_budget = 0;
   int last_batch = 0;       // sequences in the last step
+  // (No device-memory gauges: ModelBackend reports no page usage, only free_kv_memory() for
+  // a default budget; kv_reserved is in the device's own bytes, via sequence_bytes.)
 };
 
 class Metrics {
@@ -32,8 +47,12 @@ class Metrics {
   void count_request(const std::string& endpoint, int status);
   void count_rejected(const std::string& reason);  // kv_budget, queue_full, shutting_down, ...
   void count_finished(const std::string& reason);  // stop, length, cancelled, error
-  // One scheduler step: prompt tokens pre-filled, tokens generated, time taken.
-  void record_step(int64_t prefill_tokens, int64_t generated, double seconds);
+  // One scheduler step: sequences in it, prompt tokens pre-filled, tokens generated, time taken.
+  void record_step(int sequences, int64_t prefill_tokens, int64_t generated, double seconds);
+  // Latencies seen by clients: a request's first token after its submission, and the gap
+  // between consecutive tokens of one sequence (seconds).
+  void observe_first_token(double seconds);
+  void observe_inter_token(double seconds);
   void set_gauges(const SchedulerGauges& g);
   // Total KV bytes held at some moment (for the peak).
   void observe_kv(size_t bytes);
@@ -55,6 +74,9 @@ class Metrics {
   std::deque<Window> window_;
   SchedulerGauges g_;
   size_t kv_peak_ = 0;
+  Histogram ttft_{{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}};
+  Histogram itl_{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}};
+  Histogram batch_{{1, 2, 4, 8, 16, 32, 64, 128, 256}};
   clock::time_point start_ = clock::now();
 };
 

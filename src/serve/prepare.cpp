@@ -3,7 +3,6 @@
 #include <random>
 
 #include "core/error.h"
-#include "model/model.h"
 #include "serve/api_error.h"
 #include "tokenizer/tokenizer.h"
 
@@ -13,7 +12,7 @@ namespace {
 
 HeadPlan request_kinds(const GenerationRequest& r, const ServeContext& ctx) {
   Engine& engine = *ctx.engine;
-  const ModelConfig& c = engine.model().config();
+  const ModelConfig& c = engine.backend().config();
   const AttentionMode mode = r.attention.value_or(engine.options().attention);
   StreamingWindow w = engine.options().window;
   if (r.sink) w.sink = *r.sink;
@@ -52,7 +51,7 @@ HeadPlan request_kinds(const GenerationRequest& r, const ServeContext& ctx) {
     const double ratio = r.retrieval_ratio ? *r.retrieval_ratio : (r.threshold ? -1.0 : ctx.default_retrieval_ratio);
     const float threshold = r.threshold.value_or(ctx.default_threshold);
     const auto kinds = ratio >= 0 ? binarize_ratio(*gates, ratio) : binarize_threshold(*gates, threshold);
-    return engine.model().to_slot_order(make_head_plan(kinds, c.n_layers, c.n_kv_heads, w, origin));
+    return engine.to_slot_order(make_head_plan(kinds, c.n_layers, c.n_kv_heads, w, origin));
   } catch (const Error& e) {
     bad_param("pattern", "{}", e.what());
   }
@@ -69,7 +68,7 @@ HeadPlan request_plan(const GenerationRequest& r, const ServeContext& ctx) {
 
 std::vector<int32_t> prompt_tokens(const GenerationRequest& r, const ServeContext& ctx) {
   const Tokenizer& tok = ctx.engine->tokenizer();
-  const int n_vocab = ctx.engine->model().config().n_vocab;
+  const int n_vocab = ctx.engine->backend().config().n_vocab;
   std::vector<int32_t> ids;
   if (r.endpoint == Endpoint::ChatCompletions) {
     if (!ctx.chat)

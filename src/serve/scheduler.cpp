@@ -5,8 +5,6 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "engine/utf8_stream.h"
-#include "kv/kv_cache.h"
-#include "model/model.h"
 #include "serve/stop_matcher.h"
 #include "tokenizer/tokenizer.h"
 
@@ -74,11 +72,12 @@ void Generation::finish(FinishReason reason, int64_t completion_tokens, std::opt
 
 struct Scheduler::Sequence {
   Sequence(Job j, size_t cost, std::shared_ptr<Generation> g)
-      : out(std::move(g)), job(std::move(j)), cost(cost), sampler(job.sampling), stop(job.stop) {}
+      : out(std::move(g)), job(std::move(j)), cost(cost), sampler(job.sampling), stop(job.stop),
+        submitted(std::chrono::steady_clock::now()) {}
   std::shared_ptr<Generation> out;
   Job job;
   size_t cost;
-  std::unique_ptr<KvCache> cache;
+  std::unique_ptr<SequenceState> state;  // its KV cache on the engine's device
   int64_t fed = 0;      // prompt tokens in the cache
   int32_t next = -1;    // sampled token the next step feeds
   int64_t generated = 0;
@@ -86,14 +85,23 @@ struct Scheduler::Sequence {
   Sampler sampler;
   Utf8Stream utf8;
   StopMatcher stop;
+  std::chrono::steady_clock::time_point submitted, last_token;  // for the latency histograms
 };
 
+SchedulerModel SchedulerModel::of(Engine& engine) {
+  return {&engine.backend(), &engine.tokenizer(), engine.options().chunk, engine.max_context()};
+}
+
 Scheduler::Scheduler(Engine& engine, SchedulerOptions opts, Metrics& metrics)
-    : engine_(engine), opts_(opts), metrics_(metrics) {
+    : Scheduler(SchedulerModel::of(engine), opts, metrics) {}
+
+Scheduler::Scheduler(SchedulerModel on, SchedulerOptions opts, Metrics& metrics)
+    : on_(on), backend_(*on.backend), tok_(*on.tokenizer), opts_(opts), metrics_(metrics) {
+  DUO_CHECK(on_.chunk > 0 && on_.max_context > 0, "the scheduler needs a positive chunk and context limit");
   DUO_CHECK(opts_.max_batch >= 1, "max batch must be at least 1 (got {})", opts_.max_batch);
   DUO_CHECK(opts_.max_queue >= 0, "max queue must be >= 0 (got {})", opts_.max_queue);
   DUO_CHECK(opts_.kv_budget_bytes > 0, "the KV budget must be positive");
-  if (opts_.prefill_tokens_per_step <= 0) opts_.prefill_tokens_per_step = engine_.options().chunk;
+  if (opts_.prefill_tokens_per_step <= 0) opts_.prefill_tokens_per_step = on_.chunk;
   publish_gauges(0);
   thread_ = std::thread([this] { run(); });
 }
@@ -110,20 +118,23 @@ void Scheduler::shutdown() {
   if (thread_.joinable()) thread_.join();
 }
 
+// The positions a request's cache reaches: its prompt and every generated token but the last,
+// which is emitted and never fed back.
+int64_t Scheduler::capacity(const Job& job) { return (int64_t)job.prompt.size() + job.max_tokens - 1; }
+
 size_t Scheduler::kv_cost(const Job& job) const {
-  const int64_t positions = (int64_t)job.prompt.size() + job.max_tokens - 1;
-  return KvCache::bytes_for(job.plan, engine_.model().config().head_dim, positions);
+  return backend_.sequence_bytes(job.plan, capacity(job));
 }
 
 std::shared_ptr<Generation> Scheduler::submit(Job job) {
-  const ModelConfig& c = engine_.model().config();
+  const ModelConfig& c = backend_.config();
   if (job.prompt.empty()) throw ApiError(400, "invalid_request_error", "the prompt is empty", "prompt");
   for (int32_t t : job.prompt)
     if (t < 0 || t >= c.n_vocab)
       throw ApiError(400, "invalid_request_error",
                      fmt::format("token id {} is outside the vocabulary (0..{})", t, c.n_vocab - 1), "prompt");
   if (job.max_tokens < 1) throw ApiError(400, "invalid_request_error", "max_tokens must be at least 1", "max_tokens");
-  const int64_t limit = engine_.max_context();
+  const int64_t limit = on_.max_context;
   if ((int64_t)job.prompt.size() + job.max_tokens > limit)
     throw ApiError(400, "invalid_request_error",
                    fmt::format("this model's context limit is {} tokens, but {} prompt tokens + max_tokens {} "
@@ -186,10 +197,13 @@ void Scheduler::admit_locked() {
     std::unique_ptr<Sequence> s = std::move(pending_.front());
     pending_.pop_front();
     try {
-      s->cache = engine_.model().new_cache(s->job.plan);
-    } catch (const std::bad_alloc&) {
+      s->state = backend_.new_sequence(s->job.plan, capacity(s->job));
+    } catch (const std::exception& e) {
+      // Admission counted this cache within the budget, so this is the device refusing memory
+      // the budget said was there (a budget larger than the device, or another process).
       s->out->finish(FinishReason::Error, 0,
-                     ApiError(503, "server_error", "out of memory allocating the KV cache", "", "out_of_memory"));
+                     ApiError(503, "server_error", fmt::format("out of memory allocating the KV cache: {}", e.what()),
+                              "", "out_of_memory"));
       metrics_.count_finished(to_string(FinishReason::Error));
       continue;
     }
@@ -211,8 +225,7 @@ void Scheduler::run() {
     std::erase_if(active_, [](const auto& s) { return s->done; });
     int batch = 0;
     if (!active_.empty()) {
-      batch = (int)active_.size();
-      step();
+      batch = step();
       std::erase_if(active_, [](const auto& s) { return s->done; });
     }
     publish_gauges(batch);
@@ -221,88 +234,78 @@ void Scheduler::run() {
   const ApiError bye(503, "server_error", "the server is shutting down", "", "shutting_down");
   for (auto& s : active_) finish(*s, FinishReason::Error, bye);
   active_.clear();
-  std::lock_guard lk(mu_);
-  for (auto& s : pending_) {
-    s->out->finish(FinishReason::Error, 0, bye);
-    metrics_.count_finished(to_string(FinishReason::Error));
+  {
+    std::lock_guard lk(mu_);
+    for (auto& s : pending_) {
+      s->out->finish(FinishReason::Error, 0, bye);
+      metrics_.count_finished(to_string(FinishReason::Error));
+    }
+    pending_.clear();
   }
-  pending_.clear();
+  publish_gauges(0);  // /metrics shows the server empty, not its last step
 }
 
-void Scheduler::step() {
+int Scheduler::step() {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
-  Model& model = engine_.model();
-  const int V = model.config().n_vocab;
-  const int64_t chunk = engine_.options().chunk;
+  const int64_t chunk = on_.chunk;
   // One item per sequence: its last token (decoders first, side by side, so they share the
-  // matmuls), or a pre-fill chunk with the chunk boundaries of Model::forward. forward_batch
-  // gives chunks matmuls of their own, so what a sequence computes does not depend on what
-  // else is in the step while at most 4 sequences decode (beyond that the shared matmuls
-  // take the many-token kernel: equal within rounding, see forward_batch_test).
-  std::vector<BatchItem> items;
+  // matmuls), or a pre-fill chunk with the chunk boundaries of a single-sequence forward, so
+  // what a sequence computes does not depend on what else is in the step (within rounding:
+  // see the backends' step()). The last chunk of a prompt picks the first token.
+  std::vector<StepItem> items;
   std::vector<Sequence*> owners;
   for (auto& s : active_)
     if (s->fed == (int64_t)s->job.prompt.size()) {
-      items.push_back({s->cache.get(), &s->next, 1});
+      items.push_back({s->state.get(), &s->next, 1, &s->sampler});
       owners.push_back(s.get());
     }
+  // Pre-fill chunks while they fit the step's token budget; the first is taken whatever its
+  // size (a chunk is never cut), so the oldest prompt always moves on. Later, smaller chunks
+  // may still fill what is left.
   int64_t prefill_left = opts_.prefill_tokens_per_step, prefilled = 0;
   for (auto& s : active_) {
     const int64_t P = (int64_t)s->job.prompt.size();
-    if (s->fed == P || prefill_left <= 0) continue;
+    if (s->fed == P) continue;
     const int64_t m = std::min(chunk, P - s->fed);
+    if (prefilled > 0 && m > prefill_left) continue;
     prefill_left -= m;
     prefilled += m;
-    items.push_back({s->cache.get(), s->job.prompt.data() + s->fed, m});
+    items.push_back({s->state.get(), s->job.prompt.data() + s->fed, m, s->fed + m == P ? &s->sampler : nullptr});
     owners.push_back(s.get());
   }
-  static thread_local std::vector<float> logits;
-  logits.resize(items.size() * (size_t)V);
+  std::vector<int32_t> ids(items.size(), -1);
   try {
-    model.forward_batch(items, logits.data(), engine_.pool());
+    backend_.step(items, ids.data());
   } catch (const std::exception& e) {
     // The caches of this batch are in an unknown state: end these sequences, keep serving.
     const bool oom = dynamic_cast<const std::bad_alloc*>(&e) != nullptr;
     const ApiError err = oom ? ApiError(503, "server_error", "out of memory during generation", "", "out_of_memory")
                              : ApiError(500, "server_error", fmt::format("generation failed: {}", e.what()));
     for (Sequence* s : owners) finish(*s, FinishReason::Error, err);
-    return;
+    return (int)items.size();
   }
+  const auto t1 = clock::now();
   // The caches are at their largest now, before finished sequences let theirs go.
   size_t kv = 0;
-  for (const auto& s : active_) kv += s->cache->bytes();
+  for (const auto& s : active_) kv += s->state->kv_bytes();
   metrics_.observe_kv(kv);
-  // Sequences whose next token is due sample it in parallel (each from its own logits with
-  // its own sampler: the same tokens in any order); taking the tokens stays in batch order.
-  std::vector<size_t> due;
+  int64_t generated = 0;
   for (size_t i = 0; i < owners.size(); ++i) {
     Sequence& s = *owners[i];
     if (s.fed < (int64_t)s.job.prompt.size()) {
       s.fed += items[i].n;
       if (s.fed < (int64_t)s.job.prompt.size()) continue;  // more prompt to read
     }
-    due.push_back(i);
+    if (!tok_.is_eog(ids[i])) ++generated;
+    take_token(s, ids[i], t1);
   }
-  std::vector<int32_t> ids(due.size());
-  const float* lg = logits.data();  // (a thread_local: the workers must not name it)
-  auto sample = [&](int64_t j0, int64_t j1, int) {
-    for (int64_t j = j0; j < j1; ++j) ids[j] = owners[due[j]]->sampler.sample(lg + due[j] * V, V);
-  };
-  if (due.size() >= 4)
-    engine_.pool().parallel_for((int64_t)due.size(), sample);
-  else
-    sample(0, (int64_t)due.size(), 0);
-  int64_t generated = 0;
-  for (size_t j = 0; j < due.size(); ++j) {
-    if (!engine_.tokenizer().is_eog(ids[j])) ++generated;
-    take_token(*owners[due[j]], ids[j]);
-  }
-  metrics_.record_step(prefilled, generated, std::chrono::duration<double>(clock::now() - t0).count());
+  metrics_.record_step((int)items.size(), prefilled, generated, std::chrono::duration<double>(t1 - t0).count());
+  return (int)items.size();
 }
 
-bool Scheduler::take_token(Sequence& s, int32_t id) {
-  const Tokenizer& tok = engine_.tokenizer();
+bool Scheduler::take_token(Sequence& s, int32_t id, std::chrono::steady_clock::time_point now) {
+  const Tokenizer& tok = tok_;
   // The order of Session::generate: an end-of-generation token ends it unseen; any other is
   // counted and shown, then the sequence stops at max_tokens or goes on with it.
   if (tok.is_eog(id)) {
@@ -310,6 +313,12 @@ bool Scheduler::take_token(Sequence& s, int32_t id) {
     return true;
   }
   ++s.generated;
+  const double since = std::chrono::duration<double>(now - (s.generated == 1 ? s.submitted : s.last_token)).count();
+  if (s.generated == 1)
+    metrics_.observe_first_token(since);
+  else
+    metrics_.observe_inter_token(since);
+  s.last_token = now;
   s.out->emit(s.stop.push(s.utf8.push(tok.token_to_piece(id))));
   if (s.stop.matched()) {
     finish(s, FinishReason::Stop);
@@ -333,7 +342,7 @@ void Scheduler::finish(Sequence& s, FinishReason reason, std::optional<ApiError>
     s.out->emit(s.stop.flush());
   }
   s.done = true;
-  s.cache.reset();
+  s.state.reset();
   {
     std::lock_guard lk(mu_);
     reserved_ -= s.cost;
@@ -347,9 +356,9 @@ void Scheduler::publish_gauges(int last_batch) {
   SchedulerGauges g;
   g.active = (int)active_.size();
   for (const auto& s : active_) {
-    if (!s->cache) continue;
-    g.kv_retrieval += s->cache->bytes(HeadKind::Retrieval);
-    g.kv_streaming += s->cache->bytes(HeadKind::Streaming);
+    if (!s->state) continue;
+    g.kv_retrieval += s->state->kv_bytes(HeadKind::Retrieval);
+    g.kv_streaming += s->state->kv_bytes(HeadKind::Streaming);
   }
   g.kv_budget = opts_.kv_budget_bytes;
   g.last_batch = last_batch;

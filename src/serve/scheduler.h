@@ -1,13 +1,14 @@
-// Continuous batching on one Engine. HTTP threads submit jobs; one scheduler thread owns the
-// model and runs steps: each step admits queued jobs while the KV budget allows, then runs
-// one Model::forward_batch over every running sequence (a pre-fill chunk for sequences still
-// reading their prompt, the last sampled token for the others), samples each sequence's next
-// token and streams its text to the waiting HTTP thread.
+// Continuous batching on one model backend (CPU or CUDA, through ModelBackend alone). HTTP
+// threads submit jobs; one scheduler thread owns the backend and runs steps: each step admits
+// queued jobs while the KV budget allows, then runs one ModelBackend::step over every running
+// sequence (a pre-fill chunk for sequences still reading their prompt, the last sampled token
+// for the others), which picks each sequence's next token; the text streams to the waiting
+// HTTP thread.
 //
-// Admission is against exact KV cost: a sequence reserves what its cache will hold at its
-// largest (prompt + max_tokens - 1 positions; retrieval heads grow with length, streaming
-// heads are constant; the formula is KvCache::bytes_for), so the caches together never
-// exceed the budget. A job that could never fit is refused at submit; one that fits later
+// Admission is against exact cost: a sequence reserves what its cache will hold at its largest
+// (prompt + max_tokens - 1 positions; retrieval heads grow with length, streaming heads are
+// constant; the formula is the backend's sequence_bytes), so the caches together never exceed
+// the budget. A job that could never fit is refused at submit; one that fits later
 // waits in a bounded FIFO queue; a full queue is refused (503).
 #pragma once
 #include <atomic>
@@ -34,7 +35,7 @@ const char* to_string(FinishReason r);
 // What to generate: everything resolved against the model already.
 struct Job {
   std::vector<int32_t> prompt;
-  HeadPlan plan;  // in the model's cache-slot order (Model::to_slot_order)
+  HeadPlan plan;  // in the model's cache-slot order (Engine::to_slot_order)
   int64_t max_tokens = 16;
   SamplerConfig sampling;
   std::vector<std::string> stop;
@@ -73,6 +74,16 @@ class Generation {
   std::atomic<bool> cancelled_{false};
 };
 
+// What the scheduler runs on: the backend, the tokenizer of its vocabulary, and the limits of
+// the engine it came from (tests give a fake backend).
+struct SchedulerModel {
+  ModelBackend* backend = nullptr;
+  const Tokenizer* tokenizer = nullptr;
+  int64_t chunk = 512;        // pre-fill tokens an item
+  int64_t max_context = 0;    // prompt + max_tokens at most
+  static SchedulerModel of(Engine& engine);
+};
+
 struct SchedulerOptions {
   size_t kv_budget_bytes = size_t(2) << 30;
   int max_batch = 32;                  // sequences running at once
@@ -83,6 +94,7 @@ struct SchedulerOptions {
 class Scheduler {
  public:
   Scheduler(Engine& engine, SchedulerOptions opts, Metrics& metrics);
+  Scheduler(SchedulerModel on, SchedulerOptions opts, Metrics& metrics);
   ~Scheduler();
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
@@ -92,6 +104,8 @@ class Scheduler {
   std::shared_ptr<Generation> submit(Job job);
   // Exact KV bytes a job reserves (its cache at prompt + max_tokens - 1 positions).
   size_t kv_cost(const Job& job) const;
+  // Positions a job's cache reaches at its largest (what kv_cost is the cost of).
+  static int64_t capacity(const Job& job);
   const SchedulerOptions& options() const { return opts_; }
   // Stops the thread; jobs still queued or running finish with a 503 error.
   void shutdown();
@@ -100,12 +114,15 @@ class Scheduler {
   struct Sequence;
   void run();
   void admit_locked();
-  void step();
-  bool take_token(Sequence& s, int32_t id);  // true when the sequence finished
+  int step();  // returns the sequences in the step
+  // Takes a sequence's picked token (at `now`, the end of its step); true when it finished.
+  bool take_token(Sequence& s, int32_t id, std::chrono::steady_clock::time_point now);
   void finish(Sequence& s, FinishReason reason, std::optional<ApiError> error = std::nullopt);
   void publish_gauges(int last_batch);
 
-  Engine& engine_;
+  SchedulerModel on_;
+  ModelBackend& backend_;
+  const Tokenizer& tok_;
   SchedulerOptions opts_;
   Metrics& metrics_;
   std::mutex mu_;

@@ -29,8 +29,8 @@ TEST(Metrics, RendersCountersAndGauges) {
   m.count_request("other", 404);
   m.count_rejected("queue_full");
   m.count_finished("stop");
-  m.record_step(100, 3, 0.5);
-  m.record_step(0, 4, 0.25);
+  m.record_step(2, 100, 3, 0.5);
+  m.record_step(5, 0, 4, 0.25);
   SchedulerGauges g;
   g.active = 3;
   g.queued = 2;
@@ -62,6 +62,35 @@ TEST(Metrics, RendersCountersAndGauges) {
   // Every sample has its HELP and TYPE.
   EXPECT_NE(page.find("# TYPE duo_requests_total counter\n"), std::string::npos);
   EXPECT_NE(page.find("# TYPE duo_queue_depth gauge\n"), std::string::npos);
+}
+
+TEST(Metrics, RendersLatencyAndBatchHistograms) {
+  Metrics m;
+  m.observe_first_token(0.003);  // le 0.005
+  m.observe_first_token(0.2);    // le 0.25
+  m.observe_first_token(100);    // beyond the last bound: only +Inf
+  m.observe_inter_token(0.01);   // exactly on a bound counts in it ("le")
+  m.record_step(3, 0, 3, 0.1);
+  m.record_step(1, 10, 0, 0.1);
+  m.record_step(9, 0, 9, 0.1);
+  const std::string page = m.render();
+  const std::string t = "duo_time_to_first_token_seconds";
+  EXPECT_NE(page.find("# TYPE " + t + " histogram\n"), std::string::npos);
+  EXPECT_EQ(sample(page, t + R"(_bucket{le="0.005"})"), 1);
+  EXPECT_EQ(sample(page, t + R"(_bucket{le="0.1"})"), 1);  // cumulative
+  EXPECT_EQ(sample(page, t + R"(_bucket{le="0.25"})"), 2);
+  EXPECT_EQ(sample(page, t + R"(_bucket{le="60"})"), 2);
+  EXPECT_EQ(sample(page, t + R"(_bucket{le="+Inf"})"), 3);
+  EXPECT_EQ(sample(page, t + "_count"), 3);
+  EXPECT_DOUBLE_EQ(sample(page, t + "_sum"), 100.203);
+  EXPECT_EQ(sample(page, R"(duo_inter_token_latency_seconds_bucket{le="0.005"})"), 0);
+  EXPECT_EQ(sample(page, R"(duo_inter_token_latency_seconds_bucket{le="0.01"})"), 1);
+  EXPECT_EQ(sample(page, "duo_inter_token_latency_seconds_count"), 1);
+  EXPECT_EQ(sample(page, R"(duo_batch_step_sequences_bucket{le="1"})"), 1);
+  EXPECT_EQ(sample(page, R"(duo_batch_step_sequences_bucket{le="4"})"), 2);
+  EXPECT_EQ(sample(page, R"(duo_batch_step_sequences_bucket{le="16"})"), 3);
+  EXPECT_EQ(sample(page, "duo_batch_step_sequences_sum"), 13);
+  EXPECT_EQ(sample(page, "duo_batch_step_sequences_count"), 3);
 }
 
 TEST(Metrics, EscapesLabelValues) {

@@ -26,7 +26,7 @@ struct ServeOptions {
   std::string host = "127.0.0.1";
   int port = 8080;
   std::string model_id;
-  double kv_budget_mib = 2048;
+  double kv_budget_mib = 0;  // 0: 2048 MiB on the CPU, what the GPU has free after the weights on CUDA
   int max_batch = 32;
   int max_queue = 64;
   int64_t prefill_step = 0;
@@ -49,8 +49,13 @@ void run_server(const ServeOptions& o) {
   std::signal(SIGPIPE, SIG_IGN);
 
   Engine engine(engine_options(o.model));
-  const ModelConfig& c = engine.model().config();
-  if (engine.options().device == Device::Cpu && !o.no_pack) {
+  ModelBackend& backend = engine.backend();
+  const ModelConfig& c = backend.config();
+  const bool gpu = backend.device() == Device::Cuda;
+  DUO_CHECK(!(gpu && o.no_pack), "--no-pack is a CPU option (the CUDA backend packs nothing)");
+  // A KV type the device cannot store is refused now, not at the first request.
+  (void)backend.kv_bytes_for(engine.plan(), 1);
+  if (!gpu && !o.no_pack) {
     // Batched steps run the many-token matmul kernel every step: give it its panels once.
     const size_t packed = engine.model().pack_weights(engine.pool());
     if (packed) fmt::print(stderr, "duo serve: weights packed for batched matmuls ({:.0f} MiB)\n", packed / 1048576.0);
@@ -85,9 +90,21 @@ void run_server(const ServeOptions& o) {
     ctx.patterns[name] = std::move(g);
   }
 
-  DUO_CHECK(o.kv_budget_mib > 0, "--kv-budget must be positive");
+  DUO_CHECK(o.kv_budget_mib >= 0, "--kv-budget must be positive");
   serve::SchedulerOptions so;
   so.kv_budget_bytes = (size_t)(o.kv_budget_mib * 1048576.0);
+  if (gpu) {
+    // The budget is device memory: caches beyond what is free would fail mid-generation.
+    const size_t free_kv = backend.free_kv_memory();
+    DUO_CHECK(free_kv > 0, "the GPU has no memory left for KV caches after the weights ({})", backend.description());
+    DUO_CHECK(so.kv_budget_bytes <= free_kv,
+              "--kv-budget {:.0f} MiB is more than the {:.0f} MiB this GPU has free for KV caches after the weights "
+              "and activations; give at most that, or leave --kv-budget out to use it all",
+              o.kv_budget_mib, free_kv / 1048576.0);
+    if (so.kv_budget_bytes == 0) so.kv_budget_bytes = free_kv;
+  } else if (so.kv_budget_bytes == 0) {
+    so.kv_budget_bytes = size_t(2048) << 20;
+  }
   so.max_batch = o.max_batch;
   so.max_queue = o.max_queue;
   so.prefill_tokens_per_step = o.prefill_step;
@@ -112,9 +129,10 @@ void run_server(const ServeOptions& o) {
     server.stop();
   });
   fmt::print("duo serve: listening on http://{}:{} (model '{}', {} attention, sink {} recent {}, KV budget {:.0f} "
-             "MiB, max batch {}, context {})\n",
+             "MiB, max batch {}, context {}, {})\n",
              o.host, port, ctx.model_id, to_string(engine.options().attention), engine.options().window.sink,
-             engine.options().window.recent, o.kv_budget_mib, o.max_batch, engine.max_context());
+             engine.options().window.recent, so.kv_budget_bytes / 1048576.0, o.max_batch, engine.max_context(),
+             backend.description());
   std::fflush(stdout);
   server.listen();
   scheduler.shutdown();
@@ -132,7 +150,9 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--host", o->host, "address to listen on");
   cmd->add_option("--port", o->port, "port to listen on (0: any free port, printed at start)")->check(CLI::Range(0, 65535));
   cmd->add_option("--model-id", o->model_id, "model name clients ask for (default: the GGUF file name without .gguf)");
-  cmd->add_option("--kv-budget", o->kv_budget_mib, "KV cache memory budget in MiB for all running sequences")
+  cmd->add_option("--kv-budget", o->kv_budget_mib,
+                  "KV cache memory budget in MiB for all running sequences (default: 2048 on the CPU; on CUDA what "
+                  "the GPU has free after the weights)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--max-batch", o->max_batch, "most sequences decoding together")->check(CLI::PositiveNumber);
   cmd->add_option("--max-queue", o->max_queue, "most requests waiting for admission (more get 503)")

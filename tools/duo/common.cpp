@@ -65,6 +65,9 @@ EngineOptions engine_options(const ModelOptions& o) {
   e.gpu_weights = parse_weight_format(o.gpu_weights);
   e.act_bits = o.act_bits;
   DUO_CHECK(e.gpu_weights == WeightFormat::Bf16 || e.device == Device::Cuda, "--gpu-weights needs --device cuda");
+  // Refused rather than ignored: nothing may silently run differently from what was asked.
+  DUO_CHECK(e.act_bits == 16 || e.device == Device::Cpu,
+            "--act-bits 8 is a CPU matmul mode; the CUDA backend runs bf16 activations (drop --act-bits)");
   if (e.attention == AttentionMode::Duo) {
     DUO_CHECK(!o.pattern.empty(), "--attention duo needs --pattern FILE (a gate matrix TSV)");
     const GateMatrix g = load_gates_tsv(o.pattern);
