@@ -121,6 +121,16 @@ const char* prefill_kernel_name(PrefillKernel k);
 void kv_append(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0, int n_kv_heads, int head_dim,
                const LayerKv& cache, cudaStream_t stream, const int32_t* pos_d = nullptr);
 
+// Decode tokens of several sequences (continuous batching) in one launch: item i's token, row
+// rows_d[i] of k / v (all KV heads, row stride kv_stride), goes into the cache caches_d[i] (a
+// device array of layer views, one an item) at position pos_d[i] (device), exactly as
+// kv_append(n = 1, pos0 = pos_d[i]) stores it, for every cache type. Quantized caches still need
+// that call's follow-up: kv_quantize (decode form, no chunk rows) for each item whose token
+// completes a group. All items share n_kv_heads and head_dim; rows_d, caches_d and pos_d hold
+// n_items entries each.
+void kv_append_batch(const bf16* k, const bf16* v, int64_t kv_stride, const int32_t* rows_d, const LayerKv* caches_d,
+                     const int32_t* pos_d, int n_items, int n_kv_heads, int head_dim, cudaStream_t stream);
+
 // Quantized caches: quantizes every retrieval head's groups of 64 positions (at >= sink16) that
 // the chunk [pos0, pos0 + n) completes, into their pages (kv_quant.h layout, the CPU cache's
 // bytes exactly). Rows at positions < pos0 come from the residual; rows >= pos0 from the chunk's
@@ -164,6 +174,32 @@ int decode_splits(const DecodeArgs& a);
 // streaming KV head, all query heads of the GQA group in the CTA so K/V are read once) plus a
 // merge kernel for the retrieval heads when there are splits.
 void decode_attention(const DecodeArgs& a, cudaStream_t stream);
+
+// Decode attention of several sequences (one query token each) in one launch: item i attends
+// like decode_attention(items[i]) (host n_past, pos_d unused), all items of one KV type and shape.
+//  - Each item has its own cache view (page table, head kinds / mode, sink / recent window),
+//    n_past, q / out, retrieval_kv_heads and optionally split_tokens (0: chosen for the batch:
+//    the items' retrieval heads share one wave of CTAs in proportion to their keys, splits of
+//    at least 256 keys; an item's own workspace fields are ignored).
+//  - workspace: decode_batch_workspace_bytes(items, n) bytes of device memory (the split
+//    partials of all items; 0 when no item is split); params: decode_batch_params_bytes(n)
+//    bytes of device memory, which receives the per-item launch parameters (copied on `stream`
+//    from pinned host staging before the kernels; both must stay untouched until they ran).
+//  - Two launches (attention, grid.y = item; merge of the splits) after the parameter copy.
+//    Not capturable in a CUDA graph (host n_past; throws std::invalid_argument when `stream` is
+//    capturing). Both size functions depend on the current device (its SM count and occupancy)
+//    and on every item's n_past and plan: call them for the same items as the launch.
+struct DecodeBatch {
+  const DecodeArgs* items = nullptr;
+  int n = 0;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  void* params = nullptr;
+  size_t params_bytes = 0;
+};
+size_t decode_batch_workspace_bytes(const DecodeArgs* items, int n);  // split partials of all items
+size_t decode_batch_params_bytes(int n);  // device bytes for the per-item parameter array
+void decode_attention_batch(const DecodeBatch& b, cudaStream_t stream);
 
 // Throws std::runtime_error with the CUDA error string.
 void check_cuda(cudaError_t e, const char* what);

@@ -16,9 +16,17 @@
 // CTA is resident at once (one wave): the short streaming CTAs never delay a retrieval split.
 // The split count does not depend on n_past (only each split's size does, computed on the
 // device), so the launch can be captured once in a CUDA graph and replayed at every position.
+//
+// decode_attention_batch: the same kernels (decode_split.cuh) over several sequences in one
+// launch, grid.y = sequence. The splits are chosen for the batch as a whole: one wave of CTAs
+// shared by all sequences in proportion to their keys (choose_batch_splits), so a long sequence
+// gets many splits and a short one one, instead of a wave each.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <mutex>
 #include <stdexcept>
+#include <vector>
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/common.cuh"
@@ -30,21 +38,24 @@ namespace detail {
 namespace {
 
 template <int D, int G>
-__global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2) decode_kernel(const DecodeParams p) {
+__global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2)
+    decode_kernel(const __grid_constant__ DecodeParams one, const DecodeParams* __restrict__ items) {
   constexpr int LANES = D / 8;        // lanes a key row
   constexpr int KPW = 32 / LANES;     // keys a warp-load
   constexpr int STREAMS = kDecWarps * KPW;
   constexpr int U = G <= 4 ? 8 : 4;   // loads in flight a thread (each K and V)
+  const DecodeParams& p = params_of(one, items);
+  if ((int)blockIdx.x >= decode_ctas(p)) return;  // (a batch item with fewer CTAs than the grid)
   const DecodeArgs& a = p.a;
   const LayerKv& c = a.cache;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int sub = lane / LANES, cl = lane % LANES, stream = warp * KPW + sub;
   const int n_past = decode_n_past(a);
-  const int item = blockIdx.x, n_items = p.n_retrieval * p.n_splits;
-  const bool streaming = item >= n_items;
-  const int split = streaming ? 0 : item % p.n_splits;
-  const int kvh = streaming ? nth_head(c, a.n_kv_heads, item - n_items, 1)
-                            : nth_head(c, a.n_kv_heads, item / p.n_splits, 0);
+  const int cta = blockIdx.x, n_split_ctas = p.n_retrieval * p.n_splits;
+  const bool streaming = cta >= n_split_ctas;
+  const int split = streaming ? 0 : cta % p.n_splits;
+  const int kvh = streaming ? nth_head(c, a.n_kv_heads, cta - n_split_ctas, 1)
+                            : nth_head(c, a.n_kv_heads, cta / p.n_splits, 0);
   // A streaming head, or a retrieval head without splits, writes its output directly.
   const bool direct = streaming || p.n_splits == 1;
 
@@ -178,24 +189,23 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2) decode_kernel(con
 }
 
 template <int D, int G>
-void launch_decode(const DecodeParams& p, cudaStream_t stream) {
-  const int streaming_heads = p.a.n_kv_heads - p.n_retrieval;
-  decode_kernel<D, G><<<p.n_retrieval * p.n_splits + streaming_heads, kDecThreads, 0, stream>>>(p);
+void launch_decode(const DecodeParams& one, const DecodeLaunch& l, cudaStream_t stream) {
+  decode_kernel<D, G><<<dim3(l.ctas, l.n_items), kDecThreads, 0, stream>>>(one, l.items);
   check_cuda(cudaGetLastError(), "decode_attention launch");
-  launch_merge<D, G>(p, stream);
+  launch_merge<D, G>(one, l, stream);
 }
 
 template <int D>
-void dispatch_group(const DecodeParams& p, cudaStream_t stream) {
+void dispatch_group(const DecodeParams& p, const DecodeLaunch& l, cudaStream_t stream) {
   switch (p.a.n_heads / p.a.n_kv_heads) {
-    case 1: return launch_decode<D, 1>(p, stream);
-    case 2: return launch_decode<D, 2>(p, stream);
-    case 3: return launch_decode<D, 3>(p, stream);
-    case 4: return launch_decode<D, 4>(p, stream);
-    case 5: return launch_decode<D, 5>(p, stream);
-    case 6: return launch_decode<D, 6>(p, stream);
-    case 7: return launch_decode<D, 7>(p, stream);
-    case 8: return launch_decode<D, 8>(p, stream);
+    case 1: return launch_decode<D, 1>(p, l, stream);
+    case 2: return launch_decode<D, 2>(p, l, stream);
+    case 3: return launch_decode<D, 3>(p, l, stream);
+    case 4: return launch_decode<D, 4>(p, l, stream);
+    case 5: return launch_decode<D, 5>(p, l, stream);
+    case 6: return launch_decode<D, 6>(p, l, stream);
+    case 7: return launch_decode<D, 7>(p, l, stream);
+    case 8: return launch_decode<D, 8>(p, l, stream);
     default: throw std::invalid_argument("decode_attention: at most 8 query heads a KV head");
   }
 }
@@ -243,6 +253,22 @@ int retrieval_heads(const DecodeArgs& a) {
   throw std::invalid_argument("decode_attention: bad head mode");
 }
 
+// Resident CTA slots of the whole device (one wave) for the kernel these parameters run.
+int wave_slots(int head_dim, int group, KvType type, bool quant) {
+  const int per_sm = quant ? decode_quant_resident_ctas(head_dim, group, type) : resident_ctas(head_dim, group);
+  return per_sm * sm_count();
+}
+
+// The shape checks of decode_attention; returns the retrieval KV heads.
+int check_args(const DecodeArgs& a) {
+  if (a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads != 0)
+    throw std::invalid_argument("decode_attention: n_heads must be a multiple of n_kv_heads");
+  if (a.head_dim != 64 && a.head_dim != 128)
+    throw std::invalid_argument("decode_attention: head_dim must be 64 or 128");
+  if (a.n_heads / a.n_kv_heads > 8) throw std::invalid_argument("decode_attention: at most 8 query heads a KV head");
+  return retrieval_heads(a);
+}
+
 // Splits a retrieval head, and their size (0: computed on the device from n_past).
 void choose_splits(const DecodeArgs& a, int& n_splits, int& split_tokens) {
   const int R = retrieval_heads(a);
@@ -258,29 +284,177 @@ void choose_splits(const DecodeArgs& a, int& n_splits, int& split_tokens) {
   if (a.split_tokens > 0) throw std::invalid_argument("decode_attention: split_tokens needs a host n_past (no pos_d)");
   // One full wave: the retrieval splits plus one CTA a streaming head fill every resident CTA
   // slot once (a second, partial wave would leave most SMs idle at the end).
-  const int g = a.n_heads / a.n_kv_heads;
-  const int per_sm = quantized_cache(a.cache) ? decode_quant_resident_ctas(a.head_dim, g, a.cache.type)
-                                              : resident_ctas(a.head_dim, g);  // (R > 0 here)
-  const int slots = per_sm * sm_count();
+  const int slots = wave_slots(a.head_dim, a.n_heads / a.n_kv_heads, a.cache.type, quantized_cache(a.cache));
   n_splits = std::max(1, (slots - (a.n_kv_heads - R)) / R);
   if (a.n_past > 0) n_splits = std::min(n_splits, std::max(1, (a.n_past + 255) / 256));  // >= 256 keys a split
   split_tokens = 0;
 }
 
-// kv_append: one CTA a chunk token, one thread a 16-byte piece of a row of each KV head.
-__global__ void append_kernel(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0_host, int n_kv,
-                              int d, const LayerKv c, const int32_t* pos_d) {
-  const int pos0 = pos_d ? *pos_d : pos0_host;
-  const int r = blockIdx.x, pos = pos0 + r;
+// The splits of a batch (decode_attention_batch): the retrieval heads of all items share one
+// wave of CTA slots (less one a streaming head, and the splits of items that fixed their
+// split_tokens) in proportion to their keys: item i gets about slots * n_past_i / sum_j(R_j *
+// n_past_j) splits a retrieval head, at least 1, at most one a 256 keys, each a multiple of 64
+// keys (the host knows every n_past, so the size is fixed here and no split is empty).
+void choose_batch_splits(std::vector<DecodeParams>& ps, bool quant) {
+  const DecodeArgs& f = ps[0].a;
+  double work = 0;  // keys the automatically split retrieval heads read
+  int budget = 0, auto_heads = 0;
+  for (DecodeParams& p : ps) {
+    const DecodeArgs& a = p.a;
+    const int R = p.n_retrieval;
+    budget -= a.n_kv_heads - R;
+    if (R == 0) {
+      p.n_splits = 1, p.split_tokens = 0;
+    } else if (a.split_tokens > 0) {  // as decode_attention does
+      p.split_tokens = (a.split_tokens + 63) / 64 * 64;
+      p.n_splits = std::max(1, (a.n_past + p.split_tokens - 1) / p.split_tokens);
+      budget -= R * p.n_splits;
+    } else {
+      work += (double)R * a.n_past, auto_heads += R;
+    }
+  }
+  if (auto_heads == 0) return;
+  budget = std::max(budget + wave_slots(f.head_dim, f.n_heads / f.n_kv_heads, f.cache.type, quant), auto_heads);
+  for (DecodeParams& p : ps) {
+    if (p.n_retrieval == 0 || p.a.split_tokens > 0) continue;
+    const int n_past = p.a.n_past;
+    const int most = std::min(kMaxMergeSplits, (n_past + 255) / 256);
+    const int want = (int)std::min<double>(most, std::floor(budget * (double)n_past / work));
+    const int s = std::max(1, want);
+    const int t = (n_past + s - 1) / s;
+    p.split_tokens = std::max(256, (t + 63) / 64 * 64);
+    p.n_splits = (n_past + p.split_tokens - 1) / p.split_tokens;
+  }
+}
+
+// A batch's parameters (the workspace pointers as offsets from its start) and launch shape.
+struct BatchPlan {
+  std::vector<DecodeParams> items;
+  std::vector<size_t> ws_offset;  // item i's partials at workspace + ws_offset[i] (when n_splits > 1)
+  size_t ws_bytes = 0;
+  bool quant = false;  // runs the quantized-cache kernel
+  DecodeLaunch launch;
+};
+
+BatchPlan plan_batch(const DecodeArgs* items, int n) {
+  if (n < 0 || (n > 0 && !items)) throw std::invalid_argument("decode_attention_batch: no items");
+  if (n > 65535) throw std::invalid_argument("decode_attention_batch: at most 65535 items");
+  BatchPlan b;
+  if (n == 0) return b;
+  const DecodeArgs& f = items[0];
+  b.items.resize(n);
+  bool any_retrieval = false;
+  for (int i = 0; i < n; ++i) {
+    const DecodeArgs& a = items[i];
+    if (a.n_past <= 0) throw std::invalid_argument("decode_attention_batch: every item needs a host n_past > 0");
+    if (a.n_heads != f.n_heads || a.n_kv_heads != f.n_kv_heads || a.head_dim != f.head_dim ||
+        a.cache.type != f.cache.type)
+      throw std::invalid_argument("decode_attention_batch: the items differ in head shape or KV type");
+    DecodeParams& p = b.items[i];
+    p = DecodeParams{};
+    p.a = a;
+    p.a.pos_d = nullptr;  // host n_past only
+    p.a.workspace = nullptr, p.a.workspace_bytes = 0;
+    p.n_retrieval = check_args(a);
+    any_retrieval |= p.n_retrieval > 0;
+  }
+  // Items without retrieval heads read only bf16 rings; with any quantized retrieval head the
+  // whole batch runs the quantized kernel (whose streaming CTAs read the rings as well).
+  b.quant = quantized_cache(f.cache) && any_retrieval;
+  if (b.quant)
+    for (const DecodeParams& p : b.items)
+      if (p.n_retrieval > 0) check_quant_view(p.a.cache);
+  choose_batch_splits(b.items, b.quant);
+  b.ws_offset.assign(n, 0);
+  b.launch.n_items = n;
+  for (int i = 0; i < n; ++i) {
+    const DecodeParams& p = b.items[i];
+    if (p.n_splits > kMaxMergeSplits)
+      throw std::invalid_argument("decode_attention_batch: more than 2048 splits (raise split_tokens)");
+    b.launch.ctas = std::max(b.launch.ctas, decode_ctas(p));
+    if (p.n_splits > 1) {
+      b.ws_offset[i] = (b.ws_bytes + 255) / 256 * 256;
+      b.ws_bytes = b.ws_offset[i] + decode_workspace_bytes(p.a.n_heads, p.a.head_dim, p.n_splits);
+      b.launch.merge_heads = std::max(b.launch.merge_heads, p.n_retrieval);
+    }
+  }
+  return b;
+}
+
+// Host -> device copies of a batch's parameters through pinned staging buffers, used in turn.
+// A buffer is refilled only after the copy that last read it has run (its event): an enqueued
+// cudaMemcpyAsync reads pinned memory when the stream reaches it, so overwriting it earlier
+// would corrupt a launch still waiting in the stream. With kSlots buffers the host may run
+// kSlots batch launches (a step's layers, and more) ahead of the device before it waits. (A
+// copy from pageable memory would be staged by the driver, but the CUDA documentation only says
+// it "might be synchronous", so this does not rely on it.) One device: the events belong to the
+// device current at a buffer's first use.
+class ParamStaging {
+ public:
+  void copy(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
+    std::lock_guard<std::mutex> lock(mu_);
+    Slot& s = slots_[next_];
+    next_ = (next_ + 1) % kSlots;
+    if (s.done)
+      check_cuda(cudaEventSynchronize(s.done), "decode_attention_batch: staging buffer wait");
+    else
+      check_cuda(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming), "decode_attention_batch: staging event");
+    if (s.bytes < bytes) {
+      if (s.host) check_cuda(cudaFreeHost(s.host), "decode_attention_batch: staging free");
+      s.host = nullptr, s.bytes = 0;
+      const size_t want = std::max<size_t>(16384, bytes * 2);
+      check_cuda(cudaMallocHost(&s.host, want), "decode_attention_batch: staging buffer");
+      s.bytes = want;
+    }
+    std::memcpy(s.host, src, bytes);
+    check_cuda(cudaMemcpyAsync(dst, s.host, bytes, cudaMemcpyHostToDevice, stream),
+               "decode_attention_batch: params copy");
+    check_cuda(cudaEventRecord(s.done, stream), "decode_attention_batch: staging event record");
+  }
+
+ private:
+  static constexpr int kSlots = 64;
+  struct Slot {
+    void* host = nullptr;
+    size_t bytes = 0;
+    cudaEvent_t done = nullptr;
+  };
+  std::mutex mu_;
+  Slot slots_[kSlots];
+  int next_ = 0;
+};
+
+ParamStaging& staging() {
+  static ParamStaging* s = new ParamStaging;  // never destroyed: may outlive the CUDA context
+  return *s;
+}
+
+// kv_append: one CTA a chunk token, one thread a 16-byte piece of a row of each KV head. Stores
+// the row at k / v + src (all KV heads) at position pos, for a chunk ending at `end`.
+__device__ __forceinline__ void append_row(const bf16* k, const bf16* v, int64_t src, int n_kv, int d,
+                                           const LayerKv& c, int pos, int end) {
   const int cpr = d / 8;
   for (int idx = threadIdx.x; idx < n_kv * cpr; idx += blockDim.x) {
     const int h = idx / cpr, ch = idx % cpr;
     bf16 *kd, *vd;
-    if (!cache_rows(c, h, pos, pos0 + n, d, kd, vd)) continue;
-    const int64_t src = (int64_t)r * kv_stride + (int64_t)h * d + ch * 8;
-    reinterpret_cast<uint4*>(kd)[ch] = *reinterpret_cast<const uint4*>(k + src);
-    reinterpret_cast<uint4*>(vd)[ch] = *reinterpret_cast<const uint4*>(v + src);
+    if (!cache_rows(c, h, pos, end, d, kd, vd)) continue;
+    const int64_t at = src + (int64_t)h * d + ch * 8;
+    reinterpret_cast<uint4*>(kd)[ch] = *reinterpret_cast<const uint4*>(k + at);
+    reinterpret_cast<uint4*>(vd)[ch] = *reinterpret_cast<const uint4*>(v + at);
   }
+}
+
+__global__ void append_kernel(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0_host, int n_kv,
+                              int d, const LayerKv c, const int32_t* pos_d) {
+  const int pos0 = pos_d ? *pos_d : pos0_host;
+  append_row(k, v, (int64_t)blockIdx.x * kv_stride, n_kv, d, c, pos0 + blockIdx.x, pos0 + n);
+}
+
+// kv_append_batch: CTA i stores item i's token (row rows[i]) into caches[i] at position pos[i].
+__global__ void append_batch_kernel(const bf16* k, const bf16* v, int64_t kv_stride, const int32_t* rows,
+                                    const LayerKv* caches, const int32_t* pos, int n_kv, int d) {
+  const int i = blockIdx.x, p = pos[i];
+  append_row(k, v, (int64_t)rows[i] * kv_stride, n_kv, d, caches[i], p, p + 1);
 }
 
 }  // namespace
@@ -300,11 +474,9 @@ int decode_splits(const DecodeArgs& a) {
 void decode_attention(const DecodeArgs& a, cudaStream_t stream) {
   if (!a.pos_d && a.n_past <= 0) throw std::invalid_argument("decode_attention: n_past must be > 0");
   if (a.pos_d && a.n_past < 0) throw std::invalid_argument("decode_attention: negative n_past bound");
-  if (a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads != 0)
-    throw std::invalid_argument("decode_attention: n_heads must be a multiple of n_kv_heads");
   detail::DecodeParams p;
   p.a = a;
-  p.n_retrieval = detail::retrieval_heads(a);
+  p.n_retrieval = detail::check_args(a);
   detail::choose_splits(a, p.n_splits, p.split_tokens);
   if (p.n_splits > detail::kMaxMergeSplits)
     throw std::invalid_argument("decode_attention: more than 2048 splits (raise split_tokens)");
@@ -316,12 +488,46 @@ void decode_attention(const DecodeArgs& a, cudaStream_t stream) {
   } else {
     p.part_o = p.part_lse = nullptr;
   }
-  if (a.head_dim != 64 && a.head_dim != 128) throw std::invalid_argument("decode_attention: head_dim must be 64 or 128");
-  if (a.n_heads / a.n_kv_heads > 8) throw std::invalid_argument("decode_attention: at most 8 query heads a KV head");
+  detail::DecodeLaunch l;
+  l.ctas = detail::decode_ctas(p);
+  l.merge_heads = p.n_splits > 1 ? p.n_retrieval : 0;
   // A layer without retrieval heads reads only bf16 rings, whatever the cache's type.
-  if (quantized_cache(a.cache) && p.n_retrieval > 0) return detail::launch_decode_quant(p, stream);
-  if (a.head_dim == 128) return detail::dispatch_group<128>(p, stream);
-  return detail::dispatch_group<64>(p, stream);
+  if (quantized_cache(a.cache) && p.n_retrieval > 0) return detail::launch_decode_quant(p, l, stream);
+  if (a.head_dim == 128) return detail::dispatch_group<128>(p, l, stream);
+  return detail::dispatch_group<64>(p, l, stream);
+}
+
+size_t decode_batch_workspace_bytes(const DecodeArgs* items, int n) { return detail::plan_batch(items, n).ws_bytes; }
+
+size_t decode_batch_params_bytes(int n) { return (size_t)std::max(n, 0) * sizeof(detail::DecodeParams); }
+
+void decode_attention_batch(const DecodeBatch& b, cudaStream_t stream) {
+  detail::BatchPlan pl = detail::plan_batch(b.items, b.n);
+  if (b.n == 0) return;
+  const size_t params_bytes = decode_batch_params_bytes(b.n);
+  if (!b.params || b.params_bytes < params_bytes)
+    throw std::invalid_argument("decode_attention_batch: params buffer too small (decode_batch_params_bytes)");
+  if (pl.ws_bytes > 0 && (!b.workspace || b.workspace_bytes < pl.ws_bytes))
+    throw std::invalid_argument("decode_attention_batch: workspace too small (decode_batch_workspace_bytes)");
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  check_cuda(cudaStreamIsCapturing(stream, &capture), "decode_attention_batch: capture query");
+  if (capture != cudaStreamCaptureStatusNone)
+    throw std::invalid_argument("decode_attention_batch: cannot be captured in a CUDA graph (host-staged parameters)");
+  for (int i = 0; i < b.n; ++i) {
+    detail::DecodeParams& p = pl.items[i];
+    if (p.n_splits > 1) {
+      p.part_o = reinterpret_cast<float*>(static_cast<char*>(b.workspace) + pl.ws_offset[i]);
+      p.part_lse = p.part_o + (size_t)p.a.n_heads * p.n_splits * p.a.head_dim;
+    } else {
+      p.part_o = p.part_lse = nullptr;
+    }
+  }
+  detail::staging().copy(b.params, pl.items.data(), params_bytes, stream);
+  pl.launch.items = static_cast<const detail::DecodeParams*>(b.params);
+  const detail::DecodeParams& one = pl.items[0];  // picks the kernel (shape and type are common)
+  if (pl.quant) return detail::launch_decode_quant(one, pl.launch, stream);
+  if (one.a.head_dim == 128) return detail::dispatch_group<128>(one, pl.launch, stream);
+  return detail::dispatch_group<64>(one, pl.launch, stream);
 }
 
 void kv_append(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0, int n_kv_heads, int head_dim,
@@ -330,6 +536,16 @@ void kv_append(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0,
   if (head_dim % 8 != 0) throw std::invalid_argument("kv_append: head_dim must be a multiple of 8");
   detail::append_kernel<<<n, 256, 0, stream>>>(k, v, kv_stride, n, pos0, n_kv_heads, head_dim, cache, pos_d);
   check_cuda(cudaGetLastError(), "kv_append launch");
+}
+
+void kv_append_batch(const bf16* k, const bf16* v, int64_t kv_stride, const int32_t* rows_d, const LayerKv* caches_d,
+                     const int32_t* pos_d, int n_items, int n_kv_heads, int head_dim, cudaStream_t stream) {
+  if (n_items <= 0) return;
+  if (head_dim % 8 != 0) throw std::invalid_argument("kv_append_batch: head_dim must be a multiple of 8");
+  if (!rows_d || !caches_d || !pos_d) throw std::invalid_argument("kv_append_batch: rows, caches and positions needed");
+  detail::append_batch_kernel<<<n_items, 256, 0, stream>>>(k, v, kv_stride, rows_d, caches_d, pos_d, n_kv_heads,
+                                                           head_dim);
+  check_cuda(cudaGetLastError(), "kv_append_batch launch");
 }
 
 }  // namespace duo::cuda

@@ -151,21 +151,24 @@ __device__ __forceinline__ void attend_block(const uint8_t* kc, const uint8_t* v
 }
 
 template <int D, int G, int BITS>
-__global__ void __launch_bounds__(kDecThreads, G <= 4 ? 2 : 1) decode_quant_kernel(const DecodeParams p) {
+__global__ void __launch_bounds__(kDecThreads, G <= 4 ? 2 : 1)
+    decode_quant_kernel(const __grid_constant__ DecodeParams one, const DecodeParams* __restrict__ items) {
   constexpr int LANES = D / 8, KPW = 32 / LANES, STREAMS = kDecWarps * KPW;
   constexpr int U = G <= 4 ? 8 : 4;
   static_assert(kG64 % (KPW * U) == 0, "a warp-iteration stays inside a block of 64 keys");
   static_assert(kvq::kPageTokens == kPageTokens && kPageTokens % kG64 == 0, "groups tile the pages");
+  const DecodeParams& p = params_of(one, items);
+  if ((int)blockIdx.x >= decode_ctas(p)) return;  // (a batch item with fewer CTAs than the grid)
   const DecodeArgs& a = p.a;
   const LayerKv& c = a.cache;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int sub = lane / LANES, cl = lane % LANES, stream = warp * KPW + sub;
   const int n_past = decode_n_past(a);
-  const int item = blockIdx.x, n_items = p.n_retrieval * p.n_splits;
-  const bool streaming = item >= n_items;
-  const int split = streaming ? 0 : item % p.n_splits;
-  const int kvh = streaming ? nth_head(c, a.n_kv_heads, item - n_items, 1)
-                            : nth_head(c, a.n_kv_heads, item / p.n_splits, 0);
+  const int cta = blockIdx.x, n_split_ctas = p.n_retrieval * p.n_splits;
+  const bool streaming = cta >= n_split_ctas;
+  const int split = streaming ? 0 : cta % p.n_splits;
+  const int kvh = streaming ? nth_head(c, a.n_kv_heads, cta - n_split_ctas, 1)
+                            : nth_head(c, a.n_kv_heads, cta / p.n_splits, 0);
   const bool direct = streaming || p.n_splits == 1;
   int begin, end;
   if (streaming) {
@@ -282,24 +285,23 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 2 : 1) decode_quant_kern
 }
 
 template <int D, int G, int BITS>
-void launch(const DecodeParams& p, cudaStream_t stream) {
-  const int streaming_heads = p.a.n_kv_heads - p.n_retrieval;
-  decode_quant_kernel<D, G, BITS><<<p.n_retrieval * p.n_splits + streaming_heads, kDecThreads, 0, stream>>>(p);
+void launch(const DecodeParams& one, const DecodeLaunch& l, cudaStream_t stream) {
+  decode_quant_kernel<D, G, BITS><<<dim3(l.ctas, l.n_items), kDecThreads, 0, stream>>>(one, l.items);
   check_cuda(cudaGetLastError(), "decode_attention (quantized cache) launch");
-  launch_merge<D, G>(p, stream);
+  launch_merge<D, G>(one, l, stream);
 }
 
 template <int D, int BITS>
-void dispatch_group(const DecodeParams& p, cudaStream_t stream) {
+void dispatch_group(const DecodeParams& p, const DecodeLaunch& l, cudaStream_t stream) {
   switch (p.a.n_heads / p.a.n_kv_heads) {
-    case 1: return launch<D, 1, BITS>(p, stream);
-    case 2: return launch<D, 2, BITS>(p, stream);
-    case 3: return launch<D, 3, BITS>(p, stream);
-    case 4: return launch<D, 4, BITS>(p, stream);
-    case 5: return launch<D, 5, BITS>(p, stream);
-    case 6: return launch<D, 6, BITS>(p, stream);
-    case 7: return launch<D, 7, BITS>(p, stream);
-    case 8: return launch<D, 8, BITS>(p, stream);
+    case 1: return launch<D, 1, BITS>(p, l, stream);
+    case 2: return launch<D, 2, BITS>(p, l, stream);
+    case 3: return launch<D, 3, BITS>(p, l, stream);
+    case 4: return launch<D, 4, BITS>(p, l, stream);
+    case 5: return launch<D, 5, BITS>(p, l, stream);
+    case 6: return launch<D, 6, BITS>(p, l, stream);
+    case 7: return launch<D, 7, BITS>(p, l, stream);
+    case 8: return launch<D, 8, BITS>(p, l, stream);
     default: throw std::invalid_argument("decode_attention: at most 8 query heads a KV head");
   }
 }
@@ -317,13 +319,16 @@ int occupancy() {
 
 }  // namespace
 
-void launch_decode_quant(const DecodeParams& p, cudaStream_t stream) {
-  const LayerKv& c = p.a.cache;
+void check_quant_view(const LayerKv& c) {
   if (!c.kq_pages || !c.vq_pages || !c.slot_of || c.page_bytes <= 0 || (c.sink16 > 0 && !c.k_sink) || !c.k_resid)
     throw std::invalid_argument("decode_attention: the quantized cache view is incomplete");
-  const bool q8 = c.type == KvType::Q8;
-  if (p.a.head_dim == 128) return q8 ? dispatch_group<128, 8>(p, stream) : dispatch_group<128, 4>(p, stream);
-  if (p.a.head_dim == 64) return q8 ? dispatch_group<64, 8>(p, stream) : dispatch_group<64, 4>(p, stream);
+}
+
+void launch_decode_quant(const DecodeParams& p, const DecodeLaunch& l, cudaStream_t stream) {
+  if (!l.items) check_quant_view(p.a.cache);  // (a batch checks each item's view itself)
+  const bool q8 = p.a.cache.type == KvType::Q8;
+  if (p.a.head_dim == 128) return q8 ? dispatch_group<128, 8>(p, l, stream) : dispatch_group<128, 4>(p, l, stream);
+  if (p.a.head_dim == 64) return q8 ? dispatch_group<64, 8>(p, l, stream) : dispatch_group<64, 4>(p, l, stream);
   throw std::invalid_argument("decode_attention: head_dim must be 64 or 128");
 }
 

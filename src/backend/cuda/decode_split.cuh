@@ -1,6 +1,12 @@
 // What the split-KV decode kernels share (decode.cu: bf16 caches; decode_quant.cu: quantized
 // ones): the launch parameters, the split arithmetic done on the device, and the merge kernel
 // that combines the splits of each retrieval head (both kernels write the same partials).
+//
+// One kernel body serves one sequence and a batch of sequences (decode_attention_batch): each
+// kernel takes its parameters by value (`one`, a __grid_constant__ so that it can be referred
+// to without a local copy) and a device array `items`; when `items` is set, CTA (x, y) works
+// for item y (items[y], x indexing its CTAs like blockIdx.x does for one sequence, CTAs past
+// the item's count return), else for `one` (grid.y = 1). See params_of().
 #pragma once
 #include <cmath>
 
@@ -19,9 +25,27 @@ struct DecodeParams {
   float* part_lse;   // [n_heads][n_splits]
 };
 
+// A launch of the decode kernels: `one` alone (items == nullptr, n_items 1), or the n_items
+// parameter sets at `items` (device memory; `one` then only picks the kernel: head_dim, group,
+// KV type). ctas: grid.x of the attention kernel (the most CTAs of an item); merge_heads: the
+// most retrieval heads of an item with more than one split (0: no merge launch).
+struct DecodeLaunch {
+  const DecodeParams* items = nullptr;
+  int n_items = 1;
+  int ctas = 0;
+  int merge_heads = 0;
+};
+
+// CTAs the attention kernel runs for p: retrieval heads x splits, then one a streaming head.
+__host__ __device__ inline int decode_ctas(const DecodeParams& p) {
+  return p.n_retrieval * p.n_splits + p.a.n_kv_heads - p.n_retrieval;
+}
+
 // The quantized-cache decode (decode_quant.cu): kernel and merge launches for these parameters,
 // and how many of its CTAs an SM holds (for the one-wave split count).
-void launch_decode_quant(const DecodeParams& p, cudaStream_t stream);
+void launch_decode_quant(const DecodeParams& one, const DecodeLaunch& l, cudaStream_t stream);
+// Throws std::invalid_argument unless c holds every pointer the quantized kernel reads.
+void check_quant_view(const LayerKv& c);
 int decode_quant_resident_ctas(int head_dim, int group, KvType type);
 
 namespace {
@@ -35,6 +59,11 @@ __device__ __forceinline__ void bf16x8_to_float(const uint4& u, float (&f)[8]) {
     const float2 t = __bfloat1622float2(h[i]);
     f[2 * i] = t.x, f[2 * i + 1] = t.y;
   }
+}
+
+// The parameters CTA (blockIdx.x, blockIdx.y) works for (see the top of this file).
+__device__ __forceinline__ const DecodeParams& params_of(const DecodeParams& one, const DecodeParams* items) {
+  return items ? items[blockIdx.y] : one;
 }
 
 __device__ __forceinline__ int decode_n_past(const DecodeArgs& a) { return a.pos_d ? *a.pos_d + 1 : a.n_past; }
@@ -57,11 +86,14 @@ __device__ __forceinline__ int nth_head(const LayerKv& c, int n_kv, int r, int k
 // one load an iteration waits out the memory latency once per split, ~100 splits a head).
 constexpr int kMergeThreads = 512, kMaxMergeSplits = 2048;
 template <int D, int G>
-__global__ void __launch_bounds__(kMergeThreads) merge_kernel(const DecodeParams p) {
+__global__ void __launch_bounds__(kMergeThreads)
+    merge_kernel(const __grid_constant__ DecodeParams one, const DecodeParams* __restrict__ items) {
   constexpr int kGroups = kMergeThreads / D;
   __shared__ float w_s[kMaxMergeSplits];
   __shared__ float part[kGroups][D];
   __shared__ float red[kMergeThreads / 32];
+  const DecodeParams& p = params_of(one, items);
+  if (p.n_splits <= 1 || (int)blockIdx.x >= p.n_retrieval * G) return;  // (a batch item without splits)
   const int kvh = nth_head(p.a.cache, p.a.n_kv_heads, blockIdx.x / G, 0);
   const int h = kvh * G + blockIdx.x % G, S = p.n_splits;
   const float* lse = p.part_lse + (int64_t)h * S;
@@ -104,9 +136,9 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const DecodeParams
 }
 
 template <int D, int G>
-void launch_merge(const DecodeParams& p, cudaStream_t stream) {
-  if (p.n_splits > 1 && p.n_retrieval > 0) {
-    merge_kernel<D, G><<<p.n_retrieval * G, kMergeThreads, 0, stream>>>(p);
+void launch_merge(const DecodeParams& one, const DecodeLaunch& l, cudaStream_t stream) {
+  if (l.merge_heads > 0) {
+    merge_kernel<D, G><<<dim3(l.merge_heads * G, l.n_items), kMergeThreads, 0, stream>>>(one, l.items);
     check_cuda(cudaGetLastError(), "decode merge launch");
   }
 }

@@ -19,7 +19,7 @@ __global__ void __launch_bounds__(kRopeThreads) qkv_rope_kernel(const QkvRopeArg
   const int64_t Q = (int64_t)a.n_heads * D, KV = (int64_t)a.n_kv_heads * D;
   const float* row = a.qkv + (int64_t)t * a.ld;
   const int pos0 = a.pos_d ? *a.pos_d : a.pos0;
-  const float pos = (float)(pos0 + t);  // exact for positions < 2^24
+  const float pos = (float)(a.row_pos ? a.row_pos[t] : pos0 + t);  // exact for positions < 2^24
   __shared__ bf16* k_row[kMaxCacheHeads];
   __shared__ bf16* v_row[kMaxCacheHeads];
   if (a.to_cache) {  // where each KV head keeps this position (nullptr: nowhere, never for n = 1)
@@ -64,6 +64,8 @@ void qkv_bias_rope(const QkvRopeArgs& a, cudaStream_t stream) {
   if (a.n <= 0) return;
   if (a.head_dim % 2 != 0 || a.n_heads <= 0 || a.n_kv_heads <= 0)
     throw std::invalid_argument("qkv_bias_rope: bad head shape");
+  if (a.row_pos && a.to_cache)
+    throw std::invalid_argument("qkv_bias_rope: rows at their own positions (row_pos) cannot go to one cache");
   if (a.to_cache && (a.n != 1 || a.n_kv_heads > detail::kMaxCacheHeads))
     throw std::invalid_argument("qkv_bias_rope: writing to the cache takes one token and at most 128 KV heads");
   detail::qkv_rope_kernel<<<a.n, detail::kRopeThreads, 0, stream>>>(a);
