@@ -27,6 +27,7 @@
 #include "model/model.h"
 #include "sample/sampler.h"
 #include "test_support.h"
+#include "tiny_models.h"
 
 namespace duo::cuda {
 namespace {
@@ -98,32 +99,9 @@ std::vector<float> run_decode(ModelBackend& be, const HeadPlan& plan, const std:
 // ---------------------------------------------------------------------------------------------
 // Small random models: every code path of the forward, compared on all positions.
 
-ModelConfig tiny(bool qwen_like) {
-  ModelConfig c;
-  c.arch = qwen_like ? "qwen2" : "llama";
-  c.name = qwen_like ? "tiny-qwen" : "tiny-llama";
-  c.n_layers = 3;
-  c.n_embd = 256;
-  c.n_heads = 8;
-  c.n_kv_heads = 2;
-  c.head_dim = 64;  // the CUDA attention kernels take 64 or 128
-  c.n_ff = 512;
-  c.n_vocab = 512;
-  c.n_ctx_train = 4096;
-  c.rope_theta = qwen_like ? 1e6f : 10000.0f;
-  c.rope_style = qwen_like ? RopeStyle::Neox : RopeStyle::Interleaved;
-  c.qkv_bias = qwen_like;
-  c.tied_embeddings = !qwen_like;
-  return c;
-}
+ModelConfig tiny(bool qwen_like) { return test::tiny_model(qwen_like); }
 
-std::vector<int32_t> tokens(int n, int vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> u(0, vocab - 1);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = u(rng);
-  return t;
-}
+std::vector<int32_t> tokens(int n, int vocab, uint32_t seed) { return test::random_tokens(n, vocab, seed); }
 
 constexpr Tolerance kTinyTol{0.05, 0.25};
 

@@ -2,6 +2,8 @@
 
 #include <fmt/core.h>
 
+#include <algorithm>
+#include <limits>
 #include <stdexcept>
 
 #include "backend/cuda/cuda_check.h"
@@ -104,6 +106,49 @@ int32_t CudaBackend::forward_pick(SequenceState& state, const int32_t* tokens, i
   const SamplerConfig& cfg = sampler.config();
   const double u = cfg.temperature > 0.0f ? sampler.uniform01() : 0.0;
   return guarded("forward", [&] { return model_->forward_pick(kv, tokens, n, chunk, cfg, u); });
+}
+
+void CudaBackend::step(const std::vector<StepItem>& items, int32_t* picked, float* logits) {
+  std::vector<GpuModel::StepItem> gi;
+  gi.reserve(items.size());
+  for (const StepItem& it : items) {
+    DUO_CHECK(it.seq != nullptr, "a batched step item has no sequence");
+    DUO_CHECK(it.n <= std::numeric_limits<int>::max(), "a step item of {} tokens is too long for one pass", it.n);
+    GpuModel::StepItem g;
+    g.kv = &cache_of(*it.seq);
+    g.tokens = it.tokens;
+    g.n = (int)it.n;
+    if (it.sampler) {
+      g.pick = true;
+      g.sampling = it.sampler->config();
+      // The sampler's own stream of uniform numbers, drawn as forward_pick draws it.
+      g.u = g.sampling.temperature > 0.0f ? it.sampler->uniform01() : 0.0;
+    }
+    gi.push_back(g);
+  }
+  guarded("batched step", [&] { model_->step(gi, picked, logits); });
+}
+
+size_t CudaBackend::kv_bytes_for(const HeadPlan& plan, int64_t n) const {
+  return GpuKvCache::bytes_for(config(), plan, n);
+}
+
+size_t CudaBackend::sequence_bytes(const HeadPlan& plan, int64_t capacity) const {
+  // The cache's own tables and buffers at its largest, plus what its two page pools may map
+  // beyond their pages (they grow a slab at a time).
+  size_t retrieval = 0;
+  for (const auto& layer : plan.kinds) retrieval += std::count(layer.begin(), layer.end(), HeadKind::Retrieval);
+  const size_t slack = retrieval > 0 ? 2 * PagePool::slab_bytes() : 0;
+  return GpuKvCache::device_bytes_for(config(), plan, capacity, capacity) + slack;
+}
+
+size_t CudaBackend::free_kv_memory() const {
+  size_t free_b = 0, total_b = 0;
+  DUO_CUDA_TRY(cudaMemGetInfo(&free_b, &total_b));
+  // Left for what grows after start-up: activations of the largest step, the LM head's logits
+  // of a full batch, cuBLAS workspaces and captured graphs.
+  const size_t margin = std::max<size_t>(size_t(3) << 29, total_b / 32);
+  return free_b > margin ? free_b - margin : 0;
 }
 
 }  // namespace duo::cuda

@@ -30,6 +30,10 @@ class CudaBackend final : public ModelBackend {
                bool all_logits) override;
   int32_t forward_pick(SequenceState& state, const int32_t* tokens, int64_t n, int64_t chunk,
                        Sampler& sampler) override;
+  void step(const std::vector<StepItem>& items, int32_t* picked, float* logits) override;
+  size_t kv_bytes_for(const HeadPlan& plan, int64_t n) const override;
+  size_t sequence_bytes(const HeadPlan& plan, int64_t capacity) const override;
+  size_t free_kv_memory() const override;
 
   GpuModel& gpu() { return *model_; }
   // The GPU cache of a sequence made by this backend.

@@ -22,6 +22,12 @@ __global__ void embed_kernel(const bf16* table, const int32_t* tokens, int E, fl
   for (int i = threadIdx.x; i < E; i += blockDim.x) out[i] = __bfloat162float(row[i]);
 }
 
+__global__ void gather_kernel(const bf16* src, int64_t E, const int32_t* rows, bf16* dst) {
+  const bf16* in = src + (int64_t)rows[blockIdx.x] * E;
+  bf16* out = dst + (int64_t)blockIdx.x * E;
+  for (int64_t i = threadIdx.x; i < E; i += blockDim.x) out[i] = in[i];
+}
+
 __global__ void swiglu_kernel(const float* gu, int64_t n, int F, bf16* out) {
   const int64_t count = n * F;
   for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < count; idx += (int64_t)gridDim.x * blockDim.x) {
@@ -51,6 +57,12 @@ void embed_tokens(const bf16* table, const int32_t* tokens, int n, int E, float*
   if (n <= 0) return;
   detail::embed_kernel<<<n, 256, 0, stream>>>(table, tokens, E, x);
   check_cuda(cudaGetLastError(), "embed_tokens launch");
+}
+
+void gather_rows(const bf16* src, int64_t E, const int32_t* rows, int n, bf16* dst, cudaStream_t stream) {
+  if (n <= 0) return;
+  detail::gather_kernel<<<n, 256, 0, stream>>>(src, E, rows, dst);
+  check_cuda(cudaGetLastError(), "gather_rows launch");
 }
 
 void swiglu(const float* gu, int64_t n, int F, bf16* out, cudaStream_t stream) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
@@ -31,6 +32,8 @@ GpuModel::GpuModel(std::unique_ptr<GpuWeights> weights) : w_(std::move(weights))
   for (auto& e : events_) DUO_CUDA_TRY(cudaEventCreate(&e));
   const char* env = std::getenv("DUO_CUDA_GRAPH");
   graphs_ = !(env && !std::strcmp(env, "0"));
+  const char* bd = std::getenv("DUO_BATCH_DECODE");
+  batch_decode_ = !(bd && !std::strcmp(bd, "0"));
 }
 
 void GpuModel::reset_graph() {
@@ -131,7 +134,7 @@ int32_t GpuModel::forward_pick(GpuKvCache& kv, const int32_t* tokens, int64_t n,
   return id;
 }
 
-GpuModel::Act GpuModel::activations(const GpuKvCache& kv, int n) {
+GpuModel::Act GpuModel::activations(int n, const std::vector<const GpuKvCache*>& decoders) {
   const ModelConfig& c = config();
   const int64_t E = c.n_embd, Q = (int64_t)c.n_heads * c.head_dim, KV = (int64_t)c.n_kv_heads * c.head_dim;
   const int64_t QKV = Q + 2 * KV, F = c.n_ff;
@@ -148,25 +151,126 @@ GpuModel::Act GpuModel::activations(const GpuKvCache& kv, int n) {
   a.h = h_.ensure_n<bf16>(n * F);
   a.logits = logits_.ensure_n<float>(c.n_vocab);  // grown for more rows by enqueue_chunk's caller
   a.ws = nullptr, a.ws_bytes = 0;
-  if (n == 1) {  // the largest split-KV workspace any layer needs, allocated before anything is queued
-    const int32_t* pos_d = step_.ensure_n<int32_t>(2) + 1;
+  // The largest split-KV workspace any decoder's layer needs (decoders run one after another
+  // on the stream and share it), allocated before anything is queued.
+  const int32_t* pos_d = step_.ensure_n<int32_t>(2) + 1;
+  for (const GpuKvCache* kv : decoders)
     for (int l = 0; l < c.n_layers; ++l) {
       DecodeArgs da;
       da.pos_d = pos_d;  // the decode (graph) form: split counts that do not depend on the position
-      da.n_past = (int)kv.max_tokens();  // ... only on the longest the sequence may get
+      da.n_past = (int)kv->max_tokens();  // ... only on the longest the sequence may get
       da.n_heads = c.n_heads, da.n_kv_heads = c.n_kv_heads, da.head_dim = c.head_dim;
-      da.cache = kv.layer(l);
-      da.retrieval_kv_heads = kv.retrieval_heads(l);
+      da.cache = kv->layer(l);
+      da.retrieval_kv_heads = kv->retrieval_heads(l);
       a.ws_bytes = std::max(a.ws_bytes, decode_workspace_bytes(c.n_heads, c.head_dim, decode_splits(da)));
     }
-    a.ws = decode_ws_.ensure(a.ws_bytes);
-  }
+  if (a.ws_bytes) a.ws = decode_ws_.ensure(a.ws_bytes);
   return a;
+}
+
+void GpuModel::check_step(const std::vector<StepItem>& items) const {
+  const ModelConfig& c = config();
+  DUO_CHECK(!items.empty(), "a batched step needs at least one item");
+  for (size_t i = 0; i < items.size(); ++i) {
+    const StepItem& it = items[i];
+    DUO_CHECK(it.kv != nullptr && it.tokens != nullptr && it.n > 0, "step item {} has no cache or no tokens", i);
+    DUO_CHECK(it.kv->n_past() + it.n <= it.kv->max_tokens(),
+              "step item {}: sequence of {} tokens exceeds the {} tokens its CUDA KV cache was created for", i,
+              it.kv->n_past() + it.n, it.kv->max_tokens());
+    for (size_t j = 0; j < i; ++j)
+      DUO_CHECK(items[j].kv != it.kv, "step items {} and {} share one cache (one item per sequence)", j, i);
+    for (int t = 0; t < it.n; ++t)
+      DUO_CHECK(it.tokens[t] >= 0 && it.tokens[t] < c.n_vocab,
+                "step item {}: token id {} at index {} is outside the vocabulary (0..{})", i, it.tokens[t], t,
+                c.n_vocab - 1);
+  }
+}
+
+void GpuModel::step(const std::vector<StepItem>& items, int32_t* picked, float* logits) {
+  check_step(items);
+  const ModelConfig& c = config();
+  const int N = (int)items.size();
+  const int64_t E = c.n_embd, V = c.n_vocab;
+  // Rows side by side: item i owns rows [first[i], first[i] + n); positions and ids of every
+  // row, then the rows whose logits are needed (each item's last row when it picks or when
+  // logits are asked for).
+  std::vector<int> first(N);
+  std::vector<int32_t> ids, meta;  // meta: [T positions][R LM-head rows]
+  std::vector<int> lm_item;        // item of each LM-head row
+  std::vector<const GpuKvCache*> decoders;
+  int T = 0;
+  for (int i = 0; i < N; ++i) {
+    const StepItem& it = items[i];
+    first[i] = T;
+    ids.insert(ids.end(), it.tokens, it.tokens + it.n);
+    for (int t = 0; t < it.n; ++t) meta.push_back((int32_t)(it.kv->n_past() + t));
+    if (it.n == 1) decoders.push_back(it.kv);
+    T += it.n;
+  }
+  for (int i = 0; i < N; ++i)
+    if (items[i].pick || logits) {
+      meta.push_back(first[i] + items[i].n - 1);
+      lm_item.push_back(i);
+    }
+  const int R = (int)lm_item.size();
+  // Every buffer is sized before the first kernel is queued (a grown buffer moves).
+  for (const StepItem& it : items) it.kv->reserve(it.kv->n_past() + it.n);
+  // (Batched decode sizes its own workspace in prepare_step_decode.)
+  Act act = activations(T, batch_decode_ ? std::vector<const GpuKvCache*>{} : decoders);
+  int32_t* tokens_d = tokens_.ensure_n<int32_t>(T);
+  int32_t* meta_d = step_pos_.ensure_n<int32_t>((int64_t)meta.size());
+  bf16* lm_in = lm_in_.ensure_n<bf16>(std::max(1, R) * E);
+  float* lg = logits_.ensure_n<float>((int64_t)std::max(1, R) * V);
+  int32_t* out_d = picked_.ensure_n<int32_t>(std::max(1, R));
+  // From pageable memory: returns once staged, after the stream's earlier work.
+  DUO_CUDA_TRY(cudaMemcpyAsync(tokens_d, ids.data(), sizeof(int32_t) * T, cudaMemcpyHostToDevice, stream_));
+  DUO_CUDA_TRY(
+      cudaMemcpyAsync(meta_d, meta.data(), sizeof(int32_t) * meta.size(), cudaMemcpyHostToDevice, stream_));
+  if (batch_decode_) prepare_step_decode(items, first);
+
+  if (batch_decode_) {
+    enqueue_layers(act, tokens_d, T, [&](int l) { enqueue_step_attention(items, first, act, meta_d, l); });
+  } else {
+    // One sequence after another (the kernels and split counts forward() uses; for A/B).
+    enqueue_layers(act, tokens_d, T, [&](int l) {
+      if (timing_) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l], stream_));
+      for (int i = 0; i < N; ++i) {
+        const StepItem& it = items[i];
+        const int32_t* pos_d = it.n == 1 ? meta_d + first[i] : nullptr;
+        enqueue_attention(*it.kv, l, act, first[i], it.n, (int)it.kv->n_past(), pos_d, false);
+      }
+      if (timing_) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l + 1], stream_));
+    });
+  }
+  for (const StepItem& it : items) it.kv->advance(it.n);
+  std::vector<int32_t> got(R, -1);
+  if (R > 0) {
+    gather_rows(act.xn, E, meta_d + T, R, lm_in, stream_);
+    gemm_->linear(w_->output(), V, E, lm_in, E, R, lg, V);
+    argmax_rows(lg, R, (int)V, out_d, stream_);
+    for (int r = 0; r < R; ++r) {
+      const StepItem& it = items[lm_item[r]];
+      if (!it.pick || it.sampling.temperature <= 0.0f) continue;
+      SampleArgs a;
+      a.temperature = it.sampling.temperature;
+      a.top_k = it.sampling.top_k;
+      a.top_p = it.sampling.top_p;
+      a.u = it.u;
+      sample_token(lg + (int64_t)r * V, (int)V, a, out_d + r, stream_);
+    }
+    DUO_CUDA_TRY(cudaMemcpyAsync(got.data(), out_d, sizeof(int32_t) * R, cudaMemcpyDeviceToHost, stream_));
+    if (logits)  // every item has its row then, in item order
+      DUO_CUDA_TRY(cudaMemcpyAsync(logits, lg, sizeof(float) * R * V, cudaMemcpyDeviceToHost, stream_));
+  }
+  DUO_CUDA_TRY(cudaStreamSynchronize(stream_));
+  for (int i = 0; i < N; ++i) picked[i] = -1;
+  for (int r = 0; r < R; ++r)
+    if (items[lm_item[r]].pick) picked[lm_item[r]] = got[r];
 }
 
 void GpuModel::run_chunk(GpuKvCache& kv, const int32_t* tokens_d, int n, int logits_rows) {
   kv.reserve(kv.n_past() + (int64_t)n);  // pages for the chunk's positions, before any kernel runs
-  Act act = activations(kv, n);
+  Act act = activations(n, {});
   if (logits_rows > 1) act.logits = logits_.ensure_n<float>((int64_t)logits_rows * config().n_vocab);
   enqueue_chunk(kv, act, tokens_d, n, (int)kv.n_past(), nullptr, logits_rows);
   kv.advance(n);
@@ -174,7 +278,7 @@ void GpuModel::run_chunk(GpuKvCache& kv, const int32_t* tokens_d, int n, int log
 
 void GpuModel::run_decode(GpuKvCache& kv, int logits_rows) {
   kv.reserve(kv.n_past() + 1);  // pages (and their page-table entries) before the step runs
-  const Act act = activations(kv, 1);
+  const Act act = activations(1, {&kv});
   const int32_t* step = step_.ensure_n<int32_t>(2);  // [token id, position], staged by upload_tokens
   if (!graphs_ || timing_) {
     enqueue_chunk(kv, act, step, 1, -1, step + 1, logits_rows);
@@ -209,66 +313,24 @@ void GpuModel::run_decode(GpuKvCache& kv, int logits_rows) {
   kv.advance(1);
 }
 
-void GpuModel::enqueue_chunk(const GpuKvCache& kv, const Act& act, const int32_t* tokens_d, int n, int pos0,
-                             const int32_t* pos_d, int logits_rows) {
+void GpuModel::enqueue_layers(const Act& act, const int32_t* tokens_d, int n, const std::function<void(int)>& attend) {
   const ModelConfig& c = config();
   const int64_t E = c.n_embd, D = c.head_dim, H = c.n_heads, HKV = c.n_kv_heads;
-  const int64_t Q = H * D, KV = HKV * D, QKV = Q + 2 * KV, F = c.n_ff, V = c.n_vocab;
+  const int64_t Q = H * D, KV = HKV * D, QKV = Q + 2 * KV, F = c.n_ff;
   const cudaStream_t s = stream_;
   float* x = act.x;
   bf16* xn = act.xn;
-  float* qkv = act.qkv;
-  bf16 *q = act.q, *k = act.k, *v = act.v, *att = act.att, *h = act.h;
+  bf16* h = act.h;
   float *o = act.o, *gu = act.gu;
 
   embed_tokens(w_->tok_embd(), tokens_d, n, (int)E, x, s);
   rmsnorm(x, w_->layer(0).attn_norm, xn, n, (int)E, c.norm_eps, s);
   for (int l = 0; l < c.n_layers; ++l) {
     const GpuLayerWeights& W = w_->layer(l);
-    const LayerKv& cache = kv.layer(l);
-    // --- attention block ---
-    gemm_->linear(W.wqkv, QKV, E, xn, E, n, qkv, QKV);
-    QkvRopeArgs ra;
-    ra.qkv = qkv, ra.ld = QKV, ra.bias = W.bqkv, ra.inv_freq = w_->inv_freq();
-    ra.n = n, ra.pos0 = pos0, ra.n_heads = (int)H, ra.n_kv_heads = (int)HKV, ra.head_dim = (int)D;
-    ra.neox = c.rope_style == RopeStyle::Neox;
-    ra.q = q, ra.k = k, ra.v = v;
-    ra.pos_d = pos_d;
-    // Decode: the token's K/V go straight into the cache (kv_append's job), then attention
-    // over positions [0, pos + 1).
-    ra.to_cache = pos_d != nullptr;
-    ra.cache = cache;
-    qkv_bias_rope(ra, s);
-    // Quantized caches: the token just written to the residual may complete a group of 64
-    // (decided on the device, so the captured step serves every position).
-    if (pos_d) kv_quantize(nullptr, nullptr, 0, 1, -1, (int)HKV, (int)D, kv.retrieval_heads(l), cache, s, pos_d);
-    if (pos_d) {
-      DecodeArgs da;
-      da.q = q, da.out = att, da.pos_d = pos_d, da.n_past = (int)kv.max_tokens();
-      da.n_heads = (int)H, da.n_kv_heads = (int)HKV, da.head_dim = (int)D;
-      da.cache = cache;
-      da.retrieval_kv_heads = kv.retrieval_heads(l);
-      da.workspace = act.ws, da.workspace_bytes = act.ws_bytes;
-      if (timing_) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l], s));
-      decode_attention(da, s);
-      if (timing_) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l + 1], s));
-    } else {
-      // Pre-fill: the chunk attends over the cache plus itself, then is stored.
-      PrefillArgs pa;
-      pa.q = q, pa.k = k, pa.v = v, pa.out = att;
-      pa.q_stride = Q, pa.kv_stride = KV, pa.o_stride = Q;
-      pa.n = n, pa.pos0 = pos0, pa.n_heads = (int)H, pa.n_kv_heads = (int)HKV, pa.head_dim = (int)D;
-      pa.cache = cache;
-      if (cache.mode == HeadMode::Mixed) pa.retrieval_kv_heads = kv.retrieval_heads(l);
-      if (timing_) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l], s));
-      prefill_attention(pa, s);
-      if (timing_) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l + 1], s));
-      // Quantized caches: groups this chunk completes go into pages first (their earlier rows
-      // are read from the residual, which kv_append then overwrites). No-op for bf16.
-      kv_quantize(k, v, KV, n, pos0, (int)HKV, (int)D, kv.retrieval_heads(l), cache, s);
-      kv_append(k, v, KV, n, pos0, (int)HKV, (int)D, cache, s);
-    }
-    gemm_->linear(W.wo, E, Q, att, Q, n, o, E);
+    // --- attention block: QKV of every row, then the rows' attention (attend) into act.att ---
+    gemm_->linear(W.wqkv, QKV, E, xn, E, n, act.qkv, QKV);
+    attend(l);  // records the layer's timing events when timing_
+    gemm_->linear(W.wo, E, Q, act.att, Q, n, o, E);
     // --- feed-forward block ---
     add_rmsnorm(x, o, W.ffn_norm, xn, n, (int)E, c.norm_eps, s);
     if (gemm_->uses_gemv(n, W.wgu, E, xn)) {
@@ -281,18 +343,181 @@ void GpuModel::enqueue_chunk(const GpuKvCache& kv, const Act& act, const int32_t
     // Residual add, then the next layer's attention norm (the output norm after the last).
     const float* next_norm = l + 1 < c.n_layers ? w_->layer(l + 1).attn_norm : w_->output_norm();
     add_rmsnorm(x, o, next_norm, xn, n, (int)E, c.norm_eps, s);
-    if (timing_ && l + 1 == c.n_layers) {
-      DUO_CUDA_TRY(cudaEventSynchronize(events_[2 * l + 1]));
-      for (int j = 0; j < c.n_layers; ++j) {
-        float ms = 0.0f;
-        DUO_CUDA_TRY(cudaEventElapsedTime(&ms, events_[2 * j], events_[2 * j + 1]));
-        attn_ms_ += ms;
-      }
+  }
+  if (timing_) {
+    DUO_CUDA_TRY(cudaEventSynchronize(events_[2 * c.n_layers - 1]));
+    for (int j = 0; j < c.n_layers; ++j) {
+      float ms = 0.0f;
+      DUO_CUDA_TRY(cudaEventElapsedTime(&ms, events_[2 * j], events_[2 * j + 1]));
+      attn_ms_ += ms;
     }
   }
+}
+
+void GpuModel::enqueue_attention(const GpuKvCache& kv, int l, const Act& act, int row0, int n, int pos0,
+                                 const int32_t* pos_d, bool timed) {
+  const ModelConfig& c = config();
+  const int64_t D = c.head_dim, H = c.n_heads, HKV = c.n_kv_heads;
+  const int64_t Q = H * D, KV = HKV * D, QKV = Q + 2 * KV;
+  const cudaStream_t s = stream_;
+  const LayerKv& cache = kv.layer(l);
+  bf16 *q = act.q + (int64_t)row0 * Q, *k = act.k + (int64_t)row0 * KV, *v = act.v + (int64_t)row0 * KV;
+  bf16* att = act.att + (int64_t)row0 * Q;
+  QkvRopeArgs ra;
+  ra.qkv = act.qkv + (int64_t)row0 * QKV, ra.ld = QKV, ra.bias = w_->layer(l).bqkv, ra.inv_freq = w_->inv_freq();
+  ra.n = n, ra.pos0 = pos0, ra.n_heads = (int)H, ra.n_kv_heads = (int)HKV, ra.head_dim = (int)D;
+  ra.neox = c.rope_style == RopeStyle::Neox;
+  ra.q = q, ra.k = k, ra.v = v;
+  ra.pos_d = pos_d;
+  // Decode: the token's K/V go straight into the cache (kv_append's job), then attention
+  // over positions [0, pos + 1).
+  ra.to_cache = pos_d != nullptr;
+  ra.cache = cache;
+  qkv_bias_rope(ra, s);
+  if (pos_d) {
+    // Quantized caches: the token just written to the residual may complete a group of 64
+    // (decided on the device, so a captured step serves every position).
+    kv_quantize(nullptr, nullptr, 0, 1, -1, (int)HKV, (int)D, kv.retrieval_heads(l), cache, s, pos_d);
+    DecodeArgs da;
+    da.q = q, da.out = att, da.pos_d = pos_d, da.n_past = (int)kv.max_tokens();
+    da.n_heads = (int)H, da.n_kv_heads = (int)HKV, da.head_dim = (int)D;
+    da.cache = cache;
+    da.retrieval_kv_heads = kv.retrieval_heads(l);
+    da.workspace = act.ws, da.workspace_bytes = act.ws_bytes;
+    if (timed) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l], s));
+    decode_attention(da, s);
+    if (timed) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l + 1], s));
+  } else {
+    // Pre-fill: the chunk attends over the cache plus itself, then is stored.
+    PrefillArgs pa;
+    pa.q = q, pa.k = k, pa.v = v, pa.out = att;
+    pa.q_stride = Q, pa.kv_stride = KV, pa.o_stride = Q;
+    pa.n = n, pa.pos0 = pos0, pa.n_heads = (int)H, pa.n_kv_heads = (int)HKV, pa.head_dim = (int)D;
+    pa.cache = cache;
+    if (cache.mode == HeadMode::Mixed) pa.retrieval_kv_heads = kv.retrieval_heads(l);
+    if (timed) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l], s));
+    prefill_attention(pa, s);
+    if (timed) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l + 1], s));
+    // Quantized caches: groups this chunk completes go into pages first (their earlier rows
+    // are read from the residual, which kv_append then overwrites). No-op for bf16.
+    kv_quantize(k, v, KV, n, pos0, (int)HKV, (int)D, kv.retrieval_heads(l), cache, s);
+    kv_append(k, v, KV, n, pos0, (int)HKV, (int)D, cache, s);
+  }
+}
+
+// The decode items of a batched step: their rows, positions and every layer's cache views on
+// the device, the shared split workspace and parameter buffer, sized before anything is queued.
+void GpuModel::prepare_step_decode(const std::vector<StepItem>& items, const std::vector<int>& first) {
+  const ModelConfig& c = config();
+  dec_.clear();
+  for (size_t i = 0; i < items.size(); ++i)
+    if (items[i].n == 1) dec_.push_back((int)i);
+  const int nd = (int)dec_.size();
+  if (nd == 0) return;
+  std::vector<int32_t> rows_pos(2 * (size_t)nd);
+  std::vector<LayerKv> views((size_t)c.n_layers * nd);
+  size_t ws = 0;
+  std::vector<DecodeArgs> da(nd);
+  for (int j = 0; j < nd; ++j) {
+    const StepItem& it = items[dec_[j]];
+    rows_pos[j] = first[dec_[j]];
+    rows_pos[nd + j] = (int32_t)it.kv->n_past();
+  }
+  for (int l = 0; l < c.n_layers; ++l) {
+    for (int j = 0; j < nd; ++j) {
+      const GpuKvCache& kv = *items[dec_[j]].kv;
+      views[(size_t)l * nd + j] = kv.layer(l);
+      da[j] = decode_args(kv, l, nullptr, nullptr);
+    }
+    ws = std::max(ws, decode_batch_workspace_bytes(da.data(), nd));
+  }
+  dec_rows_ = dec_meta_.ensure_n<int32_t>(2 * nd);
+  dec_views_ = dec_views_buf_.ensure_n<LayerKv>((int64_t)views.size());
+  dec_ws_bytes_ = ws;
+  dec_ws_ = ws ? decode_ws_.ensure(ws) : nullptr;
+  dec_params_bytes_ = decode_batch_params_bytes(nd);
+  dec_params_ = dec_params_buf_.ensure(dec_params_bytes_);
+  DUO_CUDA_TRY(cudaMemcpyAsync(dec_rows_, rows_pos.data(), sizeof(int32_t) * rows_pos.size(), cudaMemcpyHostToDevice,
+                               stream_));
+  DUO_CUDA_TRY(cudaMemcpyAsync(dec_views_, views.data(), sizeof(LayerKv) * views.size(), cudaMemcpyHostToDevice,
+                               stream_));
+}
+
+DecodeArgs GpuModel::decode_args(const GpuKvCache& kv, int l, const bf16* q, bf16* out) const {
+  const ModelConfig& c = config();
+  DecodeArgs da;
+  da.q = q, da.out = out;
+  da.n_past = (int)kv.n_past() + 1;  // the step's token included
+  da.n_heads = c.n_heads, da.n_kv_heads = c.n_kv_heads, da.head_dim = c.head_dim;
+  da.cache = kv.layer(l);
+  da.retrieval_kv_heads = kv.retrieval_heads(l);
+  return da;
+}
+
+// Layer l of a batched step: RoPE of every row in one launch (each row at its own position);
+// each pre-fill chunk's attention and append as forward() runs them; all decode tokens
+// appended in one launch and attended in one (decode_attention_batch).
+void GpuModel::enqueue_step_attention(const std::vector<StepItem>& items, const std::vector<int>& first,
+                                      const Act& act, const int32_t* row_pos_d, int l) {
+  const ModelConfig& c = config();
+  const int64_t D = c.head_dim, H = c.n_heads, HKV = c.n_kv_heads;
+  const int64_t Q = H * D, KV = HKV * D, QKV = Q + 2 * KV;
+  const cudaStream_t s = stream_;
+  const int T = first.empty() ? 0 : first.back() + items.back().n;
+  if (timing_) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l], s));
+  QkvRopeArgs ra;
+  ra.qkv = act.qkv, ra.ld = QKV, ra.bias = w_->layer(l).bqkv, ra.inv_freq = w_->inv_freq();
+  ra.n = T, ra.n_heads = (int)H, ra.n_kv_heads = (int)HKV, ra.head_dim = (int)D;
+  ra.neox = c.rope_style == RopeStyle::Neox;
+  ra.q = act.q, ra.k = act.k, ra.v = act.v;
+  ra.row_pos = row_pos_d;
+  qkv_bias_rope(ra, s);
+  for (size_t i = 0; i < items.size(); ++i) {
+    const StepItem& it = items[i];
+    if (it.n == 1) continue;
+    const GpuKvCache& kv = *it.kv;
+    const LayerKv& cache = kv.layer(l);
+    const int pos0 = (int)kv.n_past();
+    const int64_t r = first[i];
+    PrefillArgs pa;
+    pa.q = act.q + r * Q, pa.k = act.k + r * KV, pa.v = act.v + r * KV, pa.out = act.att + r * Q;
+    pa.q_stride = Q, pa.kv_stride = KV, pa.o_stride = Q;
+    pa.n = it.n, pa.pos0 = pos0, pa.n_heads = (int)H, pa.n_kv_heads = (int)HKV, pa.head_dim = (int)D;
+    pa.cache = cache;
+    if (cache.mode == HeadMode::Mixed) pa.retrieval_kv_heads = kv.retrieval_heads(l);
+    prefill_attention(pa, s);
+    kv_quantize(pa.k, pa.v, KV, it.n, pos0, (int)HKV, (int)D, kv.retrieval_heads(l), cache, s);
+    kv_append(pa.k, pa.v, KV, it.n, pos0, (int)HKV, (int)D, cache, s);
+  }
+  const int nd = (int)dec_.size();
+  if (nd > 0) {
+    kv_append_batch(act.k, act.v, KV, dec_rows_, dec_views_ + (size_t)l * nd, dec_rows_ + nd, nd, (int)HKV, (int)D, s);
+    std::vector<DecodeArgs> da(nd);
+    for (int j = 0; j < nd; ++j) {
+      const StepItem& it = items[dec_[j]];
+      const int64_t r = first[dec_[j]];
+      // A quantized cache's new token may complete a group of 64 (it was appended to the residual).
+      kv_quantize(nullptr, nullptr, 0, 1, (int)it.kv->n_past(), (int)HKV, (int)D, it.kv->retrieval_heads(l),
+                  it.kv->layer(l), s);
+      da[j] = decode_args(*it.kv, l, act.q + r * Q, act.att + r * Q);
+    }
+    DecodeBatch b;
+    b.items = da.data(), b.n = nd;
+    b.workspace = dec_ws_, b.workspace_bytes = dec_ws_bytes_;
+    b.params = dec_params_, b.params_bytes = dec_params_bytes_;
+    decode_attention_batch(b, s);
+  }
+  if (timing_) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l + 1], s));
+}
+
+void GpuModel::enqueue_chunk(const GpuKvCache& kv, const Act& act, const int32_t* tokens_d, int n, int pos0,
+                             const int32_t* pos_d, int logits_rows) {
+  enqueue_layers(act, tokens_d, n, [&](int l) { enqueue_attention(kv, l, act, 0, n, pos0, pos_d, timing_); });
   if (logits_rows > 0) {
     // LM head over the last rows only (xn holds them normalised by output_norm).
-    gemm_->linear(w_->output(), V, E, xn + (int64_t)(n - logits_rows) * E, E, logits_rows, act.logits, V);
+    const ModelConfig& c = config();
+    gemm_->linear(w_->output(), c.n_vocab, c.n_embd, act.xn + (int64_t)(n - logits_rows) * c.n_embd, c.n_embd,
+                  logits_rows, act.logits, c.n_vocab);
   }
 }
 

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -41,6 +42,22 @@ class GpuModel {
   int32_t forward_pick(GpuKvCache& kv, const int32_t* tokens, int64_t n, int64_t chunk, const SamplerConfig& s,
                        double u);
 
+  // One sequence's share of a batched step (ModelBackend::step).
+  struct StepItem {
+    GpuKvCache* kv = nullptr;
+    const int32_t* tokens = nullptr;  // host ids
+    int n = 0;                        // 1: a decode token; more: a pre-fill chunk (not cut further)
+    bool pick = false;                // pick the next token from the last token's logits
+    SamplerConfig sampling;           // how (argmax at temperature <= 0)
+    double u = 0.0;                   // the uniform number a sampled pick draws with
+  };
+  // Continuous batching: every item's rows go through each linear layer together (one GEMM a
+  // weight for all tokens of the step); attention runs per item, each over its own cache under
+  // its own plan, exactly as forward() runs it (decode items take forward()'s decode kernels
+  // and split counts, pre-fill items its chunk kernels). picked (items.size()) receives each
+  // item's pick or -1; logits (host, optional) n_vocab floats per item for its last token.
+  void step(const std::vector<StepItem>& items, int32_t* picked, float* logits);
+
   // Benchmarks: time the attention kernels of every layer with CUDA events (prefill_attention
   // or decode_attention, not kv_append), accumulated until reset.
   void set_attention_timing(bool on) { timing_ = on; }
@@ -63,10 +80,29 @@ class GpuModel {
   void run_chunk(GpuKvCache& kv, const int32_t* tokens_d, int n, int logits_rows);
   // One token (n = 1) whose id and position are at step_ (device): eager or through the graph.
   void run_decode(GpuKvCache& kv, int logits_rows);
-  Act activations(const GpuKvCache& kv, int n);
+  // Activation buffers for n rows, and the split-KV workspace the decoders' layers need.
+  Act activations(int n, const std::vector<const GpuKvCache*>& decoders);
   // Queues the kernels of a chunk. pos_d: the decode form (n = 1, position read on the device).
   void enqueue_chunk(const GpuKvCache& kv, const Act& act, const int32_t* tokens_d, int n, int pos0,
                      const int32_t* pos_d, int logits_rows);
+  // The layer stack over the n rows of act, from the embedding to the output norm (in act.xn);
+  // attend(l) queues layer l's attention block between its QKV and output projections: RoPE
+  // of act.qkv's rows, attention into act.att, the KV append (and the timing events).
+  void enqueue_layers(const Act& act, const int32_t* tokens_d, int n, const std::function<void(int)>& attend);
+  // Layer l's attention block for rows [row0, row0 + n) of act, one sequence at positions
+  // pos0 ... (decode form when pos_d is set: n = 1, position on the device). timed: record
+  // the layer's events around the attention kernel.
+  void enqueue_attention(const GpuKvCache& kv, int l, const Act& act, int row0, int n, int pos0, const int32_t* pos_d,
+                         bool timed);
+  // Checks a batched step's items before anything is queued (ids, capacity, distinct caches).
+  void check_step(const std::vector<StepItem>& items) const;
+  // Batched steps: the decode items' device tables (prepare_step_decode, before anything is
+  // queued) and layer l's attention block over all items (enqueue_step_attention).
+  void prepare_step_decode(const std::vector<StepItem>& items, const std::vector<int>& first);
+  void enqueue_step_attention(const std::vector<StepItem>& items, const std::vector<int>& first, const Act& act,
+                              const int32_t* row_pos_d, int l);
+  // A decode token's attention over layer l of kv with the host position (the token appended).
+  DecodeArgs decode_args(const GpuKvCache& kv, int l, const bf16* q, bf16* out) const;
   // Checks and stages the ids: n > 1 into tokens_; one token, with its position, into step_.
   const int32_t* upload_tokens(const GpuKvCache& kv, const int32_t* tokens, int64_t n);
   void reset_graph();
@@ -79,7 +115,18 @@ class GpuModel {
       qkv_{"QKV projections"}, q_{"queries"}, k_{"keys"}, v_{"values"}, att_{"attention output"},
       o_{"projection output"}, gu_{"gate/up projections"}, h_{"SwiGLU output"}, logits_{"logits"},
       decode_ws_{"the split-KV decode workspace"}, picked_{"the picked token"},
-      step_{"the decode step's token id and position"};
+      step_{"the decode step's token id and position"}, step_pos_{"a batched step's positions and LM-head rows"},
+      lm_in_{"a batched step's LM-head input rows"}, dec_meta_{"a batched step's decode rows and positions"},
+      dec_views_buf_{"a batched step's decode cache views"}, dec_params_buf_{"a batched step's decode parameters"};
+  // The decode items of the current batched step (prepare_step_decode): their indices, rows then
+  // positions on the device, [layer][item] cache views, split workspace and parameter buffer.
+  // DUO_BATCH_DECODE=0 runs them one by one with forward()'s kernels instead.
+  bool batch_decode_ = true;
+  std::vector<int> dec_;
+  int32_t* dec_rows_ = nullptr;
+  LayerKv* dec_views_ = nullptr;
+  void *dec_ws_ = nullptr, *dec_params_ = nullptr;
+  size_t dec_ws_bytes_ = 0, dec_params_bytes_ = 0;
   bool timing_ = false;
   bool graphs_ = true;
   int captures_ = 0;

@@ -20,6 +20,10 @@ namespace duo::cuda {
 // ids must be valid (the forward checks them on the host).
 void embed_tokens(const bf16* table, const int32_t* tokens, int n, int E, float* x, cudaStream_t stream);
 
+// dst[i][:] = src[rows[i]][:] for i < n (bf16 rows of E; rows: device int32): the rows of a
+// batched step that feed the LM head, side by side.
+void gather_rows(const bf16* src, int64_t E, const int32_t* rows, int n, bf16* dst, cudaStream_t stream);
+
 // y[t] = bf16(x[t] / sqrt(mean(x[t]^2) + eps) * w) for n rows of E.
 void rmsnorm(const float* x, const float* w, bf16* y, int64_t n, int E, float eps, cudaStream_t stream);
 
@@ -47,6 +51,10 @@ struct QkvRopeArgs {
   // position, as kv_append would store them after this call; k and v are then unused.
   bool to_cache = false;
   LayerKv cache;
+  // When set: row t is at position row_pos[t] (device), the n rows may belong to different
+  // sequences (a batched decode step); pos0 and pos_d are then unused and to_cache must be false
+  // (std::invalid_argument otherwise).
+  const int32_t* row_pos = nullptr;
 };
 void qkv_bias_rope(const QkvRopeArgs& a, cudaStream_t stream);
 

@@ -69,6 +69,24 @@ constexpr size_t kSlabTarget = 32ull << 20;  // map 32 MiB at a time (fewer driv
 
 }  // namespace
 
+size_t PagePool::slab_bytes() {
+  static const size_t slab = [] {
+    int device = 0, supported = 0;
+    size_t gran = 0;
+    const Vmm& v = vmm();
+    if (cudaGetDevice(&device) != cudaSuccess || !v.loaded ||
+        v.get_attribute(&supported, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, device) != CUDA_SUCCESS ||
+        !supported) {
+      (void)cudaGetLastError();
+      return size_t(0);
+    }
+    const CUmemAllocationProp prop = device_prop(device);
+    if (v.granularity(&gran, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) != CUDA_SUCCESS || gran == 0) return size_t(0);
+    return round_up(kSlabTarget, gran);
+  }();
+  return slab;
+}
+
 PagePool::PagePool(size_t page_bytes, int64_t max_pages, std::string what)
     : what_(std::move(what)), page_bytes_(page_bytes), max_pages_(max_pages) {
   DUO_CHECK(page_bytes > 0 && max_pages >= 0, "{}: bad page pool shape", what_);

@@ -31,6 +31,9 @@ class PagePool {
   int64_t max_pages() const { return max_pages_; }
   size_t mapped_bytes() const { return mapped_; }  // device memory held
   bool growable() const { return vmm_; }
+  // The most a growable pool maps beyond the pages it was asked for (one slab; 0 without VMM,
+  // where a pool is allocated whole for its max_pages).
+  static size_t slab_bytes();
 
  private:
   void release();
