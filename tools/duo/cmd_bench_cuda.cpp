@@ -54,6 +54,14 @@ void add_cuda_bench_options(CLI::App& cmd, CudaBenchOptions& o) {
   cmd.add_option("--kv-types", o.kv_types, "with --find-max-context: KV cache types to try (bf16, q8, q4)");
   cmd.add_option("--context-cap", o.context_cap, "with --find-max-context: the longest context tried")
       ->check(CLI::PositiveNumber);
+  cmd.add_option("--batch-context", o.batch_context,
+                 "with --device cuda: batched decode of many sequences of this context, for each of --modes x "
+                 "--kv-types: the most sequences that fit, tokens/s at that batch, step time at --equal-batch")
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("--equal-batch", o.equal_batch, "with --batch-context: the batch every mode is also timed at")
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("--max-sequences", o.max_sequences, "with --batch-context: the largest batch tried")
+      ->check(CLI::PositiveNumber);
 }
 
 #ifndef DUO_HAVE_CUDA
@@ -329,14 +337,106 @@ json run_max_context(ModelBackend& backend, cuda::GpuModel& gpu, const std::vect
   return rows;
 }
 
+// Continuous-batching decode (ModelBackend::step, every sequence one token a step, each
+// picking its next token greedily on the device) of sequences filled to `ctx` positions with
+// random keys and values. For each mode x KV type: how many sequences the admission rule the
+// server uses (sequence_bytes against the free device memory) lets run at once, verified by
+// allocating them, tokens/s over all of them, and the step time at an equal batch.
+json run_batch_decode(ModelBackend& backend, const std::vector<Mode>& modes, const std::vector<KvType>& types,
+                      const CudaBenchOptions& bo, bool as_json) {
+  const ModelConfig& c = backend.config();
+  const int64_t ctx = bo.batch_context;
+  const int steps = bo.decode_steps;
+  if (!as_json)
+    fmt::print("\nbatched decode at {} tokens of context ({} timed steps; equal batch {}):\n{:<10} {:>5} {:>9} {:>6} "
+               "{:>10} {:>10} {:>12}\n",
+               ctx, steps, bo.equal_batch, "mode", "kv", "seq GiB", "fit", "tok/s", "ms/step", "ms/step@eq");
+  json rows = json::array();
+  for (const Mode& m : modes)
+    for (KvType t : types) {
+      HeadPlan plan = m.plan;
+      plan.kv_type = t;
+      const int64_t capacity = ctx + steps * 2 + 2;
+      const size_t per_seq = backend.sequence_bytes(plan, capacity);
+      const size_t free_b = backend.free_kv_memory();
+      const int fit = (int)std::min<size_t>(free_b / per_seq, (size_t)bo.max_sequences);
+      json row = {{"mode", m.name}, {"kv_type", to_string(t)}, {"context", ctx}, {"sequence_bytes", per_seq},
+                  {"free_kv_bytes", free_b}, {"fit", fit}};
+      if (fit == 0) {
+        if (!as_json) fmt::print("{:<10} {:>5} {:>9.2f} {:>6}  (no sequence fits)\n", m.name, to_string(t), per_seq / kGiB, 0);
+        rows.push_back(row);
+        continue;
+      }
+      std::vector<std::unique_ptr<SequenceState>> seqs;
+      std::vector<Sampler> samplers(fit, Sampler(SamplerConfig{}));
+      std::vector<int32_t> next(fit);
+      for (int i = 0; i < fit; ++i) {
+        seqs.push_back(backend.new_sequence(plan, capacity));
+        cuda::CudaBackend::cache_of(*seqs.back()).fill_random(ctx, bo.seed + i);
+        next[i] = (int32_t)((bo.seed * 7919 + (uint64_t)i * 104729) % (uint64_t)c.n_vocab);
+      }
+      // Runs `count` steps over the first n sequences; returns seconds a step.
+      auto run = [&](int n, int count) {
+        std::vector<StepItem> items(n);
+        std::vector<int32_t> picked(n);
+        const auto t0 = clock_type::now();
+        for (int k = 0; k < count; ++k) {
+          for (int i = 0; i < n; ++i) items[i] = {seqs[i].get(), &next[i], 1, &samplers[i]};
+          backend.step(items, picked.data());
+          for (int i = 0; i < n; ++i) next[i] = picked[i];
+        }
+        return seconds_since(t0) / count;
+      };
+      run(std::min(fit, bo.equal_batch), 1);  // warm-up: buffers grown, kernels loaded
+      double eq_ms = -1;
+      if (fit >= bo.equal_batch) {
+        eq_ms = run(bo.equal_batch, steps / 2) * 1e3;
+        row["ms_per_step_equal_batch"] = eq_ms;
+      }
+      run(fit, 1);
+      const double step_s = run(fit, steps);
+      row["ms_per_step"] = step_s * 1e3;
+      row["tokens_per_s"] = fit / step_s;
+      row["peak_bytes"] = cuda::peak_bytes();
+      if (!as_json)
+        fmt::print("{:<10} {:>5} {:>9.2f} {:>6} {:>10.1f} {:>10.2f} {:>12}\n", m.name, to_string(t), per_seq / kGiB, fit,
+                   fit / step_s, step_s * 1e3, eq_ms >= 0 ? fmt::format("{:.2f}", eq_ms) : std::string("-"));
+      std::fflush(stdout);
+      rows.push_back(row);
+    }
+  // Ratios against the first row (the first mode in the first KV type, as given).
+  if (!rows.empty() && rows[0].contains("tokens_per_s")) {
+    const json base = rows[0];
+    for (json& r : rows) {
+      if (!r.contains("tokens_per_s")) continue;
+      r["fit_vs_first"] = r["fit"].get<double>() / base["fit"].get<double>();
+      r["tokens_per_s_vs_first"] = r["tokens_per_s"].get<double>() / base["tokens_per_s"].get<double>();
+      std::string eq;
+      if (r.contains("ms_per_step_equal_batch") && base.contains("ms_per_step_equal_batch")) {
+        r["equal_batch_step_vs_first"] =
+            r["ms_per_step_equal_batch"].get<double>() / base["ms_per_step_equal_batch"].get<double>();
+        eq = fmt::format(", {:.2f}x the step time at batch {}", r["equal_batch_step_vs_first"].get<double>(),
+                         bo.equal_batch);
+      }
+      if (!as_json)
+        fmt::print("  {} {}: fits {:.2f}x as many, {:.2f}x the tokens/s{} (vs {} {})\n", r["mode"].get<std::string>(),
+                   r["kv_type"].get<std::string>(), r["fit_vs_first"].get<double>(),
+                   r["tokens_per_s_vs_first"].get<double>(), eq, base["mode"].get<std::string>(),
+                   base["kv_type"].get<std::string>());
+    }
+  }
+  return rows;
+}
+
 }  // namespace
 
 void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_given, bool as_json) {
   if (chunk_given) bo.chunk = mo.chunk;
   DUO_CHECK(bo.chunk > 0, "chunk must be positive");
   // --find-max-context runs only its table.
-  const std::vector<int64_t> prefill = bo.find_max_context ? std::vector<int64_t>{} : parse_lengths(bo.prefill, "pre-fill");
-  const std::vector<int64_t> decode = bo.find_max_context ? std::vector<int64_t>{} : parse_lengths(bo.decode, "decode");
+  const bool table_only = bo.find_max_context || bo.batch_context > 0;
+  const std::vector<int64_t> prefill = table_only ? std::vector<int64_t>{} : parse_lengths(bo.prefill, "pre-fill");
+  const std::vector<int64_t> decode = table_only ? std::vector<int64_t>{} : parse_lengths(bo.decode, "decode");
   const StreamingWindow window{mo.sink, mo.recent};
 
   // The model: a synthetic full-size shape, or a GGUF file's weights (original head order:
@@ -397,7 +497,12 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
                window.recent, gate_origin);
   }
 
-  if (bo.find_max_context) {
+  if (bo.batch_context > 0) {
+    std::vector<KvType> types;
+    std::stringstream ts(bo.kv_types);
+    for (std::string t; std::getline(ts, t, ',');) types.push_back(parse_kv_type(t));
+    doc["batch_decode"] = run_batch_decode(*backend, modes, types, bo, as_json);
+  } else if (bo.find_max_context) {
     doc["max_context"] = run_max_context(*backend, gpu, modes, bo, as_json);
     // The issue-6 target, when this run measured its configuration.
     for (const auto& r : doc["max_context"])

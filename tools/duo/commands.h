@@ -59,6 +59,11 @@ struct CudaBenchOptions {
   bool find_max_context = false;
   std::string kv_types = "bf16,q8,q4";
   int64_t context_cap = (1 << 24) - 4096;  // RoPE positions (and the decode steps after) stay exact floats < 2^24
+  // --batch-context: continuous-batching decode of many sequences at this context, for each
+  // mode x KV type: the most sequences that fit, tokens/s there, and step time at --equal-batch.
+  int64_t batch_context = 0;
+  int equal_batch = 16;
+  int max_sequences = 512;
 };
 void add_cuda_bench_options(CLI::App& cmd, CudaBenchOptions& o);
 void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_given, bool json);
