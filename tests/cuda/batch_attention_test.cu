@@ -212,8 +212,8 @@ void check_item(const char* what, int i, const Seq& seq, const std::vector<float
   const auto vs_alone = test::error_stats(got.data(), alone.data(), got.size());
   const auto vs_ref = test::error_stats(got.data(), ref.data(), got.size());
   const auto alone_ref = test::error_stats(alone.data(), ref.data(), got.size());
-  std::printf("  %s item %d: len %d kinds %d sink %d recent %d R %d: vs alone max %.3g (max|out| %.3g)%s, vs ref max %.3g "
-              "rel %.3g (alone: %.3g, %.3g)\n",
+  std::printf("  %s item %d: len %d kinds %d sink %d recent %d R %d: vs alone max %.3g (max|out| %.3g)%s, "
+              "vs ref max %.3g rel %.3g (alone: %.3g, %.3g)\n",
               what, i, seq.spec.len, seq.spec.pattern, seq.spec.sink, seq.spec.recent, seq.R, vs_alone.max_abs, amax,
               bitwise ? " bitwise" : "", vs_ref.max_abs, vs_ref.rel_rms, alone_ref.max_abs, alone_ref.rel_rms);
   const size_t w = vs_alone.argmax;
@@ -284,8 +284,8 @@ TEST(CudaDecodeBatch, Q8Gqa4D128MixedPlans) {
             {{1, 0, 64, 256}, {300, 2, 4, 64}, {4097, 1, 16, 100}, {20000, 0, 64, 256}, {130, 3, 100, 64}}, 5);
 }
 TEST(CudaDecodeBatch, Q4Gqa8D64MixedPlans) {
-  run_batch(kGqa8D64, KvType::Q4, {{20000, 2, 64, 256}, {64, 0, 0, 1}, {4097, 0, 64, 256}, {1, 1, 4, 16}, {300, 3, 0, 40}},
-            6);
+  run_batch(kGqa8D64, KvType::Q4,
+            {{20000, 2, 64, 256}, {64, 0, 0, 1}, {4097, 0, 64, 256}, {1, 1, 4, 16}, {300, 3, 0, 40}}, 6);
 }
 TEST(CudaDecodeBatch, Q4Mha4D128) {
   run_batch(kMha4D128, KvType::Q4, {{4097, 0, 64, 256}, {300, 2, 100, 64}, {1, 0, 64, 256}, {20000, 3, 4, 64}}, 7);
@@ -418,7 +418,8 @@ void run_rope(int d, bool neox) {
   for (int t = 0; t < n; ++t) {
     QkvRopeArgs one = a;
     one.qkv = qkv.get() + t * ld, one.n = 1, one.pos0 = pos[t];
-    one.q = q2.get() + (size_t)t * H * d, one.k = k2.get() + (size_t)t * HKV * d, one.v = v2.get() + (size_t)t * HKV * d;
+    one.q = q2.get() + (size_t)t * H * d;
+    one.k = k2.get() + (size_t)t * HKV * d, one.v = v2.get() + (size_t)t * HKV * d;
     qkv_bias_rope(one, 0);
   }
   const auto f = [](const Dev<bf16>& x) { return test::to_float(x.download()); };

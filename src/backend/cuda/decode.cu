@@ -37,15 +37,20 @@ namespace duo::cuda {
 namespace detail {
 namespace {
 
-template <int D, int G>
+// kBatch: the parameters come from items[blockIdx.y] (decode_attention_batch), else from `one`.
+// A template argument here, not the runtime choice of the quantized and merge kernels (which
+// have registers to spare): read through a pointer that may point to global memory, the
+// parameters cost the G <= 4 kernels (at their 168-register bound) spilled registers, and with
+// kBatch = false the single-sequence kernel compiles exactly as before (same registers, no spill).
+template <int D, int G, bool kBatch>
 __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2)
     decode_kernel(const __grid_constant__ DecodeParams one, const DecodeParams* __restrict__ items) {
   constexpr int LANES = D / 8;        // lanes a key row
   constexpr int KPW = 32 / LANES;     // keys a warp-load
   constexpr int STREAMS = kDecWarps * KPW;
   constexpr int U = G <= 4 ? 8 : 4;   // loads in flight a thread (each K and V)
-  const DecodeParams& p = params_of(one, items);
-  if ((int)blockIdx.x >= decode_ctas(p)) return;  // (a batch item with fewer CTAs than the grid)
+  const DecodeParams& p = params_of<kBatch>(one, items);
+  if (kBatch && (int)blockIdx.x >= decode_ctas(p)) return;  // (an item with fewer CTAs than the grid)
   const DecodeArgs& a = p.a;
   const LayerKv& c = a.cache;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -190,7 +195,10 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2)
 
 template <int D, int G>
 void launch_decode(const DecodeParams& one, const DecodeLaunch& l, cudaStream_t stream) {
-  decode_kernel<D, G><<<dim3(l.ctas, l.n_items), kDecThreads, 0, stream>>>(one, l.items);
+  if (l.items)
+    decode_kernel<D, G, true><<<dim3(l.ctas, l.n_items), kDecThreads, 0, stream>>>(one, l.items);
+  else
+    decode_kernel<D, G, false><<<l.ctas, kDecThreads, 0, stream>>>(one, nullptr);
   check_cuda(cudaGetLastError(), "decode_attention launch");
   launch_merge<D, G>(one, l, stream);
 }
@@ -224,7 +232,8 @@ template <int D, int G>
 int resident_ctas() {
   static int n = [] {
     int v = 0;
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, decode_kernel<D, G>, kDecThreads, 0),
+    // (The batched instantiation has the same launch bounds, hence the same residency.)
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, decode_kernel<D, G, false>, kDecThreads, 0),
                "decode occupancy");
     return std::max(1, v);
   }();

@@ -6,7 +6,8 @@
 // kernel takes its parameters by value (`one`, a __grid_constant__ so that it can be referred
 // to without a local copy) and a device array `items`; when `items` is set, CTA (x, y) works
 // for item y (items[y], x indexing its CTAs like blockIdx.x does for one sequence, CTAs past
-// the item's count return), else for `one` (grid.y = 1). See params_of().
+// the item's count return), else for `one` (grid.y = 1). See params_of(); the bf16 kernel makes
+// that choice at compile time (decode.cu says why).
 #pragma once
 #include <cmath>
 
@@ -64,6 +65,14 @@ __device__ __forceinline__ void bf16x8_to_float(const uint4& u, float (&f)[8]) {
 // The parameters CTA (blockIdx.x, blockIdx.y) works for (see the top of this file).
 __device__ __forceinline__ const DecodeParams& params_of(const DecodeParams& one, const DecodeParams* items) {
   return items ? items[blockIdx.y] : one;
+}
+// The same, chosen at compile time (kBatch: items is set).
+template <bool kBatch>
+__device__ __forceinline__ const DecodeParams& params_of(const DecodeParams& one, const DecodeParams* items) {
+  if constexpr (kBatch)
+    return items[blockIdx.y];
+  else
+    return one;
 }
 
 __device__ __forceinline__ int decode_n_past(const DecodeArgs& a) { return a.pos_d ? *a.pos_d + 1 : a.n_past; }
