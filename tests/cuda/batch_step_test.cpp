@@ -254,3 +254,46 @@ TEST(CudaBatchStepReal, SmolLM2FourSequences) {
 
 }  // namespace
 }  // namespace duo::cuda
+
+namespace duo::cuda {
+namespace {
+
+// The shared page pool: sequences of one KV type take pages from one pool, give them all back
+// when they end, and a new sequence reuses them before the pool maps more.
+TEST(CudaKvPagePool, FinishedSequencesReturnTheirPages) {
+  auto m = Model::synthetic(tiny(false), 24);
+  auto be = make_cuda_backend(*m);
+  auto& cb = dynamic_cast<CudaBackend&>(*be);
+  const HeadPlan full = HeadPlan::uniform(3, 2, HeadKind::Retrieval);
+  HeadPlan duo = full;
+  duo.kinds[1][0] = HeadKind::Streaming;  // 5 retrieval heads
+  const auto toks = tokens(700, m->config().n_vocab, 9);  // 3 pages a head
+  std::vector<float> logits(m->config().n_vocab);
+  auto a = be->new_sequence(full, 800), b = be->new_sequence(duo, 800);
+  be->forward(*a, toks.data(), 300, logits.data(), 128);  // pages interleave: a 2, b 3, a 3
+  be->forward(*b, toks.data(), 700, logits.data(), 128);
+  be->forward(*a, toks.data() + 300, 400, logits.data(), 128);
+  const KvPagePool* pool = cb.page_pool(KvType::Default);
+  ASSERT_NE(pool, nullptr);
+  EXPECT_EQ(pool->pages().used(), 6 * 3 + 5 * 3);
+  EXPECT_EQ(a->kv_bytes(HeadKind::Retrieval), 6u * 3 * 2 * GpuKvCache::page_bytes(KvType::BF16, 64));
+  const int64_t high = pool->pages().high_water();
+  a.reset();
+  EXPECT_EQ(pool->pages().used(), 5 * 3);
+  auto c = be->new_sequence(full, 800);
+  be->forward(*c, toks.data(), 700, logits.data(), 128);
+  EXPECT_EQ(pool->pages().high_water(), high) << "a's pages were reused";
+  b.reset(), c.reset();
+  EXPECT_EQ(pool->pages().used(), 0);
+  // q8 pages have another size: another pool.
+  HeadPlan q8 = full;
+  q8.kv_type = KvType::Q8;
+  auto d = be->new_sequence(q8, 800);
+  be->forward(*d, toks.data(), 700, logits.data(), 128);
+  ASSERT_NE(cb.page_pool(KvType::Q8), nullptr);
+  EXPECT_EQ(cb.page_pool(KvType::Q8)->pages().used(), 6 * 3);
+  EXPECT_EQ(pool->pages().used(), 0);
+}
+
+}  // namespace
+}  // namespace duo::cuda

@@ -83,9 +83,29 @@ std::string CudaBackend::description() const {
                      to_string(model_->weights().format()));
 }
 
+// One pool per page format for every sequence: pages of finished sequences serve new ones,
+// and no sequence maps memory beyond its pages (a pool of its own grows a slab at a time).
+// Its address range covers the whole device; memory is mapped only as pages are used.
+std::shared_ptr<KvPagePool> CudaBackend::pool_for(KvType type) {
+  if (PagePool::slab_bytes() == 0) return nullptr;  // no growable pools: each cache allocates its own
+  auto it = pools_.find(type);
+  if (it != pools_.end()) return it->second;
+  const size_t page = GpuKvCache::page_bytes(type, config().head_dim);
+  const int64_t capacity =
+      std::min<int64_t>((int64_t)(device_info().total_memory / (2 * page)), std::numeric_limits<int32_t>::max());
+  return pools_[type] = std::make_shared<KvPagePool>(page, capacity);
+}
+
+const KvPagePool* CudaBackend::page_pool(KvType type) const {
+  auto it = pools_.find(GpuKvCache::resolve_type(type));
+  return it == pools_.end() ? nullptr : it->second.get();
+}
+
 std::unique_ptr<SequenceState> CudaBackend::new_sequence(const HeadPlan& plan, int64_t max_tokens) {
-  return guarded("creating a KV cache",
-                 [&] { return std::make_unique<CudaSequence>(model_->new_cache(plan, max_tokens)); });
+  return guarded("creating a KV cache", [&] {
+    auto pool = pool_for(GpuKvCache::resolve_type(plan.kv_type));
+    return std::make_unique<CudaSequence>(model_->new_cache(plan, max_tokens, std::move(pool)));
+  });
 }
 
 GpuKvCache& CudaBackend::cache_of(SequenceState& state) {
@@ -134,12 +154,10 @@ size_t CudaBackend::kv_bytes_for(const HeadPlan& plan, int64_t n) const {
 }
 
 size_t CudaBackend::sequence_bytes(const HeadPlan& plan, int64_t capacity) const {
-  // The cache's own tables and buffers at its largest, plus what its two page pools may map
-  // beyond their pages (they grow a slab at a time).
-  size_t retrieval = 0;
-  for (const auto& layer : plan.kinds) retrieval += std::count(layer.begin(), layer.end(), HeadKind::Retrieval);
-  const size_t slack = retrieval > 0 ? 2 * PagePool::slab_bytes() : 0;
-  return GpuKvCache::device_bytes_for(config(), plan, capacity, capacity) + slack;
+  // The cache's pages, tables and buffers at its largest. Its pages come from the shared pool,
+  // which maps at most one slab beyond the pages in use (free_kv_memory's margin covers it);
+  // without growable pools each cache allocates exactly its own capacity.
+  return GpuKvCache::device_bytes_for(config(), plan, capacity, capacity);
 }
 
 size_t CudaBackend::free_kv_memory() const {

@@ -1,6 +1,8 @@
 // The CUDA implementation of the device seam (engine/backend.h), and what benchmarks need
 // beyond it: the GPU model and cache behind a sequence, and a description of the device.
 #pragma once
+#include <map>
+#include <memory>
 #include <string>
 
 #include "backend/cuda/gpu_kv_cache.h"
@@ -36,11 +38,17 @@ class CudaBackend final : public ModelBackend {
   size_t free_kv_memory() const override;
 
   GpuModel& gpu() { return *model_; }
+  // The shared page pool of a KV type's retrieval heads (nullptr before the first sequence of
+  // that type, or where the device cannot grow pools and every cache keeps its own).
+  const KvPagePool* page_pool(KvType type) const;
   // The GPU cache of a sequence made by this backend.
   static GpuKvCache& cache_of(SequenceState& state);
 
  private:
+  std::shared_ptr<KvPagePool> pool_for(KvType type);
+
   std::unique_ptr<GpuModel> model_;
+  std::map<KvType, std::shared_ptr<KvPagePool>> pools_;  // by resolved KV type
 };
 
 }  // namespace duo::cuda

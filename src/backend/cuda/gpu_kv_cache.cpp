@@ -33,8 +33,9 @@ size_t GpuKvCache::page_bytes(KvType type, int head_dim) {
   return sizeof(bf16) * kPageTokens * head_dim;
 }
 
-GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max_tokens, cudaStream_t stream)
-    : cfg_(cfg), plan_(plan), max_tokens_(max_tokens), stream_(stream) {
+GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max_tokens, cudaStream_t stream,
+                       std::shared_ptr<KvPagePool> pool)
+    : cfg_(cfg), plan_(plan), max_tokens_(max_tokens), stream_(stream), pool_(std::move(pool)) {
   static std::atomic<uint64_t> next_id{1};
   id_ = next_id++;
   type_ = resolve_type(plan.kv_type);
@@ -73,8 +74,13 @@ GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max
   const int64_t pool_pages = n_retrieval_ * max_pages_;
   DUO_CHECK(pool_pages <= std::numeric_limits<int32_t>::max(), "CUDA KV cache: {} pages exceed int32 page indices",
             pool_pages);
-  k_pool_ = std::make_unique<PagePool>(page_bytes, pool_pages, "the K page pool");
-  v_pool_ = std::make_unique<PagePool>(page_bytes, pool_pages, "the V page pool");
+  if (pool_) {
+    DUO_CHECK(pool_->page_bytes() == page_bytes, "a shared KV page pool of {}-byte pages cannot hold {}-byte {} pages",
+              pool_->page_bytes(), page_bytes, to_string(type_));
+  } else {
+    pool_ = std::make_shared<KvPagePool>(page_bytes, pool_pages);
+    own_pool_ = true;
+  }
 
   // Quantized: bf16 sink and residual rows of every retrieval head (slot-major, layer by layer)
   // and each layer's head -> slot table.
@@ -134,8 +140,8 @@ GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max
     LayerKv& v = views_[l];
     v.type = type_;
     if (is_quantized(type_)) {
-      v.kq_pages = static_cast<uint8_t*>(k_pool_->base());
-      v.vq_pages = static_cast<uint8_t*>(v_pool_->base());
+      v.kq_pages = static_cast<uint8_t*>(pool_->k_base());
+      v.vq_pages = static_cast<uint8_t*>(pool_->v_base());
       v.page_bytes = (int64_t)page_bytes;
       v.sink16 = sink16_;
       v.slot_of = slots_.as<int32_t>() + (size_t)l * n_kv_;
@@ -148,8 +154,8 @@ GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max
         v.v_sink = v_sink_.as<bf16>() + first_slot[l] * sink16_ * d_;
       }
     } else {
-      v.k_pages = static_cast<bf16*>(k_pool_->base());
-      v.v_pages = static_cast<bf16*>(v_pool_->base());
+      v.k_pages = static_cast<bf16*>(pool_->k_base());
+      v.v_pages = static_cast<bf16*>(pool_->v_base());
     }
     v.page_table = page_table_.as<int32_t>() + (size_t)l * n_kv_ * max_pages_;
     v.max_pages = max_pages_;
@@ -167,6 +173,9 @@ GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max
 }
 
 GpuKvCache::~GpuKvCache() {
+  // Pages go back to a shared pool at once: whatever is queued on this (the model's only)
+  // stream runs before the work of the next sequence that takes them.
+  if (pool_ && !pages_.empty()) pool_->give(pages_);
   if (host_table_) {
     (void)cudaStreamSynchronize(stream_);  // a queued page-table copy may still read the mirror
     cudaFreeHost(host_table_);
@@ -178,15 +187,16 @@ void GpuKvCache::reserve(int64_t end) {
             max_tokens_);
   const int64_t want = pages_for(end);
   if (want <= pages_per_head_ || n_retrieval_ == 0) return;
-  const int64_t pages_needed = n_retrieval_ * want;
-  k_pool_->ensure(pages_needed, stream_);
-  v_pool_->ensure(pages_needed, stream_);
-  int64_t next = n_retrieval_ * pages_per_head_;
+  std::vector<int32_t> fresh;
+  fresh.reserve((size_t)(n_retrieval_ * (want - pages_per_head_)));
+  pool_->take(n_retrieval_ * (want - pages_per_head_), fresh, stream_);
+  size_t next = 0;
   for (int64_t p = pages_per_head_; p < want; ++p)
     for (int l = 0; l < n_layers_; ++l)
       for (int h = 0; h < n_kv_; ++h)
         if (plan_.kinds[l][h] == HeadKind::Retrieval)
-          host_table_[((size_t)l * n_kv_ + h) * max_pages_ + p] = (int32_t)next++;
+          host_table_[((size_t)l * n_kv_ + h) * max_pages_ + p] = fresh[next++];
+  pages_.insert(pages_.end(), fresh.begin(), fresh.end());
   // The new columns [pages_per_head_, want) of every (layer, head) row, in one strided copy.
   // Pinned source and entries that never change until clear(): safe to queue asynchronously.
   const size_t pitch = sizeof(int32_t) * max_pages_;
@@ -232,7 +242,8 @@ size_t GpuKvCache::device_bytes_for(const ModelConfig& cfg, const HeadPlan& plan
 }
 
 size_t GpuKvCache::device_bytes() const {
-  return k_pool_->mapped_bytes() + v_pool_->mapped_bytes() + k_ring_.bytes() + v_ring_.bytes() +
+  const size_t pages = own_pool_ ? pool_->mapped_bytes() : pages_.size() * 2 * pool_->page_bytes();
+  return pages + k_ring_.bytes() + v_ring_.bytes() +
          page_table_.bytes() + kinds_.bytes() + k_sink_.bytes() + v_sink_.bytes() + k_resid_.bytes() +
          v_resid_.bytes() + slots_.bytes();
 }
@@ -242,31 +253,48 @@ void GpuKvCache::clear() {
   std::memset(host_table_, 0, sizeof(int32_t) * (size_t)n_layers_ * n_kv_ * max_pages_);
   for (DeviceBuffer* b : {&k_ring_, &v_ring_, &k_sink_, &v_sink_, &k_resid_, &v_resid_})
     if (b->get()) DUO_CUDA_TRY(cudaMemsetAsync(b->get(), 0, b->bytes(), stream_));
-  pages_per_head_ = 0;  // pages stay mapped and are handed out again
+  pool_->give(pages_);  // (a pool of its own keeps them mapped and hands them out again)
+  pages_.clear();
+  pages_per_head_ = 0;
   n_past_ = 0;
 }
 
 void GpuKvCache::fill_random(int64_t n, uint64_t seed) {
   DUO_CHECK(n_past_ == 0, "fill_random needs an empty cache (it holds {} positions)", n_past_);
   reserve(n);
+  // The cache's pages in runs of consecutive pool pages (one run in a fresh pool).
+  std::vector<int32_t> sorted = pages_;
+  std::sort(sorted.begin(), sorted.end());
+  std::vector<std::pair<int64_t, int64_t>> runs;  // first page, count
+  for (int32_t p : sorted)
+    if (!runs.empty() && runs.back().first + runs.back().second == p)
+      ++runs.back().second;
+    else
+      runs.push_back({p, 1});
   if (is_quantized(type_)) {
     // Random codes; every group's params (scale, min) = (1/8, -1) for q4 and (1/128, -1) for q8
     // (halves 0x3000 / 0x2000 and 0xBC00), so values lie in [-1, 1) like the bf16 fill.
     const kvq::QuantLayout L{d_, quant_bits(type_)};
     const uint32_t params = (type_ == KvType::Q4 ? 0x3000u : 0x2000u) | (0xBC00u << 16);
-    const int64_t pages = n_retrieval_ * pages_per_head_;
-    fill_quant_pages(static_cast<uint8_t*>(k_pool_->base()), pages, L.page_bytes(), L.code_bytes(), mix64(seed),
-                     params, stream_);
-    fill_quant_pages(static_cast<uint8_t*>(v_pool_->base()), pages, L.page_bytes(), L.code_bytes(), mix64(seed + 1),
-                     params, stream_);
+    for (const auto& [first, count] : runs) {
+      const int64_t off = first * L.page_bytes();
+      fill_quant_pages(static_cast<uint8_t*>(pool_->k_base()) + off, count, L.page_bytes(), L.code_bytes(),
+                       mix64(seed + first), params, stream_);
+      fill_quant_pages(static_cast<uint8_t*>(pool_->v_base()) + off, count, L.page_bytes(), L.code_bytes(),
+                       mix64(seed + 1 + first), params, stream_);
+    }
     int64_t salt = 4;
     for (DeviceBuffer* b : {&k_sink_, &v_sink_, &k_resid_, &v_resid_})
       if (b->get()) fill_uniform(b->as<bf16>(), (int64_t)(b->bytes() / sizeof(bf16)), mix64(seed + salt++), 0.0f, 1.0f,
                                  stream_);
   } else {
-    const int64_t elems = n_retrieval_ * pages_per_head_ * kPageTokens * d_;
-    fill_uniform(static_cast<bf16*>(k_pool_->base()), elems, mix64(seed), 0.0f, 1.0f, stream_);
-    fill_uniform(static_cast<bf16*>(v_pool_->base()), elems, mix64(seed + 1), 0.0f, 1.0f, stream_);
+    const int64_t page_elems = (int64_t)kPageTokens * d_;
+    for (const auto& [first, count] : runs) {
+      fill_uniform(static_cast<bf16*>(pool_->k_base()) + first * page_elems, count * page_elems, mix64(seed + first),
+                   0.0f, 1.0f, stream_);
+      fill_uniform(static_cast<bf16*>(pool_->v_base()) + first * page_elems, count * page_elems,
+                   mix64(seed + 1 + first), 0.0f, 1.0f, stream_);
+    }
   }
   if (k_ring_.get()) {
     const int64_t ring = (int64_t)(k_ring_.bytes() / sizeof(bf16));

@@ -28,9 +28,12 @@ namespace duo::cuda {
 
 class GpuKvCache {
  public:
-  // max_tokens: the longest the sequence may get (sizes page tables and the pool's address
-  // range; memory is only used as pages are reserved). Work is queued on `stream`.
-  GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max_tokens, cudaStream_t stream);
+  // max_tokens: the longest the sequence may get (sizes page tables; memory is only used as
+  // pages are reserved). Work is queued on `stream`. pool: the shared page pool its retrieval
+  // heads take pages from (its page size must be this plan's page_bytes); nullptr: a pool of
+  // its own, sized for max_tokens.
+  GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max_tokens, cudaStream_t stream,
+             std::shared_ptr<KvPagePool> pool = nullptr);
   ~GpuKvCache();
   GpuKvCache(const GpuKvCache&) = delete;
   GpuKvCache& operator=(const GpuKvCache&) = delete;
@@ -54,7 +57,8 @@ class GpuKvCache {
 
   size_t bytes() const { return bytes(HeadKind::Retrieval) + bytes(HeadKind::Streaming); }
   size_t bytes(HeadKind kind) const;
-  // Device memory this cache holds (mapped pool memory, ring buffers, page tables).
+  // Device memory this cache holds (its pages, or its own pool's mapped memory; ring buffers,
+  // page tables).
   size_t device_bytes() const;
   // Bytes the K and V of a sequence of n tokens take under `plan` (what bytes() will say).
   static size_t bytes_for(const ModelConfig& cfg, const HeadPlan& plan, int64_t n);
@@ -86,7 +90,9 @@ class GpuKvCache {
   std::vector<int> retrieval_;      // retrieval heads a layer
   int64_t n_retrieval_ = 0, n_streaming_ = 0;
 
-  std::unique_ptr<PagePool> k_pool_, v_pool_;
+  std::shared_ptr<KvPagePool> pool_;
+  bool own_pool_ = false;
+  std::vector<int32_t> pages_;      // the pool pages this cache holds (returned on clear / destruction)
   DeviceBuffer page_table_;         // [layer][kv head][max_pages] int32
   int32_t* host_table_ = nullptr;   // pinned mirror
   DeviceBuffer k_ring_, v_ring_;    // [layer with streaming heads][kv head][rows][d]

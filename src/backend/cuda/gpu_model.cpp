@@ -50,8 +50,9 @@ GpuModel::~GpuModel() {
   if (stream_) cudaStreamDestroy(stream_);
 }
 
-std::unique_ptr<GpuKvCache> GpuModel::new_cache(const HeadPlan& plan, int64_t max_tokens) const {
-  return std::make_unique<GpuKvCache>(config(), plan, max_tokens, stream_);
+std::unique_ptr<GpuKvCache> GpuModel::new_cache(const HeadPlan& plan, int64_t max_tokens,
+                                                std::shared_ptr<KvPagePool> pool) const {
+  return std::make_unique<GpuKvCache>(config(), plan, max_tokens, stream_, std::move(pool));
 }
 
 void GpuModel::release_scratch() {

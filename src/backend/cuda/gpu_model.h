@@ -32,7 +32,8 @@ class GpuModel {
   const GpuWeights& weights() const { return *w_; }
   cudaStream_t stream() const { return stream_; }
 
-  std::unique_ptr<GpuKvCache> new_cache(const HeadPlan& plan, int64_t max_tokens) const;
+  std::unique_ptr<GpuKvCache> new_cache(const HeadPlan& plan, int64_t max_tokens,
+                                        std::shared_ptr<KvPagePool> pool = nullptr) const;
 
   // Runs n tokens (host ids) at positions kv.n_past() ... in chunks of at most `chunk`.
   // logits (host): n_vocab floats of the last token, or n x n_vocab with all_logits.

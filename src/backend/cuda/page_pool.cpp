@@ -183,4 +183,18 @@ void PagePool::ensure(int64_t pages, cudaStream_t stream) {
   DUO_CUDA_TRY(cudaMemsetAsync(static_cast<char*>(base_) + first, 0, mapped_ - first, stream));
 }
 
+KvPagePool::KvPagePool(size_t page_bytes, int64_t capacity)
+    : k_(page_bytes, capacity, "the K page pool"), v_(page_bytes, capacity, "the V page pool"), alloc_(capacity) {}
+
+void KvPagePool::take(int64_t n, std::vector<int32_t>& out, cudaStream_t stream) {
+  DUO_CHECK(n <= alloc_.free(), "KV page pool exhausted: {} pages asked for, {} of {} free", n, alloc_.free(),
+            alloc_.capacity());
+  // Map what the pages will need first: a failure then takes no page.
+  const int64_t reused = std::min<int64_t>(n, alloc_.high_water() - alloc_.used());
+  const int64_t high = alloc_.high_water() + (n - reused);
+  k_.ensure(high, stream);
+  v_.ensure(high, stream);
+  alloc_.take(n, out);
+}
+
 }  // namespace duo::cuda

@@ -9,8 +9,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "kv/page_allocator.h"
 
 namespace duo::cuda {
 
@@ -47,6 +50,30 @@ class PagePool {
   size_t reserved_ = 0;  // address space (VMM) or allocation (fallback)
   size_t mapped_ = 0;
   size_t slab_ = 0;
+};
+
+// The KV memory manager's pool: K and V pages of one format for the retrieval heads of any
+// number of sequences (GpuKvCache), handed out and taken back page by page (PageAllocator), so
+// a finished sequence's pages serve the next one and no sequence holds memory beyond its pages.
+// The address range of `capacity` pages is reserved up front; memory is mapped as the
+// high-water mark of pages in use rises (at most one slab beyond it), and stays mapped.
+class KvPagePool {
+ public:
+  KvPagePool(size_t page_bytes, int64_t capacity);
+  // n pages appended to `out`, their memory mapped (new memory zeroed on `stream`). Throws
+  // duo::Error, taking nothing, when fewer than n pages are free or the device has no memory.
+  void take(int64_t n, std::vector<int32_t>& out, cudaStream_t stream);
+  void give(const std::vector<int32_t>& pages) { alloc_.give(pages); }
+
+  void* k_base() const { return k_.base(); }
+  void* v_base() const { return v_.base(); }
+  size_t page_bytes() const { return k_.page_bytes(); }
+  const PageAllocator& pages() const { return alloc_; }
+  size_t mapped_bytes() const { return k_.mapped_bytes() + v_.mapped_bytes(); }
+
+ private:
+  PagePool k_, v_;
+  PageAllocator alloc_;
 };
 
 }  // namespace duo::cuda
