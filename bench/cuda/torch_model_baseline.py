@@ -80,9 +80,9 @@ class Decoder:
         x1, x2 = x[..., : self.D // 2].float(), x[..., self.D // 2 :].float()
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
-    def new_cache(self, cap):
+    def new_cache(self, cap, batch=1):
         s = self.s
-        shape = (1, s["kv"], cap, self.D)
+        shape = (batch, s["kv"], cap, self.D)
         return [(torch.empty(shape, device=self.dev, dtype=torch.bfloat16),
                  torch.empty(shape, device=self.dev, dtype=torch.bfloat16)) for _ in range(s["layers"])]
 
@@ -118,6 +118,32 @@ class Decoder:
             g, u = (h @ L["wgu"].t()).chunk(2, dim=-1)
             x = x + (F.silu(g) * u) @ L["wdown"].t()
         return rms_norm(x[-1:], self.out_norm) @ self.out.t()
+
+
+    def decode_batch(self, tokens, cache, start):
+        """One decode token for each of B sequences, all at position `start` (tokens [B]): the
+        batch's linear layers as one GEMM, SDPA over the batch; returns [B, vocab] logits."""
+        s, D = self.s, self.D
+        H, KV = s["heads"], s["kv"]
+        B = tokens.shape[0]
+        pos = torch.full((B,), start, device=self.dev)
+        x = self.embed[tokens]
+        for L, (K, V) in zip(self.layers, cache):
+            h = rms_norm(x, L["attn_norm"])
+            qkv = h @ L["wqkv"].t()
+            if L["bqkv"] is not None:
+                qkv = qkv + L["bqkv"]
+            q, k, v = qkv.split([H * D, KV * D, KV * D], dim=-1)
+            q = self.rope(q.view(B, H, D), pos)
+            k = self.rope(k.view(B, KV, D), pos)
+            K[:, :, start] = k
+            V[:, :, start] = v.view(B, KV, D)
+            a = sdpa(q.unsqueeze(2), K[:, :, : start + 1], V[:, :, : start + 1], causal=False)  # [B, H, 1, D]
+            x = x + a.reshape(B, H * D) @ L["wo"].t()
+            h = rms_norm(x, L["ffn_norm"])
+            g, u = (h @ L["wgu"].t()).chunk(2, dim=-1)
+            x = x + (F.silu(g) * u) @ L["wdown"].t()
+        return rms_norm(x, self.out_norm) @ self.out.t()
 
 
 def sdpa(q, k, v, causal):
@@ -180,21 +206,24 @@ def bench_prefill(m, L, chunk, seed):
     return {"tokens": L, "chunk": chunk, "ms": ms, "peak_bytes": peak}
 
 
-def bench_decode(m, C, steps, seed):
+def bench_decode(m, C, steps, seed, batch=1):
     s = m.s
-    need = kv_bytes(s, m.D, C + 1) + 1 * GiB  # decode temporaries are small
+    need = batch * kv_bytes(s, m.D, C + 1) + 1 * GiB  # decode temporaries are small
     if need > free_bytes():
-        return {"context": C, "skipped": f"needs {need / GiB:.1f} GiB, {free_bytes() / GiB:.1f} GiB free"}
-    cache = m.new_cache(C + 1)
+        return {"context": C, "batch": batch,
+                "skipped": f"needs {need / GiB:.1f} GiB, {free_bytes() / GiB:.1f} GiB free"}
+    cache = m.new_cache(C + 1, batch)
     g = torch.Generator(device=m.dev).manual_seed(seed)
     for K, V in cache:  # random keys/values for [0, C), in place (no big temporaries)
         K.normal_(generator=g)
         V.normal_(generator=g)
-    tok = torch.ones(1, dtype=torch.long, device=m.dev)
-    out = {"context": C}
+    tok = torch.ones(batch, dtype=torch.long, device=m.dev)
+    out = {"context": C, "batch": batch}
     with torch.inference_mode():
         # Every step decodes position C (overwriting its K/V): the same work as a step at C.
         def step():
+            if batch > 1:
+                return m.decode_batch(tok, cache, C).argmax(dim=-1)
             return m.forward(tok, cache, C).argmax(dim=-1)
 
         for _ in range(2):
@@ -203,7 +232,7 @@ def bench_decode(m, C, steps, seed):
         t0 = time.perf_counter()
         for _ in range(steps):
             nxt = step()
-            nxt.item()  # a generation loop needs the token on the host
+            nxt.tolist()  # a generation loop needs the tokens on the host
         out["ms_per_token_eager"] = 1e3 * (time.perf_counter() - t0) / steps
         try:
             graph = torch.cuda.CUDAGraph()
@@ -219,7 +248,7 @@ def bench_decode(m, C, steps, seed):
             t0 = time.perf_counter()
             for _ in range(steps):
                 graph.replay()
-                static_next.item()
+                static_next.tolist()
             out["ms_per_token_graph"] = 1e3 * (time.perf_counter() - t0) / steps
             del graph
         except Exception as e:  # noqa: BLE001 - report why the graph variant is missing
@@ -235,6 +264,7 @@ def main():
     ap.add_argument("--decode", default="32768,131072,262144,524288,1048576")
     ap.add_argument("--chunk", type=int, default=0, help="pre-fill chunk (0: whole prompt in one pass)")
     ap.add_argument("--decode-steps", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=1, help="decode this many sequences together (all at one context)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -266,14 +296,14 @@ def main():
         print(f"  pre-fill {L:8d}: " + (f"{r['ms']:10.1f} ms" if "ms" in r else "skipped: " + r["skipped"]), flush=True)
     out["decode"] = []
     for C in lengths(a.decode):
-        r = bench_decode(m, C, a.decode_steps, a.seed)
+        r = bench_decode(m, C, a.decode_steps, a.seed, a.batch)
         out["decode"].append(r)
         if "skipped" in r:
             print(f"  decode {C:8d}: skipped: {r['skipped']}", flush=True)
         else:
             gr = r.get("ms_per_token_graph")
-            print(f"  decode {C:8d}: {r['ms_per_token_eager']:8.3f} ms/token eager, "
-                  + (f"{gr:8.3f} ms/token CUDA graph" if gr else "graph failed: " + r.get("graph_error", "?")), flush=True)
+            print(f"  decode {C:8d} x {a.batch}: {r['ms_per_token_eager']:8.3f} ms/step eager, "
+                  + (f"{gr:8.3f} ms/step CUDA graph" if gr else "graph failed: " + r.get("graph_error", "?")), flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)
