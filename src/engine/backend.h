@@ -100,8 +100,9 @@ class ModelBackend {
   // that running sequences can never exhaust the device.
   virtual size_t sequence_bytes(const HeadPlan& plan, int64_t capacity) const = 0;
   // Memory this device can give to KV caches now (for a default serving budget): free device
-  // memory less a margin for activations on CUDA; 0 when the backend does not know (CPU).
-  virtual size_t free_kv_memory() const { return 0; }
+  // memory less a margin for activations on CUDA (after giving back cached KV memory no
+  // sequence uses); 0 when the backend does not know (CPU).
+  virtual size_t free_kv_memory() { return 0; }
 };
 
 // The CPU engine (the model and the pool must outlive the backend).

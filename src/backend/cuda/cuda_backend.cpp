@@ -160,13 +160,24 @@ size_t CudaBackend::sequence_bytes(const HeadPlan& plan, int64_t capacity) const
   return GpuKvCache::device_bytes_for(config(), plan, capacity, capacity);
 }
 
-size_t CudaBackend::free_kv_memory() const {
+size_t CudaBackend::free_kv_memory() {
+  release_idle_pools();
   size_t free_b = 0, total_b = 0;
   DUO_CUDA_TRY(cudaMemGetInfo(&free_b, &total_b));
   // Left for what grows after start-up: activations of the largest step, the LM head's logits
   // of a full batch, cuBLAS workspaces and captured graphs.
   const size_t margin = std::max<size_t>(size_t(3) << 29, total_b / 32);
-  return free_b > margin ? free_b - margin : 0;
+  // Pages a shared pool has mapped but no sequence holds serve new sequences of its type first.
+  size_t idle = 0;
+  for (const auto& [type, pool] : pools_)
+    idle += (size_t)(pool->pages().high_water() - pool->pages().used()) * 2 * pool->page_bytes();
+  return free_b > margin ? free_b - margin + idle : idle;
+}
+
+void CudaBackend::release_idle_pools() {
+  // A pool no page of which is in use gives its memory back (a sequence that still refers to
+  // it keeps it alive; the next sequence of that type starts a new pool).
+  std::erase_if(pools_, [](const auto& kv) { return kv.second->pages().used() == 0; });
 }
 
 }  // namespace duo::cuda

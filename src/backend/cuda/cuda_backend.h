@@ -35,7 +35,9 @@ class CudaBackend final : public ModelBackend {
   void step(const std::vector<StepItem>& items, int32_t* picked, float* logits) override;
   size_t kv_bytes_for(const HeadPlan& plan, int64_t n) const override;
   size_t sequence_bytes(const HeadPlan& plan, int64_t capacity) const override;
-  size_t free_kv_memory() const override;
+  // Releases the shared pools no sequence holds pages of, then counts free device memory (less
+  // a margin) plus the pages the remaining pools have mapped and not handed out.
+  size_t free_kv_memory() override;
 
   GpuModel& gpu() { return *model_; }
   // The shared page pool of a KV type's retrieval heads (nullptr before the first sequence of
@@ -46,6 +48,7 @@ class CudaBackend final : public ModelBackend {
 
  private:
   std::shared_ptr<KvPagePool> pool_for(KvType type);
+  void release_idle_pools();
 
   std::unique_ptr<GpuModel> model_;
   std::map<KvType, std::shared_ptr<KvPagePool>> pools_;  // by resolved KV type

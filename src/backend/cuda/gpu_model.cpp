@@ -413,6 +413,12 @@ void GpuModel::prepare_step_decode(const std::vector<StepItem>& items, const std
   dec_.clear();
   for (size_t i = 0; i < items.size(); ++i)
     if (items[i].n == 1) dec_.push_back((int)i);
+  // One attention launch takes one KV type: decode items grouped by type (usually one group).
+  std::stable_sort(dec_.begin(), dec_.end(), [&](int a, int b) { return items[a].kv->type() < items[b].kv->type(); });
+  dec_groups_.clear();
+  for (int j = 0; j < (int)dec_.size(); ++j)
+    if (j == 0 || items[dec_[j]].kv->type() != items[dec_[j - 1]].kv->type()) dec_groups_.push_back(j);
+  dec_groups_.push_back((int)dec_.size());
   const int nd = (int)dec_.size();
   if (nd == 0) return;
   std::vector<int32_t> rows_pos(2 * (size_t)nd);
@@ -430,7 +436,8 @@ void GpuModel::prepare_step_decode(const std::vector<StepItem>& items, const std
       views[(size_t)l * nd + j] = kv.layer(l);
       da[j] = decode_args(kv, l, nullptr, nullptr);
     }
-    ws = std::max(ws, decode_batch_workspace_bytes(da.data(), nd));
+    for (size_t g = 0; g + 1 < dec_groups_.size(); ++g)
+      ws = std::max(ws, decode_batch_workspace_bytes(da.data() + dec_groups_[g], dec_groups_[g + 1] - dec_groups_[g]));
   }
   dec_rows_ = dec_meta_.ensure_n<int32_t>(2 * nd);
   dec_views_ = dec_views_buf_.ensure_n<LayerKv>((int64_t)views.size());
@@ -502,11 +509,14 @@ void GpuModel::enqueue_step_attention(const std::vector<StepItem>& items, const 
                   it.kv->layer(l), s);
       da[j] = decode_args(*it.kv, l, act.q + r * Q, act.att + r * Q);
     }
-    DecodeBatch b;
-    b.items = da.data(), b.n = nd;
-    b.workspace = dec_ws_, b.workspace_bytes = dec_ws_bytes_;
-    b.params = dec_params_, b.params_bytes = dec_params_bytes_;
-    decode_attention_batch(b, s);
+    // The groups run one after another on the stream, so they share the workspace and params.
+    for (size_t g = 0; g + 1 < dec_groups_.size(); ++g) {
+      DecodeBatch b;
+      b.items = da.data() + dec_groups_[g], b.n = dec_groups_[g + 1] - dec_groups_[g];
+      b.workspace = dec_ws_, b.workspace_bytes = dec_ws_bytes_;
+      b.params = dec_params_, b.params_bytes = dec_params_bytes_;
+      decode_attention_batch(b, s);
+    }
   }
   if (timing_) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l + 1], s));
 }

@@ -123,7 +123,8 @@ class GpuModel {
   // positions on the device, [layer][item] cache views, split workspace and parameter buffer.
   // DUO_BATCH_DECODE=0 runs them one by one with forward()'s kernels instead.
   bool batch_decode_ = true;
-  std::vector<int> dec_;
+  std::vector<int> dec_;         // decode items, grouped by KV type
+  std::vector<int> dec_groups_;  // group g is dec_[dec_groups_[g] .. dec_groups_[g + 1])
   int32_t* dec_rows_ = nullptr;
   LayerKv* dec_views_ = nullptr;
   void *dec_ws_ = nullptr, *dec_params_ = nullptr;
