@@ -103,6 +103,14 @@ class ModelBackend {
   // memory less a margin for activations on CUDA (after giving back cached KV memory no
   // sequence uses); 0 when the backend does not know (CPU).
   virtual size_t free_kv_memory() { return 0; }
+
+  // The device's shared KV page pools (retrieval heads of every sequence), in bytes of K and V
+  // pages: held by sequences, and mapped but free for the next ones. Zero where caches keep
+  // their own memory (CPU).
+  struct PagePoolUse {
+    size_t used_bytes = 0, idle_bytes = 0;
+  };
+  virtual PagePoolUse page_pool_use() const { return {}; }
 };
 
 // The CPU engine (the model and the pool must outlive the backend).

@@ -154,6 +154,10 @@ std::string Metrics::render() const {
   out += fmt::format("duo_kv_bytes_peak {}\n", kv_peak_);
   header(out, "duo_kv_reserved_bytes", "gauge", "KV bytes reserved by admitted sequences (their size at max_tokens).");
   out += fmt::format("duo_kv_reserved_bytes {}\n", g_.kv_reserved);
+  header(out, "duo_kv_pool_bytes", "gauge",
+         "GPU page pool of the retrieval heads: bytes of pages held by sequences, and mapped but free.");
+  out += fmt::format("duo_kv_pool_bytes{{state=\"used\"}} {}\n", g_.pool_used);
+  out += fmt::format("duo_kv_pool_bytes{{state=\"free\"}} {}\n", g_.pool_idle);
   header(out, "duo_kv_budget_bytes", "gauge", "KV cache memory budget that admission respects.");
   out += fmt::format("duo_kv_budget_bytes {}\n", g_.kv_budget);
   return out;

@@ -33,8 +33,9 @@ struct SchedulerGauges {
   size_t kv_reserved = 0;   // bytes reserved for admitted sequences (their final size)
   size_t kv_budget = 0;
   int last_batch = 0;       // sequences in the last step
-  // (No device-memory gauges: ModelBackend reports no page usage, only free_kv_memory() for
-  // a default budget; kv_reserved is in the device's own bytes, via sequence_bytes.)
+  // The device's shared retrieval-head page pools (ModelBackend::page_pool_use; 0 on the CPU):
+  // pages held by sequences, and mapped pages free for the next ones.
+  size_t pool_used = 0, pool_idle = 0;
 };
 
 class Metrics {

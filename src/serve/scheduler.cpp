@@ -360,6 +360,8 @@ void Scheduler::publish_gauges(int last_batch) {
     g.kv_retrieval += s->state->kv_bytes(HeadKind::Retrieval);
     g.kv_streaming += s->state->kv_bytes(HeadKind::Streaming);
   }
+  const ModelBackend::PagePoolUse pool = backend_.page_pool_use();
+  g.pool_used = pool.used_bytes, g.pool_idle = pool.idle_bytes;
   g.kv_budget = opts_.kv_budget_bytes;
   g.last_batch = last_batch;
   {

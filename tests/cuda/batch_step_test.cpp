@@ -278,8 +278,11 @@ TEST(CudaKvPagePool, FinishedSequencesReturnTheirPages) {
   EXPECT_EQ(pool->pages().used(), 6 * 3 + 5 * 3);
   EXPECT_EQ(a->kv_bytes(HeadKind::Retrieval), 6u * 3 * 2 * GpuKvCache::page_bytes(KvType::BF16, 64));
   const int64_t high = pool->pages().high_water();
+  const size_t page2 = 2 * GpuKvCache::page_bytes(KvType::BF16, 64);  // a K and a V page
   a.reset();
   EXPECT_EQ(pool->pages().used(), 5 * 3);
+  EXPECT_EQ(cb.page_pool_use().used_bytes, 15 * page2);
+  EXPECT_EQ(cb.page_pool_use().idle_bytes, (size_t)(high - 15) * page2);
   auto c = be->new_sequence(full, 800);
   be->forward(*c, toks.data(), 700, logits.data(), 128);
   EXPECT_EQ(pool->pages().high_water(), high) << "a's pages were reused";

@@ -39,6 +39,7 @@ TEST(Metrics, RendersCountersAndGauges) {
   g.kv_reserved = 4096;
   g.kv_budget = 1 << 20;
   g.last_batch = 3;
+  g.pool_used = 3 << 20, g.pool_idle = 1 << 20;
   m.set_gauges(g);
   m.observe_kv(5000);
   const std::string page = m.render();
@@ -57,6 +58,8 @@ TEST(Metrics, RendersCountersAndGauges) {
   EXPECT_EQ(sample(page, "duo_kv_bytes_peak"), 5000);
   EXPECT_EQ(sample(page, "duo_kv_reserved_bytes"), 4096);
   EXPECT_EQ(sample(page, "duo_kv_budget_bytes"), 1 << 20);
+  EXPECT_EQ(sample(page, R"(duo_kv_pool_bytes{state="used"})"), 3 << 20);
+  EXPECT_EQ(sample(page, R"(duo_kv_pool_bytes{state="free"})"), 1 << 20);
   EXPECT_EQ(sample(page, "duo_queue_depth"), 2);
   EXPECT_EQ(sample(page, "duo_active_sequences"), 3);
   // Every sample has its HELP and TYPE.

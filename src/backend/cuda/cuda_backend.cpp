@@ -174,6 +174,16 @@ size_t CudaBackend::free_kv_memory() {
   return free_b > margin ? free_b - margin + idle : idle;
 }
 
+ModelBackend::PagePoolUse CudaBackend::page_pool_use() const {
+  PagePoolUse u;
+  for (const auto& [type, pool] : pools_) {
+    const size_t page = 2 * pool->page_bytes();  // a K page and a V page
+    u.used_bytes += (size_t)pool->pages().used() * page;
+    u.idle_bytes += (size_t)(pool->pages().high_water() - pool->pages().used()) * page;
+  }
+  return u;
+}
+
 void CudaBackend::release_idle_pools() {
   // A pool no page of which is in use gives its memory back (a sequence that still refers to
   // it keeps it alive; the next sequence of that type starts a new pool).

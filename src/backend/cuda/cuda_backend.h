@@ -38,6 +38,7 @@ class CudaBackend final : public ModelBackend {
   // Releases the shared pools no sequence holds pages of, then counts free device memory (less
   // a margin) plus the pages the remaining pools have mapped and not handed out.
   size_t free_kv_memory() override;
+  PagePoolUse page_pool_use() const override;
 
   GpuModel& gpu() { return *model_; }
   // The shared page pool of a KV type's retrieval heads (nullptr before the first sequence of
