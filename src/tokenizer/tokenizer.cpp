@@ -109,6 +109,34 @@ Tokenizer::Tokenizer(Vocab v) : vocab_(std::move(v)) {
       byte_tokens_[b] = token_id(buf);
     }
   }
+  // For min_tokens: the most input bytes one token stands for. A byte-level BPE token stands for
+  // exactly its bytes, a SentencePiece piece for at most its bytes with U+2581 read as a space
+  // (it may be the added space prefix); anything else (special tokens, or "<0x41>"-like text a
+  // merge may reach) for at most its text.
+  for (size_t i = 0; i < n; ++i) {
+    const std::string& t = vocab_.tokens[i];
+    size_t covers = t.size();
+    if (vocab_.types[i] == TokenType::Normal) {
+      if (vocab_.model == Vocab::Model::BPE) {
+        covers = piece_bytes((int32_t)i).size();
+      } else {
+        for (size_t at = t.find("\xE2\x96\x81"); at != std::string::npos; at = t.find("\xE2\x96\x81", at + 3))
+          covers -= 2;
+      }
+    }
+    max_token_bytes_ = std::max(max_token_bytes_, covers);
+  }
+  // A byte is always covered by some token unless the fallbacks below (a byte token, else the
+  // unknown token) may drop it; keep this in step with encode_bpe_piece and encode_spm.
+  // SentencePiece: a space is U+2581, covered by that token or its first byte's byte token.
+  all_bytes_kept_ = true;
+  for (int b = 0; b < 256; ++b) {
+    bool kept = byte_tokens_[b] >= 0 || vocab_.unk >= 0;
+    if (vocab_.model == Vocab::Model::SPM && b == ' ')
+      kept = token_id("\xE2\x96\x81") >= 0 || byte_tokens_[0xE2] >= 0 || vocab_.unk >= 0;
+    byte_kept_[b] = kept;
+    all_bytes_kept_ = all_bytes_kept_ && kept;
+  }
 }
 
 Tokenizer::~Tokenizer() = default;
@@ -184,7 +212,8 @@ void Tokenizer::encode_bpe_piece(const std::string& piece, std::vector<int32_t>&
       ids.push_back(id);
       continue;
     }
-    // Not in the vocabulary: fall back to one token per byte.
+    // Not in the vocabulary: fall back to one token per byte (min_tokens relies on which bytes
+    // this may drop).
     for (size_t k = 0; k < s.size();) {
       uint32_t cp;
       const int len = utf8_next(s, k, cp);
@@ -253,7 +282,7 @@ void Tokenizer::encode_spm(const std::string& raw, bool space_prefix, std::vecto
       out.push_back(id);
       continue;
     }
-    for (unsigned char c : s) {
+    for (unsigned char c : s) {  // byte fallback (min_tokens relies on which bytes this may drop)
       if (byte_tokens_[c] >= 0)
         out.push_back(byte_tokens_[c]);
       else if (vocab_.unk >= 0)
@@ -274,6 +303,50 @@ void Tokenizer::encode_segment(const std::string& text, bool space_prefix, std::
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, bool parse_special) const {
   std::vector<int32_t> out;
   if (add_bos && vocab_.bos >= 0) out.push_back(vocab_.bos);
+  encode_text(text, parse_special, {}, out);
+  if (vocab_.add_eos && vocab_.eos >= 0) out.push_back(vocab_.eos);
+  return out;
+}
+
+std::vector<int32_t> Tokenizer::encode_parts(const std::vector<PromptPart>& parts, bool add_bos) const {
+  auto marker_id = [&](const PromptPart& p) {
+    if (!p.special) return -1;
+    const int32_t id = token_id(p.text);
+    return id >= 0 && (vocab_.types[id] == TokenType::Control || vocab_.types[id] == TokenType::UserDefined) ? id : -1;
+  };
+  std::vector<int32_t> markers;
+  for (const auto& p : parts)
+    if (const int32_t id = marker_id(p); id >= 0 && std::find(markers.begin(), markers.end(), id) == markers.end())
+      markers.push_back(id);
+  std::vector<int32_t> out;
+  if (add_bos && vocab_.bos >= 0) out.push_back(vocab_.bos);
+  std::string run;  // text up to the next marker, across part boundaries
+  for (const auto& p : parts) {
+    const int32_t id = marker_id(p);
+    if (id < 0) {
+      run += p.text;
+      continue;
+    }
+    encode_text(run, false, markers, out);
+    run.clear();
+    out.push_back(id);
+  }
+  encode_text(run, false, markers, out);
+  if (vocab_.add_eos && vocab_.eos >= 0) out.push_back(vocab_.eos);
+  return out;
+}
+
+size_t Tokenizer::min_tokens(std::string_view text) const {
+  size_t kept = text.size();
+  if (!all_bytes_kept_) {
+    kept = 0;
+    for (unsigned char c : text) kept += byte_kept_[c];
+  }
+  return (kept + max_token_bytes_ - 1) / max_token_bytes_;
+}
+
+void Tokenizer::encode_text(std::string_view text, bool parse_special, const std::vector<int32_t>& never,
+                            std::vector<int32_t>& out) const {
   // Split out special tokens (longest match first at the earliest position), encode the
   // text between them.
   // SentencePiece: like llama.cpp, every run of text (at the start or after a special token)
@@ -285,7 +358,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, bool
       for (int32_t id : specials_) {
         if (!parse_special && vocab_.types[id] == TokenType::Control) continue;
         const std::string& s = vocab_.tokens[id];
-        if (text.compare(pos, s.size(), s) == 0) {
+        if (text.compare(pos, s.size(), s) == 0 && std::find(never.begin(), never.end(), id) == never.end()) {
           hit = id;
           break;
         }
@@ -301,8 +374,6 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, bool
     seg_start = pos;
   }
   encode_segment(std::string(text.substr(seg_start)), true, out);
-  if (vocab_.add_eos && vocab_.eos >= 0) out.push_back(vocab_.eos);
-  return out;
 }
 
 std::string Tokenizer::piece_bytes(int32_t id) const {

@@ -17,6 +17,14 @@ namespace duo {
 class GgufFile;
 class Pretokenizer;
 
+// A piece of a prompt for Tokenizer::encode_parts.
+struct PromptPart {
+  std::string text;
+  // A chat template's marker ("<|im_start|>"): it becomes its special token when the vocabulary
+  // has one as a control or user-defined token (else it is text).
+  bool special = false;
+};
+
 class Tokenizer {
  public:
   explicit Tokenizer(Vocab v);
@@ -27,6 +35,20 @@ class Tokenizer {
   // parse_special: text of control tokens (e.g. "<|im_start|>") becomes those tokens;
   // user-defined tokens are always recognised, as in the reference implementations.
   std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special) const;
+  // A prompt whose special tokens are exactly its marker parts: the text parts are encoded with
+  // parse_special off, so text written by a user ("<|im_end|>\n<|im_start|>system") can never
+  // become a template's marker, and user-defined tokens that are one of this prompt's markers are
+  // not matched in text either. Text runs between markers are encoded as one piece, so for text
+  // without special-token text the ids are those of encode(concatenation, add_bos, true).
+  std::vector<int32_t> encode_parts(const std::vector<PromptPart>& parts, bool add_bos) const;
+  // A lower bound on the number of ids encode() gives for `text` (BOS/EOS not counted), in one
+  // pass over its bytes and without tokenizing: every token covers at most max_token_bytes()
+  // bytes of the input, and every byte is covered by some token unless the vocabulary would
+  // drop it (no byte token and no unknown token). Lets a server refuse a prompt that cannot
+  // fit the context before paying for its tokenization.
+  size_t min_tokens(std::string_view text) const;
+  // The most input bytes one token can stand for (>= 1).
+  size_t max_token_bytes() const { return max_token_bytes_; }
   // Concatenated pieces; control tokens render as their text.
   std::string decode(const std::vector<int32_t>& ids) const;
   // Raw bytes of one token (may be part of a UTF-8 character). Control tokens give "".
@@ -42,6 +64,10 @@ class Tokenizer {
   void encode_spm(const std::string& text, bool space_prefix, std::vector<int32_t>& out) const;
   void encode_segment(const std::string& text, bool space_prefix, std::vector<int32_t>& out) const;
   std::string piece_bytes(int32_t id) const;
+  // Text without specials (or with them, parse_special), between two markers; `never`: special
+  // ids not to match in it.
+  void encode_text(std::string_view text, bool parse_special, const std::vector<int32_t>& never,
+                   std::vector<int32_t>& out) const;
 
   Vocab vocab_;
   std::unordered_map<std::string, int32_t> token_to_id_;
@@ -52,6 +78,9 @@ class Tokenizer {
   std::unique_ptr<Pretokenizer> pre_;
   bool ignore_merges_ = false;  // BPE: whole-piece vocabulary lookup before merging (Llama-3)
   int32_t byte_tokens_[256];  // SPM byte fallback <0xXX> ids, or BPE single-byte token ids
+  size_t max_token_bytes_ = 1;
+  bool byte_kept_[256] = {};   // some token covers the byte wherever it occurs (min_tokens)
+  bool all_bytes_kept_ = false;
   mutable std::mutex cache_mu_;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;  // BPE piece -> ids
 };

@@ -1,6 +1,7 @@
 // Our tokenizers against HF `tokenizers` (Rust) built from the same GGUF vocabularies with the
 // original models' pre-tokenizers (scripts/make_tokenizer_fixtures.py), plus round trips,
-// special tokens, vocabulary errors, SentencePiece on a hand-built vocabulary, and speed.
+// special tokens, vocabulary errors, SentencePiece on a hand-built vocabulary, speed, and the
+// lower bound on token counts a server checks before tokenizing.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -361,6 +362,68 @@ TEST(Tokenizer, SentencePieceFromGguf) {
   EXPECT_TRUE(tok->vocab().add_space_prefix);
   EXPECT_EQ(tok->encode("a a", true, false), (std::vector<int32_t>{1, 259, 260, 259, 260}));
   EXPECT_EQ(tok->decode({1, 259, 260, 259, 260}), "<s> a a");  // as HF decode(skip_special_tokens=False)
+}
+
+// --- min_tokens: a lower bound on the token count from the bytes alone --------------------------
+
+// Texts that pack many bytes into few tokens: long tokens repeated, special-token text, and
+// bytes some vocabularies drop.
+std::vector<std::string> dense_texts(const Tokenizer& tok) {
+  std::string longest;
+  for (int32_t id = 0; id < tok.n_vocab(); ++id) {
+    const TokenType t = tok.vocab().types[id];
+    if (t == TokenType::Normal && tok.token_to_piece(id).size() > longest.size()) longest = tok.token_to_piece(id);
+  }
+  std::vector<std::string> out = {"", "a", "hello world", std::string(5000, ' '), std::string(3000, '-'),
+                                  "<|im_start|><|im_end|><|endoftext|><|im_start|>", "\xfe\xff\xfe a"};
+  std::string rep;
+  for (int i = 0; i < 50; ++i) rep += longest;
+  out.push_back(rep);
+  for (const auto& s : haystack_sentences(200, 1)) out.back() += s;
+  return out;
+}
+
+void check_min_tokens(const Tokenizer& tok) {
+  for (const std::string& text : dense_texts(tok))
+    for (bool special : {false, true}) {
+      const size_t n = tok.encode(text, false, special).size();
+      EXPECT_LE(tok.min_tokens(text), n) << "special " << special << ", text: " << text.substr(0, 80);
+    }
+  // Not vacuous: ordinary text is within a small factor of the bound.
+  std::string prose;
+  for (const auto& s : haystack_sentences(200, 2)) prose += s + " ";
+  EXPECT_GT(tok.min_tokens(prose) * 40, tok.encode(prose, false, false).size());
+}
+
+TEST(Tokenizer, MinTokensIsALowerBoundWithRealVocabularies) {
+  DUO_REQUIRE_MODEL(path, test::kSmolLM2);
+  DUO_REQUIRE_MODEL(path2, test::kQwenCoder);
+  for (const std::string& p : {path, path2}) {
+    auto g = GgufFile::open(p);
+    auto tok = Tokenizer::from_gguf(*g);
+    std::printf("  %s: longest token %zu bytes\n", p.substr(p.rfind('/') + 1).c_str(), tok->max_token_bytes());
+    EXPECT_GE(tok->max_token_bytes(), 12u);  // "<|im_start|>"
+    EXPECT_LE(tok->max_token_bytes(), 1024u);
+    check_min_tokens(*tok);
+  }
+}
+
+TEST(Tokenizer, MinTokensCountsOnlyBytesThatBecomeTokens) {
+  // No unknown token and only "a", "b" as bytes: everything else is dropped, so only those count.
+  const auto bytes = small_bpe("gpt2", "gpt2").bytes();
+  auto g = GgufFile::from_memory(bytes.data(), bytes.size());
+  auto tok = Tokenizer::from_gguf(*g);
+  EXPECT_EQ(tok->max_token_bytes(), 7u);  // "<|end|>"
+  EXPECT_EQ(tok->encode("zzzzzzzzzzzzzzzab", false, false), (std::vector<int32_t>{2}));
+  EXPECT_EQ(tok->min_tokens("zzzzzzzzzzzzzzzab"), 1u);
+  EXPECT_EQ(tok->min_tokens("zzzz"), 0u);
+  EXPECT_EQ(tok->min_tokens(std::string(15, 'a')), 3u);
+  // SentencePiece: "▁aa" covers 3 input bytes at most (" aa"), byte fallback 1.
+  SpmVocab s;
+  s.add(kSp + "aa", -1);
+  const Tokenizer spm(s.v);
+  EXPECT_EQ(spm.max_token_bytes(), 6u);  // "<0x41>" as text
+  check_min_tokens(spm);
 }
 
 }  // namespace
