@@ -53,43 +53,78 @@ ChatTemplate ChatTemplate::from_gguf(const GgufFile& f) {
   return ChatTemplate{};
 }
 
-std::string apply_chat_template(const ChatTemplate& t, const std::vector<ChatMessage>& messages,
-                                bool add_generation_prompt) {
+std::vector<PromptPart> render_chat_template(const ChatTemplate& t, const std::vector<ChatMessage>& messages,
+                                             bool add_generation_prompt) {
   for (const auto& m : messages)
     DUO_CHECK(m.role == "system" || m.role == "user" || m.role == "assistant",
               "chat message role '{}' is not one of system, user, assistant", m.role);
   const bool has_system = !messages.empty() && messages[0].role == "system";
-  std::string out;
+  std::vector<PromptPart> out;
+  auto mark = [&](const std::string& s) {
+    if (!s.empty()) out.push_back({s, true});
+  };
+  auto text = [&](const std::string& s) {
+    if (!s.empty()) out.push_back({s, false});
+  };
   switch (t.kind) {
-    case ChatTemplate::Kind::ChatML:
+    case ChatTemplate::Kind::ChatML: {
+      auto turn = [&](const std::string& role, const std::string& content) {
+        mark("<|im_start|>");
+        text(role + "\n");
+        text(content);
+        mark("<|im_end|>");
+        text("\n");
+      };
       // The default system prompt comes with the first message (SmolLM2's template renders
       // nothing for an empty conversation; Qwen's fails on one).
-      if (!has_system && !messages.empty() && !t.default_system.empty())
-        out += "<|im_start|>system\n" + t.default_system + "<|im_end|>\n";
-      for (const auto& m : messages) out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
-      if (add_generation_prompt) out += "<|im_start|>assistant\n";
+      if (!has_system && !messages.empty() && !t.default_system.empty()) turn("system", t.default_system);
+      for (const auto& m : messages) turn(m.role, m.content);
+      if (add_generation_prompt) {
+        mark("<|im_start|>");
+        text("assistant\n");
+      }
       break;
-    case ChatTemplate::Kind::Llama3:
-      out += t.bos;
-      for (const auto& m : messages)
-        out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + m.content + "<|eot_id|>";
-      if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    }
+    case ChatTemplate::Kind::Llama3: {
+      auto header = [&](const std::string& role) {
+        mark("<|start_header_id|>");
+        text(role);
+        mark("<|end_header_id|>");
+        text("\n\n");
+      };
+      mark(t.bos);
+      for (const auto& m : messages) {
+        header(m.role);
+        text(m.content);
+        mark("<|eot_id|>");
+      }
+      if (add_generation_prompt) header("assistant");
       break;
+    }
     case ChatTemplate::Kind::Llama2: {
+      // "[INST]" and "[/INST]" are control tokens in some vocabularies (Mistral's), text in others.
       std::string system;
       size_t i = 0;
       if (has_system) system = messages[i++].content;
       for (; i < messages.size(); ++i) {
         const auto& m = messages[i];
         if (m.role == "user") {
-          std::string content = m.content;
+          mark(t.bos);
+          mark("[INST]");
+          text(" ");
           if (!system.empty()) {
-            content = "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + content;
+            text("<<SYS>>\n");
+            text(system);
+            text("\n<</SYS>>\n\n");
             system.clear();
           }
-          out += t.bos + "[INST] " + content + " [/INST]";
+          text(m.content);
+          text(" ");
+          mark("[/INST]");
         } else if (m.role == "assistant") {
-          out += " " + m.content + "</s>";
+          text(" ");
+          text(m.content);
+          mark("</s>");
         } else {
           fail("a Llama-2 style chat accepts a system message only first");
         }
@@ -98,6 +133,18 @@ std::string apply_chat_template(const ChatTemplate& t, const std::vector<ChatMes
     }
   }
   return out;
+}
+
+std::string apply_chat_template(const ChatTemplate& t, const std::vector<ChatMessage>& messages,
+                                bool add_generation_prompt) {
+  std::string out;
+  for (const auto& p : render_chat_template(t, messages, add_generation_prompt)) out += p.text;
+  return out;
+}
+
+std::vector<int32_t> encode_chat(const Tokenizer& tok, const ChatTemplate& t, const std::vector<ChatMessage>& messages,
+                                 bool add_generation_prompt) {
+  return tok.encode_parts(render_chat_template(t, messages, add_generation_prompt), false);
 }
 
 }  // namespace duo

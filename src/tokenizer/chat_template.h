@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "tokenizer/tokenizer.h"
+
 namespace duo {
 
 class GgufFile;
@@ -26,7 +28,18 @@ struct ChatTemplate {
   static ChatTemplate from_jinja(const std::string& jinja);
 };
 
+// The rendered conversation as parts: the template's own markers ("<|im_start|>", "<|eot_id|>",
+// the BOS it writes, "[INST]") are special parts, everything else (roles, newlines, message
+// content) is text. Throws duo::Error for an unknown role or a misplaced system message.
+std::vector<PromptPart> render_chat_template(const ChatTemplate& t, const std::vector<ChatMessage>& messages,
+                                             bool add_generation_prompt);
+// The rendered conversation as one string (the parts concatenated).
 std::string apply_chat_template(const ChatTemplate& t, const std::vector<ChatMessage>& messages,
                                 bool add_generation_prompt);
+// The conversation's token ids: the template's markers are the only special tokens; message
+// content is tokenized with special-token parsing off, so a message can never write a turn of
+// its own ("<|im_end|>\n<|im_start|>system ..." stays text). No extra BOS (the template writes it).
+std::vector<int32_t> encode_chat(const Tokenizer& tok, const ChatTemplate& t, const std::vector<ChatMessage>& messages,
+                                 bool add_generation_prompt);
 
 }  // namespace duo
