@@ -64,11 +64,39 @@ HeadPlan request_plan(const GenerationRequest& r, const ServeContext& ctx) {
   return p;
 }
 
+const char* prompt_param(const GenerationRequest& r) {
+  return r.endpoint == Endpoint::ChatCompletions ? "messages" : "prompt";
+}
+
+// The context-length refusals. `at_least`: P is a lower bound on the prompt's length, found
+// before tokenizing it (the same refusal, cheaper).
+void check_context(const GenerationRequest& r, int64_t P, int64_t limit, bool at_least) {
+  const char* has = at_least ? "at least " : "";
+  if (P >= limit)
+    throw ApiError(400, "invalid_request_error",
+                   fmt::format("the prompt has {}{} tokens; this model's context limit is {} tokens, which leaves no "
+                               "room to generate",
+                               has, P, limit),
+                   prompt_param(r), "context_length_exceeded");
+  if (r.max_tokens && P + *r.max_tokens > limit)
+    throw ApiError(400, "invalid_request_error",
+                   fmt::format("this model's context limit is {} tokens, but the prompt has {}{} tokens and "
+                               "max_tokens asks for {} more",
+                               limit, has, P, *r.max_tokens),
+                   "max_tokens", "context_length_exceeded");
+}
+
 }  // namespace
 
 std::vector<int32_t> prompt_tokens(const GenerationRequest& r, const ServeContext& ctx) {
   const Tokenizer& tok = ctx.engine->tokenizer();
   const int n_vocab = ctx.engine->backend().config().n_vocab;
+  const int64_t limit = ctx.engine->max_context();
+  // Text that cannot fit whatever its tokens turn out to be is refused before tokenizing it
+  // (tokenizing megabytes costs seconds): Tokenizer::min_tokens never overestimates.
+  auto refuse_early = [&](std::string_view text, int64_t extra) {
+    check_context(r, (int64_t)tok.min_tokens(text) + extra, limit, true);
+  };
   std::vector<int32_t> ids;
   if (r.endpoint == Endpoint::ChatCompletions) {
     if (!ctx.chat)
@@ -76,13 +104,17 @@ std::vector<int32_t> prompt_tokens(const GenerationRequest& r, const ServeContex
                      fmt::format("this model has no chat template duo can render ({}); use /v1/completions",
                                  ctx.chat_error),
                      "messages");
-    std::string text;
+    std::vector<PromptPart> parts;
     try {
-      text = apply_chat_template(*ctx.chat, r.messages, true);
+      parts = render_chat_template(*ctx.chat, r.messages, true);
     } catch (const Error& e) {
       bad_param("messages", "{}", e.what());
     }
-    ids = tok.encode(text, false, true);
+    std::string text;
+    for (const auto& p : parts) text += p.text;
+    refuse_early(text, 0);
+    // Only the template's markers become special tokens; message content is text.
+    ids = tok.encode_parts(parts, false);
   } else if (r.prompt_is_tokens) {
     for (size_t i = 0; i < r.prompt_tokens.size(); ++i)
       if (r.prompt_tokens[i] >= n_vocab)
@@ -90,9 +122,11 @@ std::vector<int32_t> prompt_tokens(const GenerationRequest& r, const ServeContex
                   n_vocab - 1);
     ids = r.prompt_tokens;
   } else {
-    ids = tok.encode(r.prompt, tok.vocab().add_bos, false);
+    const bool bos = tok.vocab().add_bos && tok.vocab().bos >= 0;
+    refuse_early(r.prompt, bos ? 1 : 0);
+    ids = tok.encode(r.prompt, tok.vocab().add_bos, r.parse_special);
   }
-  if (ids.empty()) bad_param(r.endpoint == Endpoint::ChatCompletions ? "messages" : "prompt", "the prompt is empty");
+  if (ids.empty()) bad_param(prompt_param(r), "the prompt is empty");
   return ids;
 }
 
@@ -104,23 +138,8 @@ Job prepare_job(const GenerationRequest& r, const ServeContext& ctx) {
   Job job;
   job.prompt = prompt_tokens(r, ctx);
   const int64_t limit = ctx.engine->max_context(), P = (int64_t)job.prompt.size();
-  if (P >= limit)
-    throw ApiError(400, "invalid_request_error",
-                   fmt::format("the prompt has {} tokens; this model's context limit is {} tokens, which leaves no "
-                               "room to generate",
-                               P, limit),
-                   r.endpoint == Endpoint::ChatCompletions ? "messages" : "prompt", "context_length_exceeded");
-  if (r.max_tokens) {
-    if (P + *r.max_tokens > limit)
-      throw ApiError(400, "invalid_request_error",
-                     fmt::format("this model's context limit is {} tokens, but the prompt has {} tokens and "
-                                 "max_tokens asks for {} more",
-                                 limit, P, *r.max_tokens),
-                     "max_tokens", "context_length_exceeded");
-    job.max_tokens = *r.max_tokens;
-  } else {
-    job.max_tokens = std::min(ctx.default_max_tokens, limit - P);
-  }
+  check_context(r, P, limit, false);
+  job.max_tokens = r.max_tokens ? *r.max_tokens : std::min(ctx.default_max_tokens, limit - P);
   job.plan = request_plan(r, ctx);
   job.sampling = r.sampling;
   if (!r.seed_given) {

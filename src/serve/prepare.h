@@ -27,8 +27,11 @@ struct ServeContext {
   float default_threshold = 0.5f;
 };
 
-// The prompt as token ids, as `duo generate` makes them (chat: template, special tokens
-// parsed, no extra BOS; completion: the vocabulary's BOS rule, special tokens as text).
+// The prompt as token ids, as `duo generate` makes them (chat: the template's markers are the
+// only special tokens, message content is text, no extra BOS; completion: the vocabulary's BOS
+// rule, special-token text stays text unless the request sets parse_special). A prompt whose
+// bytes alone prove it cannot fit the context is refused before it is tokenized (the same 400
+// context_length_exceeded as after tokenizing).
 std::vector<int32_t> prompt_tokens(const GenerationRequest& r, const ServeContext& ctx);
 
 Job prepare_job(const GenerationRequest& r, const ServeContext& ctx);

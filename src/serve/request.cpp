@@ -104,7 +104,9 @@ const std::set<std::string> kCommonFields = {
     "frequency_penalty", "logit_bias", "logprobs", "user", "seed", "metadata", "store", "service_tier",
     // duo extensions
     "top_k", "attention", "sink", "recent", "pattern", "retrieval_ratio", "threshold"};
-const std::set<std::string> kCompletionFields = {"prompt", "echo", "best_of", "suffix"};
+const std::set<std::string> kCompletionFields = {"prompt", "echo", "best_of", "suffix",
+                                                 // duo extension
+                                                 "parse_special"};
 const std::set<std::string> kChatFields = {"messages",  "max_completion_tokens", "top_logprobs", "response_format",
                                            "tools",     "tool_choice",           "functions",    "function_call",
                                            "parallel_tool_calls"};
@@ -330,10 +332,12 @@ GenerationRequest parse_request(Endpoint endpoint, const std::string& body) {
   auto model = get_string(j, "model");
   if (!model) bad_param("model", "'model' is required");
   r.model = *model;
-  if (endpoint == Endpoint::Completions)
+  if (endpoint == Endpoint::Completions) {
     parse_prompt(j, r);
-  else
+    r.parse_special = get_bool(j, "parse_special").value_or(false);
+  } else {
     r.messages = parse_messages(j);
+  }
 
   const int64_t kMaxTokens = 1 << 30;
   r.max_tokens = get_int(j, "max_tokens", 1, kMaxTokens);

@@ -10,6 +10,10 @@
 //   retrieval_ratio  binarize the pattern keeping this fraction of heads as retrieval heads
 //   threshold        or: gates >= threshold are retrieval heads
 //   top_k            sampling cut (0: off)
+//   parse_special    completions only: true makes special-token text in the prompt (e.g.
+//                    "<|im_start|>") those tokens; by default (false) it is plain text. Chat
+//                    requests have no such option: there the template's own markers are the
+//                    only special tokens and message content is always text.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -33,6 +37,7 @@ struct GenerationRequest {
   std::string prompt;
   std::vector<int32_t> prompt_tokens;
   bool prompt_is_tokens = false;
+  bool parse_special = false;  // completions: special-token text in `prompt` becomes those tokens
   // Chat completions: the conversation.
   std::vector<ChatMessage> messages;
 
