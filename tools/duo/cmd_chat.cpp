@@ -52,7 +52,8 @@ void add_chat(CLI::App& app) {
       }
       if (line.empty()) continue;
       history.push_back({"user", line});
-      const auto ids = tok.encode(apply_chat_template(tmpl, history, true), false, true);
+      // What is typed is text: "<|im_end|>" in a line does not end the user's turn.
+      const auto ids = encode_chat(tok, tmpl, history, true);
       // Reuse the cache when the new rendering extends what was fed; otherwise start over.
       size_t common = 0;
       while (common < fed.size() && common < ids.size() && fed[common] == ids[common]) ++common;

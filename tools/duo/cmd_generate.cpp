@@ -17,7 +17,7 @@ namespace {
 struct GenerateOptions {
   ModelOptions model;
   std::string prompt, file, system;
-  bool chat = false, quiet = false;
+  bool chat = false, quiet = false, parse_special = false;
   int max_tokens = 128;
   SamplerConfig sampling;
 };
@@ -48,10 +48,15 @@ void add_generate(CLI::App& app) {
   cmd->add_option("-n,--max-tokens", o->max_tokens, "tokens to generate")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template as a user message");
   cmd->add_option("--system", o->system, "system message (with --chat)");
+  // As the server's "parse_special": special-token text in a prompt is text unless asked.
+  cmd->add_flag("--parse-special", o->parse_special,
+                "special-token text in the prompt (e.g. <|im_start|>) becomes those tokens (not with --chat, whose "
+                "message is always text)");
   cmd->add_flag("-q,--quiet", o->quiet, "no statistics on stderr");
   add_sampling_options(*cmd, o->sampling);
   cmd->callback([o] {
     DUO_CHECK(!o->prompt.empty() || !o->file.empty(), "give a prompt with -p TEXT or -f FILE");
+    DUO_CHECK(!(o->chat && o->parse_special), "--parse-special does not apply to --chat (the message is text)");
     const std::string text = o->file.empty() ? o->prompt : read_file(o->file);
     Engine engine(engine_options(o->model));
     const Tokenizer& tok = engine.tokenizer();
@@ -61,9 +66,9 @@ void add_generate(CLI::App& app) {
       std::vector<ChatMessage> msgs;
       if (!o->system.empty()) msgs.push_back({"system", o->system});
       msgs.push_back({"user", text});
-      ids = tok.encode(apply_chat_template(tmpl, msgs, true), false, true);
+      ids = encode_chat(tok, tmpl, msgs, true);  // the message is text, the template's markers special
     } else {
-      ids = tok.encode(text, tok.vocab().add_bos, false);
+      ids = tok.encode(text, tok.vocab().add_bos, o->parse_special);
     }
     DUO_CHECK(!ids.empty(), "the prompt is empty after tokenization");
     Sampler sampler(o->sampling);
