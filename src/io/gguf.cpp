@@ -19,6 +19,7 @@ constexpr uint32_t kMagic = 0x46554747;  // "GGUF" little-endian
 constexpr int kMaxArrayDepth = 4;        // arrays of arrays of ... at most this deep
 constexpr uint32_t kMaxDims = 4;
 constexpr uint32_t kMaxValueType = 12;
+constexpr uint64_t kMinAlignment = 8;
 
 // Smallest encodings, used to reject counts the remaining bytes cannot hold before anything
 // is allocated for them.
@@ -154,7 +155,9 @@ int64_t GgufTensorInfo::n_elements() const {
 std::unique_ptr<GgufFile> GgufFile::open(const std::string& path) {
   std::unique_ptr<GgufFile> f(new GgufFile());
   f->path_ = path;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever; the
+  // S_ISREG check below then refuses it (the flag changes nothing for a regular file).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) fail("cannot open '{}': {}", path, std::strerror(errno));
   struct stat st;
   if (fstat(fd, &st) != 0) {
@@ -237,6 +240,11 @@ void GgufFile::parse() {
     const uint64_t al = a->index() == 0 ? static_cast<uint64_t>(s) : std::get<uint64_t>(*a);
     if ((a->index() == 0 && s <= 0) || al == 0 || (al & (al - 1)) != 0)
       fail("{}: general.alignment {} is not a positive power of two", origin, to_string(*a));
+    // Tensor data is read in place as float, fp16 and 8-byte-aligned blocks: an alignment below
+    // 8 would let offsets misalign those loads (undefined behaviour in the kernels).
+    if (al < kMinAlignment)
+      fail("{}: general.alignment {} is less than {} (tensor data must be at least {}-byte aligned)", origin, al,
+           kMinAlignment, kMinAlignment);
     alignment_ = al;
   }
 
