@@ -1,9 +1,33 @@
 #include "model/config.h"
 
+#include <cmath>
+#include <limits>
+#include <optional>
+
 #include "core/error.h"
 #include "io/gguf.h"
 
 namespace duo {
+
+namespace {
+
+// An integer hyper-parameter within [lo, hi]: GGUF stores them as 32- or 64-bit integers, and
+// a value beyond what the engine's int fields hold must be refused, not truncated.
+int64_t int_in(const GgufFile& f, const std::string& key, std::optional<int64_t> v, int64_t lo, int64_t hi) {
+  if (!v) fail("{}: metadata key '{}' is missing", f.path(), key);
+  DUO_CHECK(*v >= lo && *v <= hi, "{}: {} = {} is out of range (supported: {} to {})", f.path(), key, *v, lo, hi);
+  return *v;
+}
+
+// A float hyper-parameter: finite and within (lo, hi]. NaN or infinity would turn every
+// activation into NaN without any error, and a double beyond float's range does not convert.
+float positive_float(const GgufFile& f, const std::string& key, double v, double hi) {
+  DUO_CHECK(std::isfinite(v) && v > 0 && v <= hi, "{}: {} = {} is not a finite number in (0, {}]", f.path(), key, v,
+            hi);
+  return (float)v;
+}
+
+}  // namespace
 
 ModelConfig ModelConfig::from_gguf(const GgufFile& f) {
   ModelConfig c;
@@ -11,28 +35,32 @@ ModelConfig ModelConfig::from_gguf(const GgufFile& f) {
   if (c.arch != "llama" && c.arch != "qwen2")
     fail("{}: unsupported architecture '{}' (supported: llama, qwen2)", f.path(), c.arch);
   const std::string p = c.arch + ".";
+  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
   c.name = f.opt_string("general.name").value_or(c.arch);
-  c.n_layers = (int)f.get_int(p + "block_count");
-  c.n_embd = (int)f.get_int(p + "embedding_length");
-  c.n_ff = (int)f.get_int(p + "feed_forward_length");
-  c.n_heads = (int)f.get_int(p + "attention.head_count");
-  c.n_kv_heads = (int)f.opt_int(p + "attention.head_count_kv").value_or(c.n_heads);
-  c.n_ctx_train = (int)f.opt_int(p + "context_length").value_or(2048);
-  c.norm_eps = (float)f.get_float(p + "attention.layer_norm_rms_epsilon");
-  c.rope_theta = (float)f.opt_float(p + "rope.freq_base").value_or(10000.0);
+  c.n_layers = (int)int_in(f, p + "block_count", f.opt_int(p + "block_count"), 1, 1024);
+  c.n_embd = (int)int_in(f, p + "embedding_length", f.opt_int(p + "embedding_length"), 1, 1 << 20);
+  c.n_ff = (int)int_in(f, p + "feed_forward_length", f.opt_int(p + "feed_forward_length"), 1, 1 << 22);
+  c.n_heads = (int)int_in(f, p + "attention.head_count", f.opt_int(p + "attention.head_count"), 1, 1 << 16);
+  c.n_kv_heads = (int)int_in(f, p + "attention.head_count_kv",
+                             f.opt_int(p + "attention.head_count_kv").value_or(c.n_heads), 1, c.n_heads);
+  c.n_ctx_train = (int)int_in(f, p + "context_length", f.opt_int(p + "context_length").value_or(2048), 1, kIntMax);
+  c.norm_eps = positive_float(f, p + "attention.layer_norm_rms_epsilon",
+                              f.get_float(p + "attention.layer_norm_rms_epsilon"), 1.0);
+  c.rope_theta = positive_float(f, p + "rope.freq_base", f.opt_float(p + "rope.freq_base").value_or(10000.0), 1e30);
   c.qkv_bias = c.arch == "qwen2";
   c.rope_style = c.arch == "qwen2" ? RopeStyle::Neox : RopeStyle::Interleaved;
   c.tied_embeddings = f.find_tensor("output.weight") == nullptr;
 
-  DUO_CHECK(c.n_layers > 0 && c.n_layers <= 1024, "{}: implausible block_count {}", f.path(), c.n_layers);
-  DUO_CHECK(c.n_heads > 0 && c.n_kv_heads > 0 && c.n_heads % c.n_kv_heads == 0,
-            "{}: head_count {} is not a multiple of head_count_kv {}", f.path(), c.n_heads, c.n_kv_heads);
-  DUO_CHECK(c.n_embd > 0 && c.n_embd % c.n_heads == 0, "{}: embedding_length {} not divisible by {} heads",
-            f.path(), c.n_embd, c.n_heads);
+  DUO_CHECK(c.n_heads % c.n_kv_heads == 0, "{}: head_count {} is not a multiple of head_count_kv {}", f.path(),
+            c.n_heads, c.n_kv_heads);
+  DUO_CHECK(c.n_embd % c.n_heads == 0, "{}: embedding_length {} not divisible by {} heads", f.path(), c.n_embd,
+            c.n_heads);
   c.head_dim = c.n_embd / c.n_heads;
-  if (auto kl = f.opt_int(p + "attention.key_length")) c.head_dim = (int)*kl;
-  DUO_CHECK(c.head_dim % 2 == 0 && c.head_dim <= 256, "{}: unsupported head dimension {}", f.path(), c.head_dim);
-  c.n_rot = (int)f.opt_int(p + "rope.dimension_count").value_or(c.head_dim);
+  if (auto kl = f.opt_int(p + "attention.key_length")) c.head_dim = (int)int_in(f, p + "attention.key_length", kl, 2, 256);
+  DUO_CHECK(c.head_dim > 0 && c.head_dim % 2 == 0 && c.head_dim <= 256, "{}: unsupported head dimension {}", f.path(),
+            c.head_dim);
+  c.n_rot = (int)int_in(f, p + "rope.dimension_count", f.opt_int(p + "rope.dimension_count").value_or(c.head_dim), 0,
+                        256);
   DUO_CHECK(c.n_rot == c.head_dim, "{}: partial rotary embeddings ({} of {} dims) are not supported", f.path(),
             c.n_rot, c.head_dim);
   if (auto scaling = f.opt_string(p + "rope.scaling.type"))
@@ -41,7 +69,21 @@ ModelConfig ModelConfig::from_gguf(const GgufFile& f) {
   const auto& embd = f.tensor("token_embd.weight");
   DUO_CHECK(embd.dims.size() == 2 && embd.dims[0] == c.n_embd, "{}: token_embd.weight has shape incompatible with n_embd {}",
             f.path(), c.n_embd);
+  DUO_CHECK(embd.dims[1] <= kIntMax, "{}: token_embd.weight has {} rows, more than token ids can number", f.path(),
+            embd.dims[1]);
   c.n_vocab = (int)embd.dims[1];
+  // Every token id the tokenizer produces must have an embedding row, and every row the LM
+  // head scores must be a token the tokenizer can turn into text: a greedy pick of a row
+  // beyond the vocabulary would fail only at generation time (as llama.cpp, require equality;
+  // output.weight's rows are checked against n_vocab when the weights are loaded).
+  if (const GgufValue* toks = f.find("tokenizer.ggml.tokens")) {
+    if (toks->index() == 5) {
+      const size_t n_tokens = std::get<std::shared_ptr<GgufArray>>(*toks)->items.size();
+      DUO_CHECK(n_tokens == (size_t)c.n_vocab,
+                "{}: the vocabulary has {} tokens but token_embd.weight has {} rows (they must be equal)", f.path(),
+                n_tokens, c.n_vocab);
+    }
+  }
   return c;
 }
 

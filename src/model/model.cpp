@@ -43,6 +43,11 @@ std::vector<float> vector_f32(const GgufFile& f, const std::string& name, int64_
   total += t.nbytes;
   std::vector<float> v((size_t)n);
   dequantize_row(t.type, f.tensor_data(t), v.data(), n);
+  // Decoded already, so checking is free: a NaN or infinite norm weight or bias would make
+  // every output NaN without an error.
+  for (int64_t i = 0; i < n; ++i)
+    DUO_CHECK(std::isfinite(v[(size_t)i]), "{}: tensor '{}' holds a non-finite value ({}) at index {}", f.path(), name,
+              v[(size_t)i], i);
   return v;
 }
 
@@ -161,6 +166,8 @@ std::unique_ptr<Model> Model::load(const std::string& path) {
   // Llama-3.1-style per-frequency factors, when the file carries them.
   if (const GgufTensorInfo* rf = f.find_tensor("rope_freqs.weight")) {
     std::vector<float> factors = vector_f32(f, rf->name, D / 2, total);
+    for (float x : factors)  // each frequency is divided by its factor
+      DUO_CHECK(x > 0, "{}: rope_freqs.weight holds a factor {} (must be positive)", f.path(), x);
     m->init_rope(&factors);
   } else {
     m->init_rope(nullptr);

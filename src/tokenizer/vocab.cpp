@@ -12,6 +12,26 @@ const std::vector<std::string>& known_pretokenizers() {
   return k;
 }
 
+namespace {
+
+bool is_hex(char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F') || (c >= 'a' && c <= 'f'); }
+
+bool is_byte_token_text(const std::string& t) {
+  return t.size() == 6 && t.compare(0, 3, "<0x") == 0 && is_hex(t[3]) && is_hex(t[4]) && t[5] == '>';
+}
+
+// A token's text for an error message: quoted, control bytes escaped, long ones cut.
+std::string quoted(const std::string& t) {
+  std::string out = "\"";
+  for (size_t i = 0; i < t.size() && i < 40; ++i) {
+    const unsigned char c = (unsigned char)t[i];
+    out += c < 32 || c == 127 || c == '"' || c == '\\' ? fmt::format("\\x{:02x}", c) : std::string(1, (char)c);
+  }
+  return out + (t.size() > 40 ? "...\"" : "\"");
+}
+
+}  // namespace
+
 Vocab load_vocab(const GgufFile& f) {
   Vocab v;
   const std::string model = f.get_string("tokenizer.ggml.model");
@@ -26,7 +46,12 @@ Vocab load_vocab(const GgufFile& f) {
   DUO_CHECK(!v.tokens.empty(), "{}: the vocabulary is empty", f.path());
   const size_t n = v.tokens.size();
   if (f.has("tokenizer.ggml.token_type")) {
-    for (int64_t t : f.get_int_array("tokenizer.ggml.token_type")) v.types.push_back((TokenType)t);
+    for (int64_t t : f.get_int_array("tokenizer.ggml.token_type")) {
+      // 0 (undefined) to 6 (byte) are GGUF's token types; anything else is a corrupt file.
+      DUO_CHECK(t >= 0 && t <= (int64_t)TokenType::Byte, "{}: token {} has token type {} (valid: 0 to 6)", f.path(),
+                v.types.size(), t);
+      v.types.push_back((TokenType)t);
+    }
     DUO_CHECK(v.types.size() == n, "{}: {} token types for {} tokens", f.path(), v.types.size(), n);
   } else {
     v.types.assign(n, TokenType::Normal);
@@ -46,6 +71,11 @@ Vocab load_vocab(const GgufFile& f) {
     }
   } else {
     DUO_CHECK(!v.scores.empty(), "{}: a SentencePiece vocabulary needs tokenizer.ggml.scores", f.path());
+    // The tokenizer decodes a BYTE token from its text: it must spell the byte as <0xHH>.
+    for (size_t i = 0; i < n; ++i)
+      if (v.types[i] == TokenType::Byte && !is_byte_token_text(v.tokens[i]))
+        fail("{}: token {} is of type BYTE but its text {} is not of the form <0xHH>", f.path(), i,
+             quoted(v.tokens[i]));
   }
   auto id = [&](const char* key) -> int32_t {
     auto x = f.opt_int(key);
