@@ -70,6 +70,23 @@ void Generation::finish(FinishReason reason, int64_t completion_tokens, std::opt
 // ---------------------------------------------------------------------------------------------
 // Scheduler
 
+namespace {
+// What a request gets when serving it failed inside the server (the OpenAI error format's 500).
+ApiError internal_error(const std::string& what) {
+  return ApiError(500, "server_error", fmt::format("generation failed: {}", what));
+}
+// Inside a catch (...): the message of the exception being handled.
+std::string current_exception_message() {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "unknown exception";
+  }
+}
+}  // namespace
+
 struct Scheduler::Sequence {
   Sequence(Job j, size_t cost, std::shared_ptr<Generation> g)
       : out(std::move(g)), job(std::move(j)), cost(cost), sampler(job.sampling), stop(job.stop),
@@ -224,11 +241,16 @@ void Scheduler::run() {
       if (s->out->cancelled()) finish(*s, FinishReason::Cancelled);
     std::erase_if(active_, [](const auto& s) { return s->done; });
     int batch = 0;
-    if (!active_.empty()) {
-      batch = step();
-      std::erase_if(active_, [](const auto& s) { return s->done; });
+    try {
+      if (!active_.empty()) batch = step();
+      publish_gauges(batch);
+    } catch (...) {
+      // step() handles the backend's and each sequence's failures itself; anything else leaves
+      // the running sequences in an unknown state: end them (500) and keep serving the queue.
+      const ApiError err = internal_error(current_exception_message());
+      for (auto& s : active_) finish(*s, FinishReason::Error, err);
     }
-    publish_gauges(batch);
+    std::erase_if(active_, [](const auto& s) { return s->done; });
   }
   // Shutting down: nothing queued or running gets an answer other than this.
   const ApiError bye(503, "server_error", "the server is shutting down", "", "shutting_down");
@@ -281,7 +303,7 @@ int Scheduler::step() {
     // The caches of this batch are in an unknown state: end these sequences, keep serving.
     const bool oom = dynamic_cast<const std::bad_alloc*>(&e) != nullptr;
     const ApiError err = oom ? ApiError(503, "server_error", "out of memory during generation", "", "out_of_memory")
-                             : ApiError(500, "server_error", fmt::format("generation failed: {}", e.what()));
+                             : internal_error(e.what());
     for (Sequence* s : owners) finish(*s, FinishReason::Error, err);
     return (int)items.size();
   }
@@ -298,7 +320,13 @@ int Scheduler::step() {
       if (s.fed < (int64_t)s.job.prompt.size()) continue;  // more prompt to read
     }
     if (!tok_.is_eog(ids[i])) ++generated;
-    take_token(s, ids[i], t1);
+    try {
+      take_token(s, ids[i], t1);
+    } catch (...) {
+      // A failure with one sequence's token (an id the tokenizer cannot render, ...) ends that
+      // sequence alone; an exception escaping this thread would end the whole server.
+      finish(s, FinishReason::Error, internal_error(current_exception_message()));
+    }
   }
   metrics_.record_step((int)items.size(), prefilled, generated, std::chrono::duration<double>(t1 - t0).count());
   return (int)items.size();
@@ -306,6 +334,10 @@ int Scheduler::step() {
 
 bool Scheduler::take_token(Sequence& s, int32_t id, std::chrono::steady_clock::time_point now) {
   const Tokenizer& tok = tok_;
+  // The backend picks among the model's rows; one the vocabulary has no text for cannot be shown
+  // (model loading refuses such a model, but a backend fault must not take the server down).
+  if (id < 0 || id >= tok.n_vocab())
+    fail("the model picked token id {}, outside the vocabulary of {} tokens", id, tok.n_vocab());
   // The order of Session::generate: an end-of-generation token ends it unseen; any other is
   // counted and shown, then the sequence stops at max_tokens or goes on with it.
   if (tok.is_eog(id)) {

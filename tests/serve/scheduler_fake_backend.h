@@ -7,7 +7,7 @@
 //    windows' sinks): tests register each tag's job first, so the fake can check chunks, tokens
 //    and samplers against the job, and record the order of admissions.
 //  - Faults: random step throws / allocation failures / delays, a predicate that fails chosen
-//    steps, and a gate that holds steps back.
+//    steps, picks replaced (ids outside the vocabulary), and a gate that holds steps back.
 #pragma once
 #include <fmt/format.h>
 
@@ -96,6 +96,9 @@ struct Faults {
   int max_sleep_us = 0;                     // random delay of each step
   // Fails the step (throws) when it returns true for the step's (tag, n_past) items.
   std::function<bool(const std::vector<std::pair<int, int64_t>>&)> fail_if;
+  // Replaces the token a request (by tag) picks: a backend answering with an id the vocabulary
+  // does not have, say.
+  std::function<int32_t(int tag, int32_t picked)> repick;
 };
 
 class FakeBackend final : public ModelBackend {
@@ -206,6 +209,7 @@ class FakeBackend final : public ModelBackend {
       for (int64_t k = 0; k < items[i].n; ++k) s->h = mix(s->h, items[i].tokens[k]);
       s->n += items[i].n;
       picked[i] = s->last = items[i].sampler ? pick_for(s->h) : -1;
+      if (items[i].sampler && faults_.repick) picked[i] = s->last = faults_.repick(s->tag(), picked[i]);
     }
     ++rec_.steps_ok;
     rec_.items_ok += (int64_t)items.size();

@@ -369,6 +369,38 @@ TEST(SchedulerPinned, AFailingStepEndsItsSequencesOnlyAndServingGoesOn) {
   EXPECT_EQ(rec.max_prefill, 8);
 }
 
+TEST(SchedulerPinned, ATokenOutsideTheVocabularyEndsItsSequenceOnlyWith500) {
+  // The backend picks an id the tokenizer has no text for (a model whose embedding has more
+  // rows than its vocabulary) for request 0's third token. That used to throw on the scheduler
+  // thread and end the server; now request 0 ends with a 500 in the OpenAI format, after the
+  // text it already had, and the request beside it and the ones after are served.
+  test::Faults f;
+  f.repick = [n = 0](int tag, int32_t id) mutable { return tag == 0 && ++n == 3 ? test::kVocab + 7 : id; };
+  Rig rig({.max_batch = 4}, 8, f);
+  rig.fake.set_gate(false);
+  auto a = rig.submit(3, 20), b = rig.submit(5, 10);
+  ASSERT_GE(test::expected_output(rig.jobs[0]).tokens, 3) << "request 0 must reach its third token";
+  rig.fake.set_gate(true);
+  std::string text;
+  ASSERT_TRUE(drain(*a, text));
+  EXPECT_EQ(a->finish_reason(), FinishReason::Error);
+  ASSERT_TRUE(a->error());
+  EXPECT_EQ(a->error()->status, 500);
+  EXPECT_EQ(a->error()->type, "server_error");
+  EXPECT_NE(std::string(a->error()->what()).find("token id 47, outside the vocabulary of 40 tokens"),
+            std::string::npos)
+      << a->error()->what();
+  EXPECT_EQ(a->completion_tokens(), 2);
+  EXPECT_EQ(text, test::expected_output(rig.jobs[0]).text.substr(0, text.size()));
+  rig.expect_alone(*b, 1);
+  rig.expect_alone(*rig.submit(6, 6), 2);
+  const auto rec = rig.fake.record();
+  EXPECT_TRUE(rec.violations.empty()) << rec.violations.front();
+  EXPECT_EQ(rec.live, 0);
+  EXPECT_EQ(rig.metrics.gauges().kv_reserved, 0u);
+  EXPECT_EQ(sample(rig.metrics.render(), R"(duo_requests_finished_total{reason="error"})"), 1);
+}
+
 TEST(SchedulerPinned, PrefillKeepsToItsTokenBudgetAndDecodersKeepGoing) {
   // Chunks of 8, 12 pre-fill tokens a step: b's first chunk leaves 4, too few for c's (a chunk is
   // never cut); then b's last 4 and c's first 8 make 12. a decodes in every step (the fake checks).

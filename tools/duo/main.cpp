@@ -1,6 +1,8 @@
 // The `duo` command line tool. Subcommands live in cmd_*.cpp.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <exception>
+#include <new>
 
 #include "commands.h"
 #include "core/error.h"
@@ -26,6 +28,14 @@ int main(int argc, char** argv) {
     return 1;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "duo: error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    // Anything else is a bug or an unchecked input: still a clear message and exit 1, never an
+    // abort by std::terminate.
+    std::fprintf(stderr, "duo: error: %s\n", e.what());
+    return 1;
+  } catch (...) {
+    std::fprintf(stderr, "duo: error: unknown exception\n");
     return 1;
   }
   return 0;
