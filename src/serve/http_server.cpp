@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
@@ -58,8 +59,13 @@ struct HttpServer::Impl {
 };
 
 void HttpServer::Impl::setup() {
-  const int threads =
-      opts.threads > 0 ? opts.threads : scheduler.options().max_batch + scheduler.options().max_queue + 16;
+  // One thread a running or queued request (each waits for its generation), plus some for
+  // /health, /metrics and requests refused at once. The scheduler caps max_batch and max_queue,
+  // and an explicit count is capped the same way: asking for more threads than the system
+  // gives aborts the server at start.
+  const int threads = std::min(opts.threads > 0 ? opts.threads
+                                                : scheduler.options().max_batch + scheduler.options().max_queue + 16,
+                               kMaxBatchLimit + kMaxQueueLimit + 16);
   svr.new_task_queue = [threads] { return new httplib::ThreadPool((size_t)threads); };
   svr.set_payload_max_length(opts.max_body_bytes);
 

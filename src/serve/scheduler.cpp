@@ -115,8 +115,10 @@ Scheduler::Scheduler(Engine& engine, SchedulerOptions opts, Metrics& metrics)
 Scheduler::Scheduler(SchedulerModel on, SchedulerOptions opts, Metrics& metrics)
     : on_(on), backend_(*on.backend), tok_(*on.tokenizer), opts_(opts), metrics_(metrics) {
   DUO_CHECK(on_.chunk > 0 && on_.max_context > 0, "the scheduler needs a positive chunk and context limit");
-  DUO_CHECK(opts_.max_batch >= 1, "max batch must be at least 1 (got {})", opts_.max_batch);
-  DUO_CHECK(opts_.max_queue >= 0, "max queue must be >= 0 (got {})", opts_.max_queue);
+  DUO_CHECK(opts_.max_batch >= 1 && opts_.max_batch <= kMaxBatchLimit, "max batch must be 1 to {} (got {})",
+            kMaxBatchLimit, opts_.max_batch);
+  DUO_CHECK(opts_.max_queue >= 0 && opts_.max_queue <= kMaxQueueLimit, "max queue must be 0 to {} (got {})",
+            kMaxQueueLimit, opts_.max_queue);
   DUO_CHECK(opts_.kv_budget_bytes > 0, "the KV budget must be positive");
   if (opts_.prefill_tokens_per_step <= 0) opts_.prefill_tokens_per_step = on_.chunk;
   publish_gauges(0);

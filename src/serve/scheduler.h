@@ -84,6 +84,12 @@ struct SchedulerModel {
   static SchedulerModel of(Engine& engine);
 };
 
+// Stated limits, refused beyond at start: every running or queued request holds one HTTP
+// thread while it waits (HttpServer sizes its pool as max_batch + max_queue + a few), so these
+// bound the threads the server starts.
+constexpr int kMaxBatchLimit = 1024;
+constexpr int kMaxQueueLimit = 1024;
+
 struct SchedulerOptions {
   size_t kv_budget_bytes = size_t(2) << 30;
   int max_batch = 32;                  // sequences running at once

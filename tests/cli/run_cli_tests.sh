@@ -3,19 +3,48 @@
 #  - `duo bench --compare-modes` with --pattern: full, duo and streaming rows, duo's KV between
 #    streaming's and full's (the duo row once failed option parsing after the full rows had run);
 #  - `duo eval ppl --json`: a finite perplexity > 1 for the tokens asked;
-#  - bad input gives a clear error and a non-zero exit, not a crash.
+#  - bad input gives a clear error and a non-zero exit, not a crash, a hang or a thread storm
+#    (these run first, without the model).
 # Exit status 77 (ctest: skipped) when the model is missing, unless DUO_REQUIRE_MODELS is set.
 set -euo pipefail
 duo=${1:?usage: run_cli_tests.sh path/to/duo}
 root="$(cd "$(dirname "$0")/../.." && pwd)"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+# refused "WHAT" "EXPECTED MESSAGE" duo-args...: a non-zero exit within 20 s (not a signal, not
+# the timeout) whose output holds the message.
+refused() {
+  local what=$1 msg=$2 rc=0
+  shift 2
+  timeout 20 "$duo" "$@" > "$tmp/refused.txt" 2>&1 < /dev/null || rc=$?
+  [ "$rc" -ne 0 ] || fail "$what: accepted"
+  [ "$rc" -lt 124 ] || { head -c 2000 "$tmp/refused.txt"; fail "$what: exit status $rc (hang, crash or abort)"; }
+  grep -qF -- "$msg" "$tmp/refused.txt" || { head -c 2000 "$tmp/refused.txt"; fail "$what: unclear error"; }
+}
+# Caps at start (max_batch + max_queue + 16 HTTP threads once aborted the server; sink + recent
+# overflowed int in the KV cache; NaN passed the range checks and was silently ignored).
+refused "serve --max-queue 100000" "--max-queue: Value 100000 not in range 0 to 1024" serve --max-queue 100000 --port 0
+refused "serve --max-batch 100000" "--max-batch: Value 100000 not in range 1 to 1024" serve --max-batch 100000 --port 0
+refused "serve --kv-budget nan" "--kv-budget: must be a finite number" serve --kv-budget nan --port 0
+refused "--sink 2^31-1" "--sink: Value 2147483647 not in range 0 to 16777216" generate --sink 2147483647 -p hi
+refused "--recent 2^31-1" "--recent: Value 2147483647 not in range 1 to 16777216" generate --recent 2147483647 -p hi
+refused "--retrieval-ratio nan" "--retrieval-ratio: must be a finite number" generate --retrieval-ratio nan -p hi
+# -m naming a FIFO: refused at once, not a wait for a writer that never comes.
+mkfifo "$tmp/fifo.gguf"
+refused "-m FIFO" "is not a regular file" info -m "$tmp/fifo.gguf"
+refused "generate -m FIFO" "is not a regular file" generate -m "$tmp/fifo.gguf" -p hi
+# An exception of a type main does not name (std::filesystem_error here) is still a clear
+# error and exit 1, not std::terminate.
+refused "-m with a too-long file name" "duo: error:" generate -m "/tmp/$(printf 'x%.0s' $(seq 300))" -p hi
+grep -q "terminate" "$tmp/refused.txt" && fail "too-long file name: terminate"
+
 model=${DUO_MODELS:-$HOME/.cache/duo/models}/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ ! -f "$model" ]; then
   [ -n "${DUO_REQUIRE_MODELS:-}" ] && { echo "model missing: $model"; exit 1; }
   echo "model not fetched: $model"; exit 77
 fi
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
 
 "$duo" bench -m "$model" -t 2 --compare-modes 512 -n 2 --duo-ratio 0.5 \
   --pattern "$root/patterns/SmolLM2-135M-Instruct/cpu_48steps.tsv" > "$tmp/modes.txt"

@@ -150,19 +150,27 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--host", o->host, "address to listen on");
   cmd->add_option("--port", o->port, "port to listen on (0: any free port, printed at start)")->check(CLI::Range(0, 65535));
   cmd->add_option("--model-id", o->model_id, "model name clients ask for (default: the GGUF file name without .gguf)");
+  // Upper bounds keep the MiB -> bytes conversions below within size_t.
   cmd->add_option("--kv-budget", o->kv_budget_mib,
                   "KV cache memory budget in MiB for all running sequences (default: 2048 on the CPU; on CUDA what "
                   "the GPU has free after the weights)")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--max-batch", o->max_batch, "most sequences decoding together")->check(CLI::PositiveNumber);
-  cmd->add_option("--max-queue", o->max_queue, "most requests waiting for admission (more get 503)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(1.0 / 1048576, double(1 << 30)))
+      ->check(finite_number());
+  cmd->add_option("--max-batch", o->max_batch,
+                  fmt::format("most sequences decoding together (at most {})", serve::kMaxBatchLimit))
+      ->check(CLI::Range(1, serve::kMaxBatchLimit));
+  cmd->add_option("--max-queue", o->max_queue,
+                  fmt::format("most requests waiting for admission, more get 503 (at most {}: each holds an HTTP "
+                              "thread)",
+                              serve::kMaxQueueLimit))
+      ->check(CLI::Range(0, serve::kMaxQueueLimit));
   cmd->add_option("--prefill-step", o->prefill_step, "pre-fill tokens per batched step (0: one --chunk)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-tokens", o->default_max_tokens, "max_tokens of requests that give none")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--max-body", o->max_body_mib, "largest request body in MiB (more gets 413)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1.0 / 1048576, 65536.0))
+      ->check(finite_number());
   cmd->add_option("--pattern-file", o->pattern_files, "NAME=FILE: a head pattern requests may name (repeatable)");
   cmd->add_flag("-v,--verbose", o->verbose, "log every request on stderr");
   cmd->add_flag("--no-pack", o->no_pack,

@@ -39,6 +39,11 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention = tru
 EngineOptions engine_options(const ModelOptions& o);
 std::string default_model_path();
 void add_sampling_options(CLI::App& cmd, SamplerConfig& s);
+// Refuses NaN and infinities, which CLI11's range checks let through (every comparison with NaN
+// is false, so "--retrieval-ratio nan" passed Range(0, 1)).
+const CLI::Validator& finite_number();
+// Largest --sink and --recent: sink + recent must stay far inside int (KV cache rows).
+constexpr int kMaxWindow = 1 << 24;
 
 // Peak resident memory of this process in MiB (from /proc/self/status VmHWM).
 double peak_rss_mib();

@@ -1,3 +1,4 @@
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -14,6 +15,17 @@ std::string default_model_path() {
   else
     dir = std::string(std::getenv("HOME") ? std::getenv("HOME") : "/root") + "/.cache/duo/models";
   return dir + "/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+const CLI::Validator& finite_number() {
+  static const CLI::Validator v(
+      [](std::string& s) -> std::string {
+        double d = 0;
+        if (!CLI::detail::lexical_cast(s, d)) return "not a number: " + s;
+        return std::isfinite(d) ? "" : "must be a finite number (got " + s + ")";
+      },
+      "FINITE");
+  return v;
 }
 
 void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention) {
@@ -37,13 +49,15 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention) {
   if (with_attention) {
     cmd.add_option("--attention", o.attention, "attention mode: full, streaming or duo")
         ->check(CLI::IsMember({"full", "streaming", "duo"}));
-    cmd.add_option("--sink", o.sink, "attention-sink tokens kept by streaming heads")->check(CLI::NonNegativeNumber);
-    cmd.add_option("--recent", o.recent, "recent tokens kept by streaming heads")->check(CLI::PositiveNumber);
+    cmd.add_option("--sink", o.sink, "attention-sink tokens kept by streaming heads")->check(CLI::Range(0, kMaxWindow));
+    cmd.add_option("--recent", o.recent, "recent tokens kept by streaming heads")->check(CLI::Range(1, kMaxWindow));
     cmd.add_option("--pattern", o.pattern, "head pattern: gate matrix TSV (rows layers, columns KV heads)");
     cmd.add_option("--retrieval-ratio", o.retrieval_ratio, "fraction of KV heads kept as retrieval heads")
-        ->check(CLI::Range(0.0, 1.0));
+        ->check(CLI::Range(0.0, 1.0))
+        ->check(finite_number());
     cmd.add_option("--threshold", o.threshold, "gate threshold for retrieval heads (without --retrieval-ratio)")
-        ->check(CLI::Range(0.0, 1.0));
+        ->check(CLI::Range(0.0, 1.0))
+        ->check(finite_number());
   }
 }
 
