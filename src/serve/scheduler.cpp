@@ -245,7 +245,6 @@ void Scheduler::run() {
     int batch = 0;
     try {
       if (!active_.empty()) batch = step();
-      publish_gauges(batch);
     } catch (...) {
       // step() handles the backend's and each sequence's failures itself; anything else leaves
       // the running sequences in an unknown state: end them (500) and keep serving the queue.
@@ -253,6 +252,11 @@ void Scheduler::run() {
       for (auto& s : active_) finish(*s, FinishReason::Error, err);
     }
     std::erase_if(active_, [](const auto& s) { return s->done; });
+    try {
+      publish_gauges(batch);
+    } catch (...) {
+      // The gauges only inform /metrics: failing to publish them must not end the serving.
+    }
   }
   // Shutting down: nothing queued or running gets an answer other than this.
   const ApiError bye(503, "server_error", "the server is shutting down", "", "shutting_down");

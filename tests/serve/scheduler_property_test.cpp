@@ -397,6 +397,11 @@ TEST(SchedulerPinned, ATokenOutsideTheVocabularyEndsItsSequenceOnlyWith500) {
   const auto rec = rig.fake.record();
   EXPECT_TRUE(rec.violations.empty()) << rec.violations.front();
   EXPECT_EQ(rec.live, 0);
+  // Idle again: the gauges are published after the finished sequences are gone.
+  const auto until = std::chrono::steady_clock::now() + 5s;
+  while (rig.metrics.gauges().active != 0 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(rig.metrics.gauges().active, 0);
   EXPECT_EQ(rig.metrics.gauges().kv_reserved, 0u);
   EXPECT_EQ(sample(rig.metrics.render(), R"(duo_requests_finished_total{reason="error"})"), 1);
 }
