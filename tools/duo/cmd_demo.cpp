@@ -21,7 +21,7 @@ void add_demo(CLI::App& app) {
     Engine engine(engine_options(*o));
     const Tokenizer& tok = engine.tokenizer();
     const ChatTemplate tmpl = ChatTemplate::from_gguf(engine.model().gguf());
-    const auto ids = tok.encode(apply_chat_template(tmpl, {{"user", *question}}, true), false, true);
+    const auto ids = encode_chat(tok, tmpl, {{"user", *question}}, true);  // the question stays text
     fmt::print("model: {} ({} layers, {} query / {} KV heads), {} attention\n", engine.model().config().name,
                engine.model().config().n_layers, engine.model().config().n_heads, engine.model().config().n_kv_heads,
                to_string(engine.options().attention));
