@@ -62,14 +62,17 @@ def make_mix():
 
 
 class Result:
-    __slots__ = ("ok", "tokens", "prompt_tokens", "ttft", "seconds", "error")
+    __slots__ = ("ok", "tokens", "prompt_tokens", "ttft", "gaps", "seconds", "error")
 
 
-def stream_request(host, port, spec):
+def stream_request(host, port, spec, timeout=600):
+    """One streamed completion: ok, tokens, time to first token and the gaps between the
+    arrivals of the streamed pieces after it (inter-token latency)."""
     r = Result()
-    r.ok, r.tokens, r.prompt_tokens, r.ttft, r.error = False, 0, 0, None, ""
+    r.ok, r.tokens, r.prompt_tokens, r.ttft, r.gaps, r.error = False, 0, 0, None, [], ""
     t0 = time.time()
-    conn = http.client.HTTPConnection(host, port, timeout=600)
+    last = None
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("POST", "/v1/completions", body=json.dumps(spec), headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
@@ -91,8 +94,13 @@ def stream_request(host, port, spec):
             if "error" in ev:
                 r.error = f"stream error: {ev['error']}"
                 return r
-            if ev.get("choices") and ev["choices"][0]["text"] and r.ttft is None:
-                r.ttft = time.time() - t0
+            if ev.get("choices") and ev["choices"][0]["text"]:
+                now = time.time()
+                if last is None:
+                    r.ttft = now - t0
+                else:
+                    r.gaps.append(now - last)
+                last = now
             if ev.get("usage"):
                 r.tokens = ev["usage"]["completion_tokens"]
                 r.prompt_tokens = ev["usage"]["prompt_tokens"]

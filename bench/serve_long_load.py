@@ -24,8 +24,8 @@ latency against full's.
 Exit status 1 when a request failed.
 """
 import argparse
-import http.client
 import json
+import os
 import random
 import re
 import signal
@@ -33,6 +33,9 @@ import subprocess
 import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_load import stream_request  # noqa: E402  (one streaming client for both load tests)
 
 WORDS = ("the river carried boats and timber past old mills quiet towns and green fields while people on its "
          "banks told stories of floods harvests markets bridges ferries and the long winters when ice closed "
@@ -47,53 +50,6 @@ def prose(n, seed):
         if i % 17 == 16:
             out[-1] += "."
     return " ".join(out)
-
-
-class Result:
-    __slots__ = ("ok", "error", "prompt_tokens", "tokens", "ttft", "gaps", "seconds")
-
-
-def stream_request(host, port, body):
-    r = Result()
-    r.ok, r.error, r.prompt_tokens, r.tokens, r.ttft, r.gaps = False, "", 0, 0, None, []
-    t0 = time.time()
-    last = None
-    conn = http.client.HTTPConnection(host, port, timeout=1800)
-    try:
-        conn.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        if resp.status != 200:
-            r.error = f"status {resp.status}: {resp.read()[:200]!r}"
-            return r
-        for line in resp.fp:
-            if not line.startswith(b"data: "):
-                continue
-            data = line[6:].strip()
-            if data == b"[DONE]":
-                r.ok = True
-                break
-            ev = json.loads(data)
-            if "error" in ev:
-                r.error = f"stream error: {ev['error']}"
-                return r
-            now = time.time()
-            if ev.get("choices") and ev["choices"][0]["text"]:
-                if last is None:
-                    r.ttft = now - t0
-                else:
-                    r.gaps.append(now - last)
-                last = now
-            if ev.get("usage"):
-                r.tokens = ev["usage"]["completion_tokens"]
-                r.prompt_tokens = ev["usage"]["prompt_tokens"]
-        if not r.ok:
-            r.error = "stream ended without [DONE]"
-    except Exception as e:  # a failed request is counted, not fatal
-        r.error = repr(e)
-    finally:
-        conn.close()
-        r.seconds = time.time() - t0
-    return r
 
 
 def pct(values, q):
@@ -130,7 +86,7 @@ def run_phase(host, port, make_body, clients, seconds):
     def client(c):
         k = 0
         while time.time() < deadline:
-            r = stream_request(host, port, make_body(c * 100000 + k))
+            r = stream_request(host, port, make_body(c * 100000 + k), timeout=1800)
             k += 1
             with lock:
                 results.append(r)
