@@ -174,8 +174,7 @@ void Tokenizer::encode_bpe_piece(const std::string& piece, std::vector<int32_t>&
     const int32_t whole = token_id(text);
     if (whole >= 0) {
       out.push_back(whole);
-      std::lock_guard<std::mutex> lock(cache_mu_);
-      cache_.emplace(piece, std::vector<int32_t>{whole});
+      remember_piece(piece, {whole});
       return;
     }
   }
@@ -227,9 +226,27 @@ void Tokenizer::encode_bpe_piece(const std::string& piece, std::vector<int32_t>&
     }
   }
   out.insert(out.end(), ids.begin(), ids.end());
+  remember_piece(piece, std::move(ids));
+}
+
+size_t Tokenizer::piece_cache_bytes() const {
   std::lock_guard<std::mutex> lock(cache_mu_);
-  if (cache_.size() > 200000) cache_.clear();
-  cache_.emplace(piece, std::move(ids));
+  return cache_bytes_;
+}
+
+// The cache serves the pieces of ordinary text (words), which repeat. It is bounded in bytes,
+// not entries, and a long piece (a hostile prompt can be one multi-megabyte "word") is not kept:
+// its bytes would stay in memory for nothing.
+void Tokenizer::remember_piece(const std::string& piece, std::vector<int32_t> ids) const {
+  constexpr size_t kMaxPieceBytes = 256, kMaxCacheBytes = size_t(32) << 20;
+  if (piece.size() > kMaxPieceBytes) return;
+  const size_t bytes = piece.size() + ids.size() * sizeof(int32_t) + 96;  // + node and string overhead
+  std::lock_guard<std::mutex> lock(cache_mu_);
+  if (cache_bytes_ + bytes > kMaxCacheBytes) {
+    cache_.clear();
+    cache_bytes_ = 0;
+  }
+  if (cache_.emplace(piece, std::move(ids)).second) cache_bytes_ += bytes;
 }
 
 void Tokenizer::encode_spm(const std::string& raw, bool space_prefix, std::vector<int32_t>& out) const {

@@ -30,6 +30,8 @@ class Tokenizer {
   explicit Tokenizer(Vocab v);
   ~Tokenizer();
   static std::unique_ptr<Tokenizer> from_gguf(const GgufFile& f);
+  // Bytes the BPE piece cache holds now (bounded; for tests and memory accounting).
+  size_t piece_cache_bytes() const;
 
   // add_bos: prepend the BOS token (when the vocabulary has one).
   // parse_special: text of control tokens (e.g. "<|im_start|>") becomes those tokens;
@@ -83,6 +85,9 @@ class Tokenizer {
   bool all_bytes_kept_ = false;
   mutable std::mutex cache_mu_;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;  // BPE piece -> ids
+  mutable size_t cache_bytes_ = 0;  // what cache_'s entries hold (remember_piece keeps it bounded)
+  // Keeps a piece's ids for the next time it is seen, within a bound in bytes.
+  void remember_piece(const std::string& piece, std::vector<int32_t> ids) const;
 };
 
 }  // namespace duo
