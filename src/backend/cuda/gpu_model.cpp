@@ -157,12 +157,7 @@ GpuModel::Act GpuModel::activations(int n, const std::vector<const GpuKvCache*>&
   const int32_t* pos_d = step_.ensure_n<int32_t>(2) + 1;
   for (const GpuKvCache* kv : decoders)
     for (int l = 0; l < c.n_layers; ++l) {
-      DecodeArgs da;
-      da.pos_d = pos_d;  // the decode (graph) form: split counts that do not depend on the position
-      da.n_past = (int)kv->max_tokens();  // ... only on the longest the sequence may get
-      da.n_heads = c.n_heads, da.n_kv_heads = c.n_kv_heads, da.head_dim = c.head_dim;
-      da.cache = kv->layer(l);
-      da.retrieval_kv_heads = kv->retrieval_heads(l);
+      const DecodeArgs da = decode_args(*kv, l, nullptr, nullptr, pos_d);
       a.ws_bytes = std::max(a.ws_bytes, decode_workspace_bytes(c.n_heads, c.head_dim, decode_splits(da)));
     }
   if (a.ws_bytes) a.ws = decode_ws_.ensure(a.ws_bytes);
@@ -379,11 +374,7 @@ void GpuModel::enqueue_attention(const GpuKvCache& kv, int l, const Act& act, in
     // Quantized caches: the token just written to the residual may complete a group of 64
     // (decided on the device, so a captured step serves every position).
     kv_quantize(nullptr, nullptr, 0, 1, -1, (int)HKV, (int)D, kv.retrieval_heads(l), cache, s, pos_d);
-    DecodeArgs da;
-    da.q = q, da.out = att, da.pos_d = pos_d, da.n_past = (int)kv.max_tokens();
-    da.n_heads = (int)H, da.n_kv_heads = (int)HKV, da.head_dim = (int)D;
-    da.cache = cache;
-    da.retrieval_kv_heads = kv.retrieval_heads(l);
+    DecodeArgs da = decode_args(kv, l, q, att, pos_d);
     da.workspace = act.ws, da.workspace_bytes = act.ws_bytes;
     if (timed) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l], s));
     decode_attention(da, s);
@@ -451,11 +442,14 @@ void GpuModel::prepare_step_decode(const std::vector<StepItem>& items, const std
                                stream_));
 }
 
-DecodeArgs GpuModel::decode_args(const GpuKvCache& kv, int l, const bf16* q, bf16* out) const {
+DecodeArgs GpuModel::decode_args(const GpuKvCache& kv, int l, const bf16* q, bf16* out, const int32_t* pos_d) const {
   const ModelConfig& c = config();
   DecodeArgs da;
   da.q = q, da.out = out;
-  da.n_past = (int)kv.n_past() + 1;  // the step's token included
+  da.pos_d = pos_d;
+  // The device-position (graph) form: split counts that do not depend on the position, only on
+  // the longest the sequence may get. The host form: the step's token included.
+  da.n_past = pos_d ? (int)kv.max_tokens() : (int)kv.n_past() + 1;
   da.n_heads = c.n_heads, da.n_kv_heads = c.n_kv_heads, da.head_dim = c.head_dim;
   da.cache = kv.layer(l);
   da.retrieval_kv_heads = kv.retrieval_heads(l);

@@ -102,8 +102,9 @@ class GpuModel {
   void prepare_step_decode(const std::vector<StepItem>& items, const std::vector<int>& first);
   void enqueue_step_attention(const std::vector<StepItem>& items, const std::vector<int>& first, const Act& act,
                               const int32_t* row_pos_d, int l);
-  // A decode token's attention over layer l of kv with the host position (the token appended).
-  DecodeArgs decode_args(const GpuKvCache& kv, int l, const bf16* q, bf16* out) const;
+  // A decode token's attention over layer l of kv (the token appended): at the host position,
+  // or with pos_d at the position on the device (the form a captured graph replays).
+  DecodeArgs decode_args(const GpuKvCache& kv, int l, const bf16* q, bf16* out, const int32_t* pos_d = nullptr) const;
   // Checks and stages the ids: n > 1 into tokens_; one token, with its position, into step_.
   const int32_t* upload_tokens(const GpuKvCache& kv, const int32_t* tokens, int64_t n);
   void reset_graph();
