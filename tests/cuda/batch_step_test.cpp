@@ -140,7 +140,9 @@ Rows run_alone(ModelBackend& be, const SeqSpec& sp, const std::vector<int32_t>& 
   return r;
 }
 
-void compare(ModelBackend& be, const std::vector<SeqSpec>& specs, int64_t chunk, const std::string& what) {
+// tol: the worst relative RMS of a logits row, batched vs alone.
+void compare(ModelBackend& be, const std::vector<SeqSpec>& specs, int64_t chunk, const std::string& what,
+             double tol = 2e-2) {
   const auto batched = run_batched(be, specs, chunk);
   for (size_t i = 0; i < specs.size(); ++i) {
     ASSERT_EQ((int)batched[i].picks.size(), specs[i].new_tokens) << what << " sequence " << i;
@@ -157,7 +159,7 @@ void compare(ModelBackend& be, const std::vector<SeqSpec>& specs, int64_t chunk,
     }
     std::printf("  %-40s seq %zu (%zu prompt, %s): worst rel RMS %.2e, %d/%zu picks checked\n", what.c_str(), i,
                 specs[i].prompt.size(), to_string(specs[i].plan.kv_type), worst, checked, alone.logits.size());
-    EXPECT_LE(worst, 2e-2) << what << " sequence " << i;
+    EXPECT_LE(worst, tol) << what << " sequence " << i;
   }
 }
 
@@ -200,7 +202,11 @@ TEST_P(CudaBatchStep, MixedPlansLengthsAndKvTypesEqualAlone) {
 TEST_P(CudaBatchStep, Int8WeightsEqualAlone) {
   auto m = Model::synthetic(tiny(GetParam()), 22);
   auto gpu = make_cuda_backend(*m, WeightFormat::Int8);
-  compare(*gpu, mixed_specs(m->config()), 128, m->config().name + " int8 weights");
+  // Alone, a decode token's linear layers run gemv_int8 (weights dequantized in fp32); batched,
+  // the step's rows run a GEMM over bf16-dequantized weight tiles. q4 KV turns those small
+  // differences into different 4-bit codes: measured on the H100, worst 3.2e-2 with q4 KV,
+  // 1.4e-2 with bf16 / q8.
+  compare(*gpu, mixed_specs(m->config()), 128, m->config().name + " int8 weights", 4e-2);
 }
 
 INSTANTIATE_TEST_SUITE_P(LlamaAndQwen, CudaBatchStep, ::testing::Values(false, true),

@@ -178,9 +178,9 @@ void decode_attention(const DecodeArgs& a, cudaStream_t stream);
 // Decode attention of several sequences (one query token each) in one launch: item i attends
 // like decode_attention(items[i]) (host n_past, pos_d unused), all items of one KV type and shape.
 //  - Each item has its own cache view (page table, head kinds / mode, sink / recent window),
-//    n_past, q / out, retrieval_kv_heads and optionally split_tokens (0: chosen for the batch:
-//    the items' retrieval heads share one wave of CTAs in proportion to their keys, splits of
-//    at least 256 keys; an item's own workspace fields are ignored).
+//    n_past, q / out, retrieval_kv_heads and optionally split_tokens (0: one split size chosen
+//    for the batch, at least 256 keys, so the retrieval heads' CTAs fill whole waves of the
+//    device; an item's own workspace fields are ignored).
 //  - workspace: decode_batch_workspace_bytes(items, n) bytes of device memory (the split
 //    partials of all items; 0 when no item is split); params: decode_batch_params_bytes(n)
 //    bytes of device memory, which receives the per-item launch parameters (copied on `stream`

@@ -18,8 +18,8 @@
 // device), so the launch can be captured once in a CUDA graph and replayed at every position.
 //
 // decode_attention_batch: the same kernels (decode_split.cuh) over several sequences in one
-// launch, grid.y = sequence. The splits are chosen for the batch as a whole: one wave of CTAs
-// shared by all sequences in proportion to their keys (choose_batch_splits), so a long sequence
+// launch, grid.y = sequence. The splits are chosen for the batch as a whole: one split size for
+// all sequences, so the heavy CTAs fill whole waves (choose_batch_splits) and a long sequence
 // gets many splits and a short one one, instead of a wave each.
 #include <algorithm>
 #include <cmath>
@@ -299,40 +299,60 @@ void choose_splits(const DecodeArgs& a, int& n_splits, int& split_tokens) {
   split_tokens = 0;
 }
 
-// The splits of a batch (decode_attention_batch): the retrieval heads of all items share one
-// wave of CTA slots (less one a streaming head, and the splits of items that fixed their
-// split_tokens) in proportion to their keys: item i gets about slots * n_past_i / sum_j(R_j *
-// n_past_j) splits a retrieval head, at least 1, at most one a 256 keys, each a multiple of 64
-// keys (the host knows every n_past, so the size is fixed here and no split is empty).
+// The splits of a batch (decode_attention_batch): one split size T for every retrieval head that
+// leaves it to the batch (a multiple of 64 keys, at least 256), chosen so the heavy CTAs
+// (retrieval heads x splits) fill whole waves of the device's resident CTA slots. Modelled time:
+// waves(T) x (T + kCtaOverheadKeys), waves = ceil(heavy CTAs / slots). Counting whole waves
+// matters: 116 heads of 32K keys on 396 slots get 3 splits (348 CTAs, one wave), where shares
+// of the wave rounded down per item gave 2 (232 CTAs, 40% of the slots idle), and 424 heads get
+// ~7 splits (8 nearly full waves) instead of 1 (a second wave of 28 CTAs). Streaming CTAs read
+// only sink + recent rows and are not counted: when they push the grid past one wave they
+// finish first and the heavy CTAs behind them start microseconds later. Items that fixed
+// split_tokens keep it (as decode_attention does).
+constexpr int kCtaOverheadKeys = 128;
 void choose_batch_splits(std::vector<DecodeParams>& ps, bool quant) {
   const DecodeArgs& f = ps[0].a;
-  double work = 0;  // keys the automatically split retrieval heads read
-  int budget = 0, auto_heads = 0;
+  int64_t fixed_heavy = 0;
+  int longest = 0;
   for (DecodeParams& p : ps) {
     const DecodeArgs& a = p.a;
     const int R = p.n_retrieval;
-    budget -= a.n_kv_heads - R;
     if (R == 0) {
       p.n_splits = 1, p.split_tokens = 0;
-    } else if (a.split_tokens > 0) {  // as decode_attention does
+    } else if (a.split_tokens > 0) {
       p.split_tokens = (a.split_tokens + 63) / 64 * 64;
       p.n_splits = std::max(1, (a.n_past + p.split_tokens - 1) / p.split_tokens);
-      budget -= R * p.n_splits;
+      fixed_heavy += (int64_t)R * p.n_splits;
     } else {
-      work += (double)R * a.n_past, auto_heads += R;
+      longest = std::max(longest, a.n_past);
     }
   }
-  if (auto_heads == 0) return;
-  budget = std::max(budget + wave_slots(f.head_dim, f.n_heads / f.n_kv_heads, f.cache.type, quant), auto_heads);
+  if (longest == 0) return;  // no item left to choose for
+  const int64_t slots = wave_slots(f.head_dim, f.n_heads / f.n_kv_heads, f.cache.type, quant);
+  const auto heavy = [&](int T) {
+    int64_t h = fixed_heavy;
+    for (const DecodeParams& p : ps)
+      if (p.n_retrieval > 0 && p.a.split_tokens <= 0) h += (int64_t)p.n_retrieval * ((p.a.n_past + T - 1) / T);
+    return h;
+  };
+  // Candidates: the longest item in k splits, k = 1, 2, ..., until splits get shorter than 256
+  // keys, the merge limit is reached or the heavy CTAs pass 16 waves (later candidates only
+  // shave the rounding of the last wave, and the merges grow).
+  int best_t = 0, prev_t = 0;
+  double best = 0;
+  for (int k = 1; k <= kMaxMergeSplits; ++k) {
+    const int T = std::max(256, ((longest + k - 1) / k + 63) / 64 * 64);
+    if (T == prev_t) continue;
+    prev_t = T;
+    const int64_t h = heavy(T);
+    const double cost = (double)((h + slots - 1) / slots) * (T + kCtaOverheadKeys);
+    if (best_t == 0 || cost < best) best = cost, best_t = T;
+    if (T == 256 || h > 16 * slots) break;
+  }
   for (DecodeParams& p : ps) {
     if (p.n_retrieval == 0 || p.a.split_tokens > 0) continue;
-    const int n_past = p.a.n_past;
-    const int most = std::min(kMaxMergeSplits, (n_past + 255) / 256);
-    const int want = (int)std::min<double>(most, std::floor(budget * (double)n_past / work));
-    const int s = std::max(1, want);
-    const int t = (n_past + s - 1) / s;
-    p.split_tokens = std::max(256, (t + 63) / 64 * 64);
-    p.n_splits = (n_past + p.split_tokens - 1) / p.split_tokens;
+    p.split_tokens = best_t;
+    p.n_splits = (p.a.n_past + best_t - 1) / best_t;
   }
 }
 
