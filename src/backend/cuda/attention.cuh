@@ -127,7 +127,7 @@ void kv_append(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0,
 // kv_append(n = 1, pos0 = pos_d[i]) stores it, for every cache type. Quantized caches still need
 // that call's follow-up: kv_quantize (decode form, no chunk rows) for each item whose token
 // completes a group. All items share n_kv_heads and head_dim; rows_d, caches_d and pos_d hold
-// n_items entries each.
+// n_items entries each; an item at a negative position is skipped (padding of a replayed step).
 void kv_append_batch(const bf16* k, const bf16* v, int64_t kv_stride, const int32_t* rows_d, const LayerKv* caches_d,
                      const int32_t* pos_d, int n_items, int n_kv_heads, int head_dim, cudaStream_t stream);
 
@@ -200,6 +200,31 @@ struct DecodeBatch {
 size_t decode_batch_workspace_bytes(const DecodeArgs* items, int n);  // split partials of all items
 size_t decode_batch_params_bytes(int n);  // device bytes for the per-item parameter array
 void decode_attention_batch(const DecodeBatch& b, cudaStream_t stream);
+
+// The replayable form of decode_attention_batch, for decode steps captured once in a CUDA graph
+// and replayed: the launch has a fixed grid (g.max_items sequences x g.max_item_ctas CTAs each)
+// and reads parameters the host wrote beforehand (decode_batch_stage) and copied to `params`
+// itself, so one capture serves every later batch that fits the grid. Items past the staged
+// count do nothing. The split choice is decode_attention_batch's, with no item above
+// max_item_ctas CTAs.
+struct DecodeBatchGrid {
+  int max_items = 0;
+  int max_item_ctas = 0;
+};
+// The grid for up to max_items sequences shaped like `shape` (head shape and KV type): about
+// two waves of the device's CTA slots shared by the items, and at least one CTA a KV head.
+DecodeBatchGrid decode_batch_grid(const DecodeArgs& shape, int max_items);
+// Workspace bytes enough for every batch that fits the grid.
+size_t decode_batch_grid_workspace_bytes(const DecodeArgs& shape, const DecodeBatchGrid& g);
+// Writes the parameters of b.items[0 .. b.n) into host memory dst (decode_batch_params_bytes(
+// g.max_items) bytes), padded to g.max_items; b.workspace: the device workspace (at least
+// decode_batch_grid_workspace_bytes), b.params unused. Returns whether the quantized-cache
+// kernel runs this batch (the replayed launch must have been captured with the same).
+bool decode_batch_stage(const DecodeBatch& b, const DecodeBatchGrid& g, void* dst);
+// The launch itself (capturable): `shape` picks the kernel, params (device) holds what
+// decode_batch_stage wrote.
+void decode_attention_batch_replay(const DecodeArgs& shape, bool quant, const void* params, const DecodeBatchGrid& g,
+                                   cudaStream_t stream);
 
 // Throws std::runtime_error with the CUDA error string.
 void check_cuda(cudaError_t e, const char* what);

@@ -308,9 +308,10 @@ void choose_splits(const DecodeArgs& a, int& n_splits, int& split_tokens) {
 // ~7 splits (8 nearly full waves) instead of 1 (a second wave of 28 CTAs). Streaming CTAs read
 // only sink + recent rows and are not counted: when they push the grid past one wave they
 // finish first and the heavy CTAs behind them start microseconds later. Items that fixed
-// split_tokens keep it (as decode_attention does).
+// split_tokens keep it (as decode_attention does). max_item_ctas > 0: no item may get more CTAs
+// than that (the replayable launch's fixed grid row; T = the longest item in one split always fits).
 constexpr int kCtaOverheadKeys = 128;
-void choose_batch_splits(std::vector<DecodeParams>& ps, bool quant) {
+void choose_batch_splits(std::vector<DecodeParams>& ps, bool quant, int max_item_ctas = 0) {
   const DecodeArgs& f = ps[0].a;
   int64_t fixed_heavy = 0;
   int longest = 0;
@@ -335,6 +336,14 @@ void choose_batch_splits(std::vector<DecodeParams>& ps, bool quant) {
       if (p.n_retrieval > 0 && p.a.split_tokens <= 0) h += (int64_t)p.n_retrieval * ((p.a.n_past + T - 1) / T);
     return h;
   };
+  const auto fits_grid = [&](int T) {  // every item's CTAs within max_item_ctas
+    if (max_item_ctas <= 0) return true;
+    for (const DecodeParams& p : ps)
+      if (p.n_retrieval > 0 && p.a.split_tokens <= 0 &&
+          p.n_retrieval * ((p.a.n_past + T - 1) / T) + p.a.n_kv_heads - p.n_retrieval > max_item_ctas)
+        return false;
+    return true;
+  };
   // Candidates: the longest item in k splits, k = 1, 2, ..., until splits get shorter than 256
   // keys, the merge limit is reached or the heavy CTAs pass 16 waves (later candidates only
   // shave the rounding of the last wave, and the merges grow).
@@ -344,6 +353,7 @@ void choose_batch_splits(std::vector<DecodeParams>& ps, bool quant) {
     const int T = std::max(256, ((longest + k - 1) / k + 63) / 64 * 64);
     if (T == prev_t) continue;
     prev_t = T;
+    if (best_t != 0 && !fits_grid(T)) break;  // shorter splits only add CTAs
     const int64_t h = heavy(T);
     const double cost = (double)((h + slots - 1) / slots) * (T + kCtaOverheadKeys);
     if (best_t == 0 || cost < best) best = cost, best_t = T;
@@ -365,7 +375,7 @@ struct BatchPlan {
   DecodeLaunch launch;
 };
 
-BatchPlan plan_batch(const DecodeArgs* items, int n) {
+BatchPlan plan_batch(const DecodeArgs* items, int n, int max_item_ctas = 0) {
   if (n < 0 || (n > 0 && !items)) throw std::invalid_argument("decode_attention_batch: no items");
   if (n > 65535) throw std::invalid_argument("decode_attention_batch: at most 65535 items");
   BatchPlan b;
@@ -393,7 +403,7 @@ BatchPlan plan_batch(const DecodeArgs* items, int n) {
   if (b.quant)
     for (const DecodeParams& p : b.items)
       if (p.n_retrieval > 0) check_quant_view(p.a.cache);
-  choose_batch_splits(b.items, b.quant);
+  choose_batch_splits(b.items, b.quant, max_item_ctas);
   b.ws_offset.assign(n, 0);
   b.launch.n_items = n;
   for (int i = 0; i < n; ++i) {
@@ -483,6 +493,7 @@ __global__ void append_kernel(const bf16* k, const bf16* v, int64_t kv_stride, i
 __global__ void append_batch_kernel(const bf16* k, const bf16* v, int64_t kv_stride, const int32_t* rows,
                                     const LayerKv* caches, const int32_t* pos, int n_kv, int d) {
   const int i = blockIdx.x, p = pos[i];
+  if (p < 0) return;  // a padding item of a replayed step
   append_row(k, v, (int64_t)rows[i] * kv_stride, n_kv, d, caches[i], p, p + 1);
 }
 
@@ -557,6 +568,61 @@ void decode_attention_batch(const DecodeBatch& b, cudaStream_t stream) {
   if (pl.quant) return detail::launch_decode_quant(one, pl.launch, stream);
   if (one.a.head_dim == 128) return detail::dispatch_group<128>(one, pl.launch, stream);
   return detail::dispatch_group<64>(one, pl.launch, stream);
+}
+
+DecodeBatchGrid decode_batch_grid(const DecodeArgs& shape, int max_items) {
+  if (max_items <= 0 || max_items > 65535) throw std::invalid_argument("decode_batch_grid: 1 to 65535 items");
+  detail::check_args(shape);
+  const int slots = detail::wave_slots(shape.head_dim, shape.n_heads / shape.n_kv_heads, shape.cache.type,
+                                       quantized_cache(shape.cache));
+  DecodeBatchGrid g;
+  g.max_items = max_items;
+  // Two waves' worth of rows: an item of a full batch may still take twice its even share (a
+  // long sequence beside short ones); CTAs past an item's count exit at once.
+  g.max_item_ctas = std::min(detail::kMaxMergeSplits, (2 * slots + max_items - 1) / max_items + shape.n_kv_heads);
+  return g;
+}
+
+size_t decode_batch_grid_workspace_bytes(const DecodeArgs& shape, const DecodeBatchGrid& g) {
+  return (size_t)g.max_items * (decode_workspace_bytes(shape.n_heads, shape.head_dim, g.max_item_ctas) + 256);
+}
+
+bool decode_batch_stage(const DecodeBatch& b, const DecodeBatchGrid& g, void* dst) {
+  if (b.n <= 0 || b.n > g.max_items) throw std::invalid_argument("decode_batch_stage: 1 to max_items items");
+  detail::BatchPlan pl = detail::plan_batch(b.items, b.n, g.max_item_ctas);
+  if (pl.launch.ctas > g.max_item_ctas)  // items that fixed their split size
+    throw std::invalid_argument("decode_batch_stage: an item needs more CTAs than the grid has");
+  if (pl.ws_bytes > 0 && (!b.workspace || b.workspace_bytes < pl.ws_bytes))
+    throw std::invalid_argument("decode_batch_stage: workspace too small");
+  std::vector<detail::DecodeParams> all(g.max_items, detail::DecodeParams{});  // padding: no CTA, no merge
+  for (int i = 0; i < b.n; ++i) {
+    all[i] = pl.items[i];
+    detail::DecodeParams& p = all[i];
+    if (p.n_splits > 1) {
+      p.part_o = reinterpret_cast<float*>(static_cast<char*>(b.workspace) + pl.ws_offset[i]);
+      p.part_lse = p.part_o + (size_t)p.a.n_heads * p.n_splits * p.a.head_dim;
+    } else {
+      p.part_o = p.part_lse = nullptr;
+    }
+  }
+  std::memcpy(dst, all.data(), decode_batch_params_bytes(g.max_items));
+  return pl.quant;
+}
+
+void decode_attention_batch_replay(const DecodeArgs& shape, bool quant, const void* params, const DecodeBatchGrid& g,
+                                   cudaStream_t stream) {
+  if (!params || g.max_items <= 0 || g.max_item_ctas <= 0)
+    throw std::invalid_argument("decode_attention_batch_replay: no parameters or an empty grid");
+  detail::DecodeParams one{};
+  one.a = shape;  // picks the kernel only: every CTA reads its item's parameters
+  detail::DecodeLaunch l;
+  l.items = static_cast<const detail::DecodeParams*>(params);
+  l.n_items = g.max_items;
+  l.ctas = g.max_item_ctas;
+  l.merge_heads = shape.n_kv_heads;  // items without splits leave the merge at once
+  if (quant) return detail::launch_decode_quant(one, l, stream);
+  if (shape.head_dim == 128) return detail::dispatch_group<128>(one, l, stream);
+  return detail::dispatch_group<64>(one, l, stream);
 }
 
 void kv_append(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0, int n_kv_heads, int head_dim,

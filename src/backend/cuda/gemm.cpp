@@ -85,19 +85,28 @@ void Gemm::linear(const GpuMatrix& W, int64_t rows, int64_t cols, const bf16* X,
   if (!W.int8()) return linear(W.w, rows, cols, X, ldx, n, Y, ldy, accumulate);
   if (n <= 0) return;
   if (uses_gemv(n, W, cols, X)) return gemv_int8(W.q, W.scale, rows, cols, X, Y, accumulate, stream_);
-  // Several tokens: bf16 tiles of whole rows, each a GEMM writing its columns of Y. A matrix larger
-  // than the tile is cut into equal tiles of a multiple of 128 rows (cuBLAS's tile height), not
-  // into full tiles and a ragged rest.
-  const int64_t max_rows = std::max<int64_t>(1, (int64_t)(kDequantTileBytes / (2 * cols)));
-  const int64_t tiles = (rows + max_rows - 1) / max_rows;
-  int64_t block = (rows + tiles - 1) / tiles;
-  if (tiles > 1) block = std::min(max_rows, (block + 127) / 128 * 128);
+  // Several tokens: bf16 tiles of whole rows, each a GEMM writing its columns of Y.
+  const int64_t block = dequant_block(rows, cols);
   bf16* tile = dequant_.ensure_n<bf16>(block * cols);
   for (int64_t r0 = 0; r0 < rows; r0 += block) {
     const int64_t m = std::min(block, rows - r0);
     dequant_int8_rows(W.q + r0 * cols, W.scale + r0, m, cols, tile, stream_);
     linear(tile, m, cols, X, ldx, n, Y + r0, ldy, accumulate);
   }
+}
+
+// A matrix larger than the tile is cut into equal tiles of a multiple of 128 rows (cuBLAS's tile
+// height), not into full tiles and a ragged rest.
+int64_t Gemm::dequant_block(int64_t rows, int64_t cols) {
+  const int64_t max_rows = std::max<int64_t>(1, (int64_t)(kDequantTileBytes / (2 * cols)));
+  const int64_t tiles = (rows + max_rows - 1) / max_rows;
+  int64_t block = (rows + tiles - 1) / tiles;
+  if (tiles > 1) block = std::min(max_rows, (block + 127) / 128 * 128);
+  return block;
+}
+
+const void* Gemm::reserve_dequant_tile(int64_t rows, int64_t cols) {
+  return dequant_.ensure_n<bf16>(dequant_block(rows, cols) * cols);
 }
 
 void Gemm::swiglu_gemv(const GpuMatrix& Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h) {

@@ -52,6 +52,9 @@ class Gemm {
   // One token's FFN input projection with SwiGLU fused (Wgu: 2F rows, gate then up), for a
   // matrix where uses_gemv(1, Wgu, cols, x) holds: gemv_swiglu_bf16 or gemv_swiglu_int8.
   void swiglu_gemv(const GpuMatrix& Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h);
+  // Sizes the int8 dequantization tile for a rows x cols matrix now (a captured graph must not
+  // see it grow, which would move it); returns where it is.
+  const void* reserve_dequant_tile(int64_t rows, int64_t cols);
 
   // 256 MiB holds every Llama-3-8B matrix (the fused gate/up one is 224 MiB) whole, so a pre-fill
   // chunk runs the same GEMM shapes as with bf16 weights.
@@ -63,6 +66,8 @@ class Gemm {
   bool gemv_ = true;
   DeviceBuffer workspace_;
   ScratchBuffer dequant_{"the dequantized int8 weight tile"};
+  // Rows of a rows x cols matrix dequantized at a time.
+  static int64_t dequant_block(int64_t rows, int64_t cols);
 };
 
 }  // namespace duo::cuda

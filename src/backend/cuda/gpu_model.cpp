@@ -11,18 +11,6 @@
 
 namespace duo::cuda {
 
-struct GpuModel::Act {
-  float* x;
-  bf16* xn;
-  float* qkv;
-  bf16 *q, *k, *v, *att;
-  float *o, *gu;
-  bf16* h;
-  float* logits;
-  void* ws;  // split-KV decode workspace (n = 1)
-  size_t ws_bytes;
-};
-
 GpuModel::GpuModel(std::unique_ptr<GpuWeights> weights) : w_(std::move(weights)) {
   // A blocking stream: it stays ordered with the legacy default stream, which the plain
   // cudaMemset / cudaMemcpy calls of buffer set-up use.
@@ -42,9 +30,16 @@ void GpuModel::reset_graph() {
   graph_key_.clear();
 }
 
+void GpuModel::reset_step_graphs() {
+  for (auto& [bucket, g] : step_graphs_)
+    if (g.exec) cudaGraphExecDestroy(g.exec);
+  step_graphs_.clear();
+}
+
 GpuModel::~GpuModel() {
   if (stream_) (void)cudaStreamSynchronize(stream_);
   reset_graph();
+  reset_step_graphs();
   for (auto e : events_) cudaEventDestroy(e);
   gemm_.reset();
   if (stream_) cudaStreamDestroy(stream_);
@@ -57,9 +52,11 @@ std::unique_ptr<GpuKvCache> GpuModel::new_cache(const HeadPlan& plan, int64_t ma
 
 void GpuModel::release_scratch() {
   DUO_CUDA_TRY(cudaStreamSynchronize(stream_));
-  for (ScratchBuffer* b : {&tokens_, &x_, &xn_, &qkv_, &q_, &k_, &v_, &att_, &o_, &gu_, &h_, &logits_, &decode_ws_})
+  for (ScratchBuffer* b : {&tokens_, &x_, &xn_, &qkv_, &q_, &k_, &v_, &att_, &o_, &gu_, &h_, &logits_, &decode_ws_,
+                           &replay_buf_, &replay_ws_})
     b->release();
-  reset_graph();  // it pointed into the released buffers
+  reset_graph();  // they pointed into the released buffers
+  reset_step_graphs();
 }
 
 const int32_t* GpuModel::upload_tokens(const GpuKvCache& kv, const int32_t* tokens, int64_t n) {
@@ -184,6 +181,7 @@ void GpuModel::check_step(const std::vector<StepItem>& items) const {
 
 void GpuModel::step(const std::vector<StepItem>& items, int32_t* picked, float* logits) {
   check_step(items);
+  if (step_replay(items, picked, logits)) return;
   const ModelConfig& c = config();
   const int N = (int)items.size();
   const int64_t E = c.n_embd, V = c.n_vocab;

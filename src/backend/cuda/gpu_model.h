@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -70,12 +71,25 @@ class GpuModel {
   // Decode steps replay a CUDA graph (captured on first use, again when the cache or an
   // activation buffer changed). Off: the same kernels are launched one by one (also whenever
   // attention timing is on). Default on unless the environment sets DUO_CUDA_GRAPH=0.
+  // Batched steps of decode tokens only (one KV type) replay a graph per batch-size bucket
+  // (gpu_step_graph.cpp): the step's rows padded to the bucket, its positions, cache views and
+  // attention parameters copied to the device in one transfer before the replay.
   void set_decode_graphs(bool on) { graphs_ = on; }
   bool decode_graphs() const { return graphs_; }
   int graph_captures() const { return captures_; }  // decode graphs captured so far
 
  private:
-  struct Act;  // the activation buffers of one chunk
+  struct Act {  // the activation buffers of one chunk
+    float* x;
+    bf16* xn;
+    float* qkv;
+    bf16 *q, *k, *v, *att;
+    float *o, *gu;
+    bf16* h;
+    float* logits;
+    void* ws;  // split-KV decode workspace (n = 1)
+    size_t ws_bytes;
+  };
   // One chunk of n tokens whose ids are at tokens_d (device); afterwards the logits of the
   // last `logits_rows` tokens (0, 1 or n) are in logits_.
   void run_chunk(GpuKvCache& kv, const int32_t* tokens_d, int n, int logits_rows);
@@ -107,7 +121,17 @@ class GpuModel {
   DecodeArgs decode_args(const GpuKvCache& kv, int l, const bf16* q, bf16* out, const int32_t* pos_d = nullptr) const;
   // Checks and stages the ids: n > 1 into tokens_; one token, with its position, into step_.
   const int32_t* upload_tokens(const GpuKvCache& kv, const int32_t* tokens, int64_t n);
-  void reset_graph();
+  void reset_graph();        // the single-sequence decode graph
+  void reset_step_graphs();  // the batched steps' graphs
+  // The replayed form of step() (gpu_step_graph.cpp); false when the step does not qualify
+  // (graphs off, timing, a pre-fill chunk, several KV types, more items than the largest bucket).
+  bool step_replay(const std::vector<StepItem>& items, int32_t* picked, float* logits);
+  struct StepGraph {
+    cudaGraphExec_t exec = nullptr;
+    std::vector<const void*> key;  // what the capture baked in
+  };
+  std::map<int, StepGraph> step_graphs_;  // by bucket
+  std::vector<unsigned char> replay_host_;  // the staged transfer of a replayed step
 
   std::unique_ptr<GpuWeights> w_;
   cudaStream_t stream_ = nullptr;
@@ -119,7 +143,9 @@ class GpuModel {
       decode_ws_{"the split-KV decode workspace"}, picked_{"the picked token"},
       step_{"the decode step's token id and position"}, step_pos_{"a batched step's positions and LM-head rows"},
       lm_in_{"a batched step's LM-head input rows"}, dec_meta_{"a batched step's decode rows and positions"},
-      dec_views_buf_{"a batched step's decode cache views"}, dec_params_buf_{"a batched step's decode parameters"};
+      dec_views_buf_{"a batched step's decode cache views"}, dec_params_buf_{"a batched step's decode parameters"},
+      replay_buf_{"a replayed step's ids, positions, cache views and attention parameters"},
+      replay_ws_{"a replayed step's split-KV workspace"};
   // The decode items of the current batched step (prepare_step_decode): their indices, rows then
   // positions on the device, [layer][item] cache views, split workspace and parameter buffer.
   // DUO_BATCH_DECODE=0 runs them one by one with forward()'s kernels instead.
