@@ -2,13 +2,21 @@
 
 #include <httplib.h>
 
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 
 #include "core/error.h"
 #include "serve/api_error.h"
 #include "serve/connection_watch.h"
+#include "serve/http_front.h"
 #include "serve/openai_json.h"
 
 namespace duo::serve {
@@ -37,6 +45,80 @@ void send_json(httplib::Response& res, int status, const json& body) {
 
 void send_error(httplib::Response& res, const ApiError& e) { send_json(res, e.status, error_json(e)); }
 
+// cpp-httplib's Server with its request processing callable on a stream we provide (its own
+// listener is not used: see http_front.h).
+class Router : public httplib::Server {
+ public:
+  Router() : placeholder_(::open("/dev/null", O_RDONLY | O_CLOEXEC)) {
+    DUO_CHECK(placeholder_ >= 0, "cannot open /dev/null");
+    set_serving(true);
+  }
+  ~Router() override {
+    set_serving(false);
+    ::close(placeholder_);
+  }
+  using httplib::Server::process_request;
+  // cpp-httplib stops writing a streamed answer once its listening socket is gone
+  // (is_shutting_down(): svr_sock_ == INVALID_SOCKET). Its listener is not used here, so the
+  // slot holds a descriptor of our own while serving (nothing of cpp-httplib's closes it).
+  void set_serving(bool on) { svr_sock_ = on ? placeholder_ : INVALID_SOCKET; }
+
+ private:
+  int placeholder_;
+};
+
+// One complete request (already read by the front end) to cpp-httplib, the answer straight to
+// the socket. Reads end with the request: cpp-httplib never waits on the client.
+class FrontStream : public httplib::Stream {
+ public:
+  FrontStream(const FrontRequest& r, int write_timeout_ms) : r_(r), timeout_ms_(write_timeout_ms) {}
+  bool is_readable() const override { return pos_ < r_.bytes.size(); }
+  bool is_writable() const override {
+    pollfd p{r_.fd, POLLOUT, 0};
+    return !failed_ && poll(&p, 1, timeout_ms_) > 0 && !(p.revents & (POLLERR | POLLHUP | POLLNVAL));
+  }
+  ssize_t read(char* ptr, size_t size) override {
+    const size_t n = std::min(size, r_.bytes.size() - pos_);
+    std::memcpy(ptr, r_.bytes.data() + pos_, n);
+    pos_ += n;
+    return (ssize_t)n;
+  }
+  // Waits at most the write timeout for the client to take more (a client that stops
+  // reading cannot hold the thread longer than that per write).
+  ssize_t write(const char* ptr, size_t size) override {
+    if (failed_) return -1;
+    for (;;) {
+      const ssize_t n = ::send(r_.fd, ptr, size, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n >= 0) return n;
+      if (errno == EINTR) continue;
+      pollfd p{r_.fd, POLLOUT, 0};
+      if ((errno != EAGAIN && errno != EWOULDBLOCK) || poll(&p, 1, timeout_ms_) <= 0) {
+        failed_ = true;
+        return -1;
+      }
+    }
+  }
+  void get_remote_ip_and_port(std::string& ip, int& port) const override {
+    ip = r_.remote_addr;
+    port = r_.remote_port;
+  }
+  void get_local_ip_and_port(std::string& ip, int& port) const override {
+    ip = r_.local_addr;
+    port = r_.local_port;
+  }
+  socket_t socket() const override { return r_.fd; }
+  bool failed() const { return failed_; }
+
+ private:
+  const FrontRequest& r_;
+  int timeout_ms_;
+  size_t pos_ = 0;
+  bool failed_ = false;
+};
+
+// The request a worker thread is handling (its handlers run on that thread).
+thread_local const FrontRequest* t_request = nullptr;
+
 int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
@@ -52,7 +134,8 @@ struct HttpServer::Impl {
   Metrics& metrics;
   HttpOptions opts;
   int64_t created;
-  httplib::Server svr;
+  Router svr;
+  std::unique_ptr<HttpFront> front;
 
   void setup();
   void generate(Endpoint ep, const httplib::Request& req, httplib::Response& res);
@@ -66,8 +149,33 @@ void HttpServer::Impl::setup() {
   const int threads = std::min(opts.threads > 0 ? opts.threads
                                                 : scheduler.options().max_batch + scheduler.options().max_queue + 16,
                                kMaxBatchLimit + kMaxQueueLimit + 16);
-  svr.new_task_queue = [threads] { return new httplib::ThreadPool((size_t)threads); };
   svr.set_payload_max_length(opts.max_body_bytes);
+  FrontOptions fo;
+  fo.host = opts.host;
+  fo.port = opts.port;
+  fo.threads = threads;
+  fo.max_pending = threads;
+  fo.max_connections = opts.max_connections;
+  fo.limits.max_body_bytes = opts.max_body_bytes;
+  fo.limits.max_head_bytes = opts.max_header_bytes;
+  fo.head_timeout = opts.head_timeout;
+  fo.request_timeout = opts.request_timeout;
+  fo.idle_timeout = opts.idle_timeout;
+  // Buffered request data: room for a few largest bodies, and for every connection's head.
+  fo.max_buffered_bytes = std::max<size_t>(size_t(64) << 20, 4 * opts.max_body_bytes) +
+                          size_t(opts.max_connections) * opts.max_header_bytes;
+  const int write_timeout_ms = (int)opts.write_timeout.count();
+  front = std::make_unique<HttpFront>(
+      fo,
+      [this, write_timeout_ms](FrontRequest& r) {
+        FrontStream strm(r, write_timeout_ms);
+        bool closed = false;
+        t_request = &r;
+        const bool ok = svr.process_request(strm, /*close_connection=*/r.peer_eof, closed, nullptr);
+        t_request = nullptr;
+        return ok && !closed && !strm.failed();
+      },
+      [this](int status) { metrics.count_request("other", status); });
 
   svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
     const SchedulerGauges g = metrics.gauges();
@@ -158,14 +266,14 @@ void HttpServer::Impl::generate(Endpoint ep, const httplib::Request& req, httpli
     return send_error(res, e);
   }
   const ResponseMeta meta = new_response_meta(ep, ctx.model_id);
-  auto watch = std::make_shared<ConnectionWatch>(req.remote_addr, req.remote_port, req.local_addr, req.local_port);
+  auto watch = std::make_shared<ConnectionWatch>(t_request ? t_request->fd : -1, t_request && t_request->http11);
 
   // Wait for the first text (or the end) before answering, so that a failure before any
   // output still gets its own status code; give up if the client leaves meanwhile.
   std::string text;
   bool done = false;
   while (!(done = gen->wait_for(text, kPoll)) && (gr.stream ? text.empty() : true)) {
-    if (watch->peer_gone()) {
+    if (watch->peer_gone(/*may_probe=*/true)) {
       gen->cancel();
       return send_json(res, kClientClosed, error_json("invalid_request_error", "the client closed the connection"));
     }
@@ -198,7 +306,7 @@ void HttpServer::Impl::generate(Endpoint ep, const httplib::Request& req, httpli
             text.clear();
           }
           if (finished) break;
-          if (watch->peer_gone()) return client_left();
+          if (watch->peer_gone(/*may_probe=*/false)) return client_left();
         }
         if (auto err = gen->error()) {
           send(error_json(*err));
@@ -223,20 +331,13 @@ HttpServer::HttpServer(const ServeContext& ctx, Scheduler& scheduler, Metrics& m
 
 HttpServer::~HttpServer() = default;
 
-int HttpServer::bind() {
-  const HttpOptions& o = impl_->opts;
-  if (o.port == 0) {
-    const int port = impl_->svr.bind_to_any_port(o.host);
-    DUO_CHECK(port > 0, "cannot listen on {} (any port)", o.host);
-    return port;
-  }
-  DUO_CHECK(impl_->svr.bind_to_port(o.host, o.port), "cannot listen on {}:{} (in use, or not an address of this host?)",
-            o.host, o.port);
-  return o.port;
+int HttpServer::bind() { return impl_->front->bind(); }
+
+void HttpServer::listen() { impl_->front->run(); }
+
+void HttpServer::stop() {
+  impl_->front->stop();
+  impl_->svr.set_serving(false);  // streamed answers end
 }
-
-void HttpServer::listen() { impl_->svr.listen_after_bind(); }
-
-void HttpServer::stop() { impl_->svr.stop(); }
 
 }  // namespace duo::serve

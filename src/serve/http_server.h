@@ -15,8 +15,14 @@ namespace duo::serve {
 struct HttpOptions {
   std::string host = "127.0.0.1";
   int port = 8080;                        // 0: any free port (bind() says which)
-  size_t max_body_bytes = size_t(8) << 20;  // larger bodies get 413
-  int threads = 0;                        // connection threads (0: enough for max_batch + max_queue)
+  size_t max_body_bytes = size_t(8) << 20;  // larger bodies get 413 (any transfer encoding)
+  size_t max_header_bytes = size_t(64) << 10;  // request line + headers; more gets 431
+  int threads = 0;                        // worker threads (0: enough for max_batch + max_queue)
+  int max_connections = 512;              // open connections; more get 503 at once
+  std::chrono::milliseconds idle_timeout{5000};      // keep-alive connection without a request
+  std::chrono::milliseconds head_timeout{10000};     // request line + headers, from their first byte (408)
+  std::chrono::milliseconds request_timeout{60000};  // the whole request, from its first byte (408)
+  std::chrono::milliseconds write_timeout{10000};    // a client that takes no bytes of the answer for this long is dropped
   bool log_requests = false;              // one line per request on stderr
 };
 

@@ -126,12 +126,13 @@ Tokenizer::Tokenizer(Vocab v) : vocab_(std::move(v)) {
     }
     max_token_bytes_ = std::max(max_token_bytes_, covers);
   }
-  // A byte is always covered by some token unless the fallbacks below (a byte token, else the
-  // unknown token) may drop it; keep this in step with encode_bpe_piece and encode_spm.
+  // A byte is always covered by some token unless the fallbacks may drop it (BPE: a byte
+  // token, else nothing; SentencePiece: a byte token, else the unknown token); keep this in
+  // step with encode_bpe_piece and encode_spm.
   // SentencePiece: a space is U+2581, covered by that token or its first byte's byte token.
   all_bytes_kept_ = true;
   for (int b = 0; b < 256; ++b) {
-    bool kept = byte_tokens_[b] >= 0 || vocab_.unk >= 0;
+    bool kept = byte_tokens_[b] >= 0 || (vocab_.model == Vocab::Model::SPM && vocab_.unk >= 0);
     if (vocab_.model == Vocab::Model::SPM && b == ' ')
       kept = token_id("\xE2\x96\x81") >= 0 || byte_tokens_[0xE2] >= 0 || vocab_.unk >= 0;
     byte_kept_[b] = kept;
@@ -218,10 +219,10 @@ void Tokenizer::encode_bpe_piece(const std::string& piece, std::vector<int32_t>&
       const int len = utf8_next(s, k, cp);
       auto bt = byte_map().from_cp.find(cp);
       const int32_t bid = bt != byte_map().from_cp.end() ? byte_tokens_[bt->second] : -1;
-      if (bid >= 0)
-        ids.push_back(bid);
-      else if (vocab_.unk >= 0)
-        ids.push_back(vocab_.unk);
+      // A byte without a token of its own is dropped, as HF tokenizers (BPE without
+      // unk_token) and llama.cpp do: the unknown token of a byte-level vocabulary is usually
+      // <|endoftext|>, which must not appear inside a user's text.
+      if (bid >= 0) ids.push_back(bid);
       k += len;
     }
   }

@@ -1,5 +1,5 @@
 // The pieces of the HTTP layer that need no model: Prometheus rendering, OpenAI response
-// bodies, and finding a client's socket to notice it leave.
+// bodies, and noticing a client leave (or only half-close) its connection.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -136,45 +136,81 @@ TEST(OpenAIJson, InvalidUtf8IsReplacedNotThrown) {
   EXPECT_EQ(sse_event({{"a", 1}}), "data: {\"a\":1}\n\n");
 }
 
-TEST(ConnectionWatch, SeesThePeerLeave) {
-  const int lsock = socket(AF_INET, SOCK_STREAM, 0);
-  ASSERT_GE(lsock, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(bind(lsock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  ASSERT_EQ(listen(lsock, 1), 0);
-  socklen_t len = sizeof(addr);
-  getsockname(lsock, reinterpret_cast<sockaddr*>(&addr), &len);
-  const int server_port = ntohs(addr.sin_port);
-  const int client = socket(AF_INET, SOCK_STREAM, 0);
-  ASSERT_EQ(connect(client, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  const int conn = accept(lsock, nullptr, nullptr);
-  ASSERT_GE(conn, 0);
-  sockaddr_in peer{};
-  len = sizeof(peer);
-  getsockname(client, reinterpret_cast<sockaddr*>(&peer), &len);
-
-  ConnectionWatch watch("127.0.0.1", ntohs(peer.sin_port), "127.0.0.1", server_port);
-  EXPECT_TRUE(watch.found());
-  EXPECT_FALSE(watch.peer_gone());
-  // Pipelined data from a live client is not a departure.
-  ASSERT_EQ(send(client, "GET", 3, 0), 3);
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  EXPECT_FALSE(watch.peer_gone());
-  close(client);
-  bool gone = false;
-  for (int i = 0; i < 100 && !gone; ++i) {
-    gone = watch.peer_gone();
-    if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+// A connected loopback pair: `client` and the server side `conn`.
+struct LoopbackPair {
+  int client = -1, conn = -1;
+  LoopbackPair() {
+    const int lsock = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(bind(lsock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    EXPECT_EQ(listen(lsock, 1), 0);
+    socklen_t len = sizeof(addr);
+    getsockname(lsock, reinterpret_cast<sockaddr*>(&addr), &len);
+    client = socket(AF_INET, SOCK_STREAM, 0);
+    EXPECT_EQ(connect(client, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    conn = accept(lsock, nullptr, nullptr);
+    close(lsock);
   }
-  EXPECT_TRUE(gone);
-  // Endpoints that match no socket: found() is false and nothing is claimed.
-  ConnectionWatch nobody("127.0.0.1", 1, "127.0.0.1", 2);
-  EXPECT_FALSE(nobody.found());
-  EXPECT_FALSE(nobody.peer_gone());
-  close(conn);
-  close(lsock);
+  ~LoopbackPair() {
+    if (client >= 0) close(client);
+    close(conn);
+  }
+};
+
+// Calls peer_gone for up to a second; whether it ever said yes.
+bool becomes_gone(ConnectionWatch& w, bool may_probe) {
+  for (int i = 0; i < 100; ++i) {
+    if (w.peer_gone(may_probe)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+TEST(ConnectionWatch, SeesThePeerLeave) {
+  LoopbackPair p;
+  ConnectionWatch watch(p.conn, /*http11=*/true);
+  EXPECT_FALSE(watch.peer_gone(true));
+  // Pipelined data from a live client is not a departure.
+  ASSERT_EQ(send(p.client, "GET", 3, 0), 3);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(watch.peer_gone(true));
+  close(p.client);
+  p.client = -1;
+  EXPECT_TRUE(becomes_gone(watch, true));
+  ConnectionWatch nobody(-1, true);
+  EXPECT_FALSE(nobody.peer_gone(true));
+}
+
+TEST(ConnectionWatch, HalfClosedClientIsStillThere) {
+  // The client sent its request and shut down its sending side: it still reads the answer.
+  LoopbackPair p;
+  ConnectionWatch watch(p.conn, /*http11=*/true);
+  ASSERT_EQ(shutdown(p.client, SHUT_WR), 0);
+  EXPECT_FALSE(becomes_gone(watch, true));
+  // It was asked once, with an interim answer any HTTP/1.1 client skips.
+  char buf[256] = {};
+  timeval tv{1, 0};
+  setsockopt(p.client, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  const ssize_t n = recv(p.client, buf, sizeof(buf), 0);
+  EXPECT_EQ(std::string(buf, n > 0 ? size_t(n) : 0), "HTTP/1.1 100 Continue\r\n\r\n");
+  // Once it closes for good, the probe's reset shows.
+  close(p.client);
+  p.client = -1;
+  ConnectionWatch again(p.conn, true);
+  EXPECT_TRUE(becomes_gone(again, true));
+}
+
+TEST(ConnectionWatch, NoProbeForHttp10OrAfterTheAnswerBegan) {
+  LoopbackPair p;
+  ASSERT_EQ(shutdown(p.client, SHUT_WR), 0);
+  ConnectionWatch old(p.conn, /*http11=*/false);
+  EXPECT_FALSE(becomes_gone(old, true));
+  ConnectionWatch streaming(p.conn, /*http11=*/true);
+  EXPECT_FALSE(becomes_gone(streaming, false));
+  char buf[64];
+  EXPECT_EQ(recv(p.client, buf, sizeof(buf), MSG_DONTWAIT), -1);  // nothing was sent
 }
 
 }  // namespace

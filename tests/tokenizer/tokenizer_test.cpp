@@ -172,10 +172,23 @@ TEST(Tokenizer, InvalidUtf8IsEncodedLosslessly) {
   expect.insert(expect.end(), rest.begin(), rest.end());
   EXPECT_EQ(tok->encode("\x80" + tail, false, false), expect);
   // Bytes the vocabulary has no token for (0xFE/0xFF never occur in UTF-8 and this vocabulary
-  // dropped them) become the unknown token, not nothing.
-  const auto ids = tok->encode("a\xff", false, false);
-  ASSERT_EQ(ids.size(), 2u);
-  EXPECT_EQ(ids[1], tok->vocab().unk);
+  // dropped them) are dropped like every byte without a token (llama.cpp does the same), never
+  // the unknown token (<|endoftext|> here).
+  EXPECT_EQ(tok->encode("a\xff", false, false), tok->encode("a", false, false));
+}
+
+TEST(Tokenizer, BytesWithoutATokenAreDroppedNotUnknown) {
+  // SmolLM2's byte-level vocabulary has no token for the bytes 0x04, 0x06, 0x13, 0x14, 0x16,
+  // 0x1D. HF tokenizers (0.23, BPE from this GGUF's tokens and merges, unk_token None, the
+  // original pre-tokenizer) drops them; so does llama.cpp. They used to become the unknown
+  // token, id 0 = <|endoftext|>: an end-of-document injected into the user's text.
+  DUO_REQUIRE_MODEL(path, test::kSmolLM2);
+  auto g = GgufFile::open(path);
+  auto tok = Tokenizer::from_gguf(*g);
+  EXPECT_EQ(tok->encode("a\x14\x16\x1d" "b", false, false), (std::vector<int32_t>{81, 82}));
+  EXPECT_EQ(tok->encode("x\x14 y\x1d\x1dz", false, false), (std::vector<int32_t>{104, 329, 106}));
+  EXPECT_TRUE(tok->encode("\x14", false, false).empty());
+  EXPECT_EQ(tok->min_tokens("\x04\x06\x13\x14\x16\x1d"), 0u);
 }
 
 TEST(Tokenizer, LongTextIsFast) {
