@@ -3,6 +3,7 @@
 independent implementation (HF `tokenizers`, Rust) from the vocabularies of the two default GGUFs.
 
 Run: HF_HUB_OFFLINE=1 /opt/refenv/bin/python scripts/make_tokenizer_fixtures.py
+(a venv made as in scripts/make_tiny_model_fixtures.py does: pip install torch transformers gguf)
 (tokenizers 0.23, transformers 5.x, gguf-py; models fetched by scripts/fetch_models.py).
 Writes tests/fixtures/tokenizer/{smollm2,qwen2.5-coder-1.5b,pretokenize}.json.
 
@@ -23,9 +24,14 @@ of the above. The C++ tokenizer does not implement NFC (neither does llama.cpp);
 strings are NFC already (asserted) so that the comparison is about BPE and pre-tokenization.
 
 For pre-tokenizer types without a model at hand ("gpt2", "llama-bpe") the Qwen2 vocabulary is
-reused with those pre-tokenizers (GPT-2: ByteLevel(use_regex=True); Llama-3: Split with its regex,
-ByteLevel(use_regex=False), BPE ignore_merges=True as in Llama-3's tokenizer.json) and stored
-under "variants".
+reused with those pre-tokenizers (BPE ignore_merges=True for Llama-3, as in its tokenizer.json) and
+stored under "variants".
+
+The split rules are never written here (and never copied from src/tokenizer/pretokenize.cpp):
+they are the pre-tokenizers of the tokenizer.json that transformers' own converters write for
+these tokenizers (Qwen2Converter; TikTokenConverter, whose default pattern is Llama-3's;
+GPT2Converter, whose ByteLevel keeps GPT-2's regex inside `tokenizers`), and for SmolLM2 the
+pre-tokenizer its tokenizer.json names, from `tokenizers`' built-in Digits and ByteLevel.
 
 Chat renderings come from transformers' apply_chat_template (the Jinja template in the GGUF).
 """
@@ -35,16 +41,39 @@ import random
 import unicodedata
 
 from gguf import GGUFReader
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import AutoTokenizer
+from transformers.convert_slow_tokenizer import GPT2Converter, Qwen2Converter, TikTokenConverter, bytes_to_unicode
 
 MODELS = os.environ.get("DUO_MODELS", os.path.expanduser("~/.cache/duo/models"))
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "tokenizer")
 
-QWEN2_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-            r"\s*[\r\n]+|\s+(?!\S)|\s+")
-LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-             r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+class _NoOriginal:
+    """What the converters read of an original (slow) tokenizer that is not needed here."""
+    add_prefix_space = False
+
+
+# A placeholder vocabulary: the converters need one, the pre-tokenizer does not depend on it.
+_VOCAB, _MERGES = {"a": 0, "b": 1, "ab": 2}, [("a", "b")]
+
+
+def hf_pre_tokenizer(pre):
+    """The pre-tokenizer of the tokenizer.json transformers writes for this tokenizer type."""
+    if pre == "qwen2":
+        return Qwen2Converter(_NoOriginal()).converted(vocab=_VOCAB, merges=_MERGES).pre_tokenizer
+    if pre == "gpt2":
+        return GPT2Converter(_NoOriginal()).converted(vocab=_VOCAB, merges=_MERGES).pre_tokenizer
+    if pre == "llama-bpe":  # Llama-3 is a tiktoken tokenizer: the converter's default pattern is its
+        conv = TikTokenConverter(vocab_file=None)
+        conv.tokenizer = lambda: Tokenizer(models.BPE(vocab=_VOCAB, merges=_MERGES, ignore_merges=True))
+        return conv.converted().pre_tokenizer
+    if pre == "smollm":  # SmolLM2's tokenizer.json: Sequence[Digits(individual_digits), ByteLevel]
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    raise ValueError(pre)
+
 
 HANDWRITTEN = [
     # empty, whitespace runs, tabs, newlines, CRLF
@@ -129,18 +158,7 @@ def build_reference(tokens, types, merges, pre, nfc=False, ignore_merges=False):
     tok = Tokenizer(bpe)
     if nfc:
         tok.normalizer = normalizers.NFC()
-    if pre == "smollm":
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
-    elif pre == "gpt2":
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    elif pre in ("qwen2", "llama-bpe"):
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(QWEN2_RE if pre == "qwen2" else LLAMA3_RE), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    else:
-        raise ValueError(pre)
+    tok.pre_tokenizer = hf_pre_tokenizer(pre)
     tok.decoder = decoders.ByteLevel()
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == 4])
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == 3])
@@ -215,24 +233,21 @@ def make(key, gguf, pre, nfc, variants):
           f"pre-tokenizer), {len(chats)} chat renderings")
 
 
-GPT2_RE = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-
-
 def make_pretokenize():
-    """Raw pieces of every fixture string under each pre-tokenizer type: the regex split alone
-    (Oniguruma in `tokenizers`, PCRE2 in duo), before the byte-level mapping. This checks the
+    """Raw pieces of every fixture string under each pre-tokenizer type: the split alone
+    (Oniguruma in `tokenizers`, PCRE2 in duo), the byte-level mapping undone. This checks the
     regexes directly, also where a vocabulary would hide a difference (neither vocabulary has
     multi-digit tokens, so Llama-3's \p{N}{1,3} gives the same ids as Qwen2's \p{N})."""
-    def split(regex):
-        return pre_tokenizers.Split(Regex(regex), behavior="isolated")
-    pres = {
-        "gpt2": split(GPT2_RE),
-        "llama-bpe": split(LLAMA3_RE),
-        "qwen2": split(QWEN2_RE),
-        "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), split(GPT2_RE)]),
-    }
+    # Byte-level pieces back to text: every pre-tokenizer above ends in ByteLevel, which maps the
+    # bytes of each piece to printable characters.
+    to_byte = {c: b for b, c in bytes_to_unicode().items()}
+
+    def text(piece):
+        return bytes(to_byte[c] for c in piece).decode("utf-8")
+
+    pres = {name: hf_pre_tokenizer(name) for name in ("gpt2", "llama-bpe", "qwen2", "smollm")}
     strings = HANDWRITTEN + random_strings(220, 7)
-    pieces = {name: [[p for p, _ in pt.pre_tokenize_str(s)] for s in strings] for name, pt in pres.items()}
+    pieces = {name: [[text(p) for p, _ in pt.pre_tokenize_str(s)] for s in strings] for name, pt in pres.items()}
     for name in pieces:
         for s, ps in zip(strings, pieces[name]):
             assert "".join(ps) == s, (name, s, ps)

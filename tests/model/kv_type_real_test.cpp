@@ -108,11 +108,12 @@ void check(const std::string& mode) {
     double rel_rms, top1;  // worst row's relative RMS error; fraction of rows whose top-1 agrees
     int greedy_prefix;
   };
-  // Measured (this test's printout): f32 and q8 differ from bf16 by ~0.01 relative RMS (q8's
-  // error is below bf16's own rounding), q4 by 0.12 (full) / 0.15 (duo), every top-1 and the
-  // whole greedy continuation equal. Limits leave ~2x headroom on the errors.
-  std::vector<Limit> limits = {Limit{KvType::Q8, 0.03, 0.95, 16}, Limit{KvType::Q4, 0.3, 0.8, 4}};
-  if (mode == "full") limits.insert(limits.begin(), Limit{KvType::F32, 0.03, 0.95, 16});
+  // Measured (this test's printout, AVX-512 kernels): relative RMS error vs bf16 0.0128 (f32),
+  // 0.0061 / 0.0068 (q8, full / duo), 0.1215 / 0.1179 (q4); top-1 agrees on 33/33 rows and the
+  // whole 32-token greedy continuation is equal for every type. Limits: ~1.5x the measured
+  // errors, and every top-1 and greedy token as measured.
+  std::vector<Limit> limits = {Limit{KvType::Q8, 0.012, 1.0, kSteps}, Limit{KvType::Q4, 0.18, 1.0, kSteps}};
+  if (mode == "full") limits.insert(limits.begin(), Limit{KvType::F32, 0.02, 1.0, kSteps});
   for (const Limit& lim : limits) {
     const Run r = run(*model, plan, lim.type, prompt, ref.greedy, pool);
     const Stats st = compare(r, ref);

@@ -194,6 +194,22 @@ TEST_F(ModelLoadValidation, SmallAlignmentIsRefused) {
   }
 }
 
+// RoPE scaling that the engine does not implement (linear, YaRN) is refused, not ignored: ignoring
+// it would run the model at the wrong frequencies without any error. Llama-3.1's scaling comes
+// as rope_freqs.weight instead (tests/model/tiny_reference_test.cpp).
+TEST_F(ModelLoadValidation, UnsupportedRopeScalingIsRefused) {
+  for (const char* type : {"linear", "yarn"}) {
+    Knobs k;
+    k.freq_base = [type](test::GgufBuilder& b) {
+      b.f32("llama.rope.freq_base", 1e4f).str("llama.rope.scaling.type", type).f32("llama.rope.scaling.factor", 4.0f);
+    };
+    expect_refused(k, {"RoPE scaling '" + std::string(type) + "' is not supported"});
+  }
+  Knobs none;
+  none.freq_base = [](test::GgufBuilder& b) { b.f32("llama.rope.freq_base", 1e4f).str("llama.rope.scaling.type", "none"); };
+  EXPECT_NO_THROW(load(none));
+}
+
 // `-m` naming a FIFO: refused at once instead of waiting for a writer forever.
 TEST_F(ModelLoadValidation, FifoIsRefused) {
   const std::string fifo = (dir_ / "fifo.gguf").string();
