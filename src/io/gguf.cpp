@@ -203,7 +203,8 @@ void GgufFile::parse() {
   const std::string& origin = path_;
   Reader r(data_, size_, origin);
 
-  // Header.
+  // Header. A file too short for the magic is not a GGUF file (rather than a "truncated" one).
+  if (size_ < 4) fail("{}: not a GGUF file (only {} bytes; a GGUF file starts with \"GGUF\")", origin, size_);
   const uint32_t magic = r.read<uint32_t>("magic");
   if (magic != kMagic) {
     char shown[5] = {};
