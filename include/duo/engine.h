@@ -53,6 +53,7 @@ struct GenerationStats {
   size_t kv_bytes_retrieval = 0;
   size_t kv_bytes_streaming = 0;
   bool stopped_by_eog = false;
+  bool prefill_stopped = false;  // the PrefillCallback asked to stop: nothing was generated
   double prefill_tok_s() const { return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0.0; }
   double decode_tok_s() const { return decode_seconds > 0 ? generated_tokens / decode_seconds : 0.0; }
 };
@@ -87,6 +88,10 @@ class Engine {
 // Called with each generated token and its text (complete UTF-8 characters only; may be
 // empty while a character is incomplete). Return false to stop.
 using TokenCallback = std::function<bool(int32_t id, const std::string& text)>;
+// Called during a prompt's pre-fill after each chunk with the prompt tokens fed so far and
+// their total (long prompts take minutes on a CPU: this is where a tool shows progress).
+// Return false to stop: the tokens fed so far stay in the cache and nothing is generated.
+using PrefillCallback = std::function<bool(int64_t done, int64_t total)>;
 
 class Session {
  public:
@@ -100,7 +105,7 @@ class Session {
   // Feeds the prompt, then samples up to max_tokens tokens, stopping at an end-of-generation
   // token (not emitted) or when the callback returns false.
   GenerationStats generate(const std::vector<int32_t>& prompt, int max_tokens, Sampler& sampler,
-                           const TokenCallback& on_token);
+                           const TokenCallback& on_token, const PrefillCallback& on_prefill = {});
   void reset();
 
  private:

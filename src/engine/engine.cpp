@@ -104,18 +104,39 @@ int32_t Session::pick(const std::vector<int32_t>& tokens, Sampler& sampler) {
 }
 
 GenerationStats Session::generate(const std::vector<int32_t>& prompt, int max_tokens, Sampler& sampler,
-                                  const TokenCallback& on_token) {
+                                  const TokenCallback& on_token, const PrefillCallback& on_prefill) {
   using clock = std::chrono::steady_clock;
   GenerationStats st;
   st.prompt_tokens = (int64_t)prompt.size();
   const Tokenizer& tok = engine_.tokenizer();
   auto t0 = clock::now();
+  // With a progress callback the prompt is fed here chunk by chunk (the backend splits at the
+  // same boundaries, so the result is the same) and the last chunk goes to pick() below.
+  std::vector<int32_t> rest;
+  const std::vector<int32_t>* last = &prompt;
+  const int64_t n = (int64_t)prompt.size(), chunk = engine_.options().chunk;
+  if (on_prefill && n > chunk) {
+    check_room(*state_, prompt, engine_.max_context());
+    int64_t done = 0;
+    for (; n - done > chunk; done += chunk) {
+      engine_.backend().forward(*state_, prompt.data() + done, chunk, nullptr, chunk);
+      if (!on_prefill(done + chunk, n)) {
+        st.prefill_stopped = true;
+        st.prompt_tokens = done + chunk;
+        st.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
+        return st;
+      }
+    }
+    rest.assign(prompt.begin() + done, prompt.end());
+    last = &rest;
+  }
   int32_t id = -1;
   if (max_tokens > 0)
-    id = pick(prompt, sampler);
+    id = pick(*last, sampler);
   else
-    feed(prompt);
+    feed(*last);
   st.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
+  if (on_prefill) on_prefill(n, n);
   Utf8Stream utf8;
   t0 = clock::now();
   for (int i = 0; i < max_tokens; ++i) {

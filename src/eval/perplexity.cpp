@@ -41,10 +41,19 @@ double token_nll(const float* logits, int64_t n_vocab, int32_t target) {
 PerplexityResult run_perplexity(Engine& engine, const PerplexityOptions& o,
                                 const std::function<void(int64_t, int64_t)>& progress) {
   DUO_CHECK(o.length >= 2, "perplexity: need at least 2 tokens (got --length {})", o.length);
-  DUO_CHECK(o.chunk >= 1, "perplexity: chunk must be positive");
   DUO_CHECK(o.length <= engine.max_context(), "perplexity: --length {} is longer than the context limit {}", o.length,
             engine.max_context());
-  const std::vector<int32_t> ids = perplexity_tokens(engine.tokenizer(), o.length, o.seed);
+  return run_perplexity(engine, perplexity_tokens(engine.tokenizer(), o.length, o.seed), o, progress);
+}
+
+PerplexityResult run_perplexity(Engine& engine, const std::vector<int32_t>& ids, const PerplexityOptions& opts,
+                                const std::function<void(int64_t, int64_t)>& progress) {
+  PerplexityOptions o = opts;
+  o.length = (int64_t)ids.size();
+  DUO_CHECK(o.length >= 2, "perplexity: need at least 2 tokens (the text has {})", o.length);
+  DUO_CHECK(o.chunk >= 1, "perplexity: chunk must be positive");
+  DUO_CHECK(o.length <= engine.max_context(), "perplexity: the text's {} tokens are longer than the context limit {}",
+            o.length, engine.max_context());
   const int64_t n_vocab = engine.backend().config().n_vocab;
   PerplexityResult r;
   r.tail_from = o.tail_from > 0 ? o.tail_from : o.length / 2;

@@ -36,6 +36,11 @@ struct PerplexityResult {
 PerplexityResult run_perplexity(Engine& engine, const PerplexityOptions& opts,
                                 const std::function<void(int64_t, int64_t)>& progress = {});
 
+// The same on given tokens (a user's own text, tokenized): opts.length and opts.seed are unused,
+// the length is ids.size().
+PerplexityResult run_perplexity(Engine& engine, const std::vector<int32_t>& ids, const PerplexityOptions& opts,
+                                const std::function<void(int64_t, int64_t)>& progress = {});
+
 // The result as one JSON object (model, mode, length, ppl, nll, scored, tail_*, kv_bytes, seconds).
 void write_perplexity_json(const PerplexityResult& r, const std::string& model, const std::string& mode,
                            int64_t length, const std::string& path);

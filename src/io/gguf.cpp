@@ -203,7 +203,10 @@ void GgufFile::parse() {
   const std::string& origin = path_;
   Reader r(data_, size_, origin);
 
-  // Header.
+  // Header. A file too short for the magic is a truncated GGUF file only if what is there
+  // begins the magic; "{}" (a 2-byte config.json) is simply not a GGUF file.
+  if (size_ > 0 && size_ < 4 && std::memcmp(data_, "GGUF", size_) != 0)
+    fail("{}: not a GGUF file (only {} bytes; a GGUF file starts with \"GGUF\")", origin, size_);
   const uint32_t magic = r.read<uint32_t>("magic");
   if (magic != kMagic) {
     char shown[5] = {};

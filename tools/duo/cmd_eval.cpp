@@ -13,6 +13,7 @@
 #include "eval/needle.h"
 #include "eval/perplexity.h"
 #include "model/model.h"
+#include "tokenizer/tokenizer.h"
 
 namespace duo::cli {
 
@@ -104,28 +105,44 @@ void add_ppl_eval(CLI::App& eval) {
   struct Opts {
     ModelOptions model;
     PerplexityOptions ppl;
-    std::string json;
+    std::string json, file;
   };
   auto o = std::make_shared<Opts>();
-  auto* cmd = eval.add_subcommand("ppl", "perplexity on the generated prose, fed in pre-fill chunks as inference runs");
+  auto* cmd = eval.add_subcommand(
+      "ppl", "perplexity on generated prose or on a text file (-f), fed in pre-fill chunks as inference runs");
   add_model_options(*cmd, o->model);
-  cmd->add_option("--length", o->ppl.length, "tokens of text")->check(CLI::Range(2, 1 << 24));
+  cmd->add_option("-f,--file", o->file, "score this text file (the whole file, or its first --length tokens)");
+  auto* length = cmd->add_option("--length", o->ppl.length, "tokens of text")->check(CLI::Range(2, 1 << 24));
   cmd->add_option("--score-chunk", o->ppl.chunk, "tokens a forward pass (logits of the whole chunk are kept)")
       ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--tail-from", o->ppl.tail_from, "also score positions >= this separately (0: length / 2)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", o->ppl.seed, "seed of the text");
   cmd->add_option("--json", o->json, "write the result as JSON here");
-  cmd->callback([o] {
+  cmd->callback([o, length] {
     Engine engine(engine_options(o->model));
     const std::string mode = to_string(engine.options().attention);
-    fmt::print(stderr, "ppl eval: {} | attention {} | {} tokens in chunks of {}\n", engine.model().config().name, mode,
-               o->ppl.length, o->ppl.chunk);
+    std::vector<int32_t> ids;
+    if (!o->file.empty()) {
+      // The user's text as generate would read it: BOS where the vocabulary has one, special-token
+      // text kept as text.
+      const Tokenizer& tok = engine.tokenizer();
+      ids = tok.encode(read_text_file(o->file), tok.vocab().add_bos, false);
+      if (length->count() > 0 && (int64_t)ids.size() > o->ppl.length) ids.resize((size_t)o->ppl.length);
+      DUO_CHECK((int64_t)ids.size() <= engine.max_context(),
+                "{} is {} tokens, longer than the context limit {}: score its start with --length N",
+                o->file, ids.size(), engine.max_context());
+      o->ppl.length = (int64_t)ids.size();
+    }
+    fmt::print(stderr, "ppl eval: {} | attention {} | {} tokens{} in chunks of {}\n", engine.model().config().name,
+               mode, o->ppl.length, o->file.empty() ? "" : " of " + o->file, o->ppl.chunk);
     const auto t0 = std::chrono::steady_clock::now();
-    const PerplexityResult r = run_perplexity(engine, o->ppl, [&](int64_t done, int64_t total) {
+    auto show = [&](int64_t done, int64_t total) {
       const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       progress_bar((size_t)done, (size_t)total, "tokens", el);
-    });
+    };
+    const PerplexityResult r =
+        o->file.empty() ? run_perplexity(engine, o->ppl, show) : run_perplexity(engine, ids, o->ppl, show);
     fmt::print("perplexity {:.4f} (nll {:.5f}, {} tokens) | positions >= {}: {:.4f} (nll {:.5f}, {} tokens) | "
                "{} attention, KV {:.2f} MiB, {:.1f} s\n",
                r.ppl, r.nll, r.scored, r.tail_from, r.tail_ppl, r.tail_nll, r.tail_scored, mode, r.kv_bytes / 1048576.0,

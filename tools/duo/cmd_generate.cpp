@@ -2,11 +2,13 @@
 #include <fmt/core.h>
 
 #include <fstream>
+#include <random>
 #include <iostream>
 #include <sstream>
 
 #include "commands.h"
 #include "core/error.h"
+#include "progress.h"
 #include "model/model.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
@@ -17,25 +19,25 @@ namespace {
 struct GenerateOptions {
   ModelOptions model;
   std::string prompt, file, system;
-  bool chat = false, quiet = false, parse_special = false;
+  bool chat = false, quiet = false, parse_special = false, no_display_prompt = false;
   int max_tokens = 128;
   SamplerConfig sampling;
 };
-
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  DUO_CHECK(f.good(), "cannot read prompt file '{}'", path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 }  // namespace
 
-void add_sampling_options(CLI::App& cmd, SamplerConfig& s) {
-  cmd.add_option("--temp", s.temperature, "sampling temperature (0: greedy)")->check(CLI::NonNegativeNumber);
+CLI::Option* add_sampling_options(CLI::App& cmd, SamplerConfig& s) {
+  cmd.add_option("--temp,--temperature", s.temperature, "sampling temperature (0: greedy)")
+      ->check(CLI::NonNegativeNumber);
   cmd.add_option("--top-k", s.top_k, "keep the k most likely tokens (0: off)")->check(CLI::NonNegativeNumber);
   cmd.add_option("--top-p", s.top_p, "nucleus sampling mass (1: off)")->check(CLI::Range(0.0, 1.0));
-  cmd.add_option("--seed", s.seed, "random seed");
+  return cmd.add_option("--seed", s.seed, "random seed (default: a random one, shown in the statistics)")
+      ->default_str("random");
+}
+
+uint64_t resolve_seed(const CLI::Option* seed_option, uint64_t given) {
+  if (seed_option->count() > 0) return given;
+  std::random_device rd;
+  return ((uint64_t)rd() << 32 | rd()) >> 1;  // 63 bits: also fits the int64 of JSON tools
 }
 
 void add_generate(CLI::App& app) {
@@ -52,12 +54,13 @@ void add_generate(CLI::App& app) {
   cmd->add_flag("--parse-special", o->parse_special,
                 "special-token text in the prompt (e.g. <|im_start|>) becomes those tokens (not with --chat, whose "
                 "message is always text)");
-  cmd->add_flag("-q,--quiet", o->quiet, "no statistics on stderr");
-  add_sampling_options(*cmd, o->sampling);
-  cmd->callback([o] {
+  cmd->add_flag("--no-display-prompt", o->no_display_prompt, "print only the generated text, not the prompt first");
+  cmd->add_flag("-q,--quiet", o->quiet, "no progress and no statistics on stderr");
+  CLI::Option* seed = add_sampling_options(*cmd, o->sampling);
+  cmd->callback([o, seed] {
     DUO_CHECK(!o->prompt.empty() || !o->file.empty(), "give a prompt with -p TEXT or -f FILE");
     DUO_CHECK(!(o->chat && o->parse_special), "--parse-special does not apply to --chat (the message is text)");
-    const std::string text = o->file.empty() ? o->prompt : read_file(o->file);
+    const std::string text = o->file.empty() ? o->prompt : read_text_file(o->file);
     Engine engine(engine_options(o->model));
     const Tokenizer& tok = engine.tokenizer();
     std::vector<int32_t> ids;
@@ -71,19 +74,34 @@ void add_generate(CLI::App& app) {
       ids = tok.encode(text, tok.vocab().add_bos, o->parse_special);
     }
     DUO_CHECK(!ids.empty(), "the prompt is empty after tokenization");
-    Sampler sampler(o->sampling);
+    // Before the prompt is echoed: a refused prompt should not fill the screen first.
+    DUO_CHECK((int64_t)ids.size() <= engine.max_context(),
+              "the prompt of {} tokens exceeds the context limit of {} tokens (raise it with -c/--ctx-size)",
+              ids.size(), engine.max_context());
+    SamplerConfig sc = o->sampling;
+    sc.seed = resolve_seed(seed, sc.seed);
+    Sampler sampler(sc);
     auto s = engine.new_session();
-    if (!o->chat) std::cout << text << std::flush;
-    GenerationStats st = s->generate(ids, o->max_tokens, sampler, [](int32_t, const std::string& piece) {
-      std::cout << piece << std::flush;
-      return true;
-    });
+    if (!o->chat && !o->no_display_prompt) std::cout << text << std::flush;
+    ProgressLine progress("pre-fill", !o->quiet);
+    GenerationStats st = s->generate(
+        ids, o->max_tokens, sampler,
+        [&](int32_t, const std::string& piece) {
+          progress.clear();  // the first token ends the pre-fill: its line goes
+          std::cout << piece << std::flush;
+          return true;
+        },
+        [&](int64_t done, int64_t total) {
+          progress.update(done, total);
+          return true;
+        });
+    progress.clear();
     std::cout << std::endl;
     if (!o->quiet)
       fmt::print(stderr,
-                 "[{} prompt tokens: {:.1f} tok/s | {} generated: {:.1f} tok/s | attention {} | KV {:.2f} MiB "
-                 "(retrieval {:.2f}, streaming {:.2f}) | peak RSS {:.0f} MiB]\n",
-                 st.prompt_tokens, st.prefill_tok_s(), st.generated_tokens, st.decode_tok_s(),
+                 "[{} prompt tokens: {:.1f} tok/s | {} generated: {:.1f} tok/s | seed {} | attention {} | KV {:.2f} "
+                 "MiB (retrieval {:.2f}, streaming {:.2f}) | peak RSS {:.0f} MiB]\n",
+                 st.prompt_tokens, st.prefill_tok_s(), st.generated_tokens, st.decode_tok_s(), sc.seed,
                  to_string(engine.options().attention), st.kv_bytes / 1048576.0, st.kv_bytes_retrieval / 1048576.0,
                  st.kv_bytes_streaming / 1048576.0, peak_rss_mib());
   });

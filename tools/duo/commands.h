@@ -16,6 +16,8 @@ void add_eval(CLI::App& app);
 void add_pattern(CLI::App& app);
 void add_serve(CLI::App& app);
 void add_calibrate(CLI::App& app);
+void add_tokenize(CLI::App& app);
+void add_logits(CLI::App& app);
 
 // Options shared by the commands that load a model.
 struct ModelOptions {
@@ -38,12 +40,19 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention = tru
 // when the model file is missing.
 EngineOptions engine_options(const ModelOptions& o);
 std::string default_model_path();
-void add_sampling_options(CLI::App& cmd, SamplerConfig& s);
+// Adds --temp/--temperature, --top-k, --top-p and --seed; returns the --seed option.
+CLI::Option* add_sampling_options(CLI::App& cmd, SamplerConfig& s);
+// The seed asked with --seed, or a fresh random one when none was given (printed by the
+// caller, so a run that sampled something worth keeping can be repeated).
+uint64_t resolve_seed(const CLI::Option* seed_option, uint64_t given);
 // Refuses NaN and infinities, which CLI11's range checks let through (every comparison with NaN
 // is false, so "--retrieval-ratio nan" passed Range(0, 1)).
 const CLI::Validator& finite_number();
 // Largest --sink and --recent: sink + recent must stay far inside int (KV cache rows).
 constexpr int kMaxWindow = 1 << 24;
+
+// The whole file as bytes; a clear error when it cannot be read.
+std::string read_text_file(const std::string& path);
 
 // Peak resident memory of this process in MiB (from /proc/self/status VmHWM).
 double peak_rss_mib();

@@ -32,7 +32,7 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention) {
   cmd.add_option("-m,--model", o.model, "GGUF model file (default: the fetched SmolLM2-135M-Instruct)");
   cmd.add_option("-t,--threads", o.threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
   cmd.add_option("--chunk", o.chunk, "pre-fill chunk size in tokens")->check(CLI::PositiveNumber);
-  cmd.add_option("--max-context", o.max_context, "context limit in tokens (0: the model's)")
+  cmd.add_option("-c,--max-context,--ctx-size", o.max_context, "context limit in tokens (0: the model's)")
       ->check(CLI::NonNegativeNumber);
   cmd.add_option("--device", o.device, "where the model runs: cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd.add_option("--kv-type", o.kv_type,
@@ -91,6 +91,12 @@ EngineOptions engine_options(const ModelOptions& o) {
     DUO_CHECK(o.pattern.empty(), "--pattern is only used with --attention duo");
   }
   return e;
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  DUO_CHECK(f.good(), "cannot read '{}'", path);
+  return std::string(std::istreambuf_iterator<char>(f), {});
 }
 
 double peak_rss_mib() {

@@ -4,12 +4,20 @@
 #include <exception>
 #include <new>
 
+#include "cli_errors.h"
 #include "commands.h"
 #include "core/error.h"
 
+#ifndef DUO_VERSION
+#define DUO_VERSION "unknown"
+#endif
+
 int main(int argc, char** argv) {
-  CLI::App app{"duo: long-context LLM inference with DuoAttention"};
+  CLI::App app{"duo: long-context LLM inference with DuoAttention", "duo"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("duo ") + DUO_VERSION);
+  // Every --help shows each option's default; subcommands inherit this from the app.
+  app.option_defaults()->always_capture_default();
   duo::cli::add_demo(app);
   duo::cli::add_generate(app);
   duo::cli::add_chat(app);
@@ -19,10 +27,20 @@ int main(int argc, char** argv) {
   duo::cli::add_pattern(app);
   duo::cli::add_serve(app);
   duo::cli::add_calibrate(app);
+  duo::cli::add_tokenize(app);
+  duo::cli::add_logits(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version are ParseErrors too (exit code 0): CLI11 prints those.
+    if (e.get_exit_code() == 0) return app.exit(e);
+    if (auto better = duo::cli::explain_parse_error(app, argc, argv)) {
+      std::fprintf(stderr, "duo: error: %s\n", better->c_str());
+      return e.get_exit_code();
+    }
+    std::fprintf(stderr, "duo: error: %s\nRun with --help for more information.\n",
+                 duo::cli::readable_range_message(e.what()).c_str());
+    return e.get_exit_code();
   } catch (const duo::Error& e) {
     std::fprintf(stderr, "duo: error: %s\n", e.what());
     return 1;
