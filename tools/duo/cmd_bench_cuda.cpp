@@ -202,7 +202,7 @@ double seconds_since(clock_type::time_point t0) {
 double decode_read_bytes(const ModelConfig& c, const HeadPlan& plan, int64_t n_past) {
   const KvType t = cuda::GpuKvCache::resolve_type(plan.kv_type);
   if (!is_quantized(t)) return decode_attention_bytes(c, plan, n_past, 2);
-  const double per_key = 2.0 * (double)cuda::GpuKvCache::page_bytes(t, c.head_dim) / cuda::kPageTokens;
+  const double per_key = 2.0 * (double)cuda::GpuKvCache::page_bytes(t, c.head_dim) / kPageTokens;
   const int64_t W = (int64_t)plan.window.sink + plan.window.recent;
   double b = 0;
   for (const auto& layer : plan.kinds)

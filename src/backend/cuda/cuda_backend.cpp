@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <limits>
-#include <stdexcept>
 
 #include "backend/cuda/cuda_check.h"
 #include "core/error.h"
@@ -28,19 +27,6 @@ class CudaSequence final : public SequenceState {
  private:
   std::unique_ptr<GpuKvCache> kv_;
 };
-
-// The kernels' launchers report errors as std::runtime_error / std::invalid_argument; the
-// engine's callers expect duo::Error.
-template <class F>
-auto guarded(const char* what, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    fail("CUDA backend, {}: {}", what, e.what());
-  }
-}
 
 // Picks the first device; errors say why there is none.
 void select_device() {
@@ -73,7 +59,7 @@ DeviceInfo device_info() {
 }
 
 CudaBackend::CudaBackend(std::unique_ptr<GpuWeights> weights) {
-  model_ = guarded("creating the model", [&] { return std::make_unique<GpuModel>(std::move(weights)); });
+  model_ = std::make_unique<GpuModel>(std::move(weights));
 }
 
 std::string CudaBackend::description() const {
@@ -102,10 +88,8 @@ const KvPagePool* CudaBackend::page_pool(KvType type) const {
 }
 
 std::unique_ptr<SequenceState> CudaBackend::new_sequence(const HeadPlan& plan, int64_t max_tokens) {
-  return guarded("creating a KV cache", [&] {
-    auto pool = pool_for(GpuKvCache::resolve_type(plan.kv_type));
-    return std::make_unique<CudaSequence>(model_->new_cache(plan, max_tokens, std::move(pool)));
-  });
+  auto pool = pool_for(GpuKvCache::resolve_type(plan.kv_type));
+  return std::make_unique<CudaSequence>(model_->new_cache(plan, max_tokens, std::move(pool)));
 }
 
 GpuKvCache& CudaBackend::cache_of(SequenceState& state) {
@@ -117,7 +101,7 @@ GpuKvCache& CudaBackend::cache_of(SequenceState& state) {
 void CudaBackend::forward(SequenceState& state, const int32_t* tokens, int64_t n, float* logits, int64_t chunk,
                           bool all_logits) {
   GpuKvCache& kv = cache_of(state);
-  guarded("forward", [&] { model_->forward(kv, tokens, n, chunk, logits, all_logits); });
+  model_->forward(kv, tokens, n, chunk, logits, all_logits);
 }
 
 int32_t CudaBackend::forward_pick(SequenceState& state, const int32_t* tokens, int64_t n, int64_t chunk,
@@ -125,7 +109,7 @@ int32_t CudaBackend::forward_pick(SequenceState& state, const int32_t* tokens, i
   GpuKvCache& kv = cache_of(state);
   const SamplerConfig& cfg = sampler.config();
   const double u = cfg.temperature > 0.0f ? sampler.uniform01() : 0.0;
-  return guarded("forward", [&] { return model_->forward_pick(kv, tokens, n, chunk, cfg, u); });
+  return model_->forward_pick(kv, tokens, n, chunk, cfg, u);
 }
 
 void CudaBackend::step(const std::vector<StepItem>& items, int32_t* picked, float* logits) {
@@ -146,7 +130,7 @@ void CudaBackend::step(const std::vector<StepItem>& items, int32_t* picked, floa
     }
     gi.push_back(g);
   }
-  guarded("batched step", [&] { model_->step(gi, picked, logits); });
+  model_->step(gi, picked, logits);
 }
 
 size_t CudaBackend::kv_bytes_for(const HeadPlan& plan, int64_t n) const {
@@ -196,14 +180,13 @@ namespace duo {
 
 std::unique_ptr<ModelBackend> make_cuda_backend(const Model& model, WeightFormat weights) {
   cuda::select_device();
-  auto w = cuda::guarded("uploading the weights", [&] { return cuda::GpuWeights::upload(model, weights); });
+  auto w = cuda::GpuWeights::upload(model, weights);
   return std::make_unique<cuda::CudaBackend>(std::move(w));
 }
 
 std::unique_ptr<ModelBackend> make_cuda_synthetic_backend(const ModelConfig& cfg, uint64_t seed, WeightFormat weights) {
   cuda::select_device();
-  auto w = cuda::guarded("generating synthetic weights",
-                         [&] { return cuda::GpuWeights::synthetic(cfg, seed, weights); });
+  auto w = cuda::GpuWeights::synthetic(cfg, seed, weights);
   return std::make_unique<cuda::CudaBackend>(std::move(w));
 }
 
