@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/device_memory.h"
 #include "core/error.h"
 #include "model/model.h"
 #include "sample/sampler.h"
@@ -21,6 +22,7 @@ class CudaSequence final : public SequenceState {
   const HeadPlan& plan() const override { return kv_->plan(); }
   size_t kv_bytes() const override { return kv_->bytes(); }
   size_t kv_bytes(HeadKind kind) const override { return kv_->bytes(kind); }
+  size_t device_bytes() const override { return kv_->device_bytes(); }
   void clear() override { kv_->clear(); }
   GpuKvCache& kv() { return *kv_; }
 
@@ -132,6 +134,27 @@ void CudaBackend::step(const std::vector<StepItem>& items, int32_t* picked, floa
   }
   model_->step(gi, picked, logits);
 }
+
+// The activation buffers of a chunk of n tokens (GpuModel::run_chunk's): fp32 residual, bf16
+// normalised rows, fp32 QKV, bf16 Q / K / V and attention output, fp32 output projection, fp32
+// gate/up and bf16 SwiGLU rows, plus the last row's logits and the decode workspace and picks.
+size_t CudaBackend::activation_bytes(int64_t n) const {
+  const ModelConfig& c = config();
+  const double E = c.n_embd, D = c.head_dim, Q = (double)c.n_heads * D, KV = (double)c.n_kv_heads * D, F = c.n_ff;
+  const double per_token = E * 4 + E * 2 + (Q + 2 * KV) * 4 + Q * 2 + 2 * KV * 2 + Q * 2 + E * 4 + 2 * F * 4 + F * 2;
+  return (size_t)(per_token * (double)n + 4.0 * c.n_vocab + 64e6);
+}
+
+DeviceFacts CudaBackend::device_facts() const { return device_info(); }
+
+DeviceMemory CudaBackend::device_memory() const {
+  DeviceMemory m;
+  device_memory_info(m.free_bytes, m.total_bytes);
+  m.peak_bytes = peak_bytes();
+  return m;
+}
+
+void CudaBackend::reset_peak_memory() { reset_peak_bytes(); }
 
 size_t CudaBackend::kv_bytes_for(const HeadPlan& plan, int64_t n) const {
   return GpuKvCache::bytes_for(config(), plan, n);
