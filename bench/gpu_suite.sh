@@ -63,7 +63,7 @@ niah() {  # model outdir name options...: one NIAH eval on the GPU
 
 # 1. Build (CUDA for sm_90a; the HTTP server is left out: its -dev package is not on the device).
 build_all() {
-  source scripts/gpu_machine_env.sh
+  source dev/gpu_machine_env.sh
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDUO_CUDA=ON -DDUO_SERVE=OFF \
     -DCMAKE_CUDA_ARCHITECTURES=90a && cmake --build "$build" -j16
 }

@@ -328,9 +328,9 @@ void flash_attention_forward(const T* q, const T* k, const T* v, T* o, T* lse, c
                              const AttentionMask& mask, ThreadPool& pool) {
   check_dims(dims);
   if (mask.kind == AttentionMask::Kind::Causal)
-    forward_impl(q, k, v, o, lse, dims, CausalMask{}, pool);
+    forward_impl(q, k, v, o, lse, dims, CausalMask<int64_t>{}, pool);
   else
-    forward_impl(q, k, v, o, lse, dims, LambdaMask{mask.sink, mask.recent}, pool);
+    forward_impl(q, k, v, o, lse, dims, StreamingMask<int64_t>{mask.window()}, pool);
 }
 
 template <typename T>
@@ -339,9 +339,9 @@ void flash_attention_backward(const T* q, const T* k, const T* v, const T* o, co
                               ThreadPool& pool) {
   check_dims(dims);
   if (mask.kind == AttentionMask::Kind::Causal)
-    backward_impl(q, k, v, o, lse, d_o, dq, dk, dv, accumulate, dims, CausalMask{}, pool);
+    backward_impl(q, k, v, o, lse, d_o, dq, dk, dv, accumulate, dims, CausalMask<int64_t>{}, pool);
   else
-    backward_impl(q, k, v, o, lse, d_o, dq, dk, dv, accumulate, dims, LambdaMask{mask.sink, mask.recent}, pool);
+    backward_impl(q, k, v, o, lse, d_o, dq, dk, dv, accumulate, dims, StreamingMask<int64_t>{mask.window()}, pool);
 }
 
 template <typename T>
@@ -349,7 +349,7 @@ void attention_reference(const T* q, const T* k, const T* v, T* o, const Attenti
   check_dims(dm);
   const int H = dm.n_heads, D = dm.head_dim, G = dm.n_heads / dm.n_kv_heads;
   const int64_t ldq = (int64_t)H * D, ldk = (int64_t)dm.n_kv_heads * D;
-  const LambdaMask lam{mask.sink, mask.recent};
+  const StreamingMask<int64_t> lam{mask.window()};
   auto visible = [&](int64_t i, int64_t j) {
     return mask.kind == AttentionMask::Kind::Causal ? j <= i : lam.visible(i, j);
   };

@@ -3,10 +3,9 @@
 // ever formed; the softmax statistics (log-sum-exp per query row) are kept from the forward
 // and the probabilities are recomputed block by block in the backward.
 //
-// Two mask policies, the two attention kinds of DuoAttention:
-//   Causal  key j visible to query i iff j <= i                               (retrieval heads)
-//   Lambda  iff j <= i and (j < sink or j > i - recent)   (streaming heads: sinks + recent window)
-// They are small policy types (calibrate/attention_mask.h) with a per-element test and two block
+// Two mask policies, the two attention kinds of DuoAttention: CausalMask (retrieval heads) and
+// StreamingMask (streaming heads: sinks + recent window). They are small policy types
+// (core/duo_policy.h, the one definition of the window) with a per-element test and two block
 // tests, so the kernels are written once (and a CUDA twin includes the same policies).
 //
 // Backward schedule (deterministic, no atomics): pass 1 runs one task per (KV head, key block)

@@ -97,7 +97,7 @@ void GatedModel<T>::layer_forward(int l, const T* x_in, T* x_out, const T* gates
   const T* attn = tp.o_full.data();
   if (gates) {
     flash_attention_forward<T>(tp.q.data(), tp.k.data(), tp.v.data(), tp.o_stream.data(), tp.lse_stream.data(), dims,
-                               AttentionMask::lambda(window_.sink, window_.recent), pool_);
+                               AttentionMask::streaming(window_.sink, window_.recent), pool_);
     gate_mix_forward<T>(tp.o_full.data(), tp.o_stream.data(), gates, o_.data(), n, (int)H, (int)HKV, (int)D, pool_);
     attn = o_.data();
   }
@@ -156,7 +156,7 @@ void GatedModel<T>::layer_backward(int l, const T* x_in, const T* gates, T* dx, 
   if (any_stream) {
     flash_attention_backward<T>(tp.q.data(), tp.k.data(), tp.v.data(), tp.o_stream.data(), tp.lse_stream.data(),
                                 d_stream, dq, dk, dv, written, dims,
-                                AttentionMask::lambda(window_.sink, window_.recent), pool_);
+                                AttentionMask::streaming(window_.sink, window_.recent), pool_);
   }
   rope_apply<T>(dq, n, Q, (int)H, (int)D, rope_, c.rope_style, true, pool_);
   rope_apply<T>(dk, n, KV, (int)HKV, (int)D, rope_, c.rope_style, true, pool_);

@@ -20,6 +20,15 @@ WeightFormat parse_weight_format(const std::string& s) {
 
 const char* to_string(WeightFormat f) { return f == WeightFormat::Int8 ? "int8" : "bf16"; }
 
+size_t ModelBackend::sequence_bytes_at(const HeadPlan& plan, int64_t capacity, int64_t n) const {
+  (void)capacity;
+  return kv_bytes_for(plan, n);
+}
+
+void ModelBackend::fill_kv_random(SequenceState&, int64_t, uint64_t) {
+  fail("filling a KV cache with random contents is not supported on device '{}'", to_string(device()));
+}
+
 #ifdef DUO_HAVE_CUDA
 bool cuda_compiled() { return true; }
 // make_cuda_backend / make_cuda_synthetic_backend: src/backend/cuda/cuda_backend.cpp

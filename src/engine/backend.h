@@ -43,7 +43,25 @@ class SequenceState {
   // float32 rows, the CUDA cache bf16 rows; both count whole pages for retrieval heads).
   virtual size_t kv_bytes() const = 0;
   virtual size_t kv_bytes(HeadKind kind) const = 0;
+  // Device memory the sequence holds now: its KV rows plus any tables and fixed buffers
+  // (default: the KV rows alone, as a CPU cache holds).
+  virtual size_t device_bytes() const { return kv_bytes(); }
   virtual void clear() = 0;
+};
+
+// The device as benchmarks describe it (fields a device does not have stay 0 / empty).
+struct DeviceFacts {
+  std::string name;
+  int sm_count = 0;
+  int cc_major = 0, cc_minor = 0;
+  size_t total_memory = 0;
+  int driver_version = 0, runtime_version = 0;  // e.g. 13000
+};
+
+// Device memory now: free and total (as the driver says), and the most the backend held since
+// reset_peak_memory().
+struct DeviceMemory {
+  size_t free_bytes = 0, total_bytes = 0, peak_bytes = 0;
 };
 
 // One sequence's share of a batched step (ModelBackend::step): `n` tokens appended to `seq` at
@@ -111,6 +129,36 @@ class ModelBackend {
     size_t used_bytes = 0, idle_bytes = 0;
   };
   virtual PagePoolUse page_pool_use() const { return {}; }
+
+  // --- What benchmarks measure beyond running the model (duo bench --device cuda). Defaults:
+  // a device with nothing to report (zeros, no timing); fill_kv_random fails where unsupported.
+  // The KV type a cache stores for a requested one (Default resolved; unsupported types fail).
+  virtual KvType kv_type(KvType requested) const { return requested; }
+  // Device memory a sequence created for `capacity` tokens holds once it has n positions
+  // (sequence_bytes is its largest, n = capacity). Default: its KV rows, kv_bytes_for(plan, n).
+  virtual size_t sequence_bytes_at(const HeadPlan& plan, int64_t capacity, int64_t n) const;
+  // Device memory a pre-fill chunk of n tokens uses for activations (0: not counted).
+  virtual size_t activation_bytes(int64_t n) const {
+    (void)n;
+    return 0;
+  }
+  // Fills a fresh sequence's first n positions with seeded random keys and values, as if n
+  // tokens had run: decode speed depends on how much each head reads, not on the values.
+  virtual void fill_kv_random(SequenceState& state, int64_t n, uint64_t seed);
+  virtual DeviceFacts device_facts() const { return {description()}; }
+  virtual DeviceMemory device_memory() const { return {}; }
+  virtual void reset_peak_memory() {}
+  // Bytes and format of the weights on the device.
+  virtual size_t weight_bytes() const { return 0; }
+  virtual WeightFormat weight_format() const { return WeightFormat::Bf16; }
+  // Time spent in attention kernels while timing is on (ms, accumulated until reset).
+  virtual void set_attention_timing(bool on) { (void)on; }
+  virtual void reset_attention_timing() {}
+  virtual double attention_ms() const { return 0.0; }
+  // Frees the activation buffers (they grow to the largest chunk seen).
+  virtual void release_scratch() {}
+  // Whether decode steps replay captured graphs.
+  virtual bool decode_graphs() const { return false; }
 };
 
 // The CPU engine (the model and the pool must outlive the backend).

@@ -104,6 +104,7 @@ class CpuBackend final : public ModelBackend {
   size_t sequence_bytes(const HeadPlan& plan, int64_t capacity) const override {
     return kv_bytes_for(plan, capacity);
   }
+  KvType kv_type(KvType requested) const override { return cpu_kv_type(requested); }
 
  private:
   Model& model_;

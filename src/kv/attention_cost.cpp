@@ -14,7 +14,7 @@ double visible_pairs(HeadKind kind, const StreamingWindow& w, int64_t pos0, int6
   // with k = i + 1 running over (pos0, pos0 + n]: sum of k, or of min(k, W).
   const int64_t a = pos0, b = pos0 + n;
   if (kind == HeadKind::Retrieval) return arith(a, b);
-  const int64_t W = (int64_t)w.sink + w.recent;
+  const int64_t W = w.rows();
   const int64_t mid = std::clamp(W, a, b);  // k <= mid counts k, k > mid counts W
   return arith(a, mid) + (double)W * (double)(b - mid);
 }
@@ -33,7 +33,7 @@ double prefill_attention_flops(const ModelConfig& c, const HeadPlan& plan, int64
 }
 
 double decode_attention_bytes(const ModelConfig& c, const HeadPlan& plan, int64_t n_past, int elem_bytes) {
-  const int64_t W = (int64_t)plan.window.sink + plan.window.recent;
+  const int64_t W = plan.window.rows();
   double rows = 0;
   for (const auto& layer : plan.kinds)
     for (HeadKind k : layer) rows += (double)(k == HeadKind::Retrieval ? n_past : std::min(n_past, W));

@@ -5,17 +5,12 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/duo_policy.h"
 #include "kv/kv_type.h"
 
 namespace duo {
 
-enum class HeadKind : uint8_t { Retrieval, Streaming };
-
-// Streaming heads see key positions j <= i with j < sink or j > i - recent (a Λ-shaped mask).
-struct StreamingWindow {
-  int sink = 64;
-  int recent = 256;
-};
+// HeadKind and StreamingWindow (the rule itself) are core/duo_policy.h's.
 
 struct HeadPlan {
   StreamingWindow window;
@@ -31,10 +26,7 @@ struct HeadPlan {
     return p;
   }
   // Is key position j visible to a query at position i for a head of this kind?
-  bool visible(HeadKind kind, int64_t i, int64_t j) const {
-    if (j > i) return false;
-    return kind == HeadKind::Retrieval || j < window.sink || j > i - window.recent;
-  }
+  bool visible(HeadKind kind, int64_t i, int64_t j) const { return duo::visible(kind, window, i, j); }
 };
 
 }  // namespace duo

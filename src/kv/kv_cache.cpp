@@ -12,7 +12,6 @@ namespace duo {
 namespace {
 
 constexpr int64_t kGroup = kvq::kGroup;
-static_assert(HeadCache::kPageTokens == kvq::kPageTokens, "one page size for every cache layout");
 
 std::unique_ptr<uint8_t[]> zeroed(size_t bytes) {
   std::unique_ptr<uint8_t[]> b(new uint8_t[std::max<size_t>(bytes, 1)]);
@@ -22,7 +21,7 @@ std::unique_ptr<uint8_t[]> zeroed(size_t bytes) {
 
 size_t page_bytes_of(KvType type, int d) {
   if (is_quantized(type)) return (size_t)kvq::QuantLayout{d, quant_bits(type)}.page_bytes();
-  return (size_t)row_elem_bytes(type) * HeadCache::kPageTokens * d;
+  return (size_t)row_elem_bytes(type) * kPageTokens * d;
 }
 
 void check_type(KvType type, int d) {
@@ -43,7 +42,7 @@ HeadCache::HeadCache(HeadKind kind, int head_dim, StreamingWindow w, KvType type
   if (kind_ == HeadKind::Streaming) {
     DUO_CHECK(w.sink >= 0 && w.recent >= 1, "streaming window needs sink >= 0 and recent >= 1 (got {}, {})",
               w.sink, w.recent);
-    const size_t rows = (size_t)(w.sink + w.recent);
+    const size_t rows = (size_t)w.rows();
     k_ring_.reset(new uint8_t[rows * row]);
     v_ring_.reset(new uint8_t[rows * row]);
   } else if (quantized_) {
@@ -95,16 +94,11 @@ void HeadCache::append(const float* k, const float* v, int64_t n, int64_t stride
   }
   // Streaming: only the sink and the last `recent` positions can ever be seen again.
   const int64_t end = n_past + n;
-  const int64_t first_recent = std::max<int64_t>(w_.sink, end - w_.recent);
+  const int64_t first_ring = w_.first_ring(end);
   for (int64_t r = 0; r < n; ++r) {
     const int64_t pos = n_past + r;
-    int64_t ring_row;
-    if (pos < w_.sink)
-      ring_row = pos;
-    else if (pos >= first_recent)
-      ring_row = w_.sink + (pos - w_.sink) % w_.recent;
-    else
-      continue;
+    if (pos >= w_.sink && pos < first_ring) continue;
+    const int64_t ring_row = w_.ring_row(pos);
     encode_rows(rt, k + r * stride, stride, 1, d_, k_ring_.get() + ring_row * row);
     encode_rows(rt, v + r * stride, stride, 1, d_, v_ring_.get() + ring_row * row);
   }
@@ -127,7 +121,7 @@ void HeadCache::segments(int64_t n_past, std::vector<KvSegment>& out) const {
     if (!quantized_) {
       for (int64_t p0 = 0; p0 < n_past; p0 += kPageTokens) {
         const size_t page = (size_t)(p0 / kPageTokens);
-        rows(k_pages_[page].get(), v_pages_[page].get(), p0, std::min(kPageTokens, n_past - p0));
+        rows(k_pages_[page].get(), v_pages_[page].get(), p0, std::min<int64_t>(kPageTokens, n_past - p0));
       }
       return;
     }
@@ -147,14 +141,13 @@ void HeadCache::segments(int64_t n_past, std::vector<KvSegment>& out) const {
   }
   const int64_t n_sink = std::min<int64_t>(w_.sink, n_past);
   if (n_sink > 0) rows(k_ring_.get(), v_ring_.get(), 0, n_sink);
-  const int64_t first = std::max<int64_t>(w_.sink, n_past - w_.recent);
-  // Ring rows hold positions [first, n_past); the slot of position p is (p - sink) % recent,
-  // so the run splits at most once where the slots wrap.
-  int64_t p = first;
+  // Ring rows hold positions [first_ring, n_past); position p sits in row ring_row(p), so the
+  // run splits at most once where the rows wrap.
+  int64_t p = w_.first_ring(n_past);
   while (p < n_past) {
-    const int64_t slot = (p - w_.sink) % w_.recent;
-    const int64_t run = std::min(n_past - p, w_.recent - slot);
-    const size_t off = (size_t)(w_.sink + slot) * row;
+    const int64_t ring_row = w_.ring_row(p);
+    const int64_t run = std::min<int64_t>(n_past - p, w_.rows() - ring_row);
+    const size_t off = (size_t)ring_row * row;
     rows(k_ring_.get() + off, v_ring_.get() + off, p, run);
     p += run;
   }
@@ -169,7 +162,7 @@ size_t HeadCache::bytes_for(HeadKind kind, int head_dim, StreamingWindow w, int6
     if (is_quantized(type)) b += 2 * row * (size_t)(kvq::sink16(w.sink) + kGroup);  // bf16 sink + residual rows
     return b;
   }
-  return 2 * row * (size_t)(w.sink + w.recent);
+  return 2 * row * (size_t)w.rows();
 }
 
 size_t HeadCache::bytes() const {

@@ -1,5 +1,5 @@
 // KV cache of one sequence, per layer and per KV head, following a HeadPlan:
-//  - retrieval heads: a growing cache in pages of kPageTokens positions;
+//  - retrieval heads: a growing cache in pages of kPageTokens positions (core/duo_policy.h);
 //  - streaming heads: `sink` first positions plus a ring buffer of the last `recent` ones,
 //    so their memory is constant however long the sequence gets.
 // Rows are stored as the plan's KvType says (kv_type.h): f32 (default), bf16 or f16 rows, or
@@ -20,7 +20,6 @@ namespace duo {
 
 class HeadCache {
  public:
-  static constexpr int64_t kPageTokens = 256;
   // type: F32, BF16, F16, Q8 or Q4 (Default means F32). Quantized types need head_dim % 64 == 0.
   HeadCache(HeadKind kind, int head_dim, StreamingWindow w, KvType type = KvType::F32);
 

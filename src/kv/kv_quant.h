@@ -14,7 +14,8 @@
 // and the round trip error is |x - x^| <= scale / 2 (up to float rounding of the arithmetic) in
 // terms of the stored scale. Inputs are clamped to the half range +-65504 first.
 //
-// Page layout of one retrieval head (kPageTokens = 256 positions = 4 groups; rb = d * bits / 8
+// Page layout of one retrieval head (kPageTokens = 256 positions = 4 groups, defined with
+// kGroup, sink16 and QuantLayout in core/duo_policy.h; rb = d * bits / 8
 // bytes of codes a position; q4 packs element 2i in the low nibble of byte i, 2i + 1 in the high):
 //   K page: [256][rb] codes (position-major) | [4 groups][d channels] params
 //   V page: [256][rb] codes                  | [256 positions][d / 64 channel groups] params
@@ -27,6 +28,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "core/duo_policy.h"
 #include "core/host_device.h"
 #if defined(__CUDACC__)
 #include <cuda_fp16.h>
@@ -38,13 +40,7 @@
 
 namespace duo::kvq {
 
-constexpr int kGroup = 64;
-constexpr int kPageTokens = 256;
-constexpr int kGroupsPerPage = kPageTokens / kGroup;
 constexpr float kHalfMax = 65504.0f;
-
-// Rows kept in 16 bits at the start of a quantized retrieval head: whole groups covering the sink.
-DUO_HD int sink16(int sink) { return (sink + kGroup - 1) / kGroup * kGroup; }
 
 DUO_HD float half_to_float(uint16_t h) {
 #if defined(__CUDA_ARCH__)
@@ -107,20 +103,6 @@ DUO_HD int encode(float x, float scale, float min, int bits) {
   return t > 0.0f ? (t < (float)top ? (int)rintf(t) : top) : 0;
 }
 DUO_HD float decode(int code, float scale, float min) { return min + scale * (float)code; }
-
-// Where things are in a quantized page (see the header comment).
-struct QuantLayout {
-  int d = 0, bits = 0;
-  DUO_HD int row_bytes() const { return d * bits / 8; }
-  DUO_HD int64_t code_bytes() const { return (int64_t)kPageTokens * row_bytes(); }
-  DUO_HD int64_t page_bytes() const { return code_bytes() + (int64_t)kGroupsPerPage * d * 4; }
-  // K params of channel c in group gi (0..3) of the page.
-  DUO_HD int64_t k_params(int gi, int c) const { return code_bytes() + ((int64_t)gi * d + c) * 4; }
-  // V params of position t (0..255) of the page, channel group cg (channel / 64).
-  DUO_HD int64_t v_params(int t, int cg) const { return code_bytes() + ((int64_t)t * (d / kGroup) + cg) * 4; }
-  // Codes of position t (0..255) of the page.
-  DUO_HD int64_t codes(int t) const { return (int64_t)t * row_bytes(); }
-};
 
 // Code of element c of a row of codes.
 DUO_HD int code_at(const uint8_t* row, int c, int bits) {

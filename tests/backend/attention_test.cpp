@@ -161,7 +161,7 @@ TEST(Attention, StreamingCacheEqualsMaskedFullHistory) {
   ASSERT_EQ(p, total);
   // Memory: streaming heads hold exactly sink + recent rows; full heads whole pages.
   EXPECT_EQ(streaming.bytes(), (size_t)HKV * 2 * sizeof(float) * (w.sink + w.recent) * d);
-  EXPECT_EQ(full.bytes(), (size_t)HKV * 2 * sizeof(float) * 2 * HeadCache::kPageTokens * d);
+  EXPECT_EQ(full.bytes(), (size_t)HKV * 2 * sizeof(float) * 2 * kPageTokens * d);
 }
 
 }  // namespace

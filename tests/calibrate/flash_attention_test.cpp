@@ -28,15 +28,16 @@ std::vector<Case> cases() {
   return {
       {"causal n=150 GQA", {150, 4, 2, 8}, AttentionMask::causal()},
       {"causal n=64 MHA", {64, 2, 2, 8}, AttentionMask::causal()},
-      {"lambda sink 5 recent 20", {150, 4, 2, 8}, AttentionMask::lambda(5, 20)},
-      {"lambda sink 0 recent 70", {200, 3, 1, 8}, AttentionMask::lambda(0, 70)},
-      {"lambda sink 64 recent 64", {260, 2, 1, 8}, AttentionMask::lambda(64, 64)},
-      {"lambda sink 1 recent 1", {100, 2, 2, 8}, AttentionMask::lambda(1, 1)},
+      {"lambda sink 5 recent 20", {150, 4, 2, 8}, AttentionMask::streaming(5, 20)},
+      {"lambda sink 0 recent 70", {200, 3, 1, 8}, AttentionMask::streaming(0, 70)},
+      {"lambda sink 64 recent 64", {260, 2, 1, 8}, AttentionMask::streaming(64, 64)},
+      {"lambda sink 1 recent 1", {100, 2, 2, 8}, AttentionMask::streaming(1, 1)},
   };
 }
 
 TEST(CalibAttention, MaskBlockTestsAgreeWithElementTest) {
-  for (const LambdaMask m : {LambdaMask{5, 20}, LambdaMask{0, 70}, LambdaMask{64, 64}, LambdaMask{1, 1}})
+  using Mask = StreamingMask<int64_t>;
+  for (const Mask m : {Mask{{5, 20}}, Mask{{0, 70}}, Mask{{64, 64}}, Mask{{1, 1}}})
     for (int64_t i0 = 0; i0 < 300; i0 += 37)
       for (int64_t j0 = 0; j0 < 300; j0 += 29)
         for (int64_t bi : {1, 16, 64})
@@ -115,7 +116,7 @@ TEST(CalibAttention, LambdaKeysOutsideTheWindowGetNoGradient) {
   auto q = random_vector(nq, rng), k = random_vector(nk, rng), v = random_vector(nk, rng), d_o = random_vector(nq, rng);
   // Only the last query row has an upstream gradient: it sees keys < 4 and > 199 - 10.
   for (size_t i = 0; i < (size_t)(d.n - 1) * d.n_heads * d.head_dim; ++i) d_o[i] = 0;
-  const auto mask = AttentionMask::lambda(4, 10);
+  const auto mask = AttentionMask::streaming(4, 10);
   std::vector<double> o(nq), lse(d.n * d.n_heads), dq(nq), dk(nk), dv(nk);
   flash_attention_forward<double>(q.data(), k.data(), v.data(), o.data(), lse.data(), d, mask, pool);
   flash_attention_backward<double>(q.data(), k.data(), v.data(), o.data(), lse.data(), d_o.data(), dq.data(),
@@ -136,7 +137,7 @@ TEST(CalibAttention, FloatKernelsMatchDouble) {
   ThreadPool pool(2);
   std::mt19937_64 rng(15);
   for (int D : {8, 12, 64, 128})
-    for (const auto mask : {AttentionMask::causal(), AttentionMask::lambda(3, 50)}) {
+    for (const auto mask : {AttentionMask::causal(), AttentionMask::streaming(3, 50)}) {
       SCOPED_TRACE("head dim " + std::to_string(D) + (mask.kind == AttentionMask::Kind::Causal ? " causal" : " lambda"));
       const AttentionDims d{150, 4, 2, D};
       const size_t nq = d.n * d.n_heads * D, nk = d.n * d.n_kv_heads * D, nl = d.n * d.n_heads;
@@ -176,7 +177,7 @@ TEST(CalibAttention, ThreadCountDoesNotChangeResults) {
     return std::vector<float>(x.begin(), x.end());
   };
   auto q = rf(nq), k = rf(nk), v = rf(nk), d_o = rf(nq);
-  for (const auto mask : {AttentionMask::causal(), AttentionMask::lambda(16, 100)}) {
+  for (const auto mask : {AttentionMask::causal(), AttentionMask::streaming(16, 100)}) {
     std::vector<float> o1(nq), o3(nq), l1(d.n * 4), l3(d.n * 4), dq1(nq), dq3(nq), dk1(nk), dk3(nk), dv1(nk), dv3(nk);
     flash_attention_forward<float>(q.data(), k.data(), v.data(), o1.data(), l1.data(), d, mask, p1);
     flash_attention_forward<float>(q.data(), k.data(), v.data(), o3.data(), l3.data(), d, mask, p3);

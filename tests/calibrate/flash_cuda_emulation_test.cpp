@@ -49,8 +49,8 @@ struct Case {
 // smaller and larger than a tile; only the diagonal; GQA groups of 1, 2, 3.
 const Case kCases[] = {
     {1, 2, 1, 64, AttentionMask::causal()},        {130, 4, 2, 64, AttentionMask::causal()},
-    {130, 3, 3, 64, AttentionMask::lambda(4, 16)}, {200, 6, 2, 128, AttentionMask::lambda(100, 70)},
-    {150, 2, 1, 128, AttentionMask::causal()},     {70, 2, 2, 64, AttentionMask::lambda(0, 1)},
+    {130, 3, 3, 64, AttentionMask::streaming(4, 16)}, {200, 6, 2, 128, AttentionMask::streaming(100, 70)},
+    {150, 2, 1, 128, AttentionMask::causal()},     {70, 2, 2, 64, AttentionMask::streaming(0, 1)},
 };
 
 ThreadPool& pool() {
@@ -108,9 +108,9 @@ int64_t lse_ld(int64_t n) { return (n + 63) / 64 * 64; }
 template <class F>
 void with_mask(const Case& c, F&& f) {
   if (c.mask.kind == AttentionMask::Kind::Causal)
-    f(CausalMask{});
+    f(CausalMask<int64_t>{});
   else
-    f(LambdaMask{c.mask.sink, c.mask.recent});
+    f(StreamingMask<int64_t>{c.mask.window()});
 }
 
 template <int D, class Mask>
@@ -209,7 +209,7 @@ TEST(CalibCudaEmulation, AttentionBackwardMatchesCpu) {
 // Causal written with KV head 1 skipped (zeros), then Λ accumulated with KV head 0 skipped
 // (left as it is): the CPU gets those heads' dO zeroed in the matching branch.
 TEST(CalibCudaEmulation, AttentionBackwardAccumulatesAndSkipsHeads) {
-  const Case causal{130, 4, 2, 64, AttentionMask::causal()}, lambda{130, 4, 2, 64, AttentionMask::lambda(8, 24)};
+  const Case causal{130, 4, 2, 64, AttentionMask::causal()}, lambda{130, 4, 2, 64, AttentionMask::streaming(8, 24)};
   const Data d = make_data(causal, 99);
   const AttentionDims dims{causal.n, causal.H, causal.HKV, causal.D};
   std::vector<float> of(d.q.size()), os(d.q.size()), lf((size_t)(causal.H * causal.n)), ls(lf.size());
@@ -237,10 +237,10 @@ TEST(CalibCudaEmulation, AttentionBackwardAccumulatesAndSkipsHeads) {
   const float scale = 1.0f / std::sqrt(64.0f);
   const fe::BwdParams pf{q.get(),  k.get(),  v.get(), gdof.get(), glf.get(),  delta.get(), dq.get(), dk.get(),
                          dv.get(), causal.n, ld,      causal.H,   causal.HKV, 0b01,        false,    scale};
-  run_backward<64>(pf, gof.get(), delta.get(), CausalMask{});
+  run_backward<64>(pf, gof.get(), delta.get(), CausalMask<int64_t>{});
   const fe::BwdParams ps{q.get(),  k.get(),  v.get(), gdos.get(), gls.get(),  delta.get(), dq.get(), dk.get(),
                          dv.get(), causal.n, ld,      causal.H,   causal.HKV, 0b10,        true,     scale};
-  run_backward<64>(ps, gos.get(), delta.get(), LambdaMask{8, 24});
+  run_backward<64>(ps, gos.get(), delta.get(), StreamingMask<int64_t>{{8, 24}});
   expect_close(dq.copy(), wdq, 1e-2, 3e-2, "emulated dQ causal + lambda, skipped heads");
   expect_close(group_sum(dk.copy(), causal), wdk, 1e-2, 3e-2, "emulated dK causal + lambda, skipped heads");
   expect_close(group_sum(dv.copy(), causal), wdv, 1e-2, 3e-2, "emulated dV causal + lambda, skipped heads");

@@ -308,11 +308,11 @@ struct AttnCase {
 std::vector<AttnCase> attention_cases() {
   return {
       {1, 4, 2, 64, AttentionMask::causal()},           {37, 4, 2, 64, AttentionMask::causal()},
-      {300, 8, 2, 64, AttentionMask::causal()},         {300, 8, 2, 64, AttentionMask::lambda(4, 16)},
-      {300, 9, 3, 64, AttentionMask::lambda(100, 70)},  {257, 12, 2, 128, AttentionMask::causal()},
-      {257, 12, 2, 128, AttentionMask::lambda(4, 40)},  {600, 12, 2, 128, AttentionMask::lambda(128, 256)},
-      {200, 4, 4, 128, AttentionMask::lambda(0, 1)},  // only the diagonal
-      {1000, 6, 1, 64, AttentionMask::lambda(64, 130)},
+      {300, 8, 2, 64, AttentionMask::causal()},         {300, 8, 2, 64, AttentionMask::streaming(4, 16)},
+      {300, 9, 3, 64, AttentionMask::streaming(100, 70)},  {257, 12, 2, 128, AttentionMask::causal()},
+      {257, 12, 2, 128, AttentionMask::streaming(4, 40)},  {600, 12, 2, 128, AttentionMask::streaming(128, 256)},
+      {200, 4, 4, 128, AttentionMask::streaming(0, 1)},  // only the diagonal
+      {1000, 6, 1, 64, AttentionMask::streaming(64, 130)},
   };
 }
 
@@ -415,7 +415,7 @@ TEST(CalibCudaAttention, BackwardMatchesCpu) {
 // heads skipped in each (their gradient is exactly zero: zeros written / nothing added).
 TEST(CalibCudaAttention, BackwardAccumulatesAndSkipsInactiveHeads) {
   const AttnCase causal{300, 9, 3, 64, AttentionMask::causal()};
-  const AttnCase lambda{300, 9, 3, 64, AttentionMask::lambda(16, 48)};
+  const AttnCase lambda{300, 9, 3, 64, AttentionMask::streaming(16, 48)};
   const AttnData d = attention_data(causal, 300);
   const AttentionDims dims{causal.n, causal.H, causal.HKV, causal.D};
   std::vector<float> of(d.q.size()), os(d.q.size()), lf((size_t)(causal.H * causal.n)), ls(lf.size());
@@ -473,7 +473,7 @@ TEST(CalibCudaAttention, RejectsBadArguments) {
   a.lse_ld = 65;
   EXPECT_THROW(flash_forward(a, o.get(), lse.get(), 0), std::invalid_argument);
   a = flash_args(c, q, k, v);
-  a.mask = AttentionMask::lambda(4, 0);
+  a.mask = AttentionMask::streaming(4, 0);
   EXPECT_THROW(flash_forward(a, o.get(), lse.get(), 0), std::invalid_argument);
   a = flash_args(c, q, k, v);
   a.n_kv_heads = 3;

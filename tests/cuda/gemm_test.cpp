@@ -8,11 +8,11 @@
 #include <cmath>
 #include <cstring>
 #include <random>
-#include <stdexcept>
 #include <utility>
 
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/kernels.h"
+#include "core/error.h"
 #include "cuda_test_util.h"
 
 namespace duo::cuda {
@@ -112,7 +112,7 @@ TEST(CudaGemv, GemmFallsBackWhereGemvCannotRun) {
   Dev<bf16> w(64 * 100), x(100);
   Dev<float> y(64);
   EXPECT_FALSE(gemv_bf16_supported(w.get(), 100, x.get()));
-  EXPECT_THROW(gemv_bf16(w.get(), 64, 100, x.get(), y.get(), false, 0), std::invalid_argument);
+  EXPECT_THROW(gemv_bf16(w.get(), 64, 100, x.get(), y.get(), false, 0), Error);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ TEST(CudaGemvInt8, DequantRowsAndLimits) {
       ASSERT_EQ(got[(size_t)(r * 48 + c)], test::round_bf16((float)w.at(r, c, 48))) << r << "," << c;
   Dev<float> y(64);
   EXPECT_FALSE(gemv_int8_supported(dq.get(), 40, nullptr));  // cols % 16 != 0
-  EXPECT_THROW(gemv_int8(dq.get(), ds.get(), 1, 40, out.get(), y.get(), false, 0), std::invalid_argument);
+  EXPECT_THROW(gemv_int8(dq.get(), ds.get(), 1, 40, out.get(), y.get(), false, 0), Error);
 }
 
 }  // namespace

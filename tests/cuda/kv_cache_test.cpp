@@ -216,7 +216,7 @@ TEST(CudaKvCache, RopeWritesDecodeTokenIntoCache) {
   }
   QkvRopeArgs bad;
   bad.n = 2, bad.n_heads = H, bad.n_kv_heads = n_kv, bad.head_dim = d, bad.to_cache = true;
-  EXPECT_THROW(qkv_bias_rope(bad, 0), std::invalid_argument) << "to_cache takes one token";
+  EXPECT_THROW(qkv_bias_rope(bad, 0), Error) << "to_cache takes one token";
 }
 
 TEST(CudaKvCache, RejectsUnsupportedShapes) {

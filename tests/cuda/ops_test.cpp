@@ -12,6 +12,7 @@
 #include "backend/cpu/ops.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/synthetic.h"
+#include "core/error.h"
 #include "cuda_test_util.h"
 #include "sample/sampler.h"
 
@@ -229,9 +230,9 @@ TEST(CudaOps, SamplingRejectsBadArguments) {
   Dev<int32_t> dout(1);
   SampleArgs a;
   a.temperature = 0.0f;
-  EXPECT_THROW(sample_token(dl.get(), 10, a, dout.get(), 0), std::invalid_argument);
+  EXPECT_THROW(sample_token(dl.get(), 10, a, dout.get(), 0), Error);
   a.temperature = 1.0f, a.u = 1.0;
-  EXPECT_THROW(sample_token(dl.get(), 10, a, dout.get(), 0), std::invalid_argument);
+  EXPECT_THROW(sample_token(dl.get(), 10, a, dout.get(), 0), Error);
 }
 
 TEST(CudaOps, SyntheticFillMatchesHostHash) {

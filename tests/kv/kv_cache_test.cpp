@@ -49,7 +49,7 @@ TEST(KvCache, RetrievalPagesHoldEverything) {
   auto pos = positions_held(h, 301);
   ASSERT_EQ(pos.size(), 301u);
   for (int64_t i = 0; i < 301; ++i) EXPECT_EQ(pos[i], i);
-  EXPECT_EQ(h.bytes(), 2 * sizeof(float) * 2 * HeadCache::kPageTokens * d);
+  EXPECT_EQ(h.bytes(), 2 * sizeof(float) * 2 * kPageTokens * d);
 }
 
 TEST(KvCache, PlanShapeIsChecked) {

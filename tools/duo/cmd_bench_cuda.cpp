@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "commands.h"
+#include "core/duo_policy.h"
 #include "core/error.h"
 #include "engine/backend.h"
 #include "io/head_pattern.h"
@@ -26,10 +27,6 @@
 #include "model/model.h"
 #include "model/presets.h"
 #include "sample/sampler.h"
-
-#ifdef DUO_HAVE_CUDA
-#include "backend/cuda/cuda_backend.h"
-#endif
 
 namespace duo::cli {
 
@@ -168,17 +165,9 @@ GateMatrix load_gates(const ModelOptions& mo, const ModelPreset* preset, const M
   return g;
 }
 
-// Device memory a chunk of n tokens uses for activations (see GpuModel::run_chunk).
-double activation_bytes(const ModelConfig& c, int64_t n) {
-  const double E = c.n_embd, D = c.head_dim, Q = (double)c.n_heads * D, KV = (double)c.n_kv_heads * D, F = c.n_ff;
-  const double per_token = E * 4 + E * 2 + (Q + 2 * KV) * 4 + Q * 2 + 2 * KV * 2 + Q * 2 + E * 4 + 2 * F * 4 + F * 2;
-  return per_token * n + 4.0 * c.n_vocab + 64e6 /* decode workspace, picks */;
-}
-
 // Whether `need` more bytes fit the device now, with 1 GiB left for cuBLAS and the context.
-bool fits(double need, std::string& why) {
-  size_t free_b = 0, total_b = 0;
-  cuda::device_memory_info(free_b, total_b);
+bool fits(const ModelBackend& backend, double need, std::string& why) {
+  const size_t free_b = backend.device_memory().free_bytes;
   if (need + kGiB <= (double)free_b) return true;
   why = fmt::format("needs {:.1f} GiB (KV cache + activations), {:.1f} GiB free", need / kGiB, free_b / kGiB);
   return false;
@@ -197,13 +186,14 @@ double seconds_since(clock_type::time_point t0) {
 }
 
 // K and V bytes one decode step reads at n_past positions, all layers, for the plan's KV type:
-// a retrieval head's keys as stored (quantized: codes plus params, page_bytes / 256 a position
-// for each of K and V), a streaming head's min(n_past, sink + recent) bf16 rows.
-double decode_read_bytes(const ModelConfig& c, const HeadPlan& plan, int64_t n_past) {
-  const KvType t = cuda::GpuKvCache::resolve_type(plan.kv_type);
+// a retrieval head's keys as stored (quantized: codes plus params, page_bytes / kPageTokens a
+// position for each of K and V), a streaming head's min(n_past, sink + recent) bf16 rows.
+double decode_read_bytes(const ModelBackend& backend, const HeadPlan& plan, int64_t n_past) {
+  const ModelConfig& c = backend.config();
+  const KvType t = backend.kv_type(plan.kv_type);
   if (!is_quantized(t)) return decode_attention_bytes(c, plan, n_past, 2);
-  const double per_key = 2.0 * (double)cuda::GpuKvCache::page_bytes(t, c.head_dim) / cuda::kPageTokens;
-  const int64_t W = (int64_t)plan.window.sink + plan.window.recent;
+  const double per_key = 2.0 * (double)kvq::QuantLayout{c.head_dim, quant_bits(t)}.page_bytes() / kPageTokens;
+  const int64_t W = plan.window.rows();
   double b = 0;
   for (const auto& layer : plan.kinds)
     for (HeadKind k : layer)
@@ -219,13 +209,11 @@ struct DecodeRun {
   double ms = 0, attn_us = 0, gbs = 0;
   size_t kv_bytes = 0, device_bytes = 0;
 };
-DecodeRun measure_decode(ModelBackend& backend, cuda::GpuModel& gpu, const HeadPlan& plan, int64_t ctx, int steps,
-                         int64_t chunk, uint64_t seed) {
-  const ModelConfig& c = backend.config();
+DecodeRun measure_decode(ModelBackend& backend, const HeadPlan& plan, int64_t ctx, int steps, int64_t chunk,
+                         uint64_t seed) {
   auto s = backend.new_sequence(plan, ctx + kWarm + steps + kTimedAttention + 1);
-  cuda::reset_peak_bytes();
-  cuda::GpuKvCache& kv = cuda::CudaBackend::cache_of(*s);
-  kv.fill_random(ctx, seed);
+  backend.reset_peak_memory();
+  backend.fill_kv_random(*s, ctx, seed);
   Sampler greedy(SamplerConfig{});
   int32_t next = 1;
   for (int i = 0; i < kWarm; ++i) next = backend.forward_pick(*s, &next, 1, chunk, greedy);
@@ -234,25 +222,24 @@ DecodeRun measure_decode(ModelBackend& backend, cuda::GpuModel& gpu, const HeadP
   for (int i = 0; i < steps; ++i) next = backend.forward_pick(*s, &next, 1, chunk, greedy);
   r.ms = 1e3 * seconds_since(t0) / steps;
   const int64_t past0 = s->n_past();
-  gpu.reset_attention_timing();
-  gpu.set_attention_timing(true);
+  backend.reset_attention_timing();
+  backend.set_attention_timing(true);
   for (int i = 0; i < kTimedAttention; ++i) next = backend.forward_pick(*s, &next, 1, chunk, greedy);
-  gpu.set_attention_timing(false);
-  r.attn_us = 1e3 * gpu.attention_ms() / kTimedAttention;
-  r.gbs = decode_read_bytes(c, plan, past0 + 1 + kTimedAttention / 2) / (r.attn_us * 1e-6) / 1e9;
+  backend.set_attention_timing(false);
+  r.attn_us = 1e3 * backend.attention_ms() / kTimedAttention;
+  r.gbs = decode_read_bytes(backend, plan, past0 + 1 + kTimedAttention / 2) / (r.attn_us * 1e-6) / 1e9;
   r.kv_bytes = s->kv_bytes();
-  r.device_bytes = kv.device_bytes();
+  r.device_bytes = s->device_bytes();
   return r;
 }
 
 // --find-max-context: for each mode x KV type, the longest context (a multiple of 1024) whose
 // cache, created for it plus the decode steps, fits the memory left beside the weights with
-// `headroom` to spare (exact byte formulas: GpuKvCache::device_bytes_for, two pool slabs of
+// `headroom` to spare (exact byte formulas: the backend's sequence_bytes_at, two pool slabs of
 // mapping slack, decode activations), then verified by allocating and filling that cache and
 // decoding at it; an allocation that still fails retries 2% shorter.
-json run_max_context(ModelBackend& backend, cuda::GpuModel& gpu, const std::vector<Mode>& modes,
-                     const CudaBenchOptions& bo, bool as_json) {
-  const ModelConfig& c = backend.config();
+json run_max_context(ModelBackend& backend, const std::vector<Mode>& modes, const CudaBenchOptions& bo,
+                     bool as_json) {
   constexpr double kHeadroom = 512.0 * 1048576, kSlabs = 2 * 2 * 32.0 * 1048576;
   constexpr int64_t kStep = 1024;
   const int64_t extra = kWarm + bo.decode_steps + kTimedAttention + 1;
@@ -261,7 +248,7 @@ json run_max_context(ModelBackend& backend, cuda::GpuModel& gpu, const std::vect
     std::stringstream ss(bo.kv_types);
     std::string t;
     while (std::getline(ss, t, ','))
-      if (!t.empty()) types.push_back(cuda::GpuKvCache::resolve_type(parse_kv_type(t)));
+      if (!t.empty()) types.push_back(backend.kv_type(parse_kv_type(t)));
     DUO_CHECK(!types.empty(), "no KV types given (--kv-types)");
   }
   json rows = json::array();
@@ -272,12 +259,12 @@ json run_max_context(ModelBackend& backend, cuda::GpuModel& gpu, const std::vect
     for (KvType type : types) {
       HeadPlan plan = m0.plan;
       plan.kv_type = type;
-      gpu.release_scratch();
-      size_t free_b = 0, total_b = 0;
-      cuda::device_memory_info(free_b, total_b);
+      backend.release_scratch();
+      const size_t free_b = backend.device_memory().free_bytes;
       const double budget = (double)free_b - kHeadroom;
       auto need = [&](int64_t n) {
-        return (double)cuda::GpuKvCache::device_bytes_for(c, plan, n + extra, n + extra) + kSlabs + activation_bytes(c, 1);
+        return (double)backend.sequence_bytes_at(plan, n + extra, n + extra) + kSlabs +
+               (double)backend.activation_bytes(1);
       };
       json row = {{"mode", m0.name}, {"kv_type", to_string(type)}, {"free_bytes_before", free_b}};
       std::string note;
@@ -300,13 +287,13 @@ json run_max_context(ModelBackend& backend, cuda::GpuModel& gpu, const std::vect
       std::string failure;
       for (int attempt = 0; n > 0 && attempt < 6; ++attempt) {
         try {
-          r = measure_decode(backend, gpu, plan, n, bo.decode_steps, bo.chunk, bo.seed);
+          r = measure_decode(backend, plan, n, bo.decode_steps, bo.chunk, bo.seed);
           failure.clear();
           break;
         } catch (const Error& e) {
           failure = e.what();
           n -= std::max<int64_t>(n / 50 / kStep * kStep, kStep);
-          gpu.release_scratch();
+          backend.release_scratch();
         }
       }
       if (n <= 0 || !failure.empty()) {
@@ -317,19 +304,21 @@ json run_max_context(ModelBackend& backend, cuda::GpuModel& gpu, const std::vect
       }
       if (n != row["formula_context"].get<int64_t>()) note = fmt::format("formula said {}, allocation failed: {}",
                                                                          row["formula_context"].get<int64_t>(), note);
-      const double predicted = (double)cuda::GpuKvCache::device_bytes_for(c, plan, n + extra, n + kWarm + bo.decode_steps + kTimedAttention);
+      const double predicted =
+          (double)backend.sequence_bytes_at(plan, n + extra, n + kWarm + bo.decode_steps + kTimedAttention);
       row["context"] = n;
       row["kv_bytes"] = r.kv_bytes;
       row["cache_device_bytes"] = r.device_bytes;
       row["cache_device_bytes_formula"] = predicted;
-      row["peak_bytes"] = cuda::peak_bytes();
+      row["peak_bytes"] = backend.device_memory().peak_bytes;
       row["ms_per_token"] = r.ms;
       row["attn_us"] = r.attn_us;
       row["attn_gbs"] = r.gbs;
       if (!note.empty()) row["note"] = note;
       if (!as_json)
         fmt::print("{:<10} {:<5} {:>12} {:>8.2f} {:>10.2f} {:>9.2f} {:>9.3f} {:>9.1f} {:>10.1f}  {}\n", m0.name,
-                   to_string(type), n, r.kv_bytes / kGiB, r.device_bytes / kGiB, cuda::peak_bytes() / kGiB, r.ms,
+                   to_string(type), n, r.kv_bytes / kGiB, r.device_bytes / kGiB,
+                   backend.device_memory().peak_bytes / kGiB, r.ms,
                    r.attn_us, r.gbs, note);
       std::fflush(stdout);
       rows.push_back(row);
@@ -372,7 +361,7 @@ json run_batch_decode(ModelBackend& backend, const std::vector<Mode>& modes, con
       std::vector<int32_t> next(fit);
       for (int i = 0; i < fit; ++i) {
         seqs.push_back(backend.new_sequence(plan, capacity));
-        cuda::CudaBackend::cache_of(*seqs.back()).fill_random(ctx, bo.seed + i);
+        backend.fill_kv_random(*seqs.back(), ctx, bo.seed + i);
         next[i] = (int32_t)((bo.seed * 7919 + (uint64_t)i * 104729) % (uint64_t)c.n_vocab);
       }
       // Runs `count` steps over the first n sequences; returns seconds a step.
@@ -397,7 +386,7 @@ json run_batch_decode(ModelBackend& backend, const std::vector<Mode>& modes, con
       const double step_s = run(fit, steps);
       row["ms_per_step"] = step_s * 1e3;
       row["tokens_per_s"] = fit / step_s;
-      row["peak_bytes"] = cuda::peak_bytes();
+      row["peak_bytes"] = backend.device_memory().peak_bytes;
       if (!as_json)
         fmt::print("{:<10} {:>5} {:>9.2f} {:>6} {:>10.1f} {:>10.2f} {:>12}\n", m.name, to_string(t), per_seq / kGiB, fit,
                    fit / step_s, step_s * 1e3, eq_ms >= 0 ? fmt::format("{:.2f}", eq_ms) : std::string("-"));
@@ -457,15 +446,13 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
     backend = make_cuda_backend(*host_model, weight_format);
   }
   const double load_s = seconds_since(t_load);
-  auto& cb = dynamic_cast<cuda::CudaBackend&>(*backend);
-  cuda::GpuModel& gpu = cb.gpu();
   const ModelConfig& c = backend->config();
   std::string gate_origin;
   const GateMatrix gates = load_gates(mo, preset, c, bo.seed, gate_origin);
   std::vector<Mode> modes = make_modes(bo.modes, c, window, &gates);
   for (Mode& m : modes) m.plan.kv_type = parse_kv_type(mo.kv_type);  // --kv-type (default: bf16)
 
-  const cuda::DeviceInfo dev = cuda::device_info();
+  const DeviceFacts dev = backend->device_facts();
   json doc;
   doc["machine"] = {{"gpu", dev.name},
                     {"sm_count", dev.sm_count},
@@ -482,7 +469,7 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
                   {"kv_heads", c.n_kv_heads},
                   {"head_dim", c.head_dim},
                   {"vocab", c.n_vocab},
-                  {"weights_bytes", gpu.weights().bytes()},
+                  {"weights_bytes", backend->weight_bytes()},
                   {"load_seconds", load_s}};
   doc["options"] = {{"chunk", bo.chunk},          {"sink", window.sink},   {"recent", window.recent},
                     {"decode_steps", bo.decode_steps}, {"gates", gate_origin}, {"seed", bo.seed},
@@ -492,7 +479,7 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
                dev.cc_major, dev.cc_minor, dev.total_memory / kGiB, dev.driver_version, dev.runtime_version);
     fmt::print("model: {} | {} layers, {} / {} heads, d {}, ff {}, vocab {} | weights {:.2f} GiB {} (ready in {:.1f} s)\n",
                c.name, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.n_ff, c.n_vocab,
-               gpu.weights().bytes() / kGiB, to_string(gpu.weights().format()), load_s);
+               backend->weight_bytes() / kGiB, to_string(backend->weight_format()), load_s);
     fmt::print("pre-fill chunk {} | streaming heads: sink {} + recent {} | duo gates: {}\n", bo.chunk, window.sink,
                window.recent, gate_origin);
   }
@@ -503,11 +490,11 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
     for (std::string t; std::getline(ts, t, ',');) types.push_back(parse_kv_type(t));
     doc["batch_decode"] = run_batch_decode(*backend, modes, types, bo, as_json);
   } else if (bo.find_max_context) {
-    doc["max_context"] = run_max_context(*backend, gpu, modes, bo, as_json);
+    doc["max_context"] = run_max_context(*backend, modes, bo, as_json);
     // The issue-6 target, when this run measured its configuration.
     for (const auto& r : doc["max_context"])
       if (preset && preset->name == "llama3-8b" && r["mode"] == "duo50" && r["kv_type"] == "q4" &&
-          gpu.weights().format() == WeightFormat::Int8 && r.contains("context")) {
+          backend->weight_format() == WeightFormat::Int8 && r.contains("context")) {
         const int64_t ctx = r["context"].get<int64_t>();
         doc["target_3_3M"] = ctx >= 3300000;
         if (!as_json)
@@ -526,11 +513,11 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
   for (const Mode& m : modes)
     for (int64_t L : prefill) {
       json row = {{"mode", m.name}, {"retrieval_ratio", m.ratio}, {"tokens", L}};
-      const double kv = (double)cuda::GpuKvCache::bytes_for(c, m.plan, L);
+      const double kv = (double)backend->kv_bytes_for(m.plan, L);
       row["kv_bytes"] = kv;
-      gpu.release_scratch();
+      backend->release_scratch();
       std::string why;
-      if (!fits(kv + activation_bytes(c, std::min(L, bo.chunk)) + 128e6, why)) {
+      if (!fits(*backend, kv + (double)backend->activation_bytes(std::min(L, bo.chunk)) + 128e6, why)) {
         row["skipped"] = why;
         if (!as_json) fmt::print("{:<10} {:>8}  skipped: {}\n", m.name, L, why);
         prefill_rows.push_back(row);
@@ -543,20 +530,20 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
       }
       auto s = backend->new_sequence(m.plan, L);
       std::vector<float> logits(c.n_vocab);
-      cuda::reset_peak_bytes();
-      gpu.reset_attention_timing();
-      gpu.set_attention_timing(true);
+      backend->reset_peak_memory();
+      backend->reset_attention_timing();
+      backend->set_attention_timing(true);
       const auto t0 = clock_type::now();
       backend->forward(*s, toks.data(), L, logits.data(), bo.chunk);
       const double ms = 1e3 * seconds_since(t0);
-      gpu.set_attention_timing(false);
-      const double attn_ms = gpu.attention_ms();
+      backend->set_attention_timing(false);
+      const double attn_ms = backend->attention_ms();
       const double tflops = prefill_attention_flops(c, m.plan, L, bo.chunk) / (attn_ms * 1e-3) / 1e12;
       row["ms"] = ms;
       row["attn_ms"] = attn_ms;
       row["attn_tflops"] = tflops;
       row["kv_bytes"] = s->kv_bytes();
-      row["peak_bytes"] = cuda::peak_bytes();
+      row["peak_bytes"] = backend->device_memory().peak_bytes;
       if (m.name == "full") full_prefill_ms[L] = ms;
       std::string vs = "-";
       if (full_prefill_ms.count(L)) {
@@ -565,7 +552,7 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
       }
       if (!as_json)
         fmt::print("{:<10} {:>8} {:>11.1f} {:>10.1f} {:>12.1f} {:>8.2f} {:>9.2f} {:>9}\n", m.name, L, ms, attn_ms,
-                   tflops, s->kv_bytes() / kGiB, cuda::peak_bytes() / kGiB, vs);
+                   tflops, s->kv_bytes() / kGiB, backend->device_memory().peak_bytes / kGiB, vs);
       std::fflush(stdout);
       prefill_rows.push_back(row);
     }
@@ -588,23 +575,23 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
     for (int64_t C : decode) {
       auto capacity = [&](int64_t ctx) { return ctx + kWarm + bo.decode_steps + kTimedAttention + 1; };
       auto need = [&](int64_t ctx) {
-        return (double)cuda::GpuKvCache::bytes_for(c, m.plan, capacity(ctx)) + 64e6 /* pool slabs */ +
-               activation_bytes(c, 1);
+        return (double)backend->kv_bytes_for(m.plan, capacity(ctx)) + 64e6 /* pool slabs */ +
+               (double)backend->activation_bytes(1);
       };
-      const double kv = (double)cuda::GpuKvCache::bytes_for(c, m.plan, capacity(C));
-      const double kv_full = (double)cuda::GpuKvCache::bytes_for(c, full_plan, C);
+      const double kv = (double)backend->kv_bytes_for(m.plan, capacity(C));
+      const double kv_full = (double)backend->kv_bytes_for(full_plan, C);
       json row = {{"mode", m.name}, {"retrieval_ratio", m.ratio}, {"context", C}, {"kv_bytes", kv},
-                  {"kv_reduction_vs_full", kv_full / (double)cuda::GpuKvCache::bytes_for(c, m.plan, C)}};
-      gpu.release_scratch();
+                  {"kv_reduction_vs_full", kv_full / (double)backend->kv_bytes_for(m.plan, C)}};
+      backend->release_scratch();
       std::string why;
       int64_t run_ctx = C;
-      if (!fits(need(C), why)) {
+      if (!fits(*backend, need(C), why)) {
         int64_t best = 0;
         if (m.name == "full")  // the longest multiple of 4096 tokens that fits (binary search)
           for (int64_t lo = 1, hi = (C - 1) / 4096; lo <= hi;) {
             const int64_t mid = (lo + hi) / 2;
             std::string unused;
-            if (fits(need(mid * 4096), unused))
+            if (fits(*backend, need(mid * 4096), unused))
               best = mid * 4096, lo = mid + 1;
             else
               hi = mid - 1;
@@ -622,8 +609,8 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
         if (!as_json) fmt::print("{:<10} {:>8}  does not fit ({}): measuring {} tokens instead\n", m.name, C, why, best);
       }
       auto s = backend->new_sequence(m.plan, capacity(run_ctx));
-      cuda::reset_peak_bytes();
-      cuda::CudaBackend::cache_of(*s).fill_random(run_ctx, bo.seed);
+      backend->reset_peak_memory();
+      backend->fill_kv_random(*s, run_ctx, bo.seed);
       Sampler greedy(SamplerConfig{});
       int32_t next = 1;
       for (int i = 0; i < kWarm; ++i) next = backend->forward_pick(*s, &next, 1, bo.chunk, greedy);
@@ -633,19 +620,19 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
       // Attention kernels alone, in a separate pass (events between kernels cost a little; this
       // pass launches kernel by kernel, the timed pass above replays the step's CUDA graph).
       const int64_t past0 = s->n_past();
-      gpu.reset_attention_timing();
-      gpu.set_attention_timing(true);
+      backend->reset_attention_timing();
+      backend->set_attention_timing(true);
       for (int i = 0; i < kTimedAttention; ++i) next = backend->forward_pick(*s, &next, 1, bo.chunk, greedy);
-      gpu.set_attention_timing(false);
-      const double attn_us = 1e3 * gpu.attention_ms() / kTimedAttention;
-      const double bytes = decode_read_bytes(c, m.plan, past0 + 1 + kTimedAttention / 2);
+      backend->set_attention_timing(false);
+      const double attn_us = 1e3 * backend->attention_ms() / kTimedAttention;
+      const double bytes = decode_read_bytes(*backend, m.plan, past0 + 1 + kTimedAttention / 2);
       const double gbs = bytes / (attn_us * 1e-6) / 1e9;
       row["ms_per_token"] = ms;
       row["attn_us"] = attn_us;
       row["attn_gbs"] = gbs;
       row["kv_bytes"] = s->kv_bytes();
-      row["peak_bytes"] = cuda::peak_bytes();
-      row["decode_graph"] = gpu.decode_graphs();
+      row["peak_bytes"] = backend->device_memory().peak_bytes;
+      row["decode_graph"] = backend->decode_graphs();
       if (m.name == "full") {
         full_decode_ms[C] = ms;
         if (run_ctx != C) full_measured_at[C] = run_ctx;
@@ -662,7 +649,7 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
       }
       if (!as_json)
         fmt::print("{:<10} {:>8} {:>10.3f} {:>10.1f} {:>11.1f} {:>8.2f} {:>9.2f} {:>9} {:>9.2f}x{}\n", m.name, C, ms,
-                   attn_us, gbs, s->kv_bytes() / kGiB, cuda::peak_bytes() / kGiB, vs,
+                   attn_us, gbs, s->kv_bytes() / kGiB, backend->device_memory().peak_bytes / kGiB, vs,
                    row["kv_reduction_vs_full"].get<double>(),
                    run_ctx != C ? fmt::format("  (measured at {})", run_ctx) : std::string());
       std::fflush(stdout);

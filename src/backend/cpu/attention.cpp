@@ -28,11 +28,6 @@ using attn::kMaxHeadDim;
 using attn::kMaxRows;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-bool visible(HeadKind kind, const StreamingWindow& w, int64_t i, int64_t j) {
-  if (j > i) return false;
-  return kind == HeadKind::Retrieval || j < w.sink || j > i - w.recent;
-}
-
 void check_args(const AttentionArgs& a) {
   DUO_CHECK(a.n_heads % a.n_kv_heads == 0 && a.head_dim > 0 && a.head_dim <= kMaxHeadDim && a.head_dim % 8 == 0,
             "attention: unsupported shape (heads {}, kv heads {}, head dim {})", a.n_heads, a.n_kv_heads, a.head_dim);
@@ -157,7 +152,7 @@ void attend_blocks(const std::vector<KeyBlock>& blocks, size_t kb0, size_t kb1, 
     if (kind == HeadKind::Streaming) {
       // Entirely outside both the sink and every row's recent window?
       const int64_t last = b.pos0 + b.n - 1;
-      if (b.pos0 >= w.sink && last <= pmin - w.recent) continue;
+      if (!w.reaches(pmin, b.pos0, last)) continue;
     }
     if (b.seg) {  // decode this block's rows (16-bit or quantized) to floats
       segment_rows(*b.seg, b.r0, b.n, d, k_dec, v_dec);

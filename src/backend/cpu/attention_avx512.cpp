@@ -154,7 +154,7 @@ void attend(const KeyBlock* blocks, size_t n_blocks, int rows, const float* cons
     KeyBlock b = blocks[bi];
     if (b.pos0 > pmax) continue;  // entirely in the future of every row
     const int64_t last = b.pos0 + b.n - 1;
-    if (kind == HeadKind::Streaming && b.pos0 >= w.sink && last <= pmin - w.recent) continue;  // outside Λ
+    if (kind == HeadKind::Streaming && !w.reaches(pmin, b.pos0, last)) continue;  // outside Λ
     if (b.type != KvType::F32) {
       DUO_CHECK(d % 16 == 0 && reads_in_place(b), "attention: AVX-512 pre-fill over a {} block (head dim {})",
                 to_string(b.type), d);
@@ -179,7 +179,8 @@ void attend(const KeyBlock* blocks, size_t n_blocks, int rows, const float* cons
     } else {
       // Row position relative to the block start (padding rows: never visible), and that minus
       // the recent window: key jj is visible to a row when jj <= rel, and for a streaming head
-      // also when it is a sink or jj > rel - recent.
+      // also when it is a sink or jj > rel - recent. (StreamingWindow::keeps_at of
+      // core/duo_policy.h with base = b.pos0, sixteen rows at a time.)
       alignas(64) int32_t rel[W], rel_recent[W];
       for (int r = 0; r < W; ++r) {
         const int64_t x = r < rows ? pos[r] - b.pos0 : INT_MIN / 2;
@@ -321,8 +322,7 @@ void decode_block(const KeyBlock& b, int rows, const float* const* qrow, const i
     if (!all_visible)
       for (int jj = 0; jj < b.n; ++jj) {
         const int64_t kp = b.pos0 + jj;
-        const bool vis = kp <= pos[r] && (kind == HeadKind::Retrieval || kp < w.sink || kp > pos[r] - w.recent);
-        if (!vis) s[jj] = kNegInf;
+        if (!visible(kind, w, pos[r], kp)) s[jj] = kNegInf;
       }
     // Online softmax over this block's n keys (lanes past n are masked out).
     __m512 mx = _mm512_set1_ps(kNegInf);
@@ -374,7 +374,7 @@ void attend_decode(const KeyBlock* blocks, size_t kb0, size_t kb1, int rows, con
     const KeyBlock& b = blocks[bi];
     if (b.pos0 > pmax) continue;
     const int64_t last = b.pos0 + b.n - 1;
-    if (kind == HeadKind::Streaming && b.pos0 >= w.sink && last <= pmin - w.recent) continue;
+    if (kind == HeadKind::Streaming && !w.reaches(pmin, b.pos0, last)) continue;
     switch (b.type) {
       case KvType::F32: decode_block<D16, KvType::F32>(b, rows, qrow, pos, pmin, kind, w, scale, m, l, o); break;
       case KvType::F16: decode_block<D16, KvType::F16>(b, rows, qrow, pos, pmin, kind, w, scale, m, l, o); break;

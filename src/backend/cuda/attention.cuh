@@ -9,7 +9,7 @@
 //    for d=128, so a warp streams whole 256-byte rows and a CTA long contiguous runs.
 //  - streaming heads: per KV head a buffer of sink + recent rows ([kv_head][sink+recent][d]):
 //    row r < sink holds position r, position p >= sink sits in row sink + (p - sink) % recent
-//    (the same layout as the CPU HeadCache).
+//    (StreamingWindow::ring_row, the same layout as the CPU HeadCache).
 //  Buffers must be zero-initialised once (cudaMemset) so never-written rows are finite.
 //  - quantized caches (LayerKv::type Q8 / Q4, kv/kv_quant.h): retrieval heads' pages hold KIVI
 //    groups (kq_pages / vq_pages, page_bytes each, the same page table); a retrieval head's first
@@ -37,13 +37,14 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/duo_policy.h"
 #include "kv/kv_type.h"
 
 namespace duo::cuda {
 
 using bf16 = __nv_bfloat16;
 
-constexpr int kPageTokens = 256;
+// kPageTokens, the streaming window's rules and the quantized page layout: core/duo_policy.h.
 
 enum class HeadMode : int { AllRetrieval = 0, AllStreaming = 1, Mixed = 2 };
 
@@ -57,7 +58,8 @@ struct LayerKv {
   bf16* v_ring = nullptr;
   const uint8_t* kinds = nullptr;  // [n_kv_heads]: 0 retrieval, 1 streaming (read when Mixed)
   HeadMode mode = HeadMode::AllRetrieval;
-  int sink = 64, recent = 256;
+  int sink = StreamingWindow{}.sink, recent = StreamingWindow{}.recent;  // the window, in window()'s form below
+  DUO_HD StreamingWindow window() const { return {sink, recent}; }
   // Quantized retrieval heads (type Q8 or Q4; see the layout notes above).
   KvType type = KvType::BF16;
   uint8_t* kq_pages = nullptr;  // [pool pages][page_bytes]
@@ -81,7 +83,7 @@ __host__ __device__ inline bool quantized_cache(const LayerKv& c) { return c.typ
 //    issue their GEMMs in turns, so one's softmax overlaps the other's GEMMs).
 //  - Auto: the environment variable DUO_PREFILL_KERNEL (mma | wgmma | wgmma_serial |
 //    wgmma_pingpong | auto) when set, else Wgmma for head_dim 128 where it can run, else Mma.
-// A forced Wgmma that cannot run these arguments is an error (std::invalid_argument), not a fallback.
+// A forced Wgmma that cannot run these arguments is an error (duo::Error), not a fallback.
 // Quantized caches run on Mma, which dequantizes cached groups into its shared-memory tiles
 // (prefill.cu); Auto picks it for them whatever DUO_PREFILL_KERNEL says.
 enum class PrefillKernel : int { Auto = 0, Mma = 1, Wgmma = 2, WgmmaSerial = 3, WgmmaPingPong = 4 };
@@ -186,7 +188,7 @@ void decode_attention(const DecodeArgs& a, cudaStream_t stream);
 //    bytes of device memory, which receives the per-item launch parameters (copied on `stream`
 //    from pinned host staging before the kernels; both must stay untouched until they ran).
 //  - Two launches (attention, grid.y = item; merge of the splits) after the parameter copy.
-//    Not capturable in a CUDA graph (host n_past; throws std::invalid_argument when `stream` is
+//    Not capturable in a CUDA graph (host n_past; throws duo::Error when `stream` is
 //    capturing). Both size functions depend on the current device (its SM count and occupancy)
 //    and on every item's n_past and plan: call them for the same items as the launch.
 struct DecodeBatch {
@@ -225,8 +227,5 @@ bool decode_batch_stage(const DecodeBatch& b, const DecodeBatchGrid& g, void* ds
 // decode_batch_stage wrote.
 void decode_attention_batch_replay(const DecodeArgs& shape, bool quant, const void* params, const DecodeBatchGrid& g,
                                    cudaStream_t stream);
-
-// Throws std::runtime_error with the CUDA error string.
-void check_cuda(cudaError_t e, const char* what);
 
 }  // namespace duo::cuda

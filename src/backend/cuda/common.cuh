@@ -1,4 +1,4 @@
-// Small device helpers shared by the attention kernels: cp.async, ldmatrix, mma.sync, masks.
+// Small device helpers shared by the attention kernels: cp.async, ldmatrix, mma.sync, cache rows.
 #pragma once
 #include <cuda_bf16.h>
 
@@ -90,47 +90,13 @@ __device__ __forceinline__ bool cache_rows(const LayerKv& c, int h, int pos, int
     k = c.k_pages + dst, v = c.v_pages + dst;
     return true;
   }
-  int row;
-  if (pos < c.sink)
-    row = pos;
-  else if (pos >= max(c.sink, end - c.recent))
-    row = c.sink + (pos - c.sink) % c.recent;
-  else
-    return false;
-  dst = ((int64_t)h * (c.sink + c.recent) + row) * d;
+  const StreamingWindow w = c.window();
+  if (pos >= w.sink && pos < w.first_ring(end)) return false;
+  dst = ((int64_t)h * w.rows() + w.ring_row(pos)) * d;
   k = c.k_ring + dst, v = c.v_ring + dst;
   return true;
 }
 
-// Mask policies. visible(i, j): may query position i see key position j?
-// Key tiles of width bn are visited as two index ranges [r0b, r0e) and [r1b, r1e) for a block
-// of queries [qmin, qmax]; tile_full() says that no element of a tile needs masking.
-struct CausalMask {
-  __device__ __forceinline__ bool visible(int i, int j) const { return j <= i; }
-  __device__ __forceinline__ void tiles(int qmin, int qmax, int bn, int& r0b, int& r0e, int& r1b, int& r1e) const {
-    (void)qmin;
-    r0b = 0, r0e = qmax / bn + 1, r1b = r1e = r0e;
-  }
-  __device__ __forceinline__ bool tile_full(int qmin, int qmax, int k0, int k1) const {
-    (void)qmax, (void)k0;
-    return k1 - 1 <= qmin;
-  }
-};
-
-// Λ mask of streaming heads: j <= i and (j < sink or j > i - recent).
-struct SinkRecentMask {
-  int sink, recent;
-  __device__ __forceinline__ bool visible(int i, int j) const { return j <= i && (j < sink || j > i - recent); }
-  __device__ __forceinline__ void tiles(int qmin, int qmax, int bn, int& r0b, int& r0e, int& r1b, int& r1e) const {
-    const int last = qmax / bn + 1;                   // tiles past the newest query are invisible
-    r1b = max(0, qmin - recent + 1) / bn, r1e = last;  // recent window of the block
-    r0b = 0, r0e = min((sink + bn - 1) / bn, last);    // sink tiles
-    if (r1b < r0e) r1b = r0e;
-    if (r1b > r1e) r1b = r1e;
-  }
-  __device__ __forceinline__ bool tile_full(int qmin, int qmax, int k0, int k1) const {
-    return k1 - 1 <= qmin && (k1 - 1 < sink || k0 > qmax - recent);
-  }
-};
+// The mask policies (CausalMask<int>, StreamingMask<int>) are core/duo_policy.h's.
 
 }  // namespace duo::cuda::detail

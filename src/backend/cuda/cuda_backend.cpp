@@ -4,9 +4,9 @@
 
 #include <algorithm>
 #include <limits>
-#include <stdexcept>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/device_memory.h"
 #include "core/error.h"
 #include "model/model.h"
 #include "sample/sampler.h"
@@ -22,25 +22,13 @@ class CudaSequence final : public SequenceState {
   const HeadPlan& plan() const override { return kv_->plan(); }
   size_t kv_bytes() const override { return kv_->bytes(); }
   size_t kv_bytes(HeadKind kind) const override { return kv_->bytes(kind); }
+  size_t device_bytes() const override { return kv_->device_bytes(); }
   void clear() override { kv_->clear(); }
   GpuKvCache& kv() { return *kv_; }
 
  private:
   std::unique_ptr<GpuKvCache> kv_;
 };
-
-// The kernels' launchers report errors as std::runtime_error / std::invalid_argument; the
-// engine's callers expect duo::Error.
-template <class F>
-auto guarded(const char* what, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    fail("CUDA backend, {}: {}", what, e.what());
-  }
-}
 
 // Picks the first device; errors say why there is none.
 void select_device() {
@@ -73,7 +61,7 @@ DeviceInfo device_info() {
 }
 
 CudaBackend::CudaBackend(std::unique_ptr<GpuWeights> weights) {
-  model_ = guarded("creating the model", [&] { return std::make_unique<GpuModel>(std::move(weights)); });
+  model_ = std::make_unique<GpuModel>(std::move(weights));
 }
 
 std::string CudaBackend::description() const {
@@ -102,10 +90,8 @@ const KvPagePool* CudaBackend::page_pool(KvType type) const {
 }
 
 std::unique_ptr<SequenceState> CudaBackend::new_sequence(const HeadPlan& plan, int64_t max_tokens) {
-  return guarded("creating a KV cache", [&] {
-    auto pool = pool_for(GpuKvCache::resolve_type(plan.kv_type));
-    return std::make_unique<CudaSequence>(model_->new_cache(plan, max_tokens, std::move(pool)));
-  });
+  auto pool = pool_for(GpuKvCache::resolve_type(plan.kv_type));
+  return std::make_unique<CudaSequence>(model_->new_cache(plan, max_tokens, std::move(pool)));
 }
 
 GpuKvCache& CudaBackend::cache_of(SequenceState& state) {
@@ -117,7 +103,7 @@ GpuKvCache& CudaBackend::cache_of(SequenceState& state) {
 void CudaBackend::forward(SequenceState& state, const int32_t* tokens, int64_t n, float* logits, int64_t chunk,
                           bool all_logits) {
   GpuKvCache& kv = cache_of(state);
-  guarded("forward", [&] { model_->forward(kv, tokens, n, chunk, logits, all_logits); });
+  model_->forward(kv, tokens, n, chunk, logits, all_logits);
 }
 
 int32_t CudaBackend::forward_pick(SequenceState& state, const int32_t* tokens, int64_t n, int64_t chunk,
@@ -125,7 +111,7 @@ int32_t CudaBackend::forward_pick(SequenceState& state, const int32_t* tokens, i
   GpuKvCache& kv = cache_of(state);
   const SamplerConfig& cfg = sampler.config();
   const double u = cfg.temperature > 0.0f ? sampler.uniform01() : 0.0;
-  return guarded("forward", [&] { return model_->forward_pick(kv, tokens, n, chunk, cfg, u); });
+  return model_->forward_pick(kv, tokens, n, chunk, cfg, u);
 }
 
 void CudaBackend::step(const std::vector<StepItem>& items, int32_t* picked, float* logits) {
@@ -146,8 +132,29 @@ void CudaBackend::step(const std::vector<StepItem>& items, int32_t* picked, floa
     }
     gi.push_back(g);
   }
-  guarded("batched step", [&] { model_->step(gi, picked, logits); });
+  model_->step(gi, picked, logits);
 }
+
+// The activation buffers of a chunk of n tokens (GpuModel::run_chunk's): fp32 residual, bf16
+// normalised rows, fp32 QKV, bf16 Q / K / V and attention output, fp32 output projection, fp32
+// gate/up and bf16 SwiGLU rows, plus the last row's logits and the decode workspace and picks.
+size_t CudaBackend::activation_bytes(int64_t n) const {
+  const ModelConfig& c = config();
+  const double E = c.n_embd, D = c.head_dim, Q = (double)c.n_heads * D, KV = (double)c.n_kv_heads * D, F = c.n_ff;
+  const double per_token = E * 4 + E * 2 + (Q + 2 * KV) * 4 + Q * 2 + 2 * KV * 2 + Q * 2 + E * 4 + 2 * F * 4 + F * 2;
+  return (size_t)(per_token * (double)n + 4.0 * c.n_vocab + 64e6);
+}
+
+DeviceFacts CudaBackend::device_facts() const { return device_info(); }
+
+DeviceMemory CudaBackend::device_memory() const {
+  DeviceMemory m;
+  device_memory_info(m.free_bytes, m.total_bytes);
+  m.peak_bytes = peak_bytes();
+  return m;
+}
+
+void CudaBackend::reset_peak_memory() { reset_peak_bytes(); }
 
 size_t CudaBackend::kv_bytes_for(const HeadPlan& plan, int64_t n) const {
   return GpuKvCache::bytes_for(config(), plan, n);
@@ -196,14 +203,13 @@ namespace duo {
 
 std::unique_ptr<ModelBackend> make_cuda_backend(const Model& model, WeightFormat weights) {
   cuda::select_device();
-  auto w = cuda::guarded("uploading the weights", [&] { return cuda::GpuWeights::upload(model, weights); });
+  auto w = cuda::GpuWeights::upload(model, weights);
   return std::make_unique<cuda::CudaBackend>(std::move(w));
 }
 
 std::unique_ptr<ModelBackend> make_cuda_synthetic_backend(const ModelConfig& cfg, uint64_t seed, WeightFormat weights) {
   cuda::select_device();
-  auto w = cuda::guarded("generating synthetic weights",
-                         [&] { return cuda::GpuWeights::synthetic(cfg, seed, weights); });
+  auto w = cuda::GpuWeights::synthetic(cfg, seed, weights);
   return std::make_unique<cuda::CudaBackend>(std::move(w));
 }
 

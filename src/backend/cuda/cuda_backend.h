@@ -11,13 +11,7 @@
 
 namespace duo::cuda {
 
-struct DeviceInfo {
-  std::string name;
-  int sm_count = 0;
-  int cc_major = 0, cc_minor = 0;
-  size_t total_memory = 0;
-  int driver_version = 0, runtime_version = 0;  // e.g. 13000
-};
+using DeviceInfo = DeviceFacts;  // engine/backend.h
 // The current device; fails with a clear message when there is no usable CUDA device.
 DeviceInfo device_info();
 
@@ -39,6 +33,23 @@ class CudaBackend final : public ModelBackend {
   // a margin) plus the pages the remaining pools have mapped and not handed out.
   size_t free_kv_memory() override;
   PagePoolUse page_pool_use() const override;
+
+  KvType kv_type(KvType requested) const override { return GpuKvCache::resolve_type(requested); }
+  size_t sequence_bytes_at(const HeadPlan& plan, int64_t capacity, int64_t n) const override {
+    return GpuKvCache::device_bytes_for(config(), plan, capacity, n);
+  }
+  size_t activation_bytes(int64_t n) const override;
+  void fill_kv_random(SequenceState& state, int64_t n, uint64_t seed) override { cache_of(state).fill_random(n, seed); }
+  DeviceFacts device_facts() const override;
+  DeviceMemory device_memory() const override;
+  void reset_peak_memory() override;
+  size_t weight_bytes() const override { return model_->weights().bytes(); }
+  WeightFormat weight_format() const override { return model_->weights().format(); }
+  void set_attention_timing(bool on) override { model_->set_attention_timing(on); }
+  void reset_attention_timing() override { model_->reset_attention_timing(); }
+  double attention_ms() const override { return model_->attention_ms(); }
+  void release_scratch() override { model_->release_scratch(); }
+  bool decode_graphs() const override { return model_->decode_graphs(); }
 
   GpuModel& gpu() { return *model_; }
   // The shared page pool of a KV type's retrieval heads (nullptr before the first sequence of

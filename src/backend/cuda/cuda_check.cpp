@@ -8,6 +8,8 @@ namespace duo::cuda {
   fail("CUDA call failed: {} -> {} ({}:{})", call, error, file, line);
 }
 
+[[noreturn]] void fail_arg(const std::string& what) { throw Error(what); }
+
 void check_call(cublasStatus_t s, const char* call, const char* file, int line) {
   if (s != CUBLAS_STATUS_SUCCESS) fail_call(call, cublasGetStatusString(s), file, line);
 }

@@ -25,11 +25,11 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
-#include <stdexcept>
 #include <vector>
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_check.h"
 #include "backend/cuda/decode_split.cuh"
 #include "backend/cuda/reduce.cuh"
 
@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2)
 
   int begin, end;
   if (streaming) {
-    begin = 0, end = min(n_past, c.sink + c.recent);
+    begin = 0, end = min(n_past, c.window().rows());
   } else {
     const int st = p.split_tokens > 0 ? p.split_tokens : device_split_tokens(n_past, p.n_splits);
     begin = split * st, end = min(n_past, begin + st);
@@ -94,8 +94,8 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2)
     for (int e = 0; e < 8; ++e) o[g][e] = 0.0f;
   }
 
-  const bf16* kbase = streaming ? c.k_ring + (int64_t)kvh * (c.sink + c.recent) * D : c.k_pages;
-  const bf16* vbase = streaming ? c.v_ring + (int64_t)kvh * (c.sink + c.recent) * D : c.v_pages;
+  const bf16* kbase = streaming ? c.k_ring + (int64_t)kvh * c.window().rows() * D : c.k_pages;
+  const bf16* vbase = streaming ? c.v_ring + (int64_t)kvh * c.window().rows() * D : c.v_pages;
   const int32_t* pt = c.page_table + (int64_t)kvh * c.max_pages;
   constexpr int STEP = kDecWarps * KPW * U;
   // The KPW * U keys of a warp-iteration lie in one page (splits start at multiples of 64), so
@@ -199,7 +199,7 @@ void launch_decode(const DecodeParams& one, const DecodeLaunch& l, cudaStream_t 
     decode_kernel<D, G, true><<<dim3(l.ctas, l.n_items), kDecThreads, 0, stream>>>(one, l.items);
   else
     decode_kernel<D, G, false><<<l.ctas, kDecThreads, 0, stream>>>(one, nullptr);
-  check_cuda(cudaGetLastError(), "decode_attention launch");
+  DUO_CUDA_TRY(cudaGetLastError());
   launch_merge<D, G>(one, l, stream);
 }
 
@@ -214,15 +214,15 @@ void dispatch_group(const DecodeParams& p, const DecodeLaunch& l, cudaStream_t s
     case 6: return launch_decode<D, 6>(p, l, stream);
     case 7: return launch_decode<D, 7>(p, l, stream);
     case 8: return launch_decode<D, 8>(p, l, stream);
-    default: throw std::invalid_argument("decode_attention: at most 8 query heads a KV head");
+    default: fail_arg("decode_attention: at most 8 query heads a KV head");
   }
 }
 
 int sm_count() {
   static int n = [] {
     int dev = 0, v = 0;
-    check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-    check_cuda(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev), "SM count");
+    DUO_CUDA_TRY(cudaGetDevice(&dev));
+    DUO_CUDA_TRY(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
     return v;
   }();
   return n;
@@ -233,8 +233,7 @@ int resident_ctas() {
   static int n = [] {
     int v = 0;
     // (The batched instantiation has the same launch bounds, hence the same residency.)
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, decode_kernel<D, G, false>, kDecThreads, 0),
-               "decode occupancy");
+    DUO_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, decode_kernel<D, G, false>, kDecThreads, 0));
     return std::max(1, v);
   }();
   return n;
@@ -251,15 +250,15 @@ int retrieval_heads(const DecodeArgs& a) {
   switch (a.cache.mode) {
     case HeadMode::AllRetrieval:
       if (a.retrieval_kv_heads != 0 && a.retrieval_kv_heads != a.n_kv_heads)
-        throw std::invalid_argument("decode_attention: retrieval_kv_heads must be 0 or n_kv_heads for AllRetrieval");
+        fail_arg("decode_attention: retrieval_kv_heads must be 0 or n_kv_heads for AllRetrieval");
       return a.n_kv_heads;
     case HeadMode::AllStreaming: return 0;
     case HeadMode::Mixed:
       if (a.retrieval_kv_heads <= 0 || a.retrieval_kv_heads >= a.n_kv_heads)
-        throw std::invalid_argument("decode_attention: Mixed heads need retrieval_kv_heads in [1, n_kv_heads)");
+        fail_arg("decode_attention: Mixed heads need retrieval_kv_heads in [1, n_kv_heads)");
       return a.retrieval_kv_heads;
   }
-  throw std::invalid_argument("decode_attention: bad head mode");
+  fail_arg("decode_attention: bad head mode");
 }
 
 // Resident CTA slots of the whole device (one wave) for the kernel these parameters run.
@@ -271,10 +270,10 @@ int wave_slots(int head_dim, int group, KvType type, bool quant) {
 // The shape checks of decode_attention; returns the retrieval KV heads.
 int check_args(const DecodeArgs& a) {
   if (a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads != 0)
-    throw std::invalid_argument("decode_attention: n_heads must be a multiple of n_kv_heads");
+    fail_arg("decode_attention: n_heads must be a multiple of n_kv_heads");
   if (a.head_dim != 64 && a.head_dim != 128)
-    throw std::invalid_argument("decode_attention: head_dim must be 64 or 128");
-  if (a.n_heads / a.n_kv_heads > 8) throw std::invalid_argument("decode_attention: at most 8 query heads a KV head");
+    fail_arg("decode_attention: head_dim must be 64 or 128");
+  if (a.n_heads / a.n_kv_heads > 8) fail_arg("decode_attention: at most 8 query heads a KV head");
   return retrieval_heads(a);
 }
 
@@ -290,7 +289,7 @@ void choose_splits(const DecodeArgs& a, int& n_splits, int& split_tokens) {
     n_splits = std::max(1, (a.n_past + split_tokens - 1) / split_tokens);
     return;
   }
-  if (a.split_tokens > 0) throw std::invalid_argument("decode_attention: split_tokens needs a host n_past (no pos_d)");
+  if (a.split_tokens > 0) fail_arg("decode_attention: split_tokens needs a host n_past (no pos_d)");
   // One full wave: the retrieval splits plus one CTA a streaming head fill every resident CTA
   // slot once (a second, partial wave would leave most SMs idle at the end).
   const int slots = wave_slots(a.head_dim, a.n_heads / a.n_kv_heads, a.cache.type, quantized_cache(a.cache));
@@ -376,8 +375,8 @@ struct BatchPlan {
 };
 
 BatchPlan plan_batch(const DecodeArgs* items, int n, int max_item_ctas = 0) {
-  if (n < 0 || (n > 0 && !items)) throw std::invalid_argument("decode_attention_batch: no items");
-  if (n > 65535) throw std::invalid_argument("decode_attention_batch: at most 65535 items");
+  if (n < 0 || (n > 0 && !items)) fail_arg("decode_attention_batch: no items");
+  if (n > 65535) fail_arg("decode_attention_batch: at most 65535 items");
   BatchPlan b;
   if (n == 0) return b;
   const DecodeArgs& f = items[0];
@@ -385,10 +384,10 @@ BatchPlan plan_batch(const DecodeArgs* items, int n, int max_item_ctas = 0) {
   bool any_retrieval = false;
   for (int i = 0; i < n; ++i) {
     const DecodeArgs& a = items[i];
-    if (a.n_past <= 0) throw std::invalid_argument("decode_attention_batch: every item needs a host n_past > 0");
+    if (a.n_past <= 0) fail_arg("decode_attention_batch: every item needs a host n_past > 0");
     if (a.n_heads != f.n_heads || a.n_kv_heads != f.n_kv_heads || a.head_dim != f.head_dim ||
         a.cache.type != f.cache.type)
-      throw std::invalid_argument("decode_attention_batch: the items differ in head shape or KV type");
+      fail_arg("decode_attention_batch: the items differ in head shape or KV type");
     DecodeParams& p = b.items[i];
     p = DecodeParams{};
     p.a = a;
@@ -409,7 +408,7 @@ BatchPlan plan_batch(const DecodeArgs* items, int n, int max_item_ctas = 0) {
   for (int i = 0; i < n; ++i) {
     const DecodeParams& p = b.items[i];
     if (p.n_splits > kMaxMergeSplits)
-      throw std::invalid_argument("decode_attention_batch: more than 2048 splits (raise split_tokens)");
+      fail_arg("decode_attention_batch: more than 2048 splits (raise split_tokens)");
     b.launch.ctas = std::max(b.launch.ctas, decode_ctas(p));
     if (p.n_splits > 1) {
       b.ws_offset[i] = (b.ws_bytes + 255) / 256 * 256;
@@ -435,20 +434,19 @@ class ParamStaging {
     Slot& s = slots_[next_];
     next_ = (next_ + 1) % kSlots;
     if (s.done)
-      check_cuda(cudaEventSynchronize(s.done), "decode_attention_batch: staging buffer wait");
+      DUO_CUDA_TRY(cudaEventSynchronize(s.done));
     else
-      check_cuda(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming), "decode_attention_batch: staging event");
+      DUO_CUDA_TRY(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming));
     if (s.bytes < bytes) {
-      if (s.host) check_cuda(cudaFreeHost(s.host), "decode_attention_batch: staging free");
+      if (s.host) DUO_CUDA_TRY(cudaFreeHost(s.host));
       s.host = nullptr, s.bytes = 0;
       const size_t want = std::max<size_t>(16384, bytes * 2);
-      check_cuda(cudaMallocHost(&s.host, want), "decode_attention_batch: staging buffer");
+      DUO_CUDA_TRY(cudaMallocHost(&s.host, want));
       s.bytes = want;
     }
     std::memcpy(s.host, src, bytes);
-    check_cuda(cudaMemcpyAsync(dst, s.host, bytes, cudaMemcpyHostToDevice, stream),
-               "decode_attention_batch: params copy");
-    check_cuda(cudaEventRecord(s.done, stream), "decode_attention_batch: staging event record");
+    DUO_CUDA_TRY(cudaMemcpyAsync(dst, s.host, bytes, cudaMemcpyHostToDevice, stream));
+    DUO_CUDA_TRY(cudaEventRecord(s.done, stream));
   }
 
  private:
@@ -505,24 +503,24 @@ size_t decode_workspace_bytes(int n_heads, int head_dim, int max_splits) {
 }
 
 int decode_splits(const DecodeArgs& a) {
-  if (!a.pos_d && a.n_past <= 0) throw std::invalid_argument("decode_attention: n_past must be > 0");
+  if (!a.pos_d && a.n_past <= 0) fail_arg("decode_attention: n_past must be > 0");
   int n = 1, t = 0;
   detail::choose_splits(a, n, t);
   return n;
 }
 
 void decode_attention(const DecodeArgs& a, cudaStream_t stream) {
-  if (!a.pos_d && a.n_past <= 0) throw std::invalid_argument("decode_attention: n_past must be > 0");
-  if (a.pos_d && a.n_past < 0) throw std::invalid_argument("decode_attention: negative n_past bound");
+  if (!a.pos_d && a.n_past <= 0) fail_arg("decode_attention: n_past must be > 0");
+  if (a.pos_d && a.n_past < 0) fail_arg("decode_attention: negative n_past bound");
   detail::DecodeParams p;
   p.a = a;
   p.n_retrieval = detail::check_args(a);
   detail::choose_splits(a, p.n_splits, p.split_tokens);
   if (p.n_splits > detail::kMaxMergeSplits)
-    throw std::invalid_argument("decode_attention: more than 2048 splits (raise split_tokens)");
+    fail_arg("decode_attention: more than 2048 splits (raise split_tokens)");
   if (p.n_splits > 1) {
     if (!a.workspace || a.workspace_bytes < decode_workspace_bytes(a.n_heads, a.head_dim, p.n_splits))
-      throw std::invalid_argument("decode_attention: workspace too small for the splits");
+      fail_arg("decode_attention: workspace too small for the splits");
     p.part_o = static_cast<float*>(a.workspace);
     p.part_lse = p.part_o + (size_t)a.n_heads * p.n_splits * a.head_dim;
   } else {
@@ -546,13 +544,13 @@ void decode_attention_batch(const DecodeBatch& b, cudaStream_t stream) {
   if (b.n == 0) return;
   const size_t params_bytes = decode_batch_params_bytes(b.n);
   if (!b.params || b.params_bytes < params_bytes)
-    throw std::invalid_argument("decode_attention_batch: params buffer too small (decode_batch_params_bytes)");
+    fail_arg("decode_attention_batch: params buffer too small (decode_batch_params_bytes)");
   if (pl.ws_bytes > 0 && (!b.workspace || b.workspace_bytes < pl.ws_bytes))
-    throw std::invalid_argument("decode_attention_batch: workspace too small (decode_batch_workspace_bytes)");
+    fail_arg("decode_attention_batch: workspace too small (decode_batch_workspace_bytes)");
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  check_cuda(cudaStreamIsCapturing(stream, &capture), "decode_attention_batch: capture query");
+  DUO_CUDA_TRY(cudaStreamIsCapturing(stream, &capture));
   if (capture != cudaStreamCaptureStatusNone)
-    throw std::invalid_argument("decode_attention_batch: cannot be captured in a CUDA graph (host-staged parameters)");
+    fail_arg("decode_attention_batch: cannot be captured in a CUDA graph (host-staged parameters)");
   for (int i = 0; i < b.n; ++i) {
     detail::DecodeParams& p = pl.items[i];
     if (p.n_splits > 1) {
@@ -571,7 +569,7 @@ void decode_attention_batch(const DecodeBatch& b, cudaStream_t stream) {
 }
 
 DecodeBatchGrid decode_batch_grid(const DecodeArgs& shape, int max_items) {
-  if (max_items <= 0 || max_items > 65535) throw std::invalid_argument("decode_batch_grid: 1 to 65535 items");
+  if (max_items <= 0 || max_items > 65535) fail_arg("decode_batch_grid: 1 to 65535 items");
   detail::check_args(shape);
   const int slots = detail::wave_slots(shape.head_dim, shape.n_heads / shape.n_kv_heads, shape.cache.type,
                                        quantized_cache(shape.cache));
@@ -588,12 +586,12 @@ size_t decode_batch_grid_workspace_bytes(const DecodeArgs& shape, const DecodeBa
 }
 
 bool decode_batch_stage(const DecodeBatch& b, const DecodeBatchGrid& g, void* dst) {
-  if (b.n <= 0 || b.n > g.max_items) throw std::invalid_argument("decode_batch_stage: 1 to max_items items");
+  if (b.n <= 0 || b.n > g.max_items) fail_arg("decode_batch_stage: 1 to max_items items");
   detail::BatchPlan pl = detail::plan_batch(b.items, b.n, g.max_item_ctas);
   if (pl.launch.ctas > g.max_item_ctas)  // items that fixed their split size
-    throw std::invalid_argument("decode_batch_stage: an item needs more CTAs than the grid has");
+    fail_arg("decode_batch_stage: an item needs more CTAs than the grid has");
   if (pl.ws_bytes > 0 && (!b.workspace || b.workspace_bytes < pl.ws_bytes))
-    throw std::invalid_argument("decode_batch_stage: workspace too small");
+    fail_arg("decode_batch_stage: workspace too small");
   std::vector<detail::DecodeParams> all(g.max_items, detail::DecodeParams{});  // padding: no CTA, no merge
   for (int i = 0; i < b.n; ++i) {
     all[i] = pl.items[i];
@@ -612,7 +610,7 @@ bool decode_batch_stage(const DecodeBatch& b, const DecodeBatchGrid& g, void* ds
 void decode_attention_batch_replay(const DecodeArgs& shape, bool quant, const void* params, const DecodeBatchGrid& g,
                                    cudaStream_t stream) {
   if (!params || g.max_items <= 0 || g.max_item_ctas <= 0)
-    throw std::invalid_argument("decode_attention_batch_replay: no parameters or an empty grid");
+    fail_arg("decode_attention_batch_replay: no parameters or an empty grid");
   detail::DecodeParams one{};
   one.a = shape;  // picks the kernel only: every CTA reads its item's parameters
   detail::DecodeLaunch l;
@@ -628,19 +626,19 @@ void decode_attention_batch_replay(const DecodeArgs& shape, bool quant, const vo
 void kv_append(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0, int n_kv_heads, int head_dim,
                const LayerKv& cache, cudaStream_t stream, const int32_t* pos_d) {
   if (n <= 0) return;
-  if (head_dim % 8 != 0) throw std::invalid_argument("kv_append: head_dim must be a multiple of 8");
+  if (head_dim % 8 != 0) fail_arg("kv_append: head_dim must be a multiple of 8");
   detail::append_kernel<<<n, 256, 0, stream>>>(k, v, kv_stride, n, pos0, n_kv_heads, head_dim, cache, pos_d);
-  check_cuda(cudaGetLastError(), "kv_append launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 void kv_append_batch(const bf16* k, const bf16* v, int64_t kv_stride, const int32_t* rows_d, const LayerKv* caches_d,
                      const int32_t* pos_d, int n_items, int n_kv_heads, int head_dim, cudaStream_t stream) {
   if (n_items <= 0) return;
-  if (head_dim % 8 != 0) throw std::invalid_argument("kv_append_batch: head_dim must be a multiple of 8");
-  if (!rows_d || !caches_d || !pos_d) throw std::invalid_argument("kv_append_batch: rows, caches and positions needed");
+  if (head_dim % 8 != 0) fail_arg("kv_append_batch: head_dim must be a multiple of 8");
+  if (!rows_d || !caches_d || !pos_d) fail_arg("kv_append_batch: rows, caches and positions needed");
   detail::append_batch_kernel<<<n_items, 256, 0, stream>>>(k, v, kv_stride, rows_d, caches_d, pos_d, n_kv_heads,
                                                            head_dim);
-  check_cuda(cudaGetLastError(), "kv_append_batch launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 }  // namespace duo::cuda

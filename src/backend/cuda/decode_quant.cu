@@ -18,10 +18,10 @@
 // K and for V plus the key's 4-byte V params: 12 or 20 bytes where bf16 reads 32.
 #include <algorithm>
 #include <cmath>
-#include <stdexcept>
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_check.h"
 #include "backend/cuda/decode_split.cuh"
 #include "kv/kv_quant.h"
 
@@ -156,7 +156,7 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 2 : 1)
   constexpr int LANES = D / 8, KPW = 32 / LANES, STREAMS = kDecWarps * KPW;
   constexpr int U = G <= 4 ? 8 : 4;
   static_assert(kG64 % (KPW * U) == 0, "a warp-iteration stays inside a block of 64 keys");
-  static_assert(kvq::kPageTokens == kPageTokens && kPageTokens % kG64 == 0, "groups tile the pages");
+  static_assert(kPageTokens % kG64 == 0, "groups tile the pages");
   const DecodeParams& p = params_of(one, items);
   if ((int)blockIdx.x >= decode_ctas(p)) return;  // (a batch item with fewer CTAs than the grid)
   const DecodeArgs& a = p.a;
@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 2 : 1)
   const bool direct = streaming || p.n_splits == 1;
   int begin, end;
   if (streaming) {
-    begin = 0, end = min(n_past, c.sink + c.recent);
+    begin = 0, end = min(n_past, c.window().rows());
   } else {
     const int st = p.split_tokens > 0 ? p.split_tokens : device_split_tokens(n_past, p.n_splits);
     begin = split * st, end = min(n_past, begin + st);
@@ -228,7 +228,7 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 2 : 1)
     } else {  // bf16 rows
       const bf16 *kr, *vr;
       if (streaming) {
-        const int64_t at = ((int64_t)kvh * (c.sink + c.recent) + k0) * D;
+        const int64_t at = ((int64_t)kvh * c.window().rows() + k0) * D;
         kr = c.k_ring + at, vr = c.v_ring + at;
       } else if (k0 < c.sink16) {
         const int64_t at = (slot * c.sink16 + k0) * D;
@@ -287,7 +287,7 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 2 : 1)
 template <int D, int G, int BITS>
 void launch(const DecodeParams& one, const DecodeLaunch& l, cudaStream_t stream) {
   decode_quant_kernel<D, G, BITS><<<dim3(l.ctas, l.n_items), kDecThreads, 0, stream>>>(one, l.items);
-  check_cuda(cudaGetLastError(), "decode_attention (quantized cache) launch");
+  DUO_CUDA_TRY(cudaGetLastError());
   launch_merge<D, G>(one, l, stream);
 }
 
@@ -302,7 +302,7 @@ void dispatch_group(const DecodeParams& p, const DecodeLaunch& l, cudaStream_t s
     case 6: return launch<D, 6, BITS>(p, l, stream);
     case 7: return launch<D, 7, BITS>(p, l, stream);
     case 8: return launch<D, 8, BITS>(p, l, stream);
-    default: throw std::invalid_argument("decode_attention: at most 8 query heads a KV head");
+    default: fail_arg("decode_attention: at most 8 query heads a KV head");
   }
 }
 
@@ -310,8 +310,7 @@ template <int D, int G, int BITS>
 int occupancy() {
   static const int n = [] {
     int v = 0;
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, decode_quant_kernel<D, G, BITS>, kDecThreads, 0),
-               "decode (quantized cache) occupancy");
+    DUO_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, decode_quant_kernel<D, G, BITS>, kDecThreads, 0));
     return std::max(1, v);
   }();
   return n;
@@ -321,7 +320,7 @@ int occupancy() {
 
 void check_quant_view(const LayerKv& c) {
   if (!c.kq_pages || !c.vq_pages || !c.slot_of || c.page_bytes <= 0 || (c.sink16 > 0 && !c.k_sink) || !c.k_resid)
-    throw std::invalid_argument("decode_attention: the quantized cache view is incomplete");
+    fail_arg("decode_attention: the quantized cache view is incomplete");
 }
 
 void launch_decode_quant(const DecodeParams& p, const DecodeLaunch& l, cudaStream_t stream) {
@@ -329,7 +328,7 @@ void launch_decode_quant(const DecodeParams& p, const DecodeLaunch& l, cudaStrea
   const bool q8 = p.a.cache.type == KvType::Q8;
   if (p.a.head_dim == 128) return q8 ? dispatch_group<128, 8>(p, l, stream) : dispatch_group<128, 4>(p, l, stream);
   if (p.a.head_dim == 64) return q8 ? dispatch_group<64, 8>(p, l, stream) : dispatch_group<64, 4>(p, l, stream);
-  throw std::invalid_argument("decode_attention: head_dim must be 64 or 128");
+  fail_arg("decode_attention: head_dim must be 64 or 128");
 }
 
 int decode_quant_resident_ctas(int head_dim, int group, KvType type) {

@@ -13,6 +13,7 @@
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_check.h"
 #include "backend/cuda/reduce.cuh"
 
 namespace duo::cuda::detail {
@@ -45,7 +46,7 @@ __host__ __device__ inline int decode_ctas(const DecodeParams& p) {
 // The quantized-cache decode (decode_quant.cu): kernel and merge launches for these parameters,
 // and how many of its CTAs an SM holds (for the one-wave split count).
 void launch_decode_quant(const DecodeParams& one, const DecodeLaunch& l, cudaStream_t stream);
-// Throws std::invalid_argument unless c holds every pointer the quantized kernel reads.
+// Throws duo::Error unless c holds every pointer the quantized kernel reads.
 void check_quant_view(const LayerKv& c);
 int decode_quant_resident_ctas(int head_dim, int group, KvType type);
 
@@ -148,7 +149,7 @@ template <int D, int G>
 void launch_merge(const DecodeParams& one, const DecodeLaunch& l, cudaStream_t stream) {
   if (l.merge_heads > 0) {
     merge_kernel<D, G><<<dim3(l.merge_heads * G, l.n_items), kMergeThreads, 0, stream>>>(one, l.items);
-    check_cuda(cudaGetLastError(), "decode merge launch");
+    DUO_CUDA_TRY(cudaGetLastError());
   }
 }
 

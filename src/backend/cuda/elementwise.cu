@@ -2,6 +2,7 @@
 // makes synthetic weights (and synthetic KV contents for the decode benchmark) on the GPU.
 #include <algorithm>
 
+#include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/swiglu.cuh"
 #include "backend/cuda/synthetic.h"
@@ -56,31 +57,31 @@ __global__ void fill_kernel(T* dst, int64_t count, uint64_t seed, float center, 
 void embed_tokens(const bf16* table, const int32_t* tokens, int n, int E, float* x, cudaStream_t stream) {
   if (n <= 0) return;
   detail::embed_kernel<<<n, 256, 0, stream>>>(table, tokens, E, x);
-  check_cuda(cudaGetLastError(), "embed_tokens launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 void gather_rows(const bf16* src, int64_t E, const int32_t* rows, int n, bf16* dst, cudaStream_t stream) {
   if (n <= 0) return;
   detail::gather_kernel<<<n, 256, 0, stream>>>(src, E, rows, dst);
-  check_cuda(cudaGetLastError(), "gather_rows launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 void swiglu(const float* gu, int64_t n, int F, bf16* out, cudaStream_t stream) {
   if (n <= 0) return;
   detail::swiglu_kernel<<<detail::grid_for(n * F, 256), 256, 0, stream>>>(gu, n, F, out);
-  check_cuda(cudaGetLastError(), "swiglu launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 void fill_uniform(bf16* dst, int64_t count, uint64_t seed, float center, float scale, cudaStream_t stream) {
   if (count <= 0) return;
   detail::fill_kernel<bf16><<<detail::grid_for(count, 256), 256, 0, stream>>>(dst, count, seed, center, scale);
-  check_cuda(cudaGetLastError(), "fill_uniform launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 void fill_uniform(float* dst, int64_t count, uint64_t seed, float center, float scale, cudaStream_t stream) {
   if (count <= 0) return;
   detail::fill_kernel<float><<<detail::grid_for(count, 256), 256, 0, stream>>>(dst, count, seed, center, scale);
-  check_cuda(cudaGetLastError(), "fill_uniform launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 }  // namespace duo::cuda

@@ -9,8 +9,8 @@
 // up row), so the decode step needs no separate SwiGLU kernel.
 #include <algorithm>
 #include <cstdint>
-#include <stdexcept>
 
+#include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/reduce.cuh"
 #include "backend/cuda/swiglu.cuh"
@@ -83,8 +83,8 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvCtasPerSm) gemv_kernel(cons
 int sm_count() {
   static const int n = [] {
     int dev = 0, v = 0;
-    check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-    check_cuda(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev), "SM count");
+    DUO_CUDA_TRY(cudaGetDevice(&dev));
+    DUO_CUDA_TRY(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
     return v;
   }();
   return n;
@@ -108,7 +108,7 @@ void launch_gemv(const bf16* W, int64_t rows, int64_t cols, const bf16* x, float
                                            (int64_t)detail::kGemvCtasPerSm * detail::sm_count());
   detail::gemv_kernel<kSwiGLU><<<(unsigned)blocks, detail::kGemvThreads, smem, stream>>>(W, rows, (int)cols, x, y, h,
                                                                                         accumulate);
-  check_cuda(cudaGetLastError(), "gemv_bf16 launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 }  // namespace
 
@@ -116,14 +116,14 @@ void gemv_bf16(const bf16* W, int64_t rows, int64_t cols, const bf16* x, float* 
                cudaStream_t stream) {
   if (rows <= 0) return;
   if (!gemv_bf16_supported(W, cols, x))
-    throw std::invalid_argument("gemv_bf16: needs cols % 8 == 0, cols <= 24576 and 16-byte aligned W and x");
+    fail_arg("gemv_bf16: needs cols % 8 == 0, cols <= 24576 and 16-byte aligned W and x");
   launch_gemv<false>(W, rows, cols, x, y, nullptr, accumulate, stream);
 }
 
 void gemv_swiglu_bf16(const bf16* Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h, cudaStream_t stream) {
   if (F <= 0) return;
   if (!gemv_bf16_supported(Wgu, cols, x))
-    throw std::invalid_argument("gemv_swiglu_bf16: needs cols % 8 == 0, cols <= 24576 and 16-byte aligned W and x");
+    fail_arg("gemv_swiglu_bf16: needs cols % 8 == 0, cols <= 24576 and 16-byte aligned W and x");
   launch_gemv<true>(Wgu, F, cols, x, nullptr, h, false, stream);
 }
 

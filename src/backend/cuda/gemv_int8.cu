@@ -9,8 +9,8 @@
 //    (cuBLAS) reads: Gemm::linear dequantizes a block of rows at a time into a scratch buffer.
 #include <algorithm>
 #include <cstdint>
-#include <stdexcept>
 
+#include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/reduce.cuh"
 #include "backend/cuda/swiglu.cuh"
@@ -120,8 +120,8 @@ __global__ void fill_int8_kernel(int8_t* dst, int64_t count, uint64_t seed) {
 int sm_count() {
   static const int n = [] {
     int dev = 0, v = 0;
-    check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-    check_cuda(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev), "SM count");
+    DUO_CUDA_TRY(cudaGetDevice(&dev));
+    DUO_CUDA_TRY(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
     return v;
   }();
   return n;
@@ -137,7 +137,7 @@ void launch(const int8_t* W, const float* scale, int64_t rows, int64_t cols, con
   const int smem = (int)(cols * sizeof(bf16));
   const int64_t blocks = std::min<int64_t>((rows + kWarps - 1) / kWarps, (int64_t)kCtasPerSm * sm_count());
   gemv_int8_kernel<kSwiGLU><<<(unsigned)blocks, kThreads, smem, stream>>>(W, scale, rows, (int)cols, x, y, h, accumulate);
-  check_cuda(cudaGetLastError(), "gemv_int8 launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 }  // namespace
@@ -152,7 +152,7 @@ void gemv_int8(const int8_t* W, const float* scale, int64_t rows, int64_t cols, 
                bool accumulate, cudaStream_t stream) {
   if (rows <= 0) return;
   if (!gemv_int8_supported(W, cols, x))
-    throw std::invalid_argument("gemv_int8: needs cols % 16 == 0, cols <= 24576 and 16-byte aligned W and x");
+    fail_arg("gemv_int8: needs cols % 16 == 0, cols <= 24576 and 16-byte aligned W and x");
   detail::launch<false>(W, scale, rows, cols, x, y, nullptr, accumulate, stream);
 }
 
@@ -160,7 +160,7 @@ void gemv_swiglu_int8(const int8_t* Wgu, const float* scale, int64_t F, int64_t 
                       cudaStream_t stream) {
   if (F <= 0) return;
   if (!gemv_int8_supported(Wgu, cols, x))
-    throw std::invalid_argument("gemv_swiglu_int8: needs cols % 16 == 0, cols <= 24576 and 16-byte aligned W and x");
+    fail_arg("gemv_swiglu_int8: needs cols % 16 == 0, cols <= 24576 and 16-byte aligned W and x");
   detail::launch<true>(Wgu, scale, F, cols, x, nullptr, h, false, stream);
 }
 
@@ -168,17 +168,17 @@ void dequant_int8_rows(const int8_t* q, const float* scale, int64_t rows, int64_
                        cudaStream_t stream) {
   if (rows <= 0 || cols <= 0) return;
   if (cols % 8 != 0 || cols > (1 << 30) || (reinterpret_cast<uintptr_t>(q) & 7) || (reinterpret_cast<uintptr_t>(out) & 15))
-    throw std::invalid_argument("dequant_int8_rows: needs cols % 8 == 0 and 8 / 16-byte aligned q / out");
+    fail_arg("dequant_int8_rows: needs cols % 8 == 0 and 8 / 16-byte aligned q / out");
   const int64_t chunks = rows * (cols / 8);
   const unsigned blocks = (unsigned)std::min<int64_t>((chunks + 255) / 256, 1 << 20);
   detail::dequant_kernel<<<blocks, 256, 0, stream>>>(q, scale, rows, (int)cols, out);
-  check_cuda(cudaGetLastError(), "dequant_int8_rows launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 void fill_int8(int8_t* dst, int64_t count, uint64_t seed, cudaStream_t stream) {
   if (count <= 0) return;
   detail::fill_int8_kernel<<<detail::grid_for(count), 256, 0, stream>>>(dst, count, seed);
-  check_cuda(cudaGetLastError(), "fill_int8 launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 }  // namespace duo::cuda

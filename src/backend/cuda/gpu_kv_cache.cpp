@@ -40,7 +40,7 @@ GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max
   id_ = next_id++;
   type_ = resolve_type(plan.kv_type);
   n_layers_ = cfg.n_layers, n_kv_ = cfg.n_kv_heads, d_ = cfg.head_dim;
-  rows_ = plan.window.sink + plan.window.recent;
+  rows_ = plan.window.rows();
   DUO_CHECK((int)plan.kinds.size() == n_layers_, "head plan has {} layers, the model {}", plan.kinds.size(),
             n_layers_);
   DUO_CHECK(d_ == 64 || d_ == 128, "the CUDA attention kernels support head dimension 64 or 128, not {}", d_);
@@ -220,7 +220,7 @@ size_t GpuKvCache::bytes_for(const ModelConfig& cfg, const HeadPlan& plan, int64
   const KvType type = resolve_type(plan.kv_type);
   const int d = cfg.head_dim;
   return r * ((size_t)pages_for(n) * 2 * page_bytes(type, d) + quant_row_bytes(type, plan.window.sink, d)) +
-         s * 2 * sizeof(bf16) * (size_t)(plan.window.sink + plan.window.recent) * d;
+         s * 2 * sizeof(bf16) * (size_t)plan.window.rows() * d;
 }
 
 size_t GpuKvCache::device_bytes_for(const ModelConfig& cfg, const HeadPlan& plan, int64_t capacity, int64_t n) {
@@ -232,7 +232,7 @@ size_t GpuKvCache::device_bytes_for(const ModelConfig& cfg, const HeadPlan& plan
     r += rl;
     ring_layers += rl < layer.size();
   }
-  const size_t rows = (size_t)(plan.window.sink + plan.window.recent);
+  const size_t rows = (size_t)plan.window.rows();
   size_t b = r * ((size_t)pages_for(n) * 2 * page_bytes(type, (int)d) + quant_row_bytes(type, plan.window.sink, (int)d));
   b += ring_layers * n_kv * rows * d * 2 * sizeof(bf16);                  // streaming rows of whole layers
   b += layers * n_kv * (size_t)pages_for(capacity) * sizeof(int32_t);     // page tables

@@ -4,8 +4,8 @@
 //
 // Precision: the residual stream and every GEMM output are fp32; what feeds a GEMM or the
 // attention kernels (normalised activations, SwiGLU output, Q/K/V) is bf16. All pointers are
-// device pointers; every launcher enqueues on `stream` and checks the launch (throws
-// std::runtime_error with the CUDA error string, like check_cuda).
+// device pointers; every launcher enqueues on `stream` and checks the launch (throws duo::Error
+// with the CUDA error string, cuda_check.h).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -53,7 +53,7 @@ struct QkvRopeArgs {
   LayerKv cache;
   // When set: row t is at position row_pos[t] (device), the n rows may belong to different
   // sequences (a batched decode step); pos0 and pos_d are then unused and to_cache must be false
-  // (std::invalid_argument otherwise).
+  // (duo::Error otherwise).
   const int32_t* row_pos = nullptr;
 };
 void qkv_bias_rope(const QkvRopeArgs& a, cudaStream_t stream);
@@ -82,7 +82,7 @@ void sample_token(const float* logits, int n, const SampleArgs& a, int32_t* out,
 // y[r] = sum_c W[r][c] * x[c] (+ y[r] when accumulate) for r < rows: the linear layer of one
 // token (decode), a bandwidth-bound pass over W (bf16 [rows][cols] row-major; x bf16 [cols];
 // y fp32). Needs gemv_bf16_supported (cols % 8 == 0, cols <= 24576, 16-byte aligned W and x);
-// throws std::invalid_argument otherwise. Gemm::linear uses it for n = 1.
+// throws duo::Error otherwise. Gemm::linear uses it for n = 1.
 bool gemv_bf16_supported(const bf16* W, int64_t cols, const bf16* x);
 void gemv_bf16(const bf16* W, int64_t rows, int64_t cols, const bf16* x, float* y, bool accumulate,
                cudaStream_t stream);

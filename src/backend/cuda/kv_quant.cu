@@ -8,10 +8,10 @@
 // the packed codes, consecutive threads consecutive bytes. It runs once per 64 positions per
 // head, so it is not on any hot path.
 #include <algorithm>
-#include <stdexcept>
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/synthetic.h"
 #include "kv/kv_quant.h"
@@ -20,7 +20,6 @@ namespace duo::cuda {
 namespace detail {
 namespace {
 
-static_assert(kvq::kPageTokens == kPageTokens, "quantized pages and the page table use one page size");
 constexpr int kQuantThreads = 128;
 constexpr int G = kvq::kGroup;
 
@@ -97,7 +96,7 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_kernel(const QuantizeP
 template <int D, int BITS>
 void launch_quantize(const QuantizeParams& p, int retrieval, int groups, cudaStream_t stream) {
   quantize_kernel<D, BITS><<<dim3((unsigned)retrieval, (unsigned)groups), kQuantThreads, 0, stream>>>(p);
-  check_cuda(cudaGetLastError(), "kv_quantize launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 // Benchmarks: random codes, and one valid params word (scale, min) in every params slot.
@@ -113,12 +112,12 @@ __global__ void fill_quant_pages_kernel(uint32_t* pool, int64_t words, int64_t p
 void kv_quantize(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0, int n_kv_heads, int head_dim,
                  int retrieval_kv_heads, const LayerKv& cache, cudaStream_t stream, const int32_t* pos_d) {
   if (!quantized_cache(cache) || n <= 0 || retrieval_kv_heads <= 0) return;
-  if (head_dim != 64 && head_dim != 128) throw std::invalid_argument("kv_quantize: head_dim must be 64 or 128");
+  if (head_dim != 64 && head_dim != 128) fail_arg("kv_quantize: head_dim must be 64 or 128");
   if (!cache.kq_pages || !cache.vq_pages || !cache.k_resid || !cache.slot_of || cache.page_bytes <= 0)
-    throw std::invalid_argument("kv_quantize: the layer view has no quantized pages");
-  if ((k == nullptr) != (v == nullptr)) throw std::invalid_argument("kv_quantize: give both k and v, or neither");
-  if (pos_d && n != 1) throw std::invalid_argument("kv_quantize: a device position needs n = 1");
-  if (retrieval_kv_heads > n_kv_heads) throw std::invalid_argument("kv_quantize: more retrieval heads than heads");
+    fail_arg("kv_quantize: the layer view has no quantized pages");
+  if ((k == nullptr) != (v == nullptr)) fail_arg("kv_quantize: give both k and v, or neither");
+  if (pos_d && n != 1) fail_arg("kv_quantize: a device position needs n = 1");
+  if (retrieval_kv_heads > n_kv_heads) fail_arg("kv_quantize: more retrieval heads than heads");
   detail::QuantizeParams p{k, v, kv_stride, n, pos0, n_kv_heads, pos_d, cache};
   // Groups a chunk can complete: the one holding pos0, and one more every 64 positions.
   const int groups = pos_d ? 1 : (n + kvq::kGroup - 1) / kvq::kGroup + 1;
@@ -134,12 +133,12 @@ void kv_quantize(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos
 void fill_quant_pages(uint8_t* pool, int64_t pages, int64_t page_bytes, int64_t code_bytes, uint64_t seed,
                       uint32_t params, cudaStream_t stream) {
   if (pages <= 0) return;
-  if (page_bytes % 4 || code_bytes % 4) throw std::invalid_argument("fill_quant_pages: sizes must be multiples of 4");
+  if (page_bytes % 4 || code_bytes % 4) fail_arg("fill_quant_pages: sizes must be multiples of 4");
   const int64_t words = pages * page_bytes / 4;
   const unsigned blocks = (unsigned)std::max<int64_t>(1, std::min<int64_t>((words + 255) / 256, 1 << 16));
   detail::fill_quant_pages_kernel<<<blocks, 256, 0, stream>>>(reinterpret_cast<uint32_t*>(pool), words,
                                                               page_bytes / 4, code_bytes / 4, seed, params);
-  check_cuda(cudaGetLastError(), "fill_quant_pages launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 }  // namespace duo::cuda

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/reduce.cuh"
 
@@ -105,7 +106,7 @@ void rmsnorm(const float* x, const float* w, bf16* y, int64_t n, int E, float ep
   if (!detail::launch_vec<false>(const_cast<float*>(x), nullptr, w, y, n, E, eps, stream))
     detail::rmsnorm_kernel<false><<<(unsigned)n, detail::kNormThreads, 0, stream>>>(const_cast<float*>(x), nullptr, w,
                                                                                      y, E, eps);
-  check_cuda(cudaGetLastError(), "rmsnorm launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 void add_rmsnorm(float* x, const float* d, const float* w, bf16* y, int64_t n, int E, float eps,
@@ -113,14 +114,14 @@ void add_rmsnorm(float* x, const float* d, const float* w, bf16* y, int64_t n, i
   if (n <= 0) return;
   if (!detail::launch_vec<true>(x, d, w, y, n, E, eps, stream))
     detail::rmsnorm_kernel<true><<<(unsigned)n, detail::kNormThreads, 0, stream>>>(x, d, w, y, E, eps);
-  check_cuda(cudaGetLastError(), "add_rmsnorm launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 void add_inplace(float* x, const float* d, int64_t count, cudaStream_t stream) {
   if (count <= 0) return;
   const int64_t blocks = std::min<int64_t>((count + 255) / 256, 65536);
   detail::add_kernel<<<(unsigned)blocks, 256, 0, stream>>>(x, d, count);
-  check_cuda(cudaGetLastError(), "add_inplace launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 }  // namespace duo::cuda

@@ -12,18 +12,14 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <stdexcept>
 #include <string>
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_check.h"
 #include "backend/cuda/prefill_sm90.cuh"
 
 namespace duo::cuda {
-
-void check_cuda(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
 
 namespace detail {
 namespace {
@@ -140,8 +136,8 @@ __device__ __forceinline__ void prefill_head(const PrefillArgs& a, const Mask ma
         const int64_t off = (int64_t)(j - a.pos0) * a.kv_stride + (int64_t)kvh * D;
         kp += off, vp += off;
       } else if constexpr (kStreaming) {
-        const int row = j < c.sink ? j : c.sink + (j - c.sink) % c.recent;
-        const int64_t off = ((int64_t)kvh * (c.sink + c.recent) + row) * D;
+        const int row = c.window().ring_row(j);
+        const int64_t off = ((int64_t)kvh * c.window().rows() + row) * D;
         kp = c.k_ring + off, vp = c.v_ring + off;
       } else if (quant) {
         const int64_t off = j < c.sink16 ? (slot * c.sink16 + j) * D : (slot * kvq::kGroup + j % kvq::kGroup) * D;
@@ -310,15 +306,15 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_kernel(const PrefillArgs 
   const int h = blockIdx.x;
   const int qblock = gridDim.y - 1 - blockIdx.y;  // longest (latest) query blocks first
   if constexpr (kMode == (int)HeadMode::AllRetrieval) {
-    prefill_head<D, CausalMask, false>(a, CausalMask{}, h, qblock, smem);
+    prefill_head<D, CausalMask<int>, false>(a, CausalMask<int>{}, h, qblock, smem);
   } else if constexpr (kMode == (int)HeadMode::AllStreaming) {
-    prefill_head<D, SinkRecentMask, true>(a, SinkRecentMask{a.cache.sink, a.cache.recent}, h, qblock, smem);
+    prefill_head<D, StreamingMask<int>, true>(a, StreamingMask<int>{a.cache.window()}, h, qblock, smem);
   } else {
     const int kvh = h / (a.n_heads / a.n_kv_heads);
     if (a.cache.kinds[kvh] == 0)
-      prefill_head<D, CausalMask, false>(a, CausalMask{}, h, qblock, smem);
+      prefill_head<D, CausalMask<int>, false>(a, CausalMask<int>{}, h, qblock, smem);
     else
-      prefill_head<D, SinkRecentMask, true>(a, SinkRecentMask{a.cache.sink, a.cache.recent}, h, qblock, smem);
+      prefill_head<D, StreamingMask<int>, true>(a, StreamingMask<int>{a.cache.window()}, h, qblock, smem);
   }
 }
 
@@ -327,13 +323,12 @@ void launch_prefill(const PrefillArgs& a, cudaStream_t stream) {
   constexpr int smem = smem_bytes<D>();
   static bool configured = false;  // attribute set once a process per instantiation
   if (!configured) {
-    check_cuda(cudaFuncSetAttribute(prefill_kernel<D, kMode>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-               "prefill smem attribute");
+    DUO_CUDA_TRY(cudaFuncSetAttribute(prefill_kernel<D, kMode>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
   dim3 grid(a.n_heads, (a.n + kBM - 1) / kBM);
   prefill_kernel<D, kMode><<<grid, kThreads, smem, stream>>>(a);
-  check_cuda(cudaGetLastError(), "prefill_attention launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 template <int D>
@@ -354,7 +349,7 @@ PrefillKernel env_kernel() {
     if (!std::strcmp(e, "wgmma")) return PrefillKernel::Wgmma;
     if (!std::strcmp(e, "wgmma_serial")) return PrefillKernel::WgmmaSerial;
     if (!std::strcmp(e, "wgmma_pingpong")) return PrefillKernel::WgmmaPingPong;
-    throw std::invalid_argument(std::string("DUO_PREFILL_KERNEL=") + e +
+    fail_arg(std::string("DUO_PREFILL_KERNEL=") + e +
                                 ": expected mma, wgmma, wgmma_serial, wgmma_pingpong or auto");
   }();
   return k;
@@ -383,7 +378,7 @@ bool prefill_wgmma_available() {
 PrefillKernel prefill_kernel_for(const PrefillArgs& a) {
   if (quantized_cache(a.cache) && a.cache.mode != HeadMode::AllStreaming) {  // only mma dequantizes groups
     if (a.kernel != PrefillKernel::Auto && a.kernel != PrefillKernel::Mma)
-      throw std::invalid_argument(std::string("prefill_attention: ") + prefill_kernel_name(a.kernel) +
+      fail_arg(std::string("prefill_attention: ") + prefill_kernel_name(a.kernel) +
                                   " kernel requested but the cache is quantized (only mma reads quantized pages)");
     return PrefillKernel::Mma;
   }
@@ -394,30 +389,30 @@ PrefillKernel prefill_kernel_for(const PrefillArgs& a) {
     return a.head_dim == 128 && !detail::prefill_sm90_unsupported(a) ? PrefillKernel::WgmmaPingPong : PrefillKernel::Mma;
   if (k != PrefillKernel::Mma)
     if (const char* why = detail::prefill_sm90_unsupported(a))
-      throw std::invalid_argument(std::string("prefill_attention: ") + prefill_kernel_name(k) + " kernel requested but " + why);
+      fail_arg(std::string("prefill_attention: ") + prefill_kernel_name(k) + " kernel requested but " + why);
   return k;
 }
 
 void prefill_attention(const PrefillArgs& a, cudaStream_t stream) {
   if (a.n <= 0) return;
   if (a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads != 0)
-    throw std::invalid_argument("prefill_attention: n_heads must be a multiple of n_kv_heads");
+    fail_arg("prefill_attention: n_heads must be a multiple of n_kv_heads");
   if (a.pos0 > 0 && a.cache.mode != HeadMode::AllStreaming && !a.cache.page_table)
-    throw std::invalid_argument("prefill_attention: pos0 > 0 needs a paged cache");
+    fail_arg("prefill_attention: pos0 > 0 needs a paged cache");
   if (quantized_cache(a.cache) && a.cache.mode != HeadMode::AllStreaming &&
       (!a.cache.kq_pages || !a.cache.vq_pages || !a.cache.slot_of || !a.cache.k_resid ||
        (a.cache.sink16 > 0 && !a.cache.k_sink)))
-    throw std::invalid_argument("prefill_attention: the quantized cache view is incomplete");
+    fail_arg("prefill_attention: the quantized cache view is incomplete");
   if (a.cache.mode != HeadMode::AllRetrieval && (a.cache.recent < 1 || a.cache.sink < 0))
-    throw std::invalid_argument("prefill_attention: streaming window needs recent >= 1, sink >= 0");
+    fail_arg("prefill_attention: streaming window needs recent >= 1, sink >= 0");
   if (a.retrieval_kv_heads != 0 && (a.cache.mode != HeadMode::Mixed || a.retrieval_kv_heads < 0 ||
                                     a.retrieval_kv_heads >= a.n_kv_heads))
-    throw std::invalid_argument("prefill_attention: retrieval_kv_heads is for Mixed heads, in [1, n_kv_heads)");
+    fail_arg("prefill_attention: retrieval_kv_heads is for Mixed heads, in [1, n_kv_heads)");
   if (const PrefillKernel k = prefill_kernel_for(a); k != PrefillKernel::Mma)
     return detail::prefill_sm90(a, k, stream);
   if (a.head_dim == 128) return detail::dispatch_mode<128>(a, stream);
   if (a.head_dim == 64) return detail::dispatch_mode<64>(a, stream);
-  throw std::invalid_argument("prefill_attention: head_dim must be 64 or 128");
+  fail_arg("prefill_attention: head_dim must be 64 or 128");
 }
 
 }  // namespace duo::cuda

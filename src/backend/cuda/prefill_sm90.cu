@@ -34,12 +34,12 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <stdexcept>
 #include <string>
 #include <type_traits>
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_check.h"
 #include "backend/cuda/prefill_sm90.cuh"
 #include "backend/cuda/sm90_ptx.cuh"
 
@@ -111,8 +111,8 @@ __device__ __forceinline__ void produce(const PrefillArgs& a, int kvh, const Til
   auto row = [&](int j, bool value) -> const bf16* {
     if (j >= a.pos0) return (value ? a.v : a.k) + (int64_t)(j - a.pos0) * a.kv_stride + (int64_t)kvh * D;
     if constexpr (kStreaming) {
-      const int r = j < cache.sink ? j : cache.sink + (j - cache.sink) % cache.recent;
-      return (value ? cache.v_ring : cache.k_ring) + ((int64_t)kvh * (cache.sink + cache.recent) + r) * D;
+      const int r = cache.window().ring_row(j);
+      return (value ? cache.v_ring : cache.k_ring) + ((int64_t)kvh * cache.window().rows() + r) * D;
     } else {
       const int page = cache.page_table[kvh * cache.max_pages + j / kPageTokens];
       return (value ? cache.v_pages : cache.k_pages) + ((int64_t)page * kPageTokens + j % kPageTokens) * D;
@@ -217,7 +217,7 @@ __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, 
   const int row = 64 * cw + 16 * warp + lane / 4;              // block row of this thread's first row (+8: second)
   const int i0 = a.pos0 + q0 + row;
   const int wq_min = a.pos0 + q0 + 64 * cw, wq_max = wq_min + 63;
-  constexpr bool kLambda = std::is_same_v<Mask, SinkRecentMask>;
+  constexpr bool kStreamingMask = std::is_same_v<Mask, StreamingMask<int>>;
 
   auto issue_s = [&](int stage) {
     sm90::fence_operands(s);
@@ -263,7 +263,7 @@ __device__ __forceinline__ void consume(const PrefillArgs& a, const Mask& mask, 
           for (int e = 0; e < 2; ++e) {
             const int c = 8 * nb + e;
             bool vis = c <= hi;
-            if constexpr (kLambda) vis = vis && (c < mask.sink - base || c > i - mask.recent - base);
+            if constexpr (kStreamingMask) vis = vis && mask.w.keeps_at(i, base, c);
             if (!vis) s[4 * nb + 2 * hr + e] = -INFINITY;
           }
       }
@@ -473,9 +473,9 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_sm90_kernel(const Prefill
   const int kvh = h / (a.n_heads / a.n_kv_heads);
   const bool streaming = kMode == (int)HeadMode::AllStreaming || (kMode == (int)HeadMode::Mixed && a.cache.kinds[kvh] != 0);
   if (streaming)
-    run_block<D, SinkRecentMask, true, kSched>(a, SinkRecentMask{a.cache.sink, a.cache.recent}, h, kvh, q0, smem, bar);
+    run_block<D, StreamingMask<int>, true, kSched>(a, StreamingMask<int>{a.cache.window()}, h, kvh, q0, smem, bar);
   else
-    run_block<D, CausalMask, false, kSched>(a, CausalMask{}, h, kvh, q0, smem, bar);
+    run_block<D, CausalMask<int>, false, kSched>(a, CausalMask<int>{}, h, kvh, q0, smem, bar);
 #else
   (void)a;
   __trap();  // built without sm_90a code; the host never launches this (prefill_sm90_unsupported)
@@ -487,14 +487,13 @@ void launch(const PrefillArgs& a, cudaStream_t stream) {
   constexpr int smem = SmemLayout<D>::kAlloc;
   static bool configured = false;  // attribute set once a process per instantiation
   if (!configured) {
-    check_cuda(cudaFuncSetAttribute(prefill_sm90_kernel<D, kMode, kSched>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-               "prefill_sm90 smem attribute");
+    DUO_CUDA_TRY(
+        cudaFuncSetAttribute(prefill_sm90_kernel<D, kMode, kSched>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
   const dim3 grid(a.n_heads, (a.n + kBM - 1) / kBM);
   prefill_sm90_kernel<D, kMode, kSched><<<grid, kThreads, smem, stream>>>(a);
-  check_cuda(cudaGetLastError(), "prefill_sm90 launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 template <int D, int kSched>
@@ -521,13 +520,13 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 bool device_is_sm90() {
   static std::atomic<int> known[64];
   int dev = 0;
-  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  DUO_CUDA_TRY(cudaGetDevice(&dev));
   if (dev < 0 || dev >= 64) return false;
   int v = known[dev].load(std::memory_order_relaxed);
   if (v == 0) {
     int major = 0, minor = 0;
-    check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "compute capability");
-    check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "compute capability");
+    DUO_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    DUO_CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
     v = major == 9 && minor == 0 ? 1 : 2;
     known[dev].store(v, std::memory_order_relaxed);
   }
@@ -561,7 +560,7 @@ const char* prefill_sm90_unsupported(const PrefillArgs& a) {
 
 void prefill_sm90(const PrefillArgs& a, PrefillKernel kernel, cudaStream_t stream) {
   if (const char* why = prefill_sm90_unsupported(a))
-    throw std::invalid_argument(std::string("prefill_attention (wgmma): ") + why);
+    fail_arg(std::string("prefill_attention (wgmma): ") + why);
   if (a.head_dim == 128) return dispatch_sched<128>(a, kernel, stream);
   return dispatch_sched<64>(a, kernel, stream);
 }

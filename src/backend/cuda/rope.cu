@@ -1,9 +1,9 @@
 // QKV post-processing after the fused QKV GEMM: bias, RoPE on Q and K, bf16 conversion.
 // One CTA a token; a thread rotates one (a, b) pair of one head, as rope() in cpu/ops.cpp. In
 // the decode step K and V are written straight into the KV cache (no separate kv_append).
-#include <stdexcept>
 
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
 
 namespace duo::cuda {
@@ -63,13 +63,13 @@ __global__ void __launch_bounds__(kRopeThreads) qkv_rope_kernel(const QkvRopeArg
 void qkv_bias_rope(const QkvRopeArgs& a, cudaStream_t stream) {
   if (a.n <= 0) return;
   if (a.head_dim % 2 != 0 || a.n_heads <= 0 || a.n_kv_heads <= 0)
-    throw std::invalid_argument("qkv_bias_rope: bad head shape");
+    fail_arg("qkv_bias_rope: bad head shape");
   if (a.row_pos && a.to_cache)
-    throw std::invalid_argument("qkv_bias_rope: rows at their own positions (row_pos) cannot go to one cache");
+    fail_arg("qkv_bias_rope: rows at their own positions (row_pos) cannot go to one cache");
   if (a.to_cache && (a.n != 1 || a.n_kv_heads > detail::kMaxCacheHeads))
-    throw std::invalid_argument("qkv_bias_rope: writing to the cache takes one token and at most 128 KV heads");
+    fail_arg("qkv_bias_rope: writing to the cache takes one token and at most 128 KV heads");
   detail::qkv_rope_kernel<<<a.n, detail::kRopeThreads, 0, stream>>>(a);
-  check_cuda(cudaGetLastError(), "qkv_bias_rope launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 }  // namespace duo::cuda

@@ -9,8 +9,8 @@
 // kept tokens in index order: a block scan gives each thread the mass before its contiguous
 // index range, the thread whose range holds u * total walks it.
 #include <cstdint>
-#include <stdexcept>
 
+#include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/reduce.cuh"
 
@@ -134,18 +134,18 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(const float* log
 
 void argmax_rows(const float* logits, int rows, int n, int32_t* out, cudaStream_t stream) {
   if (rows <= 0) return;
-  if (n <= 0) throw std::invalid_argument("argmax_rows: empty rows");
+  if (n <= 0) fail_arg("argmax_rows: empty rows");
   detail::argmax_kernel<<<rows, detail::kArgmaxThreads, 0, stream>>>(logits, n, out);
-  check_cuda(cudaGetLastError(), "argmax launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 void sample_token(const float* logits, int n, const SampleArgs& a, int32_t* out, cudaStream_t stream) {
-  if (n <= 0) throw std::invalid_argument("sample_token: empty logits");
-  if (!(a.temperature > 0.0f)) throw std::invalid_argument("sample_token: temperature must be > 0 (greedy: argmax)");
+  if (n <= 0) fail_arg("sample_token: empty logits");
+  if (!(a.temperature > 0.0f)) fail_arg("sample_token: temperature must be > 0 (greedy: argmax)");
   if (!(a.top_p > 0.0f && a.top_p <= 1.0f) || a.top_k < 0 || !(a.u >= 0.0 && a.u < 1.0))
-    throw std::invalid_argument("sample_token: top_k >= 0, top_p in (0, 1], u in [0, 1)");
+    fail_arg("sample_token: top_k >= 0, top_p in (0, 1], u in [0, 1)");
   detail::sample_kernel<<<1, detail::kSampleThreads, 0, stream>>>(logits, n, a, out);
-  check_cuda(cudaGetLastError(), "sample_token launch");
+  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 }  // namespace duo::cuda

@@ -256,7 +256,7 @@ void CudaGatedModel::layer_forward(int l, const float* x_in, float* x_out, const
   flash_forward(fa, b.of, b.lse_f, s);
   op_done("causal attention forward");
   if (gates_d) {
-    fa.mask = AttentionMask::lambda(window_.sink, window_.recent);
+    fa.mask = AttentionMask::streaming(window_.sink, window_.recent);
     flash_forward(fa, b.os, b.lse_s, s);
     op_done("Λ attention forward");
   }
@@ -334,7 +334,7 @@ void CudaGatedModel::layer_backward(int l, const float* x_in, const float* gates
     g.accumulate = true;
   }
   if (stream_heads) {
-    fa.mask = AttentionMask::lambda(window_.sink, window_.recent);
+    fa.mask = AttentionMask::streaming(window_.sink, window_.recent);
     fa.active_kv = stream_heads;
     flash_backward(fa, b.os, b.lse_s, b.d_stream, g, s);
     op_done("Λ attention backward");

@@ -2,8 +2,8 @@
 // kernels of flash_backward_kernels.cuh; this file launches them and checks the arguments.
 #include <algorithm>
 #include <cmath>
-#include <stdexcept>
 
+#include "backend/cuda/cuda_check.h"
 #include "calibrate/cuda/flash_attention_cuda.h"
 #include "calibrate/cuda/flash_backward_kernels.cuh"
 #include "calibrate/cuda/grad_kernels.h"
@@ -45,7 +45,7 @@ void flash_backward(const FlashArgs& a, const float* o, const float* lse, const 
   auto misaligned = [](const void* ptr) { return !ptr || (reinterpret_cast<uintptr_t>(ptr) & 15) != 0; };
   if (misaligned(o) || misaligned(lse) || misaligned(d_o) || misaligned(g.dq) || misaligned(g.dk_part) ||
       misaligned(g.dv_part) || misaligned(g.delta))
-    throw std::invalid_argument(
+    fail_arg(
         "flash_backward: o, lse, d_o and the gradients must be 16-byte aligned device pointers");
   const int64_t items = a.n * a.n_heads;
   const unsigned blocks = (unsigned)std::min<int64_t>((items + 7) / 8, 65536);
@@ -57,17 +57,17 @@ void flash_backward(const FlashArgs& a, const float* o, const float* lse, const 
                              g.dv_part,    a.n,         a.lse_ld,     a.n_heads,
                              a.n_kv_heads, a.active_kv, g.accumulate, 1.0f / std::sqrt((float)a.head_dim)};
   const bool causal = a.mask.kind == AttentionMask::Kind::Causal;
-  const LambdaMask lambda{a.mask.sink, a.mask.recent};
+  const StreamingMask<int64_t> streaming{a.mask.window()};
   if (a.head_dim == 64) {
     if (causal)
-      DUO_CALIB_KERNELS::launch_bwd<64>(p, CausalMask{}, stream);
+      DUO_CALIB_KERNELS::launch_bwd<64>(p, CausalMask<int64_t>{}, stream);
     else
-      DUO_CALIB_KERNELS::launch_bwd<64>(p, lambda, stream);
+      DUO_CALIB_KERNELS::launch_bwd<64>(p, streaming, stream);
   } else {
     if (causal)
-      DUO_CALIB_KERNELS::launch_bwd<128>(p, CausalMask{}, stream);
+      DUO_CALIB_KERNELS::launch_bwd<128>(p, CausalMask<int64_t>{}, stream);
     else
-      DUO_CALIB_KERNELS::launch_bwd<128>(p, lambda, stream);
+      DUO_CALIB_KERNELS::launch_bwd<128>(p, streaming, stream);
   }
 }
 

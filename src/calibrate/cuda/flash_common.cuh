@@ -29,7 +29,7 @@
 #include "calibrate/cuda/flash_attention_cuda.h"
 
 namespace duo::cuda::calib {
-// Checks the arguments of flash_forward / flash_backward (throws std::invalid_argument naming op).
+// Checks the arguments of flash_forward / flash_backward (throws duo::Error naming op).
 void validate_flash_args(const FlashArgs& a, const char* op);
 }  // namespace duo::cuda::calib
 

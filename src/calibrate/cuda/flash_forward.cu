@@ -1,9 +1,9 @@
 // Calibration attention forward (flash_attention_cuda.h): O in fp32 and the row log-sum-exp. The
 // kernel is in flash_forward_kernel.cuh; this file launches it and checks the arguments.
 #include <cmath>
-#include <stdexcept>
 #include <string>
 
+#include "backend/cuda/cuda_check.h"
 #include "calibrate/cuda/flash_attention_cuda.h"
 #include "calibrate/cuda/flash_forward_kernel.cuh"
 #include "calibrate/cuda/grad_kernels.h"
@@ -35,13 +35,13 @@ void launch_fwd(const FwdParams& p, const Mask& mask, cudaStream_t stream) {
 }  // namespace DUO_CALIB_KERNELS
 
 void validate_flash_args(const FlashArgs& a, const char* op) {
-  auto bad = [&](const char* why) { throw std::invalid_argument(std::string(op) + ": " + why); };
+  auto bad = [&](const char* why) { fail_arg(std::string(op) + ": " + why); };
   if (a.n <= 0) bad("needs at least one position");
   if (a.head_dim != 64 && a.head_dim != 128) bad("head_dim must be 64 or 128");
   if (a.n_kv_heads <= 0 || a.n_kv_heads > 64 || a.n_heads % a.n_kv_heads != 0)
     bad("needs 1..64 KV heads dividing the query heads");
   if (a.lse_ld < a.n || a.lse_ld % 64 != 0) bad("lse_ld must be >= n and a multiple of 64 (flash_lse_ld)");
-  if (a.mask.kind == AttentionMask::Kind::Lambda && (a.mask.sink < 0 || a.mask.recent < 1))
+  if (a.mask.kind == AttentionMask::Kind::Streaming && (a.mask.sink < 0 || a.mask.recent < 1))
     bad("the Λ mask needs sink >= 0 and recent >= 1");
   if ((a.n + 63) / 64 > 65535) bad("too many positions for the grid (at most 4M)");
   auto misaligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) != 0; };
@@ -53,17 +53,17 @@ void flash_forward(const FlashArgs& a, float* o, float* lse, cudaStream_t stream
   validate_flash_args(a, "flash_forward");
   const DUO_CALIB_KERNELS::FwdParams p{a.q, a.k, a.v, o, lse, a.n, a.lse_ld, a.n_heads, a.n_kv_heads};
   const bool causal = a.mask.kind == AttentionMask::Kind::Causal;
-  const LambdaMask lambda{a.mask.sink, a.mask.recent};
+  const StreamingMask<int64_t> streaming{a.mask.window()};
   if (a.head_dim == 64) {
     if (causal)
-      DUO_CALIB_KERNELS::launch_fwd<64>(p, CausalMask{}, stream);
+      DUO_CALIB_KERNELS::launch_fwd<64>(p, CausalMask<int64_t>{}, stream);
     else
-      DUO_CALIB_KERNELS::launch_fwd<64>(p, lambda, stream);
+      DUO_CALIB_KERNELS::launch_fwd<64>(p, streaming, stream);
   } else {
     if (causal)
-      DUO_CALIB_KERNELS::launch_fwd<128>(p, CausalMask{}, stream);
+      DUO_CALIB_KERNELS::launch_fwd<128>(p, CausalMask<int64_t>{}, stream);
     else
-      DUO_CALIB_KERNELS::launch_fwd<128>(p, lambda, stream);
+      DUO_CALIB_KERNELS::launch_fwd<128>(p, streaming, stream);
   }
 }
 

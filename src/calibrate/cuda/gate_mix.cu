@@ -3,9 +3,9 @@
 // partial sum per KV head (its warps' sums added in warp order), then one thread a KV head adds
 // the chunks' partials in chunk order in double. No atomics: the same inputs give the same bits.
 #include <algorithm>
-#include <stdexcept>
 #include <string>
 
+#include "backend/cuda/cuda_check.h"
 #include "calibrate/cuda/gate_mix_kernels.cuh"
 #include "calibrate/cuda/grad_kernels.h"
 
@@ -16,7 +16,7 @@ using namespace DUO_CALIB_KERNELS;
 
 void check_heads(int n_heads, int n_kv_heads, int head_dim, const char* op) {
   if (n_kv_heads <= 0 || n_kv_heads > mix::kMaxKvHeads || n_heads % n_kv_heads != 0 || head_dim <= 0)
-    throw std::invalid_argument(std::string(op) + ": needs 1..64 KV heads dividing the query heads");
+    fail_arg(std::string(op) + ": needs 1..64 KV heads dividing the query heads");
 }
 
 }  // namespace
@@ -40,7 +40,7 @@ void gate_mix_backward(const float* full, const float* streaming, const float* g
   if (n <= 0) return;
   check_heads(n_heads, n_kv_heads, head_dim, "gate_mix_backward");
   const int64_t chunks = (n + mix::kChunkRows - 1) / mix::kChunkRows;
-  if (chunks > 0x7fffffff) throw std::invalid_argument("gate_mix_backward: too many rows");
+  if (chunks > 0x7fffffff) fail_arg("gate_mix_backward: too many rows");
   DUO_LAUNCH(gate_mix_backward_kernel, (unsigned)chunks, mix::kThreads, 0, stream, full, streaming, gates, d_o, d_full,
              d_stream, partials, n, n_heads, n_kv_heads, head_dim);
   check_launch("gate_mix_backward");

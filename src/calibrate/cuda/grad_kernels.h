@@ -6,8 +6,8 @@
 // Precision: everything is computed in fp32 (reductions of the gate gradient in double); what
 // feeds a GEMM or the attention kernels is written as bf16, everything else as fp32. Layout is
 // [token][feature] with int64 offsets throughout. All pointers are device pointers; launchers
-// enqueue on `stream` and check the launch, throwing std::runtime_error that names the op (as
-// backend/cuda's check_cuda; device code cannot include fmt, hence not duo::Error).
+// enqueue on `stream` and check the launch, throwing duo::Error that names the op
+// (backend/cuda/cuda_check.h, the one error convention of the CUDA code).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -18,8 +18,8 @@
 
 namespace duo::cuda::calib {
 
-// Throws std::runtime_error naming `op` when the last launch (or an earlier asynchronous error)
-// failed.
+// Throws duo::Error naming `op` when the last launch (or an earlier asynchronous error) failed
+// (fail_call of cuda_check.h, with a hint on finding the failing kernel).
 void check_launch(const char* op);
 
 // --- RMSNorm --------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 // the GQA sum of the per-query-head K/V gradients, the RoPE backward (rotation by -angle; the
 // rotation is orthogonal, so its transpose is its inverse) and the bf16 packing [dq | dk | dv].
 // One CTA a token, as the forward's qkv_bias_rope; a thread handles one (a, b) pair of a head.
-#include <stdexcept>
 
+#include "backend/cuda/cuda_check.h"
 #include "calibrate/cuda/grad_kernels.h"
 #include "calibrate/cuda/qkv_grad_kernels.cuh"
 
@@ -13,7 +13,7 @@ using namespace DUO_CALIB_KERNELS;
 void qkv_grad_pack(const QkvGradArgs& a, cudaStream_t stream) {
   if (a.n <= 0) return;
   if (a.head_dim <= 0 || a.head_dim % 2 != 0 || a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads != 0 || a.n > 0x7fffffff)
-    throw std::invalid_argument("qkv_grad_pack: bad head shape");
+    fail_arg("qkv_grad_pack: bad head shape");
   DUO_LAUNCH(qkv_grad_kernel, (unsigned)a.n, qkv::kThreads, 0, stream, a);
   check_launch("qkv_grad_pack");
 }

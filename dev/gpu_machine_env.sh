@@ -3,7 +3,7 @@
 # That machine has the runtime libraries duo needs but not every -dev package: the missing ones
 # travel as Debian .deb files in ./.deb (fetched here with `apt-get download libpcre2-dev
 # libcpp-httplib-dev`, carried with the command) and are unpacked into /tmp/duo-deps.
-#   source scripts/gpu_machine_env.sh && cmake -S . -B build-gpu -G Ninja -DDUO_CUDA=ON ...
+#   source dev/gpu_machine_env.sh && cmake -S . -B build-gpu -G Ninja -DDUO_CUDA=ON ...
 prefix=/tmp/duo-deps
 if [ -d .deb ] && ls .deb/*.deb >/dev/null 2>&1; then
   mkdir -p "$prefix"

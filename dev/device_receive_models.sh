@@ -6,7 +6,7 @@
 # Qwen.gguf`). Each call appends its piece(s); as soon as a model's bytes are complete it is cut
 # out, checked against its sha256 and moved (atomically) into ~/.cache/duo/models, where tests and
 # bench/gpu_suite.sh find it.
-#   bash scripts/device_receive_models.sh [both|qwen] [PIECE...]   # after each piece
+#   bash dev/device_receive_models.sh [both|qwen] [PIECE...]   # after each piece
 # PIECE: the files to append (default: every file in ./.carry). Name each piece's own folder when
 # every piece travels in a folder of its own (.carry/q00, .carry/q01, ...: calls that need no
 # staging in between): an ignored folder carried by an earlier call can stay on the machine, so
