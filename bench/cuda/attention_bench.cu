@@ -18,11 +18,12 @@
 #include <cublas_v2.h>
 
 #include "backend/cuda/attention.cuh"
+#include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
 
 using namespace duo::cuda;
 
-#define CK(x) check_cuda((x), #x)
+#define CK(x) DUO_CUDA_TRY(x)
 
 namespace {
 
@@ -93,20 +94,20 @@ struct BenchCache {
   Buf kp, vp, kr, vr, pt, kinds;
   LayerKv view;
   BenchCache(int len, int n_retrieval_kv)
-      : kp((size_t)kKv * ((len + kPageTokens - 1) / kPageTokens) * kPageTokens * kD * 2),
-        vp((size_t)kKv * ((len + kPageTokens - 1) / kPageTokens) * kPageTokens * kD * 2),
+      : kp((size_t)kKv * ((len + duo::kPageTokens - 1) / duo::kPageTokens) * duo::kPageTokens * kD * 2),
+        vp((size_t)kKv * ((len + duo::kPageTokens - 1) / duo::kPageTokens) * duo::kPageTokens * kD * 2),
         kr((size_t)kKv * (kSink + kRecent) * kD * 2),
         vr((size_t)kKv * (kSink + kRecent) * kD * 2),
-        pt((size_t)kKv * ((len + kPageTokens - 1) / kPageTokens) * 4),
+        pt((size_t)kKv * ((len + duo::kPageTokens - 1) / duo::kPageTokens) * 4),
         kinds(kKv) {
-    const int max_pages = (len + kPageTokens - 1) / kPageTokens;
+    const int max_pages = (len + duo::kPageTokens - 1) / duo::kPageTokens;
     std::vector<int32_t> table((size_t)kKv * max_pages);
     std::iota(table.begin(), table.end(), 0);
     CK(cudaMemcpy(pt.p, table.data(), table.size() * 4, cudaMemcpyHostToDevice));
     std::vector<uint8_t> k(kKv);
     for (int h = 0; h < kKv; ++h) k[h] = h < n_retrieval_kv ? 0 : 1;  // retrieval heads first
     CK(cudaMemcpy(kinds.p, k.data(), kKv, cudaMemcpyHostToDevice));
-    fill(kp, (size_t)kKv * max_pages * kPageTokens * kD, 1), fill(vp, (size_t)kKv * max_pages * kPageTokens * kD, 2);
+    fill(kp, (size_t)kKv * max_pages * duo::kPageTokens * kD, 1), fill(vp, (size_t)kKv * max_pages * duo::kPageTokens * kD, 2);
     fill(kr, (size_t)kKv * (kSink + kRecent) * kD, 3), fill(vr, (size_t)kKv * (kSink + kRecent) * kD, 4);
     view.k_pages = kp.b(), view.v_pages = vp.b(), view.page_table = static_cast<int32_t*>(pt.p);
     view.max_pages = max_pages, view.k_ring = kr.b(), view.v_ring = vr.b();
