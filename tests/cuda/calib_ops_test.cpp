@@ -29,6 +29,7 @@
 #include "calibrate/flash_attention.h"
 #include "calibrate/grad_ops.h"
 #include "calibrate/logit_loss.h"
+#include "core/error.h"
 #include "core/thread_pool.h"
 #include "cuda_test_util.h"
 
@@ -185,7 +186,7 @@ TEST(CalibCudaOps, LogitKlMatchesCpu) {
   EXPECT_GT(want, 1e-4);
   EXPECT_NEAR(got, want, 1e-9 * want);
   EXPECT_ALL_CLOSE(test::to_float(d_d.download()), want_d, kBf16Step, 1e-12, "d KL / d z_mix");
-  EXPECT_THROW(logit_kl_grad(d_z.get(), 0, V, d_kl.get(), d_d.get(), 0), std::invalid_argument);
+  EXPECT_THROW(logit_kl_grad(d_z.get(), 0, V, d_kl.get(), d_d.get(), 0), Error);
 }
 
 // ------------------------------------------------------------------------------- gate mixing
@@ -468,16 +469,16 @@ TEST(CalibCudaAttention, RejectsBadArguments) {
   const AttnCase c{64, 4, 2, 64, AttentionMask::causal()};
   FlashArgs a = flash_args(c, q, k, v);
   a.head_dim = 96;
-  EXPECT_THROW(flash_forward(a, o.get(), lse.get(), 0), std::invalid_argument);
+  EXPECT_THROW(flash_forward(a, o.get(), lse.get(), 0), Error);
   a = flash_args(c, q, k, v);
   a.lse_ld = 65;
-  EXPECT_THROW(flash_forward(a, o.get(), lse.get(), 0), std::invalid_argument);
+  EXPECT_THROW(flash_forward(a, o.get(), lse.get(), 0), Error);
   a = flash_args(c, q, k, v);
   a.mask = AttentionMask::streaming(4, 0);
-  EXPECT_THROW(flash_forward(a, o.get(), lse.get(), 0), std::invalid_argument);
+  EXPECT_THROW(flash_forward(a, o.get(), lse.get(), 0), Error);
   a = flash_args(c, q, k, v);
   a.n_kv_heads = 3;
-  EXPECT_THROW(flash_forward(a, o.get(), lse.get(), 0), std::invalid_argument);
+  EXPECT_THROW(flash_forward(a, o.get(), lse.get(), 0), Error);
 }
 
 }  // namespace

@@ -418,7 +418,7 @@ TEST(CudaPrefillQuant, ForcedWgmmaIsRejected) {
   a.n = 1, a.n_heads = a.n_kv_heads = 2, a.head_dim = 128;
   a.cache = cs.gpu->layer(0);
   a.kernel = PrefillKernel::Wgmma;
-  EXPECT_THROW(prefill_kernel_for(a), std::invalid_argument);
+  EXPECT_THROW(prefill_kernel_for(a), Error);
   a.kernel = PrefillKernel::Auto;
   EXPECT_EQ(prefill_kernel_for(a), PrefillKernel::Mma);
 }
