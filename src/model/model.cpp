@@ -9,6 +9,7 @@
 #include "backend/cpu/ops.h"
 #include "core/dequant.h"
 #include "core/error.h"
+#include "core/nonfinite_scan.h"
 #include "core/thread_pool.h"
 #include "io/gguf.h"
 
@@ -26,6 +27,9 @@ WeightView weight(const GgufFile& f, const std::string& name, int64_t cols, int6
             fmt::join(t.dims, ", "), cols, rows);
   DUO_CHECK(type_traits(t.type).can_dequantize, "{}: tensor '{}' has type {} which is not supported", f.path(), name,
             type_name(t.type));
+  const int64_t bad = first_nonfinite(t.type, f.tensor_data(t), t.n_elements());
+  DUO_CHECK(bad < 0, "{}: tensor '{}' holds a non-finite value (NaN or infinity) at element {}{}", f.path(), name, bad,
+            type_traits(t.type).block_elems > 1 ? " (the scale of the block starting there)" : "");
   total += t.nbytes;
   WeightView w;
   w.type = t.type;

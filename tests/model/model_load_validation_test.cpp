@@ -34,6 +34,7 @@ struct Knobs {
   bool output = false;      // an untied output.weight
   int64_t output_rows = 6;
   std::vector<float> norm = {1.0f};  // values of output_norm.weight
+  std::vector<float> ffn_up = {0.01f, -0.02f, 0.03f};  // values of blk.0.ffn_up.weight (repeated)
   // Hyper-parameters written with the builder; each test may replace one.
   std::function<void(test::GgufBuilder&)> block_count = [](test::GgufBuilder& b) { b.u32("llama.block_count", 1); };
   std::function<void(test::GgufBuilder&)> context = [](test::GgufBuilder& b) { b.u32("llama.context_length", 256); };
@@ -72,7 +73,7 @@ std::vector<uint8_t> tiny_gguf(const Knobs& k) {
       .tensor_f32("blk.0.attn_v.weight", {kEmbd, kKvHeads * kHeadDim}, w)
       .tensor_f32("blk.0.attn_output.weight", {kHeads * kHeadDim, kEmbd}, w)
       .tensor_f32("blk.0.ffn_gate.weight", {kEmbd, kFf}, w)
-      .tensor_f32("blk.0.ffn_up.weight", {kEmbd, kFf}, w)
+      .tensor_f32("blk.0.ffn_up.weight", {kEmbd, kFf}, k.ffn_up)
       .tensor_f32("blk.0.ffn_down.weight", {kFf, kEmbd}, w);
   return b.bytes();
 }
@@ -219,6 +220,23 @@ TEST_F(ModelLoadValidation, FifoIsRefused) {
     ADD_FAILURE() << "a FIFO loaded";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("not a regular file"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace duo
+
+namespace duo {
+namespace {
+
+// A NaN or infinite matrix weight is refused at load, naming the tensor and the element (the
+// scan reads every value of plain float tensors).
+TEST_F(ModelLoadValidation, NonFiniteMatrixWeightsAreRefused) {
+  for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity()}) {
+    Knobs k;
+    k.ffn_up.assign(kEmbd * kFf, 0.01f);
+    k.ffn_up[37] = bad;
+    expect_refused(k, {"blk.0.ffn_up.weight", "non-finite", "element 37"});
   }
 }
 
