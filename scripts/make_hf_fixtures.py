@@ -188,8 +188,27 @@ SHAPE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_atte
              num_key_value_heads=2, head_dim=16, max_position_embeddings=256, rms_norm_eps=1e-5)
 
 
+def real_tokenizer_cases(name, seed):
+    """HF tokenizers' ids for a real tokenizer.json (a model re-saved by scripts/hf_from_gguf.py),
+    when that directory is cached: tests/io/hf_real_test.cpp checks duo against them."""
+    models = os.environ.get("DUO_MODELS", os.path.expanduser("~/.cache/duo/models"))
+    d = os.path.join(models, name)
+    if not os.path.isdir(d):
+        print(f"{d} not found: skipped (scripts/hf_from_gguf.py makes it)")
+        return
+    tok = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+    specials = [a.content for a in tok.get_added_tokens_decoder().values()][:8]
+    strings = test_strings(random.Random(seed), specials, [], n=400)
+    cases = [{"text": s, "ids": tok.encode(s, add_special_tokens=False).ids} for s in strings]
+    out = {"dir": name, "tokenizers": tokenizers.__version__, "tokenizer_cases": cases}
+    with open(os.path.join(OUT, f"{name}.tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(out, f, separators=(",", ":"), ensure_ascii=False)
+    print(f"{name}: {len(cases)} tokenizer cases")
+
+
 def main():
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    real_tokenizer_cases("SmolLM2-135M-Instruct-hf", 13)
     llama_specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
     llama = LlamaConfig(**SHAPE, vocab_size=384, tie_word_embeddings=True,
                         rope_parameters={"rope_type": "default", "rope_theta": 50000.0},
