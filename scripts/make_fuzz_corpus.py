@@ -7,7 +7,8 @@
              plus the tiny-vocabulary GGUF;
   chat:      template texts of each family and conversations, also ones that try to forge turns;
   request:   OpenAI request bodies, valid and malformed;
-  pattern:   the published head patterns (tests/fixtures/patterns) and malformed TSVs."""
+  pattern:   the published head patterns (tests/fixtures/patterns) and malformed TSVs;
+  safetensors: small valid files of every dtype and malformed headers and extents."""
 import glob
 import json
 import os
@@ -96,6 +97,7 @@ def main():
     chat_corpus()
     request_corpus()
     pattern_corpus()
+    safetensors_corpus()
 
 
 def write_all(name, items):
@@ -184,6 +186,28 @@ def pattern_corpus():
               b"1.5\n", b"1\t0\n1\n", b"0x1p-3\t1e-40\n", b"1e999\n", b"0.5 0.5\n", b"\t\n", b"1\t\t0\n",
               b"# comment\n1\n", b"0." + b"1" * 5000 + b"\n", (b"0.5\t" * 2000) + b"0.5\n"]
     write_all("pattern", seeds)
+
+
+def safetensors_corpus():
+    def st(header, data=b""):
+        h = json.dumps(header, separators=(",", ":")).encode()
+        return struct.pack("<Q", len(h)) + h + data
+
+    sizes = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+             "F8_E4M3": 1}
+    seeds = [st({dt: {"dtype": dt, "shape": [2, 3], "data_offsets": [0, 6 * n]}}, bytes(range(6 * n)))
+             for dt, n in sizes.items()]
+    seeds += [
+        st({"__metadata__": {"format": "pt"}, "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "BF16", "shape": [], "data_offsets": [8, 10]}}, bytes(10)),
+        st({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, bytes(8)),  # overlap
+        st({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, bytes(8)),  # truncated data
+        st({"a": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}}),
+        struct.pack("<Q", 1000) + b"{}",  # truncated header
+        b"", b"\x01\x00", st([]), st({"a": 1}), struct.pack("<Q", 5) + b"{\"a\":",
+    ]
+    write_all("safetensors", seeds)
 
 
 if __name__ == "__main__":

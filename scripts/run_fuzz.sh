@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes for a bounded time: ./scripts/run_fuzz.sh [seconds per target, default 30].
 # Configures build-fuzz with clang (libFuzzer + ASan + UBSan), builds the targets of
-# tests/fuzz (gguf, tokenizer, chat, request, pattern) and runs their `*_fuzz_run` ctest tests
+# tests/fuzz (gguf, tokenizer, chat, request, pattern, safetensors) and runs their `*_fuzz_run` ctest tests
 # one after the other (the GGUF reader gets a third more time), each on a copy of its corpus
 # in tests/fuzz/corpus (scripts/make_fuzz_corpus.py writes it). The tokenizer and chat targets
 # read the fetched models' vocabularies (scripts/fetch_models.py). Exits non-zero on any
@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-30}
 build=${DUO_FUZZ_BUILD:-build-fuzz}
-targets=(gguf_fuzz tokenizer_fuzz chat_fuzz request_fuzz pattern_fuzz)
+targets=(gguf_fuzz tokenizer_fuzz chat_fuzz request_fuzz pattern_fuzz safetensors_fuzz)
 command -v clang++ >/dev/null || { echo "run_fuzz: clang++ not found (apt-get install clang libclang-rt-dev)" >&2; exit 2; }
 gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
 CC=clang CXX=clang++ cmake -S . -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \

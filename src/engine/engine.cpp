@@ -7,6 +7,8 @@
 #include "io/gguf.h"
 #include "io/head_pattern.h"
 #include "model/model.h"
+#include "io/hf_checkpoint.h"
+#include "tokenizer/hf_tokenizer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace duo {
@@ -30,7 +32,8 @@ const char* to_string(AttentionMode m) {
 Engine::Engine(const EngineOptions& opts) : opts_(opts) {
   DUO_CHECK(!opts.model_path.empty(), "no model given");
   model_ = Model::load(opts.model_path);
-  tokenizer_ = Tokenizer::from_gguf(model_->gguf());
+  tokenizer_ = model_->hf() ? tokenizer_from_hf(model_->hf()->dir(), model_->config().n_vocab)
+                            : Tokenizer::from_gguf(model_->gguf());
   pool_ = std::make_unique<ThreadPool>(opts.threads);
   const ModelConfig& c = model_->config();
   DUO_CHECK(opts.chunk > 0, "chunk size must be positive (got {})", opts.chunk);

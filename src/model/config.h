@@ -2,10 +2,12 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace duo {
 
 class GgufFile;
+class HfCheckpoint;
 
 // How RoPE pairs the dimensions of a head: llama GGUF files use adjacent pairs (2i, 2i+1)
 // (the converter permutes Q/K for it); qwen2 keeps HF's rotate-half layout (i, i + d/2).
@@ -31,6 +33,10 @@ struct ModelConfig {
 
   int group_size() const { return n_heads / n_kv_heads; }  // query heads per KV head
   static ModelConfig from_gguf(const GgufFile& f);
+  // From a Hugging Face directory's config.json (model_type llama or qwen2; hf_config.cpp).
+  // rope_factors receives the per-frequency divisors of a "llama3" RoPE scaling, head_dim / 2
+  // values (left empty without scaling).
+  static ModelConfig from_hf(const HfCheckpoint& ck, std::vector<float>& rope_factors);
 };
 
 }  // namespace duo

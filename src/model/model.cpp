@@ -12,6 +12,7 @@
 #include "core/nonfinite_scan.h"
 #include "core/thread_pool.h"
 #include "io/gguf.h"
+#include "io/hf_checkpoint.h"
 
 #include <fmt/ranges.h>
 
@@ -66,7 +67,8 @@ float* scratch(std::vector<float>& buf, size_t n) {
 Model::~Model() = default;
 
 const GgufFile& Model::gguf() const {
-  DUO_CHECK(file_ != nullptr, "this model has synthetic weights and no GGUF file");
+  DUO_CHECK(file_ != nullptr, "this model has no GGUF file ({})",
+            hf_ ? "it was loaded from the Hugging Face directory " + hf_->dir() : std::string("synthetic weights"));
   return *file_;
 }
 
@@ -135,6 +137,7 @@ std::unique_ptr<Model> Model::synthetic(const ModelConfig& cfg, uint64_t seed) {
 }
 
 std::unique_ptr<Model> Model::load(const std::string& path) {
+  if (is_directory(path)) return load_hf(path);
   std::unique_ptr<Model> m(new Model());
   m->file_ = GgufFile::open(path);
   const GgufFile& f = *m->file_;

@@ -13,6 +13,7 @@
 namespace duo {
 
 class GgufFile;
+class HfCheckpoint;
 class ThreadPool;
 struct AttentionArgs;
 
@@ -48,7 +49,8 @@ struct ModelWeights {
 
 class Model {
  public:
-  // Opens and validates a GGUF model; weights stay memory-mapped.
+  // Opens and validates a GGUF model file, or a Hugging Face model directory (config.json and
+  // safetensors weights; see hf_load.cpp); weights stay memory-mapped.
   static std::unique_ptr<Model> load(const std::string& path);
   // A model of the given shape with seeded random F32 weights (tests, and speed or memory
   // measurements of shapes whose weights are not available: speed does not depend on values).
@@ -59,6 +61,8 @@ class Model {
   // The GGUF file the weights come from (throws for a synthetic model).
   const GgufFile& gguf() const;
   bool has_gguf() const { return file_ != nullptr; }
+  // The Hugging Face directory the weights come from (nullptr for GGUF and synthetic models).
+  const HfCheckpoint* hf() const { return hf_.get(); }
   const ModelWeights& weights() const { return w_; }
 
   // A KV cache for one sequence, shaped for this model.
@@ -116,11 +120,13 @@ class Model {
  private:
   Model() = default;
   void init_rope(const std::vector<float>* factors);
+  static std::unique_ptr<Model> load_hf(const std::string& dir);
   // The layer loop over a batch of items (one item: a pre-fill chunk). logits: one row per
   // item for its last token, or every token's row when all_logits.
   void forward_items(const BatchItem* items, size_t count, float* logits, bool all_logits, ThreadPool& pool);
 
   std::unique_ptr<GgufFile> file_;
+  std::unique_ptr<HfCheckpoint> hf_;
   std::vector<std::vector<float>> owned_;  // weight storage of a synthetic model
   std::vector<std::vector<uint8_t>> reordered_;  // Wq/Wk/Wv rows in retrieval-first order
   std::vector<std::vector<int>> kv_order_;       // [layer][new KV slot] = original KV head

@@ -65,21 +65,27 @@ struct Pretokenizer::Regex {
 };
 
 Pretokenizer::Pretokenizer(const std::string& name) {
-  for (const char* p : patterns_for(name)) {
-    int err = 0;
-    PCRE2_SIZE off = 0;
-    auto* r = new Regex();
-    r->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(p), PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &err, &off,
-                            nullptr);
-    if (!r->code) {
-      delete r;
-      PCRE2_UCHAR msg[256];
-      pcre2_get_error_message(err, msg, sizeof msg);
-      fail("pre-tokenizer regex failed to compile at {}: {}", off, reinterpret_cast<const char*>(msg));
-    }
-    pcre2_jit_compile(r->code, PCRE2_JIT_COMPLETE);  // optional speed-up; falls back silently
-    regexes_.push_back(r);
+  for (const char* p : patterns_for(name)) add(p);
+}
+
+Pretokenizer::Pretokenizer(const std::vector<std::string>& regexes) {
+  for (const auto& p : regexes) add(p.c_str());
+}
+
+void Pretokenizer::add(const char* p) {
+  int err = 0;
+  PCRE2_SIZE off = 0;
+  auto* r = new Regex();
+  r->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(p), PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &err, &off,
+                          nullptr);
+  if (!r->code) {
+    delete r;
+    PCRE2_UCHAR msg[256];
+    pcre2_get_error_message(err, msg, sizeof msg);
+    fail("pre-tokenizer regex failed to compile at {}: {}", off, reinterpret_cast<const char*>(msg));
   }
+  pcre2_jit_compile(r->code, PCRE2_JIT_COMPLETE);  // optional speed-up; falls back silently
+  regexes_.push_back(r);
 }
 
 Pretokenizer::~Pretokenizer() {

@@ -11,11 +11,14 @@ namespace duo {
 class Pretokenizer {
  public:
   explicit Pretokenizer(const std::string& name);  // throws for an unknown name
+  // The given regexes (PCRE2 syntax, as tokenizer.json's Split patterns), applied in order.
+  explicit Pretokenizer(const std::vector<std::string>& regexes);
   ~Pretokenizer();
   std::vector<std::string> split(std::string_view text) const;
 
  private:
   struct Regex;
+  void add(const char* pattern);
   std::vector<Regex*> regexes_;
 };
 

@@ -93,14 +93,17 @@ Tokenizer::Tokenizer(Vocab v) : vocab_(std::move(v)) {
   eog_.assign(n, false);
   for (int32_t id : {vocab_.eos, vocab_.eot})
     if (id >= 0) eog_[id] = true;
+  for (int32_t id : vocab_.eog_ids)
+    if (id >= 0 && (size_t)id < n) eog_[id] = true;
   for (const char* t : {"<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>"}) {
     const int32_t id = token_id(t);
     if (id >= 0 && vocab_.types[id] == TokenType::Control) eog_[id] = true;
   }
   std::fill(std::begin(byte_tokens_), std::end(byte_tokens_), -1);
   if (vocab_.model == Vocab::Model::BPE) {
-    pre_ = std::make_unique<Pretokenizer>(vocab_.pre);
-    ignore_merges_ = vocab_.pre == "llama-bpe" || vocab_.pre == "llama3";
+    pre_ = vocab_.pre_regexes.empty() ? std::make_unique<Pretokenizer>(vocab_.pre)
+                                      : std::make_unique<Pretokenizer>(vocab_.pre_regexes);
+    ignore_merges_ = vocab_.ignore_merges || vocab_.pre == "llama-bpe" || vocab_.pre == "llama3";
     for (int b = 0; b < 256; ++b) byte_tokens_[b] = token_id(byte_map().to_text[b]);
   } else {
     char buf[8];

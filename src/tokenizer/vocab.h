@@ -21,6 +21,12 @@ struct Vocab {
   std::vector<std::string> merges;  // "left right", highest priority first
   int32_t bos = -1, eos = -1, unk = -1, pad = -1, eot = -1;
   bool add_bos = false, add_eos = false, add_space_prefix = false;
+  // From a tokenizer.json (hf_tokenizer.cpp): the pre-tokenizer's split regexes as the file
+  // declares them (used instead of the named set `pre` when not empty), BPE's ignore_merges,
+  // and further end-of-generation ids (generation_config.json's eos_token_id list).
+  std::vector<std::string> pre_regexes;
+  bool ignore_merges = false;
+  std::vector<int32_t> eog_ids;
 };
 
 // Reads the vocabulary; throws duo::Error for an unknown tokenizer model or pre-tokenizer,

@@ -1,0 +1,142 @@
+// ModelConfig from a Hugging Face config.json. Both the transformers 4 form (top-level
+// rope_theta, rope_scaling) and the transformers 5 form (rope_parameters) are read.
+#include <cmath>
+#include <limits>
+
+#include "core/error.h"
+#include "io/hf_checkpoint.h"
+#include "model/config.h"
+
+namespace duo {
+
+namespace {
+
+using json = nlohmann::json;
+
+int64_t int_key(const json& c, const std::string& where, const char* key, std::optional<int64_t> dflt, int64_t lo,
+                int64_t hi) {
+  int64_t v;
+  if (!c.contains(key) || c[key].is_null()) {
+    if (!dflt) fail("{}: key '{}' is missing", where, key);
+    v = *dflt;
+  } else {
+    DUO_CHECK(c[key].is_number_integer(), "{}: '{}' is not an integer", where, key);
+    v = c[key].get<int64_t>();
+  }
+  DUO_CHECK(v >= lo && v <= hi, "{}: {} = {} is out of range (supported: {} to {})", where, key, v, lo, hi);
+  return v;
+}
+
+double float_key(const json& c, const std::string& where, const char* key, std::optional<double> dflt, double hi) {
+  double v;
+  if (!c.contains(key) || c[key].is_null()) {
+    if (!dflt) fail("{}: key '{}' is missing", where, key);
+    v = *dflt;
+  } else {
+    DUO_CHECK(c[key].is_number(), "{}: '{}' is not a number", where, key);
+    v = c[key].get<double>();
+  }
+  DUO_CHECK(std::isfinite(v) && v > 0 && v <= hi, "{}: {} = {} is not a finite number in (0, {}]", where, key, v, hi);
+  return v;
+}
+
+bool bool_key(const json& c, const char* key, bool dflt) {
+  return c.contains(key) && c[key].is_boolean() ? c[key].get<bool>() : dflt;
+}
+
+// Llama-3.1's frequency-dependent scaling as transformers computes it
+// (_compute_llama3_parameters), returned as the divisor of each inverse frequency (llama.cpp's
+// rope_freqs meaning, which Model::init_rope applies).
+std::vector<float> llama3_factors(const json& s, const std::string& where, double theta, int head_dim) {
+  const double factor = float_key(s, where, "factor", {}, 1e6);
+  const double low = float_key(s, where, "low_freq_factor", 1.0, 1e6);
+  const double high = float_key(s, where, "high_freq_factor", 4.0, 1e6);
+  const double old_ctx = (double)int_key(s, where, "original_max_position_embeddings", {}, 1, 1ll << 40);
+  DUO_CHECK(high > low, "{}: llama3 RoPE scaling needs high_freq_factor > low_freq_factor ({} <= {})", where, high,
+            low);
+  const double low_wavelen = old_ctx / low, high_wavelen = old_ctx / high;
+  std::vector<float> f((size_t)head_dim / 2);
+  for (int i = 0; i < head_dim / 2; ++i) {
+    const double inv = std::pow(theta, -2.0 * i / head_dim);
+    const double wavelen = 2 * M_PI / inv;
+    double scaled = wavelen > low_wavelen ? inv / factor : inv;
+    if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen)) {
+      const double smooth = (old_ctx / wavelen - low) / (high - low);
+      scaled = (1 - smooth) * scaled / factor + smooth * scaled;
+    }
+    f[i] = (float)(inv / scaled);
+  }
+  return f;
+}
+
+}  // namespace
+
+ModelConfig ModelConfig::from_hf(const HfCheckpoint& ck, std::vector<float>& rope_factors) {
+  const json& j = ck.config();
+  const std::string where = ck.dir() + "/config.json";
+  ModelConfig c;
+  DUO_CHECK(j.contains("model_type") && j["model_type"].is_string(), "{}: no model_type", where);
+  c.arch = j["model_type"].get<std::string>();
+  if (c.arch != "llama" && c.arch != "qwen2")
+    fail("{}: unsupported architecture '{}' (model_type; supported: llama, qwen2)", where, c.arch);
+  c.name = ck.dir().substr(ck.dir().find_last_of('/') + 1);
+  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+  c.n_layers = (int)int_key(j, where, "num_hidden_layers", {}, 1, 1024);
+  c.n_embd = (int)int_key(j, where, "hidden_size", {}, 1, 1 << 20);
+  c.n_ff = (int)int_key(j, where, "intermediate_size", {}, 1, 1 << 22);
+  c.n_heads = (int)int_key(j, where, "num_attention_heads", {}, 1, 1 << 16);
+  c.n_kv_heads = (int)int_key(j, where, "num_key_value_heads", c.n_heads, 1, c.n_heads);
+  c.n_ctx_train = (int)int_key(j, where, "max_position_embeddings", 2048, 1, kIntMax);
+  c.n_vocab = (int)int_key(j, where, "vocab_size", {}, 1, kIntMax);
+  c.norm_eps = (float)float_key(j, where, "rms_norm_eps", {}, 1.0);
+  DUO_CHECK(c.n_heads % c.n_kv_heads == 0, "{}: num_attention_heads {} is not a multiple of num_key_value_heads {}",
+            where, c.n_heads, c.n_kv_heads);
+  DUO_CHECK(c.n_embd % c.n_heads == 0 || j.contains("head_dim"), "{}: hidden_size {} not divisible by {} heads", where,
+            c.n_embd, c.n_heads);
+  c.head_dim = (int)int_key(j, where, "head_dim", c.n_embd / c.n_heads, 2, 256);
+  DUO_CHECK(c.head_dim % 2 == 0, "{}: unsupported head dimension {}", where, c.head_dim);
+  c.n_rot = c.head_dim;
+  DUO_CHECK(!j.contains("partial_rotary_factor") || j["partial_rotary_factor"] == 1.0,
+            "{}: partial rotary embeddings (partial_rotary_factor) are not supported", where);
+  // transformers' weights keep each head's rows in rotate-half order (the GGUF converter
+  // permutes llama's Q/K rows into interleaved pairs instead): NeoX-style RoPE on the rows as
+  // stored computes exactly what transformers computes, with no copy of the weights.
+  c.rope_style = RopeStyle::Neox;
+  c.qkv_bias = c.arch == "qwen2";
+  c.tied_embeddings = bool_key(j, "tie_word_embeddings", false);
+
+  const std::string act = j.value("hidden_act", std::string("silu"));
+  DUO_CHECK(act == "silu", "{}: hidden_act '{}' is not supported (supported: silu)", where, act);
+  if (c.arch == "llama") {
+    DUO_CHECK(!bool_key(j, "attention_bias", false), "{}: llama with attention_bias is not supported", where);
+    DUO_CHECK(!bool_key(j, "mlp_bias", false), "{}: llama with mlp_bias is not supported", where);
+  } else {
+    DUO_CHECK(!bool_key(j, "use_sliding_window", false),
+              "{}: qwen2 with use_sliding_window (sliding-window layers) is not supported", where);
+  }
+
+  // RoPE: transformers 5 keeps theta and the scaling together in rope_parameters; transformers
+  // 4 writes rope_theta and rope_scaling at the top level.
+  json scaling;
+  if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
+    scaling = j["rope_parameters"];
+    c.rope_theta = (float)float_key(scaling, where, "rope_theta", 10000.0, 1e30);
+  } else {
+    c.rope_theta = (float)float_key(j, where, "rope_theta", 10000.0, 1e30);
+    if (j.contains("rope_scaling")) scaling = j["rope_scaling"];
+  }
+  rope_factors.clear();
+  if (scaling.is_object()) {
+    std::string type = scaling.value("rope_type", std::string());
+    if (type.empty()) type = scaling.value("type", std::string("default"));
+    if (type == "llama3")
+      rope_factors = llama3_factors(scaling, where, c.rope_theta, c.head_dim);
+    else
+      DUO_CHECK(type == "default", "{}: RoPE scaling '{}' is not supported (supported: default, llama3)", where, type);
+  } else {
+    DUO_CHECK(scaling.is_null(), "{}: rope_scaling is neither an object nor null", where);
+  }
+  return c;
+}
+
+}  // namespace duo

@@ -1,0 +1,101 @@
+// Model::load_hf: the llama-family decoder over a Hugging Face directory's safetensors weights,
+// mapped onto the same weight views the GGUF loader builds (F32/F16/BF16 matrices read in place).
+#include <cmath>
+
+#include "core/dequant.h"
+#include "core/error.h"
+#include "io/gguf.h"  // Model's members (its inline constructor destroys them on a throw)
+#include "io/hf_checkpoint.h"
+#include "model/model.h"
+
+#include <fmt/ranges.h>
+
+namespace duo {
+
+namespace {
+
+const SafetensorsTensor& readable(const HfCheckpoint& ck, const std::string& name) {
+  const SafetensorsTensor& t = ck.tensor(name);
+  DUO_CHECK(t.type.has_value(), "{}: tensor '{}' has dtype {}, which duo cannot read (supported: F32, F16, BF16)",
+            ck.file_of(name), name, t.dtype);
+  return t;
+}
+
+// A [rows, cols] matrix (PyTorch's Linear layout: one output per row, as GGUF's ne = [cols, rows]).
+WeightView hf_weight(const HfCheckpoint& ck, const std::string& name, int64_t cols, int64_t rows, size_t& total) {
+  const SafetensorsTensor& t = readable(ck, name);
+  DUO_CHECK(t.shape.size() == 2 && t.shape[0] == rows && t.shape[1] == cols,
+            "{}: tensor '{}' has shape [{}], expected [{}, {}]", ck.file_of(name), name, fmt::join(t.shape, ", "), rows,
+            cols);
+  total += t.nbytes;
+  WeightView w;
+  w.type = *t.type;
+  w.data = t.data;
+  w.rows = rows;
+  w.cols = cols;
+  w.row_stride = row_bytes(w.type, cols);
+  return w;
+}
+
+// A 1-D tensor (norm weight, bias) decoded to float and checked finite (as the GGUF loader).
+std::vector<float> hf_vector(const HfCheckpoint& ck, const std::string& name, int64_t n, size_t& total) {
+  const SafetensorsTensor& t = readable(ck, name);
+  DUO_CHECK(t.shape.size() == 1 && t.shape[0] == n, "{}: tensor '{}' has shape [{}], expected [{}]", ck.file_of(name),
+            name, fmt::join(t.shape, ", "), n);
+  total += t.nbytes;
+  std::vector<float> v((size_t)n);
+  dequantize_row(*t.type, t.data, v.data(), n);
+  for (int64_t i = 0; i < n; ++i)
+    DUO_CHECK(std::isfinite(v[(size_t)i]), "{}: tensor '{}' holds a non-finite value ({}) at index {}",
+              ck.file_of(name), name, v[(size_t)i], i);
+  return v;
+}
+
+}  // namespace
+
+std::unique_ptr<Model> Model::load_hf(const std::string& dir) {
+  std::unique_ptr<Model> m(new Model());
+  m->hf_ = HfCheckpoint::open(dir);
+  const HfCheckpoint& ck = *m->hf_;
+  std::vector<float> rope_factors;
+  m->cfg_ = ModelConfig::from_hf(ck, rope_factors);
+  const ModelConfig& c = m->cfg_;
+  ModelWeights& w = m->w_;
+  size_t& total = w.bytes;
+  const int64_t E = c.n_embd, D = c.head_dim, Q = (int64_t)c.n_heads * D, KV = (int64_t)c.n_kv_heads * D;
+
+  w.tok_embd = hf_weight(ck, "model.embed_tokens.weight", E, c.n_vocab, total);
+  if (c.tied_embeddings) {
+    w.output = w.tok_embd;
+  } else {
+    DUO_CHECK(ck.find("lm_head.weight") != nullptr,
+              "{}: no tensor 'lm_head.weight' and config.json does not tie the embeddings (tie_word_embeddings)",
+              ck.dir());
+    w.output = hf_weight(ck, "lm_head.weight", E, c.n_vocab, total);
+  }
+  w.output_norm = hf_vector(ck, "model.norm.weight", E, total);
+  w.layers.resize(c.n_layers);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LayerWeights& L = w.layers[l];
+    L.attn_norm = hf_vector(ck, p + "input_layernorm.weight", E, total);
+    L.ffn_norm = hf_vector(ck, p + "post_attention_layernorm.weight", E, total);
+    // Q and K rows as stored (rotate-half order): the config's RopeStyle::Neox matches them.
+    L.wq = hf_weight(ck, p + "self_attn.q_proj.weight", E, Q, total);
+    L.wk = hf_weight(ck, p + "self_attn.k_proj.weight", E, KV, total);
+    L.wv = hf_weight(ck, p + "self_attn.v_proj.weight", E, KV, total);
+    L.wo = hf_weight(ck, p + "self_attn.o_proj.weight", Q, E, total);
+    L.w_gate = hf_weight(ck, p + "mlp.gate_proj.weight", E, c.n_ff, total);
+    L.w_up = hf_weight(ck, p + "mlp.up_proj.weight", E, c.n_ff, total);
+    L.w_down = hf_weight(ck, p + "mlp.down_proj.weight", c.n_ff, E, total);
+    if (c.qkv_bias) {
+      L.bq = hf_vector(ck, p + "self_attn.q_proj.bias", Q, total);
+      L.bk = hf_vector(ck, p + "self_attn.k_proj.bias", KV, total);
+      L.bv = hf_vector(ck, p + "self_attn.v_proj.bias", KV, total);
+    }
+  }
+  m->init_rope(rope_factors.empty() ? nullptr : &rope_factors);
+  return m;
+}
+
+}  // namespace duo
