@@ -4,6 +4,7 @@
 
 #include "core/dequant.h"
 #include "core/error.h"
+#include "core/nonfinite_scan.h"
 #include "io/gguf.h"  // Model's members (its inline constructor destroys them on a throw)
 #include "io/hf_checkpoint.h"
 #include "model/model.h"
@@ -27,6 +28,9 @@ WeightView hf_weight(const HfCheckpoint& ck, const std::string& name, int64_t co
   DUO_CHECK(t.shape.size() == 2 && t.shape[0] == rows && t.shape[1] == cols,
             "{}: tensor '{}' has shape [{}], expected [{}, {}]", ck.file_of(name), name, fmt::join(t.shape, ", "), rows,
             cols);
+  const int64_t bad = first_nonfinite(*t.type, t.data, rows * cols);
+  DUO_CHECK(bad < 0, "{}: tensor '{}' holds a non-finite value (NaN or infinity) at element {}", ck.file_of(name),
+            name, bad);
   total += t.nbytes;
   WeightView w;
   w.type = *t.type;
