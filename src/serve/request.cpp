@@ -160,7 +160,7 @@ void check_defaults_only(const json& body, Endpoint ep) {
       if (!v->is_object()) bad_param("response_format", "'response_format' must be an object, not {}", type_name(*v));
       auto t = get_string(*v, "type");
       if (!t) bad_param("response_format", "'response_format' needs a 'type'");
-      if (*t != "text") unsupported("response_format", fmt::format("response format '{}'", *t));
+      if (*t != "text" && *t != "json_object") unsupported("response_format", fmt::format("response format '{}'", *t));
     }
     for (const char* k : {"tools", "functions"})
       if (const json* v = field(body, k)) {
@@ -407,6 +407,8 @@ GenerationRequest parse_request(Endpoint endpoint, const std::string& body) {
   if (auto x = get_number(j, "frequency_penalty", -2.0, 2.0)) r.sampling.adjust.frequency_penalty = (float)*x;
   r.sampling.adjust.logit_bias = parse_logit_bias(j);
   r.n = (int)get_int(j, "n", 1, kMaxChoices).value_or(1);
+  if (endpoint == Endpoint::ChatCompletions)
+    if (const json* rf = field(j, "response_format")) r.json_object = get_string(*rf, "type") == "json_object";
   if (endpoint == Endpoint::Completions) {
     if (auto k = get_int(j, "logprobs", 0, kMaxTopLogprobs)) r.top_logprobs = (int)*k;
   } else {

@@ -51,6 +51,7 @@ struct GenerationRequest {
   bool include_usage = false;  // stream_options.include_usage
   int n = 1;                   // choices, each its own sequence
   int top_logprobs = -1;       // -1: no logprobs; else the chosen token's and this many alternatives
+  bool json_object = false;    // chat response_format {"type": "json_object"}
   std::vector<std::string> ignored_fields;  // top-level fields this server does not know
 
   // duo options (unset: the server's defaults)

@@ -1,10 +1,12 @@
 #include "serve/scheduler.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "engine/utf8_stream.h"
+#include "sample/json_grammar.h"
 #include "sample/logprobs.h"
 #include "serve/stop_matcher.h"
 #include "tokenizer/tokenizer.h"
@@ -104,6 +106,7 @@ struct Scheduler::Sequence {
       : out(std::move(g)), job(std::move(j)), cost(cost), sampler(job.sampling), stop(job.stop),
         submitted(std::chrono::steady_clock::now()) {
     sampler.add_prompt(job.prompt.data(), (int64_t)job.prompt.size());
+    if (job.json_object) json.emplace();
   }
   std::shared_ptr<Generation> out;
   Job job;
@@ -114,6 +117,7 @@ struct Scheduler::Sequence {
   int64_t generated = 0;
   bool done = false;
   Sampler sampler;
+  std::optional<JsonObjectMatcher> json;  // JSON mode: what has been generated so far
   Utf8Stream utf8;
   StopMatcher stop;
   std::chrono::steady_clock::time_point submitted, last_token;  // for the latency histograms
@@ -361,7 +365,32 @@ int Scheduler::step() {
 }
 
 int32_t Scheduler::pick_on_host(Sequence& s, const float* row, int n_vocab) {
-  const int32_t id = s.sampler.sample(row, n_vocab);
+  const float* pick_from = row;
+  if (s.json) {
+    if (pieces_.empty()) {
+      pieces_.resize(tok_.n_vocab());
+      for (int32_t t = 0; t < tok_.n_vocab(); ++t) pieces_[t] = tok_.token_to_piece(t);
+    }
+    // A token is allowed when its bytes continue the JSON object; once the object is complete
+    // only end-of-generation (no trailing blanks); byte-less (control) tokens never.
+    masked_.assign(row, row + n_vocab);
+    const bool done = s.json->done();
+    for (int32_t t = 0; t < n_vocab; ++t) {
+      bool ok = false;
+      if (t < tok_.n_vocab()) {
+        if (tok_.is_eog(t)) {
+          ok = done;
+        } else if (!done && !pieces_[t].empty()) {
+          JsonObjectMatcher trial = *s.json;
+          ok = trial.feed(std::string_view(pieces_[t]));
+        }
+      }
+      if (!ok) masked_[t] = -INFINITY;
+    }
+    pick_from = masked_.data();
+  }
+  const int32_t id = s.sampler.sample(pick_from, n_vocab);
+  if (s.json && id >= 0 && id < tok_.n_vocab() && !tok_.is_eog(id)) s.json->feed(std::string_view(pieces_[id]));
   // An end-of-generation token is not shown, so it gets no entry either.
   if (s.job.top_logprobs >= 0 && id >= 0 && id < tok_.n_vocab() && !tok_.is_eog(id)) {
     const TokenLogprobs lp = token_logprobs(row, n_vocab, id, s.job.top_logprobs);

@@ -42,7 +42,10 @@ struct Job {
   // Log-probabilities of each generated token and of the `top_logprobs` most likely ones
   // (-1: none). Like host_only() sampling, this takes the step's logits back to the host.
   int top_logprobs = -1;
-  bool host_sampling() const { return sampling.host_only() || top_logprobs >= 0; }
+  // JSON mode: tokens that cannot continue one valid JSON object are masked (host sampling);
+  // once the object is complete only end-of-generation may follow.
+  bool json_object = false;
+  bool host_sampling() const { return sampling.host_only() || top_logprobs >= 0 || json_object; }
 };
 
 // One generated token's log-probabilities (from the model's logits, before any adjustment or
@@ -157,6 +160,8 @@ class Scheduler {
   size_t reserved_ = 0;                            // guarded by mu_
   std::vector<std::unique_ptr<Sequence>> active_;  // scheduler thread only
   std::vector<float> logits_;                      // the step's rows when some sequence samples on the host
+  std::vector<float> masked_;                      // a JSON-mode row with its impossible tokens masked
+  std::vector<std::string> pieces_;                // every token's bytes, made on the first JSON-mode pick
   std::thread thread_;
 };
 

@@ -64,7 +64,7 @@ TEST(JsonObjectMatcher, DifferentialFuzzAgainstReference) {
   const std::string alphabet = "{}[]\":,0123456789.eE+-truefalsn \\/ux";
   std::mt19937_64 rng(7);
   int objects = 0, skipped = 0;
-  for (int trial = 0; trial < 200000; ++trial) {
+  for (int trial = 0; trial < 50000; ++trial) {
     // Mostly prefixes of a valid-looking skeleton with random edits, so that many parse.
     std::string s = "{\"a\":";
     const int n = (int)(rng() % 12);
@@ -78,8 +78,8 @@ TEST(JsonObjectMatcher, DifferentialFuzzAgainstReference) {
     objects += *ref;
     ASSERT_EQ(matches(s), *ref) << s;
   }
-  EXPECT_GT(objects, 500);  // the fuzz reaches valid objects, not only errors
-  EXPECT_LT(skipped, 2000);
+  EXPECT_GT(objects, 100);  // the fuzz reaches valid objects, not only errors
+  EXPECT_LT(skipped, 500);
 }
 
 TEST(JsonObjectMatcher, ConstrainedWalksGiveValidObjects) {

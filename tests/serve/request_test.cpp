@@ -76,6 +76,8 @@ TEST(Request, SamplingOptionsLogprobsAndChoices) {
   EXPECT_EQ(chat("{" + msgs + R"(,"logprobs":true})").top_logprobs, 0);
   EXPECT_EQ(chat("{" + msgs + R"(,"logprobs":true,"top_logprobs":5})").top_logprobs, 5);
   EXPECT_EQ(chat("{" + msgs + R"(,"logprobs":false})").top_logprobs, -1);
+  EXPECT_TRUE(chat("{" + msgs + R"(,"response_format":{"type":"json_object"}})").json_object);
+  EXPECT_FALSE(chat("{" + msgs + R"(,"response_format":{"type":"text"}})").json_object);
 }
 
 TEST(Request, UnknownFieldsAreIgnoredAndListed) {
@@ -236,7 +238,7 @@ TEST(Request, BadBodiesNameTheField) {
       {H, R"({"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]})", 400, "messages[0].content[0]"},
       {H, R"({"model":"m","messages":[{"role":"user","content":[{"type":"text"}]}]})", 400, "messages[0].content[0]"},
       {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]})", 400, "tools"},
-      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}})", 400,
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema"}})", 400,
        "response_format"},
       {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":1})", 400, "logprobs"},
       {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"top_logprobs":2})", 400, "top_logprobs"},

@@ -720,6 +720,28 @@ class Tests:
                 assert (l - max(top.values())) / T >= math.log(mp) - 1e-4, (l, top)
         s.wait_idle()
 
+    def test_json_mode_gives_json_objects(self):
+        s = self.server
+        questions = ["What is the capital of France? Answer in JSON.", "Name a colour.", "Say hello."]
+        stopped = 0
+        for q in questions:
+            for temperature in (0, 1.0):
+                r = s.client.chat.completions.create(
+                    model=MODEL_ID, messages=[{"role": "user", "content": q}], max_tokens=80,
+                    temperature=temperature, seed=3, response_format={"type": "json_object"})
+                c = r.choices[0]
+                text = c.message.content
+                assert text.lstrip().startswith("{"), text
+                if c.finish_reason == "stop":  # not cut by max_tokens: one whole object, nothing after
+                    stopped += 1
+                    assert isinstance(json.loads(text), dict), text
+                    assert text.rstrip() == text, repr(text)
+        assert stopped >= 3, stopped
+        # Without JSON mode the same greedy question is answered in prose.
+        plain = s.client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "Say hello."}],
+                                                 max_tokens=16, temperature=0)
+        assert not plain.choices[0].message.content.lstrip().startswith("{"), plain.choices[0].message.content
+
     def test_tokenize_detokenize(self):
         s = self.server
         text = "Hello world, <|im_start|> ok"
