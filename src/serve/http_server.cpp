@@ -387,7 +387,8 @@ void HttpServer::Impl::generate(Endpoint ep, const httplib::Request& req, httpli
     }
   } catch (const ApiError& e) {
     for (auto& g : gens) g->cancel();
-    log.outcome = e.code.empty() ? fmt::format("error{}", e.status) : e.code;
+    // The rejection reason: the error's code, else the field at fault, else the status.
+    log.outcome = !e.code.empty() ? e.code : !e.param.empty() ? "invalid:" + e.param : fmt::format("error{}", e.status);
     return send_error(res, e);
   }
   log.gens = gens;

@@ -787,6 +787,10 @@ class Tests:
             good = openai.OpenAI(base_url=f"http://{b.host}:{b.port}/v1", api_key="sekrit", max_retries=0)
             r = good.completions.create(model=MODEL_ID, prompt="Hi", max_tokens=2, temperature=0, extra_body={"x": 1})
             assert r.choices[0].text == self.reference("Hi", 2)
+            status, _, _ = b.request("POST", "/v1/completions", json.dumps({"model": MODEL_ID, "prompt": "Hi",
+                                                                           "temperature": 9}),
+                                     {"Authorization": "Bearer sekrit"})
+            assert status == 400, status
             assert b.request("GET", "/health")[0] == 200  # health checks need no key
             status, headers, _ = b.request("OPTIONS", "/v1/chat/completions", headers={
                 "Origin": "http://example.com", "Access-Control-Request-Method": "POST",
@@ -805,6 +809,7 @@ class Tests:
         assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ .* \d+\.\d{3}s prompt=\d+ generated=2 outcome=length ignored=x$",
                          line), line
         assert re.search(r"POST /v1/completions -> 401 .* outcome=invalid_api_key", log), log
+        assert re.search(r"POST /v1/completions -> 400 .* outcome=invalid:temperature", log), log
 
     def test_sigterm_stops_cleanly(self):
         code = self.server.stop()
