@@ -11,6 +11,9 @@ Sampler::Sampler(SamplerConfig cfg) : cfg_(cfg), rng_(cfg.seed) {
   DUO_CHECK(std::isfinite(cfg.temperature), "temperature must be a finite number");
   DUO_CHECK(cfg.top_k >= 0, "top-k must be >= 0 (got {})", cfg.top_k);
   DUO_CHECK(cfg.top_p > 0.0f && cfg.top_p <= 1.0f, "top-p must be in (0, 1] (got {})", cfg.top_p);
+  DUO_CHECK(cfg.min_p >= 0.0f && cfg.min_p <= 1.0f, "min-p must be in [0, 1] (got {})", cfg.min_p);
+  DUO_CHECK(std::isfinite(cfg.adjust.repetition_penalty) && cfg.adjust.repetition_penalty > 0.0f,
+            "the repetition penalty must be positive (got {})", cfg.adjust.repetition_penalty);
 }
 
 int32_t Sampler::argmax(const float* logits, int n) {
@@ -23,6 +26,17 @@ int32_t Sampler::argmax(const float* logits, int n) {
 double Sampler::uniform01() { return std::uniform_real_distribution<double>(0.0, 1.0)(rng_); }
 
 int32_t Sampler::sample(const float* logits, int n_vocab) {
+  if (cfg_.adjust.active()) {
+    adjusted_.assign(logits, logits + n_vocab);
+    apply_logit_adjust(cfg_.adjust, history_, adjusted_.data(), n_vocab);
+    const int32_t id = pick(adjusted_.data(), n_vocab);
+    history_.add_output(id);
+    return id;
+  }
+  return pick(logits, n_vocab);
+}
+
+int32_t Sampler::pick(const float* logits, int n_vocab) {
   if (cfg_.temperature <= 0.0f) return argmax(logits, n_vocab);
   cand_.resize(n_vocab);
   for (int i = 0; i < n_vocab; ++i) cand_[i] = {logits[i] / cfg_.temperature, i};
@@ -49,6 +63,15 @@ int32_t Sampler::sample(const float* logits, int n_vocab) {
         break;
       }
     }
+    n = keep;
+    total = 0.0;
+    for (size_t i = 0; i < n; ++i) total += p[i];
+  }
+  if (cfg_.min_p > 0.0f) {
+    // p[0] is the top token's weight (exp(0) = 1): keep the prefix of weights >= min_p of it
+    // (sorted, so the cut is a prefix; the top token always stays).
+    size_t keep = 1;
+    while (keep < n && p[keep] >= cfg_.min_p) ++keep;
     n = keep;
     total = 0.0;
     for (size_t i = 0; i < n; ++i) total += p[i];

@@ -12,6 +12,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
+#include <optional>
 
 #include "core/error.h"
 #include "serve/api_error.h"
@@ -28,7 +30,10 @@ namespace {
 constexpr auto kPoll = std::chrono::milliseconds(50);  // how often a waiting request checks its client
 constexpr int kClientClosed = 499;                      // status recorded when the client left (nginx's)
 
-const char* const kRoutes[] = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"};
+const char* const kRoutes[] = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health",
+                               "/metrics",        "/tokenize",            "/detokenize"};
+// How long a client refused with 503 (queue full, shutting down, out of memory) should wait.
+constexpr int kRetryAfterSeconds = 1;
 
 // The metrics label of a path: a route of this server or "other" (bounded label values).
 std::string route_label(const std::string& path) {
@@ -43,7 +48,10 @@ void send_json(httplib::Response& res, int status, const json& body) {
   res.set_content(dump(body), "application/json");
 }
 
-void send_error(httplib::Response& res, const ApiError& e) { send_json(res, e.status, error_json(e)); }
+void send_error(httplib::Response& res, const ApiError& e) {
+  if (e.status == 503) res.set_header("Retry-After", std::to_string(kRetryAfterSeconds));
+  send_json(res, e.status, error_json(e));
+}
 
 // cpp-httplib's Server with its request processing callable on a stream we provide (its own
 // listener is not used: see http_front.h).
@@ -119,6 +127,29 @@ class FrontStream : public httplib::Stream {
 // The request a worker thread is handling (its handlers run on that thread).
 thread_local const FrontRequest* t_request = nullptr;
 
+// What the request log line says about a generation request, filled in by its handler (the
+// logger runs after the whole answer, streamed ones included, on the same thread).
+struct RequestLog {
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  std::vector<std::shared_ptr<Generation>> gens;
+  std::string outcome;  // an error's code, or empty: the generations' finish reasons
+  std::string ignored;  // unknown request fields, comma-separated
+};
+thread_local RequestLog* t_log = nullptr;
+
+std::string join(const std::vector<std::string>& v, const char* sep) {
+  std::string out;
+  for (const auto& x : v) out += (out.empty() ? "" : sep) + x;
+  return out;
+}
+
+// Equal keys, in time that does not depend on where they differ.
+bool same_key(const std::string& a, const std::string& b) {
+  unsigned diff = a.size() != b.size();
+  for (size_t i = 0; i < a.size(); ++i) diff |= (unsigned char)a[i] ^ (unsigned char)(i < b.size() ? b[i] : 0);
+  return diff == 0;
+}
+
 int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
@@ -139,6 +170,7 @@ struct HttpServer::Impl {
 
   void setup();
   void generate(Endpoint ep, const httplib::Request& req, httplib::Response& res);
+  void log_request(const httplib::Request& req, const httplib::Response& res) const;
 };
 
 void HttpServer::Impl::setup() {
@@ -171,7 +203,10 @@ void HttpServer::Impl::setup() {
         FrontStream strm(r, write_timeout_ms);
         bool closed = false;
         t_request = &r;
+        RequestLog log;
+        t_log = &log;
         const bool ok = svr.process_request(strm, /*close_connection=*/r.peer_eof, closed, nullptr);
+        t_log = nullptr;
         t_request = nullptr;
         return ok && !closed && !strm.failed();
       },
@@ -192,6 +227,53 @@ void HttpServer::Impl::setup() {
     if (id == ctx.model_id) return send_json(res, 200, model_object(ctx.model_id, created));
     send_error(res, ApiError(404, "invalid_request_error", fmt::format("the model '{}' does not exist", id), "model",
                              "model_not_found"));
+  });
+  // llama.cpp's shapes: {"content", "add_special", "parse_special", "with_pieces"} -> {"tokens"},
+  // {"tokens"} -> {"content"}.
+  svr.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
+    const TokenizeRequest t = parse_tokenize(req.body);
+    const Tokenizer& tok = ctx.engine->tokenizer();
+    const std::vector<int32_t> ids = tok.encode(t.content, t.add_special, t.parse_special);
+    json tokens = json::array();
+    for (int32_t id : ids) {
+      if (t.with_pieces)
+        tokens.push_back({{"id", id}, {"piece", tok.token_to_piece(id)}});
+      else
+        tokens.push_back(id);
+    }
+    send_json(res, 200, {{"tokens", tokens}});
+  });
+  svr.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
+    const std::vector<int32_t> ids = parse_detokenize(req.body, ctx.engine->tokenizer().n_vocab());
+    send_json(res, 200, {{"content", ctx.engine->tokenizer().decode(ids)}});
+  });
+  // CORS preflight: any origin may call, with the headers it asks for.
+  svr.Options(".*", [](const httplib::Request& req, httplib::Response& res) {
+    res.status = 204;
+    res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+    res.set_header("Access-Control-Allow-Headers", req.has_header("Access-Control-Request-Headers")
+                                                       ? req.get_header_value("Access-Control-Request-Headers")
+                                                       : std::string("Authorization, Content-Type"));
+    res.set_header("Access-Control-Max-Age", "86400");
+  });
+  // Before routing: CORS headers on every answer, and the API key (health checks and
+  // preflights, which browsers send without credentials, need none).
+  svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    res.set_header("Access-Control-Allow-Origin", "*");
+    res.set_header("Access-Control-Expose-Headers", "x-duo-ignored-fields, Retry-After");
+    if (opts.api_key.empty() || req.method == "OPTIONS" || req.path == "/health")
+      return httplib::Server::HandlerResponse::Unhandled;
+    const std::string auth = req.get_header_value("Authorization");
+    const std::string prefix = "Bearer ";
+    if (auth.rfind(prefix, 0) == 0 && same_key(auth.substr(prefix.size()), opts.api_key))
+      return httplib::Server::HandlerResponse::Unhandled;
+    if (t_log) t_log->outcome = "invalid_api_key";
+    res.set_header("WWW-Authenticate", "Bearer");
+    send_error(res, ApiError(401, "invalid_request_error",
+                             auth.empty() ? "no API key given: send 'Authorization: Bearer <key>'"
+                                          : "incorrect API key provided",
+                             "", "invalid_api_key"));
+    return httplib::Server::HandlerResponse::Handled;
   });
   svr.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
     generate(Endpoint::Completions, req, res);
@@ -250,77 +332,183 @@ void HttpServer::Impl::setup() {
   });
   svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
     metrics.count_request(route_label(req.path), res.status);
-    if (opts.log_requests)
-      std::fprintf(stderr, "duo serve: %s %s %s -> %d\n", req.remote_addr.c_str(), req.method.c_str(),
-                   req.path.c_str(), res.status);
+    if (opts.log_requests) log_request(req, res);
   });
+}
+
+// One line per request: UTC time, client, method, path, status, latency, and for generation
+// requests the tokens (prompt, generated over all choices), the outcome and ignored fields.
+void HttpServer::Impl::log_request(const httplib::Request& req, const httplib::Response& res) const {
+  const auto now = std::chrono::system_clock::now();
+  const std::time_t tt = std::chrono::system_clock::to_time_t(now);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  char when[32];
+  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  std::string line = fmt::format("duo serve: {} {} {} {} -> {}", when, req.remote_addr, req.method, req.path, res.status);
+  if (t_log) {
+    line += fmt::format(" {:.3f}s", std::chrono::duration<double>(std::chrono::steady_clock::now() - t_log->start).count());
+    std::string outcome = t_log->outcome;
+    if (!t_log->gens.empty()) {
+      int64_t generated = 0;
+      std::vector<std::string> reasons;
+      for (const auto& g : t_log->gens) {
+        generated += g->completion_tokens();
+        const char* r = g->error() ? "error" : to_string(g->finish_reason());
+        if (std::find(reasons.begin(), reasons.end(), r) == reasons.end()) reasons.push_back(r);
+      }
+      line += fmt::format(" prompt={} generated={}", t_log->gens[0]->prompt_tokens(), generated);
+      if (outcome.empty()) outcome = join(reasons, ",");
+    }
+    if (!outcome.empty()) line += " outcome=" + outcome;
+    if (!t_log->ignored.empty()) line += " ignored=" + t_log->ignored;
+  }
+  line += "\n";
+  std::fputs(line.c_str(), stderr);
 }
 
 void HttpServer::Impl::generate(Endpoint ep, const httplib::Request& req, httplib::Response& res) {
   GenerationRequest gr;
-  std::shared_ptr<Generation> gen;
+  std::vector<std::shared_ptr<Generation>> gens;
+  RequestLog dummy;
+  RequestLog& log = t_log ? *t_log : dummy;
   try {
     gr = parse_request(ep, req.body);
-    gen = scheduler.submit(prepare_job(gr, ctx));
+    if (!gr.ignored_fields.empty()) {
+      log.ignored = join(gr.ignored_fields, ",");
+      res.set_header("x-duo-ignored-fields", log.ignored);
+    }
+    // n choices: n sequences of the same prompt, seeds seed, seed + 1, ...
+    const Job job = prepare_job(gr, ctx);
+    for (int i = 0; i < gr.n; ++i) {
+      Job j = job;
+      j.sampling.seed += (uint64_t)i;
+      gens.push_back(scheduler.submit(std::move(j)));
+    }
   } catch (const ApiError& e) {
+    for (auto& g : gens) g->cancel();
+    // The rejection reason: the error's code, else the field at fault, else the status.
+    log.outcome = !e.code.empty() ? e.code : !e.param.empty() ? "invalid:" + e.param : fmt::format("error{}", e.status);
     return send_error(res, e);
   }
+  log.gens = gens;
   const ResponseMeta meta = new_response_meta(ep, ctx.model_id);
   auto watch = std::make_shared<ConnectionWatch>(t_request ? t_request->fd : -1, t_request && t_request->http11);
+  const size_t n = gens.size();
+  auto cancel_all = [gens] {
+    for (auto& g : gens) g->cancel();
+  };
+  auto first_error = [gens]() -> std::optional<ApiError> {
+    for (auto& g : gens)
+      if (auto e = g->error()) return e;
+    return std::nullopt;
+  };
 
-  // Wait for the first text (or the end) before answering, so that a failure before any
-  // output still gets its own status code; give up if the client leaves meanwhile.
-  std::string text;
-  bool done = false;
-  while (!(done = gen->wait_for(text, kPoll)) && (gr.stream ? text.empty() : true)) {
-    if (watch->peer_gone(/*may_probe=*/true)) {
-      gen->cancel();
+  // Wait for the first text of the first choice (streaming) or the end of every choice before
+  // answering, so that a failure before any output still gets its own status code; give up if
+  // the client leaves meanwhile.
+  std::vector<std::string> texts(n);
+  std::vector<bool> done(n, false);
+  for (;;) {
+    size_t i = 0;
+    while (i < n && done[i]) ++i;
+    if (i == n) break;
+    done[i] = gens[i]->wait_for(texts[i], kPoll);
+    if (gr.stream && (!texts[0].empty() || done[0])) break;
+    if (!done[i] && watch->peer_gone(/*may_probe=*/true)) {
+      cancel_all();
+      log.outcome = "client_closed";
       return send_json(res, kClientClosed, error_json("invalid_request_error", "the client closed the connection"));
     }
   }
-  if (done)
-    if (auto err = gen->error()) return send_error(res, *err);
-  if (!gr.stream)
-    return send_json(res, 200,
-                     completion_body(ep, meta, text, gen->finish_reason(), gen->prompt_tokens(), gen->completion_tokens()));
+  if (!gr.stream || done[0])
+    if (auto err = gr.stream ? gens[0]->error() : first_error()) {
+      cancel_all();
+      return send_error(res, *err);
+    }
+  const bool want_logprobs = gr.top_logprobs >= 0;
+  if (!gr.stream) {
+    std::vector<ChoiceOut> choices(n);
+    int64_t generated = 0;
+    for (size_t i = 0; i < n; ++i) {
+      choices[i].text = texts[i];
+      choices[i].reason = gens[i]->finish_reason();
+      generated += gens[i]->completion_tokens();
+      if (want_logprobs) {
+        std::vector<TokenLogprobEntry> lp;
+        gens[i]->take_logprobs(lp);
+        choices[i].logprobs = logprobs_json(ep, lp);
+      }
+    }
+    return send_json(res, 200, completion_body(ep, meta, choices, gens[0]->prompt_tokens(), generated));
+  }
 
   res.set_header("Cache-Control", "no-cache");
   const bool include_usage = gr.include_usage;
   res.set_chunked_content_provider(
       "text/event-stream",
-      [gen, watch, meta, ep, include_usage, first = std::move(text)](size_t, httplib::DataSink& sink) {
+      [gens, watch, meta, ep, include_usage, want_logprobs, cancel_all, first_error, texts = std::move(texts),
+       done = std::move(done)](size_t, httplib::DataSink& sink) mutable {
         auto send = [&](const json& j) {
           const std::string ev = sse_event(j);
           return sink.write(ev.data(), ev.size());
         };
         auto client_left = [&] {
-          gen->cancel();
+          cancel_all();
           return false;
         };
-        if (ep == Endpoint::ChatCompletions && !send(role_chunk(meta))) return client_left();
-        std::string text = first;
-        for (;;) {
-          const bool finished = gen->wait_for(text, kPoll);
-          if (!text.empty()) {
-            if (!send(stream_chunk(ep, meta, text, FinishReason::None))) return client_left();
-            text.clear();
+        const size_t n = gens.size();
+        std::vector<size_t> offsets(n, 0);
+        std::vector<bool> ended(n, false);
+        if (ep == Endpoint::ChatCompletions)
+          for (size_t i = 0; i < n; ++i)
+            if (!send(role_chunk(meta, (int)i))) return client_left();
+        // Sends what choice i has now: its text and the log-probabilities of its new tokens.
+        auto flush = [&](size_t i) {
+          json lp = nullptr;
+          if (want_logprobs) {
+            std::vector<TokenLogprobEntry> entries;
+            gens[i]->take_logprobs(entries);
+            if (!entries.empty()) lp = logprobs_json(ep, entries, offsets[i]);
           }
-          if (finished) break;
+          if (texts[i].empty() && lp.is_null()) return true;
+          const bool ok = send(stream_chunk(ep, meta, texts[i], FinishReason::None, (int)i, lp));
+          offsets[i] += texts[i].size();
+          texts[i].clear();
+          return ok;
+        };
+        const auto slice = std::max(std::chrono::milliseconds(1), kPoll / (int)n);
+        for (;;) {
+          bool all = true;
+          for (size_t i = 0; i < n; ++i) {
+            if (ended[i]) continue;
+            if (!done[i]) done[i] = gens[i]->wait_for(texts[i], slice);
+            if (!flush(i)) return client_left();
+            if (done[i]) {
+              ended[i] = true;
+              if (!gens[i]->error() && !send(stream_chunk(ep, meta, "", gens[i]->finish_reason(), (int)i)))
+                return client_left();
+            }
+            all = all && ended[i];
+          }
+          if (all) break;
           if (watch->peer_gone(/*may_probe=*/false)) return client_left();
         }
-        if (auto err = gen->error()) {
+        if (auto err = first_error()) {
           send(error_json(*err));
-        } else {
-          send(stream_chunk(ep, meta, "", gen->finish_reason()));
-          if (include_usage) send(usage_chunk(ep, meta, gen->prompt_tokens(), gen->completion_tokens()));
+        } else if (include_usage) {
+          int64_t generated = 0;
+          for (auto& g : gens) generated += g->completion_tokens();
+          send(usage_chunk(ep, meta, gens[0]->prompt_tokens(), generated));
         }
         static const char kDone[] = "data: [DONE]\n\n";
         sink.write(kDone, sizeof(kDone) - 1);
         sink.done();
         return true;
       },
-      [gen](bool success) {
-        if (!success) gen->cancel();  // the connection failed before the stream ended
+      [gens](bool success) {
+        if (!success)  // the connection failed before the stream ended
+          for (auto& g : gens) g->cancel();
       });
 }
 

@@ -1,6 +1,8 @@
 // The HTTP face of `duo serve` (cpp-httplib): OpenAI-compatible /v1/completions and
-// /v1/chat/completions (JSON or server-sent events), /v1/models, /health and /metrics.
-// Every error a client can get is a JSON body in the OpenAI error format.
+// /v1/chat/completions (JSON or server-sent events), /v1/models, /health, /metrics, and
+// llama.cpp's /tokenize and /detokenize. Every error a client can get is a JSON body in the
+// OpenAI error format; a 503 says when to retry (Retry-After). Answers carry CORS headers
+// (any origin) and OPTIONS preflights are answered, so a browser page can call the server.
 #pragma once
 #include <cstddef>
 #include <memory>
@@ -24,6 +26,7 @@ struct HttpOptions {
   std::chrono::milliseconds request_timeout{60000};  // the whole request, from its first byte (408)
   std::chrono::milliseconds write_timeout{10000};    // a client that takes no bytes of the answer for this long is dropped
   bool log_requests = false;              // one line per request on stderr
+  std::string api_key;                    // non-empty: every route but /health and CORS preflights needs "Bearer <key>"
 };
 
 class HttpServer {

@@ -38,43 +38,83 @@ json envelope(const char* object, const ResponseMeta& m) {
 }
 }  // namespace
 
-json completion_body(Endpoint e, const ResponseMeta& m, const std::string& text, FinishReason r, int64_t prompt_tokens,
+namespace {
+json bytes_json(const std::string& s) {
+  json b = json::array();
+  for (unsigned char c : s) b.push_back((int)c);
+  return b;
+}
+}  // namespace
+
+json logprobs_json(Endpoint e, const std::vector<TokenLogprobEntry>& tokens, size_t text_offset) {
+  if (e == Endpoint::ChatCompletions) {
+    json content = json::array();
+    for (const auto& t : tokens) {
+      json top = json::array();
+      for (const auto& [piece, lp] : t.top)
+        top.push_back({{"token", piece}, {"logprob", lp}, {"bytes", bytes_json(piece)}});
+      content.push_back({{"token", t.piece}, {"logprob", t.logprob}, {"bytes", bytes_json(t.piece)}, {"top_logprobs", top}});
+    }
+    return {{"content", content}, {"refusal", nullptr}};
+  }
+  json toks = json::array(), lps = json::array(), tops = json::array(), offs = json::array();
+  for (const auto& t : tokens) {
+    toks.push_back(t.piece);
+    lps.push_back(t.logprob);
+    json top = json::object();
+    for (const auto& [piece, lp] : t.top)
+      if (!top.contains(piece)) top[piece] = lp;  // pieces with the same text: the likelier one
+    tops.push_back(top);
+    offs.push_back(text_offset);
+    text_offset += t.piece.size();
+  }
+  return {{"tokens", toks}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offs}};
+}
+
+json completion_body(Endpoint e, const ResponseMeta& m, const std::vector<ChoiceOut>& choices, int64_t prompt_tokens,
                      int64_t completion_tokens) {
-  json body;
-  if (e == Endpoint::Completions) {
-    body = envelope("text_completion", m);
-    body["choices"] = json::array(
-        {{{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish_reason_json(r)}}});
-  } else {
-    body = envelope("chat.completion", m);
-    body["choices"] = json::array({{{"index", 0},
-                                    {"message", {{"role", "assistant"}, {"content", text}}},
-                                    {"logprobs", nullptr},
-                                    {"finish_reason", finish_reason_json(r)}}});
+  json body = envelope(e == Endpoint::Completions ? "text_completion" : "chat.completion", m);
+  body["choices"] = json::array();
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const ChoiceOut& c = choices[i];
+    json choice = {{"index", i}};
+    if (e == Endpoint::Completions)
+      choice["text"] = c.text;
+    else
+      choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+    choice["logprobs"] = c.logprobs;
+    choice["finish_reason"] = finish_reason_json(c.reason);
+    body["choices"].push_back(std::move(choice));
   }
   body["usage"] = usage_json(prompt_tokens, completion_tokens);
   return body;
 }
 
-json stream_chunk(Endpoint e, const ResponseMeta& m, const std::string& text, FinishReason r) {
+json completion_body(Endpoint e, const ResponseMeta& m, const std::string& text, FinishReason r, int64_t prompt_tokens,
+                     int64_t completion_tokens) {
+  return completion_body(e, m, std::vector<ChoiceOut>{{text, r, nullptr}}, prompt_tokens, completion_tokens);
+}
+
+json stream_chunk(Endpoint e, const ResponseMeta& m, const std::string& text, FinishReason r, int index,
+                  const json& logprobs) {
   json body;
   if (e == Endpoint::Completions) {
     body = envelope("text_completion", m);
     body["choices"] = json::array(
-        {{{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish_reason_json(r)}}});
+        {{{"index", index}, {"text", text}, {"logprobs", logprobs}, {"finish_reason", finish_reason_json(r)}}});
   } else {
     body = envelope("chat.completion.chunk", m);
     json delta = json::object();
     if (r == FinishReason::None) delta["content"] = text;
     body["choices"] = json::array(
-        {{{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", finish_reason_json(r)}}});
+        {{{"index", index}, {"delta", delta}, {"logprobs", logprobs}, {"finish_reason", finish_reason_json(r)}}});
   }
   return body;
 }
 
-json role_chunk(const ResponseMeta& m) {
+json role_chunk(const ResponseMeta& m, int index) {
   json body = envelope("chat.completion.chunk", m);
-  body["choices"] = json::array({{{"index", 0},
+  body["choices"] = json::array({{{"index", index},
                                   {"delta", {{"role", "assistant"}, {"content", ""}}},
                                   {"logprobs", nullptr},
                                   {"finish_reason", nullptr}}});

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "serve/request.h"
 #include "serve/scheduler.h"
@@ -21,13 +22,29 @@ ResponseMeta new_response_meta(Endpoint e, const std::string& model);
 nlohmann::json finish_reason_json(FinishReason r);
 nlohmann::json usage_json(int64_t prompt_tokens, int64_t completion_tokens);
 
+// One choice of an answer: its text, why it ended, and its log-probabilities (null when the
+// request asked for none; see logprobs_json).
+struct ChoiceOut {
+  std::string text;
+  FinishReason reason = FinishReason::None;
+  nlohmann::json logprobs;
+};
+
+// The `logprobs` object of a choice (or of a streaming chunk) for these tokens: chat's
+// {"content": [{token, logprob, bytes, top_logprobs}], "refusal": null}, completions'
+// {tokens, token_logprobs, top_logprobs, text_offset} (offsets from `text_offset`).
+nlohmann::json logprobs_json(Endpoint e, const std::vector<TokenLogprobEntry>& tokens, size_t text_offset = 0);
+
 // The whole answer of a non-streaming request.
+nlohmann::json completion_body(Endpoint e, const ResponseMeta& m, const std::vector<ChoiceOut>& choices,
+                               int64_t prompt_tokens, int64_t completion_tokens);
 nlohmann::json completion_body(Endpoint e, const ResponseMeta& m, const std::string& text, FinishReason r,
                                int64_t prompt_tokens, int64_t completion_tokens);
-// One streaming chunk: a piece of text (finish_reason null), or the last one (text "" and
-// the finish reason). Chat: the first chunk carries the assistant role (role_chunk).
-nlohmann::json stream_chunk(Endpoint e, const ResponseMeta& m, const std::string& text, FinishReason r);
-nlohmann::json role_chunk(const ResponseMeta& m);
+// One streaming chunk of choice `index`: a piece of text (finish_reason null), or the last one
+// (text "" and the finish reason). Chat: the first chunk carries the assistant role (role_chunk).
+nlohmann::json stream_chunk(Endpoint e, const ResponseMeta& m, const std::string& text, FinishReason r, int index = 0,
+                            const nlohmann::json& logprobs = nullptr);
+nlohmann::json role_chunk(const ResponseMeta& m, int index = 0);
 // The usage chunk sent last when stream_options.include_usage is set (empty choices).
 nlohmann::json usage_chunk(Endpoint e, const ResponseMeta& m, int64_t prompt_tokens, int64_t completion_tokens);
 

@@ -146,6 +146,12 @@ Job prepare_job(const GenerationRequest& r, const ServeContext& ctx) {
     std::random_device rd;
     job.sampling.seed = (uint64_t)rd() << 32 | rd();
   }
+  const int n_vocab = ctx.engine->backend().config().n_vocab;
+  for (const auto& [id, b] : job.sampling.adjust.logit_bias)
+    if (id >= n_vocab)
+      bad_param("logit_bias", "'logit_bias' names token id {}, outside the vocabulary (0..{})", id, n_vocab - 1);
+  job.top_logprobs = r.top_logprobs;
+  job.json_object = r.json_object;
   job.stop = r.stop;
   return job;
 }

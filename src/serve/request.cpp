@@ -102,6 +102,8 @@ std::optional<std::string> get_string(const json& o, const char* key) {
 const std::set<std::string> kCommonFields = {
     "model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "presence_penalty",
     "frequency_penalty", "logit_bias", "logprobs", "user", "seed", "metadata", "store", "service_tier",
+    // vLLM / llama.cpp sampling extensions
+    "min_p", "repetition_penalty",
     // duo extensions
     "top_k", "attention", "sink", "recent", "pattern", "retrieval_ratio", "threshold"};
 const std::set<std::string> kCompletionFields = {"prompt", "echo", "best_of", "suffix",
@@ -111,40 +113,54 @@ const std::set<std::string> kChatFields = {"messages",  "max_completion_tokens",
                                            "tools",     "tool_choice",           "functions",    "function_call",
                                            "parallel_tool_calls"};
 
-void check_known_fields(const json& body, Endpoint ep) {
+// Fields this server does not know are ignored (as vLLM and llama.cpp do) and reported: the
+// response's x-duo-ignored-fields header and the request log name them.
+std::vector<std::string> unknown_fields(const json& body, Endpoint ep) {
   const auto& own = ep == Endpoint::Completions ? kCompletionFields : kChatFields;
+  std::vector<std::string> out;
+  // The other endpoint's input field means the request went to the wrong place: refused.
+  const char* other_input = ep == Endpoint::Completions ? "messages" : "prompt";
+  if (body.contains(other_input))
+    bad_param(other_input, "'{}' belongs to {}, not {}", other_input,
+              endpoint_path(ep == Endpoint::Completions ? Endpoint::ChatCompletions : Endpoint::Completions),
+              endpoint_path(ep));
   for (auto it = body.begin(); it != body.end(); ++it)
-    if (!kCommonFields.count(it.key()) && !own.count(it.key()))
-      throw ApiError(400, "invalid_request_error",
-                     fmt::format("unrecognized request argument '{}' for {}", it.key(), endpoint_path(ep)), it.key(),
-                     "unknown_parameter");
+    if (!kCommonFields.count(it.key()) && !own.count(it.key())) out.push_back(it.key());
+  return out;
+}
+
+std::vector<std::pair<int32_t, float>> parse_logit_bias(const json& body) {
+  std::vector<std::pair<int32_t, float>> out;
+  const json* v = field(body, "logit_bias");
+  if (!v) return out;
+  if (!v->is_object()) bad_param("logit_bias", "'logit_bias' must be an object, not {}", type_name(*v));
+  if (v->size() > 1024) bad_param("logit_bias", "'logit_bias' holds {} entries, more than 1024", v->size());
+  for (auto it = v->begin(); it != v->end(); ++it) {
+    const std::string& k = it.key();
+    int64_t id = -1;
+    if (!k.empty() && k.size() <= 10 && k.find_first_not_of("0123456789") == std::string::npos) id = std::stoll(k);
+    if (id < 0 || id > std::numeric_limits<int32_t>::max())
+      bad_param("logit_bias", "'logit_bias' keys must be token ids (got '{}')", k);
+    if (!it->is_number()) bad_param("logit_bias", "'logit_bias[{}]' must be a number, not {}", k, type_name(*it));
+    const double b = it->get<double>();
+    if (!(b >= -100.0 && b <= 100.0)) bad_param("logit_bias", "'logit_bias[{}]' = {} is not in [-100, 100]", k, it->dump());
+    out.push_back({(int32_t)id, (float)b});
+  }
+  return out;
 }
 
 // Options with one supported value (the default): anything else is refused rather than ignored.
 void check_defaults_only(const json& body, Endpoint ep) {
-  if (auto n = get_int(body, "n", 1, 128); n && *n != 1) unsupported("n", "more than one choice per request");
-  for (const char* k : {"presence_penalty", "frequency_penalty"})
-    if (auto x = get_number(body, k, -2.0, 2.0); x && *x != 0.0) unsupported(k, "a non-zero penalty");
-  if (const json* v = field(body, "logit_bias")) {
-    if (!v->is_object()) bad_param("logit_bias", "'logit_bias' must be an object, not {}", type_name(*v));
-    if (!v->empty()) unsupported("logit_bias", "a logit bias");
-  }
   if (ep == Endpoint::Completions) {
-    if (const json* v = field(body, "logprobs")) {
-      to_int(*v, "logprobs", 0, 5);
-      unsupported("logprobs", "returning log-probabilities");
-    }
     if (get_bool(body, "echo").value_or(false)) unsupported("echo", "echoing the prompt");
     if (auto b = get_int(body, "best_of", 1, 20); b && *b != 1) unsupported("best_of", "best_of > 1");
     if (auto s = get_string(body, "suffix"); s && !s->empty()) unsupported("suffix", "a suffix");
   } else {
-    if (get_bool(body, "logprobs").value_or(false)) unsupported("logprobs", "returning log-probabilities");
-    if (auto t = get_int(body, "top_logprobs", 0, 20); t && *t != 0) unsupported("top_logprobs", "top log-probabilities");
     if (const json* v = field(body, "response_format")) {
       if (!v->is_object()) bad_param("response_format", "'response_format' must be an object, not {}", type_name(*v));
       auto t = get_string(*v, "type");
       if (!t) bad_param("response_format", "'response_format' needs a 'type'");
-      if (*t != "text") unsupported("response_format", fmt::format("response format '{}'", *t));
+      if (*t != "text" && *t != "json_object") unsupported("response_format", fmt::format("response format '{}'", *t));
     }
     for (const char* k : {"tools", "functions"})
       if (const json* v = field(body, k)) {
@@ -312,6 +328,45 @@ const char* endpoint_path(Endpoint e) {
   return e == Endpoint::Completions ? "/v1/completions" : "/v1/chat/completions";
 }
 
+namespace {
+json parse_body(const std::string& body) {
+  if (nesting_depth(body) > kMaxDepth)
+    throw ApiError(400, "invalid_request_error", fmt::format("the JSON body is nested more than {} levels deep", kMaxDepth));
+  json j;
+  try {
+    j = json::parse(body);
+  } catch (const json::exception& e) {
+    throw ApiError(400, "invalid_request_error", fmt::format("the body is not valid JSON: {}", e.what()), "",
+                   "invalid_json");
+  }
+  if (!j.is_object())
+    throw ApiError(400, "invalid_request_error", fmt::format("the body must be a JSON object, not {}", type_name(j)));
+  return j;
+}
+}  // namespace
+
+TokenizeRequest parse_tokenize(const std::string& body) {
+  const json j = parse_body(body);
+  TokenizeRequest t;
+  auto c = get_string(j, "content");
+  if (!c) bad_param("content", "'content' is required");
+  t.content = *c;
+  t.add_special = get_bool(j, "add_special").value_or(t.add_special);
+  t.parse_special = get_bool(j, "parse_special").value_or(t.parse_special);
+  t.with_pieces = get_bool(j, "with_pieces").value_or(t.with_pieces);
+  return t;
+}
+
+std::vector<int32_t> parse_detokenize(const std::string& body, int32_t n_vocab) {
+  const json j = parse_body(body);
+  const json* v = field(j, "tokens");
+  if (!v) bad_param("tokens", "'tokens' is required");
+  if (!v->is_array()) bad_param("tokens", "'tokens' must be an array of token ids, not {}", type_name(*v));
+  std::vector<int32_t> ids;
+  for (size_t i = 0; i < v->size(); ++i) ids.push_back((int32_t)to_int((*v)[i], fmt::format("tokens[{}]", i), 0, n_vocab - 1));
+  return ids;
+}
+
 GenerationRequest parse_request(Endpoint endpoint, const std::string& body) {
   if (nesting_depth(body) > kMaxDepth)
     throw ApiError(400, "invalid_request_error", fmt::format("the JSON body is nested more than {} levels deep", kMaxDepth));
@@ -324,11 +379,11 @@ GenerationRequest parse_request(Endpoint endpoint, const std::string& body) {
   }
   if (!j.is_object())
     throw ApiError(400, "invalid_request_error", fmt::format("the body must be a JSON object, not {}", type_name(j)));
-  check_known_fields(j, endpoint);
   check_defaults_only(j, endpoint);
 
   GenerationRequest r;
   r.endpoint = endpoint;
+  r.ignored_fields = unknown_fields(j, endpoint);
   auto model = get_string(j, "model");
   if (!model) bad_param("model", "'model' is required");
   r.model = *model;
@@ -346,6 +401,22 @@ GenerationRequest parse_request(Endpoint endpoint, const std::string& body) {
   if (auto t = get_number(j, "temperature", 0.0, 2.0)) r.sampling.temperature = (float)*t;
   if (auto p = get_number(j, "top_p", 0.0, 1.0, true)) r.sampling.top_p = (float)*p;
   if (auto k = get_int(j, "top_k", 0, 1 << 20)) r.sampling.top_k = (int)*k;
+  if (auto x = get_number(j, "min_p", 0.0, 1.0)) r.sampling.min_p = (float)*x;
+  if (auto x = get_number(j, "repetition_penalty", 0.0, 10.0, true)) r.sampling.adjust.repetition_penalty = (float)*x;
+  if (auto x = get_number(j, "presence_penalty", -2.0, 2.0)) r.sampling.adjust.presence_penalty = (float)*x;
+  if (auto x = get_number(j, "frequency_penalty", -2.0, 2.0)) r.sampling.adjust.frequency_penalty = (float)*x;
+  r.sampling.adjust.logit_bias = parse_logit_bias(j);
+  r.n = (int)get_int(j, "n", 1, kMaxChoices).value_or(1);
+  if (endpoint == Endpoint::ChatCompletions)
+    if (const json* rf = field(j, "response_format")) r.json_object = get_string(*rf, "type") == "json_object";
+  if (endpoint == Endpoint::Completions) {
+    if (auto k = get_int(j, "logprobs", 0, kMaxTopLogprobs)) r.top_logprobs = (int)*k;
+  } else {
+    const bool want = get_bool(j, "logprobs").value_or(false);
+    auto k = get_int(j, "top_logprobs", 0, kMaxTopLogprobs);
+    if (k && !want) bad_param("top_logprobs", "'top_logprobs' needs \"logprobs\": true");
+    if (want) r.top_logprobs = (int)k.value_or(0);
+  }
   if (const json* s = field(j, "seed")) {
     if (!s->is_number_integer() && !s->is_number_unsigned())
       bad_param("seed", "'seed' must be an integer, not {}", type_name(*s));

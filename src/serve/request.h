@@ -1,6 +1,7 @@
 // An OpenAI-style generation request (/v1/completions or /v1/chat/completions), parsed from
 // its JSON body and checked field by field: wrong types, out-of-range values and options this
-// server does not implement are ApiErrors naming the field, never silently ignored.
+// server does not implement are ApiErrors naming the field. Fields it does not know at all are
+// ignored and listed (ignored_fields), as vLLM and llama.cpp accept them.
 //
 // duo's own options ride along as extra top-level fields (the openai client's `extra_body`):
 //   attention        "full" | "streaming" | "duo"
@@ -10,6 +11,7 @@
 //   retrieval_ratio  binarize the pattern keeping this fraction of heads as retrieval heads
 //   threshold        or: gates >= threshold are retrieval heads
 //   top_k            sampling cut (0: off)
+//   min_p, repetition_penalty   as vLLM and llama.cpp take them
 //   parse_special    completions only: true makes special-token text in the prompt (e.g.
 //                    "<|im_start|>") those tokens; by default (false) it is plain text. Chat
 //                    requests have no such option: there the template's own markers are the
@@ -47,6 +49,10 @@ struct GenerationRequest {
   std::vector<std::string> stop;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
+  int n = 1;                   // choices, each its own sequence
+  int top_logprobs = -1;       // -1: no logprobs; else the chosen token's and this many alternatives
+  bool json_object = false;    // chat response_format {"type": "json_object"}
+  std::vector<std::string> ignored_fields;  // top-level fields this server does not know
 
   // duo options (unset: the server's defaults)
   std::optional<AttentionMode> attention;
@@ -60,8 +66,22 @@ struct GenerationRequest {
 // Limits on what a body may ask for (beyond the model's context, checked later).
 constexpr size_t kMaxStopStrings = 16;
 constexpr size_t kMaxStopLength = 256;
+constexpr int kMaxChoices = 16;
+constexpr int kMaxTopLogprobs = 20;
 
 // Parses and validates a request body. Throws ApiError (400) with the offending field.
 GenerationRequest parse_request(Endpoint endpoint, const std::string& body);
+
+// llama.cpp's /tokenize body: {"content": text, "add_special": false, "parse_special": true,
+// "with_pieces": false} (its defaults).
+struct TokenizeRequest {
+  std::string content;
+  bool add_special = false;
+  bool parse_special = true;
+  bool with_pieces = false;
+};
+TokenizeRequest parse_tokenize(const std::string& body);
+// /detokenize: {"tokens": [ids]}, each id checked against the vocabulary size.
+std::vector<int32_t> parse_detokenize(const std::string& body, int32_t n_vocab);
 
 }  // namespace duo::serve

@@ -1,10 +1,13 @@
 #include "serve/scheduler.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "engine/utf8_stream.h"
+#include "sample/json_grammar.h"
+#include "sample/logprobs.h"
 #include "serve/stop_matcher.h"
 #include "tokenizer/tokenizer.h"
 
@@ -45,6 +48,17 @@ int64_t Generation::completion_tokens() const {
 std::optional<ApiError> Generation::error() const {
   std::lock_guard lk(mu_);
   return error_;
+}
+
+void Generation::take_logprobs(std::vector<TokenLogprobEntry>& out) {
+  std::lock_guard lk(mu_);
+  for (auto& e : logprobs_) out.push_back(std::move(e));
+  logprobs_.clear();
+}
+
+void Generation::add_logprobs(TokenLogprobEntry e) {
+  std::lock_guard lk(mu_);
+  logprobs_.push_back(std::move(e));
 }
 
 void Generation::emit(const std::string& text) {
@@ -90,7 +104,10 @@ std::string current_exception_message() {
 struct Scheduler::Sequence {
   Sequence(Job j, size_t cost, std::shared_ptr<Generation> g)
       : out(std::move(g)), job(std::move(j)), cost(cost), sampler(job.sampling), stop(job.stop),
-        submitted(std::chrono::steady_clock::now()) {}
+        submitted(std::chrono::steady_clock::now()) {
+    sampler.add_prompt(job.prompt.data(), (int64_t)job.prompt.size());
+    if (job.json_object) json.emplace();
+  }
   std::shared_ptr<Generation> out;
   Job job;
   size_t cost;
@@ -100,6 +117,7 @@ struct Scheduler::Sequence {
   int64_t generated = 0;
   bool done = false;
   Sampler sampler;
+  std::optional<JsonObjectMatcher> json;  // JSON mode: what has been generated so far
   Utf8Stream utf8;
   StopMatcher stop;
   std::chrono::steady_clock::time_point submitted, last_token;  // for the latency histograms
@@ -283,9 +301,12 @@ int Scheduler::step() {
   // see the backends' step()). The last chunk of a prompt picks the first token.
   std::vector<StepItem> items;
   std::vector<Sequence*> owners;
+  // Sequences sampled on the host give the backend no sampler: it returns -1 for them and
+  // their logits row, and the pick is made below (see Job::host_sampling).
+  auto device_sampler = [](Sequence& s) { return s.job.host_sampling() ? nullptr : &s.sampler; };
   for (auto& s : active_)
     if (s->fed == (int64_t)s->job.prompt.size()) {
-      items.push_back({s->state.get(), &s->next, 1, &s->sampler});
+      items.push_back({s->state.get(), &s->next, 1, device_sampler(*s)});
       owners.push_back(s.get());
     }
   // Pre-fill chunks while they fit the step's token budget; the first is taken whatever its
@@ -299,12 +320,16 @@ int Scheduler::step() {
     if (prefilled > 0 && m > prefill_left) continue;
     prefill_left -= m;
     prefilled += m;
-    items.push_back({s->state.get(), s->job.prompt.data() + s->fed, m, s->fed + m == P ? &s->sampler : nullptr});
+    items.push_back({s->state.get(), s->job.prompt.data() + s->fed, m, s->fed + m == P ? device_sampler(*s) : nullptr});
     owners.push_back(s.get());
   }
   std::vector<int32_t> ids(items.size(), -1);
+  bool any_host = false;
+  for (Sequence* s : owners) any_host = any_host || s->job.host_sampling();
+  const int V = backend_.config().n_vocab;
+  if (any_host) logits_.resize(items.size() * (size_t)V);
   try {
-    backend_.step(items, ids.data());
+    backend_.step(items, ids.data(), any_host ? logits_.data() : nullptr);
   } catch (const std::exception& e) {
     // The caches of this batch are in an unknown state: end these sequences, keep serving.
     const bool oom = dynamic_cast<const std::bad_alloc*>(&e) != nullptr;
@@ -325,8 +350,9 @@ int Scheduler::step() {
       s.fed += items[i].n;
       if (s.fed < (int64_t)s.job.prompt.size()) continue;  // more prompt to read
     }
-    if (!tok_.is_eog(ids[i])) ++generated;
     try {
+      if (s.job.host_sampling()) ids[i] = pick_on_host(s, logits_.data() + i * (size_t)V, V);
+      if (!tok_.is_eog(ids[i])) ++generated;
       take_token(s, ids[i], t1);
     } catch (...) {
       // A failure with one sequence's token (an id the tokenizer cannot render, ...) ends that
@@ -336,6 +362,47 @@ int Scheduler::step() {
   }
   metrics_.record_step((int)items.size(), prefilled, generated, std::chrono::duration<double>(t1 - t0).count());
   return (int)items.size();
+}
+
+int32_t Scheduler::pick_on_host(Sequence& s, const float* row, int n_vocab) {
+  const float* pick_from = row;
+  if (s.json) {
+    if (pieces_.empty()) {
+      pieces_.resize(tok_.n_vocab());
+      for (int32_t t = 0; t < tok_.n_vocab(); ++t) pieces_[t] = tok_.token_to_piece(t);
+    }
+    // A token is allowed when its bytes continue the JSON object; once the object is complete
+    // only end-of-generation (no trailing blanks); byte-less (control) tokens never.
+    masked_.assign(row, row + n_vocab);
+    const bool done = s.json->done();
+    for (int32_t t = 0; t < n_vocab; ++t) {
+      bool ok = false;
+      if (t < tok_.n_vocab()) {
+        if (tok_.is_eog(t)) {
+          ok = done;
+        } else if (!done && !pieces_[t].empty()) {
+          JsonObjectMatcher trial = *s.json;
+          ok = trial.feed(std::string_view(pieces_[t]));
+        }
+      }
+      if (!ok) masked_[t] = -INFINITY;
+    }
+    pick_from = masked_.data();
+  }
+  const int32_t id = s.sampler.sample(pick_from, n_vocab);
+  if (s.json && id >= 0 && id < tok_.n_vocab() && !tok_.is_eog(id)) s.json->feed(std::string_view(pieces_[id]));
+  // An end-of-generation token is not shown, so it gets no entry either.
+  if (s.job.top_logprobs >= 0 && id >= 0 && id < tok_.n_vocab() && !tok_.is_eog(id)) {
+    const TokenLogprobs lp = token_logprobs(row, n_vocab, id, s.job.top_logprobs);
+    TokenLogprobEntry e;
+    e.id = id;
+    e.piece = tok_.token_to_piece(id);
+    e.logprob = lp.logprob;
+    for (const auto& [t, l] : lp.top)
+      if (t < tok_.n_vocab()) e.top.push_back({tok_.token_to_piece(t), l});
+    s.out->add_logprobs(std::move(e));
+  }
+  return id;
 }
 
 bool Scheduler::take_token(Sequence& s, int32_t id, std::chrono::steady_clock::time_point now) {

@@ -39,6 +39,22 @@ struct Job {
   int64_t max_tokens = 16;
   SamplerConfig sampling;
   std::vector<std::string> stop;
+  // Log-probabilities of each generated token and of the `top_logprobs` most likely ones
+  // (-1: none). Like host_only() sampling, this takes the step's logits back to the host.
+  int top_logprobs = -1;
+  // JSON mode: tokens that cannot continue one valid JSON object are masked (host sampling);
+  // once the object is complete only end-of-generation may follow.
+  bool json_object = false;
+  bool host_sampling() const { return sampling.host_only() || top_logprobs >= 0 || json_object; }
+};
+
+// One generated token's log-probabilities (from the model's logits, before any adjustment or
+// temperature), with its text and the top alternatives' texts.
+struct TokenLogprobEntry {
+  std::string piece;
+  int32_t id = -1;
+  float logprob = 0.0f;
+  std::vector<std::pair<std::string, float>> top;
 };
 
 // One request's output, written by the scheduler thread and read by the HTTP thread.
@@ -47,6 +63,8 @@ class Generation {
   // Waits until there is new text or the generation has finished, at most `timeout`. Appends
   // the new text to `text`; returns true once finished (all text has then been taken).
   bool wait_for(std::string& text, std::chrono::milliseconds timeout);
+  // Moves the log-probability entries recorded since the last call into `out` (appended).
+  void take_logprobs(std::vector<TokenLogprobEntry>& out);
   // The client went away: the scheduler drops the sequence (or the queued job) at its next step.
   void cancel() { cancelled_.store(true); }
   bool cancelled() const { return cancelled_.load(); }
@@ -60,12 +78,14 @@ class Generation {
   // Scheduler side.
   explicit Generation(int64_t prompt_tokens) : prompt_tokens_(prompt_tokens) {}
   void emit(const std::string& text);
+  void add_logprobs(TokenLogprobEntry e);
   void finish(FinishReason reason, int64_t completion_tokens, std::optional<ApiError> error = std::nullopt);
 
  private:
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::string pending_;
+  std::vector<TokenLogprobEntry> logprobs_;
   bool finished_ = false;
   FinishReason reason_ = FinishReason::None;
   const int64_t prompt_tokens_;
@@ -123,6 +143,8 @@ class Scheduler {
   int step();  // returns the sequences in the step
   // Takes a sequence's picked token (at `now`, the end of its step); true when it finished.
   bool take_token(Sequence& s, int32_t id, std::chrono::steady_clock::time_point now);
+  // Picks a host-sampled sequence's token from its logits row and records its log-probabilities.
+  int32_t pick_on_host(Sequence& s, const float* row, int n_vocab);
   void finish(Sequence& s, FinishReason reason, std::optional<ApiError> error = std::nullopt);
   void publish_gauges(int last_batch);
 
@@ -137,6 +159,9 @@ class Scheduler {
   std::deque<std::unique_ptr<Sequence>> pending_;  // guarded by mu_
   size_t reserved_ = 0;                            // guarded by mu_
   std::vector<std::unique_ptr<Sequence>> active_;  // scheduler thread only
+  std::vector<float> logits_;                      // the step's rows when some sequence samples on the host
+  std::vector<float> masked_;                      // a JSON-mode row with its impossible tokens masked
+  std::vector<std::string> pieces_;                // every token's bytes, made on the first JSON-mode pick
   std::thread thread_;
 };
 

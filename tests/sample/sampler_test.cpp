@@ -3,7 +3,7 @@
 //  - with a fixed uniform draw: the sampler and the reference pick the same token, draw by draw;
 //  - as a distribution: seeded draws pass a chi-square test against the reference probabilities,
 //    and tokens the cuts remove are never drawn.
-// The sampler has no min-p or repetition penalties yet; tests for them belong with them.
+// min-p, penalties and logit bias: sampler_options_test.cpp.
 #include <gtest/gtest.h>
 
 #include <algorithm>

@@ -5,6 +5,7 @@
 // its bytes alone is refused before it is tokenized.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <random>
 
@@ -50,6 +51,55 @@ TEST(Request, CompletionFields) {
   EXPECT_TRUE(r.stream);
   EXPECT_TRUE(r.include_usage);
   EXPECT_FALSE(r.attention);
+}
+
+TEST(Request, SamplingOptionsLogprobsAndChoices) {
+  const auto r = completion(R"({"model":"m","prompt":"x","min_p":0.05,"repetition_penalty":1.3,
+      "presence_penalty":0.5,"frequency_penalty":-1,"logit_bias":{"7":-100,"12":2.5},"logprobs":3,"n":4})");
+  EXPECT_FLOAT_EQ(r.sampling.min_p, 0.05f);
+  EXPECT_FLOAT_EQ(r.sampling.adjust.repetition_penalty, 1.3f);
+  EXPECT_FLOAT_EQ(r.sampling.adjust.presence_penalty, 0.5f);
+  EXPECT_FLOAT_EQ(r.sampling.adjust.frequency_penalty, -1.0f);
+  auto bias = r.sampling.adjust.logit_bias;
+  std::sort(bias.begin(), bias.end());
+  EXPECT_EQ(bias, (std::vector<std::pair<int32_t, float>>{{7, -100.0f}, {12, 2.5f}}));
+  EXPECT_TRUE(r.sampling.host_only());
+  EXPECT_EQ(r.top_logprobs, 3);
+  EXPECT_EQ(r.n, 4);
+  // Defaults: nothing that needs the host, no logprobs, one choice.
+  const auto d = completion(R"({"model":"m","prompt":"x","logprobs":null,"presence_penalty":0,"logit_bias":{}})");
+  EXPECT_FALSE(d.sampling.host_only());
+  EXPECT_EQ(d.top_logprobs, -1);
+  EXPECT_EQ(d.n, 1);
+  // Chat: logprobs is a boolean, top_logprobs the count of alternatives.
+  const std::string msgs = R"("model":"m","messages":[{"role":"user","content":"x"}])";
+  EXPECT_EQ(chat("{" + msgs + R"(,"logprobs":true})").top_logprobs, 0);
+  EXPECT_EQ(chat("{" + msgs + R"(,"logprobs":true,"top_logprobs":5})").top_logprobs, 5);
+  EXPECT_EQ(chat("{" + msgs + R"(,"logprobs":false})").top_logprobs, -1);
+  EXPECT_TRUE(chat("{" + msgs + R"(,"response_format":{"type":"json_object"}})").json_object);
+  EXPECT_FALSE(chat("{" + msgs + R"(,"response_format":{"type":"text"}})").json_object);
+}
+
+TEST(Request, UnknownFieldsAreIgnoredAndListed) {
+  const auto r = completion(R"({"model":"m","prompt":"x","max_token":5,"mirostat":2,"temperature":0.5})");
+  EXPECT_EQ(r.ignored_fields, (std::vector<std::string>{"max_token", "mirostat"}));
+  EXPECT_FALSE(r.max_tokens);
+  EXPECT_FLOAT_EQ(r.sampling.temperature, 0.5f);
+  EXPECT_TRUE(completion(R"({"model":"m","prompt":"x"})").ignored_fields.empty());
+}
+
+TEST(Request, TokenizeBodies) {
+  const TokenizeRequest t = parse_tokenize(R"({"content":"hi","with_pieces":true,"add_special":true})");
+  EXPECT_EQ(t.content, "hi");
+  EXPECT_TRUE(t.with_pieces);
+  EXPECT_TRUE(t.add_special);
+  EXPECT_TRUE(t.parse_special);  // llama.cpp's default
+  EXPECT_THROW(parse_tokenize(R"({"text":"hi"})"), ApiError);
+  EXPECT_THROW(parse_tokenize(R"({"content":5})"), ApiError);
+  EXPECT_EQ(parse_detokenize(R"({"tokens":[1,2,99]})", 100), (std::vector<int32_t>{1, 2, 99}));
+  EXPECT_THROW(parse_detokenize(R"({"tokens":[100]})", 100), ApiError);
+  EXPECT_THROW(parse_detokenize(R"({"tokens":"1"})", 100), ApiError);
+  EXPECT_THROW(parse_detokenize("[", 100), ApiError);
 }
 
 TEST(Request, DefaultsAndNulls) {
@@ -145,15 +195,23 @@ TEST(Request, BadBodiesNameTheField) {
       {C, R"({"model":"m","prompt":"x","stop":5})", 400, "stop"},
       {C, R"({"model":"m","prompt":"x","stop":[""]})", 400, "stop"},
       {C, R"({"model":"m","prompt":"x","stop":["a",1]})", 400, "stop"},
-      {C, R"({"model":"m","prompt":"x","n":2})", 400, "n"},
+      {C, R"({"model":"m","prompt":"x","n":17})", 400, "n"},
+      {C, R"({"model":"m","prompt":"x","n":0})", 400, "n"},
       {C, R"({"model":"m","prompt":"x","n":"1"})", 400, "n"},
-      {C, R"({"model":"m","prompt":"x","presence_penalty":0.5})", 400, "presence_penalty"},
-      {C, R"({"model":"m","prompt":"x","logit_bias":{"1":5}})", 400, "logit_bias"},
-      {C, R"({"model":"m","prompt":"x","logprobs":2})", 400, "logprobs"},
+      {C, R"({"model":"m","prompt":"x","presence_penalty":2.5})", 400, "presence_penalty"},
+      {C, R"({"model":"m","prompt":"x","frequency_penalty":"1"})", 400, "frequency_penalty"},
+      {C, R"({"model":"m","prompt":"x","repetition_penalty":0})", 400, "repetition_penalty"},
+      {C, R"({"model":"m","prompt":"x","min_p":1.5})", 400, "min_p"},
+      {C, R"({"model":"m","prompt":"x","logit_bias":[1]})", 400, "logit_bias"},
+      {C, R"({"model":"m","prompt":"x","logit_bias":{"a":5}})", 400, "logit_bias"},
+      {C, R"({"model":"m","prompt":"x","logit_bias":{"-1":5}})", 400, "logit_bias"},
+      {C, R"({"model":"m","prompt":"x","logit_bias":{"1":500}})", 400, "logit_bias"},
+      {C, R"({"model":"m","prompt":"x","logit_bias":{"1":"5"}})", 400, "logit_bias"},
+      {C, R"({"model":"m","prompt":"x","logprobs":21})", 400, "logprobs"},
+      {C, R"({"model":"m","prompt":"x","logprobs":true})", 400, "logprobs"},
       {C, R"({"model":"m","prompt":"x","echo":true})", 400, "echo"},
       {C, R"({"model":"m","prompt":"x","best_of":3})", 400, "best_of"},
       {C, R"({"model":"m","prompt":"x","suffix":"s"})", 400, "suffix"},
-      {C, R"({"model":"m","prompt":"x","max_token":5})", 400, "max_token"},
       {C, R"({"model":"m","prompt":"x","messages":[]})", 400, "messages"},
       {C, R"({"model":"m","prompt":"x","attention":"sparse"})", 400, "attention"},
       {C, R"({"model":"m","prompt":"x","attention":1})", 400, "attention"},
@@ -180,9 +238,12 @@ TEST(Request, BadBodiesNameTheField) {
       {H, R"({"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]})", 400, "messages[0].content[0]"},
       {H, R"({"model":"m","messages":[{"role":"user","content":[{"type":"text"}]}]})", 400, "messages[0].content[0]"},
       {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]})", 400, "tools"},
-      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}})", 400,
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema"}})", 400,
        "response_format"},
-      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true})", 400, "logprobs"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":1})", 400, "logprobs"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"top_logprobs":2})", 400, "top_logprobs"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":21})", 400,
+       "top_logprobs"},
       {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"prompt":"x"})", 400, "prompt"},
       {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":0})", 400,
        "max_completion_tokens"},
@@ -259,11 +320,9 @@ TEST(Request, ParseSpecialIsACompletionOption) {
   EXPECT_TRUE(completion(R"({"model":"m","prompt":"x","parse_special":true})").parse_special);
   EXPECT_FALSE(completion(R"({"model":"m","prompt":"x","parse_special":null})").parse_special);
   EXPECT_EQ(error_of(Endpoint::Completions, R"({"model":"m","prompt":"x","parse_special":1})").param, "parse_special");
-  // Chat content is always text: there is no such option to ask for.
-  EXPECT_EQ(error_of(Endpoint::ChatCompletions,
-                     R"({"model":"m","messages":[{"role":"user","content":"x"}],"parse_special":true})")
-                .code,
-            "unknown_parameter");
+  // Chat content is always text: there is no such option, so the field is ignored and reported.
+  EXPECT_EQ(chat(R"({"model":"m","messages":[{"role":"user","content":"x"}],"parse_special":true})").ignored_fields,
+            std::vector<std::string>{"parse_special"});
 }
 
 class PrepareText : public ::testing::Test {

@@ -6,7 +6,11 @@
 - malformed requests (hand-written and randomly mutated bodies, broken HTTP) get OpenAI-format
   errors and the server stays up with nothing leaked (no running sequence, no reserved KV);
 - a client that disconnects cancels its request;
-- a request that can never fit the KV budget gets 400, a full queue 503.
+- a request that can never fit the KV budget gets 400, a full queue 503 with Retry-After;
+- logprobs (completions and chat, streamed or not) equal `duo logits`; n choices; min_p,
+  penalties and logit_bias obey their definitions on the returned log-probabilities;
+- /tokenize and /detokenize equal `duo tokenize`; --api-key, CORS, unknown fields ignored and
+  reported, and the -v request log line.
 
 Usage: test_serve.py --duo build/duo   (run_e2e.sh sets up the openai client)
 Prints one line per test and "N passed, N failed" at the end; exit 77 when the model is missing.
@@ -14,6 +18,7 @@ Prints one line per test and "N passed, N failed" at the end; exit 77 when the m
 import argparse
 import http.client
 import json
+import math
 import os
 import random
 import re
@@ -134,6 +139,13 @@ def generate(duo, prompt, n, *args, chat=False):
         assert out.startswith(prompt), (prompt, out)
         out = out[len(prompt):]
     return out
+
+
+def duo_logits(duo, prompt, k, chat=False):
+    """`duo logits --json`: the top-k next tokens after the prompt, [(id, piece, logprob)]."""
+    cmd = [duo, "logits", "-t", THREADS, "-p", prompt, "-k", str(k), "--json"] + (["--chat"] if chat else [])
+    out = json.loads(subprocess.run(cmd, check=True, capture_output=True).stdout)
+    return [(t["id"], t["piece"], t["logprob"]) for t in out["top"]]
 
 
 def curl(server, path, body, stream=False):
@@ -339,7 +351,7 @@ class Tests:
             (openai.NotFoundError, dict(model="gpt-4", prompt="x")),
             (openai.BadRequestError, dict(model=MODEL_ID, prompt="x", temperature=5)),
             (openai.BadRequestError, dict(model=MODEL_ID, prompt="x", max_tokens=10 ** 6)),
-            (openai.BadRequestError, dict(model=MODEL_ID, prompt="x", n=3)),
+            (openai.BadRequestError, dict(model=MODEL_ID, prompt="x", n=99)),
             (openai.BadRequestError, dict(model=MODEL_ID, prompt="x", extra_body={"attention": "duo"})),
             (openai.BadRequestError, dict(model=MODEL_ID, prompt="x", extra_body={"attention": "duo",
                                                                                  "pattern": "missing"})),
@@ -542,9 +554,10 @@ class Tests:
             while b.metrics()["duo_queue_depth"] < 1:
                 assert time.time() < end, "second request never queued"
                 time.sleep(0.02)
-            status, _, resp = b.post("/v1/completions", streaming)
+            status, headers, resp = b.post("/v1/completions", streaming)
             assert status == 503, status
             assert check_error_body(status, resp, "queue full")["code"] == "server_overloaded"
+            assert headers.get("Retry-After") == "1", headers
             try:
                 b.client.completions.create(model=MODEL_ID, prompt="Hello", max_tokens=4)
             except openai.InternalServerError as e:
@@ -598,6 +611,205 @@ class Tests:
                 assert got[i] == wants[i], (i, got[i], wants[i])
         finally:
             assert b.stop() == 0, b.log()
+
+    def test_logprobs_equal_duo_logits(self):
+        s = self.server
+        prompt = "Paris is the capital of"
+        want = duo_logits(self.duo, prompt, 5)
+        r = s.client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=3, temperature=0, logprobs=5)
+        lp = r.choices[0].logprobs
+        assert len(lp.tokens) == 3 and len(lp.token_logprobs) == 3 and len(lp.top_logprobs) == 3, lp
+        assert "".join(lp.tokens) == r.choices[0].text, (lp.tokens, r.choices[0].text)
+        assert lp.text_offset == [0, len(lp.tokens[0]), len(lp.tokens[0]) + len(lp.tokens[1])], lp.text_offset
+        # First token: greedy picks the top one; its and the alternatives' logprobs are duo logits'.
+        assert lp.tokens[0] == want[0][1], (lp.tokens[0], want)
+        assert abs(lp.token_logprobs[0] - want[0][2]) < 1e-4, (lp.token_logprobs[0], want[0])
+        assert sorted(lp.top_logprobs[0]) == sorted(p for _, p, _ in want), (lp.top_logprobs[0], want)
+        for _, piece, l in want:
+            assert abs(lp.top_logprobs[0][piece] - l) < 1e-4, (piece, lp.top_logprobs[0], want)
+        # Later tokens: the distribution after the prompt and the tokens before.
+        want2 = duo_logits(self.duo, prompt + lp.tokens[0], 5)
+        assert abs(lp.token_logprobs[1] - want2[0][2]) < 1e-3, (lp.token_logprobs[1], want2)
+        # Chat, not streamed and streamed: the OpenAI shapes, the same numbers.
+        want_chat = duo_logits(self.duo, "hi", 3, chat=True)
+        msgs = [{"role": "user", "content": "hi"}]
+        c = s.client.chat.completions.create(model=MODEL_ID, messages=msgs, max_tokens=4, temperature=0,
+                                             logprobs=True, top_logprobs=3)
+        content = c.choices[0].logprobs.content
+        assert "".join(t.token for t in content) == c.choices[0].message.content, content
+        assert content[0].token == want_chat[0][1] and abs(content[0].logprob - want_chat[0][2]) < 1e-4, content[0]
+        assert [t.token for t in content[0].top_logprobs] == [p for _, p, _ in want_chat], content[0]
+        assert content[0].bytes == list(content[0].token.encode()), content[0]
+        streamed = []
+        for chunk in s.client.chat.completions.create(model=MODEL_ID, messages=msgs, max_tokens=4, temperature=0,
+                                                      logprobs=True, top_logprobs=3, stream=True):
+            if chunk.choices and chunk.choices[0].logprobs:
+                streamed += chunk.choices[0].logprobs.content
+        assert [(t.token, round(t.logprob, 5)) for t in streamed] == \
+            [(t.token, round(t.logprob, 5)) for t in content], (streamed, content)
+        # Without logprobs nothing is reported.
+        plain = s.client.chat.completions.create(model=MODEL_ID, messages=msgs, max_tokens=2, temperature=0)
+        assert plain.choices[0].logprobs is None
+
+    def test_n_choices(self):
+        s = self.server
+        want = self.reference(PROMPTS[0], 8)
+        one = s.client.completions.create(model=MODEL_ID, prompt=PROMPTS[0], max_tokens=8, temperature=0)
+        r = s.client.completions.create(model=MODEL_ID, prompt=PROMPTS[0], max_tokens=8, temperature=0, n=3)
+        assert [c.index for c in r.choices] == [0, 1, 2], r.choices
+        assert all(c.text == want for c in r.choices), (r.choices, want)
+        assert r.usage.prompt_tokens == one.usage.prompt_tokens, (r.usage, one.usage)
+        assert r.usage.completion_tokens == 3 * one.usage.completion_tokens, (r.usage, one.usage)
+        # Sampled: each choice its own seed (seed, seed + 1, ...), so the choices differ and a
+        # streamed request gives the same texts choice by choice.
+        kw = dict(model=MODEL_ID, messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=16,
+                  temperature=1.0, seed=11, n=3)
+        c = s.client.chat.completions.create(**kw)
+        texts = [x.message.content for x in c.choices]
+        assert len(set(texts)) > 1, texts
+        got = ["", "", ""]
+        reasons = [None] * 3
+        for chunk in s.client.chat.completions.create(**kw, stream=True):
+            for ch in chunk.choices:
+                got[ch.index] += ch.delta.content or ""
+                reasons[ch.index] = ch.finish_reason or reasons[ch.index]
+        assert got == texts, (got, texts)
+        assert reasons == [x.finish_reason for x in c.choices], reasons
+        s.wait_idle()
+
+    def test_logit_bias_min_p_and_penalties(self):
+        s = self.server
+        prompt = PROMPTS[0]
+        status, _, out = s.post("/tokenize", {"content": " banana"})
+        (banana,) = json.loads(out)["tokens"]
+        r = s.client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=3, temperature=0,
+                                        logit_bias={str(banana): 100})
+        assert r.choices[0].text == " banana" * 3, r.choices[0].text
+        want = duo_logits(self.duo, prompt, 2)
+        r = s.client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=1, temperature=0,
+                                        logit_bias={str(want[0][0]): -100})
+        assert r.choices[0].text == want[1][1], (r.choices[0].text, want)
+        # Greedy with presence and frequency penalties: each token is the argmax of the model's
+        # logprobs less presence + frequency x (times seen in the output so far). The logprobs
+        # reported are the model's own, so the pick is checked among the 20 alternatives.
+        pres, freq = 0.5, 1.5
+        r = s.client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=24, temperature=0, logprobs=20,
+                                        presence_penalty=pres, frequency_penalty=freq)
+        lp = r.choices[0].logprobs
+        plain = self.reference(prompt, 24)
+        assert r.choices[0].text != plain, "penalties changed nothing"
+        counts = {}
+        for tok, top in zip(lp.tokens, lp.top_logprobs):
+            adj = {p: l - (pres + freq * counts[p] if p in counts else 0) for p, l in top.items()}
+            best = max(adj, key=adj.get)
+            # Tokens outside the 20 are at most the 20th's logprob: the pick is decided inside.
+            if adj[best] >= min(top.values()):
+                assert abs(adj[tok] - adj[best]) < 1e-4, (tok, best, adj)
+            counts[tok] = counts.get(tok, 0) + 1
+        # The repetition penalty is taken (prompt tokens count as seen) and changes greedy text.
+        r = s.client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=24, temperature=0,
+                                        extra_body={"repetition_penalty": 1.5})
+        assert r.choices[0].text != plain, r.choices[0].text
+        # min_p at temperature T keeps tokens with (p / p_max)^(1/T) >= min_p.
+        T, mp = 1.5, 0.3
+        for seed in range(3):
+            r = s.client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=16, temperature=T, seed=seed,
+                                            logprobs=1, extra_body={"min_p": mp})
+            lp = r.choices[0].logprobs
+            for l, top in zip(lp.token_logprobs, lp.top_logprobs):
+                assert (l - max(top.values())) / T >= math.log(mp) - 1e-4, (l, top)
+        s.wait_idle()
+
+    def test_json_mode_gives_json_objects(self):
+        s = self.server
+        questions = ["What is the capital of France? Answer in JSON.", "Name a colour.", "Say hello."]
+        stopped = 0
+        for q in questions:
+            for temperature in (0, 1.0):
+                r = s.client.chat.completions.create(
+                    model=MODEL_ID, messages=[{"role": "user", "content": q}], max_tokens=80,
+                    temperature=temperature, seed=3, response_format={"type": "json_object"})
+                c = r.choices[0]
+                text = c.message.content
+                assert text.lstrip().startswith("{"), text
+                if c.finish_reason == "stop":  # not cut by max_tokens: one whole object, nothing after
+                    stopped += 1
+                    assert isinstance(json.loads(text), dict), text
+                    assert text.rstrip() == text, repr(text)
+        assert stopped >= 3, stopped
+        # Without JSON mode the same greedy question is answered in prose.
+        plain = s.client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "Say hello."}],
+                                                 max_tokens=16, temperature=0)
+        assert not plain.choices[0].message.content.lstrip().startswith("{"), plain.choices[0].message.content
+
+    def test_tokenize_detokenize(self):
+        s = self.server
+        text = "Hello world, <|im_start|> ok"
+        ids = json.loads(subprocess.run([self.duo, "tokenize", "-p", text, "--ids", "--no-bos"], check=True,
+                                        capture_output=True).stdout)
+        special = json.loads(subprocess.run([self.duo, "tokenize", "-p", text, "--ids", "--no-bos", "--parse-special"],
+                                            check=True, capture_output=True).stdout)
+        status, _, out = s.post("/tokenize", {"content": text, "parse_special": False})
+        assert status == 200 and json.loads(out)["tokens"] == ids, (out, ids)
+        status, _, out = s.post("/tokenize", {"content": text})  # llama.cpp's default: special text parsed
+        assert json.loads(out)["tokens"] == special, (out, special)
+        status, _, out = s.post("/tokenize", {"content": "Hello world", "with_pieces": True})
+        pieces = json.loads(out)["tokens"]
+        assert "".join(p["piece"] for p in pieces) == "Hello world", pieces
+        status, _, out = s.post("/detokenize", {"tokens": ids})
+        assert status == 200 and json.loads(out)["content"] == text, out
+        status, _, out = s.post("/detokenize", {"tokens": [10 ** 8]})
+        assert status == 400 and check_error_body(status, out, "detokenize")["param"] == "tokens[0]", out
+
+    def test_unknown_fields_ignored_and_reported(self):
+        s = self.server
+        status, headers, out = s.post("/v1/completions", {"model": MODEL_ID, "prompt": "Hi", "max_tokens": 2,
+                                                          "temperature": 0, "mirostat": 2, "cache_prompt": True})
+        assert status == 200, out
+        assert headers.get("x-duo-ignored-fields") == "mirostat,cache_prompt" or \
+            headers.get("x-duo-ignored-fields") == "cache_prompt,mirostat", headers
+        assert json.loads(out)["choices"][0]["text"] == self.reference("Hi", 2)
+        status, headers, _ = s.post("/v1/completions", {"model": MODEL_ID, "prompt": "Hi", "max_tokens": 1})
+        assert "x-duo-ignored-fields" not in headers, headers
+
+    def test_api_key_cors_and_request_log(self):
+        b = Server(self.duo, "--api-key", "sekrit", "-v")
+        try:
+            bad = openai.OpenAI(base_url=f"http://{b.host}:{b.port}/v1", api_key="wrong", max_retries=0)
+            try:
+                bad.models.list()
+            except openai.AuthenticationError as e:
+                assert e.status_code == 401 and e.code == "invalid_api_key", e.body
+            else:
+                raise AssertionError("a wrong API key was accepted")
+            status, _, out = b.post("/v1/completions", {"model": MODEL_ID, "prompt": "Hi", "max_tokens": 1})
+            assert status == 401 and check_error_body(status, out, "no key")["code"] == "invalid_api_key"
+            good = openai.OpenAI(base_url=f"http://{b.host}:{b.port}/v1", api_key="sekrit", max_retries=0)
+            r = good.completions.create(model=MODEL_ID, prompt="Hi", max_tokens=2, temperature=0, extra_body={"x": 1})
+            assert r.choices[0].text == self.reference("Hi", 2)
+            status, _, _ = b.request("POST", "/v1/completions", json.dumps({"model": MODEL_ID, "prompt": "Hi",
+                                                                           "temperature": 9}),
+                                     {"Authorization": "Bearer sekrit"})
+            assert status == 400, status
+            assert b.request("GET", "/health")[0] == 200  # health checks need no key
+            status, headers, _ = b.request("OPTIONS", "/v1/chat/completions", headers={
+                "Origin": "http://example.com", "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type"})
+            assert status == 204, status
+            assert headers.get("Access-Control-Allow-Origin") == "*", headers
+            assert "POST" in headers.get("Access-Control-Allow-Methods", ""), headers
+            assert "authorization" in headers.get("Access-Control-Allow-Headers", "").lower(), headers
+            status, headers, _ = b.request("GET", "/v1/models", headers={"Authorization": "Bearer sekrit"})
+            assert status == 200 and headers.get("Access-Control-Allow-Origin") == "*", headers
+        finally:
+            assert b.stop() == 0, b.log()
+        log = b.log()
+        line = next((l for l in log.splitlines() if "POST /v1/completions -> 200" in l), None)
+        assert line, log
+        assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ .* \d+\.\d{3}s prompt=\d+ generated=2 outcome=length ignored=x$",
+                         line), line
+        assert re.search(r"POST /v1/completions -> 401 .* outcome=invalid_api_key", log), log
+        assert re.search(r"POST /v1/completions -> 400 .* outcome=invalid:temperature", log), log
 
     def test_sigterm_stops_cleanly(self):
         code = self.server.stop()

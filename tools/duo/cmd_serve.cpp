@@ -3,6 +3,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <thread>
 
@@ -34,6 +35,7 @@ struct ServeOptions {
   double max_body_mib = 8;
   std::vector<std::string> pattern_files;  // NAME=FILE
   bool verbose = false;
+  std::string api_key;
   bool no_pack = false;
 };
 
@@ -116,6 +118,9 @@ void run_server(const ServeOptions& o) {
   ho.port = o.port;
   ho.max_body_bytes = (size_t)(o.max_body_mib * 1048576.0);
   ho.log_requests = o.verbose;
+  ho.api_key = o.api_key;
+  if (ho.api_key.empty())
+    if (const char* k = std::getenv("DUO_API_KEY")) ho.api_key = k;
   serve::HttpServer server(ctx, scheduler, metrics, ho);
   const int port = server.bind();
 
@@ -173,6 +178,8 @@ void add_serve(CLI::App& app) {
       ->check(finite_number());
   cmd->add_option("--pattern-file", o->pattern_files, "NAME=FILE: a head pattern requests may name (repeatable)");
   cmd->add_flag("-v,--verbose", o->verbose, "log every request on stderr");
+  cmd->add_option("--api-key", o->api_key,
+                  "require 'Authorization: Bearer KEY' on every route but /health (default: $DUO_API_KEY; none)");
   cmd->add_flag("--no-pack", o->no_pack,
                 "do not pack the weights for batched matmuls (saves ~2 bytes a weight, batched steps get slower)");
   cmd->callback([o] {

@@ -110,6 +110,7 @@ int32_t CudaBackend::forward_pick(SequenceState& state, const int32_t* tokens, i
                                   Sampler& sampler) {
   GpuKvCache& kv = cache_of(state);
   const SamplerConfig& cfg = sampler.config();
+  DUO_CHECK(!cfg.host_only(), "min-p, penalties and logit bias are sampled on the host, not by the CUDA backend");
   const double u = cfg.temperature > 0.0f ? sampler.uniform01() : 0.0;
   return model_->forward_pick(kv, tokens, n, chunk, cfg, u);
 }
@@ -127,6 +128,7 @@ void CudaBackend::step(const std::vector<StepItem>& items, int32_t* picked, floa
     if (it.sampler) {
       g.pick = true;
       g.sampling = it.sampler->config();
+      DUO_CHECK(!g.sampling.host_only(), "min-p, penalties and logit bias are sampled on the host (logits), not on the device");
       // The sampler's own stream of uniform numbers, drawn as forward_pick draws it.
       g.u = g.sampling.temperature > 0.0f ? it.sampler->uniform01() : 0.0;
     }
