@@ -305,7 +305,11 @@ void write_ruler_svg(const std::vector<RulerResult>& rs, const RulerReportInfo& 
   const int rows = (int)tasks.size() + 1;    // tasks, then the average over tasks
   const int panel = cw * cols;
   const std::string title = info.title();
-  const int W = std::max(left + (int)modes.size() * (panel + gap) + 20, (int)title.size() * 8 + 40);
+  const std::string legend =
+      "score (%): expected values found in the answer, mean over samples; columns: prompt length (tokens)";
+  // Text widths at about 0.55 em a character.
+  const int W = std::max({left + (int)modes.size() * (panel + gap) + 20, (int)title.size() * 8 + 40,
+                          left + (int)legend.size() * 6 + 20});
   const int H = top + ch * rows + 100;
   auto f = open_out(path);
   f << fmt::format("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\">\n",
@@ -344,9 +348,7 @@ void write_ruler_svg(const std::vector<RulerResult>& rs, const RulerReportInfo& 
                      colour(10.0 * i));
   f << fmt::format("<text x=\"{}\" y=\"{}\" font-size=\"11\">0</text>\n", left, ly + 28);
   f << fmt::format("<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">100</text>\n", left + 24 * 11, ly + 28);
-  f << fmt::format("<text x=\"{}\" y=\"{}\" font-size=\"11\">score (%): expected values found in the answer, mean over "
-                   "samples; columns: prompt length (tokens)</text>\n",
-                   left + 24 * 11 + 12, ly + 11);
+  f << fmt::format("<text x=\"{}\" y=\"{}\" font-size=\"11\">{}</text>\n", left, ly + 48, legend);
   f << "</svg>\n";
 }
 
