@@ -3,6 +3,7 @@
 #  - `duo bench --compare-modes` with --pattern: full, duo and streaming rows, duo's KV between
 #    streaming's and full's (the duo row once failed option parsing after the full rows had run);
 #  - `duo eval ppl --json`: the perplexity measured for the tokens asked;
+#  - `duo eval ruler` with two modes on one engine (full and a duoNN plan): reports and summaries;
 #  - bad input gives a clear error and a non-zero exit, not a crash, a hang or a thread storm
 #    (these run first, without the model).
 # Exit status 77 (ctest: skipped) when the model is missing, unless DUO_REQUIRE_MODELS is set.
@@ -66,6 +67,26 @@ assert r["scored"] == 95 and r["tail_from"] == 48 and r["tail_scored"] == 48, r
 assert abs(r["nll"] - 4.79598) < 0.005, r
 assert abs(r["tail_nll"] - 4.40470) < 0.005, r
 assert abs(math.log(r["ppl"]) - r["nll"]) < 1e-4, r
+PY
+
+refused "eval ruler --tasks bogus" "unknown RULER task 'bogus'" eval ruler -m "$model" --tasks bogus
+refused "eval ruler duo without pattern" "duo modes need --pattern" eval ruler -m "$model" --modes full,duo25
+"$duo" eval ruler -m "$model" -t 2 --tasks niah_single_1 --lengths 200 --samples 1 --modes full,duo50 --sink 16 --recent 32 \
+  --pattern "$root/patterns/SmolLM2-135M-Instruct/cpu_48steps.tsv" -o "$tmp/ruler" > "$tmp/ruler.txt" 2>&1 ||
+  { cat "$tmp/ruler.txt"; fail "eval ruler failed"; }
+grep -q "^ruler dev full: average" "$tmp/ruler.txt" && grep -q "^ruler dev duo50: average" "$tmp/ruler.txt" ||
+  { cat "$tmp/ruler.txt"; fail "eval ruler: no summary line per mode"; }
+[ "$(wc -l < "$tmp/ruler.csv")" -eq 3 ] && grep -q "<svg" "$tmp/ruler.svg" || fail "eval ruler: bad CSV or SVG"
+python3 - "$tmp/ruler.json" <<'PY' || fail "eval ruler: bad JSON result"
+import json, sys
+r = json.load(open(sys.argv[1]))
+full, duo = r["samples"]
+assert (full["mode"], duo["mode"]) == ("full", "duo50"), r["samples"]
+assert full["expected"] == duo["expected"] and full["prompt_tokens"] == 200
+assert duo["kv_bytes"] < full["kv_bytes"], (duo["kv_bytes"], full["kv_bytes"])
+for m in ("full", "duo50"):
+    s = [x for x in r["samples"] if x["mode"] == m][0]
+    assert r["summary"][m]["average"] == 100.0 * s["score"], r["summary"]
 PY
 
 if "$duo" eval ppl -m "$model" --length 1000000 > "$tmp/err.txt" 2>&1; then fail "eval ppl accepted 1M tokens"; fi

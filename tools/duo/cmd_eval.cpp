@@ -163,6 +163,7 @@ void add_eval(CLI::App& app) {
   add_needle_eval(*eval, "niah", NeedleTask::Niah, "needle in a haystack: find a magic number in long prose");
   add_needle_eval(*eval, "passkey", NeedleTask::Passkey, "passkey retrieval in long filler text");
   add_ppl_eval(*eval);
+  add_ruler_eval(*eval);
 }
 
 void add_pattern(CLI::App& app) {

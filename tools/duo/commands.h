@@ -13,6 +13,8 @@ void add_chat(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_demo(CLI::App& app);
 void add_eval(CLI::App& app);
+// `duo eval ruler` (cmd_eval_ruler.cpp), added by add_eval.
+void add_ruler_eval(CLI::App& eval);
 void add_pattern(CLI::App& app);
 void add_serve(CLI::App& app);
 void add_calibrate(CLI::App& app);
