@@ -61,7 +61,7 @@ BENCHMARK(BM_Gemm)
 // args: tokens, heads, kv heads, head dim, mask (0 causal, 1 Λ sink 128 recent 256), backward
 void BM_Attention(benchmark::State& st) {
   const duo::AttentionDims d{st.range(0), (int)st.range(1), (int)st.range(2), (int)st.range(3)};
-  const auto mask = st.range(4) ? duo::AttentionMask::lambda(128, 256) : duo::AttentionMask::causal();
+  const auto mask = st.range(4) ? duo::AttentionMask::streaming(128, 256) : duo::AttentionMask::causal();
   const bool bwd = st.range(5) != 0;
   const size_t nq = d.n * d.n_heads * d.head_dim, nk = d.n * d.n_kv_heads * d.head_dim;
   const auto q = random(nq, 3), k = random(nk, 4), v = random(nk, 5), g = random(nq, 6);

@@ -98,7 +98,7 @@ struct Emulation {
     if (gates) {
       os.assign((size_t)(n * Q), 0.0f), ls.assign((size_t)(n * H), 0.0f);
       flash_attention_forward<float>(q.data(), k.data(), v.data(), os.data(), ls.data(), dims,
-                                     AttentionMask::lambda(win.sink, win.recent), pool);
+                                     AttentionMask::streaming(win.sink, win.recent), pool);
       gate_mix_forward<float>(of.data(), os.data(), gates, o.data(), n, (int)H, (int)HKV, (int)D, pool);
     }
     rv(o);
@@ -137,7 +137,7 @@ struct Emulation {
     flash_attention_backward<float>(q.data(), k.data(), v.data(), of.data(), lf.data(), d_full.data(), dq.data(),
                                     dk.data(), dv.data(), false, dims, AttentionMask::causal(), pool);
     flash_attention_backward<float>(q.data(), k.data(), v.data(), os.data(), ls.data(), d_stream.data(), dq.data(),
-                                    dk.data(), dv.data(), true, dims, AttentionMask::lambda(win.sink, win.recent),
+                                    dk.data(), dv.data(), true, dims, AttentionMask::streaming(win.sink, win.recent),
                                     pool);
     rope_apply<float>(dq.data(), n, Q, (int)H, (int)D, rope, cf.rope_style, true, pool);
     rope_apply<float>(dk.data(), n, KV, (int)HKV, (int)D, rope, cf.rope_style, true, pool);
