@@ -110,7 +110,9 @@ duo_layer(duo_calibrate FILES calibrate/*
 # The CUDA layers (with DUO_CUDA=ON, after enable_language(CUDA)): the kernels (duo_cuda: the
 # .cu files and the headers they include), the backend's host runtime over them, and the CUDA
 # calibration. Without CUDA only their include roots exist (tests emulate the kernels).
-set(DUO_CUDA_KERNEL_HEADERS backend/cuda/cuda_check.h backend/cuda/kernels.h backend/cuda/synthetic.h)
+# The kernels' launchers report failures through cuda_check (DUO_CUDA_TRY, fail_arg): it is theirs.
+set(DUO_CUDA_KERNEL_FILES backend/cuda/cuda_check.h backend/cuda/cuda_check.cpp backend/cuda/kernels.h
+    backend/cuda/synthetic.h)
 macro(duo_cuda_layers)
   set(_root_only ROOT_ONLY)
   if(DUO_CUDA)
@@ -124,10 +126,10 @@ macro(duo_cuda_layers)
   endif()
   list(JOIN _cxx_options "$<SEMICOLON>" _cxx_options)
   set(_cuda_options ${DUO_CUDA_FLAGS} "$<$<COMPILE_LANGUAGE:CXX>:${_cxx_options}>")
-  duo_layer(duo_cuda ${_root_only} FILES backend/cuda/*.cu backend/cuda/*.cuh ${DUO_CUDA_KERNEL_HEADERS}
-            DEPS duo_kv CUDA::cudart COMPILE_OPTIONS ${_cuda_options})
+  duo_layer(duo_cuda ${_root_only} FILES backend/cuda/*.cu backend/cuda/*.cuh ${DUO_CUDA_KERNEL_FILES}
+            DEPS duo_kv CUDA::cudart CUDA::cublas COMPILE_OPTIONS ${_cuda_options})
   set(_host_files backend/cuda/*.h backend/cuda/*.cpp)
-  duo_layer(duo_backend_cuda ${_root_only} FILES ${_host_files} EXCLUDE ${DUO_CUDA_KERNEL_HEADERS}
+  duo_layer(duo_backend_cuda ${_root_only} FILES ${_host_files} EXCLUDE ${DUO_CUDA_KERNEL_FILES}
             DEPS duo_cuda duo_backend_cpu CUDA::cublas)
   duo_layer(duo_calibrate_cuda ${_root_only} FILES calibrate/cuda/*
             DEPS duo_calibrate duo_backend_cuda COMPILE_OPTIONS ${_cuda_options})

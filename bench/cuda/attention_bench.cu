@@ -18,11 +18,13 @@
 #include <cublas_v2.h>
 
 #include "backend/cuda/attention.cuh"
+#include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
 
 using namespace duo::cuda;
+using duo::kPageTokens;
 
-#define CK(x) check_cuda((x), #x)
+#define CK(x) DUO_CUDA_TRY(x)
 
 namespace {
 
