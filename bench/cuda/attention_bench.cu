@@ -22,6 +22,7 @@
 #include "backend/cuda/kernels.h"
 
 using namespace duo::cuda;
+using duo::kPageTokens;
 
 #define CK(x) DUO_CUDA_TRY(x)
 

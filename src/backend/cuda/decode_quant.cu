@@ -164,24 +164,10 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 2 : 1)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int sub = lane / LANES, cl = lane % LANES, stream = warp * KPW + sub;
   const int n_past = decode_n_past(a);
-  const int cta = blockIdx.x, n_split_ctas = p.n_retrieval * p.n_splits;
-  const bool streaming = cta >= n_split_ctas;
-  const int split = streaming ? 0 : cta % p.n_splits;
-  const int kvh = streaming ? nth_head(c, a.n_kv_heads, cta - n_split_ctas, 1)
-                            : nth_head(c, a.n_kv_heads, cta / p.n_splits, 0);
-  const bool direct = streaming || p.n_splits == 1;
-  int begin, end;
-  if (streaming) {
-    begin = 0, end = min(n_past, c.window().rows());
-  } else {
-    const int st = p.split_tokens > 0 ? p.split_tokens : device_split_tokens(n_past, p.n_splits);
-    begin = split * st, end = min(n_past, begin + st);
-  }
-  const int h0 = kvh * G;
-  if (begin >= end) {  // empty split: contributes nothing to the merge
-    if (!direct && threadIdx.x < G) p.part_lse[(int64_t)(h0 + threadIdx.x) * p.n_splits + split] = -INFINITY;
-    return;
-  }
+  const CtaWork w = cta_work<G>(p, n_past);
+  if (!cta_has_keys<G>(p, w)) return;
+  const bool streaming = w.streaming;
+  const int kvh = w.kvh, h0 = w.h0, begin = w.begin, end = w.end;
 
   __shared__ float sm_q[G][D];  // q * log2(e) / sqrt(D): every block's query view is built from it
   const float sl2 = 1.4426950408889634f / sqrtf((float)D);
@@ -252,36 +238,7 @@ __global__ void __launch_bounds__(kDecThreads, G <= 4 ? 2 : 1)
 #pragma unroll
     for (int e = 0; e < 8; ++e) st.o[g][e] += st.om[g];
 
-  // Merge the STREAMS lane groups of the CTA (as decode.cu).
-  __shared__ float sm_m[STREAMS][G], sm_l[STREAMS][G];
-  __shared__ float sm_o[STREAMS][G][D];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    if (cl == 0) sm_m[stream][g] = st.m[g], sm_l[stream][g] = st.l[g];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) sm_o[stream][g][cl * 8 + e] = st.o[g][e];
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < G * D; idx += kDecThreads) {
-    const int g = idx / D, dd = idx % D;
-    float M = -INFINITY;
-#pragma unroll
-    for (int s2 = 0; s2 < STREAMS; ++s2) M = fmaxf(M, sm_m[s2][g]);
-    float Lsum = 0.0f, O = 0.0f;
-#pragma unroll
-    for (int s2 = 0; s2 < STREAMS; ++s2) {
-      const float w = sm_m[s2][g] == -INFINITY ? 0.0f : exp2f(sm_m[s2][g] - M);
-      Lsum += w * sm_l[s2][g];
-      O += w * sm_o[s2][g][dd];
-    }
-    const int h = h0 + g;
-    if (direct) {
-      a.out[(int64_t)h * D + dd] = __float2bfloat16(Lsum > 0.0f ? O / Lsum : 0.0f);
-    } else {
-      p.part_o[((int64_t)h * p.n_splits + split) * D + dd] = Lsum > 0.0f ? O / Lsum : 0.0f;
-      if (dd == 0) p.part_lse[(int64_t)h * p.n_splits + split] = Lsum > 0.0f ? M + log2f(Lsum) : -INFINITY;
-    }
-  }
+  finish_cta<D, G, STREAMS>(p, w, stream, cl, st.m, st.l, st.o);
 }
 
 template <int D, int G, int BITS>

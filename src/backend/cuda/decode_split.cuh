@@ -1,6 +1,8 @@
 // What the split-KV decode kernels share (decode.cu: bf16 caches; decode_quant.cu: quantized
-// ones): the launch parameters, the split arithmetic done on the device, and the merge kernel
-// that combines the splits of each retrieval head (both kernels write the same partials).
+// ones): the launch parameters, the split arithmetic done on the device, a CTA's share of the
+// work (cta_work: its KV head, split and keys) and its end (finish_cta: the merge of its lane
+// groups), and the merge kernel that combines the splits of each retrieval head (both kernels
+// write the same partials). The kernels differ only in how they read and score keys.
 //
 // One kernel body serves one sequence and a batch of sequences (decode_attention_batch): each
 // kernel takes its parameters by value (`one`, a __grid_constant__ so that it can be referred
@@ -88,6 +90,86 @@ __device__ __forceinline__ int device_split_tokens(int n_past, int n_splits) {
 // The r-th KV head of the given kind (0 retrieval, 1 streaming); without Mixed heads, r itself.
 __device__ __forceinline__ int nth_head(const LayerKv& c, int n_kv, int r, int kind) {
   return c.mode == HeadMode::Mixed ? nth_kv_head(c.kinds, n_kv, r, kind) : r;
+}
+
+// What CTA blockIdx.x of an attention kernel works on: CTAs [0, n_retrieval * n_splits) are
+// the splits of the retrieval KV heads (head-major), the rest one streaming KV head each.
+struct CtaWork {
+  bool streaming;  // a streaming head's sink + ring rows, all in one CTA
+  bool direct;     // writes its output itself (streaming, or a retrieval head without splits)
+  int split;       // split index (0 for a streaming head)
+  int kvh;         // the KV head
+  int h0;          // its first query head (kvh * G)
+  int begin, end;  // keys [begin, end) (rows of the sink + ring buffer for a streaming head)
+};
+
+// The CTA's work for p at n_past positions. Streaming heads: after the current token is
+// appended, every valid row of the sink + ring buffer is visible, one contiguous run.
+template <int G>
+__device__ __forceinline__ CtaWork cta_work(const DecodeParams& p, int n_past) {
+  const DecodeArgs& a = p.a;
+  const LayerKv& c = a.cache;
+  const int cta = blockIdx.x, n_split_ctas = p.n_retrieval * p.n_splits;
+  CtaWork w;
+  w.streaming = cta >= n_split_ctas;
+  w.split = w.streaming ? 0 : cta % p.n_splits;
+  w.kvh = w.streaming ? nth_head(c, a.n_kv_heads, cta - n_split_ctas, 1)
+                      : nth_head(c, a.n_kv_heads, cta / p.n_splits, 0);
+  w.direct = w.streaming || p.n_splits == 1;
+  if (w.streaming) {
+    w.begin = 0, w.end = min(n_past, c.window().rows());
+  } else {
+    const int st = p.split_tokens > 0 ? p.split_tokens : device_split_tokens(n_past, p.n_splits);
+    w.begin = w.split * st, w.end = min(n_past, w.begin + st);
+  }
+  w.h0 = w.kvh * G;
+  return w;
+}
+
+// Whether the CTA has keys to attend to. An empty split contributes nothing to the merge: it
+// writes only its log-sum-exp, -inf (the merge then skips its stale partial output).
+template <int G>
+__device__ __forceinline__ bool cta_has_keys(const DecodeParams& p, const CtaWork& w) {
+  if (w.begin < w.end) return true;
+  if (!w.direct && threadIdx.x < G) p.part_lse[(int64_t)(w.h0 + threadIdx.x) * p.n_splits + w.split] = -INFINITY;
+  return false;
+}
+
+// The end of an attention CTA: merges the online-softmax states (m, l, o: a lane group's
+// running max, sum and output, lanes cl * 8 .. cl * 8 + 7 of D) of its STREAMS lane groups
+// through shared memory, then writes the output (direct) or the split's partials for the merge.
+template <int D, int G, int STREAMS>
+__device__ __forceinline__ void finish_cta(const DecodeParams& p, const CtaWork& w, int stream, int cl,
+                                           const float (&m)[G], const float (&l)[G], const float (&o)[G][8]) {
+  __shared__ float sm_m[STREAMS][G], sm_l[STREAMS][G];
+  __shared__ float sm_o[STREAMS][G][D];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (cl == 0) sm_m[stream][g] = m[g], sm_l[stream][g] = l[g];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sm_o[stream][g][cl * 8 + e] = o[g][e];
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * D; idx += kDecThreads) {
+    const int g = idx / D, dd = idx % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int s2 = 0; s2 < STREAMS; ++s2) M = fmaxf(M, sm_m[s2][g]);
+    float L = 0.0f, O = 0.0f;
+#pragma unroll
+    for (int s2 = 0; s2 < STREAMS; ++s2) {
+      const float ws = sm_m[s2][g] == -INFINITY ? 0.0f : exp2f(sm_m[s2][g] - M);
+      L += ws * sm_l[s2][g];
+      O += ws * sm_o[s2][g][dd];
+    }
+    const int h = w.h0 + g;
+    if (w.direct) {
+      p.a.out[(int64_t)h * D + dd] = __float2bfloat16(L > 0.0f ? O / L : 0.0f);
+    } else {
+      p.part_o[((int64_t)h * p.n_splits + w.split) * D + dd] = L > 0.0f ? O / L : 0.0f;
+      if (dd == 0) p.part_lse[(int64_t)h * p.n_splits + w.split] = L > 0.0f ? M + log2f(L) : -INFINITY;
+    }
+  }
 }
 
 // One CTA a query head of a retrieval KV head: out = sum_s w_s o_s / sum_s w_s, w_s = 2^lse_s.

@@ -1,7 +1,7 @@
 // int8 weight-only linear layers (--gpu-weights int8): W[r][c] ~ scale[r] * q[r][c] with q int8 in
 // [-127, 127] and one fp32 scale an output row (quantized on upload: scale = max |W[r]| / 127).
-//  - gemv_int8: the one-token layer (decode), gemv.cu's structure reading half the bytes: a warp
-//    owns whole rows, a lane reads 16 int8 weights a 16-byte load (kUnroll loads in flight) and the
+//  - gemv_int8: the one-token layer (decode), gemv_rows.cuh's skeleton reading half the bytes: a
+//    warp owns whole rows, a lane reads 16 int8 weights a 16-byte load (kGemvUnroll in flight) and the
 //    matching 16 bf16 of x from shared memory; int8 -> float without I2F (the byte, biased by 128,
 //    is placed under the exponent of 2^23 and 2^23 + 128 subtracted: exact); the row's sum is
 //    scaled once. The SwiGLU variant computes a gate row and its up row, as gemv_swiglu_bf16.
@@ -11,19 +11,13 @@
 #include <cstdint>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/gemv_rows.cuh"
 #include "backend/cuda/kernels.h"
-#include "backend/cuda/reduce.cuh"
-#include "backend/cuda/swiglu.cuh"
 #include "backend/cuda/synthetic.h"
 
 namespace duo::cuda {
 namespace detail {
 namespace {
-
-constexpr int kThreads = 256, kWarps = kThreads / 32;
-constexpr int kCtasPerSm = 4;  // as gemv.cu: 4 x 256 threads always fit, so one wave is resident
-constexpr int kUnroll = 8;     // 16-byte loads of W in flight a lane
-constexpr int kMaxCols = 48 * 1024 / 2;
 
 // The 4 int8 of a word as exact floats.
 __device__ __forceinline__ void int8x4_to_float(uint32_t w, float* f) {
@@ -52,42 +46,15 @@ __device__ __forceinline__ float dot16(const uint4& w, const uint4& x0, const ui
   return s;
 }
 
-// One row's unscaled dot product with x (16-element pieces), summed over the warp.
-__device__ __forceinline__ float row_dot(const int8_t* __restrict__ row, const uint4* sx, int pieces, int lane) {
-  const uint4* wr = reinterpret_cast<const uint4*>(row);
-  float acc = 0.0f;
-  int c = lane;
-  for (; c + 32 * (kUnroll - 1) < pieces; c += 32 * kUnroll) {
-    uint4 wv[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) wv[u] = __ldcs(wr + c + 32 * u);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) acc += dot16(wv[u], sx[2 * (c + 32 * u)], sx[2 * (c + 32 * u) + 1]);
+// int8 weights for gemv_rows.cuh: 16 a load, against two 16-byte pieces of x, scaled a row.
+struct Int8Rows {
+  using Elem = int8_t;
+  static constexpr int kPerLoad = 16;
+  static constexpr bool kScaled = true;
+  __device__ static __forceinline__ float dot(const uint4& w, const uint4* sx, int c) {
+    return dot16(w, sx[2 * c], sx[2 * c + 1]);
   }
-  for (; c < pieces; c += 32) acc += dot16(__ldcs(wr + c), sx[2 * c], sx[2 * c + 1]);
-  return warp_sum(acc);
-}
-
-template <bool kSwiGLU>
-__global__ void __launch_bounds__(kThreads, kCtasPerSm)
-    gemv_int8_kernel(const int8_t* __restrict__ W, const float* __restrict__ scale, int64_t rows, int cols,
-                     const bf16* __restrict__ x, float* __restrict__ y, bf16* __restrict__ h, bool accumulate) {
-  extern __shared__ uint4 sx[];  // x as 16-byte pieces of 8 bf16
-  for (int i = threadIdx.x; i < cols / 8; i += kThreads) sx[i] = reinterpret_cast<const uint4*>(x)[i];
-  __syncthreads();
-  const int pieces = cols / 16;  // 16-byte pieces of a weight row
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t step = (int64_t)gridDim.x * kWarps;
-  for (int64_t r = (int64_t)blockIdx.x * kWarps + warp; r < rows; r += step) {
-    const float acc = row_dot(W + r * cols, sx, pieces, lane) * scale[r];
-    if constexpr (kSwiGLU) {
-      const float up = row_dot(W + (r + rows) * cols, sx, pieces, lane) * scale[r + rows];
-      if (lane == 0) h[r] = swiglu_bf16(acc, up);
-    } else {
-      if (lane == 0) y[r] = accumulate ? y[r] + acc : acc;
-    }
-  }
-}
+};
 
 // One thread per 8 weights of the row-major matrix (8 bytes in, 16 bytes out), over the whole
 // matrix at once: a CTA a row left a 4096-column row's 256 threads with two short loads each, too
@@ -117,27 +84,8 @@ __global__ void fill_int8_kernel(int8_t* dst, int64_t count, uint64_t seed) {
     dst[i] = (int8_t)((int)(mix64(seed ^ mix64((uint64_t)i)) % 255u) - 127);
 }
 
-int sm_count() {
-  static const int n = [] {
-    int dev = 0, v = 0;
-    DUO_CUDA_TRY(cudaGetDevice(&dev));
-    DUO_CUDA_TRY(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-    return v;
-  }();
-  return n;
-}
-
 unsigned grid_for(int64_t count) {
   return (unsigned)std::max<int64_t>(1, std::min<int64_t>((count + 255) / 256, 1 << 16));
-}
-
-template <bool kSwiGLU>
-void launch(const int8_t* W, const float* scale, int64_t rows, int64_t cols, const bf16* x, float* y, bf16* h,
-            bool accumulate, cudaStream_t stream) {
-  const int smem = (int)(cols * sizeof(bf16));
-  const int64_t blocks = std::min<int64_t>((rows + kWarps - 1) / kWarps, (int64_t)kCtasPerSm * sm_count());
-  gemv_int8_kernel<kSwiGLU><<<(unsigned)blocks, kThreads, smem, stream>>>(W, scale, rows, (int)cols, x, y, h, accumulate);
-  DUO_CUDA_TRY(cudaGetLastError());
 }
 
 }  // namespace
@@ -145,7 +93,7 @@ void launch(const int8_t* W, const float* scale, int64_t rows, int64_t cols, con
 
 bool gemv_int8_supported(const int8_t* W, int64_t cols, const bf16* x) {
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  return cols > 0 && cols % 16 == 0 && cols <= detail::kMaxCols && aligned(W) && aligned(x);
+  return cols > 0 && cols % 16 == 0 && cols <= detail::kGemvMaxCols && aligned(W) && aligned(x);
 }
 
 void gemv_int8(const int8_t* W, const float* scale, int64_t rows, int64_t cols, const bf16* x, float* y,
@@ -153,7 +101,7 @@ void gemv_int8(const int8_t* W, const float* scale, int64_t rows, int64_t cols, 
   if (rows <= 0) return;
   if (!gemv_int8_supported(W, cols, x))
     fail_arg("gemv_int8: needs cols % 16 == 0, cols <= 24576 and 16-byte aligned W and x");
-  detail::launch<false>(W, scale, rows, cols, x, y, nullptr, accumulate, stream);
+  detail::launch_gemv_rows<detail::Int8Rows, false>(W, scale, rows, cols, x, y, nullptr, accumulate, stream);
 }
 
 void gemv_swiglu_int8(const int8_t* Wgu, const float* scale, int64_t F, int64_t cols, const bf16* x, bf16* h,
@@ -161,7 +109,7 @@ void gemv_swiglu_int8(const int8_t* Wgu, const float* scale, int64_t F, int64_t 
   if (F <= 0) return;
   if (!gemv_int8_supported(Wgu, cols, x))
     fail_arg("gemv_swiglu_int8: needs cols % 16 == 0, cols <= 24576 and 16-byte aligned W and x");
-  detail::launch<true>(Wgu, scale, F, cols, x, nullptr, h, false, stream);
+  detail::launch_gemv_rows<detail::Int8Rows, true>(Wgu, scale, F, cols, x, nullptr, h, false, stream);
 }
 
 void dequant_int8_rows(const int8_t* q, const float* scale, int64_t rows, int64_t cols, bf16* out,

@@ -17,6 +17,7 @@
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/online_softmax.cuh"
 #include "backend/cuda/prefill_sm90.cuh"
 
 namespace duo::cuda {
@@ -208,43 +209,7 @@ __device__ __forceinline__ void prefill_head(const PrefillArgs& a, const Mask ma
 
     // Mask, online softmax.
     const bool full = mask.tile_full(qmin, qmax, k0, k0 + kBN) && k0 + kBN <= kv_len;
-#pragma unroll
-    for (int mt = 0; mt < kMt; ++mt) {
-#pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        const int i = qmin + warp * 16 * kMt + mt * 16 + lane / 4 + hr * 8;
-        float mx = m[mt][hr];
-#pragma unroll
-        for (int nb = 0; nb < kBN / 8; ++nb)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float v = s[mt][nb][2 * hr + e] * sl2;
-            if (!full) {
-              const int j = k0 + nb * 8 + (lane % 4) * 2 + e;
-              if (j >= kv_len || !mask.visible(i, j)) v = -INFINITY;
-            }
-            s[mt][nb][2 * hr + e] = v;
-            mx = fmaxf(mx, v);
-          }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float mref = mx == -INFINITY ? 0.0f : mx;
-        const float alpha = exp2f(m[mt][hr] - mref);
-        m[mt][hr] = mx;
-        float rs = 0.0f;
-#pragma unroll
-        for (int nb = 0; nb < kBN / 8; ++nb)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float p = exp2f(s[mt][nb][2 * hr + e] - mref);
-            s[mt][nb][2 * hr + e] = p;
-            rs += p;
-          }
-        l[mt][hr] = l[mt][hr] * alpha + rs;
-#pragma unroll
-        for (int db = 0; db < D / 8; ++db) o[mt][db][2 * hr] *= alpha, o[mt][db][2 * hr + 1] *= alpha;
-      }
-    }
+    online_softmax_tile<kMt, kBN, D>(s, m, l, o, mask, full, qmin + warp * 16 * kMt, k0, kv_len, sl2, lane);
 
     // O += P V
 #pragma unroll

@@ -56,19 +56,9 @@ void flash_backward(const FlashArgs& a, const float* o, const float* lse, const 
                              lse,          g.delta,     g.dq,         g.dk_part,
                              g.dv_part,    a.n,         a.lse_ld,     a.n_heads,
                              a.n_kv_heads, a.active_kv, g.accumulate, 1.0f / std::sqrt((float)a.head_dim)};
-  const bool causal = a.mask.kind == AttentionMask::Kind::Causal;
-  const StreamingMask<int64_t> streaming{a.mask.window()};
-  if (a.head_dim == 64) {
-    if (causal)
-      DUO_CALIB_KERNELS::launch_bwd<64>(p, CausalMask<int64_t>{}, stream);
-    else
-      DUO_CALIB_KERNELS::launch_bwd<64>(p, streaming, stream);
-  } else {
-    if (causal)
-      DUO_CALIB_KERNELS::launch_bwd<128>(p, CausalMask<int64_t>{}, stream);
-    else
-      DUO_CALIB_KERNELS::launch_bwd<128>(p, streaming, stream);
-  }
+  dispatch_flash(a, [&](auto d, const auto& mask) {
+    DUO_CALIB_KERNELS::launch_bwd<decltype(d)::value>(p, mask, stream);
+  });
 }
 
 }  // namespace duo::cuda::calib

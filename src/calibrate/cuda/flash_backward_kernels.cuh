@@ -137,14 +137,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 2) flash_bwd_dkdv_kernel(const 
   int st = 0;
   while (i0 < n) {  // i0 grows by >= kB an iteration
     const int64_t in = next_q(i0 + kB);
-    if (in < n) {
-      load_q(in, st ^ 1);
-      dt::cp_async_commit();
-      dt::cp_async_wait<1>();
-    } else {
-      dt::cp_async_wait<0>();
-    }
-    __syncthreads();
+    prefetch_and_wait(in, n, st, load_q);
     const bf16* qs = sQ + st * kB * D;
     const bf16* os = sO + st * kB * D;
     const float* ls = sL + st * kB;
@@ -228,14 +221,7 @@ __global__ void __launch_bounds__(bwd::kThreads, 2) flash_bwd_dq_kernel(const Bw
   int st = 0;
   while (j0 < q1) {  // j0 grows by >= kB an iteration
     const int64_t jn = next_k(j0 + kB);
-    if (jn < q1) {
-      load_kv(jn, st ^ 1);
-      dt::cp_async_commit();
-      dt::cp_async_wait<1>();
-    } else {
-      dt::cp_async_wait<0>();
-    }
-    __syncthreads();
+    prefetch_and_wait(jn, q1, st, load_kv);
     const bf16* ks = sK + st * kB * D;
     const bf16* vs = sV + st * kB * D;
 

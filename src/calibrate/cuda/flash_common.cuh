@@ -24,6 +24,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "calibrate/cuda/device_env.cuh"
 #include "calibrate/cuda/flash_attention_cuda.h"
@@ -31,6 +32,25 @@
 namespace duo::cuda::calib {
 // Checks the arguments of flash_forward / flash_backward (throws duo::Error naming op).
 void validate_flash_args(const FlashArgs& a, const char* op);
+
+// Calls launch(std::integral_constant<int, D>{}, mask) with a's head dimension (64 or 128, as
+// validate_flash_args allows) and mask policy (CausalMask or StreamingMask over 64-bit
+// positions): the kernels are instantiated for each pair, and this is the one place that picks.
+template <class Launch>
+void dispatch_flash(const FlashArgs& a, Launch&& launch) {
+  const bool causal = a.mask.kind == AttentionMask::Kind::Causal;
+  const StreamingMask<int64_t> streaming{a.mask.window()};
+  auto with_mask = [&](auto d) {
+    if (causal)
+      launch(d, CausalMask<int64_t>{});
+    else
+      launch(d, streaming);
+  };
+  if (a.head_dim == 64)
+    with_mask(std::integral_constant<int, 64>{});
+  else
+    with_mask(std::integral_constant<int, 128>{});
+}
 }  // namespace duo::cuda::calib
 
 namespace duo::cuda::calib::DUO_CALIB_KERNELS {
@@ -39,6 +59,21 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 __device__ __forceinline__ int swz(int row, int chunk) { return ((chunk ^ (row & 7)) << 3); }
+
+// The head of an iteration of a double-buffered tile loop: starts the load of the next tile
+// (load(next, stage ^ 1), when next < end) into the other stage, then waits until the tile of
+// this stage has landed and every thread of the CTA sees it.
+template <class Load>
+__device__ __forceinline__ void prefetch_and_wait(int64_t next, int64_t end, int stage, Load&& load) {
+  if (next < end) {
+    load(next, stage ^ 1);
+    dt::cp_async_commit();
+    dt::cp_async_wait<1>();
+  } else {
+    dt::cp_async_wait<0>();
+  }
+  __syncthreads();
+}
 
 // Rows [r0, r0 + R) of a [n][ld] bf16 matrix (base already at the head's first column) into a
 // swizzled [R][D] tile by kThreads threads; rows >= n are zero-filled (their source address is

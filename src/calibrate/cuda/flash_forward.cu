@@ -52,19 +52,9 @@ void validate_flash_args(const FlashArgs& a, const char* op) {
 void flash_forward(const FlashArgs& a, float* o, float* lse, cudaStream_t stream) {
   validate_flash_args(a, "flash_forward");
   const DUO_CALIB_KERNELS::FwdParams p{a.q, a.k, a.v, o, lse, a.n, a.lse_ld, a.n_heads, a.n_kv_heads};
-  const bool causal = a.mask.kind == AttentionMask::Kind::Causal;
-  const StreamingMask<int64_t> streaming{a.mask.window()};
-  if (a.head_dim == 64) {
-    if (causal)
-      DUO_CALIB_KERNELS::launch_fwd<64>(p, CausalMask<int64_t>{}, stream);
-    else
-      DUO_CALIB_KERNELS::launch_fwd<64>(p, streaming, stream);
-  } else {
-    if (causal)
-      DUO_CALIB_KERNELS::launch_fwd<128>(p, CausalMask<int64_t>{}, stream);
-    else
-      DUO_CALIB_KERNELS::launch_fwd<128>(p, streaming, stream);
-  }
+  dispatch_flash(a, [&](auto d, const auto& mask) {
+    DUO_CALIB_KERNELS::launch_fwd<decltype(d)::value>(p, mask, stream);
+  });
 }
 
 }  // namespace duo::cuda::calib

@@ -9,6 +9,7 @@
 #pragma once
 #include <cmath>
 
+#include "backend/cuda/online_softmax.cuh"
 #include "calibrate/cuda/flash_common.cuh"
 
 namespace duo::cuda::calib::DUO_CALIB_KERNELS {
@@ -73,14 +74,7 @@ __global__ void __launch_bounds__(fwd::kThreads, 2) flash_fwd_kernel(const FwdPa
   int stage = 0;
   while (j0 < q1) {  // j0 grows by >= kBN an iteration
     const int64_t jn = next_tile(j0 + kBN);
-    if (jn < q1) {
-      load_kv(jn, stage ^ 1);
-      dt::cp_async_commit();
-      dt::cp_async_wait<1>();
-    } else {
-      dt::cp_async_wait<0>();
-    }
-    __syncthreads();
+    prefetch_and_wait(jn, q1, stage, load_kv);
     const bf16* ks = sK + stage * kBN * D;
     const bf16* vs = sV + stage * kBN * D;
 
@@ -107,43 +101,7 @@ __global__ void __launch_bounds__(fwd::kThreads, 2) flash_fwd_kernel(const FwdPa
 
     // Mask, online softmax. Keys >= n exist only in the last tile and are always masked.
     const bool full = j0 + kBN <= n && mask.all(q0, q1, j0, j0 + kBN);
-#pragma unroll
-    for (int mt = 0; mt < kMt; ++mt) {
-#pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        const int64_t i = q0 + warp * 16 * kMt + mt * 16 + lane / 4 + hr * 8;
-        float mx = m[mt][hr];
-#pragma unroll
-        for (int nb = 0; nb < kBN / 8; ++nb)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float x = s[mt][nb][2 * hr + e] * sl2;
-            if (!full) {
-              const int64_t j = j0 + nb * 8 + (lane % 4) * 2 + e;
-              if (j >= n || !mask.visible(i, j)) x = -INFINITY;
-            }
-            s[mt][nb][2 * hr + e] = x;
-            mx = fmaxf(mx, x);
-          }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float mref = mx == -INFINITY ? 0.0f : mx;  // a row that sees nothing yet stays at 0
-        const float alpha = exp2f(m[mt][hr] - mref);
-        m[mt][hr] = mx;
-        float rs = 0.0f;
-#pragma unroll
-        for (int nb = 0; nb < kBN / 8; ++nb)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float pe = exp2f(s[mt][nb][2 * hr + e] - mref);
-            s[mt][nb][2 * hr + e] = pe;
-            rs += pe;
-          }
-        l[mt][hr] = l[mt][hr] * alpha + rs;
-#pragma unroll
-        for (int db = 0; db < D / 8; ++db) o[mt][db][2 * hr] *= alpha, o[mt][db][2 * hr + 1] *= alpha;
-      }
-    }
+    online_softmax_tile<kMt, kBN, D>(s, m, l, o, mask, full, q0 + warp * 16 * kMt, j0, n, sl2, lane);
 
     // O += P V (P rounded to bf16)
 #pragma unroll
