@@ -119,12 +119,7 @@ int32_t GpuModel::forward_pick(GpuKvCache& kv, const int32_t* tokens, int64_t n,
   if (s.temperature <= 0.0f) {
     argmax_rows(lg, 1, V, out, stream_);
   } else {
-    SampleArgs a;
-    a.temperature = s.temperature;
-    a.top_k = s.top_k;
-    a.top_p = s.top_p;
-    a.u = u;
-    sample_token(lg, V, a, out, stream_);
+    enqueue_sample(lg, s, u, out);
   }
   int32_t id = 0;
   DUO_CUDA_TRY(cudaMemcpyAsync(&id, out, sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
@@ -245,12 +240,7 @@ void GpuModel::step(const std::vector<StepItem>& items, int32_t* picked, float* 
     for (int r = 0; r < R; ++r) {
       const StepItem& it = items[lm_item[r]];
       if (!it.pick || it.sampling.temperature <= 0.0f) continue;
-      SampleArgs a;
-      a.temperature = it.sampling.temperature;
-      a.top_k = it.sampling.top_k;
-      a.top_p = it.sampling.top_p;
-      a.u = it.u;
-      sample_token(lg + (int64_t)r * V, (int)V, a, out_d + r, stream_);
+      enqueue_sample(lg + (int64_t)r * V, it.sampling, it.u, out_d + r);
     }
     DUO_CUDA_TRY(cudaMemcpyAsync(got.data(), out_d, sizeof(int32_t) * R, cudaMemcpyDeviceToHost, stream_));
     if (logits)  // every item has its row then, in item order
@@ -454,6 +444,27 @@ DecodeArgs GpuModel::decode_args(const GpuKvCache& kv, int l, const bf16* q, bf1
   return da;
 }
 
+void GpuModel::enqueue_rope_rows(const Act& act, int l, int n, const int32_t* row_pos_d) {
+  const ModelConfig& c = config();
+  QkvRopeArgs ra;
+  ra.qkv = act.qkv, ra.ld = (int64_t)(c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
+  ra.bias = w_->layer(l).bqkv, ra.inv_freq = w_->inv_freq();
+  ra.n = n, ra.n_heads = c.n_heads, ra.n_kv_heads = c.n_kv_heads, ra.head_dim = c.head_dim;
+  ra.neox = c.rope_style == RopeStyle::Neox;
+  ra.q = act.q, ra.k = act.k, ra.v = act.v;
+  ra.row_pos = row_pos_d;
+  qkv_bias_rope(ra, stream_);
+}
+
+void GpuModel::enqueue_sample(const float* logits, const SamplerConfig& s, double u, int32_t* out) {
+  SampleArgs a;
+  a.temperature = s.temperature;
+  a.top_k = s.top_k;
+  a.top_p = s.top_p;
+  a.u = u;
+  sample_token(logits, config().n_vocab, a, out, stream_);
+}
+
 // Layer l of a batched step: RoPE of every row in one launch (each row at its own position);
 // each pre-fill chunk's attention and append as forward() runs them; all decode tokens
 // appended in one launch and attended in one (decode_attention_batch).
@@ -461,17 +472,11 @@ void GpuModel::enqueue_step_attention(const std::vector<StepItem>& items, const 
                                       const Act& act, const int32_t* row_pos_d, int l) {
   const ModelConfig& c = config();
   const int64_t D = c.head_dim, H = c.n_heads, HKV = c.n_kv_heads;
-  const int64_t Q = H * D, KV = HKV * D, QKV = Q + 2 * KV;
+  const int64_t Q = H * D, KV = HKV * D;
   const cudaStream_t s = stream_;
   const int T = first.empty() ? 0 : first.back() + items.back().n;
   if (timing_) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l], s));
-  QkvRopeArgs ra;
-  ra.qkv = act.qkv, ra.ld = QKV, ra.bias = w_->layer(l).bqkv, ra.inv_freq = w_->inv_freq();
-  ra.n = T, ra.n_heads = (int)H, ra.n_kv_heads = (int)HKV, ra.head_dim = (int)D;
-  ra.neox = c.rope_style == RopeStyle::Neox;
-  ra.q = act.q, ra.k = act.k, ra.v = act.v;
-  ra.row_pos = row_pos_d;
-  qkv_bias_rope(ra, s);
+  enqueue_rope_rows(act, l, T, row_pos_d);
   for (size_t i = 0; i < items.size(); ++i) {
     const StepItem& it = items[i];
     if (it.n == 1) continue;

@@ -119,6 +119,10 @@ class GpuModel {
   // A decode token's attention over layer l of kv (the token appended): at the host position,
   // or with pos_d at the position on the device (the form a captured graph replays).
   DecodeArgs decode_args(const GpuKvCache& kv, int l, const bf16* q, bf16* out, const int32_t* pos_d = nullptr) const;
+  // RoPE (and QKV bias) of act's first n rows for layer l, row t at position row_pos_d[t] (device).
+  void enqueue_rope_rows(const Act& act, int l, int n, const int32_t* row_pos_d);
+  // Draws one token from n_vocab logits (device) into out (device) with s and the uniform u.
+  void enqueue_sample(const float* logits, const SamplerConfig& s, double u, int32_t* out);
   // Checks and stages the ids: n > 1 into tokens_; one token, with its position, into step_.
   const int32_t* upload_tokens(const GpuKvCache& kv, const int32_t* tokens, int64_t n);
   void reset_graph();        // the single-sequence decode graph

@@ -100,6 +100,7 @@ bool GpuModel::step_replay(const std::vector<StepItem>& items, int32_t* picked, 
     ints(lay.dec_pos)[i] = real ? (int32_t)items[i].kv->n_past() : -1;
   }
   std::vector<DecodeArgs> da(N);
+  std::vector<bool> quant_kernel(L);  // per layer: the quantized-cache kernel runs
   std::vector<const void*> key = {reinterpret_cast<const void*>((uintptr_t)items[0].kv->type()),
                                   act.x, act.xn, act.qkv, act.q, act.k, act.v, act.att, act.o, act.gu, act.h,
                                   lm_in, lg, out_d, dev, ws, tile};
@@ -111,8 +112,8 @@ bool GpuModel::step_replay(const std::vector<StepItem>& items, int32_t* picked, 
     }
     DecodeBatch b;
     b.items = da.data(), b.n = N, b.workspace = ws, b.workspace_bytes = ws_bytes;
-    const bool quant_kernel = decode_batch_stage(b, grid, host + lay.params + lay.params_stride * l);
-    key.push_back(reinterpret_cast<const void*>((uintptr_t)quant_kernel));
+    quant_kernel[l] = decode_batch_stage(b, grid, host + lay.params + lay.params_stride * l);
+    key.push_back(reinterpret_cast<const void*>((uintptr_t)quant_kernel[l]));
   }
   if (quantized)  // the group-completion launches bake each sequence's views
     for (const StepItem& it : items) key.push_back(reinterpret_cast<const void*>((uintptr_t)it.kv->id()));
@@ -130,26 +131,18 @@ bool GpuModel::step_replay(const std::vector<StepItem>& items, int32_t* picked, 
     const auto* dec_rows_d = reinterpret_cast<const int32_t*>(dev + lay.dec_rows);
     const auto* dec_pos_d = reinterpret_cast<const int32_t*>(dev + lay.dec_pos);
     const auto* views_d = reinterpret_cast<const LayerKv*>(dev + lay.views);
-    const std::vector<const void*>& k = key;
-    const size_t quant_flags = k.size() - L - (quantized ? N : 0);
     cudaGraph_t graph = nullptr;
     DUO_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
     try {
       enqueue_layers(act, ids_d, B, [&](int l) {
-        QkvRopeArgs ra;
-        ra.qkv = act.qkv, ra.ld = QKV, ra.bias = w_->layer(l).bqkv, ra.inv_freq = w_->inv_freq();
-        ra.n = B, ra.n_heads = (int)H, ra.n_kv_heads = (int)HKV, ra.head_dim = (int)D;
-        ra.neox = c.rope_style == RopeStyle::Neox;
-        ra.q = act.q, ra.k = act.k, ra.v = act.v;
-        ra.row_pos = row_pos_d;
-        qkv_bias_rope(ra, stream_);
+        enqueue_rope_rows(act, l, B, row_pos_d);
         kv_append_batch(act.k, act.v, KV, dec_rows_d, views_d + (size_t)l * B, dec_pos_d, B, (int)HKV, (int)D,
                         stream_);
         if (quantized)  // a sequence's token may complete a group of 64 (decided on the device)
           for (int i = 0; i < N; ++i)
             kv_quantize(nullptr, nullptr, 0, 1, -1, (int)HKV, (int)D, items[i].kv->retrieval_heads(l),
                         items[i].kv->layer(l), stream_, dec_pos_d + i);
-        decode_attention_batch_replay(shape, k[quant_flags + l] != nullptr, dev + lay.params + lay.params_stride * l,
+        decode_attention_batch_replay(shape, quant_kernel[l], dev + lay.params + lay.params_stride * l,
                                       grid, stream_);
       });
       gather_rows(act.xn, E, lm_rows_d, B, lm_in, stream_);
@@ -174,12 +167,7 @@ bool GpuModel::step_replay(const std::vector<StepItem>& items, int32_t* picked, 
   for (int i = 0; i < N; ++i) {
     const StepItem& it = items[i];
     if (!it.pick || it.sampling.temperature <= 0.0f) continue;
-    SampleArgs a;
-    a.temperature = it.sampling.temperature;
-    a.top_k = it.sampling.top_k;
-    a.top_p = it.sampling.top_p;
-    a.u = it.u;
-    sample_token(lg + (int64_t)i * V, (int)V, a, out_d + i, stream_);
+    enqueue_sample(lg + (int64_t)i * V, it.sampling, it.u, out_d + i);
   }
   std::vector<int32_t> got(N, -1);
   DUO_CUDA_TRY(cudaMemcpyAsync(got.data(), out_d, sizeof(int32_t) * N, cudaMemcpyDeviceToHost, stream_));
