@@ -10,8 +10,8 @@ Starts one server (device options after `--`, e.g. `-- --device cuda`; with --pa
      in flight then finish), full attention;
   3. duo: the same with `"attention": "duo", "pattern": "p", "retrieval_ratio": --ratio`.
 Prompts are prose of --min-words .. --max-words words (the server reports the tokens), every
-request asks for --max-tokens tokens (greedy, `ignore_eos`-free: a request may stop early at an
-end-of-generation token, and the tokens are counted as generated).
+request asks for --max-tokens tokens (greedy, with `ignore_eos`, so every request generates
+exactly that many: the phases compare equal work).
 
 Reports for each phase: requests done and failed (any non-200 answer or broken stream), prompt
 and generated tokens/s, time to first token and inter-token latency (p50 / p99, from the arrival
@@ -132,7 +132,7 @@ def main():
     def body(seed, duo=False):
         rng = random.Random(seed)
         b = {"model": "m", "prompt": prose(rng.randint(a.min_words, a.max_words), seed) + "\nSummarize:",
-             "max_tokens": a.max_tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+             "max_tokens": a.max_tokens, "temperature": 0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
         if duo:
             b.update({"attention": "duo", "pattern": "p", "retrieval_ratio": a.ratio})
         return b

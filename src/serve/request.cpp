@@ -103,7 +103,7 @@ const std::set<std::string> kCommonFields = {
     "model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "presence_penalty",
     "frequency_penalty", "logit_bias", "logprobs", "user", "seed", "metadata", "store", "service_tier",
     // vLLM / llama.cpp sampling extensions
-    "min_p", "repetition_penalty",
+    "min_p", "repetition_penalty", "ignore_eos",
     // duo extensions
     "top_k", "attention", "sink", "recent", "pattern", "retrieval_ratio", "threshold"};
 const std::set<std::string> kCompletionFields = {"prompt", "echo", "best_of", "suffix",
@@ -424,6 +424,7 @@ GenerationRequest parse_request(Endpoint endpoint, const std::string& body) {
     r.seed_given = true;
   }
   r.stop = parse_stop(j);
+  r.ignore_eos = get_bool(j, "ignore_eos").value_or(false);
   r.stream = get_bool(j, "stream").value_or(false);
   if (const json* so = field(j, "stream_options")) {
     if (!so->is_object()) bad_param("stream_options", "'stream_options' must be an object, not {}", type_name(*so));

@@ -12,6 +12,8 @@
 //   threshold        or: gates >= threshold are retrieval heads
 //   top_k            sampling cut (0: off)
 //   min_p, repetition_penalty   as vLLM and llama.cpp take them
+//   ignore_eos       as vLLM takes it: an end-of-generation token is counted (not shown) and
+//                    generation goes on to max_tokens (benchmarks of a fixed output length)
 //   parse_special    completions only: true makes special-token text in the prompt (e.g.
 //                    "<|im_start|>") those tokens; by default (false) it is plain text. Chat
 //                    requests have no such option: there the template's own markers are the
@@ -52,6 +54,7 @@ struct GenerationRequest {
   int n = 1;                   // choices, each its own sequence
   int top_logprobs = -1;       // -1: no logprobs; else the chosen token's and this many alternatives
   bool json_object = false;    // chat response_format {"type": "json_object"}
+  bool ignore_eos = false;     // end-of-generation tokens do not end the generation
   std::vector<std::string> ignored_fields;  // top-level fields this server does not know
 
   // duo options (unset: the server's defaults)

@@ -352,7 +352,7 @@ int Scheduler::step() {
     }
     try {
       if (s.job.host_sampling()) ids[i] = pick_on_host(s, logits_.data() + i * (size_t)V, V);
-      if (!tok_.is_eog(ids[i])) ++generated;
+      if (s.job.ignore_eos || !tok_.is_eog(ids[i])) ++generated;
       take_token(s, ids[i], t1);
     } catch (...) {
       // A failure with one sequence's token (an id the tokenizer cannot render, ...) ends that
@@ -413,7 +413,8 @@ bool Scheduler::take_token(Sequence& s, int32_t id, std::chrono::steady_clock::t
     fail("the model picked token id {}, outside the vocabulary of {} tokens", id, tok.n_vocab());
   // The order of Session::generate: an end-of-generation token ends it unseen; any other is
   // counted and shown, then the sequence stops at max_tokens or goes on with it.
-  if (tok.is_eog(id)) {
+  const bool eog = tok.is_eog(id);
+  if (eog && !s.job.ignore_eos) {
     finish(s, FinishReason::Stop);
     return true;
   }
@@ -424,7 +425,7 @@ bool Scheduler::take_token(Sequence& s, int32_t id, std::chrono::steady_clock::t
   else
     metrics_.observe_inter_token(since);
   s.last_token = now;
-  s.out->emit(s.stop.push(s.utf8.push(tok.token_to_piece(id))));
+  if (!eog) s.out->emit(s.stop.push(s.utf8.push(tok.token_to_piece(id))));
   if (s.stop.matched()) {
     finish(s, FinishReason::Stop);
     return true;

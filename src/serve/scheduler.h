@@ -45,6 +45,9 @@ struct Job {
   // JSON mode: tokens that cannot continue one valid JSON object are masked (host sampling);
   // once the object is complete only end-of-generation may follow.
   bool json_object = false;
+  // End-of-generation tokens are generated tokens like any other (not shown): the output runs
+  // to max_tokens or a stop string.
+  bool ignore_eos = false;
   bool host_sampling() const { return sampling.host_only() || top_logprobs >= 0 || json_object; }
 };
 

@@ -66,6 +66,9 @@ TEST(Request, SamplingOptionsLogprobsAndChoices) {
   EXPECT_TRUE(r.sampling.host_only());
   EXPECT_EQ(r.top_logprobs, 3);
   EXPECT_EQ(r.n, 4);
+  EXPECT_FALSE(r.ignore_eos);
+  EXPECT_TRUE(completion(R"({"model":"m","prompt":"x","ignore_eos":true})").ignore_eos);
+  EXPECT_EQ(error_of(Endpoint::Completions, R"({"model":"m","prompt":"x","ignore_eos":1})").param, "ignore_eos");
   // Defaults: nothing that needs the host, no logprobs, one choice.
   const auto d = completion(R"({"model":"m","prompt":"x","logprobs":null,"presence_penalty":0,"logit_bias":{}})");
   EXPECT_FALSE(d.sampling.host_only());

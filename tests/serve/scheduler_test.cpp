@@ -128,6 +128,25 @@ TEST_F(SchedulerTest, LoneRequestEqualsSessionGenerate) {
   EXPECT_FALSE(g->error());
 }
 
+TEST_F(SchedulerTest, IgnoreEosRunsToMaxTokens) {
+  // A bias makes end-of-generation the pick of every step: alone it ends the request at once;
+  // with ignore_eos every one of those tokens is counted, none shown, up to max_tokens.
+  Scheduler sched(*engine_, {}, metrics_);
+  const int32_t eog = engine_->tokenizer().vocab().eos;
+  ASSERT_TRUE(engine_->tokenizer().is_eog(eog));
+  Job j = job("The capital of France is", 7);
+  j.sampling.adjust.logit_bias = {{eog, 100.0f}};
+  auto stopped = sched.submit(j);
+  EXPECT_EQ(collect(*stopped), "");
+  EXPECT_EQ(stopped->completion_tokens(), 0);
+  EXPECT_EQ(stopped->finish_reason(), FinishReason::Stop);
+  j.ignore_eos = true;
+  auto ran = sched.submit(j);
+  EXPECT_EQ(collect(*ran), "");
+  EXPECT_EQ(ran->completion_tokens(), 7);
+  EXPECT_EQ(ran->finish_reason(), FinishReason::Length);
+}
+
 TEST_F(SchedulerTest, ConcurrentRequestsEachGetWhatTheyGetAlone) {
   // At most four sequences decode at once, so each computes exactly what it computes alone,
   // whatever is pre-filled next to it (forward_batch_test covers larger batches, equal within
