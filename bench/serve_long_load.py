@@ -20,7 +20,7 @@ full / sequential generated tokens/s, duo / full generated tokens/s, duo's p99 i
 latency against full's.
 
   python3 bench/serve_long_load.py --duo build/duo -m MODEL --pattern P.tsv --clients 64 \\
-      --seconds 120 --min-words 3000 --max-words 18000 --max-tokens 512 --json out.json -- --device cuda
+      --seconds 40 --max-tokens 512 --json out.json -- --device cuda
 Exit status 1 when a request failed.
 """
 import argparse
@@ -109,8 +109,8 @@ def main():
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=120)
     ap.add_argument("--sequential", type=int, default=4, help="requests of the one-at-a-time reference")
-    ap.add_argument("--min-words", type=int, default=3000)
-    ap.add_argument("--max-words", type=int, default=18000)
+    ap.add_argument("--min-words", type=int, default=3600, help="about 4K tokens (Qwen2.5, SmolLM2)")
+    ap.add_argument("--max-words", type=int, default=21600, help="about 24K tokens")
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--json")
     ap.add_argument("server", nargs="*", help="duo serve options (after --)")

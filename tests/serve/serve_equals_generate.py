@@ -7,6 +7,13 @@ starts one server with the given device options, sends every request of a mix at
 lengths), and compares each greedy continuation with what `duo generate` prints for it with
 the same device options. Exit status 1 on any difference or failed request.
 
+On the GPU a batched step rounds differently from a lone sequence's (GEMM against GEMV, other
+split counts in attention), so where the model's top two next tokens are nearly tied the two may
+part. A difference is therefore examined: `duo generate`'s own log-probabilities (`duo logits`,
+same device options) at the point where the texts part must show both continuations' next tokens
+among the top few, within --tie of each other. Only then is it a near tie (reported, not failed),
+and no more than a quarter of the requests may part that way; any other difference fails.
+
   python3 tests/serve/serve_equals_generate.py --duo build/duo -m model.gguf --pattern P.tsv \\
       -- --device cuda [--kv-type q8 ...]
 """
@@ -51,6 +58,29 @@ def generate(duo, model, dev, job):
     return out[len(job["prompt"]):-1]
 
 
+def near_tie(duo, model, dev, job, served, generated, tie):
+    """The log-probability gap between the two texts' next tokens where they part, from `duo
+    logits` with the job's options; None when that point does not show both among the top 8."""
+    common = os.path.commonprefix([served, generated])
+    # Back to a word start: both BPE vocabularies here attach a leading space to the word.
+    cut = max(common.rfind(" "), common.rfind("\n"))
+    cut = cut if cut >= 0 else 0
+    prefix = job["prompt"] + common[:cut]
+    rest_a, rest_b = served[cut:], generated[cut:]
+    cmd = [duo, "logits", "--json", "-k", "8", "-m", model, "-p", prefix, *dev, *job["args"]]
+    top = json.loads(subprocess.run(cmd, check=True, capture_output=True).stdout)["top"]
+
+    def first(rest):  # the longest listed piece the text goes on with
+        hits = [t for t in top if t["piece"] and rest.startswith(t["piece"])]
+        return max(hits, key=lambda t: len(t["piece"])) if hits else None
+
+    a, b = first(rest_a), first(rest_b)
+    if not a or not b or a["id"] == b["id"]:
+        return None
+    gap = abs(a["logprob"] - b["logprob"])
+    return gap if gap <= tie else None
+
+
 def ask(port, job):
     body = {"model": "m", "prompt": job["prompt"], "max_tokens": job["max_tokens"], "temperature": 0,
             "stream": job["stream"], **job["extra"]}
@@ -81,6 +111,8 @@ def main():
     ap.add_argument("--pattern", default="")
     ap.add_argument("--requests", type=int, default=12)
     ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--tie", type=float, default=0.0,
+                    help="log-probability gap under which a difference is a near tie (0: every difference fails)")
     ap.add_argument("dev", nargs="*", help="device options for both (after --)")
     args = ap.parse_args()
     jobs = make_jobs(args.requests, args.pattern)
@@ -107,14 +139,20 @@ def main():
             t.start()
         for t in threads:
             t.join()
-        bad = [i for i in range(len(jobs)) if got[i] != wants[i]]
-        for i in bad:
-            print(f"DIFF request {i} ({len(jobs[i]['prompt'])} chars, {jobs[i]['args'] or 'full'}):\n"
+        differ = [i for i in range(len(jobs)) if got[i] is not None and got[i] != wants[i]]
+        bad, ties = [], []
+        for i in differ:
+            gap = near_tie(args.duo, args.model, args.dev, jobs[i], got[i], wants[i], args.tie) if args.tie > 0 else None
+            (bad if gap is None else ties).append(i)
+            kind = "DIFF" if gap is None else f"NEAR TIE (top-two gap {gap:.4f})"
+            print(f"{kind} request {i} ({len(jobs[i]['prompt'])} chars, {jobs[i]['args'] or 'full'}):\n"
                   f"  serve   : {got[i]!r}\n  generate: {wants[i]!r}")
         for e in errors:
             print("ERROR", e)
-        print(f"{len(jobs) - len(bad)} passed, {len(bad)} failed")
-        return 1 if bad or errors else 0
+        too_many = len(ties) * 4 > len(jobs)
+        print(f"{len(jobs) - len(differ)} equal, {len(ties)} parted at a near tie, {len(bad)} failed"
+              + (" (too many near ties)" if too_many else ""))
+        return 1 if bad or errors or too_many else 0
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

@@ -22,6 +22,8 @@
 namespace duo::cli {
 
 namespace {
+constexpr int64_t kGpuPrefillStep = 2048;  // default pre-fill tokens a step on CUDA (see where it is used)
+
 struct ServeOptions {
   ModelOptions model;
   std::string host = "127.0.0.1";
@@ -109,7 +111,9 @@ void run_server(const ServeOptions& o) {
   }
   so.max_batch = o.max_batch;
   so.max_queue = o.max_queue;
-  so.prefill_tokens_per_step = o.prefill_step;
+  // On a GPU a step of one 512-token chunk leaves its GEMMs small and long prompts queue
+  // (seconds to the first token under a long-context load); 2048 is vLLM's token budget too.
+  so.prefill_tokens_per_step = o.prefill_step > 0 ? o.prefill_step : gpu ? kGpuPrefillStep : 0;
   serve::Metrics metrics;
   serve::Scheduler scheduler(engine, so, metrics);
 
@@ -134,9 +138,10 @@ void run_server(const ServeOptions& o) {
     server.stop();
   });
   fmt::print("duo serve: listening on http://{}:{} (model '{}', {} attention, sink {} recent {}, KV budget {:.0f} "
-             "MiB, max batch {}, context {}, {})\n",
+             "MiB, max batch {}, pre-fill {} tokens a step, context {}, {})\n",
              o.host, port, ctx.model_id, to_string(engine.options().attention), engine.options().window.sink,
-             engine.options().window.recent, so.kv_budget_bytes / 1048576.0, o.max_batch, engine.max_context(),
+             engine.options().window.recent, so.kv_budget_bytes / 1048576.0, o.max_batch,
+             so.prefill_tokens_per_step > 0 ? so.prefill_tokens_per_step : engine.options().chunk, engine.max_context(),
              backend.description());
   std::fflush(stdout);
   server.listen();
@@ -169,7 +174,7 @@ void add_serve(CLI::App& app) {
                               "thread)",
                               serve::kMaxQueueLimit))
       ->check(CLI::Range(0, serve::kMaxQueueLimit));
-  cmd->add_option("--prefill-step", o->prefill_step, "pre-fill tokens per batched step (0: one --chunk)")
+  cmd->add_option("--prefill-step", o->prefill_step, fmt::format("pre-fill tokens per batched step (0: one --chunk on the CPU, {} on CUDA)", kGpuPrefillStep))
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-tokens", o->default_max_tokens, "max_tokens of requests that give none")
       ->check(CLI::PositiveNumber);
