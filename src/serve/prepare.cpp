@@ -151,7 +151,7 @@ Job prepare_job(const GenerationRequest& r, const ServeContext& ctx) {
     if (id >= n_vocab)
       bad_param("logit_bias", "'logit_bias' names token id {}, outside the vocabulary (0..{})", id, n_vocab - 1);
   job.top_logprobs = r.top_logprobs;
-  job.json_object = r.json_object;
+  job.json = r.json_schema;
   job.ignore_eos = r.ignore_eos;
   job.stop = r.stop;
   return job;

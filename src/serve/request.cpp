@@ -12,7 +12,9 @@ using nlohmann::json;
 
 namespace {
 
-constexpr int kMaxDepth = 16;      // JSON nesting a valid request never comes near
+// JSON nesting a valid request never comes near (a response_format schema of nested objects
+// written inline takes two levels per object).
+constexpr int kMaxDepth = 64;
 constexpr size_t kMaxMessages = 4096;
 constexpr int64_t kMaxWindow = 1 << 24;
 
@@ -160,7 +162,8 @@ void check_defaults_only(const json& body, Endpoint ep) {
       if (!v->is_object()) bad_param("response_format", "'response_format' must be an object, not {}", type_name(*v));
       auto t = get_string(*v, "type");
       if (!t) bad_param("response_format", "'response_format' needs a 'type'");
-      if (*t != "text" && *t != "json_object") unsupported("response_format", fmt::format("response format '{}'", *t));
+      if (*t != "text" && *t != "json_object" && *t != "json_schema")
+        unsupported("response_format", fmt::format("response format '{}'", *t));
     }
     for (const char* k : {"tools", "functions"})
       if (const json* v = field(body, k)) {
@@ -177,6 +180,31 @@ void check_defaults_only(const json& body, Endpoint ep) {
   get_string(body, "service_tier");
   if (const json* v = field(body, "metadata"); v && !v->is_object())
     bad_param("metadata", "'metadata' must be an object, not {}", type_name(*v));
+}
+
+// response_format {"type": "json_schema", "json_schema": {"name", "description", "schema",
+// "strict"}}: the schema compiled for constrained sampling, which always holds to it (strict or
+// not). A schema using what the recogniser does not support is refused, naming the keyword.
+std::shared_ptr<const CompiledSchema> parse_json_schema_format(const json& rf) {
+  const char* param = "response_format";
+  const json* js = field(rf, "json_schema");
+  if (!js) bad_param(param, "'response_format.json_schema' is required with type json_schema");
+  if (!js->is_object()) bad_param(param, "'response_format.json_schema' must be an object, not {}", type_name(*js));
+  for (const char* k : {"name", "description"})
+    if (const json* v = field(*js, k); v && !v->is_string())
+      bad_param(param, "'response_format.json_schema.{}' must be a string, not {}", k, type_name(*v));
+  if (const json* v = field(*js, "strict"); v && !v->is_boolean())
+    bad_param(param, "'response_format.json_schema.strict' must be a boolean, not {}", type_name(*v));
+  const json* schema = field(*js, "schema");
+  if (!schema) bad_param(param, "'response_format.json_schema.schema' is required");
+  if (!schema->is_object() && !schema->is_boolean())
+    bad_param(param, "'response_format.json_schema.schema' must be an object, not {}", type_name(*schema));
+  try {
+    return compile_json_schema(*schema);
+  } catch (const SchemaError& e) {
+    throw ApiError(400, "invalid_request_error", fmt::format("'response_format.json_schema.schema': {}", e.what()), param,
+                   "unsupported_schema");
+  }
 }
 
 std::string message_content(const json& content, size_t i) {
@@ -408,7 +436,12 @@ GenerationRequest parse_request(Endpoint endpoint, const std::string& body) {
   r.sampling.adjust.logit_bias = parse_logit_bias(j);
   r.n = (int)get_int(j, "n", 1, kMaxChoices).value_or(1);
   if (endpoint == Endpoint::ChatCompletions)
-    if (const json* rf = field(j, "response_format")) r.json_object = get_string(*rf, "type") == "json_object";
+    if (const json* rf = field(j, "response_format")) {
+      const auto type = get_string(*rf, "type");
+      r.json_object = type == "json_object";
+      if (r.json_object) r.json_schema = any_json_object_schema();
+      if (type == "json_schema") r.json_schema = parse_json_schema_format(*rf);
+    }
   if (endpoint == Endpoint::Completions) {
     if (auto k = get_int(j, "logprobs", 0, kMaxTopLogprobs)) r.top_logprobs = (int)*k;
   } else {

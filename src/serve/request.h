@@ -20,6 +20,7 @@
 //                    only special tokens and message content is always text.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -27,6 +28,7 @@
 #include "duo/engine.h"
 #include "io/head_pattern.h"
 #include "sample/sampler.h"
+#include "serve/json_schema.h"
 #include "tokenizer/chat_template.h"
 
 namespace duo::serve {
@@ -54,6 +56,9 @@ struct GenerationRequest {
   int n = 1;                   // choices, each its own sequence
   int top_logprobs = -1;       // -1: no logprobs; else the chosen token's and this many alternatives
   bool json_object = false;    // chat response_format {"type": "json_object"}
+  // The schema generation must follow: {"type": "json_schema"}'s schema, or any object for
+  // json_object; null for plain text.
+  std::shared_ptr<const CompiledSchema> json_schema;
   bool ignore_eos = false;     // end-of-generation tokens do not end the generation
   std::vector<std::string> ignored_fields;  // top-level fields this server does not know
 

@@ -6,9 +6,10 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "engine/utf8_stream.h"
-#include "sample/json_grammar.h"
 #include "sample/logprobs.h"
+#include "serve/json_matcher.h"
 #include "serve/stop_matcher.h"
+#include "serve/token_mask.h"
 #include "tokenizer/tokenizer.h"
 
 namespace duo::serve {
@@ -106,7 +107,7 @@ struct Scheduler::Sequence {
       : out(std::move(g)), job(std::move(j)), cost(cost), sampler(job.sampling), stop(job.stop),
         submitted(std::chrono::steady_clock::now()) {
     sampler.add_prompt(job.prompt.data(), (int64_t)job.prompt.size());
-    if (job.json_object) json.emplace();
+    if (job.json) json.emplace(*job.json, false);  // nothing after the value, not even blanks
   }
   std::shared_ptr<Generation> out;
   Job job;
@@ -117,7 +118,7 @@ struct Scheduler::Sequence {
   int64_t generated = 0;
   bool done = false;
   Sampler sampler;
-  std::optional<JsonObjectMatcher> json;  // JSON mode: what has been generated so far
+  std::optional<JsonMatcher> json;  // JSON mode: what has been generated so far
   Utf8Stream utf8;
   StopMatcher stop;
   std::chrono::steady_clock::time_point submitted, last_token;  // for the latency histograms
@@ -367,26 +368,25 @@ int Scheduler::step() {
 int32_t Scheduler::pick_on_host(Sequence& s, const float* row, int n_vocab) {
   const float* pick_from = row;
   if (s.json) {
-    if (pieces_.empty()) {
+    if (!token_mask_) {
       pieces_.resize(tok_.n_vocab());
-      for (int32_t t = 0; t < tok_.n_vocab(); ++t) pieces_[t] = tok_.token_to_piece(t);
-    }
-    // A token is allowed when its bytes continue the JSON object; once the object is complete
-    // only end-of-generation (no trailing blanks); byte-less (control) tokens never.
-    masked_.assign(row, row + n_vocab);
-    const bool done = s.json->done();
-    for (int32_t t = 0; t < n_vocab; ++t) {
-      bool ok = false;
-      if (t < tok_.n_vocab()) {
-        if (tok_.is_eog(t)) {
-          ok = done;
-        } else if (!done && !pieces_[t].empty()) {
-          JsonObjectMatcher trial = *s.json;
-          ok = trial.feed(std::string_view(pieces_[t]));
-        }
+      std::vector<bool> include(tok_.n_vocab());
+      for (int32_t t = 0; t < tok_.n_vocab(); ++t) {
+        pieces_[t] = tok_.token_to_piece(t);
+        include[t] = !tok_.is_eog(t);
+        if (tok_.is_eog(t)) eog_tokens_.push_back(t);
       }
-      if (!ok) masked_[t] = -INFINITY;
+      token_mask_ = std::make_unique<TokenMask>(pieces_, include);
     }
+    // A token is allowed when its bytes continue the document; end-of-generation once it is
+    // complete; byte-less (control) tokens never. Nothing can follow a complete object (the
+    // matcher takes no trailing blanks), but a number at the top may still grow.
+    allowed_.clear();
+    token_mask_->allowed(*s.json, allowed_);
+    if (s.json->done() || allowed_.empty()) allowed_.insert(allowed_.end(), eog_tokens_.begin(), eog_tokens_.end());
+    masked_.assign(n_vocab, -INFINITY);
+    for (int32_t t : allowed_)
+      if (t < n_vocab) masked_[t] = row[t];
     pick_from = masked_.data();
   }
   const int32_t id = s.sampler.sample(pick_from, n_vocab);

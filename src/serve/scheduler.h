@@ -25,9 +25,12 @@
 
 #include "duo/engine.h"
 #include "serve/api_error.h"
+#include "serve/json_schema.h"
 #include "serve/metrics.h"
 
 namespace duo::serve {
+
+class TokenMask;
 
 enum class FinishReason { None, Stop, Length, Cancelled, Error };
 const char* to_string(FinishReason r);
@@ -42,13 +45,13 @@ struct Job {
   // Log-probabilities of each generated token and of the `top_logprobs` most likely ones
   // (-1: none). Like host_only() sampling, this takes the step's logits back to the host.
   int top_logprobs = -1;
-  // JSON mode: tokens that cannot continue one valid JSON object are masked (host sampling);
-  // once the object is complete only end-of-generation may follow.
-  bool json_object = false;
+  // JSON mode and json_schema: tokens that cannot continue a JSON document this schema accepts
+  // are masked (host sampling); once it is complete only end-of-generation may follow.
+  std::shared_ptr<const CompiledSchema> json;
   // End-of-generation tokens are generated tokens like any other (not shown): the output runs
   // to max_tokens or a stop string.
   bool ignore_eos = false;
-  bool host_sampling() const { return sampling.host_only() || top_logprobs >= 0 || json_object; }
+  bool host_sampling() const { return sampling.host_only() || top_logprobs >= 0 || json; }
 };
 
 // One generated token's log-probabilities (from the model's logits, before any adjustment or
@@ -165,6 +168,8 @@ class Scheduler {
   std::vector<float> logits_;                      // the step's rows when some sequence samples on the host
   std::vector<float> masked_;                      // a JSON-mode row with its impossible tokens masked
   std::vector<std::string> pieces_;                // every token's bytes, made on the first JSON-mode pick
+  std::unique_ptr<TokenMask> token_mask_;            // the vocabulary's trie, made with pieces_
+  std::vector<int32_t> eog_tokens_, allowed_;      // end-of-generation tokens; a JSON step's allowed ones
   std::thread thread_;
 };
 

@@ -81,6 +81,34 @@ TEST(Request, SamplingOptionsLogprobsAndChoices) {
   EXPECT_EQ(chat("{" + msgs + R"(,"logprobs":false})").top_logprobs, -1);
   EXPECT_TRUE(chat("{" + msgs + R"(,"response_format":{"type":"json_object"}})").json_object);
   EXPECT_FALSE(chat("{" + msgs + R"(,"response_format":{"type":"text"}})").json_object);
+  EXPECT_TRUE(chat("{" + msgs + R"(,"response_format":{"type":"json_object"}})").json_schema);
+  EXPECT_FALSE(chat("{" + msgs + R"(,"response_format":{"type":"text"}})").json_schema);
+}
+
+TEST(Request, JsonSchemaResponseFormat) {
+  const std::string msgs = R"("model":"m","messages":[{"role":"user","content":"x"}])";
+  const auto r = chat("{" + msgs + R"(,"response_format":{"type":"json_schema","json_schema":{"name":"P","strict":true,
+      "schema":{"type":"object","properties":{"a":{"$ref":"#/$defs/A"}},"required":["a"],
+                "$defs":{"A":{"enum":["x","y"]}}}}}})");
+  ASSERT_TRUE(r.json_schema);
+  EXPECT_FALSE(r.json_object);
+  // Refusals name the field, and for the schema the keyword at fault.
+  struct Bad {
+    std::string format, words;
+  };
+  for (const Bad& b : std::vector<Bad>{
+           {R"({"type":"json_schema"})", "json_schema' is required"},
+           {R"({"type":"json_schema","json_schema":{"name":"n"}})", "schema' is required"},
+           {R"({"type":"json_schema","json_schema":{"schema":{},"strict":"yes"}})", "strict"},
+           {R"({"type":"json_schema","json_schema":{"schema":{"type":"string","pattern":"a+"}}})", "'pattern'"},
+           {R"({"type":"json_schema","json_schema":{"schema":{"type":"object","required":["a"],
+               "additionalProperties":false}}})", "no JSON value"},
+       }) {
+    const ApiError e = error_of(Endpoint::ChatCompletions, "{" + msgs + R"(,"response_format":)" + b.format + "}");
+    EXPECT_EQ(e.status, 400) << b.format;
+    EXPECT_EQ(e.param, "response_format") << b.format;
+    EXPECT_NE(std::string(e.what()).find(b.words), std::string::npos) << e.what();
+  }
 }
 
 TEST(Request, UnknownFieldsAreIgnoredAndListed) {
