@@ -24,21 +24,22 @@ SCALES = {
     T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0],
     T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208],
 }
+# Types added later, drawn from their own generator so the fixtures above stay as they were.
+# gguf-py has no quantizer for these: random bytes (every code legal) only.
+SCALES_LATER = {T.Q2_K: [80, 82], T.Q3_K: [108], T.IQ4_NL: [0], T.IQ4_XS: [0]}
 
 
 def random_blocks(qtype, n_blocks, rng):
     block_elems, block_bytes = GGML_QUANT_SIZES[qtype]
     raw = rng.integers(0, 256, size=(n_blocks, block_bytes), dtype=np.uint8)
-    for off in SCALES[qtype]:
+    for off in {**SCALES, **SCALES_LATER}[qtype]:
         scales = rng.uniform(-0.05, 0.05, size=n_blocks).astype(np.float16)
         raw[:, off:off + 2] = scales.view(np.uint8).reshape(n_blocks, 2)
     return raw.reshape(-1)
 
 
-def main():
-    os.makedirs(OUT, exist_ok=True)
-    rng = np.random.default_rng(20261124)
-    for qtype in SCALES:
+def write_types(types, rng):
+    for qtype in types:
         block_elems, _ = GGML_QUANT_SIZES[qtype]
         cases = []
         raw = random_blocks(qtype, 4, rng)
@@ -56,6 +57,13 @@ def main():
                         "values": [float(v) for v in deq]})
         with open(os.path.join(OUT, f"{qtype.name}.json"), "w") as f:
             json.dump({"type": qtype.name, "type_id": int(qtype), "cases": out}, f)
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    rng = np.random.default_rng(20261124)
+    write_types(SCALES, rng)
+    write_types(SCALES_LATER, np.random.default_rng(20261207))
     # Plain float types.
     x = rng.normal(0, 3, size=64).astype(np.float32)
     for qtype, arr in ((T.F16, x.astype(np.float16)), (T.BF16, None)):

@@ -34,6 +34,8 @@ std::vector<T> convert(const std::vector<float>& v) {
 template <typename T>
 FrozenWeights<T>::FrozenWeights(const Model& model, size_t budget_bytes, ThreadPool& pool)
     : model_(model), pool_(pool), cfg_(model.config()) {
+  // The calibration forward (gated_model.cpp) has no per-head q/k norm.
+  DUO_CHECK(!cfg_.qk_norm, "calibrating {} (per-head q/k RMS norm) is not implemented", cfg_.arch);
   DUO_CHECK(!model.heads_reordered(), "calibration needs the model's heads in stored order (not reordered)");
   DUO_CHECK(cfg_.n_rot == cfg_.head_dim, "calibration supports RoPE over the whole head only (n_rot {} != head dim {})",
             cfg_.n_rot, cfg_.head_dim);

@@ -133,7 +133,88 @@ void deq_q6_k(const BlockQ6_K* b, float* y, int64_t nb) {
   }
 }
 
+// Q2_K: per 128 elements, 32 bytes of qs give four groups of 32 (bit pairs 0-1, 2-3, 4-5,
+// 6-7); each group is two sub-blocks of 16 with their own scale/min byte.
+void deq_q2_k(const BlockQ2_K* b, float* y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i) {
+    const float d = f16_to_f32(b[i].d), dmin = f16_to_f32(b[i].dmin);
+    const uint8_t* q = b[i].qs;
+    int is = 0;
+    for (int n = 0; n < QK_K; n += 128, q += 32) {
+      for (int shift = 0; shift < 8; shift += 2) {
+        for (int half = 0; half < 2; ++half, ++is, y += 16) {
+          const uint8_t sc = b[i].scales[is];
+          const float dl = d * (sc & 0xF), ml = dmin * (sc >> 4);
+          for (int l = 0; l < 16; ++l) y[l] = dl * ((q[16 * half + l] >> shift) & 3) - ml;
+        }
+      }
+    }
+  }
+}
+
+// Q3_K: the same group order as Q2_K; the high bit of element l of group g (of the 8 groups
+// of 32) is bit g of hmask[l], and a clear bit subtracts 4.
+void deq_q3_k(const BlockQ3_K* b, float* y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i) {
+    const float d = f16_to_f32(b[i].d);
+    int8_t sc[16];
+    q3k_scales(b[i].scales, sc);
+    const uint8_t* q = b[i].qs;
+    int is = 0, g = 0;
+    for (int n = 0; n < QK_K; n += 128, q += 32) {
+      for (int shift = 0; shift < 8; shift += 2, ++g) {
+        for (int half = 0; half < 2; ++half, ++is, y += 16) {
+          const float dl = d * sc[is];
+          for (int l = 0; l < 16; ++l) {
+            const int e = 16 * half + l;
+            y[l] = dl * ((int)((q[e] >> shift) & 3) - ((b[i].hmask[e] >> g) & 1 ? 0 : 4));
+          }
+        }
+      }
+    }
+  }
+}
+
+void deq_iq4_nl(const BlockIQ4_NL* b, float* y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, y += QK) {
+    const float d = f16_to_f32(b[i].d);
+    for (int j = 0; j < QK / 2; ++j) {
+      y[j] = d * kIq4nlValues[b[i].qs[j] & 0xF];
+      y[j + QK / 2] = d * kIq4nlValues[b[i].qs[j] >> 4];
+    }
+  }
+}
+
+void deq_iq4_xs(const BlockIQ4_XS* b, float* y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i) {
+    const float d = f16_to_f32(b[i].d);
+    for (int ib = 0; ib < QK_K / 32; ++ib, y += 32) {
+      const float dl = d * iq4xs_scale(b[i].scales_h, b[i].scales_l, ib);
+      const uint8_t* qs = b[i].qs + 16 * ib;
+      for (int j = 0; j < 16; ++j) {
+        y[j] = dl * kIq4nlValues[qs[j] & 0xF];
+        y[j + 16] = dl * kIq4nlValues[qs[j] >> 4];
+      }
+    }
+  }
+}
+
 }  // namespace
+
+// Scale j: low 4 bits from byte j (j < 8) or the high nibble of byte j - 8, high 2 bits from
+// bits 2 * (j / 4).. of byte 8 + j % 4.
+void q3k_scales(const uint8_t* p, int8_t out[16]) {
+  for (int j = 0; j < 16; ++j) {
+    const int lo = j < 8 ? (p[j] & 0xF) : (p[j - 8] >> 4);
+    const int hi = (p[8 + j % 4] >> (2 * (j / 4))) & 3;
+    out[j] = (int8_t)((lo | (hi << 4)) - 32);
+  }
+}
+
+int iq4xs_scale(uint16_t scales_h, const uint8_t* scales_l, int ib) {
+  const int ls = ((scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) | (((scales_h >> (2 * ib)) & 3) << 4);
+  return ls - 32;
+}
 
 void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n) {
   const TypeTraits& tt = type_traits(type);
@@ -159,6 +240,10 @@ void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n) {
     case GgmlType::Q4_K: deq_q4_k(static_cast<const BlockQ4_K*>(src), dst, nb); return;
     case GgmlType::Q5_K: deq_q5_k(static_cast<const BlockQ5_K*>(src), dst, nb); return;
     case GgmlType::Q6_K: deq_q6_k(static_cast<const BlockQ6_K*>(src), dst, nb); return;
+    case GgmlType::Q2_K: deq_q2_k(static_cast<const BlockQ2_K*>(src), dst, nb); return;
+    case GgmlType::Q3_K: deq_q3_k(static_cast<const BlockQ3_K*>(src), dst, nb); return;
+    case GgmlType::IQ4_NL: deq_iq4_nl(static_cast<const BlockIQ4_NL*>(src), dst, nb); return;
+    case GgmlType::IQ4_XS: deq_iq4_xs(static_cast<const BlockIQ4_XS*>(src), dst, nb); return;
     default: fail("no dequantizer for tensor type {}", tt.name);
   }
 }

@@ -69,6 +69,11 @@ int64_t first_nonfinite(GgmlType type, const void* data, int64_t n) {
     case GgmlType::Q5_K:
       return scan_blocks<BlockQ5_K>(data, nb256, QK_K, {offsetof(BlockQ5_K, d), offsetof(BlockQ5_K, dmin)});
     case GgmlType::Q6_K: return scan_blocks<BlockQ6_K>(data, nb256, QK_K, {offsetof(BlockQ6_K, d)});
+    case GgmlType::Q2_K:
+      return scan_blocks<BlockQ2_K>(data, nb256, QK_K, {offsetof(BlockQ2_K, d), offsetof(BlockQ2_K, dmin)});
+    case GgmlType::Q3_K: return scan_blocks<BlockQ3_K>(data, nb256, QK_K, {offsetof(BlockQ3_K, d)});
+    case GgmlType::IQ4_NL: return scan_blocks<BlockIQ4_NL>(data, nb32, QK, {offsetof(BlockIQ4_NL, d)});
+    case GgmlType::IQ4_XS: return scan_blocks<BlockIQ4_XS>(data, nb256, QK_K, {offsetof(BlockIQ4_XS, d)});
     case GgmlType::Q8_K: return scan_blocks<BlockQ8_K>(data, nb256, QK_K, {}, true);
     default: return -1;
   }

@@ -37,6 +37,10 @@ Engine::Engine(const EngineOptions& opts) : opts_(opts) {
   pool_ = std::make_unique<ThreadPool>(opts.threads);
   const ModelConfig& c = model_->config();
   DUO_CHECK(opts.chunk > 0, "chunk size must be positive (got {})", opts.chunk);
+  DUO_CHECK(c.sliding_window == 0 || max_context() <= c.sliding_window,
+            "a context of {} tokens is beyond the model's sliding window of {} (sliding-window attention is not "
+            "implemented: the context is limited to the window)",
+            max_context(), c.sliding_window);
   switch (opts.attention) {
     case AttentionMode::Full:
       plan_ = HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Retrieval, opts.window);

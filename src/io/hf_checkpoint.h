@@ -29,6 +29,8 @@ class HfCheckpoint {
   // The file that holds `name` (for error messages).
   const std::string& file_of(const std::string& name) const;
   size_t n_files() const { return files_.size(); }
+  // Every weight file (their tensors: a model summary's dtypes and sizes).
+  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
 
  private:
   std::string dir_;

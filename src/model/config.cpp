@@ -32,8 +32,9 @@ float positive_float(const GgufFile& f, const std::string& key, double v, double
 ModelConfig ModelConfig::from_gguf(const GgufFile& f) {
   ModelConfig c;
   c.arch = f.get_string("general.architecture");
-  if (c.arch != "llama" && c.arch != "qwen2")
-    fail("{}: unsupported architecture '{}' (supported: llama, qwen2)", f.path(), c.arch);
+  // (llama.cpp's converter writes Mistral-7B as llama.)
+  if (c.arch != "llama" && c.arch != "qwen2" && c.arch != "qwen3")
+    fail("{}: unsupported architecture '{}' (supported: llama, qwen2, qwen3)", f.path(), c.arch);
   const std::string p = c.arch + ".";
   constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
   c.name = f.opt_string("general.name").value_or(c.arch);
@@ -48,15 +49,24 @@ ModelConfig ModelConfig::from_gguf(const GgufFile& f) {
                               f.get_float(p + "attention.layer_norm_rms_epsilon"), 1.0);
   c.rope_theta = positive_float(f, p + "rope.freq_base", f.opt_float(p + "rope.freq_base").value_or(10000.0), 1e30);
   c.qkv_bias = c.arch == "qwen2";
-  c.rope_style = c.arch == "qwen2" ? RopeStyle::Neox : RopeStyle::Interleaved;
+  c.qk_norm = c.arch == "qwen3";
+  c.rope_style = c.arch == "llama" ? RopeStyle::Interleaved : RopeStyle::Neox;
   c.tied_embeddings = f.find_tensor("output.weight") == nullptr;
 
   DUO_CHECK(c.n_heads % c.n_kv_heads == 0, "{}: head_count {} is not a multiple of head_count_kv {}", f.path(),
             c.n_heads, c.n_kv_heads);
-  DUO_CHECK(c.n_embd % c.n_heads == 0, "{}: embedding_length {} not divisible by {} heads", f.path(), c.n_embd,
-            c.n_heads);
-  c.head_dim = c.n_embd / c.n_heads;
-  if (auto kl = f.opt_int(p + "attention.key_length")) c.head_dim = (int)int_in(f, p + "attention.key_length", kl, 2, 256);
+  // The head size: key_length when given (qwen3's heads are wider than n_embd / n_heads),
+  // otherwise n_embd / n_heads.
+  if (auto kl = f.opt_int(p + "attention.key_length")) {
+    c.head_dim = (int)int_in(f, p + "attention.key_length", kl, 2, 256);
+  } else {
+    DUO_CHECK(c.n_embd % c.n_heads == 0, "{}: embedding_length {} not divisible by {} heads", f.path(), c.n_embd,
+              c.n_heads);
+    c.head_dim = c.n_embd / c.n_heads;
+  }
+  if (auto vl = f.opt_int(p + "attention.value_length"))
+    DUO_CHECK(*vl == c.head_dim, "{}: value_length {} differs from key_length {} (not supported)", f.path(), *vl,
+              c.head_dim);
   DUO_CHECK(c.head_dim > 0 && c.head_dim % 2 == 0 && c.head_dim <= 256, "{}: unsupported head dimension {}", f.path(),
             c.head_dim);
   c.n_rot = (int)int_in(f, p + "rope.dimension_count", f.opt_int(p + "rope.dimension_count").value_or(c.head_dim), 0,

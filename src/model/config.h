@@ -14,7 +14,7 @@ class HfCheckpoint;
 enum class RopeStyle { Interleaved, Neox };
 
 struct ModelConfig {
-  std::string arch;  // "llama" or "qwen2"
+  std::string arch;  // "llama", "qwen2", "qwen3" or (HF directories) "mistral"
   std::string name;
   int n_layers = 0;
   int n_embd = 0;
@@ -30,10 +30,15 @@ struct ModelConfig {
   RopeStyle rope_style = RopeStyle::Interleaved;
   bool qkv_bias = false;
   bool tied_embeddings = false;  // no output.weight: the LM head reuses token_embd
+  bool qk_norm = false;          // qwen3: RMS norm of each head's q and k (own weights) before RoPE
+  // Sliding-window attention over the whole model (mistral's sliding_window), 0 for none. duo
+  // has no sliding-window mask: such a model's context is capped at the window (n_ctx_train),
+  // inside which full causal attention computes the same thing, and longer is refused.
+  int sliding_window = 0;
 
   int group_size() const { return n_heads / n_kv_heads; }  // query heads per KV head
   static ModelConfig from_gguf(const GgufFile& f);
-  // From a Hugging Face directory's config.json (model_type llama or qwen2; hf_config.cpp).
+  // From a Hugging Face directory's config.json (model_type llama, mistral, qwen2 or qwen3; hf_config.cpp).
   // rope_factors receives the per-frequency divisors of a "llama3" RoPE scaling, head_dim / 2
   // values (left empty without scaling).
   static ModelConfig from_hf(const HfCheckpoint& ck, std::vector<float>& rope_factors);

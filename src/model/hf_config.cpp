@@ -77,8 +77,8 @@ ModelConfig ModelConfig::from_hf(const HfCheckpoint& ck, std::vector<float>& rop
   ModelConfig c;
   DUO_CHECK(j.contains("model_type") && j["model_type"].is_string(), "{}: no model_type", where);
   c.arch = j["model_type"].get<std::string>();
-  if (c.arch != "llama" && c.arch != "qwen2")
-    fail("{}: unsupported architecture '{}' (model_type; supported: llama, qwen2)", where, c.arch);
+  if (c.arch != "llama" && c.arch != "mistral" && c.arch != "qwen2" && c.arch != "qwen3")
+    fail("{}: unsupported architecture '{}' (model_type; supported: llama, mistral, qwen2, qwen3)", where, c.arch);
   c.name = ck.dir().substr(ck.dir().find_last_of('/') + 1);
   constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
   c.n_layers = (int)int_key(j, where, "num_hidden_layers", {}, 1, 1024);
@@ -102,17 +102,24 @@ ModelConfig ModelConfig::from_hf(const HfCheckpoint& ck, std::vector<float>& rop
   // permutes llama's Q/K rows into interleaved pairs instead): NeoX-style RoPE on the rows as
   // stored computes exactly what transformers computes, with no copy of the weights.
   c.rope_style = RopeStyle::Neox;
-  c.qkv_bias = c.arch == "qwen2";
+  c.qkv_bias = c.arch == "qwen2" || (c.arch == "qwen3" && bool_key(j, "attention_bias", false));
+  c.qk_norm = c.arch == "qwen3";
   c.tied_embeddings = bool_key(j, "tie_word_embeddings", false);
 
   const std::string act = j.value("hidden_act", std::string("silu"));
   DUO_CHECK(act == "silu", "{}: hidden_act '{}' is not supported (supported: silu)", where, act);
-  if (c.arch == "llama") {
-    DUO_CHECK(!bool_key(j, "attention_bias", false), "{}: llama with attention_bias is not supported", where);
-    DUO_CHECK(!bool_key(j, "mlp_bias", false), "{}: llama with mlp_bias is not supported", where);
+  if (c.arch == "llama" || c.arch == "mistral") {
+    DUO_CHECK(!bool_key(j, "attention_bias", false), "{}: {} with attention_bias is not supported", where, c.arch);
+    DUO_CHECK(!bool_key(j, "mlp_bias", false), "{}: {} with mlp_bias is not supported", where, c.arch);
   } else {
     DUO_CHECK(!bool_key(j, "use_sliding_window", false),
-              "{}: qwen2 with use_sliding_window (sliding-window layers) is not supported", where);
+              "{}: {} with use_sliding_window (sliding-window layers) is not supported", where, c.arch);
+  }
+  // Mistral's sliding_window (4096 in Mistral-7B-v0.1, null from v0.2 on) is honoured by the
+  // context cap ModelConfig::sliding_window describes: exact inside the window, refused beyond.
+  if (c.arch == "mistral" && j.contains("sliding_window") && !j["sliding_window"].is_null()) {
+    const int64_t w = int_key(j, where, "sliding_window", {}, 1, kIntMax);
+    if (w < c.n_ctx_train) c.sliding_window = (int)w, c.n_ctx_train = (int)w;
   }
 
   // RoPE: transformers 5 keeps theta and the scaling together in rope_parameters; transformers

@@ -97,6 +97,10 @@ std::unique_ptr<Model> Model::load_hf(const std::string& dir) {
       L.bk = hf_vector(ck, p + "self_attn.k_proj.bias", KV, total);
       L.bv = hf_vector(ck, p + "self_attn.v_proj.bias", KV, total);
     }
+    if (c.qk_norm) {
+      L.q_norm = hf_vector(ck, p + "self_attn.q_norm.weight", D, total);
+      L.k_norm = hf_vector(ck, p + "self_attn.k_norm.weight", D, total);
+    }
   }
   m->init_rope(rope_factors.empty() ? nullptr : &rope_factors);
   return m;

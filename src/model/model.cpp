@@ -168,6 +168,10 @@ std::unique_ptr<Model> Model::load(const std::string& path) {
       L.bk = vector_f32(f, p + "attn_k.bias", KV, total);
       L.bv = vector_f32(f, p + "attn_v.bias", KV, total);
     }
+    if (c.qk_norm) {
+      L.q_norm = vector_f32(f, p + "attn_q_norm.weight", D, total);
+      L.k_norm = vector_f32(f, p + "attn_k_norm.weight", D, total);
+    }
   }
 
   // Llama-3.1-style per-frequency factors, when the file carries them.
@@ -320,6 +324,11 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
     for (int64_t t = 0; t < items[i].n; ++t) bpos.push_back(p0 + t), bids.push_back(items[i].tokens[t]);
   }
   const int64_t n = (int64_t)bpos.size();
+  for (int64_t t = 0; t < n; ++t)
+    DUO_CHECK(c.sliding_window == 0 || bpos[t] < c.sliding_window,
+              "position {} is beyond the model's sliding window of {} tokens (sliding-window attention is not "
+              "implemented; the context is limited to the window)",
+              bpos[t], c.sliding_window);
   const int64_t* first = bfirst.data();
   const int64_t* pos = bpos.data();
   const int32_t* ids = bids.data();
@@ -396,6 +405,11 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
           add_inplace(q + t * Q, L.bq.data(), (int)Q);
           add_inplace(k + t * KV, L.bk.data(), (int)KV);
           add_inplace(v + t * KV, L.bv.data(), (int)KV);
+        }
+        if (!L.q_norm.empty()) {  // qwen3: each head normalized on its own, before RoPE
+          for (int64_t h = 0; h < H; ++h) rmsnorm(q + t * Q + h * D, L.q_norm.data(), q + t * Q + h * D, (int)D, c.norm_eps);
+          for (int64_t h = 0; h < HKV; ++h)
+            rmsnorm(k + t * KV + h * D, L.k_norm.data(), k + t * KV + h * D, (int)D, c.norm_eps);
         }
         rope_heads(q + t * Q, (int)H, (int)D, (int)pos[t], inv_freq_.data(), c.rope_style);
         rope_heads(k + t * KV, (int)HKV, (int)D, (int)pos[t], inv_freq_.data(), c.rope_style);

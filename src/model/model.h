@@ -29,6 +29,7 @@ struct LayerWeights {
   std::vector<float> attn_norm, ffn_norm;
   WeightView wq, wk, wv, wo, w_gate, w_up, w_down;
   std::vector<float> bq, bk, bv;  // empty when the architecture has no QKV bias
+  std::vector<float> q_norm, k_norm;  // head_dim each (qwen3), empty otherwise
 };
 
 // One sequence's share of a batched forward: `n` tokens appended to `cache` at positions

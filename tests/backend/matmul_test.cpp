@@ -51,6 +51,12 @@ std::vector<uint8_t> random_weights(GgmlType type, int64_t rows, int64_t cols, s
         put_f16(blk + 2);
         break;
       case GgmlType::Q6_K: put_f16(blk + 208); break;
+      case GgmlType::Q2_K:
+        put_f16(blk + 80);
+        put_f16(blk + 82);
+        break;
+      case GgmlType::Q3_K: put_f16(blk + 108); break;
+      case GgmlType::IQ4_NL: case GgmlType::IQ4_XS: put_f16(blk); break;
       default: break;
     }
   }
@@ -159,6 +165,35 @@ TEST(Matmul, MatchesReferenceForEveryType) {
   // Several row panels (48 rows in the AVX-512 kernel) with a partial last one.
   for (GgmlType t : {GgmlType::Q4_1, GgmlType::Q8_0}) check_type(t, 101, 96);
   for (GgmlType t : {GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) check_type(t, 19, 512);
+  // Types read by llama.cpp's Q2_K/Q3_K/IQ4 presets.
+  for (GgmlType t : {GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::IQ4_XS}) check_type(t, 19, 512);
+  check_type(GgmlType::IQ4_NL, 37, 576);
+  check_type(GgmlType::Q3_K, 101, 256);  // several AVX-512 row panels
+}
+
+// Q2_K (decode: direct dots; pre-fill: dequantized float tiles) next to integer-panel types in
+// one call gives what one call each gives.
+TEST(Matmul, MultiWithQ2KEqualsOneCallEach) {
+  std::mt19937 rng(6);
+  const int64_t cols = 512;
+  auto wa = random_weights(GgmlType::Q2_K, 21, cols, rng), wb = random_weights(GgmlType::Q3_K, 16, cols, rng);
+  WeightView a{GgmlType::Q2_K, wa.data(), 21, cols, row_bytes(GgmlType::Q2_K, cols)};
+  WeightView b{GgmlType::Q3_K, wb.data(), 16, cols, row_bytes(GgmlType::Q3_K, cols)};
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int64_t n : {1, 3, 40}) {
+    std::vector<float> x(n * cols);
+    for (auto& v : x) v = nd(rng);
+    for (SimdLevel level : test::simd_levels()) {
+      test::ScopedSimdLevel scoped(level);
+      ThreadPool pool(2);
+      std::vector<float> ya(n * 21), yb(n * 16), ra(ya.size()), rb(yb.size());
+      matmul_multi({{a, ya.data()}, {b, yb.data()}}, x.data(), n, pool);
+      matmul(a, x.data(), n, ra.data(), pool);
+      matmul(b, x.data(), n, rb.data(), pool);
+      EXPECT_EQ(ya, ra) << "n " << n << " " << simd_name(level);
+      EXPECT_EQ(yb, rb) << "n " << n << " " << simd_name(level);
+    }
+  }
 }
 
 TEST(Matmul, QwenShapes) {
@@ -239,7 +274,8 @@ TEST(Matmul, PackedWeightsEqualUnpacked) {
   };
   for (const Shape& s : {Shape{GgmlType::Q4_1, 101, 576}, Shape{GgmlType::Q8_0, 49, 96}, Shape{GgmlType::Q4_0, 37, 64},
                          Shape{GgmlType::Q5_0, 48, 64}, Shape{GgmlType::Q5_1, 13, 64}, Shape{GgmlType::Q4_K, 37, 512},
-                         Shape{GgmlType::Q5_K, 19, 256}, Shape{GgmlType::Q6_K, 50, 512}}) {
+                         Shape{GgmlType::Q5_K, 19, 256}, Shape{GgmlType::Q6_K, 50, 512}, Shape{GgmlType::Q3_K, 50, 512},
+                         Shape{GgmlType::IQ4_NL, 37, 64}, Shape{GgmlType::IQ4_XS, 19, 256}}) {
     auto data = random_weights(s.type, s.rows, s.cols, rng);
     WeightView w{s.type, data.data(), s.rows, s.cols, row_bytes(s.type, s.cols)};
     ThreadPool pack_pool(2);
@@ -271,9 +307,14 @@ TEST(Matmul, PackedWeightsEqualUnpacked) {
         }
     }
   }
-  // Float weights have no packed form.
+  // Float weights have no packed form, nor Q2_K (its pre-fill dequantizes to float).
   std::vector<float> f(64 * 4, 0.5f);
   ThreadPool pool(1);
+  {
+    auto q2 = random_weights(GgmlType::Q2_K, 4, 256, rng);
+    test::ScopedSimdLevel scoped(simd_compiled());
+    EXPECT_EQ(pack_weight(WeightView{GgmlType::Q2_K, q2.data(), 4, 256, row_bytes(GgmlType::Q2_K, 256)}, pool), nullptr);
+  }
   EXPECT_EQ(pack_weight(WeightView{GgmlType::F32, reinterpret_cast<const uint8_t*>(f.data()), 4, 64, 256}, pool),
             nullptr);
 }

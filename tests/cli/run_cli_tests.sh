@@ -4,6 +4,7 @@
 #    streaming's and full's (the duo row once failed option parsing after the full rows had run);
 #  - `duo eval ppl --json`: the perplexity measured for the tokens asked;
 #  - `duo eval ruler` with two modes on one engine (full and a duoNN plan): reports and summaries;
+#  - `duo info` on Hugging Face directories (fixtures, no model needed);
 #  - bad input gives a clear error and a non-zero exit, not a crash, a hang or a thread storm
 #    (these run first, without the model).
 # Exit status 77 (ctest: skipped) when the model is missing, unless DUO_REQUIRE_MODELS is set.
@@ -40,6 +41,21 @@ refused "generate -m FIFO" "is not a regular file" generate -m "$tmp/fifo.gguf" 
 # error and exit 1, not std::terminate.
 refused "-m with a too-long file name" "duo: error:" generate -m "/tmp/$(printf 'x%.0s' $(seq 300))" -p hi
 grep -q "terminate" "$tmp/refused.txt" && fail "too-long file name: terminate"
+
+# `duo info` on a Hugging Face directory: the summary a GGUF gets (the same config lines for
+# tiny-qwen3's directory and its GGUF), the safetensors dtypes, the tokenizer.
+fx="$root/tests/fixtures/hf"
+"$duo" info -m "$fx/tiny-qwen3" > "$tmp/info_dir.txt" || fail "info on a directory"
+"$duo" info -m "$fx/tiny-qwen3.gguf" > "$tmp/info_gguf.txt" || fail "info on the qwen3 GGUF"
+for want in "architecture  qwen3" "heads         4 query, 2 kv (group 2), head dim 16" "context       256" \
+            "q/k norm      yes" "hf checkpoint 1 safetensors file" "tokenizer     BPE / pre-tokenizer Sequence"; do
+  grep -qF -- "$want" "$tmp/info_dir.txt" || { cat "$tmp/info_dir.txt"; fail "info on a directory: no '$want'"; }
+done
+grep -qE '^  F16 +[0-9]+ tensors' "$tmp/info_dir.txt" || { cat "$tmp/info_dir.txt"; fail "info: no F16 tensors line"; }
+same() { grep -E '^(architecture|layers|embedding|ffn|heads|vocab|context|rope|norm eps|qkv bias|q/k norm|tied)' "$1"; }
+diff <(same "$tmp/info_dir.txt") <(same "$tmp/info_gguf.txt") || fail "info: directory and GGUF of one model differ"
+"$duo" info -m "$fx/tiny-mistral" > "$tmp/info_mistral.txt" || fail "info on tiny-mistral"
+grep -qF "sliding win   48" "$tmp/info_mistral.txt" || { cat "$tmp/info_mistral.txt"; fail "info: no sliding window"; }
 
 model=${DUO_MODELS:-$HOME/.cache/duo/models}/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ ! -f "$model" ]; then

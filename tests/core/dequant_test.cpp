@@ -48,7 +48,7 @@ TEST_P(DequantFixture, MatchesGgufPy) {
 
 INSTANTIATE_TEST_SUITE_P(AllTypes, DequantFixture,
                          ::testing::Values("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K",
-                                           "Q6_K"));
+                                           "Q6_K", "Q2_K", "Q3_K", "IQ4_NL", "IQ4_XS"));
 
 // Rows of real tensors (scripts/make_quant_fixtures.py, gguf-py's dequantization). The saved
 // bytes are always checked; when the model is cached, they must also be the bytes in the file.

@@ -63,6 +63,10 @@ TEST(NonFiniteScan, QuantizedBlockScales) {
   check_blocks<BlockQ4_K>(GgmlType::Q4_K, QK_K, {offsetof(BlockQ4_K, d), offsetof(BlockQ4_K, dmin)});
   check_blocks<BlockQ5_K>(GgmlType::Q5_K, QK_K, {offsetof(BlockQ5_K, d), offsetof(BlockQ5_K, dmin)});
   check_blocks<BlockQ6_K>(GgmlType::Q6_K, QK_K, {offsetof(BlockQ6_K, d)});
+  check_blocks<BlockQ2_K>(GgmlType::Q2_K, QK_K, {offsetof(BlockQ2_K, d), offsetof(BlockQ2_K, dmin)});
+  check_blocks<BlockQ3_K>(GgmlType::Q3_K, QK_K, {offsetof(BlockQ3_K, d)});
+  check_blocks<BlockIQ4_NL>(GgmlType::IQ4_NL, QK, {offsetof(BlockIQ4_NL, d)});
+  check_blocks<BlockIQ4_XS>(GgmlType::IQ4_XS, QK_K, {offsetof(BlockIQ4_XS, d)});
 }
 
 }  // namespace

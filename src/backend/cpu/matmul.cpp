@@ -9,8 +9,10 @@
 // block b, w[j] = dw[b] * q[j] + mw[b] with integer q that fits int16 (Q6_K's 6-bit values
 // times their int8 sub-scale, Q4_K's nibbles with the sub-scale folded into dw, ...). So
 //   sum_j w[j] x[j] = sum_b dw[b] * xd[b] * (q . xq)[b] + mw[b] * xs[b].
-//  - decode (few tokens): memory/latency bound. Q4_0/Q4_1/Q8_0/Q4_K rows are dotted straight
+//  - decode (few tokens): memory/latency bound. Q4_0/Q4_1/Q8_0/Q4_K/Q2_K rows are dotted straight
 //    from their blocks; the other types unpack a row into an L1 panel, then dot it.
+//  Q2_K alone does not fit the decomposition (a min per 16 elements): its pre-fill takes the
+//  float-weight tile over dequantized rows (prefill_dequantizes).
 //  - pre-fill (many tokens): a thread unpacks a block of rows into an int16 panel (never the
 //    whole matrix); activations are regrouped with 8 tokens in the lanes of a vector, so one
 //    broadcast weight pair times one activation vector (_mm256_madd_epi16) serves 8 tokens,
@@ -279,6 +281,49 @@ float dot_q4_k(const BlockQ4_K* w, const ActQ16* a, const float* as, int64_t nsb
   return r;
 }
 
+// Q2_K row . activations. Its 16-element sub-blocks have their own mins, which the panel
+// form (one min per 32) cannot hold, so decode dots the blocks directly: per 32-block the
+// scaled values sc * q (0..45) and the per-element mins (0..15) each meet the activation
+// integers in one multiply-add pass, w . x = xd * (d * (sc q . xq) - dmin * (m . xq)).
+float dot_q2_k(const BlockQ2_K* w, const ActQ16* a, int64_t nsb) {
+#ifdef DUO_MM_AVX2
+  __m256 accw = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+  const __m256i m3 = _mm256_set1_epi8(3);
+  for (int64_t s = 0; s < nsb; ++s, a += 8) {
+    const float d = h2f(w[s].d), dmin = h2f(w[s].dmin);
+    for (int g = 0; g < 8; ++g) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[s].qs + 32 * (g / 4)));
+      const __m256i v = _mm256_and_si256(_mm256_srl_epi16(raw, _mm_cvtsi32_si128(2 * (g % 4))), m3);
+      const uint8_t s0 = w[s].scales[2 * g], s1 = w[s].scales[2 * g + 1];
+      const __m256i lo = _mm256_mullo_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(v)), _mm256_set1_epi16(s0 & 0xF));
+      const __m256i hi =
+          _mm256_mullo_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(v, 1)), _mm256_set1_epi16(s1 & 0xF));
+      const __m256i pw = dot_block16(lo, hi, a[g].q);
+      const __m256i pm = dot_block16(_mm256_set1_epi16(s0 >> 4), _mm256_set1_epi16(s1 >> 4), a[g].q);
+      accw = _mm256_fmadd_ps(_mm256_set1_ps(d * a[g].d), _mm256_cvtepi32_ps(pw), accw);
+      accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin * a[g].d), _mm256_cvtepi32_ps(pm), accm);
+    }
+  }
+  return hsum256(accw) - hsum256(accm);
+#else
+  float r = 0.0f;
+  for (int64_t s = 0; s < nsb; ++s, a += 8) {
+    const float d = h2f(w[s].d), dmin = h2f(w[s].dmin);
+    for (int g = 0; g < 8; ++g) {
+      const uint8_t* q = w[s].qs + 32 * (g / 4);
+      int64_t iw = 0, im = 0;
+      for (int l = 0; l < 32; ++l) {
+        const uint8_t sc = w[s].scales[2 * g + l / 16];
+        iw += (sc & 0xF) * ((q[l] >> (2 * (g % 4))) & 3) * a[g].q[l];
+        im += (sc >> 4) * a[g].q[l];
+      }
+      r += a[g].d * (d * (float)iw - dmin * (float)im);
+    }
+  }
+  return r;
+#endif
+}
+
 }  // namespace
 
 namespace mm {
@@ -287,6 +332,7 @@ bool is_float_type(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16
 bool has_min(GgmlType t) {
   return t == GgmlType::Q4_1 || t == GgmlType::Q5_1 || t == GgmlType::Q4_K || t == GgmlType::Q5_K;
 }
+bool prefill_dequantizes(GgmlType t) { return is_float_type(t) || t == GgmlType::Q2_K; }
 
 // Q4 nibbles of 32 bytes to q[0..31] (low) and q[32..63] (high) -- the k-quant order; for the
 // 32-element formats 16 bytes give q[0..15] and q[16..31].
@@ -305,6 +351,23 @@ inline void nib_split(const uint8_t* qs, int nbytes, int16_t* lo, int16_t* hi, i
     lo[l] = (int16_t)((qs[l] & 0xF) + off);
     hi[l] = (int16_t)((qs[l] >> 4) + off);
   }
+}
+
+// 16 bytes of IQ4 nibbles to their grid values: q[0..15] (low), q[16..31] (high).
+inline void iq4_grid(const uint8_t* qs, int16_t* q) {
+#ifdef DUO_MM_AVX2
+  const __m128i tbl = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues));
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)), m4 = _mm_set1_epi8(0x0F);
+  const __m128i lo = _mm_shuffle_epi8(tbl, _mm_and_si128(raw, m4));
+  const __m128i hi = _mm_shuffle_epi8(tbl, _mm_and_si128(_mm_srli_epi16(raw, 4), m4));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_cvtepi8_epi16(lo));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 16), _mm256_cvtepi8_epi16(hi));
+#else
+  for (int j = 0; j < 16; ++j) {
+    q[j] = kIq4nlValues[qs[j] & 0xF];
+    q[j + 16] = kIq4nlValues[qs[j] >> 4];
+  }
+#endif
 }
 
 void unpack_row(GgmlType type, const uint8_t* src, int64_t nb, PanelRow p) {
@@ -451,6 +514,51 @@ void unpack_row(GgmlType type, const uint8_t* src, int64_t nb, PanelRow p) {
       }
       return;
     }
+    case GgmlType::Q3_K: {
+      // (sc - 32) * q with q in -4..3: |.| <= 128. Element e of 32-block g: bits 2 (g % 4)
+      // of qs[32 (g / 4) + e], high bit g of hmask[e].
+      const auto* b = reinterpret_cast<const BlockQ3_K*>(src);
+      for (int64_t s = 0; s < nb / 8; ++s) {
+        int8_t sc[16];
+        q3k_scales(b[s].scales, sc);
+        int16_t* q = p.q + s * QK_K;
+        for (int g = 0; g < 8; ++g, q += 32) {
+          const uint8_t* qs = b[s].qs + 32 * (g / 4);
+          const int shift = 2 * (g % 4);
+          for (int e = 0; e < 32; ++e) {
+            const int v = ((qs[e] >> shift) & 3) - (((b[s].hmask[e] >> g) & 1) ? 0 : 4);
+            q[e] = (int16_t)(v * sc[2 * g + e / 16]);
+          }
+        }
+        const float d = h2f(b[s].d);
+        for (int j = 0; j < 8; ++j) {
+          p.dw[s * 8 + j] = d;
+          p.mw[s * 8 + j] = 0.0f;
+        }
+      }
+      return;
+    }
+    case GgmlType::IQ4_NL: {
+      const auto* b = reinterpret_cast<const BlockIQ4_NL*>(src);
+      for (int64_t i = 0; i < nb; ++i) {
+        iq4_grid(b[i].qs, p.q + i * QK);
+        p.dw[i] = h2f(b[i].d);
+        p.mw[i] = 0.0f;
+      }
+      return;
+    }
+    case GgmlType::IQ4_XS: {
+      const auto* b = reinterpret_cast<const BlockIQ4_XS*>(src);
+      for (int64_t s = 0; s < nb / 8; ++s) {
+        const float d = h2f(b[s].d);
+        for (int ib = 0; ib < 8; ++ib) {
+          iq4_grid(b[s].qs + 16 * ib, p.q + s * QK_K + 32 * ib);
+          p.dw[s * 8 + ib] = d * (float)iq4xs_scale(b[s].scales_h, b[s].scales_l, ib);
+          p.mw[s * 8 + ib] = 0.0f;
+        }
+      }
+      return;
+    }
     default: fail("matmul: no integer path for {}", type_name(type));
   }
 }
@@ -538,7 +646,7 @@ void rows_range(const WeightView& w, const float* x, const ActQ16* a, const floa
   if (flt) {
     row = thread_buffer((size_t)w.cols);
   } else if (w.type != GgmlType::Q4_1 && w.type != GgmlType::Q4_0 && w.type != GgmlType::Q8_0 &&
-             w.type != GgmlType::Q4_K) {
+             w.type != GgmlType::Q4_K && w.type != GgmlType::Q2_K) {
     PanelBuf& pb = thread_panel();
     p.q = scratch(pb.q, (size_t)w.cols);
     p.dw = scratch(pb.f, (size_t)(2 * nb));
@@ -559,6 +667,9 @@ void rows_range(const WeightView& w, const float* x, const ActQ16* a, const floa
         break;
       case GgmlType::Q8_0:
         for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_q8_0(reinterpret_cast<const BlockQ8_0*>(wr), a + t * nb, nb);
+        break;
+      case GgmlType::Q2_K:
+        for (int64_t t = 0; t < n; ++t) y[t * w.rows + r] = dot_q2_k(reinterpret_cast<const BlockQ2_K*>(wr), a + t * nb, nb / 8);
         break;
       default:
         if (flt && w.type != GgmlType::F32 && n == 1) {
@@ -831,7 +942,7 @@ std::shared_ptr<const PackedWeight> pack_weight(const WeightView& w, ThreadPool&
   check(w);
 #if DUO_HAVE_AVX512
   if (matmul_uses_act8(w)) return pack_weight_act8_avx512(w, pool);
-  if (use_avx512() && !is_float_type(w.type)) return pack_weight_avx512(w, pool);
+  if (use_avx512() && !prefill_dequantizes(w.type)) return pack_weight_avx512(w, pool);
 #else
   (void)pool;
 #endif
@@ -841,7 +952,7 @@ std::shared_ptr<const PackedWeight> pack_weight(const WeightView& w, ThreadPool&
 // The quantized kernels (AVX-512 tile, AVX2 token-group tile, scalar) keep one accumulator per
 // (row, token) and visit the blocks in the same order for every token; only the float-weight
 // tile mixes paths (3x4 SIMD tiles, dot products for the ragged edge).
-bool matmul_tokens_independent(const WeightView& w) { return !is_float_type(w.type); }
+bool matmul_tokens_independent(const WeightView& w) { return !prefill_dequantizes(w.type); }
 
 bool matmul_uses_act8(const WeightView& w) {
 #if DUO_HAVE_AVX512
@@ -868,7 +979,7 @@ void matmul_multi(std::initializer_list<MatmulOut> outs, const float* x, int64_t
     check(o[i].w);
     DUO_CHECK(o[i].w.cols == o[0].w.cols, "matmul: matrices sharing an input have {} and {} columns", o[0].w.cols,
               o[i].w.cols);
-    any_float |= is_float_type(o[i].w.type);
+    any_float |= prefill_dequantizes(o[i].w.type);
   }
   if (n <= kDecodeTokens) {
     matmul_rows(o, count, x, n, pool);
@@ -892,7 +1003,7 @@ void matmul_multi(std::initializer_list<MatmulOut> outs, const float* x, int64_t
   }
 #endif
   for (int i = 0; i < count; ++i) {
-    if (is_float_type(o[i].w.type))
+    if (prefill_dequantizes(o[i].w.type))
       matmul_tiled(o[i].w, x, n, o[i].y, pool);
     else
       matmul_tiled_int(o[i].w, x, n, o[i].y, pool);

@@ -84,6 +84,9 @@ struct PanelRow {
 };
 bool is_float_type(GgmlType t);
 bool has_min(GgmlType t);
+// Types whose many-token products dequantize rows to float (the float tile) rather than use
+// integer panels: the float types, and Q2_K (a min per 16 elements; see dot_q2_k).
+bool prefill_dequantizes(GgmlType t);
 void unpack_row(GgmlType type, const uint8_t* src, int64_t nb, PanelRow p);
 
 // AVX-512 kernels (matmul_avx512.cpp), callable when use_avx512().

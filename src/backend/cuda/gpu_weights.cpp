@@ -179,6 +179,10 @@ static T* writable(const T* p) {
 
 std::unique_ptr<GpuWeights> GpuWeights::upload(const Model& m, WeightFormat format) {
   const ModelConfig& c = m.config();
+  // The CUDA forward (qkv_bias_rope) has no per-head q/k norm: refuse rather than compute
+  // another model's numbers.
+  DUO_CHECK(!c.qk_norm, "{} (per-head q/k RMS norm) is not implemented on the CUDA backend; use --device cpu",
+            c.arch);
   const ModelWeights& w = m.weights();
   std::unique_ptr<GpuWeights> g(new GpuWeights());
   g->allocate(c, format);

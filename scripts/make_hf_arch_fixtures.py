@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Tiny Hugging Face directories of the architectures beside llama/qwen2, with what transformers
+computes for them (tests/io/hf_arch_test.cpp), made like scripts/make_hf_fixtures.py's (whose
+tokenizer trainer and weight randomizer this reuses):
+
+  tests/fixtures/hf/tiny-qwen3     qwen3: RMS norm of each head's q and k (q_norm/k_norm) before
+                                   RoPE, no QKV bias, head_dim 16 with hidden_size 32 (so the
+                                   attention width 64 differs from the hidden size), tied
+                                   embeddings, f16 weights
+  tests/fixtures/hf/tiny-qwen3.gguf  the same weights as llama.cpp's converter lays out a qwen3
+                                   GGUF (arch qwen3, attn_q_norm/attn_k_norm, F16 matrices, F32
+                                   norms, no tokenizer: the tests load the model only)
+  tests/fixtures/hf/tiny-mistral   mistral: llama-like, untied, sliding_window 48 (longer than
+                                   the prompt and its greedy tokens, so full attention is what
+                                   transformers computes), bf16 weights
+
+Beside each directory, <name>.json holds the prompt, its ids, transformers' float32 logits at
+every position (the directory read back by from_pretrained, eager attention) and greedy tokens.
+No tokenizer cases: the tokenizers are the same kinds make_hf_fixtures.py already checks.
+
+Run: HF_HUB_OFFLINE=1 /tmp/h23-refenv/bin/python scripts/make_hf_arch_fixtures.py
+     (a venv with torch, transformers, tokenizers, gguf, numpy from PyPI)
+"""
+import json
+import os
+import shutil
+import sys
+
+import gguf
+import numpy as np
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_hf_fixtures import OUT, randomize, rows, train_tokenizer  # noqa: E402
+
+PROMPT = "Hello world! The quick brown fox said"
+N_GREEDY = 10
+
+
+def write_qwen3_gguf(model, cfg, path):
+    """llama.cpp's qwen3 layout: HF rows as stored (NeoX RoPE, no Q/K permutation)."""
+    w = gguf.GGUFWriter(path, "qwen3")
+    w.add_name("tiny-qwen3")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+             "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"].astype(np.float16))
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"].astype(np.float32))
+    for l in range(cfg.num_hidden_layers):
+        for hf, gg in names.items():
+            t = sd[f"model.layers.{l}.{hf}.weight"]
+            w.add_tensor(f"blk.{l}.{gg}.weight", t.astype(np.float16 if t.ndim == 2 else np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def make(key, kind, cls, cfg, seed, dtype, vocab_size, specials, eos_ids, gguf_writer=None):
+    d = os.path.join(OUT, key)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    tok = train_tokenizer(kind, vocab_size, specials, [])
+    tok.save(os.path.join(d, "tokenizer.json"))
+    tcfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": specials[0] if kind == "llama" else None,
+            "eos_token": specials[1], "model_max_length": 256, "clean_up_tokenization_spaces": False}
+    if kind != "llama":
+        tcfg["add_bos_token"] = False
+    json.dump(tcfg, open(os.path.join(d, "tokenizer_config.json"), "w"), indent=1)
+
+    torch.manual_seed(seed)
+    model = cls(cfg)
+    randomize(model, seed)
+    model.to(dtype)
+    model.generation_config.eos_token_id = eos_ids
+    model.generation_config.bos_token_id = tok.token_to_id(specials[0])
+    model.save_pretrained(d)
+
+    back = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
+    back.eval()
+    ids = tok.encode(PROMPT).ids
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        logits = back(x).logits[0].double()
+        gen = back.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=N_GREEDY, do_sample=False,
+                            eos_token_id=None, pad_token_id=-1)[0, len(ids):].tolist()
+    assert gen[0] == int(logits[-1].argmax()), (gen, int(logits[-1].argmax()))
+    window = getattr(cfg, "sliding_window", None)
+    assert window is None or len(ids) + N_GREEDY < window, "the reference must stay inside the window"
+    if gguf_writer:
+        gguf_writer(back, cfg, os.path.join(OUT, f"{key}.gguf"))
+    out = {"dir": key, "torch": torch.__version__, "transformers": transformers.__version__, "prompt": PROMPT,
+           "ids": ids, "logits": rows(logits), "greedy": gen, "eos_ids": eos_ids}
+    with open(os.path.join(OUT, f"{key}.json"), "w", encoding="utf-8") as f:
+        json.dump(out, f, separators=(",", ":"), ensure_ascii=False)
+    print(f"{key}: files {sorted(os.listdir(d))}, {len(ids)} prompt ids, greedy {gen}, "
+          f"logit std {float(logits.std()):.3f}")
+
+
+SHAPE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, max_position_embeddings=256, rms_norm_eps=1e-6)
+
+
+def main():
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    qwen_specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    qwen3 = Qwen3Config(**SHAPE, vocab_size=288, tie_word_embeddings=True,
+                        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+                        bos_token_id=0, eos_token_id=0)
+    make("tiny-qwen3", "qwen2", Qwen3ForCausalLM, qwen3, 13, torch.float16, 288, qwen_specials, [0, 2],
+         write_qwen3_gguf)
+    llama_specials = ["<s>", "</s>", "[INST]"]
+    mistral = MistralConfig(**SHAPE, vocab_size=288, tie_word_embeddings=False, sliding_window=48,
+                            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+                            bos_token_id=0, eos_token_id=1)
+    make("tiny-mistral", "llama", MistralForCausalLM, mistral, 14, torch.bfloat16, 288, llama_specials, [1])
+
+
+if __name__ == "__main__":
+    main()
