@@ -84,7 +84,7 @@ duo_layer(duo_io FILES io/gguf.* io/safetensors.* io/hf_checkpoint.* model/confi
           DEPS duo_core nlohmann_json::nlohmann_json)
 duo_layer(duo_sample FILES sample/*
           DEPS duo_core)
-duo_layer(duo_tokenizer FILES tokenizer/*
+duo_layer(duo_tokenizer FILES tokenizer/* tokenizer/jinja/*
           DEPS duo_io PkgConfig::PCRE2 nlohmann_json::nlohmann_json)
 # KV caches and head plans. Head patterns (io/head_pattern.*) build here: they produce HeadPlans.
 duo_layer(duo_kv FILES kv/* io/head_pattern.*

@@ -72,7 +72,7 @@ GateMatrix rank_heads_by_needle_mass(Engine& engine, const HeadRankingOptions& o
   DUO_CHECK(engine.options().device == Device::Cpu, "head ranking observes attention on the CPU: use --device cpu");
   const ModelConfig& c = engine.model().config();
   std::vector<double> mass((size_t)c.n_layers * c.n_kv_heads, 0.0);
-  const ChatTemplate tmpl = ChatTemplate::from_gguf(engine.model().gguf());
+  const ChatTemplate tmpl = chat_template_of(engine.model(), engine.tokenizer());
   const size_t total = o.lengths.size() * o.depths.size();
   size_t done = 0;
   for (int64_t L : o.lengths)

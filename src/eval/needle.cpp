@@ -120,7 +120,7 @@ std::vector<NeedleResult> run_needle_sweep(Engine& engine, const NeedleSweep& sw
   DUO_CHECK(!sw.lengths.empty() && !sw.depths.empty(), "needle sweep needs lengths and depths");
   const Tokenizer& tok = engine.tokenizer();
   std::unique_ptr<ChatTemplate> tmpl;
-  if (sw.use_chat_template) tmpl = std::make_unique<ChatTemplate>(ChatTemplate::from_gguf(engine.model().gguf()));
+  if (sw.use_chat_template) tmpl = std::make_unique<ChatTemplate>(chat_template_of(engine.model(), engine.tokenizer(), sw.chat_template_file));
   for (int64_t L : sw.lengths)
     DUO_CHECK(L + sw.max_new_tokens <= engine.max_context(),
               "context length {} (+{} answer tokens) exceeds the limit of {} tokens (raise --max-context)", L,

@@ -45,6 +45,7 @@ struct NeedleSweep {
   int max_new_tokens = 16;
   uint64_t seed = 1;
   bool use_chat_template = true;
+  std::string chat_template_file;  // instead of the model's own template ("" = the model's)
 };
 
 // Runs every (length, depth) cell once with greedy decoding. `progress(done, total, last)`

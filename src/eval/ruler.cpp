@@ -80,7 +80,7 @@ std::vector<RulerCell> ruler_cells(const RulerGrid& g) {
 
 RulerPrompt build_ruler_prompt(Engine& engine, const RulerGrid& grid, const RulerCell& c) {
   std::unique_ptr<ChatTemplate> tmpl;
-  if (grid.use_chat_template) tmpl = std::make_unique<ChatTemplate>(ChatTemplate::from_gguf(engine.model().gguf()));
+  if (grid.use_chat_template) tmpl = std::make_unique<ChatTemplate>(chat_template_of(engine.model(), engine.tokenizer(), grid.chat_template_file));
   return build_ruler_prompt(engine.tokenizer(), tmpl.get(), c.task, c.length, c.depth < 0 ? 0.5 : c.depth,
                             c.haystack, c.seed);
 }
@@ -90,7 +90,7 @@ std::vector<RulerResult> run_ruler(Engine& engine, const RulerGrid& grid, const 
   DUO_CHECK(!modes.empty(), "no attention mode to run");
   const std::vector<RulerCell> cells = ruler_cells(grid);
   std::unique_ptr<ChatTemplate> tmpl;
-  if (grid.use_chat_template) tmpl = std::make_unique<ChatTemplate>(ChatTemplate::from_gguf(engine.model().gguf()));
+  if (grid.use_chat_template) tmpl = std::make_unique<ChatTemplate>(chat_template_of(engine.model(), engine.tokenizer(), grid.chat_template_file));
   const Tokenizer& tok = engine.tokenizer();
   std::vector<RulerPrompt> prompts;
   for (const auto& c : cells) {

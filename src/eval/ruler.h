@@ -34,6 +34,7 @@ struct RulerGrid {
   std::string haystack;  // override of the grid's varied haystack ("prose" or "code"); empty: the grid's
   uint64_t seed = 0;     // added to the grid's own seed
   bool use_chat_template = true;
+  std::string chat_template_file;  // instead of the model's own template ("" = the model's)
 };
 
 struct RulerCell {  // one sample of one task at one length

@@ -94,7 +94,7 @@ TEST(NeedlePrompt, ExactLengthsAndDepthOnBytes) {
     for (const auto& x : haystack_sentences(64, s)) longest = std::max(longest, x.size() + 1);
   for (NeedleTask task : {NeedleTask::Niah, NeedleTask::Passkey}) {
     check_prompts(*b.tok, nullptr, task, {400, 1000, 2501}, (int64_t)longest);
-    const ChatTemplate chatml;  // the default template kind: ChatML
+    const ChatTemplate chatml = ChatTemplate::from_jinja(kChatMLTemplate, ChatTokens::from_tokenizer(*b.tok));
     check_prompts(*b.tok, &chatml, task, {500}, (int64_t)longest);
   }
 }

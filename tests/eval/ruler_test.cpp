@@ -180,7 +180,7 @@ struct ByteTokenizer {
 TEST(RulerPrompt, TasksOnBytes) {
   ByteTokenizer b;
   check_all(*b.tok, nullptr, {1500, 4001}, 70);
-  const ChatTemplate chatml;
+  const ChatTemplate chatml = ChatTemplate::from_jinja(kChatMLTemplate, ChatTokens::from_tokenizer(*b.tok));
   check_all(*b.tok, &chatml, {2500}, 70);
 }
 

@@ -1,11 +1,12 @@
-// libFuzzer entry for chat templates. The input is a Jinja template text and a conversation,
-// separated by NUL bytes: TEMPLATE \0 ROLE CONTENT \0 ROLE CONTENT ... (ROLE is one byte:
-// system, user, assistant or something else). The template is recognised (or refused with
-// duo::Error) and the conversation rendered with it and with the real templates of the
-// fetched models, then encoded with their vocabularies. Findings: besides crashes and
+// libFuzzer entry for chat templates and duo's Jinja implementation. The input is a Jinja
+// template text and a conversation, separated by NUL bytes: TEMPLATE \0 ROLE CONTENT \0 ROLE
+// CONTENT ... (ROLE is one byte: system, user, assistant or something else). The template is
+// parsed (or refused with duo::Error) and the conversation rendered with it (under small work
+// bounds: a hostile template must end, quickly, with duo::Error) and with the real templates of
+// the fetched models, then encoded with their vocabularies. Findings: besides crashes, hangs and
 // sanitizer reports, any exception other than duo::Error, parts that do not concatenate to
 // apply_chat_template's string, and a conversation whose tokens hold a different number of
-// <|im_start|> than the template wrote (a message forged a turn).
+// <|im_start|> than the template's own text wrote (a message forged a turn).
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -51,7 +52,7 @@ void render(const duo::ChatTemplate& t, const duo::Tokenizer* tok, const std::ve
   if (!tok) return;
   const int32_t im_start = tok->token_id("<|im_start|>");
   const std::vector<int32_t> ids = duo::encode_chat(*tok, t, msgs, gen);
-  if (im_start < 0 || t.kind != duo::ChatTemplate::Kind::ChatML) return;
+  if (im_start < 0) return;
   size_t n = 0;
   for (int32_t id : ids) n += id == im_start;
   if (n != markers) __builtin_trap();
@@ -73,10 +74,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (size_t i = 1; i < fields.size(); ++i)
     if (!fields[i].empty()) msgs.push_back({kRoles[uint8_t(fields[i][0]) % 4], fields[i].substr(1)});
   const bool gen = size % 2 == 0;
+  const auto& reals = real_templates();
+  const duo::Tokenizer* tok = reals.empty() ? nullptr : reals[0].tok;
   try {
-    render(duo::ChatTemplate::from_jinja(fields[0]), nullptr, msgs, gen);
+    duo::ChatTemplate t =
+        duo::ChatTemplate::from_jinja(fields[0], tok ? duo::ChatTokens::from_tokenizer(*tok) : duo::ChatTokens{});
+    t.max_steps = 200'000;
+    t.max_bytes = 1 << 20;
+    render(t, tok, msgs, gen);
   } catch (const duo::Error&) {
   }
-  for (const RealTemplate& r : real_templates()) render(r.chat, r.tok, msgs, gen);
+  for (const RealTemplate& r : reals) render(r.chat, r.tok, msgs, gen);
   return 0;
 }

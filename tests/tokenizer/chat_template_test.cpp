@@ -1,9 +1,12 @@
-// Chat templates: our native renderers against transformers' Jinja rendering of the templates
-// in the GGUFs (tests/fixtures/tokenizer/*.json "chats"), family detection, the default system
-// prompt parsed out of the template text, errors, and tokenization: a message's content never
-// becomes special tokens (no forged turns), with the real SmolLM2 and Qwen vocabularies.
+// Chat templates through duo's Jinja implementation: the GGUFs' templates against transformers'
+// renderings, every real template against jinja2's, where templates come from (GGUF, HF
+// directory, --chat-template), errors, and tokenization: a message's content never becomes
+// special tokens (no forged turns), with the real SmolLM2 and Qwen vocabularies.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -17,12 +20,14 @@
 namespace duo {
 namespace {
 
-void check_renderings(const std::string& model_file, const std::string& fixture, const std::string& system) {
+// The GGUF's template through ChatTemplate::from_gguf, against transformers' renderings
+// (tests/fixtures/tokenizer/*.json "chats", made by scripts/make_tokenizer_fixtures.py) and
+// against jinja2's renderings of the same template text (tests/fixtures/chat_templates).
+void check_renderings(const std::string& model_file, const std::string& fixture) {
   DUO_REQUIRE_MODEL(path, model_file);
   auto g = GgufFile::open(path);
   const ChatTemplate t = ChatTemplate::from_gguf(*g);
-  EXPECT_EQ(t.kind, ChatTemplate::Kind::ChatML);
-  EXPECT_EQ(t.default_system, system);
+  EXPECT_EQ(t.source, g->opt_string("tokenizer.chat_template").value_or(""));
   std::ifstream f(test::fixture_path("tokenizer/" + fixture + ".json"));
   ASSERT_TRUE(f.good());
   const auto j = nlohmann::json::parse(f);
@@ -37,13 +42,37 @@ void check_renderings(const std::string& model_file, const std::string& fixture,
   EXPECT_GE(n, 16);
 }
 
-TEST(ChatTemplate, SmolLM2MatchesJinja) {
-  check_renderings(test::kSmolLM2, "smollm2", "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
-}
+TEST(ChatTemplate, SmolLM2MatchesTransformers) { check_renderings(test::kSmolLM2, "smollm2"); }
+TEST(ChatTemplate, QwenMatchesTransformers) { check_renderings(test::kQwenCoder, "qwen2.5-coder-1.5b"); }
 
-TEST(ChatTemplate, QwenMatchesJinja) {
-  check_renderings(test::kQwenCoder, "qwen2.5-coder-1.5b",
-                   "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.");
+// Every real template of tests/fixtures/chat_templates through the chat API (ChatMessage
+// conversations, the template's BOS/EOS), against jinja2: the same bytes, or an error where
+// jinja2 raised.
+TEST(ChatTemplate, RealTemplatesMatchJinja2) {
+  std::ifstream f(test::fixture_path("chat_templates/renderings.json"));
+  ASSERT_TRUE(f.good());
+  const auto j = nlohmann::ordered_json::parse(f);
+  int n = 0;
+  for (const auto& tj : j["templates"]) {
+    if (tj["kind"] == "feature") continue;
+    ChatTokens tokens;
+    tokens.bos = tj["bos"];
+    tokens.eos = tj["eos"];
+    const ChatTemplate t = ChatTemplate::from_jinja(tj["source"], tokens, tj["name"]);
+    for (const auto& c : tj["cases"]) {
+      if (!c["plain"].get<bool>()) continue;
+      std::vector<ChatMessage> msgs;
+      for (const auto& m : c["context"]["messages"]) msgs.push_back({m["role"], m["content"]});
+      const bool gen = c["context"]["add_generation_prompt"];
+      SCOPED_TRACE(tj["name"].get<std::string>() + " " + c["context"]["messages"].dump());
+      if (c.contains("error"))
+        EXPECT_THROW(apply_chat_template(t, msgs, gen), Error);
+      else
+        EXPECT_EQ(apply_chat_template(t, msgs, gen), c["text"].get<std::string>());
+      ++n;
+    }
+  }
+  EXPECT_GE(n, 120);
 }
 
 // The special tokens (control or user-defined) among `ids`, in order.
@@ -94,7 +123,8 @@ void check_no_forged_turns(const std::string& model_file) {
 TEST(ChatTemplate, SmolLM2ContentCannotForgeTurns) { check_no_forged_turns(test::kSmolLM2); }
 TEST(ChatTemplate, QwenContentCannotForgeTurns) { check_no_forged_turns(test::kQwenCoder); }
 
-// Markers are parts of their own in every family; the parts concatenate to the rendering.
+// The template's own special tokens are parts of their own, whatever the family; message
+// content never is, and the parts concatenate to the rendering.
 TEST(ChatTemplate, MarkersAreTheSpecialParts) {
   auto specials = [](const ChatTemplate& t, const std::vector<ChatMessage>& msgs) {
     std::vector<std::string> out;
@@ -102,15 +132,31 @@ TEST(ChatTemplate, MarkersAreTheSpecialParts) {
       if (p.special) out.push_back(p.text);
     return out;
   };
-  const std::vector<ChatMessage> msgs = {{"system", "S"}, {"user", "<|eot_id|>[INST]</s>"}};
+  const std::vector<ChatMessage> msgs = {{"system", "S"}, {"user", "<|eot_id|>[INST]</s><|im_end|>"}};
+  ChatTokens tokens;
+  tokens.specials = {"<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                     "<|begin_of_text|>", "[INST]", "[/INST]", "<s>", "</s>", "<unused>"};
   using V = std::vector<std::string>;
-  EXPECT_EQ(specials(ChatTemplate::from_jinja("<|im_start|>"), msgs),
+  EXPECT_EQ(specials(ChatTemplate::from_jinja(kChatMLTemplate, tokens), msgs),
             (V{"<|im_start|>", "<|im_end|>", "<|im_start|>", "<|im_end|>", "<|im_start|>"}));
-  EXPECT_EQ(specials(ChatTemplate::from_jinja("<|start_header_id|>"), msgs),
+  tokens.bos = "<|begin_of_text|>";
+  const char* llama3 =
+      "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + "
+      "m['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+      "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+  EXPECT_EQ(specials(ChatTemplate::from_jinja(llama3, tokens), msgs),
             (V{"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|start_header_id|>",
                "<|end_header_id|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"}));
-  EXPECT_EQ(specials(ChatTemplate::from_jinja("[INST]"), {{"user", "U</s>"}, {"assistant", "A"}}),
-            (V{"<s>", "[INST]", "[/INST]", "</s>"}));
+  tokens.bos = "<s>";
+  tokens.eos = "</s>";
+  const char* mistral =
+      "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+      "{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}";
+  const ChatTemplate m = ChatTemplate::from_jinja(mistral, tokens);
+  EXPECT_EQ(specials(m, {{"user", "U</s>"}, {"assistant", "A[INST]"}}), (V{"<s>", "[INST]", "[/INST]", "</s>"}));
+  EXPECT_EQ(apply_chat_template(m, {{"user", "U</s>"}, {"assistant", "A[INST]"}}, true), "<s>[INST] U</s> [/INST] A[INST]</s>");
+  // Only specials the template can write are markers.
+  EXPECT_EQ(m.markers, (V{"[/INST]", "[INST]", "</s>", "<s>"}));
 }
 
 // A vocabulary whose marker is a user-defined token (matched in text even with special-token
@@ -139,71 +185,79 @@ TEST(ChatTemplate, UserDefinedMarkersAreNotMatchedInContent) {
   const auto bytes = b.bytes();
   auto g = GgufFile::from_memory(bytes.data(), bytes.size());
   auto tok = Tokenizer::from_gguf(*g);
-  const ChatTemplate t = ChatTemplate::from_jinja("<|im_start|>");
+  const ChatTemplate t = ChatTemplate::from_gguf(*g);  // no template: the built-in ChatML one
+  EXPECT_EQ(t.source, kChatMLTemplate);
   const auto ids = encode_chat(*tok, t, {{"user", "a<|im_end|><x>b"}}, true);
   EXPECT_EQ(specials_in(*tok, ids), (std::vector<int32_t>{256, 258, 257, 256}));  // <x>: no marker, so matched
   EXPECT_EQ(tok->decode(ids), "<|im_start|>user\na<|im_end|><x>b<|im_end|>\n<|im_start|>assistant\n");
 }
 
-TEST(ChatTemplate, RecognisesFamiliesAndDefaultSystemPrompt) {
-  // The default system prompt is the literal between "<|im_start|>system\n" and "<|im_end|>",
-  // whether the template writes the newline as an escape or as a real newline.
-  const ChatTemplate q = ChatTemplate::from_jinja(
-      "{{- '<|im_start|>system\\n' }}{{- messages[0]['content'] }} ... {{- '<|im_start|>system\\nYou are Qwen, "
-      "created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}");
-  EXPECT_EQ(q.kind, ChatTemplate::Kind::ChatML);
-  EXPECT_EQ(q.default_system, "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.");
-  EXPECT_EQ(apply_chat_template(q, {{"user", "hi"}}, true),
-            "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
-            "assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
-  const ChatTemplate s = ChatTemplate::from_jinja(
-      "{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nBe brief.<|im_end|>\n' }}");
-  EXPECT_EQ(s.default_system, "Be brief.");
-  // A ChatML template without a default system prompt injects none.
-  const ChatTemplate plain = ChatTemplate::from_jinja(
-      "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-      "'<|im_end|>' + '\\n'}}{% endfor %}");
-  EXPECT_EQ(plain.default_system, "");
-  EXPECT_EQ(apply_chat_template(plain, {{"user", "hi"}}, false), "<|im_start|>user\nhi<|im_end|>\n");
-  // No messages: only the generation prompt, as SmolLM2's Jinja template renders it.
-  EXPECT_EQ(apply_chat_template(s, {}, true), "<|im_start|>assistant\n");
-  // A system message replaces the default.
-  EXPECT_EQ(apply_chat_template(q, {{"system", "S"}, {"user", "U"}}, false),
-            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n");
-
-  const ChatTemplate l3 = ChatTemplate::from_jinja("{{ '<|start_header_id|>' + role }}");
-  EXPECT_EQ(l3.kind, ChatTemplate::Kind::Llama3);
-  EXPECT_EQ(apply_chat_template(l3, {{"user", "hi"}}, true),
-            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>assistant"
-            "<|end_header_id|>\n\n");
-  const ChatTemplate l2 = ChatTemplate::from_jinja("{{ bos_token + '[INST] ' + content + ' [/INST]' }}");
-  EXPECT_EQ(l2.kind, ChatTemplate::Kind::Llama2);
-  EXPECT_EQ(apply_chat_template(l2, {{"system", "S"}, {"user", "U"}, {"assistant", "A"}, {"user", "V"}}, true),
-            "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\nU [/INST] A</s><s>[INST] V [/INST]");
-}
-
 TEST(ChatTemplate, Errors) {
+  const ChatTokens none;
+  // What the template raises reaches the caller, naming the template.
+  const ChatTemplate alt = ChatTemplate::from_jinja(
+      "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+      "{{ raise_exception('roles must alternate') }}{% endif %}{{ m['content'] }}{% endfor %}",
+      none, "test template");
+  EXPECT_EQ(apply_chat_template(alt, {{"user", "a"}, {"assistant", "b"}}, false), "ab");
   try {
-    ChatTemplate::from_jinja("{{ message.content }}<start_of_turn>");
+    apply_chat_template(alt, {{"user", "a"}, {"user", "b"}}, false);
     FAIL() << "expected an error";
   } catch (const Error& e) {
     const std::string m = e.what();
-    EXPECT_NE(m.find("unsupported chat template"), std::string::npos) << m;
-    EXPECT_NE(m.find("ChatML"), std::string::npos) << m;
+    EXPECT_NE(m.find("test template"), std::string::npos) << m;
+    EXPECT_NE(m.find("roles must alternate"), std::string::npos) << m;
   }
-  const ChatTemplate q = ChatTemplate::from_jinja("<|im_start|>");
+  // Syntax duo does not take names the option that replaces the template.
+  try {
+    ChatTemplate::from_jinja("{% for x in %}", none, "the GGUF's tokenizer.chat_template");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("--chat-template"), std::string::npos) << m;
+    EXPECT_NE(m.find("tokenizer.chat_template"), std::string::npos) << m;
+  }
+  const ChatTemplate q = ChatTemplate::from_jinja(kChatMLTemplate, none);
   EXPECT_THROW(apply_chat_template(q, {{"robot", "x"}}, false), Error);
 }
 
+// A model without a template gets plain ChatML (duo's behaviour before real templates).
 TEST(ChatTemplate, PlainChatMLWhenTheGgufHasNoTemplate) {
-  test::GgufBuilder b;
-  b.str("general.architecture", "llama");
+  const ChatTemplate t = ChatTemplate::from_jinja(kChatMLTemplate, ChatTokens{});
+  EXPECT_EQ(apply_chat_template(t, {{"user", "hi"}}, true), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(apply_chat_template(t, {{"system", "S"}, {"user", "U"}}, false),
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n");
+}
+
+// The template of a Hugging Face directory (tokenizer_config.json, or chat_template.jinja
+// first), and --chat-template FILE over the model's own.
+TEST(ChatTemplate, HfDirectoryAndOverrideFile) {
+  const auto dir = std::filesystem::temp_directory_path() / ("duo_chat_tmpl_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream(dir / "tokenizer_config.json") << R"({"chat_template": [{"name": "tool_use", "template": "T"},
+        {"name": "default", "template": "{{ bos_token }}{% for m in messages %}[{{ m.content }}]{% endfor %}"}]})";
+  }
+  test::GgufBuilder b;  // a vocabulary to take BOS from
+  b.str("tokenizer.ggml.model", "gpt2").str("tokenizer.ggml.pre", "gpt2").strs("tokenizer.ggml.tokens", {"<s>", "a"});
+  b.i32s("tokenizer.ggml.token_type", {3, 1}).f32s("tokenizer.ggml.scores", {0, 0}).strs("tokenizer.ggml.merges", {"a a"});
+  b.u32("tokenizer.ggml.bos_token_id", 0);
   const auto bytes = b.bytes();
   auto g = GgufFile::from_memory(bytes.data(), bytes.size());
-  const ChatTemplate t = ChatTemplate::from_gguf(*g);
-  EXPECT_EQ(t.kind, ChatTemplate::Kind::ChatML);
-  EXPECT_EQ(t.default_system, "");
-  EXPECT_EQ(apply_chat_template(t, {{"user", "hi"}}, true), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+  auto tok = Tokenizer::from_gguf(*g);
+  const ChatTemplate t = ChatTemplate::for_model(nullptr, dir.string(), *tok);
+  EXPECT_EQ(apply_chat_template(t, {{"user", "x"}}, false), "<s>[x]");
+  EXPECT_TRUE(render_chat_template(t, {{"user", "x"}}, false)[0].special);  // the BOS it writes
+  { std::ofstream(dir / "chat_template.jinja") << "J{{ messages[0].content }}"; }
+  EXPECT_EQ(apply_chat_template(ChatTemplate::for_model(nullptr, dir.string(), *tok), {{"user", "x"}}, false), "Jx");
+  { std::ofstream(dir / "mine.jinja") << "M{{ messages | length }}"; }
+  EXPECT_EQ(apply_chat_template(ChatTemplate::for_model(nullptr, dir.string(), *tok, (dir / "mine.jinja").string()),
+                                {{"user", "x"}}, false),
+            "M1");
+  EXPECT_EQ(apply_chat_template(ChatTemplate::for_model(g.get(), "", *tok, (dir / "mine.jinja").string()),
+                                {{"user", "x"}}, false),
+            "M1");
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -27,7 +27,7 @@ namespace duo::cli {
 namespace {
 
 struct CalibrateOptions {
-  std::string model, out, checkpoint, log;
+  std::string model, out, checkpoint, log, chat_template;
   std::string device = "cpu";
   std::string time_lengths;  // comma-separated lengths: measure instead of calibrating
   int threads = 0;
@@ -186,7 +186,7 @@ void run_calibrate(CalibrateOptions& o) {
   auto model = Model::load(path);
   const ModelConfig& mc = model->config();
   auto tok = Tokenizer::from_gguf(model->gguf());
-  const ChatTemplate tmpl = ChatTemplate::from_gguf(model->gguf());
+  const ChatTemplate tmpl = chat_template_of(*model, *tok, o.chat_template);
   if (o.data.max_len == 0) o.data.max_len = std::min<int64_t>(32000, mc.n_ctx_train);
   DUO_CHECK(o.data.max_len <= mc.n_ctx_train, "--max-len {} is beyond the model's context of {} tokens",
             o.data.max_len, mc.n_ctx_train);
@@ -323,6 +323,7 @@ void add_calibrate(CLI::App& app) {
   cmd->add_option("--init-gate", o->cal.init_gate, "initial gate value")->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--seed", o->cal.seed, "seed of the sample generator");
   cmd->add_flag("--no-chat", o->plain, "plain-text samples (the reference's layout) instead of the chat template");
+  add_chat_template_option(*cmd, o->chat_template);
   cmd->add_option("--checkpoint", o->checkpoint, "checkpoint file (JSON), written every --checkpoint-every steps");
   cmd->add_option("--checkpoint-every", o->checkpoint_every, "steps between checkpoints (0: only at the end)")
       ->check(CLI::NonNegativeNumber);

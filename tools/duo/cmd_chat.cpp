@@ -21,7 +21,7 @@ namespace {
 
 struct ChatOptions {
   ModelOptions model;
-  std::string system;
+  std::string system, chat_template;
   int max_tokens = 512;
   SamplerConfig sampling{0.7f, 40, 0.95f, 0};
 };
@@ -46,7 +46,7 @@ class Chat {
       : o_(o),
         engine_(engine_options(o.model)),
         tok_(engine_.tokenizer()),
-        tmpl_(ChatTemplate::from_gguf(engine_.model().gguf())),
+        tmpl_(chat_template_of(engine_.model(), engine_.tokenizer(), o.chat_template)),
         seed_(seed),
         sampler_(with_seed(o.sampling, seed)),
         session_(engine_.new_session()),
@@ -259,6 +259,7 @@ void add_chat(CLI::App& app) {
   auto* cmd = app.add_subcommand("chat", "interactive chat (/help lists its commands)");
   add_model_options(*cmd, o->model);
   cmd->add_option("--system", o->system, "system message");
+  add_chat_template_option(*cmd, o->chat_template);
   cmd->add_option("-n,--max-tokens", o->max_tokens, "most tokens per reply")->check(CLI::PositiveNumber);
   CLI::Option* seed = add_sampling_options(*cmd, o->sampling);
   cmd->callback([o, seed] {

@@ -20,7 +20,7 @@ void add_demo(CLI::App& app) {
   cmd->callback([o, question] {
     Engine engine(engine_options(*o));
     const Tokenizer& tok = engine.tokenizer();
-    const ChatTemplate tmpl = ChatTemplate::from_gguf(engine.model().gguf());
+    const ChatTemplate tmpl = chat_template_of(engine.model(), tok);
     const auto ids = encode_chat(tok, tmpl, {{"user", *question}}, true);  // the question stays text
     fmt::print("model: {} ({} layers, {} query / {} KV heads), {} attention\n", engine.model().config().name,
                engine.model().config().n_layers, engine.model().config().n_heads, engine.model().config().n_kv_heads,

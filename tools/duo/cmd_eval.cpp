@@ -52,6 +52,7 @@ void add_needle_eval(CLI::App& eval, const char* name, NeedleTask task, const ch
     int max_new_tokens = 16;
     uint64_t seed = 1;
     bool plain = false;
+    std::string chat_template;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = eval.add_subcommand(name, help);
@@ -62,6 +63,7 @@ void add_needle_eval(CLI::App& eval, const char* name, NeedleTask task, const ch
   cmd->add_option("-n,--max-tokens", o->max_new_tokens, "answer tokens to generate")->check(CLI::PositiveNumber);
   cmd->add_option("--seed", o->seed, "seed of needles and haystack");
   cmd->add_flag("--no-chat", o->plain, "plain prompt without the chat template");
+  add_chat_template_option(*cmd, o->chat_template);
   cmd->callback([o, task, name] {
     NeedleSweep sw;
     sw.task = task;
@@ -70,6 +72,7 @@ void add_needle_eval(CLI::App& eval, const char* name, NeedleTask task, const ch
     sw.max_new_tokens = o->max_new_tokens;
     sw.seed = o->seed;
     sw.use_chat_template = !o->plain;
+    sw.chat_template_file = o->chat_template;
     Engine engine(engine_options(o->model));
     const std::string mode = to_string(engine.options().attention);
     fmt::print(stderr, "{} eval: {} | attention {} | {} cells\n", name, engine.model().config().name, mode,

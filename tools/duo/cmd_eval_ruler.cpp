@@ -86,6 +86,7 @@ void add_ruler_eval(CLI::App& eval) {
     int samples = 4;
     uint64_t seed = 0;
     bool plain = false;
+    std::string chat_template;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = eval.add_subcommand(
@@ -108,6 +109,7 @@ void add_ruler_eval(CLI::App& eval) {
   cmd->add_option("--seed", o->seed, "added to the grid's seeds");
   cmd->add_option("-o,--out", o->out, "output prefix: writes PREFIX.csv, PREFIX.json and PREFIX.svg");
   cmd->add_flag("--no-chat", o->plain, "plain prompts without the chat template");
+  add_chat_template_option(*cmd, o->chat_template);
   cmd->callback([o] {
     RulerGrid grid;
     grid.kind = parse_ruler_grid(o->grid);
@@ -120,6 +122,7 @@ void add_ruler_eval(CLI::App& eval) {
     grid.haystack = o->haystack;
     grid.seed = o->seed;
     grid.use_chat_template = !o->plain;
+    grid.chat_template_file = o->chat_template;
     const std::vector<std::string> names = o->modes.empty() ? std::vector<std::string>{o->model.attention} : split(o->modes);
     bool any_duo = false;
     for (const auto& n : names) {

@@ -18,7 +18,7 @@ namespace duo::cli {
 namespace {
 struct GenerateOptions {
   ModelOptions model;
-  std::string prompt, file, system;
+  std::string prompt, file, system, chat_template;
   bool chat = false, quiet = false, parse_special = false, no_display_prompt = false;
   int max_tokens = 128;
   SamplerConfig sampling;
@@ -50,6 +50,7 @@ void add_generate(CLI::App& app) {
   cmd->add_option("-n,--max-tokens", o->max_tokens, "tokens to generate")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template as a user message");
   cmd->add_option("--system", o->system, "system message (with --chat)");
+  add_chat_template_option(*cmd, o->chat_template);
   // As the server's "parse_special": special-token text in a prompt is text unless asked.
   cmd->add_flag("--parse-special", o->parse_special,
                 "special-token text in the prompt (e.g. <|im_start|>) becomes those tokens (not with --chat, whose "
@@ -65,7 +66,7 @@ void add_generate(CLI::App& app) {
     const Tokenizer& tok = engine.tokenizer();
     std::vector<int32_t> ids;
     if (o->chat) {
-      ChatTemplate tmpl = ChatTemplate::from_gguf(engine.model().gguf());
+      const ChatTemplate tmpl = chat_template_of(engine.model(), tok, o->chat_template);
       std::vector<ChatMessage> msgs;
       if (!o->system.empty()) msgs.push_back({"system", o->system});
       msgs.push_back({"user", text});

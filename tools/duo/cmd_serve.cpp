@@ -29,6 +29,7 @@ struct ServeOptions {
   std::string host = "127.0.0.1";
   int port = 8080;
   std::string model_id;
+  std::string chat_template;  // --chat-template FILE
   double kv_budget_mib = 0;  // 0: 2048 MiB on the CPU, what the GPU has free after the weights on CUDA
   int max_batch = 32;
   int max_queue = 64;
@@ -69,7 +70,7 @@ void run_server(const ServeOptions& o) {
   ctx.model_id = o.model_id;
   if (ctx.model_id.empty()) ctx.model_id = std::filesystem::path(engine.options().model_path).stem().string();
   try {
-    ctx.chat = ChatTemplate::from_gguf(engine.model().gguf());
+    ctx.chat = chat_template_of(engine.model(), engine.tokenizer(), o.chat_template);
   } catch (const Error& e) {
     ctx.chat_error = e.what();
   }
@@ -160,6 +161,7 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--host", o->host, "address to listen on");
   cmd->add_option("--port", o->port, "port to listen on (0: any free port, printed at start)")->check(CLI::Range(0, 65535));
   cmd->add_option("--model-id", o->model_id, "model name clients ask for (default: the GGUF file name without .gguf)");
+  add_chat_template_option(*cmd, o->chat_template);
   // Upper bounds keep the MiB -> bytes conversions below within size_t.
   cmd->add_option("--kv-budget", o->kv_budget_mib,
                   "KV cache memory budget in MiB for all running sequences (default: 2048 on the CPU; on CUDA what "

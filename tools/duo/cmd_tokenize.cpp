@@ -78,6 +78,7 @@ void add_logits(CLI::App& app) {
     ModelOptions model;
     TextInput in;
     bool chat = false, json = false;
+    std::string chat_template;
     int top = 10;
   };
   auto o = std::make_shared<Opts>();
@@ -85,6 +86,7 @@ void add_logits(CLI::App& app) {
   add_model_options(*cmd, o->model);
   add_text_input(*cmd, o->in);
   cmd->add_flag("--chat", o->chat, "wrap the text in the model's chat template as a user message");
+  add_chat_template_option(*cmd, o->chat_template);
   cmd->add_option("-k,--top", o->top, "how many of the most likely tokens to list")->check(CLI::Range(1, 1000));
   cmd->add_flag("--json", o->json, "print a JSON object (prompt ids, then id, piece and logprob of each)");
   cmd->callback([o] {
@@ -94,7 +96,7 @@ void add_logits(CLI::App& app) {
     const Tokenizer& tok = engine.tokenizer();
     std::vector<int32_t> ids;
     if (o->chat)
-      ids = encode_chat(tok, ChatTemplate::from_gguf(engine.model().gguf()), {{"user", text}}, true);
+      ids = encode_chat(tok, chat_template_of(engine.model(), tok, o->chat_template), {{"user", text}}, true);
     else
       ids = tok.encode(text, tok.vocab().add_bos, o->in.parse_special);
     DUO_CHECK(!ids.empty(), "the prompt is empty after tokenization");

@@ -53,6 +53,9 @@ const CLI::Validator& finite_number();
 // Largest --sink and --recent: sink + recent must stay far inside int (KV cache rows).
 constexpr int kMaxWindow = 1 << 24;
 
+// --chat-template FILE: a Jinja chat template to use instead of the model's own.
+void add_chat_template_option(CLI::App& cmd, std::string& file);
+
 // The whole file as bytes; a clear error when it cannot be read.
 std::string read_text_file(const std::string& path);
 

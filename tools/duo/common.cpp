@@ -107,4 +107,11 @@ double peak_rss_mib() {
   return 0.0;
 }
 
+void add_chat_template_option(CLI::App& cmd, std::string& file) {
+  cmd.add_option("--chat-template", file,
+                 "Jinja chat template file to use instead of the model's own (GGUF tokenizer.chat_template, or the "
+                 "HF directory's chat_template.jinja / tokenizer_config.json)")
+      ->check(CLI::ExistingFile);
+}
+
 }  // namespace duo::cli
