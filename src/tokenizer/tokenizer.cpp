@@ -1,6 +1,7 @@
 #include "tokenizer/tokenizer.h"
 
 #include <algorithm>
+#include <optional>
 #include <queue>
 
 #include "core/error.h"
@@ -45,11 +46,15 @@ const ByteMap& byte_map() {
   return m;
 }
 
-// Decodes one UTF-8 code point at s[i]; returns its length (1 for invalid bytes).
-int utf8_next(const std::string& s, size_t i, uint32_t& cp) {
+// Decodes one UTF-8 code point at s[i]; returns its length (1 for an invalid byte: a lead byte
+// not followed by its continuation bytes is a character of its own, so the valid text after
+// it is tokenized as usual).
+int utf8_next(std::string_view s, size_t i, uint32_t& cp) {
   const unsigned char c = (unsigned char)s[i];
   int n = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
   if (i + n > s.size()) n = 1;
+  for (int k = 1; k < n; ++k)
+    if (((unsigned char)s[i + k] & 0xC0) != 0x80) n = 1;
   if (n == 1) {
     cp = c;
     return 1;
@@ -75,6 +80,49 @@ struct Candidate {
     return priority != o.priority ? priority > o.priority : left > o.left;
   }
 };
+
+// Merges adjacent symbols, the pair of lowest priority first (ties: the leftmost), until no
+// pair merges; priority(a, b) gives a pair's priority, or nothing when it does not merge. The
+// vocabularies differ only in their first symbols and in this function. The first symbol stays
+// the head of the list.
+template <class Priority>
+void merge_symbols(std::vector<Symbol>& sym, Priority priority) {
+  std::priority_queue<Candidate> q;
+  auto try_pair = [&](int left) {
+    if (left < 0 || sym[left].next < 0) return;
+    const Symbol &a = sym[left], &b = sym[a.next];
+    if (const std::optional<double> p = priority(a, b)) q.push({*p, left, a.len, b.len});
+  };
+  for (int i = 0; i + 1 < (int)sym.size(); ++i) try_pair(i);
+  while (!q.empty()) {
+    const Candidate c = q.top();
+    q.pop();
+    Symbol& a = sym[c.left];
+    if (a.len == 0 || a.next < 0 || a.len != c.left_len || sym[a.next].len != c.right_len) continue;  // stale
+    Symbol& b = sym[a.next];
+    a.len += b.len;  // symbols are adjacent in their text
+    b.len = 0;
+    a.next = b.next;
+    if (b.next >= 0) sym[b.next].prev = c.left;
+    try_pair(a.prev);
+    try_pair(c.left);
+  }
+}
+
+// BPE (byte-level, and SentencePiece-style from a tokenizer.json): a pair merges when `merges`
+// lists it, the earlier first.
+std::optional<double> merge_rank(const std::unordered_map<std::string, int32_t>& ranks, const std::string& text,
+                                 const Symbol& a, const Symbol& b) {
+  thread_local std::string key;
+  key.assign(text, a.start, a.len);
+  key += ' ';
+  key.append(text, b.start, b.len);
+  auto it = ranks.find(key);
+  if (it == ranks.end()) return std::nullopt;
+  return (double)it->second;
+}
+
+const char kSpm[] = "\xE2\x96\x81";  // U+2581, SentencePiece's space
 
 }  // namespace
 
@@ -123,7 +171,7 @@ Tokenizer::Tokenizer(Vocab v) : vocab_(std::move(v)) {
       if (vocab_.model == Vocab::Model::BPE) {
         covers = piece_bytes((int32_t)i).size();
       } else {
-        for (size_t at = t.find("\xE2\x96\x81"); at != std::string::npos; at = t.find("\xE2\x96\x81", at + 3))
+        for (size_t at = t.find(kSpm); at != std::string::npos; at = t.find(kSpm, at + 3))
           covers -= 2;
       }
     }
@@ -137,10 +185,22 @@ Tokenizer::Tokenizer(Vocab v) : vocab_(std::move(v)) {
   for (int b = 0; b < 256; ++b) {
     bool kept = byte_tokens_[b] >= 0 || (vocab_.model == Vocab::Model::SPM && vocab_.unk >= 0);
     if (vocab_.model == Vocab::Model::SPM && b == ' ')
-      kept = token_id("\xE2\x96\x81") >= 0 || byte_tokens_[0xE2] >= 0 || vocab_.unk >= 0;
+      kept = token_id(kSpm) >= 0 || vocab_.unk >= 0 ||
+             (vocab_.spm_merges ? byte_tokens_[0xE2] >= 0 && byte_tokens_[0x96] >= 0 && byte_tokens_[0x81] >= 0
+                                : byte_tokens_[0xE2] >= 0);
+    // tokenizer.json's byte fallback takes all of a character's bytes or none: without an
+    // unknown token, a byte of a multi-byte character may be dropped with another one.
+    if (vocab_.model == Vocab::Model::SPM && vocab_.spm_merges && vocab_.unk < 0 && b >= 0x80 &&
+        std::find(std::begin(byte_tokens_) + 0x80, std::end(byte_tokens_), -1) != std::end(byte_tokens_))
+      kept = false;
     byte_kept_[b] = kept;
     all_bytes_kept_ = all_bytes_kept_ && kept;
   }
+  // tokenizer.json's fuse_unk: one unknown token stands for a run of characters of any length,
+  // which only happens where some byte has no <0xXX> token.
+  if (vocab_.model == Vocab::Model::SPM && vocab_.spm_merges && vocab_.fuse_unk && vocab_.unk >= 0 &&
+      std::find(std::begin(byte_tokens_), std::end(byte_tokens_), -1) != std::end(byte_tokens_))
+    max_token_bytes_ = size_t(1) << 40;
 }
 
 Tokenizer::~Tokenizer() = default;
@@ -182,31 +242,7 @@ void Tokenizer::encode_bpe_piece(const std::string& piece, std::vector<int32_t>&
       return;
     }
   }
-  std::priority_queue<Candidate> q;
-  std::string key;
-  auto try_pair = [&](int left) {
-    if (left < 0 || sym[left].next < 0) return;
-    const Symbol &a = sym[left], &b = sym[a.next];
-    key.assign(text, a.start, a.len);
-    key += ' ';
-    key.append(text, b.start, b.len);
-    auto it = merge_rank_.find(key);
-    if (it != merge_rank_.end()) q.push({(double)it->second, left, a.len, b.len});
-  };
-  for (int i = 0; i + 1 < (int)sym.size(); ++i) try_pair(i);
-  while (!q.empty()) {
-    const Candidate c = q.top();
-    q.pop();
-    Symbol& a = sym[c.left];
-    if (a.len == 0 || a.next < 0 || a.len != c.left_len || sym[a.next].len != c.right_len) continue;  // stale
-    Symbol& b = sym[a.next];
-    a.len += b.len;  // symbols are adjacent in `text`
-    b.len = 0;
-    a.next = b.next;
-    if (b.next >= 0) sym[b.next].prev = c.left;
-    try_pair(a.prev);
-    try_pair(c.left);
-  }
+  merge_symbols(sym, [&](const Symbol& a, const Symbol& b) { return merge_rank(merge_rank_, text, a, b); });
   std::vector<int32_t> ids;
   for (int i = sym.empty() ? -1 : 0; i >= 0; i = sym[i].next) {
     const std::string s = text.substr(sym[i].start, sym[i].len);
@@ -253,17 +289,93 @@ void Tokenizer::remember_piece(const std::string& piece, std::vector<int32_t> id
   if (cache_.emplace(piece, std::move(ids)).second) cache_bytes_ += bytes;
 }
 
-void Tokenizer::encode_spm(const std::string& raw, bool space_prefix, std::vector<int32_t>& out) const {
-  // SentencePiece: spaces become U+2581, optionally a leading one; then the highest-scoring
-  // merges of adjacent symbols win; unknown symbols fall back to <0xXX> byte tokens.
+void Tokenizer::encode_spm(const std::string& raw, bool at_start, std::vector<int32_t>& out) const {
+  // SentencePiece: spaces become U+2581, and a run of text gets a leading one as the vocabulary
+  // says (see Vocab::add_space_prefix).
   std::string text;
-  if (vocab_.add_space_prefix && space_prefix) text = "\xE2\x96\x81";
   for (char c : raw) {
     if (c == ' ')
-      text += "\xE2\x96\x81";
+      text += kSpm;
     else
       text += c;
   }
+  const bool prefix = vocab_.add_space_prefix && !text.empty() && (at_start || !vocab_.prefix_first_only) &&
+                      !(vocab_.prefix_unless_space && text.compare(0, 3, kSpm) == 0);
+  if (prefix) text.insert(0, kSpm);
+  if (!vocab_.split_on_space) {
+    encode_spm_piece(text, out);
+    return;
+  }
+  // Metaspace's split: every U+2581 begins a piece (a run of them is one piece each).
+  size_t start = 0;
+  for (size_t at = text.find(kSpm, 1); at != std::string::npos; at = text.find(kSpm, at + 3)) {
+    encode_spm_piece(text.substr(start, at - start), out);
+    start = at;
+  }
+  encode_spm_piece(text.substr(start), out);
+}
+
+void Tokenizer::encode_spm_piece(const std::string& piece, std::vector<int32_t>& out) const {
+  if (piece.empty()) return;
+  if (!vocab_.spm_merges) {
+    encode_spm_scores(piece, out);
+    return;
+  }
+  // tokenizer.json's BPE with byte_fallback, as HF tokenizers' BPE::merge_word: a piece that is
+  // a token is that token (ignore_merges); else its characters, each a token of the vocabulary,
+  // or its bytes' <0xXX> tokens, or the unknown token (a run of them one token, fuse_unk).
+  // The symbols are written as their tokens' text, so that merges, which name tokens, apply to
+  // byte and unknown tokens as HF's do.
+  if (vocab_.ignore_merges) {
+    if (const int32_t whole = token_id(piece); whole >= 0) {
+      out.push_back(whole);
+      return;
+    }
+  }
+  std::string text;
+  std::vector<Symbol> sym;
+  auto add = [&](std::string_view t) {
+    sym.push_back({(int)sym.size() - 1, (int)sym.size() + 1, text.size(), t.size()});
+    text += t;
+  };
+  // HF keeps a pending unknown token until the next character of the vocabulary (or the end),
+  // so byte tokens met meanwhile come before it.
+  bool pending_unk = false;
+  for (size_t i = 0; i < piece.size();) {
+    uint32_t cp;
+    const int n = utf8_next(piece, i, cp);
+    const std::string_view ch(piece.data() + i, (size_t)n);
+    i += (size_t)n;
+    if (token_id(ch) >= 0) {
+      if (pending_unk) add(vocab_.tokens[vocab_.unk]), pending_unk = false;
+      add(ch);
+      continue;
+    }
+    bool bytes = true;
+    for (char c : ch) bytes = bytes && byte_tokens_[(unsigned char)c] >= 0;
+    if (bytes) {
+      for (char c : ch) add(vocab_.tokens[byte_tokens_[(unsigned char)c]]);
+      continue;
+    }
+    if (vocab_.unk < 0) continue;  // no unknown token: the character is dropped (min_tokens knows)
+    if (pending_unk && !vocab_.fuse_unk) add(vocab_.tokens[vocab_.unk]);
+    pending_unk = true;
+  }
+  if (pending_unk) add(vocab_.tokens[vocab_.unk]);
+  if (sym.empty()) return;
+  sym.back().next = -1;
+  merge_symbols(sym, [&](const Symbol& a, const Symbol& b) { return merge_rank(merge_rank_, text, a, b); });
+  for (int i = 0; i >= 0; i = sym[i].next) {
+    const int32_t id = token_id(std::string_view(text).substr(sym[i].start, sym[i].len));
+    // Every symbol is a token: its first ones are, and the loader checks that merges give tokens.
+    DUO_CHECK(id >= 0, "tokenizer: a merge gave '{}', which is not a token", text.substr(sym[i].start, sym[i].len));
+    out.push_back(id);
+  }
+}
+
+void Tokenizer::encode_spm_scores(const std::string& text, std::vector<int32_t>& out) const {
+  // SentencePiece as GGUF stores it: the highest-scoring merges of adjacent symbols win;
+  // unknown symbols fall back to <0xXX> byte tokens.
   std::vector<Symbol> sym;
   for (size_t i = 0; i < text.size();) {
     uint32_t cp;
@@ -273,29 +385,12 @@ void Tokenizer::encode_spm(const std::string& raw, bool space_prefix, std::vecto
   }
   if (sym.empty()) return;
   sym.back().next = -1;
-  std::priority_queue<Candidate> q;
-  auto try_pair = [&](int left) {
-    if (left < 0 || sym[left].next < 0) return;
-    const Symbol &a = sym[left], &b = sym[a.next];
+  // Higher score merges first (ties: leftmost first, as SentencePiece and llama.cpp).
+  merge_symbols(sym, [&](const Symbol& a, const Symbol& b) -> std::optional<double> {
     const int32_t id = token_id(std::string_view(text).substr(a.start, a.len + b.len));
-    if (id < 0) return;
-    // Higher score merges first (ties: leftmost first, as SentencePiece and llama.cpp).
-    q.push({-(double)vocab_.scores[id], left, a.len, b.len});
-  };
-  for (int i = 0; i + 1 < (int)sym.size(); ++i) try_pair(i);
-  while (!q.empty()) {
-    const Candidate c = q.top();
-    q.pop();
-    Symbol& a = sym[c.left];
-    if (a.len == 0 || a.next < 0 || a.len != c.left_len || sym[a.next].len != c.right_len) continue;
-    Symbol& b = sym[a.next];
-    a.len += b.len;
-    b.len = 0;
-    a.next = b.next;
-    if (b.next >= 0) sym[b.next].prev = c.left;
-    try_pair(a.prev);
-    try_pair(c.left);
-  }
+    if (id < 0) return std::nullopt;
+    return -(double)vocab_.scores[id];
+  });
   for (int i = 0; i >= 0; i = sym[i].next) {
     const std::string s = text.substr(sym[i].start, sym[i].len);
     const int32_t id = token_id(s);
@@ -312,10 +407,10 @@ void Tokenizer::encode_spm(const std::string& raw, bool space_prefix, std::vecto
   }
 }
 
-void Tokenizer::encode_segment(const std::string& text, bool space_prefix, std::vector<int32_t>& out) const {
+void Tokenizer::encode_segment(const std::string& text, bool at_start, std::vector<int32_t>& out) const {
   if (text.empty()) return;
   if (vocab_.model == Vocab::Model::SPM) {
-    encode_spm(text, space_prefix, out);
+    encode_spm(text, at_start, out);
     return;
   }
   for (const std::string& piece : pre_->split(text)) encode_bpe_piece(piece, out);
@@ -324,7 +419,7 @@ void Tokenizer::encode_segment(const std::string& text, bool space_prefix, std::
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, bool parse_special) const {
   std::vector<int32_t> out;
   if (add_bos && vocab_.bos >= 0) out.push_back(vocab_.bos);
-  encode_text(text, parse_special, {}, out);
+  encode_text(text, parse_special, {}, true, out);
   if (vocab_.add_eos && vocab_.eos >= 0) out.push_back(vocab_.eos);
   return out;
 }
@@ -342,17 +437,19 @@ std::vector<int32_t> Tokenizer::encode_parts(const std::vector<PromptPart>& part
   std::vector<int32_t> out;
   if (add_bos && vocab_.bos >= 0) out.push_back(vocab_.bos);
   std::string run;  // text up to the next marker, across part boundaries
+  bool at_start = true;  // the run begins the prompt (SentencePiece "first" prefix)
   for (const auto& p : parts) {
     const int32_t id = marker_id(p);
     if (id < 0) {
       run += p.text;
       continue;
     }
-    encode_text(run, false, markers, out);
+    encode_text(run, false, markers, at_start, out);
+    at_start = false;
     run.clear();
     out.push_back(id);
   }
-  encode_text(run, false, markers, out);
+  encode_text(run, false, markers, at_start, out);
   if (vocab_.add_eos && vocab_.eos >= 0) out.push_back(vocab_.eos);
   return out;
 }
@@ -367,7 +464,7 @@ size_t Tokenizer::min_tokens(std::string_view text) const {
 }
 
 void Tokenizer::encode_text(std::string_view text, bool parse_special, const std::vector<int32_t>& never,
-                            std::vector<int32_t>& out) const {
+                            bool at_start, std::vector<int32_t>& out) const {
   // Split out special tokens (longest match first at the earliest position), encode the
   // text between them.
   // SentencePiece: like llama.cpp, every run of text (at the start or after a special token)
@@ -389,12 +486,12 @@ void Tokenizer::encode_text(std::string_view text, bool parse_special, const std
       ++pos;
       continue;
     }
-    encode_segment(std::string(text.substr(seg_start, pos - seg_start)), true, out);
+    encode_segment(std::string(text.substr(seg_start, pos - seg_start)), at_start && seg_start == 0, out);
     out.push_back(hit);
     pos += vocab_.tokens[hit].size();
     seg_start = pos;
   }
-  encode_segment(std::string(text.substr(seg_start)), true, out);
+  encode_segment(std::string(text.substr(seg_start)), at_start && seg_start == 0, out);
 }
 
 std::string Tokenizer::piece_bytes(int32_t id) const {
@@ -406,7 +503,7 @@ std::string Tokenizer::piece_bytes(int32_t id) const {
     if (type == TokenType::Byte && t.size() == 6) return std::string(1, (char)std::stoi(t.substr(3, 2), nullptr, 16));
     std::string s;
     for (size_t i = 0; i < t.size(); ++i) {
-      if (t.compare(i, 3, "\xE2\x96\x81") == 0) {
+      if (t.compare(i, 3, kSpm) == 0) {
         s += ' ';
         i += 2;
       } else {
@@ -437,8 +534,11 @@ std::string Tokenizer::token_to_piece(int32_t id) const {
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   std::string s;
   for (int32_t id : ids) s += piece_bytes(id);
-  // SentencePiece: the space prefix added on encoding is dropped again.
-  if (vocab_.model == Vocab::Model::SPM && vocab_.add_space_prefix && !s.empty() && s[0] == ' ') s.erase(0, 1);
+  // SentencePiece: the space prefix added on encoding is dropped again (tokenizer.json: its
+  // decoder's Strip, which is there when the prefix is).
+  if (vocab_.model == Vocab::Model::SPM && vocab_.add_space_prefix && !vocab_.decode_keeps_space && !s.empty() &&
+      s[0] == ' ')
+    s.erase(0, 1);
   return s;
 }
 

@@ -63,12 +63,15 @@ class Tokenizer {
 
  private:
   void encode_bpe_piece(const std::string& piece, std::vector<int32_t>& out) const;
-  void encode_spm(const std::string& text, bool space_prefix, std::vector<int32_t>& out) const;
-  void encode_segment(const std::string& text, bool space_prefix, std::vector<int32_t>& out) const;
+  // at_start: the text begins the input (the SentencePiece prefix may be added only there).
+  void encode_spm(const std::string& text, bool at_start, std::vector<int32_t>& out) const;
+  void encode_spm_piece(const std::string& piece, std::vector<int32_t>& out) const;   // spaces as U+2581
+  void encode_spm_scores(const std::string& piece, std::vector<int32_t>& out) const;  // GGUF's scores
+  void encode_segment(const std::string& text, bool at_start, std::vector<int32_t>& out) const;
   std::string piece_bytes(int32_t id) const;
   // Text without specials (or with them, parse_special), between two markers; `never`: special
   // ids not to match in it.
-  void encode_text(std::string_view text, bool parse_special, const std::vector<int32_t>& never,
+  void encode_text(std::string_view text, bool parse_special, const std::vector<int32_t>& never, bool at_start,
                    std::vector<int32_t>& out) const;
 
   Vocab vocab_;

@@ -27,6 +27,16 @@ struct Vocab {
   std::vector<std::string> pre_regexes;
   bool ignore_merges = false;
   std::vector<int32_t> eog_ids;
+  // SentencePiece-style tokenizer.json (model BPE with byte_fallback): symbols are characters
+  // (or the <0xXX> tokens of a character not in the vocabulary, or the unknown token, fused over
+  // a run when fuse_unk), merged by `merges` rank rather than by score. How the U+2581 prefix is
+  // added, as its normalizer or Metaspace pre-tokenizer declares: add_space_prefix on every run
+  // of text (Prepend normalizer), only on the run at the start of the input (prefix_first_only),
+  // not on a run that already starts with a space (prefix_unless_space); split_on_space: every
+  // U+2581 starts a new piece (Metaspace split). decode_keeps_space: the decoder has no Strip.
+  bool spm_merges = false, fuse_unk = false;
+  bool prefix_first_only = false, prefix_unless_space = false, split_on_space = false;
+  bool decode_keeps_space = false;
 };
 
 // Reads the vocabulary; throws duo::Error for an unknown tokenizer model or pre-tokenizer,
