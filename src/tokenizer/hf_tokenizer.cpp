@@ -2,7 +2,9 @@
 
 #include <sys/stat.h>
 
+#include <cctype>
 #include <map>
+#include <unordered_set>
 
 #include "core/error.h"
 #include "io/hf_checkpoint.h"
@@ -69,6 +71,92 @@ std::optional<std::string> token_text(const json& c, const char* key) {
   return std::nullopt;
 }
 
+const char kSpm[] = "\xE2\x96\x81";  // U+2581, SentencePiece's space
+
+// A Replace normalizer or decoder step of a literal string: {"pattern": {"String": from}, "content": to}.
+bool is_replace(const json& r, const std::string& from, const std::string& to) {
+  const json& pat = r.value("pattern", json::object());
+  return type_of(r) == "Replace" && pat.contains("String") && pat["String"] == from && r.value("content", "") == to;
+}
+
+// Metaspace's prefix: prepend_scheme, or the older add_prefix_space (true: always).
+std::string metaspace_scheme(const json& p, const std::string& where) {
+  DUO_CHECK(p.value("replacement", std::string(kSpm)) == kSpm,
+            "{}: Metaspace with a replacement other than U+2581 is not supported", where);
+  const std::string scheme =
+      p.contains("prepend_scheme") ? p.value("prepend_scheme", std::string("?"))
+                                   : (p.value("add_prefix_space", true) ? std::string("always") : std::string("never"));
+  DUO_CHECK(scheme == "always" || scheme == "first" || scheme == "never",
+            "{}: Metaspace prepend_scheme '{}' is not supported (supported: always, first, never)", where, scheme);
+  return scheme;
+}
+
+// The SentencePiece-style steps of a tokenizer.json whose BPE has byte_fallback, as the converted
+// Llama-2 / Mistral / Gemma files declare them: spaces become U+2581 by a Replace normalizer
+// (with a Prepend("▁") in a Sequence: every run of text gets one) or by a Metaspace
+// pre-tokenizer (prefix always / first / never, split or not); the decoder undoes it
+// (Replace("▁", " ") or Metaspace, ByteFallback, Fuse, and Strip(" ", 1, 0) for the prefix).
+void spm_steps(const json& tj, const std::string& where, Vocab& v) {
+  const json& norm = tj.value("normalizer", json());
+  const json& pre = tj.value("pre_tokenizer", json());
+  bool replaced = false;
+  if (!norm.is_null()) {
+    const json steps = type_of(norm) == "Sequence" ? norm.value("normalizers", json::array()) : json::array({norm});
+    for (const auto& n : steps) {
+      if (is_replace(n, " ", kSpm)) {
+        replaced = true;
+      } else if (type_of(n) == "Prepend" && n.value("prepend", "") == kSpm) {
+        v.add_space_prefix = true;  // on every run of text between added tokens, as HF normalizes each
+      } else {
+        fail("{}: normalizer '{}' is not supported with byte_fallback (supported: Replace(\" \", \"\u2581\"), "
+             "Prepend(\"\u2581\"), a Sequence of them)", where, type_of(n));
+      }
+    }
+    DUO_CHECK(replaced, "{}: a normalizer without Replace(\" \", \"\u2581\") (a Prepend alone) is not supported", where);
+  }
+  if (!pre.is_null()) {
+    DUO_CHECK(type_of(pre) == "Metaspace",
+              "{}: pre-tokenizer '{}' is not supported with byte_fallback (supported: Metaspace, or none)", where,
+              type_of(pre));
+    DUO_CHECK(!replaced, "{}: a Replace normalizer and a Metaspace pre-tokenizer together are not supported", where);
+    const std::string scheme = metaspace_scheme(pre, where);
+    v.add_space_prefix = scheme != "never";
+    v.prefix_first_only = scheme == "first";
+    v.prefix_unless_space = true;  // Metaspace does not prepend to text that starts with a space
+    v.split_on_space = pre.value("split", true);
+    replaced = true;
+  }
+  DUO_CHECK(replaced, "{}: BPE with byte_fallback needs spaces replaced by U+2581 (a Replace normalizer or a "
+            "Metaspace pre-tokenizer); this file has neither", where);
+
+  const json& dec = tj.value("decoder", json());
+  const json steps = type_of(dec) == "Sequence" ? dec.value("decoders", json::array()) : json::array({dec});
+  bool space = false, bytes = false, fuse = false, strip = false;
+  for (const auto& d : steps) {
+    const std::string t = type_of(d);
+    if (is_replace(d, kSpm, " ") && !bytes) {
+      space = true;
+    } else if (t == "Metaspace" && !bytes) {
+      space = true;
+      strip = metaspace_scheme(d, where) != "never";  // it strips the first token's leading space
+    } else if (t == "ByteFallback" && space && !bytes) {
+      bytes = true;
+    } else if (t == "Fuse" && bytes) {
+      fuse = true;
+    } else if (t == "Strip" && fuse && d.value("content", "") == " " && d.value("stop", 0) == 0 &&
+               d.value("start", 0) <= 1) {
+      strip = strip || d.value("start", 0) == 1;
+    } else {
+      fail("{}: decoder step '{}' is not supported with byte_fallback (supported: Replace(\"\u2581\", \" \") or "
+           "Metaspace, ByteFallback, Fuse, Strip(\" \", 1, 0), in that order)", where, t);
+    }
+  }
+  DUO_CHECK(space && bytes && fuse, "{}: a decoder without {} is not supported with byte_fallback", where,
+            !space ? "Replace(\"\u2581\", \" \")" : !bytes ? "ByteFallback" : "Fuse");
+  DUO_CHECK(!strip || v.add_space_prefix, "{}: the decoder strips a leading space that encoding never adds", where);
+  v.decode_keeps_space = !strip;
+}
+
 bool file_exists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0;
@@ -102,38 +190,45 @@ Vocab load_hf_vocab(const std::string& dir, int32_t n_vocab) {
   const std::string mt = type_of(m);
   if (mt == "?" && m.contains("merges")) {  // old files omit the type of a BPE model
   } else if (mt != "BPE") {
-    fail("{}: tokenizer model '{}' is not supported (supported: BPE, byte-level)", where, mt);
+    fail("{}: tokenizer model '{}' is not supported (supported: BPE, byte-level or with byte_fallback)", where, mt);
   }
-  DUO_CHECK(!m.value("byte_fallback", false),
-            "{}: BPE with byte_fallback (SentencePiece-style) is not supported yet (supported: byte-level BPE)", where);
+  const bool spm = m.value("byte_fallback", false);  // SentencePiece-style: U+2581 spaces, <0xXX> tokens
   for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"})
     DUO_CHECK(!m.contains(k) || m[k].is_null() || m[k] == "", "{}: BPE's {} is not supported", where, k);
   DUO_CHECK(!m.contains("dropout") || m["dropout"].is_null() || m["dropout"] == 0.0,
             "{}: BPE dropout (random merges) is not supported", where);
 
+  Vocab v;
+  if (spm) {
+    v.model = Vocab::Model::SPM;
+    v.spm_merges = true;
+    v.fuse_unk = m.value("fuse_unk", false);
+    spm_steps(tj, where, v);
+  }
   // The normalizer: NFC is accepted without being applied (as llama.cpp does for the same
   // models): text already in NFC, nearly all text, tokenizes the same; others are refused.
   const json& norm = tj.value("normalizer", json());
-  if (!norm.is_null()) {
+  if (!spm && !norm.is_null()) {
     const std::string nt = type_of(norm);
     DUO_CHECK(nt == "NFC" || (nt == "Sequence" && norm.value("normalizers", json::array()).empty()),
               "{}: normalizer '{}' is not supported (supported: none, NFC)", where, nt);
   }
-  const json& decoder = tj.value("decoder", json());
-  DUO_CHECK(decoder.is_null() || type_of(decoder) == "ByteLevel",
-            "{}: decoder '{}' is not supported (supported: ByteLevel)", where, type_of(decoder));
-
-  Vocab v;
-  v.model = Vocab::Model::BPE;
-  v.pre = "tokenizer.json";
-  bool byte_level = false;
-  DUO_CHECK(tj.contains("pre_tokenizer") && !tj["pre_tokenizer"].is_null(), "{}: no pre_tokenizer (byte-level BPE needs "
-            "a ByteLevel pre-tokenizer)", where);
-  pre_tokenizer_regexes(tj["pre_tokenizer"], where, v.pre_regexes, byte_level);
-  DUO_CHECK(byte_level, "{}: the pre-tokenizer has no ByteLevel step (only byte-level BPE is supported)", where);
-  // Pretokenizer falls back to its named set when given no regex: a ByteLevel without its regex
-  // and nothing else splits nowhere, which one regex matching everything says.
-  if (v.pre_regexes.empty()) v.pre_regexes.push_back("(?s:.+)");
+  if (!spm) {
+    const json& decoder = tj.value("decoder", json());
+    DUO_CHECK(decoder.is_null() || type_of(decoder) == "ByteLevel",
+              "{}: decoder '{}' is not supported (supported: ByteLevel)", where, type_of(decoder));
+    v.model = Vocab::Model::BPE;
+    v.pre = "tokenizer.json";
+    bool byte_level = false;
+    DUO_CHECK(tj.contains("pre_tokenizer") && !tj["pre_tokenizer"].is_null(),
+              "{}: no pre_tokenizer (byte-level BPE needs a ByteLevel pre-tokenizer)", where);
+    pre_tokenizer_regexes(tj["pre_tokenizer"], where, v.pre_regexes, byte_level);
+    DUO_CHECK(byte_level, "{}: the pre-tokenizer has no ByteLevel step (byte-level BPE needs one; or byte_fallback "
+              "for SentencePiece-style BPE)", where);
+    // Pretokenizer falls back to its named set when given no regex: a ByteLevel without its regex
+    // and nothing else splits nowhere, which one regex matching everything says.
+    if (v.pre_regexes.empty()) v.pre_regexes.push_back("(?s:.+)");
+  }
   v.ignore_merges = m.value("ignore_merges", false);
 
   // Tokens: the model's vocab and the added tokens, by id.
@@ -141,7 +236,11 @@ Vocab load_hf_vocab(const std::string& dir, int32_t n_vocab) {
   DUO_CHECK(m.contains("vocab") && m["vocab"].is_object(), "{}: the BPE model has no vocab object", where);
   for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) {
     DUO_CHECK(it.value().is_number_integer(), "{}: token '{}' has an id that is not an integer", where, it.key());
-    by_id[it.value().get<int64_t>()] = {it.key(), TokenType::Normal};
+    // SentencePiece-style: <0xXX> tokens are the byte fallback's, decoded as their byte.
+    const std::string& t = it.key();
+    const bool byte = spm && t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' &&
+                      std::isxdigit((unsigned char)t[3]) && std::isxdigit((unsigned char)t[4]);
+    by_id[it.value().get<int64_t>()] = {t, byte ? TokenType::Byte : TokenType::Normal};
   }
   for (const auto& a : tj.value("added_tokens", json::array())) {
     DUO_CHECK(a.is_object() && a.contains("id") && a["id"].is_number_integer() && a.contains("content") &&
@@ -150,6 +249,11 @@ Vocab load_hf_vocab(const std::string& dir, int32_t n_vocab) {
     const std::string content = a["content"].get<std::string>();
     for (const char* k : {"lstrip", "rstrip", "single_word"})
       DUO_CHECK(!a.value(k, false), "{}: added token '{}' uses {}, which is not supported", where, content, k);
+    // HF matches a normalized added token in the normalized text (after the U+2581 replacement);
+    // duo matches added tokens in the raw text, the same only without a normalizer.
+    DUO_CHECK(!spm || tj.value("normalizer", json()).is_null() || !a.value("normalized", true),
+              "{}: added token '{}' is normalized (matched after the normalizer), which is not supported", where,
+              content);
     by_id[a["id"].get<int64_t>()] = {content, a.value("special", false) ? TokenType::Control : TokenType::UserDefined};
   }
   DUO_CHECK(!by_id.empty(), "{}: the vocabulary is empty", where);
@@ -172,6 +276,14 @@ Vocab load_hf_vocab(const std::string& dir, int32_t n_vocab) {
       DUO_CHECK(mg.is_array() && mg.size() == 2 && mg[0].is_string() && mg[1].is_string(),
                 "{}: merge {} is neither \"left right\" nor [left, right]", where, v.merges.size());
       v.merges.push_back(mg[0].get<std::string>() + " " + mg[1].get<std::string>());
+    }
+  }
+  if (spm) {  // the merged symbols are looked up as tokens (HF refuses such a file too)
+    std::unordered_set<std::string> known(v.tokens.begin(), v.tokens.end());
+    for (const std::string& mg : v.merges) {
+      const size_t sp = mg.find(' ');
+      DUO_CHECK(sp != std::string::npos && known.count(mg.substr(0, sp) + mg.substr(sp + 1)),
+                "{}: merge '{}' does not give a token of the vocabulary", where, mg);
     }
   }
 

@@ -1,5 +1,7 @@
 // The vocabulary of a Hugging Face directory: tokenizer.json (byte-level BPE: vocab, merges in
-// the string or the pair form, added tokens, the pre-tokenizer's split regexes as declared),
+// the string or the pair form, added tokens, the pre-tokenizer's split regexes as declared; or
+// SentencePiece-style BPE with byte_fallback: the U+2581 space of its Prepend/Replace normalizer
+// or Metaspace pre-tokenizer, <0xXX> byte tokens, its decoder's Strip),
 // tokenizer_config.json (bos/eos, add_bos_token) and generation_config.json (eos ids), turned
 // into duo's Vocab so the one Tokenizer serves GGUF and HF models alike.
 #pragma once
