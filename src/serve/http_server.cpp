@@ -20,6 +20,7 @@
 #include "serve/connection_watch.h"
 #include "serve/http_front.h"
 #include "serve/openai_json.h"
+#include "serve/tool_calls.h"
 
 namespace duo::serve {
 
@@ -152,6 +153,16 @@ bool same_key(const std::string& a, const std::string& b) {
 
 int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// A chat choice of a request with tools: its text parsed into tool calls when it holds any
+// well-formed ones; anything else (a malformed call included) stays plain content.
+void shape_choice(const GenerationRequest& r, ChoiceOut& c) {
+  const ToolAnswer a = shape_tool_answer(r, c.text, c.reason == FinishReason::Stop);
+  if (!a.is_call) return;
+  c.text = a.content;
+  c.content_null = a.content_null;
+  c.tool_calls = a.tool_calls;
 }
 
 }  // namespace
@@ -427,12 +438,16 @@ void HttpServer::Impl::generate(Endpoint ep, const httplib::Request& req, httpli
       return send_error(res, *err);
     }
   const bool want_logprobs = gr.top_logprobs >= 0;
+  // With tools the answer is parsed whole: a streamed choice is held back until it ends, then
+  // sent as its content and one delta of complete tool calls.
+  const bool tools_on = gr.tool_choice != ToolChoice::None;
   if (!gr.stream) {
     std::vector<ChoiceOut> choices(n);
     int64_t generated = 0;
     for (size_t i = 0; i < n; ++i) {
       choices[i].text = texts[i];
       choices[i].reason = gens[i]->finish_reason();
+      if (tools_on) shape_choice(gr, choices[i]);
       generated += gens[i]->completion_tokens();
       if (want_logprobs) {
         std::vector<TokenLogprobEntry> lp;
@@ -448,7 +463,7 @@ void HttpServer::Impl::generate(Endpoint ep, const httplib::Request& req, httpli
   res.set_chunked_content_provider(
       "text/event-stream",
       [gens, watch, meta, ep, include_usage, want_logprobs, cancel_all, first_error, texts = std::move(texts),
-       done = std::move(done)](size_t, httplib::DataSink& sink) mutable {
+       done = std::move(done), tools_on, gr](size_t, httplib::DataSink& sink) mutable {
         auto send = [&](const json& j) {
           const std::string ev = sse_event(j);
           return sink.write(ev.data(), ev.size());
@@ -464,7 +479,14 @@ void HttpServer::Impl::generate(Endpoint ep, const httplib::Request& req, httpli
           for (size_t i = 0; i < n; ++i)
             if (!send(role_chunk(meta, (int)i))) return client_left();
         // Sends what choice i has now: its text and the log-probabilities of its new tokens.
+        std::vector<std::string> held(tools_on ? n : 0);
         auto flush = [&](size_t i) {
+          if (tools_on && !done[i]) {
+            held[i] += texts[i];
+            texts[i].clear();
+            return true;
+          }
+          if (tools_on) texts[i] = held[i] + texts[i];
           json lp = nullptr;
           if (want_logprobs) {
             std::vector<TokenLogprobEntry> entries;
@@ -483,6 +505,21 @@ void HttpServer::Impl::generate(Endpoint ep, const httplib::Request& req, httpli
           for (size_t i = 0; i < n; ++i) {
             if (ended[i]) continue;
             if (!done[i]) done[i] = gens[i]->wait_for(texts[i], slice);
+            if (done[i] && tools_on && !gens[i]->error()) {
+              ChoiceOut c;
+              c.text = held[i] + texts[i];
+              c.reason = gens[i]->finish_reason();
+              shape_choice(gr, c);
+              if (!c.tool_calls.is_null()) {
+                held[i].clear();
+                texts[i] = c.content_null ? "" : c.text;
+                if (!flush(i) || !send(tool_calls_chunk(meta, c.tool_calls, (int)i)) ||
+                    !send(tool_calls_end_chunk(meta, (int)i)))
+                  return client_left();
+                ended[i] = true;
+                continue;
+              }
+            }
             if (!flush(i)) return client_left();
             if (done[i]) {
               ended[i] = true;

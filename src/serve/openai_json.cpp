@@ -81,9 +81,10 @@ json completion_body(Endpoint e, const ResponseMeta& m, const std::vector<Choice
     if (e == Endpoint::Completions)
       choice["text"] = c.text;
     else
-      choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+      choice["message"] = {{"role", "assistant"}, {"content", c.content_null ? json(nullptr) : json(c.text)}};
+    if (!c.tool_calls.is_null()) choice["message"]["tool_calls"] = c.tool_calls;
     choice["logprobs"] = c.logprobs;
-    choice["finish_reason"] = finish_reason_json(c.reason);
+    choice["finish_reason"] = c.tool_calls.is_null() ? finish_reason_json(c.reason) : json("tool_calls");
     body["choices"].push_back(std::move(choice));
   }
   body["usage"] = usage_json(prompt_tokens, completion_tokens);
@@ -118,6 +119,26 @@ json role_chunk(const ResponseMeta& m, int index) {
                                   {"delta", {{"role", "assistant"}, {"content", ""}}},
                                   {"logprobs", nullptr},
                                   {"finish_reason", nullptr}}});
+  return body;
+}
+
+json tool_calls_chunk(const ResponseMeta& m, const json& tool_calls, int index) {
+  json calls = json::array();
+  for (size_t k = 0; k < tool_calls.size(); ++k) {
+    json c = tool_calls[k];
+    c["index"] = k;
+    calls.push_back(std::move(c));
+  }
+  json body = envelope("chat.completion.chunk", m);
+  body["choices"] = json::array(
+      {{{"index", index}, {"delta", {{"tool_calls", calls}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}}});
+  return body;
+}
+
+json tool_calls_end_chunk(const ResponseMeta& m, int index) {
+  json body = envelope("chat.completion.chunk", m);
+  body["choices"] = json::array(
+      {{{"index", index}, {"delta", json::object()}, {"logprobs", nullptr}, {"finish_reason", "tool_calls"}}});
   return body;
 }
 

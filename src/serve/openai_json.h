@@ -28,6 +28,10 @@ struct ChoiceOut {
   std::string text;
   FinishReason reason = FinishReason::None;
   nlohmann::json logprobs;
+  // Chat tool calls (an array; null: none): the message carries them, `text` is its content
+  // (null when content_null), and finish_reason is "tool_calls".
+  nlohmann::json tool_calls = nullptr;
+  bool content_null = false;
 };
 
 // The `logprobs` object of a choice (or of a streaming chunk) for these tokens: chat's
@@ -45,6 +49,10 @@ nlohmann::json completion_body(Endpoint e, const ResponseMeta& m, const std::str
 nlohmann::json stream_chunk(Endpoint e, const ResponseMeta& m, const std::string& text, FinishReason r, int index = 0,
                             const nlohmann::json& logprobs = nullptr);
 nlohmann::json role_chunk(const ResponseMeta& m, int index = 0);
+// A chat chunk whose delta carries whole tool calls (each with its "index"), and the last
+// chunk of a choice that ended in tool calls (finish_reason "tool_calls").
+nlohmann::json tool_calls_chunk(const ResponseMeta& m, const nlohmann::json& tool_calls, int index = 0);
+nlohmann::json tool_calls_end_chunk(const ResponseMeta& m, int index = 0);
 // The usage chunk sent last when stream_options.include_usage is set (empty choices).
 nlohmann::json usage_chunk(Endpoint e, const ResponseMeta& m, int64_t prompt_tokens, int64_t completion_tokens);
 

@@ -4,11 +4,15 @@
 
 #include "core/error.h"
 #include "serve/api_error.h"
+#include "serve/tool_calls.h"
 #include "tokenizer/tokenizer.h"
 
 namespace duo::serve {
 
 namespace {
+
+using ojson = nlohmann::ordered_json;
+const ojson kNoTools;
 
 HeadPlan request_kinds(const GenerationRequest& r, const ServeContext& ctx) {
   Engine& engine = *ctx.engine;
@@ -106,7 +110,15 @@ std::vector<int32_t> prompt_tokens(const GenerationRequest& r, const ServeContex
                      "messages");
     std::vector<PromptPart> parts;
     try {
-      parts = render_chat_template(*ctx.chat, r.messages, true);
+      // Tools go to a template that renders them; one that does not gets them (and the tool
+      // turns) folded into its plain messages in the Hermes format. tool_choice none: no tools.
+      const ojson& tools = r.tool_choice == ToolChoice::None ? kNoTools : r.tools;
+      bool tool_turns = false;
+      for (const auto& m : r.messages) tool_turns = tool_turns || m.role == "tool" || !m.tool_calls.is_null();
+      if ((!tools.is_null() || tool_turns) && !template_knows_tools(*ctx.chat))
+        parts = render_chat_template(*ctx.chat, hermes_messages(r.messages, tools), true);
+      else
+        parts = render_chat_template(*ctx.chat, r.messages, true, tools);
     } catch (const Error& e) {
       bad_param("messages", "{}", e.what());
     }

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "serve/api_error.h"
+#include "serve/tool_calls.h"
 
 namespace duo::serve {
 
@@ -17,6 +18,7 @@ namespace {
 constexpr int kMaxDepth = 64;
 constexpr size_t kMaxMessages = 4096;
 constexpr int64_t kMaxWindow = 1 << 24;
+constexpr size_t kMaxTools = 128;
 
 // Nesting depth of a JSON text (brackets outside strings), so a body of a million '[' is
 // refused before a parser builds a million nested values out of it.
@@ -165,14 +167,13 @@ void check_defaults_only(const json& body, Endpoint ep) {
       if (*t != "text" && *t != "json_object" && *t != "json_schema")
         unsupported("response_format", fmt::format("response format '{}'", *t));
     }
-    for (const char* k : {"tools", "functions"})
-      if (const json* v = field(body, k)) {
-        if (!v->is_array()) bad_param(k, "'{}' must be an array, not {}", k, type_name(*v));
-        if (!v->empty()) unsupported(k, "tool calling");
-      }
-    for (const char* k : {"tool_choice", "function_call"})
-      if (const json* v = field(body, k); v && !(v->is_string() && v->get<std::string>() == "none"))
-        unsupported(k, "tool calling");
+    // The legacy function-calling fields (before tools): not implemented.
+    if (const json* v = field(body, "functions")) {
+      if (!v->is_array()) bad_param("functions", "'functions' must be an array, not {}", type_name(*v));
+      if (!v->empty()) unsupported("functions", "'functions' (use 'tools')");
+    }
+    if (const json* v = field(body, "function_call"); v && !(v->is_string() && v->get<std::string>() == "none"))
+      unsupported("function_call", "'function_call' (use 'tool_choice')");
     get_bool(body, "parallel_tool_calls");
   }
   get_string(body, "user");
@@ -226,6 +227,47 @@ std::string message_content(const json& content, size_t i) {
   return text;
 }
 
+// An assistant message's tool_calls (OpenAI: [{"id", "type": "function", "function": {"name",
+// "arguments": JSON text}}]) in the layout transformers hands templates: arguments as the
+// object they encode (Qwen's template prints `arguments | tojson`; vLLM converts the same way),
+// or the text as given when it is not JSON. Empty: null (no calls).
+nlohmann::ordered_json parse_message_tool_calls(const json& tc, const std::string& name) {
+  if (!tc.is_array()) bad_param(name, "'{}' must be an array, not {}", name, type_name(tc));
+  if (tc.empty()) return nullptr;
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (size_t k = 0; k < tc.size(); ++k) {
+    const std::string cname = fmt::format("{}[{}]", name, k);
+    const json& c = tc[k];
+    if (!c.is_object()) bad_param(cname, "'{}' must be an object, not {}", cname, type_name(c));
+    if (auto t = get_string(c, "type"); t && *t != "function")
+      unsupported(cname + ".type", fmt::format("tool calls of type '{}'", *t));
+    const json* f = field(c, "function");
+    if (!f || !f->is_object()) bad_param(cname + ".function", "'{}.function' must be an object", cname);
+    auto fname = get_string(*f, "name");
+    if (!fname) bad_param(cname + ".function.name", "'{}.function.name' is required", cname);
+    nlohmann::ordered_json args = nlohmann::ordered_json::object();
+    if (const json* a = field(*f, "arguments")) {
+      if (a->is_string()) {
+        const std::string& text = a->get_ref<const std::string&>();
+        // Text nested deeper than a body may be stays text (the depth check saw only a string).
+        const bool shallow = nesting_depth(text) <= kMaxDepth;
+        if (shallow) args = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+        if (!shallow || args.is_discarded()) args = text;
+      } else if (a->is_object()) {
+        args = nlohmann::ordered_json::parse(a->dump());
+      } else {
+        bad_param(cname + ".function.arguments", "'{}.function.arguments' must be a string, not {}", cname, type_name(*a));
+      }
+    }
+    nlohmann::ordered_json call = nlohmann::ordered_json::object();
+    if (auto id = get_string(c, "id")) call["id"] = *id;
+    call["type"] = "function";
+    call["function"] = {{"name", *fname}, {"arguments", std::move(args)}};
+    out.push_back(std::move(call));
+  }
+  return out;
+}
+
 std::vector<ChatMessage> parse_messages(const json& body) {
   const json* v = field(body, "messages");
   if (!v) bad_param("messages", "'messages' is required");
@@ -240,17 +282,91 @@ std::vector<ChatMessage> parse_messages(const json& body) {
     auto role = get_string(m, "role");
     if (!role) bad_param(name + ".role", "'{}.role' is required", name);
     if (*role == "developer") *role = "system";
-    if (*role == "tool" || *role == "function") unsupported(name + ".role", "tool messages");
-    if (*role != "system" && *role != "user" && *role != "assistant")
-      bad_param(name + ".role", "'{}.role' must be system, developer, user or assistant (got '{}')", name, *role);
-    if (const json* tc = field(m, "tool_calls"); tc && !(tc->is_array() && tc->empty()))
-      unsupported(name + ".tool_calls", "tool calls");
+    if (*role == "function") unsupported(name + ".role", "role 'function' (use role 'tool')");
+    if (*role != "system" && *role != "user" && *role != "assistant" && *role != "tool")
+      bad_param(name + ".role", "'{}.role' must be system, developer, user, assistant or tool (got '{}')", name,
+                *role);
+    ChatMessage msg;
+    msg.role = *role;
+    if (const json* tc = field(m, "tool_calls")) {
+      if (*role != "assistant") bad_param(name + ".tool_calls", "'{}.tool_calls' belongs to assistant messages", name);
+      msg.tool_calls = parse_message_tool_calls(*tc, name + ".tool_calls");
+    }
+    if (*role == "tool") {
+      if (auto id = get_string(m, "tool_call_id")) msg.tool_call_id = *id;
+    }
     const json* content = field(m, "content");
-    if (!content) bad_param(name + ".content", "'{}.content' is required", name);
+    if (content)
+      msg.content = message_content(*content, i);
+    else if (msg.tool_calls.is_null())  // an assistant turn of calls only may have none
+      bad_param(name + ".content", "'{}.content' is required", name);
     get_string(m, "name");
-    out.push_back({*role, message_content(*content, i)});
+    out.push_back(std::move(msg));
   }
   return out;
+}
+
+// tools and tool_choice. `body` is the request read again with key order kept: the template
+// prints the tools, and what the model is shown should be what the client wrote.
+void parse_tools(const nlohmann::ordered_json& body, GenerationRequest& r) {
+  using oj = nlohmann::ordered_json;
+  auto it = body.find("tools");
+  const bool have = it != body.end() && !it->is_null();
+  if (have) {
+    if (!it->is_array()) bad_param("tools", "'tools' must be an array, not {}", it->type_name());
+    if (it->size() > kMaxTools) bad_param("tools", "'tools' holds {} tools, more than {}", it->size(), kMaxTools);
+    std::set<std::string> names;
+    for (size_t k = 0; k < it->size(); ++k) {
+      const oj& t = (*it)[k];
+      const std::string tname = fmt::format("tools[{}]", k);
+      if (!t.is_object()) bad_param(tname, "'{}' must be an object, not {}", tname, t.type_name());
+      if (!t.contains("type") || t["type"] != "function")
+        bad_param(tname + ".type", "'{}.type' must be \"function\"", tname);
+      if (!t.contains("function") || !t["function"].is_object())
+        bad_param(tname + ".function", "'{}.function' must be an object", tname);
+      const oj& f = t["function"];
+      if (!f.contains("name") || !f["name"].is_string() || f["name"].get<std::string>().empty())
+        bad_param(tname + ".function.name", "'{}.function.name' must be a non-empty string", tname);
+      if (!names.insert(f["name"].get<std::string>()).second)
+        bad_param(tname + ".function.name", "two tools are named '{}'", f["name"].get<std::string>());
+      if (f.contains("description") && !f["description"].is_string() && !f["description"].is_null())
+        bad_param(tname + ".function.description", "'{}.function.description' must be a string", tname);
+      if (f.contains("parameters") && !f["parameters"].is_object() && !f["parameters"].is_null())
+        bad_param(tname + ".function.parameters", "'{}.function.parameters' must be an object (a JSON schema)", tname);
+    }
+    if (!it->empty()) r.tools = *it;
+  }
+  auto tc = body.find("tool_choice");
+  r.tool_choice = r.tools.is_null() ? ToolChoice::None : ToolChoice::Auto;
+  if (tc == body.end() || tc->is_null()) return;
+  if (tc->is_string()) {
+    const std::string c = tc->get<std::string>();
+    if (c == "none")
+      r.tool_choice = ToolChoice::None;
+    else if (c == "auto")
+      r.tool_choice = ToolChoice::Auto;
+    else if (c == "required")
+      r.tool_choice = ToolChoice::Required;
+    else
+      bad_param("tool_choice", "'tool_choice' must be none, auto, required or {{\"type\": \"function\", ...}} (got '{}')", c);
+  } else if (tc->is_object()) {
+    const auto type = tc->find("type");
+    const auto f = tc->find("function");
+    if (type == tc->end() || *type != "function" || f == tc->end() || !f->is_object() || !f->contains("name") ||
+        !(*f)["name"].is_string())
+      bad_param("tool_choice", "'tool_choice' as an object must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}");
+    r.tool_choice = ToolChoice::Named;
+    r.tool_name = (*f)["name"].get<std::string>();
+  } else {
+    bad_param("tool_choice", "'tool_choice' must be a string or an object, not {}", tc->type_name());
+  }
+  if (r.tool_choice != ToolChoice::None && r.tools.is_null())
+    bad_param("tool_choice", "'tool_choice' needs 'tools'");
+  if (r.tool_choice == ToolChoice::Named) {
+    bool found = false;
+    for (const auto& t : r.tools) found = found || t["function"]["name"] == r.tool_name;
+    if (!found) bad_param("tool_choice", "'tool_choice' names '{}', which is not in 'tools'", r.tool_name);
+  }
 }
 
 void parse_prompt(const json& body, GenerationRequest& r) {
@@ -420,6 +536,7 @@ GenerationRequest parse_request(Endpoint endpoint, const std::string& body) {
     r.parse_special = get_bool(j, "parse_special").value_or(false);
   } else {
     r.messages = parse_messages(j);
+    if (field(j, "tools") || field(j, "tool_choice")) parse_tools(nlohmann::ordered_json::parse(body), r);
   }
 
   const int64_t kMaxTokens = 1 << 30;
@@ -442,6 +559,15 @@ GenerationRequest parse_request(Endpoint endpoint, const std::string& body) {
       if (r.json_object) r.json_schema = any_json_object_schema();
       if (type == "json_schema") r.json_schema = parse_json_schema_format(*rf);
     }
+  if (r.tool_choice == ToolChoice::Required || r.tool_choice == ToolChoice::Named) {
+    if (r.json_schema) bad_param("tool_choice", "a forced 'tool_choice' and a JSON 'response_format' cannot be combined");
+    try {
+      r.json_schema = forced_tool_schema(r);
+    } catch (const SchemaError& e) {
+      throw ApiError(400, "invalid_request_error", fmt::format("'tools': {} (at {})", e.what(), e.where), "tools",
+                     "unsupported_schema");
+    }
+  }
   if (endpoint == Endpoint::Completions) {
     if (auto k = get_int(j, "logprobs", 0, kMaxTopLogprobs)) r.top_logprobs = (int)*k;
   } else {

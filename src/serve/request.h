@@ -34,6 +34,11 @@
 namespace duo::serve {
 
 enum class Endpoint { Completions, ChatCompletions };
+
+// tool_choice: None (the default without tools: no tools in the prompt, no parsing), Auto (the
+// default with tools: the model decides, calls in its template's format are parsed), Required
+// (one call of some tool, its JSON constrained) and Named (one call of `tool_name`).
+enum class ToolChoice { None, Auto, Required, Named };
 const char* endpoint_path(Endpoint e);
 
 struct GenerationRequest {
@@ -59,6 +64,11 @@ struct GenerationRequest {
   // The schema generation must follow: {"type": "json_schema"}'s schema, or any object for
   // json_object; null for plain text.
   std::shared_ptr<const CompiledSchema> json_schema;
+  // Chat tools as the request gave them, key order kept (the template prints them): an array
+  // of {"type": "function", "function": {"name", "description", "parameters"}}; null: none.
+  nlohmann::ordered_json tools;
+  ToolChoice tool_choice = ToolChoice::None;
+  std::string tool_name;       // ToolChoice::Named
   bool ignore_eos = false;     // end-of-generation tokens do not end the generation
   std::vector<std::string> ignored_fields;  // top-level fields this server does not know
 

@@ -124,11 +124,14 @@ std::vector<PromptPart> render_chat_template(const ChatTemplate& t, const std::v
   DUO_CHECK(t.program != nullptr, "chat template not loaded");
   jinja::List msgs;
   for (const auto& m : messages) {
-    DUO_CHECK(m.role == "system" || m.role == "user" || m.role == "assistant",
-              "chat message role '{}' is not one of system, user, assistant", m.role);
+    DUO_CHECK(m.role == "system" || m.role == "user" || m.role == "assistant" || m.role == "tool",
+              "chat message role '{}' is not one of system, user, assistant, tool", m.role);
     auto d = std::make_shared<jinja::Dict>();
     d->set(jinja::Text::data("role"), jinja::Value::string(jinja::Text::data(m.role)));
     d->set(jinja::Text::data("content"), jinja::Value::string(jinja::Text::data(m.content)));
+    if (!m.tool_calls.is_null()) d->set(jinja::Text::data("tool_calls"), jinja::Value::from_json(m.tool_calls));
+    if (!m.tool_call_id.empty())
+      d->set(jinja::Text::data("tool_call_id"), jinja::Value::string(jinja::Text::data(m.tool_call_id)));
     msgs.push_back(jinja::Value::of_dict(std::move(d)));
   }
   // transformers' context: messages, tools (None without), documents, add_generation_prompt,
@@ -142,7 +145,8 @@ std::vector<PromptPart> render_chat_template(const ChatTemplate& t, const std::v
       {"eos_token", jinja::Value::string(jinja::Text::literal(t.eos_token))},
   };
   size_t in_bytes = tools.is_null() ? 0 : tools.dump().size();
-  for (const auto& m : messages) in_bytes += m.content.size() + m.role.size();
+  for (const auto& m : messages)
+    in_bytes += m.content.size() + m.role.size() + m.tool_call_id.size() + (m.tool_calls.is_null() ? 0 : m.tool_calls.dump().size());
   // Room for templates that repeat the conversation a few times, however long it is.
   jinja::Limits limits;
   limits.max_bytes = std::max(t.max_bytes, 8 * in_bytes);

@@ -25,8 +25,14 @@ class Template;
 }
 
 struct ChatMessage {
-  std::string role;  // "system", "user" or "assistant"
+  std::string role;  // "system", "user", "assistant" or "tool"
   std::string content;
+  // Tool use, laid out as transformers passes it to templates: an assistant's calls
+  // [{"type": "function", "function": {"name", "arguments": object}}] (null: none), and a tool
+  // result's call id. An assistant turn of calls only has content "" (not None, which
+  // templates such as Qwen3's cannot take).
+  nlohmann::ordered_json tool_calls = nullptr;
+  std::string tool_call_id = {};
 };
 
 // What a template sees of the vocabulary: the BOS/EOS texts (bos_token, eos_token) and the

@@ -164,6 +164,46 @@ TEST(Request, ChatMessages) {
   EXPECT_EQ(r.max_tokens, 5);
 }
 
+// tools keep the client's key order (the template prints them); tool turns reach the template
+// as transformers lays them out: arguments decoded into an object, keys in the order written.
+TEST(Request, ChatTools) {
+  const auto r = chat(R"({"model":"m","messages":[{"role":"user","content":"Weather?"},
+      {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function",
+        "function":{"name":"get_weather","arguments":"{\"z\": 1, \"a\": \"Paris\"}"}}]},
+      {"role":"tool","tool_call_id":"call_1","content":"sunny"}],
+      "tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object",
+        "properties":{"z":{"type":"integer"},"a":{"type":"string"}},"required":["z","a"]}}}]})");
+  EXPECT_EQ(r.tool_choice, ToolChoice::Auto);
+  EXPECT_EQ(r.tools.dump(), R"([{"type":"function","function":{"name":"get_weather","parameters":{"type":"object",)"
+                            R"("properties":{"z":{"type":"integer"},"a":{"type":"string"}},"required":["z","a"]}}}])");
+  EXPECT_EQ(r.json_schema, nullptr);
+  ASSERT_EQ(r.messages.size(), 3u);
+  EXPECT_EQ(r.messages[1].content, "");
+  EXPECT_EQ(r.messages[1].tool_calls.dump(),
+            R"([{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":{"z":1,"a":"Paris"}}}])");
+  EXPECT_EQ(r.messages[2].role, "tool");
+  EXPECT_EQ(r.messages[2].tool_call_id, "call_1");
+  EXPECT_EQ(r.messages[2].content, "sunny");
+  // Arguments that are not JSON reach the template as the text given.
+  const auto t = chat(R"({"model":"m","messages":[{"role":"assistant","content":"","tool_calls":[
+      {"type":"function","function":{"name":"f","arguments":"not json"}}]}]})");
+  EXPECT_EQ(t.messages[0].tool_calls[0]["function"]["arguments"], "not json");
+
+  const std::string tools = R"("tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object",
+      "properties":{"x":{"type":"integer"}},"required":["x"]}}},{"type":"function","function":{"name":"g"}}])";
+  const std::string head = R"({"model":"m","messages":[{"role":"user","content":"x"}],)";
+  EXPECT_EQ(chat(head + tools + R"(,"tool_choice":"none"})").tool_choice, ToolChoice::None);
+  EXPECT_EQ(chat(head + tools + R"(,"tool_choice":"auto"})").tool_choice, ToolChoice::Auto);
+  const auto req = chat(head + tools + R"(,"tool_choice":"required","parallel_tool_calls":false})");
+  EXPECT_EQ(req.tool_choice, ToolChoice::Required);
+  EXPECT_NE(req.json_schema, nullptr);  // forced calls are constrained
+  const auto named = chat(head + tools + R"(,"tool_choice":{"type":"function","function":{"name":"f"}}})");
+  EXPECT_EQ(named.tool_choice, ToolChoice::Named);
+  EXPECT_EQ(named.tool_name, "f");
+  EXPECT_NE(named.json_schema, nullptr);
+  EXPECT_TRUE(chat(head + R"("tools":[]})").tools.is_null());
+}
+
 TEST(Request, DuoOptions) {
   const auto r = completion(R"({"model":"m","prompt":"x","attention":"duo","sink":4,"recent":32,
       "pattern":[[1,0],[0.5,0.25]],"retrieval_ratio":0.5})");
@@ -263,12 +303,38 @@ TEST(Request, BadBodiesNameTheField) {
       {H, R"({"model":"m","messages":[5]})", 400, "messages[0]"},
       {H, R"({"model":"m","messages":[{"content":"x"}]})", 400, "messages[0].role"},
       {H, R"({"model":"m","messages":[{"role":"robot","content":"x"}]})", 400, "messages[0].role"},
-      {H, R"({"model":"m","messages":[{"role":"tool","content":"x"}]})", 400, "messages[0].role"},
+      {H, R"({"model":"m","messages":[{"role":"function","content":"x"}]})", 400, "messages[0].role"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x","tool_calls":[]}]})", 400, "messages[0].tool_calls"},
+      {H, R"({"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[{"type":"function"}]}]})", 400,
+       "messages[0].tool_calls[0].function"},
+      {H, R"({"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":5}}]}]})",
+       400, "messages[0].tool_calls[0].function.arguments"},
+      {H, R"({"model":"m","messages":[{"role":"assistant","content":null}]})", 400, "messages[0].content"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":{}})", 400, "tools"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"retrieval"}]})", 400,
+       "tools[0].type"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":""}}]})",
+       400, "tools[0].function.name"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f",
+       "parameters":[]}}]})", 400, "tools[0].function.parameters"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}},
+       {"type":"function","function":{"name":"f"}}]})", 400, "tools[1].function.name"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"tool_choice":"required"})", 400, "tool_choice"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}],
+       "tool_choice":"always"})", 400, "tool_choice"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}],
+       "tool_choice":{"type":"function","function":{"name":"g"}}})", 400, "tool_choice"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f",
+       "parameters":{"type":"object","properties":{"a":{"type":"string","pattern":"x+"}}}}}],"tool_choice":"required"})",
+       400, "tools"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}],
+       "tool_choice":"required","response_format":{"type":"json_object"}})", 400, "tool_choice"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"functions":[{"name":"f"}]})", 400, "functions"},
       {H, R"({"model":"m","messages":[{"role":"user"}]})", 400, "messages[0].content"},
       {H, R"({"model":"m","messages":[{"role":"user","content":5}]})", 400, "messages[0].content"},
       {H, R"({"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]})", 400, "messages[0].content[0]"},
       {H, R"({"model":"m","messages":[{"role":"user","content":[{"type":"text"}]}]})", 400, "messages[0].content[0]"},
-      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]})", 400, "tools"},
+      {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]})", 400, "tools[0].function"},
       {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema"}})", 400,
        "response_format"},
       {H, R"({"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":1})", 400, "logprobs"},

@@ -13,7 +13,10 @@
   reported, and the -v request log line;
 - response_format json_schema: for a set of schemas (flat, enum, nested $ref, array of objects,
   nullable), through the openai client and LangChain's with_structured_output, every answer
-  parses and validates with `jsonschema`; an unsupported keyword is a 400 naming it.
+  parses and validates with `jsonschema`; an unsupported keyword is a 400 naming it;
+- tools: tool_choice required / named give calls whose arguments validate against the tool's
+  parameters (openai client, streamed or not; LangChain's bind_tools), a tool result sent back
+  gets an answer, and Qwen2.5-Coder's own <tool_call> format is parsed (when fetched).
 
 Usage: test_serve.py --duo build/duo   (run_e2e.sh sets up openai, langchain-openai, jsonschema)
 Prints one line per test and "N passed, N failed" at the end; exit 77 when the model is missing.
@@ -838,6 +841,128 @@ class Tests:
             assert out["parsing_error"] is None and isinstance(out["parsed"], model), out
             jsonschema.validate(json.loads(out["raw"].content), model.model_json_schema())
         s.wait_idle()
+
+    # Tool calling: SmolLM2's template knows no tools, so they reach it in the Hermes format.
+    WEATHER = {"type": "function", "function": {
+        "name": "get_weather", "description": "The current weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                                        "unit": {"enum": ["celsius", "fahrenheit"]}},
+                       "required": ["city", "unit"], "additionalProperties": False}}}
+    ADD = {"type": "function", "function": {
+        "name": "add", "description": "Add two numbers",
+        "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+                       "required": ["a", "b"], "additionalProperties": False}}}
+
+    def test_tools_openai_client(self):
+        import jsonschema
+        s = self.server
+        tools = [self.WEATHER, self.ADD]
+        params = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+        q = [{"role": "user", "content": "What is the weather in Paris?"}]
+        for choice, stream in [("required", False), ({"type": "function", "function": {"name": "add"}}, False),
+                               ("required", True)]:
+            kw = dict(model=MODEL_ID, messages=q, tools=tools, tool_choice=choice, max_tokens=80, temperature=0)
+            if stream:
+                chunks = list(s.client.chat.completions.create(stream=True, **kw))
+                deltas = [c.choices[0].delta for c in chunks if c.choices]
+                calls = [tc for d in deltas for tc in (d.tool_calls or [])]
+                finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+                content = "".join(d.content or "" for d in deltas)
+                assert content == "", content
+            else:
+                r = s.client.chat.completions.create(**kw)
+                calls, finish = r.choices[0].message.tool_calls, [r.choices[0].finish_reason]
+                assert r.choices[0].message.content is None, r
+            assert finish == ["tool_calls"], (choice, finish)
+            assert len(calls) == 1, calls
+            c = calls[0]
+            assert c.type == "function" and c.id.startswith("call_"), c
+            if isinstance(choice, dict):
+                assert c.function.name == "add", c
+            assert c.function.name in params, c
+            jsonschema.validate(json.loads(c.function.arguments), params[c.function.name])
+
+        # Round trip: the call and its result sent back get a final answer.
+        call = s.client.chat.completions.create(model=MODEL_ID, messages=q, tools=tools, max_tokens=60, temperature=0,
+                                                tool_choice={"type": "function", "function": {"name": "get_weather"}})
+        tc = call.choices[0].message.tool_calls[0]
+        follow = q + [call.choices[0].message.model_dump(exclude_none=True),
+                      {"role": "tool", "tool_call_id": tc.id, "content": json.dumps({"temperature": 21, "sky": "clear"})}]
+        r = s.client.chat.completions.create(model=MODEL_ID, messages=follow, tools=tools, tool_choice="none",
+                                             max_tokens=20, temperature=0)
+        assert r.choices[0].message.content and not r.choices[0].message.tool_calls, r
+        assert r.choices[0].finish_reason in ("stop", "length"), r
+        # The same with "auto": whatever the model answers is 200, its calls well-formed.
+        r = s.client.chat.completions.create(model=MODEL_ID, messages=follow, tools=tools, max_tokens=24,
+                                             temperature=0)
+        m = r.choices[0].message
+        assert (m.tool_calls is None) == (r.choices[0].finish_reason != "tool_calls"), r
+        for c in m.tool_calls or []:
+            assert c.function.name in params and isinstance(json.loads(c.function.arguments), dict), c
+        # A tool whose parameters the recogniser cannot honour: 400 when forced, named.
+        try:
+            s.client.chat.completions.create(model=MODEL_ID, messages=q, max_tokens=4, tool_choice="required", tools=[
+                {"type": "function", "function": {"name": "f", "parameters": {
+                    "type": "object", "properties": {"zip": {"type": "string", "pattern": "^[0-9]+$"}}}}}])
+            raise AssertionError("a tool with 'pattern' was forced")
+        except openai.BadRequestError as e:
+            assert e.status_code == 400 and "'pattern'" in str(e), e
+        s.wait_idle()
+
+    def test_tools_langchain_bind_tools(self):
+        import jsonschema
+        from langchain_core.messages import HumanMessage, ToolMessage
+        from langchain_openai import ChatOpenAI
+        from pydantic import BaseModel, Field
+
+        class Multiply(BaseModel):
+            """Multiply two integers."""
+            a: int = Field(description="first factor")
+            b: int = Field(description="second factor")
+
+        s = self.server
+        llm = ChatOpenAI(base_url=f"http://{s.host}:{s.port}/v1", api_key="unused", model=MODEL_ID, temperature=0,
+                         max_tokens=60, max_retries=0, timeout=300)
+        question = HumanMessage("What is 6 times 7?")
+        for choice in ["Multiply", "any"]:
+            msg = llm.bind_tools([Multiply, self.WEATHER], tool_choice=choice).invoke([question])
+            assert len(msg.tool_calls) == 1, msg
+            call = msg.tool_calls[0]
+            assert call["id"].startswith("call_"), call
+            if choice == "Multiply":
+                assert call["name"] == "Multiply", call
+                jsonschema.validate(call["args"], Multiply.model_json_schema())
+            else:
+                assert call["name"] in ("Multiply", "get_weather"), call
+        # The call and its result sent back: a final answer.
+        msg = llm.bind_tools([Multiply], tool_choice="Multiply").invoke([question])
+        out = llm.bind_tools([Multiply]).invoke(
+            [question, msg, ToolMessage(content="42", tool_call_id=msg.tool_calls[0]["id"])])
+        assert out.response_metadata["finish_reason"] in ("stop", "length", "tool_calls"), out
+        s.wait_idle()
+
+    def test_tools_qwen_native_format(self):
+        # Qwen2.5-Coder's own template renders the tools; with "auto" it answers in <tool_call>
+        # blocks, which come back parsed. Skipped (passes) when the model is not fetched.
+        models = os.environ.get("DUO_MODELS", os.path.expanduser("~/.cache/duo/models"))
+        path = os.path.join(models, "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf")
+        if not os.path.exists(path):
+            print("  (Qwen2.5-Coder not fetched: skipped)")
+            return
+        import jsonschema
+        q = Server(self.duo, "-m", path)
+        try:
+            r = q.client.chat.completions.create(
+                model="Qwen2.5-Coder-1.5B-Instruct.Q4_K_M", tools=[self.WEATHER], max_tokens=48, temperature=0,
+                messages=[{"role": "user", "content": "What is the weather in Paris, in celsius?"}])
+            m = r.choices[0].message
+            assert r.choices[0].finish_reason == "tool_calls" and m.tool_calls, r
+            assert m.tool_calls[0].function.name == "get_weather", m
+            args = json.loads(m.tool_calls[0].function.arguments)
+            jsonschema.validate(args, self.WEATHER["function"]["parameters"])
+            assert args["city"] == "Paris", args
+        finally:
+            assert q.stop() == 0, q.log()
 
     def test_tokenize_detokenize(self):
         s = self.server
