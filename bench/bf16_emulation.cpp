@@ -24,9 +24,9 @@
 #include "core/fp16.h"
 #include "core/thread_pool.h"
 #include "kv/kv_cache.h"
-#include "kv/kv_type.h"
+#include "duo/kv_type.h"
 #include "model/model.h"
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 
 using namespace duo;
 

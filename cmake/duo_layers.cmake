@@ -9,13 +9,16 @@
 # the compiler's look-up next to the including file would otherwise bypass the roots.
 #
 # duo_layer(<target> FILES <globs under src/>... [EXCLUDE <files under src/>...] [DEPS <targets>...]
-#           [ROOT_ONLY] [COMPILE_OPTIONS <options>...])
+#           [PUBLIC_HEADERS <files under include/>...] [ROOT_ONLY] [COMPILE_OPTIONS <options>...])
 #   FILES: the layer's headers (.h, .cuh: linked into its root) and sources (.cpp, .cu).
+#   PUBLIC_HEADERS: the headers of the public API (include/duo/*.h) this layer defines, linked
+#              into its root as duo/<name>.h: a layer sees the public headers of its own and
+#              lower layers only (include/ itself is on no library's include path either).
 #   EXCLUDE: files the globs match that another layer (or duo_claim) holds.
 #   ROOT_ONLY: make the include root but no library (CUDA layers of a build without CUDA,
 #              whose headers the CPU emulation tests still include).
 function(duo_layer name)
-  cmake_parse_arguments(L "ROOT_ONLY" "" "FILES;EXCLUDE;DEPS;COMPILE_OPTIONS" ${ARGN})
+  cmake_parse_arguments(L "ROOT_ONLY" "" "FILES;EXCLUDE;DEPS;COMPILE_OPTIONS;PUBLIC_HEADERS" ${ARGN})
   set(src ${CMAKE_SOURCE_DIR}/src)
   set(root ${CMAKE_BINARY_DIR}/layers/${name})
   file(REMOVE_RECURSE ${root})
@@ -39,6 +42,15 @@ function(duo_layer name)
       endif()
     endforeach()
   endforeach()
+  foreach(rel IN LISTS L_PUBLIC_HEADERS)
+    if(NOT EXISTS ${CMAKE_SOURCE_DIR}/include/${rel})
+      message(FATAL_ERROR "duo_layer(${name}): include/${rel} does not exist")
+    endif()
+    set_property(GLOBAL APPEND PROPERTY DUO_LAYER_CLAIMED_PUBLIC ${rel})
+    get_filename_component(dir ${root}/${rel} DIRECTORY)
+    file(MAKE_DIRECTORY ${dir})
+    file(CREATE_LINK ${CMAKE_SOURCE_DIR}/include/${rel} ${root}/${rel} SYMBOLIC)
+  endforeach()
   set_property(GLOBAL APPEND PROPERTY DUO_LAYER_ROOTS_${name} ${root})
   if(L_ROOT_ONLY)
     return()
@@ -56,49 +68,52 @@ function(duo_claim)
   set_property(GLOBAL APPEND PROPERTY DUO_LAYER_CLAIMED ${ARGN})
 endfunction()
 
-# Fails the configuration when a file of src/ belongs to no layer or to two: a new file must be
-# placed in the graph before it builds.
-function(duo_layers_check_claims)
-  get_property(claimed GLOBAL PROPERTY DUO_LAYER_CLAIMED)
-  file(GLOB_RECURSE all CONFIGURE_DEPENDS RELATIVE ${CMAKE_SOURCE_DIR}/src
-       ${CMAKE_SOURCE_DIR}/src/*.h ${CMAKE_SOURCE_DIR}/src/*.cuh
-       ${CMAKE_SOURCE_DIR}/src/*.cpp ${CMAKE_SOURCE_DIR}/src/*.cu)
+# Fails the configuration when a file of src/ (or a public header of include/) belongs to no
+# layer or to two: a new file must be placed in the graph before it builds.
+function(duo_layers_check_claims_in dir prop)
+  get_property(claimed GLOBAL PROPERTY ${prop})
+  file(GLOB_RECURSE all CONFIGURE_DEPENDS RELATIVE ${CMAKE_SOURCE_DIR}/${dir}
+       ${CMAKE_SOURCE_DIR}/${dir}/*.h ${CMAKE_SOURCE_DIR}/${dir}/*.cuh
+       ${CMAKE_SOURCE_DIR}/${dir}/*.cpp ${CMAKE_SOURCE_DIR}/${dir}/*.cu)
   foreach(rel IN LISTS all)
     list(FIND claimed ${rel} first)
     if(first EQUAL -1)
-      message(FATAL_ERROR "src/${rel} belongs to no layer: add it to a duo_layer() in cmake/duo_layers.cmake")
+      message(FATAL_ERROR "${dir}/${rel} belongs to no layer: add it to a duo_layer() in cmake/duo_layers.cmake")
     endif()
     list(REMOVE_AT claimed ${first})
     if(rel IN_LIST claimed)
-      message(FATAL_ERROR "src/${rel} is claimed by two layers in cmake/duo_layers.cmake")
+      message(FATAL_ERROR "${dir}/${rel} is claimed by two layers in cmake/duo_layers.cmake")
     endif()
   endforeach()
 endfunction()
+function(duo_layers_check_claims)
+  duo_layers_check_claims_in(src DUO_LAYER_CLAIMED)
+  duo_layers_check_claims_in(include DUO_LAYER_CLAIMED_PUBLIC)
+endfunction()
 
 # The CPU layers, bottom up. DEPS name only the layers directly below; the rest come through them.
-duo_layer(duo_core FILES core/*
+duo_layer(duo_core FILES core/* PUBLIC_HEADERS duo/duo_policy.h duo/host_device.h
           DEPS Threads::Threads fmt::fmt)
 # The model's description and files: GGUF reading, the model's shape, full-size presets.
 # Hugging Face directories: safetensors, the checkpoint's files and config.json (model/hf_config.*).
 duo_layer(duo_io FILES io/gguf.* io/safetensors.* io/hf_checkpoint.* model/config.* model/presets.* model/hf_config.*
           DEPS duo_core nlohmann_json::nlohmann_json)
-duo_layer(duo_sample FILES sample/*
+duo_layer(duo_sample FILES sample/* PUBLIC_HEADERS duo/sampler.h duo/logit_adjust.h
           DEPS duo_core)
 duo_layer(duo_tokenizer FILES tokenizer/* tokenizer/jinja/*
           DEPS duo_io PkgConfig::PCRE2 nlohmann_json::nlohmann_json)
 # KV caches and head plans. Head patterns (io/head_pattern.*) build here: they produce HeadPlans.
-duo_layer(duo_kv FILES kv/* io/head_pattern.*
+duo_layer(duo_kv FILES kv/* io/head_pattern.* PUBLIC_HEADERS duo/kv_type.h duo/head_plan.h
           DEPS duo_io)
 # The device seam (ModelBackend, SequenceState): serving, evaluation and tools go through it.
-duo_layer(duo_seam FILES engine/backend.*
+duo_layer(duo_seam FILES engine/backend.* PUBLIC_HEADERS duo/device.h
           DEPS duo_kv)
 # The CPU backend: forward pass (model/model.*), kernels (backend/cpu), adapter to the seam.
-duo_layer(duo_backend_cpu FILES backend/cpu/* model/model.* model/hf_load.* engine/cpu_backend.*
+duo_layer(duo_backend_cpu FILES backend/cpu/* model/model.* model/hf_load.*
           DEPS duo_seam duo_sample)
 # The public API (include/duo/engine.h: Engine, Session) over either backend.
-duo_layer(duo_engine FILES engine/engine.cpp engine/utf8_stream.*
+duo_layer(duo_engine FILES engine/engine.cpp engine/utf8_stream.* PUBLIC_HEADERS duo/engine.h
           DEPS duo_backend_cpu duo_tokenizer)
-target_include_directories(duo_engine PUBLIC ${CMAKE_SOURCE_DIR}/include)
 duo_layer(duo_eval FILES eval/*
           DEPS duo_engine)
 # The HTTP layer (http_server.cpp) needs cpp-httplib and is compiled into the CLI only.
@@ -155,4 +170,29 @@ function(duo_layering_tests)
   set_tests_properties(layering_upward_include_fails layering_downward_include_builds PROPERTIES
                        RESOURCE_LOCK duo_build_tree TIMEOUT 300)
   add_test(NAME layering_includes_named COMMAND python3 ${dir}/check_includes.py ${CMAKE_SOURCE_DIR})
+
+  # The public API stands alone: one translation unit including every include/duo/*.h, compiled
+  # with include/ as its only include path (no layer roots, no src/, no libraries), builds; so a
+  # public header that includes an internal one fails it. The probe beside it shows that such
+  # an include does fail there: the public engine header plus the seam's internal one.
+  file(GLOB public_headers CONFIGURE_DEPENDS RELATIVE ${CMAKE_SOURCE_DIR}/include ${CMAKE_SOURCE_DIR}/include/duo/*.h)
+  set(tu "// Generated by cmake/duo_layers.cmake (duo_layering_tests): every public header.\n")
+  foreach(h IN LISTS public_headers)
+    string(APPEND tu "#include \"${h}\"\n")
+  endforeach()
+  string(APPEND tu "int duo_public_headers_probe() { return 0; }\n")
+  file(CONFIGURE OUTPUT ${CMAKE_BINARY_DIR}/layering/public_headers.cpp CONTENT "${tu}")
+  add_library(duo_layering_probe_public OBJECT EXCLUDE_FROM_ALL ${CMAKE_BINARY_DIR}/layering/public_headers.cpp)
+  add_library(duo_layering_probe_public_internal OBJECT EXCLUDE_FROM_ALL ${dir}/public_internal_include.cpp)
+  foreach(probe duo_layering_probe_public duo_layering_probe_public_internal)
+    target_include_directories(${probe} PRIVATE ${CMAKE_SOURCE_DIR}/include)
+  endforeach()
+  add_test(NAME layering_public_headers_alone
+           COMMAND ${CMAKE_COMMAND} --build ${CMAKE_BINARY_DIR} --target duo_layering_probe_public)
+  add_test(NAME layering_public_internal_include_fails
+           COMMAND ${CMAKE_COMMAND} --build ${CMAKE_BINARY_DIR} --target duo_layering_probe_public_internal)
+  set_tests_properties(layering_public_internal_include_fails PROPERTIES
+                       PASS_REGULAR_EXPRESSION "engine/backend\\.h: No such file or directory")
+  set_tests_properties(layering_public_headers_alone layering_public_internal_include_fails PROPERTIES
+                       RESOURCE_LOCK duo_build_tree TIMEOUT 300)
 endfunction()

@@ -12,16 +12,20 @@
 #include <string>
 #include <vector>
 
-#include "engine/backend.h"
-#include "kv/head_policy.h"
-#include "sample/sampler.h"
+#include "duo/device.h"
+#include "duo/head_plan.h"
+#include "duo/sampler.h"
 
 namespace duo {
 
+// Internals the API hands out by reference (engine/backend.h, model/model.h, ...: a caller that
+// uses them includes their headers from src/); the public headers name them only.
 class Model;
 class Tokenizer;
 class ThreadPool;
 class KvCache;
+class ModelBackend;
+class SequenceState;
 
 enum class AttentionMode { Full, Streaming, Duo };
 AttentionMode parse_attention_mode(const std::string& s);  // "full" | "streaming" | "duo"
@@ -37,7 +41,7 @@ struct EngineOptions {
   HeadPlan plan;              // head kinds for duo mode (window is taken from `window`)
   std::string pattern_origin = "head pattern";  // where `plan` came from, for error messages
   Device device = Device::Cpu;  // where the forward runs (the CPU model is loaded either way)
-  KvType kv_type = KvType::Default;  // KV cache storage (kv/kv_type.h; Default: f32 CPU, bf16 CUDA)
+  KvType kv_type = KvType::Default;  // KV cache storage (duo/kv_type.h; Default: f32 CPU, bf16 CUDA)
   WeightFormat gpu_weights = WeightFormat::Bf16;  // weight matrices on the CUDA device
   // CPU many-token matmuls (pre-fill chunks, batched decode): 16-bit activations, or 8 (int8
   // activations for Q4_0/Q4_1/Q8_0 weights on AVX-512 VNNI; WeightView::act_bits).

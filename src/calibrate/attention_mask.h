@@ -1,10 +1,10 @@
 // The mask of a calibration attention call, chosen at run time: causal (retrieval heads) or the
 // streaming window (streaming heads). The mask policies the kernels are instantiated with, and
-// the rule itself, are core/duo_policy.h's (CausalMask / StreamingMask over int64_t positions).
+// the rule itself, are duo/duo_policy.h's (CausalMask / StreamingMask over int64_t positions).
 #pragma once
 #include <cstdint>
 
-#include "core/duo_policy.h"
+#include "duo/duo_policy.h"
 
 namespace duo {
 

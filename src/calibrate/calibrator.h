@@ -16,7 +16,7 @@
 #include "calibrate/optimizer.h"
 #include "calibrate/passkey_data.h"
 #include "io/head_pattern.h"
-#include "kv/head_policy.h"
+#include "duo/head_plan.h"
 
 namespace duo {
 

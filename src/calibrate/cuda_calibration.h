@@ -8,7 +8,7 @@
 #include <string>
 
 #include "calibrate/calibrator.h"
-#include "kv/head_policy.h"
+#include "duo/head_plan.h"
 
 namespace duo {
 

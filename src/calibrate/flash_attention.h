@@ -5,7 +5,7 @@
 //
 // Two mask policies, the two attention kinds of DuoAttention: CausalMask (retrieval heads) and
 // StreamingMask (streaming heads: sinks + recent window). They are small policy types
-// (core/duo_policy.h, the one definition of the window) with a per-element test and two block
+// (duo/duo_policy.h, the one definition of the window) with a per-element test and two block
 // tests, so the kernels are written once (and a CUDA twin includes the same policies).
 //
 // Backward schedule (deterministic, no atomics): pass 1 runs one task per (KV head, key block)

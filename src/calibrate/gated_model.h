@@ -20,7 +20,7 @@
 
 #include "calibrate/frozen_weights.h"
 #include "calibrate/grad_ops.h"
-#include "kv/head_policy.h"
+#include "duo/head_plan.h"
 
 namespace duo {
 

@@ -1,7 +1,7 @@
 // The device seam: a per-device model object that runs the forward pass over per-sequence
 // state (that sequence's KV cache on the device). The Engine, the CLI and the benchmarks talk
 // to this interface, so the same code runs on the CPU or on CUDA (`--device cpu|cuda`):
-//  - CPU: wraps Model + KvCache (src/engine/cpu_backend.cpp), exactly the CPU engine;
+//  - CPU: wraps Model + KvCache (src/backend/cpu/cpu_backend.cpp), exactly the CPU engine;
 //  - CUDA: bf16 weights resident on the GPU, cuBLAS GEMMs, the attention kernels of
 //    src/backend/cuda and a GPU KV cache (src/backend/cuda/cuda_backend.cpp), compiled in
 //    when the build has DUO_CUDA=ON (macro DUO_HAVE_CUDA).
@@ -11,7 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "kv/head_policy.h"
+#include "duo/device.h"
+#include "duo/head_plan.h"
 #include "model/config.h"
 
 namespace duo {
@@ -20,18 +21,7 @@ class Model;
 class Sampler;
 class ThreadPool;
 
-enum class Device { Cpu, Cuda };
-Device parse_device(const std::string& s);  // "cpu" | "cuda"
-const char* to_string(Device d);
-// Whether this build has the CUDA backend compiled in.
-bool cuda_compiled();
-
-// How the CUDA backend keeps the weight matrices (--gpu-weights): bf16, or int8 weight-only with
-// an fp32 scale a row (half the bytes; decode GEMVs read int8 directly, pre-fill dequantizes
-// tiles to bf16 for cuBLAS). Norms, biases and the embedding table stay as they are.
-enum class WeightFormat { Bf16, Int8 };
-WeightFormat parse_weight_format(const std::string& s);  // "bf16" | "int8"
-const char* to_string(WeightFormat f);
+// Device and WeightFormat (public API options): duo/device.h.
 
 // One sequence's KV cache on a device, shaped by a HeadPlan.
 class SequenceState {

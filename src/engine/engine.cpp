@@ -2,7 +2,8 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "engine/cpu_backend.h"
+#include "engine/backend.h"
+#include "backend/cpu/cpu_backend.h"
 #include "engine/utf8_stream.h"
 #include "io/gguf.h"
 #include "io/head_pattern.h"

@@ -6,6 +6,7 @@
 #include "backend/cpu/attention.h"
 #include "core/error.h"
 #include "duo/engine.h"
+#include "engine/backend.h"
 #include "eval/needle.h"
 #include "model/model.h"
 #include "tokenizer/chat_template.h"

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "duo/engine.h"
+#include "engine/backend.h"
 #include "engine/utf8_stream.h"
 #include "model/model.h"
 #include "tokenizer/chat_template.h"

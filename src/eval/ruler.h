@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "eval/ruler_tasks.h"
-#include "kv/head_policy.h"
+#include "duo/head_plan.h"
 
 namespace duo {
 

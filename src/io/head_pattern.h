@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "kv/head_policy.h"
+#include "duo/head_plan.h"
 
 namespace duo {
 

@@ -6,7 +6,7 @@
 #pragma once
 #include <cstdint>
 
-#include "kv/head_policy.h"
+#include "duo/head_plan.h"
 #include "model/config.h"
 
 namespace duo {

@@ -1,5 +1,5 @@
 // KV cache of one sequence, per layer and per KV head, following a HeadPlan:
-//  - retrieval heads: a growing cache in pages of kPageTokens positions (core/duo_policy.h);
+//  - retrieval heads: a growing cache in pages of kPageTokens positions (duo/duo_policy.h);
 //  - streaming heads: `sink` first positions plus a ring buffer of the last `recent` ones,
 //    so their memory is constant however long the sequence gets.
 // Rows are stored as the plan's KvType says (kv_type.h): f32 (default), bf16 or f16 rows, or
@@ -12,9 +12,9 @@
 #include <memory>
 #include <vector>
 
-#include "kv/head_policy.h"
+#include "duo/head_plan.h"
 #include "kv/kv_segment.h"
-#include "kv/kv_type.h"
+#include "duo/kv_type.h"
 
 namespace duo {
 

@@ -4,7 +4,7 @@
 #include <cstdint>
 
 #include "kv/kv_segment.h"
-#include "kv/kv_type.h"
+#include "duo/kv_type.h"
 
 namespace duo {
 

@@ -15,7 +15,7 @@
 // terms of the stored scale. Inputs are clamped to the half range +-65504 first.
 //
 // Page layout of one retrieval head (kPageTokens = 256 positions = 4 groups, defined with
-// kGroup, sink16 and QuantLayout in core/duo_policy.h; rb = d * bits / 8
+// kGroup, sink16 and QuantLayout in duo/duo_policy.h; rb = d * bits / 8
 // bytes of codes a position; q4 packs element 2i in the low nibble of byte i, 2i + 1 in the high):
 //   K page: [256][rb] codes (position-major) | [4 groups][d channels] params
 //   V page: [256][rb] codes                  | [256 positions][d / 64 channel groups] params
@@ -28,8 +28,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "core/duo_policy.h"
-#include "core/host_device.h"
+#include "duo/duo_policy.h"
+#include "duo/host_device.h"
 #if defined(__CUDACC__)
 #include <cuda_fp16.h>
 #endif

@@ -4,7 +4,7 @@
 #pragma once
 #include <cstdint>
 
-#include "kv/kv_type.h"
+#include "duo/kv_type.h"
 
 namespace duo {
 

@@ -1,4 +1,4 @@
-#include "kv/kv_type.h"
+#include "duo/kv_type.h"
 
 #include "core/error.h"
 

@@ -1,4 +1,4 @@
-#include "sample/logit_adjust.h"
+#include "duo/logit_adjust.h"
 
 namespace duo {
 

@@ -1,4 +1,4 @@
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 
 #include <algorithm>
 #include <cmath>

@@ -27,7 +27,7 @@
 
 #include "duo/engine.h"
 #include "io/head_pattern.h"
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 #include "serve/json_schema.h"
 #include "tokenizer/chat_template.h"
 

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "duo/engine.h"
+#include "engine/backend.h"
 #include "serve/api_error.h"
 #include "serve/json_schema.h"
 #include "serve/metrics.h"

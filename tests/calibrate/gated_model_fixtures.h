@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "calibrate/calibrator.h"
-#include "kv/head_policy.h"
+#include "duo/head_plan.h"
 #include "model/config.h"
 
 namespace duo::calib_fixtures {

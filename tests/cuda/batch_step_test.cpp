@@ -24,7 +24,7 @@
 #include "engine/backend.h"
 #include "io/head_pattern.h"
 #include "model/model.h"
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 #include "test_support.h"
 #include "tiny_models.h"
 

@@ -14,7 +14,7 @@
 #include "backend/cuda/synthetic.h"
 #include "core/error.h"
 #include "cuda_test_util.h"
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 
 namespace duo::cuda {
 namespace {

@@ -20,7 +20,7 @@
 #include "engine/backend.h"
 #include "model/model.h"
 #include "model/tiny_model_config.h"
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 
 namespace duo {
 namespace {

@@ -5,9 +5,9 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "engine/backend.h"
-#include "engine/cpu_backend.h"
+#include "backend/cpu/cpu_backend.h"
 #include "model/model.h"
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 
 namespace duo {
 namespace {

@@ -15,7 +15,7 @@
 #include "eval/needle.h"
 #include "io/gguf.h"
 #include "model/model.h"
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 #include "test_support.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "duo/engine.h"
+#include "engine/backend.h"
 #include "eval/byte_model.h"
 #include "eval/ruler.h"
 #include "eval/ruler_tasks.h"

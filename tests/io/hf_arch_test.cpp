@@ -11,7 +11,7 @@
 #include "duo/engine.h"
 #include "io/hf_fixture.h"
 #include "model/model.h"
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 #include "tokenizer/tokenizer.h"
 
 namespace duo {

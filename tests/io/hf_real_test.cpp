@@ -9,7 +9,7 @@
 
 #include "duo/engine.h"
 #include "io/hf_fixture.h"
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 #include "tokenizer/hf_tokenizer.h"
 
 namespace duo {

@@ -16,7 +16,7 @@
 #include "core/thread_pool.h"
 #include "model/model.h"
 #include "model/tiny_model_config.h"
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 #include "test_support.h"
 
 namespace duo {

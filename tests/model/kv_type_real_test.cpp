@@ -15,7 +15,7 @@
 #include "core/thread_pool.h"
 #include "io/head_pattern.h"
 #include "model/model.h"
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 #include "test_support.h"
 
 namespace duo {

@@ -12,7 +12,7 @@
 #include "backend/simd_levels.h"
 #include "core/thread_pool.h"
 #include "model/model.h"
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 #include "test_support.h"
 
 namespace duo {

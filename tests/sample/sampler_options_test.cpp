@@ -14,9 +14,9 @@
 #include <random>
 #include <vector>
 
-#include "sample/logit_adjust.h"
+#include "duo/logit_adjust.h"
 #include "sample/logprobs.h"
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 
 namespace duo {
 namespace {

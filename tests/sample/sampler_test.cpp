@@ -12,7 +12,7 @@
 #include <random>
 #include <vector>
 
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 
 namespace duo {
 namespace {

@@ -19,14 +19,14 @@
 #include <sstream>
 
 #include "commands.h"
-#include "core/duo_policy.h"
+#include "duo/duo_policy.h"
 #include "core/error.h"
 #include "engine/backend.h"
 #include "io/head_pattern.h"
 #include "kv/attention_cost.h"
 #include "model/model.h"
 #include "model/presets.h"
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 
 namespace duo::cli {
 

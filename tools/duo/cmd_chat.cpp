@@ -9,6 +9,7 @@
 
 #include "cli_errors.h"
 #include "commands.h"
+#include "engine/backend.h"
 #include "line_reader.h"
 #include "model/model.h"
 #include "progress.h"

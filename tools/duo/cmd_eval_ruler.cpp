@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "commands.h"
+#include "engine/backend.h"
 #include "core/error.h"
 #include "eval/ruler.h"
 #include "io/head_pattern.h"

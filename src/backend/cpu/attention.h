@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "kv/head_policy.h"
+#include "duo/head_plan.h"
 #include "kv/kv_cache.h"
 
 namespace duo {

@@ -180,7 +180,7 @@ void attend(const KeyBlock* blocks, size_t n_blocks, int rows, const float* cons
       // Row position relative to the block start (padding rows: never visible), and that minus
       // the recent window: key jj is visible to a row when jj <= rel, and for a streaming head
       // also when it is a sink or jj > rel - recent. (StreamingWindow::keeps_at of
-      // core/duo_policy.h with base = b.pos0, sixteen rows at a time.)
+      // duo/duo_policy.h with base = b.pos0, sixteen rows at a time.)
       alignas(64) int32_t rel[W], rel_recent[W];
       for (int r = 0; r < W; ++r) {
         const int64_t x = r < rows ? pos[r] - b.pos0 : INT_MIN / 2;

@@ -4,7 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "kv/head_policy.h"
+#include "duo/head_plan.h"
 #include "kv/kv_segment.h"
 
 namespace duo::attn {

@@ -37,14 +37,14 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "core/duo_policy.h"
-#include "kv/kv_type.h"
+#include "duo/duo_policy.h"
+#include "duo/kv_type.h"
 
 namespace duo::cuda {
 
 using bf16 = __nv_bfloat16;
 
-// kPageTokens, the streaming window's rules and the quantized page layout: core/duo_policy.h.
+// kPageTokens, the streaming window's rules and the quantized page layout: duo/duo_policy.h.
 
 enum class HeadMode : int { AllRetrieval = 0, AllStreaming = 1, Mixed = 2 };
 

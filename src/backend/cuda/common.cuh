@@ -97,6 +97,6 @@ __device__ __forceinline__ bool cache_rows(const LayerKv& c, int h, int pos, int
   return true;
 }
 
-// The mask policies (CausalMask<int>, StreamingMask<int>) are core/duo_policy.h's.
+// The mask policies (CausalMask<int>, StreamingMask<int>) are duo/duo_policy.h's.
 
 }  // namespace duo::cuda::detail

@@ -9,7 +9,7 @@
 #include "backend/cuda/device_memory.h"
 #include "core/error.h"
 #include "model/model.h"
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 
 namespace duo::cuda {
 

@@ -21,7 +21,7 @@
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/device_memory.h"
 #include "backend/cuda/page_pool.h"
-#include "kv/head_policy.h"
+#include "duo/head_plan.h"
 #include "model/config.h"
 
 namespace duo::cuda {

@@ -18,7 +18,7 @@
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/gpu_kv_cache.h"
 #include "backend/cuda/gpu_weights.h"
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 
 namespace duo::cuda {
 

@@ -1,5 +1,5 @@
 // The non-attention CUDA kernels of the model forward, as host-callable launchers. Each has a
-// plain CPU twin (src/backend/cpu/ops.h, sample/sampler.h, core/dequant.h) that
+// plain CPU twin (src/backend/cpu/ops.h, duo/sampler.h, core/dequant.h) that
 // tests/cuda/ops_test.cpp checks it against.
 //
 // Precision: the residual stream and every GEMM output are fp32; what feeds a GEMM or the

@@ -4,7 +4,7 @@
 #pragma once
 #include <cstdint>
 
-#include "core/host_device.h"
+#include "duo/host_device.h"
 
 namespace duo::cuda {
 

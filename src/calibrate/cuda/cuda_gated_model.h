@@ -38,7 +38,7 @@
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/gpu_weights.h"
 #include "calibrate/loss.h"
-#include "kv/head_policy.h"
+#include "duo/head_plan.h"
 
 namespace duo {
 class Model;

@@ -10,7 +10,7 @@
 #include <random>
 #include <vector>
 
-#include "sample/logit_adjust.h"
+#include "duo/logit_adjust.h"
 
 namespace duo {
 

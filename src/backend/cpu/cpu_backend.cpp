@@ -1,4 +1,4 @@
-#include "engine/cpu_backend.h"
+#include "backend/cpu/cpu_backend.h"
 
 #include <fmt/core.h>
 
@@ -8,7 +8,7 @@
 #include "core/thread_pool.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
-#include "sample/sampler.h"
+#include "duo/sampler.h"
 
 namespace duo {
 

@@ -5,12 +5,12 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/duo_policy.h"
-#include "kv/kv_type.h"
+#include "duo/duo_policy.h"
+#include "duo/kv_type.h"
 
 namespace duo {
 
-// HeadKind and StreamingWindow (the rule itself) are core/duo_policy.h's.
+// HeadKind and StreamingWindow (the rule itself) are duo/duo_policy.h's.
 
 struct HeadPlan {
   StreamingWindow window;

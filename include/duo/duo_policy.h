@@ -15,7 +15,7 @@
 #pragma once
 #include <cstdint>
 
-#include "core/host_device.h"
+#include "duo/host_device.h"
 
 namespace duo {
 
