@@ -6,6 +6,8 @@
 #include <random>
 #include <set>
 
+#include <fmt/format.h>
+
 #include "core/error.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
@@ -183,7 +185,10 @@ RulerPrompt build_niah(const Tokenizer& tok, const ChatTemplate* tmpl, const std
       if (uuid_keys) return ruler_uuid(rng);
       // Two words give ~1000 keys; a needles haystack of long prompts needs more: a third word.
       std::string k = ruler_word_key(rng);
-      if (keys.seen.size() > 600) k += "-" + ruler_word_key(rng);
+      if (keys.seen.size() > 600) {
+        k += '-';
+        k += ruler_word_key(rng);
+      }
       return k;
     });
   };
@@ -269,6 +274,11 @@ RulerPrompt build_vt(const Tokenizer& tok, const ChatTemplate* tmpl, int64_t len
 }
 
 // A list of word pieces that fills `budget` tokens exactly (newline tokens pad the end).
+// One entry of a word list: " word", or " 12. word" when numbered.
+std::string list_entry(bool numbered, int64_t n, const std::string& word) {
+  return numbered ? fmt::format(" {}. {}", n, word) : " " + word;
+}
+
 RulerPrompt fill_list(const Frame& f, const Tokenizer& tok, const std::vector<std::string>& words, bool numbered,
                       int64_t budget, int64_t* overflow) {
   RulerPrompt p;
@@ -276,8 +286,7 @@ RulerPrompt fill_list(const Frame& f, const Tokenizer& tok, const std::vector<st
   p.body_begin = (int64_t)p.tokens.size();
   int64_t used = 0;
   for (size_t i = 0; i < words.size(); ++i) {
-    const Ids ids =
-        tok.encode((numbered ? " " + std::to_string(i + 1) + ". " : std::string(" ")) + words[i], false, false);
+    const Ids ids = tok.encode(list_entry(numbered, (int64_t)i + 1, words[i]), false, false);
     used += (int64_t)ids.size();
     append(p.tokens, ids);
     ++p.word_counts[words[i]];
@@ -296,9 +305,7 @@ RulerPrompt fill_list(const Frame& f, const Tokenizer& tok, const std::vector<st
 double tokens_per_entry(const Tokenizer& tok, const std::vector<std::string>& words, bool numbered, int64_t from) {
   int64_t t = 0;
   for (size_t i = 0; i < words.size(); ++i)
-    t += (int64_t)tok.encode((numbered ? " " + std::to_string(from + (int64_t)i) + ". " : std::string(" ")) + words[i],
-                             false, false)
-             .size();
+    t += (int64_t)tok.encode(list_entry(numbered, from + (int64_t)i, words[i]), false, false).size();
   return (double)t / (double)words.size();
 }
 
