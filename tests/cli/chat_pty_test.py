@@ -30,6 +30,10 @@ if not os.path.exists(model):
     print(f"model not fetched: {model}")
     sys.exit(77)
 
+# Waits for the model's output are multiplied by this: a sanitized build (DUO_SANITIZE, where
+# CMake sets it) runs the model about ten times slower: it is 4 there, 1 otherwise.
+TIME_SCALE = float(os.environ.get("DUO_TEST_TIME_SCALE", "1"))
+
 UP, LEFT, CTRL_C, CTRL_D = b"\x1b[A", b"\x1b[D", b"\x03", b"\x04"
 
 
@@ -54,7 +58,7 @@ class Pty:
         return bool(data)
 
     def expect(self, pattern, timeout=60, what=""):
-        end = time.time() + timeout
+        end = time.time() + timeout * TIME_SCALE
         while True:
             i = self.buf.find(pattern, self.mark)
             if i >= 0:
@@ -86,7 +90,7 @@ class Pty:
         A Ctrl-D typed ahead, while the terminal is still in line mode between two prompts, is
         consumed by the line discipline as it would be for a person: Ctrl-D is sent after a
         pause and again every 2 s (at most 5 times)."""
-        end = time.time() + 20
+        end = time.time() + 20 * TIME_SCALE
         next_send, sends = time.time() + 0.5, 0
         while time.time() < end:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -209,7 +213,7 @@ line = g.expect(b"left")
 if not re.match(r"\d+/\d+ tokens \(\d+%\) \| [\d.]+ tok/s \| ~", line):
     g.fail(f"bad progress line {line!r}")
 g.expect(b"prompt tokens:", what="(statistics)")
-piped = subprocess.run([DUO, *gen], capture_output=True, text=True, timeout=120)
+piped = subprocess.run([DUO, *gen], capture_output=True, text=True, timeout=120 * TIME_SCALE)
 if piped.returncode != 0 or "pre-fill" in piped.stderr or "\r" in piped.stderr:
     sys.exit(f"FAIL: progress shown in a pipe:\n{piped.stderr[-2000:]}")
 print("chat pty tests passed")

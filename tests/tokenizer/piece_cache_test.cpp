@@ -3,6 +3,7 @@
 // are still cached (and encode the same with and without the cache).
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <string>
 
 #include "io/gguf.h"
@@ -31,7 +32,8 @@ TEST(TokenizerPieceCache, BoundedInBytes) {
   // 32 MiB bound.
   for (int k = 0; k < 10; ++k) {
     std::string many;
-    for (int i = 0; i < 150000; ++i) many += " w" + std::to_string((k * 150000 + i) * 7919);
+    // 64-bit: the products pass INT_MAX (signed overflow, UB; found by UBSan).
+    for (int i = 0; i < 150000; ++i) many += " w" + std::to_string(int64_t(k * 150000 + i) * 7919);
     tok->encode(many, false, false);
     ASSERT_LE(tok->piece_cache_bytes(), size_t(32) << 20) << "after prompt " << k;
   }
