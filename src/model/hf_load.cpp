@@ -66,7 +66,7 @@ std::unique_ptr<Model> Model::load_hf(const std::string& dir) {
   const ModelConfig& c = m->cfg_;
   ModelWeights& w = m->w_;
   size_t& total = w.bytes;
-  const int64_t E = c.n_embd, D = c.head_dim, Q = (int64_t)c.n_heads * D, KV = (int64_t)c.n_kv_heads * D;
+  const int64_t E = c.n_embd;
 
   w.tok_embd = hf_weight(ck, "model.embed_tokens.weight", E, c.n_vocab, total);
   if (c.tied_embeddings) {
@@ -78,30 +78,15 @@ std::unique_ptr<Model> Model::load_hf(const std::string& dir) {
     w.output = hf_weight(ck, "lm_head.weight", E, c.n_vocab, total);
   }
   w.output_norm = hf_vector(ck, "model.norm.weight", E, total);
-  w.layers.resize(c.n_layers);
-  for (int l = 0; l < c.n_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    LayerWeights& L = w.layers[l];
-    L.attn_norm = hf_vector(ck, p + "input_layernorm.weight", E, total);
-    L.ffn_norm = hf_vector(ck, p + "post_attention_layernorm.weight", E, total);
-    // Q and K rows as stored (rotate-half order): the config's RopeStyle::Neox matches them.
-    L.wq = hf_weight(ck, p + "self_attn.q_proj.weight", E, Q, total);
-    L.wk = hf_weight(ck, p + "self_attn.k_proj.weight", E, KV, total);
-    L.wv = hf_weight(ck, p + "self_attn.v_proj.weight", E, KV, total);
-    L.wo = hf_weight(ck, p + "self_attn.o_proj.weight", Q, E, total);
-    L.w_gate = hf_weight(ck, p + "mlp.gate_proj.weight", E, c.n_ff, total);
-    L.w_up = hf_weight(ck, p + "mlp.up_proj.weight", E, c.n_ff, total);
-    L.w_down = hf_weight(ck, p + "mlp.down_proj.weight", c.n_ff, E, total);
-    if (c.qkv_bias) {
-      L.bq = hf_vector(ck, p + "self_attn.q_proj.bias", Q, total);
-      L.bk = hf_vector(ck, p + "self_attn.k_proj.bias", KV, total);
-      L.bv = hf_vector(ck, p + "self_attn.v_proj.bias", KV, total);
-    }
-    if (c.qk_norm) {
-      L.q_norm = hf_vector(ck, p + "self_attn.q_norm.weight", D, total);
-      L.k_norm = hf_vector(ck, p + "self_attn.k_norm.weight", D, total);
-    }
-  }
+  // Q and K rows as stored (rotate-half order): the config's RopeStyle::Neox matches them.
+  assemble_layers(
+      w, c,
+      {"model.layers.", "input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
+       "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight", "mlp.gate_proj.weight",
+       "mlp.up_proj.weight", "mlp.down_proj.weight", "self_attn.q_proj.bias", "self_attn.k_proj.bias",
+       "self_attn.v_proj.bias", "self_attn.q_norm.weight", "self_attn.k_norm.weight"},
+      [&](const std::string& name, int64_t cols, int64_t rows) { return hf_weight(ck, name, cols, rows, total); },
+      [&](const std::string& name, int64_t n) { return hf_vector(ck, name, n, total); });
   m->init_rope(rope_factors.empty() ? nullptr : &rope_factors);
   return m;
 }

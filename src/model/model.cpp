@@ -145,34 +145,18 @@ std::unique_ptr<Model> Model::load(const std::string& path) {
   const ModelConfig& c = m->cfg_;
   ModelWeights& w = m->w_;
   size_t& total = w.bytes;
-  const int64_t E = c.n_embd, D = c.head_dim, Q = (int64_t)c.n_heads * D, KV = (int64_t)c.n_kv_heads * D;
+  const int64_t E = c.n_embd, D = c.head_dim;
 
   w.tok_embd = weight(f, "token_embd.weight", E, c.n_vocab, total);
   w.output = c.tied_embeddings ? w.tok_embd : weight(f, "output.weight", E, c.n_vocab, total);
   w.output_norm = vector_f32(f, "output_norm.weight", E, total);
-  w.layers.resize(c.n_layers);
-  for (int l = 0; l < c.n_layers; ++l) {
-    const std::string p = "blk." + std::to_string(l) + ".";
-    LayerWeights& L = w.layers[l];
-    L.attn_norm = vector_f32(f, p + "attn_norm.weight", E, total);
-    L.ffn_norm = vector_f32(f, p + "ffn_norm.weight", E, total);
-    L.wq = weight(f, p + "attn_q.weight", E, Q, total);
-    L.wk = weight(f, p + "attn_k.weight", E, KV, total);
-    L.wv = weight(f, p + "attn_v.weight", E, KV, total);
-    L.wo = weight(f, p + "attn_output.weight", Q, E, total);
-    L.w_gate = weight(f, p + "ffn_gate.weight", E, c.n_ff, total);
-    L.w_up = weight(f, p + "ffn_up.weight", E, c.n_ff, total);
-    L.w_down = weight(f, p + "ffn_down.weight", c.n_ff, E, total);
-    if (c.qkv_bias) {
-      L.bq = vector_f32(f, p + "attn_q.bias", Q, total);
-      L.bk = vector_f32(f, p + "attn_k.bias", KV, total);
-      L.bv = vector_f32(f, p + "attn_v.bias", KV, total);
-    }
-    if (c.qk_norm) {
-      L.q_norm = vector_f32(f, p + "attn_q_norm.weight", D, total);
-      L.k_norm = vector_f32(f, p + "attn_k_norm.weight", D, total);
-    }
-  }
+  assemble_layers(
+      w, c,
+      {"blk.", "attn_norm.weight", "ffn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
+       "attn_output.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight", "attn_q.bias", "attn_k.bias",
+       "attn_v.bias", "attn_q_norm.weight", "attn_k_norm.weight"},
+      [&](const std::string& name, int64_t cols, int64_t rows) { return weight(f, name, cols, rows, total); },
+      [&](const std::string& name, int64_t n) { return vector_f32(f, name, n, total); });
 
   // Llama-3.1-style per-frequency factors, when the file carries them.
   if (const GgufTensorInfo* rf = f.find_tensor("rope_freqs.weight")) {

@@ -48,6 +48,42 @@ struct ModelWeights {
   size_t bytes = 0;  // total bytes of the weight tensors as stored
 };
 
+// Where a file format keeps one layer's tensors: each name follows the layer's prefix ("blk.3.",
+// "model.layers.3."). assemble_layers reads them the same way for every format.
+struct LayerTensorNames {
+  const char *prefix, *attn_norm, *ffn_norm, *wq, *wk, *wv, *wo, *gate, *up, *down, *bq, *bk, *bv, *q_norm, *k_norm;
+};
+
+// Fills w.layers from `weight(name, cols, rows)` (a matrix) and `vector(name, n)` (a vector),
+// the shapes from the config; biases and q/k norms only where the config has them.
+template <class Weight, class Vector>
+void assemble_layers(ModelWeights& w, const ModelConfig& c, const LayerTensorNames& n, Weight weight, Vector vector) {
+  const int64_t E = c.n_embd, D = c.head_dim, Q = (int64_t)c.n_heads * D, KV = (int64_t)c.n_kv_heads * D;
+  w.layers.resize(c.n_layers);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string p = n.prefix + std::to_string(l) + ".";
+    LayerWeights& L = w.layers[l];
+    L.attn_norm = vector(p + n.attn_norm, E);
+    L.ffn_norm = vector(p + n.ffn_norm, E);
+    L.wq = weight(p + n.wq, E, Q);
+    L.wk = weight(p + n.wk, E, KV);
+    L.wv = weight(p + n.wv, E, KV);
+    L.wo = weight(p + n.wo, Q, E);
+    L.w_gate = weight(p + n.gate, E, c.n_ff);
+    L.w_up = weight(p + n.up, E, c.n_ff);
+    L.w_down = weight(p + n.down, c.n_ff, E);
+    if (c.qkv_bias) {
+      L.bq = vector(p + n.bq, Q);
+      L.bk = vector(p + n.bk, KV);
+      L.bv = vector(p + n.bv, KV);
+    }
+    if (c.qk_norm) {
+      L.q_norm = vector(p + n.q_norm, D);
+      L.k_norm = vector(p + n.k_norm, D);
+    }
+  }
+}
+
 class Model {
  public:
   // Opens and validates a GGUF model file, or a Hugging Face model directory (config.json and
