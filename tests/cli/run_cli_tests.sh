@@ -87,20 +87,24 @@ PY
 
 refused "eval ruler --tasks bogus" "unknown RULER task 'bogus'" eval ruler -m "$model" --tasks bogus
 refused "eval ruler duo without pattern" "duo modes need --pattern" eval ruler -m "$model" --modes full,duo25
-"$duo" eval ruler -m "$model" -t 2 --tasks niah_single_1 --lengths 200 --samples 1 --modes full,duo50 --sink 16 --recent 32 \
+refused "eval ruler full with a pattern" "only duo modes take a pattern" eval ruler -m "$model" --modes full@x.tsv
+refused "eval ruler bad KV suffix" "q5" eval ruler -m "$model" --modes duo50+q5 --pattern x.tsv
+# A mode with its own pattern file and KV type (duoNN@FILE+KV) beside the --pattern ones.
+"$duo" eval ruler -m "$model" -t 2 --tasks niah_single_1 --lengths 200 --samples 1 \
+  --modes "full,duo50,duo50@$root/patterns/SmolLM2-135M-Instruct/cpu_48steps.tsv+q8" --sink 16 --recent 32 \
   --pattern "$root/patterns/SmolLM2-135M-Instruct/cpu_48steps.tsv" -o "$tmp/ruler" > "$tmp/ruler.txt" 2>&1 ||
   { cat "$tmp/ruler.txt"; fail "eval ruler failed"; }
 grep -q "^ruler dev full: average" "$tmp/ruler.txt" && grep -q "^ruler dev duo50: average" "$tmp/ruler.txt" ||
   { cat "$tmp/ruler.txt"; fail "eval ruler: no summary line per mode"; }
-[ "$(wc -l < "$tmp/ruler.csv")" -eq 3 ] && grep -q "<svg" "$tmp/ruler.svg" || fail "eval ruler: bad CSV or SVG"
+[ "$(wc -l < "$tmp/ruler.csv")" -eq 4 ] && grep -q "<svg" "$tmp/ruler.svg" || fail "eval ruler: bad CSV or SVG"
 python3 - "$tmp/ruler.json" <<'PY' || fail "eval ruler: bad JSON result"
 import json, sys
 r = json.load(open(sys.argv[1]))
-full, duo = r["samples"]
-assert (full["mode"], duo["mode"]) == ("full", "duo50"), r["samples"]
-assert full["expected"] == duo["expected"] and full["prompt_tokens"] == 200
-assert duo["kv_bytes"] < full["kv_bytes"], (duo["kv_bytes"], full["kv_bytes"])
-for m in ("full", "duo50"):
+full, duo, duo_q8 = r["samples"]
+assert (full["mode"], duo["mode"], duo_q8["mode"]) == ("full", "duo50", "duo50@cpu_48steps+q8"), r["samples"]
+assert full["expected"] == duo["expected"] == duo_q8["expected"] and full["prompt_tokens"] == 200
+assert duo_q8["kv_bytes"] < duo["kv_bytes"] < full["kv_bytes"], (duo_q8["kv_bytes"], duo["kv_bytes"], full["kv_bytes"])
+for m in ("full", "duo50", "duo50@cpu_48steps+q8"):
     s = [x for x in r["samples"] if x["mode"] == m][0]
     assert r["summary"][m]["average"] == 100.0 * s["score"], r["summary"]
 PY

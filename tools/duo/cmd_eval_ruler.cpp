@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "commands.h"
+#include "duo/kv_type.h"
 #include "engine/backend.h"
 #include "core/error.h"
 #include "eval/ruler.h"
@@ -52,13 +53,41 @@ double duo_ratio_of(const std::string& mode) {
   return pct / 100.0;
 }
 
+// A mode as written on the command line: BASE[@PATTERN.tsv][+KV], e.g. duo25@random.tsv+q4.
+// Its report name is the same with the pattern's file stem in place of the path.
+struct ModeSpec {
+  std::string base, pattern, kv, name;
+};
+ModeSpec parse_mode(const std::string& s, const std::string& default_pattern) {
+  ModeSpec m;
+  std::string rest = s;
+  if (const auto plus = rest.rfind('+'); plus != std::string::npos && rest.find('/', plus) == std::string::npos) {
+    m.kv = rest.substr(plus + 1);
+    rest = rest.substr(0, plus);
+  }
+  if (const auto at = rest.find('@'); at != std::string::npos) {
+    m.pattern = rest.substr(at + 1);
+    rest = rest.substr(0, at);
+    DUO_CHECK(!m.pattern.empty(), "mode '{}': no pattern file after '@'", s);
+    DUO_CHECK(rest != "full" && rest != "streaming", "mode '{}': only duo modes take a pattern", s);
+  }
+  m.base = rest;
+  m.name = rest;
+  if (!m.pattern.empty()) m.name += "@" + std::filesystem::path(m.pattern).stem().string();
+  if (m.pattern.empty()) m.pattern = default_pattern;
+  if (!m.kv.empty()) m.name += "+" + m.kv;
+  return m;
+}
+
 // Head plans of the modes, for sequences of the one engine (duo plans in its slot order).
 std::vector<RulerMode> make_modes(Engine& engine, const ModelOptions& mo, const std::vector<std::string>& names) {
   const ModelConfig& c = engine.model().config();
   const StreamingWindow w{mo.sink, mo.recent};
   std::vector<RulerMode> modes;
-  for (const auto& n : names) {
-    RulerMode m{n, {}};
+  for (const auto& spec : names) {
+    const ModeSpec ms = parse_mode(spec, mo.pattern);
+    const std::string& n = ms.base;
+    RulerMode m{ms.name, {}};
     if (n == "full") {
       m.plan = HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Retrieval, w);
     } else if (n == "streaming") {
@@ -66,13 +95,16 @@ std::vector<RulerMode> make_modes(Engine& engine, const ModelOptions& mo, const 
     } else {
       const double r = duo_ratio_of(n);
       if (r == -2.0) {
+        DUO_CHECK(ms.pattern == mo.pattern, "mode '{}': 'duo' is the --retrieval-ratio plan of --pattern; give "
+                  "a ratio (duoNN@FILE) to use another pattern", spec);
         m.plan = engine.plan();  // as --retrieval-ratio / --threshold built it
       } else {
-        const GateMatrix g = load_gates_tsv(mo.pattern);
-        m.plan = engine.to_slot_order(make_head_plan(binarize_ratio(g, r), c.n_layers, c.n_kv_heads, w, mo.pattern));
+        DUO_CHECK(!ms.pattern.empty(), "mode '{}' needs a pattern (--pattern or {}@FILE)", spec, n);
+        const GateMatrix g = load_gates_tsv(ms.pattern);
+        m.plan = engine.to_slot_order(make_head_plan(binarize_ratio(g, r), c.n_layers, c.n_kv_heads, w, ms.pattern));
       }
     }
-    m.plan.kv_type = engine.options().kv_type;
+    m.plan.kv_type = ms.kv.empty() ? engine.options().kv_type : parse_kv_type(ms.kv);
     modes.push_back(std::move(m));
   }
   return modes;
@@ -96,8 +128,9 @@ void add_ruler_eval(CLI::App& eval) {
   add_model_options(*cmd, o->model);
   cmd->add_option("--modes", o->modes,
                   "comma-separated attention modes run on the one loaded model: full, streaming, duo (the "
-                  "--retrieval-ratio/--threshold plan) or duoNN (NN% retrieval heads of --pattern); default: "
-                  "--attention");
+                  "--retrieval-ratio/--threshold plan) or duoNN (NN% retrieval heads of --pattern); duoNN@FILE "
+                  "takes the pattern FILE instead, and a suffix +q8 / +q4 / +bf16 the KV cache type (e.g. "
+                  "duo50@random.tsv+q4); default: --attention");
   cmd->add_option("--tasks", o->tasks, "comma-separated tasks, or 'all'");
   cmd->add_option("--lengths", o->lengths, "comma-separated prompt lengths (tokens)");
   cmd->add_option("--samples", o->samples, "samples a task and length")->check(CLI::Range(1, 100000));
@@ -127,9 +160,12 @@ void add_ruler_eval(CLI::App& eval) {
     const std::vector<std::string> names = o->modes.empty() ? std::vector<std::string>{o->model.attention} : split(o->modes);
     bool any_duo = false;
     for (const auto& n : names) {
-      if (n != "full" && n != "streaming") duo_ratio_of(n), any_duo = true;
+      const ModeSpec ms = parse_mode(n, o->model.pattern);
+      if (ms.base != "full" && ms.base != "streaming") duo_ratio_of(ms.base), any_duo = true;
+      if (!ms.kv.empty()) parse_kv_type(ms.kv);
     }
-    DUO_CHECK(!any_duo || !o->model.pattern.empty(), "duo modes need --pattern FILE (a gate matrix TSV)");
+    DUO_CHECK(!any_duo || !o->model.pattern.empty(),
+              "duo modes need --pattern FILE (a gate matrix TSV; it also orders the heads of every mode)");
     // The engine is built for duo when any mode is (its weights go into the pattern's head
     // order, which the other plans follow); full and streaming plans are order-free.
     ModelOptions mo = o->model;
