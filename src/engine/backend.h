@@ -149,6 +149,9 @@ class ModelBackend {
   virtual void release_scratch() {}
   // Whether decode steps replay captured graphs.
   virtual bool decode_graphs() const { return false; }
+  // Device memory bandwidth of a plain copy measured now: bytes read plus bytes written per
+  // second, in GB/s (the ceiling a memory-bound kernel is compared with); 0 where not measured.
+  virtual double copy_gbs() { return 0.0; }
 };
 
 // The CPU engine (the model and the pool must outlive the backend).

@@ -48,7 +48,11 @@ void add_cuda_bench_options(CLI::App& cmd, CudaBenchOptions& o) {
   cmd.add_flag("--find-max-context", o.find_max_context,
                "with --device cuda: for each of --modes x --kv-types, the longest context that fits the device "
                "(searched with exact byte formulas, verified by allocating it) and decode ms/token there");
-  cmd.add_option("--kv-types", o.kv_types, "with --find-max-context: KV cache types to try (bf16, q8, q4)");
+  cmd.add_option("--kv-types", o.kv_types,
+                 "with --find-max-context, --batch-context or --each-kv-type: KV cache types to try (bf16, q8, q4)");
+  cmd.add_flag("--each-kv-type", o.each_kv_type,
+               "with --device cuda: the pre-fill and decode tables run every mode with each of --kv-types (decode "
+               "attention GB/s of each type beside the copy bandwidth)");
   cmd.add_option("--context-cap", o.context_cap, "with --find-max-context: the longest context tried")
       ->check(CLI::PositiveNumber);
   cmd.add_option("--batch-context", o.batch_context,
@@ -451,6 +455,17 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
   const GateMatrix gates = load_gates(mo, preset, c, bo.seed, gate_origin);
   std::vector<Mode> modes = make_modes(bo.modes, c, window, &gates);
   for (Mode& m : modes) m.plan.kv_type = parse_kv_type(mo.kv_type);  // --kv-type (default: bf16)
+  if (bo.each_kv_type) {  // each mode with each type, bf16 first (so full bf16 is the baseline)
+    std::vector<Mode> typed;
+    std::stringstream ts(bo.kv_types);
+    for (std::string t; std::getline(ts, t, ',');)
+      for (Mode m : modes) {
+        m.plan.kv_type = backend->kv_type(parse_kv_type(t));
+        if (m.plan.kv_type != KvType::BF16) m.name += "+" + std::string(to_string(m.plan.kv_type));
+        typed.push_back(m);
+      }
+    modes = std::move(typed);
+  }
 
   const DeviceFacts dev = backend->device_facts();
   json doc;
@@ -474,9 +489,13 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
   doc["options"] = {{"chunk", bo.chunk},          {"sink", window.sink},   {"recent", window.recent},
                     {"decode_steps", bo.decode_steps}, {"gates", gate_origin}, {"seed", bo.seed},
                     {"kv_type", mo.kv_type},           {"gpu_weights", mo.gpu_weights}};
+  const double copy_gbs = backend->copy_gbs();
+  doc["machine"]["copy_gbs"] = copy_gbs;
   if (!as_json) {
-    fmt::print("machine: {} ({} SMs, cc {}.{}, {:.1f} GiB), driver {}, runtime {}\n", dev.name, dev.sm_count,
-               dev.cc_major, dev.cc_minor, dev.total_memory / kGiB, dev.driver_version, dev.runtime_version);
+    fmt::print("machine: {} ({} SMs, cc {}.{}, {:.1f} GiB), driver {}, runtime {}; device copy {:.0f} GB/s (read + "
+               "write)\n",
+               dev.name, dev.sm_count, dev.cc_major, dev.cc_minor, dev.total_memory / kGiB, dev.driver_version,
+               dev.runtime_version, copy_gbs);
     fmt::print("model: {} | {} layers, {} / {} heads, d {}, ff {}, vocab {} | weights {:.2f} GiB {} (ready in {:.1f} s)\n",
                c.name, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.n_ff, c.n_vocab,
                backend->weight_bytes() / kGiB, to_string(backend->weight_format()), load_s);
@@ -564,8 +583,8 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
   HeadPlan full_plan = HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Retrieval, window);
   full_plan.kv_type = parse_kv_type(mo.kv_type);
   if (!as_json && !decode.empty())
-    fmt::print("\n{:<10} {:>8} {:>10} {:>10} {:>11} {:>8} {:>9} {:>9} {:>10}\n", "decode", "context", "ms/token",
-               "attn us", "attn GB/s", "KV GiB", "peak GiB", "vs full", "KV vs full");
+    fmt::print("\n{:<10} {:>8} {:>10} {:>10} {:>11} {:>8} {:>8} {:>9} {:>9} {:>10}\n", "decode", "context",
+               "ms/token", "attn us", "attn GB/s", "of copy", "KV GiB", "peak GiB", "vs full", "KV vs full");
   // Full attention whose KV cache does not fit at a context (Llama-2-7B at 128K: 64 GiB of KV
   // next to 12.6 GiB of weights) is measured at the longest context that does fit, and said so:
   // decode time grows with the context, so duo / full at the asked context computed from it is
@@ -630,6 +649,8 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
       row["ms_per_token"] = ms;
       row["attn_us"] = attn_us;
       row["attn_gbs"] = gbs;
+      row["kv_type"] = to_string(m.plan.kv_type);
+      if (copy_gbs > 0) row["attn_gbs_of_copy"] = gbs / copy_gbs;
       row["kv_bytes"] = s->kv_bytes();
       row["peak_bytes"] = backend->device_memory().peak_bytes;
       row["decode_graph"] = backend->decode_graphs();
@@ -648,9 +669,9 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
         vs = fmt::format("{}{:.2f}x", lower ? ">=" : "", full_decode_ms[C] / ms);
       }
       if (!as_json)
-        fmt::print("{:<10} {:>8} {:>10.3f} {:>10.1f} {:>11.1f} {:>8.2f} {:>9.2f} {:>9} {:>9.2f}x{}\n", m.name, C, ms,
-                   attn_us, gbs, s->kv_bytes() / kGiB, backend->device_memory().peak_bytes / kGiB, vs,
-                   row["kv_reduction_vs_full"].get<double>(),
+        fmt::print("{:<10} {:>8} {:>10.3f} {:>10.1f} {:>11.1f} {:>7.0f}% {:>8.2f} {:>9.2f} {:>9} {:>9.2f}x{}\n", m.name,
+                   C, ms, attn_us, gbs, copy_gbs > 0 ? 100.0 * gbs / copy_gbs : 0.0, s->kv_bytes() / kGiB,
+                   backend->device_memory().peak_bytes / kGiB, vs, row["kv_reduction_vs_full"].get<double>(),
                    run_ctx != C ? fmt::format("  (measured at {})", run_ctx) : std::string());
       std::fflush(stdout);
       decode_rows.push_back(row);

@@ -76,6 +76,7 @@ struct CudaBenchOptions {
   // --find-max-context: for each mode x KV type, the longest context whose cache fits next to
   // the weights, verified by allocating it, and decode ms/token there.
   bool find_max_context = false;
+  bool each_kv_type = false;  // pre-fill and decode tables: every mode with each of kv_types
   std::string kv_types = "bf16,q8,q4";
   int64_t context_cap = (1 << 24) - 4096;  // RoPE positions (and the decode steps after) stay exact floats < 2^24
   // --batch-context: continuous-batching decode of many sequences at this context, for each

@@ -149,6 +149,34 @@ size_t CudaBackend::activation_bytes(int64_t n) const {
 
 DeviceFacts CudaBackend::device_facts() const { return device_info(); }
 
+double CudaBackend::copy_gbs() {
+  // Device-to-device copies of 1 GiB (far beyond the L2), timed with events after a warm-up.
+  constexpr size_t kBytes = size_t{1} << 30;
+  constexpr int kReps = 10;
+  void *a = nullptr, *b = nullptr;
+  DUO_CUDA_TRY(cudaMalloc(&a, kBytes));
+  const cudaError_t eb = cudaMalloc(&b, kBytes);
+  if (eb != cudaSuccess) {
+    cudaFree(a);
+    DUO_CUDA_TRY(eb);
+  }
+  cudaEvent_t e0, e1;
+  DUO_CUDA_TRY(cudaEventCreate(&e0));
+  DUO_CUDA_TRY(cudaEventCreate(&e1));
+  DUO_CUDA_TRY(cudaMemcpy(b, a, kBytes, cudaMemcpyDeviceToDevice));
+  DUO_CUDA_TRY(cudaEventRecord(e0));
+  for (int i = 0; i < kReps; ++i) DUO_CUDA_TRY(cudaMemcpyAsync(i % 2 ? a : b, i % 2 ? b : a, kBytes, cudaMemcpyDeviceToDevice));
+  DUO_CUDA_TRY(cudaEventRecord(e1));
+  DUO_CUDA_TRY(cudaEventSynchronize(e1));
+  float ms = 0;
+  DUO_CUDA_TRY(cudaEventElapsedTime(&ms, e0, e1));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * (double)kBytes * kReps / (ms * 1e-3) / 1e9;
+}
+
 DeviceMemory CudaBackend::device_memory() const {
   DeviceMemory m;
   device_memory_info(m.free_bytes, m.total_bytes);

@@ -50,6 +50,7 @@ class CudaBackend final : public ModelBackend {
   double attention_ms() const override { return model_->attention_ms(); }
   void release_scratch() override { model_->release_scratch(); }
   bool decode_graphs() const override { return model_->decode_graphs(); }
+  double copy_gbs() override;
 
   GpuModel& gpu() { return *model_; }
   // The shared page pool of a KV type's retrieval heads (nullptr before the first sequence of
