@@ -169,15 +169,34 @@ size_t HeadCache::bytes() const {
   return bytes_for(kind_, d_, w_, (int64_t)k_pages_.size() * kPageTokens, type_);
 }
 
-KvCache::KvCache(int n_layers, int n_kv_heads, int head_dim, HeadPlan plan)
-    : n_layers_(n_layers), n_kv_(n_kv_heads), d_(head_dim), plan_(std::move(plan)), type_(cpu_kv_type(plan_.kv_type)) {
+KvCache::KvCache(int n_layers, int n_kv_heads, int head_dim, HeadPlan plan, std::vector<int> layer_window)
+    : n_layers_(n_layers),
+      n_kv_(n_kv_heads),
+      d_(head_dim),
+      plan_(std::move(plan)),
+      layer_window_(std::move(layer_window)),
+      type_(cpu_kv_type(plan_.kv_type)) {
   DUO_CHECK((int)plan_.kinds.size() == n_layers, "head plan has {} layers, the model {}", plan_.kinds.size(),
             n_layers);
-  heads_.reserve((size_t)n_layers * n_kv_heads);
-  for (int l = 0; l < n_layers; ++l) {
+  DUO_CHECK(layer_window_.empty() || (int)layer_window_.size() == n_layers, "{} layer windows for {} layers",
+            layer_window_.size(), n_layers);
+  for (int l = 0; l < n_layers; ++l)
     DUO_CHECK((int)plan_.kinds[l].size() == n_kv_heads, "head plan layer {} has {} KV heads, the model {}", l,
               plan_.kinds[l].size(), n_kv_heads);
-    for (int h = 0; h < n_kv_heads; ++h) heads_.emplace_back(plan_.kinds[l][h], head_dim, plan_.window, type_);
+  make_heads();
+}
+
+void KvCache::make_heads() {
+  heads_.clear();
+  heads_.reserve((size_t)n_layers_ * n_kv_);
+  for (int l = 0; l < n_layers_; ++l) {
+    const int w = layer_window(l);
+    for (int h = 0; h < n_kv_; ++h) {
+      if (w > 0)
+        heads_.emplace_back(HeadKind::Streaming, d_, StreamingWindow{0, w}, type_);
+      else
+        heads_.emplace_back(plan_.kinds[l][h], d_, plan_.window, type_);
+    }
   }
 }
 
@@ -205,11 +224,7 @@ size_t KvCache::bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past) {
 }
 
 void KvCache::clear() {
-  std::vector<HeadCache> fresh;
-  fresh.reserve(heads_.size());
-  for (int l = 0; l < n_layers_; ++l)
-    for (int h = 0; h < n_kv_; ++h) fresh.emplace_back(plan_.kinds[l][h], d_, plan_.window, type_);
-  heads_ = std::move(fresh);
+  make_heads();
   n_past_ = 0;
 }
 

@@ -57,10 +57,15 @@ class HeadCache {
 
 class KvCache {
  public:
-  // The plan's kv_type picks the storage (Default: f32).
-  KvCache(int n_layers, int n_kv_heads, int head_dim, HeadPlan plan);
+  // The plan's kv_type picks the storage (Default: f32). layer_window (empty, or one entry per
+  // layer): 0 for a layer whose heads follow the plan, w > 0 for a layer with its own sliding
+  // window (gemma3's local layers): all its heads keep the last w positions and no sink,
+  // whatever the plan says (Model::new_cache decides this).
+  KvCache(int n_layers, int n_kv_heads, int head_dim, HeadPlan plan, std::vector<int> layer_window = {});
 
   const HeadPlan& plan() const { return plan_; }
+  // The sliding window of a layer's heads (0: the plan's kinds and window apply).
+  int layer_window(int layer) const { return layer_window_.empty() ? 0 : layer_window_[(size_t)layer]; }
   KvType type() const { return type_; }
   int64_t n_past() const { return n_past_; }
   void advance(int64_t n) { n_past_ += n; }
@@ -76,8 +81,10 @@ class KvCache {
   void clear();
 
  private:
+  void make_heads();
   int n_layers_, n_kv_, d_;
   HeadPlan plan_;
+  std::vector<int> layer_window_;
   KvType type_;  // plan_.kv_type with Default resolved
   std::vector<HeadCache> heads_;
   int64_t n_past_ = 0;

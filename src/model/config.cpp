@@ -27,14 +27,39 @@ float positive_float(const GgufFile& f, const std::string& key, double v, double
   return (float)v;
 }
 
+// gemma3 as llama.cpp reads it (llama-model.cpp LLM_ARCH_GEMMA3): norm weights stored as 1 + w
+// already (the converter adds the 1), every 6th layer global unless sliding_window_pattern says
+// otherwise, local layers with RoPE base 10000 (or rope.freq_base_swa) and no scaling, the
+// global ones with freq_base and a linear scaling when given, and the attention scale of
+// query_pre_attn_scalar, which the converter does not write: head_dim, except n_embd / n_heads
+// for the 27B model (62 layers), as llama.cpp.
+void gemma3_gguf(const GgufFile& f, const std::string& p, ModelConfig& c) {
+  c.sandwich_norms = c.gelu_mlp = true;
+  c.embd_scale = std::sqrt((float)c.n_embd);
+  c.query_scale = c.n_layers == 62 ? (float)(c.n_embd / c.n_heads) : (float)c.head_dim;
+  c.local_window = (int)int_in(f, p + "attention.sliding_window", f.opt_int(p + "attention.sliding_window"), 1,
+                               std::numeric_limits<int32_t>::max());
+  const int64_t pattern = int_in(f, p + "attention.sliding_window_pattern",
+                                 f.opt_int(p + "attention.sliding_window_pattern").value_or(6), 1, 1 << 20);
+  c.layer_local.assign(c.n_layers, 0);
+  for (int l = 0; l < c.n_layers; ++l) c.layer_local[l] = (l + 1) % pattern != 0;
+  c.rope_local_theta = positive_float(f, p + "rope.freq_base_swa",
+                                      f.opt_float(p + "rope.freq_base_swa").value_or(10000.0), 1e30);
+  if (f.opt_string(p + "rope.scaling.type").value_or("none") == "linear")
+    c.rope_linear_factor = positive_float(f, p + "rope.scaling.factor", f.get_float(p + "rope.scaling.factor"), 1e6);
+  if (auto cap = f.opt_float(p + "final_logit_softcapping"))
+    c.final_softcap = positive_float(f, p + "final_logit_softcapping", *cap, 1e6);
+  DUO_CHECK(!f.opt_float(p + "attn_logit_softcapping"), "{}: attn_logit_softcapping is not supported", f.path());
+}
+
 }  // namespace
 
 ModelConfig ModelConfig::from_gguf(const GgufFile& f) {
   ModelConfig c;
   c.arch = f.get_string("general.architecture");
   // (llama.cpp's converter writes Mistral-7B as llama.)
-  if (c.arch != "llama" && c.arch != "qwen2" && c.arch != "qwen3")
-    fail("{}: unsupported architecture '{}' (supported: llama, qwen2, qwen3)", f.path(), c.arch);
+  if (c.arch != "llama" && c.arch != "qwen2" && c.arch != "qwen3" && c.arch != "gemma3")
+    fail("{}: unsupported architecture '{}' (supported: llama, qwen2, qwen3, gemma3)", f.path(), c.arch);
   const std::string p = c.arch + ".";
   constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
   c.name = f.opt_string("general.name").value_or(c.arch);
@@ -49,7 +74,7 @@ ModelConfig ModelConfig::from_gguf(const GgufFile& f) {
                               f.get_float(p + "attention.layer_norm_rms_epsilon"), 1.0);
   c.rope_theta = positive_float(f, p + "rope.freq_base", f.opt_float(p + "rope.freq_base").value_or(10000.0), 1e30);
   c.qkv_bias = c.arch == "qwen2";
-  c.qk_norm = c.arch == "qwen3";
+  c.qk_norm = c.arch == "qwen3" || c.arch == "gemma3";
   c.rope_style = c.arch == "llama" ? RopeStyle::Interleaved : RopeStyle::Neox;
   c.tied_embeddings = f.find_tensor("output.weight") == nullptr;
 
@@ -73,8 +98,10 @@ ModelConfig ModelConfig::from_gguf(const GgufFile& f) {
                         256);
   DUO_CHECK(c.n_rot == c.head_dim, "{}: partial rotary embeddings ({} of {} dims) are not supported", f.path(),
             c.n_rot, c.head_dim);
+  if (c.arch == "gemma3") gemma3_gguf(f, p, c);
   if (auto scaling = f.opt_string(p + "rope.scaling.type"))
-    DUO_CHECK(*scaling == "none", "{}: RoPE scaling '{}' is not supported", f.path(), *scaling);
+    DUO_CHECK(*scaling == "none" || (c.arch == "gemma3" && *scaling == "linear"), "{}: RoPE scaling '{}' is not supported",
+              f.path(), *scaling);
 
   const auto& embd = f.tensor("token_embd.weight");
   DUO_CHECK(embd.dims.size() == 2 && embd.dims[0] == c.n_embd, "{}: token_embd.weight has shape incompatible with n_embd {}",

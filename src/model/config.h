@@ -14,7 +14,7 @@ class HfCheckpoint;
 enum class RopeStyle { Interleaved, Neox };
 
 struct ModelConfig {
-  std::string arch;  // "llama", "qwen2", "qwen3" or (HF directories) "mistral"
+  std::string arch;  // "llama", "qwen2", "qwen3", "gemma3" or (HF directories) "mistral"
   std::string name;
   int n_layers = 0;
   int n_embd = 0;
@@ -36,9 +36,25 @@ struct ModelConfig {
   // inside which full causal attention computes the same thing, and longer is refused.
   int sliding_window = 0;
 
+  // gemma3 (docs/architecture.md "gemma3"). Defaults leave the llama-family forward unchanged.
+  bool sandwich_norms = false;   // RMS norms after attention and after the feed-forward too
+  bool gelu_mlp = false;         // GeGLU (gelu, tanh approximation) in place of SwiGLU
+  float embd_scale = 1.0f;       // embeddings multiplied by this (gemma3: sqrt(n_embd))
+  float query_scale = 0.0f;      // attention scale 1/sqrt(this) (query_pre_attn_scalar); 0: head_dim
+  float final_softcap = 0.0f;    // logits = c * tanh(logits / c) when > 0
+  // Local layers: attention over the last local_window positions only, with RoPE base
+  // rope_local_theta and no scaling; the other (global) layers use rope_theta and
+  // rope_linear_factor (positions divided by it). layer_local is empty or one flag per layer.
+  int local_window = 0;
+  std::vector<uint8_t> layer_local;
+  float rope_local_theta = 10000.0f;
+  float rope_linear_factor = 1.0f;
+  bool is_local(int layer) const { return !layer_local.empty() && layer_local[(size_t)layer] != 0; }
+
   int group_size() const { return n_heads / n_kv_heads; }  // query heads per KV head
   static ModelConfig from_gguf(const GgufFile& f);
-  // From a Hugging Face directory's config.json (model_type llama, mistral, qwen2 or qwen3; hf_config.cpp).
+  // From a Hugging Face directory's config.json (model_type llama, mistral, qwen2, qwen3 or
+  // gemma3_text; hf_config.cpp).
   // rope_factors receives the per-frequency divisors of a "llama3" RoPE scaling, head_dim / 2
   // values (left empty without scaling).
   static ModelConfig from_hf(const HfCheckpoint& ck, std::vector<float>& rope_factors);

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "core/fp16.h"
 #include "io/hf_checkpoint.h"
 #include "model/config.h"
 
@@ -69,6 +70,75 @@ std::vector<float> llama3_factors(const json& s, const std::string& where, doubl
   return f;
 }
 
+// The rope_theta of one layer type in transformers 5's per-type rope_parameters, and its linear
+// scaling factor (1 without scaling).
+double gemma3_rope(const json& p, const std::string& where, const char* type, double theta, float& factor) {
+  factor = 1.0f;
+  if (!p.contains(type) || p[type].is_null()) return theta;
+  const json& r = p[type];
+  DUO_CHECK(r.is_object(), "{}: rope_parameters.{} is not an object", where, type);
+  std::string kind = r.value("rope_type", std::string());
+  if (kind.empty()) kind = r.value("type", std::string("default"));
+  if (kind == "linear")
+    factor = (float)float_key(r, where, "factor", {}, 1e6);
+  else
+    DUO_CHECK(kind == "default", "{}: gemma3 {} RoPE '{}' is not supported (supported: default, linear)", where, type,
+              kind);
+  return float_key(r, where, "rope_theta", theta, 1e30);
+}
+
+// gemma3's own keys (Gemma3TextConfig, text-only): sandwich norms, GeGLU, scaled embeddings,
+// query_pre_attn_scalar, soft-capping, local sliding-window layers beside global ones, each
+// kind with its own RoPE.
+void gemma3_hf(const json& j, const std::string& where, ModelConfig& c) {
+  c.sandwich_norms = c.gelu_mlp = true;
+  c.qk_norm = true;
+  c.tied_embeddings = bool_key(j, "tie_word_embeddings", true);
+  const std::string act = j.value("hidden_activation", j.value("hidden_act", std::string("gelu_pytorch_tanh")));
+  DUO_CHECK(act == "gelu_pytorch_tanh", "{}: gemma3 hidden_activation '{}' is not supported (supported: gelu_pytorch_tanh)",
+            where, act);
+  DUO_CHECK(!bool_key(j, "attention_bias", false), "{}: gemma3 with attention_bias is not supported", where);
+  DUO_CHECK(!bool_key(j, "use_bidirectional_attention", false),
+            "{}: gemma3 with use_bidirectional_attention is not supported", where);
+  // Gemma 3 has no attention soft-capping (Gemma 2 had); duo's attention kernels have none.
+  DUO_CHECK(!j.contains("attn_logit_softcapping") || j["attn_logit_softcapping"].is_null(),
+            "{}: attn_logit_softcapping is not supported (gemma3 checkpoints have null)", where);
+  if (j.contains("final_logit_softcapping") && !j["final_logit_softcapping"].is_null())
+    c.final_softcap = (float)float_key(j, where, "final_logit_softcapping", {}, 1e6);
+  c.query_scale = (float)float_key(j, where, "query_pre_attn_scalar", 256.0, 1e9);
+  c.local_window = (int)int_key(j, where, "sliding_window", 4096, 1, std::numeric_limits<int32_t>::max());
+  // Which layers are local: layer_types when given, else every sliding_window_pattern-th layer
+  // global (Gemma3TextConfig's rule).
+  c.layer_local.assign(c.n_layers, 0);
+  if (j.contains("layer_types") && !j["layer_types"].is_null()) {
+    const json& t = j["layer_types"];
+    DUO_CHECK(t.is_array() && (int)t.size() == c.n_layers, "{}: layer_types needs {} entries", where, c.n_layers);
+    for (int l = 0; l < c.n_layers; ++l) {
+      const std::string k = t[l].is_string() ? t[l].get<std::string>() : "";
+      DUO_CHECK(k == "sliding_attention" || k == "full_attention", "{}: layer_types[{}] '{}' is not supported", where,
+                l, k);
+      c.layer_local[l] = k == "sliding_attention";
+    }
+  } else {
+    const int64_t pattern = int_key(j, where, "sliding_window_pattern", 6, 1, 1 << 20);
+    for (int l = 0; l < c.n_layers; ++l) c.layer_local[l] = (l + 1) % pattern != 0;
+  }
+  // RoPE: transformers 5 keeps one entry per layer type in rope_parameters; transformers 4 has
+  // rope_theta / rope_scaling (global layers) and rope_local_base_freq (local layers).
+  if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
+    const json& p = j["rope_parameters"];
+    float local_factor = 1.0f;
+    c.rope_theta = (float)gemma3_rope(p, where, "full_attention", 1e6, c.rope_linear_factor);
+    c.rope_local_theta = (float)gemma3_rope(p, where, "sliding_attention", 1e4, local_factor);
+    DUO_CHECK(local_factor == 1.0f, "{}: RoPE scaling of the local (sliding_attention) layers is not supported", where);
+  } else {
+    c.rope_theta = (float)float_key(j, where, "rope_theta", 1e6, 1e30);
+    c.rope_local_theta = (float)float_key(j, where, "rope_local_base_freq", 1e4, 1e30);
+    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
+      gemma3_rope(json{{"s", j["rope_scaling"]}}, where, "s", c.rope_theta, c.rope_linear_factor);
+  }
+}
+
 }  // namespace
 
 ModelConfig ModelConfig::from_hf(const HfCheckpoint& ck, std::vector<float>& rope_factors) {
@@ -77,8 +147,13 @@ ModelConfig ModelConfig::from_hf(const HfCheckpoint& ck, std::vector<float>& rop
   ModelConfig c;
   DUO_CHECK(j.contains("model_type") && j["model_type"].is_string(), "{}: no model_type", where);
   c.arch = j["model_type"].get<std::string>();
-  if (c.arch != "llama" && c.arch != "mistral" && c.arch != "qwen2" && c.arch != "qwen3")
-    fail("{}: unsupported architecture '{}' (model_type; supported: llama, mistral, qwen2, qwen3)", where, c.arch);
+  if (c.arch == "gemma3")
+    fail("{}: model_type gemma3 is the multimodal Gemma3ForConditionalGeneration, which is not supported (a "
+         "text-only gemma3_text checkpoint is)", where);
+  if (c.arch == "gemma3_text") c.arch = "gemma3";  // (Gemma3ForCausalLM; GGUF's name)
+  if (c.arch != "llama" && c.arch != "mistral" && c.arch != "qwen2" && c.arch != "qwen3" && c.arch != "gemma3")
+    fail("{}: unsupported architecture '{}' (model_type; supported: llama, mistral, qwen2, qwen3, gemma3_text)", where,
+         c.arch);
   c.name = ck.dir().substr(ck.dir().find_last_of('/') + 1);
   constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
   c.n_layers = (int)int_key(j, where, "num_hidden_layers", {}, 1, 1024);
@@ -105,6 +180,18 @@ ModelConfig ModelConfig::from_hf(const HfCheckpoint& ck, std::vector<float>& rop
   c.qkv_bias = c.arch == "qwen2" || (c.arch == "qwen3" && bool_key(j, "attention_bias", false));
   c.qk_norm = c.arch == "qwen3";
   c.tied_embeddings = bool_key(j, "tie_word_embeddings", false);
+  if (c.arch == "gemma3") {
+    gemma3_hf(j, where, c);
+    // transformers multiplies the embeddings by sqrt(hidden_size) in the embedding's dtype
+    // (Gemma3TextScaledWordEmbedding): the factor rounded to bf16 / f16 for such a checkpoint.
+    const float s = std::sqrt((float)c.n_embd);
+    const SafetensorsTensor* e = ck.find("model.embed_tokens.weight");
+    const auto type = e ? e->type : std::nullopt;
+    c.embd_scale = type == GgmlType::BF16  ? bf16_to_f32(f32_to_bf16(s))
+                   : type == GgmlType::F16 ? f16_to_f32(f32_to_f16(s))
+                                           : s;
+    return c;
+  }
 
   const std::string act = j.value("hidden_act", std::string("silu"));
   DUO_CHECK(act == "silu", "{}: hidden_act '{}' is not supported (supported: silu)", where, act);

@@ -69,6 +69,15 @@ std::unique_ptr<Model> Model::load_hf(const std::string& dir) {
   const int64_t E = c.n_embd;
 
   w.tok_embd = hf_weight(ck, "model.embed_tokens.weight", E, c.n_vocab, total);
+  // Gemma3RMSNorm computes x * (1 + w): its weights get the 1 here, as llama.cpp's converter
+  // stores them, so one rmsnorm serves every architecture.
+  const float norm_shift = c.arch == "gemma3" ? 1.0f : 0.0f;
+  auto norm = [&](const std::string& name, int64_t n) {
+    std::vector<float> v = hf_vector(ck, name, n, total);
+    if (norm_shift != 0.0f && name.ends_with("norm.weight"))
+      for (float& x : v) x += norm_shift;
+    return v;
+  };
   if (c.tied_embeddings) {
     w.output = w.tok_embd;
   } else {
@@ -77,16 +86,20 @@ std::unique_ptr<Model> Model::load_hf(const std::string& dir) {
               ck.dir());
     w.output = hf_weight(ck, "lm_head.weight", E, c.n_vocab, total);
   }
-  w.output_norm = hf_vector(ck, "model.norm.weight", E, total);
+  w.output_norm = norm("model.norm.weight", E);
   // Q and K rows as stored (rotate-half order): the config's RopeStyle::Neox matches them.
+  // With sandwich norms (gemma3) post_attention_layernorm is the attention output's norm and
+  // pre_feedforward_layernorm the feed-forward input's.
   assemble_layers(
       w, c,
-      {"model.layers.", "input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
-       "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight", "mlp.gate_proj.weight",
-       "mlp.up_proj.weight", "mlp.down_proj.weight", "self_attn.q_proj.bias", "self_attn.k_proj.bias",
-       "self_attn.v_proj.bias", "self_attn.q_norm.weight", "self_attn.k_norm.weight"},
+      {"model.layers.", "input_layernorm.weight",
+       c.sandwich_norms ? "pre_feedforward_layernorm.weight" : "post_attention_layernorm.weight",
+       "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+       "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight", "self_attn.q_proj.bias",
+       "self_attn.k_proj.bias", "self_attn.v_proj.bias", "self_attn.q_norm.weight", "self_attn.k_norm.weight",
+       "post_attention_layernorm.weight", "post_feedforward_layernorm.weight"},
       [&](const std::string& name, int64_t cols, int64_t rows) { return hf_weight(ck, name, cols, rows, total); },
-      [&](const std::string& name, int64_t n) { return hf_vector(ck, name, n, total); });
+      norm);
   m->init_rope(rope_factors.empty() ? nullptr : &rope_factors);
   return m;
 }

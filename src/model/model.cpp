@@ -78,7 +78,12 @@ void Model::init_rope(const std::vector<float>* factors) {
   for (int i = 0; i < D / 2; ++i) {
     inv_freq_[i] = (float)std::pow((double)cfg_.rope_theta, -2.0 * i / (double)D);
     if (factors) inv_freq_[i] /= (*factors)[i];
+    inv_freq_[i] /= cfg_.rope_linear_factor;  // linear scaling: positions divided by the factor
   }
+  inv_freq_local_.clear();
+  if (!cfg_.layer_local.empty())
+    for (int i = 0; i < D / 2; ++i)
+      inv_freq_local_.push_back((float)std::pow((double)cfg_.rope_local_theta, -2.0 * i / (double)D));
 }
 
 std::unique_ptr<Model> Model::synthetic(const ModelConfig& cfg, uint64_t seed) {
@@ -154,7 +159,7 @@ std::unique_ptr<Model> Model::load(const std::string& path) {
       w, c,
       {"blk.", "attn_norm.weight", "ffn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
        "attn_output.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight", "attn_q.bias", "attn_k.bias",
-       "attn_v.bias", "attn_q_norm.weight", "attn_k_norm.weight"},
+       "attn_v.bias", "attn_q_norm.weight", "attn_k_norm.weight", "post_attention_norm.weight", "post_ffw_norm.weight"},
       [&](const std::string& name, int64_t cols, int64_t rows) { return weight(f, name, cols, rows, total); },
       [&](const std::string& name, int64_t n) { return vector_f32(f, name, n, total); });
 
@@ -250,7 +255,14 @@ HeadPlan Model::to_slot_order(const HeadPlan& plan) const {
 }
 
 std::unique_ptr<KvCache> Model::new_cache(const HeadPlan& plan) const {
-  return std::make_unique<KvCache>(cfg_.n_layers, cfg_.n_kv_heads, cfg_.head_dim, plan);
+  // DuoAttention and gemma3's local layers (docs/architecture.md): a local layer attends to the
+  // last local_window positions by construction, so every head of it is a fixed-window head
+  // (no sink, a ring of local_window rows: bounded memory) whatever the plan says; full,
+  // streaming and DuoAttention plans (patterns) apply to the global layers only.
+  std::vector<int> windows;
+  if (!cfg_.layer_local.empty())
+    for (int l = 0; l < cfg_.n_layers; ++l) windows.push_back(cfg_.is_local(l) ? cfg_.local_window : 0);
+  return std::make_unique<KvCache>(cfg_.n_layers, cfg_.n_kv_heads, cfg_.head_dim, plan, std::move(windows));
 }
 
 void Model::forward(KvCache& cache, const int32_t* tokens, int64_t n, float* logits, ThreadPool& pool,
@@ -368,14 +380,26 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
   // Embedding lookup: dequantize one row per token.
   const WeightView& te = w_.tok_embd;
   pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
-    for (int64_t t = b; t < e; ++t) dequantize_row(te.type, te.data + (size_t)ids[t] * te.row_stride, x + t * E, E);
+    for (int64_t t = b; t < e; ++t) {
+      dequantize_row(te.type, te.data + (size_t)ids[t] * te.row_stride, x + t * E, E);
+      if (c.embd_scale != 1.0f)
+        for (int64_t i = 0; i < E; ++i) x[t * E + i] *= c.embd_scale;
+    }
   });
 
   std::vector<std::vector<std::vector<KvSegment>>> segs(count);  // [item][kv head]
   std::vector<std::vector<HeadKind>> kinds(count);
   std::vector<AttentionArgs> calls(count);
+  // The attention kernels scale scores by 1/sqrt(head_dim); a model with another scale
+  // (gemma3's query_pre_attn_scalar) gets the ratio folded into its queries.
+  const float q_mul = c.query_scale > 0 ? (float)std::sqrt((double)D / c.query_scale) : 1.0f;
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = w_.layers[l];
+    const bool local = c.is_local(l);
+    const float* inv_freq = local ? inv_freq_local_.data() : inv_freq_.data();
+    // A local layer's heads are the cache's fixed-window heads (new_cache): no sink, the last
+    // local_window positions, the mask transformers uses (key j visible from i when j > i - w).
+    const StreamingWindow local_window{0, c.local_window};
     // --- attention block ---
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) rmsnorm(x + t * E, L.attn_norm.data(), xn + t * E, (int)E, c.norm_eps);
@@ -395,8 +419,10 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
           for (int64_t h = 0; h < HKV; ++h)
             rmsnorm(k + t * KV + h * D, L.k_norm.data(), k + t * KV + h * D, (int)D, c.norm_eps);
         }
-        rope_heads(q + t * Q, (int)H, (int)D, (int)pos[t], inv_freq_.data(), c.rope_style);
-        rope_heads(k + t * KV, (int)HKV, (int)D, (int)pos[t], inv_freq_.data(), c.rope_style);
+        rope_heads(q + t * Q, (int)H, (int)D, (int)pos[t], inv_freq, c.rope_style);
+        rope_heads(k + t * KV, (int)HKV, (int)D, (int)pos[t], inv_freq, c.rope_style);
+        if (q_mul != 1.0f)
+          for (int64_t i = 0; i < Q; ++i) q[t * Q + i] *= q_mul;
       }
     });
     // Each sequence on its own: each of its KV heads attends to what the head's cache holds
@@ -405,6 +431,9 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
     for (size_t i = 0; i < count; ++i) {
       KvCache& cache = *items[i].cache;
       const int64_t r0 = first[i], m = items[i].n, pos0 = cache.n_past();
+      DUO_CHECK(cache.layer_window(l) == (local ? c.local_window : 0),
+                "layer {}: the KV cache was not made by this model's new_cache (sliding window {}, the layer's {})", l,
+                cache.layer_window(l), local ? c.local_window : 0);
       segs[i].resize(HKV);
       kinds[i].resize(HKV);
       for (int64_t h = 0; h < HKV; ++h) {
@@ -424,7 +453,7 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
       args.head_dim = (int)D;
       args.segments = &segs[i];
       args.kinds = &kinds[i];
-      args.window = cache.plan().window;
+      args.window = local ? local_window : cache.plan().window;
     }
     attention_many(calls, pool);
     if (observer_)
@@ -460,6 +489,7 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
     // --- feed-forward block ---
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) {
+        if (!L.post_attn_norm.empty()) rmsnorm(o + t * E, L.post_attn_norm.data(), o + t * E, (int)E, c.norm_eps);
         add_inplace(x + t * E, o + t * E, (int)E);
         rmsnorm(x + t * E, L.ffn_norm.data(), xn + t * E, (int)E, c.norm_eps);
       }
@@ -467,11 +497,19 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
     for (const auto& [r0, m] : groups)
       matmul_multi({{L.w_gate, g + r0 * F}, {L.w_up, u + r0 * F}}, xn + r0 * E, m, pool);
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
-      for (int64_t t = b; t < e; ++t) swiglu(g + t * F, u + t * F, g + t * F, (int)F);
+      for (int64_t t = b; t < e; ++t) {
+        if (c.gelu_mlp)
+          geglu(g + t * F, u + t * F, g + t * F, (int)F);
+        else
+          swiglu(g + t * F, u + t * F, g + t * F, (int)F);
+      }
     });
     mm(L.w_down, g, o);
     pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
-      for (int64_t t = b; t < e; ++t) add_inplace(x + t * E, o + t * E, (int)E);
+      for (int64_t t = b; t < e; ++t) {
+        if (!L.post_ffn_norm.empty()) rmsnorm(o + t * E, L.post_ffn_norm.data(), o + t * E, (int)E, c.norm_eps);
+        add_inplace(x + t * E, o + t * E, (int)E);
+      }
     });
   }
   for (size_t i = 0; i < count; ++i) items[i].cache->advance(items[i].n);
@@ -492,6 +530,12 @@ void Model::forward_items(const BatchItem* items, size_t count, float* logits, b
   }
   merge_wide(groups);
   for (const auto& [r0, m] : groups) matmul(w_.output, xn + r0 * E, m, logits + r0 * c.n_vocab, pool);
+  if (c.final_softcap > 0) {  // gemma3's final_logit_softcapping: cap * tanh(logits / cap)
+    const float cap = c.final_softcap;
+    pool.parallel_for(rows, [&](int64_t b, int64_t e, int) {
+      for (float* p = logits + b * c.n_vocab; p < logits + e * c.n_vocab; ++p) *p = cap * std::tanh(*p / cap);
+    });
+  }
 }
 
 }  // namespace duo

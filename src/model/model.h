@@ -29,7 +29,10 @@ struct LayerWeights {
   std::vector<float> attn_norm, ffn_norm;
   WeightView wq, wk, wv, wo, w_gate, w_up, w_down;
   std::vector<float> bq, bk, bv;  // empty when the architecture has no QKV bias
-  std::vector<float> q_norm, k_norm;  // head_dim each (qwen3), empty otherwise
+  std::vector<float> q_norm, k_norm;  // head_dim each (qwen3, gemma3), empty otherwise
+  // gemma3's sandwich norms: on the attention output and on the feed-forward output before each
+  // is added to the residual (ffn_norm is then its pre-feed-forward norm); empty otherwise.
+  std::vector<float> post_attn_norm, post_ffn_norm;
 };
 
 // One sequence's share of a batched forward: `n` tokens appended to `cache` at positions
@@ -51,7 +54,8 @@ struct ModelWeights {
 // Where a file format keeps one layer's tensors: each name follows the layer's prefix ("blk.3.",
 // "model.layers.3."). assemble_layers reads them the same way for every format.
 struct LayerTensorNames {
-  const char *prefix, *attn_norm, *ffn_norm, *wq, *wk, *wv, *wo, *gate, *up, *down, *bq, *bk, *bv, *q_norm, *k_norm;
+  const char *prefix, *attn_norm, *ffn_norm, *wq, *wk, *wv, *wo, *gate, *up, *down, *bq, *bk, *bv, *q_norm, *k_norm,
+      *post_attn_norm, *post_ffn_norm;
 };
 
 // Fills w.layers from `weight(name, cols, rows)` (a matrix) and `vector(name, n)` (a vector),
@@ -81,6 +85,10 @@ void assemble_layers(ModelWeights& w, const ModelConfig& c, const LayerTensorNam
       L.q_norm = vector(p + n.q_norm, D);
       L.k_norm = vector(p + n.k_norm, D);
     }
+    if (c.sandwich_norms) {
+      L.post_attn_norm = vector(p + n.post_attn_norm, E);
+      L.post_ffn_norm = vector(p + n.post_ffn_norm, E);
+    }
   }
 }
 
@@ -102,7 +110,8 @@ class Model {
   const HfCheckpoint* hf() const { return hf_.get(); }
   const ModelWeights& weights() const { return w_; }
 
-  // A KV cache for one sequence, shaped for this model.
+  // A KV cache for one sequence, shaped for this model. A local layer (gemma3) keeps its own
+  // sliding window whatever the plan says (model.cpp).
   std::unique_ptr<KvCache> new_cache(const HeadPlan& plan) const;
 
   // Runs `n` tokens at positions cache.n_past() ... and appends them to the cache.
@@ -133,7 +142,8 @@ class Model {
   // [layer][new KV slot] = original KV head (empty when not reordered): other backends
   // that take the weights (CUDA) need it to put the attention output back in Wo's order.
   const std::vector<std::vector<int>>& kv_order() const { return kv_order_; }
-  // RoPE inverse frequencies (head_dim / 2 values, any rope_freqs factors applied).
+  // RoPE inverse frequencies (head_dim / 2 values, any rope_freqs factors applied); of the
+  // global layers where the model has local ones (gemma3).
   const std::vector<float>& rope_inv_freq() const { return inv_freq_; }
   // A plan given in the stored head order, rearranged into this model's cache-slot order (the
   // order reorder_heads established; unchanged when the heads were never reordered). Lets one
@@ -171,6 +181,7 @@ class Model {
   ModelConfig cfg_;
   ModelWeights w_;
   std::vector<float> inv_freq_;  // RoPE inverse frequencies, head_dim / 2 values
+  std::vector<float> inv_freq_local_;  // of the local layers (gemma3), empty otherwise
   AttentionObserver* observer_ = nullptr;
 };
 

@@ -165,7 +165,7 @@ TEST(HfModel, BadDirectoriesAreRefused) {
     test::write_json(d.file("config.json"), cfg);
     EXPECT_ERROR(d.str(), want);
   };
-  with_config("tiny-qwen2", "model_type", "gemma3", "unsupported architecture 'gemma3'");
+  with_config("tiny-qwen2", "model_type", "gemma2", "unsupported architecture 'gemma2'");
   with_config("tiny-qwen2", "rope_scaling", {{"type", "yarn"}, {"factor", 4.0}}, "RoPE scaling 'yarn' is not supported");
   with_config("tiny-llama", "rope_parameters", {{"rope_type", "linear"}, {"factor", 4.0}},
               "RoPE scaling 'linear' is not supported");

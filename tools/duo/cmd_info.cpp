@@ -32,6 +32,15 @@ void print_config(const ModelConfig& c) {
   fmt::print("norm eps      {}\n", c.norm_eps);
   fmt::print("qkv bias      {}\n", c.qkv_bias ? "yes" : "no");
   if (c.qk_norm) fmt::print("q/k norm      yes (per head, before RoPE)\n");
+  if (c.arch == "gemma3") {
+    int local = 0;
+    for (int l = 0; l < c.n_layers; ++l) local += c.is_local(l);
+    fmt::print("local layers  {} of {}: sliding window {}, rope theta {} (global: linear scaling x{})\n", local,
+               c.n_layers, c.local_window, c.rope_local_theta, c.rope_linear_factor);
+    fmt::print("gemma3        sandwich norms, GeGLU, embeddings x {}, attention scale 1/sqrt({}), final softcap {}\n",
+               c.embd_scale, c.query_scale, c.final_softcap > 0 ? fmt::format("{}", c.final_softcap) : "none");
+    fmt::print("devices       cpu only (the CUDA backend refuses gemma3)\n");
+  }
   fmt::print("tied embed    {}\n", c.tied_embeddings ? "yes" : "no");
 }
 

@@ -87,6 +87,14 @@ static inline __m256 exp256(__m256 x) {
 }
 #endif
 
+void geglu(const float* gate, const float* up, float* out, int n) {
+  const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+  for (int i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = 0.5f * g * (1.0f + std::tanh(k * (g + 0.044715f * g * g * g))) * up[i];
+  }
+}
+
 void swiglu(const float* gate, const float* up, float* out, int n) {
   int i = 0;
 #if defined(__AVX2__) && defined(__FMA__)

@@ -20,6 +20,10 @@ void rope_heads(float* v, int n_heads, int n_dims, int pos, const float* inv_fre
 // out[i] = silu(gate[i]) * up[i]
 void swiglu(const float* gate, const float* up, float* out, int n);
 
+// out[i] = gelu(gate[i]) * up[i], gelu with the tanh approximation (PyTorch's
+// gelu(approximate="tanh"), gemma3's gelu_pytorch_tanh): 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))
+void geglu(const float* gate, const float* up, float* out, int n);
+
 // y[i] += x[i]
 void add_inplace(float* y, const float* x, int n);
 

@@ -179,8 +179,11 @@ static T* writable(const T* p) {
 
 std::unique_ptr<GpuWeights> GpuWeights::upload(const Model& m, WeightFormat format) {
   const ModelConfig& c = m.config();
-  // The CUDA forward (qkv_bias_rope) has no per-head q/k norm: refuse rather than compute
-  // another model's numbers.
+  // The CUDA forward has none of gemma3's parts (and no per-head q/k norm, below): refuse
+  // rather than compute another model's numbers.
+  DUO_CHECK(c.arch != "gemma3",
+            "gemma3 (local sliding-window layers, sandwich norms, GeGLU, scaled embeddings) is not implemented on the "
+            "CUDA backend; use --device cpu");
   DUO_CHECK(!c.qk_norm, "{} (per-head q/k RMS norm) is not implemented on the CUDA backend; use --device cpu",
             c.arch);
   const ModelWeights& w = m.weights();
