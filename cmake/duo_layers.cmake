@@ -91,6 +91,8 @@ function(duo_layers_check_claims)
   duo_layers_check_claims_in(include DUO_LAYER_CLAIMED_PUBLIC)
 endfunction()
 
+include(${CMAKE_CURRENT_LIST_DIR}/duo_simd.cmake)  # duo_simd_kernels, duo_simd_tests
+
 # The CPU layers, bottom up. DEPS name only the layers directly below; the rest come through them.
 duo_layer(duo_core FILES core/* PUBLIC_HEADERS duo/duo_policy.h duo/host_device.h
           DEPS Threads::Threads fmt::fmt)
@@ -111,6 +113,7 @@ duo_layer(duo_seam FILES engine/backend.* PUBLIC_HEADERS duo/device.h
 # The CPU backend: forward pass (model/model.*), kernels (backend/cpu), adapter to the seam.
 duo_layer(duo_backend_cpu FILES backend/cpu/* model/model.* model/hf_load.*
           DEPS duo_seam duo_sample)
+duo_simd_kernels(duo_backend_cpu)  # cmake/duo_simd.cmake: the per-level kernel files' target flags
 # The public API (include/duo/engine.h: Engine, Session) over either backend.
 duo_layer(duo_engine FILES engine/engine.cpp engine/utf8_stream.* PUBLIC_HEADERS duo/engine.h
           DEPS duo_backend_cpu duo_tokenizer)

@@ -49,7 +49,13 @@ def refused(msg, *args):
 
 # --- without the model ---------------------------------------------------------------------
 version = re.search(r"project\(duo VERSION (\S+)", open(os.path.join(ROOT, "CMakeLists.txt")).read()).group(1)
-expect(run("--version").stdout.strip() == f"duo {version}", "--version", run("--version").stdout)
+version_lines = run("--version").stdout.strip().split("\n")
+expect(version_lines[0] == f"duo {version}", "--version", version_lines)
+# The second line names the SIMD level in use; DUO_SIMD=scalar lowers it to the plain loops.
+expect(len(version_lines) == 2 and re.match(r"CPU kernels: (scalar|avx2|avx512) ", version_lines[1]), "--version simd",
+       version_lines)
+scalar_version = subprocess.run([DUO, "--version"], capture_output=True, text=True, env={**os.environ, "DUO_SIMD": "scalar"})
+expect(scalar_version.stdout.split("\n")[1].startswith("CPU kernels: scalar "), "DUO_SIMD=scalar", scalar_version.stdout)
 
 # Every --help shows the defaults of options that have one.
 for sub, default in [(["generate"], "-n,--max-tokens INT:NONNEGATIVE=128"), (["chat"], "=512"),

@@ -25,6 +25,7 @@
 #include <memory>
 #include <type_traits>
 
+#include "backend/cpu/simd_level.h"
 #include "backend/cpu/simd_math_avx512.h"
 #include "core/error.h"
 
@@ -156,7 +157,7 @@ void attend(const KeyBlock* blocks, size_t n_blocks, int rows, const float* cons
     const int64_t last = b.pos0 + b.n - 1;
     if (kind == HeadKind::Streaming && !w.reaches(pmin, b.pos0, last)) continue;  // outside Λ
     if (b.type != KvType::F32) {
-      DUO_CHECK(d % 16 == 0 && reads_in_place(b), "attention: AVX-512 pre-fill over a {} block (head dim {})",
+      DUO_SIMD_CHECK(d % 16 == 0 && reads_in_place(b), "attention: AVX-512 pre-fill over a {} block (head dim {})",
                 to_string(b.type), d);
       if (b.type == KvType::F16)
         widen_block<KvType::F16>(b, d, s.kf, s.vf);
@@ -379,7 +380,7 @@ void attend_decode(const KeyBlock* blocks, size_t kb0, size_t kb1, int rows, con
       case KvType::F32: decode_block<D16, KvType::F32>(b, rows, qrow, pos, pmin, kind, w, scale, m, l, o); break;
       case KvType::F16: decode_block<D16, KvType::F16>(b, rows, qrow, pos, pmin, kind, w, scale, m, l, o); break;
       case KvType::BF16: decode_block<D16, KvType::BF16>(b, rows, qrow, pos, pmin, kind, w, scale, m, l, o); break;
-      default: fail("attention: the AVX-512 decode kernel cannot read {} rows in place", to_string(b.type));
+      default: DUO_SIMD_FAIL("attention: the AVX-512 decode kernel cannot read {} rows in place", to_string(b.type));
     }
   }
 }
@@ -393,7 +394,7 @@ void attend_rows_decode_avx512(const KeyBlock* blocks, size_t kb0, size_t kb1, i
     case 4: attend_decode<4>(blocks, kb0, kb1, rows, qrow, pos, kind, w, scale, m, l, o); break;
     case 8: attend_decode<8>(blocks, kb0, kb1, rows, qrow, pos, kind, w, scale, m, l, o); break;
     case 16: attend_decode<16>(blocks, kb0, kb1, rows, qrow, pos, kind, w, scale, m, l, o); break;
-    default: fail("attention: the AVX-512 decode kernel has no instantiation for head dim {}", d);
+    default: DUO_SIMD_FAIL("attention: the AVX-512 decode kernel has no instantiation for head dim {}", d);
   }
 }
 

@@ -1,8 +1,10 @@
-// Pieces of the CPU attention shared by its ISA-specific files (attention.cpp: dispatch, AVX2
-// and scalar row kernels; attention_avx512.cpp: the AVX-512 pre-fill kernel).
+// Pieces of the CPU attention shared by its ISA-specific files (attention.cpp: dispatch;
+// attention_kernels.h: AVX2 and scalar row kernels; attention_avx512.cpp: the AVX-512 kernels).
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 
 #include "duo/head_plan.h"
 #include "kv/kv_segment.h"
@@ -34,6 +36,31 @@ struct KeyBlock {
 };
 inline bool reads_in_place(const KeyBlock& b) {
   return b.type == KvType::F32 || b.type == KvType::F16 || b.type == KvType::BF16;
+}
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Online-softmax state of `rows` query rows.
+struct RowState {
+  float m[kMaxRows], l[kMaxRows];
+  alignas(32) float o[kMaxRows * kMaxHeadDim];
+  void reset(int rows, int d) {
+    for (int r = 0; r < rows; ++r) m[r] = kNegInf, l[r] = 0.0f;
+    std::memset(o, 0, sizeof(float) * rows * d);
+  }
+};
+
+// The row kernel below the AVX-512 level (attention_kernels.h), one per instruction set: scalar
+// (plain loops, every CPU) and, on x86-64, avx2. Processes key blocks [kb0, kb1) for `rows`
+// query rows into st; row r is query position pos[r] of query vector qrow[r].
+using AttendBlocksFn = void(const KeyBlock* blocks, size_t kb0, size_t kb1, int rows, const float* const* qrow,
+                            const int64_t* pos, HeadKind kind, const StreamingWindow& w, int d, float scale,
+                            RowState& st);
+namespace scalar {
+AttendBlocksFn attend_blocks;
+}
+namespace avx2 {
+AttendBlocksFn attend_blocks;
 }
 
 // AVX-512 pre-fill kernel (attention_avx512.cpp), callable when use_avx512(): `rows` query

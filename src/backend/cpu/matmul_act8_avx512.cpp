@@ -132,7 +132,7 @@ void tiles8(const int32_t* pq, const float* pd, const float* pm, const ActQ8* a,
 }  // namespace
 
 std::shared_ptr<const PackedWeight> pack_weight_act8_avx512(const WeightView& w, ThreadPool& pool) {
-  DUO_CHECK(act8_type(w.type), "matmul: no 8-bit activation path for {}", type_name(w.type));
+  DUO_SIMD_CHECK(act8_type(w.type), "matmul: no 8-bit activation path for {}", type_name(w.type));
   return pack_panels(w, kQuads, 8, pool, [](const WeightView& m, int64_t r0, int nr, int32_t* q, float* d, float* mn) {
     fill_panel8(m, r0, nr, m.cols / QK, thread_panel8(), q, d, mn);
   });
@@ -142,7 +142,7 @@ void matmul_prefill_act8_avx512(const MatmulOut* outs, int count, const ActQ8* a
   static_assert(kTT <= 4, "tiles8() handles token tails of up to 3");
   const int64_t nb = outs[0].w.cols / QK;
   for (int i = 0; i < count; ++i)
-    DUO_CHECK(act8_type(outs[i].w.type), "matmul: no 8-bit activation path for {}", type_name(outs[i].w.type));
+    DUO_SIMD_CHECK(act8_type(outs[i].w.type), "matmul: no 8-bit activation path for {}", type_name(outs[i].w.type));
   run_panel_tasks(
       outs, count, n, kQuads, 8, pool,
       [] {

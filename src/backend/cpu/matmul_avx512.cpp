@@ -88,7 +88,7 @@ void fill_panel(const WeightView& w, int64_t r0, int nr, int64_t nb, Panel& p, i
       int16_t* row_q = rq + i * nb * QK;
       float* row_f = rf + i * 2 * nb;
       if (i < cnt) {
-        unpack_row(w.type, w.data + (r0 + i0 + i) * w.row_stride, nb, PanelRow{row_q, row_f, row_f + nb});
+        avx2::kernels.unpack_row(w.type, w.data + (r0 + i0 + i) * w.row_stride, nb, PanelRow{row_q, row_f, row_f + nb});
       } else {
         std::memset(row_q, 0, sizeof(int16_t) * nb * QK);
         std::memset(row_f, 0, sizeof(float) * 2 * nb);

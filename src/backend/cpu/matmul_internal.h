@@ -1,5 +1,8 @@
-// Pieces of the quantized matmul shared by its ISA-specific files (matmul.cpp: dispatch, AVX2
-// and scalar kernels; matmul_avx512.cpp: AVX-512 kernels). Not part of the op interface.
+// Pieces of the quantized matmul shared by its ISA-specific files (matmul.cpp: dispatch;
+// matmul_kernels.h: scalar and AVX2 kernels; matmul_avx512.cpp: AVX-512 kernels). Not part of
+// the op interface. The files compiled with AVX target flags include this header too: what it
+// defines inline has internal linkage (static) or no SIMD in it, so no copy built with those
+// flags can stand in for the generic one (simd_level.h).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -27,7 +30,8 @@ struct PackedWeight {
 
 namespace duo::mm {
 
-inline float h2f(uint16_t h) {
+// static: under F16C (the AVX2 and AVX-512 files) this is another function than in the others.
+static inline float h2f(uint16_t h) {
 #if defined(__F16C__)
   return _cvtsh_ss(h);
 #else
@@ -41,12 +45,16 @@ struct ActQ16 {
   float s;  // d * sum(q)
   int16_t q[QK];
 };
-void quantize_act_q16(const float* x, int64_t nb, ActQ16* out);
 
+// Grows v to n elements. Defined in matmul.cpp (and instantiated there for the element types
+// below) so that the files built with AVX target flags instantiate no std::vector code of their
+// own, which the linker could otherwise keep for every file.
+template <typename T>
+void grow(std::vector<T>& v, size_t n);
 // Grow-only per-thread scratch.
 template <typename T>
-T* scratch(std::vector<T>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
+static inline T* scratch(std::vector<T>& v, size_t n) {
+  if (v.size() < n) grow(v, n);
   return v.data();
 }
 
@@ -57,7 +65,6 @@ struct ActBuf {
   std::vector<float> s;
 };
 ActBuf& act_buffer();
-void quantize_acts(const float* x, int64_t n, int64_t cols, ActBuf& a, ThreadPool& pool);
 
 // One 32-block of a token's activations quantized to 8 bits (as llama.cpp's q8_1):
 // x[j] ~ d * q[j], |q| <= 127.
@@ -87,7 +94,36 @@ bool has_min(GgmlType t);
 // Types whose many-token products dequantize rows to float (the float tile) rather than use
 // integer panels: the float types, and Q2_K (a min per 16 elements; see dot_q2_k).
 bool prefill_dequantizes(GgmlType t);
-void unpack_row(GgmlType type, const uint8_t* src, int64_t nb, PanelRow p);
+// Many-token activations of the AVX2 tile (matmul_kernels.h): token pairs of one 32-block with
+// kTokenGroup tokens in the lanes.
+inline constexpr int kTokenGroup = 8;
+struct ActGroupBlock {
+  int32_t q[QK / 2][kTokenGroup];  // token pairs, lanes = tokens
+  float d[kTokenGroup];            // activation scales
+  float s[kTokenGroup];            // d * sum(q)
+};
+
+[[noreturn]] void fail_no_integer_path(GgmlType type);
+
+// The kernels below the AVX-512 level (matmul_kernels.h), one table per instruction set:
+// scalar (plain loops, every CPU) and, on x86-64, avx2 (AVX2+FMA+F16C). matmul.cpp calls the
+// table of the current SIMD level; the AVX-512 kernels use avx2's unpack_row.
+struct MatmulKernels {
+  // a's activations of n tokens (cols wide) quantized to 16 bits, token-major.
+  void (*quantize_acts)(const float* x, int64_t n, int64_t cols, ActBuf& a, ThreadPool& pool);
+  // Few tokens: one pass over each weight row, every matrix in one parallel region.
+  void (*rows)(const MatmulOut* outs, int count, const float* x, int64_t n, ThreadPool& pool);
+  // Many tokens: integer panels (quantized weights) or the float tile (prefill_dequantizes).
+  void (*tiled_int)(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool);
+  void (*tiled_float)(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool);
+  void (*unpack_row)(GgmlType type, const uint8_t* src, int64_t nb, PanelRow p);
+};
+namespace scalar {
+extern const MatmulKernels kernels;
+}
+namespace avx2 {
+extern const MatmulKernels kernels;
+}
 
 // AVX-512 kernels (matmul_avx512.cpp), callable when use_avx512().
 // Every row block's pre-fill panel made once (matmul_avx512.cpp describes the layout).

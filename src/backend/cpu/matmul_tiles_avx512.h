@@ -5,6 +5,7 @@
 // or u8 quads), so each kernel passes its word count, panel filler and tile runner.
 #pragma once
 #include "backend/cpu/matmul_internal.h"
+#include "backend/cpu/simd_level.h"
 
 #if DUO_HAVE_AVX512
 
@@ -55,7 +56,7 @@ void run_panel_tasks(const MatmulOut* outs, int count, int64_t n, int words_per_
                      Scratch&& scratch_of_thread, Fill&& fill, Run&& run) {
   const int64_t nb = outs[0].w.cols / QK;
   constexpr int kMaxOuts = 4;
-  DUO_CHECK(count <= kMaxOuts, "matmul: at most {} matrices share an input", kMaxOuts);
+  DUO_SIMD_CHECK(count <= kMaxOuts, "matmul: at most {} matrices share an input", kMaxOuts);
   int64_t blocks[kMaxOuts], first_task[kMaxOuts + 1], all_blocks = 0;
   bool all_packed = true;
   for (int i = 0; i < count; ++i) {
@@ -75,7 +76,7 @@ void run_panel_tasks(const MatmulOut* outs, int count, int64_t n, int words_per_
       int i = 0;
       while (task >= first_task[i + 1]) ++i;
       const WeightView& w = outs[i].w;
-      DUO_CHECK(!w.packed || (w.packed->data == w.data && w.packed->type == w.type && w.packed->rows == w.rows &&
+      DUO_SIMD_CHECK(!w.packed || (w.packed->data == w.data && w.packed->type == w.type && w.packed->rows == w.rows &&
                               w.packed->cols == w.cols && w.packed->act_bits == act_bits),
                 "matmul: the packed panels were made from another weight matrix or for {}-bit activations",
                 act_bits == 16 ? 8 : 16);

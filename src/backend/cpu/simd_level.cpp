@@ -3,13 +3,28 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
-#include "backend/cpu/simd_avx512.h"
 #include "core/error.h"
 
 namespace duo {
 
 namespace {
+
+// What this CPU runs, asked once. libgcc's __builtin_cpu_supports also checks that the OS
+// saves the AVX (and AVX-512) registers.
+SimdLevel cpu_level() {
+#if DUO_SIMD_X86
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  return avx512 ? SimdLevel::Avx512 : avx2 ? SimdLevel::Avx2 : SimdLevel::Scalar;
+#else
+  return SimdLevel::Scalar;
+#endif
+}
 
 SimdLevel from_env() {
   SimdLevel level = simd_compiled();
@@ -19,12 +34,12 @@ SimdLevel from_env() {
     } else if (std::strcmp(s, "avx2") == 0) {
       level = SimdLevel::Avx2;
     } else if (std::strcmp(s, "scalar") == 0) {
-      // The scalar loops are the #else branches of the AVX2 kernels: not selectable at run time.
-      fail("DUO_SIMD=scalar: the scalar kernels exist only in builds without AVX2 (-DDUO_NATIVE=OFF)");
+      level = SimdLevel::Scalar;
     } else {
-      fail("DUO_SIMD='{}': expected avx2 or avx512", s);
+      fail("DUO_SIMD='{}': expected scalar, avx2 or avx512", s);
     }
   }
+  // DUO_SIMD lowers the level, never raises it past what this CPU runs.
   return level < simd_compiled() ? level : simd_compiled();
 }
 
@@ -36,23 +51,20 @@ std::atomic<int>& current() {
 }  // namespace
 
 SimdLevel simd_compiled() {
-#if DUO_HAVE_AVX512
-  return SimdLevel::Avx512;
-#elif defined(__AVX2__) && defined(__FMA__)
-  return SimdLevel::Avx2;
-#else
-  return SimdLevel::Scalar;
-#endif
+  static const SimdLevel level = cpu_level();
+  return level;
 }
 
 SimdLevel simd_level() { return (SimdLevel)current().load(std::memory_order_relaxed); }
 
 SimdLevel set_simd_level(SimdLevel level) {
   if (level > simd_compiled()) level = simd_compiled();
-  if (simd_compiled() >= SimdLevel::Avx2 && level < SimdLevel::Avx2) level = SimdLevel::Avx2;
+  if (level < SimdLevel::Scalar) level = SimdLevel::Scalar;
   current().store((int)level, std::memory_order_relaxed);
   return level;
 }
+
+void simd_fail_message(const std::string& message) { throw Error(message); }
 
 const char* simd_name(SimdLevel level) {
   switch (level) {
@@ -60,6 +72,16 @@ const char* simd_name(SimdLevel level) {
     case SimdLevel::Avx2: return "avx2";
     default: return "scalar";
   }
+}
+
+std::string simd_summary() {
+#ifdef DUO_BUILD_NATIVE
+  constexpr const char* build = "-march=native build";
+#else
+  constexpr const char* build = "portable build";
+#endif
+  return std::string("CPU kernels: ") + simd_name(simd_level()) + " (this CPU: up to " + simd_name(simd_compiled()) +
+         "; DUO_SIMD=scalar|avx2|avx512 lowers it), " + build;
 }
 
 }  // namespace duo
