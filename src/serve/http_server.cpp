@@ -21,6 +21,7 @@
 #include "serve/http_front.h"
 #include "serve/openai_json.h"
 #include "serve/tool_calls.h"
+#include "serve/tool_stream.h"
 
 namespace duo::serve {
 
@@ -438,8 +439,9 @@ void HttpServer::Impl::generate(Endpoint ep, const httplib::Request& req, httpli
       return send_error(res, *err);
     }
   const bool want_logprobs = gr.top_logprobs >= 0;
-  // With tools the answer is parsed whole: a streamed choice is held back until it ends, then
-  // sent as its content and one delta of complete tool calls.
+  // With tools, the non-streamed answer is parsed whole (shape_choice); a streamed one goes
+  // through ToolCallStream: content at once where it can not be a call, calls as
+  // delta.tool_calls pieces (tool_stream.h).
   const bool tools_on = gr.tool_choice != ToolChoice::None;
   if (!gr.stream) {
     std::vector<ChoiceOut> choices(n);
@@ -478,26 +480,54 @@ void HttpServer::Impl::generate(Endpoint ep, const httplib::Request& req, httpli
         if (ep == Endpoint::ChatCompletions)
           for (size_t i = 0; i < n; ++i)
             if (!send(role_chunk(meta, (int)i))) return client_left();
-        // Sends what choice i has now: its text and the log-probabilities of its new tokens.
-        std::vector<std::string> held(tools_on ? n : 0);
+        std::vector<ToolCallStream> tool_streams;
+        if (tools_on) tool_streams.assign(n, ToolCallStream(gr));
+        // Sends what choice i has now: its text (with tools, what the tool-call parser lets out:
+        // all of it once the choice ended) and the log-probabilities of its new tokens.
         auto flush = [&](size_t i) {
-          if (tools_on && !done[i]) {
-            held[i] += texts[i];
-            texts[i].clear();
-            return true;
-          }
-          if (tools_on) texts[i] = held[i] + texts[i];
           json lp = nullptr;
           if (want_logprobs) {
             std::vector<TokenLogprobEntry> entries;
             gens[i]->take_logprobs(entries);
             if (!entries.empty()) lp = logprobs_json(ep, entries, offsets[i]);
           }
-          if (texts[i].empty() && lp.is_null()) return true;
-          const bool ok = send(stream_chunk(ep, meta, texts[i], FinishReason::None, (int)i, lp));
-          offsets[i] += texts[i].size();
+          if (!tools_on) {
+            if (texts[i].empty() && lp.is_null()) return true;
+            const bool ok = send(stream_chunk(ep, meta, texts[i], FinishReason::None, (int)i, lp));
+            offsets[i] += texts[i].size();
+            texts[i].clear();
+            return ok;
+          }
+          std::vector<ToolStreamEvent> ev = tool_streams[i].feed(texts[i]);
           texts[i].clear();
-          return ok;
+          if (done[i] && !gens[i]->error()) {
+            std::vector<ToolStreamEvent> rest = tool_streams[i].finish(gens[i]->finish_reason() == FinishReason::Stop);
+            ev.insert(ev.end(), rest.begin(), rest.end());
+          }
+          for (const auto& e : ev) {
+            json chunk;
+            switch (e.kind) {
+              case ToolStreamEvent::Kind::Content:
+                chunk = stream_chunk(ep, meta, e.text, FinishReason::None, (int)i, lp);
+                lp = nullptr;
+                break;
+              case ToolStreamEvent::Kind::CallStart:
+                chunk = tool_call_start_chunk(meta, (int)i, e.index, e.id, e.text);
+                break;
+              case ToolStreamEvent::Kind::Arguments:
+                chunk = tool_call_arguments_chunk(meta, (int)i, e.index, e.text);
+                break;
+            }
+            if (!send(chunk)) return false;
+          }
+          return lp.is_null() || send(stream_chunk(ep, meta, "", FinishReason::None, (int)i, lp));
+        };
+        // A choice that streamed calls ends in "tool_calls", unless max_tokens cut it inside a
+        // call (a forced one: anywhere), as its non-streamed answer would end in "length".
+        auto ended_in_calls = [&](size_t i) {
+          if (!tools_on || tool_streams[i].calls() == 0) return false;
+          if (gens[i]->finish_reason() == FinishReason::Stop) return true;
+          return gr.tool_choice == ToolChoice::Auto && !tool_streams[i].broken();
         };
         const auto slice = std::max(std::chrono::milliseconds(1), kPoll / (int)n);
         for (;;) {
@@ -505,25 +535,12 @@ void HttpServer::Impl::generate(Endpoint ep, const httplib::Request& req, httpli
           for (size_t i = 0; i < n; ++i) {
             if (ended[i]) continue;
             if (!done[i]) done[i] = gens[i]->wait_for(texts[i], slice);
-            if (done[i] && tools_on && !gens[i]->error()) {
-              ChoiceOut c;
-              c.text = held[i] + texts[i];
-              c.reason = gens[i]->finish_reason();
-              shape_choice(gr, c);
-              if (!c.tool_calls.is_null()) {
-                held[i].clear();
-                texts[i] = c.content_null ? "" : c.text;
-                if (!flush(i) || !send(tool_calls_chunk(meta, c.tool_calls, (int)i)) ||
-                    !send(tool_calls_end_chunk(meta, (int)i)))
-                  return client_left();
-                ended[i] = true;
-                continue;
-              }
-            }
             if (!flush(i)) return client_left();
             if (done[i]) {
               ended[i] = true;
-              if (!gens[i]->error() && !send(stream_chunk(ep, meta, "", gens[i]->finish_reason(), (int)i)))
+              if (!gens[i]->error() &&
+                  !send(ended_in_calls(i) ? tool_calls_end_chunk(meta, (int)i)
+                                          : stream_chunk(ep, meta, "", gens[i]->finish_reason(), (int)i)))
                 return client_left();
             }
             all = all && ended[i];

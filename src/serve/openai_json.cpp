@@ -122,17 +122,24 @@ json role_chunk(const ResponseMeta& m, int index) {
   return body;
 }
 
-json tool_calls_chunk(const ResponseMeta& m, const json& tool_calls, int index) {
-  json calls = json::array();
-  for (size_t k = 0; k < tool_calls.size(); ++k) {
-    json c = tool_calls[k];
-    c["index"] = k;
-    calls.push_back(std::move(c));
-  }
+namespace {
+json tool_call_delta_chunk(const ResponseMeta& m, int index, json call) {
   json body = envelope("chat.completion.chunk", m);
-  body["choices"] = json::array(
-      {{{"index", index}, {"delta", {{"tool_calls", calls}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}}});
+  body["choices"] = json::array({{{"index", index},
+                                  {"delta", {{"tool_calls", json::array({std::move(call)})}}},
+                                  {"logprobs", nullptr},
+                                  {"finish_reason", nullptr}}});
   return body;
+}
+}  // namespace
+
+json tool_call_start_chunk(const ResponseMeta& m, int index, int call, const std::string& id, const std::string& name) {
+  return tool_call_delta_chunk(
+      m, index, {{"index", call}, {"id", id}, {"type", "function"}, {"function", {{"name", name}, {"arguments", ""}}}});
+}
+
+json tool_call_arguments_chunk(const ResponseMeta& m, int index, int call, const std::string& arguments) {
+  return tool_call_delta_chunk(m, index, {{"index", call}, {"function", {{"arguments", arguments}}}});
 }
 
 json tool_calls_end_chunk(const ResponseMeta& m, int index) {

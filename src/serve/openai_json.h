@@ -49,9 +49,13 @@ nlohmann::json completion_body(Endpoint e, const ResponseMeta& m, const std::str
 nlohmann::json stream_chunk(Endpoint e, const ResponseMeta& m, const std::string& text, FinishReason r, int index = 0,
                             const nlohmann::json& logprobs = nullptr);
 nlohmann::json role_chunk(const ResponseMeta& m, int index = 0);
-// A chat chunk whose delta carries whole tool calls (each with its "index"), and the last
-// chunk of a choice that ended in tool calls (finish_reason "tool_calls").
-nlohmann::json tool_calls_chunk(const ResponseMeta& m, const nlohmann::json& tool_calls, int index = 0);
+// Chat chunks of a streamed tool call `call` of choice `index`: its start (delta.tool_calls
+// [{index, id, type, function: {name, arguments: ""}}]: id, type and name come once, as
+// clients concatenate what repeats), then pieces of its arguments ({index, function:
+// {arguments}}); and the last chunk of a choice that ended in calls (finish_reason "tool_calls").
+nlohmann::json tool_call_start_chunk(const ResponseMeta& m, int index, int call, const std::string& id,
+                                     const std::string& name);
+nlohmann::json tool_call_arguments_chunk(const ResponseMeta& m, int index, int call, const std::string& arguments);
 nlohmann::json tool_calls_end_chunk(const ResponseMeta& m, int index = 0);
 // The usage chunk sent last when stream_options.include_usage is set (empty choices).
 nlohmann::json usage_chunk(Endpoint e, const ResponseMeta& m, int64_t prompt_tokens, int64_t completion_tokens);

@@ -161,6 +161,10 @@ json bare_call(const std::string& text, const std::vector<std::string>& names) {
 
 }  // namespace
 
+json parse_call_body(const std::string& body, const std::vector<std::string>& names) {
+  return call_of(ojson::parse(trim(body), nullptr, /*allow_exceptions=*/false), names);
+}
+
 ToolAnswer parse_hermes_calls(const std::string& text, const std::vector<std::string>& names) {
   static const std::string kOpen = "<tool_call>", kClose = "</tool_call>";
   ToolAnswer a;

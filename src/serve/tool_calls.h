@@ -53,6 +53,10 @@ struct ToolAnswer {
 // Without tags, an answer that is only such an object (bare or in a ```json fence) is a call.
 ToolAnswer parse_hermes_calls(const std::string& text, const std::vector<std::string>& names);
 
+// One <tool_call> block's body (blanks around it allowed) as a call, or null when it is not
+// one: what parse_hermes_calls accepts for each block.
+nlohmann::json parse_call_body(const std::string& body, const std::vector<std::string>& names);
+
 // The answer of a request with tools: parsed as its tool_choice says. `complete`: generation
 // ended by itself (a forced call cut by max_tokens is not a call).
 ToolAnswer shape_tool_answer(const GenerationRequest& r, const std::string& text, bool complete);

@@ -133,8 +133,10 @@ if c.stats() != (ctx0, msgs0):
 
 # (At temperature 0 SmolLM2 answers this with a long list: "1. 1", "2. 2", ...)
 c.send(b"Count from 1 to 200, separated by commas.\r")
-c.expect(b"commas.\r\n", what="(the echo of the line)")  # its digits are not the reply's
-c.expect(b"2", what="(the reply is under way)")
+c.expect(b"commas.\r\n", what="(the echo of the line)")
+# "2. 2" is the reply's own: a bare "2" can be libedit's echo of the line, drawn a second time
+# when the line was typed before the terminal left line mode (the prompt is drawn first).
+c.expect(b"2. 2", what="(the reply is under way)")
 c.send(CTRL_C)
 c.expect(b"[reply stopped; the conversation is kept]", timeout=10)
 c.prompt()
@@ -184,7 +186,65 @@ if c.stats() != (0, 0):
     c.fail("/reset left a conversation")
 c.finish()
 
-# 2. Overflow: a small context fills within a few turns; the oldest are dropped with a notice
+# 2. Ctrl-C at any moment leaves the chat alive and answering; nothing is lost or left waiting
+# for a key. (The handler only flags and writes to a self-pipe; the key reader polls both.)
+c = Pty("chat", *common, "-n", "300", "--chunk", "16")
+c.prompt()
+ctx0, msgs0 = c.stats()
+# While libedit redraws a long pasted line: the interrupt usually lands outside a blocking
+# read(), and the kernel drops the rest of the paste; a reader that only reacts to EINTR then
+# waits for a key that never comes. Three times: each caught that hang 4 times in 5.
+for attempt in range(3):
+    start = len(c.buf)
+    c.send(b"word " * 600)
+    while c.buf.count(b"word", start) < 60:  # the echo is under way
+        if c._read(10 * TIME_SCALE) is not True:
+            c.fail("no echo of the pasted line")
+    c.send(CTRL_C)
+    c.expect(b"(Ctrl-D or /exit quits)", timeout=10, what=f"(Ctrl-C while a paste is drawn, try {attempt + 1})")
+    c.prompt()
+# At the empty prompt.
+c.send(CTRL_C)
+c.expect(b"(Ctrl-D or /exit quits)", timeout=10, what="(Ctrl-C at the empty prompt)")
+c.prompt()
+if c.stats() != (ctx0, msgs0):
+    c.fail("an interrupted line reached the conversation")
+# During a pre-fill of 16-token chunks: the message is not sent, the cache is not kept.
+c.send(b"Summarize this: " + b"the cat sat on the mat and looked at the wall. " * 40 + b"\r")
+c.expect(b"pre-fill ", what="(the pre-fill progress line)")
+c.send(CTRL_C)
+c.expect(b"[stopped before the reply began; message not sent]", timeout=10)
+c.prompt()
+if c.stats() != (ctx0, msgs0):
+    c.fail("a message stopped during its pre-fill stayed in the conversation")
+# Twice quickly during a reply: one stop, the second Ctrl-C is harmless wherever it lands.
+c.send(b"Count from 1 to 200, separated by commas.\r")
+c.expect(b"2. 2", what="(the reply is under way)")
+c.send(CTRL_C + CTRL_C)
+c.expect(b"[reply stopped; the conversation is kept]", timeout=10)
+c.prompt()
+time.sleep(0.5)
+ctx1, msgs1 = c.stats()
+if msgs1 != msgs0 + 2 or ctx1 <= ctx0:
+    c.fail(f"after Ctrl-C Ctrl-C: context {ctx1}, messages {msgs1} (before {ctx0}, {msgs0})")
+# Right after Enter, before the first token: whichever step it lands in (the line, the
+# pre-fill, the reply), it is obeyed, never lost with the reply running on to its end.
+c.send(b"Count from 1 to 300, separated by commas.\r")
+c.expect(b"300, separated by commas.\r\n", what="(the echo of the line)")
+c.send(CTRL_C)
+end = time.time() + 30 * TIME_SCALE
+ends = (b"(Ctrl-D or /exit quits)", b"message not sent]", b"tok/s, context")
+while not any(e in c.buf[c.mark:] for e in ends):
+    if time.time() > end or c._read(0.1) is None:
+        c.fail("no answer to a Ctrl-C right after Enter")
+end = min(i + len(e) for e in ends if (i := c.buf.find(e, c.mark)) >= 0)
+out, c.mark = c.buf[c.mark:end].decode(errors="replace"), end
+if "tok/s, context" in out and "[reply stopped" not in out:
+    c.fail(f"Ctrl-C right after Enter was lost: {out[-300:]!r}")
+c.prompt()
+c.finish()
+
+# 3. Overflow: a small context fills within a few turns; the oldest are dropped with a notice
 # and replies keep coming, with full and with streaming attention.
 for mode in (["--attention", "full"], ["--attention", "streaming", "--sink", "4", "--recent", "32"]):
     c = Pty("chat", *common, "-n", "40", "-c", "192", *mode)
@@ -202,7 +262,7 @@ for mode in (["--attention", "full"], ["--attention", "streaming", "--sink", "4"
         c.fail(f"no notice of dropped turns ({mode[1]} attention)")
     c.finish()
 
-# 3. generate: progress of a long pre-fill on a terminal, none in a pipe.
+# 4. generate: progress of a long pre-fill on a terminal, none in a pipe.
 text = " ".join(f"Sentence number {i} is about nothing in particular." for i in range(120))
 path = os.path.join(tempfile.mkdtemp(prefix="duo_pty_"), "long.txt")
 open(path, "w").write(text)

@@ -16,7 +16,9 @@
   parses and validates with `jsonschema`; an unsupported keyword is a 400 naming it;
 - tools: tool_choice required / named give calls whose arguments validate against the tool's
   parameters (openai client, streamed or not; LangChain's bind_tools), a tool result sent back
-  gets an answer, and Qwen2.5-Coder's own <tool_call> format is parsed (when fetched).
+  gets an answer, and Qwen2.5-Coder's own <tool_call> format is parsed (when fetched); streamed
+  answers with tools, accumulated by the openai client and by LangChain, equal the non-streamed
+  ones (calls in delta.tool_calls pieces, plain text streamed as it comes).
 
 Usage: test_serve.py --duo build/duo   (run_e2e.sh sets up openai, langchain-openai, jsonschema)
 Prints one line per test and "N passed, N failed" at the end; exit 77 when the model is missing.
@@ -54,6 +56,15 @@ LONG_PROMPT = ("The history of the printing press begins in the fifteenth centur
                "combined movable metal type, oil-based ink and a wooden press adapted from wine making. "
                "Within fifty years presses were running in more than two hundred European cities, and the "
                "price of books fell sharply. Scholars argue about") 
+
+
+def accumulate(chunks):
+    """A stream's chunks as the openai client accumulates them (its ChatCompletionStreamState)."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    state = ChatCompletionStreamState()
+    for c in chunks:
+        state.handle_chunk(c)
+    return state.current_completion_snapshot
 
 
 # ----------------------------------------------------------------------------------------------
@@ -865,7 +876,7 @@ class Tests:
             if stream:
                 chunks = list(s.client.chat.completions.create(stream=True, **kw))
                 deltas = [c.choices[0].delta for c in chunks if c.choices]
-                calls = [tc for d in deltas for tc in (d.tool_calls or [])]
+                calls = accumulate(chunks).choices[0].message.tool_calls
                 finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
                 content = "".join(d.content or "" for d in deltas)
                 assert content == "", content
@@ -907,6 +918,70 @@ class Tests:
             raise AssertionError("a tool with 'pattern' was forced")
         except openai.BadRequestError as e:
             assert e.status_code == 400 and "'pattern'" in str(e), e
+        s.wait_idle()
+
+    def test_tools_streamed_equal_non_streamed(self):
+        # A streamed answer with tools, accumulated by the openai client's own stream state,
+        # equals the non-streamed one: the same calls (name, arguments), content and finish
+        # reason. Its calls come as delta.tool_calls pieces (id, type and name once, then the
+        # arguments), and text that is no call streams as it comes.
+        s = self.server
+        tools = [self.WEATHER, self.ADD]
+        weather = [{"role": "user", "content": "What is the weather in Paris?"}]
+        poem = [{"role": "user", "content": "Write a short poem about the sea."}]
+        cases = [("required", weather), ({"type": "function", "function": {"name": "get_weather"}}, weather),
+                 ({"type": "function", "function": {"name": "add"}}, weather), ("auto", weather), ("auto", poem)]
+        for choice, q in cases:
+            kw = dict(model=MODEL_ID, messages=q, tools=tools, tool_choice=choice, max_tokens=48, temperature=0)
+            whole = s.client.chat.completions.create(**kw).choices[0]
+            chunks = list(s.client.chat.completions.create(stream=True, **kw))
+            got = accumulate(chunks).choices[0]
+            assert got.finish_reason == whole.finish_reason, (choice, got, whole)
+            assert (got.message.content or "") == (whole.message.content or ""), (choice, got, whole)
+            calls = lambda m: [(c.type, c.function.name, c.function.arguments) for c in m.tool_calls or []]
+            assert calls(got.message) == calls(whole.message), (choice, got, whole)
+            pieces = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+            if whole.message.tool_calls:
+                assert whole.finish_reason == "tool_calls", whole
+                first = pieces[0]
+                assert first.index == 0 and first.id.startswith("call_") and first.type == "function", first
+                assert first.function.name == whole.message.tool_calls[0].function.name, first
+                assert all(p.id is None and p.type is None and p.function.name is None for p in pieces[1:]), pieces
+                if isinstance(choice, dict):  # a forced call's arguments stream as they are generated
+                    assert len(pieces) >= 3, pieces
+            else:
+                assert not pieces, pieces
+                content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
+                assert len(content_chunks) >= 5, f"plain text was held back: {len(content_chunks)} chunks"
+        s.wait_idle()
+
+    def test_tools_langchain_streaming(self):
+        # LangChain's streaming with bound tools: the chunks summed give the calls invoke() gives.
+        from langchain_core.messages import HumanMessage
+        from langchain_openai import ChatOpenAI
+        from pydantic import BaseModel, Field
+
+        class Multiply(BaseModel):
+            """Multiply two integers."""
+            a: int = Field(description="first factor")
+            b: int = Field(description="second factor")
+
+        s = self.server
+        llm = ChatOpenAI(base_url=f"http://{s.host}:{s.port}/v1", api_key="unused", model=MODEL_ID, temperature=0,
+                         max_tokens=48, max_retries=0, timeout=300)
+        for choice, question in [("Multiply", "What is 6 times 7?"), ("any", "What is 6 times 7?"),
+                                 ("auto", "Write a short poem about the sea.")]:
+            bound = llm.bind_tools([Multiply, self.WEATHER], tool_choice=choice)
+            msg = bound.invoke([HumanMessage(question)])
+            total = None
+            for chunk in bound.stream([HumanMessage(question)]):
+                total = chunk if total is None else total + chunk
+            strip = lambda calls: [(c["name"], c["args"]) for c in calls]
+            assert strip(total.tool_calls) == strip(msg.tool_calls), (choice, total, msg)
+            assert not total.invalid_tool_calls, total
+            assert total.content == msg.content, (choice, total.content, msg.content)
+            if choice != "auto":
+                assert len(total.tool_calls) == 1 and total.tool_calls[0]["id"].startswith("call_"), total
         s.wait_idle()
 
     def test_tools_langchain_bind_tools(self):

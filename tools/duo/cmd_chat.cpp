@@ -198,7 +198,8 @@ class Chat {
     std::vector<int32_t> generated;
     bool stopped = false;
     ProgressLine progress("pre-fill", true);
-    g_interrupted.store(false);
+    // No clearing of g_interrupted here: a Ctrl-C after Enter (while the conversation is
+    // rendered and tokenized) is meant for this reply. The prompt clears it before each line.
     last_ = session_->generate(
         suffix, o_.max_tokens, sampler_,
         [&](int32_t id, const std::string& t) {
@@ -215,7 +216,7 @@ class Chat {
           return !stopped;
         });
     progress.clear();
-    g_interrupted.store(false);
+    clear_interrupt();
     if (last_.prefill_stopped) {
       // Part of the prompt is in the cache: start from scratch next time, and drop the message.
       session_->reset();
