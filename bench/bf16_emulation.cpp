@@ -25,6 +25,7 @@
 #include "core/thread_pool.h"
 #include "kv/kv_cache.h"
 #include "duo/kv_type.h"
+#include "backend/cpu/cpu_forward.h"
 #include "model/model.h"
 #include "duo/sampler.h"
 
@@ -37,7 +38,7 @@ static void rbv(float* x, int64_t n) {
 
 struct W {
   std::vector<float> d;
-  WeightView v;
+  MatmulWeight v;
 };
 static bool emu_int8() {
   const char* e = std::getenv("DUO_EMU_WEIGHTS");
@@ -196,6 +197,7 @@ int main_tiny() {
   for (bool q : {false, true})
     for (uint64_t seed : {11, 12, 13}) {
       auto m = Model::synthetic(tiny(q), seed);
+      CpuForward cpu(*m);
       Emu emu(*m, pool);
       const int V = 512;
       std::vector<int32_t> t(330);
@@ -204,12 +206,12 @@ int main_tiny() {
       for (HeadKind kind : {HeadKind::Retrieval, HeadKind::Streaming}) {
         HeadPlan plan = HeadPlan::uniform(3, 2, kind, {4, 40});
         plan.kv_type = emu_kv();
-        auto cc = m->new_cache(plan), ce = m->new_cache(plan);
+        auto cc = cpu.new_cache(plan), ce = cpu.new_cache(plan);
         std::vector<float> lc(V), le(V);
         double worst = 0, wmax = 0, maxgap = 0;
         int dis = 0;
         for (int i = 0; i < 330; ++i) {
-          m->forward(*cc, &t[i], 1, lc.data(), pool);
+          cpu.forward(*cc, &t[i], 1, lc.data(), pool);
           emu.forward(*ce, &t[i], 1, le.data());
           double num = 0, den = 0, mx = 0;
           for (int j = 0; j < V; ++j) {
@@ -246,6 +248,7 @@ int main(int argc, char** argv) {
   const std::string path = argv[1], fixture = argv[2];
   const int steps = argc > 3 ? atoi(argv[3]) : 64;
   auto m = Model::load(path);
+  CpuForward cpu(*m);
   ThreadPool pool(2);
   Emu emu(*m, pool);
   const auto& c = m->config();
@@ -255,9 +258,9 @@ int main(int argc, char** argv) {
     auto ids = p["ids"].get<std::vector<int32_t>>();
     HeadPlan plan = HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Retrieval);
     plan.kv_type = emu_kv();
-    auto cc = m->new_cache(plan), ce = m->new_cache(plan);
+    auto cc = cpu.new_cache(plan), ce = cpu.new_cache(plan);
     std::vector<float> lc(V), le(V);
-    m->forward(*cc, ids.data(), ids.size(), lc.data(), pool);
+    cpu.forward(*cc, ids.data(), ids.size(), lc.data(), pool);
     emu.forward(*ce, ids.data(), ids.size(), le.data());
     double num = 0, den = 0, mx = 0;
     for (int i = 0; i < V; ++i) {
@@ -278,7 +281,7 @@ int main(int argc, char** argv) {
       gaps.push_back(gap(lc.data(), V));
       if (same < 0 && nc != ne) same = s;
       // teacher-force the CPU token into both
-      m->forward(*cc, &nc, 1, lc.data(), pool);
+      cpu.forward(*cc, &nc, 1, lc.data(), pool);
       emu.forward(*ce, &nc, 1, le.data());
       double mxs = 0;
       for (int i = 0; i < V; ++i) mxs = std::max(mxs, (double)std::fabs(le[i] - lc[i]));

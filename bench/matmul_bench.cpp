@@ -61,7 +61,7 @@ std::vector<uint8_t> random_weights(GgmlType type, int64_t rows, int64_t cols) {
 void BM_Matmul(benchmark::State& state, GgmlType type, int64_t rows, int64_t cols) {
   const int64_t n = state.range(0);
   const auto data = random_weights(type, rows, cols);
-  duo::WeightView w{type, data.data(), rows, cols, duo::row_bytes(type, cols)};
+  duo::MatmulWeight w{type, data.data(), rows, cols, duo::row_bytes(type, cols)};
   std::vector<float> x((size_t)(n * cols)), y((size_t)(n * rows));
   std::mt19937 rng(7);
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -102,7 +102,7 @@ DUO_MM_BENCH(F16_576x576, F16, 576, 576);
 // SmolLM2's 30 layers of Q4_1 matrices (q, k, v, o, gate, up, down; ~100 MB, 290 MB packed),
 // each multiplied by n tokens, as a batched decode step of `duo serve` runs them: the weights
 // stream from DRAM, not from the CPU caches. Args: {tokens, packed (pack_weight) or not,
-// activation bits (WeightView::act_bits: 16, or 8 for the int8 kernel)}.
+// activation bits (MatmulWeight::act_bits: 16, or 8 for the int8 kernel)}.
 void BM_LayerStack(benchmark::State& state) {
   const int64_t n = state.range(0);
   const bool packed = state.range(1) != 0;
@@ -110,7 +110,7 @@ void BM_LayerStack(benchmark::State& state) {
   const int64_t E = 576, KV = 192, F = 1536;
   struct Mat {
     std::vector<uint8_t> data;
-    duo::WeightView w;
+    duo::MatmulWeight w;
     std::shared_ptr<const duo::PackedWeight> p;
   };
   std::vector<Mat> mats;

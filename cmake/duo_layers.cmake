@@ -52,6 +52,7 @@ function(duo_layer name)
     file(CREATE_LINK ${CMAKE_SOURCE_DIR}/include/${rel} ${root}/${rel} SYMBOLIC)
   endforeach()
   set_property(GLOBAL APPEND PROPERTY DUO_LAYER_ROOTS_${name} ${root})
+  set_property(GLOBAL PROPERTY DUO_LAYER_DEPS_${name} ${L_DEPS})
   if(L_ROOT_ONLY)
     return()
   endif()
@@ -61,6 +62,22 @@ function(duo_layer name)
   if(L_COMPILE_OPTIONS)
     set_property(TARGET ${name} PROPERTY COMPILE_OPTIONS ${L_COMPILE_OPTIONS})
   endif()
+endfunction()
+
+# The include roots a layer's sources see: its own and, through its DEPS, those of the layers
+# below it. Known with or without CUDA (ROOT_ONLY layers record their DEPS too), so the layering
+# probes of the CUDA layers build in every build tree.
+function(duo_layer_roots name out)
+  get_property(roots GLOBAL PROPERTY DUO_LAYER_ROOTS_${name})
+  get_property(deps GLOBAL PROPERTY DUO_LAYER_DEPS_${name})
+  foreach(dep IN LISTS deps)
+    if(dep MATCHES "^duo_")
+      duo_layer_roots(${dep} dep_roots)
+      list(APPEND roots ${dep_roots})
+    endif()
+  endforeach()
+  list(REMOVE_DUPLICATES roots)
+  set(${out} ${roots} PARENT_SCOPE)
 endfunction()
 
 # Files of src/ built outside the layer libraries (by the CLI).
@@ -107,12 +124,16 @@ duo_layer(duo_tokenizer FILES tokenizer/* tokenizer/jinja/*
 # KV caches and head plans. Head patterns (io/head_pattern.*) build here: they produce HeadPlans.
 duo_layer(duo_kv FILES kv/* io/head_pattern.* PUBLIC_HEADERS duo/kv_type.h duo/head_plan.h
           DEPS duo_io)
+# The model's description (Model: config, weight views of a GGUF file, a Hugging Face directory
+# or synthetic floats, the DuoAttention head order, RoPE frequencies), below both backends.
+duo_layer(duo_model FILES model/model.* model/hf_load.* model/weight_view.h
+          DEPS duo_kv)
 # The device seam (ModelBackend, SequenceState): serving, evaluation and tools go through it.
 duo_layer(duo_seam FILES engine/backend.* PUBLIC_HEADERS duo/device.h
           DEPS duo_kv)
-# The CPU backend: forward pass (model/model.*), kernels (backend/cpu), adapter to the seam.
-duo_layer(duo_backend_cpu FILES backend/cpu/* model/model.* model/hf_load.*
-          DEPS duo_seam duo_sample)
+# The CPU backend in one folder: forward pass (cpu_forward.*), kernels, adapter to the seam.
+duo_layer(duo_backend_cpu FILES backend/cpu/*
+          DEPS duo_seam duo_model duo_sample)
 duo_simd_kernels(duo_backend_cpu)  # cmake/duo_simd.cmake: the per-level kernel files' target flags
 # The public API (include/duo/engine.h: Engine, Session) over either backend.
 duo_layer(duo_engine FILES engine/engine.cpp engine/utf8_stream.* PUBLIC_HEADERS duo/engine.h
@@ -149,10 +170,20 @@ macro(duo_cuda_layers)
             DEPS duo_kv CUDA::cudart CUDA::cublas COMPILE_OPTIONS ${_cuda_options})
   set(_host_files backend/cuda/*.h backend/cuda/*.cpp)
   duo_layer(duo_backend_cuda ${_root_only} FILES ${_host_files} EXCLUDE ${DUO_CUDA_KERNEL_FILES}
-            DEPS duo_cuda duo_backend_cpu CUDA::cublas)
+            DEPS duo_cuda duo_seam duo_model duo_sample CUDA::cublas)
   duo_layer(duo_calibrate_cuda ${_root_only} FILES calibrate/cuda/*
             DEPS duo_calibrate duo_backend_cuda COMPILE_OPTIONS ${_cuda_options})
 endmacro()
+
+function(duo_layering_cuda_probe_roots)
+  duo_layer_roots(duo_backend_cuda roots)
+  if(NOT roots)
+    message(FATAL_ERROR "duo_layering_tests: duo_backend_cuda has no include roots (duo_cuda_layers() not called)")
+  endif()
+  foreach(probe cuda_sees_model cuda_not_cpu)
+    target_include_directories(duo_layering_probe_${probe} PRIVATE ${roots})
+  endforeach()
+endfunction()
 
 # ctest: the layering holds. A translation unit of duo_kv that includes the seam's header fails
 # to compile for want of the header (and the same one including its own layer and those below
@@ -173,6 +204,22 @@ function(duo_layering_tests)
   set_tests_properties(layering_upward_include_fails layering_downward_include_builds PROPERTIES
                        RESOURCE_LOCK duo_build_tree TIMEOUT 300)
   add_test(NAME layering_includes_named COMMAND python3 ${dir}/check_includes.py ${CMAKE_SOURCE_DIR})
+
+  # The two backends side by side over the model's description: the CUDA runtime's sources
+  # (duo_backend_cuda's include roots, CUDA or not) see the description but not the CPU backend.
+  # (The roots are read once the whole tree is configured: with CUDA the CUDA layers come later.)
+  foreach(probe cuda_sees_model cuda_not_cpu)
+    add_library(duo_layering_probe_${probe} OBJECT EXCLUDE_FROM_ALL ${dir}/${probe}.cpp)
+  endforeach()
+  cmake_language(DEFER DIRECTORY ${CMAKE_SOURCE_DIR} CALL duo_layering_cuda_probe_roots)
+  add_test(NAME layering_cuda_backend_sees_model
+           COMMAND ${CMAKE_COMMAND} --build ${CMAKE_BINARY_DIR} --target duo_layering_probe_cuda_sees_model)
+  add_test(NAME layering_cuda_backend_not_cpu
+           COMMAND ${CMAKE_COMMAND} --build ${CMAKE_BINARY_DIR} --target duo_layering_probe_cuda_not_cpu)
+  set_tests_properties(layering_cuda_backend_not_cpu PROPERTIES
+                       PASS_REGULAR_EXPRESSION "backend/cpu/cpu_forward\\.h: No such file or directory")
+  set_tests_properties(layering_cuda_backend_sees_model layering_cuda_backend_not_cpu PROPERTIES
+                       RESOURCE_LOCK duo_build_tree TIMEOUT 300)
 
   # The public API stands alone: one translation unit including every include/duo/*.h, compiled
   # with include/ as its only include path (no layer roots, no src/, no libraries), builds; so a

@@ -21,6 +21,7 @@ namespace duo {
 // Internals the API hands out by reference (engine/backend.h, model/model.h, ...: a caller that
 // uses them includes their headers from src/); the public headers name them only.
 class Model;
+class CpuForward;
 class Tokenizer;
 class ThreadPool;
 class KvCache;
@@ -40,11 +41,11 @@ struct EngineOptions {
   int64_t max_context = 0;    // 0: the model's training context
   HeadPlan plan;              // head kinds for duo mode (window is taken from `window`)
   std::string pattern_origin = "head pattern";  // where `plan` came from, for error messages
-  Device device = Device::Cpu;  // where the forward runs (the CPU model is loaded either way)
+  Device device = Device::Cpu;  // where the forward runs (the model is loaded in host memory either way)
   KvType kv_type = KvType::Default;  // KV cache storage (duo/kv_type.h; Default: f32 CPU, bf16 CUDA)
   WeightFormat gpu_weights = WeightFormat::Bf16;  // weight matrices on the CUDA device
   // CPU many-token matmuls (pre-fill chunks, batched decode): 16-bit activations, or 8 (int8
-  // activations for Q4_0/Q4_1/Q8_0 weights on AVX-512 VNNI; WeightView::act_bits).
+  // activations for Q4_0/Q4_1/Q8_0 weights on AVX-512 VNNI; MatmulWeight::act_bits).
   int act_bits = 16;
 };
 
@@ -70,6 +71,9 @@ class Engine {
   ~Engine();
   const EngineOptions& options() const { return opts_; }
   Model& model() { return *model_; }
+  // The CPU forward over the model (backend/cpu/cpu_forward.h), whatever the device: tools that
+  // pack its weights or observe its attention, and the CPU backend, use it.
+  CpuForward& cpu_forward() { return *cpu_; }
   ModelBackend& backend() { return *backend_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   ThreadPool& pool() { return *pool_; }
@@ -83,6 +87,7 @@ class Engine {
  private:
   EngineOptions opts_;
   std::unique_ptr<Model> model_;
+  std::unique_ptr<CpuForward> cpu_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ThreadPool> pool_;
   HeadPlan plan_;

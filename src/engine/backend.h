@@ -1,7 +1,7 @@
 // The device seam: a per-device model object that runs the forward pass over per-sequence
 // state (that sequence's KV cache on the device). The Engine, the CLI and the benchmarks talk
 // to this interface, so the same code runs on the CPU or on CUDA (`--device cpu|cuda`):
-//  - CPU: wraps Model + KvCache (src/backend/cpu/cpu_backend.cpp), exactly the CPU engine;
+//  - CPU: wraps CpuForward + KvCache (src/backend/cpu/cpu_backend.cpp), exactly the CPU engine;
 //  - CUDA: bf16 weights resident on the GPU, cuBLAS GEMMs, the attention kernels of
 //    src/backend/cuda and a GPU KV cache (src/backend/cuda/cuda_backend.cpp), compiled in
 //    when the build has DUO_CUDA=ON (macro DUO_HAVE_CUDA).
@@ -18,6 +18,7 @@
 namespace duo {
 
 class Model;
+class CpuForward;
 class Sampler;
 class ThreadPool;
 
@@ -154,8 +155,11 @@ class ModelBackend {
   virtual double copy_gbs() { return 0.0; }
 };
 
-// The CPU engine (the model and the pool must outlive the backend).
-std::unique_ptr<ModelBackend> make_cpu_backend(Model& model, ThreadPool& pool);
+// The CPU engine (the forward, its model and the pool must outlive the backend).
+std::unique_ptr<ModelBackend> make_cpu_backend(CpuForward& forward, ThreadPool& pool);
+// The same over a forward of its own (no packed panels, 16-bit activations, no observer): the
+// model and the pool must outlive it.
+std::unique_ptr<ModelBackend> make_cpu_backend(const Model& model, ThreadPool& pool);
 
 // CUDA backend with the weights of a loaded model (after any head reordering), converted to
 // bf16 on the GPU. Fails with a clear message when this build has no CUDA or no GPU is found.

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "backend/cpu/attention.h"
+#include "backend/cpu/cpu_forward.h"
 #include "core/error.h"
 #include "duo/engine.h"
 #include "engine/backend.h"
@@ -81,15 +82,15 @@ GateMatrix rank_heads_by_needle_mass(Engine& engine, const HeadRankingOptions& o
       const NeedlePrompt p =
           build_needle_prompt(engine.tokenizer(), &tmpl, NeedleTask::Niah, L, depth, o.seed + done);
       NeedleMassObserver obs(c.n_layers, c.n_kv_heads, p);
-      engine.model().set_observer(&obs);
+      engine.cpu_forward().set_observer(&obs);
       auto session = engine.new_session();
       try {
         session->feed(p.tokens);
       } catch (...) {
-        engine.model().set_observer(nullptr);
+        engine.cpu_forward().set_observer(nullptr);
         throw;
       }
-      engine.model().set_observer(nullptr);
+      engine.cpu_forward().set_observer(nullptr);
       for (size_t i = 0; i < mass.size(); ++i) mass[i] += obs.mass()[i];
       if (progress) progress(++done, total);
     }

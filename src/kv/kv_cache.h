@@ -60,7 +60,7 @@ class KvCache {
   // The plan's kv_type picks the storage (Default: f32). layer_window (empty, or one entry per
   // layer): 0 for a layer whose heads follow the plan, w > 0 for a layer with its own sliding
   // window (gemma3's local layers): all its heads keep the last w positions and no sink,
-  // whatever the plan says (Model::new_cache decides this).
+  // whatever the plan says (CpuForward::new_cache decides this).
   KvCache(int n_layers, int n_kv_heads, int head_dim, HeadPlan plan, std::vector<int> layer_window = {});
 
   const HeadPlan& plan() const { return plan_; }

@@ -1,4 +1,4 @@
-// The 8-bit activation mode of the quantized matmul (WeightView::act_bits == 8): its activation
+// The 8-bit activation mode of the quantized matmul (MatmulWeight::act_bits == 8): its activation
 // quantization, its AVX-512 VNNI kernel against a plain reference that quantizes the same way
 // (exact integer block sums, so only float rounding separates them), against the float
 // product within the bound that 8-bit activations allow, and its fallbacks.
@@ -63,7 +63,7 @@ TEST(MatmulAct8, QuantizesBlocksToInt8) {
 
 // For every output: sum_c |w_c x_c| (scale of float rounding) and the bound on what 8-bit
 // activations can move it, sum_b (amax_b / 254) * sum_{c in b} |w_c|.
-void float_bounds(const WeightView& w, const float* x, int64_t n, std::vector<double>& mag, std::vector<double>& qerr) {
+void float_bounds(const MatmulWeight& w, const float* x, int64_t n, std::vector<double>& mag, std::vector<double>& qerr) {
   mag.assign((size_t)(n * w.rows), 0.0);
   qerr.assign((size_t)(n * w.rows), 0.0);
   std::vector<float> row((size_t)w.cols);
@@ -100,7 +100,7 @@ TEST(MatmulAct8, KernelMatchesReferences) {
                          Shape{GgmlType::Q4_0, 49, 64}, Shape{GgmlType::Q4_0, 200, 1536},
                          Shape{GgmlType::Q8_0, 77, 576}, Shape{GgmlType::Q8_0, 5, 32}}) {
     auto data = random_q(s.type, s.rows, s.cols, rng);
-    WeightView w{s.type, data.data(), s.rows, s.cols, row_bytes(s.type, s.cols)};
+    MatmulWeight w{s.type, data.data(), s.rows, s.cols, row_bytes(s.type, s.cols)};
     w.act_bits = 8;
     ASSERT_TRUE(matmul_uses_act8(w));
     ThreadPool pack_pool(2);
@@ -108,7 +108,7 @@ TEST(MatmulAct8, KernelMatchesReferences) {
     ASSERT_NE(packed, nullptr);
     EXPECT_EQ(packed->act_bits, 8);
     EXPECT_LT(packed_bytes(*packed), (size_t)(s.rows + 47) / 48 * 48 * s.cols * 2);  // 1 byte a weight + scales
-    WeightView wp = w;
+    MatmulWeight wp = w;
     wp.packed = packed.get();
     for (int64_t n : {5, 6, 7, 8, 33}) {
       std::vector<float> x(n * s.cols), ref8(n * s.rows), ref(n * s.rows), y(n * s.rows), yp(n * s.rows);
@@ -147,7 +147,7 @@ TEST(MatmulAct8, ExtremeBlocksStayExact) {
     const size_t bs = type_traits(type).block_bytes, head = type == GgmlType::Q4_1 ? 4 : 2;
     for (size_t off = 0, k = 0; off < data.size(); off += bs, ++k)  // alternate blocks: all min / all max
       std::memset(data.data() + off + head, k % 2 ? 0x7F : (type == GgmlType::Q8_0 ? 0x80 : 0xFF), bs - head);
-    WeightView w{type, data.data(), rows, cols, row_bytes(type, cols)};
+    MatmulWeight w{type, data.data(), rows, cols, row_bytes(type, cols)};
     w.act_bits = 8;
     std::vector<float> x(n * cols), y(n * rows), ref8(n * rows);
     for (int64_t i = 0; i < n * cols; ++i) x[i] = (i / QK) % 3 == 0 ? -3.0f : 3.0f;  // whole blocks at +-amax
@@ -164,16 +164,16 @@ TEST(MatmulAct8, FallsBackTo16BitsElsewhere) {
   std::mt19937 rng(43);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   auto q41 = random_q(GgmlType::Q4_1, 50, 64, rng), q50 = random_q(GgmlType::Q5_0, 30, 64, rng);
-  WeightView a16{GgmlType::Q4_1, q41.data(), 50, 64, row_bytes(GgmlType::Q4_1, 64)};
-  WeightView b16{GgmlType::Q5_0, q50.data(), 30, 64, row_bytes(GgmlType::Q5_0, 64)};
-  WeightView a8 = a16, b8 = b16;
+  MatmulWeight a16{GgmlType::Q4_1, q41.data(), 50, 64, row_bytes(GgmlType::Q4_1, 64)};
+  MatmulWeight b16{GgmlType::Q5_0, q50.data(), 30, 64, row_bytes(GgmlType::Q5_0, 64)};
+  MatmulWeight a8 = a16, b8 = b16;
   a8.act_bits = b8.act_bits = 8;
   EXPECT_FALSE(matmul_uses_act8(b8));
   ThreadPool pool(2);
   for (SimdLevel level : test::simd_levels()) {
     test::ScopedSimdLevel scoped(level);
     auto pa = pack_weight(a8, pool), pb = pack_weight(b8, pool);
-    WeightView a8p = a8, b8p = b8;
+    MatmulWeight a8p = a8, b8p = b8;
     a8p.packed = pa.get(), b8p.packed = pb.get();
     EXPECT_EQ(matmul_uses_act8(a8), level == SimdLevel::Avx512);
     for (int64_t n : {1, 4, 9}) {
@@ -199,25 +199,25 @@ TEST(MatmulAct8, FallsBackTo16BitsElsewhere) {
 TEST(MatmulAct8, RejectsBadModesAndMismatchedPanels) {
   std::mt19937 rng(47);
   auto q = random_q(GgmlType::Q4_1, 48, 64, rng);
-  WeightView w{GgmlType::Q4_1, q.data(), 48, 64, row_bytes(GgmlType::Q4_1, 64)};
+  MatmulWeight w{GgmlType::Q4_1, q.data(), 48, 64, row_bytes(GgmlType::Q4_1, 64)};
   std::vector<float> x(8 * 64, 1.0f), y(8 * 48);
   ThreadPool pool(1);
-  WeightView bad = w;
+  MatmulWeight bad = w;
   bad.act_bits = 12;
   EXPECT_THROW(matmul(bad, x.data(), 8, y.data(), pool), std::runtime_error);
   EXPECT_THROW(pack_weight(bad, pool), std::runtime_error);
   if (!have_act8()) return;
   test::ScopedSimdLevel scoped(SimdLevel::Avx512);
   // u8 panels read as 16-bit ones (or the reverse) would be garbage: refused.
-  WeightView w8 = w;
+  MatmulWeight w8 = w;
   w8.act_bits = 8;
   auto p8 = pack_weight(w8, pool), p16 = pack_weight(w, pool);
-  WeightView w16_with_p8 = w, w8_with_p16 = w8;
+  MatmulWeight w16_with_p8 = w, w8_with_p16 = w8;
   w16_with_p8.packed = p8.get();
   w8_with_p16.packed = p16.get();
   EXPECT_THROW(matmul(w16_with_p8, x.data(), 8, y.data(), pool), std::runtime_error);
   EXPECT_THROW(matmul(w8_with_p16, x.data(), 8, y.data(), pool), std::runtime_error);
-  EXPECT_THROW(matmul_act8_ref(WeightView{GgmlType::Q5_0, q.data(), 1, 32, 22}, x.data(), 1, y.data()),
+  EXPECT_THROW(matmul_act8_ref(MatmulWeight{GgmlType::Q5_0, q.data(), 1, 32, 22}, x.data(), 1, y.data()),
                std::runtime_error);
 }
 

@@ -72,7 +72,7 @@ constexpr double kActSteps = 2.0 * 32767.0;
 void check_type(GgmlType type, int64_t rows, int64_t cols) {
   std::mt19937 rng(17 + (int)type + (int)cols);
   auto data = random_weights(type, rows, cols, rng);
-  WeightView w{type, data.data(), rows, cols, row_bytes(type, cols)};
+  MatmulWeight w{type, data.data(), rows, cols, row_bytes(type, cols)};
   const bool quant_act = !(type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   for (int64_t n : {1, 2, 5, 7, 14, 17, 64}) {
@@ -130,7 +130,7 @@ void check_exact(GgmlType type, int64_t rows, int64_t cols) {
     if (type == GgmlType::Q8_0)
       for (size_t j = 2; j < tt.block_bytes; ++j) blk[j] = (uint8_t)(int8_t)((int)(blk[j] % 17) - 8);
   }
-  WeightView w{type, data.data(), rows, cols, row_bytes(type, cols)};
+  MatmulWeight w{type, data.data(), rows, cols, row_bytes(type, cols)};
   std::uniform_int_distribution<int> small(-1023, 1023);
   for (int64_t n : {1, 3, 9, 20}) {
     std::vector<float> x(n * cols), ref(n * rows), out(n * rows);
@@ -177,8 +177,8 @@ TEST(Matmul, MultiWithQ2KEqualsOneCallEach) {
   std::mt19937 rng(6);
   const int64_t cols = 512;
   auto wa = random_weights(GgmlType::Q2_K, 21, cols, rng), wb = random_weights(GgmlType::Q3_K, 16, cols, rng);
-  WeightView a{GgmlType::Q2_K, wa.data(), 21, cols, row_bytes(GgmlType::Q2_K, cols)};
-  WeightView b{GgmlType::Q3_K, wb.data(), 16, cols, row_bytes(GgmlType::Q3_K, cols)};
+  MatmulWeight a{GgmlType::Q2_K, wa.data(), 21, cols, row_bytes(GgmlType::Q2_K, cols)};
+  MatmulWeight b{GgmlType::Q3_K, wb.data(), 16, cols, row_bytes(GgmlType::Q3_K, cols)};
   std::normal_distribution<float> nd(0.0f, 1.0f);
   for (int64_t n : {1, 3, 40}) {
     std::vector<float> x(n * cols);
@@ -214,7 +214,7 @@ TEST(Matmul, ExtremeQ6KBlocksDoNotOverflow) {
     const uint16_t d = f32_to_f16(0.001f);
     std::memcpy(blk + 208, &d, 2);
   }
-  WeightView w{GgmlType::Q6_K, data.data(), rows, cols, row_bytes(GgmlType::Q6_K, cols)};
+  MatmulWeight w{GgmlType::Q6_K, data.data(), rows, cols, row_bytes(GgmlType::Q6_K, cols)};
   for (int64_t n : {1, 9}) {
     std::vector<float> x(n * cols, 1.5f), ref(n * rows), out(n * rows);
     matmul_ref(w, x.data(), n, ref.data());
@@ -235,9 +235,9 @@ TEST(Matmul, MultiEqualsOneCallEach) {
   const int64_t cols = 512;
   auto wa = random_weights(GgmlType::Q4_K, 37, cols, rng), wb = random_weights(GgmlType::Q6_K, 16, cols, rng),
        wc = random_weights(GgmlType::Q4_1, 101, cols, rng);
-  WeightView a{GgmlType::Q4_K, wa.data(), 37, cols, row_bytes(GgmlType::Q4_K, cols)};
-  WeightView b{GgmlType::Q6_K, wb.data(), 16, cols, row_bytes(GgmlType::Q6_K, cols)};
-  WeightView c{GgmlType::Q4_1, wc.data(), 101, cols, row_bytes(GgmlType::Q4_1, cols)};
+  MatmulWeight a{GgmlType::Q4_K, wa.data(), 37, cols, row_bytes(GgmlType::Q4_K, cols)};
+  MatmulWeight b{GgmlType::Q6_K, wb.data(), 16, cols, row_bytes(GgmlType::Q6_K, cols)};
+  MatmulWeight c{GgmlType::Q4_1, wc.data(), 101, cols, row_bytes(GgmlType::Q4_1, cols)};
   std::normal_distribution<float> nd(0.0f, 1.0f);
   for (int64_t n : {1, 3, 9, 70}) {
     std::vector<float> x(n * cols);
@@ -256,7 +256,7 @@ TEST(Matmul, MultiEqualsOneCallEach) {
     }
   }
   std::vector<float> x(576), y(64);
-  WeightView other{GgmlType::Q4_1, wc.data(), 1, 576, row_bytes(GgmlType::Q4_1, 576)};
+  MatmulWeight other{GgmlType::Q4_1, wc.data(), 1, 576, row_bytes(GgmlType::Q4_1, 576)};
   ThreadPool pool(1);
   EXPECT_THROW(matmul_multi({{a, y.data()}, {other, y.data()}}, x.data(), 1, pool), std::runtime_error);
 }
@@ -277,7 +277,7 @@ TEST(Matmul, PackedWeightsEqualUnpacked) {
                          Shape{GgmlType::Q5_K, 19, 256}, Shape{GgmlType::Q6_K, 50, 512}, Shape{GgmlType::Q3_K, 50, 512},
                          Shape{GgmlType::IQ4_NL, 37, 64}, Shape{GgmlType::IQ4_XS, 19, 256}}) {
     auto data = random_weights(s.type, s.rows, s.cols, rng);
-    WeightView w{s.type, data.data(), s.rows, s.cols, row_bytes(s.type, s.cols)};
+    MatmulWeight w{s.type, data.data(), s.rows, s.cols, row_bytes(s.type, s.cols)};
     ThreadPool pack_pool(2);
     std::shared_ptr<const PackedWeight> packed;
     {
@@ -288,7 +288,7 @@ TEST(Matmul, PackedWeightsEqualUnpacked) {
       ASSERT_NE(packed, nullptr) << type_name(s.type);
       EXPECT_GE(packed_bytes(*packed), (size_t)(s.rows * s.cols * 2));
     }
-    WeightView wp = w;
+    MatmulWeight wp = w;
     wp.packed = packed.get();
     for (int64_t n : {1, 5, 9, 33}) {
       std::vector<float> x(n * s.cols), ref(n * s.rows), y(n * s.rows), yp(n * s.rows);
@@ -313,9 +313,9 @@ TEST(Matmul, PackedWeightsEqualUnpacked) {
   {
     auto q2 = random_weights(GgmlType::Q2_K, 4, 256, rng);
     test::ScopedSimdLevel scoped(simd_compiled());
-    EXPECT_EQ(pack_weight(WeightView{GgmlType::Q2_K, q2.data(), 4, 256, row_bytes(GgmlType::Q2_K, 256)}, pool), nullptr);
+    EXPECT_EQ(pack_weight(MatmulWeight{GgmlType::Q2_K, q2.data(), 4, 256, row_bytes(GgmlType::Q2_K, 256)}, pool), nullptr);
   }
-  EXPECT_EQ(pack_weight(WeightView{GgmlType::F32, reinterpret_cast<const uint8_t*>(f.data()), 4, 64, 256}, pool),
+  EXPECT_EQ(pack_weight(MatmulWeight{GgmlType::F32, reinterpret_cast<const uint8_t*>(f.data()), 4, 64, 256}, pool),
             nullptr);
 }
 
@@ -325,8 +325,8 @@ TEST(Matmul, PackedWeightsOfAnotherMatrixAreRefused) {
   if (simd_compiled() < SimdLevel::Avx512) GTEST_SKIP() << "no AVX-512 kernels in this build";
   std::mt19937 rng(29);
   auto a = random_weights(GgmlType::Q4_1, 48, 64, rng), b = random_weights(GgmlType::Q4_1, 48, 64, rng);
-  WeightView wa{GgmlType::Q4_1, a.data(), 48, 64, row_bytes(GgmlType::Q4_1, 64)};
-  WeightView wb{GgmlType::Q4_1, b.data(), 48, 64, row_bytes(GgmlType::Q4_1, 64)};
+  MatmulWeight wa{GgmlType::Q4_1, a.data(), 48, 64, row_bytes(GgmlType::Q4_1, 64)};
+  MatmulWeight wb{GgmlType::Q4_1, b.data(), 48, 64, row_bytes(GgmlType::Q4_1, 64)};
   test::ScopedSimdLevel scoped(SimdLevel::Avx512);
   ThreadPool pool(1);
   auto pa = pack_weight(wa, pool);
@@ -339,9 +339,9 @@ TEST(Matmul, RejectsBadShapes) {
   std::vector<uint8_t> d(1024);
   ThreadPool pool(1);
   float x[64], y[64];
-  WeightView w{GgmlType::Q4_0, d.data(), 1, 48, 0};
+  MatmulWeight w{GgmlType::Q4_0, d.data(), 1, 48, 0};
   EXPECT_THROW(matmul(w, x, 1, y, pool), std::runtime_error);
-  WeightView k{GgmlType::Q8_K, d.data(), 1, 256, 292};
+  MatmulWeight k{GgmlType::Q8_K, d.data(), 1, 256, 292};
   EXPECT_THROW(matmul(k, x, 1, y, pool), std::runtime_error);
 }
 

@@ -13,6 +13,7 @@
 #include "calibrate/loss.h"
 #include "core/thread_pool.h"
 #include "grad_check.h"
+#include "backend/cpu/cpu_forward.h"
 #include "model/model.h"
 #include "test_support.h"
 
@@ -178,6 +179,7 @@ TEST(CalibGatedModel, ForwardMatchesInferenceFullAndStreaming) {
   for (const Variant& var : kVariants) {
     SCOPED_TRACE(var.name);
     auto model = Model::synthetic(tiny_config(var.style, var.bias), 41);
+    CpuForward cpu(*model);
     FrozenWeights<float> w(*model, size_t(1) << 30, pool);
     GatedModel<float> gm(w, kWindow, pool);
     const auto tokens = random_tokens(kTokens, 64, 42);
@@ -192,9 +194,9 @@ TEST(CalibGatedModel, ForwardMatchesInferenceFullAndStreaming) {
       else
         gm.forward_gated(x0.data(), kTokens, std::vector<float>(4, 0.0f), rows, h.data());
       const auto mine = logits_from_hidden(*model, h, kTokens, pool);
-      auto cache = model->new_cache(HeadPlan::uniform(2, 2, kind, kWindow));
+      auto cache = cpu.new_cache(HeadPlan::uniform(2, 2, kind, kWindow));
       std::vector<float> ref((size_t)(kTokens * 64));
-      model->forward(*cache, tokens.data(), kTokens, ref.data(), pool, true, 48);
+      cpu.forward(*cache, tokens.data(), kTokens, ref.data(), pool, true, 48);
       double worst = 0;
       for (size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, (double)std::fabs(mine[i] - ref[i]));
       EXPECT_LT(worst, 2e-3) << (kind == HeadKind::Retrieval ? "full" : "streaming");
@@ -235,6 +237,7 @@ TEST(CalibGatedModel, ThreadCountDoesNotChangeTheGradient) {
 TEST(CalibGatedModel, RealModelFloatAgreesWithDoubleAndInference) {
   DUO_REQUIRE_MODEL(path, test::kSmolLM2);
   auto model = Model::load(path);
+  CpuForward cpu(*model);
   ThreadPool pool(2);
   constexpr int64_t n = 72;
   const auto tokens = random_tokens(n, 49152, 61);
@@ -261,9 +264,9 @@ TEST(CalibGatedModel, RealModelFloatAgreesWithDoubleAndInference) {
     const WeightView& out = model->weights().output;
     for (int64_t r = 0; r < V; ++r) dequantize_row(out.type, out.data + r * out.row_stride, wout.data() + r * E, E);
     gemm<float>(h.data(), E, wout.data(), E, true, mine.data(), V, n, V, E, false, pool);
-    auto cache = model->new_cache(HeadPlan::uniform(model->config().n_layers, model->config().n_kv_heads,
+    auto cache = cpu.new_cache(HeadPlan::uniform(model->config().n_layers, model->config().n_kv_heads,
                                                     HeadKind::Retrieval));
-    model->forward(*cache, tokens.data(), n, ref.data(), pool, true);
+    cpu.forward(*cache, tokens.data(), n, ref.data(), pool, true);
     double worst = 0, scale = 0;
     for (size_t i = 0; i < ref.size(); ++i)
       worst = std::max(worst, (double)std::fabs(mine[i] - ref[i])), scale = std::max(scale, (double)std::fabs(ref[i]));

@@ -1,4 +1,4 @@
-// The device seam: the CPU backend is exactly Model::forward over a KvCache, and asking for
+// The device seam: the CPU backend is exactly CpuForward::forward over a KvCache, and asking for
 // CUDA in a build without it fails with a message that says how to get it.
 #include <gtest/gtest.h>
 
@@ -6,6 +6,7 @@
 #include "core/thread_pool.h"
 #include "engine/backend.h"
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/cpu_forward.h"
 #include "model/model.h"
 #include "duo/sampler.h"
 
@@ -28,17 +29,18 @@ ModelConfig small_config() {
 
 TEST(Backend, CpuBackendIsModelForward) {
   auto m = Model::synthetic(small_config(), 3);
+  CpuForward cpu(*m);
   ThreadPool pool(2);
-  auto be = make_cpu_backend(*m, pool);
+  auto be = make_cpu_backend(cpu, pool);
   EXPECT_EQ(be->device(), Device::Cpu);
   const HeadPlan plan = HeadPlan::uniform(2, 2, HeadKind::Streaming, {4, 16});
   std::vector<int32_t> toks(70);
   for (int i = 0; i < 70; ++i) toks[i] = (i * 37 + 5) % 200;
   const int V = m->config().n_vocab;
 
-  auto cache = m->new_cache(plan);
+  auto cache = cpu.new_cache(plan);
   std::vector<float> want(toks.size() * V);
-  m->forward(*cache, toks.data(), (int64_t)toks.size(), want.data(), pool, true, 32);
+  cpu.forward(*cache, toks.data(), (int64_t)toks.size(), want.data(), pool, true, 32);
 
   auto seq = be->new_sequence(plan, 1024);
   std::vector<float> got(toks.size() * V);
@@ -52,7 +54,7 @@ TEST(Backend, CpuBackendIsModelForward) {
   // forward_pick at temperature 0 is the argmax of the last token's logits.
   const int32_t next = 17;
   std::vector<float> last(V);
-  m->forward(*cache, &next, 1, last.data(), pool);
+  cpu.forward(*cache, &next, 1, last.data(), pool);
   Sampler greedy(SamplerConfig{});
   EXPECT_EQ(be->forward_pick(*seq, &next, 1, 32, greedy), Sampler::argmax(last.data(), V));
   seq->clear();

@@ -11,6 +11,7 @@
 #include "duo/engine.h"
 #include "duo/sampler.h"
 #include "io/hf_fixture.h"
+#include "backend/cpu/cpu_forward.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 
@@ -25,18 +26,19 @@ constexpr double kTol = 2e-4;
 double max_logit_error(const std::string& path, const char* ref_key, int64_t chunk, const HeadPlan* plan = nullptr) {
   const auto ref = test::hf_reference("tiny-gemma3");
   auto m = Model::load(path);
+  CpuForward cpu(*m);
   const ModelConfig& c = m->config();
   const int V = c.n_vocab;
   const auto ids = ref["ids"].get<std::vector<int32_t>>();
   const int64_t n = (int64_t)ids.size();
   EXPECT_GT(n, 3 * c.local_window);
   ThreadPool pool(2);
-  auto cache = m->new_cache(plan ? *plan : HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Retrieval, {}));
+  auto cache = cpu.new_cache(plan ? *plan : HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Retrieval, {}));
   std::vector<float> got((size_t)(n * V));
   if (chunk > 0)
-    m->forward(*cache, ids.data(), n, got.data(), pool, true, chunk);
+    cpu.forward(*cache, ids.data(), n, got.data(), pool, true, chunk);
   else
-    for (int64_t i = 0; i < n; ++i) m->forward(*cache, &ids[i], 1, got.data() + i * V, pool);
+    for (int64_t i = 0; i < n; ++i) cpu.forward(*cache, &ids[i], 1, got.data() + i * V, pool);
   const auto& want = ref[ref_key];
   EXPECT_EQ(V, (int)want[0].size());
   double worst = 0;
@@ -74,9 +76,10 @@ TEST(Gemma3, QueryPreAttnScalarMatters) {
 // transformers' numbers up to there.
 TEST(Gemma3, LocalLayersIgnoreThePlan) {
   auto m = Model::load(test::hf_dir("tiny-gemma3"));
+  CpuForward cpu(*m);
   const ModelConfig& c = m->config();
   const HeadPlan plan = HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Streaming, StreamingWindow{4, 8});
-  auto cache = m->new_cache(plan);
+  auto cache = cpu.new_cache(plan);
   for (int l = 0; l < c.n_layers; ++l) {
     EXPECT_EQ(cache->layer_window(l), c.is_local(l) ? 16 : 0) << l;
     for (int h = 0; h < c.n_kv_heads; ++h) EXPECT_EQ(cache->head(l, h).kind(), HeadKind::Streaming);
@@ -85,7 +88,7 @@ TEST(Gemma3, LocalLayersIgnoreThePlan) {
   const size_t row = 2 * sizeof(float) * c.head_dim;  // K and V, f32
   EXPECT_EQ(cache->head(0, 0).bytes(), 16 * row);
   EXPECT_EQ(cache->head(5, 0).bytes(), 12 * row);
-  auto full = m->new_cache(HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Retrieval, {}));
+  auto full = cpu.new_cache(HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Retrieval, {}));
   EXPECT_EQ(full->head(0, 0).kind(), HeadKind::Streaming);
   EXPECT_EQ(full->head(5, 0).kind(), HeadKind::Retrieval);
   full->clear();  // clear() keeps the layer windows
@@ -98,7 +101,7 @@ TEST(Gemma3, LocalLayersIgnoreThePlan) {
   const int64_t n = (int64_t)ids.size();
   ThreadPool pool(2);
   std::vector<float> got((size_t)(n * V));
-  m->forward(*cache, ids.data(), n, got.data(), pool, true, 7);
+  cpu.forward(*cache, ids.data(), n, got.data(), pool, true, 7);
   double inside = 0, past = 0;
   for (int64_t i = 0; i < n; ++i)
     for (int v = 0; v < V; ++v) {

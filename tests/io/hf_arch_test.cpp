@@ -10,6 +10,7 @@
 #include "core/thread_pool.h"
 #include "duo/engine.h"
 #include "io/hf_fixture.h"
+#include "backend/cpu/cpu_forward.h"
 #include "model/model.h"
 #include "duo/sampler.h"
 #include "tokenizer/tokenizer.h"
@@ -26,16 +27,17 @@ constexpr double kTol = 2e-4;
 double max_logit_error(const std::string& path, const std::string& key, int64_t chunk) {
   const auto ref = test::hf_reference(key);
   auto m = Model::load(path);
+  CpuForward cpu(*m);
   const int V = m->config().n_vocab;
   const auto ids = ref["ids"].get<std::vector<int32_t>>();
   const int64_t n = (int64_t)ids.size();
   ThreadPool pool(2);
-  auto cache = m->new_cache(HeadPlan::uniform(m->config().n_layers, m->config().n_kv_heads, HeadKind::Retrieval, {}));
+  auto cache = cpu.new_cache(HeadPlan::uniform(m->config().n_layers, m->config().n_kv_heads, HeadKind::Retrieval, {}));
   std::vector<float> got((size_t)(n * V));
   if (chunk > 0)
-    m->forward(*cache, ids.data(), n, got.data(), pool, true, chunk);
+    cpu.forward(*cache, ids.data(), n, got.data(), pool, true, chunk);
   else
-    for (int64_t i = 0; i < n; ++i) m->forward(*cache, &ids[i], 1, got.data() + i * V, pool);
+    for (int64_t i = 0; i < n; ++i) cpu.forward(*cache, &ids[i], 1, got.data() + i * V, pool);
   EXPECT_EQ(V, (int)ref["logits"][0].size());
   double worst = 0;
   for (int64_t i = 0; i < n; ++i)
@@ -120,13 +122,14 @@ TEST(HfArch, MistralSlidingWindowLimitsTheContext) {
   EXPECT_EQ(e.max_context(), 48);
 
   auto m = Model::load(test::hf_dir("tiny-mistral"));
+  CpuForward cpu(*m);
   ThreadPool pool(1);
-  auto cache = m->new_cache(HeadPlan::uniform(m->config().n_layers, m->config().n_kv_heads, HeadKind::Retrieval, {}));
+  auto cache = cpu.new_cache(HeadPlan::uniform(m->config().n_layers, m->config().n_kv_heads, HeadKind::Retrieval, {}));
   std::vector<int32_t> ids(48, 5);
   std::vector<float> logits((size_t)m->config().n_vocab);
-  m->forward(*cache, ids.data(), 48, logits.data(), pool);  // positions 0..47: inside
+  cpu.forward(*cache, ids.data(), 48, logits.data(), pool);  // positions 0..47: inside
   try {
-    m->forward(*cache, ids.data(), 1, logits.data(), pool);
+    cpu.forward(*cache, ids.data(), 1, logits.data(), pool);
     ADD_FAILURE() << "position 48 was computed";
   } catch (const std::exception& ex) {
     EXPECT_NE(std::string(ex.what()).find("beyond the model's sliding window"), std::string::npos) << ex.what();

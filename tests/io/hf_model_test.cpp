@@ -11,6 +11,7 @@
 #include "core/thread_pool.h"
 #include "duo/engine.h"
 #include "io/hf_fixture.h"
+#include "backend/cpu/cpu_forward.h"
 #include "model/model.h"
 #include "duo/sampler.h"
 #include "tokenizer/tokenizer.h"
@@ -28,16 +29,17 @@ constexpr double kTol = 2e-4;
 double check_logits(const std::string& key, int64_t chunk) {
   const auto ref = test::hf_reference(key);
   auto m = Model::load(test::hf_dir(key));
+  CpuForward cpu(*m);
   const int V = m->config().n_vocab;
   const auto ids = ref["ids"].get<std::vector<int32_t>>();
   const int64_t n = (int64_t)ids.size();
   ThreadPool pool(2);
-  auto cache = m->new_cache(HeadPlan::uniform(m->config().n_layers, m->config().n_kv_heads, HeadKind::Retrieval, {}));
+  auto cache = cpu.new_cache(HeadPlan::uniform(m->config().n_layers, m->config().n_kv_heads, HeadKind::Retrieval, {}));
   std::vector<float> got((size_t)(n * V));
   if (chunk > 0)
-    m->forward(*cache, ids.data(), n, got.data(), pool, true, chunk);
+    cpu.forward(*cache, ids.data(), n, got.data(), pool, true, chunk);
   else
-    for (int64_t i = 0; i < n; ++i) m->forward(*cache, &ids[i], 1, got.data() + i * V, pool);
+    for (int64_t i = 0; i < n; ++i) cpu.forward(*cache, &ids[i], 1, got.data() + i * V, pool);
   double worst = 0;
   for (int64_t i = 0; i < n; ++i)
     for (int v = 0; v < V; ++v)

@@ -1,6 +1,6 @@
 // Batched forward (continuous batching) against one sequence at a time: several sequences with
 // different context lengths, attention modes and streaming windows go through
-// Model::forward_batch together and must get the logits they get alone from Model::forward.
+// CpuForward::forward_batch together and must get the logits they get alone from CpuForward::forward.
 //
 // Tolerances: with up to 4 decode tokens in the batch the matmuls take the same per-row dot-product
 // path as a single token, so the logits are bitwise equal. With more, they take the tiled
@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "backend/cpu/cpu_forward.h"
 #include "backend/cpu/simd_level.h"
 #include "core/thread_pool.h"
 #include "model/model.h"
@@ -64,17 +65,18 @@ std::vector<Seq> mixed_sequences(int n_seqs) {
 // Decodes `steps` tokens for every sequence, alone and batched, from identical pre-filled
 // caches, feeding both the token the lone run picks greedily. Returns the largest difference.
 double batched_vs_alone(Model& m, const std::vector<Seq>& seqs, int steps, ThreadPool& pool) {
+  CpuForward cpu(m);
   const int V = m.config().n_vocab;
   const size_t B = seqs.size();
   std::vector<std::unique_ptr<KvCache>> alone, batched;
   std::vector<int32_t> next(B);
   std::vector<float> logits(V);
   for (size_t i = 0; i < B; ++i) {
-    alone.push_back(m.new_cache(seqs[i].plan));
-    batched.push_back(m.new_cache(seqs[i].plan));
+    alone.push_back(cpu.new_cache(seqs[i].plan));
+    batched.push_back(cpu.new_cache(seqs[i].plan));
     const auto p = tokens(seqs[i].prompt, V, (int)i);
-    m.forward(*alone[i], p.data(), (int64_t)p.size(), logits.data(), pool, false, 50);
-    m.forward(*batched[i], p.data(), (int64_t)p.size(), nullptr, pool, false, 50);
+    cpu.forward(*alone[i], p.data(), (int64_t)p.size(), logits.data(), pool, false, 50);
+    cpu.forward(*batched[i], p.data(), (int64_t)p.size(), nullptr, pool, false, 50);
     next[i] = Sampler::argmax(logits.data(), V);
   }
   double worst = 0;
@@ -82,9 +84,9 @@ double batched_vs_alone(Model& m, const std::vector<Seq>& seqs, int steps, Threa
   for (int s = 0; s < steps; ++s) {
     std::vector<BatchItem> items;
     for (size_t i = 0; i < B; ++i) items.push_back({batched[i].get(), &next[i], 1});
-    m.forward_batch(items, batch_logits.data(), pool);
+    cpu.forward_batch(items, batch_logits.data(), pool);
     for (size_t i = 0; i < B; ++i) {
-      m.forward(*alone[i], &next[i], 1, logits.data(), pool);
+      cpu.forward(*alone[i], &next[i], 1, logits.data(), pool);
       EXPECT_EQ(batched[i]->n_past(), alone[i]->n_past());
       worst = std::max(worst, max_abs_diff(logits.data(), batch_logits.data() + i * V, V));
       next[i] = Sampler::argmax(logits.data(), V);
@@ -115,6 +117,7 @@ TEST_P(ForwardBatch, PrefillChunksRideAlongWithDecodes) {
   // chunks get matmuls of their own and no two decode items are adjacent here, so every item
   // computes exactly what it computes alone.
   auto m = Model::synthetic(tiny_config(GetParam()), 13);
+  CpuForward cpu(*m);
   ThreadPool pool(2);
   const int V = m->config().n_vocab;
   const auto seqs = mixed_sequences(6);
@@ -122,19 +125,19 @@ TEST_P(ForwardBatch, PrefillChunksRideAlongWithDecodes) {
   std::vector<std::vector<int32_t>> feed;
   std::vector<float> want((size_t)seqs.size() * V);
   for (size_t i = 0; i < seqs.size(); ++i) {
-    alone.push_back(m->new_cache(seqs[i].plan));
-    batched.push_back(m->new_cache(seqs[i].plan));
+    alone.push_back(cpu.new_cache(seqs[i].plan));
+    batched.push_back(cpu.new_cache(seqs[i].plan));
     const auto p = tokens(seqs[i].prompt, V, (int)i);
-    m->forward(*alone[i], p.data(), (int64_t)p.size(), nullptr, pool);
-    m->forward(*batched[i], p.data(), (int64_t)p.size(), nullptr, pool);
+    cpu.forward(*alone[i], p.data(), (int64_t)p.size(), nullptr, pool);
+    cpu.forward(*batched[i], p.data(), (int64_t)p.size(), nullptr, pool);
     // Odd sequences take a 23-token chunk this step, even ones a single token.
     feed.push_back(tokens(i % 2 ? 23 : 1, V, 100 + (int)i));
-    m->forward(*alone[i], feed[i].data(), (int64_t)feed[i].size(), want.data() + i * V, pool);
+    cpu.forward(*alone[i], feed[i].data(), (int64_t)feed[i].size(), want.data() + i * V, pool);
   }
   std::vector<BatchItem> items;
   for (size_t i = 0; i < seqs.size(); ++i) items.push_back({batched[i].get(), feed[i].data(), (int64_t)feed[i].size()});
   std::vector<float> got(want.size());
-  m->forward_batch(items, got.data(), pool);
+  cpu.forward_batch(items, got.data(), pool);
   for (size_t i = 0; i < seqs.size(); ++i) {
     EXPECT_EQ(batched[i]->n_past(), alone[i]->n_past());
     EXPECT_EQ(max_abs_diff(want.data() + i * V, got.data() + i * V, V), 0.0) << "sequence " << i;
@@ -145,26 +148,27 @@ INSTANTIATE_TEST_SUITE_P(LlamaAndQwen, ForwardBatch, ::testing::Values(false, tr
 
 TEST(ForwardBatch, RejectsBadItemsBeforeTouchingAnyCache) {
   auto m = Model::synthetic(tiny_config(false), 1);
+  CpuForward cpu(*m);
   ThreadPool pool(1);
-  auto a = m->new_cache(HeadPlan::uniform(3, 2, HeadKind::Retrieval));
-  auto b = m->new_cache(HeadPlan::uniform(3, 2, HeadKind::Streaming));
+  auto a = cpu.new_cache(HeadPlan::uniform(3, 2, HeadKind::Retrieval));
+  auto b = cpu.new_cache(HeadPlan::uniform(3, 2, HeadKind::Streaming));
   const int32_t ok = 5, bad = 300;
   std::vector<float> logits(2 * m->config().n_vocab);
-  EXPECT_THROW(m->forward_batch({}, logits.data(), pool), std::runtime_error);
-  EXPECT_THROW(m->forward_batch({{a.get(), &ok, 1}, {a.get(), &ok, 1}}, logits.data(), pool), std::runtime_error);
-  EXPECT_THROW(m->forward_batch({{a.get(), &ok, 1}, {b.get(), &bad, 1}}, logits.data(), pool), std::runtime_error);
-  EXPECT_THROW(m->forward_batch({{a.get(), &ok, 0}}, logits.data(), pool), std::runtime_error);
-  EXPECT_THROW(m->forward_batch({{nullptr, &ok, 1}}, logits.data(), pool), std::runtime_error);
+  EXPECT_THROW(cpu.forward_batch({}, logits.data(), pool), std::runtime_error);
+  EXPECT_THROW(cpu.forward_batch({{a.get(), &ok, 1}, {a.get(), &ok, 1}}, logits.data(), pool), std::runtime_error);
+  EXPECT_THROW(cpu.forward_batch({{a.get(), &ok, 1}, {b.get(), &bad, 1}}, logits.data(), pool), std::runtime_error);
+  EXPECT_THROW(cpu.forward_batch({{a.get(), &ok, 0}}, logits.data(), pool), std::runtime_error);
+  EXPECT_THROW(cpu.forward_batch({{nullptr, &ok, 1}}, logits.data(), pool), std::runtime_error);
   auto other = Model::synthetic([] {
     ModelConfig c = tiny_config(false);
     c.n_layers = 2;
     return c;
   }(), 1);
-  auto foreign = other->new_cache(HeadPlan::uniform(2, 2, HeadKind::Retrieval));
-  EXPECT_THROW(m->forward_batch({{foreign.get(), &ok, 1}}, logits.data(), pool), std::runtime_error);
+  auto foreign = CpuForward(*other).new_cache(HeadPlan::uniform(2, 2, HeadKind::Retrieval));
+  EXPECT_THROW(cpu.forward_batch({{foreign.get(), &ok, 1}}, logits.data(), pool), std::runtime_error);
   EXPECT_EQ(a->n_past(), 0);
   EXPECT_EQ(b->n_past(), 0);
-  m->forward_batch({{a.get(), &ok, 1}, {b.get(), &ok, 1}}, logits.data(), pool);
+  cpu.forward_batch({{a.get(), &ok, 1}, {b.get(), &ok, 1}}, logits.data(), pool);
   EXPECT_EQ(a->n_past(), 1);
   EXPECT_EQ(b->n_past(), 1);
 }
@@ -189,6 +193,7 @@ TEST(ForwardBatch, SlotOrderFollowsTheReordering) {
 TEST(ForwardBatch, SmolLM2BatchedGreedyMatchesOneAtATime) {
   DUO_REQUIRE_MODEL(path, test::kSmolLM2);
   auto m = Model::load(path);
+  CpuForward cpu(*m);
   ThreadPool pool(2);
   const ModelConfig& c = m->config();
   std::vector<Seq> seqs;
@@ -205,20 +210,20 @@ TEST(ForwardBatch, SmolLM2BatchedGreedyMatchesOneAtATime) {
   std::vector<int32_t> next(6), next_b(6);
   std::vector<float> logits(V), batch_logits(6 * V);
   for (size_t i = 0; i < 6; ++i) {
-    alone.push_back(m->new_cache(seqs[i].plan));
-    batched.push_back(m->new_cache(seqs[i].plan));
+    alone.push_back(cpu.new_cache(seqs[i].plan));
+    batched.push_back(cpu.new_cache(seqs[i].plan));
     const auto p = tokens(seqs[i].prompt, V, (int)i);
-    m->forward(*alone[i], p.data(), (int64_t)p.size(), logits.data(), pool);
-    m->forward(*batched[i], p.data(), (int64_t)p.size(), nullptr, pool);
+    cpu.forward(*alone[i], p.data(), (int64_t)p.size(), logits.data(), pool);
+    cpu.forward(*batched[i], p.data(), (int64_t)p.size(), nullptr, pool);
     next[i] = next_b[i] = Sampler::argmax(logits.data(), V);
   }
   double worst = 0;
   for (int s = 0; s < 12; ++s) {
     std::vector<BatchItem> items;
     for (size_t i = 0; i < 6; ++i) items.push_back({batched[i].get(), &next_b[i], 1});
-    m->forward_batch(items, batch_logits.data(), pool);
+    cpu.forward_batch(items, batch_logits.data(), pool);
     for (size_t i = 0; i < 6; ++i) {
-      m->forward(*alone[i], &next[i], 1, logits.data(), pool);
+      cpu.forward(*alone[i], &next[i], 1, logits.data(), pool);
       worst = std::max(worst, max_abs_diff(logits.data(), batch_logits.data() + i * V, V));
       next[i] = Sampler::argmax(logits.data(), V);
       next_b[i] = Sampler::argmax(batch_logits.data() + i * V, V);
@@ -230,6 +235,23 @@ TEST(ForwardBatch, SmolLM2BatchedGreedyMatchesOneAtATime) {
   std::printf("SmolLM2 batched vs alone: max |logit diff| %.3g\n", worst);
 }
 
+// The description knows nothing of the CPU's panels: a reordering after packing is caught by
+// the forward, before it touches a cache.
+TEST(ForwardBatch, ReorderAfterPackingIsRefused) {
+  auto m = Model::synthetic(tiny_config(false), 4);
+  CpuForward cpu(*m);
+  ThreadPool pool(1);
+  cpu.pack_weights(pool);
+  HeadPlan p = HeadPlan::uniform(3, 2, HeadKind::Retrieval);
+  p.kinds[0][0] = HeadKind::Streaming;
+  const HeadPlan slots = m->reorder_heads(p);
+  auto cache = cpu.new_cache(slots);
+  const int32_t tok = 5;
+  std::vector<float> logits(m->config().n_vocab);
+  EXPECT_THROW(cpu.forward(*cache, &tok, 1, logits.data(), pool), std::runtime_error);
+  EXPECT_EQ(cache->n_past(), 0);
+}
+
 // The real quantized model in a serving step: 6 decoders (the many-token kernel), pre-fill
 // chunks of 23 and 9 tokens (merged into the decoders' matmul calls: the quantized kernel
 // computes each token alone) and one of 3 tokens (the few-token path, a call of its own).
@@ -239,16 +261,14 @@ TEST(ForwardBatch, SmolLM2PrefillChunksMergedWithDecodesAreExact) {
   DUO_REQUIRE_MODEL(path, test::kSmolLM2);
   for (bool packed : {false, true}) {
     auto m = Model::load(path);
+    CpuForward cpu(*m);
     ThreadPool pool(2);
     if (packed) {
-      const size_t bytes = m->pack_weights(pool);
+      const size_t bytes = cpu.pack_weights(pool);
       if (simd_compiled() >= SimdLevel::Avx512) {
         EXPECT_GT(bytes, (size_t)200 << 20);
       }
-      EXPECT_EQ(m->pack_weights(pool), 0u) << "packs once";
-      EXPECT_THROW(m->reorder_heads(HeadPlan::uniform(m->config().n_layers, m->config().n_kv_heads,
-                                                      HeadKind::Retrieval)),
-                   std::runtime_error);
+      EXPECT_EQ(cpu.pack_weights(pool), 0u) << "packs once";
     }
     const ModelConfig& c = m->config();
     const int V = c.n_vocab;
@@ -260,17 +280,17 @@ TEST(ForwardBatch, SmolLM2PrefillChunksMergedWithDecodesAreExact) {
     for (int i = 0; i < 9; ++i) {
       const HeadPlan p = HeadPlan::uniform(c.n_layers, c.n_kv_heads, i % 3 == 1 ? HeadKind::Streaming
                                                                                   : HeadKind::Retrieval, {16, 64});
-      alone.push_back(m->new_cache(p));
-      batched.push_back(m->new_cache(p));
+      alone.push_back(cpu.new_cache(p));
+      batched.push_back(cpu.new_cache(p));
       const auto t = tokens(prompts[i], V, i);
-      m->forward(*alone[i], t.data(), (int64_t)t.size(), nullptr, pool);
-      m->forward(*batched[i], t.data(), (int64_t)t.size(), nullptr, pool);
+      cpu.forward(*alone[i], t.data(), (int64_t)t.size(), nullptr, pool);
+      cpu.forward(*batched[i], t.data(), (int64_t)t.size(), nullptr, pool);
       feed.push_back(tokens(feeds[i], V, 50 + i));
-      m->forward(*alone[i], feed[i].data(), feeds[i], want.data() + i * V, pool);
+      cpu.forward(*alone[i], feed[i].data(), feeds[i], want.data() + i * V, pool);
     }
     std::vector<BatchItem> items;
     for (int i = 0; i < 9; ++i) items.push_back({batched[i].get(), feed[i].data(), feeds[i]});
-    m->forward_batch(items, got.data(), pool);
+    cpu.forward_batch(items, got.data(), pool);
     for (int i = 0; i < 9; ++i) {
       EXPECT_EQ(batched[i]->n_past(), alone[i]->n_past());
       const double d = max_abs_diff(want.data() + i * V, got.data() + i * V, V);

@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "backend/cpu/cpu_forward.h"
 #include "core/thread_pool.h"
 #include "model/model.h"
 #include "model/tiny_model_config.h"
@@ -24,9 +25,10 @@ std::vector<int32_t> tokens(int n, int vocab) {
 // All logits of a sequence, fed in chunks of the given sizes (cycled).
 std::vector<float> run(Model& m, const HeadPlan& plan, const std::vector<int32_t>& toks, int64_t chunk,
                        ThreadPool& pool) {
-  auto cache = m.new_cache(plan);
+  CpuForward cpu(m);
+  auto cache = cpu.new_cache(plan);
   std::vector<float> logits(toks.size() * m.config().n_vocab);
-  m.forward(*cache, toks.data(), (int64_t)toks.size(), logits.data(), pool, true, chunk);
+  cpu.forward(*cache, toks.data(), (int64_t)toks.size(), logits.data(), pool, true, chunk);
   EXPECT_EQ(cache->n_past(), (int64_t)toks.size());
   return logits;
 }
@@ -113,13 +115,14 @@ INSTANTIATE_TEST_SUITE_P(LlamaAndQwen, ForwardEquivalence, ::testing::Values(fal
 
 TEST(Forward, RejectsBadTokens) {
   auto m = Model::synthetic(tiny_config(false), 1);
+  CpuForward cpu(*m);
   ThreadPool pool(1);
-  auto cache = m->new_cache(HeadPlan::uniform(3, 2, HeadKind::Retrieval));
+  auto cache = cpu.new_cache(HeadPlan::uniform(3, 2, HeadKind::Retrieval));
   std::vector<float> logits(m->config().n_vocab);
   const int32_t bad[] = {5, 300};
-  EXPECT_THROW(m->forward(*cache, bad, 2, logits.data(), pool), std::runtime_error);
+  EXPECT_THROW(cpu.forward(*cache, bad, 2, logits.data(), pool), std::runtime_error);
   const int32_t neg[] = {-1};
-  EXPECT_THROW(m->forward(*cache, neg, 1, logits.data(), pool), std::runtime_error);
+  EXPECT_THROW(cpu.forward(*cache, neg, 1, logits.data(), pool), std::runtime_error);
   EXPECT_EQ(cache->n_past(), 0);
 }
 

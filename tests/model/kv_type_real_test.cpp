@@ -12,6 +12,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "backend/cpu/cpu_forward.h"
 #include "core/thread_pool.h"
 #include "io/head_pattern.h"
 #include "model/model.h"
@@ -32,31 +33,32 @@ struct Run {
 // logits along the forced tokens, and the type's own greedy continuation from a second cache.
 Run run(Model& m, HeadPlan plan, KvType type, const std::vector<int32_t>& prompt, const std::vector<int32_t>& forced,
         ThreadPool& pool) {
+  CpuForward cpu(m);
   plan.kv_type = type;
   const int V = m.config().n_vocab;
   Run r;
-  auto cache = m.new_cache(plan);
+  auto cache = cpu.new_cache(plan);
   std::vector<float> row(V);
-  m.forward(*cache, prompt.data(), (int64_t)prompt.size(), row.data(), pool, false, 256);
+  cpu.forward(*cache, prompt.data(), (int64_t)prompt.size(), row.data(), pool, false, 256);
   r.logits.push_back(row);
   std::unique_ptr<KvCache> own;
   std::vector<float> own_row = row;
   if (!forced.empty()) {
-    own = m.new_cache(plan);
-    m.forward(*own, prompt.data(), (int64_t)prompt.size(), own_row.data(), pool, false, 256);
+    own = cpu.new_cache(plan);
+    cpu.forward(*own, prompt.data(), (int64_t)prompt.size(), own_row.data(), pool, false, 256);
   }
   for (int s = 0; s < kSteps; ++s) {
     const int32_t next = Sampler::argmax(own_row.data(), V);
     r.greedy.push_back(next);
     if (forced.empty()) {
-      m.forward(*cache, &next, 1, row.data(), pool);
+      cpu.forward(*cache, &next, 1, row.data(), pool);
       r.logits.push_back(row);
       own_row = row;
       continue;
     }
-    m.forward(*cache, &forced[s], 1, row.data(), pool);
+    cpu.forward(*cache, &forced[s], 1, row.data(), pool);
     r.logits.push_back(row);
-    m.forward(*own, &next, 1, own_row.data(), pool);
+    cpu.forward(*own, &next, 1, own_row.data(), pool);
   }
   return r;
 }

@@ -9,6 +9,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "backend/cpu/cpu_forward.h"
 #include "backend/simd_levels.h"
 #include "core/thread_pool.h"
 #include "model/model.h"
@@ -29,6 +30,7 @@ void check_model(const std::string& file, const std::string& fixture, Tolerance 
   ASSERT_TRUE(f.good());
   const auto j = nlohmann::json::parse(f);
   auto model = Model::load(test::models_dir() + "/" + file);
+  CpuForward cpu(*model);
   const int V = model->config().n_vocab;
   ThreadPool pool(2);
   for (const auto& p : j["prompts"]) {
@@ -36,7 +38,7 @@ void check_model(const std::string& file, const std::string& fixture, Tolerance 
     const int64_t n = (int64_t)ids.size();
     // Pre-fill in pieces that end at the positions the reference recorded, so only those
     // positions go through the LM head (all_logits over 150K-word vocabularies is costly).
-    auto cache = model->new_cache(HeadPlan::uniform(model->config().n_layers, model->config().n_kv_heads,
+    auto cache = cpu.new_cache(HeadPlan::uniform(model->config().n_layers, model->config().n_kv_heads,
                                                     HeadKind::Retrieval));
     std::map<int64_t, std::vector<float>> at;
     std::vector<int64_t> positions;  // JSON keys come back in string order: sort numerically
@@ -45,7 +47,7 @@ void check_model(const std::string& file, const std::string& fixture, Tolerance 
     int64_t done = 0;
     for (int64_t pos : positions) {
       std::vector<float> row(V);
-      model->forward(*cache, ids.data() + done, pos + 1 - done, row.data(), pool);
+      cpu.forward(*cache, ids.data() + done, pos + 1 - done, row.data(), pool);
       done = pos + 1;
       at[pos] = std::move(row);
     }
@@ -81,7 +83,7 @@ void check_model(const std::string& file, const std::string& fixture, Tolerance 
       const int32_t next = Sampler::argmax(last.data(), V);
       gen.push_back(next);
       if (next != ref_gen[i]) break;
-      model->forward(*cache, &next, 1, last.data(), pool);
+      cpu.forward(*cache, &next, 1, last.data(), pool);
     }
     if (tol.exact_greedy) {
       EXPECT_EQ(gen, ref_gen) << p["description"];

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "backend/cpu/cpu_forward.h"
 #include "backend/simd_levels.h"
 #include "core/thread_pool.h"
 #include "model/model.h"
@@ -50,15 +51,16 @@ HeadPlan plan_for(const Fixture& f, const std::string& mode, const ModelConfig& 
 // Every position's logits, the tokens fed as one forward (chunk: pre-fill chunk size) or
 // one token a call (chunk == 0).
 std::vector<float> run(Model& m, const HeadPlan& plan, const std::vector<int32_t>& ids, int64_t chunk) {
+  CpuForward cpu(m);
   ThreadPool pool(2);
   const int V = m.config().n_vocab;
   const int64_t n = (int64_t)ids.size();
-  auto cache = m.new_cache(m.to_slot_order(plan));
+  auto cache = cpu.new_cache(m.to_slot_order(plan));
   std::vector<float> out(n * V);
   if (chunk > 0) {
-    m.forward(*cache, ids.data(), n, out.data(), pool, true, chunk);
+    cpu.forward(*cache, ids.data(), n, out.data(), pool, true, chunk);
   } else {
-    for (int64_t i = 0; i < n; ++i) m.forward(*cache, &ids[i], 1, out.data() + i * V, pool);
+    for (int64_t i = 0; i < n; ++i) cpu.forward(*cache, &ids[i], 1, out.data() + i * V, pool);
   }
   return out;
 }

@@ -8,6 +8,7 @@
 #include <random>
 #include <sstream>
 
+#include "backend/cpu/cpu_forward.h"
 #include "backend/cpu/simd_level.h"
 #include "commands.h"
 #include "core/error.h"
@@ -91,18 +92,18 @@ void run_mode_comparison(const ModelOptions& mo, const std::string& contexts, in
       eo.plan.kinds = binarize_ratio(g, ratio);
     }
     engine = std::make_unique<Engine>(eo);
-    Model& model = engine->model();
-    const ModelConfig& c = model.config();
+    CpuForward& cpu = engine->cpu_forward();
+    const ModelConfig& c = engine->model().config();
     std::vector<float> logits(c.n_vocab);
     for (int64_t L : lengths) {
-      auto cache = model.new_cache(engine->plan());
+      auto cache = cpu.new_cache(engine->plan());
       fill_cache_random(*cache, c, L, 3);
       int32_t next = 1;
-      model.forward(*cache, &next, 1, logits.data(), engine->pool());  // warm-up
+      cpu.forward(*cache, &next, 1, logits.data(), engine->pool());  // warm-up
       const auto t0 = std::chrono::steady_clock::now();
       for (int i = 0; i < gen; ++i) {
         next = Sampler::argmax(logits.data(), c.n_vocab);
-        model.forward(*cache, &next, 1, logits.data(), engine->pool());
+        cpu.forward(*cache, &next, 1, logits.data(), engine->pool());
       }
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       rows.push_back({mode, L, gen / s, cache->bytes()});
@@ -173,8 +174,8 @@ void add_bench(CLI::App& app) {
     const auto lengths = parse_list(o->prompts);
     EngineOptions eo = engine_options(o->model);
     Engine engine(eo);
-    Model& model = engine.model();
-    const ModelConfig& c = model.config();
+    CpuForward& cpu = engine.cpu_forward();
+    const ModelConfig& c = engine.model().config();
     std::mt19937_64 rng(o->seed);
     std::uniform_int_distribution<int32_t> tok(0, c.n_vocab - 1);
     std::vector<float> logits(c.n_vocab);
@@ -183,10 +184,10 @@ void add_bench(CLI::App& app) {
                  c.name, engine.pool().size(), simd_name(simd_level()), to_string(eo.attention), eo.chunk, "prompt",
                  "prefill t/s", "decode t/s", "KV MiB", "peak MiB");
     {  // Warm-up: fault in the mapped weights once.
-      auto cache = model.new_cache(engine.plan());
+      auto cache = cpu.new_cache(engine.plan());
       std::vector<int32_t> w(16);
       for (auto& t : w) t = tok(rng);
-      model.forward(*cache, w.data(), (int64_t)w.size(), logits.data(), engine.pool());
+      cpu.forward(*cache, w.data(), (int64_t)w.size(), logits.data(), engine.pool());
     }
     for (int64_t P : lengths) {
       DUO_CHECK(P + o->gen <= engine.max_context(), "prompt {} + {} generated tokens exceeds the context limit {}", P,
@@ -196,14 +197,14 @@ void add_bench(CLI::App& app) {
       for (int r = 0; r < o->reps; ++r) {
         std::vector<int32_t> prompt(P);
         for (auto& t : prompt) t = tok(rng);
-        auto cache = model.new_cache(engine.plan());
+        auto cache = cpu.new_cache(engine.plan());
         auto t0 = clock::now();
-        model.forward(*cache, prompt.data(), P, logits.data(), engine.pool(), false, eo.chunk);
+        cpu.forward(*cache, prompt.data(), P, logits.data(), engine.pool(), false, eo.chunk);
         prefill += std::chrono::duration<double>(clock::now() - t0).count();
         t0 = clock::now();
         for (int i = 0; i < o->gen; ++i) {
           const int32_t next = Sampler::argmax(logits.data(), c.n_vocab);
-          model.forward(*cache, &next, 1, logits.data(), engine.pool());
+          cpu.forward(*cache, &next, 1, logits.data(), engine.pool());
         }
         decode += std::chrono::duration<double>(clock::now() - t0).count();
         kv = cache->bytes();

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "backend/cpu/cpu_forward.h"
 #include "commands.h"
 #include "core/error.h"
 #include "io/gguf.h"
@@ -62,7 +63,7 @@ void run_server(const ServeOptions& o) {
   (void)backend.kv_bytes_for(engine.plan(), 1);
   if (!gpu && !o.no_pack) {
     // Batched steps run the many-token matmul kernel every step: give it its panels once.
-    const size_t packed = engine.model().pack_weights(engine.pool());
+    const size_t packed = engine.cpu_forward().pack_weights(engine.pool());
     if (packed) fmt::print(stderr, "duo serve: weights packed for batched matmuls ({:.0f} MiB)\n", packed / 1048576.0);
   }
   serve::ServeContext ctx;

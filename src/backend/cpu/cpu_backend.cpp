@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "kv/kv_cache.h"
+#include "backend/cpu/cpu_forward.h"
 #include "model/model.h"
 #include "duo/sampler.h"
 
@@ -40,14 +41,15 @@ CpuSequence& as_cpu(SequenceState& s) {
 
 class CpuBackend final : public ModelBackend {
  public:
-  CpuBackend(Model& model, ThreadPool& pool) : model_(model), pool_(pool) {}
+  CpuBackend(CpuForward& forward, ThreadPool& pool) : forward_(forward), pool_(pool) {}
+  CpuBackend(std::unique_ptr<CpuForward> own, ThreadPool& pool) : own_(std::move(own)), forward_(*own_), pool_(pool) {}
   Device device() const override { return Device::Cpu; }
   std::string description() const override { return fmt::format("cpu, {} threads", pool_.size()); }
-  const ModelConfig& config() const override { return model_.config(); }
+  const ModelConfig& config() const override { return forward_.model().config(); }
 
   std::unique_ptr<SequenceState> new_sequence(const HeadPlan& plan, int64_t max_tokens) override {
     DUO_CHECK(max_tokens > 0, "a sequence needs a positive capacity (got {})", max_tokens);
-    return std::make_unique<CpuSequence>(model_.new_cache(plan), max_tokens);
+    return std::make_unique<CpuSequence>(forward_.new_cache(plan), max_tokens);
   }
 
   void forward(SequenceState& state, const int32_t* tokens, int64_t n, float* logits, int64_t chunk,
@@ -55,21 +57,21 @@ class CpuBackend final : public ModelBackend {
     CpuSequence& s = as_cpu(state);
     DUO_CHECK(s.n_past() + n <= s.capacity(), "sequence of {} tokens exceeds the {} tokens it was created for",
               s.n_past() + n, s.capacity());
-    model_.forward(s.cache(), tokens, n, logits, pool_, all_logits, chunk);
+    forward_.forward(s.cache(), tokens, n, logits, pool_, all_logits, chunk);
   }
 
   int32_t forward_pick(SequenceState& state, const int32_t* tokens, int64_t n, int64_t chunk,
                        Sampler& sampler) override {
-    logits_.resize(model_.config().n_vocab);
+    logits_.resize(forward_.model().config().n_vocab);
     forward(state, tokens, n, logits_.data(), chunk, false);
-    return sampler.sample(logits_.data(), model_.config().n_vocab);
+    return sampler.sample(logits_.data(), forward_.model().config().n_vocab);
   }
 
-  // Model::forward_batch: consecutive one-token items share each matmul, a pre-fill chunk gets
+  // CpuForward::forward_batch: consecutive one-token items share each matmul, a pre-fill chunk gets
   // matmuls of its own. Decoders are best placed first and side by side (the scheduler does).
   void step(const std::vector<StepItem>& items, int32_t* picked, float* logits) override {
     DUO_CHECK(!items.empty(), "a batched step needs at least one item");
-    const int64_t V = model_.config().n_vocab;
+    const int64_t V = forward_.model().config().n_vocab;
     std::vector<BatchItem> batch;
     batch.reserve(items.size());
     for (const StepItem& it : items) {
@@ -84,7 +86,7 @@ class CpuBackend final : public ModelBackend {
       logits_.resize(items.size() * (size_t)V);
       rows = logits_.data();
     }
-    model_.forward_batch(batch, rows, pool_);
+    forward_.forward_batch(batch, rows, pool_);
     // Each item samples from its own row with its own sampler: the same tokens in any order.
     auto sample = [&](int64_t i0, int64_t i1, int) {
       for (int64_t i = i0; i < i1; ++i)
@@ -98,7 +100,7 @@ class CpuBackend final : public ModelBackend {
   }
 
   size_t kv_bytes_for(const HeadPlan& plan, int64_t n) const override {
-    return KvCache::bytes_for(plan, model_.config().head_dim, n);
+    return KvCache::bytes_for(plan, forward_.model().config().head_dim, n);
   }
   // The CPU cache grows row by row and holds nothing beyond its rows worth counting.
   size_t sequence_bytes(const HeadPlan& plan, int64_t capacity) const override {
@@ -107,7 +109,8 @@ class CpuBackend final : public ModelBackend {
   KvType kv_type(KvType requested) const override { return cpu_kv_type(requested); }
 
  private:
-  Model& model_;
+  std::unique_ptr<CpuForward> own_;  // when made from a Model: its own forward
+  CpuForward& forward_;
   ThreadPool& pool_;
   std::vector<float> logits_;
 };
@@ -119,8 +122,12 @@ KvCache* cpu_cache(SequenceState& state) {
   return c ? &c->cache() : nullptr;
 }
 
-std::unique_ptr<ModelBackend> make_cpu_backend(Model& model, ThreadPool& pool) {
-  return std::make_unique<CpuBackend>(model, pool);
+std::unique_ptr<ModelBackend> make_cpu_backend(CpuForward& forward, ThreadPool& pool) {
+  return std::make_unique<CpuBackend>(forward, pool);
+}
+
+std::unique_ptr<ModelBackend> make_cpu_backend(const Model& model, ThreadPool& pool) {
+  return std::make_unique<CpuBackend>(std::make_unique<CpuForward>(model), pool);
 }
 
 }  // namespace duo

@@ -1,4 +1,4 @@
-// The CPU side of the device seam: Model::forward over a KvCache.
+// The CPU side of the device seam: CpuForward (backend/cpu/cpu_forward.h) over a KvCache.
 #pragma once
 #include "engine/backend.h"
 

@@ -84,7 +84,7 @@ const MatmulKernels& kernels() {
   return scalar::kernels;
 }
 
-void check(const WeightView& w) {
+void check(const MatmulWeight& w) {
   DUO_CHECK(w.data != nullptr && w.rows > 0 && w.cols > 0, "matmul: empty weight");
   DUO_CHECK(w.act_bits == 16 || w.act_bits == 8, "matmul: activations of {} bits (16 or 8)", w.act_bits);
   DUO_CHECK(type_traits(w.type).can_dequantize, "matmul: weights of type {} are not supported", type_name(w.type));
@@ -94,7 +94,7 @@ void check(const WeightView& w) {
 
 }  // namespace
 
-void matmul_ref(const WeightView& w, const float* x, int64_t n, float* y) {
+void matmul_ref(const MatmulWeight& w, const float* x, int64_t n, float* y) {
   check(w);
   std::vector<float> row((size_t)w.cols);
   for (int64_t r = 0; r < w.rows; ++r) {
@@ -107,7 +107,7 @@ void matmul_ref(const WeightView& w, const float* x, int64_t n, float* y) {
   }
 }
 
-std::shared_ptr<const PackedWeight> pack_weight(const WeightView& w, ThreadPool& pool) {
+std::shared_ptr<const PackedWeight> pack_weight(const MatmulWeight& w, ThreadPool& pool) {
   check(w);
 #if DUO_SIMD_X86
   if (matmul_uses_act8(w)) return pack_weight_act8_avx512(w, pool);
@@ -121,9 +121,9 @@ std::shared_ptr<const PackedWeight> pack_weight(const WeightView& w, ThreadPool&
 // The quantized kernels (AVX-512 tile, AVX2 token-group tile, scalar) keep one accumulator per
 // (row, token) and visit the blocks in the same order for every token; only the float-weight
 // tile mixes paths (3x4 SIMD tiles, dot products for the ragged edge).
-bool matmul_tokens_independent(const WeightView& w) { return !prefill_dequantizes(w.type); }
+bool matmul_tokens_independent(const MatmulWeight& w) { return !prefill_dequantizes(w.type); }
 
-bool matmul_uses_act8(const WeightView& w) {
+bool matmul_uses_act8(const MatmulWeight& w) {
 #if DUO_SIMD_X86
   return w.act_bits == 8 && act8_type(w.type) && use_avx512();
 #else
@@ -134,7 +134,7 @@ bool matmul_uses_act8(const WeightView& w) {
 
 size_t packed_bytes(const PackedWeight& p) { return p.q.size() * sizeof(int32_t) + p.dm.size() * sizeof(float); }
 
-void matmul(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool) {
+void matmul(const MatmulWeight& w, const float* x, int64_t n, float* y, ThreadPool& pool) {
   matmul_multi({{w, y}}, x, n, pool);
 }
 

@@ -1,4 +1,4 @@
-// The plain parts of the 8-bit activation mode of the quantized matmul (WeightView::act_bits
+// The plain parts of the 8-bit activation mode of the quantized matmul (MatmulWeight::act_bits
 // == 8): activation quantization to int8 blocks, Q4_0/Q4_1/Q8_0 rows as bytes, and the
 // reference the AVX-512 kernel (matmul_act8_avx512.cpp) is tested against.
 //
@@ -85,7 +85,7 @@ void unpack_row_8(GgmlType type, const uint8_t* src, int64_t nb, uint8_t* q, flo
 
 namespace duo {
 
-void matmul_act8_ref(const WeightView& w, const float* x, int64_t n, float* y) {
+void matmul_act8_ref(const MatmulWeight& w, const float* x, int64_t n, float* y) {
   DUO_CHECK(mm::act8_type(w.type), "matmul: no 8-bit activation path for {}", type_name(w.type));
   DUO_CHECK(w.data != nullptr && w.rows > 0 && w.cols > 0 && w.cols % QK == 0, "matmul: bad weight shape");
   const int64_t nb = w.cols / QK;

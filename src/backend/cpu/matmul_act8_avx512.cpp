@@ -1,4 +1,4 @@
-// AVX-512 VNNI many-token kernel of the 8-bit activation mode (WeightView::act_bits == 8) for
+// AVX-512 VNNI many-token kernel of the 8-bit activation mode (MatmulWeight::act_bits == 8) for
 // Q4_0/Q4_1/Q8_0 weights. The same shape as matmul_avx512.cpp's 16-bit kernel -- 16 weight rows
 // in the lanes, a register tile of kRV row vectors x kTT tokens, exact int32 block sums, float
 // work per block -- but the panel holds byte QUADS: word (b, j, i) = elements 4j..4j+3 of
@@ -44,7 +44,7 @@ Panel8& thread_panel8() {
 // d[b * kRB + i], m[b * kRB + i] (Q8_0: -128 * the block's weight sum, int32 bits). Rows past the
 // matrix are zero. Runs once per matrix when
 // packed (pack_weight), else per call; plain word copies (a quarter of the tile's loads).
-void fill_panel8(const WeightView& w, int64_t r0, int nr, int64_t nb, Panel8& p, int32_t* q, float* d, float* m) {
+void fill_panel8(const MatmulWeight& w, int64_t r0, int nr, int64_t nb, Panel8& p, int32_t* q, float* d, float* m) {
   uint8_t* rq = scratch(p.row_q, (size_t)(nb * QK));
   float* dw = scratch(p.row_f, (size_t)(2 * nb));
   float* mw = dw + nb;
@@ -131,9 +131,9 @@ void tiles8(const int32_t* pq, const float* pd, const float* pm, const ActQ8* a,
 
 }  // namespace
 
-std::shared_ptr<const PackedWeight> pack_weight_act8_avx512(const WeightView& w, ThreadPool& pool) {
+std::shared_ptr<const PackedWeight> pack_weight_act8_avx512(const MatmulWeight& w, ThreadPool& pool) {
   DUO_SIMD_CHECK(act8_type(w.type), "matmul: no 8-bit activation path for {}", type_name(w.type));
-  return pack_panels(w, kQuads, 8, pool, [](const WeightView& m, int64_t r0, int nr, int32_t* q, float* d, float* mn) {
+  return pack_panels(w, kQuads, 8, pool, [](const MatmulWeight& m, int64_t r0, int nr, int32_t* q, float* d, float* mn) {
     fill_panel8(m, r0, nr, m.cols / QK, thread_panel8(), q, d, mn);
   });
 }
@@ -149,12 +149,12 @@ void matmul_prefill_act8_avx512(const MatmulOut* outs, int count, const ActQ8* a
         Panel8& p = thread_panel8();
         return std::tie(p.q, p.dm);
       },
-      [&](const WeightView& w, int64_t r0, int nr, int32_t* q, float* d, float* m) {
+      [&](const MatmulWeight& w, int64_t r0, int nr, int32_t* q, float* d, float* m) {
         fill_panel8(w, r0, nr, nb, thread_panel8(), q, d, m);
       },
       [&](int i, const int32_t* pq, const float* pd, const float* pm, int64_t t0, int64_t t1, float* yb,
           const __mmask16* mask) {
-        const WeightView& w = outs[i].w;
+        const MatmulWeight& w = outs[i].w;
         if (w.type == GgmlType::Q8_0)
           tiles8<true>(pq, pd, pm, a, nb, t0, t1, yb, w.rows, mask);
         else

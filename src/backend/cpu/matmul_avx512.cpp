@@ -79,7 +79,7 @@ inline void transpose16(__m512i r[16]) {
 // Unpacks rows [r0, r0 + nr) into a panel (q: nb * kPairs * kRB words, d and m: nb * kRB
 // floats each), 16 rows at a time: each row to int16 with unpack_row (into p's row buffers), then
 // each block's 16 x 16 (row, pair) words transposed in registers.
-void fill_panel(const WeightView& w, int64_t r0, int nr, int64_t nb, Panel& p, int32_t* q, float* d, float* m) {
+void fill_panel(const MatmulWeight& w, int64_t r0, int nr, int64_t nb, Panel& p, int32_t* q, float* d, float* m) {
   int16_t* rq = scratch(p.rows_q, (size_t)(16 * nb * QK));
   float* rf = scratch(p.rows_f, (size_t)(16 * 2 * nb));
   for (int v = 0; v < kRV; ++v) {
@@ -177,8 +177,8 @@ void tiles(const int32_t* pq, const float* pd, const float* pm, const ActQ16* a,
 
 }  // namespace
 
-std::shared_ptr<const PackedWeight> pack_weight_avx512(const WeightView& w, ThreadPool& pool) {
-  return pack_panels(w, kPairs, 16, pool, [](const WeightView& m, int64_t r0, int nr, int32_t* q, float* d, float* mn) {
+std::shared_ptr<const PackedWeight> pack_weight_avx512(const MatmulWeight& w, ThreadPool& pool) {
+  return pack_panels(w, kPairs, 16, pool, [](const MatmulWeight& m, int64_t r0, int nr, int32_t* q, float* d, float* mn) {
     fill_panel(m, r0, nr, m.cols / QK, thread_panel512(), q, d, mn);
   });
 }
@@ -192,12 +192,12 @@ void matmul_prefill_avx512(const MatmulOut* outs, int count, const ActQ16* a, in
         Panel& p = thread_panel512();
         return std::tie(p.q, p.dm);
       },
-      [&](const WeightView& w, int64_t r0, int nr, int32_t* q, float* d, float* m) {
+      [&](const MatmulWeight& w, int64_t r0, int nr, int32_t* q, float* d, float* m) {
         fill_panel(w, r0, nr, nb, thread_panel512(), q, d, m);
       },
       [&](int i, const int32_t* pq, const float* pd, const float* pm, int64_t t0, int64_t t1, float* yb,
           const __mmask16* mask) {
-        const WeightView& w = outs[i].w;
+        const MatmulWeight& w = outs[i].w;
         if (w.type == GgmlType::Q6_K)
           tiles<true, false>(pq, pd, pm, a, nb, t0, t1, yb, w.rows, mask);
         else if (has_min(w.type))

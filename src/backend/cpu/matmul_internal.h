@@ -114,8 +114,8 @@ struct MatmulKernels {
   // Few tokens: one pass over each weight row, every matrix in one parallel region.
   void (*rows)(const MatmulOut* outs, int count, const float* x, int64_t n, ThreadPool& pool);
   // Many tokens: integer panels (quantized weights) or the float tile (prefill_dequantizes).
-  void (*tiled_int)(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool);
-  void (*tiled_float)(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool);
+  void (*tiled_int)(const MatmulWeight& w, const float* x, int64_t n, float* y, ThreadPool& pool);
+  void (*tiled_float)(const MatmulWeight& w, const float* x, int64_t n, float* y, ThreadPool& pool);
   void (*unpack_row)(GgmlType type, const uint8_t* src, int64_t nb, PanelRow p);
 };
 namespace scalar {
@@ -127,12 +127,12 @@ extern const MatmulKernels kernels;
 
 // AVX-512 kernels (matmul_avx512.cpp), callable when use_avx512().
 // Every row block's pre-fill panel made once (matmul_avx512.cpp describes the layout).
-std::shared_ptr<const PackedWeight> pack_weight_avx512(const WeightView& w, ThreadPool& pool);
+std::shared_ptr<const PackedWeight> pack_weight_avx512(const MatmulWeight& w, ThreadPool& pool);
 // Pre-fill: y_i = W_i x for n tokens whose activations are already quantized (a: n x nb,
 // token-major), all matrices in one parallel region.
 void matmul_prefill_avx512(const MatmulOut* outs, int count, const ActQ16* a, int64_t n, ThreadPool& pool);
 // The same for 8-bit activations and Q4_0/Q4_1/Q8_0 weights (matmul_act8_avx512.cpp): byte panels.
-std::shared_ptr<const PackedWeight> pack_weight_act8_avx512(const WeightView& w, ThreadPool& pool);
+std::shared_ptr<const PackedWeight> pack_weight_act8_avx512(const MatmulWeight& w, ThreadPool& pool);
 void matmul_prefill_act8_avx512(const MatmulOut* outs, int count, const ActQ8* a, int64_t n, ThreadPool& pool);
 
 }  // namespace duo::mm

@@ -575,7 +575,7 @@ void quantize_acts(const float* x, int64_t n, int64_t cols, ActBuf& a, ThreadPoo
 // ---------------------------------------------------------------------------------------------
 // Few tokens: one pass over each weight row. Rows [r0, r1) of w for n tokens (a, as: their
 // quantized activations when w is quantized).
-void rows_range(const WeightView& w, const float* x, const ActQ16* a, const float* as, int64_t n, float* y,
+void rows_range(const MatmulWeight& w, const float* x, const ActQ16* a, const float* as, int64_t n, float* y,
                 int64_t r0, int64_t r1) {
   const int64_t nb = w.cols / QK;
   const bool flt = is_float_type(w.type);
@@ -640,7 +640,7 @@ void matmul_rows(const MatmulOut* outs, int count, const float* x, int64_t n, Th
   pool.parallel_for(total, [&](int64_t r0, int64_t r1, int) {
     int64_t off = 0;
     for (int i = 0; i < count; ++i) {
-      const WeightView& w = outs[i].w;
+      const MatmulWeight& w = outs[i].w;
       const int64_t b = std::max(r0, off), e = std::min(r1, off + w.rows);
       if (b < e) rows_range(w, x, a, as, n, outs[i].y, b - off, e - off);
       off += w.rows;
@@ -728,7 +728,7 @@ inline void tile_rows(int rr, const PanelRow* rows, const ActGroupBlock* g, int6
   }
 }
 
-void matmul_tiled_int(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool) {
+void matmul_tiled_int(const MatmulWeight& w, const float* x, int64_t n, float* y, ThreadPool& pool) {
   const int64_t nb = w.cols / QK;
   const int64_t ng = (n + kTG - 1) / kTG;
   ActGroupBlock* act = scratch(act_group_buffer().blocks, (size_t)(ng * nb));
@@ -822,7 +822,7 @@ inline void tile_3x4(const float* wr, int64_t ld, const float* x0, int64_t ldx, 
     for (int t = 0; t < nt; ++t) y[t * ldy + r] = dot_f32(wr + r * ld, x0 + t * ldx, (int)cols);
 }
 
-void matmul_tiled(const WeightView& w, const float* x, int64_t n, float* y, ThreadPool& pool) {
+void matmul_tiled(const MatmulWeight& w, const float* x, int64_t n, float* y, ThreadPool& pool) {
   const int64_t blocks = (w.rows + kRowBlock - 1) / kRowBlock;
   pool.parallel_for_dynamic(blocks, 1, [&](int64_t b0, int64_t b1, int) {
     float* buf = thread_buffer((size_t)kRowBlock * w.cols);

@@ -24,7 +24,7 @@ constexpr int kRB = 16 * kRV;  // rows per panel
 // Packs every row block of w once: fill(w, r0, nr, q, d, m) writes a block's panel (words_per_block
 // words a 32-block a row, then its scales and mins), act_bits says which kernel reads it.
 template <typename Fill>
-std::shared_ptr<const PackedWeight> pack_panels(const WeightView& w, int words_per_block, int act_bits,
+std::shared_ptr<const PackedWeight> pack_panels(const MatmulWeight& w, int words_per_block, int act_bits,
                                                 ThreadPool& pool, Fill&& fill) {
   const int64_t nb = w.cols / QK, blocks = (w.rows + kRB - 1) / kRB;
   auto pw = std::make_shared<PackedWeight>();
@@ -75,7 +75,7 @@ void run_panel_tasks(const MatmulOut* outs, int count, int64_t n, int words_per_
     for (int64_t task = task0; task < task1; ++task) {
       int i = 0;
       while (task >= first_task[i + 1]) ++i;
-      const WeightView& w = outs[i].w;
+      const MatmulWeight& w = outs[i].w;
       DUO_SIMD_CHECK(!w.packed || (w.packed->data == w.data && w.packed->type == w.type && w.packed->rows == w.rows &&
                               w.packed->cols == w.cols && w.packed->act_bits == act_bits),
                 "matmul: the packed panels were made from another weight matrix or for {}-bit activations",

@@ -1,5 +1,5 @@
 // The llama-family forward on the GPU, top to bottom in gpu_model.cpp (the twin of
-// Model::forward_chunk): fp32 residual stream, bf16 GEMM operands on cuBLAS, the attention
+// CpuForward::forward): fp32 residual stream, bf16 GEMM operands on cuBLAS, the attention
 // kernels of attention.cuh over a GpuKvCache. Everything of a forward is queued on one
 // stream; the host waits only where it needs a result (logits or a picked token).
 // A decode step (one token) reads its token id and position from device memory, so the whole

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <vector>
 
-#include "backend/cpu/matmul.h"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/synthetic.h"
