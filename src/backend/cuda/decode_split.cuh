@@ -135,32 +135,30 @@ __device__ __forceinline__ bool cta_has_keys(const DecodeParams& p, const CtaWor
   return false;
 }
 
-// The end of an attention CTA: merges the online-softmax states (m, l, o: a lane group's
-// running max, sum and output, lanes cl * 8 .. cl * 8 + 7 of D) of its STREAMS lane groups
-// through shared memory, then writes the output (direct) or the split's partials for the merge.
+// Shared-memory home of the online-softmax states of a CTA's STREAMS lane groups (or warps),
+// for the merge at the end of the CTA.
 template <int D, int G, int STREAMS>
-__device__ __forceinline__ void finish_cta(const DecodeParams& p, const CtaWork& w, int stream, int cl,
-                                           const float (&m)[G], const float (&l)[G], const float (&o)[G][8]) {
-  __shared__ float sm_m[STREAMS][G], sm_l[STREAMS][G];
-  __shared__ float sm_o[STREAMS][G][D];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    if (cl == 0) sm_m[stream][g] = m[g], sm_l[stream][g] = l[g];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) sm_o[stream][g][cl * 8 + e] = o[g][e];
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < G * D; idx += kDecThreads) {
+struct CtaStates {
+  float m[STREAMS][G], l[STREAMS][G];
+  float o[STREAMS][G][D];
+};
+
+// The end of an attention CTA, once every stream has written its state to s (and the CTA has
+// synchronised): merges the STREAMS states of each query head and writes the output (direct)
+// or the split's partials for the merge kernel.
+template <int D, int G, int STREAMS>
+__device__ __forceinline__ void write_merged(const DecodeParams& p, const CtaWork& w, const CtaStates<D, G, STREAMS>& s) {
+  for (int idx = threadIdx.x; idx < G * D; idx += blockDim.x) {
     const int g = idx / D, dd = idx % D;
     float M = -INFINITY;
 #pragma unroll
-    for (int s2 = 0; s2 < STREAMS; ++s2) M = fmaxf(M, sm_m[s2][g]);
+    for (int s2 = 0; s2 < STREAMS; ++s2) M = fmaxf(M, s.m[s2][g]);
     float L = 0.0f, O = 0.0f;
 #pragma unroll
     for (int s2 = 0; s2 < STREAMS; ++s2) {
-      const float ws = sm_m[s2][g] == -INFINITY ? 0.0f : exp2f(sm_m[s2][g] - M);
-      L += ws * sm_l[s2][g];
-      O += ws * sm_o[s2][g][dd];
+      const float ws = s.m[s2][g] == -INFINITY ? 0.0f : exp2f(s.m[s2][g] - M);
+      L += ws * s.l[s2][g];
+      O += ws * s.o[s2][g][dd];
     }
     const int h = w.h0 + g;
     if (w.direct) {
@@ -170,6 +168,22 @@ __device__ __forceinline__ void finish_cta(const DecodeParams& p, const CtaWork&
       if (dd == 0) p.part_lse[(int64_t)h * p.n_splits + w.split] = L > 0.0f ? M + log2f(L) : -INFINITY;
     }
   }
+}
+
+// The end of a CUDA-core attention CTA (decode.cu): m, l, o are a lane group's running max,
+// sum and output for lanes cl * 8 .. cl * 8 + 7 of D; stores them and merges (write_merged).
+template <int D, int G, int STREAMS>
+__device__ __forceinline__ void finish_cta(const DecodeParams& p, const CtaWork& w, int stream, int cl,
+                                           const float (&m)[G], const float (&l)[G], const float (&o)[G][8]) {
+  __shared__ CtaStates<D, G, STREAMS> s;
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (cl == 0) s.m[stream][g] = m[g], s.l[stream][g] = l[g];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) s.o[stream][g][cl * 8 + e] = o[g][e];
+  }
+  __syncthreads();
+  write_merged<D, G, STREAMS>(p, w, s);
 }
 
 // One CTA a query head of a retrieval KV head: out = sum_s w_s o_s / sum_s w_s, w_s = 2^lse_s.
