@@ -6,7 +6,7 @@
 //    bf16 sink and residual rows, streaming rings. Byte accounting equals the CPU's.
 //  - Decode* / Prefill*: decode_attention and prefill_attention over the quantized cache against
 //    attention_ref over the CPU cache (which dequantizes the same bytes to the same values):
-//    max |gpu - ref| <= 2e-2 and relative RMS <= 1e-2, the bf16 kernels' tolerance.
+//    max |gpu - ref| <= 2e-2 (decode: 3e-2, see kDecodeMaxAbs) and relative RMS <= 1e-2.
 // Failures name the layer, head, position and what differs (codes, K params, V params, rows).
 #include <gtest/gtest.h>
 
@@ -245,6 +245,11 @@ TEST(CudaKvQuant, BytesMatchCpuFormulas) {
 // Attention over the quantized cache vs attention_ref over the CPU cache of the same type.
 
 constexpr double kMaxAbs = 2e-2, kMaxRel = 1e-2;
+// The quantized decode kernel multiplies bf16 probabilities (scaled by each key's value scale)
+// with the codes on the tensor cores, as the pre-fill kernels multiply bf16 probabilities with
+// bf16 values: its worst element over these cases is ~0.021 (relative RMS <= 0.0065), where the
+// CUDA-core kernel it replaced, with fp32 probabilities, stayed under 0.008.
+constexpr double kDecodeMaxAbs = 3e-2;
 
 struct Err {
   double max_abs = 0, num = 0, den = 0;
@@ -333,7 +338,7 @@ void run_decode(const AttnCase& c, int len0, int steps, int split_tokens, bool d
     for (size_t i = 0; i < ref.size(); ++i) e.add(i, got[i], ref[i]);
     std::printf("  decode %s %d/%d d %d kinds %d sink %d pos %d splits %d: max_abs %.3g rel %.3g\n", to_string(c.type),
                 c.heads, c.n_kv, c.d, c.kinds, c.w.sink, pos, decode_splits(a), e.max_abs, e.rel());
-    ASSERT_LE(e.max_abs, kMaxAbs) << "pos " << pos << ", worst at head " << e.worst / c.d << " dim " << e.worst % c.d
+    ASSERT_LE(e.max_abs, kDecodeMaxAbs) << "pos " << pos << ", worst at head " << e.worst / c.d << " dim " << e.worst % c.d
                                   << ": got " << got[e.worst] << " want " << ref[e.worst];
     ASSERT_LE(e.rel(), kMaxRel) << "pos " << pos;
   }
@@ -357,6 +362,11 @@ TEST(CudaDecodeQuant, DevicePosEveryShortContextQ4) { run_decode(kSmolQ4Mixed, 0
 TEST(CudaDecodeQuant, EveryShortContextQ8Split64) {
   run_decode({12, 2, 128, KvType::Q8, 0, {0, 64}}, 0, 150, 64, false, 18);
 }
+// Every GQA group size the tensor-core kernel's 8 head columns take (1, 2, 5, 7 beside 3, 4, 6, 8 above).
+TEST(CudaDecodeQuant, MhaQ4D64Mixed) { run_decode({8, 8, 64, KvType::Q4, 2, {4, 64}}, 777, 2, 0, false, 31); }
+TEST(CudaDecodeQuant, Group2Q8) { run_decode({16, 8, 128, KvType::Q8, 0, {64, 128}}, 1029, 2, 0, false, 32); }
+TEST(CudaDecodeQuant, Group5Q4MixedSmallSink) { run_decode({10, 2, 128, KvType::Q4, 2, {16, 64}}, 1111, 2, 192, false, 33); }
+TEST(CudaDecodeQuant, Group7Q8D64NoSink) { run_decode({14, 2, 64, KvType::Q8, 0, {0, 64}}, 903, 2, 0, false, 34); }
 TEST(CudaDecodeQuant, DevicePosAcrossPageQ4) { run_decode(kLlamaQ4, 240, 30, 0, true, 19); }
 
 // Pre-fill in chunks over the quantized cache (dequantized tiles for complete groups, bf16 rows
