@@ -100,8 +100,9 @@ HeadPlan make_head_plan(const std::vector<std::vector<HeadKind>>& kinds, int n_l
                         StreamingWindow window, const std::string& origin) {
   const int rows = (int)kinds.size(), cols = kinds.empty() ? 0 : (int)kinds[0].size();
   DUO_CHECK(rows == n_layers && cols == n_kv_heads,
-            "{}: the pattern is {} layers x {} KV heads but the model has {} layers x {} KV heads", origin, rows, cols,
-            n_layers, n_kv_heads);
+            "{}: the pattern is {} layers x {} KV heads but the model has {} layers x {} KV heads (a pattern fits "
+            "only the model it was calibrated for; `duo calibrate` makes one for this model)",
+            origin, rows, cols, n_layers, n_kv_heads);
   HeadPlan p;
   p.window = window;
   p.kinds = kinds;

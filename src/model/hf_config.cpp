@@ -225,8 +225,14 @@ ModelConfig ModelConfig::from_hf(const HfCheckpoint& ck, std::vector<float>& rop
     if (type.empty()) type = scaling.value("type", std::string("default"));
     if (type == "llama3")
       rope_factors = llama3_factors(scaling, where, c.rope_theta, c.head_dim);
+    else if (type == "linear")
+      // Position interpolation (Llama-2-7B-32K: factor 8 over a 4K model): transformers divides
+      // every inverse frequency by the factor (_compute_linear_scaling_rope_parameters), which
+      // Model::init_rope does with rope_linear_factor.
+      c.rope_linear_factor = (float)float_key(scaling, where, "factor", {}, 1e6);
     else
-      DUO_CHECK(type == "default", "{}: RoPE scaling '{}' is not supported (supported: default, llama3)", where, type);
+      DUO_CHECK(type == "default", "{}: RoPE scaling '{}' is not supported (supported: default, linear, llama3)", where,
+                type);
   } else {
     DUO_CHECK(scaling.is_null(), "{}: rope_scaling is neither an object nor null", where);
   }

@@ -169,8 +169,9 @@ TEST(HfModel, BadDirectoriesAreRefused) {
   };
   with_config("tiny-qwen2", "model_type", "gemma2", "unsupported architecture 'gemma2'");
   with_config("tiny-qwen2", "rope_scaling", {{"type", "yarn"}, {"factor", 4.0}}, "RoPE scaling 'yarn' is not supported");
-  with_config("tiny-llama", "rope_parameters", {{"rope_type", "linear"}, {"factor", 4.0}},
-              "RoPE scaling 'linear' is not supported");
+  // (linear is supported: tests/io/published_patterns_test.cpp)
+  with_config("tiny-llama", "rope_parameters", {{"rope_type", "dynamic"}, {"factor", 4.0}},
+              "RoPE scaling 'dynamic' is not supported");
   with_config("tiny-qwen2", "use_sliding_window", true, "use_sliding_window");
   with_config("tiny-qwen2", "hidden_act", "gelu", "hidden_act 'gelu'");
   with_config("tiny-qwen2", "num_key_value_heads", 3, "num_key_value_heads");
