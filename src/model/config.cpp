@@ -45,8 +45,6 @@ void gemma3_gguf(const GgufFile& f, const std::string& p, ModelConfig& c) {
   for (int l = 0; l < c.n_layers; ++l) c.layer_local[l] = (l + 1) % pattern != 0;
   c.rope_local_theta = positive_float(f, p + "rope.freq_base_swa",
                                       f.opt_float(p + "rope.freq_base_swa").value_or(10000.0), 1e30);
-  if (f.opt_string(p + "rope.scaling.type").value_or("none") == "linear")
-    c.rope_linear_factor = positive_float(f, p + "rope.scaling.factor", f.get_float(p + "rope.scaling.factor"), 1e6);
   if (auto cap = f.opt_float(p + "final_logit_softcapping"))
     c.final_softcap = positive_float(f, p + "final_logit_softcapping", *cap, 1e6);
   DUO_CHECK(!f.opt_float(p + "attn_logit_softcapping"), "{}: attn_logit_softcapping is not supported", f.path());
@@ -99,9 +97,13 @@ ModelConfig ModelConfig::from_gguf(const GgufFile& f) {
   DUO_CHECK(c.n_rot == c.head_dim, "{}: partial rotary embeddings ({} of {} dims) are not supported", f.path(),
             c.n_rot, c.head_dim);
   if (c.arch == "gemma3") gemma3_gguf(f, p, c);
-  if (auto scaling = f.opt_string(p + "rope.scaling.type"))
-    DUO_CHECK(*scaling == "none" || (c.arch == "gemma3" && *scaling == "linear"), "{}: RoPE scaling '{}' is not supported",
-              f.path(), *scaling);
+  // Linear scaling (positions divided by the factor: Llama-2-7B-32K, gemma3's global layers) is
+  // applied by the model's RoPE set-up; any other kind would run at the wrong frequencies.
+  if (auto scaling = f.opt_string(p + "rope.scaling.type")) {
+    DUO_CHECK(*scaling == "none" || *scaling == "linear", "{}: RoPE scaling '{}' is not supported", f.path(), *scaling);
+    if (*scaling == "linear")
+      c.rope_linear_factor = positive_float(f, p + "rope.scaling.factor", f.get_float(p + "rope.scaling.factor"), 1e6);
+  }
 
   const auto& embd = f.tensor("token_embd.weight");
   DUO_CHECK(embd.dims.size() == 2 && embd.dims[0] == c.n_embd, "{}: token_embd.weight has shape incompatible with n_embd {}",

@@ -195,20 +195,30 @@ TEST_F(ModelLoadValidation, SmallAlignmentIsRefused) {
   }
 }
 
-// RoPE scaling that the engine does not implement (linear, YaRN) is refused, not ignored: ignoring
-// it would run the model at the wrong frequencies without any error. Llama-3.1's scaling comes
-// as rope_freqs.weight instead (tests/model/tiny_reference_test.cpp).
+// RoPE scaling that the engine does not implement (YaRN) is refused, not ignored: ignoring it
+// would run the model at the wrong frequencies without any error. Linear scaling (Llama-2-7B-32K)
+// is implemented: its factor divides every inverse frequency. Llama-3.1's scaling comes as
+// rope_freqs.weight instead (tests/model/tiny_reference_test.cpp).
 TEST_F(ModelLoadValidation, UnsupportedRopeScalingIsRefused) {
-  for (const char* type : {"linear", "yarn"}) {
-    Knobs k;
-    k.freq_base = [type](test::GgufBuilder& b) {
-      b.f32("llama.rope.freq_base", 1e4f).str("llama.rope.scaling.type", type).f32("llama.rope.scaling.factor", 4.0f);
-    };
-    expect_refused(k, {"RoPE scaling '" + std::string(type) + "' is not supported"});
-  }
+  Knobs yarn;
+  yarn.freq_base = [](test::GgufBuilder& b) {
+    b.f32("llama.rope.freq_base", 1e4f).str("llama.rope.scaling.type", "yarn").f32("llama.rope.scaling.factor", 4.0f);
+  };
+  expect_refused(yarn, {"RoPE scaling 'yarn' is not supported"});
   Knobs none;
   none.freq_base = [](test::GgufBuilder& b) { b.f32("llama.rope.freq_base", 1e4f).str("llama.rope.scaling.type", "none"); };
   EXPECT_NO_THROW(load(none));
+  const auto plain = Model::load(write(none, "plain.gguf"));
+  Knobs linear;
+  linear.freq_base = [](test::GgufBuilder& b) {
+    b.f32("llama.rope.freq_base", 1e4f).str("llama.rope.scaling.type", "linear").f32("llama.rope.scaling.factor", 4.0f);
+  };
+  EXPECT_NO_THROW(load(linear));
+  const auto scaled = Model::load(write(linear, "linear.gguf"));
+  EXPECT_EQ(scaled->config().rope_linear_factor, 4.0f);
+  const auto a = plain->rope_inv_freq(), b = scaled->rope_inv_freq();
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_FLOAT_EQ(b[i], a[i] / 4.0f) << i;
 }
 
 // `-m` naming a FIFO: refused at once instead of waiting for a writer forever.
