@@ -85,6 +85,7 @@ void GpuModel::forward(GpuKvCache& kv, const int32_t* tokens, int64_t n, int64_t
   DUO_CHECK(chunk > 0, "chunk size must be positive");
   const int64_t V = config().n_vocab;
   const int32_t* ids = upload_tokens(kv, tokens, n);
+  if (n > 1) reserve_prefill_scratch(kv, n, chunk);
   for (int64_t b = 0; b < n; b += chunk) {
     const int m = (int)std::min(chunk, n - b);
     const bool last = b + m == n;
@@ -109,6 +110,7 @@ int32_t GpuModel::forward_pick(GpuKvCache& kv, const int32_t* tokens, int64_t n,
   if (n == 1) {
     run_decode(kv, 1);
   } else {
+    reserve_prefill_scratch(kv, n, chunk);
     for (int64_t b = 0; b < n; b += chunk) {
       const int m = (int)std::min(chunk, n - b);
       run_chunk(kv, ids + b, m, b + m == n ? 1 : 0);
@@ -207,10 +209,10 @@ void GpuModel::step(const std::vector<StepItem>& items, int32_t* picked, float* 
   for (const StepItem& it : items) it.kv->reserve(it.kv->n_past() + it.n);
   // (Batched decode sizes its own workspace in prepare_step_decode.)
   Act act = activations(T, batch_decode_ ? std::vector<const GpuKvCache*>{} : decoders);
-  std::vector<std::pair<const GpuKvCache*, int>> chunks;  // the pre-fill items
+  size_t scratch = 0;  // one scratch serves the pre-fill items in turn: the largest need
   for (const StepItem& it : items)
-    if (it.n > 1) chunks.push_back({it.kv, it.n});
-  prefill_scratch(chunks, act);
+    if (it.n > 1) scratch = std::max(scratch, prefill_scratch_need(*it.kv, (int)it.kv->n_past()));
+  prefill_scratch(scratch, act);
   int32_t* tokens_d = tokens_.ensure_n<int32_t>(T);
   int32_t* meta_d = step_pos_.ensure_n<int32_t>((int64_t)meta.size());
   bf16* lm_in = lm_in_.ensure_n<bf16>(std::max(1, R) * E);
@@ -260,7 +262,7 @@ void GpuModel::step(const std::vector<StepItem>& items, int32_t* picked, float* 
 void GpuModel::run_chunk(GpuKvCache& kv, const int32_t* tokens_d, int n, int logits_rows) {
   kv.reserve(kv.n_past() + (int64_t)n);  // pages for the chunk's positions, before any kernel runs
   Act act = activations(n, {});
-  prefill_scratch({{&kv, n}}, act);
+  prefill_scratch(prefill_scratch_need(kv, (int)kv.n_past()), act);
   if (logits_rows > 1) act.logits = logits_.ensure_n<float>((int64_t)logits_rows * config().n_vocab);
   enqueue_chunk(kv, act, tokens_d, n, (int)kv.n_past(), nullptr, logits_rows);
   kv.advance(n);
@@ -444,15 +446,17 @@ PrefillArgs GpuModel::prefill_args(const GpuKvCache& kv, int l, int n, int pos0)
   return pa;
 }
 
-void GpuModel::prefill_scratch(const std::vector<std::pair<const GpuKvCache*, int>>& chunks, Act& act) {
-  act.pkv = nullptr, act.pkv_bytes = 0;
+size_t GpuModel::prefill_scratch_need(const GpuKvCache& kv, int pos0) const {
   const PrefillQuantPath path = prefill_quant_ == PrefillQuantPath::Auto ? prefill_quant_path_env() : prefill_quant_;
-  if (path != PrefillQuantPath::Bf16Scratch) return;
-  size_t need = 0;  // the longest past of any layer of any chunk (one scratch serves them in turn)
-  for (const auto& [kv, n] : chunks)
-    if (is_quantized(kv->type()))
-      for (int l = 0; l < config().n_layers; ++l)
-        need = std::max(need, prefill_quant_scratch_bytes(prefill_args(*kv, l, n, (int)kv->n_past())));
+  if (path != PrefillQuantPath::Bf16Scratch || !is_quantized(kv.type())) return 0;
+  size_t need = 0;  // layers differ in their retrieval heads
+  for (int l = 0; l < config().n_layers; ++l)
+    need = std::max(need, prefill_quant_scratch_bytes(prefill_args(kv, l, 1, pos0)));
+  return need;
+}
+
+void GpuModel::prefill_scratch(size_t need, Act& act) {
+  act.pkv = nullptr, act.pkv_bytes = 0;
   if (need == 0) return;
   // Freeing (to grow, or past the cap) must wait for the queued chunks that still read it.
   if (need > prefill_kv_cap_) {  // the mma kernel reads the quantized pages; the memory goes to the cache
@@ -465,6 +469,14 @@ void GpuModel::prefill_scratch(const std::vector<std::pair<const GpuKvCache*, in
   if (need > prefill_kv_.bytes() && prefill_kv_.bytes()) DUO_CUDA_TRY(cudaStreamSynchronize(stream_));
   act.pkv = prefill_kv_.ensure(need);
   act.pkv_bytes = prefill_kv_.bytes();
+}
+
+void GpuModel::reserve_prefill_scratch(const GpuKvCache& kv, int64_t n, int64_t chunk) {
+  if (n <= chunk) return;  // one chunk: run_chunk sizes it
+  const size_t need = prefill_scratch_need(kv, (int)(kv.n_past() + (n - 1) / chunk * chunk));
+  if (need == 0 || need > prefill_kv_cap_ || need <= prefill_kv_.bytes()) return;
+  if (prefill_kv_.bytes()) DUO_CUDA_TRY(cudaStreamSynchronize(stream_));
+  prefill_kv_.ensure(need);
 }
 
 DecodeArgs GpuModel::decode_args(const GpuKvCache& kv, int l, const bf16* q, bf16* out, const int32_t* pos_d) const {

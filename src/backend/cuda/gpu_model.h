@@ -126,9 +126,16 @@ class GpuModel {
                          bool timed);
   // The shape and cache of layer l's pre-fill of n rows at pos0 (no row pointers).
   PrefillArgs prefill_args(const GpuKvCache& kv, int l, int n, int pos0) const;
-  // Sizes the pre-fill scratch for chunks (cache, rows) at their caches' n_past, before anything
-  // of the step is queued, and points act at it (null when the scratch path will not run).
-  void prefill_scratch(const std::vector<std::pair<const GpuKvCache*, int>>& chunks, Act& act);
+  // Bytes of bf16 scratch a pre-fill chunk of kv at pos0 needs (the most of its layers; 0 when
+  // the scratch path does not run: bf16 cache, no past, or the Mma path chosen).
+  size_t prefill_scratch_need(const GpuKvCache& kv, int pos0) const;
+  // Sizes the scratch for `need` bytes before anything of a chunk or step is queued (growing it
+  // waits for the queued work that reads it) and points act at it; past the cap, releases it and
+  // leaves act's pointer null (the mma kernel runs).
+  void prefill_scratch(size_t need, Act& act);
+  // Before the chunks of one prompt: the scratch for its last chunk (the longest past), when
+  // that fits the cap, so that no chunk grows it (and waits) on the way.
+  void reserve_prefill_scratch(const GpuKvCache& kv, int64_t n, int64_t chunk);
   // Checks a batched step's items before anything is queued (ids, capacity, distinct caches).
   void check_step(const std::vector<StepItem>& items) const;
   // Batched steps: the decode items' device tables (prepare_step_decode, before anything is
