@@ -447,8 +447,9 @@ PrefillArgs GpuModel::prefill_args(const GpuKvCache& kv, int l, int n, int pos0)
 }
 
 size_t GpuModel::prefill_scratch_need(const GpuKvCache& kv, int pos0) const {
+  if (!is_quantized(kv.type())) return 0;
   const PrefillQuantPath path = prefill_quant_ == PrefillQuantPath::Auto ? prefill_quant_path_env() : prefill_quant_;
-  if (path != PrefillQuantPath::Bf16Scratch || !is_quantized(kv.type())) return 0;
+  if (path != PrefillQuantPath::Bf16Scratch) return 0;
   size_t need = 0;  // layers differ in their retrieval heads
   for (int l = 0; l < config().n_layers; ++l)
     need = std::max(need, prefill_quant_scratch_bytes(prefill_args(kv, l, 1, pos0)));
