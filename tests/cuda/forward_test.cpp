@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -221,19 +222,66 @@ TEST_P(CudaForwardTiny, QuantizedKvMatchesCpu) {
   ThreadPool pool(4);
   auto cpu = make_cpu_backend(*m, pool);
   auto gpu = make_cuda_backend(*m);
+  GpuModel& g = dynamic_cast<CudaBackend&>(*gpu).gpu();
   const auto toks = tokens(330, m->config().n_vocab, 6);
   const int V = m->config().n_vocab;
   for (KvType type : {KvType::Q8, KvType::Q4}) {
     HeadPlan plan = base;
     plan.kv_type = type;
     const Tolerance tol = type == KvType::Q8 ? Tolerance{0.06, 0.25} : Tolerance{0.2, 0.5};
-    const std::string what = m->config().name + " " + to_string(type);
     const auto want = run_all_logits(*cpu, plan, toks, 330);
-    expect_rows_close(run_all_logits(*gpu, plan, toks, 330), want, V, tol, what + " one chunk");
-    expect_rows_close(run_all_logits(*gpu, plan, toks, 100), want, V, tol, what + " chunk 100");
-    expect_rows_close(run_decode(*gpu, plan, toks, 190), run_decode(*cpu, plan, toks, 190), V, tol,
-                      what + " decode from 190");
+    const auto want_decode = run_decode(*cpu, plan, toks, 190);
+    // Both pre-fill paths over a quantized past: the mma kernel reading the pages, and the
+    // default bf16 scratch (used by the chunks of 100 at positions 100, 200 and 300).
+    std::vector<float> chunked[2];
+    for (PrefillQuantPath path : {PrefillQuantPath::Mma, PrefillQuantPath::Bf16Scratch}) {
+      const bool scratch = path == PrefillQuantPath::Bf16Scratch;
+      g.set_prefill_quant_path(path);
+      g.release_scratch();
+      const std::string what = m->config().name + " " + to_string(type) + " " + prefill_quant_path_name(path);
+      expect_rows_close(run_all_logits(*gpu, plan, toks, 330), want, V, tol, what + " one chunk");
+      chunked[scratch] = run_all_logits(*gpu, plan, toks, 100);
+      expect_rows_close(chunked[scratch], want, V, tol, what + " chunk 100");
+      EXPECT_EQ(g.prefill_scratch_bytes() > 0, scratch) << what << ": the scratch serves chunks over a quantized past";
+      expect_rows_close(run_decode(*gpu, plan, toks, 190), want_decode, V, tol, what + " decode from 190");
+    }
+    // Head dim 64: both paths run the mma kernel over the same bf16 keys and values.
+    if (std::getenv("DUO_PREFILL_KERNEL") == nullptr)
+      expect_bitwise(chunked[1], chunked[0], V, m->config().name + " " + to_string(type) + " bf16 scratch vs mma");
   }
+  g.set_prefill_quant_path(PrefillQuantPath::Auto);
+}
+
+// The scratch cap: chunks of 100 at positions 100 and 200 fit a cap of one page a head (the
+// layers have at most 2 retrieval heads of 64: a 256-byte page table, then 2 x 2 pages of 32 KiB),
+// the chunk at 300 needs two pages a head, so it runs on the mma kernel and the scratch is
+// released. Head dim 64 runs the mma kernel on both paths, so the logits are the mma path's bits.
+TEST_P(CudaForwardTiny, QuantizedPrefillPastTheScratchCap) {
+  auto m = Model::synthetic(tiny(GetParam()), 17);
+  HeadPlan plan = HeadPlan::uniform(3, 2, HeadKind::Retrieval, {4, 40});
+  plan.kinds[1][0] = HeadKind::Streaming;
+  plan.kv_type = KvType::Q4;
+  auto be = make_cuda_backend(*m);
+  GpuModel& g = dynamic_cast<CudaBackend&>(*be).gpu();
+  const int V = m->config().n_vocab;
+  const auto toks = tokens(330, V, 8);
+  g.set_prefill_quant_path(PrefillQuantPath::Mma);
+  const auto mma = run_all_logits(*be, plan, toks, 100);
+  EXPECT_EQ(g.prefill_scratch_bytes(), 0u);
+  g.set_prefill_quant_path(PrefillQuantPath::Bf16Scratch);
+  const size_t one_page = 256 + 2 * 2 * 256 * 64 * 2;
+  g.set_prefill_scratch_cap(one_page);
+  const auto first = run_all_logits(*be, plan, toks, 200);  // chunk at 200: one page a head, under the cap
+  EXPECT_EQ(g.prefill_scratch_bytes(), one_page);
+  const auto capped = run_all_logits(*be, plan, toks, 100);
+  EXPECT_EQ(g.prefill_scratch_bytes(), 0u) << "released when the past outgrew the cap";
+  if (std::getenv("DUO_PREFILL_KERNEL") == nullptr) {
+    expect_bitwise(capped, mma, V, m->config().name + " capped scratch vs mma");
+    expect_bitwise(first, run_all_logits(*be, plan, toks, 200), V, m->config().name + " chunk 200 again");
+  }
+  g.set_prefill_scratch_cap(0);  // every chunk on the mma kernel
+  expect_bitwise(run_all_logits(*be, plan, toks, 100), mma, V, m->config().name + " no scratch at all");
+  EXPECT_EQ(g.prefill_scratch_bytes(), 0u);
 }
 
 // The decode graph with a quantized cache (its kv_quantize launch decides on the device whether

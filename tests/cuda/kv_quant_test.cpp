@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -369,8 +370,9 @@ TEST(CudaDecodeQuant, Group5Q4MixedSmallSink) { run_decode({10, 2, 128, KvType::
 TEST(CudaDecodeQuant, Group7Q8D64NoSink) { run_decode({14, 2, 64, KvType::Q8, 0, {0, 64}}, 903, 2, 0, false, 34); }
 TEST(CudaDecodeQuant, DevicePosAcrossPageQ4) { run_decode(kLlamaQ4, 240, 30, 0, true, 19); }
 
-// Pre-fill in chunks over the quantized cache (dequantized tiles for complete groups, bf16 rows
-// for the sink, the residual and the chunk), each chunk against the reference.
+// Pre-fill in chunks over the quantized cache, each chunk against the reference on both paths:
+// the mma kernel (dequantized tiles for complete groups, bf16 rows for the sink, the residual
+// and the chunk) and the default bf16 scratch (prefill_attention_quant).
 void run_prefill(const AttnCase& c, const std::vector<int>& chunks, uint32_t seed) {
   int len = 0;
   for (int n : chunks) len += n;
@@ -382,7 +384,6 @@ void run_prefill(const AttnCase& c, const std::vector<int>& chunks, uint32_t see
     const auto q = test::randn_bf16(cs.rng, n * qrow, 1.5f);
     auto kr = test::randn_bf16(cs.rng, n * kvrow), vr = test::randn_bf16(cs.rng, n * kvrow);
     Dev<bf16> dq(test::to_bf16(q)), dk(test::to_bf16(kr)), dv(test::to_bf16(vr)), dout(n * qrow);
-    DUO_CUDA_TRY(cudaMemset(dout.get(), 0xff, n * qrow * sizeof(bf16)));
     cs.gpu->reserve(pos0 + n);
     PrefillArgs a;
     a.q = dq.get(), a.k = dk.get(), a.v = dv.get(), a.out = dout.get();
@@ -390,19 +391,43 @@ void run_prefill(const AttnCase& c, const std::vector<int>& chunks, uint32_t see
     a.n = n, a.pos0 = pos0, a.n_heads = c.heads, a.n_kv_heads = c.n_kv, a.head_dim = c.d;
     a.cache = cs.gpu->layer(0);
     if (a.cache.mode == HeadMode::Mixed) a.retrieval_kv_heads = R;
-    EXPECT_EQ(prefill_kernel_for(a), PrefillKernel::Mma) << "quantized caches pre-fill on the mma kernel";
-    prefill_attention(a, 0);
-    const auto got = test::to_float(dout.download());
+    EXPECT_EQ(prefill_kernel_for(a), PrefillKernel::Mma) << "the quantized view pre-fills on the mma kernel";
     std::vector<float> ref;
     reference(*cs.cpu, cs.plan, q, c.heads, c.n_kv, c.d, pos0, pos0, n, kr.data(), vr.data(), ref);
-    Err e;
-    for (size_t i = 0; i < ref.size(); ++i) e.add(i, got[i], ref[i]);
-    std::printf("  prefill %s %d/%d d %d kinds %d sink %d chunk [%d, %d): max_abs %.3g rel %.3g\n", to_string(c.type),
-                c.heads, c.n_kv, c.d, c.kinds, c.w.sink, pos0, pos0 + n, e.max_abs, e.rel());
-    const size_t w = e.worst;
-    EXPECT_LE(e.max_abs, kMaxAbs) << "chunk at " << pos0 << ", worst at token " << w / qrow << " head "
-                                  << w / c.d % c.heads << " dim " << w % c.d;
-    EXPECT_LE(e.rel(), kMaxRel) << "chunk at " << pos0;
+    // Both paths over the same cache: the mma kernel reading the quantized pages, and the
+    // default one (the past dequantized into a bf16 scratch, then the bf16 kernels: wgmma for
+    // head dim 128 on a Hopper GPU).
+    const size_t sbytes = prefill_quant_scratch_bytes(a);
+    Dev<uint8_t> scratch(sbytes);
+    if (c.kinds != 1) {  // a layer with retrieval heads
+      EXPECT_EQ(prefill_quant_path_for(a, PrefillQuantPath::Bf16Scratch, sbytes), PrefillQuantPath::Bf16Scratch);
+    }
+    std::vector<float> outs[2];
+    for (PrefillQuantPath path : {PrefillQuantPath::Mma, PrefillQuantPath::Bf16Scratch}) {
+      DUO_CUDA_TRY(cudaMemset(dout.get(), 0xff, n * qrow * sizeof(bf16)));  // NaN poison
+      DUO_CUDA_TRY(cudaMemset(scratch.get(), 0xff, scratch.size()));
+      prefill_attention_quant(a, path, scratch.get(), sbytes, 0);
+      const auto got = test::to_float(dout.download());
+      Err e;
+      for (size_t i = 0; i < ref.size(); ++i) e.add(i, got[i], ref[i]);
+      std::printf("  prefill[%s] %s %d/%d d %d kinds %d sink %d chunk [%d, %d): max_abs %.3g rel %.3g\n",
+                  prefill_quant_path_name(path), to_string(c.type), c.heads, c.n_kv, c.d, c.kinds, c.w.sink, pos0,
+                  pos0 + n, e.max_abs, e.rel());
+      const size_t w = e.worst;
+      EXPECT_LE(e.max_abs, kMaxAbs) << prefill_quant_path_name(path) << ", chunk at " << pos0 << ", worst at token "
+                                    << w / qrow << " head " << w / c.d % c.heads << " dim " << w % c.d;
+      EXPECT_LE(e.rel(), kMaxRel) << prefill_quant_path_name(path) << ", chunk at " << pos0;
+      outs[path == PrefillQuantPath::Bf16Scratch] = got;
+    }
+    // Head dim 64 runs the mma kernel on both paths (unless DUO_PREFILL_KERNEL forces another), over
+    // the same bf16 values of K and V in the same tile order: the same bits.
+    if (c.d == 64 && std::getenv("DUO_PREFILL_KERNEL") == nullptr) {
+      for (size_t i = 0; i < outs[0].size(); ++i) {
+        ASSERT_EQ(std::memcmp(&outs[0][i], &outs[1][i], sizeof(float)), 0)
+            << "mma vs bf16 scratch, chunk at " << pos0 << " element " << i << ": " << outs[0][i] << " vs "
+            << outs[1][i];
+      }
+    }
     // Store the chunk in both caches (the rows just used).
     const LayerKv& view = cs.gpu->layer(0);
     kv_quantize(dk.get(), dv.get(), kvrow, n, pos0, c.n_kv, c.d, R, view, 0);
@@ -431,6 +456,11 @@ TEST(CudaPrefillQuant, ForcedWgmmaIsRejected) {
   EXPECT_THROW(prefill_kernel_for(a), Error);
   a.kernel = PrefillKernel::Auto;
   EXPECT_EQ(prefill_kernel_for(a), PrefillKernel::Mma);
+  // The default path takes the bf16 kernels instead (prefill_quant_test checks its choice).
+  if (std::getenv("DUO_PREFILL_QUANT") == nullptr) {
+    EXPECT_EQ(prefill_quant_path_for(a, PrefillQuantPath::Auto, prefill_quant_scratch_bytes(a)),
+              PrefillQuantPath::Bf16Scratch);
+  }
 }
 
 }  // namespace

@@ -53,7 +53,7 @@ std::unique_ptr<GpuKvCache> GpuModel::new_cache(const HeadPlan& plan, int64_t ma
 void GpuModel::release_scratch() {
   DUO_CUDA_TRY(cudaStreamSynchronize(stream_));
   for (ScratchBuffer* b : {&tokens_, &x_, &xn_, &qkv_, &q_, &k_, &v_, &att_, &o_, &gu_, &h_, &logits_, &decode_ws_,
-                           &replay_buf_, &replay_ws_})
+                           &replay_buf_, &replay_ws_, &prefill_kv_})
     b->release();
   reset_graph();  // they pointed into the released buffers
   reset_step_graphs();
@@ -85,6 +85,7 @@ void GpuModel::forward(GpuKvCache& kv, const int32_t* tokens, int64_t n, int64_t
   DUO_CHECK(chunk > 0, "chunk size must be positive");
   const int64_t V = config().n_vocab;
   const int32_t* ids = upload_tokens(kv, tokens, n);
+  if (n > 1) reserve_prefill_scratch(kv, n, chunk);
   for (int64_t b = 0; b < n; b += chunk) {
     const int m = (int)std::min(chunk, n - b);
     const bool last = b + m == n;
@@ -109,6 +110,7 @@ int32_t GpuModel::forward_pick(GpuKvCache& kv, const int32_t* tokens, int64_t n,
   if (n == 1) {
     run_decode(kv, 1);
   } else {
+    reserve_prefill_scratch(kv, n, chunk);
     for (int64_t b = 0; b < n; b += chunk) {
       const int m = (int)std::min(chunk, n - b);
       run_chunk(kv, ids + b, m, b + m == n ? 1 : 0);
@@ -144,6 +146,7 @@ GpuModel::Act GpuModel::activations(int n, const std::vector<const GpuKvCache*>&
   a.h = h_.ensure_n<bf16>(n * F);
   a.logits = logits_.ensure_n<float>(c.n_vocab);  // grown for more rows by enqueue_chunk's caller
   a.ws = nullptr, a.ws_bytes = 0;
+  a.pkv = nullptr, a.pkv_bytes = 0;
   // The largest split-KV workspace any decoder's layer needs (decoders run one after another
   // on the stream and share it), allocated before anything is queued.
   const int32_t* pos_d = step_.ensure_n<int32_t>(2) + 1;
@@ -206,6 +209,10 @@ void GpuModel::step(const std::vector<StepItem>& items, int32_t* picked, float* 
   for (const StepItem& it : items) it.kv->reserve(it.kv->n_past() + it.n);
   // (Batched decode sizes its own workspace in prepare_step_decode.)
   Act act = activations(T, batch_decode_ ? std::vector<const GpuKvCache*>{} : decoders);
+  size_t scratch = 0;  // one scratch serves the pre-fill items in turn: the largest need
+  for (const StepItem& it : items)
+    if (it.n > 1) scratch = std::max(scratch, prefill_scratch_need(*it.kv, (int)it.kv->n_past()));
+  prefill_scratch(scratch, act);
   int32_t* tokens_d = tokens_.ensure_n<int32_t>(T);
   int32_t* meta_d = step_pos_.ensure_n<int32_t>((int64_t)meta.size());
   bf16* lm_in = lm_in_.ensure_n<bf16>(std::max(1, R) * E);
@@ -255,6 +262,7 @@ void GpuModel::step(const std::vector<StepItem>& items, int32_t* picked, float* 
 void GpuModel::run_chunk(GpuKvCache& kv, const int32_t* tokens_d, int n, int logits_rows) {
   kv.reserve(kv.n_past() + (int64_t)n);  // pages for the chunk's positions, before any kernel runs
   Act act = activations(n, {});
+  prefill_scratch(prefill_scratch_need(kv, (int)kv.n_past()), act);
   if (logits_rows > 1) act.logits = logits_.ensure_n<float>((int64_t)logits_rows * config().n_vocab);
   enqueue_chunk(kv, act, tokens_d, n, (int)kv.n_past(), nullptr, logits_rows);
   kv.advance(n);
@@ -368,15 +376,12 @@ void GpuModel::enqueue_attention(const GpuKvCache& kv, int l, const Act& act, in
     decode_attention(da, s);
     if (timed) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l + 1], s));
   } else {
-    // Pre-fill: the chunk attends over the cache plus itself, then is stored.
-    PrefillArgs pa;
+    // Pre-fill: the chunk attends over the cache plus itself, then is stored. A quantized past
+    // is dequantized into the bf16 scratch first (timed with the attention it serves).
+    PrefillArgs pa = prefill_args(kv, l, n, pos0);
     pa.q = q, pa.k = k, pa.v = v, pa.out = att;
-    pa.q_stride = Q, pa.kv_stride = KV, pa.o_stride = Q;
-    pa.n = n, pa.pos0 = pos0, pa.n_heads = (int)H, pa.n_kv_heads = (int)HKV, pa.head_dim = (int)D;
-    pa.cache = cache;
-    if (cache.mode == HeadMode::Mixed) pa.retrieval_kv_heads = kv.retrieval_heads(l);
     if (timed) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l], s));
-    prefill_attention(pa, s);
+    prefill_attention_quant(pa, prefill_quant_, act.pkv, act.pkv_bytes, s);
     if (timed) DUO_CUDA_TRY(cudaEventRecord(events_[2 * l + 1], s));
     // Quantized caches: groups this chunk completes go into pages first (their earlier rows
     // are read from the residual, which kv_append then overwrites). No-op for bf16.
@@ -428,6 +433,51 @@ void GpuModel::prepare_step_decode(const std::vector<StepItem>& items, const std
                                stream_));
   DUO_CUDA_TRY(cudaMemcpyAsync(dec_views_, views.data(), sizeof(LayerKv) * views.size(), cudaMemcpyHostToDevice,
                                stream_));
+}
+
+PrefillArgs GpuModel::prefill_args(const GpuKvCache& kv, int l, int n, int pos0) const {
+  const ModelConfig& c = config();
+  PrefillArgs pa;
+  pa.q_stride = pa.o_stride = (int64_t)c.n_heads * c.head_dim;
+  pa.kv_stride = (int64_t)c.n_kv_heads * c.head_dim;
+  pa.n = n, pa.pos0 = pos0, pa.n_heads = c.n_heads, pa.n_kv_heads = c.n_kv_heads, pa.head_dim = c.head_dim;
+  pa.cache = kv.layer(l);
+  if (pa.cache.mode == HeadMode::Mixed) pa.retrieval_kv_heads = kv.retrieval_heads(l);
+  return pa;
+}
+
+size_t GpuModel::prefill_scratch_need(const GpuKvCache& kv, int pos0) const {
+  if (!is_quantized(kv.type())) return 0;
+  const PrefillQuantPath path = prefill_quant_ == PrefillQuantPath::Auto ? prefill_quant_path_env() : prefill_quant_;
+  if (path != PrefillQuantPath::Bf16Scratch) return 0;
+  size_t need = 0;  // layers differ in their retrieval heads
+  for (int l = 0; l < config().n_layers; ++l)
+    need = std::max(need, prefill_quant_scratch_bytes(prefill_args(kv, l, 1, pos0)));
+  return need;
+}
+
+void GpuModel::prefill_scratch(size_t need, Act& act) {
+  act.pkv = nullptr, act.pkv_bytes = 0;
+  if (need == 0) return;
+  // Freeing (to grow, or past the cap) must wait for the queued chunks that still read it.
+  if (need > prefill_kv_cap_) {  // the mma kernel reads the quantized pages; the memory goes to the cache
+    if (prefill_kv_.bytes()) {
+      DUO_CUDA_TRY(cudaStreamSynchronize(stream_));
+      prefill_kv_.release();
+    }
+    return;
+  }
+  if (need > prefill_kv_.bytes() && prefill_kv_.bytes()) DUO_CUDA_TRY(cudaStreamSynchronize(stream_));
+  act.pkv = prefill_kv_.ensure(need);
+  act.pkv_bytes = prefill_kv_.bytes();
+}
+
+void GpuModel::reserve_prefill_scratch(const GpuKvCache& kv, int64_t n, int64_t chunk) {
+  if (n <= chunk) return;  // one chunk: run_chunk sizes it
+  const size_t need = prefill_scratch_need(kv, (int)(kv.n_past() + (n - 1) / chunk * chunk));
+  if (need == 0 || need > prefill_kv_cap_ || need <= prefill_kv_.bytes()) return;
+  if (prefill_kv_.bytes()) DUO_CUDA_TRY(cudaStreamSynchronize(stream_));
+  prefill_kv_.ensure(need);
 }
 
 DecodeArgs GpuModel::decode_args(const GpuKvCache& kv, int l, const bf16* q, bf16* out, const int32_t* pos_d) const {
@@ -484,13 +534,9 @@ void GpuModel::enqueue_step_attention(const std::vector<StepItem>& items, const 
     const LayerKv& cache = kv.layer(l);
     const int pos0 = (int)kv.n_past();
     const int64_t r = first[i];
-    PrefillArgs pa;
+    PrefillArgs pa = prefill_args(kv, l, it.n, pos0);
     pa.q = act.q + r * Q, pa.k = act.k + r * KV, pa.v = act.v + r * KV, pa.out = act.att + r * Q;
-    pa.q_stride = Q, pa.kv_stride = KV, pa.o_stride = Q;
-    pa.n = it.n, pa.pos0 = pos0, pa.n_heads = (int)H, pa.n_kv_heads = (int)HKV, pa.head_dim = (int)D;
-    pa.cache = cache;
-    if (cache.mode == HeadMode::Mixed) pa.retrieval_kv_heads = kv.retrieval_heads(l);
-    prefill_attention(pa, s);
+    prefill_attention_quant(pa, prefill_quant_, act.pkv, act.pkv_bytes, s);
     kv_quantize(pa.k, pa.v, KV, it.n, pos0, (int)HKV, (int)D, kv.retrieval_heads(l), cache, s);
     kv_append(pa.k, pa.v, KV, it.n, pos0, (int)HKV, (int)D, cache, s);
   }

@@ -18,6 +18,7 @@
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/gpu_kv_cache.h"
 #include "backend/cuda/gpu_weights.h"
+#include "backend/cuda/kernels.h"
 #include "duo/sampler.h"
 
 namespace duo::cuda {
@@ -68,6 +69,18 @@ class GpuModel {
   // Frees the activation buffers (they grow to the largest chunk seen).
   void release_scratch();
 
+  // Pre-fill chunks over a quantized past (kernels.h, PrefillQuantPath): Auto (default) follows
+  // DUO_PREFILL_QUANT (unset: Bf16Scratch). Bf16Scratch dequantizes each layer's cached
+  // retrieval positions into one bf16 scratch the model owns (every layer reuses it: they run in
+  // order on the stream), sized before a chunk's kernels are queued for the longest past of the
+  // chunk's layers, grown on demand and never beyond the cap (prefill_quant_scratch_cap(): 1 GiB
+  // unless DUO_PREFILL_QUANT_SCRATCH_MB says): a past that needs more runs on the mma kernel, and
+  // the scratch is then released so its memory goes to the cache. Decode never uses it.
+  void set_prefill_quant_path(PrefillQuantPath p) { prefill_quant_ = p; }
+  PrefillQuantPath prefill_quant_path() const { return prefill_quant_; }
+  void set_prefill_scratch_cap(size_t bytes) { prefill_kv_cap_ = bytes; }
+  size_t prefill_scratch_bytes() const { return prefill_kv_.bytes(); }  // held now
+
   // Decode steps replay a CUDA graph (captured on first use, again when the cache or an
   // activation buffer changed). Off: the same kernels are launched one by one (also whenever
   // attention timing is on). Default on unless the environment sets DUO_CUDA_GRAPH=0.
@@ -89,6 +102,8 @@ class GpuModel {
     float* logits;
     void* ws;  // split-KV decode workspace (n = 1)
     size_t ws_bytes;
+    void* pkv;  // bf16 scratch of a pre-fill chunk's quantized past (prefill_scratch)
+    size_t pkv_bytes;
   };
   // One chunk of n tokens whose ids are at tokens_d (device); afterwards the logits of the
   // last `logits_rows` tokens (0, 1 or n) are in logits_.
@@ -109,6 +124,18 @@ class GpuModel {
   // the layer's events around the attention kernel.
   void enqueue_attention(const GpuKvCache& kv, int l, const Act& act, int row0, int n, int pos0, const int32_t* pos_d,
                          bool timed);
+  // The shape and cache of layer l's pre-fill of n rows at pos0 (no row pointers).
+  PrefillArgs prefill_args(const GpuKvCache& kv, int l, int n, int pos0) const;
+  // Bytes of bf16 scratch a pre-fill chunk of kv at pos0 needs (the most of its layers; 0 when
+  // the scratch path does not run: bf16 cache, no past, or the Mma path chosen).
+  size_t prefill_scratch_need(const GpuKvCache& kv, int pos0) const;
+  // Sizes the scratch for `need` bytes before anything of a chunk or step is queued (growing it
+  // waits for the queued work that reads it) and points act at it; past the cap, releases it and
+  // leaves act's pointer null (the mma kernel runs).
+  void prefill_scratch(size_t need, Act& act);
+  // Before the chunks of one prompt: the scratch for its last chunk (the longest past), when
+  // that fits the cap, so that no chunk grows it (and waits) on the way.
+  void reserve_prefill_scratch(const GpuKvCache& kv, int64_t n, int64_t chunk);
   // Checks a batched step's items before anything is queued (ids, capacity, distinct caches).
   void check_step(const std::vector<StepItem>& items) const;
   // Batched steps: the decode items' device tables (prepare_step_decode, before anything is
@@ -149,7 +176,10 @@ class GpuModel {
       lm_in_{"a batched step's LM-head input rows"}, dec_meta_{"a batched step's decode rows and positions"},
       dec_views_buf_{"a batched step's decode cache views"}, dec_params_buf_{"a batched step's decode parameters"},
       replay_buf_{"a replayed step's ids, positions, cache views and attention parameters"},
-      replay_ws_{"a replayed step's split-KV workspace"};
+      replay_ws_{"a replayed step's split-KV workspace"},
+      prefill_kv_{"the bf16 scratch of a pre-fill chunk's quantized past KV"};
+  PrefillQuantPath prefill_quant_ = PrefillQuantPath::Auto;
+  size_t prefill_kv_cap_ = prefill_quant_scratch_cap();
   // The decode items of the current batched step (prepare_step_decode): their indices, rows then
   // positions on the device, [layer][item] cache views, split workspace and parameter buffer.
   // DUO_BATCH_DECODE=0 runs them one by one with forward()'s kernels instead.

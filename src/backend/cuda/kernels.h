@@ -10,6 +10,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "backend/cuda/attention.cuh"
@@ -105,6 +106,41 @@ void gemv_swiglu_int8(const int8_t* Wgu, const float* scale, int64_t F, int64_t 
 void dequant_int8_rows(const int8_t* q, const float* scale, int64_t rows, int64_t cols, bf16* out,
                        cudaStream_t stream);
 void fill_int8(int8_t* dst, int64_t count, uint64_t seed, cudaStream_t stream);
+
+// Pre-fill over quantized past KV (prefill_quant.cu). The mma.sync kernel reads q8 / q4 pages
+// itself (prefill_attention over the quantized view); the faster path dequantizes the retrieval
+// heads' positions [0, pos0) (sink rows, quantized groups, residual rows) into a bf16 scratch laid
+// out as a bf16 paged cache (its own page table first, then K pages, then V pages) and runs the
+// bf16 pre-fill (wgmma where available) over a bf16 view whose retrieval pages are the scratch.
+//  - Mma: prefill_attention over the quantized view as it is.
+//  - Bf16Scratch: the scratch path; Mma when the scratch given is smaller than needed.
+//  - Auto: the environment variable DUO_PREFILL_QUANT (mma | bf16scratch | auto), read once;
+//    unset or auto: Bf16Scratch.
+enum class PrefillQuantPath : int { Auto = 0, Mma = 1, Bf16Scratch = 2 };
+const char* prefill_quant_path_name(PrefillQuantPath p);
+PrefillQuantPath prefill_quant_path_env();  // DUO_PREFILL_QUANT resolved (Mma or Bf16Scratch)
+// The most scratch bytes the model allocates for the path (longer pasts fall back to Mma):
+// DUO_PREFILL_QUANT_SCRATCH_MB (MiB, read once) or 1 GiB, which holds one layer's retrieval
+// heads at 4 KiB a position for 8 heads of 128 (Llama-3-8B full attention) up to 256K positions.
+constexpr size_t kPrefillQuantScratchCap = size_t{1} << 30;
+size_t prefill_quant_scratch_cap();
+// Scratch bytes the chunk `a` needs for Bf16Scratch: 0 for bf16 caches, pos0 = 0 or no retrieval
+// heads; else a page table ([n_kv_heads][pages_for(pos0)] int32, padded to 256 bytes) and K and
+// V pages for the retrieval heads (retrieval_kv_heads of a Mixed layer, n_kv_heads when not given).
+size_t prefill_quant_scratch_bytes(const PrefillArgs& a);
+// The path prefill_attention_quant takes for `a` with scratch_bytes of scratch: Auto when the
+// cache holds no quantized retrieval pages (bf16, or all heads streaming: the plain pre-fill).
+PrefillQuantPath prefill_quant_path_for(const PrefillArgs& a, PrefillQuantPath requested, size_t scratch_bytes);
+// Queues the dequantization of a's cached retrieval positions [0, a.pos0) into `scratch` (at
+// least prefill_quant_scratch_bytes(a) bytes, 16-byte aligned) and returns the bf16 view: type
+// BF16, k_pages / v_pages / page_table into the scratch (max_pages = pages_for(pos0)), rings,
+// head kinds, mode and window unchanged. The bytes are the CPU's dequantize_group values (and
+// the sink / residual rows) rounded to bf16, exactly. The scratch must stay untouched until the
+// attention that reads the view ran.
+LayerKv dequant_past_kv(const PrefillArgs& a, void* scratch, size_t scratch_bytes, cudaStream_t stream);
+// prefill_attention for a cache of any type, quantized ones by the path prefill_quant_path_for picks.
+void prefill_attention_quant(const PrefillArgs& a, PrefillQuantPath requested, void* scratch, size_t scratch_bytes,
+                             cudaStream_t stream);
 
 // Benchmarks: fills `pages` quantized KV pages (kv/kv_quant.h layout) with random codes (the
 // first code_bytes of each page) and the params word `params` everywhere else, so a decode over
