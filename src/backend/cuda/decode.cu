@@ -1,4 +1,11 @@
-// Decode attention (one query token) in the flash-decoding style, and the KV append kernel.
+// Decode attention (one query token) in the flash-decoding style: the host side (split choice,
+// batches, the replayable launch), the CUDA-core bf16 kernel, and the KV append kernels.
+//
+// Which kernel runs: the tensor-core kernel of decode_mma.cu for every KV type (bf16 pages and
+// rings, q8 / q4 pages), unless the environment variable DUO_DECODE_KERNEL is cuda_core (read at
+// every call): then bf16 launches run decode_kernel below, the CUDA-core kernel the tensor-core
+// one replaced, kept to compare the two on one machine (quantized retrieval heads always run on
+// the tensor cores). The split choice follows the kernel (its residency).
 //
 // decode_kernel: a 1-D grid of 128-thread CTAs: retrieval KV heads x splits, then one CTA a
 // streaming KV head. A CTA owns one KV head and one run of keys (a split, or a streaming head's
@@ -23,8 +30,10 @@
 // gets many splits and a short one one, instead of a wave each.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "backend/cuda/attention.cuh"
@@ -38,7 +47,7 @@ namespace detail {
 namespace {
 
 // kBatch: the parameters come from items[blockIdx.y] (decode_attention_batch), else from `one`.
-// A template argument here, not the runtime choice of the quantized and merge kernels (which
+// A template argument here, not the runtime choice of the tensor-core and merge kernels (which
 // have registers to spare): read through a pointer that may point to global memory, the
 // parameters cost the G <= 4 kernels (at their 168-register bound) spilled registers, and with
 // kBatch = false the single-sequence kernel compiles exactly as before (same registers, no spill).
@@ -216,10 +225,33 @@ int retrieval_heads(const DecodeArgs& a) {
   fail_arg("decode_attention: bad head mode");
 }
 
-// Resident CTA slots of the whole device (one wave) for the kernel these parameters run.
-int wave_slots(int head_dim, int group, KvType type, bool quant) {
-  const int per_sm = quant ? decode_quant_resident_ctas(head_dim, group, type) : resident_ctas(head_dim, group);
+// Whether bf16 launches run the CUDA-core kernel (DUO_DECODE_KERNEL=cuda_core; mma or unset:
+// the tensor-core kernel; anything else is an error rather than a silent default).
+bool cuda_core_kernel() {
+  const char* e = std::getenv("DUO_DECODE_KERNEL");
+  if (!e || !*e || std::string(e) == "mma") return false;
+  if (std::string(e) == "cuda_core") return true;
+  fail_arg("DUO_DECODE_KERNEL must be mma or cuda_core");
+}
+
+// The KV type the kernel of a launch reads: the cache's type when a quantized retrieval head
+// takes part, else BF16 (bf16 pages, or only bf16 rings).
+KvType kernel_kv(const LayerKv& c, bool any_retrieval) {
+  return quantized_cache(c) && any_retrieval ? c.type : KvType::BF16;
+}
+
+// Resident CTA slots of the whole device (one wave) for the kernel that reads KV type kv.
+int wave_slots(int head_dim, int group, KvType kv) {
+  const int per_sm = kv == KvType::BF16 && cuda_core_kernel() ? resident_ctas(head_dim, group)
+                                                               : decode_mma_resident_ctas(head_dim, kv);
   return per_sm * sm_count();
+}
+
+// Runs the attention and merge kernels of a launch that reads KV type kv.
+void launch_kernel(const DecodeParams& one, const DecodeLaunch& l, KvType kv, cudaStream_t stream) {
+  if (kv != KvType::BF16 || !cuda_core_kernel()) return launch_decode_mma(one, l, kv, stream);
+  if (one.a.head_dim == 128) return dispatch_group<128>(one, l, stream);
+  return dispatch_group<64>(one, l, stream);
 }
 
 // The shape checks of decode_attention; returns the retrieval KV heads.
@@ -247,7 +279,7 @@ void choose_splits(const DecodeArgs& a, int& n_splits, int& split_tokens) {
   if (a.split_tokens > 0) fail_arg("decode_attention: split_tokens needs a host n_past (no pos_d)");
   // One full wave: the retrieval splits plus one CTA a streaming head fill every resident CTA
   // slot once (a second, partial wave would leave most SMs idle at the end).
-  const int slots = wave_slots(a.head_dim, a.n_heads / a.n_kv_heads, a.cache.type, quantized_cache(a.cache));
+  const int slots = wave_slots(a.head_dim, a.n_heads / a.n_kv_heads, kernel_kv(a.cache, true));
   n_splits = std::max(1, (slots - (a.n_kv_heads - R)) / R);
   if (a.n_past > 0) n_splits = std::min(n_splits, std::max(1, (a.n_past + 255) / 256));  // >= 256 keys a split
   split_tokens = 0;
@@ -265,7 +297,7 @@ void choose_splits(const DecodeArgs& a, int& n_splits, int& split_tokens) {
 // split_tokens keep it (as decode_attention does). max_item_ctas > 0: no item may get more CTAs
 // than that (the replayable launch's fixed grid row; T = the longest item in one split always fits).
 constexpr int kCtaOverheadKeys = 128;
-void choose_batch_splits(std::vector<DecodeParams>& ps, bool quant, int max_item_ctas = 0) {
+void choose_batch_splits(std::vector<DecodeParams>& ps, KvType kv, int max_item_ctas = 0) {
   const DecodeArgs& f = ps[0].a;
   int64_t fixed_heavy = 0;
   int longest = 0;
@@ -283,7 +315,7 @@ void choose_batch_splits(std::vector<DecodeParams>& ps, bool quant, int max_item
     }
   }
   if (longest == 0) return;  // no item left to choose for
-  const int64_t slots = wave_slots(f.head_dim, f.n_heads / f.n_kv_heads, f.cache.type, quant);
+  const int64_t slots = wave_slots(f.head_dim, f.n_heads / f.n_kv_heads, kv);
   const auto heavy = [&](int T) {
     int64_t h = fixed_heavy;
     for (const DecodeParams& p : ps)
@@ -326,6 +358,7 @@ struct BatchPlan {
   std::vector<size_t> ws_offset;  // item i's partials at workspace + ws_offset[i] (when n_splits > 1)
   size_t ws_bytes = 0;
   bool quant = false;  // runs the quantized-cache kernel
+  KvType kv = KvType::BF16;  // the KV type its kernel reads
   DecodeLaunch launch;
 };
 
@@ -354,10 +387,11 @@ BatchPlan plan_batch(const DecodeArgs* items, int n, int max_item_ctas = 0) {
   // Items without retrieval heads read only bf16 rings; with any quantized retrieval head the
   // whole batch runs the quantized kernel (whose streaming CTAs read the rings as well).
   b.quant = quantized_cache(f.cache) && any_retrieval;
+  b.kv = kernel_kv(f.cache, any_retrieval);
   if (b.quant)
     for (const DecodeParams& p : b.items)
       if (p.n_retrieval > 0) check_quant_view(p.a.cache);
-  choose_batch_splits(b.items, b.quant, max_item_ctas);
+  choose_batch_splits(b.items, b.kv, max_item_ctas);
   b.ws_offset.assign(n, 0);
   b.launch.n_items = n;
   for (int i = 0; i < n; ++i) {
@@ -485,9 +519,7 @@ void decode_attention(const DecodeArgs& a, cudaStream_t stream) {
   l.ctas = detail::decode_ctas(p);
   l.merge_heads = p.n_splits > 1 ? p.n_retrieval : 0;
   // A layer without retrieval heads reads only bf16 rings, whatever the cache's type.
-  if (quantized_cache(a.cache) && p.n_retrieval > 0) return detail::launch_decode_quant(p, l, stream);
-  if (a.head_dim == 128) return detail::dispatch_group<128>(p, l, stream);
-  return detail::dispatch_group<64>(p, l, stream);
+  detail::launch_kernel(p, l, detail::kernel_kv(a.cache, p.n_retrieval > 0), stream);
 }
 
 size_t decode_batch_workspace_bytes(const DecodeArgs* items, int n) { return detail::plan_batch(items, n).ws_bytes; }
@@ -518,16 +550,14 @@ void decode_attention_batch(const DecodeBatch& b, cudaStream_t stream) {
   detail::staging().copy(b.params, pl.items.data(), params_bytes, stream);
   pl.launch.items = static_cast<const detail::DecodeParams*>(b.params);
   const detail::DecodeParams& one = pl.items[0];  // picks the kernel (shape and type are common)
-  if (pl.quant) return detail::launch_decode_quant(one, pl.launch, stream);
-  if (one.a.head_dim == 128) return detail::dispatch_group<128>(one, pl.launch, stream);
-  return detail::dispatch_group<64>(one, pl.launch, stream);
+  detail::launch_kernel(one, pl.launch, pl.kv, stream);
 }
 
 DecodeBatchGrid decode_batch_grid(const DecodeArgs& shape, int max_items) {
   if (max_items <= 0 || max_items > 65535) fail_arg("decode_batch_grid: 1 to 65535 items");
   detail::check_args(shape);
-  const int slots = detail::wave_slots(shape.head_dim, shape.n_heads / shape.n_kv_heads, shape.cache.type,
-                                       quantized_cache(shape.cache));
+  const int slots =
+      detail::wave_slots(shape.head_dim, shape.n_heads / shape.n_kv_heads, detail::kernel_kv(shape.cache, true));
   DecodeBatchGrid g;
   g.max_items = max_items;
   // Two waves' worth of rows: an item of a full batch may still take twice its even share (a
@@ -573,9 +603,7 @@ void decode_attention_batch_replay(const DecodeArgs& shape, bool quant, const vo
   l.n_items = g.max_items;
   l.ctas = g.max_item_ctas;
   l.merge_heads = shape.n_kv_heads;  // items without splits leave the merge at once
-  if (quant) return detail::launch_decode_quant(one, l, stream);
-  if (shape.head_dim == 128) return detail::dispatch_group<128>(one, l, stream);
-  return detail::dispatch_group<64>(one, l, stream);
+  detail::launch_kernel(one, l, detail::kernel_kv(shape.cache, quant), stream);
 }
 
 void kv_append(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0, int n_kv_heads, int head_dim,

@@ -1,15 +1,16 @@
-// What the split-KV decode kernels share (decode.cu: bf16 caches; decode_quant.cu: quantized
-// ones): the launch parameters, the split arithmetic done on the device, a CTA's share of the
-// work (cta_work: its KV head, split and keys) and its end (finish_cta: the merge of its lane
-// groups), and the merge kernel that combines the splits of each retrieval head (both kernels
-// write the same partials). The kernels differ only in how they read and score keys.
+// What the split-KV decode kernels share (decode_mma.cu: the tensor-core kernel of every KV
+// type; decode.cu: the CUDA-core bf16 kernel, kept for comparison): the launch parameters, the
+// split arithmetic done on the device, a CTA's share of the work (cta_work: its KV head, split
+// and keys) and its end (write_merged: the merge of its lane groups' or warps' states), and the
+// merge kernel that combines the splits of each retrieval head (the kernels write the same
+// partials). The kernels differ only in how they read and score keys.
 //
 // One kernel body serves one sequence and a batch of sequences (decode_attention_batch): each
 // kernel takes its parameters by value (`one`, a __grid_constant__ so that it can be referred
 // to without a local copy) and a device array `items`; when `items` is set, CTA (x, y) works
 // for item y (items[y], x indexing its CTAs like blockIdx.x does for one sequence, CTAs past
-// the item's count return), else for `one` (grid.y = 1). See params_of(); the bf16 kernel makes
-// that choice at compile time (decode.cu says why).
+// the item's count return), else for `one` (grid.y = 1). See params_of(); the CUDA-core kernel
+// makes that choice at compile time (decode.cu says why).
 #pragma once
 #include <cmath>
 
@@ -45,12 +46,14 @@ __host__ __device__ inline int decode_ctas(const DecodeParams& p) {
   return p.n_retrieval * p.n_splits + p.a.n_kv_heads - p.n_retrieval;
 }
 
-// The quantized-cache decode (decode_quant.cu): kernel and merge launches for these parameters,
-// and how many of its CTAs an SM holds (for the one-wave split count).
-void launch_decode_quant(const DecodeParams& one, const DecodeLaunch& l, cudaStream_t stream);
+// The tensor-core decode (decode_mma.cu): kernel and merge launches for these parameters, the
+// kernel that reads KV type kv (BF16: bf16 pages and rings; Q8 / Q4: quantized retrieval heads,
+// their bf16 rows and the rings), and how many of its CTAs an SM holds (for the one-wave split
+// count; the same for every GQA group).
+void launch_decode_mma(const DecodeParams& one, const DecodeLaunch& l, KvType kv, cudaStream_t stream);
 // Throws duo::Error unless c holds every pointer the quantized kernel reads.
 void check_quant_view(const LayerKv& c);
-int decode_quant_resident_ctas(int head_dim, int group, KvType type);
+int decode_mma_resident_ctas(int head_dim, KvType kv);
 
 namespace {
 
