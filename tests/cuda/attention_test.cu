@@ -4,9 +4,7 @@
 // Tolerance: bf16 output (~3 significant digits) with P rounded to bf16 before P*V:
 // max |gpu - ref| <= 2e-2 and ||gpu - ref|| / ||ref|| <= 1e-2.
 // Every pre-fill case runs on each kernel (mma.sync, wgmma, wgmma without intra-warpgroup
-// overlap); the wgmma ones are skipped, loudly, on devices that cannot run them. Every decode
-// case runs on each bf16 decode kernel (the tensor-core one, the CUDA-core one), chosen through
-// DUO_DECODE_KERNEL as a user would. The Probe* cases
+// overlap); the wgmma ones are skipped, loudly, on devices that cannot run them. The Probe* cases
 // run one-hot attention through the wgmma tiles so a layout bug shows as "row i read key j" or
 // "element (i, c) came from V[j'][c']" in one run's output.
 #include <gtest/gtest.h>
@@ -440,80 +438,41 @@ TEST(CudaPrefillDispatch, AutoChoosesWgmmaOnHopper) {
   EXPECT_THROW(prefill_kernel_for(a), std::runtime_error);
 }
 
-// Decode cases run once per bf16 decode kernel (the test parameter: DUO_DECODE_KERNEL's value,
-// set for the test and restored after; decode_attention reads it at every call).
-class CudaDecode : public ::testing::TestWithParam<const char*> {
- protected:
-  void SetUp() override {
-    const char* e = std::getenv("DUO_DECODE_KERNEL");
-    had_ = e != nullptr;
-    if (had_) saved_ = e;
-    setenv("DUO_DECODE_KERNEL", GetParam(), 1);
-  }
-  void TearDown() override {
-    if (had_)
-      setenv("DUO_DECODE_KERNEL", saved_.c_str(), 1);
-    else
-      unsetenv("DUO_DECODE_KERNEL");
-  }
-
- private:
-  bool had_ = false;
-  std::string saved_;
-};
-
-TEST_P(CudaDecode, PagedGqaPartialPageManySplits) { run_decode(kLlama, 1337, 3, 0, 0, 1, 256, 11); }
-TEST_P(CudaDecode, PagedGqaAutoSplit) { run_decode(kLlama, 1500, 2, 0, 0, 1, 0, 12); }
-TEST_P(CudaDecode, MixedGqaRingWrap) { run_decode(kLlama, 1337, 3, 2, 4, 64, 320, 13); }
-TEST_P(CudaDecode, MixedSmol) { run_decode(kSmol, 700, 3, 2, 4, 50, 128, 14); }
-TEST_P(CudaDecode, MhaSingleSplit) { run_decode(kMha, 300, 2, 0, 0, 1, 4096, 15); }
-TEST_P(CudaDecode, StreamingShortContext) { run_decode(kLlama, 20, 3, 1, 4, 64, 0, 16); }
-TEST_P(CudaDecode, StreamingLongRingWrap) { run_decode(kSmol, 1000, 2, 1, 16, 100, 0, 17); }
-TEST_P(CudaDecode, MixedAutoSplit) { run_decode(kLlama, 1500, 3, 2, 4, 64, 0, 18); }
+TEST(CudaDecode, PagedGqaPartialPageManySplits) { run_decode(kLlama, 1337, 3, 0, 0, 1, 256, 11); }
+TEST(CudaDecode, PagedGqaAutoSplit) { run_decode(kLlama, 1500, 2, 0, 0, 1, 0, 12); }
+TEST(CudaDecode, MixedGqaRingWrap) { run_decode(kLlama, 1337, 3, 2, 4, 64, 320, 13); }
+TEST(CudaDecode, MixedSmol) { run_decode(kSmol, 700, 3, 2, 4, 50, 128, 14); }
+TEST(CudaDecode, MhaSingleSplit) { run_decode(kMha, 300, 2, 0, 0, 1, 4096, 15); }
+TEST(CudaDecode, StreamingShortContext) { run_decode(kLlama, 20, 3, 1, 4, 64, 0, 16); }
+TEST(CudaDecode, StreamingLongRingWrap) { run_decode(kSmol, 1000, 2, 1, 16, 100, 0, 17); }
+TEST(CudaDecode, MixedAutoSplit) { run_decode(kLlama, 1500, 3, 2, 4, 64, 0, 18); }
 // Position in device memory (what a captured CUDA graph replays): one-wave split count, split
 // sizes from the device position, over a page boundary and the ring wrap.
-TEST_P(CudaDecode, DevicePosRetrieval) { run_decode(kLlama, 250, 12, 0, 0, 1, 0, 30, true); }
-TEST_P(CudaDecode, DevicePosMixedRingWrap) { run_decode(kLlama, 1530, 10, 2, 4, 64, 0, 31, true); }
-TEST_P(CudaDecode, DevicePosStreaming) { run_decode(kSmol, 300, 5, 1, 4, 32, 0, 32, true); }
-TEST_P(CudaDecode, DevicePosEveryShortContextMixed) { run_decode(kSmol, 0, 70, 2, 4, 16, 0, 33, true); }
+TEST(CudaDecode, DevicePosRetrieval) { run_decode(kLlama, 250, 12, 0, 0, 1, 0, 30, true); }
+TEST(CudaDecode, DevicePosMixedRingWrap) { run_decode(kLlama, 1530, 10, 2, 4, 64, 0, 31, true); }
+TEST(CudaDecode, DevicePosStreaming) { run_decode(kSmol, 300, 5, 1, 4, 32, 0, 32, true); }
+TEST(CudaDecode, DevicePosEveryShortContextMixed) { run_decode(kSmol, 0, 70, 2, 4, 16, 0, 33, true); }
 // Every context length from 1 on: a lane group or a split whose keys all lie past n_past must
 // contribute nothing (it once produced NaN through exp2(-inf - -inf) and broke real decoding).
-TEST_P(CudaDecode, EveryShortContextRetrieval) { run_decode(kSmol, 0, 160, 0, 0, 1, 0, 21); }
-TEST_P(CudaDecode, EveryShortContextSplit64) { run_decode(kSmol, 0, 160, 0, 0, 1, 64, 22); }
-TEST_P(CudaDecode, EveryShortContextMixedD128) { run_decode(kLlama, 0, 120, 2, 4, 16, 64, 23); }
-TEST_P(CudaDecode, EveryShortContextStreaming) { run_decode(kSmol, 0, 120, 1, 4, 32, 0, 24); }
+TEST(CudaDecode, EveryShortContextRetrieval) { run_decode(kSmol, 0, 160, 0, 0, 1, 0, 21); }
+TEST(CudaDecode, EveryShortContextSplit64) { run_decode(kSmol, 0, 160, 0, 0, 1, 64, 22); }
+TEST(CudaDecode, EveryShortContextMixedD128) { run_decode(kLlama, 0, 120, 2, 4, 16, 64, 23); }
+TEST(CudaDecode, EveryShortContextStreaming) { run_decode(kSmol, 0, 120, 1, 4, 32, 0, 24); }
 
 // Every GQA group 1-8 at both head dims: a retrieval head (5 splits, the last partial, odd
 // length over page boundaries) and a streaming head (ring wrap) in one launch.
-TEST_P(CudaDecode, EveryGqaGroupBothHeadDims) {
+TEST(CudaDecode, EveryGqaGroupBothHeadDims) {
   for (int d : {64, 128})
     for (int g = 1; g <= 8; ++g) run_decode(Shape{2 * g, 2, d}, 517, 2, 2, 4, 64, 128, 40 + g);
 }
 // One split over thousands of keys: each warp streams ~50 16-key blocks through its stages,
 // over 12 pages (the tensor-core kernel's page look-ahead and stage reuse).
-TEST_P(CudaDecode, PagedLongSingleSplit) {
+TEST(CudaDecode, PagedLongSingleSplit) {
   run_decode(kLlama, 3001, 1, 0, 0, 1, 4096, 50);
   run_decode(kSmol, 3001, 1, 0, 0, 1, 4096, 51);
 }
 // A ring of 1064 rows in one CTA: many blocks a warp, the last one partial, after the wrap.
-TEST_P(CudaDecode, StreamingWideRing) { run_decode(kSmol, 2000, 2, 1, 64, 1000, 0, 52); }
-
-INSTANTIATE_TEST_SUITE_P(Kernel, CudaDecode, ::testing::Values("mma", "cuda_core"),
-                         [](const ::testing::TestParamInfo<const char*>& i) { return std::string(i.param); });
-
-// An unknown DUO_DECODE_KERNEL is an error, not a silent default.
-TEST(CudaDecodeKernelSwitch, RejectsUnknownName) {
-  const char* e = std::getenv("DUO_DECODE_KERNEL");
-  const std::string saved = e ? e : "";
-  setenv("DUO_DECODE_KERNEL", "cuda-core", 1);
-  DecodeArgs a;
-  a.n_past = 300, a.n_heads = a.n_kv_heads = 2, a.head_dim = 128;
-  EXPECT_THROW(decode_splits(a), std::runtime_error);
-  if (e)
-    setenv("DUO_DECODE_KERNEL", saved.c_str(), 1);
-  else
-    unsetenv("DUO_DECODE_KERNEL");
-}
+TEST(CudaDecode, StreamingWideRing) { run_decode(kSmol, 2000, 2, 1, 64, 1000, 0, 52); }
 
 }  // namespace
 }  // namespace duo::cuda

@@ -15,7 +15,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <numeric>
@@ -309,18 +308,6 @@ TEST(CudaDecodeBatch, Bf16EveryGroup) {
     for (int g = 1; g <= 8; ++g)
       run_batch(Shape{2 * g, 2, d}, KvType::BF16, {{1337, 2, 4, 64}, {300, 0, 64, 256}, {1, 2, 4, 8}, {70, 1, 4, 16}},
                 20 + g);
-}
-// The CUDA-core bf16 kernel (DUO_DECODE_KERNEL=cuda_core) runs batches too.
-TEST(CudaDecodeBatch, Bf16CudaCoreKernel) {
-  const char* e = std::getenv("DUO_DECODE_KERNEL");
-  const std::string saved = e ? e : "";
-  setenv("DUO_DECODE_KERNEL", "cuda_core", 1);
-  run_batch(kGqa4D128, KvType::BF16, {{4097, 2, 64, 256}, {300, 0, 64, 256}, {1, 1, 4, 16}}, 30);
-  run_batch(kGqa8D64, KvType::BF16, {{1337, 0, 64, 256, 256}, {20000, 3, 4, 64}, {65, 2, 4, 8}}, 31);
-  if (e)
-    setenv("DUO_DECODE_KERNEL", saved.c_str(), 1);
-  else
-    unsetenv("DUO_DECODE_KERNEL");
 }
 // No retrieval heads anywhere: one CTA a streaming head, no merge, no workspace.
 TEST(CudaDecodeBatch, AllStreaming) {

@@ -3,7 +3,7 @@
 // structure of decode_split.cuh (one CTA a retrieval head and split, one a streaming head, all
 // G <= 8 query heads of the GQA group in the CTA, the same partials and merge kernel).
 //
-// Why tensor cores: the CUDA-core loop (decode.cu) does a key's arithmetic per lane (dot
+// Why tensor cores: the CUDA-core kernel this one replaced did a key's arithmetic per lane (dot
 // products, shuffles, value FMAs); q4 reads a quarter of bf16's bytes a key for the same
 // arithmetic and ran out of issue slots at a third of the memory bandwidth. Here each warp
 // computes, for 16 keys at a time,

@@ -1,16 +1,13 @@
-// What the split-KV decode kernels share (decode_mma.cu: the tensor-core kernel of every KV
-// type; decode.cu: the CUDA-core bf16 kernel, kept for comparison): the launch parameters, the
-// split arithmetic done on the device, a CTA's share of the work (cta_work: its KV head, split
-// and keys) and its end (write_merged: the merge of its lane groups' or warps' states), and the
-// merge kernel that combines the splits of each retrieval head (the kernels write the same
-// partials). The kernels differ only in how they read and score keys.
+// What the split-KV decode kernel (decode_mma.cu) and its host side (decode.cu) share: the
+// launch parameters, the split arithmetic done on the device, a CTA's share of the work
+// (cta_work: its KV head, split and keys) and its end (write_merged: the merge of its warps'
+// states), and the merge kernel that combines the splits of each retrieval head.
 //
 // One kernel body serves one sequence and a batch of sequences (decode_attention_batch): each
 // kernel takes its parameters by value (`one`, a __grid_constant__ so that it can be referred
 // to without a local copy) and a device array `items`; when `items` is set, CTA (x, y) works
 // for item y (items[y], x indexing its CTAs like blockIdx.x does for one sequence, CTAs past
-// the item's count return), else for `one` (grid.y = 1). See params_of(); the CUDA-core kernel
-// makes that choice at compile time (decode.cu says why).
+// the item's count return), else for `one` (grid.y = 1). See params_of().
 #pragma once
 #include <cmath>
 
@@ -59,28 +56,10 @@ namespace {
 
 constexpr int kDecThreads = 128, kDecWarps = 4;
 
-__device__ __forceinline__ void bf16x8_to_float(const uint4& u, float (&f)[8]) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 t = __bfloat1622float2(h[i]);
-    f[2 * i] = t.x, f[2 * i + 1] = t.y;
-  }
-}
-
 // The parameters CTA (blockIdx.x, blockIdx.y) works for (see the top of this file).
 __device__ __forceinline__ const DecodeParams& params_of(const DecodeParams& one, const DecodeParams* items) {
   return items ? items[blockIdx.y] : one;
 }
-// The same, chosen at compile time (kBatch: items is set).
-template <bool kBatch>
-__device__ __forceinline__ const DecodeParams& params_of(const DecodeParams& one, const DecodeParams* items) {
-  if constexpr (kBatch)
-    return items[blockIdx.y];
-  else
-    return one;
-}
-
 __device__ __forceinline__ int decode_n_past(const DecodeArgs& a) { return a.pos_d ? *a.pos_d + 1 : a.n_past; }
 
 // Keys a split when the host left it to the device: n_splits splits cover n_past, each a
@@ -138,7 +117,7 @@ __device__ __forceinline__ bool cta_has_keys(const DecodeParams& p, const CtaWor
   return false;
 }
 
-// Shared-memory home of the online-softmax states of a CTA's STREAMS lane groups (or warps),
+// Shared-memory home of the online-softmax states of a CTA's STREAMS warps,
 // for the merge at the end of the CTA.
 template <int D, int G, int STREAMS>
 struct CtaStates {
@@ -171,22 +150,6 @@ __device__ __forceinline__ void write_merged(const DecodeParams& p, const CtaWor
       if (dd == 0) p.part_lse[(int64_t)h * p.n_splits + w.split] = L > 0.0f ? M + log2f(L) : -INFINITY;
     }
   }
-}
-
-// The end of a CUDA-core attention CTA (decode.cu): m, l, o are a lane group's running max,
-// sum and output for lanes cl * 8 .. cl * 8 + 7 of D; stores them and merges (write_merged).
-template <int D, int G, int STREAMS>
-__device__ __forceinline__ void finish_cta(const DecodeParams& p, const CtaWork& w, int stream, int cl,
-                                           const float (&m)[G], const float (&l)[G], const float (&o)[G][8]) {
-  __shared__ CtaStates<D, G, STREAMS> s;
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    if (cl == 0) s.m[stream][g] = m[g], s.l[stream][g] = l[g];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) s.o[stream][g][cl * 8 + e] = o[g][e];
-  }
-  __syncthreads();
-  write_merged<D, G, STREAMS>(p, w, s);
 }
 
 // One CTA a query head of a retrieval KV head: out = sum_s w_s o_s / sum_s w_s, w_s = 2^lse_s.
