@@ -459,5 +459,20 @@ TEST(CudaDecode, EveryShortContextSplit64) { run_decode(kSmol, 0, 160, 0, 0, 1, 
 TEST(CudaDecode, EveryShortContextMixedD128) { run_decode(kLlama, 0, 120, 2, 4, 16, 64, 23); }
 TEST(CudaDecode, EveryShortContextStreaming) { run_decode(kSmol, 0, 120, 1, 4, 32, 0, 24); }
 
+// Every GQA group 1-8 at both head dims: a retrieval head (5 splits, the last partial, odd
+// length over page boundaries) and a streaming head (ring wrap) in one launch.
+TEST(CudaDecode, EveryGqaGroupBothHeadDims) {
+  for (int d : {64, 128})
+    for (int g = 1; g <= 8; ++g) run_decode(Shape{2 * g, 2, d}, 517, 2, 2, 4, 64, 128, 40 + g);
+}
+// One split over thousands of keys: each warp streams ~50 16-key blocks through its stages,
+// over 12 pages (the tensor-core kernel's page look-ahead and stage reuse).
+TEST(CudaDecode, PagedLongSingleSplit) {
+  run_decode(kLlama, 3001, 1, 0, 0, 1, 4096, 50);
+  run_decode(kSmol, 3001, 1, 0, 0, 1, 4096, 51);
+}
+// A ring of 1064 rows in one CTA: many blocks a warp, the last one partial, after the wrap.
+TEST(CudaDecode, StreamingWideRing) { run_decode(kSmol, 2000, 2, 1, 64, 1000, 0, 52); }
+
 }  // namespace
 }  // namespace duo::cuda

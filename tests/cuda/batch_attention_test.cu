@@ -302,6 +302,13 @@ TEST(CudaDecodeBatch, FixedSplitsBitwiseBf16) {
 TEST(CudaDecodeBatch, FixedSplitsBitwiseQ4) {
   run_batch(kGqa8D64, KvType::Q4, {{1337, 0, 64, 256, 320}, {20000, 2, 4, 64, 4096}, {300, 0, 64, 256, 64}}, 10);
 }
+// Every GQA group 1-8 at both head dims, bf16 pages and rings (the tensor-core bf16 kernel).
+TEST(CudaDecodeBatch, Bf16EveryGroup) {
+  for (int d : {64, 128})
+    for (int g = 1; g <= 8; ++g)
+      run_batch(Shape{2 * g, 2, d}, KvType::BF16, {{1337, 2, 4, 64}, {300, 0, 64, 256}, {1, 2, 4, 8}, {70, 1, 4, 16}},
+                20 + g);
+}
 // No retrieval heads anywhere: one CTA a streaming head, no merge, no workspace.
 TEST(CudaDecodeBatch, AllStreaming) {
   run_batch(kGqa2D128, KvType::BF16, {{20000, 1, 64, 256}, {1, 1, 4, 16}, {300, 1, 0, 100}}, 11);

@@ -1,21 +1,18 @@
-// Decode attention (one query token) in the flash-decoding style, and the KV append kernel.
+// Decode attention (one query token) in the flash-decoding style: the host side of the
+// tensor-core kernel (decode_mma.cu, every KV type): the split choice, batches, the replayable
+// launch; and the KV append kernels.
 //
-// decode_kernel: a 1-D grid of 128-thread CTAs: retrieval KV heads x splits, then one CTA a
-// streaming KV head. A CTA owns one KV head and one run of keys (a split, or a streaming head's
-// sink + ring rows), and all G query heads of that GQA group, so each K/V row is read from
-// memory exactly once. Memory-bound design: no shared-memory staging; a key row (d bf16) is
-// read by D/8 lanes with 16-byte loads (a half-warp for d=128), a warp handles 32/(D/8) keys
-// per load and U loads of K and V are in flight per thread before any use. Each lane group
-// keeps its own online-softmax state (m, l, o) for the G heads, so the inner loop needs only
-// the in-group shuffle reduction of the dot products; the states are merged through shared
-// memory at the end. A split writes (o / l, log2-sum-exp) to the workspace, and merge_kernel
-// combines the splits; with one split the CTA writes the output directly.
-// Streaming heads: after the current token is appended, every valid row of the sink + ring
-// buffer (rows [0, min(n_past, sink + recent))) is visible to it, so they are one contiguous
-// run, one CTA that writes its output directly. Both kinds run in one launch, sized so every
-// CTA is resident at once (one wave): the short streaming CTAs never delay a retrieval split.
-// The split count does not depend on n_past (only each split's size does, computed on the
-// device), so the launch can be captured once in a CUDA graph and replayed at every position.
+// The grid: retrieval KV heads x splits, then one CTA a streaming KV head. A CTA owns one KV
+// head and one run of keys (a split, or a streaming head's sink + ring rows), and all G query
+// heads of that GQA group, so each K/V row is read from memory exactly once. A split writes
+// (o / l, log2-sum-exp) to the workspace, and merge_kernel combines the splits; with one split
+// the CTA writes the output directly. Streaming heads: after the current token is appended,
+// every valid row of the sink + ring buffer (rows [0, min(n_past, sink + recent))) is visible
+// to it, so they are one contiguous run, one CTA that writes its output directly. Both kinds
+// run in one launch, sized so every CTA is resident at once (one wave): the short streaming
+// CTAs never delay a retrieval split. The split count does not depend on n_past (only each
+// split's size does, computed on the device), so the launch can be captured once in a CUDA
+// graph and replayed at every position.
 //
 // decode_attention_batch: the same kernels (decode_split.cuh) over several sequences in one
 // launch, grid.y = sequence. The splits are chosen for the batch as a whole: one split size for
@@ -31,147 +28,10 @@
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/decode_split.cuh"
-#include "backend/cuda/reduce.cuh"
 
 namespace duo::cuda {
 namespace detail {
 namespace {
-
-// kBatch: the parameters come from items[blockIdx.y] (decode_attention_batch), else from `one`.
-// A template argument here, not the runtime choice of the quantized and merge kernels (which
-// have registers to spare): read through a pointer that may point to global memory, the
-// parameters cost the G <= 4 kernels (at their 168-register bound) spilled registers, and with
-// kBatch = false the single-sequence kernel compiles exactly as before (same registers, no spill).
-template <int D, int G, bool kBatch>
-__global__ void __launch_bounds__(kDecThreads, G <= 4 ? 3 : 2)
-    decode_kernel(const __grid_constant__ DecodeParams one, const DecodeParams* __restrict__ items) {
-  constexpr int LANES = D / 8;        // lanes a key row
-  constexpr int KPW = 32 / LANES;     // keys a warp-load
-  constexpr int STREAMS = kDecWarps * KPW;
-  constexpr int U = G <= 4 ? 8 : 4;   // loads in flight a thread (each K and V)
-  const DecodeParams& p = params_of<kBatch>(one, items);
-  if (kBatch && (int)blockIdx.x >= decode_ctas(p)) return;  // (an item with fewer CTAs than the grid)
-  const DecodeArgs& a = p.a;
-  const LayerKv& c = a.cache;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int sub = lane / LANES, cl = lane % LANES, stream = warp * KPW + sub;
-  const int n_past = decode_n_past(a);
-  const CtaWork w = cta_work<G>(p, n_past);
-  if (!cta_has_keys<G>(p, w)) return;
-  const bool streaming = w.streaming;
-  const int kvh = w.kvh, h0 = w.h0, begin = w.begin, end = w.end;
-
-  const float sl2 = 1.4426950408889634f / sqrtf((float)D);
-  float q[G][8];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    const uint4 u = *reinterpret_cast<const uint4*>(a.q + (int64_t)(h0 + g) * D + cl * 8);
-    bf16x8_to_float(u, q[g]);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) q[g][e] *= sl2;
-  }
-  float m[G], l[G], o[G][8];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    m[g] = -INFINITY, l[g] = 0.0f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) o[g][e] = 0.0f;
-  }
-
-  const bf16* kbase = streaming ? c.k_ring + (int64_t)kvh * c.window().rows() * D : c.k_pages;
-  const bf16* vbase = streaming ? c.v_ring + (int64_t)kvh * c.window().rows() * D : c.v_pages;
-  const int32_t* pt = c.page_table + (int64_t)kvh * c.max_pages;
-  constexpr int STEP = kDecWarps * KPW * U;
-  // The KPW * U keys of a warp-iteration lie in one page (splits start at multiples of 64), so
-  // one page-table entry serves an iteration; the next one is fetched while K/V are in flight.
-  static_assert(kPageTokens % (KPW * U) == 0 && 64 % (KPW * U) == 0, "warp-iteration must stay inside a page");
-  int base = begin + warp * KPW * U;
-  int64_t page_row = streaming || base >= end ? 0 : (int64_t)pt[base / kPageTokens] * kPageTokens;
-  for (; base < end; base += STEP) {
-    const int next = base + STEP;
-    int32_t next_page = 0;
-    if (!streaming && next < end) next_page = pt[next / kPageTokens];
-    uint4 kr[U], vr[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int key = base + u * KPW + sub;
-      if (key < end) {
-        const int64_t row = streaming ? (int64_t)key : page_row + key % kPageTokens;
-        kr[u] = __ldcs(reinterpret_cast<const uint4*>(kbase + row * D) + cl);
-        vr[u] = __ldcs(reinterpret_cast<const uint4*>(vbase + row * D) + cl);
-      } else {
-        kr[u] = make_uint4(0, 0, 0, 0), vr[u] = make_uint4(0, 0, 0, 0);
-      }
-    }
-    float s[U][G];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      float kf[8];
-      bf16x8_to_float(kr[u], kf);
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        float d = 0.0f;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) d = fmaf(q[g][e], kf[e], d);
-#pragma unroll
-        for (int off = LANES / 2; off > 0; off /= 2) d += __shfl_xor_sync(0xffffffffu, d, off);
-        s[u][g] = base + u * KPW + sub < end ? d : -INFINITY;
-      }
-    }
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      float mx = m[g];
-#pragma unroll
-      for (int u = 0; u < U; ++u) mx = fmaxf(mx, s[u][g]);
-      // A lane group whose keys all lie past `end` (sub > 0 in a warp's last iteration, or a
-      // split shorter than a warp-iteration) has seen no key yet: mx is -inf, and exp2(-inf - -inf)
-      // would be NaN. Use 0 as the reference then: alpha and every p come out exactly 0.
-      const float ref = mx == -INFINITY ? 0.0f : mx;
-      const float alpha = exp2f(m[g] - ref);
-      m[g] = mx;
-      l[g] *= alpha;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) o[g][e] *= alpha;
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const float pr = exp2f(s[u][g] - ref);
-        l[g] += pr;
-        float vf[8];
-        bf16x8_to_float(vr[u], vf);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) o[g][e] = fmaf(pr, vf[e], o[g][e]);
-      }
-    }
-    page_row = (int64_t)next_page * kPageTokens;
-  }
-
-  finish_cta<D, G, STREAMS>(p, w, stream, cl, m, l, o);
-}
-
-template <int D, int G>
-void launch_decode(const DecodeParams& one, const DecodeLaunch& l, cudaStream_t stream) {
-  if (l.items)
-    decode_kernel<D, G, true><<<dim3(l.ctas, l.n_items), kDecThreads, 0, stream>>>(one, l.items);
-  else
-    decode_kernel<D, G, false><<<l.ctas, kDecThreads, 0, stream>>>(one, nullptr);
-  DUO_CUDA_TRY(cudaGetLastError());
-  launch_merge<D, G>(one, l, stream);
-}
-
-template <int D>
-void dispatch_group(const DecodeParams& p, const DecodeLaunch& l, cudaStream_t stream) {
-  switch (p.a.n_heads / p.a.n_kv_heads) {
-    case 1: return launch_decode<D, 1>(p, l, stream);
-    case 2: return launch_decode<D, 2>(p, l, stream);
-    case 3: return launch_decode<D, 3>(p, l, stream);
-    case 4: return launch_decode<D, 4>(p, l, stream);
-    case 5: return launch_decode<D, 5>(p, l, stream);
-    case 6: return launch_decode<D, 6>(p, l, stream);
-    case 7: return launch_decode<D, 7>(p, l, stream);
-    case 8: return launch_decode<D, 8>(p, l, stream);
-    default: fail_arg("decode_attention: at most 8 query heads a KV head");
-  }
-}
 
 int sm_count() {
   static int n = [] {
@@ -181,23 +41,6 @@ int sm_count() {
     return v;
   }();
   return n;
-}
-
-template <int D, int G>
-int resident_ctas() {
-  static int n = [] {
-    int v = 0;
-    // (The batched instantiation has the same launch bounds, hence the same residency.)
-    DUO_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, decode_kernel<D, G, false>, kDecThreads, 0));
-    return std::max(1, v);
-  }();
-  return n;
-}
-
-int resident_ctas(int d, int g) {
-  // G <= 4 kernels fit 3 CTAs an SM and G > 4 two (launch bounds); read it off the device.
-  if (d == 128) return g <= 4 ? resident_ctas<128, 4>() : resident_ctas<128, 8>();
-  return g <= 4 ? resident_ctas<64, 4>() : resident_ctas<64, 8>();
 }
 
 // Retrieval KV heads of a launch (validated).
@@ -216,11 +59,14 @@ int retrieval_heads(const DecodeArgs& a) {
   fail_arg("decode_attention: bad head mode");
 }
 
-// Resident CTA slots of the whole device (one wave) for the kernel these parameters run.
-int wave_slots(int head_dim, int group, KvType type, bool quant) {
-  const int per_sm = quant ? decode_quant_resident_ctas(head_dim, group, type) : resident_ctas(head_dim, group);
-  return per_sm * sm_count();
+// The KV type the kernel of a launch reads: the cache's type when a quantized retrieval head
+// takes part, else BF16 (bf16 pages, or only bf16 rings).
+KvType kernel_kv(const LayerKv& c, bool any_retrieval) {
+  return quantized_cache(c) && any_retrieval ? c.type : KvType::BF16;
 }
+
+// Resident CTA slots of the whole device (one wave) for the kernel that reads KV type kv.
+int wave_slots(int head_dim, KvType kv) { return decode_mma_resident_ctas(head_dim, kv) * sm_count(); }
 
 // The shape checks of decode_attention; returns the retrieval KV heads.
 int check_args(const DecodeArgs& a) {
@@ -247,7 +93,7 @@ void choose_splits(const DecodeArgs& a, int& n_splits, int& split_tokens) {
   if (a.split_tokens > 0) fail_arg("decode_attention: split_tokens needs a host n_past (no pos_d)");
   // One full wave: the retrieval splits plus one CTA a streaming head fill every resident CTA
   // slot once (a second, partial wave would leave most SMs idle at the end).
-  const int slots = wave_slots(a.head_dim, a.n_heads / a.n_kv_heads, a.cache.type, quantized_cache(a.cache));
+  const int slots = wave_slots(a.head_dim, kernel_kv(a.cache, true));
   n_splits = std::max(1, (slots - (a.n_kv_heads - R)) / R);
   if (a.n_past > 0) n_splits = std::min(n_splits, std::max(1, (a.n_past + 255) / 256));  // >= 256 keys a split
   split_tokens = 0;
@@ -265,7 +111,7 @@ void choose_splits(const DecodeArgs& a, int& n_splits, int& split_tokens) {
 // split_tokens keep it (as decode_attention does). max_item_ctas > 0: no item may get more CTAs
 // than that (the replayable launch's fixed grid row; T = the longest item in one split always fits).
 constexpr int kCtaOverheadKeys = 128;
-void choose_batch_splits(std::vector<DecodeParams>& ps, bool quant, int max_item_ctas = 0) {
+void choose_batch_splits(std::vector<DecodeParams>& ps, KvType kv, int max_item_ctas = 0) {
   const DecodeArgs& f = ps[0].a;
   int64_t fixed_heavy = 0;
   int longest = 0;
@@ -283,7 +129,7 @@ void choose_batch_splits(std::vector<DecodeParams>& ps, bool quant, int max_item
     }
   }
   if (longest == 0) return;  // no item left to choose for
-  const int64_t slots = wave_slots(f.head_dim, f.n_heads / f.n_kv_heads, f.cache.type, quant);
+  const int64_t slots = wave_slots(f.head_dim, kv);
   const auto heavy = [&](int T) {
     int64_t h = fixed_heavy;
     for (const DecodeParams& p : ps)
@@ -326,6 +172,7 @@ struct BatchPlan {
   std::vector<size_t> ws_offset;  // item i's partials at workspace + ws_offset[i] (when n_splits > 1)
   size_t ws_bytes = 0;
   bool quant = false;  // runs the quantized-cache kernel
+  KvType kv = KvType::BF16;  // the KV type its kernel reads
   DecodeLaunch launch;
 };
 
@@ -354,10 +201,11 @@ BatchPlan plan_batch(const DecodeArgs* items, int n, int max_item_ctas = 0) {
   // Items without retrieval heads read only bf16 rings; with any quantized retrieval head the
   // whole batch runs the quantized kernel (whose streaming CTAs read the rings as well).
   b.quant = quantized_cache(f.cache) && any_retrieval;
+  b.kv = kernel_kv(f.cache, any_retrieval);
   if (b.quant)
     for (const DecodeParams& p : b.items)
       if (p.n_retrieval > 0) check_quant_view(p.a.cache);
-  choose_batch_splits(b.items, b.quant, max_item_ctas);
+  choose_batch_splits(b.items, b.kv, max_item_ctas);
   b.ws_offset.assign(n, 0);
   b.launch.n_items = n;
   for (int i = 0; i < n; ++i) {
@@ -485,9 +333,7 @@ void decode_attention(const DecodeArgs& a, cudaStream_t stream) {
   l.ctas = detail::decode_ctas(p);
   l.merge_heads = p.n_splits > 1 ? p.n_retrieval : 0;
   // A layer without retrieval heads reads only bf16 rings, whatever the cache's type.
-  if (quantized_cache(a.cache) && p.n_retrieval > 0) return detail::launch_decode_quant(p, l, stream);
-  if (a.head_dim == 128) return detail::dispatch_group<128>(p, l, stream);
-  return detail::dispatch_group<64>(p, l, stream);
+  detail::launch_decode_mma(p, l, detail::kernel_kv(a.cache, p.n_retrieval > 0), stream);
 }
 
 size_t decode_batch_workspace_bytes(const DecodeArgs* items, int n) { return detail::plan_batch(items, n).ws_bytes; }
@@ -518,16 +364,13 @@ void decode_attention_batch(const DecodeBatch& b, cudaStream_t stream) {
   detail::staging().copy(b.params, pl.items.data(), params_bytes, stream);
   pl.launch.items = static_cast<const detail::DecodeParams*>(b.params);
   const detail::DecodeParams& one = pl.items[0];  // picks the kernel (shape and type are common)
-  if (pl.quant) return detail::launch_decode_quant(one, pl.launch, stream);
-  if (one.a.head_dim == 128) return detail::dispatch_group<128>(one, pl.launch, stream);
-  return detail::dispatch_group<64>(one, pl.launch, stream);
+  detail::launch_decode_mma(one, pl.launch, pl.kv, stream);
 }
 
 DecodeBatchGrid decode_batch_grid(const DecodeArgs& shape, int max_items) {
   if (max_items <= 0 || max_items > 65535) fail_arg("decode_batch_grid: 1 to 65535 items");
   detail::check_args(shape);
-  const int slots = detail::wave_slots(shape.head_dim, shape.n_heads / shape.n_kv_heads, shape.cache.type,
-                                       quantized_cache(shape.cache));
+  const int slots = detail::wave_slots(shape.head_dim, detail::kernel_kv(shape.cache, true));
   DecodeBatchGrid g;
   g.max_items = max_items;
   // Two waves' worth of rows: an item of a full batch may still take twice its even share (a
@@ -573,9 +416,7 @@ void decode_attention_batch_replay(const DecodeArgs& shape, bool quant, const vo
   l.n_items = g.max_items;
   l.ctas = g.max_item_ctas;
   l.merge_heads = shape.n_kv_heads;  // items without splits leave the merge at once
-  if (quant) return detail::launch_decode_quant(one, l, stream);
-  if (shape.head_dim == 128) return detail::dispatch_group<128>(one, l, stream);
-  return detail::dispatch_group<64>(one, l, stream);
+  detail::launch_decode_mma(one, l, detail::kernel_kv(shape.cache, quant), stream);
 }
 
 void kv_append(const bf16* k, const bf16* v, int64_t kv_stride, int n, int pos0, int n_kv_heads, int head_dim,

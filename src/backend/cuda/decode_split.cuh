@@ -1,15 +1,13 @@
-// What the split-KV decode kernels share (decode.cu: bf16 caches; decode_quant.cu: quantized
-// ones): the launch parameters, the split arithmetic done on the device, a CTA's share of the
-// work (cta_work: its KV head, split and keys) and its end (finish_cta: the merge of its lane
-// groups), and the merge kernel that combines the splits of each retrieval head (both kernels
-// write the same partials). The kernels differ only in how they read and score keys.
+// What the split-KV decode kernel (decode_mma.cu) and its host side (decode.cu) share: the
+// launch parameters, the split arithmetic done on the device, a CTA's share of the work
+// (cta_work: its KV head, split and keys) and its end (write_merged: the merge of its warps'
+// states), and the merge kernel that combines the splits of each retrieval head.
 //
 // One kernel body serves one sequence and a batch of sequences (decode_attention_batch): each
 // kernel takes its parameters by value (`one`, a __grid_constant__ so that it can be referred
 // to without a local copy) and a device array `items`; when `items` is set, CTA (x, y) works
 // for item y (items[y], x indexing its CTAs like blockIdx.x does for one sequence, CTAs past
-// the item's count return), else for `one` (grid.y = 1). See params_of(); the bf16 kernel makes
-// that choice at compile time (decode.cu says why).
+// the item's count return), else for `one` (grid.y = 1). See params_of().
 #pragma once
 #include <cmath>
 
@@ -45,39 +43,23 @@ __host__ __device__ inline int decode_ctas(const DecodeParams& p) {
   return p.n_retrieval * p.n_splits + p.a.n_kv_heads - p.n_retrieval;
 }
 
-// The quantized-cache decode (decode_quant.cu): kernel and merge launches for these parameters,
-// and how many of its CTAs an SM holds (for the one-wave split count).
-void launch_decode_quant(const DecodeParams& one, const DecodeLaunch& l, cudaStream_t stream);
+// The tensor-core decode (decode_mma.cu): kernel and merge launches for these parameters, the
+// kernel that reads KV type kv (BF16: bf16 pages and rings; Q8 / Q4: quantized retrieval heads,
+// their bf16 rows and the rings), and how many of its CTAs an SM holds (for the one-wave split
+// count; the same for every GQA group).
+void launch_decode_mma(const DecodeParams& one, const DecodeLaunch& l, KvType kv, cudaStream_t stream);
 // Throws duo::Error unless c holds every pointer the quantized kernel reads.
 void check_quant_view(const LayerKv& c);
-int decode_quant_resident_ctas(int head_dim, int group, KvType type);
+int decode_mma_resident_ctas(int head_dim, KvType kv);
 
 namespace {
 
 constexpr int kDecThreads = 128, kDecWarps = 4;
 
-__device__ __forceinline__ void bf16x8_to_float(const uint4& u, float (&f)[8]) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 t = __bfloat1622float2(h[i]);
-    f[2 * i] = t.x, f[2 * i + 1] = t.y;
-  }
-}
-
 // The parameters CTA (blockIdx.x, blockIdx.y) works for (see the top of this file).
 __device__ __forceinline__ const DecodeParams& params_of(const DecodeParams& one, const DecodeParams* items) {
   return items ? items[blockIdx.y] : one;
 }
-// The same, chosen at compile time (kBatch: items is set).
-template <bool kBatch>
-__device__ __forceinline__ const DecodeParams& params_of(const DecodeParams& one, const DecodeParams* items) {
-  if constexpr (kBatch)
-    return items[blockIdx.y];
-  else
-    return one;
-}
-
 __device__ __forceinline__ int decode_n_past(const DecodeArgs& a) { return a.pos_d ? *a.pos_d + 1 : a.n_past; }
 
 // Keys a split when the host left it to the device: n_splits splits cover n_past, each a
@@ -135,7 +117,7 @@ __device__ __forceinline__ bool cta_has_keys(const DecodeParams& p, const CtaWor
   return false;
 }
 
-// Shared-memory home of the online-softmax states of a CTA's STREAMS lane groups (or warps),
+// Shared-memory home of the online-softmax states of a CTA's STREAMS warps,
 // for the merge at the end of the CTA.
 template <int D, int G, int STREAMS>
 struct CtaStates {
@@ -168,22 +150,6 @@ __device__ __forceinline__ void write_merged(const DecodeParams& p, const CtaWor
       if (dd == 0) p.part_lse[(int64_t)h * p.n_splits + w.split] = L > 0.0f ? M + log2f(L) : -INFINITY;
     }
   }
-}
-
-// The end of a CUDA-core attention CTA (decode.cu): m, l, o are a lane group's running max,
-// sum and output for lanes cl * 8 .. cl * 8 + 7 of D; stores them and merges (write_merged).
-template <int D, int G, int STREAMS>
-__device__ __forceinline__ void finish_cta(const DecodeParams& p, const CtaWork& w, int stream, int cl,
-                                           const float (&m)[G], const float (&l)[G], const float (&o)[G][8]) {
-  __shared__ CtaStates<D, G, STREAMS> s;
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    if (cl == 0) s.m[stream][g] = m[g], s.l[stream][g] = l[g];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) s.o[stream][g][cl * 8 + e] = o[g][e];
-  }
-  __syncthreads();
-  write_merged<D, G, STREAMS>(p, w, s);
 }
 
 // One CTA a query head of a retrieval KV head: out = sum_s w_s o_s / sum_s w_s, w_s = 2^lse_s.

@@ -1,15 +1,27 @@
-// Decode attention over a quantized KV cache (q8 / q4 pages, kv/kv_quant.h) on the tensor cores:
-// the split-KV structure of decode.cu (one CTA a retrieval head and split, one a streaming head,
-// all G <= 8 query heads of the GQA group in the CTA, the same partials and merge kernel), reading
-// the quantized pages directly: nothing is dequantized to memory, no shared-memory staging.
+// Decode attention on the tensor cores, one kernel skeleton for every KV type (the template
+// parameter BITS: 16 bf16 pages, 8 / 4 quantized q8 / q4 pages, kv/kv_quant.h): the split-KV
+// structure of decode_split.cuh (one CTA a retrieval head and split, one a streaming head, all
+// G <= 8 query heads of the GQA group in the CTA, the same partials and merge kernel).
 //
-// Why tensor cores: q4 reads a quarter of bf16's bytes a key but the CUDA-core loop does the same
-// arithmetic a key (dot products, shuffles, value FMAs), so it ran out of issue slots at a third
-// of the memory bandwidth. Here each warp computes, for 16 keys at a time,
+// Why tensor cores: the CUDA-core kernel this one replaced did a key's arithmetic per lane (dot
+// products, shuffles, value FMAs); q4 reads a quarter of bf16's bytes a key for the same
+// arithmetic and ran out of issue slots at a third of the memory bandwidth. Here each warp
+// computes, for 16 keys at a time,
 //   S^T = K Q^T   (mma m16n8k16: rows = 16 keys, columns = 8 query heads, k = 16 channels)
 //   O^T += V^T P^T (rows = 16 channels, columns = 8 query heads, k = 16 keys)
 // so a key costs a few mma issues instead of ~2,000 lane operations. Heads are the mma's N = 8
 // (the GQA group, at most 8; unused columns hold zero queries).
+//
+// How rows are read depends on their format:
+//  - quantized pages (and the bf16 sink / residual / ring rows of a quantized cache) go straight
+//    from memory to registers (Rows below, attend_chunk): a q4 16-key block is small, so a warp
+//    keeps several in flight in registers;
+//  - bf16 caches (pages and rings) go through shared memory (Tile, attend_tile): a 16-key block
+//    of bf16 K and V is 2 x 16 x 2D bytes (8 KB at D = 128), as large as four q4 blocks, and the
+//    CUDA-core kernel needed 8 such loads in flight a thread to near the copy bandwidth; with
+//    registers that would cost 64 registers a block. Each warp instead streams its blocks with
+//    cp.async into a ring of kStages stages (16 KB a warp), so the next blocks' bytes are in
+//    flight while it computes on one, and reads fragments with ldmatrix.
 //
 // Quantization is folded in, not applied to the codes: codes become f16 (keys) or bf16 (values)
 // integers exactly (the 0x6400 | code and 0x4300 | code tricks; q8 values through fp32) and
@@ -19,11 +31,11 @@
 //  - values (per-key scale and min of each 64-channel group cg): o_c = sum_k (p_k s_k,cg) code_kc
 //    + sum_k p_k m_k,cg: the probabilities are scaled per key (the B operand, one version a
 //    channel group) and the min term is summed in fp32 beside the mma and added at the end.
-// bf16 rows (a retrieval head's sink and residual, a streaming head's sink + ring) run the same
-// loop with bf16 mma, the unscaled query and no params.
+// bf16 rows of a quantized cache (a retrieval head's sink and residual, a streaming head's
+// sink + ring) run the same register loop with bf16 mma, the unscaled query and no params.
 //
-// Register layouts (lane = 4 g + t; the mma fragments fix which lane holds what, the channel
-// order inside a lane's share is free as long as the query uses the same order):
+// Register layouts of the register path (lane = 4 g + t; the mma fragments fix which lane holds
+// what, the channel order inside a lane's share is free as long as the query uses the same order):
 //  - scores: lane (g, t) loads keys g and g + 8 of each 16-key block, the channels
 //    [t D/4, (t + 1) D/4) of each (kchan: which of them each k-step takes); it gets the scores of
 //    those keys for heads 2t and 2t + 1;
@@ -32,7 +44,9 @@
 //  - values: lane (g, t) loads, for keys 2t, 2t+1, 2t+8, 2t+9 of the block, the 8 channels
 //    [64 cg + 8 g, + 8) of each channel group (vchan: which of them each m-block takes); it
 //    accumulates those channels for heads 2t and 2t + 1.
-// Each warp keeps its own online-softmax state for its 64-key blocks (warp w: blocks w, w + 4,
+// The shared-memory path uses the plain PTX fragment layouts (ldmatrix of keys x channels for
+// the scores, ldmatrix.trans for V^T; accumulator x holds channels 16 x + g and 16 x + g + 8).
+// Each warp keeps its own online-softmax state for its 64-key groups (warp w: groups w, w + 4,
 // ... of the CTA's keys); the four are merged at the end (decode_split.cuh).
 #include <cuda_fp16.h>
 
@@ -211,6 +225,40 @@ __device__ __forceinline__ void query_operand(const float (&sm_q)[kHeads][D], co
   }
 }
 
+// The online-softmax step of NCH 16-key blocks of scores s (the mma accumulator layout: c0 key g
+// head 2t, c1 key g head 2t + 1, c2 key g + 8 head 2t, c3 key g + 8 head 2t + 1; log2 units,
+// -inf past the end): the running max of heads 2t and 2t + 1 over the warp, the state rescaled
+// to it (kMin: with the quantized values' min term: a quantized kernel's state, whatever the
+// rows), s made the probabilities.
+template <int NCH, int D, bool kMin>
+__device__ __forceinline__ void softmax_step(float (&s)[NCH][4], State<D>& st) {
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) {
+    float mx = st.m[h2];
+#pragma unroll
+    for (int mb = 0; mb < NCH; ++mb) mx = fmaxf(mx, fmaxf(s[mb][h2], s[mb][h2 + 2]));
+#pragma unroll
+    for (int off = 4; off < 32; off *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    // Nothing seen yet (every key so far past the end): reference 0 makes alpha and p exactly 0.
+    const float ref = mx == -INFINITY ? 0.0f : mx;
+    const float alpha = exp2f(st.m[h2] - ref);
+    st.m[h2] = mx;
+    st.l[h2] *= alpha;
+    if constexpr (kMin) {
+#pragma unroll
+      for (int cg = 0; cg < D / kG64; ++cg) st.om[h2][cg] *= alpha;
+    }
+#pragma unroll
+    for (int x = 0; x < D / 16; ++x) st.o[x][h2] *= alpha, st.o[x][h2 + 2] *= alpha;
+#pragma unroll
+    for (int mb = 0; mb < NCH; ++mb) {
+      s[mb][h2] = exp2f(s[mb][h2] - ref);
+      s[mb][h2 + 2] = exp2f(s[mb][h2 + 2] - ref);
+      st.l[h2] += s[mb][h2] + s[mb][h2 + 2];
+    }
+  }
+}
+
 // kChunk 16-key blocks of rows: keys at k (row stride Rows::kRowBytes), values at v, value params
 // at vp (quantized: [key][D / 64] words), n_valid of the rows exist (bf16 rows past it are not read).
 // sl2 = log2(e) / sqrt(D) scales the scores after the mma, in fp32 (the query operand is q
@@ -273,29 +321,7 @@ __device__ __forceinline__ void attend_chunk(const uint8_t* k, const uint8_t* v,
     s[mb][3] = ok1 ? (s[mb][3] + qb[1]) * sl2 : -INFINITY;
   }
 
-#pragma unroll
-  for (int h2 = 0; h2 < 2; ++h2) {
-    float mx = st.m[h2];
-#pragma unroll
-    for (int mb = 0; mb < NCH; ++mb) mx = fmaxf(mx, fmaxf(s[mb][h2], s[mb][h2 + 2]));
-#pragma unroll
-    for (int off = 4; off < 32; off *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-    // Nothing seen yet (every key so far past the end): reference 0 makes alpha and p exactly 0.
-    const float ref = mx == -INFINITY ? 0.0f : mx;
-    const float alpha = exp2f(st.m[h2] - ref);
-    st.m[h2] = mx;
-    st.l[h2] *= alpha;
-#pragma unroll
-    for (int cg = 0; cg < CG; ++cg) st.om[h2][cg] *= alpha;
-#pragma unroll
-    for (int x = 0; x < D / 16; ++x) st.o[x][h2] *= alpha, st.o[x][h2 + 2] *= alpha;
-#pragma unroll
-    for (int mb = 0; mb < NCH; ++mb) {
-      s[mb][h2] = exp2f(s[mb][h2] - ref);
-      s[mb][h2 + 2] = exp2f(s[mb][h2 + 2] - ref);
-      st.l[h2] += s[mb][h2] + s[mb][h2 + 2];
-    }
-  }
+  softmax_step<NCH, D, true>(s, st);  // (bf16 rows too: the warp's state may hold quantized groups' min terms)
 
 #pragma unroll
   for (int mb = 0; mb < NCH; ++mb) {
@@ -323,43 +349,141 @@ __device__ __forceinline__ void attend_chunk(const uint8_t* k, const uint8_t* v,
   }
 }
 
-template <int D, int G, int BITS>
-__global__ void __launch_bounds__(kDecThreads, 3)
-    decode_quant_kernel(const __grid_constant__ DecodeParams one, const DecodeParams* __restrict__ items) {
-  static_assert(G <= kHeads, "a GQA group is the mma's 8 columns at most");
-  static_assert(kPageTokens % kG64 == 0, "groups tile the pages");
+// bf16 rows through shared memory (the bf16 kernel: pages and rings). A stage holds one 16-key
+// block: K rows, then V rows, 2D bytes each; chunk c (16 bytes) of row r sits at chunk c ^ (r % 8)
+// of its row, so the 8 rows an ldmatrix reads (one chunk each) hit 8 different bank groups
+// (rows are 128 or 256 bytes: unswizzled, all 8 would share one).
+template <int D>
+struct Tile {
+  static constexpr int kRowBytes = 2 * D;
+  static constexpr int kChunks = D / 8;               // 16-byte chunks a row
+  static constexpr int kBytes = 16 * kRowBytes;       // a block's K (or V)
+  static constexpr int kStageBytes = 2 * kBytes;
+  static constexpr int kStages = 16384 / kStageBytes;  // 2 (D 128) or 4 (D 64): 16 KB a warp
+  static constexpr int kCopies = 16 * kChunks / 32;   // 16-byte copies a lane, each of K and V
+  static constexpr int kWarpBytes = kStages * kStageBytes;
+  static_assert(kStages >= 2 && (kStages & (kStages - 1)) == 0, "a ring of 2^n stages");
+  static __device__ __forceinline__ int at(int r, int c) { return r * kRowBytes + ((c ^ (r & 7)) << 4); }
+  // Channel of accumulator x, fragment row r (0: c0 c1, 1: c2 c3), for lane group g.
+  static __device__ __forceinline__ constexpr int ochan(int x, int r, int g) { return 16 * x + g + 8 * r; }
+};
+
+// Starts the copy of one 16-key block into a stage: rows k / v (stride D), n_valid of them
+// exist; the others are zero-filled, not read (a zero V row times p = 0 adds nothing, where
+// whatever a page holds past the end might be NaN).
+template <int D>
+__device__ __forceinline__ void copy_block(uint8_t* stage, const bf16* k, const bf16* v, int n_valid, int lane) {
+  using T = Tile<D>;
+#pragma unroll
+  for (int i = 0; i < T::kCopies; ++i) {
+    const int idx = 32 * i + lane, r = idx / T::kChunks, c = idx % T::kChunks;
+    const bool ok = r < n_valid;
+    const int64_t off = (int64_t)(ok ? r : 0) * D + 8 * c;  // (a valid address either way)
+    cp_async16(stage + T::at(r, c), k + off, ok ? 16 : 0);
+    cp_async16(stage + T::kBytes + T::at(r, c), v + off, ok ? 16 : 0);
+  }
+}
+
+// One 16-key block from a stage (n_valid keys exist): scores from ldmatrix fragments of K
+// (matrix m = lane / 8: keys 8 (m & 1) + 0..7, channel chunk 2 kk + m / 2: a0..a3 of the A
+// operand), the softmax step, then O^T += V^T P^T with V^T from ldmatrix.trans (matrix m: keys
+// 8 (m / 2) + 0..7, chunk 2 x + (m & 1)). bq: the query's B operand (channels 16 kk + 2t, + 1
+// and + 8, + 9 of head g).
+template <int D>
+__device__ __forceinline__ void attend_tile(const uint8_t* stage, int n_valid, const uint32_t (&bq)[D / 16][2],
+                                            float sl2, State<D>& st, int lane) {
+  using T = Tile<D>;
+  const int g = lane / 4, m = lane / 8, mr = lane % 8;
+  float s[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t a[4];
+    ldmatrix_x4(a, stage + T::at(mr + 8 * (m & 1), 2 * kk + (m >> 1)));
+    mma_bf16(s[0], a, bq[kk][0], bq[kk][1]);
+  }
+  const bool ok0 = g < n_valid, ok1 = g + 8 < n_valid;
+  s[0][0] = ok0 ? s[0][0] * sl2 : -INFINITY;
+  s[0][1] = ok0 ? s[0][1] * sl2 : -INFINITY;
+  s[0][2] = ok1 ? s[0][2] * sl2 : -INFINITY;
+  s[0][3] = ok1 ? s[0][3] * sl2 : -INFINITY;
+  softmax_step<1, D, false>(s, st);
+  const uint32_t b0 = movmatrix_trans(pack_bf16(s[0][0], s[0][1]));
+  const uint32_t b1 = movmatrix_trans(pack_bf16(s[0][2], s[0][3]));
+#pragma unroll
+  for (int x = 0; x < D / 16; ++x) {
+    uint32_t a[4];
+    ldmatrix_x4_trans(a, stage + T::kBytes + T::at(mr + 8 * (m >> 1), 2 * x + (m & 1)));
+    mma_bf16(st.o[x], a, b0, b1);
+  }
+}
+
+// A warp's share of a bf16 CTA's keys [w.begin, w.end): its 16-key blocks b = 0, 1, ... at
+// begin + 64 warp + 256 (b / 4) + 16 (b % 4) (the 64-key groups of the quantized kernel, so a
+// group lies in one page), streamed through the warp's kStages stages: block b + kStages is
+// copied while block b is computed. The page of the warp's next group is fetched a group
+// ahead, so a copy never waits for the page table.
+template <int D>
+__device__ __forceinline__ void attend_bf16(const LayerKv& c, const CtaWork& w, uint8_t* stages,
+                                            const uint32_t (&bq)[D / 16][2], float sl2, State<D>& st, int warp,
+                                            int lane) {
+  using T = Tile<D>;
+  constexpr int S = T::kStages, kWarpStride = kDecWarps * kG64;
+  static_assert(kPageTokens % kWarpStride == 0, "a warp's group lies in one page");
+  const int begin = w.begin + kG64 * warp, end = w.end;
+  const auto key_of = [&](int b) { return begin + kWarpStride * (b / 4) + 16 * (b % 4); };
+  const bf16 *kbase, *vbase;
+  const int32_t* pt = nullptr;
+  if (w.streaming) {
+    const int64_t at = (int64_t)w.kvh * c.window().rows() * D;
+    kbase = c.k_ring + at, vbase = c.v_ring + at;
+  } else {
+    kbase = c.k_pages, vbase = c.v_pages;
+    pt = c.page_table + (int64_t)w.kvh * c.max_pages;
+  }
+  int64_t page = 0, next_page = 0;
+  if (!w.streaming && begin < end) next_page = pt[begin / kPageTokens];
+  // Copies block b (in order b = 0, 1, ...: the page of a group is taken at its first block).
+  const auto issue = [&](int b) {
+    const int key = key_of(b);
+    if (key >= end) return;
+    int64_t row = key;
+    if (!w.streaming) {
+      if (b % 4 == 0) {
+        page = next_page;
+        next_page = key + kWarpStride < end ? pt[(key + kWarpStride) / kPageTokens] : 0;
+      }
+      row = page * kPageTokens + key % kPageTokens;
+    }
+    copy_block<D>(stages + (b % S) * T::kStageBytes, kbase + row * D, vbase + row * D, end - key, lane);
+  };
+#pragma unroll
+  for (int b = 0; b < S; ++b) {
+    issue(b);
+    cp_async_commit();  // (empty groups too: the wait below counts groups)
+  }
+#pragma unroll 1
+  for (int b = 0; key_of(b) < end; ++b) {
+    cp_async_wait<S - 1>();  // block b's group done (S groups committed after it, less one)
+    __syncwarp();            // ... and every lane's copies visible to the warp
+    attend_tile<D>(stages + (b % S) * T::kStageBytes, end - key_of(b), bq, sl2, st, lane);
+    __syncwarp();  // every lane done with the stage before it is refilled
+    issue(b + S);
+    cp_async_commit();
+  }
+  cp_async_wait<0>();
+}
+
+// The quantized kernel's keys of one warp: complete quantized groups from the pages, the rest
+// (sink, residual; a streaming head's sink + ring) as bf16 rows, all through registers.
+template <int D, int BITS>
+__device__ __forceinline__ void attend_quant(const DecodeArgs& a, const CtaWork& w, int n_past,
+                                             const float (&sm_q)[kHeads][D], float sl2, State<D>& st, int warp,
+                                             int g, int t) {
   using RQ = Rows<BITS, D>;
-  using RB = Rows<16, D>;
   constexpr int CG = D / kG64;
-  const DecodeParams& p = params_of(one, items);
-  if ((int)blockIdx.x >= decode_ctas(p)) return;  // (a batch item with fewer CTAs than the grid)
-  const DecodeArgs& a = p.a;
   const LayerKv& c = a.cache;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int n_past = decode_n_past(a);
-  const CtaWork w = cta_work<G>(p, n_past);
-  if (!cta_has_keys<G>(p, w)) return;
   const bool streaming = w.streaming;
   const int kvh = w.kvh, begin = w.begin, end = w.end;
-
-  __shared__ float sm_q[kHeads][D];  // the G query heads; rows past G zero
-  const float sl2 = 1.4426950408889634f / sqrtf((float)D);
-  for (int idx = threadIdx.x; idx < kHeads * D; idx += kDecThreads)
-    sm_q[idx / D][idx % D] = idx < G * D ? __bfloat162float(a.q[(int64_t)w.h0 * D + idx]) : 0.0f;
-  __syncthreads();
-
-  State<D> st;
-#pragma unroll
-  for (int h2 = 0; h2 < 2; ++h2) {
-    st.m[h2] = -INFINITY, st.l[h2] = 0.0f;
-#pragma unroll
-    for (int cg = 0; cg < CG; ++cg) st.om[h2][cg] = 0.0f;
-  }
-#pragma unroll
-  for (int x = 0; x < D / 16; ++x)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) st.o[x][e] = 0.0f;
-
   const kvq::QuantLayout L{D, BITS};
   const int64_t slot = streaming ? 0 : c.slot_of[kvh];
   const int32_t* pt = c.page_table + (int64_t)kvh * c.max_pages;
@@ -401,27 +525,92 @@ __global__ void __launch_bounds__(kDecThreads, 3)
                             reinterpret_cast<const uint8_t*>(vr + (int64_t)i * D), nullptr, n - i, bq, qb, sl2, st, g, t);
     }
   }
+}
+
+// Dynamic shared memory of the bf16 kernel: the warps' stages, reused for the end merge's states.
+template <int D, int G>
+constexpr int bf16_smem_bytes() {
+  constexpr int stages = kDecWarps * Tile<D>::kWarpBytes, states = (int)sizeof(CtaStates<D, G, kDecWarps>);
+  return stages > states ? stages : states;
+}
+
+// The kernel skeleton: BITS 16 (bf16 caches) or 8 / 4 (quantized retrieval heads).
+template <int D, int G, int BITS>
+__global__ void __launch_bounds__(kDecThreads, 3)
+    decode_mma_kernel(const __grid_constant__ DecodeParams one, const DecodeParams* __restrict__ items) {
+  static_assert(G <= kHeads, "a GQA group is the mma's 8 columns at most");
+  static_assert(kPageTokens % kG64 == 0, "groups tile the pages");
+  constexpr int CG = D / kG64;
+  constexpr bool kQuant = BITS != 16;
+  extern __shared__ __align__(128) uint8_t dyn_smem[];  // (the bf16 kernel's only)
+  const DecodeParams& p = params_of(one, items);
+  if ((int)blockIdx.x >= decode_ctas(p)) return;  // (a batch item with fewer CTAs than the grid)
+  const DecodeArgs& a = p.a;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int n_past = decode_n_past(a);
+  const CtaWork w = cta_work<G>(p, n_past);
+  if (!cta_has_keys<G>(p, w)) return;
+  const float sl2 = 1.4426950408889634f / sqrtf((float)D);
+
+  State<D> st;
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) {
+    st.m[h2] = -INFINITY, st.l[h2] = 0.0f;
+#pragma unroll
+    for (int cg = 0; cg < CG; ++cg) st.om[h2][cg] = 0.0f;
+  }
+#pragma unroll
+  for (int x = 0; x < D / 16; ++x)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) st.o[x][e] = 0.0f;
+
+  CtaStates<D, G, kDecWarps>* sp;
+  if constexpr (!kQuant) {
+    // The query's B operand, once: head g's bf16 words (channels 16 kk + 2t, + 1 and + 8, + 9).
+    uint32_t bq[D / 16][2];
+    const uint32_t* qw = reinterpret_cast<const uint32_t*>(a.q + (int64_t)(w.h0 + min(g, G - 1)) * D);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      bq[kk][0] = g < G ? qw[8 * kk + t] : 0u;
+      bq[kk][1] = g < G ? qw[8 * kk + t + 4] : 0u;
+    }
+    attend_bf16<D>(a.cache, w, dyn_smem + warp * Tile<D>::kWarpBytes, bq, sl2, st, warp, lane);
+    __syncthreads();  // every warp done with its stages: the states reuse them
+    sp = reinterpret_cast<CtaStates<D, G, kDecWarps>*>(dyn_smem);
+  } else {
+    __shared__ float sm_q[kHeads][D];  // the G query heads; rows past G zero
+    for (int idx = threadIdx.x; idx < kHeads * D; idx += kDecThreads)
+      sm_q[idx / D][idx % D] = idx < G * D ? __bfloat162float(a.q[(int64_t)w.h0 * D + idx]) : 0.0f;
+    __syncthreads();
+    attend_quant<D, BITS>(a, w, n_past, sm_q, sl2, st, warp, g, t);
+    __shared__ CtaStates<D, G, kDecWarps> states;
+    sp = &states;
+  }
 
   // The warp's state: sums over its lanes of each head, the min term added, into shared memory.
-  __shared__ CtaStates<D, G, kDecWarps> s;
+  CtaStates<D, G, kDecWarps>& s = *sp;
 #pragma unroll
   for (int h2 = 0; h2 < 2; ++h2) {
 #pragma unroll
     for (int off = 4; off < 32; off *= 2) {
       st.l[h2] += __shfl_xor_sync(0xffffffffu, st.l[h2], off);
+      if constexpr (kQuant) {
 #pragma unroll
-      for (int cg = 0; cg < CG; ++cg) st.om[h2][cg] += __shfl_xor_sync(0xffffffffu, st.om[h2][cg], off);
+        for (int cg = 0; cg < CG; ++cg) st.om[h2][cg] += __shfl_xor_sync(0xffffffffu, st.om[h2][cg], off);
+      }
     }
     const int h = 2 * t + h2;
     if (h < G) {
       if (g == 0) s.m[warp][h] = st.m[h2], s.l[warp][h] = st.l[h2];
 #pragma unroll
-      for (int cg = 0; cg < CG; ++cg)
+      for (int x = 0; x < D / 16; ++x)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-          for (int r = 0; r < 2; ++r)
-            s.o[warp][h][kG64 * cg + 8 * g + RQ::vchan(j, r)] = st.o[cg * 4 + j][h2 + 2 * r] + st.om[h2][cg];
+        for (int r = 0; r < 2; ++r) {
+          if constexpr (kQuant)
+            s.o[warp][h][kG64 * (x / 4) + 8 * g + Rows<BITS, D>::vchan(x % 4, r)] = st.o[x][h2 + 2 * r] + st.om[h2][x / 4];
+          else
+            s.o[warp][h][Tile<D>::ochan(x, r, g)] = st.o[x][h2 + 2 * r];
+        }
     }
   }
   __syncthreads();
@@ -429,8 +618,31 @@ __global__ void __launch_bounds__(kDecThreads, 3)
 }
 
 template <int D, int G, int BITS>
+constexpr int dyn_smem_bytes() {
+  return BITS == 16 ? bf16_smem_bytes<D, G>() : 0;
+}
+
+// Once per kernel: the bf16 kernel's dynamic shared memory is above the 48 KB default, and the
+// carveout asks for the most shared memory (3 CTAs of 64 KB an SM; the loads bypass L1).
+template <int D, int G, int BITS>
+void prepare() {
+  static const bool done = [] {
+    if constexpr (BITS == 16) {
+      DUO_CUDA_TRY(cudaFuncSetAttribute(decode_mma_kernel<D, G, BITS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        dyn_smem_bytes<D, G, BITS>()));
+      DUO_CUDA_TRY(cudaFuncSetAttribute(decode_mma_kernel<D, G, BITS>,
+                                        cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+    }
+    return true;
+  }();
+  (void)done;
+}
+
+template <int D, int G, int BITS>
 void launch(const DecodeParams& one, const DecodeLaunch& l, cudaStream_t stream) {
-  decode_quant_kernel<D, G, BITS><<<dim3(l.ctas, l.n_items), kDecThreads, 0, stream>>>(one, l.items);
+  prepare<D, G, BITS>();
+  decode_mma_kernel<D, G, BITS>
+      <<<dim3(l.ctas, l.n_items), kDecThreads, dyn_smem_bytes<D, G, BITS>(), stream>>>(one, l.items);
   DUO_CUDA_TRY(cudaGetLastError());
   launch_merge<D, G>(one, l, stream);
 }
@@ -453,12 +665,16 @@ void dispatch_group(const DecodeParams& p, const DecodeLaunch& l, cudaStream_t s
 template <int D, int G, int BITS>
 int occupancy() {
   static const int n = [] {
+    prepare<D, G, BITS>();
     int v = 0;
-    DUO_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, decode_quant_kernel<D, G, BITS>, kDecThreads, 0));
+    DUO_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, decode_mma_kernel<D, G, BITS>, kDecThreads,
+                                                               dyn_smem_bytes<D, G, BITS>()));
     return std::max(1, v);
   }();
   return n;
 }
+
+int kv_bits(KvType kv) { return kv == KvType::Q8 ? 8 : kv == KvType::Q4 ? 4 : 16; }
 
 }  // namespace
 
@@ -467,21 +683,26 @@ void check_quant_view(const LayerKv& c) {
     fail_arg("decode_attention: the quantized cache view is incomplete");
 }
 
-void launch_decode_quant(const DecodeParams& p, const DecodeLaunch& l, cudaStream_t stream) {
-  if (!l.items) check_quant_view(p.a.cache);  // (a batch checks each item's view itself)
-  const bool q8 = p.a.cache.type == KvType::Q8;
-  if (p.a.head_dim == 128) return q8 ? dispatch_group<128, 8>(p, l, stream) : dispatch_group<128, 4>(p, l, stream);
-  if (p.a.head_dim == 64) return q8 ? dispatch_group<64, 8>(p, l, stream) : dispatch_group<64, 4>(p, l, stream);
+void launch_decode_mma(const DecodeParams& p, const DecodeLaunch& l, KvType kv, cudaStream_t stream) {
+  const int bits = kv_bits(kv);
+  if (bits != 16 && !l.items) check_quant_view(p.a.cache);  // (a batch checks each item's view itself)
+  if (p.a.head_dim == 128) {
+    if (bits == 16) return dispatch_group<128, 16>(p, l, stream);
+    return bits == 8 ? dispatch_group<128, 8>(p, l, stream) : dispatch_group<128, 4>(p, l, stream);
+  }
+  if (p.a.head_dim == 64) {
+    if (bits == 16) return dispatch_group<64, 16>(p, l, stream);
+    return bits == 8 ? dispatch_group<64, 8>(p, l, stream) : dispatch_group<64, 4>(p, l, stream);
+  }
   fail_arg("decode_attention: head_dim must be 64 or 128");
 }
 
-int decode_quant_resident_ctas(int head_dim, int group, KvType type) {
+int decode_mma_resident_ctas(int head_dim, KvType kv) {
   // The registers do not depend on the group (the mma computes 8 heads); the shared memory of
   // the end merge grows with it: read the largest group's residency off the device.
-  (void)group;
-  const bool q8 = type == KvType::Q8;
-  if (head_dim == 128) return q8 ? occupancy<128, 8, 8>() : occupancy<128, 8, 4>();
-  return q8 ? occupancy<64, 8, 8>() : occupancy<64, 8, 4>();
+  const int bits = kv_bits(kv);
+  if (head_dim == 128) return bits == 16 ? occupancy<128, 8, 16>() : bits == 8 ? occupancy<128, 8, 8>() : occupancy<128, 8, 4>();
+  return bits == 16 ? occupancy<64, 8, 16>() : bits == 8 ? occupancy<64, 8, 8>() : occupancy<64, 8, 4>();
 }
 
 }  // namespace duo::cuda::detail
