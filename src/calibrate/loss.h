@@ -1,4 +1,4 @@
-// The calibration objective (DESIGN.md "Loss"): distillation of the frozen full-attention
+// The calibration objective (docs/calibration.md "Loss"): distillation of the frozen full-attention
 // model's final hidden states into the gated model's over the answer tokens, plus an L1 push
 // of the gates towards streaming (or, with DistillTarget::Logits, a KL divergence of the logits
 // in place of the L2):
@@ -15,7 +15,7 @@ namespace duo {
 template <typename T>
 class GatedModel;
 
-// What the distillation compares: the final hidden states (DESIGN.md "Loss", the reference's), or
+// What the distillation compares: the final hidden states (docs/calibration.md "Loss", the reference's), or
 // the logits through the frozen LM head (KL divergence; calibrate/logit_loss.h).
 enum class DistillTarget { Hidden, Logits };
 const char* to_string(DistillTarget t);

@@ -1,4 +1,4 @@
-// Synthetic multi-passkey retrieval samples for gate calibration (DESIGN.md "Data"; the
+// Synthetic multi-passkey retrieval samples for gate calibration (docs/calibration.md "Data"; the
 // reference's MultiplePasskeyRetrievalDataset): a book of generated prose (src/eval/haystack)
 // with several passkeys of NATO-alphabet words inserted at random depths, each announced as
 // "the first/second/... passkey to the vault", then one question per passkey, each followed by

@@ -1,4 +1,4 @@
-// Our reference dequantizers against gguf-py's (scripts/make_quant_fixtures.py), and the
+// Our reference dequantizers against gguf-py's (dev/make_quant_fixtures.py), and the
 // f16/bf16 conversions against exhaustive properties.
 #include <gtest/gtest.h>
 
@@ -50,7 +50,7 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, DequantFixture,
                          ::testing::Values("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K",
                                            "Q6_K", "Q2_K", "Q3_K", "IQ4_NL", "IQ4_XS"));
 
-// Rows of real tensors (scripts/make_quant_fixtures.py, gguf-py's dequantization). The saved
+// Rows of real tensors (dev/make_quant_fixtures.py, gguf-py's dequantization). The saved
 // bytes are always checked; when the model is cached, they must also be the bytes in the file.
 TEST(DequantRealRows, MatchesGgufPyAndTheModelFiles) {
   std::ifstream f(test::fixture_path("quant/real_rows.json"));

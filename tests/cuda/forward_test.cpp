@@ -6,7 +6,7 @@
 // the CPU works in fp32 on the GGUF weights, so logits differ by the accumulated bf16 rounding:
 // tolerances are stated on the relative RMS error of a logit row (||gpu - cpu|| / ||cpu||),
 // and the top-1 token must agree wherever the CPU's top-1 / top-2 gap exceeds a margin. The
-// numbers were estimated with a CPU emulation of the GPU's rounding (see bench/cuda/NOTES.md);
+// numbers were estimated with a CPU emulation of the GPU's rounding (docs/cuda-backend.md, "Numerics and test tolerances");
 // every comparison prints what it measured.
 #include <fmt/core.h>
 #include <gtest/gtest.h>

@@ -1,5 +1,5 @@
 // gemma3 (tests/fixtures/hf/tiny-gemma3 and tiny-gemma3.gguf, from
-// scripts/make_hf_arch_fixtures.py) against transformers: logits at every position of a prompt
+// dev/make_hf_arch_fixtures.py) against transformers: logits at every position of a prompt
 // about four times the local layers' sliding window of 16 (so positions both inside and past
 // the window are checked), greedy tokens through the Engine, and how the local layers' heads
 // sit in the KV cache whatever the head plan says.

@@ -1,5 +1,5 @@
 // The architectures beside llama/qwen2 (tests/fixtures/hf/tiny-qwen3, tiny-mistral and
-// tiny-qwen3.gguf, from scripts/make_hf_arch_fixtures.py) against transformers: logits at every
+// tiny-qwen3.gguf, from dev/make_hf_arch_fixtures.py) against transformers: logits at every
 // position on the CPU, greedy tokens through the Engine, and what duo does with mistral's
 // sliding window.
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-// Helpers for the Hugging Face directory tests: the fixtures of scripts/make_hf_fixtures.py, and
+// Helpers for the Hugging Face directory tests: the fixtures of dev/make_hf_fixtures.py, and
 // scratch copies of them to break one file at a time.
 #pragma once
 #include <filesystem>

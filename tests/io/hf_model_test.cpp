@@ -1,4 +1,4 @@
-// Hugging Face directories (tests/fixtures/hf, from scripts/make_hf_fixtures.py) against
+// Hugging Face directories (tests/fixtures/hf, from dev/make_hf_fixtures.py) against
 // transformers: the CPU forward's logits at every position and greedy tokens through the Engine,
 // the config read in both config.json forms, llama3 RoPE factors against transformers', and the
 // errors for directories duo cannot run.

@@ -1,5 +1,5 @@
 // A real model in both forms: SmolLM2-135M-Instruct's GGUF and the HF directory transformers
-// makes of it (scripts/hf_from_gguf.py; float32 weights dequantized from the GGUF's Q4_1, Q/K rows
+// makes of it (dev/hf_from_gguf.py; float32 weights dequantized from the GGUF's Q4_1, Q/K rows
 // back in HF's order). duo must give the same greedy tokens from both, and the directory's real
 // tokenizer.json (49152 tokens) the ids of HF tokenizers (fixture from make_hf_fixtures.py).
 // Skipped when the directory has not been made.
@@ -19,7 +19,7 @@ const char* kSmolHf = "SmolLM2-135M-Instruct-hf";
 
 #define REQUIRE_HF_DIR(var)                                                                   \
   const std::string var = test::models_dir() + "/" + kSmolHf;                                 \
-  if (!std::filesystem::is_directory(var)) GTEST_SKIP() << "not made (scripts/hf_from_gguf.py): " << var;
+  if (!std::filesystem::is_directory(var)) GTEST_SKIP() << "not made (dev/hf_from_gguf.py): " << var;
 
 TEST(HfReal, SmolLM2TokenizerJsonMatchesHf) {
   REQUIRE_HF_DIR(dir);

@@ -1,6 +1,6 @@
 // SentencePiece-style tokenizer.json files (BPE with byte_fallback; the U+2581 space by a
 // Prepend/Replace normalizer or a Metaspace pre-tokenizer) against HF tokenizers' ids
-// (tests/fixtures/hf_spm, from scripts/make_hf_spm_fixtures.py): ~900 strings each (words,
+// (tests/fixtures/hf_spm, from dev/make_hf_spm_fixtures.py): ~900 strings each (words,
 // whitespace runs, numbers, code, emoji, CJK, combining marks, added tokens in text) and HF's
 // decoding of the ids; strings with invalid UTF-8, whose bytes take the byte fallback; and the
 // errors for what duo does not implement.

@@ -1,5 +1,5 @@
 // Tokenizers read from tokenizer.json against HF tokenizers' ids (tests/fixtures/hf, from
-// scripts/make_hf_fixtures.py): a few hundred strings each (words, whitespace runs, numbers,
+// dev/make_hf_fixtures.py): a few hundred strings each (words, whitespace runs, numbers,
 // code, emoji, CJK, combining marks, special and added tokens in text), BOS from the
 // post-processor or tokenizer_config.json, end tokens from generation_config.json, and the
 // errors for tokenizers duo does not implement.

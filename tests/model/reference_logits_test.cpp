@@ -1,5 +1,5 @@
 // The CPU forward of the real models against HF transformers on the same GGUF weights
-// (tests/fixtures/models, from scripts/make_model_fixtures.py): logits at several positions,
+// (tests/fixtures/models, from dev/make_model_fixtures.py): logits at several positions,
 // and greedy continuations.
 #include <gtest/gtest.h>
 

@@ -1,5 +1,5 @@
 // The CPU forward of tiny random-weight models against HF transformers (tests/fixtures/tiny_models,
-// from scripts/make_tiny_model_fixtures.py): full attention, streaming and duo attention whose
+// from dev/make_tiny_model_fixtures.py): full attention, streaming and duo attention whose
 // reference masks were built in Python from the sink + recent definition (not from our
 // HeadPlan::visible or the kernels' masks), and Llama-3.1 RoPE scaling (rope_freqs).
 // Every position's logits are compared, the sequence fed three ways: one pre-fill, pre-fill

@@ -1,5 +1,5 @@
 // The schema recogniser (JsonMatcher over compile_json_schema) against independent references:
-//  - tests/fixtures/json_schema/cases.json (scripts/make_json_schema_fixtures.py): documents and
+//  - tests/fixtures/json_schema/cases.json (dev/make_json_schema_fixtures.py): documents and
 //    the verdict of Python's `jsonschema` for a set of schemas; accepted-and-complete must agree
 //    with it for every document, and every prefix of a valid document is accepted;
 //  - schemas that use what is not supported are refused, naming the keyword;

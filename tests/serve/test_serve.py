@@ -955,9 +955,9 @@ class Tests:
                 assert len(content_chunks) >= 5, f"plain text was held back: {len(content_chunks)} chunks"
         s.wait_idle()
 
-    def test_tools_langchain_streaming(self):
-        # LangChain's streaming with bound tools: the chunks summed give the calls invoke() gives.
-        from langchain_core.messages import HumanMessage
+    def langchain_tools(self, max_tokens):
+        # The LangChain client of the shared server (greedy, no retries) and the tool both LangChain
+        # tool tests bind beside WEATHER: a pydantic model, as LangChain users declare tools.
         from langchain_openai import ChatOpenAI
         from pydantic import BaseModel, Field
 
@@ -968,7 +968,15 @@ class Tests:
 
         s = self.server
         llm = ChatOpenAI(base_url=f"http://{s.host}:{s.port}/v1", api_key="unused", model=MODEL_ID, temperature=0,
-                         max_tokens=48, max_retries=0, timeout=300)
+                         max_tokens=max_tokens, max_retries=0, timeout=300)
+        return llm, Multiply
+
+    def test_tools_langchain_streaming(self):
+        # LangChain's streaming with bound tools: the chunks summed give the calls invoke() gives.
+        from langchain_core.messages import HumanMessage
+
+        s = self.server
+        llm, Multiply = self.langchain_tools(max_tokens=48)
         for choice, question in [("Multiply", "What is 6 times 7?"), ("any", "What is 6 times 7?"),
                                  ("auto", "Write a short poem about the sea.")]:
             bound = llm.bind_tools([Multiply, self.WEATHER], tool_choice=choice)
@@ -987,17 +995,9 @@ class Tests:
     def test_tools_langchain_bind_tools(self):
         import jsonschema
         from langchain_core.messages import HumanMessage, ToolMessage
-        from langchain_openai import ChatOpenAI
-        from pydantic import BaseModel, Field
-
-        class Multiply(BaseModel):
-            """Multiply two integers."""
-            a: int = Field(description="first factor")
-            b: int = Field(description="second factor")
 
         s = self.server
-        llm = ChatOpenAI(base_url=f"http://{s.host}:{s.port}/v1", api_key="unused", model=MODEL_ID, temperature=0,
-                         max_tokens=60, max_retries=0, timeout=300)
+        llm, Multiply = self.langchain_tools(max_tokens=60)
         question = HumanMessage("What is 6 times 7?")
         for choice in ["Multiply", "any"]:
             msg = llm.bind_tools([Multiply, self.WEATHER], tool_choice=choice).invoke([question])

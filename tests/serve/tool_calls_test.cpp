@@ -1,7 +1,7 @@
 // Tool calling: the Hermes-format parser against hand-written model answers (well-formed,
 // malformed, mixed with text), the forced-call schemas against texts that must and must not
 // match, and a tool round trip rendered by a real template (Qwen3's, with tools) compared with
-// Python jinja2 under transformers' settings (scripts/make_chat_template_fixtures.py's
+// Python jinja2 under transformers' settings (dev/make_chat_template_fixtures.py's
 // environment), and by one that knows no tools (the Hermes fold-in).
 #include <gtest/gtest.h>
 

@@ -21,7 +21,7 @@ namespace duo {
 namespace {
 
 // The GGUF's template through ChatTemplate::from_gguf, against transformers' renderings
-// (tests/fixtures/tokenizer/*.json "chats", made by scripts/make_tokenizer_fixtures.py) and
+// (tests/fixtures/tokenizer/*.json "chats", made by dev/make_tokenizer_fixtures.py) and
 // against jinja2's renderings of the same template text (tests/fixtures/chat_templates).
 void check_renderings(const std::string& model_file, const std::string& fixture) {
   DUO_REQUIRE_MODEL(path, model_file);

@@ -1,5 +1,5 @@
 // Our tokenizers against HF `tokenizers` (Rust) built from the same GGUF vocabularies with the
-// original models' pre-tokenizers (scripts/make_tokenizer_fixtures.py), plus round trips,
+// original models' pre-tokenizers (dev/make_tokenizer_fixtures.py), plus round trips,
 // special tokens, vocabulary errors, SentencePiece on a hand-built vocabulary, speed, and the
 // lower bound on token counts a server checks before tokenizing.
 #include <gtest/gtest.h>
@@ -22,7 +22,7 @@ namespace {
 
 nlohmann::json load_fixture(const std::string& name) {
   std::ifstream f(test::fixture_path("tokenizer/" + name + ".json"));
-  EXPECT_TRUE(f.good()) << "missing fixture " << name << " (scripts/make_tokenizer_fixtures.py)";
+  EXPECT_TRUE(f.good()) << "missing fixture " << name << " (dev/make_tokenizer_fixtures.py)";
   return nlohmann::json::parse(f);
 }
 

@@ -21,7 +21,7 @@ GGUF reader (except tiny-llama31, whose scaling that reader does not take) and c
 logits, which checks the layout written here against transformers' own reading of it.
 
 Run: python -m venv /tmp/refenv && /tmp/refenv/bin/pip install torch transformers gguf numpy
-     HF_HUB_OFFLINE=1 /tmp/refenv/bin/python scripts/make_tiny_model_fixtures.py
+     HF_HUB_OFFLINE=1 /tmp/refenv/bin/python dev/make_tiny_model_fixtures.py
 """
 import json
 import math

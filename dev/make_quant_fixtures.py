@@ -5,7 +5,7 @@ an implementation independent of ours.
 For every supported type: a few blocks of raw bytes and the floats gguf-py decodes them to.
 Blocks are random bytes with sane f16 scales (every bit pattern of the quants is legal), so
 the fixtures exercise all code paths, plus blocks quantized from random floats where gguf-py
-can quantize. Run: /opt/refenv/bin/python scripts/make_quant_fixtures.py
+can quantize. Run: /opt/refenv/bin/python dev/make_quant_fixtures.py
 (gguf 0.19.0, numpy 2.x). Output: tests/fixtures/quant/<TYPE>.json, and
 tests/fixtures/quant/real_rows.json: a row prefix of real tensors of the cached models
 (SmolLM2 Q4_1/Q8_0, Qwen2.5-Coder Q4_K/Q6_K) with gguf-py's dequantization, when the models

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Tiny Hugging Face directories of the architectures beside llama/qwen2, with what transformers
-computes for them (tests/io/hf_arch_test.cpp), made like scripts/make_hf_fixtures.py's (whose
+computes for them (tests/io/hf_arch_test.cpp), made like dev/make_hf_fixtures.py's (whose
 tokenizer trainer and weight randomizer this reuses):
 
   tests/fixtures/hf/tiny-qwen3     qwen3: RMS norm of each head's q and k (q_norm/k_norm) before
@@ -29,7 +29,7 @@ Beside each directory, <name>.json holds the prompt, its ids, transformers' floa
 every position (the directory read back by from_pretrained, eager attention) and greedy tokens.
 No tokenizer cases: the tokenizers are the same kinds make_hf_fixtures.py already checks.
 
-Run: HF_HUB_OFFLINE=1 /tmp/h23-refenv/bin/python scripts/make_hf_arch_fixtures.py [tiny-gemma3 ...]
+Run: HF_HUB_OFFLINE=1 /tmp/h23-refenv/bin/python dev/make_hf_arch_fixtures.py [tiny-gemma3 ...]
      (a venv with torch, transformers, tokenizers, gguf, numpy from PyPI)
 """
 import json

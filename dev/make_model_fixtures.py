@@ -6,7 +6,7 @@ For each prompt: the input ids (the C++ tests feed these ids, so this does not d
 tokenizer), top-20 logits and the log-sum-exp of the full row at a few positions, and the
 64-token greedy continuation with the smallest top-1/top-2 logit gap seen along the way.
 
-Run: HF_HUB_OFFLINE=1 /opt/refenv/bin/python scripts/make_model_fixtures.py [smollm2|qwen|all]
+Run: HF_HUB_OFFLINE=1 /opt/refenv/bin/python dev/make_model_fixtures.py [smollm2|qwen|all]
 (torch 2.x CPU, transformers 5.x, gguf 0.19; models fetched by scripts/fetch_models.py).
 """
 import hashlib

@@ -20,7 +20,7 @@ tokens from generate(), and HF tokenizers' ids of a few hundred strings.
 The tokenizers are trained here (tokenizers' BpeTrainer) on a small fixed corpus, so the fixtures
 stay small (< 1 MB in all).
 
-Run: HF_HUB_OFFLINE=1 /tmp/h23-refenv/bin/python scripts/make_hf_fixtures.py
+Run: HF_HUB_OFFLINE=1 /tmp/h23-refenv/bin/python dev/make_hf_fixtures.py
      (a venv with torch, transformers, tokenizers from PyPI)
 """
 import json
@@ -189,12 +189,12 @@ SHAPE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_atte
 
 
 def real_tokenizer_cases(name, seed):
-    """HF tokenizers' ids for a real tokenizer.json (a model re-saved by scripts/hf_from_gguf.py),
+    """HF tokenizers' ids for a real tokenizer.json (a model re-saved by dev/hf_from_gguf.py),
     when that directory is cached: tests/io/hf_real_test.cpp checks duo against them."""
     models = os.environ.get("DUO_MODELS", os.path.expanduser("~/.cache/duo/models"))
     d = os.path.join(models, name)
     if not os.path.isdir(d):
-        print(f"{d} not found: skipped (scripts/hf_from_gguf.py makes it)")
+        print(f"{d} not found: skipped (dev/hf_from_gguf.py makes it)")
         return
     tok = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
     specials = [a.content for a in tok.get_added_tokens_decoder().values()][:8]

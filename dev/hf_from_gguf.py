@@ -3,7 +3,7 @@
 weights dequantized to float32, its tokenizer rebuilt as tokenizer.json), so that duo can run the
 same model from both forms: tests/io/hf_real_test.cpp compares their greedy text.
 
-  scripts/hf_from_gguf.py [GGUF] [OUT_DIR]
+  dev/hf_from_gguf.py [GGUF] [OUT_DIR]
   default: ~/.cache/duo/models/SmolLM2-135M-Instruct.Q4_1.gguf -> ~/.cache/duo/models/SmolLM2-135M-Instruct-hf
 
 Needs torch, transformers, gguf and accelerate from PyPI (e.g. a venv); works offline.

@@ -3,7 +3,7 @@
 valid under a schema, decided by the Python `jsonschema` package (PyPI; Draft 2020-12) after
 `json.loads`, independently of duo's recogniser (src/serve/json_matcher.*).
 
-Run: python3 scripts/make_json_schema_fixtures.py   (pip install jsonschema; tested with 4.x)
+Run: python3 dev/make_json_schema_fixtures.py   (pip install jsonschema; tested with 4.x)
 Writes tests/fixtures/json_schema/cases.json: {"cases": [{"name", "schema", "docs": [{"text",
 "valid"}]}], "refused": [{"schema", "keyword"}]}.
 
@@ -306,7 +306,7 @@ def main():
     refused = [{"schema": s, "keyword": k} for s, k in REFUSED]
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
-        json.dump({"generator": "scripts/make_json_schema_fixtures.py", "jsonschema": jsonschema_version(),
+        json.dump({"generator": "dev/make_json_schema_fixtures.py", "jsonschema": jsonschema_version(),
                    "cases": cases, "refused": refused}, f, ensure_ascii=False, indent=0)
         f.write("\n")
 

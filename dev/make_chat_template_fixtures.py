@@ -4,7 +4,7 @@ tests/tokenizer/jinja_test.cpp, made by Python jinja2 (PyPI Jinja2 3.1) configur
 transformers' apply_chat_template configures it (ImmutableSandboxedEnvironment, trim_blocks,
 lstrip_blocks, loopcontrols, its tojson filter, raise_exception and strftime_now globals).
 
-Run: python3 scripts/make_chat_template_fixtures.py   (needs: pip install jinja2 gguf)
+Run: python3 dev/make_chat_template_fixtures.py   (needs: pip install jinja2 gguf)
 Templates: the two GGUFs of scripts/fetch_models.py (their tokenizer.chat_template, read with the
 `gguf` package) and the published templates stored in tests/fixtures/chat_templates/*.jinja
 (their sources are listed in tests/fixtures/chat_templates/SOURCES.md). Also a set of small
@@ -158,7 +158,7 @@ def main():
         ("gemma-3-it", "gemma-3-it.jinja", "<bos>", "<eos>"),
         ("qwen3-0.6b", "qwen3-0.6b.jinja", "<|endoftext|>", "<|im_end|>"),
     ]
-    out = {"generator": "scripts/make_chat_template_fixtures.py", "jinja2": jinja2.__version__, "templates": []}
+    out = {"generator": "dev/make_chat_template_fixtures.py", "jinja2": jinja2.__version__, "templates": []}
     for name, src, bos, eos in real:
         if src.endswith(".gguf"):
             source, kind = gguf_template(src), "gguf"

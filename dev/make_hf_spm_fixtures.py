@@ -25,7 +25,7 @@ converted SentencePiece models have them. BpeTrainer breaks ties between equally
 in no fixed order, so each run gives a slightly different vocabulary (and ids); any of them is
 a valid fixture.
 
-Run: /tmp/h23-refenv/bin/python scripts/make_hf_spm_fixtures.py   (tokenizers from PyPI)
+Run: /tmp/h23-refenv/bin/python dev/make_hf_spm_fixtures.py   (tokenizers from PyPI)
 """
 import json
 import os

@@ -2,8 +2,8 @@
 """Reference tokenizations and chat renderings for tests/tokenizer/*_test.cpp, produced by an
 independent implementation (HF `tokenizers`, Rust) from the vocabularies of the two default GGUFs.
 
-Run: HF_HUB_OFFLINE=1 /opt/refenv/bin/python scripts/make_tokenizer_fixtures.py
-(a venv made as in scripts/make_tiny_model_fixtures.py does: pip install torch transformers gguf)
+Run: HF_HUB_OFFLINE=1 /opt/refenv/bin/python dev/make_tokenizer_fixtures.py
+(a venv made as in dev/make_tiny_model_fixtures.py does: pip install torch transformers gguf)
 (tokenizers 0.23, transformers 5.x, gguf-py; models fetched by scripts/fetch_models.py).
 Writes tests/fixtures/tokenizer/{smollm2,qwen2.5-coder-1.5b,pretokenize}.json.
 
