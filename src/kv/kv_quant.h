@@ -1,5 +1,5 @@
 // KIVI-style KV quantization (Liu et al., 2024: keys per channel, values per token), shared by
-// the CPU cache (kv_cache.cpp) and the CUDA kernels (backend/cuda/kv_quant.cu, decode_quant.cu,
+// the CPU cache (kv_cache.cpp) and the CUDA kernels (backend/cuda/kv_quant.cu, decode_mma.cu,
 // prefill.cu): the same functions compute the scales and codes on both, so a page written on the
 // GPU is byte-for-byte the page the CPU writes for the same bf16 rows (tests/cuda compare them).
 //
