@@ -2,7 +2,7 @@
 // y fp32: the skeleton of gemv_rows.cuh (whole rows a warp, W streamed at the device's read
 // bandwidth) with bf16 weights.
 // cuBLAS picks a general GEMM tiling for n = 1 that left ~25% of the bandwidth unused in the
-// Llama-3-8B decode step (bench/cuda/NOTES.md); this is its one-token replacement. The FFN's
+// Llama-3-8B decode step (docs/cuda-backend.md); this is its one-token replacement. The FFN's
 // gate/up projection has a variant that also applies SwiGLU (a warp computes a gate row and its
 // up row), so the decode step needs no separate SwiGLU kernel.
 #include <cstdint>

@@ -8,7 +8,7 @@
 // Why bf16 and not f16 operands: f16 has 3 more mantissa bits but overflows at 65504, and real
 // models carry activation outliers (SwiGLU outputs in the thousands) into the GEMMs; bf16 has
 // fp32's range. bench/bf16_emulation.cpp measures what bf16 costs on the test models (relative
-// logit error ~1e-2, see bench/cuda/NOTES.md), which the tests accept; no f16 mode for now.
+// logit error ~1e-2, see docs/cuda-backend.md "Numerics and test tolerances"), which the tests accept; no f16 mode for now.
 //
 // WeightFormat::Int8 (--gpu-weights int8): the four projections of every layer and an untied LM
 // head are stored int8 weight-only, per output row: scale = max |W[r]| / 127, q = round(W / scale)

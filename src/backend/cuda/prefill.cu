@@ -350,7 +350,7 @@ PrefillKernel prefill_kernel_for(const PrefillArgs& a) {
   PrefillKernel k = a.kernel == PrefillKernel::Auto ? detail::env_kernel() : a.kernel;
   if (k == PrefillKernel::Auto)
     // Ping-pong wgmma: measured fastest on the H100 (8K / 32K causal: 609 / 569 TFLOP/s vs 598 / 550
-    // for wgmma and 260 / 273 for mma; bench/cuda/NOTES.md run 4) and passes every pre-fill test.
+    // for wgmma and 260 / 273 for mma; docs/results-gpu.md, history of the attention kernels, run 4) and passes every pre-fill test.
     return a.head_dim == 128 && !detail::prefill_sm90_unsupported(a) ? PrefillKernel::WgmmaPingPong : PrefillKernel::Mma;
   if (k != PrefillKernel::Mma)
     if (const char* why = detail::prefill_sm90_unsupported(a))
