@@ -149,6 +149,10 @@ duo_layer(duo_serve FILES serve/* EXCLUDE serve/http_server.cpp
 duo_claim(serve/http_server.cpp)
 duo_layer(duo_calibrate FILES calibrate/*
           DEPS duo_eval)
+# The calibration devices by name (calibrate/devices/): above the CPU calibration and, with
+# CUDA, the CUDA one (CMakeLists.txt links it), as the engine is above both backends.
+duo_layer(duo_calibrate_devices FILES calibrate/devices/*
+          DEPS duo_calibrate)
 
 # The CUDA layers (with DUO_CUDA=ON, after enable_language(CUDA)): the kernels (duo_cuda: the
 # .cu files and the headers they include), the backend's host runtime over them, and the CUDA
