@@ -11,7 +11,7 @@
 
 #include "backend/cpu/attention.h"
 #include "core/thread_pool.h"
-#include "kv/kv_cache.h"
+#include "backend/cpu/kv_cache.h"
 
 namespace {
 

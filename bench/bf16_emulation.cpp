@@ -23,7 +23,7 @@
 #include "core/dequant.h"
 #include "core/fp16.h"
 #include "core/thread_pool.h"
-#include "kv/kv_cache.h"
+#include "backend/cpu/kv_cache.h"
 #include "duo/kv_type.h"
 #include "backend/cpu/cpu_forward.h"
 #include "model/model.h"

@@ -1,7 +1,7 @@
 # The engine's layers as libraries (docs/architecture.md, "The layers, bottom up").
 #
 # Each layer gets an include root of its own, build/layers/<layer>/, holding symbolic links to
-# its headers under their usual paths (kv/kv_cache.h, ...). A layer's sources see only its own
+# its headers under their usual paths (kv/kv_codec.h, ...). A layer's sources see only its own
 # root and the roots of the layers it links (PUBLIC, hence transitively): a header of a higher
 # layer is simply not on the include path, so an upward `#include` fails to compile with
 # "No such file or directory". `src/` itself is on no library's include path. For the same
@@ -121,7 +121,9 @@ duo_layer(duo_sample FILES sample/* PUBLIC_HEADERS duo/sampler.h duo/logit_adjus
           DEPS duo_core)
 duo_layer(duo_tokenizer FILES tokenizer/* tokenizer/jinja/*
           DEPS duo_io PkgConfig::PCRE2 nlohmann_json::nlohmann_json)
-# KV caches and head plans. Head patterns (io/head_pattern.*) build here: they produce HeadPlans.
+# What both backends' KV caches share (byte accounting, row codecs, the quantized page
+# arithmetic, page allocation) and head plans. Head patterns (io/head_pattern.*) build here:
+# they produce HeadPlans. The caches themselves belong to their backends.
 duo_layer(duo_kv FILES kv/* io/head_pattern.* PUBLIC_HEADERS duo/kv_type.h duo/head_plan.h
           DEPS duo_io)
 # The model's description (Model: config, weight views of a GGUF file, a Hugging Face directory
@@ -131,7 +133,8 @@ duo_layer(duo_model FILES model/model.* model/hf_load.* model/weight_view.h
 # The device seam (ModelBackend, SequenceState): serving, evaluation and tools go through it.
 duo_layer(duo_seam FILES engine/backend.* PUBLIC_HEADERS duo/device.h
           DEPS duo_kv)
-# The CPU backend in one folder: forward pass (cpu_forward.*), kernels, adapter to the seam.
+# The CPU backend in one folder: forward pass (cpu_forward.*), KV cache (kv_cache.*), kernels,
+# adapter to the seam.
 duo_layer(duo_backend_cpu FILES backend/cpu/*
           DEPS duo_seam duo_model duo_sample)
 duo_simd_kernels(duo_backend_cpu)  # cmake/duo_simd.cmake: the per-level kernel files' target flags
@@ -146,6 +149,10 @@ duo_layer(duo_serve FILES serve/* EXCLUDE serve/http_server.cpp
 duo_claim(serve/http_server.cpp)
 duo_layer(duo_calibrate FILES calibrate/*
           DEPS duo_eval)
+# The calibration devices by name (calibrate/devices/): above the CPU calibration and, with
+# CUDA, the CUDA one (CMakeLists.txt links it), as the engine is above both backends.
+duo_layer(duo_calibrate_devices FILES calibrate/devices/*
+          DEPS duo_calibrate)
 
 # The CUDA layers (with DUO_CUDA=ON, after enable_language(CUDA)): the kernels (duo_cuda: the
 # .cu files and the headers they include), the backend's host runtime over them, and the CUDA
@@ -204,6 +211,16 @@ function(duo_layering_tests)
   set_tests_properties(layering_upward_include_fails layering_downward_include_builds PROPERTIES
                        RESOURCE_LOCK duo_build_tree TIMEOUT 300)
   add_test(NAME layering_includes_named COMMAND python3 ${dir}/check_includes.py ${CMAKE_SOURCE_DIR})
+
+  # The CPU KV cache is the CPU backend's: the seam (and duo_kv below it) cannot include it.
+  # The probe's first include, the seam's own header, is found: only the cache's fails.
+  add_library(duo_layering_probe_seam_not_cpu_cache OBJECT EXCLUDE_FROM_ALL ${dir}/seam_not_cpu_cache.cpp)
+  target_link_libraries(duo_layering_probe_seam_not_cpu_cache PRIVATE duo_seam)
+  add_test(NAME layering_seam_not_cpu_cache
+           COMMAND ${CMAKE_COMMAND} --build ${CMAKE_BINARY_DIR} --target duo_layering_probe_seam_not_cpu_cache)
+  set_tests_properties(layering_seam_not_cpu_cache PROPERTIES
+                       PASS_REGULAR_EXPRESSION "backend/cpu/kv_cache\\.h: No such file or directory"
+                       RESOURCE_LOCK duo_build_tree TIMEOUT 300)
 
   # The two backends side by side over the model's description: the CUDA runtime's sources
   # (duo_backend_cuda's include roots, CUDA or not) see the description but not the CPU backend.

@@ -24,7 +24,6 @@ class Model;
 class CpuForward;
 class Tokenizer;
 class ThreadPool;
-class KvCache;
 class ModelBackend;
 class SequenceState;
 
@@ -108,7 +107,6 @@ class Session {
   ~Session();
   int64_t n_past() const;
   SequenceState& state() { return *state_; }
-  KvCache& cache();  // the CPU KV cache (fails for a sequence on another device)
   // Appends tokens to the sequence; returns the logits of the last one (n_vocab floats).
   const std::vector<float>& feed(const std::vector<int32_t>& tokens);
   // Feeds the prompt, then samples up to max_tokens tokens, stopping at an end-of-generation

@@ -6,7 +6,7 @@
 
 namespace duo {
 
-std::unique_ptr<CudaCalibration> make_cuda_calibration(const Model&, StreamingWindow) {
+std::unique_ptr<CalibrationDevice> make_cuda_calibration(const Model&, const CalibrationDeviceOptions&) {
   fail(
       "device 'cuda' is not available: this duo was built without the CUDA backend "
       "(configure with -DDUO_CUDA=ON on a machine with nvcc, e.g. cmake -S . -B build -DDUO_CUDA=ON)");

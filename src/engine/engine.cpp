@@ -3,7 +3,6 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "engine/backend.h"
-#include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/cpu_forward.h"
 #include "engine/utf8_stream.h"
 #include "io/gguf.h"
@@ -89,13 +88,6 @@ Session::Session(Engine& engine)
 Session::~Session() = default;
 
 int64_t Session::n_past() const { return state_->n_past(); }
-
-KvCache& Session::cache() {
-  KvCache* c = cpu_cache(*state_);
-  DUO_CHECK(c != nullptr, "the KV cache of this session lives on device '{}', not in host memory",
-            to_string(engine_.backend().device()));
-  return *c;
-}
 
 void Session::reset() { state_->clear(); }
 

@@ -14,7 +14,6 @@
 #include "core/error.h"
 #include "duo/engine.h"
 #include "eval/haystack.h"
-#include "kv/kv_cache.h"
 #include "model/model.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"

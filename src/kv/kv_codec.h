@@ -3,7 +3,6 @@
 #pragma once
 #include <cstdint>
 
-#include "kv/kv_segment.h"
 #include "duo/kv_type.h"
 
 namespace duo {

@@ -13,7 +13,7 @@
 #include "backend/cuda/kernels.h"
 #include "core/error.h"
 #include "cuda_test_util.h"
-#include "kv/kv_cache.h"
+#include "backend/cpu/kv_cache.h"
 
 namespace duo::cuda {
 namespace {

@@ -1,5 +1,6 @@
-// The device seam: the CPU backend is exactly CpuForward::forward over a KvCache, and asking for
-// CUDA in a build without it fails with a message that says how to get it.
+// The device seam: the CPU backend is exactly CpuForward::forward over its KvCache, its random
+// fill is what benchmarks need, and asking for CUDA in a build without it fails with a message
+// that says how to get it.
 #include <gtest/gtest.h>
 
 #include "core/error.h"
@@ -7,6 +8,7 @@
 #include "engine/backend.h"
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/cpu_forward.h"
+#include "backend/cpu/kv_cache.h"
 #include "model/model.h"
 #include "duo/sampler.h"
 
@@ -59,6 +61,54 @@ TEST(Backend, CpuBackendIsModelForward) {
   EXPECT_EQ(be->forward_pick(*seq, &next, 1, 32, greedy), Sampler::argmax(last.data(), V));
   seq->clear();
   EXPECT_EQ(seq->n_past(), 0);
+}
+
+// fill_kv_random (what `duo bench --compare-modes` decodes after): n positions of seeded
+// standard-normal rows in every head, priced as kv_bytes_for says, the same for the same seed.
+TEST(Backend, CpuFillKvRandom) {
+  auto m = Model::synthetic(small_config(), 3);
+  ThreadPool pool(2);
+  auto be = make_cpu_backend(*m, pool);
+  HeadPlan plan = HeadPlan::uniform(2, 2, HeadKind::Retrieval, {4, 16});
+  plan.kinds[1][0] = HeadKind::Streaming;
+  const int64_t n = 1500;  // more than one fill chunk of 1024 rows
+  auto a = be->new_sequence(plan, n + 1);
+  be->fill_kv_random(*a, n, 7);
+  EXPECT_EQ(a->n_past(), n);
+  EXPECT_EQ(a->kv_bytes(), be->kv_bytes_for(plan, n));
+
+  // A retrieval head holds every position; its rows look standard normal.
+  std::vector<KvSegment> segs;
+  cpu_cache(*a)->head(0, 0).segments(n, segs);
+  int64_t rows = 0;
+  double sum = 0, sq = 0;
+  for (const KvSegment& s : segs) {
+    ASSERT_EQ(s.pos0, rows);
+    for (int64_t r = 0; r < s.n; ++r)
+      for (int c = 0; c < 16; ++c) sum += s.k[r * s.stride + c], sq += s.k[r * s.stride + c] * s.k[r * s.stride + c];
+    rows += s.n;
+  }
+  EXPECT_EQ(rows, n);
+  const double cnt = (double)n * 16, mean = sum / cnt;
+  EXPECT_NEAR(mean, 0.0, 0.05);
+  EXPECT_NEAR(sq / cnt - mean * mean, 1.0, 0.05);
+
+  // The same seed decodes the same; another seed does not.
+  auto b = be->new_sequence(plan, n + 1), c = be->new_sequence(plan, n + 1);
+  be->fill_kv_random(*b, n, 7);
+  be->fill_kv_random(*c, n, 8);
+  const int V = m->config().n_vocab;
+  std::vector<float> la(V), lb(V), lc(V);
+  const int32_t tok = 5;
+  be->forward(*a, &tok, 1, la.data(), 32);
+  be->forward(*b, &tok, 1, lb.data(), 32);
+  be->forward(*c, &tok, 1, lc.data(), 32);
+  EXPECT_EQ(la, lb);
+  EXPECT_NE(la, lc);
+
+  EXPECT_THROW(be->fill_kv_random(*a, 10, 7), Error);  // not empty
+  auto small = be->new_sequence(plan, 10);
+  EXPECT_THROW(be->fill_kv_random(*small, 11, 7), Error);  // beyond its capacity
 }
 
 TEST(Backend, DeviceNames) {

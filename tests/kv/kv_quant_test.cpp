@@ -9,7 +9,7 @@
 #include <random>
 
 #include "core/fp16.h"
-#include "kv/kv_cache.h"
+#include "backend/cpu/kv_cache.h"
 #include "kv/kv_codec.h"
 #include "kv/kv_quant.h"
 

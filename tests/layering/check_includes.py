@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks the two things about #include lines that the layer include roots cannot:
 
-- every quoted include in src/ names its folder ("kv/kv_cache.h", not "kv_cache.h"): the
+- every quoted include in src/ names its folder ("kv/kv_codec.h", not "kv_codec.h"): the
   compiler looks next to the including file before the include path, so a bare name would
   reach a header of another layer that shares the folder (src/model, src/engine, src/io,
   src/backend/cuda hold files of two layers) without going through the layer roots;

@@ -8,7 +8,7 @@
 
 #include "backend/cpu/cpu_forward.h"
 #include "io/head_pattern.h"
-#include "kv/kv_cache.h"
+#include "backend/cpu/kv_cache.h"
 #include "model/model.h"
 #include "serve/prepare.h"
 #include "serve/scheduler.h"

@@ -8,13 +8,12 @@
 #include <random>
 #include <sstream>
 
-#include "backend/cpu/cpu_forward.h"
 #include "backend/cpu/simd_level.h"
 #include "commands.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "engine/backend.h"
 #include "io/head_pattern.h"
-#include "kv/kv_cache.h"
 #include "model/model.h"
 
 namespace duo::cli {
@@ -39,24 +38,8 @@ std::vector<int64_t> parse_list(const std::string& s) {
 }
 }  // namespace
 
-// Fills a cache with `n` positions of random keys and values, as if a prompt of that length
-// had been processed: decode speed depends on how much each head reads, not on the values.
-void fill_cache_random(KvCache& cache, const ModelConfig& c, int64_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  const int64_t chunk = 1024;
-  std::vector<float> rows((size_t)chunk * c.head_dim);
-  for (int64_t p = 0; p < n; p += chunk) {
-    const int64_t m = std::min(chunk, n - p);
-    for (auto& x : rows) x = nd(rng);
-    for (int l = 0; l < c.n_layers; ++l)
-      for (int h = 0; h < c.n_kv_heads; ++h) cache.head(l, h).append(rows.data(), rows.data(), m, c.head_dim, p);
-    cache.advance(m);
-  }
-}
-
 // Decode speed and KV memory of full / duo / streaming at given context lengths, with the
-// cache filled synthetically, and the ratios against full attention.
+// cache filled synthetically (ModelBackend::fill_kv_random), and the ratios against full attention.
 void run_mode_comparison(const ModelOptions& mo, const std::string& contexts, int gen, double ratio, bool json) {
   const auto lengths = parse_list(contexts);
   struct Row {
@@ -92,21 +75,22 @@ void run_mode_comparison(const ModelOptions& mo, const std::string& contexts, in
       eo.plan.kinds = binarize_ratio(g, ratio);
     }
     engine = std::make_unique<Engine>(eo);
-    CpuForward& cpu = engine->cpu_forward();
+    ModelBackend& backend = engine->backend();
     const ModelConfig& c = engine->model().config();
+    const int64_t chunk = engine->options().chunk;
     std::vector<float> logits(c.n_vocab);
     for (int64_t L : lengths) {
-      auto cache = cpu.new_cache(engine->plan());
-      fill_cache_random(*cache, c, L, 3);
+      auto seq = backend.new_sequence(engine->plan(), L + 1 + gen);
+      backend.fill_kv_random(*seq, L, 3);
       int32_t next = 1;
-      cpu.forward(*cache, &next, 1, logits.data(), engine->pool());  // warm-up
+      backend.forward(*seq, &next, 1, logits.data(), chunk);  // warm-up
       const auto t0 = std::chrono::steady_clock::now();
       for (int i = 0; i < gen; ++i) {
         next = Sampler::argmax(logits.data(), c.n_vocab);
-        cpu.forward(*cache, &next, 1, logits.data(), engine->pool());
+        backend.forward(*seq, &next, 1, logits.data(), chunk);
       }
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      rows.push_back({mode, L, gen / s, cache->bytes()});
+      rows.push_back({mode, L, gen / s, seq->kv_bytes()});
     }
   }
   auto full_of = [&](int64_t L) {
@@ -174,7 +158,7 @@ void add_bench(CLI::App& app) {
     const auto lengths = parse_list(o->prompts);
     EngineOptions eo = engine_options(o->model);
     Engine engine(eo);
-    CpuForward& cpu = engine.cpu_forward();
+    ModelBackend& backend = engine.backend();
     const ModelConfig& c = engine.model().config();
     std::mt19937_64 rng(o->seed);
     std::uniform_int_distribution<int32_t> tok(0, c.n_vocab - 1);
@@ -184,10 +168,10 @@ void add_bench(CLI::App& app) {
                  c.name, engine.pool().size(), simd_name(simd_level()), to_string(eo.attention), eo.chunk, "prompt",
                  "prefill t/s", "decode t/s", "KV MiB", "peak MiB");
     {  // Warm-up: fault in the mapped weights once.
-      auto cache = cpu.new_cache(engine.plan());
       std::vector<int32_t> w(16);
       for (auto& t : w) t = tok(rng);
-      cpu.forward(*cache, w.data(), (int64_t)w.size(), logits.data(), engine.pool());
+      auto seq = backend.new_sequence(engine.plan(), (int64_t)w.size());
+      backend.forward(*seq, w.data(), (int64_t)w.size(), logits.data(), eo.chunk);
     }
     for (int64_t P : lengths) {
       DUO_CHECK(P + o->gen <= engine.max_context(), "prompt {} + {} generated tokens exceeds the context limit {}", P,
@@ -197,17 +181,17 @@ void add_bench(CLI::App& app) {
       for (int r = 0; r < o->reps; ++r) {
         std::vector<int32_t> prompt(P);
         for (auto& t : prompt) t = tok(rng);
-        auto cache = cpu.new_cache(engine.plan());
+        auto seq = backend.new_sequence(engine.plan(), P + o->gen);
         auto t0 = clock::now();
-        cpu.forward(*cache, prompt.data(), P, logits.data(), engine.pool(), false, eo.chunk);
+        backend.forward(*seq, prompt.data(), P, logits.data(), eo.chunk);
         prefill += std::chrono::duration<double>(clock::now() - t0).count();
         t0 = clock::now();
         for (int i = 0; i < o->gen; ++i) {
           const int32_t next = Sampler::argmax(logits.data(), c.n_vocab);
-          cpu.forward(*cache, &next, 1, logits.data(), engine.pool());
+          backend.forward(*seq, &next, 1, logits.data(), eo.chunk);
         }
         decode += std::chrono::duration<double>(clock::now() - t0).count();
-        kv = cache->bytes();
+        kv = seq->kv_bytes();
       }
       const double pp = P * o->reps / prefill, tg = o->gen > 0 ? o->gen * o->reps / decode : 0.0;
       if (o->json)

@@ -11,9 +11,9 @@
 #include <fstream>
 #include <random>
 
+#include "calibrate/calibration_device.h"
 #include "calibrate/calibrator.h"
-#include "calibrate/cuda_calibration.h"
-#include "calibrate/gated_model.h"
+#include "calibrate/devices/calibration_devices.h"
 #include "commands.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -74,8 +74,8 @@ std::vector<int64_t> length_grid(const PasskeyDataConfig& d) {
 // --time-lengths: one warm-up and one timed loss evaluation at each length (random tokens, the
 // last 320 positions as loss rows, every gate 0.5 so both attention branches run), then the mean
 // time per step over the sampling grid from a fit t(L) = a + b L + c L^2.
-void time_lengths(const std::string& list, const LossBackend& loss, CudaCalibration* cuda, int n_gates, int vocab,
-                  const PasskeyDataConfig& data, int64_t steps) {
+void time_lengths(const std::string& list, const LossBackend& loss, const CalibrationDevice& device, int n_gates,
+                  int vocab, const PasskeyDataConfig& data, int64_t steps) {
   std::vector<int64_t> lengths;
   for (size_t at = 0; at < list.size();) {
     const size_t comma = std::min(list.find(',', at), list.size());
@@ -98,15 +98,16 @@ void time_lengths(const std::string& list, const LossBackend& loss, CudaCalibrat
     PasskeySample s;
     for (int64_t i = 0; i < L; ++i) s.tokens.push_back((int32_t)uniform_below(rng, (uint64_t)vocab));
     for (int64_t i = std::max<int64_t>(0, L - 320); i < L; ++i) s.loss_rows.push_back(i);
-    double ms = 0, f = 0, g = 0, b = 0;
+    double ms = 0;
     for (int rep = 0; rep < 2; ++rep) {
       const auto t0 = std::chrono::steady_clock::now();
       loss(s, gates, grad);
       ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     }
-    if (cuda) {
-      cuda->last_times(f, g, b, ms);
-      fmt::print("{:>8} {:>10.1f} {:>12.1f} {:>12.1f} {:>12.1f}\n", L, ms, f, g, b);
+    if (const auto t = device.last_times()) {  // the device's own times of its phases
+      ms = t->total;
+      fmt::print("{:>8} {:>10.1f} {:>12.1f} {:>12.1f} {:>12.1f}\n", L, ms, t->full_forward, t->gated_forward,
+                 t->backward);
     } else {
       fmt::print("{:>8} {:>10.1f} {:>12} {:>12} {:>12}\n", L, ms, "-", "-", "-");
     }
@@ -193,31 +194,18 @@ void run_calibrate(CalibrateOptions& o) {
   PasskeyGenerator data(*tok, o.plain ? nullptr : &tmpl, o.data);
   o.data = data.config();  // min_len resolved
 
-  const bool on_gpu = o.device == "cuda";
   ThreadPool pool(o.threads);
-  // The CPU gated model, or the CUDA one (only the backend that runs is built).
-  std::unique_ptr<FrozenWeights<float>> weights;
-  std::unique_ptr<GatedModel<float>> gm;
-  std::unique_ptr<CudaCalibration> gpu;
-  LossBackend loss;
-  std::string memory;
-  if (on_gpu) {
-    gpu = make_cuda_calibration(*model, o.cal.window);
-    loss = gpu->loss_backend(o.cal.lambda, o.cal.distill);
-    memory = fmt::format("device: {}; activations at {} tokens ~{:.2f} GiB", gpu->description(), o.data.max_len,
-                         gpu->activation_bytes(o.data.max_len) / 1073741824.0);
-  } else {
-    weights = std::make_unique<FrozenWeights<float>>(*model, (size_t)o.weights_budget_mib << 20, pool);
-    gm = std::make_unique<GatedModel<float>>(*weights, o.cal.window, pool);
-    loss = cpu_loss_backend(*gm, o.cal.lambda, o.cal.distill);
-    memory = fmt::format("memory: dense weights {:.0f} MiB ({}), activations at {} tokens ~{:.0f} MiB; {} threads",
-                         weights->layer_bytes() * (weights->all_resident() ? mc.n_layers : 1) / 1048576.0,
-                         weights->all_resident() ? "all layers resident" : "one layer at a time", o.data.max_len,
-                         gm->activation_bytes(o.data.max_len) / 1048576.0, pool.size());
-  }
+  // The device that runs the gated model, by name (only the one that runs is built).
+  CalibrationDeviceOptions dev_opts;
+  dev_opts.window = o.cal.window;
+  dev_opts.pool = &pool;
+  dev_opts.weights_budget_bytes = (size_t)o.weights_budget_mib << 20;
+  const std::unique_ptr<CalibrationDevice> device = make_calibration_device(o.device, *model, dev_opts);
+  const LossBackend loss = device->loss_backend(o.cal.lambda, o.cal.distill);
+  const std::string memory = device->describe(o.data.max_len);
   if (!o.time_lengths.empty()) {
     fmt::print(stderr, "timing {} on {} ({})\n", o.device, mc.name, memory);
-    time_lengths(o.time_lengths, loss, gpu.get(), mc.n_layers * mc.n_kv_heads, mc.n_vocab, o.data, o.cal.steps);
+    time_lengths(o.time_lengths, loss, *device, mc.n_layers * mc.n_kv_heads, mc.n_vocab, o.data, o.cal.steps);
     return;
   }
   nlohmann::json run_info = {{"model", std::filesystem::path(path).filename().string()},
@@ -258,11 +246,8 @@ void run_calibrate(CalibrateOptions& o) {
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double eta = elapsed / (double)(r.step - first_step) * (double)(r.steps - r.step);
     std::string extra;
-    if (gpu) {  // where the step's GPU time went
-      double f = 0, g = 0, b = 0, total = 0;
-      gpu->last_times(f, g, b, total);
-      extra = fmt::format(" (fwd {:.0f} + {:.0f}, bwd {:.0f} ms)", f, g, b);
-    }
+    if (const auto t = device->last_times())  // where the step's device time went
+      extra = fmt::format(" (fwd {:.0f} + {:.0f}, bwd {:.0f} ms)", t->full_forward, t->gated_forward, t->backward);
     print_step(r, eta, extra);
     if (o.checkpoint_every > 0 && r.step % o.checkpoint_every == 0) save();
   }
@@ -284,7 +269,7 @@ void add_calibrate(CLI::App& app) {
   cmd->add_option("-m,--model", o->model, "GGUF model file (default: the fetched SmolLM2-135M-Instruct)");
   cmd->add_option("-t,--threads", o->threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--device", o->device, "where the gated model runs: cpu or cuda (one GPU)")
-      ->check(CLI::IsMember({"cpu", "cuda"}));
+      ->check(CLI::IsMember(calibration_device_names()));
   cmd->add_option("--time-lengths", o->time_lengths,
                   "comma-separated sample lengths: time one step at each (random tokens) and estimate the run's "
                   "time per step over --min-len..--max-len, instead of calibrating");

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "duo/head_plan.h"
-#include "kv/kv_cache.h"
+#include "backend/cpu/kv_cache.h"
 
 namespace duo {
 

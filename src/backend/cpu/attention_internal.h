@@ -7,7 +7,7 @@
 #include <limits>
 
 #include "duo/head_plan.h"
-#include "kv/kv_segment.h"
+#include "backend/cpu/kv_segment.h"
 
 namespace duo::attn {
 

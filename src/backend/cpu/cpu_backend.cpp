@@ -6,7 +6,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "kv/kv_cache.h"
+#include "backend/cpu/kv_cache.h"
 #include "backend/cpu/cpu_forward.h"
 #include "model/model.h"
 #include "duo/sampler.h"
@@ -107,6 +107,11 @@ class CpuBackend final : public ModelBackend {
     return kv_bytes_for(plan, capacity);
   }
   KvType kv_type(KvType requested) const override { return cpu_kv_type(requested); }
+  void fill_kv_random(SequenceState& state, int64_t n, uint64_t seed) override {
+    CpuSequence& s = as_cpu(state);
+    DUO_CHECK(n <= s.capacity(), "filling {} positions of a sequence created for {}", n, s.capacity());
+    s.cache().fill_random(n, seed);
+  }
 
  private:
   std::unique_ptr<CpuForward> own_;  // when made from a Model: its own forward

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "backend/cpu/matmul.h"
-#include "kv/kv_cache.h"
+#include "backend/cpu/kv_cache.h"
 
 namespace duo {
 

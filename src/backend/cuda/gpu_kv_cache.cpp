@@ -9,6 +9,7 @@
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/synthetic.h"
 #include "core/error.h"
+#include "kv/kv_bytes.h"
 #include "kv/kv_quant.h"
 
 namespace duo::cuda {
@@ -27,11 +28,7 @@ KvType GpuKvCache::resolve_type(KvType t) {
   return t;
 }
 
-size_t GpuKvCache::page_bytes(KvType type, int head_dim) {
-  type = resolve_type(type);
-  if (is_quantized(type)) return (size_t)kvq::QuantLayout{head_dim, quant_bits(type)}.page_bytes();
-  return sizeof(bf16) * kPageTokens * head_dim;
-}
+size_t GpuKvCache::page_bytes(KvType type, int head_dim) { return kv_page_bytes(resolve_type(type), head_dim); }
 
 GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max_tokens, cudaStream_t stream,
                        std::shared_ptr<KvPagePool> pool)
@@ -213,14 +210,9 @@ size_t GpuKvCache::bytes(HeadKind kind) const {
   return (size_t)n_streaming_ * 2 * sizeof(bf16) * rows_ * d_;
 }
 
+// The accounting of both backends' caches (kv/kv_bytes.h), with the CUDA cache's types.
 size_t GpuKvCache::bytes_for(const ModelConfig& cfg, const HeadPlan& plan, int64_t n) {
-  size_t r = 0, s = 0;
-  for (const auto& layer : plan.kinds)
-    for (HeadKind k : layer) (k == HeadKind::Retrieval ? r : s)++;
-  const KvType type = resolve_type(plan.kv_type);
-  const int d = cfg.head_dim;
-  return r * ((size_t)pages_for(n) * 2 * page_bytes(type, d) + quant_row_bytes(type, plan.window.sink, d)) +
-         s * 2 * sizeof(bf16) * (size_t)plan.window.rows() * d;
+  return kv_plan_bytes(plan, resolve_type(plan.kv_type), cfg.head_dim, n);
 }
 
 size_t GpuKvCache::device_bytes_for(const ModelConfig& cfg, const HeadPlan& plan, int64_t capacity, int64_t n) {

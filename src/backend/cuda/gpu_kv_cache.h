@@ -7,10 +7,10 @@
 // The plan's kv_type picks the retrieval heads' page format: bf16 (Default) or KIVI q8 / q4
 // (kv/kv_quant.h: quantized pages in the same pools and page tables, plus per retrieval head
 // bf16 rows for its first sink16 positions and its last, incomplete group; see attention.cuh).
-// Byte accounting follows the CPU KvCache exactly (whole pages for retrieval heads, sink +
-// recent rows for streaming heads, the sink and residual rows of quantized heads): bytes()
-// equals KvCache::bytes() for the same plan, type and length (for bf16: half of the CPU's
-// default f32 cache).
+// Byte accounting is the one both backends follow (kv/kv_bytes.h: whole pages for retrieval
+// heads, sink + recent rows for streaming heads, the sink and residual rows of quantized heads):
+// bytes() equals the CPU cache's bytes() for the same plan, type and length (for bf16: half of
+// the CPU's default f32 cache).
 #pragma once
 #include <cuda_runtime.h>
 

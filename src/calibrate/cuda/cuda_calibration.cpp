@@ -1,4 +1,4 @@
-// make_cuda_calibration (calibrate/cuda_calibration.h) over CudaGatedModel.
+// make_cuda_calibration (calibrate/cuda_calibration.h): the CalibrationDevice over CudaGatedModel.
 #include "calibrate/cuda_calibration.h"
 
 #include <fmt/format.h>
@@ -10,23 +10,24 @@ namespace duo {
 
 namespace {
 
-class CudaCalibrationImpl final : public CudaCalibration {
+class CudaCalibration final : public CalibrationDevice {
  public:
-  CudaCalibrationImpl(const Model& model, StreamingWindow window) : device_(cuda::device_info()), gm_(model, window) {}
+  CudaCalibration(const Model& model, StreamingWindow window) : device_(cuda::device_info()), gm_(model, window) {}
 
   LossBackend loss_backend(double lambda, DistillTarget target) override {
     return [this, lambda, target](const PasskeySample& s, const std::vector<double>& gates, std::vector<double>& grad) {
       return gm_.loss_and_grad(s.tokens, s.loss_rows, gates, lambda, grad, target);
     };
   }
-  std::string description() const override {
-    return fmt::format("{} ({} SMs, {:.1f} GiB), bf16 weights {:.2f} GiB", device_.name, device_.sm_count,
-                       device_.total_memory / 1073741824.0, gm_.weight_bytes() / 1073741824.0);
+  std::string describe(int64_t max_len) const override {
+    return fmt::format("device: {} ({} SMs, {:.1f} GiB), bf16 weights {:.2f} GiB; activations at {} tokens ~{:.2f} GiB",
+                       device_.name, device_.sm_count, device_.total_memory / 1073741824.0,
+                       gm_.weight_bytes() / 1073741824.0, max_len, activation_bytes(max_len) / 1073741824.0);
   }
   size_t activation_bytes(int64_t n) const override { return gm_.activation_bytes(n); }
-  void last_times(double& full_fwd, double& gated_fwd, double& backward, double& total) const override {
+  std::optional<CalibrationPhaseTimes> last_times() const override {
     const cuda::calib::PhaseTimes& t = gm_.last_times();
-    full_fwd = t.full_forward, gated_fwd = t.gated_forward, backward = t.backward, total = t.total;
+    return CalibrationPhaseTimes{t.full_forward, t.gated_forward, t.backward, t.total};
   }
 
  private:
@@ -36,8 +37,8 @@ class CudaCalibrationImpl final : public CudaCalibration {
 
 }  // namespace
 
-std::unique_ptr<CudaCalibration> make_cuda_calibration(const Model& model, StreamingWindow window) {
-  return std::make_unique<CudaCalibrationImpl>(model, window);
+std::unique_ptr<CalibrationDevice> make_cuda_calibration(const Model& model, const CalibrationDeviceOptions& options) {
+  return std::make_unique<CudaCalibration>(model, options.window);
 }
 
 }  // namespace duo

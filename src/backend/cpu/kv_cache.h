@@ -1,4 +1,4 @@
-// KV cache of one sequence, per layer and per KV head, following a HeadPlan:
+// The CPU backend's KV cache of one sequence, per layer and per KV head, following a HeadPlan:
 //  - retrieval heads: a growing cache in pages of kPageTokens positions (duo/duo_policy.h);
 //  - streaming heads: `sink` first positions plus a ring buffer of the last `recent` ones,
 //    so their memory is constant however long the sequence gets.
@@ -6,6 +6,9 @@
 // KIVI-quantized pages (q8 / q4, kv_quant.h) for retrieval heads, whose first sink16 positions
 // and last incomplete group of 64 stay in bf16 rows (a group is quantized when it completes).
 // The cache exposes what a head can attend to as KvSegments: runs of consecutive positions.
+// What is not the CPU's own lives in src/kv/ (shared with the CUDA cache): the byte accounting
+// (kv_bytes.h, which bytes() follows), the row and group codecs (kv_codec.h), the quantized
+// page arithmetic (kv_quant.h). Callers above the backend seam see it only as a SequenceState.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -13,7 +16,7 @@
 #include <vector>
 
 #include "duo/head_plan.h"
-#include "kv/kv_segment.h"
+#include "backend/cpu/kv_segment.h"
 #include "duo/kv_type.h"
 
 namespace duo {
@@ -32,10 +35,8 @@ class HeadCache {
   void segments(int64_t n_past, std::vector<KvSegment>& out) const;
   // Bytes allocated for keys and values.
   size_t bytes() const;
-  // Bytes a head of this kind holds once its sequence has n_past positions: retrieval heads
-  // grow a page at a time (quantized ones also hold their bf16 sink and residual rows from the
-  // start), streaming heads are constant. bytes() follows this formula, so admission control
-  // can price a sequence exactly before running it.
+  // Bytes a head of this kind holds once its sequence has n_past positions (kv/kv_bytes.h, the
+  // type's Default as the CPU resolves it); bytes() follows this formula.
   static size_t bytes_for(HeadKind kind, int head_dim, StreamingWindow w, int64_t n_past, KvType type = KvType::F32);
 
  private:
@@ -79,6 +80,9 @@ class KvCache {
   static size_t bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past, HeadKind kind);
   static size_t bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past);
   void clear();
+  // Fills an empty cache with n positions of seeded random keys and values, as if n tokens had
+  // run (ModelBackend::fill_kv_random: decode speed depends on how much a head reads).
+  void fill_random(int64_t n, uint64_t seed);
 
  private:
   void make_heads();

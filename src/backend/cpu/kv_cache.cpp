@@ -1,9 +1,11 @@
-#include "kv/kv_cache.h"
+#include "backend/cpu/kv_cache.h"
 
 #include <algorithm>
 #include <cstring>
+#include <random>
 
 #include "core/error.h"
+#include "kv/kv_bytes.h"
 #include "kv/kv_codec.h"
 #include "kv/kv_quant.h"
 
@@ -19,11 +21,6 @@ std::unique_ptr<uint8_t[]> zeroed(size_t bytes) {
   return b;
 }
 
-size_t page_bytes_of(KvType type, int d) {
-  if (is_quantized(type)) return (size_t)kvq::QuantLayout{d, quant_bits(type)}.page_bytes();
-  return (size_t)row_elem_bytes(type) * kPageTokens * d;
-}
-
 void check_type(KvType type, int d) {
   DUO_CHECK(type != KvType::Default, "HeadCache: resolve the KV type first");
   if (is_quantized(type))
@@ -37,7 +34,7 @@ HeadCache::HeadCache(HeadKind kind, int head_dim, StreamingWindow w, KvType type
     : kind_(kind), d_(head_dim), w_(w), type_(cpu_kv_type(type)) {
   check_type(type_, d_);
   quantized_ = kind_ == HeadKind::Retrieval && is_quantized(type_);
-  page_bytes_ = page_bytes_of(type_, d_);
+  page_bytes_ = kv_page_bytes(type_, d_);
   const size_t row = (size_t)row_elem_bytes(type_) * d_;
   if (kind_ == HeadKind::Streaming) {
     DUO_CHECK(w.sink >= 0 && w.recent >= 1, "streaming window needs sink >= 0 and recent >= 1 (got {}, {})",
@@ -154,15 +151,7 @@ void HeadCache::segments(int64_t n_past, std::vector<KvSegment>& out) const {
 }
 
 size_t HeadCache::bytes_for(HeadKind kind, int head_dim, StreamingWindow w, int64_t n_past, KvType type) {
-  type = cpu_kv_type(type);
-  const size_t row = (size_t)row_elem_bytes(type) * head_dim;
-  if (kind == HeadKind::Retrieval) {
-    const size_t pages = (size_t)((std::max<int64_t>(n_past, 0) + kPageTokens - 1) / kPageTokens);
-    size_t b = pages * 2 * page_bytes_of(type, head_dim);
-    if (is_quantized(type)) b += 2 * row * (size_t)(kvq::sink16(w.sink) + kGroup);  // bf16 sink + residual rows
-    return b;
-  }
-  return 2 * row * (size_t)w.rows();
+  return kv_head_bytes(kind, head_dim, w, n_past, cpu_kv_type(type));
 }
 
 size_t HeadCache::bytes() const {
@@ -214,18 +203,31 @@ size_t KvCache::bytes(HeadKind kind) const {
 }
 
 size_t KvCache::bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past, HeadKind kind) {
-  size_t heads = 0;
-  for (const auto& layer : plan.kinds) heads += (size_t)std::count(layer.begin(), layer.end(), kind);
-  return heads * HeadCache::bytes_for(kind, head_dim, plan.window, n_past, plan.kv_type);
+  return kv_plan_bytes(plan, cpu_kv_type(plan.kv_type), head_dim, n_past, kind);
 }
 
 size_t KvCache::bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past) {
-  return bytes_for(plan, head_dim, n_past, HeadKind::Retrieval) + bytes_for(plan, head_dim, n_past, HeadKind::Streaming);
+  return kv_plan_bytes(plan, cpu_kv_type(plan.kv_type), head_dim, n_past);
 }
 
 void KvCache::clear() {
   make_heads();
   n_past_ = 0;
+}
+
+void KvCache::fill_random(int64_t n, uint64_t seed) {
+  DUO_CHECK(n_past_ == 0, "fill_random needs an empty cache (it holds {} positions)", n_past_);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t chunk = 1024;
+  std::vector<float> rows((size_t)chunk * d_);
+  for (int64_t p = 0; p < n; p += chunk) {
+    const int64_t m = std::min(chunk, n - p);
+    for (auto& x : rows) x = nd(rng);
+    // Every head gets the same rows (k = v): their values do not matter, only how many there are.
+    for (HeadCache& h : heads_) h.append(rows.data(), rows.data(), m, d_, p);
+    advance(m);
+  }
 }
 
 }  // namespace duo

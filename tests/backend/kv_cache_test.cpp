@@ -1,7 +1,7 @@
 // Ring-buffer bookkeeping of streaming heads and paging of retrieval heads.
 #include <gtest/gtest.h>
 
-#include "kv/kv_cache.h"
+#include "backend/cpu/kv_cache.h"
 
 namespace duo {
 namespace {
