@@ -22,7 +22,7 @@
 #include "core/error.h"
 #include "core/fp16.h"
 #include "cuda_test_util.h"
-#include "kv/kv_cache.h"
+#include "backend/cpu/kv_cache.h"
 #include "kv/kv_codec.h"
 
 namespace duo::cuda {
