@@ -131,7 +131,7 @@ duo_layer(duo_kv FILES kv/* io/head_pattern.* PUBLIC_HEADERS duo/kv_type.h duo/h
 duo_layer(duo_model FILES model/model.* model/hf_load.* model/weight_view.h
           DEPS duo_kv)
 # The device seam (ModelBackend, SequenceState): serving, evaluation and tools go through it.
-duo_layer(duo_seam FILES engine/backend.* PUBLIC_HEADERS duo/device.h
+duo_layer(duo_seam FILES engine/backend.* engine/attention_observer.h PUBLIC_HEADERS duo/device.h
           DEPS duo_kv)
 # The CPU backend in one folder: forward pass (cpu_forward.*), KV cache (kv_cache.*), kernels,
 # adapter to the seam.
