@@ -9,8 +9,13 @@
 # the compiler's look-up next to the including file would otherwise bypass the roots.
 #
 # duo_layer(<target> FILES <globs under src/>... [EXCLUDE <files under src/>...] [DEPS <targets>...]
-#           [PUBLIC_HEADERS <files under include/>...] [ROOT_ONLY] [COMPILE_OPTIONS <options>...])
+#           [PRIVATE_DEPS <targets>...] [PUBLIC_HEADERS <files under include/>...] [ROOT_ONLY]
+#           [COMPILE_OPTIONS <options>...])
 #   FILES: the layer's headers (.h, .cuh: linked into its root) and sources (.cpp, .cu).
+#   DEPS: layers (and libraries) linked PUBLIC: their roots are on the include path of this
+#         layer and of every layer above it.
+#   PRIVATE_DEPS: linked PRIVATE: this layer's sources see their roots, the layers above do not
+#         (the engine and the backends it makes: nothing above the engine can name a backend).
 #   PUBLIC_HEADERS: the headers of the public API (include/duo/*.h) this layer defines, linked
 #              into its root as duo/<name>.h: a layer sees the public headers of its own and
 #              lower layers only (include/ itself is on no library's include path either).
@@ -18,7 +23,7 @@
 #   ROOT_ONLY: make the include root but no library (CUDA layers of a build without CUDA,
 #              whose headers the CPU emulation tests still include).
 function(duo_layer name)
-  cmake_parse_arguments(L "ROOT_ONLY" "" "FILES;EXCLUDE;DEPS;COMPILE_OPTIONS;PUBLIC_HEADERS" ${ARGN})
+  cmake_parse_arguments(L "ROOT_ONLY" "" "FILES;EXCLUDE;DEPS;PRIVATE_DEPS;COMPILE_OPTIONS;PUBLIC_HEADERS" ${ARGN})
   set(src ${CMAKE_SOURCE_DIR}/src)
   set(root ${CMAKE_BINARY_DIR}/layers/${name})
   file(REMOVE_RECURSE ${root})
@@ -53,26 +58,45 @@ function(duo_layer name)
   endforeach()
   set_property(GLOBAL APPEND PROPERTY DUO_LAYER_ROOTS_${name} ${root})
   set_property(GLOBAL PROPERTY DUO_LAYER_DEPS_${name} ${L_DEPS})
+  set_property(GLOBAL PROPERTY DUO_LAYER_PRIVATE_DEPS_${name} ${L_PRIVATE_DEPS})
   if(L_ROOT_ONLY)
     return()
   endif()
   add_library(${name} STATIC ${sources})
   target_include_directories(${name} PUBLIC ${root})
   target_link_libraries(${name} PUBLIC ${L_DEPS})
+  if(L_PRIVATE_DEPS)
+    target_link_libraries(${name} PRIVATE ${L_PRIVATE_DEPS})
+  endif()
   if(L_COMPILE_OPTIONS)
     set_property(TARGET ${name} PROPERTY COMPILE_OPTIONS ${L_COMPILE_OPTIONS})
   endif()
 endfunction()
 
-# The include roots a layer's sources see: its own and, through its DEPS, those of the layers
-# below it. Known with or without CUDA (ROOT_ONLY layers record their DEPS too), so the layering
-# probes of the CUDA layers build in every build tree.
-function(duo_layer_roots name out)
+# The include roots a layer hands the layers above it: its own and, through its DEPS, those of
+# the layers below it (PRIVATE_DEPS stop here).
+function(duo_layer_public_roots name out)
   get_property(roots GLOBAL PROPERTY DUO_LAYER_ROOTS_${name})
   get_property(deps GLOBAL PROPERTY DUO_LAYER_DEPS_${name})
   foreach(dep IN LISTS deps)
     if(dep MATCHES "^duo_")
-      duo_layer_roots(${dep} dep_roots)
+      duo_layer_public_roots(${dep} dep_roots)
+      list(APPEND roots ${dep_roots})
+    endif()
+  endforeach()
+  list(REMOVE_DUPLICATES roots)
+  set(${out} ${roots} PARENT_SCOPE)
+endfunction()
+
+# The include roots a layer's sources see: the public ones and those of its PRIVATE_DEPS. Known
+# with or without CUDA (ROOT_ONLY layers record their DEPS too), so the layering probes of the
+# CUDA layers build in every build tree.
+function(duo_layer_roots name out)
+  duo_layer_public_roots(${name} roots)
+  get_property(deps GLOBAL PROPERTY DUO_LAYER_PRIVATE_DEPS_${name})
+  foreach(dep IN LISTS deps)
+    if(dep MATCHES "^duo_")
+      duo_layer_public_roots(${dep} dep_roots)
       list(APPEND roots ${dep_roots})
     endif()
   endforeach()
@@ -131,16 +155,18 @@ duo_layer(duo_kv FILES kv/* io/head_pattern.* PUBLIC_HEADERS duo/kv_type.h duo/h
 duo_layer(duo_model FILES model/model.* model/hf_load.* model/weight_view.h
           DEPS duo_kv)
 # The device seam (ModelBackend, SequenceState): serving, evaluation and tools go through it.
-duo_layer(duo_seam FILES engine/backend.* PUBLIC_HEADERS duo/device.h
+duo_layer(duo_seam FILES engine/backend.* engine/attention_observer.h PUBLIC_HEADERS duo/device.h
           DEPS duo_kv)
 # The CPU backend in one folder: forward pass (cpu_forward.*), KV cache (kv_cache.*), kernels,
 # adapter to the seam.
 duo_layer(duo_backend_cpu FILES backend/cpu/*
           DEPS duo_seam duo_model duo_sample)
 duo_simd_kernels(duo_backend_cpu)  # cmake/duo_simd.cmake: the per-level kernel files' target flags
-# The public API (include/duo/engine.h: Engine, Session) over either backend.
+# The public API (include/duo/engine.h: Engine, Session) over either backend. It makes the
+# backends (PRIVATE: the layers above see the seam, the model and the tokenizer it hands out,
+# never a backend's headers; with CUDA, CMakeLists.txt adds duo_backend_cuda the same way).
 duo_layer(duo_engine FILES engine/engine.cpp engine/utf8_stream.* PUBLIC_HEADERS duo/engine.h
-          DEPS duo_backend_cpu duo_tokenizer)
+          DEPS duo_seam duo_model duo_sample duo_tokenizer PRIVATE_DEPS duo_backend_cpu)
 duo_layer(duo_eval FILES eval/*
           DEPS duo_engine)
 # The HTTP layer (http_server.cpp) needs cpp-httplib and is compiled into the CLI only.
@@ -221,6 +247,18 @@ function(duo_layering_tests)
   set_tests_properties(layering_seam_not_cpu_cache PROPERTIES
                        PASS_REGULAR_EXPRESSION "backend/cpu/kv_cache\\.h: No such file or directory"
                        RESOURCE_LOCK duo_build_tree TIMEOUT 300)
+
+  # The backends are the engine's (linked PRIVATE): serving and evaluation, above it, see the
+  # seam and the public engine but cannot include a header of the CPU backend.
+  foreach(layer serve eval)
+    add_library(duo_layering_probe_${layer}_not_cpu OBJECT EXCLUDE_FROM_ALL ${dir}/above_seam_not_cpu.cpp)
+    target_link_libraries(duo_layering_probe_${layer}_not_cpu PRIVATE duo_${layer})
+    add_test(NAME layering_${layer}_not_cpu_backend
+             COMMAND ${CMAKE_COMMAND} --build ${CMAKE_BINARY_DIR} --target duo_layering_probe_${layer}_not_cpu)
+    set_tests_properties(layering_${layer}_not_cpu_backend PROPERTIES
+                         PASS_REGULAR_EXPRESSION "backend/cpu/cpu_forward\\.h: No such file or directory"
+                         RESOURCE_LOCK duo_build_tree TIMEOUT 300)
+  endforeach()
 
   # The two backends side by side over the model's description: the CUDA runtime's sources
   # (duo_backend_cuda's include roots, CUDA or not) see the description but not the CPU backend.

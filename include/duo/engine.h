@@ -21,7 +21,6 @@ namespace duo {
 // Internals the API hands out by reference (engine/backend.h, model/model.h, ...: a caller that
 // uses them includes their headers from src/); the public headers name them only.
 class Model;
-class CpuForward;
 class Tokenizer;
 class ThreadPool;
 class ModelBackend;
@@ -70,9 +69,7 @@ class Engine {
   ~Engine();
   const EngineOptions& options() const { return opts_; }
   Model& model() { return *model_; }
-  // The CPU forward over the model (backend/cpu/cpu_forward.h), whatever the device: tools that
-  // pack its weights or observe its attention, and the CPU backend, use it.
-  CpuForward& cpu_forward() { return *cpu_; }
+  // The model on its device (engine/backend.h): what serving, evaluation and tools run.
   ModelBackend& backend() { return *backend_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   ThreadPool& pool() { return *pool_; }
@@ -86,7 +83,6 @@ class Engine {
  private:
   EngineOptions opts_;
   std::unique_ptr<Model> model_;
-  std::unique_ptr<CpuForward> cpu_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ThreadPool> pool_;
   HeadPlan plan_;

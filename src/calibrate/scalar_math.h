@@ -1,10 +1,10 @@
 // Small helpers shared by the templated calibration ops: vectorized exp for float (the
-// inference kernel's polynomial), std::exp for double.
+// inference kernel's polynomial, core/fast_exp.h), std::exp for double.
 #pragma once
 #include <cmath>
 #include <cstdint>
 
-#include "backend/cpu/ops.h"
+#include "core/fast_exp.h"
 
 namespace duo::calib_detail {
 

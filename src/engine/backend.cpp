@@ -29,6 +29,10 @@ void ModelBackend::fill_kv_random(SequenceState&, int64_t, uint64_t) {
   fail("filling a KV cache with random contents is not supported on device '{}'", to_string(device()));
 }
 
+void ModelBackend::set_attention_observer(AttentionObserver* observer) {
+  DUO_CHECK(observer == nullptr, "device '{}' cannot show its attention to an observer", to_string(device()));
+}
+
 #ifdef DUO_HAVE_CUDA
 bool cuda_compiled() { return true; }
 // make_cuda_backend / make_cuda_synthetic_backend: src/backend/cuda/cuda_backend.cpp

@@ -17,6 +17,7 @@
 
 namespace duo {
 
+class AttentionObserver;
 class Model;
 class CpuForward;
 class Sampler;
@@ -146,6 +147,20 @@ class ModelBackend {
   virtual void set_attention_timing(bool on) { (void)on; }
   virtual void reset_attention_timing() {}
   virtual double attention_ms() const { return 0.0; }
+  // --- What tools see of a backend beyond running the model.
+  // The kernels this backend runs, for benchmark output (the CPU's SIMD level, e.g. "avx512");
+  // empty where there is no choice to report.
+  virtual std::string kernels() const { return {}; }
+  // Prepares the weights for batched steps once (the CPU packs the many-token matmul's panels:
+  // pre-fill chunks and batched decode then skip unpacking quantized blocks on every call).
+  // Returns the bytes it added (0: nothing to prepare). The model's heads are already in their
+  // final order (the engine reorders them before making the backend).
+  virtual size_t prepare_batched_weights() { return 0; }
+  // Whether set_attention_observer accepts an observer (engine/attention_observer.h).
+  virtual bool observes_attention() const { return false; }
+  // Installs (nullptr: removes) an observer shown every layer's attention of later forward
+  // passes. Default: a backend that cannot show its attention refuses an observer.
+  virtual void set_attention_observer(AttentionObserver* observer);
   // Frees the activation buffers (they grow to the largest chunk seen).
   virtual void release_scratch() {}
   // Whether decode steps replay captured graphs.
@@ -155,11 +170,16 @@ class ModelBackend {
   virtual double copy_gbs() { return 0.0; }
 };
 
+// One line for `duo --version`: what this build's backends run on this machine (the CPU
+// kernels' SIMD level in use and the widest here, and how the build was made).
+std::string backends_summary();
+
 // The CPU engine (the forward, its model and the pool must outlive the backend).
 std::unique_ptr<ModelBackend> make_cpu_backend(CpuForward& forward, ThreadPool& pool);
-// The same over a forward of its own (no packed panels, 16-bit activations, no observer): the
-// model and the pool must outlive it.
-std::unique_ptr<ModelBackend> make_cpu_backend(const Model& model, ThreadPool& pool);
+// The same over a forward of its own, with the many-token matmuls' activation width (16, or 8:
+// EngineOptions::act_bits); no packed panels until prepare_batched_weights(). The model and the
+// pool must outlive it.
+std::unique_ptr<ModelBackend> make_cpu_backend(const Model& model, ThreadPool& pool, int act_bits = 16);
 
 // CUDA backend with the weights of a loaded model (after any head reordering), converted to
 // bf16 on the GPU. Fails with a clear message when this build has no CUDA or no GPU is found.

@@ -3,7 +3,6 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "engine/backend.h"
-#include "backend/cpu/cpu_forward.h"
 #include "engine/utf8_stream.h"
 #include "io/gguf.h"
 #include "io/head_pattern.h"
@@ -57,11 +56,11 @@ Engine::Engine(const EngineOptions& opts) : opts_(opts) {
       break;
   }
   plan_.kv_type = opts.kv_type;
-  cpu_ = std::make_unique<CpuForward>(*model_);
-  cpu_->set_act_bits(opts.act_bits);
+  // Checked whatever the device (the CPU backend checks it again).
+  DUO_CHECK(opts.act_bits == 16 || opts.act_bits == 8, "activation bits must be 16 or 8 (got {})", opts.act_bits);
   // The CUDA backend copies the (reordered) weights to the GPU once, here.
   backend_ = opts.device == Device::Cuda ? make_cuda_backend(*model_, opts.gpu_weights)
-                                          : make_cpu_backend(*cpu_, *pool_);
+                                          : make_cpu_backend(*model_, *pool_, opts.act_bits);
 }
 
 Engine::~Engine() = default;

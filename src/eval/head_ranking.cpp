@@ -2,11 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
-#include "backend/cpu/attention.h"
-#include "backend/cpu/cpu_forward.h"
 #include "core/error.h"
 #include "duo/engine.h"
+#include "engine/attention_observer.h"
 #include "engine/backend.h"
 #include "eval/needle.h"
 #include "model/model.h"
@@ -22,11 +22,9 @@ class NeedleMassObserver : public AttentionObserver {
   NeedleMassObserver(int n_layers, int n_kv, const NeedlePrompt& p)
       : n_kv_(n_kv), mass_((size_t)n_layers * n_kv, 0.0), p_(p) {}
 
-  void on_attention(int layer, const AttentionArgs& a) override {
+  void on_attention(const ObservedAttention& a) override {
     const int d = a.head_dim, g = a.n_heads / a.n_kv_heads;
     const double scale = 1.0 / std::sqrt((double)d);
-    std::vector<double> s;
-    std::vector<float> krow(d), vrow(d);
     for (int64_t t = 0; t < a.n; ++t) {
       const int64_t pos = a.pos0 + t;
       if (pos < p_.question_begin) continue;
@@ -34,27 +32,25 @@ class NeedleMassObserver : public AttentionObserver {
         const int kvh = h / g;
         const float* q = a.q + (t * a.n_heads + h) * d;
         // Softmax over every visible key; mass on the needle's positions.
-        s.clear();
         double mx = -1e300, on_needle = 0.0, total = 0.0;
         std::vector<std::pair<double, bool>> sc;
-        for (const auto& seg : (*a.segments)[kvh])
-          for (int64_t r = 0; r < seg.n && seg.pos0 + r <= pos; ++r) {
-            const float* kr = seg.k ? seg.k + r * seg.stride : krow.data();
-            if (!seg.k) segment_rows(seg, r, 1, d, krow.data(), vrow.data());  // 16-bit or quantized rows
+        a.keys(kvh, pos, [&](int64_t j0, int64_t m, const float* k, int64_t stride) {
+          for (int64_t r = 0; r < m; ++r) {
+            const float* kr = k + r * stride;
             double dot = 0.0;
             for (int c = 0; c < d; ++c) dot += (double)q[c] * kr[c];
-            const int64_t j = seg.pos0 + r;
+            const int64_t j = j0 + r;
             sc.push_back({dot * scale, j >= p_.needle_begin && j < p_.needle_end});
             mx = std::max(mx, dot * scale);
           }
+        });
         for (const auto& [v, in] : sc) {
           const double e = std::exp(v - mx);
           total += e;
           if (in) on_needle += e;
         }
-        mass_[(size_t)layer * n_kv_ + kvh] += on_needle / total / g;
+        mass_[(size_t)a.layer * n_kv_ + kvh] += on_needle / total / g;
       }
-      if (layer == 0) ++rows_;
     }
   }
   const std::vector<double>& mass() const { return mass_; }
@@ -63,7 +59,6 @@ class NeedleMassObserver : public AttentionObserver {
   int n_kv_;
   std::vector<double> mass_;
   const NeedlePrompt& p_;
-  int64_t rows_ = 0;
 };
 
 }  // namespace
@@ -71,7 +66,10 @@ class NeedleMassObserver : public AttentionObserver {
 GateMatrix rank_heads_by_needle_mass(Engine& engine, const HeadRankingOptions& o,
                                      const std::function<void(size_t, size_t)>& progress) {
   DUO_CHECK(engine.options().attention == AttentionMode::Full, "head ranking must run with full attention");
-  DUO_CHECK(engine.options().device == Device::Cpu, "head ranking observes attention on the CPU: use --device cpu");
+  ModelBackend& backend = engine.backend();
+  DUO_CHECK(backend.observes_attention(),
+            "head ranking observes attention, which device '{}' does not show: use --device cpu",
+            to_string(backend.device()));
   const ModelConfig& c = engine.model().config();
   std::vector<double> mass((size_t)c.n_layers * c.n_kv_heads, 0.0);
   const ChatTemplate tmpl = chat_template_of(engine.model(), engine.tokenizer());
@@ -82,15 +80,15 @@ GateMatrix rank_heads_by_needle_mass(Engine& engine, const HeadRankingOptions& o
       const NeedlePrompt p =
           build_needle_prompt(engine.tokenizer(), &tmpl, NeedleTask::Niah, L, depth, o.seed + done);
       NeedleMassObserver obs(c.n_layers, c.n_kv_heads, p);
-      engine.cpu_forward().set_observer(&obs);
+      backend.set_attention_observer(&obs);
       auto session = engine.new_session();
       try {
         session->feed(p.tokens);
       } catch (...) {
-        engine.cpu_forward().set_observer(nullptr);
+        backend.set_attention_observer(nullptr);
         throw;
       }
-      engine.cpu_forward().set_observer(nullptr);
+      backend.set_attention_observer(nullptr);
       for (size_t i = 0; i < mass.size(); ++i) mass[i] += obs.mass()[i];
       if (progress) progress(++done, total);
     }

@@ -17,12 +17,12 @@
 #include <random>
 #include <set>
 
+#include "backend/cpu/kv_cache.h"
 #include "backend/cuda/gpu_kv_cache.h"
 #include "backend/cuda/kernels.h"
 #include "core/error.h"
 #include "core/fp16.h"
 #include "cuda_test_util.h"
-#include "backend/cpu/kv_cache.h"
 #include "kv/kv_codec.h"
 
 namespace duo::cuda {

@@ -1,10 +1,13 @@
 // The device seam: the CPU backend is exactly CpuForward::forward over its KvCache, its random
 // fill is what benchmarks need, and asking for CUDA in a build without it fails with a message
-// that says how to get it.
+// that says how to get it; the CPU backend shows its attention to an observer, a backend
+// without that refuses one.
 #include <gtest/gtest.h>
 
 #include "core/error.h"
+#include "core/fp16.h"
 #include "core/thread_pool.h"
+#include "engine/attention_observer.h"
 #include "engine/backend.h"
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/cpu_forward.h"
@@ -109,6 +112,96 @@ TEST(Backend, CpuFillKvRandom) {
   EXPECT_THROW(be->fill_kv_random(*a, 10, 7), Error);  // not empty
   auto small = be->new_sequence(plan, 10);
   EXPECT_THROW(be->fill_kv_random(*small, 11, 7), Error);  // beyond its capacity
+}
+
+// The attention observer through the seam (engine/attention_observer.h): every layer of every
+// pre-fill chunk is shown once, in order; a KV head's keys up to a position are every position
+// from 0, ascending; rows a bf16 cache holds arrive as floats equal to the f32 run's rows
+// rounded to bf16 (layer 0's keys depend on the tokens alone), the chunk's own rows unrounded.
+struct KeyRecorder : AttentionObserver {
+  struct Call {
+    int layer;
+    int64_t pos0, n;
+    std::vector<int64_t> positions;
+    std::vector<float> rows;  // head_dim floats a position, KV head 1, up to the chunk's last
+  };
+  std::vector<Call> calls;
+  void on_attention(const ObservedAttention& a) override {
+    Call c{a.layer, a.pos0, a.n, {}, {}};
+    a.keys(1, a.pos0 + a.n - 1, [&](int64_t j0, int64_t m, const float* k, int64_t stride) {
+      for (int64_t r = 0; r < m; ++r) {
+        c.positions.push_back(j0 + r);
+        c.rows.insert(c.rows.end(), k + r * stride, k + r * stride + a.head_dim);
+      }
+    });
+    calls.push_back(std::move(c));
+  }
+};
+
+TEST(Backend, CpuAttentionObserved) {
+  auto m = Model::synthetic(small_config(), 3);
+  ThreadPool pool(2);
+  auto be = make_cpu_backend(*m, pool);
+  ASSERT_TRUE(be->observes_attention());
+  std::vector<int32_t> toks(40);
+  for (int i = 0; i < 40; ++i) toks[i] = (i * 37 + 5) % 200;
+  KeyRecorder rec[2];
+  for (int run = 0; run < 2; ++run) {
+    HeadPlan plan = HeadPlan::uniform(2, 2, HeadKind::Retrieval);
+    plan.kv_type = run == 0 ? KvType::F32 : KvType::BF16;
+    auto seq = be->new_sequence(plan, 64);
+    be->set_attention_observer(&rec[run]);
+    be->forward(*seq, toks.data(), 40, nullptr, 16);
+    be->set_attention_observer(nullptr);
+    be->forward(*seq, toks.data(), 1, nullptr, 16);  // removed: nothing more recorded
+  }
+  for (const KeyRecorder& r : rec) {
+    ASSERT_EQ(r.calls.size(), 6u);  // chunks of 16, 16, 8 through 2 layers
+    for (size_t i = 0; i < 6; ++i) {
+      const KeyRecorder::Call& c = r.calls[i];
+      EXPECT_EQ(c.layer, (int)(i % 2));
+      EXPECT_EQ(c.pos0, (int64_t)(i / 2) * 16);
+      EXPECT_EQ(c.n, i < 4 ? 16 : 8);
+      ASSERT_EQ(c.positions.size(), (size_t)(c.pos0 + c.n));
+      for (size_t j = 0; j < c.positions.size(); ++j) EXPECT_EQ(c.positions[j], (int64_t)j);
+    }
+  }
+  const int d = m->config().head_dim;
+  for (size_t i = 0; i < 6; i += 2) {  // layer 0
+    const auto &f = rec[0].calls[i], &b = rec[1].calls[i];
+    ASSERT_EQ(f.rows.size(), b.rows.size());
+    for (size_t e = 0; e < f.rows.size(); ++e) {
+      const bool cached = (int64_t)(e / d) < f.pos0;
+      EXPECT_EQ(b.rows[e], cached ? bf16_to_f32(f32_to_bf16(f.rows[e])) : f.rows[e]) << i << " " << e;
+    }
+  }
+}
+
+// A backend that cannot show its attention (the seam's defaults) refuses an observer.
+TEST(Backend, ObserverRefusedByDefault) {
+  struct Blind : ModelBackend {
+    ModelConfig c;
+    Device device() const override { return Device::Cuda; }
+    std::string description() const override { return "blind"; }
+    const ModelConfig& config() const override { return c; }
+    std::unique_ptr<SequenceState> new_sequence(const HeadPlan&, int64_t) override { return nullptr; }
+    void forward(SequenceState&, const int32_t*, int64_t, float*, int64_t, bool) override {}
+    int32_t forward_pick(SequenceState&, const int32_t*, int64_t, int64_t, Sampler&) override { return -1; }
+    void step(const std::vector<StepItem>&, int32_t*, float*) override {}
+    size_t kv_bytes_for(const HeadPlan&, int64_t) const override { return 0; }
+    size_t sequence_bytes(const HeadPlan&, int64_t) const override { return 0; }
+  } blind;
+  KeyRecorder rec;
+  EXPECT_FALSE(blind.observes_attention());
+  try {
+    blind.set_attention_observer(&rec);
+    FAIL() << "an observer was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("device 'cuda' cannot show its attention"), std::string::npos) << e.what();
+  }
+  blind.set_attention_observer(nullptr);  // removing one is always fine
+  EXPECT_EQ(blind.prepare_batched_weights(), 0u);
+  EXPECT_EQ(blind.kernels(), "");
 }
 
 TEST(Backend, DeviceNames) {

@@ -8,7 +8,6 @@
 #include <random>
 #include <sstream>
 
-#include "backend/cpu/simd_level.h"
 #include "commands.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -165,7 +164,7 @@ void add_bench(CLI::App& app) {
     std::vector<float> logits(c.n_vocab);
     if (!o->json)
       fmt::print("model {} | {} threads | {} kernels | attention {} | chunk {}\n{:>8} {:>12} {:>12} {:>10} {:>10}\n",
-                 c.name, engine.pool().size(), simd_name(simd_level()), to_string(eo.attention), eo.chunk, "prompt",
+                 c.name, engine.pool().size(), backend.kernels(), to_string(eo.attention), eo.chunk, "prompt",
                  "prefill t/s", "decode t/s", "KV MiB", "peak MiB");
     {  // Warm-up: fault in the mapped weights once.
       std::vector<int32_t> w(16);
@@ -199,7 +198,7 @@ void add_bench(CLI::App& app) {
                    "\"kv_mib\":{:.2f},\"peak_rss_mb\":{:.1f},\"attention\":\"{}\",\"threads\":{},\"reps\":{},"
                    "\"simd\":\"{}\"}}\n",
                    P, o->gen, pp, tg, kv / 1048576.0, peak_rss_mib(), to_string(eo.attention), engine.pool().size(),
-                   o->reps, simd_name(simd_level()));
+                   o->reps, backend.kernels());
       else
         fmt::print("{:>8} {:>12.1f} {:>12.1f} {:>10.2f} {:>10.0f}\n", P, pp, tg, kv / 1048576.0, peak_rss_mib());
       std::fflush(stdout);

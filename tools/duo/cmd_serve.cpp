@@ -7,9 +7,9 @@
 #include <filesystem>
 #include <thread>
 
-#include "backend/cpu/cpu_forward.h"
 #include "commands.h"
 #include "core/error.h"
+#include "engine/backend.h"
 #include "io/gguf.h"
 #include "io/head_pattern.h"
 #include "model/model.h"
@@ -61,9 +61,10 @@ void run_server(const ServeOptions& o) {
   DUO_CHECK(!(gpu && o.no_pack), "--no-pack is a CPU option (the CUDA backend packs nothing)");
   // A KV type the device cannot store is refused now, not at the first request.
   (void)backend.kv_bytes_for(engine.plan(), 1);
-  if (!gpu && !o.no_pack) {
-    // Batched steps run the many-token matmul kernel every step: give it its panels once.
-    const size_t packed = engine.cpu_forward().pack_weights(engine.pool());
+  if (!o.no_pack) {
+    // Batched steps run the many-token matmul kernel every step: the CPU packs its panels once
+    // (the CUDA backend prepares nothing: 0 bytes).
+    const size_t packed = backend.prepare_batched_weights();
     if (packed) fmt::print(stderr, "duo serve: weights packed for batched matmuls ({:.0f} MiB)\n", packed / 1048576.0);
   }
   serve::ServeContext ctx;

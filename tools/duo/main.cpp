@@ -6,8 +6,8 @@
 
 #include "cli_errors.h"
 #include "commands.h"
-#include "backend/cpu/simd_level.h"
 #include "core/error.h"
+#include "engine/backend.h"
 
 #ifndef DUO_VERSION
 #define DUO_VERSION "unknown"
@@ -16,8 +16,9 @@
 int main(int argc, char** argv) {
   CLI::App app{"duo: long-context LLM inference with DuoAttention", "duo"};
   app.require_subcommand(1);
-  // The second line: the SIMD level of the CPU kernels (picked at run time) and the build kind.
-  app.set_version_flag("--version", [] { return std::string("duo ") + DUO_VERSION + "\n" + duo::simd_summary(); });
+  // The second line: what the backends run (the CPU kernels' SIMD level, picked at run time)
+  // and the build kind.
+  app.set_version_flag("--version", [] { return std::string("duo ") + DUO_VERSION + "\n" + duo::backends_summary(); });
   // Every --help shows each option's default; subcommands inherit this from the app.
   app.option_defaults()->always_capture_default();
   duo::cli::add_demo(app);

@@ -8,6 +8,7 @@
 #include "core/thread_pool.h"
 #include "backend/cpu/kv_cache.h"
 #include "backend/cpu/cpu_forward.h"
+#include "backend/cpu/simd_level.h"
 #include "model/model.h"
 #include "duo/sampler.h"
 
@@ -107,6 +108,10 @@ class CpuBackend final : public ModelBackend {
     return kv_bytes_for(plan, capacity);
   }
   KvType kv_type(KvType requested) const override { return cpu_kv_type(requested); }
+  std::string kernels() const override { return simd_name(simd_level()); }
+  size_t prepare_batched_weights() override { return forward_.pack_weights(pool_); }
+  bool observes_attention() const override { return true; }
+  void set_attention_observer(AttentionObserver* observer) override { forward_.set_observer(observer); }
   void fill_kv_random(SequenceState& state, int64_t n, uint64_t seed) override {
     CpuSequence& s = as_cpu(state);
     DUO_CHECK(n <= s.capacity(), "filling {} positions of a sequence created for {}", n, s.capacity());
@@ -122,6 +127,8 @@ class CpuBackend final : public ModelBackend {
 
 }  // namespace
 
+std::string backends_summary() { return simd_summary(); }
+
 KvCache* cpu_cache(SequenceState& state) {
   auto* c = dynamic_cast<CpuSequence*>(&state);
   return c ? &c->cache() : nullptr;
@@ -131,8 +138,10 @@ std::unique_ptr<ModelBackend> make_cpu_backend(CpuForward& forward, ThreadPool& 
   return std::make_unique<CpuBackend>(forward, pool);
 }
 
-std::unique_ptr<ModelBackend> make_cpu_backend(const Model& model, ThreadPool& pool) {
-  return std::make_unique<CpuBackend>(std::make_unique<CpuForward>(model), pool);
+std::unique_ptr<ModelBackend> make_cpu_backend(const Model& model, ThreadPool& pool, int act_bits) {
+  auto forward = std::make_unique<CpuForward>(model);
+  forward->set_act_bits(act_bits);
+  return std::make_unique<CpuBackend>(std::move(forward), pool);
 }
 
 }  // namespace duo

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "backend/cpu/attention.h"
+#include "backend/cpu/observed_attention.h"
 #include "backend/cpu/ops.h"
 #include "core/dequant.h"
 #include "core/error.h"
@@ -280,7 +281,7 @@ void CpuForward::forward_items(const BatchItem* items, size_t count, float* logi
     }
     attention_many(calls, pool);
     if (observer_)
-      for (size_t i = 0; i < count; ++i) observer_->on_attention(l, calls[i]);
+      for (size_t i = 0; i < count; ++i) observer_->on_attention(CpuObservedAttention(l, calls[i]));
     // Each sequence's cache takes its rows; the caches are distinct, so a step of many
     // sequences appends in parallel (one at a time, this serial work kept the other threads
     // waiting).

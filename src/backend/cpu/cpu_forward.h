@@ -9,20 +9,12 @@
 
 #include "backend/cpu/matmul.h"
 #include "backend/cpu/kv_cache.h"
+#include "engine/attention_observer.h"
 
 namespace duo {
 
 class Model;
 class ThreadPool;
-struct AttentionArgs;
-
-// Sees every layer's attention inputs during a forward pass (queries after RoPE, and the
-// segments each KV head attends to). Used by evaluation tools that measure where heads look.
-class AttentionObserver {
- public:
-  virtual ~AttentionObserver() = default;
-  virtual void on_attention(int layer, const AttentionArgs& args) = 0;
-};
 
 // One sequence's share of a batched forward: `n` tokens appended to `cache` at positions
 // cache->n_past() ... (a decode step has n = 1; a pre-fill chunk more).
@@ -72,7 +64,9 @@ class CpuForward {
   // before pack_weights, which packs the panels this mode reads.
   void set_act_bits(int bits);
 
-  // Installs (or with nullptr removes) an observer called by every later forward pass.
+  // Installs (or with nullptr removes) an observer shown every layer's attention of every
+  // later forward pass (queries after RoPE and the keys each KV head attends to: the seam's
+  // view, engine/attention_observer.h, over this forward's AttentionArgs).
   void set_observer(AttentionObserver* obs) { observer_ = obs; }
 
  private:

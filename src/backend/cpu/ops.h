@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 
+#include "core/fast_exp.h"  // exp_inplace, which softmax and attention use
 #include "model/config.h"
 
 namespace duo {
@@ -26,9 +27,6 @@ void geglu(const float* gate, const float* up, float* out, int n);
 
 // y[i] += x[i]
 void add_inplace(float* y, const float* x, int n);
-
-// exp of n values in place (vectorized polynomial; max rel. error ~2e-7 on [-87, 88]).
-void exp_inplace(float* x, int n);
 
 // Numerically stable softmax of one row in place.
 void softmax(float* x, int n);

@@ -1,4 +1,4 @@
-// Vector math for the AVX-512 kernels: the same polynomial exp as ops.cpp's AVX2 exp_inplace
+// Vector math for the AVX-512 kernels: the same polynomial exp as core/exp_avx2.h (exp_inplace)
 // (max rel. error ~2e-7 on [-87, 88], exactly 0 below, so masked -inf scores give 0).
 #pragma once
 #include "backend/cpu/simd_avx512.h"
