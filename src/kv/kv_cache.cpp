@@ -213,14 +213,26 @@ size_t KvCache::bytes(HeadKind kind) const {
   return b;
 }
 
-size_t KvCache::bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past, HeadKind kind) {
-  size_t heads = 0;
-  for (const auto& layer : plan.kinds) heads += (size_t)std::count(layer.begin(), layer.end(), kind);
-  return heads * HeadCache::bytes_for(kind, head_dim, plan.window, n_past, plan.kv_type);
+size_t KvCache::bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past, HeadKind kind,
+                          const std::vector<int>& layer_window) {
+  size_t b = 0;
+  for (size_t l = 0; l < plan.kinds.size(); ++l) {
+    const int w = layer_window.empty() ? 0 : layer_window[l];
+    const auto& layer = plan.kinds[l];
+    if (w > 0) {  // as make_heads: every head a no-sink streaming head of w rows
+      if (kind == HeadKind::Streaming)
+        b += layer.size() * HeadCache::bytes_for(kind, head_dim, StreamingWindow{0, w}, n_past, plan.kv_type);
+    } else {
+      b += (size_t)std::count(layer.begin(), layer.end(), kind) *
+           HeadCache::bytes_for(kind, head_dim, plan.window, n_past, plan.kv_type);
+    }
+  }
+  return b;
 }
 
-size_t KvCache::bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past) {
-  return bytes_for(plan, head_dim, n_past, HeadKind::Retrieval) + bytes_for(plan, head_dim, n_past, HeadKind::Streaming);
+size_t KvCache::bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past, const std::vector<int>& layer_window) {
+  return bytes_for(plan, head_dim, n_past, HeadKind::Retrieval, layer_window) +
+         bytes_for(plan, head_dim, n_past, HeadKind::Streaming, layer_window);
 }
 
 void KvCache::clear() {
