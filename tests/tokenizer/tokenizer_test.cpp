@@ -88,6 +88,17 @@ TEST(Tokenizer, QwenMatchesReference) {
   check_variants(tok->vocab(), j);
 }
 
+// Gemma-3's 262K SentencePiece BPE vocabulary (byte fallback, user-defined runs of spaces, tabs
+// and newlines, HTML tags) against Google's sentencepiece on a model rebuilt from the same GGUF
+// (dev/make_gemma_tokenizer_fixtures.py).
+TEST(Tokenizer, GemmaMatchesSentencePiece) {
+  DUO_REQUIRE_MODEL(path, test::kGemma3);
+  auto g = GgufFile::open(path);
+  auto tok = Tokenizer::from_gguf(*g);
+  const auto j = load_fixture("gemma3-270m");
+  check_fixture(*tok, j);
+}
+
 // The pre-tokenizer regexes alone (PCRE2 here, Oniguruma in the reference), for every type.
 TEST(Tokenizer, PretokenizersMatchReference) {
   const auto j = load_fixture("pretokenize");

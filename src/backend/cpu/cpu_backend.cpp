@@ -101,7 +101,7 @@ class CpuBackend final : public ModelBackend {
   }
 
   size_t kv_bytes_for(const HeadPlan& plan, int64_t n) const override {
-    return KvCache::bytes_for(plan, forward_.model().config().head_dim, n);
+    return KvCache::bytes_for(plan, forward_.model().config().head_dim, n, forward_.layer_windows());
   }
   // The CPU cache grows row by row and holds nothing beyond its rows worth counting.
   size_t sequence_bytes(const HeadPlan& plan, int64_t capacity) const override {

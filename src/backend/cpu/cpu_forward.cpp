@@ -68,7 +68,7 @@ size_t CpuForward::pack_weights(ThreadPool& pool) {
   return bytes;
 }
 
-std::unique_ptr<KvCache> CpuForward::new_cache(const HeadPlan& plan) const {
+std::vector<int> CpuForward::layer_windows() const {
   const ModelConfig& cfg = model_.config();
   // DuoAttention and gemma3's local layers (docs/architecture.md): a local layer attends to the
   // last local_window positions by construction, so every head of it is a fixed-window head
@@ -77,7 +77,12 @@ std::unique_ptr<KvCache> CpuForward::new_cache(const HeadPlan& plan) const {
   std::vector<int> windows;
   if (!cfg.layer_local.empty())
     for (int l = 0; l < cfg.n_layers; ++l) windows.push_back(cfg.is_local(l) ? cfg.local_window : 0);
-  return std::make_unique<KvCache>(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, plan, std::move(windows));
+  return windows;
+}
+
+std::unique_ptr<KvCache> CpuForward::new_cache(const HeadPlan& plan) const {
+  const ModelConfig& cfg = model_.config();
+  return std::make_unique<KvCache>(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, plan, layer_windows());
 }
 
 void CpuForward::forward(KvCache& cache, const int32_t* tokens, int64_t n, float* logits, ThreadPool& pool,

@@ -35,6 +35,8 @@ class CpuForward {
   // A KV cache for one sequence, shaped for this model. A local layer (gemma3) keeps its own
   // sliding window whatever the plan says (cpu_forward.cpp).
   std::unique_ptr<KvCache> new_cache(const HeadPlan& plan) const;
+  // The per-layer windows new_cache gives its caches (empty: every layer follows the plan).
+  std::vector<int> layer_windows() const;
 
   // Runs `n` tokens at positions cache.n_past() ... and appends them to the cache.
   // Tokens go through the layers in chunks of at most `chunk` (chunked pre-fill: each chunk

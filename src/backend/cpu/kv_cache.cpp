@@ -202,12 +202,13 @@ size_t KvCache::bytes(HeadKind kind) const {
   return b;
 }
 
-size_t KvCache::bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past, HeadKind kind) {
-  return kv_plan_bytes(plan, cpu_kv_type(plan.kv_type), head_dim, n_past, kind);
+size_t KvCache::bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past, HeadKind kind,
+                          const std::vector<int>& layer_window) {
+  return kv_plan_bytes(plan, cpu_kv_type(plan.kv_type), head_dim, n_past, kind, layer_window);
 }
 
-size_t KvCache::bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past) {
-  return kv_plan_bytes(plan, cpu_kv_type(plan.kv_type), head_dim, n_past);
+size_t KvCache::bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past, const std::vector<int>& layer_window) {
+  return kv_plan_bytes(plan, cpu_kv_type(plan.kv_type), head_dim, n_past, layer_window);
 }
 
 void KvCache::clear() {

@@ -76,9 +76,13 @@ class KvCache {
   // Total bytes of K and V held, and split by head kind.
   size_t bytes() const;
   size_t bytes(HeadKind kind) const;
-  // What bytes(kind) will be for a cache with this plan once it holds n_past positions.
-  static size_t bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past, HeadKind kind);
-  static size_t bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past);
+  // What bytes(kind) will be for a cache with this plan (and these layer windows, as the
+  // constructor takes them: a windowed layer's heads count as streaming heads of that window)
+  // once it holds n_past positions.
+  static size_t bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past, HeadKind kind,
+                          const std::vector<int>& layer_window = {});
+  static size_t bytes_for(const HeadPlan& plan, int head_dim, int64_t n_past,
+                          const std::vector<int>& layer_window = {});
   void clear();
   // Fills an empty cache with n positions of seeded random keys and values, as if n tokens had
   // run (ModelBackend::fill_kv_random: decode speed depends on how much a head reads).
