@@ -97,7 +97,10 @@ std::vector<ChatMessage> hermes_messages(const std::vector<ChatMessage>& message
     }
     sys += "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
            "You are provided with function signatures within <tools></tools> XML tags:\n<tools>";
-    for (const auto& t : tools) sys += "\n" + t.dump();
+    for (const auto& t : tools) {
+      sys += '\n';
+      sys += t.dump();
+    }
     sys += "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
            "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
            "<args-json-object>}\n</tool_call>";
