@@ -33,8 +33,8 @@ std::shared_ptr<const PackedWeight> pack_panels(const MatmulWeight& w, int words
   pw->rows = w.rows;
   pw->cols = w.cols;
   pw->act_bits = act_bits;
-  pw->q.resize((size_t)(blocks * nb * words_per_block * kRB));
-  pw->dm.resize((size_t)(blocks * 2 * nb * kRB));
+  grow(pw->q, (size_t)(blocks * nb * words_per_block * kRB));  // not resize: see grow()
+  grow(pw->dm, (size_t)(blocks * 2 * nb * kRB));
   pool.parallel_for_dynamic(blocks, 1, [&](int64_t b0, int64_t b1, int) {
     for (int64_t blk = b0; blk < b1; ++blk) {
       float* d = pw->dm.data() + blk * 2 * nb * kRB;
