@@ -29,6 +29,20 @@ void Interpreter::charge(uint64_t steps) {
   DUO_CHECK(steps_ <= limits_.max_steps, "chat template: rendering took more than {} steps", limits_.max_steps);
 }
 
+bool Interpreter::holds(const Value& v, const Dict* target, int depth) {
+  charge(1);
+  DUO_CHECK(depth <= kMaxValueDepth, "chat template: values nested deeper than {}", kMaxValueDepth);
+  if (v.type == Type::Dict) {
+    if (v.dict.get() == target) return true;
+    for (const auto& kv : v.dict->items)
+      if (holds(kv.second, target, depth + 1)) return true;
+  } else if (v.type == Type::List) {
+    for (const Value& e : *v.list)
+      if (holds(e, target, depth + 1)) return true;
+  }
+  return false;
+}
+
 void Interpreter::check_size(size_t bytes) const {
   DUO_CHECK(bytes <= limits_.max_bytes, "chat template: a string grew past {} bytes", limits_.max_bytes);
 }
@@ -145,6 +159,10 @@ Interpreter::Flow Interpreter::exec(const Node& n, Text& out) {
         DUO_CHECK(obj.type == Type::Dict && obj.dict->is_namespace,
                   "chat template: can only assign attributes of a namespace() (set {}.{})", n.target->a[0]->name,
                   n.target->name);
+        // Namespaces are the only mutable values, so this is the one place a reference cycle
+        // (shared_ptr: never freed) can form: refuse a value that holds the namespace itself.
+        DUO_CHECK(!holds(v, obj.dict.get(), 0), "chat template: a namespace cannot contain itself (set {}.{})",
+                  n.target->a[0]->name, n.target->name);
         obj.dict->set(Text::literal(n.target->name), std::move(v));
       }
       return Flow::Normal;

@@ -26,6 +26,8 @@ class Interpreter {
 
   // For the built-in filters and functions.
   void charge(uint64_t steps);
+  // Whether v is, or holds at any depth, the dict `target` (charged a step a value visited).
+  bool holds(const Value& v, const Dict* target, int depth);
   void check_size(size_t bytes) const;
   Value call(const Value& fn, Args& args);
   const Limits& limits() const { return limits_; }
