@@ -27,35 +27,24 @@ TEST(KvCost, FormulaMatchesRealCaches) {
   HeadPlan mixed = HeadPlan::uniform(L, H, HeadKind::Retrieval, {4, 40});
   mixed.kinds[1][0] = HeadKind::Streaming;
   mixed.kinds[2][1] = HeadKind::Streaming;
-  for (const HeadPlan& plan : {HeadPlan::uniform(L, H, HeadKind::Retrieval), HeadPlan::uniform(L, H, HeadKind::Streaming, {0, 7}), mixed}) {
-    KvCache cache(L, H, D, plan);
-    std::vector<float> rows(600 * D, 0.5f);
-    int64_t n = 0;
-    for (int64_t step : {1, 254, 1, 1, 255, 2, 86}) {
-      for (int l = 0; l < L; ++l)
-        for (int h = 0; h < H; ++h) cache.head(l, h).append(rows.data(), rows.data(), step, D, n);
-      cache.advance(step);
-      n += step;
-      for (HeadKind k : {HeadKind::Retrieval, HeadKind::Streaming})
-        EXPECT_EQ(KvCache::bytes_for(plan, D, n, k), cache.bytes(k)) << "n " << n;
-      EXPECT_EQ(KvCache::bytes_for(plan, D, n), cache.bytes());
-    }
-  }
-  // Layer windows (gemma3's local layers): a windowed layer's heads are streaming heads of w
-  // rows, no sink, whatever the plan says; the formula takes the same windows.
+  // Without layer windows, and with gemma3-like ones (a windowed layer's heads are streaming heads
+  // of w rows, no sink, whatever the plan says; the formula takes the same windows).
   const std::vector<int> windows = {5, 0, 300};
-  for (const HeadPlan& plan : {HeadPlan::uniform(L, H, HeadKind::Retrieval), HeadPlan::uniform(L, H, HeadKind::Streaming, {4, 40}), mixed}) {
-    KvCache cache(L, H, D, plan, windows);
-    std::vector<float> rows(600 * D, 0.5f);
-    int64_t n = 0;
-    for (int64_t step : {1, 254, 1, 1, 255, 2, 86}) {
-      for (int l = 0; l < L; ++l)
-        for (int h = 0; h < H; ++h) cache.head(l, h).append(rows.data(), rows.data(), step, D, n);
-      cache.advance(step);
-      n += step;
-      for (HeadKind k : {HeadKind::Retrieval, HeadKind::Streaming})
-        EXPECT_EQ(KvCache::bytes_for(plan, D, n, k, windows), cache.bytes(k)) << "n " << n;
-      EXPECT_EQ(KvCache::bytes_for(plan, D, n, windows), cache.bytes());
+  for (const std::vector<int>& ws : {std::vector<int>{}, windows}) {
+    for (const HeadPlan& plan : {HeadPlan::uniform(L, H, HeadKind::Retrieval), HeadPlan::uniform(L, H, HeadKind::Streaming, {0, 7}),
+                                 HeadPlan::uniform(L, H, HeadKind::Streaming, {4, 40}), mixed}) {
+      KvCache cache(L, H, D, plan, ws);
+      std::vector<float> rows(600 * D, 0.5f);
+      int64_t n = 0;
+      for (int64_t step : {1, 254, 1, 1, 255, 2, 86}) {
+        for (int l = 0; l < L; ++l)
+          for (int h = 0; h < H; ++h) cache.head(l, h).append(rows.data(), rows.data(), step, D, n);
+        cache.advance(step);
+        n += step;
+        for (HeadKind k : {HeadKind::Retrieval, HeadKind::Streaming})
+          EXPECT_EQ(KvCache::bytes_for(plan, D, n, k, ws), cache.bytes(k)) << "n " << n << ", windows " << ws.size();
+        EXPECT_EQ(KvCache::bytes_for(plan, D, n, ws), cache.bytes());
+      }
     }
   }
   // By hand, a full plan: layer 1's pages, the 5- and 300-row rings of layers 0 and 2.
