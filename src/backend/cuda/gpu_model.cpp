@@ -467,17 +467,21 @@ void GpuModel::prefill_scratch(size_t need, Act& act) {
     }
     return;
   }
-  if (need > prefill_kv_.bytes() && prefill_kv_.bytes()) DUO_CUDA_TRY(cudaStreamSynchronize(stream_));
-  act.pkv = prefill_kv_.ensure(need);
+  act.pkv = grow_prefill_scratch(need);
   act.pkv_bytes = prefill_kv_.bytes();
+}
+
+void* GpuModel::grow_prefill_scratch(size_t need) {
+  // Growing frees the old buffer, which queued chunks may still read: wait for them first.
+  if (need > prefill_kv_.bytes() && prefill_kv_.bytes()) DUO_CUDA_TRY(cudaStreamSynchronize(stream_));
+  return prefill_kv_.ensure(need);
 }
 
 void GpuModel::reserve_prefill_scratch(const GpuKvCache& kv, int64_t n, int64_t chunk) {
   if (n <= chunk) return;  // one chunk: run_chunk sizes it
   const size_t need = prefill_scratch_need(kv, (int)(kv.n_past() + (n - 1) / chunk * chunk));
-  if (need == 0 || need > prefill_kv_cap_ || need <= prefill_kv_.bytes()) return;
-  if (prefill_kv_.bytes()) DUO_CUDA_TRY(cudaStreamSynchronize(stream_));
-  prefill_kv_.ensure(need);
+  if (need == 0 || need > prefill_kv_cap_) return;
+  grow_prefill_scratch(need);
 }
 
 DecodeArgs GpuModel::decode_args(const GpuKvCache& kv, int l, const bf16* q, bf16* out, const int32_t* pos_d) const {

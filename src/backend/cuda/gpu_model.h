@@ -133,6 +133,8 @@ class GpuModel {
   // waits for the queued work that reads it) and points act at it; past the cap, releases it and
   // leaves act's pointer null (the mma kernel runs).
   void prefill_scratch(size_t need, Act& act);
+  // The scratch grown to at least `need` bytes (after the queued work that reads it, if it grows).
+  void* grow_prefill_scratch(size_t need);
   // Before the chunks of one prompt: the scratch for its last chunk (the longest past), when
   // that fits the cap, so that no chunk grows it (and waits) on the way.
   void reserve_prefill_scratch(const GpuKvCache& kv, int64_t n, int64_t chunk);
