@@ -6,6 +6,8 @@
 //   duo_bf16_emulation MODEL.gguf FIXTURE.json [steps]   real model: fixture prompts, then
 //                                                         teacher-forced decode steps
 //   duo_bf16_emulation tiny                               the random models of forward_test
+//   duo_bf16_emulation hf DIR FIXTURE.json                a tiny HF directory (tests/fixtures/hf) against
+//                                                         its transformers logits, every position
 // Environment: DUO_EMU_KV=bf16|q8|q4 gives both caches that --kv-type (the GPU quantizes its own
 // bf16 K/V, the CPU its f32 K/V rounded to bf16: codes near a grid boundary can differ), and
 // DUO_EMU_WEIGHTS=int8 emulates --gpu-weights int8 (per-row int8 weights, dequantized to bf16).
@@ -116,6 +118,11 @@ struct Emu {
           add_inplace(&q[t * Q], L.bq.data(), Q);
           add_inplace(&k[t * KV], L.bk.data(), KV);
           add_inplace(&v[t * KV], L.bv.data(), KV);
+        }
+        if (!L.q_norm.empty()) {  // qwen3: per-head RMS norm in fp32 before RoPE (the GPU's rope kernel)
+          for (int64_t h = 0; h < H; ++h) rmsnorm(&q[t * Q + h * D], L.q_norm.data(), &q[t * Q + h * D], D, c.norm_eps);
+          for (int64_t h = 0; h < HKV; ++h)
+            rmsnorm(&k[t * KV + h * D], L.k_norm.data(), &k[t * KV + h * D], D, c.norm_eps);
         }
         for (int64_t h = 0; h < H; ++h) rope(&q[t * Q + h * D], D, pos0 + t, invf.data(), c.rope_style);
         for (int64_t h = 0; h < HKV; ++h) rope(&k[t * KV + h * D], D, pos0 + t, invf.data(), c.rope_style);
@@ -239,10 +246,60 @@ int main_tiny() {
     }
   return 0;
 }
+// An HF fixture: the emulation and the plain CPU forward, one token at a time, against
+// transformers' float32 logits of every prompt position (tests/cuda/hf_forward_test.cpp's bound).
+int main_hf(const std::string& dir, const std::string& fixture) {
+  auto m = Model::load(dir);
+  CpuForward cpu(*m);
+  ThreadPool pool(2);
+  Emu emu(*m, pool);
+  const auto& c = m->config();
+  const int V = c.n_vocab;
+  const auto j = nlohmann::json::parse(std::ifstream(fixture));
+  const auto ids = j["ids"].get<std::vector<int32_t>>();
+  const HeadPlan plan = HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Retrieval);
+  auto cc = cpu.new_cache(plan), ce = cpu.new_cache(plan);
+  std::vector<float> lc(V), le(V), ref(V);
+  double worst_e = 0, worst_c = 0, max_e = 0, min_gap = 1e9, dis_gap = 0;
+  int dis = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    cpu.forward(*cc, &ids[i], 1, lc.data(), pool);
+    emu.forward(*ce, &ids[i], 1, le.data());
+    for (int v = 0; v < V; ++v) ref[v] = j["logits"][i][v].get<float>();
+    double ne = 0, nc = 0, den = 0;
+    for (int v = 0; v < V; ++v) {
+      ne += (double)(le[v] - ref[v]) * (le[v] - ref[v]), nc += (double)(lc[v] - ref[v]) * (lc[v] - ref[v]);
+      den += (double)ref[v] * ref[v];
+      max_e = std::max(max_e, (double)std::fabs(le[v] - ref[v]));
+    }
+    worst_e = std::max(worst_e, std::sqrt(ne / den)), worst_c = std::max(worst_c, std::sqrt(nc / den));
+    min_gap = std::min(min_gap, gap(ref.data(), V));
+    if (Sampler::argmax(le.data(), V) != Sampler::argmax(ref.data(), V)) ++dis, dis_gap = std::max(dis_gap, gap(ref.data(), V));
+  }
+  // Greedy, teacher-forced with transformers' tokens: the steps whose reference gap (the CPU's)
+  // is >= 0.25 (tests/cuda/hf_forward_test.cpp checks the GPU's pick there), and whether the
+  // emulation's top-1 agrees at them.
+  const auto greedy = j["greedy"].get<std::vector<int32_t>>();
+  size_t clear = 0, clear_same = 0;
+  for (size_t i = 0; i < greedy.size(); ++i) {
+    if (gap(lc.data(), V) >= 0.25) ++clear, clear_same += Sampler::argmax(le.data(), V) == greedy[i];
+    cpu.forward(*cc, &greedy[i], 1, lc.data(), pool);
+    emu.forward(*ce, &greedy[i], 1, le.data());
+  }
+  printf("%s: greedy (teacher-forced) gap >= 0.25 at %zu of %zu steps, emulation's top-1 agrees at %zu of them\n",
+         c.name.c_str(), clear, greedy.size(), clear_same);
+  printf("%s: %zu positions, worst rel_rms emulation %.4f (max |d| %.4f), CPU %.6f; top-1 disagreements %d (largest "
+         "transformers gap among them %.3f), smallest gap %.3f\n",
+         c.name.c_str(), ids.size(), worst_e, max_e, worst_c, dis, dis_gap, min_gap);
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc == 4 && std::string(argv[1]) == "hf") return main_hf(argv[2], argv[3]);
   if (argc == 2) return main_tiny();
   if (argc < 3) {
-    fprintf(stderr, "usage: %s MODEL.gguf FIXTURE.json [steps] | %s tiny\n", argv[0], argv[0]);
+    fprintf(stderr, "usage: %s MODEL.gguf FIXTURE.json [steps] | %s tiny | %s hf DIR FIXTURE.json\n", argv[0],
+            argv[0], argv[0]);
     return 2;
   }
   const std::string path = argv[1], fixture = argv[2];

@@ -23,6 +23,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "cuda_test_util.h"
+#include "logit_compare.h"
 #include "engine/backend.h"
 #include "io/head_pattern.h"
 #include "model/model.h"
@@ -33,45 +34,9 @@
 namespace duo::cuda {
 namespace {
 
-struct Tolerance {
-  double rel_rms;    // per logit row
-  double top1_gap;   // top-1 must agree where the CPU's top-1 / top-2 gap is above this
-};
-
-double top_gap(const float* row, int V) {
-  float a = -INFINITY, b = -INFINITY;
-  for (int i = 0; i < V; ++i) {
-    if (row[i] > a)
-      b = a, a = row[i];
-    else if (row[i] > b)
-      b = row[i];
-  }
-  return (double)a - b;
-}
-
-// Compares logit rows; prints the worst row's error and the smallest gap where top-1 agreed.
-void expect_rows_close(const std::vector<float>& gpu, const std::vector<float>& cpu, int V, const Tolerance& tol,
-                       const std::string& what) {
-  ASSERT_EQ(gpu.size(), cpu.size());
-  const size_t rows = cpu.size() / V;
-  double worst = 0, worst_abs = 0;
-  size_t worst_row = 0, disagree = 0;
-  for (size_t r = 0; r < rows; ++r) {
-    const test::ErrorStats e = test::error_stats(&gpu[r * V], &cpu[r * V], V);
-    if (e.rel_rms > worst) worst = e.rel_rms, worst_row = r;
-    worst_abs = std::max(worst_abs, e.max_abs);
-    const int32_t g = Sampler::argmax(&gpu[r * V], V), c = Sampler::argmax(&cpu[r * V], V);
-    if (g != c && top_gap(&cpu[r * V], V) > tol.top1_gap) {
-      if (disagree++ < 3)
-        ADD_FAILURE() << what << ": row " << r << " top-1 " << g << " vs CPU " << c << " (CPU gap "
-                      << top_gap(&cpu[r * V], V) << ")";
-    }
-  }
-  std::printf("  %-58s %4zu rows: worst rel RMS %.4f (row %zu), max |d| %.4f\n", what.c_str(), rows, worst,
-              worst_row, worst_abs);
-  EXPECT_LE(worst, tol.rel_rms) << what << ": row " << worst_row;
-  EXPECT_EQ(disagree, 0u) << what;
-}
+using test::expect_rows_close;
+using test::Tolerance;
+using test::top_gap;
 
 std::vector<float> run_all_logits(ModelBackend& be, const HeadPlan& plan, const std::vector<int32_t>& toks,
                                   int64_t chunk) {

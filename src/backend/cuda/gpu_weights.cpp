@@ -185,6 +185,12 @@ std::unique_ptr<GpuWeights> GpuWeights::upload(const Model& m, WeightFormat form
             "CUDA backend; use --device cpu");
   DUO_CHECK(!c.qk_norm, "{} (per-head q/k RMS norm) is not implemented on the CUDA backend; use --device cpu",
             c.arch);
+  // What the attention kernels take, said at load rather than at the first forward.
+  DUO_CHECK(c.head_dim == 64 || c.head_dim == 128,
+            "{} has heads of {} dimensions; the CUDA attention kernels take 64 or 128; use --device cpu", c.name,
+            c.head_dim);
+  DUO_CHECK(c.group_size() <= 8, "{} has {} query heads a KV head; the CUDA decode kernels take at most 8", c.name,
+            c.group_size());
   const ModelWeights& w = m.weights();
   std::unique_ptr<GpuWeights> g(new GpuWeights());
   g->allocate(c, format);
