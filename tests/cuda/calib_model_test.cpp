@@ -212,6 +212,14 @@ TEST(CalibCudaModel, RejectsBadInput) {
   auto odd_model = Model::synthetic(odd, 1);
   EXPECT_THROW({ CudaGatedModel g(*odd_model, kWindow); }, Error);
   EXPECT_THROW({ CudaGatedModel g(*model, StreamingWindow{4, 0}); }, Error);
+  // qwen3's per-head q/k norm has no gradient here: refused, naming the architecture.
+  auto qwen3 = Model::load(duo::test::fixture_path("hf/tiny-qwen3-d64"));
+  try {
+    CudaGatedModel g(*qwen3, kWindow);
+    ADD_FAILURE() << "qwen3 was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("qwen3"), std::string::npos) << e.what();
+  }
 }
 
 // SmolLM2 (30 layers, 9 / 3 heads, d 64, quantized weights) on a 300-token sample.

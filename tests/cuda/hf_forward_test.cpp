@@ -16,6 +16,7 @@
 // forward_test's tiny models).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -184,6 +185,36 @@ void check_model(const std::string& key, const std::string& path) {
 TEST(CudaHfForward, LlamaBf16) { check_model("tiny-llama-d64", duo::test::hf_dir("tiny-llama-d64")); }
 TEST(CudaHfForward, MistralBf16) { check_model("tiny-mistral-d64", duo::test::hf_dir("tiny-mistral-d64")); }
 TEST(CudaHfForward, Qwen2F16WithBias) { check_model("tiny-qwen2-d64", duo::test::hf_dir("tiny-qwen2-d64")); }
+// qwen3: per-head q/k RMS norm before RoPE (qkv_bias_rope's fused norm), from the HF directory
+// and from the GGUF of the same weights (llama.cpp's layout: attn_q_norm / attn_k_norm).
+TEST(CudaHfForward, Qwen3QkNorm) { check_model("tiny-qwen3-d64", duo::test::hf_dir("tiny-qwen3-d64")); }
+TEST(CudaHfForward, Qwen3QkNormGguf) {
+  check_model("tiny-qwen3-d64", duo::test::fixture_path("hf/tiny-qwen3-d64.gguf"));
+}
+
+// The same qwen3 with its q/k norm weights ignored is far off transformers: the comparison above
+// can tell a model without the norm (relative RMS of a row well above the tolerance).
+TEST(CudaHfForward, Qwen3WithoutTheNormIsFarOff) {
+  auto m = Model::load(duo::test::hf_dir("tiny-qwen3-d64"));
+  const Fixture f = load_fixture("tiny-qwen3-d64", m->config().n_vocab);
+  auto with = make_cuda_backend(*m);
+  const_cast<ModelConfig&>(m->config()).qk_norm = false;  // the upload then leaves the norm out
+  auto without = make_cuda_backend(*m);
+  const int V = m->config().n_vocab;
+  const int64_t n = (int64_t)f.ids.size();
+  double worst[2] = {0, 0};
+  for (int i = 0; i < 2; ++i) {
+    ModelBackend& be = i == 0 ? *with : *without;
+    auto seq = be.new_sequence(full_plan(m->config()), n);
+    std::vector<float> got((size_t)(n * V));
+    be.forward(*seq, f.ids.data(), n, got.data(), n, true);
+    for (int64_t r = 0; r < n; ++r)
+      worst[i] = std::max(worst[i], test::error_stats(&got[r * V], &f.logits[r * V], V).rel_rms);
+  }
+  std::printf("  qwen3 worst rel RMS with the q/k norm %.4f, without %.4f\n", worst[0], worst[1]);
+  EXPECT_LE(worst[0], kHfTol.rel_rms);
+  EXPECT_GT(worst[1], 2 * kHfTol.rel_rms);
+}
 
 // The CPU fixtures' heads of 16 dimensions are refused at load, naming what the kernels take.
 TEST(CudaHfForward, RefusesHeadDimTheKernelsDoNotTake) {

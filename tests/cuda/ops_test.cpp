@@ -59,20 +59,25 @@ TEST(CudaOps, AddRmsNormAndAdd) {
   EXPECT_EQ(dx.download(), sum) << "add_inplace";
 }
 
-// Bias + RoPE of both pairings at small and very large positions, against cpu rope().
-void check_rope(RopeStyle style, int H, int HKV, int D, bool bias, int pos0, float theta, uint32_t seed) {
+// Bias + RoPE of both pairings at small and very large positions, against cpu rope(); with
+// qk_norm, each Q and K head RMS-normalized with its own weights first (cpu rmsnorm(), qwen3).
+void check_rope(RopeStyle style, int H, int HKV, int D, bool bias, int pos0, float theta, uint32_t seed,
+                bool qk_norm = false) {
   std::mt19937 rng(seed);
   const int n = 7, Q = H * D, KV = HKV * D, ld = Q + 2 * KV + 5;  // padded rows: ld honoured
   auto qkv = test::randn(rng, (size_t)n * ld, 2.0f);
   auto b = test::randn(rng, (size_t)(Q + 2 * KV), 0.5f);
   std::vector<float> inv(D / 2);
   for (int i = 0; i < D / 2; ++i) inv[i] = (float)std::pow((double)theta, -2.0 * i / D);
-  Dev<float> dqkv(qkv), db(b), dinv(inv);
+  const auto qn = test::randn(rng, D, 0.3f, 1.0f), kn = test::randn(rng, D, 0.3f, 1.0f);
+  const float eps = 1e-6f;
+  Dev<float> dqkv(qkv), db(b), dinv(inv), dqn(qn), dkn(kn);
   Dev<bf16> dq((size_t)n * Q), dk((size_t)n * KV), dv((size_t)n * KV);
   QkvRopeArgs a;
   a.qkv = dqkv.get(), a.ld = ld, a.bias = bias ? db.get() : nullptr, a.inv_freq = dinv.get();
   a.n = n, a.pos0 = pos0, a.n_heads = H, a.n_kv_heads = HKV, a.head_dim = D;
   a.neox = style == RopeStyle::Neox;
+  if (qk_norm) a.q_norm = dqn.get(), a.k_norm = dkn.get(), a.norm_eps = eps;
   a.q = dq.get(), a.k = dk.get(), a.v = dv.get();
   qkv_bias_rope(a, 0);
   std::vector<float> wq((size_t)n * Q), wk((size_t)n * KV), wv((size_t)n * KV);
@@ -81,11 +86,21 @@ void check_rope(RopeStyle style, int H, int HKV, int D, bool bias, int pos0, flo
     for (int j = 0; j < Q; ++j) wq[(size_t)t * Q + j] = row[j] + (bias ? b[j] : 0.0f);
     for (int j = 0; j < KV; ++j) wk[(size_t)t * KV + j] = row[Q + j] + (bias ? b[Q + j] : 0.0f);
     for (int j = 0; j < KV; ++j) wv[(size_t)t * KV + j] = row[Q + KV + j] + (bias ? b[Q + KV + j] : 0.0f);
+    if (qk_norm) {
+      for (int h = 0; h < H; ++h) {
+        float* x = &wq[(size_t)t * Q + h * D];
+        duo::rmsnorm(x, qn.data(), x, D, eps);
+      }
+      for (int h = 0; h < HKV; ++h) {
+        float* x = &wk[(size_t)t * KV + h * D];
+        duo::rmsnorm(x, kn.data(), x, D, eps);
+      }
+    }
     for (int h = 0; h < H; ++h) rope(&wq[(size_t)t * Q + h * D], D, pos0 + t, inv.data(), style);
     for (int h = 0; h < HKV; ++h) rope(&wk[(size_t)t * KV + h * D], D, pos0 + t, inv.data(), style);
   }
   const std::string what = std::string(style == RopeStyle::Neox ? "neox" : "interleaved") + " rope at " +
-                           std::to_string(pos0) + (bias ? " with bias" : "");
+                           std::to_string(pos0) + (bias ? " with bias" : "") + (qk_norm ? " with q/k norm" : "");
   // abs term: x0*c - x1*s may cancel; the fp32 inputs differ by ~1e-6 at most.
   EXPECT_ALL_CLOSE(test::to_float(dq.download()), wq, kBf16Step, 1e-5, what + ": q");
   EXPECT_ALL_CLOSE(test::to_float(dk.download()), wk, kBf16Step, 1e-5, what + ": k");
@@ -102,6 +117,23 @@ TEST(CudaOps, RopeNeoxQwenWithBias) {
   check_rope(RopeStyle::Neox, 12, 2, 128, true, 0, 1e6f, 6);
   check_rope(RopeStyle::Neox, 28, 4, 128, true, 30000, 1e6f, 7);
   check_rope(RopeStyle::Neox, 8, 8, 64, false, 777, 10000.0f, 8);
+}
+
+// qwen3's per-head q/k norm fused before RoPE: Qwen3-8B's heads (32 / 8 of 128), the tiny
+// fixtures' (4 / 2 of 64), more heads than the kernel's 8 warps, and with a bias and the
+// interleaved pairing (no real model has those with the norm; the kernel must not care).
+TEST(CudaOps, RopeWithQkNorm) {
+  check_rope(RopeStyle::Neox, 32, 8, 128, false, 0, 1e6f, 20, true);
+  check_rope(RopeStyle::Neox, 32, 8, 128, false, 40000, 1e6f, 21, true);
+  check_rope(RopeStyle::Neox, 4, 2, 64, false, 3, 1e6f, 22, true);
+  check_rope(RopeStyle::Neox, 40, 8, 64, true, 500, 1e6f, 23, true);
+  check_rope(RopeStyle::Interleaved, 9, 3, 64, true, 7, 10000.0f, 24, true);
+  // One without the other is refused.
+  QkvRopeArgs a;
+  std::vector<float> w(64, 1.0f);
+  Dev<float> dw(w);
+  a.n = 1, a.n_heads = 2, a.n_kv_heads = 1, a.head_dim = 64, a.q_norm = dw.get();
+  EXPECT_THROW(qkv_bias_rope(a, 0), Error);
 }
 
 TEST(CudaOps, SwiGlu) {

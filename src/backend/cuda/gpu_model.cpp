@@ -359,6 +359,7 @@ void GpuModel::enqueue_attention(const GpuKvCache& kv, int l, const Act& act, in
   ra.qkv = act.qkv + (int64_t)row0 * QKV, ra.ld = QKV, ra.bias = w_->layer(l).bqkv, ra.inv_freq = w_->inv_freq();
   ra.n = n, ra.pos0 = pos0, ra.n_heads = (int)H, ra.n_kv_heads = (int)HKV, ra.head_dim = (int)D;
   ra.neox = c.rope_style == RopeStyle::Neox;
+  ra.q_norm = w_->layer(l).q_norm, ra.k_norm = w_->layer(l).k_norm, ra.norm_eps = c.norm_eps;
   ra.q = q, ra.k = k, ra.v = v;
   ra.pos_d = pos_d;
   // Decode: the token's K/V go straight into the cache (kv_append's job), then attention
@@ -505,6 +506,7 @@ void GpuModel::enqueue_rope_rows(const Act& act, int l, int n, const int32_t* ro
   ra.bias = w_->layer(l).bqkv, ra.inv_freq = w_->inv_freq();
   ra.n = n, ra.n_heads = c.n_heads, ra.n_kv_heads = c.n_kv_heads, ra.head_dim = c.head_dim;
   ra.neox = c.rope_style == RopeStyle::Neox;
+  ra.q_norm = w_->layer(l).q_norm, ra.k_norm = w_->layer(l).k_norm, ra.norm_eps = c.norm_eps;
   ra.q = act.q, ra.k = act.k, ra.v = act.v;
   ra.row_pos = row_pos_d;
   qkv_bias_rope(ra, stream_);

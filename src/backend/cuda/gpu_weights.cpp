@@ -23,7 +23,7 @@ struct MatSlot {
 };
 // Where each tensor lives in the one weight allocation (byte offsets, 256-aligned).
 struct LayerSlots {
-  size_t attn_norm, ffn_norm, bqkv;
+  size_t attn_norm, ffn_norm, bqkv, q_norm, k_norm;
   MatSlot wqkv, wo, wgu, wdown;
 };
 struct Layout {
@@ -66,6 +66,8 @@ Layout plan_layout(const ModelConfig& c, WeightFormat format) {
     s.ffn_norm = take(4 * E);
     s.wqkv = matrix(QKV, E);
     s.bqkv = c.qkv_bias ? take(4 * QKV) : 0;
+    s.q_norm = c.qk_norm ? take(4 * D) : 0;
+    s.k_norm = c.qk_norm ? take(4 * D) : 0;
     s.wo = matrix(E, Q);
     s.wgu = matrix(2 * F, E);
     s.wdown = matrix(E, F);
@@ -164,6 +166,8 @@ void GpuWeights::allocate(const ModelConfig& cfg, WeightFormat format) {
     w.ffn_norm = reinterpret_cast<const float*>(base + s.ffn_norm);
     w.wqkv = at(base, s.wqkv);
     w.bqkv = cfg.qkv_bias ? reinterpret_cast<const float*>(base + s.bqkv) : nullptr;
+    w.q_norm = cfg.qk_norm ? reinterpret_cast<const float*>(base + s.q_norm) : nullptr;
+    w.k_norm = cfg.qk_norm ? reinterpret_cast<const float*>(base + s.k_norm) : nullptr;
     w.wo = at(base, s.wo);
     w.wgu = at(base, s.wgu);
     w.wdown = at(base, s.wdown);
@@ -178,13 +182,10 @@ static T* writable(const T* p) {
 
 std::unique_ptr<GpuWeights> GpuWeights::upload(const Model& m, WeightFormat format) {
   const ModelConfig& c = m.config();
-  // The CUDA forward has none of gemma3's parts (and no per-head q/k norm, below): refuse
-  // rather than compute another model's numbers.
+  // The CUDA forward has none of gemma3's parts: refuse rather than compute another model's numbers.
   DUO_CHECK(c.arch != "gemma3",
             "gemma3 (local sliding-window layers, sandwich norms, GeGLU, scaled embeddings) is not implemented on the "
             "CUDA backend; use --device cpu");
-  DUO_CHECK(!c.qk_norm, "{} (per-head q/k RMS norm) is not implemented on the CUDA backend; use --device cpu",
-            c.arch);
   // What the attention kernels take, said at load rather than at the first forward.
   DUO_CHECK(c.head_dim == 64 || c.head_dim == 128,
             "{} has heads of {} dimensions; the CUDA attention kernels take 64 or 128; use --device cpu", c.name,
@@ -208,6 +209,13 @@ std::unique_ptr<GpuWeights> GpuWeights::upload(const Model& m, WeightFormat form
     const GpuLayerWeights& d = g->layers_[l];
     upload_floats(L.attn_norm, writable(d.attn_norm));
     upload_floats(L.ffn_norm, writable(d.ffn_norm));
+    if (c.qk_norm) {  // one weight vector a layer for every head (unchanged by reordered heads)
+      DUO_CHECK((int64_t)L.q_norm.size() == D && (int64_t)L.k_norm.size() == D,
+                "layer {}: q/k norm weights of {} and {} values, expected head_dim {}", l, L.q_norm.size(),
+                L.k_norm.size(), D);
+      upload_floats(L.q_norm, writable(d.q_norm));
+      upload_floats(L.k_norm, writable(d.k_norm));
+    }
     upload_matrix(L.wq, d.wqkv, 0);
     upload_matrix(L.wk, d.wqkv, Q);
     upload_matrix(L.wv, d.wqkv, Q + KV);
@@ -270,6 +278,7 @@ std::unique_ptr<GpuWeights> GpuWeights::synthetic(const ModelConfig& cfg, uint64
     vec(d.ffn_norm, E, 1.0f, 0.1f);
     matrix(d.wqkv, QKV, E);
     if (c.qkv_bias) vec(d.bqkv, QKV, 0.0f, 0.1f);
+    if (c.qk_norm) vec(d.q_norm, D, 1.0f, 0.1f), vec(d.k_norm, D, 1.0f, 0.1f);
     matrix(d.wo, E, Q);
     matrix(d.wgu, 2 * F, E);
     matrix(d.wdown, E, F);

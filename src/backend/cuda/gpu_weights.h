@@ -1,4 +1,5 @@
-// Model weights resident on the GPU: bf16 matrices (GEMM operands), fp32 norms and biases.
+// Model weights resident on the GPU: bf16 matrices (GEMM operands), fp32 norms and biases
+// (qwen3's per-head q/k norm weights among them).
 // The projections that read the same input are fused into one matrix so a layer runs three
 // GEMMs on its input side: Wq|Wk|Wv ([Q + 2 KV] rows) and Wgate|Wup ([2 F] rows).
 // Weights come either from a loaded Model (GGUF rows dequantized on the host a chunk at a
@@ -37,6 +38,8 @@ struct GpuLayerWeights {
   const float* ffn_norm = nullptr;   // [E]
   GpuMatrix wqkv;                    // [(H + 2 HKV) D][E]
   const float* bqkv = nullptr;       // [(H + 2 HKV) D], or nullptr without QKV bias
+  const float* q_norm = nullptr;     // [D] per-head RMS norm of Q (qwen3), or nullptr
+  const float* k_norm = nullptr;     // [D] per-head RMS norm of K (qwen3), or nullptr
   GpuMatrix wo;                      // [E][H D], input columns in the KV cache's head order
   GpuMatrix wgu;                     // [2F][E]: gate rows, then up rows
   GpuMatrix wdown;                   // [E][F]

@@ -36,7 +36,9 @@ void add_rmsnorm(float* x, const float* d, const float* w, bf16* y, int64_t n, i
 void add_inplace(float* x, const float* d, int64_t count, cudaStream_t stream);
 
 // Q/K/V of n tokens at positions pos0, pos0 + 1, ...: rows of `qkv` (fp32, row stride ld) hold
-// [Q heads | K heads | V heads] x head_dim. Adds the bias ([Q | K | V], or none), applies RoPE
+// [Q heads | K heads | V heads] x head_dim. Adds the bias ([Q | K | V], or none), normalizes
+// each Q and K head on its own when q_norm / k_norm are set (qwen3: x / sqrt(mean(x^2) + eps) * w
+// over the head's D values, in fp32, before RoPE, as the CPU forward), applies RoPE
 // to Q and K (interleaved pairs (2i, 2i+1) for llama GGUF, rotate-half pairs (i, i + d/2) for
 // neox/qwen2; angle = pos * inv_freq[i]) and writes bf16 q [n][H*D], k and v [n][HKV*D].
 struct QkvRopeArgs {
@@ -46,6 +48,10 @@ struct QkvRopeArgs {
   const float* inv_freq = nullptr;  // [D / 2]
   int n = 0, pos0 = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
   bool neox = false;
+  // Per-head RMS norm weights of Q and K ([D] each, fp32), both or neither; norm_eps its epsilon.
+  const float* q_norm = nullptr;
+  const float* k_norm = nullptr;
+  float norm_eps = 0.0f;
   bf16 *q = nullptr, *k = nullptr, *v = nullptr;
   const int32_t* pos_d = nullptr;  // graph replay: when set, pos0 is read from this device int32
   // Decode (n = 1, at most 128 KV heads): K and V go straight into `cache` at the token's

@@ -1,10 +1,13 @@
-// QKV post-processing after the fused QKV GEMM: bias, RoPE on Q and K, bf16 conversion.
-// One CTA a token; a thread rotates one (a, b) pair of one head, as rope() in cpu/ops.cpp. In
+// QKV post-processing after the fused QKV GEMM: bias, per-head q/k RMS norm (qwen3), RoPE on Q
+// and K, bf16 conversion. One CTA a token; a thread rotates one (a, b) pair of one head, as
+// rope() in cpu/ops.cpp. With the norm, a warp a head first sums its squares (the scale of each
+// Q and K head of the token in shared memory), so the norm costs no extra pass over memory. In
 // the decode step K and V are written straight into the KV cache (no separate kv_append).
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/reduce.cuh"
 
 namespace duo::cuda {
 namespace detail {
@@ -14,6 +17,8 @@ constexpr int kRopeThreads = 256;
 
 constexpr int kMaxCacheHeads = 128;  // to_cache: rows looked up once a KV head, in shared memory
 
+// kQkNorm: a.q_norm / a.k_norm are set; needs (n_heads + n_kv_heads) floats of dynamic shared memory.
+template <bool kQkNorm>
 __global__ void __launch_bounds__(kRopeThreads) qkv_rope_kernel(const QkvRopeArgs a) {
   const int t = blockIdx.x, D = a.head_dim, half = D / 2;
   const int64_t Q = (int64_t)a.n_heads * D, KV = (int64_t)a.n_kv_heads * D;
@@ -25,6 +30,22 @@ __global__ void __launch_bounds__(kRopeThreads) qkv_rope_kernel(const QkvRopeArg
   if (a.to_cache) {  // where each KV head keeps this position (nullptr: nowhere, never for n = 1)
     for (int h = threadIdx.x; h < a.n_kv_heads; h += kRopeThreads)
       if (!cache_rows(a.cache, h, pos0 + t, pos0 + a.n, D, k_row[h], v_row[h])) k_row[h] = v_row[h] = nullptr;
+    __syncthreads();
+  }
+  extern __shared__ float head_scale[];  // kQkNorm: 1 / rms of each Q head, then each K head
+  if constexpr (kQkNorm) {
+    const int lane = threadIdx.x % 32;
+    for (int head = threadIdx.x / 32; head < a.n_heads + a.n_kv_heads; head += kRopeThreads / 32) {
+      const int64_t src = head < a.n_heads ? (int64_t)head * D : Q + (int64_t)(head - a.n_heads) * D;
+      float ss = 0.0f;
+      for (int i = lane; i < D; i += 32) {
+        float x = row[src + i];
+        if (a.bias) x += a.bias[src + i];
+        ss += x * x;
+      }
+      ss = warp_sum(ss);
+      if (lane == 0) head_scale[head] = 1.0f / sqrtf(ss / (float)D + a.norm_eps);
+    }
     __syncthreads();
   }
   const int pairs = (a.n_heads + a.n_kv_heads) * half;
@@ -43,6 +64,10 @@ __global__ void __launch_bounds__(kRopeThreads) qkv_rope_kernel(const QkvRopeArg
     const int ia = a.neox ? i : 2 * i, ib = a.neox ? i + half : 2 * i + 1;
     float x0 = row[src + ia], x1 = row[src + ib];
     if (a.bias) x0 += a.bias[src + ia], x1 += a.bias[src + ib];
+    if constexpr (kQkNorm) {  // x * scale * w, as cpu rmsnorm()
+      const float* w = head < a.n_heads ? a.q_norm : a.k_norm;
+      x0 = x0 * head_scale[head] * w[ia], x1 = x1 * head_scale[head] * w[ib];
+    }
     float s, c;
     sincosf(pos * a.inv_freq[i], &s, &c);
     dst[ia] = __float2bfloat16(x0 * c - x1 * s);
@@ -68,7 +93,14 @@ void qkv_bias_rope(const QkvRopeArgs& a, cudaStream_t stream) {
     fail_arg("qkv_bias_rope: rows at their own positions (row_pos) cannot go to one cache");
   if (a.to_cache && (a.n != 1 || a.n_kv_heads > detail::kMaxCacheHeads))
     fail_arg("qkv_bias_rope: writing to the cache takes one token and at most 128 KV heads");
-  detail::qkv_rope_kernel<<<a.n, detail::kRopeThreads, 0, stream>>>(a);
+  if ((a.q_norm == nullptr) != (a.k_norm == nullptr)) fail_arg("qkv_bias_rope: q_norm and k_norm come together");
+  if (a.q_norm) {
+    const size_t smem = sizeof(float) * (size_t)(a.n_heads + a.n_kv_heads);
+    if (smem > 48 * 1024) fail_arg("qkv_bias_rope: too many heads for the q/k norm");
+    detail::qkv_rope_kernel<true><<<a.n, detail::kRopeThreads, smem, stream>>>(a);
+  } else {
+    detail::qkv_rope_kernel<false><<<a.n, detail::kRopeThreads, 0, stream>>>(a);
+  }
   DUO_CUDA_TRY(cudaGetLastError());
 }
 

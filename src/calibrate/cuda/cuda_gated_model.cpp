@@ -102,8 +102,15 @@ bool env_sync_checks() {
   return e && *e && std::strcmp(e, "0") != 0;
 }
 
+// The gated forward and its backward (qkv_grad_pack) have no per-head q/k norm: qwen3 (and
+// gemma3) would need the norm's gradient too. Refused before the weights go up.
+void check_no_qk_norm(const ModelConfig& c) {
+  DUO_CHECK(!c.qk_norm, "CUDA calibration of {} (per-head q/k RMS norm, as qwen3) is not implemented", c.arch);
+}
+
 std::unique_ptr<GpuWeights> upload_in_stored_order(const Model& model) {
   DUO_CHECK(!model.heads_reordered(), "calibration needs the model's heads in stored order (not reordered)");
+  check_no_qk_norm(model.config());
   return GpuWeights::upload(model);
 }
 
@@ -115,6 +122,7 @@ CudaGatedModel::CudaGatedModel(const Model& model, StreamingWindow window)
 CudaGatedModel::CudaGatedModel(std::unique_ptr<GpuWeights> weights, StreamingWindow window)
     : w_(std::move(weights)), window_(window), b_(std::make_unique<Bufs>()) {
   const ModelConfig& c = config();
+  check_no_qk_norm(c);
   DUO_CHECK(window.sink >= 0 && window.recent >= 1, "streaming window needs sink >= 0 and recent >= 1 (got {}, {})",
             window.sink, window.recent);
   DUO_CHECK(c.head_dim == 64 || c.head_dim == 128, "CUDA calibration supports head_dim 64 or 128 (model has {})",

@@ -143,6 +143,8 @@ void add_inplace(float* x, const float* d, int64_t count, cudaStream_t) {
 
 void qkv_bias_rope(const QkvRopeArgs& a, cudaStream_t) {
   if (a.to_cache || a.pos_d) throw std::invalid_argument("emulated qkv_bias_rope: no decode form");
+  if (a.q_norm || a.k_norm)  // the calibration refuses q/k-norm models, so it never asks for it
+    throw std::invalid_argument("emulated qkv_bias_rope: no per-head q/k norm");
   const int D = a.head_dim, half = D / 2;
   const int64_t Q = (int64_t)a.n_heads * D, KV = (int64_t)a.n_kv_heads * D;
   for (int t = 0; t < a.n; ++t) {
