@@ -3,6 +3,9 @@
 # tests/fixtures/hf, no fetched model needed), checked against independent numbers where there
 # are some:
 #  - `duo tokenize`: the ids HF tokenizers gave for each fixture's prompt;
+#  - `duo logits` and `duo eval ppl` on tiny-qwen3's directory and on its GGUF twin (the same
+#    weights and tokenizer as llama.cpp's converter lays them out): the same values, and the top
+#    logit the one transformers computed;
 set -euo pipefail
 duo=${1:?usage: hf_dir_test.sh path/to/duo}
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -19,5 +22,31 @@ for m in tiny-llama tiny-qwen2 tiny-qwen3 tiny-mistral tiny-gemma3; do
   got=$("$duo" tokenize --ids -m "$fx/$m" -f "$tmp/prompt.txt") || fail "tokenize -m $m"
   [ "$got" = "$want" ] || fail "tokenize $m: $got, HF tokenizers: $want"
 done
+
+# logits and perplexity: the directory and the GGUF of one model give the same numbers.
+prompt=$(json "$fx/tiny-qwen3.json" 'd["prompt"]')
+"$duo" logits --json -k 5 -t 2 -m "$fx/tiny-qwen3" -p "$prompt" > "$tmp/dir.json"
+"$duo" logits --json -k 5 -t 2 -m "$fx/tiny-qwen3.gguf" -p "$prompt" > "$tmp/gguf.json"
+python3 - "$tmp/dir.json" "$tmp/gguf.json" "$fx/tiny-qwen3.json" <<'PY' || fail "logits: directory vs GGUF"
+import json, sys
+a, b, ref = (json.load(open(p)) for p in sys.argv[1:])
+assert a["prompt_ids"] == b["prompt_ids"] == ref["ids"], (a["prompt_ids"], b["prompt_ids"], ref["ids"])
+# Same weights (f16 matrices, norms exact in f32) through the same kernels: equal, not close.
+assert [t["id"] for t in a["top"]] == [t["id"] for t in b["top"]], (a["top"], b["top"])
+for x, y in zip(a["top"], b["top"]):
+    assert x["logit"] == y["logit"] and x["logprob"] == y["logprob"], (x, y)
+# And transformers' float32 logit of that token (rounded to 1e-5; hf_arch_test's tolerance).
+top = a["top"][0]
+assert abs(top["logit"] - ref["logits"][-1][top["id"]]) < 2e-4, (top, ref["logits"][-1][top["id"]])
+assert top["id"] == ref["greedy"][0], (top, ref["greedy"])
+PY
+"$duo" eval ppl -t 2 -m "$fx/tiny-qwen3" --length 100 --json "$tmp/ppl_dir.json" > /dev/null 2>&1
+"$duo" eval ppl -t 2 -m "$fx/tiny-qwen3.gguf" --length 100 --json "$tmp/ppl_gguf.json" > /dev/null 2>&1
+python3 - "$tmp/ppl_dir.json" "$tmp/ppl_gguf.json" <<'PY' || fail "eval ppl: directory vs GGUF"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+assert a["scored"] == b["scored"] == 99, (a, b)
+assert a["nll"] == b["nll"] and a["tail_nll"] == b["tail_nll"], (a, b)
+PY
 
 echo "hf directory cli tests passed"
