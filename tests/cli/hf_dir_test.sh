@@ -6,6 +6,9 @@
 #  - `duo logits` and `duo eval ppl` on tiny-qwen3's directory and on its GGUF twin (the same
 #    weights and tokenizer as llama.cpp's converter lays them out): the same values, and the top
 #    logit the one transformers computed;
+#  - `duo calibrate` (a few steps), `pattern rank`, then generate with --attention duo and that
+#    pattern over the q8 and q4 KV types, `bench`, and `chat` in a pipe, on tiny-llama-4194k
+#    (head dim 64 and 2048 positions: what KIVI and calibration samples need).
 set -euo pipefail
 duo=${1:?usage: hf_dir_test.sh path/to/duo}
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -49,4 +52,26 @@ assert a["scored"] == b["scored"] == 99, (a, b)
 assert a["nll"] == b["nll"] and a["tail_nll"] == b["tail_nll"], (a, b)
 PY
 
+m="$fx/tiny-llama-4194k"
+# calibrate: a few gate-optimization steps on passkey samples; one gate per layer and KV head.
+"$duo" calibrate -m "$m" -t 2 --steps 3 --min-len 300 --max-len 400 --length-intervals 2 --passkeys 1 \
+  --passkey-words 2 --sink 4 --recent 16 -o "$tmp/cal.tsv" > "$tmp/cal.txt" 2>&1 || { cat "$tmp/cal.txt"; fail "calibrate"; }
+awk -F'\t' 'NF != 2 { exit 1 } { for (i = 1; i <= NF; ++i) if ($i < 0 || $i > 1) exit 1 } END { exit NR != 2 }' \
+  "$tmp/cal.tsv" || { cat "$tmp/cal.tsv"; fail "calibrate: not a 2 x 2 gate matrix in [0, 1]"; }
+"$duo" pattern rank -m "$m" -t 2 --lengths 400 -o "$tmp/rank.tsv" > /dev/null 2>&1 || fail "pattern rank"
+[ "$(wc -l < "$tmp/rank.tsv")" -eq 2 ] || fail "pattern rank: not 2 layers"
+
+# duo attention with a pattern, over each KV type KIVI adds: the run reports duo attention and
+# KV kept for streaming heads.
+for kv in f32 q8 q4; do
+  "$duo" generate -m "$m" -t 2 -n 4 -p "Hello world" --attention duo --pattern "$tmp/rank.tsv" \
+    --retrieval-ratio 0.5 --sink 4 --recent 16 --kv-type "$kv" > "$tmp/gen.txt" 2>&1 || { cat "$tmp/gen.txt"; fail "generate duo $kv"; }
+  grep -q "4 generated.*attention duo | KV .*streaming" "$tmp/gen.txt" || { cat "$tmp/gen.txt"; fail "generate duo $kv: no summary"; }
+done
+"$duo" generate -m "$m" -t 2 -n 4 --chat -p "Hello" > "$tmp/chat.txt" 2>&1 || { cat "$tmp/chat.txt"; fail "generate --chat"; }
+"$duo" bench -m "$m" -t 2 -p 128 -n 4 --kv-type q4 > "$tmp/bench.txt" 2>&1 || { cat "$tmp/bench.txt"; fail "bench"; }
+grep -qE '^ +128 ' "$tmp/bench.txt" || { cat "$tmp/bench.txt"; fail "bench: no 128-token row"; }
+printf 'Hello\n/stats\n' | timeout 60 "$duo" chat -m "$m" -t 2 -n 4 > "$tmp/chatpipe.txt" 2>&1 ||
+  { cat "$tmp/chatpipe.txt"; fail "chat in a pipe"; }
+grep -q "duo chat: tiny-llama-4194k" "$tmp/chatpipe.txt" || { cat "$tmp/chatpipe.txt"; fail "chat: no banner"; }
 echo "hf directory cli tests passed"
