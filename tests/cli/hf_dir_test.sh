@@ -9,6 +9,7 @@
 #  - `duo calibrate` (a few steps), `pattern rank`, then generate with --attention duo and that
 #    pattern over the q8 and q4 KV types, `bench`, and `chat` in a pipe, on tiny-llama-4194k
 #    (head dim 64 and 2048 positions: what KIVI and calibration samples need).
+# `duo serve` on a directory: tests/serve/test_serve.py (test_hf_directory).
 set -euo pipefail
 duo=${1:?usage: hf_dir_test.sh path/to/duo}
 root="$(cd "$(dirname "$0")/../.." && pwd)"

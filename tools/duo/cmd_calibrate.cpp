@@ -209,7 +209,7 @@ void run_calibrate(CalibrateOptions& o) {
     time_lengths(o.time_lengths, loss, *device, mc.n_layers * mc.n_kv_heads, mc.n_vocab, o.data, o.cal.steps);
     return;
   }
-  nlohmann::json run_info = {{"model", std::filesystem::path(path).filename().string()},
+  nlohmann::json run_info = {{"model", model_name_of_path(path)},
                                    {"arch", mc.arch},
                                    {"min_len", o.data.min_len},
                                    {"max_len", o.data.max_len},
