@@ -6,9 +6,9 @@
 #  - `duo logits` and `duo eval ppl` on tiny-qwen3's directory and on its GGUF twin (the same
 #    weights and tokenizer as llama.cpp's converter lays them out): the same values, and the top
 #    logit the one transformers computed;
-#  - `duo calibrate` (a few steps), `pattern rank`, then generate with --attention duo and that
-#    pattern over the q8 and q4 KV types, `bench`, and `chat` in a pipe, on tiny-llama-4194k
-#    (head dim 64 and 2048 positions: what KIVI and calibration samples need).
+#  - `duo calibrate` (a few steps), `pattern rank`, then generate / eval niah / eval ruler with
+#    --attention duo and that pattern, the q8 and q4 KV types, `bench`, and `chat` in a pipe, on
+#    tiny-llama-4194k (head dim 64 and 2048 positions: what KIVI and calibration samples need).
 # `duo serve` on a directory: tests/serve/test_serve.py (test_hf_directory).
 set -euo pipefail
 duo=${1:?usage: hf_dir_test.sh path/to/duo}
@@ -70,6 +70,14 @@ for kv in f32 q8 q4; do
   grep -q "4 generated.*attention duo | KV .*streaming" "$tmp/gen.txt" || { cat "$tmp/gen.txt"; fail "generate duo $kv: no summary"; }
 done
 "$duo" generate -m "$m" -t 2 -n 4 --chat -p "Hello" > "$tmp/chat.txt" 2>&1 || { cat "$tmp/chat.txt"; fail "generate --chat"; }
+"$duo" eval niah -m "$m" -t 2 --lengths 400 --depths 0.5 --attention duo --pattern "$tmp/rank.tsv" \
+  --retrieval-ratio 0.5 --sink 4 --recent 16 --kv-type q8 -o "$tmp/niah" > "$tmp/niah.txt" 2>&1 ||
+  { cat "$tmp/niah.txt"; fail "eval niah"; }
+grep -q "accuracy .*duo attention" "$tmp/niah.txt" || { cat "$tmp/niah.txt"; fail "eval niah: no accuracy line"; }
+"$duo" eval ruler -m "$m" -t 2 --tasks niah_single_1 --lengths 400 --samples 1 --modes full,duo50+q4 \
+  --pattern "$tmp/rank.tsv" --sink 4 --recent 16 -o "$tmp/ruler" > "$tmp/ruler.txt" 2>&1 ||
+  { cat "$tmp/ruler.txt"; fail "eval ruler"; }
+[ "$(wc -l < "$tmp/ruler.csv")" -eq 3 ] || { cat "$tmp/ruler.txt"; fail "eval ruler: not one row per mode"; }
 "$duo" bench -m "$m" -t 2 -p 128 -n 4 --kv-type q4 > "$tmp/bench.txt" 2>&1 || { cat "$tmp/bench.txt"; fail "bench"; }
 grep -qE '^ +128 ' "$tmp/bench.txt" || { cat "$tmp/bench.txt"; fail "bench: no 128-token row"; }
 printf 'Hello\n/stats\n' | timeout 60 "$duo" chat -m "$m" -t 2 -n 4 > "$tmp/chatpipe.txt" 2>&1 ||
