@@ -9,7 +9,9 @@ tokenizer trainer and weight randomizer this reuses):
                                    embeddings, f16 weights
   tests/fixtures/hf/tiny-qwen3.gguf  the same weights as llama.cpp's converter lays out a qwen3
                                    GGUF (arch qwen3, attn_q_norm/attn_k_norm, F16 matrices, F32
-                                   norms, no tokenizer: the tests load the model only)
+                                   norms) and the same tokenizer as its gpt2 vocabulary (tokens,
+                                   merges, pre-tokenizer "smollm": the individual digits and GPT-2
+                                   split this tokenizer.json declares), so the CLI can run both
   tests/fixtures/hf/tiny-mistral   mistral: llama-like, untied, sliding_window 48 (longer than
                                    the prompt and its greedy tokens, so full attention is what
                                    transformers computes), bf16 weights
@@ -54,7 +56,25 @@ LONG_PROMPT = ("Hello world! The quick brown fox said that the lazy dog "
 N_GREEDY = 10
 
 
-def write_qwen3_gguf(model, cfg, path):
+def add_gpt2_tokenizer(w, tok, pre, add_bos):
+    """A tokenizers BPE model as llama.cpp's converter writes it: tokens by id, special tokens as
+    control (type 3), merges as "a b" strings, the pre-tokenizer by llama.cpp's name."""
+    tj = json.loads(tok.to_str())
+    vocab = tj["model"]["vocab"]
+    tokens = [None] * len(vocab)
+    for piece, i in vocab.items():
+        tokens[i] = piece
+    specials = {a["id"] for a in tj["added_tokens"] if a["special"]}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types([3 if i in specials else 1 for i in range(len(tokens))])
+    w.add_token_merges(merges)
+    w.add_add_bos_token(add_bos)
+
+
+def write_qwen3_gguf(model, cfg, path, tok):
     """llama.cpp's qwen3 layout: HF rows as stored (NeoX RoPE, no Q/K permutation)."""
     w = gguf.GGUFWriter(path, "qwen3")
     w.add_name("tiny-qwen3")
@@ -68,6 +88,9 @@ def write_qwen3_gguf(model, cfg, path):
     w.add_value_length(cfg.head_dim)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    add_gpt2_tokenizer(w, tok, "smollm", False)
+    w.add_bos_token_id(cfg.bos_token_id)
+    w.add_eos_token_id(cfg.eos_token_id)
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -85,7 +108,7 @@ def write_qwen3_gguf(model, cfg, path):
     w.close()
 
 
-def write_gemma3_gguf(model, cfg, path):
+def write_gemma3_gguf(model, cfg, path, tok):
     """llama.cpp's gemma3 layout (convert_hf_to_gguf.py Gemma3Model): HF rows as stored, every
     norm weight stored as 1 + w (Gemma3RMSNorm's x * (1 + w)), no output.weight (tied)."""
     w = gguf.GGUFWriter(path, "gemma3")
@@ -179,7 +202,7 @@ def make(key, kind, cls, cfg, seed, dtype, vocab_size, specials, eos_ids, gguf_w
     else:
         assert window is None or len(ids) + N_GREEDY < window, "the reference must stay inside the window"
     if gguf_writer:
-        gguf_writer(back, cfg, os.path.join(OUT, f"{key}.gguf"))
+        gguf_writer(back, cfg, os.path.join(OUT, f"{key}.gguf"), tok)
     out = {"dir": key, "torch": torch.__version__, "transformers": transformers.__version__, "prompt": prompt,
            "ids": ids, "logits": rows(logits), "greedy": gen, "eos_ids": eos_ids}
     if extra:

@@ -4,11 +4,9 @@
 #include "core/thread_pool.h"
 #include "engine/backend.h"
 #include "engine/utf8_stream.h"
-#include "io/gguf.h"
 #include "io/head_pattern.h"
 #include "model/model.h"
-#include "io/hf_checkpoint.h"
-#include "tokenizer/hf_tokenizer.h"
+#include "tokenizer/model_tokenizer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace duo {
@@ -32,8 +30,7 @@ const char* to_string(AttentionMode m) {
 Engine::Engine(const EngineOptions& opts) : opts_(opts) {
   DUO_CHECK(!opts.model_path.empty(), "no model given");
   model_ = Model::load(opts.model_path);
-  tokenizer_ = model_->hf() ? tokenizer_from_hf(model_->hf()->dir(), model_->config().n_vocab)
-                            : Tokenizer::from_gguf(model_->gguf());
+  tokenizer_ = tokenizer_of(*model_);
   pool_ = std::make_unique<ThreadPool>(opts.threads);
   const ModelConfig& c = model_->config();
   DUO_CHECK(opts.chunk > 0, "chunk size must be positive (got {})", opts.chunk);

@@ -205,7 +205,9 @@ void write_needle_json(const std::vector<NeedleResult>& rs, const std::string& m
                           {"kv_bytes_retrieval", r.kv_bytes_retrieval},
                           {"kv_bytes_streaming", r.kv_bytes_streaming}});
   auto f = open_out(path);
-  f << j.dump(2) << "\n";
+  // A model's output is any bytes (a cut-off UTF-8 character, a random model's noise): they are
+  // written as U+FFFD rather than the dump throwing.
+  f << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
 }
 
 void write_needle_svg(const std::vector<NeedleResult>& rs, const std::string& title, const std::string& path) {

@@ -267,7 +267,9 @@ void write_ruler_json(const std::vector<RulerResult>& rs, const RulerReportInfo&
                             {"decode_s", r.decode_seconds},
                             {"kv_bytes", r.kv_bytes}});
   auto f = open_out(path);
-  f << j.dump(2) << "\n";
+  // A model's output is any bytes (a cut-off UTF-8 character, a random model's noise): they are
+  // written as U+FFFD rather than the dump throwing.
+  f << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
 }
 
 namespace {

@@ -158,9 +158,9 @@ def generate(duo, prompt, n, *args, chat=False):
     return out
 
 
-def duo_logits(duo, prompt, k, chat=False):
+def duo_logits(duo, prompt, k, *args, chat=False):
     """`duo logits --json`: the top-k next tokens after the prompt, [(id, piece, logprob)]."""
-    cmd = [duo, "logits", "-t", THREADS, "-p", prompt, "-k", str(k), "--json"] + (["--chat"] if chat else [])
+    cmd = [duo, "logits", "-t", THREADS, "-p", prompt, "-k", str(k), "--json", *args] + (["--chat"] if chat else [])
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True).stdout)
     return [(t["id"], t["piece"], t["logprob"]) for t in out["top"]]
 
@@ -1038,6 +1038,29 @@ class Tests:
             assert args["city"] == "Paris", args
         finally:
             assert q.stop() == 0, q.log()
+
+    def test_hf_directory(self):
+        # A Hugging Face directory (tests/fixtures/hf/tiny-llama-4194k, linked under a name with
+        # dots and given with a trailing slash): the model id is the directory's whole name, and a
+        # greedy chat completion through the openai client has `duo logits --chat`'s numbers on the
+        # same directory (its random weights write arbitrary bytes, so logprobs, not text, compare).
+        here = os.path.dirname(os.path.abspath(__file__))
+        link = os.path.join(self.tmp, "Tiny-Llama-3.1-4194k")
+        os.symlink(os.path.join(here, "..", "fixtures", "hf", "tiny-llama-4194k"), link)
+        h = Server(self.duo, "-m", link + "/")
+        try:
+            assert [m.id for m in h.client.models.list().data] == ["Tiny-Llama-3.1-4194k"], h.client.models.list()
+            want = duo_logits(self.duo, "Hello there", 3, "-m", link, chat=True)
+            c = h.client.chat.completions.create(model="Tiny-Llama-3.1-4194k", max_tokens=4, temperature=0,
+                                                 logprobs=True, top_logprobs=3,
+                                                 messages=[{"role": "user", "content": "Hello there"}])
+            assert c.choices[0].finish_reason in ("length", "stop") and c.usage.completion_tokens >= 1, c
+            first = c.choices[0].logprobs.content[0]
+            assert abs(first.logprob - want[0][2]) < 1e-4, (first, want)
+            got = [t.logprob for t in first.top_logprobs]
+            assert all(abs(a - b) < 1e-4 for a, b in zip(got, [l for _, _, l in want])) and len(got) == 3, (got, want)
+        finally:
+            assert h.stop() == 0, h.log()
 
     def test_tokenize_detokenize(self):
         s = self.server

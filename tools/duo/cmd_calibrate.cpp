@@ -20,6 +20,7 @@
 #include "io/head_pattern.h"
 #include "model/model.h"
 #include "tokenizer/chat_template.h"
+#include "tokenizer/model_tokenizer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace duo::cli {
@@ -186,7 +187,7 @@ void run_calibrate(CalibrateOptions& o) {
   DUO_CHECK(!o.out.empty() || !o.time_lengths.empty(), "--out FILE is required (the gate matrix TSV to write)");
   auto model = Model::load(path);
   const ModelConfig& mc = model->config();
-  auto tok = Tokenizer::from_gguf(model->gguf());
+  auto tok = tokenizer_of(*model);
   const ChatTemplate tmpl = chat_template_of(*model, *tok, o.chat_template);
   if (o.data.max_len == 0) o.data.max_len = std::min<int64_t>(32000, mc.n_ctx_train);
   DUO_CHECK(o.data.max_len <= mc.n_ctx_train, "--max-len {} is beyond the model's context of {} tokens",
@@ -208,7 +209,7 @@ void run_calibrate(CalibrateOptions& o) {
     time_lengths(o.time_lengths, loss, *device, mc.n_layers * mc.n_kv_heads, mc.n_vocab, o.data, o.cal.steps);
     return;
   }
-  nlohmann::json run_info = {{"model", std::filesystem::path(path).filename().string()},
+  nlohmann::json run_info = {{"model", model_name_of_path(path)},
                                    {"arch", mc.arch},
                                    {"min_len", o.data.min_len},
                                    {"max_len", o.data.max_len},
@@ -266,7 +267,8 @@ void add_calibrate(CLI::App& app) {
   o->data.max_len = 0;  // the model's context, at most 32000
   auto* cmd = app.add_subcommand("calibrate", "find retrieval heads: optimize DuoAttention gates on passkey data");
   cmd->option_defaults()->always_capture_default();
-  cmd->add_option("-m,--model", o->model, "GGUF model file (default: the fetched SmolLM2-135M-Instruct)");
+  cmd->add_option("-m,--model", o->model,
+                  "GGUF model file or Hugging Face directory (default: the fetched SmolLM2-135M-Instruct)");
   cmd->add_option("-t,--threads", o->threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--device", o->device, "where the gated model runs: cpu or cuda (one GPU)")
       ->check(CLI::IsMember(calibration_device_names()));

@@ -70,7 +70,7 @@ void run_server(const ServeOptions& o) {
   serve::ServeContext ctx;
   ctx.engine = &engine;
   ctx.model_id = o.model_id;
-  if (ctx.model_id.empty()) ctx.model_id = std::filesystem::path(engine.options().model_path).stem().string();
+  if (ctx.model_id.empty()) ctx.model_id = model_name_of_path(engine.options().model_path);
   try {
     ctx.chat = chat_template_of(engine.model(), engine.tokenizer(), o.chat_template);
   } catch (const Error& e) {
@@ -162,7 +162,8 @@ void add_serve(CLI::App& app) {
   add_model_options(*cmd, o->model);
   cmd->add_option("--host", o->host, "address to listen on");
   cmd->add_option("--port", o->port, "port to listen on (0: any free port, printed at start)")->check(CLI::Range(0, 65535));
-  cmd->add_option("--model-id", o->model_id, "model name clients ask for (default: the GGUF file name without .gguf)");
+  cmd->add_option("--model-id", o->model_id,
+                  "model name clients ask for (default: the GGUF file name without .gguf, or the directory name)");
   add_chat_template_option(*cmd, o->chat_template);
   // Upper bounds keep the MiB -> bytes conversions below within size_t.
   cmd->add_option("--kv-budget", o->kv_budget_mib,

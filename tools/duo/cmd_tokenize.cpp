@@ -11,9 +11,9 @@
 
 #include "commands.h"
 #include "core/error.h"
-#include "io/gguf.h"
 #include "model/model.h"
 #include "tokenizer/chat_template.h"
+#include "tokenizer/model_tokenizer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace duo::cli {
@@ -53,15 +53,15 @@ void add_tokenize(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("tokenize", "print the token ids and pieces of a text");
-  cmd->add_option("-m,--model", o->model, "GGUF model file (default: the fetched SmolLM2-135M-Instruct)");
+  cmd->add_option("-m,--model", o->model,
+                  "GGUF model file or Hugging Face directory (default: the fetched SmolLM2-135M-Instruct)");
   add_text_input(*cmd, o->in);
   cmd->add_flag("--ids", o->ids_only, "print only the ids, as a JSON list");
   cmd->add_flag("--no-bos", o->no_bos, "no BOS token first, even where the model adds one");
   cmd->callback([o] {
     ModelOptions mo;
     mo.model = o->model;
-    auto f = GgufFile::open(engine_options(mo).model_path);  // only the vocabulary: no weights loaded
-    const auto tok = Tokenizer::from_gguf(*f);
+    const auto tok = load_model_tokenizer(engine_options(mo).model_path);  // only the vocabulary: no weights read
     const std::string text = o->in.text();
     const auto ids = tok->encode(text, tok->vocab().add_bos && !o->no_bos, o->in.parse_special);
     if (o->ids_only) {

@@ -42,6 +42,9 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention = tru
 // when the model file is missing.
 EngineOptions engine_options(const ModelOptions& o);
 std::string default_model_path();
+// A model's short name from its path: a GGUF file's name without the extension, a Hugging Face
+// directory's whole name (dots and all: "Llama-3.1-8B-Instruct"; a trailing slash ignored).
+std::string model_name_of_path(const std::string& path);
 // Adds --temp/--temperature, --top-k, --top-p and --seed; returns the --seed option.
 CLI::Option* add_sampling_options(CLI::App& cmd, SamplerConfig& s);
 // The seed asked with --seed, or a fresh random one when none was given (printed by the

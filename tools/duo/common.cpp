@@ -5,6 +5,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "io/head_pattern.h"
+#include "io/hf_checkpoint.h"
 
 namespace duo::cli {
 
@@ -15,6 +16,12 @@ std::string default_model_path() {
   else
     dir = std::string(std::getenv("HOME") ? std::getenv("HOME") : "/root") + "/.cache/duo/models";
   return dir + "/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+std::string model_name_of_path(const std::string& path) {
+  std::filesystem::path p(path);
+  if (!p.has_filename()) p = p.parent_path();  // "dir/"
+  return is_directory(path) ? p.filename().string() : p.stem().string();
 }
 
 const CLI::Validator& finite_number() {
@@ -29,7 +36,8 @@ const CLI::Validator& finite_number() {
 }
 
 void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention) {
-  cmd.add_option("-m,--model", o.model, "GGUF model file (default: the fetched SmolLM2-135M-Instruct)");
+  cmd.add_option("-m,--model", o.model,
+                 "GGUF model file or Hugging Face directory (default: the fetched SmolLM2-135M-Instruct)");
   cmd.add_option("-t,--threads", o.threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
   cmd.add_option("--chunk", o.chunk, "pre-fill chunk size in tokens")->check(CLI::PositiveNumber);
   cmd.add_option("-c,--max-context,--ctx-size", o.max_context, "context limit in tokens (0: the model's)")
