@@ -291,7 +291,8 @@ void run_calibrate(CalibrateOptions& o) {
     fmt::print(stderr, "no checkpoint at {} yet: starting from step 0\n", o.checkpoint);
   }
   fmt::print(stderr,
-             "calibrate: {} ({} layers x {} KV heads = {} gates) | {} steps | lengths {}..{} | data {} | loss {} on {} | lambda {} | lr {} | window sink {} recent {} | device {}\n{}\n",
+             "calibrate: {} ({} layers x {} KV heads = {} gates) | {} steps | lengths {}..{} | data {} | loss {} on {} "
+             "| lambda {} | lr {} | window sink {} recent {} | device {}\n{}\n",
              mc.name, mc.n_layers, mc.n_kv_heads, mc.n_layers * mc.n_kv_heads, o.cal.steps, o.data.min_len,
              o.data.max_len, data_desc, to_string(o.cal.distill), to_string(o.data.loss_rows), o.cal.lambda, o.cal.adamw.lr, o.cal.window.sink,
              o.cal.window.recent, o.device, memory);
