@@ -96,6 +96,80 @@ std::vector<std::vector<HeadKind>> binarize_ratio(const GateMatrix& g, double re
   return k;
 }
 
+RatioPolicy parse_ratio_policy(const std::string& s) {
+  RatioPolicy p;
+  if (s == "global") return p;
+  if (s == "per-layer") {
+    p.kind = RatioPolicy::Kind::PerLayer;
+    return p;
+  }
+  const std::string prefix = "min-per-layer=";
+  if (s.rfind(prefix, 0) == 0) {
+    const std::string k = s.substr(prefix.size());
+    const bool digits = !k.empty() && k.size() <= 6 && std::all_of(k.begin(), k.end(), [](char c) { return c >= '0' && c <= '9'; });
+    DUO_CHECK(digits, "ratio policy '{}': K in min-per-layer=K must be a whole number of heads", s);
+    p.kind = RatioPolicy::Kind::MinPerLayer;
+    p.min_per_layer = std::stoi(k);
+    return p;
+  }
+  fail("unknown ratio policy '{}' (global, per-layer or min-per-layer=K)", s);
+}
+
+std::string to_string(const RatioPolicy& p) {
+  switch (p.kind) {
+    case RatioPolicy::Kind::Global: return "global";
+    case RatioPolicy::Kind::PerLayer: return "per-layer";
+    case RatioPolicy::Kind::MinPerLayer: return "min-per-layer=" + std::to_string(p.min_per_layer);
+  }
+  return "?";
+}
+
+std::vector<std::vector<HeadKind>> binarize_ratio(const GateMatrix& g, double retrieval_ratio,
+                                                  const RatioPolicy& policy) {
+  if (policy.kind == RatioPolicy::Kind::Global) return binarize_ratio(g, retrieval_ratio);
+  DUO_CHECK(retrieval_ratio >= 0.0 && retrieval_ratio <= 1.0, "retrieval ratio {} is outside [0, 1]",
+            retrieval_ratio);
+  const int L = g.n_layers, H = g.n_kv_heads;
+  const size_t keep = (size_t)std::llround(retrieval_ratio * (double)g.values.size());  // the global count
+  // Each layer's heads by gate, best first (stable: earlier heads first on ties).
+  std::vector<std::vector<int>> order((size_t)L);
+  for (int l = 0; l < L; ++l) {
+    order[l].resize((size_t)H);
+    std::iota(order[l].begin(), order[l].end(), 0);
+    std::stable_sort(order[l].begin(), order[l].end(), [&](int a, int b) { return g.at(l, a) > g.at(l, b); });
+  }
+  std::vector<int> taken((size_t)L, 0);  // heads kept per layer: each layer's top taken[l]
+  size_t total = 0;
+  if (policy.kind == RatioPolicy::Kind::PerLayer) {
+    const int base = (int)std::min<size_t>(keep / (size_t)std::max(L, 1), (size_t)H);
+    for (int l = 0; l < L; ++l) taken[l] = base;
+    total = (size_t)base * (size_t)L;
+  } else {
+    DUO_CHECK(policy.min_per_layer >= 0, "min-per-layer K must be >= 0");
+    const int k = std::min(policy.min_per_layer, H);
+    for (int l = 0; l < L; ++l) taken[l] = k;
+    total = (size_t)k * (size_t)L;
+  }
+  // The remaining heads one at a time to the layer whose next head has the largest gate
+  // (per-layer: at most one extra a layer; ties: the earlier layer).
+  std::vector<int> cap((size_t)L, H);
+  if (policy.kind == RatioPolicy::Kind::PerLayer)
+    for (int l = 0; l < L; ++l) cap[l] = std::min(H, taken[l] + 1);
+  while (total < keep) {
+    int best = -1;
+    for (int l = 0; l < L; ++l)
+      if (taken[l] < cap[l] &&
+          (best < 0 || g.at(l, order[l][taken[l]]) > g.at(best, order[best][taken[best]])))
+        best = l;
+    if (best < 0) break;  // (cannot happen: keep <= L x H)
+    ++taken[best], ++total;
+  }
+  std::vector<std::vector<HeadKind>> kinds((size_t)L, std::vector<HeadKind>((size_t)H, HeadKind::Streaming));
+  for (int l = 0; l < L; ++l)
+    for (int i = 0; i < taken[l]; ++i) kinds[l][order[l][i]] = HeadKind::Retrieval;
+  return kinds;
+}
+
 HeadPlan make_head_plan(const std::vector<std::vector<HeadKind>>& kinds, int n_layers, int n_kv_heads,
                         StreamingWindow window, const std::string& origin) {
   const int rows = (int)kinds.size(), cols = kinds.empty() ? 0 : (int)kinds[0].size();

@@ -54,7 +54,7 @@ HeadPlan request_kinds(const GenerationRequest& r, const ServeContext& ctx) {
   try {
     const double ratio = r.retrieval_ratio ? *r.retrieval_ratio : (r.threshold ? -1.0 : ctx.default_retrieval_ratio);
     const float threshold = r.threshold.value_or(ctx.default_threshold);
-    const auto kinds = ratio >= 0 ? binarize_ratio(*gates, ratio) : binarize_threshold(*gates, threshold);
+    const auto kinds = ratio >= 0 ? binarize_ratio(*gates, ratio, ctx.ratio_policy) : binarize_threshold(*gates, threshold);
     return engine.to_slot_order(make_head_plan(kinds, c.n_layers, c.n_kv_heads, w, origin));
   } catch (const Error& e) {
     bad_param("pattern", "{}", e.what());

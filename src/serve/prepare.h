@@ -24,6 +24,7 @@ struct ServeContext {
   std::map<std::string, GateMatrix> patterns;  // duo patterns requests may name
   std::string default_pattern;               // name in `patterns` used by duo requests that name none
   double default_retrieval_ratio = -1;       // < 0: binarize by threshold
+  RatioPolicy ratio_policy;                  // how a retrieval ratio picks heads (--ratio-policy)
   float default_threshold = 0.5f;
 };
 

@@ -71,7 +71,7 @@ void run_mode_comparison(const ModelOptions& mo, const std::string& contexts, in
       else
         g = load_gates_tsv(mo.pattern);
       eo.attention = AttentionMode::Duo;
-      eo.plan.kinds = binarize_ratio(g, ratio);
+      eo.plan.kinds = binarize_ratio(g, ratio, parse_ratio_policy(mo.ratio_policy));
     }
     engine = std::make_unique<Engine>(eo);
     ModelBackend& backend = engine->backend();

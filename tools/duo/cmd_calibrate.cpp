@@ -1,5 +1,5 @@
 // `duo calibrate`: DuoAttention retrieval-head identification. Optimizes one gate per KV head
-// on synthetic passkey data (frozen model, gated forward/backward on the CPU or, with
+// on synthetic passkey or RULER-style data (frozen model, gated forward/backward on the CPU or, with
 // --device cuda, on one GPU) and writes the gate matrix TSV that `--attention duo --pattern` loads.
 // --time-lengths measures the loss backend's cost per step at given lengths instead (no run).
 #include <fmt/core.h>
@@ -14,9 +14,11 @@
 #include "calibrate/calibration_device.h"
 #include "calibrate/calibrator.h"
 #include "calibrate/devices/calibration_devices.h"
+#include "calibrate/ruler_data.h"
 #include "commands.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "eval/ruler_tasks.h"
 #include "io/head_pattern.h"
 #include "model/model.h"
 #include "tokenizer/chat_template.h"
@@ -37,7 +39,38 @@ struct CalibrateOptions {
   int64_t weights_budget_mib = 4096;
   CalibrationConfig cal;
   PasskeyDataConfig data;
+  std::string data_kind = "passkey";  // passkey | ruler | mix
+  std::string data_tasks, data_haystacks;  // comma-separated (empty: the defaults)
 };
+
+std::vector<std::string> split_commas(const std::string& s, const char* option) {
+  std::vector<std::string> out;
+  for (size_t at = 0; at <= s.size();) {
+    const size_t comma = std::min(s.find(',', at), s.size());
+    out.push_back(s.substr(at, comma - at));
+    DUO_CHECK(!out.back().empty(), "{}: empty item in '{}'", option, s);
+    at = comma + 1;
+  }
+  return out;
+}
+
+// The RULER source's settings: lengths, depths and loss rows as the passkey source's.
+RulerDataConfig ruler_config(const CalibrateOptions& o) {
+  RulerDataConfig r;
+  if (!o.data_tasks.empty() && o.data_tasks != "all") r.tasks = split_commas(o.data_tasks, "--data-tasks");
+  if (o.data_tasks == "all")
+    for (const auto& t : ruler_tasks()) r.tasks.push_back(t.name);
+  if (!o.data_haystacks.empty())
+    for (const auto& h : split_commas(o.data_haystacks, "--data-haystacks")) r.haystacks.push_back(parse_ruler_haystack(h));
+  r.min_len = o.data.min_len;
+  r.max_len = o.data.max_len;
+  r.length_intervals = o.data.length_intervals;
+  r.min_depth = o.data.min_depth;
+  r.max_depth = o.data.max_depth;
+  r.depth_intervals = o.data.depth_intervals;
+  r.loss_rows = o.data.loss_rows;
+  return r;
+}
 
 void write_log(const std::vector<StepReport>& hist, const std::string& path) {
   std::ofstream f(path);
@@ -192,8 +225,28 @@ void run_calibrate(CalibrateOptions& o) {
   if (o.data.max_len == 0) o.data.max_len = std::min<int64_t>(32000, mc.n_ctx_train);
   DUO_CHECK(o.data.max_len <= mc.n_ctx_train, "--max-len {} is beyond the model's context of {} tokens",
             o.data.max_len, mc.n_ctx_train);
-  PasskeyGenerator data(*tok, o.plain ? nullptr : &tmpl, o.data);
-  o.data = data.config();  // min_len resolved
+  DUO_CHECK(o.data_kind != "passkey" || (o.data_tasks.empty() && o.data_haystacks.empty()),
+            "--data-tasks and --data-haystacks choose RULER-style samples: use them with --data ruler or mix");
+  // The sample source: passkeys, RULER-style prompts, or half of each (sharing one length range:
+  // the passkey source's minimum, resolved first).
+  std::unique_ptr<PasskeyGenerator> passkeys;
+  std::unique_ptr<RulerSampleSource> ruler;
+  std::unique_ptr<MixedSampleSource> mix;
+  SampleSource* data = nullptr;
+  if (o.data_kind != "ruler") {
+    passkeys = std::make_unique<PasskeyGenerator>(*tok, o.plain ? nullptr : &tmpl, o.data);
+    o.data = passkeys->config();  // min_len resolved
+    data = passkeys.get();
+  }
+  if (o.data_kind != "passkey") {
+    ruler = std::make_unique<RulerSampleSource>(*tok, o.plain ? nullptr : &tmpl, ruler_config(o));
+    o.data.min_len = ruler->config().min_len;
+    data = ruler.get();
+  }
+  if (o.data_kind == "mix") {
+    mix = std::make_unique<MixedSampleSource>(*passkeys, *ruler);
+    data = mix.get();
+  }
 
   ThreadPool pool(o.threads);
   // The device that runs the gated model, by name (only the one that runs is built).
@@ -221,7 +274,17 @@ void run_calibrate(CalibrateOptions& o) {
                                    {"chat", !o.plain}};
   // (recorded only when not the default, so checkpoints of earlier runs still resume)
   if (o.data.loss_rows != LossRows::Answers) run_info["loss_rows"] = to_string(o.data.loss_rows);
-  Calibrator cal(mc.n_layers, mc.n_kv_heads, data, loss, o.cal, run_info);
+  std::string data_desc = fmt::format("{} passkeys x {} words", o.data.n_passkeys, o.data.passkey_words);
+  if (ruler) {
+    std::string tasks, haystacks;
+    for (const auto& t : ruler->config().tasks) tasks += (tasks.empty() ? "" : ",") + t;
+    for (RulerHaystack h : ruler->config().haystacks) haystacks += (haystacks.empty() ? "" : ",") + std::string(to_string(h));
+    run_info["data"] = o.data_kind;
+    run_info["data_tasks"] = tasks;
+    run_info["data_haystacks"] = haystacks;
+    data_desc = fmt::format("{}RULER-style tasks {} (haystacks {})", passkeys ? data_desc + " / " : "", tasks, haystacks);
+  }
+  Calibrator cal(mc.n_layers, mc.n_kv_heads, *data, loss, o.cal, run_info);
   if (o.resume && std::filesystem::exists(o.checkpoint)) {
     cal.load_checkpoint(o.checkpoint);
     fmt::print(stderr, "resumed from {} at step {}\n", o.checkpoint, cal.state().step);
@@ -229,10 +292,10 @@ void run_calibrate(CalibrateOptions& o) {
     fmt::print(stderr, "no checkpoint at {} yet: starting from step 0\n", o.checkpoint);
   }
   fmt::print(stderr,
-             "calibrate: {} ({} layers x {} KV heads = {} gates) | {} steps | lengths {}..{} | {} passkeys x {} "
-             "words | loss {} on {} | lambda {} | lr {} | window sink {} recent {} | device {}\n{}\n",
+             "calibrate: {} ({} layers x {} KV heads = {} gates) | {} steps | lengths {}..{} | data {} | loss {} on {} "
+             "| lambda {} | lr {} | window sink {} recent {} | device {}\n{}\n",
              mc.name, mc.n_layers, mc.n_kv_heads, mc.n_layers * mc.n_kv_heads, o.cal.steps, o.data.min_len,
-             o.data.max_len, o.data.n_passkeys, o.data.passkey_words, to_string(o.cal.distill), to_string(o.data.loss_rows), o.cal.lambda, o.cal.adamw.lr, o.cal.window.sink,
+             o.data.max_len, data_desc, to_string(o.cal.distill), to_string(o.data.loss_rows), o.cal.lambda, o.cal.adamw.lr, o.cal.window.sink,
              o.cal.window.recent, o.device, memory);
 
   const auto t0 = std::chrono::steady_clock::now();
@@ -265,7 +328,7 @@ void run_calibrate(CalibrateOptions& o) {
 void add_calibrate(CLI::App& app) {
   auto o = std::make_shared<CalibrateOptions>();
   o->data.max_len = 0;  // the model's context, at most 32000
-  auto* cmd = app.add_subcommand("calibrate", "find retrieval heads: optimize DuoAttention gates on passkey data");
+  auto* cmd = app.add_subcommand("calibrate", "find retrieval heads: optimize DuoAttention gates on passkey or RULER-style data");
   cmd->option_defaults()->always_capture_default();
   cmd->add_option("-m,--model", o->model,
                   "GGUF model file or Hugging Face directory (default: the fetched SmolLM2-135M-Instruct)");
@@ -278,7 +341,8 @@ void add_calibrate(CLI::App& app) {
   cmd->add_option("-o,--out", o->out, "gate matrix TSV to write (rows layers, columns KV heads); required unless --time-lengths");
   cmd->add_option("--steps", o->cal.steps, "optimization steps (one sample each)")->check(CLI::PositiveNumber);
   cmd->add_option("--min-len", o->data.min_len,
-                  "shortest sample, tokens (0: 1000 tokens of haystack plus what the passkeys and questions take)")
+                  "shortest sample, tokens (0: 1000 tokens of haystack plus what the passkeys and questions take; "
+                  "with --data ruler 1024)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-len", o->data.max_len, "longest sample, tokens (default: model context, at most 32000)")
       ->check(CLI::NonNegativeNumber);
@@ -304,6 +368,17 @@ void add_calibrate(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--recent", o->cal.window.recent, "recent tokens of streaming attention during calibration")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--data", o->data_kind,
+                  "calibration samples: passkey (NATO-word passkeys in prose, the reference's), ruler (RULER-style "
+                  "tasks with the expected answer as the assistant's turn, from a seed space of their own) or mix "
+                  "(half each)")
+      ->check(CLI::IsMember({"passkey", "ruler", "mix"}));
+  cmd->add_option("--data-tasks", o->data_tasks,
+                  "RULER tasks drawn for --data ruler/mix, comma-separated, or 'all' (default: the needle tasks "
+                  "and vt)");
+  cmd->add_option("--data-haystacks", o->data_haystacks,
+                  "haystacks of the varied-haystack RULER tasks, comma-separated: repeat, prose, code (default "
+                  "prose,code)");
   cmd->add_option("--passkeys", o->data.n_passkeys, "passkeys per sample (1-20)")->check(CLI::Range(1, 20));
   cmd->add_option("--passkey-words", o->data.passkey_words, "NATO-alphabet words per passkey")
       ->check(CLI::PositiveNumber);

@@ -201,10 +201,13 @@ void add_pattern(CLI::App& app) {
   auto* show = pat->add_subcommand("show", "print a pattern binarized at a retrieval ratio");
   show->add_option("file", *file, "gate matrix TSV")->required();
   show->add_option("--retrieval-ratio", *ratio, "fraction of retrieval heads")->check(CLI::Range(0.0, 1.0));
-  show->callback([file, ratio] {
+  auto policy = std::make_shared<std::string>("global");
+  show->add_option("--ratio-policy", *policy, "global, per-layer or min-per-layer=K (as for generate)");
+  show->callback([file, ratio, policy] {
     const GateMatrix g = load_gates_tsv(*file);
-    const auto k = binarize_ratio(g, *ratio);
-    fmt::print("{}: {} layers x {} KV heads, retrieval (R) at ratio {:.2f}\n", *file, g.n_layers, g.n_kv_heads, *ratio);
+    const auto k = binarize_ratio(g, *ratio, parse_ratio_policy(*policy));
+    fmt::print("{}: {} layers x {} KV heads, retrieval (R) at ratio {:.2f} ({}: {:.3f} kept)\n", *file, g.n_layers,
+               g.n_kv_heads, *ratio, *policy, retrieval_fraction(k));
     for (int l = 0; l < g.n_layers; ++l) {
       fmt::print("layer {:>3}  ", l);
       for (int h = 0; h < g.n_kv_heads; ++h) fmt::print("{}", k[l][h] == HeadKind::Retrieval ? 'R' : '.');

@@ -101,7 +101,8 @@ std::vector<RulerMode> make_modes(Engine& engine, const ModelOptions& mo, const 
       } else {
         DUO_CHECK(!ms.pattern.empty(), "mode '{}' needs a pattern (--pattern or {}@FILE)", spec, n);
         const GateMatrix g = load_gates_tsv(ms.pattern);
-        m.plan = engine.to_slot_order(make_head_plan(binarize_ratio(g, r), c.n_layers, c.n_kv_heads, w, ms.pattern));
+        m.plan = engine.to_slot_order(make_head_plan(binarize_ratio(g, r, parse_ratio_policy(mo.ratio_policy)),
+                                                     c.n_layers, c.n_kv_heads, w, ms.pattern));
       }
     }
     m.plan.kv_type = ms.kv.empty() ? engine.options().kv_type : parse_kv_type(ms.kv);
@@ -172,7 +173,17 @@ void add_ruler_eval(CLI::App& eval) {
     mo.attention = any_duo ? "duo" : names.front();
     // The engine's own duo plan (the "duo" mode) is --retrieval-ratio or --threshold of the
     // pattern; duoNN modes build theirs from the same pattern below.
-    Engine engine(engine_options(mo));
+    // --ratio-policy shapes the ratio plans: duoNN's, and "duo"'s when --retrieval-ratio is given.
+    bool any_ratio_mode = mo.retrieval_ratio >= 0;
+    for (const auto& n : names) {
+      const std::string base = parse_mode(n, o->model.pattern).base;
+      any_ratio_mode |= base != "full" && base != "streaming" && duo_ratio_of(base) >= 0;
+    }
+    DUO_CHECK(mo.ratio_policy == "global" || any_ratio_mode,
+              "--ratio-policy applies to ratio plans: give --retrieval-ratio or duoNN modes");
+    ModelOptions engine_mo = mo;
+    if (mo.retrieval_ratio < 0) engine_mo.ratio_policy = "global";  // (the engine's plan is by --threshold)
+    Engine engine(engine_options(engine_mo));
     const std::vector<RulerMode> modes = make_modes(engine, mo, names);
     const size_t total = ruler_cells(grid).size() * modes.size();
     const std::string model_name = engine.model().config().name;

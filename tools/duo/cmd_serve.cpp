@@ -79,6 +79,7 @@ void run_server(const ServeOptions& o) {
   DUO_CHECK(o.default_max_tokens >= 1, "--max-tokens must be at least 1");
   ctx.default_max_tokens = o.default_max_tokens;
   ctx.default_retrieval_ratio = o.model.retrieval_ratio;
+  ctx.ratio_policy = parse_ratio_policy(o.model.ratio_policy);
   ctx.default_threshold = o.model.threshold;
   if (!o.model.pattern.empty()) {
     ctx.patterns["default"] = load_gates_tsv(o.model.pattern);

@@ -32,6 +32,7 @@ struct ModelOptions {
   std::string pattern;           // gate matrix TSV for --attention duo
   double retrieval_ratio = -1;   // keep this fraction as retrieval heads (< 0: use threshold)
   float threshold = 0.5f;
+  std::string ratio_policy = "global";  // how --retrieval-ratio spreads heads over layers (RatioPolicy)
   std::string device = "cpu";    // cpu | cuda
   std::string kv_type = "default";  // KV cache storage: f32, bf16, f16, q8, q4 (default: f32 CPU, bf16 CUDA)
   int act_bits = 16;  // CPU many-token matmul activations: 16 or 8 bits

@@ -63,6 +63,18 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool with_attention) {
     cmd.add_option("--retrieval-ratio", o.retrieval_ratio, "fraction of KV heads kept as retrieval heads")
         ->check(CLI::Range(0.0, 1.0))
         ->check(finite_number());
+    cmd.add_option("--ratio-policy", o.ratio_policy,
+                   "how --retrieval-ratio picks heads: global (the top gates over all layers), per-layer (the same "
+                   "count spread evenly over the layers) or min-per-layer=K (at least K heads a layer, the rest "
+                   "globally)")
+        ->check([](const std::string& v) {
+          try {
+            parse_ratio_policy(v);
+            return std::string();
+          } catch (const Error& e) {
+            return std::string(e.what());
+          }
+        });
     cmd.add_option("--threshold", o.threshold, "gate threshold for retrieval heads (without --retrieval-ratio)")
         ->check(CLI::Range(0.0, 1.0))
         ->check(finite_number());
@@ -93,7 +105,9 @@ EngineOptions engine_options(const ModelOptions& o) {
   if (e.attention == AttentionMode::Duo) {
     DUO_CHECK(!o.pattern.empty(), "--attention duo needs --pattern FILE (a gate matrix TSV)");
     const GateMatrix g = load_gates_tsv(o.pattern);
-    e.plan.kinds = o.retrieval_ratio >= 0 ? binarize_ratio(g, o.retrieval_ratio) : binarize_threshold(g, o.threshold);
+    DUO_CHECK(o.ratio_policy == "global" || o.retrieval_ratio >= 0, "--ratio-policy needs --retrieval-ratio");
+    e.plan.kinds = o.retrieval_ratio >= 0 ? binarize_ratio(g, o.retrieval_ratio, parse_ratio_policy(o.ratio_policy))
+                                          : binarize_threshold(g, o.threshold);
     e.pattern_origin = o.pattern;
   } else {
     DUO_CHECK(o.pattern.empty(), "--pattern is only used with --attention duo");
