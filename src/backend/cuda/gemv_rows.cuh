@@ -94,12 +94,17 @@ void launch_gemv_rows(const typename Fmt::Elem* W, const float* scale, int64_t r
   // One wave of resident CTAs walks all rows (a second, partial wave would idle most SMs).
   const int64_t blocks =
       std::min<int64_t>((rows + kGemvWarps - 1) / kGemvWarps, (int64_t)kGemvCtasPerSm * gemv_sm_count());
-  if (kSwiGLU && act == Glu::GeluTanh)
-    gemv_rows_kernel<Fmt, kSwiGLU, Glu::GeluTanh>
-        <<<(unsigned)blocks, kGemvThreads, smem, stream>>>(W, scale, rows, (int)cols, x, y, h, accumulate);
-  else
-    gemv_rows_kernel<Fmt, kSwiGLU, Glu::Silu>
-        <<<(unsigned)blocks, kGemvThreads, smem, stream>>>(W, scale, rows, (int)cols, x, y, h, accumulate);
+  // (The plain layer has no activation: only its Silu instantiation exists.)
+  if constexpr (kSwiGLU) {
+    if (act == Glu::GeluTanh) {
+      gemv_rows_kernel<Fmt, true, Glu::GeluTanh>
+          <<<(unsigned)blocks, kGemvThreads, smem, stream>>>(W, scale, rows, (int)cols, x, y, h, accumulate);
+      DUO_CUDA_TRY(cudaGetLastError());
+      return;
+    }
+  }
+  gemv_rows_kernel<Fmt, kSwiGLU, Glu::Silu>
+      <<<(unsigned)blocks, kGemvThreads, smem, stream>>>(W, scale, rows, (int)cols, x, y, h, accumulate);
   DUO_CUDA_TRY(cudaGetLastError());
 }
 
