@@ -6,8 +6,14 @@
 //   duo_bf16_emulation MODEL.gguf FIXTURE.json [steps]   real model: fixture prompts, then
 //                                                         teacher-forced decode steps
 //   duo_bf16_emulation tiny                               the random models of forward_test
-//   duo_bf16_emulation hf DIR FIXTURE.json                a tiny HF directory (tests/fixtures/hf) against
-//                                                         its transformers logits, every position
+//   duo_bf16_emulation hf DIR FIXTURE.json [KEY]          a tiny HF directory (tests/fixtures/hf), or a
+//                                                         GGUF, against its transformers logits (the
+//                                                         fixture's KEY, default "logits": gemma3's
+//                                                         GGUF twin has "gguf_logits"), every position
+// gemma3 (what gpu_model.cpp adds for it): embeddings times embd_scale in fp32, the local layers'
+// RoPE table and window (the CPU cache's fixed-window heads), queries times the query scale after
+// RoPE (then rounded), sandwich norms on the fp32 block outputs before each residual add, GeGLU
+// rounded once to bf16, soft-capped logits.
 // Environment: DUO_EMU_KV=bf16|q8|q4 gives both caches that --kv-type (the GPU quantizes its own
 // bf16 K/V, the CPU its f32 K/V rounded to bf16: codes near a grid boundary can differ), and
 // DUO_EMU_WEIGHTS=int8 emulates --gpu-weights int8 (per-row int8 weights, dequantized to bf16).
@@ -77,7 +83,7 @@ struct Emu {
   ThreadPool& pool;
   std::vector<W> wq, wk, wv, wo, wg, wu, wd;
   W emb, out;
-  std::vector<float> invf;
+  std::vector<float> invf, invf_local;
   Emu(Model& m_, ThreadPool& p) : m(m_), pool(p) {
     const auto& w = m.weights();
     emb = conv(w.tok_embd, false);  // the embedding table stays bf16 (only rows are read)
@@ -95,6 +101,7 @@ struct Emu {
       wd.push_back(conv(L.w_down));
     }
     invf = m.rope_inv_freq();
+    invf_local = m.rope_inv_freq_local();
   }
   void forward(KvCache& cache, const int32_t* toks, int64_t n, float* logits) {
     const auto& c = m.config();
@@ -103,11 +110,15 @@ struct Emu {
     const int64_t pos0 = cache.n_past();
     std::vector<float> x(n * E), xn(n * E), q(n * Q), k(n * KV), v(n * KV), att(n * Q), o(n * std::max(E, F)), g(n * F),
         u(n * F);
-    for (int64_t t = 0; t < n; ++t) std::copy_n(&emb.d[toks[t] * E], E, &x[t * E]);
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t i = 0; i < E; ++i) x[t * E + i] = emb.d[toks[t] * E + i] * c.embd_scale;
     std::vector<std::vector<KvSegment>> segs(HKV);
     std::vector<HeadKind> kinds(HKV);
+    const float q_mul = c.query_scale > 0 ? (float)std::sqrt((double)D / c.query_scale) : 1.0f;
     for (int l = 0; l < c.n_layers; ++l) {
       const auto& L = w.layers[l];
+      const bool local = c.is_local(l);
+      const float* fr = local ? invf_local.data() : invf.data();
       for (int64_t t = 0; t < n; ++t) rmsnorm(&x[t * E], L.attn_norm.data(), &xn[t * E], E, c.norm_eps);
       rbv(xn.data(), n * E);
       matmul(wq[l].v, xn.data(), n, q.data(), pool);
@@ -124,8 +135,9 @@ struct Emu {
           for (int64_t h = 0; h < HKV; ++h)
             rmsnorm(&k[t * KV + h * D], L.k_norm.data(), &k[t * KV + h * D], D, c.norm_eps);
         }
-        for (int64_t h = 0; h < H; ++h) rope(&q[t * Q + h * D], D, pos0 + t, invf.data(), c.rope_style);
-        for (int64_t h = 0; h < HKV; ++h) rope(&k[t * KV + h * D], D, pos0 + t, invf.data(), c.rope_style);
+        for (int64_t h = 0; h < H; ++h) rope(&q[t * Q + h * D], D, pos0 + t, fr, c.rope_style);
+        for (int64_t h = 0; h < HKV; ++h) rope(&k[t * KV + h * D], D, pos0 + t, fr, c.rope_style);
+        for (int64_t i = 0; i < Q; ++i) q[t * Q + i] *= q_mul;
       }
       rbv(q.data(), n * Q);
       rbv(k.data(), n * KV);
@@ -147,27 +159,38 @@ struct Emu {
       a.head_dim = D;
       a.segments = &segs;
       a.kinds = &kinds;
-      a.window = cache.plan().window;
+      a.window = local ? StreamingWindow{0, c.local_window} : cache.plan().window;
       attention(a, pool);
       rbv(att.data(), n * Q);
       for (int64_t h = 0; h < HKV; ++h) cache.head(l, h).append(&k[h * D], &v[h * D], n, KV, pos0);
       matmul(wo[l].v, att.data(), n, o.data(), pool);
       for (int64_t t = 0; t < n; ++t) {
+        if (!L.post_attn_norm.empty()) rmsnorm(&o[t * E], L.post_attn_norm.data(), &o[t * E], E, c.norm_eps);
         add_inplace(&x[t * E], &o[t * E], E);
         rmsnorm(&x[t * E], L.ffn_norm.data(), &xn[t * E], E, c.norm_eps);
       }
       rbv(xn.data(), n * E);
       matmul(wg[l].v, xn.data(), n, g.data(), pool);
       matmul(wu[l].v, xn.data(), n, u.data(), pool);
-      for (int64_t t = 0; t < n; ++t) swiglu(&g[t * F], &u[t * F], &g[t * F], F);
+      for (int64_t t = 0; t < n; ++t) {
+        if (c.gelu_mlp)
+          geglu(&g[t * F], &u[t * F], &g[t * F], F);
+        else
+          swiglu(&g[t * F], &u[t * F], &g[t * F], F);
+      }
       rbv(g.data(), n * F);
       matmul(wd[l].v, g.data(), n, o.data(), pool);
-      for (int64_t t = 0; t < n; ++t) add_inplace(&x[t * E], &o[t * E], E);
+      for (int64_t t = 0; t < n; ++t) {
+        if (!L.post_ffn_norm.empty()) rmsnorm(&o[t * E], L.post_ffn_norm.data(), &o[t * E], E, c.norm_eps);
+        add_inplace(&x[t * E], &o[t * E], E);
+      }
     }
     cache.advance(n);
     rmsnorm(&x[(n - 1) * E], w.output_norm.data(), xn.data(), E, c.norm_eps);
     rbv(xn.data(), E);
     matmul(out.v, xn.data(), 1, logits, pool);
+    if (c.final_softcap > 0)
+      for (int64_t i = 0; i < c.n_vocab; ++i) logits[i] = c.final_softcap * std::tanh(logits[i] / c.final_softcap);
   }
 };
 
@@ -248,7 +271,7 @@ int main_tiny() {
 }
 // An HF fixture: the emulation and the plain CPU forward, one token at a time, against
 // transformers' float32 logits of every prompt position (tests/cuda/hf_forward_test.cpp's bound).
-int main_hf(const std::string& dir, const std::string& fixture) {
+int main_hf(const std::string& dir, const std::string& fixture, const std::string& key) {
   auto m = Model::load(dir);
   CpuForward cpu(*m);
   ThreadPool pool(2);
@@ -265,7 +288,7 @@ int main_hf(const std::string& dir, const std::string& fixture) {
   for (size_t i = 0; i < ids.size(); ++i) {
     cpu.forward(*cc, &ids[i], 1, lc.data(), pool);
     emu.forward(*ce, &ids[i], 1, le.data());
-    for (int v = 0; v < V; ++v) ref[v] = j["logits"][i][v].get<float>();
+    for (int v = 0; v < V; ++v) ref[v] = j[key][i][v].get<float>();
     double ne = 0, nc = 0, den = 0;
     for (int v = 0; v < V; ++v) {
       ne += (double)(le[v] - ref[v]) * (le[v] - ref[v]), nc += (double)(lc[v] - ref[v]) * (lc[v] - ref[v]);
@@ -295,10 +318,11 @@ int main_hf(const std::string& dir, const std::string& fixture) {
 }
 
 int main(int argc, char** argv) {
-  if (argc == 4 && std::string(argv[1]) == "hf") return main_hf(argv[2], argv[3]);
+  if ((argc == 4 || argc == 5) && std::string(argv[1]) == "hf")
+    return main_hf(argv[2], argv[3], argc == 5 ? argv[4] : "logits");
   if (argc == 2) return main_tiny();
   if (argc < 3) {
-    fprintf(stderr, "usage: %s MODEL.gguf FIXTURE.json [steps] | %s tiny | %s hf DIR FIXTURE.json\n", argv[0],
+    fprintf(stderr, "usage: %s MODEL.gguf FIXTURE.json [steps] | %s tiny | %s hf DIR FIXTURE.json [KEY]\n", argv[0],
             argv[0], argv[0]);
     return 2;
   }

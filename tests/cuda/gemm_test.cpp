@@ -75,32 +75,40 @@ TEST(CudaGemv, Shapes) {
   check_linear(100, 14336, 1, 0, 0, false, 14, true);
   check_linear(20000, 576, 1, 0, 0, false, 15, true);  // more rows than one wave of CTAs holds
 }
-// The fused gate/up projection + SwiGLU gives the same bits as gemv_bf16 over all 2F rows
-// followed by swiglu(), and agrees with a double-precision reference to bf16 rounding.
+// The gated activation of a double: SwiGLU's silu or GeGLU's tanh-approximated gelu, times up.
+double glu_ref(Glu act, double g, double u) {
+  if (act == Glu::Silu) return g / (1.0 + std::exp(-g)) * u;
+  return 0.5 * g * (1.0 + std::tanh(0.7978845608028654 * (g + 0.044715 * g * g * g))) * u;
+}
+
+// The fused gate/up projection + SwiGLU (and GeGLU, gemma3) gives the same bits as gemv_bf16 over
+// all 2F rows followed by swiglu() with the same activation, and agrees with a double-precision
+// reference to bf16 rounding.
 TEST(CudaGemv, SwiGluFusedMatchesUnfused) {
+  for (Glu act : {Glu::Silu, Glu::GeluTanh})
   for (auto [F, cols] : {std::pair<int64_t, int64_t>{1, 64}, {777, 2056}, {3000, 4096}}) {
     std::mt19937 rng((uint32_t)F);
     auto w = test::randn_bf16(rng, (size_t)(2 * F * cols), 0.05f);
     auto x = test::randn_bf16(rng, (size_t)cols, 1.0f);
     Dev<bf16> dw(test::to_bf16(w)), dx(test::to_bf16(x)), fused((size_t)F), unfused((size_t)F);
     Dev<float> gu((size_t)(2 * F));
-    gemv_swiglu_bf16(dw.get(), F, cols, dx.get(), fused.get(), 0);
+    gemv_swiglu_bf16(dw.get(), F, cols, dx.get(), fused.get(), 0, act);
     gemv_bf16(dw.get(), 2 * F, cols, dx.get(), gu.get(), false, 0);
-    swiglu(gu.get(), 1, (int)F, unfused.get(), 0);
+    swiglu(gu.get(), 1, (int)F, unfused.get(), 0, act);
     const auto a = fused.download(), b = unfused.download();
     int64_t bad = 0;
     for (int64_t i = 0; i < F; ++i) {
       ASSERT_EQ(std::memcmp(&a[(size_t)i], &b[(size_t)i], sizeof(bf16)), 0)
-          << "F " << F << " row " << i << ": fused " << test::to_float(a[(size_t)i]) << " vs "
+          << "act " << (int)act << " F " << F << " row " << i << ": fused " << test::to_float(a[(size_t)i]) << " vs "
           << test::to_float(b[(size_t)i]);
       double g = 0, u = 0;
       for (int64_t c = 0; c < cols; ++c) {
         g += (double)w[(size_t)(i * cols + c)] * x[(size_t)c];
         u += (double)w[(size_t)((F + i) * cols + c)] * x[(size_t)c];
       }
-      const double want = g / (1.0 + std::exp(-g)) * u, got = test::to_float(a[(size_t)i]);
+      const double want = glu_ref(act, g, u), got = test::to_float(a[(size_t)i]);
       if (std::fabs(got - want) > 1e-2 * std::fabs(want) + 1e-3 && bad++ < 5)
-        ADD_FAILURE() << "F " << F << " row " << i << ": " << got << " want " << want;
+        ADD_FAILURE() << "act " << (int)act << " F " << F << " row " << i << ": " << got << " want " << want;
     }
     EXPECT_EQ(bad, 0);
   }
@@ -186,6 +194,7 @@ TEST(CudaGemmInt8, SeveralTokensThroughBf16Tiles) {
 }
 
 TEST(CudaGemvInt8, SwiGluFusedMatchesUnfused) {
+  for (Glu act : {Glu::Silu, Glu::GeluTanh})
   for (auto [F, cols] : {std::pair<int64_t, int64_t>{1, 64}, {777, 2064}, {3000, 4096}}) {
     std::mt19937 rng((uint32_t)F + 100);
     const Int8Matrix w(rng, 2 * F, cols);
@@ -193,13 +202,13 @@ TEST(CudaGemvInt8, SwiGluFusedMatchesUnfused) {
     Dev<int8_t> dq(w.q);
     Dev<float> ds(w.scale), gu((size_t)(2 * F));
     Dev<bf16> dx(test::to_bf16(x)), fused((size_t)F), unfused((size_t)F);
-    gemv_swiglu_int8(dq.get(), ds.get(), F, cols, dx.get(), fused.get(), 0);
+    gemv_swiglu_int8(dq.get(), ds.get(), F, cols, dx.get(), fused.get(), 0, act);
     gemv_int8(dq.get(), ds.get(), 2 * F, cols, dx.get(), gu.get(), false, 0);
-    swiglu(gu.get(), 1, (int)F, unfused.get(), 0);
+    swiglu(gu.get(), 1, (int)F, unfused.get(), 0, act);
     const auto a = fused.download(), b = unfused.download();
     for (int64_t i = 0; i < F; ++i)
       ASSERT_EQ(std::memcmp(&a[(size_t)i], &b[(size_t)i], sizeof(bf16)), 0)
-          << "F " << F << " row " << i << ": fused " << test::to_float(a[(size_t)i]) << " vs "
+          << "act " << (int)act << " F " << F << " row " << i << ": fused " << test::to_float(a[(size_t)i]) << " vs "
           << test::to_float(b[(size_t)i]);
   }
 }

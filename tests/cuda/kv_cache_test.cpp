@@ -96,13 +96,21 @@ void expect_same_contents(const GpuKvCache& gpu, const KvCache& cpu, int layers,
 }
 
 // Appends the same random rows in `chunks` to both caches and compares after every chunk.
-void run_appends(int d, const HeadPlan& plan, const std::vector<int>& chunks, uint32_t seed) {
+// local (empty, or one window a layer, 0 for a global layer): gemma3's local layers, given to the
+// GPU cache through the model's config and to the CPU cache as its layer windows.
+void run_appends(int d, const HeadPlan& plan, const std::vector<int>& chunks, uint32_t seed,
+                 const std::vector<int>& local = {}) {
   const int layers = (int)plan.kinds.size(), n_kv = (int)plan.kinds[0].size();
-  const ModelConfig c = cache_config(layers, n_kv, d);
+  ModelConfig c = cache_config(layers, n_kv, d);
+  for (int w : local) {
+    c.layer_local.push_back(w > 0);
+    if (w > 0) c.local_window = w;
+  }
+  ASSERT_EQ(GpuKvCache::layer_windows(c), local);
   int total = 0;
   for (int n : chunks) total += n;
   GpuKvCache gpu(c, plan, total + 3, 0);
-  KvCache cpu(layers, n_kv, d, plan);
+  KvCache cpu(layers, n_kv, d, plan, local);
   std::mt19937 rng(seed);
   const int64_t row = (int64_t)n_kv * d;
   for (int n : chunks) {
@@ -132,6 +140,35 @@ TEST(CudaKvCache, MixedHeadsMatchHeadCache) {
 
 TEST(CudaKvCache, StreamingOnlyD128NoSink) {
   run_appends(128, HeadPlan::uniform(2, 2, HeadKind::Streaming, {0, 33}), {10, 50, 1, 1, 200}, 2);
+}
+
+// gemma3's local layers (0 and 2 here) hold every head as a no-sink streaming head of their own
+// window (24 rows) whatever the plan says (all retrieval there, sink 4 + recent 40 for the global
+// layer's streaming head): the same rows as the CPU cache with those layer windows, across many
+// wraps of both rings, and the same bytes, which bytes_for (kv_plan_bytes with the windows) prices.
+TEST(CudaKvCache, LocalLayersKeepTheirOwnWindow) {
+  HeadPlan plan = HeadPlan::uniform(3, 2, HeadKind::Retrieval, {4, 40});
+  plan.kinds[1][1] = HeadKind::Streaming;
+  run_appends(64, plan, {10, 50, 1, 1, 200, 7}, 5, {24, 0, 24});
+  ModelConfig c = cache_config(3, 2, 64);
+  c.layer_local = {1, 0, 1}, c.local_window = 24;
+  GpuKvCache gpu(c, plan, 1000, 0);
+  for (int l : {0, 2}) {
+    EXPECT_EQ(gpu.layer(l).mode, HeadMode::AllStreaming) << l;
+    EXPECT_EQ(gpu.layer(l).sink, 0) << l;
+    EXPECT_EQ(gpu.layer(l).recent, 24) << l;
+    EXPECT_EQ(gpu.retrieval_heads(l), 0) << l;
+  }
+  EXPECT_EQ(gpu.layer(1).mode, HeadMode::Mixed);
+  EXPECT_EQ(gpu.layer(1).sink, 4);
+  EXPECT_EQ(gpu.layer(1).recent, 40);
+  // Streaming rows before any position: two local layers' 2 heads x 24 rows, one head x 44 rows.
+  EXPECT_EQ(gpu.bytes(HeadKind::Streaming), (size_t)(2 * 2 * 24 + 44) * 64 * 2 * 2);
+  gpu.reserve(600);
+  gpu.advance(600);
+  EXPECT_EQ(gpu.bytes(), GpuKvCache::bytes_for(c, plan, 600));
+  // (Its own pool maps memory a slab at a time, so the device figure is a lower bound here.)
+  EXPECT_GE(gpu.device_bytes(), GpuKvCache::device_bytes_for(c, plan, 1000, 600));
 }
 
 TEST(CudaKvCache, PoolGrowsAcrossSlabsAndClears) {

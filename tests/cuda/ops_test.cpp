@@ -59,10 +59,38 @@ TEST(CudaOps, AddRmsNormAndAdd) {
   EXPECT_EQ(dx.download(), sum) << "add_inplace";
 }
 
+// gemma3's sandwich norm fused with the residual add and the next norm: x += rmsnorm(d) * dw,
+// y = rmsnorm(x) * w, against the CPU forward's steps (cpu rmsnorm() of d, add_inplace, rmsnorm()),
+// for rows held in registers (640: gemma3-270M, 896, 4096) and the plain kernel (578, 12288).
+TEST(CudaOps, AddNormedRmsNorm) {
+  std::mt19937 rng(30);
+  for (int E : {640, 896, 4096, 578, 12288}) {
+    const int n = 3;
+    auto x = test::randn(rng, (size_t)n * E, 2.0f), d = test::randn(rng, (size_t)n * E, 5.0f);
+    auto dw = test::randn(rng, E, 0.3f, 1.0f), w = test::randn(rng, E, 0.2f, 1.0f);
+    Dev<float> dx(x), dd(d), ddw(dw), dnw(w);
+    Dev<bf16> dy((size_t)n * E);
+    add_normed_rmsnorm(dx.get(), dd.get(), ddw.get(), dnw.get(), dy.get(), n, E, 1e-6f, 0);
+    std::vector<float> sum = x, normed = d, want((size_t)n * E);
+    for (int t = 0; t < n; ++t) {
+      float* o = &normed[(size_t)t * E];
+      duo::rmsnorm(o, dw.data(), o, E, 1e-6f);
+      duo::add_inplace(&sum[(size_t)t * E], o, E);
+      duo::rmsnorm(&sum[(size_t)t * E], w.data(), &want[(size_t)t * E], E, 1e-6f);
+    }
+    const std::string what = "add_normed_rmsnorm E=" + std::to_string(E);
+    // fp32 x: d's scale differs in the last bits (summation order), the add may contract to an FMA.
+    EXPECT_ALL_CLOSE(dx.download(), sum, 1e-5, 1e-5, what + ": x");
+    EXPECT_ALL_CLOSE(test::to_float(dy.download()), want, kBf16Step, 1e-5, what + ": y");
+    EXPECT_EQ(dd.download(), d) << what << ": d must be left as it was";
+  }
+}
+
 // Bias + RoPE of both pairings at small and very large positions, against cpu rope(); with
-// qk_norm, each Q and K head RMS-normalized with its own weights first (cpu rmsnorm(), qwen3).
+// qk_norm, each Q and K head RMS-normalized with its own weights first (cpu rmsnorm(), qwen3);
+// with q_scale, the rotated queries times it (gemma3's query_pre_attn_scalar, as the CPU forward).
 void check_rope(RopeStyle style, int H, int HKV, int D, bool bias, int pos0, float theta, uint32_t seed,
-                bool qk_norm = false) {
+                bool qk_norm = false, float q_scale = 1.0f) {
   std::mt19937 rng(seed);
   const int n = 7, Q = H * D, KV = HKV * D, ld = Q + 2 * KV + 5;  // padded rows: ld honoured
   auto qkv = test::randn(rng, (size_t)n * ld, 2.0f);
@@ -78,6 +106,7 @@ void check_rope(RopeStyle style, int H, int HKV, int D, bool bias, int pos0, flo
   a.n = n, a.pos0 = pos0, a.n_heads = H, a.n_kv_heads = HKV, a.head_dim = D;
   a.neox = style == RopeStyle::Neox;
   if (qk_norm) a.q_norm = dqn.get(), a.k_norm = dkn.get(), a.norm_eps = eps;
+  a.q_scale = q_scale;
   a.q = dq.get(), a.k = dk.get(), a.v = dv.get();
   qkv_bias_rope(a, 0);
   std::vector<float> wq((size_t)n * Q), wk((size_t)n * KV), wv((size_t)n * KV);
@@ -98,9 +127,11 @@ void check_rope(RopeStyle style, int H, int HKV, int D, bool bias, int pos0, flo
     }
     for (int h = 0; h < H; ++h) rope(&wq[(size_t)t * Q + h * D], D, pos0 + t, inv.data(), style);
     for (int h = 0; h < HKV; ++h) rope(&wk[(size_t)t * KV + h * D], D, pos0 + t, inv.data(), style);
+    for (int j = 0; j < Q; ++j) wq[(size_t)t * Q + j] *= q_scale;
   }
   const std::string what = std::string(style == RopeStyle::Neox ? "neox" : "interleaved") + " rope at " +
-                           std::to_string(pos0) + (bias ? " with bias" : "") + (qk_norm ? " with q/k norm" : "");
+                           std::to_string(pos0) + (bias ? " with bias" : "") + (qk_norm ? " with q/k norm" : "") +
+                           (q_scale != 1.0f ? " with q scale " + std::to_string(q_scale) : "");
   // abs term: x0*c - x1*s may cancel; the fp32 inputs differ by ~1e-6 at most.
   EXPECT_ALL_CLOSE(test::to_float(dq.download()), wq, kBf16Step, 1e-5, what + ": q");
   EXPECT_ALL_CLOSE(test::to_float(dk.download()), wk, kBf16Step, 1e-5, what + ": k");
@@ -136,6 +167,50 @@ TEST(CudaOps, RopeWithQkNorm) {
   EXPECT_THROW(qkv_bias_rope(a, 0), Error);
 }
 
+// gemma3: q/k norm, its local layers' base 10000 and global 1e6 / 8 (linear scaling), and the
+// query scale sqrt(head_dim / query_pre_attn_scalar) (1.1547 for the d64 fixture's 64 / 48;
+// Gemma-3-270M's heads, 4 / 1 of 256, with 256 / 256: 1, which must change nothing).
+TEST(CudaOps, RopeWithQueryScale) {
+  check_rope(RopeStyle::Neox, 4, 1, 256, false, 9, 10000.0f, 31, true, 1.0f);
+  check_rope(RopeStyle::Neox, 4, 2, 64, false, 40, 10000.0f, 32, true, (float)std::sqrt(64.0 / 48.0));
+  check_rope(RopeStyle::Neox, 8, 4, 128, false, 70000, 1e6f / 8, 33, true, 0.0625f);
+  check_rope(RopeStyle::Interleaved, 9, 3, 64, true, 5, 10000.0f, 34, false, 0.5f);
+}
+
+// GeGLU (gemma3): gelu's tanh approximation of the gate times up, against cpu geglu().
+TEST(CudaOps, GeGlu) {
+  std::mt19937 rng(35);
+  const int n = 3, F = 1000;
+  auto gu = test::randn(rng, (size_t)n * 2 * F, 3.0f);
+  Dev<float> dgu(gu);
+  Dev<bf16> dout((size_t)n * F);
+  swiglu(dgu.get(), n, F, dout.get(), 0, Glu::GeluTanh);
+  std::vector<float> want((size_t)n * F);
+  for (int t = 0; t < n; ++t) duo::geglu(&gu[(size_t)t * 2 * F], &gu[(size_t)t * 2 * F + F], &want[(size_t)t * F], F);
+  EXPECT_ALL_CLOSE(test::to_float(dout.download()), want, kBf16Step, 1e-6, "geglu");
+}
+
+// Final logit soft-capping: cap * tanh(x / cap) in place, against the CPU forward's expression;
+// logits far beyond the cap saturate at +-cap. tanhf may differ from std::tanh by a few ulps.
+TEST(CudaOps, SoftcapLogits) {
+  std::mt19937 rng(36);
+  for (float cap : {30.0f, 5.0f}) {
+    auto x = test::randn(rng, 50000, 20.0f);
+    x[0] = 1e6f, x[1] = -1e6f, x[2] = 0.0f;
+    Dev<float> dx(x);
+    softcap_logits(dx.get(), (int64_t)x.size(), cap, 0);
+    std::vector<float> want(x.size());
+    for (size_t i = 0; i < x.size(); ++i) want[i] = cap * std::tanh(x[i] / cap);
+    EXPECT_ALL_CLOSE(dx.download(), want, 1e-6, 1e-6 * cap, "softcap " + std::to_string(cap));
+    const auto got = dx.download();
+    EXPECT_EQ(got[0], cap);
+    EXPECT_EQ(got[1], -cap);
+    EXPECT_EQ(got[2], 0.0f);
+  }
+  Dev<float> one(std::vector<float>{1.0f});
+  EXPECT_THROW(softcap_logits(one.get(), 1, 0.0f, 0), Error);
+}
+
 TEST(CudaOps, SwiGlu) {
   std::mt19937 rng(9);
   const int n = 3, F = 1000;
@@ -159,6 +234,11 @@ TEST(CudaOps, EmbeddingIsExactRowCopy) {
   embed_tokens(dt.get(), dtok.get(), (int)toks.size(), E, dx.get(), 0);
   std::vector<float> want;
   for (int32_t t : toks) want.insert(want.end(), table.begin() + (size_t)t * E, table.begin() + (size_t)(t + 1) * E);
+  EXPECT_EQ(dx.download(), want);
+  // gemma3's scale (sqrt(640) as bf16 rounds it): one IEEE multiply, the CPU forward's exactly.
+  const float scale = 25.25f;
+  embed_tokens(dt.get(), dtok.get(), (int)toks.size(), E, dx.get(), 0, scale);
+  for (float& v : want) v *= scale;
   EXPECT_EQ(dx.download(), want);
 }
 

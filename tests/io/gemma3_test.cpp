@@ -22,9 +22,11 @@ namespace {
 // pre-fill chunks of 64, 7 and 1 token, for the directory and the GGUF: see the printed values.
 constexpr double kTol = 2e-4;
 
-// chunk: pre-fill chunk size, or 0 for one token per call. ref_key: the logits to compare with.
-double max_logit_error(const std::string& path, const char* ref_key, int64_t chunk, const HeadPlan* plan = nullptr) {
-  const auto ref = test::hf_reference("tiny-gemma3");
+// chunk: pre-fill chunk size, or 0 for one token per call. ref_key: the logits to compare with;
+// fixture: the reference's name.
+double max_logit_error(const std::string& path, const char* ref_key, int64_t chunk, const HeadPlan* plan = nullptr,
+                       const std::string& fixture = "tiny-gemma3") {
+  const auto ref = test::hf_reference(fixture);
   auto m = Model::load(path);
   CpuForward cpu(*m);
   const ModelConfig& c = m->config();
@@ -58,6 +60,15 @@ TEST(Gemma3, LogitsMatchTransformers) {
 TEST(Gemma3, GgufLogitsMatchTransformers) {
   for (int64_t chunk : {64, 7, 0})
     EXPECT_LT(max_logit_error(test::fixture_path("hf/tiny-gemma3.gguf"), "gguf_logits", chunk), kTol);
+}
+
+// The GGUF twin of the CUDA tests' head_dim-64 gemma3 (dev/make_hf_gpu_fixtures.py; its directory is
+// checked with the other GPU fixtures in hf_model_test.cpp), on the CPU where CI runs.
+TEST(Gemma3, GpuFixtureGgufMatchesTransformersOnCpu) {
+  for (int64_t chunk : {64, 0})
+    EXPECT_LT(max_logit_error(test::fixture_path("hf/tiny-gemma3-d64.gguf"), "gguf_logits", chunk, nullptr,
+                              "tiny-gemma3-d64"),
+              kTol);
 }
 
 // The scale is what separates the two references: the GGUF's logits are not the directory's.

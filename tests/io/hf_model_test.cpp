@@ -59,7 +59,7 @@ TEST(HfModel, Qwen2LogitsMatchTransformers) {
 // The head_dim-64 fixtures of the CUDA tests (dev/make_hf_gpu_fixtures.py, tests/cuda/hf_forward_test.cpp):
 // the CPU forward checks them here, where CI runs.
 TEST(HfModel, GpuFixturesMatchTransformersOnCpu) {
-  for (const char* key : {"tiny-llama-d64", "tiny-mistral-d64", "tiny-qwen2-d64", "tiny-qwen3-d64"})
+  for (const char* key : {"tiny-llama-d64", "tiny-mistral-d64", "tiny-qwen2-d64", "tiny-qwen3-d64", "tiny-gemma3-d64"})
     for (int64_t chunk : {64, 0}) EXPECT_LT(check_logits(key, chunk), kTol) << key << " chunk " << chunk;
 }
 

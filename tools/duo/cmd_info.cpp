@@ -39,7 +39,9 @@ void print_config(const ModelConfig& c) {
                c.n_layers, c.local_window, c.rope_local_theta, c.rope_linear_factor);
     fmt::print("gemma3        sandwich norms, GeGLU, embeddings x {}, attention scale 1/sqrt({}), final softcap {}\n",
                c.embd_scale, c.query_scale, c.final_softcap > 0 ? fmt::format("{}", c.final_softcap) : "none");
-    fmt::print("devices       cpu only (the CUDA backend refuses gemma3)\n");
+    fmt::print("devices       {}\n", c.head_dim == 64 || c.head_dim == 128
+                                        ? "cpu, cuda"
+                                        : "cpu only (the CUDA kernels take heads of 64 or 128 dimensions)");
   }
   fmt::print("tied embed    {}\n", c.tied_embeddings ? "yes" : "no");
 }

@@ -109,11 +109,11 @@ const void* Gemm::reserve_dequant_tile(int64_t rows, int64_t cols) {
   return dequant_.ensure_n<bf16>(dequant_block(rows, cols) * cols);
 }
 
-void Gemm::swiglu_gemv(const GpuMatrix& Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h) {
+void Gemm::swiglu_gemv(const GpuMatrix& Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h, Glu act) {
   if (Wgu.int8())
-    gemv_swiglu_int8(Wgu.q, Wgu.scale, F, cols, x, h, stream_);
+    gemv_swiglu_int8(Wgu.q, Wgu.scale, F, cols, x, h, stream_, act);
   else
-    gemv_swiglu_bf16(Wgu.w, F, cols, x, h, stream_);
+    gemv_swiglu_bf16(Wgu.w, F, cols, x, h, stream_, act);
 }
 
 }  // namespace duo::cuda

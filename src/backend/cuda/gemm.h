@@ -12,6 +12,7 @@
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/device_memory.h"
+#include "backend/cuda/kernels.h"
 
 namespace duo::cuda {
 
@@ -49,9 +50,9 @@ class Gemm {
   void linear(const GpuMatrix& W, int64_t rows, int64_t cols, const bf16* X, int64_t ldx, int64_t n, float* Y,
               int64_t ldy, bool accumulate = false);
   bool uses_gemv(int64_t n, const GpuMatrix& W, int64_t cols, const bf16* X) const;
-  // One token's FFN input projection with SwiGLU fused (Wgu: 2F rows, gate then up), for a
-  // matrix where uses_gemv(1, Wgu, cols, x) holds: gemv_swiglu_bf16 or gemv_swiglu_int8.
-  void swiglu_gemv(const GpuMatrix& Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h);
+  // One token's FFN input projection with SwiGLU (or act's GeGLU) fused (Wgu: 2F rows, gate then
+  // up), for a matrix where uses_gemv(1, Wgu, cols, x) holds: gemv_swiglu_bf16 or gemv_swiglu_int8.
+  void swiglu_gemv(const GpuMatrix& Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h, Glu act = Glu::Silu);
   // Sizes the int8 dequantization tile for a rows x cols matrix now (a captured graph must not
   // see it grow, which would move it); returns where it is.
   const void* reserve_dequant_tile(int64_t rows, int64_t cols);

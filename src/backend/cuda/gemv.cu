@@ -3,8 +3,8 @@
 // bandwidth) with bf16 weights.
 // cuBLAS picks a general GEMM tiling for n = 1 that left ~25% of the bandwidth unused in the
 // Llama-3-8B decode step (docs/cuda-backend.md); this is its one-token replacement. The FFN's
-// gate/up projection has a variant that also applies SwiGLU (a warp computes a gate row and its
-// up row), so the decode step needs no separate SwiGLU kernel.
+// gate/up projection has a variant that also applies SwiGLU or GeGLU (a warp computes a gate row
+// and its up row), so the decode step needs no separate activation kernel.
 #include <cstdint>
 
 #include "backend/cuda/cuda_check.h"
@@ -52,11 +52,12 @@ void gemv_bf16(const bf16* W, int64_t rows, int64_t cols, const bf16* x, float* 
   detail::launch_gemv_rows<detail::Bf16Rows, false>(W, nullptr, rows, cols, x, y, nullptr, accumulate, stream);
 }
 
-void gemv_swiglu_bf16(const bf16* Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h, cudaStream_t stream) {
+void gemv_swiglu_bf16(const bf16* Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h, cudaStream_t stream,
+                      Glu act) {
   if (F <= 0) return;
   if (!gemv_bf16_supported(Wgu, cols, x))
     fail_arg("gemv_swiglu_bf16: needs cols % 8 == 0, cols <= 24576 and 16-byte aligned W and x");
-  detail::launch_gemv_rows<detail::Bf16Rows, true>(Wgu, nullptr, F, cols, x, nullptr, h, false, stream);
+  detail::launch_gemv_rows<detail::Bf16Rows, true>(Wgu, nullptr, F, cols, x, nullptr, h, false, stream, act);
 }
 
 }  // namespace duo::cuda

@@ -105,11 +105,11 @@ void gemv_int8(const int8_t* W, const float* scale, int64_t rows, int64_t cols, 
 }
 
 void gemv_swiglu_int8(const int8_t* Wgu, const float* scale, int64_t F, int64_t cols, const bf16* x, bf16* h,
-                      cudaStream_t stream) {
+                      cudaStream_t stream, Glu act) {
   if (F <= 0) return;
   if (!gemv_int8_supported(Wgu, cols, x))
     fail_arg("gemv_swiglu_int8: needs cols % 16 == 0, cols <= 24576 and 16-byte aligned W and x");
-  detail::launch_gemv_rows<detail::Int8Rows, true>(Wgu, scale, F, cols, x, nullptr, h, false, stream);
+  detail::launch_gemv_rows<detail::Int8Rows, true>(Wgu, scale, F, cols, x, nullptr, h, false, stream, act);
 }
 
 void dequant_int8_rows(const int8_t* q, const float* scale, int64_t rows, int64_t cols, bf16* out,

@@ -3,8 +3,9 @@
 // At M = 1 a linear layer is a pass over its weights, so the kernel streams W at the device's
 // read bandwidth: every warp owns whole rows (grid-stride over rows), each lane reads 16-byte
 // pieces of a row with kGemvUnroll loads in flight before any use, x sits in shared memory (read
-// once a CTA), and a row's partial dot products are summed by a warp shuffle. The SwiGLU variant
-// (kSwiGLU) computes a gate row and its up row: h[r] = swiglu_bf16(gate . x, up . x).
+// once a CTA), and a row's partial dot products are summed by a warp shuffle. The gated variant
+// (kSwiGLU) computes a gate row and its up row: h[r] = glu_bf16<kAct>(gate . x, up . x), kAct
+// SwiGLU's silu or GeGLU's gelu (swiglu.cuh).
 //
 // The weight format is a policy Fmt:
 //   Fmt::Elem        the weight element type;
@@ -51,8 +52,8 @@ __device__ __forceinline__ float row_dot(const typename Fmt::Elem* __restrict__ 
 }
 
 // kSwiGLU: W holds 2 * rows rows (gate rows, then up rows) and the output is h, else y
-// (accumulate: y += W x).
-template <class Fmt, bool kSwiGLU>
+// (accumulate: y += W x). kAct: the gated activation (kSwiGLU only).
+template <class Fmt, bool kSwiGLU, Glu kAct>
 __global__ void __launch_bounds__(kGemvThreads, kGemvCtasPerSm)
     gemv_rows_kernel(const typename Fmt::Elem* __restrict__ W, const float* __restrict__ scale, int64_t rows,
                      int cols, const bf16* __restrict__ x, float* __restrict__ y, bf16* __restrict__ h,
@@ -69,7 +70,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvCtasPerSm)
     if constexpr (kSwiGLU) {
       float up = row_dot<Fmt>(W + (r + rows) * cols, sx, pieces, lane);
       if constexpr (Fmt::kScaled) up *= scale[r + rows];
-      if (lane == 0) h[r] = swiglu_bf16(acc, up);
+      if (lane == 0) h[r] = glu_bf16<kAct>(acc, up);
     } else {
       if (lane == 0) y[r] = accumulate ? y[r] + acc : acc;
     }
@@ -88,13 +89,22 @@ int gemv_sm_count() {
 
 template <class Fmt, bool kSwiGLU>
 void launch_gemv_rows(const typename Fmt::Elem* W, const float* scale, int64_t rows, int64_t cols, const bf16* x,
-                      float* y, bf16* h, bool accumulate, cudaStream_t stream) {
+                      float* y, bf16* h, bool accumulate, cudaStream_t stream, Glu act = Glu::Silu) {
   const int smem = (int)(cols * sizeof(bf16));
   // One wave of resident CTAs walks all rows (a second, partial wave would idle most SMs).
   const int64_t blocks =
       std::min<int64_t>((rows + kGemvWarps - 1) / kGemvWarps, (int64_t)kGemvCtasPerSm * gemv_sm_count());
-  gemv_rows_kernel<Fmt, kSwiGLU><<<(unsigned)blocks, kGemvThreads, smem, stream>>>(W, scale, rows, (int)cols, x, y, h,
-                                                                                   accumulate);
+  // (The plain layer has no activation: only its Silu instantiation exists.)
+  if constexpr (kSwiGLU) {
+    if (act == Glu::GeluTanh) {
+      gemv_rows_kernel<Fmt, true, Glu::GeluTanh>
+          <<<(unsigned)blocks, kGemvThreads, smem, stream>>>(W, scale, rows, (int)cols, x, y, h, accumulate);
+      DUO_CUDA_TRY(cudaGetLastError());
+      return;
+    }
+  }
+  gemv_rows_kernel<Fmt, kSwiGLU, Glu::Silu>
+      <<<(unsigned)blocks, kGemvThreads, smem, stream>>>(W, scale, rows, (int)cols, x, y, h, accumulate);
   DUO_CUDA_TRY(cudaGetLastError());
 }
 

@@ -30,6 +30,13 @@ KvType GpuKvCache::resolve_type(KvType t) {
 
 size_t GpuKvCache::page_bytes(KvType type, int head_dim) { return kv_page_bytes(resolve_type(type), head_dim); }
 
+std::vector<int> GpuKvCache::layer_windows(const ModelConfig& cfg) {
+  std::vector<int> windows;
+  if (!cfg.layer_local.empty())
+    for (int l = 0; l < cfg.n_layers; ++l) windows.push_back(cfg.is_local(l) ? cfg.local_window : 0);
+  return windows;
+}
+
 GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max_tokens, cudaStream_t stream,
                        std::shared_ptr<KvPagePool> pool)
     : cfg_(cfg), plan_(plan), max_tokens_(max_tokens), stream_(stream), pool_(std::move(pool)) {
@@ -37,9 +44,12 @@ GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max
   id_ = next_id++;
   type_ = resolve_type(plan.kv_type);
   n_layers_ = cfg.n_layers, n_kv_ = cfg.n_kv_heads, d_ = cfg.head_dim;
-  rows_ = plan.window.rows();
   DUO_CHECK((int)plan.kinds.size() == n_layers_, "head plan has {} layers, the model {}", plan.kinds.size(),
             n_layers_);
+  const std::vector<int> local = layer_windows(cfg);
+  windows_.assign(n_layers_, plan.window);
+  for (int l = 0; l < (int)local.size(); ++l)
+    if (local[l] > 0) windows_[l] = StreamingWindow{0, local[l]};
   DUO_CHECK(d_ == 64 || d_ == 128, "the CUDA attention kernels support head dimension 64 or 128, not {}", d_);
   // Positions are int in the kernels (and page indices int32): stay well inside.
   DUO_CHECK(max_tokens > 0 && max_tokens <= (int64_t)std::numeric_limits<int32_t>::max() / 2,
@@ -48,11 +58,16 @@ GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max
   retrieval_.assign(n_layers_, 0);
   std::vector<uint8_t> kinds((size_t)n_layers_ * n_kv_);
   std::vector<bool> has_streaming(n_layers_, false);
+  kinds_of_.assign((size_t)n_layers_ * n_kv_, HeadKind::Streaming);
+  bool plan_streams = false;  // whether any head outside the local layers streams
   for (int l = 0; l < n_layers_; ++l) {
     DUO_CHECK((int)plan.kinds[l].size() == n_kv_, "head plan layer {} has {} KV heads, the model {}", l,
               plan.kinds[l].size(), n_kv_);
+    const bool is_local = !local.empty() && local[l] > 0;
     for (int h = 0; h < n_kv_; ++h) {
-      const bool s = plan.kinds[l][h] == HeadKind::Streaming;
+      const bool s = is_local || plan.kinds[l][h] == HeadKind::Streaming;
+      kinds_of_[(size_t)l * n_kv_ + h] = s ? HeadKind::Streaming : HeadKind::Retrieval;
+      plan_streams = plan_streams || (s && !is_local);
       kinds[(size_t)l * n_kv_ + h] = s ? 1 : 0;
       if (s) {
         has_streaming[l] = true;
@@ -63,9 +78,12 @@ GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max
       }
     }
   }
-  if (n_streaming_ > 0)
+  if (plan_streams)
     DUO_CHECK(plan.window.sink >= 0 && plan.window.recent >= 1,
               "streaming window needs sink >= 0 and recent >= 1 (got {}, {})", plan.window.sink, plan.window.recent);
+  if (!local.empty())
+    DUO_CHECK(cfg.local_window >= 1, "{}: the local layers' sliding window must be >= 1 (got {})", cfg.name,
+              cfg.local_window);
 
   const size_t page_bytes = GpuKvCache::page_bytes(type_, d_);
   const int64_t pool_pages = n_retrieval_ * max_pages_;
@@ -91,7 +109,7 @@ GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max
       first_slot[l] = next;
       int r = 0;
       for (int h = 0; h < n_kv_; ++h)
-        if (plan.kinds[l][h] == HeadKind::Retrieval) slots[(size_t)l * n_kv_ + h] = r++;
+        if (kinds_of_[(size_t)l * n_kv_ + h] == HeadKind::Retrieval) slots[(size_t)l * n_kv_ + h] = r++;
       next += r;
     }
     if (n_retrieval_ > 0) {
@@ -118,12 +136,15 @@ GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max
   DUO_CUDA_TRY(cudaMallocHost(&host_table_, sizeof(int32_t) * table_entries));
   std::memset(host_table_, 0, sizeof(int32_t) * table_entries);
 
-  int ring_layers = 0;
-  for (bool s : has_streaming) ring_layers += s;
-  const size_t ring_layer_elems = (size_t)n_kv_ * rows_ * d_;
-  if (ring_layers > 0) {
-    k_ring_ = DeviceBuffer(sizeof(bf16) * ring_layer_elems * ring_layers, "the streaming-head K buffers");
-    v_ring_ = DeviceBuffer(sizeof(bf16) * ring_layer_elems * ring_layers, "the streaming-head V buffers");
+  // Each layer with streaming heads has rows for all its heads, its own window's many (a local
+  // layer's differ from the plan's): ring_at[l] elements into the buffers.
+  std::vector<size_t> ring_at(n_layers_, 0);
+  size_t ring_elems = 0;
+  for (int l = 0; l < n_layers_; ++l)
+    if (has_streaming[l]) ring_at[l] = ring_elems, ring_elems += (size_t)n_kv_ * windows_[l].rows() * d_;
+  if (ring_elems > 0) {
+    k_ring_ = DeviceBuffer(sizeof(bf16) * ring_elems, "the streaming-head K buffers");
+    v_ring_ = DeviceBuffer(sizeof(bf16) * ring_elems, "the streaming-head V buffers");
     // Zero once: rows not yet written must be finite (attention.cuh).
     DUO_CUDA_TRY(cudaMemset(k_ring_.get(), 0, k_ring_.bytes()));
     DUO_CUDA_TRY(cudaMemset(v_ring_.get(), 0, v_ring_.bytes()));
@@ -132,7 +153,6 @@ GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max
   DUO_CUDA_TRY(cudaMemcpy(kinds_.get(), kinds.data(), kinds.size(), cudaMemcpyHostToDevice));
 
   views_.resize(n_layers_);
-  int ring_at = 0;
   for (int l = 0; l < n_layers_; ++l) {
     LayerKv& v = views_[l];
     v.type = type_;
@@ -157,15 +177,14 @@ GpuKvCache::GpuKvCache(const ModelConfig& cfg, const HeadPlan& plan, int64_t max
     v.page_table = page_table_.as<int32_t>() + (size_t)l * n_kv_ * max_pages_;
     v.max_pages = max_pages_;
     if (has_streaming[l]) {
-      v.k_ring = k_ring_.as<bf16>() + ring_layer_elems * ring_at;
-      v.v_ring = v_ring_.as<bf16>() + ring_layer_elems * ring_at;
-      ++ring_at;
+      v.k_ring = k_ring_.as<bf16>() + ring_at[l];
+      v.v_ring = v_ring_.as<bf16>() + ring_at[l];
     }
     v.kinds = kinds_.as<uint8_t>() + (size_t)l * n_kv_;
     v.mode = retrieval_[l] == n_kv_ ? HeadMode::AllRetrieval : retrieval_[l] == 0 ? HeadMode::AllStreaming
                                                                                   : HeadMode::Mixed;
-    v.sink = plan.window.sink;
-    v.recent = plan.window.recent;
+    v.sink = windows_[l].sink;
+    v.recent = windows_[l].recent;
   }
 }
 
@@ -191,7 +210,7 @@ void GpuKvCache::reserve(int64_t end) {
   for (int64_t p = pages_per_head_; p < want; ++p)
     for (int l = 0; l < n_layers_; ++l)
       for (int h = 0; h < n_kv_; ++h)
-        if (plan_.kinds[l][h] == HeadKind::Retrieval)
+        if (kinds_of_[(size_t)l * n_kv_ + h] == HeadKind::Retrieval)
           host_table_[((size_t)l * n_kv_ + h) * max_pages_ + p] = fresh[next++];
   pages_.insert(pages_.end(), fresh.begin(), fresh.end());
   // The new columns [pages_per_head_, want) of every (layer, head) row, in one strided copy.
@@ -207,26 +226,32 @@ size_t GpuKvCache::bytes(HeadKind kind) const {
   if (kind == HeadKind::Retrieval)
     return (size_t)n_retrieval_ *
            ((size_t)pages_per_head_ * 2 * page_bytes(type_, d_) + quant_row_bytes(type_, plan_.window.sink, d_));
-  return (size_t)n_streaming_ * 2 * sizeof(bf16) * rows_ * d_;
+  size_t b = 0;
+  for (int l = 0; l < n_layers_; ++l)
+    for (int h = 0; h < n_kv_; ++h)
+      if (kinds_of_[(size_t)l * n_kv_ + h] == HeadKind::Streaming) b += 2 * sizeof(bf16) * windows_[l].rows() * d_;
+  return b;
 }
 
 // The accounting of both backends' caches (kv/kv_bytes.h), with the CUDA cache's types.
 size_t GpuKvCache::bytes_for(const ModelConfig& cfg, const HeadPlan& plan, int64_t n) {
-  return kv_plan_bytes(plan, resolve_type(plan.kv_type), cfg.head_dim, n);
+  return kv_plan_bytes(plan, resolve_type(plan.kv_type), cfg.head_dim, n, layer_windows(cfg));
 }
 
 size_t GpuKvCache::device_bytes_for(const ModelConfig& cfg, const HeadPlan& plan, int64_t capacity, int64_t n) {
   const KvType type = resolve_type(plan.kv_type);
   const size_t d = cfg.head_dim, n_kv = cfg.n_kv_heads, layers = plan.kinds.size();
-  size_t r = 0, ring_layers = 0;
-  for (const auto& layer : plan.kinds) {
-    const size_t rl = (size_t)std::count(layer.begin(), layer.end(), HeadKind::Retrieval);
+  const std::vector<int> local = layer_windows(cfg);
+  size_t r = 0, ring_rows = 0;  // retrieval heads; streaming rows of whole layers, a KV head
+  for (size_t l = 0; l < layers; ++l) {
+    const auto& layer = plan.kinds[l];
+    const int w = local.empty() ? 0 : local[l];
+    const size_t rl = w > 0 ? 0 : (size_t)std::count(layer.begin(), layer.end(), HeadKind::Retrieval);
     r += rl;
-    ring_layers += rl < layer.size();
+    if (rl < layer.size()) ring_rows += w > 0 ? (size_t)w : (size_t)plan.window.rows();
   }
-  const size_t rows = (size_t)plan.window.rows();
   size_t b = r * ((size_t)pages_for(n) * 2 * page_bytes(type, (int)d) + quant_row_bytes(type, plan.window.sink, (int)d));
-  b += ring_layers * n_kv * rows * d * 2 * sizeof(bf16);                  // streaming rows of whole layers
+  b += ring_rows * n_kv * d * 2 * sizeof(bf16);                            // streaming rows of whole layers
   b += layers * n_kv * (size_t)pages_for(capacity) * sizeof(int32_t);     // page tables
   b += layers * n_kv;                                                      // head kinds
   if (is_quantized(type)) b += layers * n_kv * sizeof(int32_t);            // slot tables

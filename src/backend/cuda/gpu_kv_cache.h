@@ -4,6 +4,9 @@
 //    added as the sequence grows (PagePool maps memory as needed);
 //  - streaming heads: per layer a buffer of sink + recent rows per KV head (ring layout), whose
 //    size never changes.
+// gemma3's local layers (ModelConfig::is_local) hold every head as a no-sink streaming head of
+// local_window rows whatever the plan says, as the CPU cache (CpuForward::layer_windows,
+// docs/architecture.md "gemma3"): the plan's kinds and window apply to the other layers.
 // The plan's kv_type picks the retrieval heads' page format: bf16 (Default) or KIVI q8 / q4
 // (kv/kv_quant.h: quantized pages in the same pools and page tables, plus per retrieval head
 // bf16 rows for its first sink16 positions and its last, incomplete group; see attention.cuh).
@@ -38,7 +41,7 @@ class GpuKvCache {
   GpuKvCache(const GpuKvCache&) = delete;
   GpuKvCache& operator=(const GpuKvCache&) = delete;
 
-  const HeadPlan& plan() const { return plan_; }
+  const HeadPlan& plan() const { return plan_; }  // as given (local layers' entries included)
   KvType type() const { return type_; }  // BF16, Q8 or Q4
   // Unique among the caches of this process (a captured decode graph belongs to one cache).
   uint64_t id() const { return id_; }
@@ -62,6 +65,9 @@ class GpuKvCache {
   size_t device_bytes() const;
   // Bytes the K and V of a sequence of n tokens take under `plan` (what bytes() will say).
   static size_t bytes_for(const ModelConfig& cfg, const HeadPlan& plan, int64_t n);
+  // One window a layer: local_window for gemma3's local layers, 0 for the others; empty for a
+  // model without local layers (CpuForward::layer_windows' rule, kv_plan_bytes' argument).
+  static std::vector<int> layer_windows(const ModelConfig& cfg);
   // Device memory a cache created for `capacity` tokens holds once it has n (what
   // device_bytes() will say): the K/V pages as bytes_for, the streaming buffers of every layer
   // with streaming heads (all its heads' rows), page tables and small tables; pool memory is
@@ -84,7 +90,9 @@ class GpuKvCache {
   int64_t max_tokens_;
   cudaStream_t stream_;
   KvType type_ = KvType::BF16;
-  int n_layers_, n_kv_, d_, rows_;  // rows_ = sink + recent
+  int n_layers_, n_kv_, d_;
+  std::vector<HeadKind> kinds_of_;  // [layer][kv head] as stored: local layers all streaming
+  std::vector<StreamingWindow> windows_;  // a layer's streaming window (the plan's, or a local layer's)
   int sink16_ = 0;                  // quantized: bf16 sink rows a retrieval head
   int max_pages_;                   // pages a retrieval head can have
   std::vector<int> retrieval_;      // retrieval heads a layer
@@ -95,7 +103,7 @@ class GpuKvCache {
   std::vector<int32_t> pages_;      // the pool pages this cache holds (returned on clear / destruction)
   DeviceBuffer page_table_;         // [layer][kv head][max_pages] int32
   int32_t* host_table_ = nullptr;   // pinned mirror
-  DeviceBuffer k_ring_, v_ring_;    // [layer with streaming heads][kv head][rows][d]
+  DeviceBuffer k_ring_, v_ring_;    // per layer with streaming heads: [kv head][its window's rows][d]
   DeviceBuffer kinds_;              // [layer][kv head] uint8
   // Quantized caches: bf16 sink and residual rows of every retrieval head, and each layer's
   // head -> retrieval slot table ([layer][kv head] int32, -1 for streaming heads).

@@ -1,6 +1,7 @@
 #include "backend/cuda/gpu_model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -242,7 +243,7 @@ void GpuModel::step(const std::vector<StepItem>& items, int32_t* picked, float* 
   std::vector<int32_t> got(R, -1);
   if (R > 0) {
     gather_rows(act.xn, E, meta_d + T, R, lm_in, stream_);
-    gemm_->linear(w_->output(), V, E, lm_in, E, R, lg, V);
+    enqueue_lm_head(lm_in, R, lg);
     argmax_rows(lg, R, (int)V, out_d, stream_);
     for (int r = 0; r < R; ++r) {
       const StepItem& it = items[lm_item[r]];
@@ -315,7 +316,8 @@ void GpuModel::enqueue_layers(const Act& act, const int32_t* tokens_d, int n, co
   bf16* h = act.h;
   float *o = act.o, *gu = act.gu;
 
-  embed_tokens(w_->tok_embd(), tokens_d, n, (int)E, x, s);
+  const Glu act_fn = c.gelu_mlp ? Glu::GeluTanh : Glu::Silu;  // gemma3: GeGLU
+  embed_tokens(w_->tok_embd(), tokens_d, n, (int)E, x, s, c.embd_scale);
   rmsnorm(x, w_->layer(0).attn_norm, xn, n, (int)E, c.norm_eps, s);
   for (int l = 0; l < c.n_layers; ++l) {
     const GpuLayerWeights& W = w_->layer(l);
@@ -323,18 +325,25 @@ void GpuModel::enqueue_layers(const Act& act, const int32_t* tokens_d, int n, co
     gemm_->linear(W.wqkv, QKV, E, xn, E, n, act.qkv, QKV);
     attend(l);  // records the layer's timing events when timing_
     gemm_->linear(W.wo, E, Q, act.att, Q, n, o, E);
-    // --- feed-forward block ---
-    add_rmsnorm(x, o, W.ffn_norm, xn, n, (int)E, c.norm_eps, s);
+    // --- feed-forward block --- (sandwich norms, gemma3: each block's output normalized before
+    // its residual add, in the same kernel as the add and the next norm)
+    if (W.post_attn_norm)
+      add_normed_rmsnorm(x, o, W.post_attn_norm, W.ffn_norm, xn, n, (int)E, c.norm_eps, s);
+    else
+      add_rmsnorm(x, o, W.ffn_norm, xn, n, (int)E, c.norm_eps, s);
     if (gemm_->uses_gemv(n, W.wgu, E, xn)) {
-      gemm_->swiglu_gemv(W.wgu, F, E, xn, h);  // one token: SwiGLU in the projection's epilogue
+      gemm_->swiglu_gemv(W.wgu, F, E, xn, h, act_fn);  // one token: SwiGLU / GeGLU in the projection's epilogue
     } else {
       gemm_->linear(W.wgu, 2 * F, E, xn, E, n, gu, 2 * F);
-      swiglu(gu, n, (int)F, h, s);
+      swiglu(gu, n, (int)F, h, s, act_fn);
     }
     gemm_->linear(W.wdown, E, F, h, F, n, o, E);
     // Residual add, then the next layer's attention norm (the output norm after the last).
     const float* next_norm = l + 1 < c.n_layers ? w_->layer(l + 1).attn_norm : w_->output_norm();
-    add_rmsnorm(x, o, next_norm, xn, n, (int)E, c.norm_eps, s);
+    if (W.post_ffn_norm)
+      add_normed_rmsnorm(x, o, W.post_ffn_norm, next_norm, xn, n, (int)E, c.norm_eps, s);
+    else
+      add_rmsnorm(x, o, next_norm, xn, n, (int)E, c.norm_eps, s);
   }
   if (timing_) {
     DUO_CUDA_TRY(cudaEventSynchronize(events_[2 * c.n_layers - 1]));
@@ -356,10 +365,11 @@ void GpuModel::enqueue_attention(const GpuKvCache& kv, int l, const Act& act, in
   bf16 *q = act.q + (int64_t)row0 * Q, *k = act.k + (int64_t)row0 * KV, *v = act.v + (int64_t)row0 * KV;
   bf16* att = act.att + (int64_t)row0 * Q;
   QkvRopeArgs ra;
-  ra.qkv = act.qkv + (int64_t)row0 * QKV, ra.ld = QKV, ra.bias = w_->layer(l).bqkv, ra.inv_freq = w_->inv_freq();
+  ra.qkv = act.qkv + (int64_t)row0 * QKV, ra.ld = QKV, ra.bias = w_->layer(l).bqkv, ra.inv_freq = w_->inv_freq(l);
   ra.n = n, ra.pos0 = pos0, ra.n_heads = (int)H, ra.n_kv_heads = (int)HKV, ra.head_dim = (int)D;
   ra.neox = c.rope_style == RopeStyle::Neox;
   ra.q_norm = w_->layer(l).q_norm, ra.k_norm = w_->layer(l).k_norm, ra.norm_eps = c.norm_eps;
+  ra.q_scale = query_scale();
   ra.q = q, ra.k = k, ra.v = v;
   ra.pos_d = pos_d;
   // Decode: the token's K/V go straight into the cache (kv_append's job), then attention
@@ -503,13 +513,28 @@ void GpuModel::enqueue_rope_rows(const Act& act, int l, int n, const int32_t* ro
   const ModelConfig& c = config();
   QkvRopeArgs ra;
   ra.qkv = act.qkv, ra.ld = (int64_t)(c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
-  ra.bias = w_->layer(l).bqkv, ra.inv_freq = w_->inv_freq();
+  ra.bias = w_->layer(l).bqkv, ra.inv_freq = w_->inv_freq(l);
   ra.n = n, ra.n_heads = c.n_heads, ra.n_kv_heads = c.n_kv_heads, ra.head_dim = c.head_dim;
   ra.neox = c.rope_style == RopeStyle::Neox;
   ra.q_norm = w_->layer(l).q_norm, ra.k_norm = w_->layer(l).k_norm, ra.norm_eps = c.norm_eps;
+  ra.q_scale = query_scale();
   ra.q = act.q, ra.k = act.k, ra.v = act.v;
   ra.row_pos = row_pos_d;
   qkv_bias_rope(ra, stream_);
+}
+
+float GpuModel::query_scale() const {
+  // The attention kernels scale scores by 1/sqrt(head_dim); gemma3's query_pre_attn_scalar gets
+  // the ratio folded into the queries (CpuForward::forward_items computes the same factor).
+  const ModelConfig& c = config();
+  return c.query_scale > 0 ? (float)std::sqrt((double)c.head_dim / c.query_scale) : 1.0f;
+}
+
+void GpuModel::enqueue_lm_head(const bf16* in, int rows, float* logits) {
+  const ModelConfig& c = config();
+  gemm_->linear(w_->output(), c.n_vocab, c.n_embd, in, c.n_embd, rows, logits, c.n_vocab);
+  if (c.final_softcap > 0)  // gemma3's final_logit_softcapping, before any pick or copy
+    softcap_logits(logits, (int64_t)rows * c.n_vocab, c.final_softcap, stream_);
 }
 
 void GpuModel::enqueue_sample(const float* logits, const SamplerConfig& s, double u, int32_t* out) {
@@ -575,9 +600,7 @@ void GpuModel::enqueue_chunk(const GpuKvCache& kv, const Act& act, const int32_t
   enqueue_layers(act, tokens_d, n, [&](int l) { enqueue_attention(kv, l, act, 0, n, pos0, pos_d, timing_); });
   if (logits_rows > 0) {
     // LM head over the last rows only (xn holds them normalised by output_norm).
-    const ModelConfig& c = config();
-    gemm_->linear(w_->output(), c.n_vocab, c.n_embd, act.xn + (int64_t)(n - logits_rows) * c.n_embd, c.n_embd,
-                  logits_rows, act.logits, c.n_vocab);
+    enqueue_lm_head(act.xn + (int64_t)(n - logits_rows) * config().n_embd, logits_rows, act.logits);
   }
 }
 

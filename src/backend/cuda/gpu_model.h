@@ -150,6 +150,11 @@ class GpuModel {
   DecodeArgs decode_args(const GpuKvCache& kv, int l, const bf16* q, bf16* out, const int32_t* pos_d = nullptr) const;
   // RoPE (and QKV bias) of act's first n rows for layer l, row t at position row_pos_d[t] (device).
   void enqueue_rope_rows(const Act& act, int l, int n, const int32_t* row_pos_d);
+  // The LM head of `rows` bf16 rows at `in` (normalised by output_norm) into fp32 logits, soft-capped
+  // where the model says (gemma3): every LM-head GEMM of a forward, step or replayed step.
+  void enqueue_lm_head(const bf16* in, int rows, float* logits);
+  // The factor the rope kernel multiplies queries by (qkv_bias_rope's q_scale): 1 but for gemma3.
+  float query_scale() const;
   // Draws one token from n_vocab logits (device) into out (device) with s and the uniform u.
   void enqueue_sample(const float* logits, const SamplerConfig& s, double u, int32_t* out);
   // Checks and stages the ids: n > 1 into tokens_; one token, with its position, into step_.

@@ -146,7 +146,7 @@ bool GpuModel::step_replay(const std::vector<StepItem>& items, int32_t* picked, 
                                       grid, stream_);
       });
       gather_rows(act.xn, E, lm_rows_d, B, lm_in, stream_);
-      gemm_->linear(w_->output(), V, E, lm_in, E, B, lg, V);
+      enqueue_lm_head(lm_in, B, lg);
       argmax_rows(lg, B, (int)V, out_d, stream_);
     } catch (...) {
       (void)cudaStreamEndCapture(stream_, &graph);

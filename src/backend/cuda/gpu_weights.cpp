@@ -23,11 +23,11 @@ struct MatSlot {
 };
 // Where each tensor lives in the one weight allocation (byte offsets, 256-aligned).
 struct LayerSlots {
-  size_t attn_norm, ffn_norm, bqkv, q_norm, k_norm;
+  size_t attn_norm, ffn_norm, bqkv, q_norm, k_norm, post_attn_norm, post_ffn_norm;
   MatSlot wqkv, wo, wgu, wdown;
 };
 struct Layout {
-  size_t tok_embd, output_norm, inv_freq;
+  size_t tok_embd, output_norm, inv_freq, inv_freq_local;
   MatSlot output;
   std::vector<LayerSlots> layers;
   size_t total = 0;
@@ -60,6 +60,7 @@ Layout plan_layout(const ModelConfig& c, WeightFormat format) {
     L.output = matrix(V, E);
   L.output_norm = take(4 * E);
   L.inv_freq = take(4 * (D / 2));
+  L.inv_freq_local = c.layer_local.empty() ? 0 : take(4 * (D / 2));
   for (int l = 0; l < c.n_layers; ++l) {
     LayerSlots s;
     s.attn_norm = take(4 * E);
@@ -68,6 +69,8 @@ Layout plan_layout(const ModelConfig& c, WeightFormat format) {
     s.bqkv = c.qkv_bias ? take(4 * QKV) : 0;
     s.q_norm = c.qk_norm ? take(4 * D) : 0;
     s.k_norm = c.qk_norm ? take(4 * D) : 0;
+    s.post_attn_norm = c.sandwich_norms ? take(4 * E) : 0;
+    s.post_ffn_norm = c.sandwich_norms ? take(4 * E) : 0;
     s.wo = matrix(E, Q);
     s.wgu = matrix(2 * F, E);
     s.wdown = matrix(E, F);
@@ -140,9 +143,11 @@ void upload_floats(const std::vector<float>& v, float* dst) {
   DUO_CUDA_TRY(cudaMemcpy(dst, v.data(), sizeof(float) * v.size(), cudaMemcpyHostToDevice));
 }
 
-std::vector<float> rope_inv_freq(const ModelConfig& c) {
+// Synthetic weights' RoPE: base theta, positions divided by `linear` (the global layers' scaling).
+std::vector<float> rope_inv_freq(const ModelConfig& c, float theta, float linear) {
   std::vector<float> f(c.head_dim / 2);
-  for (int i = 0; i < c.head_dim / 2; ++i) f[i] = (float)std::pow((double)c.rope_theta, -2.0 * i / (double)c.head_dim);
+  for (int i = 0; i < c.head_dim / 2; ++i)
+    f[i] = (float)(std::pow((double)theta, -2.0 * i / (double)c.head_dim) / (double)linear);
   return f;
 }
 
@@ -159,6 +164,7 @@ void GpuWeights::allocate(const ModelConfig& cfg, WeightFormat format) {
   output_ = at(base, L.output);
   output_norm_ = reinterpret_cast<const float*>(base + L.output_norm);
   inv_freq_ = reinterpret_cast<const float*>(base + L.inv_freq);
+  inv_freq_local_ = cfg.layer_local.empty() ? nullptr : reinterpret_cast<const float*>(base + L.inv_freq_local);
   layers_.clear();
   for (const LayerSlots& s : L.layers) {
     GpuLayerWeights w;
@@ -168,6 +174,8 @@ void GpuWeights::allocate(const ModelConfig& cfg, WeightFormat format) {
     w.bqkv = cfg.qkv_bias ? reinterpret_cast<const float*>(base + s.bqkv) : nullptr;
     w.q_norm = cfg.qk_norm ? reinterpret_cast<const float*>(base + s.q_norm) : nullptr;
     w.k_norm = cfg.qk_norm ? reinterpret_cast<const float*>(base + s.k_norm) : nullptr;
+    w.post_attn_norm = cfg.sandwich_norms ? reinterpret_cast<const float*>(base + s.post_attn_norm) : nullptr;
+    w.post_ffn_norm = cfg.sandwich_norms ? reinterpret_cast<const float*>(base + s.post_ffn_norm) : nullptr;
     w.wo = at(base, s.wo);
     w.wgu = at(base, s.wgu);
     w.wdown = at(base, s.wdown);
@@ -182,10 +190,6 @@ static T* writable(const T* p) {
 
 std::unique_ptr<GpuWeights> GpuWeights::upload(const Model& m, WeightFormat format) {
   const ModelConfig& c = m.config();
-  // The CUDA forward has none of gemma3's parts: refuse rather than compute another model's numbers.
-  DUO_CHECK(c.arch != "gemma3",
-            "gemma3 (local sliding-window layers, sandwich norms, GeGLU, scaled embeddings) is not implemented on the "
-            "CUDA backend; use --device cpu");
   // What the attention kernels take, said at load rather than at the first forward.
   DUO_CHECK(c.head_dim == 64 || c.head_dim == 128,
             "{} has heads of {} dimensions; the CUDA attention kernels take 64 or 128; use --device cpu", c.name,
@@ -203,6 +207,11 @@ std::unique_ptr<GpuWeights> GpuWeights::upload(const Model& m, WeightFormat form
   DUO_CHECK((int)m.rope_inv_freq().size() == D / 2, "model has {} RoPE frequencies, expected {}",
             m.rope_inv_freq().size(), D / 2);
   upload_floats(m.rope_inv_freq(), writable(g->inv_freq_));
+  if (!c.layer_local.empty()) {
+    DUO_CHECK((int)m.rope_inv_freq_local().size() == D / 2, "model has {} local RoPE frequencies, expected {}",
+              m.rope_inv_freq_local().size(), D / 2);
+    upload_floats(m.rope_inv_freq_local(), writable(g->inv_freq_local_));
+  }
   std::vector<int> wo_cols((size_t)Q);
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = w.layers[l];
@@ -215,6 +224,13 @@ std::unique_ptr<GpuWeights> GpuWeights::upload(const Model& m, WeightFormat form
                 L.k_norm.size(), D);
       upload_floats(L.q_norm, writable(d.q_norm));
       upload_floats(L.k_norm, writable(d.k_norm));
+    }
+    if (c.sandwich_norms) {
+      DUO_CHECK((int64_t)L.post_attn_norm.size() == c.n_embd && (int64_t)L.post_ffn_norm.size() == c.n_embd,
+                "layer {}: sandwich norm weights of {} and {} values, expected n_embd {}", l, L.post_attn_norm.size(),
+                L.post_ffn_norm.size(), c.n_embd);
+      upload_floats(L.post_attn_norm, writable(d.post_attn_norm));
+      upload_floats(L.post_ffn_norm, writable(d.post_ffn_norm));
     }
     upload_matrix(L.wq, d.wqkv, 0);
     upload_matrix(L.wk, d.wqkv, Q);
@@ -271,7 +287,8 @@ std::unique_ptr<GpuWeights> GpuWeights::synthetic(const ModelConfig& cfg, uint64
   matrix(bf16_matrix(g->tok_embd_), V, E);
   if (!c.tied_embeddings) matrix(g->output_, V, E);
   vec(g->output_norm_, E, 1.0f, 0.1f);
-  upload_floats(rope_inv_freq(c), writable(g->inv_freq_));
+  upload_floats(rope_inv_freq(c, c.rope_theta, c.rope_linear_factor), writable(g->inv_freq_));
+  if (!c.layer_local.empty()) upload_floats(rope_inv_freq(c, c.rope_local_theta, 1.0f), writable(g->inv_freq_local_));
   for (int l = 0; l < c.n_layers; ++l) {
     const GpuLayerWeights& d = g->layers_[l];
     vec(d.attn_norm, E, 1.0f, 0.1f);
@@ -279,6 +296,7 @@ std::unique_ptr<GpuWeights> GpuWeights::synthetic(const ModelConfig& cfg, uint64
     matrix(d.wqkv, QKV, E);
     if (c.qkv_bias) vec(d.bqkv, QKV, 0.0f, 0.1f);
     if (c.qk_norm) vec(d.q_norm, D, 1.0f, 0.1f), vec(d.k_norm, D, 1.0f, 0.1f);
+    if (c.sandwich_norms) vec(d.post_attn_norm, E, 1.0f, 0.1f), vec(d.post_ffn_norm, E, 1.0f, 0.1f);
     matrix(d.wo, E, Q);
     matrix(d.wgu, 2 * F, E);
     matrix(d.wdown, E, F);

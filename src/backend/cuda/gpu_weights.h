@@ -1,5 +1,5 @@
 // Model weights resident on the GPU: bf16 matrices (GEMM operands), fp32 norms and biases
-// (qwen3's per-head q/k norm weights among them).
+// (the per-head q/k norm weights of qwen3 and gemma3, gemma3's sandwich norms among them).
 // The projections that read the same input are fused into one matrix so a layer runs three
 // GEMMs on its input side: Wq|Wk|Wv ([Q + 2 KV] rows) and Wgate|Wup ([2 F] rows).
 // Weights come either from a loaded Model (GGUF rows dequantized on the host a chunk at a
@@ -40,6 +40,10 @@ struct GpuLayerWeights {
   const float* bqkv = nullptr;       // [(H + 2 HKV) D], or nullptr without QKV bias
   const float* q_norm = nullptr;     // [D] per-head RMS norm of Q (qwen3), or nullptr
   const float* k_norm = nullptr;     // [D] per-head RMS norm of K (qwen3), or nullptr
+  // gemma3's sandwich norms ([E] each, or nullptr): of the attention output and of the
+  // feed-forward output, before each is added to the residual stream.
+  const float* post_attn_norm = nullptr;
+  const float* post_ffn_norm = nullptr;
   GpuMatrix wo;                      // [E][H D], input columns in the KV cache's head order
   GpuMatrix wgu;                     // [2F][E]: gate rows, then up rows
   GpuMatrix wdown;                   // [E][F]
@@ -61,6 +65,8 @@ class GpuWeights {
   const GpuMatrix& output() const { return output_; }  // [vocab][E] (the bf16 tok_embd when tied)
   const float* output_norm() const { return output_norm_; }
   const float* inv_freq() const { return inv_freq_; }  // [D / 2] RoPE inverse frequencies
+  // Those layer l's RoPE takes: gemma3's local layers have their own base (Model::rope_inv_freq_local).
+  const float* inv_freq(int l) const { return cfg_.is_local(l) ? inv_freq_local_ : inv_freq_; }
   const GpuLayerWeights& layer(int l) const { return layers_[l]; }
   size_t bytes() const { return arena_.bytes(); }
 
@@ -75,6 +81,7 @@ class GpuWeights {
   GpuMatrix output_;
   const float* output_norm_ = nullptr;
   const float* inv_freq_ = nullptr;
+  const float* inv_freq_local_ = nullptr;  // [D / 2] when the model has local layers
   std::vector<GpuLayerWeights> layers_;
 };
 

@@ -17,9 +17,11 @@
 
 namespace duo::cuda {
 
-// x[t][:] = table[tokens[t]][:] for t < n (table: [vocab][E] bf16, x: [n][E] fp32). Token
-// ids must be valid (the forward checks them on the host).
-void embed_tokens(const bf16* table, const int32_t* tokens, int n, int E, float* x, cudaStream_t stream);
+// x[t][:] = table[tokens[t]][:] * scale for t < n (table: [vocab][E] bf16, x: [n][E] fp32; scale:
+// gemma3's sqrt(n_embd), ModelConfig::embd_scale, else 1). Token ids must be valid (the forward
+// checks them on the host).
+void embed_tokens(const bf16* table, const int32_t* tokens, int n, int E, float* x, cudaStream_t stream,
+                  float scale = 1.0f);
 
 // dst[i][:] = src[rows[i]][:] for i < n (bf16 rows of E; rows: device int32): the rows of a
 // batched step that feed the LM head, side by side.
@@ -32,6 +34,12 @@ void rmsnorm(const float* x, const float* w, bf16* y, int64_t n, int E, float ep
 void add_rmsnorm(float* x, const float* d, const float* w, bf16* y, int64_t n, int E, float eps,
                  cudaStream_t stream);
 
+// Sandwich norms (gemma3): the block output is normalized before the residual add, then the
+// next norm as add_rmsnorm: x[t] += rmsnorm(d[t]) * dw (fp32), y[t] = bf16(rmsnorm(x[t]) * w).
+// d is left as it was.
+void add_normed_rmsnorm(float* x, const float* d, const float* dw, const float* w, bf16* y, int64_t n, int E,
+                        float eps, cudaStream_t stream);
+
 // x[i] += d[i] for `count` floats.
 void add_inplace(float* x, const float* d, int64_t count, cudaStream_t stream);
 
@@ -40,7 +48,9 @@ void add_inplace(float* x, const float* d, int64_t count, cudaStream_t stream);
 // each Q and K head on its own when q_norm / k_norm are set (qwen3: x / sqrt(mean(x^2) + eps) * w
 // over the head's D values, in fp32, before RoPE, as the CPU forward), applies RoPE
 // to Q and K (interleaved pairs (2i, 2i+1) for llama GGUF, rotate-half pairs (i, i + d/2) for
-// neox/qwen2; angle = pos * inv_freq[i]) and writes bf16 q [n][H*D], k and v [n][HKV*D].
+// neox/qwen2; angle = pos * inv_freq[i]), multiplies the rotated Q by q_scale (gemma3's
+// query_pre_attn_scalar folded into the queries, as the CPU forward: the attention kernels scale
+// by 1/sqrt(head_dim)) and writes bf16 q [n][H*D], k and v [n][HKV*D].
 struct QkvRopeArgs {
   const float* qkv = nullptr;
   int64_t ld = 0;
@@ -52,6 +62,7 @@ struct QkvRopeArgs {
   const float* q_norm = nullptr;
   const float* k_norm = nullptr;
   float norm_eps = 0.0f;
+  float q_scale = 1.0f;
   bf16 *q = nullptr, *k = nullptr, *v = nullptr;
   const int32_t* pos_d = nullptr;  // graph replay: when set, pos0 is read from this device int32
   // Decode (n = 1, at most 128 KV heads): K and V go straight into `cache` at the token's
@@ -65,9 +76,17 @@ struct QkvRopeArgs {
 };
 void qkv_bias_rope(const QkvRopeArgs& a, cudaStream_t stream);
 
-// out[t][i] = bf16(silu(g) * u) with g = gu[t][i], u = gu[t][F + i] (gate and up projections
-// side by side in one fp32 row of 2F).
-void swiglu(const float* gu, int64_t n, int F, bf16* out, cudaStream_t stream);
+// The feed-forward's gated activation: SwiGLU (llama, qwen) or GeGLU with gelu's tanh
+// approximation (gemma3), one rounding as swiglu.cuh computes it.
+enum class Glu : int { Silu = 0, GeluTanh = 1 };
+
+// out[t][i] = bf16(act(g) * u) with g = gu[t][i], u = gu[t][F + i] (gate and up projections
+// side by side in one fp32 row of 2F); act silu (SwiGLU) or gelu-tanh (GeGLU).
+void swiglu(const float* gu, int64_t n, int F, bf16* out, cudaStream_t stream, Glu act = Glu::Silu);
+
+// Final logit soft-capping (gemma3's final_logit_softcapping): x = cap * tanh(x / cap) for
+// `count` floats, in place (cap > 0).
+void softcap_logits(float* logits, int64_t count, float cap, cudaStream_t stream);
 
 // out[r] = index of the largest of row r's n values (the first one on ties), for `rows` rows.
 void argmax_rows(const float* logits, int rows, int n, int32_t* out, cudaStream_t stream);
@@ -95,20 +114,22 @@ void gemv_bf16(const bf16* W, int64_t rows, int64_t cols, const bf16* x, float* 
                cudaStream_t stream);
 // The FFN input projection of one token with SwiGLU applied: Wgu holds 2F rows (gate rows, then
 // up rows, as GpuLayerWeights::wgu), h[i] = bf16(silu(gate_i . x) * (up_i . x)) for i < F, the
-// same bits as gemv_bf16 over the 2F rows followed by swiglu(). Same requirements as gemv_bf16.
-void gemv_swiglu_bf16(const bf16* Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h, cudaStream_t stream);
+// same bits as gemv_bf16 over the 2F rows followed by swiglu() (with the same act: GeGLU's gelu
+// for gemma3). Same requirements as gemv_bf16.
+void gemv_swiglu_bf16(const bf16* Wgu, int64_t F, int64_t cols, const bf16* x, bf16* h, cudaStream_t stream,
+                      Glu act = Glu::Silu);
 
 // int8 weight-only linear layers (gemv_int8.cu): W[r][c] ~ scale[r] * q[r][c], q int8 [rows][cols]
 // row-major, scale fp32 [rows]. gemv_int8 is gemv_bf16's twin (one token, y fp32, accumulate);
 // it needs gemv_int8_supported (cols % 16 == 0, cols <= 24576, 16-byte aligned W and x).
-// gemv_swiglu_int8: Wgu holds 2F rows (gate, then up) and 2F scales; h = bf16(silu(g) * u).
+// gemv_swiglu_int8: Wgu holds 2F rows (gate, then up) and 2F scales; h = bf16(act(g) * u).
 // dequant_int8_rows: out[r][c] = bf16(scale[r] * q[r][c]) (cols % 8 == 0), the bf16 tile a
 // pre-fill GEMM reads. fill_int8: uniform integers in [-127, 127] (synthetic weights).
 bool gemv_int8_supported(const int8_t* W, int64_t cols, const bf16* x);
 void gemv_int8(const int8_t* W, const float* scale, int64_t rows, int64_t cols, const bf16* x, float* y,
                bool accumulate, cudaStream_t stream);
 void gemv_swiglu_int8(const int8_t* Wgu, const float* scale, int64_t F, int64_t cols, const bf16* x, bf16* h,
-                      cudaStream_t stream);
+                      cudaStream_t stream, Glu act = Glu::Silu);
 void dequant_int8_rows(const int8_t* q, const float* scale, int64_t rows, int64_t cols, bf16* out,
                        cudaStream_t stream);
 void fill_int8(int8_t* dst, int64_t count, uint64_t seed, cudaStream_t stream);

@@ -1,5 +1,5 @@
-// QKV post-processing after the fused QKV GEMM: bias, per-head q/k RMS norm (qwen3), RoPE on Q
-// and K, bf16 conversion. One CTA a token; a thread rotates one (a, b) pair of one head, as
+// QKV post-processing after the fused QKV GEMM: bias, per-head q/k RMS norm (qwen3, gemma3), RoPE
+// on Q and K, the query scale (gemma3), bf16 conversion. One CTA a token; a thread rotates one (a, b) pair of one head, as
 // rope() in cpu/ops.cpp. With the norm, a warp a head first sums its squares (the scale of each
 // Q and K head of the token in shared memory), so the norm costs no extra pass over memory. In
 // the decode step K and V are written straight into the KV cache (no separate kv_append).
@@ -70,8 +70,10 @@ __global__ void __launch_bounds__(kRopeThreads) qkv_rope_kernel(const QkvRopeArg
     }
     float s, c;
     sincosf(pos * a.inv_freq[i], &s, &c);
-    dst[ia] = __float2bfloat16(x0 * c - x1 * s);
-    dst[ib] = __float2bfloat16(x0 * s + x1 * c);
+    // Queries: then times q_scale (gemma3's query_pre_attn_scalar; x 1 is exact for K and others).
+    const float m = head < a.n_heads ? a.q_scale : 1.0f;
+    dst[ia] = __float2bfloat16((x0 * c - x1 * s) * m);
+    dst[ib] = __float2bfloat16((x0 * s + x1 * c) * m);
   }
   for (int64_t j = threadIdx.x; j < KV; j += kRopeThreads) {
     float x = row[Q + KV + j];

@@ -102,9 +102,14 @@ bool env_sync_checks() {
   return e && *e && std::strcmp(e, "0") != 0;
 }
 
-// The gated forward and its backward (qkv_grad_pack) have no per-head q/k norm: qwen3 (and
-// gemma3) would need the norm's gradient too. Refused before the weights go up.
+// The gated forward and its backward (qkv_grad_pack) have no per-head q/k norm: qwen3 would need
+// the norm's gradient too; gemma3 also its local layers, sandwich norms, GeGLU, scaled embeddings,
+// query scale and soft-capping (which the inference forward has, the gated one not). Refused
+// before the weights go up.
 void check_no_qk_norm(const ModelConfig& c) {
+  DUO_CHECK(c.arch != "gemma3",
+            "CUDA calibration of gemma3 (local sliding-window layers, sandwich norms, GeGLU, q/k norms) is not "
+            "implemented; `duo pattern rank` (on the CPU) ranks its heads without calibration");
   DUO_CHECK(!c.qk_norm, "CUDA calibration of {} (per-head q/k RMS norm, as qwen3) is not implemented", c.arch);
 }
 

@@ -114,9 +114,9 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperatio
 // ---------------------------------------------------------------------------------- backend kernels
 namespace duo::cuda {
 
-void embed_tokens(const bf16* table, const int32_t* tokens, int n, int E, float* x, cudaStream_t) {
+void embed_tokens(const bf16* table, const int32_t* tokens, int n, int E, float* x, cudaStream_t, float scale) {
   for (int t = 0; t < n; ++t)
-    for (int i = 0; i < E; ++i) x[(int64_t)t * E + i] = __bfloat162float(table[(int64_t)tokens[t] * E + i]);
+    for (int i = 0; i < E; ++i) x[(int64_t)t * E + i] = __bfloat162float(table[(int64_t)tokens[t] * E + i]) * scale;
 }
 
 static void norm_row(const float* x, const float* w, bf16* y, int E, float eps) {
@@ -159,15 +159,18 @@ void qkv_bias_rope(const QkvRopeArgs& a, cudaStream_t) {
         if (a.bias) x0 += a.bias[src + ia], x1 += a.bias[src + ib];
         float s, c;
         sincosf(pos * a.inv_freq[i], &s, &c);
-        dst[ia] = __float2bfloat16(x0 * c - x1 * s);
-        dst[ib] = __float2bfloat16(x0 * s + x1 * c);
+        const float m = head < a.n_heads ? a.q_scale : 1.0f;
+        dst[ia] = __float2bfloat16((x0 * c - x1 * s) * m);
+        dst[ib] = __float2bfloat16((x0 * s + x1 * c) * m);
       }
     for (int64_t j = 0; j < KV; ++j)
       a.v[(int64_t)t * KV + j] = __float2bfloat16(row[Q + KV + j] + (a.bias ? a.bias[Q + KV + j] : 0.0f));
   }
 }
 
-void swiglu(const float* gu, int64_t n, int F, bf16* out, cudaStream_t) {
+void swiglu(const float* gu, int64_t n, int F, bf16* out, cudaStream_t, Glu act) {
+  if (act != Glu::Silu)  // the calibration refuses gemma3, the only GeGLU model
+    throw std::invalid_argument("emulated swiglu: SwiGLU only");
   for (int64_t t = 0; t < n; ++t)
     for (int i = 0; i < F; ++i) {
       const float g = gu[t * 2 * F + i], u = gu[t * 2 * F + F + i];
@@ -182,14 +185,14 @@ void gemv_bf16(const bf16*, int64_t, int64_t, const bf16*, float*, bool, cudaStr
 
 // Decode GEMVs and int8 weights are inference paths the calibration never takes (it loads bf16
 // weights and runs every linear layer through cuBLAS); they exist here so the host code links.
-void gemv_swiglu_bf16(const bf16*, int64_t, int64_t, const bf16*, bf16*, cudaStream_t) {
+void gemv_swiglu_bf16(const bf16*, int64_t, int64_t, const bf16*, bf16*, cudaStream_t, Glu) {
   throw std::logic_error("emulated gemv_swiglu_bf16: not used");
 }
 bool gemv_int8_supported(const int8_t*, int64_t, const bf16*) { return false; }
 void gemv_int8(const int8_t*, const float*, int64_t, int64_t, const bf16*, float*, bool, cudaStream_t) {
   throw std::logic_error("emulated gemv_int8: not used");
 }
-void gemv_swiglu_int8(const int8_t*, const float*, int64_t, int64_t, const bf16*, bf16*, cudaStream_t) {
+void gemv_swiglu_int8(const int8_t*, const float*, int64_t, int64_t, const bf16*, bf16*, cudaStream_t, Glu) {
   throw std::logic_error("emulated gemv_swiglu_int8: not used");
 }
 void dequant_int8_rows(const int8_t*, const float*, int64_t, int64_t, bf16*, cudaStream_t) {
