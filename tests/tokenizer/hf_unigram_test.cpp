@@ -5,6 +5,8 @@
 // errors for what duo does not implement.
 #include <gtest/gtest.h>
 
+#include <chrono>
+
 #include "core/error.h"
 #include "io/hf_fixture.h"
 #include "tokenizer/hf_tokenizer.h"
@@ -36,7 +38,7 @@ void check_fixture(const std::string& key) {
   const auto ref = test::read_json(dir(key) + ".json");
   auto tok = tokenizer_from_hf(dir(key), 0);
   ASSERT_TRUE(tok->vocab().unigram);
-  size_t n = 0, ids = 0, unk = 0;
+  size_t n = 0, ids = 0, unk = 0, parts = 0;
   for (const auto& c : ref["cases"]) {
     const std::string text = c["text"].get<std::string>();
     const auto want = c["ids"].get<std::vector<int32_t>>();
@@ -44,9 +46,23 @@ void check_fixture(const std::string& key) {
     EXPECT_EQ(encode_plain(*tok, text), want) << key << ": '" << text << "'";
     EXPECT_EQ(tok->decode(want), c["decoded"].get<std::string>()) << key << ": '" << text << "'";
     EXPECT_LE(tok->min_tokens(text), want.size()) << key << ": '" << text << "'";
+    // The same text as a chat prompt's parts, "</s>" its marker: the text after a marker is not
+    // the start of the input (HF: not at offset 0).
+    if (const size_t at = text.find("</s>"); at != std::string::npos && text.find("</s>", at + 4) == std::string::npos &&
+                                             text.find("<s>") == std::string::npos &&
+                                             text.find("<unk>") == std::string::npos &&
+                                             text.find("<pad>") == std::string::npos &&
+                                             text.find("<tool>") == std::string::npos) {
+      std::vector<int32_t> got =
+          tok->encode_parts({{text.substr(0, at), false}, {"</s>", true}, {text.substr(at + 4), false}}, false);
+      if (tok->vocab().add_eos && !got.empty()) got.pop_back();
+      EXPECT_EQ(got, want) << key << ": '" << text << "'";
+      ++parts;
+    }
     ++n, ids += want.size();
     unk += (size_t)std::count(want.begin(), want.end(), tok->vocab().unk);
   }
+  EXPECT_GE(parts, 5u);
   EXPECT_GE(n, 2000u);
   EXPECT_GE(unk, 10u);  // the unknown token's path is exercised
   for (const auto& c : ref["cases_with_specials"]) {
@@ -63,8 +79,8 @@ void check_fixture(const std::string& key) {
     ++bad;
   }
   EXPECT_GE(bad, 50u);
-  std::printf("  %s: %zu strings, %zu ids (%zu unknown), %zu with invalid UTF-8 checked%s\n", key.c_str(), n, ids,
-              unk, bad, ::testing::Test::HasFailure() ? "" : ", all equal");
+  std::printf("  %s: %zu strings, %zu ids (%zu unknown), %zu as prompt parts, %zu with invalid UTF-8 checked%s\n",
+              key.c_str(), n, ids, unk, parts, bad, ::testing::Test::HasFailure() ? "" : ", all equal");
 }
 
 TEST(HfUnigramTokenizer, T5StripRegexReplaceMetaspaceMatchesHf) { check_fixture("t5"); }
@@ -92,6 +108,26 @@ TEST(HfUnigramTokenizer, StepsAreReadAsDeclared) {
   // Rows beyond the tokenizer (config.json's vocab_size) decode to nothing, as HF skips them.
   auto padded = std::make_unique<Tokenizer>(load_hf_vocab(dir("never"), (int32_t)t.tokens.size() + 5));
   EXPECT_EQ(padded->decode({(int32_t)t.tokens.size() + 2}), "");
+}
+
+// A long prompt (the fixture's strings, 8 times, ~200 KB) as one run of text: the Viterbi pass is
+// linear in it, and byte fallback with a decoder that strips the added prefix gives the text back
+// (strings with added tokens' text or a U+2581, which decodes as a space, left out).
+TEST(HfUnigramTokenizer, LongTextRoundTrips) {
+  const auto ref = test::read_json(dir("legacy") + ".json");
+  std::string text = "Start.";
+  for (int rep = 0; rep < 8; ++rep)
+    for (const auto& c : ref["cases"]) {
+      const std::string t = c["text"].get<std::string>();
+      if (t.find('<') == std::string::npos && t.find("\xE2\x96\x81") == std::string::npos) text += t;
+    }
+  auto tok = tokenizer_from_hf(dir("legacy"), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::vector<int32_t> ids = tok->encode(text, false, false);
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(tok->decode(ids), text);
+  EXPECT_LE(tok->min_tokens(text), ids.size());
+  std::printf("  %zu bytes -> %zu tokens in %.1f ms\n", text.size(), ids.size(), ms);
 }
 
 // Scores as HF holds them: values HF tokenizers 0.23 wrote back (to_str) after reading a
