@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <limits>
+#include <unordered_map>
 
 #include "tokenizer/pretokenize.h"
 
@@ -10,22 +11,30 @@ namespace duo {
 
 UnigramModel::UnigramModel(const Vocab& v)
     : scores_(v.unigram_scores), unk_(v.unk), byte_fallback_(v.byte_fallback) {
+  // Built with a hash map of edges keyed by (node << 8) | byte, then laid out sorted.
+  std::unordered_map<uint64_t, int32_t> edges;
   node_id_.push_back(-1);
   const size_t n = std::min(scores_.size(), v.tokens.size());
   for (size_t id = 0; id < n; ++id) {
-    if (v.types[id] != TokenType::Normal && v.types[id] != TokenType::Byte) continue;
+    const TokenType t = v.types[id];
+    if (t != TokenType::Normal && t != TokenType::Byte && t != TokenType::Unknown) continue;
     int32_t node = 0;
     for (unsigned char c : v.tokens[id]) {
-      int32_t next = child(node, c);
-      if (next < 0) {
-        next = (int32_t)node_id_.size();
-        node_id_.push_back(-1);
-        edges_.emplace(((uint64_t)node << 8) | c, next);
-      }
-      node = next;
+      auto [it, added] = edges.emplace(((uint64_t)node << 8) | c, (int32_t)node_id_.size());
+      if (added) node_id_.push_back(-1);
+      node = it->second;
     }
     if (node > 0) node_id_[node] = (int32_t)id;  // a repeated text: the later id, as HF's map keeps it
   }
+  std::vector<std::pair<uint64_t, int32_t>> sorted(edges.begin(), edges.end());
+  edges.clear();
+  std::sort(sorted.begin(), sorted.end());
+  first_edge_.assign(node_id_.size() + 1, 0);
+  for (const auto& e : sorted) ++first_edge_[(e.first >> 8) + 1];
+  for (size_t i = 1; i < first_edge_.size(); ++i) first_edge_[i] += first_edge_[i - 1];
+  edge_byte_.reserve(sorted.size());
+  edge_child_.reserve(sorted.size());
+  for (const auto& e : sorted) edge_byte_.push_back((unsigned char)(e.first & 0xFF)), edge_child_.push_back(e.second);
   // The unknown token's score: the lowest of all the model's tokens (special ones too) less 10.
   double min_score = std::numeric_limits<double>::infinity();
   for (double s : scores_) min_score = std::min(min_score, s);

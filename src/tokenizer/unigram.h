@@ -5,9 +5,9 @@
 // the unknown token with the lowest score less 10, runs of unknown characters are one unknown
 // token, and with byte_fallback such a run becomes the <0xXX> tokens of its bytes instead.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "tokenizer/vocab.h"
@@ -16,8 +16,8 @@ namespace duo {
 
 class UnigramModel {
  public:
-  // The pieces are the model's own tokens (ids below v.unigram_scores.size()) that are normal
-  // or byte tokens: added and special tokens are matched in the text before the model runs
+  // The pieces are the model's own tokens (ids below v.unigram_scores.size()) that are normal,
+  // byte or the unknown token (text may spell it, as in HF): added and special tokens are matched in the text before the model runs
   // (or must not be, when the caller keeps special tokens out of user text).
   explicit UnigramModel(const Vocab& v);
   // Appends the ids of one piece of normalized text. Invalid UTF-8 bytes are characters of
@@ -25,13 +25,18 @@ class UnigramModel {
   void encode(std::string_view piece, std::vector<int32_t>& out) const;
 
  private:
-  // The vocabulary as a byte trie: node 0 is the root; edges keyed by (node << 8) | byte.
+  // The vocabulary as a byte trie: node 0 is the root; a node's edges are edge_byte_ /
+  // edge_child_ [first_edge_[node], first_edge_[node + 1]), sorted by byte (about 13 bytes a
+  // node: a 250k-piece vocabulary's trie stays small).
   int32_t child(int32_t node, unsigned char b) const {
-    auto it = edges_.find(((uint64_t)node << 8) | b);
-    return it == edges_.end() ? -1 : it->second;
+    const auto begin = edge_byte_.begin() + first_edge_[node], end = edge_byte_.begin() + first_edge_[node + 1];
+    const auto it = std::lower_bound(begin, end, b);
+    return it != end && *it == b ? edge_child_[it - edge_byte_.begin()] : -1;
   }
   int32_t exact(std::string_view s) const;  // the token spelled s, or -1
-  std::unordered_map<uint64_t, int32_t> edges_;
+  std::vector<uint32_t> first_edge_;
+  std::vector<unsigned char> edge_byte_;
+  std::vector<int32_t> edge_child_;
   std::vector<int32_t> node_id_;  // the token ending at a node, or -1
   std::vector<double> scores_;
   double unk_score_ = 0;
