@@ -161,6 +161,33 @@ TEST(HfUnigramTokenizer, ViterbiPicksTheBestPath) {
   EXPECT_EQ(tok.min_tokens("abcdacdxx"), 1u);  // an unknown run may be any length
 }
 
+// The unknown token's own text is a piece too (when it is not an added token), fused with the
+// unknown characters beside it; with byte_fallback a fused run that is not a token becomes
+// bytes. Expected ids from HF tokenizers 0.23 for this vocabulary (<unk>, a, b, <0x00>..<0xFF>).
+TEST(HfUnigramTokenizer, UnknownTokenTextFusesAsHf) {
+  test::ScratchDir d("tiny-llama");
+  nlohmann::json vocab = nlohmann::json::array({nlohmann::json::array({"<unk>", 0.0}),
+                                                nlohmann::json::array({"a", -1.0}), nlohmann::json::array({"b", -1.0})});
+  char buf[8];
+  for (int b = 0; b < 256; ++b) {
+    std::snprintf(buf, sizeof buf, "<0x%02X>", b);
+    vocab.push_back(nlohmann::json::array({buf, -5.0}));
+  }
+  nlohmann::json tj = nlohmann::json::object();
+  tj["model"] = {{"type", "Unigram"}, {"unk_id", 0}, {"vocab", vocab}, {"byte_fallback", true}};
+  tj["decoder"] = {{"type", "Sequence"}, {"decoders", {{{"type", "ByteFallback"}}, {{"type", "Fuse"}}}}};
+  test::write_json(d.file("tokenizer.json"), tj);
+  std::filesystem::remove(d.file("tokenizer_config.json"));
+  std::filesystem::remove(d.file("generation_config.json"));
+  Tokenizer tok(load_hf_vocab(d.str(), 0));
+  using V = std::vector<int32_t>;
+  EXPECT_EQ(tok.encode("<unk>", false, false), (V{0}));
+  EXPECT_EQ(tok.encode("a<unk>b", false, false), (V{1, 0, 2}));
+  EXPECT_EQ(tok.encode("x<unk>", false, false), (V{123, 63, 120, 113, 110, 65}));
+  EXPECT_EQ(tok.encode("ab<unk", false, false), (V{1, 2, 63, 120, 113, 110}));
+  EXPECT_EQ(tok.decode({123, 63, 120, 113, 110, 65}), "x<unk>");
+}
+
 std::string error_with(const std::string& key, const std::function<void(nlohmann::json&)>& edit) {
   test::ScratchDir d("tiny-llama");  // a scratch directory; its tokenizer.json is replaced
   auto tj = test::read_json(dir(key) + "/tokenizer.json");
