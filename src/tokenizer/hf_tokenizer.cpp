@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "io/hf_checkpoint.h"
+#include "tokenizer/hf_unigram.h"
 
 namespace duo {
 
@@ -77,18 +78,6 @@ const char kSpm[] = "\xE2\x96\x81";  // U+2581, SentencePiece's space
 bool is_replace(const json& r, const std::string& from, const std::string& to) {
   const json& pat = r.value("pattern", json::object());
   return type_of(r) == "Replace" && pat.contains("String") && pat["String"] == from && r.value("content", "") == to;
-}
-
-// Metaspace's prefix: prepend_scheme, or the older add_prefix_space (true: always).
-std::string metaspace_scheme(const json& p, const std::string& where) {
-  DUO_CHECK(p.value("replacement", std::string(kSpm)) == kSpm,
-            "{}: Metaspace with a replacement other than U+2581 is not supported", where);
-  const std::string scheme =
-      p.contains("prepend_scheme") ? p.value("prepend_scheme", std::string("?"))
-                                   : (p.value("add_prefix_space", true) ? std::string("always") : std::string("never"));
-  DUO_CHECK(scheme == "always" || scheme == "first" || scheme == "never",
-            "{}: Metaspace prepend_scheme '{}' is not supported (supported: always, first, never)", where, scheme);
-  return scheme;
 }
 
 // The SentencePiece-style steps of a tokenizer.json whose BPE has byte_fallback, as the converted
@@ -180,25 +169,16 @@ void template_ends(const json& p, std::vector<std::string>& before, std::vector<
   }
 }
 
-}  // namespace
-
-Vocab load_hf_vocab(const std::string& dir, int32_t n_vocab) {
-  const std::string where = dir + "/tokenizer.json";
-  const json tj = read_json_file(where);
-  DUO_CHECK(tj.is_object() && tj.contains("model") && tj["model"].is_object(), "{}: no \"model\" object", where);
+// A BPE model's tokens and steps (byte-level, or SentencePiece-style with byte_fallback); its
+// merges are read by read_merges once the vocabulary is complete.
+void read_bpe(const json& tj, const std::string& where, Vocab& v, HfTokenMap& by_id) {
   const json& m = tj["model"];
-  const std::string mt = type_of(m);
-  if (mt == "?" && m.contains("merges")) {  // old files omit the type of a BPE model
-  } else if (mt != "BPE") {
-    fail("{}: tokenizer model '{}' is not supported (supported: BPE, byte-level or with byte_fallback)", where, mt);
-  }
   const bool spm = m.value("byte_fallback", false);  // SentencePiece-style: U+2581 spaces, <0xXX> tokens
   for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"})
     DUO_CHECK(!m.contains(k) || m[k].is_null() || m[k] == "", "{}: BPE's {} is not supported", where, k);
   DUO_CHECK(!m.contains("dropout") || m["dropout"].is_null() || m["dropout"] == 0.0,
             "{}: BPE dropout (random merges) is not supported", where);
 
-  Vocab v;
   if (spm) {
     v.model = Vocab::Model::SPM;
     v.spm_merges = true;
@@ -231,8 +211,7 @@ Vocab load_hf_vocab(const std::string& dir, int32_t n_vocab) {
   }
   v.ignore_merges = m.value("ignore_merges", false);
 
-  // Tokens: the model's vocab and the added tokens, by id.
-  std::map<int64_t, std::pair<std::string, TokenType>> by_id;
+  // The model's tokens, by id.
   DUO_CHECK(m.contains("vocab") && m["vocab"].is_object(), "{}: the BPE model has no vocab object", where);
   for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) {
     DUO_CHECK(it.value().is_number_integer(), "{}: token '{}' has an id that is not an integer", where, it.key());
@@ -242,6 +221,48 @@ Vocab load_hf_vocab(const std::string& dir, int32_t n_vocab) {
                       std::isxdigit((unsigned char)t[3]) && std::isxdigit((unsigned char)t[4]);
     by_id[it.value().get<int64_t>()] = {t, byte ? TokenType::Byte : TokenType::Normal};
   }
+}
+
+void read_merges(const json& m, const std::string& where, Vocab& v) {
+  DUO_CHECK(m.contains("merges") && m["merges"].is_array(), "{}: the BPE model has no merges array", where);
+  v.merges.reserve(m["merges"].size());
+  for (const auto& mg : m["merges"]) {
+    if (mg.is_string()) {
+      v.merges.push_back(mg.get<std::string>());
+    } else {
+      DUO_CHECK(mg.is_array() && mg.size() == 2 && mg[0].is_string() && mg[1].is_string(),
+                "{}: merge {} is neither \"left right\" nor [left, right]", where, v.merges.size());
+      v.merges.push_back(mg[0].get<std::string>() + " " + mg[1].get<std::string>());
+    }
+  }
+  if (v.spm_merges) {  // the merged symbols are looked up as tokens (HF refuses such a file too)
+    std::unordered_set<std::string> known(v.tokens.begin(), v.tokens.end());
+    for (const std::string& mg : v.merges) {
+      const size_t sp = mg.find(' ');
+      DUO_CHECK(sp != std::string::npos && known.count(mg.substr(0, sp) + mg.substr(sp + 1)),
+                "{}: merge '{}' does not give a token of the vocabulary", where, mg);
+    }
+  }
+}
+
+}  // namespace
+
+Vocab load_hf_vocab(const std::string& dir, int32_t n_vocab) {
+  const std::string where = dir + "/tokenizer.json";
+  const json tj = read_json_file(where);
+  DUO_CHECK(tj.is_object() && tj.contains("model") && tj["model"].is_object(), "{}: no \"model\" object", where);
+  const json& m = tj["model"];
+  const std::string mt = type_of(m);
+  Vocab v;
+  HfTokenMap by_id;  // the tokens, by id
+  if (mt == "Unigram") {
+    read_unigram(tj, where, v, by_id);
+  } else if (mt == "?" && m.contains("merges")) {  // old files omit the type of a BPE model
+  } else if (mt != "BPE") {
+    fail("{}: tokenizer model '{}' is not supported (supported: BPE, byte-level or with byte_fallback; Unigram)",
+         where, mt);
+  }
+  if (!v.unigram) read_bpe(tj, where, v, by_id);
   for (const auto& a : tj.value("added_tokens", json::array())) {
     DUO_CHECK(a.is_object() && a.contains("id") && a["id"].is_number_integer() && a.contains("content") &&
                   a["content"].is_string(),
@@ -251,7 +272,8 @@ Vocab load_hf_vocab(const std::string& dir, int32_t n_vocab) {
       DUO_CHECK(!a.value(k, false), "{}: added token '{}' uses {}, which is not supported", where, content, k);
     // HF matches a normalized added token in the normalized text (after the U+2581 replacement);
     // duo matches added tokens in the raw text, the same only without a normalizer.
-    DUO_CHECK(!spm || tj.value("normalizer", json()).is_null() || !a.value("normalized", true),
+    DUO_CHECK(v.model != Vocab::Model::SPM || tj.value("normalizer", json()).is_null() ||
+                  !a.value("normalized", true),
               "{}: added token '{}' is normalized (matched after the normalizer), which is not supported", where,
               content);
     by_id[a["id"].get<int64_t>()] = {content, a.value("special", false) ? TokenType::Control : TokenType::UserDefined};
@@ -267,32 +289,14 @@ Vocab load_hf_vocab(const std::string& dir, int32_t n_vocab) {
   for (int64_t i = 0; i < n; ++i) v.tokens[i] = "[PAD" + std::to_string(i) + "]";
   for (const auto& [id, tt] : by_id) v.tokens[id] = tt.first, v.types[id] = tt.second;
 
-  DUO_CHECK(m.contains("merges") && m["merges"].is_array(), "{}: the BPE model has no merges array", where);
-  v.merges.reserve(m["merges"].size());
-  for (const auto& mg : m["merges"]) {
-    if (mg.is_string()) {
-      v.merges.push_back(mg.get<std::string>());
-    } else {
-      DUO_CHECK(mg.is_array() && mg.size() == 2 && mg[0].is_string() && mg[1].is_string(),
-                "{}: merge {} is neither \"left right\" nor [left, right]", where, v.merges.size());
-      v.merges.push_back(mg[0].get<std::string>() + " " + mg[1].get<std::string>());
-    }
-  }
-  if (spm) {  // the merged symbols are looked up as tokens (HF refuses such a file too)
-    std::unordered_set<std::string> known(v.tokens.begin(), v.tokens.end());
-    for (const std::string& mg : v.merges) {
-      const size_t sp = mg.find(' ');
-      DUO_CHECK(sp != std::string::npos && known.count(mg.substr(0, sp) + mg.substr(sp + 1)),
-                "{}: merge '{}' does not give a token of the vocabulary", where, mg);
-    }
-  }
+  if (!v.unigram) read_merges(m, where, v);
 
   auto id_of = [&](const std::string& text, const char* what) -> int32_t {
     for (size_t i = 0; i < v.tokens.size(); ++i)
       if (v.tokens[i] == text && v.types[i] != TokenType::Unused) return (int32_t)i;
     fail("{}: {} '{}' is not a token of {}", dir, what, text, where);
   };
-  if (auto unk = m.value("unk_token", json()); unk.is_string()) v.unk = id_of(unk.get<std::string>(), "unk_token");
+  if (auto unk = m.value("unk_token", json()); !v.unigram && unk.is_string()) v.unk = id_of(unk.get<std::string>(), "unk_token");
 
   // BOS added by the post-processor's template, unless tokenizer_config.json says otherwise
   // (transformers' Llama tokenizers rebuild the template from add_bos_token).

@@ -1,7 +1,8 @@
 // The vocabulary of a Hugging Face directory: tokenizer.json (byte-level BPE: vocab, merges in
 // the string or the pair form, added tokens, the pre-tokenizer's split regexes as declared; or
 // SentencePiece-style BPE with byte_fallback: the U+2581 space of its Prepend/Replace normalizer
-// or Metaspace pre-tokenizer, <0xXX> byte tokens, its decoder's Strip),
+// or Metaspace pre-tokenizer, <0xXX> byte tokens, its decoder's Strip; or a Unigram model with
+// its normalizer, Metaspace and decoder steps, hf_unigram.cpp),
 // tokenizer_config.json (bos/eos, add_bos_token) and generation_config.json (eos ids), turned
 // into duo's Vocab so the one Tokenizer serves GGUF and HF models alike.
 #pragma once

@@ -32,6 +32,8 @@ std::vector<const char*> patterns_for(const std::string& name) {
   fail("unsupported pre-tokenizer '{}'", name);
 }
 
+}  // namespace
+
 // Length of the valid UTF-8 character at s[i] (no overlongs, no surrogates, <= U+10FFFF),
 // or 0 when the bytes there are not one.
 size_t utf8_char_len(std::string_view s, size_t i) {
@@ -54,8 +56,6 @@ size_t utf8_char_len(std::string_view s, size_t i) {
     return 0;
   return n + 1;
 }
-
-}  // namespace
 
 struct Pretokenizer::Regex {
   pcre2_code* code = nullptr;

@@ -8,6 +8,10 @@
 
 namespace duo {
 
+// Length of the valid UTF-8 character at s[i] (no overlongs, no surrogates, <= U+10FFFF),
+// or 0 when the bytes there are not one.
+size_t utf8_char_len(std::string_view s, size_t i);
+
 class Pretokenizer {
  public:
   explicit Pretokenizer(const std::string& name);  // throws for an unknown name

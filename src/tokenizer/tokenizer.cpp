@@ -6,7 +6,10 @@
 
 #include "core/error.h"
 #include "io/gguf.h"
+#include "tokenizer/hf_decoder.h"
+#include "tokenizer/normalize.h"
 #include "tokenizer/pretokenize.h"
+#include "tokenizer/unigram.h"
 
 namespace duo {
 
@@ -160,6 +163,10 @@ Tokenizer::Tokenizer(Vocab v) : vocab_(std::move(v)) {
       byte_tokens_[b] = token_id(buf);
     }
   }
+  if (vocab_.unigram) {
+    unigram_ = std::make_unique<UnigramModel>(vocab_);
+    normalizer_ = std::make_unique<Normalizer>(vocab_.normalizer);
+  }
   // For min_tokens: the most input bytes one token stands for. A byte-level BPE token stands for
   // exactly its bytes, a SentencePiece piece for at most its bytes with U+2581 read as a space
   // (it may be the added space prefix); anything else (special tokens, or "<0x41>"-like text a
@@ -196,6 +203,7 @@ Tokenizer::Tokenizer(Vocab v) : vocab_(std::move(v)) {
     byte_kept_[b] = kept;
     all_bytes_kept_ = all_bytes_kept_ && kept;
   }
+  if (vocab_.unigram) unigram_min_tokens();
   // tokenizer.json's fuse_unk: one unknown token stands for a run of characters of any length,
   // which only happens where some byte has no <0xXX> token.
   if (vocab_.model == Vocab::Model::SPM && vocab_.spm_merges && vocab_.fuse_unk && vocab_.unk >= 0 &&
@@ -204,6 +212,28 @@ Tokenizer::Tokenizer(Vocab v) : vocab_(std::move(v)) {
 }
 
 Tokenizer::~Tokenizer() = default;
+
+// min_tokens for a Unigram model, whose fallbacks and normalizer differ (keep in step with
+// UnigramModel::encode and Normalizer::apply).
+void Tokenizer::unigram_min_tokens() {
+  // A run of characters no token covers is one unknown token (HF always fuses them) unless
+  // byte_fallback has a byte token for each of its bytes; else its characters are dropped.
+  bool all_bytes = vocab_.byte_fallback;
+  for (int b = 0; b < 256; ++b) all_bytes = all_bytes && byte_tokens_[b] >= 0;
+  if (vocab_.unk >= 0 && !all_bytes) max_token_bytes_ = size_t(1) << 40;
+  // A normalizer that may shrink the text (a Replace of something longer than what it becomes,
+  // a regex, a Precompiled table): a token may stand for any number of input bytes, and any
+  // byte may vanish.
+  // One that strips: whitespace (multi-byte whitespace too, so any byte >= 0x80) may vanish.
+  if (normalizer_->shrinks()) max_token_bytes_ = size_t(1) << 40;
+  all_bytes_kept_ = true;
+  for (int b = 0; b < 256; ++b) {
+    bool kept = (vocab_.unk >= 0 || all_bytes) && !normalizer_->shrinks();
+    if (normalizer_->strips() && (b >= 0x80 || b == ' ' || (b >= 0x09 && b <= 0x0D))) kept = false;
+    byte_kept_[b] = kept;
+    all_bytes_kept_ = all_bytes_kept_ && kept;
+  }
+}
 
 std::unique_ptr<Tokenizer> Tokenizer::from_gguf(const GgufFile& f) { return std::make_unique<Tokenizer>(load_vocab(f)); }
 
@@ -290,6 +320,10 @@ void Tokenizer::remember_piece(const std::string& piece, std::vector<int32_t> id
 }
 
 void Tokenizer::encode_spm(const std::string& raw, bool at_start, std::vector<int32_t>& out) const {
+  if (unigram_) {
+    encode_unigram(raw, at_start, out);
+    return;
+  }
   // SentencePiece: spaces become U+2581, and a run of text gets a leading one as the vocabulary
   // says (see Vocab::add_space_prefix).
   std::string text;
@@ -313,6 +347,39 @@ void Tokenizer::encode_spm(const std::string& raw, bool at_start, std::vector<in
     start = at;
   }
   encode_spm_piece(text.substr(start), out);
+}
+
+// A tokenizer.json Unigram model, in HF's order: the normalizer's steps on the run of text, then
+// Metaspace (spaces to U+2581, the prefix as its prepend_scheme says: "first" only on the run
+// that begins the input and whose first character the normalizer kept, as HF checks the
+// run's original offset; a split before every U+2581), then the model on each piece.
+void Tokenizer::encode_unigram(const std::string& raw, bool at_start, std::vector<int32_t>& out) const {
+  bool start_kept = true;
+  std::string text = normalizer_->apply(raw, &start_kept);
+  if (!vocab_.metaspace) {
+    unigram_->encode(text, out);
+    return;
+  }
+  std::string spaced;
+  for (char c : text) {
+    if (c == ' ')
+      spaced += kSpm;
+    else
+      spaced += c;
+  }
+  if (vocab_.add_space_prefix && !spaced.empty() && ((at_start && start_kept) || !vocab_.prefix_first_only) &&
+      spaced.compare(0, 3, kSpm) != 0)
+    spaced.insert(0, kSpm);
+  if (!vocab_.split_on_space) {
+    unigram_->encode(spaced, out);
+    return;
+  }
+  size_t start = 0;
+  for (size_t at = spaced.find(kSpm, 1); at != std::string::npos; at = spaced.find(kSpm, at + 3)) {
+    unigram_->encode(std::string_view(spaced).substr(start, at - start), out);
+    start = at;
+  }
+  unigram_->encode(std::string_view(spaced).substr(start), out);
 }
 
 void Tokenizer::encode_spm_piece(const std::string& piece, std::vector<int32_t>& out) const {
@@ -532,6 +599,14 @@ std::string Tokenizer::token_to_piece(int32_t id) const {
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+  if (unigram_) {  // the decoder's steps as declared, on the tokens' texts (special ones too, as HF)
+    std::vector<std::string> texts;
+    for (int32_t id : ids) {
+      DUO_CHECK(id >= 0 && id < n_vocab(), "token id {} is outside the vocabulary", id);
+      if (vocab_.types[id] != TokenType::Unused) texts.push_back(vocab_.tokens[id]);  // HF skips ids it lacks
+    }
+    return decode_tokens(vocab_.decoder, std::move(texts));
+  }
   std::string s;
   for (int32_t id : ids) s += piece_bytes(id);
   // SentencePiece: the space prefix added on encoding is dropped again (tokenizer.json: its

@@ -1,6 +1,7 @@
 // Text <-> token ids for the vocabularies GGUF models carry: byte-level BPE (GPT-2 style,
 // with the model's pre-tokenizer regexes, run through PCRE2) and SentencePiece (scores, byte
-// fallback). Special tokens in text are recognised when asked to.
+// fallback); and those of tokenizer.json files (hf_tokenizer.h), Unigram models among them.
+// Special tokens in text are recognised when asked to.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -15,7 +16,9 @@
 namespace duo {
 
 class GgufFile;
+class Normalizer;
 class Pretokenizer;
+class UnigramModel;
 
 // A piece of a prompt for Tokenizer::encode_parts.
 struct PromptPart {
@@ -67,6 +70,8 @@ class Tokenizer {
   void encode_spm(const std::string& text, bool at_start, std::vector<int32_t>& out) const;
   void encode_spm_piece(const std::string& piece, std::vector<int32_t>& out) const;   // spaces as U+2581
   void encode_spm_scores(const std::string& piece, std::vector<int32_t>& out) const;  // GGUF's scores
+  void encode_unigram(const std::string& text, bool at_start, std::vector<int32_t>& out) const;
+  void unigram_min_tokens();  // the min_tokens bounds of a Unigram model
   void encode_segment(const std::string& text, bool at_start, std::vector<int32_t>& out) const;
   std::string piece_bytes(int32_t id) const;
   // Text without specials (or with them, parse_special), between two markers; `never`: special
@@ -81,6 +86,8 @@ class Tokenizer {
   bool special_first_[256] = {};   // bytes a special token can start with
   std::vector<bool> eog_;
   std::unique_ptr<Pretokenizer> pre_;
+  std::unique_ptr<UnigramModel> unigram_;   // tokenizer.json Unigram models
+  std::unique_ptr<Normalizer> normalizer_;  // their normalizer steps
   bool ignore_merges_ = false;  // BPE: whole-piece vocabulary lookup before merging (Llama-3)
   int32_t byte_tokens_[256];  // SPM byte fallback <0xXX> ids, or BPE single-byte token ids
   size_t max_token_bytes_ = 1;

@@ -4,6 +4,9 @@
 #include <string>
 #include <vector>
 
+#include "tokenizer/hf_decoder.h"
+#include "tokenizer/normalize.h"
+
 namespace duo {
 
 class GgufFile;
@@ -37,6 +40,14 @@ struct Vocab {
   bool spm_merges = false, fuse_unk = false;
   bool prefix_first_only = false, prefix_unless_space = false, split_on_space = false;
   bool decode_keeps_space = false;
+  // Unigram tokenizer.json (model SPM with `unigram` set; hf_unigram.cpp): the log-probability of
+  // each of the model's pieces, by id (as f64, as HF keeps them), byte_fallback, the normalizer's
+  // steps, a Metaspace pre-tokenizer (its prefix and split in the fields above; without one the
+  // normalized text is one piece) and the decoder's steps, run as declared.
+  bool unigram = false, byte_fallback = false, metaspace = false;
+  std::vector<double> unigram_scores;
+  std::vector<NormStep> normalizer;
+  std::vector<DecodeStep> decoder;
 };
 
 // Reads the vocabulary; throws duo::Error for an unknown tokenizer model or pre-tokenizer,

@@ -155,8 +155,8 @@ TEST(HfSpmTokenizer, UnsupportedStepsAreNamed) {
                   "added token '<s>' is normalized");
   EXPECT_CONTAINS(error_with("legacy", [](auto& j) { j["model"]["merges"].push_back("<0x41> <0x42>"); }),
                   "merge '<0x41> <0x42>' does not give a token");
-  EXPECT_CONTAINS(error_with("legacy", [](auto& j) { j["model"]["type"] = "Unigram"; }),
-                  "tokenizer model 'Unigram' is not supported");
+  EXPECT_CONTAINS(error_with("legacy", [](auto& j) { j["model"]["type"] = "WordPiece"; }),
+                  "tokenizer model 'WordPiece' is not supported");
 }
 
 }  // namespace
