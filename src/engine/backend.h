@@ -147,6 +147,12 @@ class ModelBackend {
   virtual void set_attention_timing(bool on) { (void)on; }
   virtual void reset_attention_timing() {}
   virtual double attention_ms() const { return 0.0; }
+  // The decode attention of every layer over the sequence's last position, replayed `reps` times
+  // as the decode step runs it (a GPU: one CUDA graph): ms a pass; 0 where not measured.
+  virtual double decode_attention_graph_ms(SequenceState& state, int reps) {
+    (void)state, (void)reps;
+    return 0.0;
+  }
   // --- What tools see of a backend beyond running the model.
   // The kernels this backend runs, for benchmark output (the CPU's SIMD level, e.g. "avx512");
   // empty where there is no choice to report.

@@ -205,12 +205,12 @@ double decode_read_bytes(const ModelBackend& backend, const HeadPlan& plan, int6
   return b;
 }
 
-constexpr int kWarm = 2, kTimedAttention = 4;
+constexpr int kWarm = 2, kTimedAttention = 4, kGraphAttentionReps = 20;
 
 // Decode at a context filled by a kernel: ms/token over `steps` steps (the CUDA graph), then the
 // attention kernels alone (events) over kTimedAttention more.
 struct DecodeRun {
-  double ms = 0, attn_us = 0, gbs = 0;
+  double ms = 0, attn_us = 0, gbs = 0, graph_us = 0, graph_gbs = 0;
   size_t kv_bytes = 0, device_bytes = 0;
 };
 DecodeRun measure_decode(ModelBackend& backend, const HeadPlan& plan, int64_t ctx, int steps, int64_t chunk,
@@ -232,6 +232,8 @@ DecodeRun measure_decode(ModelBackend& backend, const HeadPlan& plan, int64_t ct
   backend.set_attention_timing(false);
   r.attn_us = 1e3 * backend.attention_ms() / kTimedAttention;
   r.gbs = decode_read_bytes(backend, plan, past0 + 1 + kTimedAttention / 2) / (r.attn_us * 1e-6) / 1e9;
+  r.graph_us = 1e3 * backend.decode_attention_graph_ms(*s, kGraphAttentionReps);
+  if (r.graph_us > 0) r.graph_gbs = decode_read_bytes(backend, plan, s->n_past()) / (r.graph_us * 1e-6) / 1e9;
   r.kv_bytes = s->kv_bytes();
   r.device_bytes = s->device_bytes();
   return r;
@@ -257,8 +259,9 @@ json run_max_context(ModelBackend& backend, const std::vector<Mode>& modes, cons
   }
   json rows = json::array();
   if (!as_json)
-    fmt::print("\n{:<10} {:<5} {:>12} {:>8} {:>10} {:>9} {:>9} {:>9} {:>10}  {}\n", "max ctx", "kv", "context",
-               "KV GiB", "device GiB", "peak GiB", "ms/token", "attn us", "attn GB/s", "note");
+    fmt::print("\n{:<10} {:<5} {:>12} {:>8} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>10}  {}\n", "max ctx", "kv",
+               "context", "KV GiB", "device GiB", "peak GiB", "ms/token", "attn us", "attn GB/s", "graph us",
+               "graph GB/s", "note");
   for (const Mode& m0 : modes)
     for (KvType type : types) {
       HeadPlan plan = m0.plan;
@@ -318,12 +321,13 @@ json run_max_context(ModelBackend& backend, const std::vector<Mode>& modes, cons
       row["ms_per_token"] = r.ms;
       row["attn_us"] = r.attn_us;
       row["attn_gbs"] = r.gbs;
+      row["attn_graph_us"] = r.graph_us;
+      row["attn_graph_gbs"] = r.graph_gbs;
       if (!note.empty()) row["note"] = note;
       if (!as_json)
-        fmt::print("{:<10} {:<5} {:>12} {:>8.2f} {:>10.2f} {:>9.2f} {:>9.3f} {:>9.1f} {:>10.1f}  {}\n", m0.name,
-                   to_string(type), n, r.kv_bytes / kGiB, r.device_bytes / kGiB,
-                   backend.device_memory().peak_bytes / kGiB, r.ms,
-                   r.attn_us, r.gbs, note);
+        fmt::print("{:<10} {:<5} {:>12} {:>8.2f} {:>10.2f} {:>9.2f} {:>9.3f} {:>9.1f} {:>10.1f} {:>9.1f} {:>10.1f}  {}\n",
+                   m0.name, to_string(type), n, r.kv_bytes / kGiB, r.device_bytes / kGiB,
+                   backend.device_memory().peak_bytes / kGiB, r.ms, r.attn_us, r.gbs, r.graph_us, r.graph_gbs, note);
       std::fflush(stdout);
       rows.push_back(row);
     }
@@ -583,8 +587,9 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
   HeadPlan full_plan = HeadPlan::uniform(c.n_layers, c.n_kv_heads, HeadKind::Retrieval, window);
   full_plan.kv_type = parse_kv_type(mo.kv_type);
   if (!as_json && !decode.empty())
-    fmt::print("\n{:<10} {:>8} {:>10} {:>10} {:>11} {:>8} {:>8} {:>9} {:>9} {:>10}\n", "decode", "context",
-               "ms/token", "attn us", "attn GB/s", "of copy", "KV GiB", "peak GiB", "vs full", "KV vs full");
+    fmt::print("\n{:<10} {:>8} {:>10} {:>10} {:>11} {:>8} {:>9} {:>10} {:>8} {:>8} {:>9} {:>9} {:>10}\n", "decode",
+               "context", "ms/token", "attn us", "attn GB/s", "of copy", "graph us", "graph GB/s", "of copy", "KV GiB",
+               "peak GiB", "vs full", "KV vs full");
   // Full attention whose KV cache does not fit at a context (Llama-2-7B at 128K: 64 GiB of KV
   // next to 12.6 GiB of weights) is measured at the longest context that does fit, and said so:
   // decode time grows with the context, so duo / full at the asked context computed from it is
@@ -646,6 +651,13 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
       const double attn_us = 1e3 * backend->attention_ms() / kTimedAttention;
       const double bytes = decode_read_bytes(*backend, m.plan, past0 + 1 + kTimedAttention / 2);
       const double gbs = bytes / (attn_us * 1e-6) / 1e9;
+      // The same kernels replayed as one graph of every layer's attention (as inside the step).
+      const double graph_us = 1e3 * backend->decode_attention_graph_ms(*s, kGraphAttentionReps);
+      const double graph_gbs =
+          graph_us > 0 ? decode_read_bytes(*backend, m.plan, s->n_past()) / (graph_us * 1e-6) / 1e9 : 0.0;
+      row["attn_graph_us"] = graph_us;
+      row["attn_graph_gbs"] = graph_gbs;
+      if (copy_gbs > 0) row["attn_graph_gbs_of_copy"] = graph_gbs / copy_gbs;
       row["ms_per_token"] = ms;
       row["attn_us"] = attn_us;
       row["attn_gbs"] = gbs;
@@ -669,8 +681,10 @@ void run_cuda_bench(const ModelOptions& mo, CudaBenchOptions bo, bool chunk_give
         vs = fmt::format("{}{:.2f}x", lower ? ">=" : "", full_decode_ms[C] / ms);
       }
       if (!as_json)
-        fmt::print("{:<10} {:>8} {:>10.3f} {:>10.1f} {:>11.1f} {:>7.0f}% {:>8.2f} {:>9.2f} {:>9} {:>9.2f}x{}\n", m.name,
-                   C, ms, attn_us, gbs, copy_gbs > 0 ? 100.0 * gbs / copy_gbs : 0.0, s->kv_bytes() / kGiB,
+        fmt::print("{:<10} {:>8} {:>10.3f} {:>10.1f} {:>11.1f} {:>7.0f}% {:>9.1f} {:>10.1f} {:>7.0f}% {:>8.2f} {:>9.2f} {:>9} "
+                   "{:>9.2f}x{}\n",
+                   m.name, C, ms, attn_us, gbs, copy_gbs > 0 ? 100.0 * gbs / copy_gbs : 0.0, graph_us, graph_gbs,
+                   copy_gbs > 0 ? 100.0 * graph_gbs / copy_gbs : 0.0, s->kv_bytes() / kGiB,
                    backend->device_memory().peak_bytes / kGiB, vs, row["kv_reduction_vs_full"].get<double>(),
                    run_ctx != C ? fmt::format("  (measured at {})", run_ctx) : std::string());
       std::fflush(stdout);

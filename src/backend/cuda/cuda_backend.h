@@ -48,6 +48,9 @@ class CudaBackend final : public ModelBackend {
   void set_attention_timing(bool on) override { model_->set_attention_timing(on); }
   void reset_attention_timing() override { model_->reset_attention_timing(); }
   double attention_ms() const override { return model_->attention_ms(); }
+  double decode_attention_graph_ms(SequenceState& state, int reps) override {
+    return model_->decode_attention_graph_ms(cache_of(state), reps);
+  }
   void release_scratch() override { model_->release_scratch(); }
   bool decode_graphs() const override { return model_->decode_graphs(); }
   double copy_gbs() override;

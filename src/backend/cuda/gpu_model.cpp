@@ -495,6 +495,43 @@ void GpuModel::reserve_prefill_scratch(const GpuKvCache& kv, int64_t n, int64_t 
   grow_prefill_scratch(need);
 }
 
+double GpuModel::decode_attention_graph_ms(const GpuKvCache& kv, int reps) {
+  DUO_CHECK(kv.n_past() > 0 && reps > 0, "decode_attention_graph_ms: needs a decoded sequence and reps > 0");
+  const Act act = activations(1, {&kv});
+  int32_t* pos_d = step_.ensure_n<int32_t>(2) + 1;  // the last position, as a step stages it
+  const int32_t pos = (int32_t)kv.n_past() - 1;
+  DUO_CUDA_TRY(cudaMemcpyAsync(pos_d, &pos, sizeof(pos), cudaMemcpyHostToDevice, stream_));
+  DUO_CUDA_TRY(cudaStreamSynchronize(stream_));  // (pos is on this stack frame)
+  cudaGraph_t g = nullptr;
+  DUO_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  try {
+    for (int l = 0; l < config().n_layers; ++l) {
+      DecodeArgs da = decode_args(kv, l, act.q, act.att, pos_d);
+      da.workspace = act.ws, da.workspace_bytes = act.ws_bytes;
+      decode_attention(da, stream_);
+    }
+  } catch (...) {
+    (void)cudaStreamEndCapture(stream_, &g);
+    if (g) cudaGraphDestroy(g);
+    throw;
+  }
+  DUO_CUDA_TRY(cudaStreamEndCapture(stream_, &g));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
+  cudaGraphDestroy(g);
+  DUO_CUDA_TRY(e);
+  float ms = 0.0f;
+  cudaError_t r = cudaGraphLaunch(exec, stream_);  // warm
+  if (r == cudaSuccess) r = cudaEventRecord(events_[0], stream_);
+  for (int i = 0; i < reps && r == cudaSuccess; ++i) r = cudaGraphLaunch(exec, stream_);
+  if (r == cudaSuccess) r = cudaEventRecord(events_[1], stream_);
+  if (r == cudaSuccess) r = cudaEventSynchronize(events_[1]);
+  if (r == cudaSuccess) r = cudaEventElapsedTime(&ms, events_[0], events_[1]);
+  cudaGraphExecDestroy(exec);
+  DUO_CUDA_TRY(r);
+  return (double)ms / reps;
+}
+
 DecodeArgs GpuModel::decode_args(const GpuKvCache& kv, int l, const bf16* q, bf16* out, const int32_t* pos_d) const {
   const ModelConfig& c = config();
   DecodeArgs da;

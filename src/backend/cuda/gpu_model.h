@@ -66,6 +66,11 @@ class GpuModel {
   void set_attention_timing(bool on) { timing_ = on; }
   double attention_ms() const { return attn_ms_; }
   void reset_attention_timing() { attn_ms_ = 0.0; }
+  // Benchmarks: the decode attention of every layer (attention kernels and merges, nothing else)
+  // over the sequence's last position, captured as one CUDA graph and replayed `reps` times: ms
+  // a pass. What attention costs inside a replayed step, without the timed pass's per-kernel
+  // launches and events. The cache is not changed.
+  double decode_attention_graph_ms(const GpuKvCache& kv, int reps);
   // Frees the activation buffers (they grow to the largest chunk seen).
   void release_scratch();
 
