@@ -20,14 +20,17 @@ tokens from generate(), and HF tokenizers' ids of a few hundred strings.
 The tokenizers are trained here (tokenizers' BpeTrainer) on a small fixed corpus, so the fixtures
 stay small (< 1 MB in all).
 
-Run: HF_HUB_OFFLINE=1 /tmp/h23-refenv/bin/python dev/make_hf_fixtures.py
-     (a venv with torch, transformers, tokenizers from PyPI)
+Run: HF_HUB_OFFLINE=1 /tmp/h23-refenv/bin/python dev/make_hf_fixtures.py [--real]
+     (a venv with torch, transformers, tokenizers from PyPI); --real makes only
+     <name>-hf.tokenizer.json, HF tokenizers' ids for the real models' directories that
+     dev/hf_from_gguf.py made (skipped when absent)
 """
 import json
 import math
 import os
 import random
 import shutil
+import sys
 
 import torch
 import transformers
@@ -209,6 +212,9 @@ def real_tokenizer_cases(name, seed):
 def main():
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     real_tokenizer_cases("SmolLM2-135M-Instruct-hf", 13)
+    real_tokenizer_cases("Qwen2.5-Coder-1.5B-Instruct-hf", 14)
+    if "--real" in sys.argv[1:]:  # only the real tokenizers' cases, the tiny models left as they are
+        return
     llama_specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
     llama = LlamaConfig(**SHAPE, vocab_size=384, tie_word_embeddings=True,
                         rope_parameters={"rope_type": "default", "rope_theta": 50000.0},
