@@ -222,10 +222,22 @@ PasskeySample PasskeyGenerator::build(int64_t length, const std::vector<std::str
     if (i + 1 < n) append(t, piece_ids[i + 2]);
   }
   DUO_CHECK((int64_t)t.size() == length, "passkey sample has {} tokens, expected {}", t.size(), length);
-  s.answer_mask.assign(t.size(), 0);
+  mark_answers(s, cfg_.loss_rows, questions_begin);
+  return s;
+}
+
+int64_t draw_sample_length(std::mt19937_64& rng, int64_t min_len, int64_t max_len, int intervals) {
+  if (intervals <= 1 || max_len <= min_len) return min_len;
+  const uint64_t k = uniform_below(rng, (uint64_t)intervals);
+  return min_len + (max_len - min_len) * (int64_t)k / (intervals - 1);
+}
+
+void mark_answers(PasskeySample& s, LossRows rows, int64_t questions_begin) {
+  s.answer_mask.assign(s.tokens.size(), 0);
   for (const auto& span : s.answer_spans)
-    for (int64_t p = span[0]; p < span[1]; ++p) s.answer_mask[p] = 1;
-  switch (cfg_.loss_rows) {
+    for (int64_t p = span[0]; p < span[1]; ++p) s.answer_mask[(size_t)p] = 1;
+  s.loss_rows.clear();
+  switch (rows) {
     case LossRows::Answers:
       for (const auto& span : s.answer_spans)
         for (int64_t p = span[0]; p < span[1]; ++p) s.loss_rows.push_back(p);
@@ -238,19 +250,14 @@ PasskeySample PasskeyGenerator::build(int64_t length, const std::vector<std::str
       for (const auto& span : s.answer_spans) s.loss_rows.push_back(span[0] - 1);
       break;
     case LossRows::Questions:
-      for (int64_t p = questions_begin; p < length; ++p) s.loss_rows.push_back(p);
+      for (int64_t p = questions_begin; p < (int64_t)s.tokens.size(); ++p) s.loss_rows.push_back(p);
       break;
   }
-  return s;
 }
 
 PasskeySample PasskeyGenerator::next(std::mt19937_64& rng) {
   const PasskeyDataConfig& c = cfg_;
-  int64_t length = c.min_len;
-  if (c.length_intervals > 1 && c.max_len > c.min_len) {
-    const uint64_t k = uniform_below(rng, (uint64_t)c.length_intervals);
-    length = c.min_len + (c.max_len - c.min_len) * (int64_t)k / (c.length_intervals - 1);
-  }
+  const int64_t length = draw_sample_length(rng, c.min_len, c.max_len, c.length_intervals);
   // Distinct depth slots (partial Fisher-Yates), ascending.
   std::vector<int> slots(c.depth_intervals);
   for (int i = 0; i < c.depth_intervals; ++i) slots[i] = i;

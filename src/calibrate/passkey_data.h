@@ -100,6 +100,15 @@ class PasskeyGenerator : public SampleSource {
 // Uniform integer in [0, n) and uniform double in [0, 1) from the raw generator output
 // (portable: not the implementation-defined std distributions).
 uint64_t uniform_below(std::mt19937_64& rng, uint64_t n);
+
+// A sample length drawn from `intervals` evenly spaced values in [min_len, max_len] (min_len
+// alone when intervals is 1 or the range is empty; then nothing is drawn).
+int64_t draw_sample_length(std::mt19937_64& rng, int64_t min_len, int64_t max_len, int intervals);
+
+// Sets s.answer_mask (1 at the tokens of s.answer_spans) and s.loss_rows as `rows` defines them
+// (LossRows above): every sample source marks its answers through this one definition.
+// questions_begin: the first position after the context (LossRows::Questions runs from it to the end).
+void mark_answers(PasskeySample& s, LossRows rows, int64_t questions_begin);
 double uniform_unit(std::mt19937_64& rng);
 
 }  // namespace duo

@@ -81,11 +81,7 @@ RulerDraw RulerSampleSource::draw(std::mt19937_64& rng) const {
   const RulerDataConfig& c = cfg_;
   RulerDraw d;
   d.task = c.tasks[uniform_below(rng, c.tasks.size())];
-  d.length = c.min_len;
-  if (c.length_intervals > 1 && c.max_len > c.min_len) {  // as PasskeyGenerator::next
-    const uint64_t k = uniform_below(rng, (uint64_t)c.length_intervals);
-    d.length = c.min_len + (c.max_len - c.min_len) * (int64_t)k / (c.length_intervals - 1);
-  }
+  d.length = draw_sample_length(rng, c.min_len, c.max_len, c.length_intervals);
   const uint64_t slot = uniform_below(rng, (uint64_t)c.depth_intervals);
   d.depth = c.depth_intervals == 1 ? c.min_depth
                                    : c.min_depth + (c.max_depth - c.min_depth) * (double)slot / (c.depth_intervals - 1);
@@ -122,25 +118,7 @@ PasskeySample RulerSampleSource::build(const RulerDraw& d) const {
       s.needle_positions.push_back(b);
       s.depths.push_back((double)(b - p.body_begin) / body);
     }
-    s.answer_mask.assign(s.tokens.size(), 0);
-    for (const auto& span : s.answer_spans)
-      for (int64_t q = span[0]; q < span[1]; ++q) s.answer_mask[(size_t)q] = 1;
-    switch (cfg_.loss_rows) {  // as the passkey samples (passkey_data.h): one answer a value
-      case LossRows::Answers:
-        for (const auto& span : s.answer_spans)
-          for (int64_t q = span[0]; q < span[1]; ++q) s.loss_rows.push_back(q);
-        break;
-      case LossRows::Predictions:
-        for (const auto& span : s.answer_spans)
-          for (int64_t q = span[0] - 1; q < span[1] - 1; ++q) s.loss_rows.push_back(q);
-        break;
-      case LossRows::FirstWords:
-        for (const auto& span : s.answer_spans) s.loss_rows.push_back(span[0] - 1);
-        break;
-      case LossRows::Questions:
-        for (int64_t q = p.question_begin; q < (int64_t)s.tokens.size(); ++q) s.loss_rows.push_back(q);
-        break;
-    }
+    mark_answers(s, cfg_.loss_rows, p.question_begin);  // one answer a value
     DUO_CHECK((int64_t)s.tokens.size() == d.length, "internal: {} sample of {} tokens, expected {}", d.task,
               s.tokens.size(), d.length);
     return s;
