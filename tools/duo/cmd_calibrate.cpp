@@ -43,17 +43,6 @@ struct CalibrateOptions {
   std::string data_tasks, data_haystacks;  // comma-separated (empty: the defaults)
 };
 
-std::vector<std::string> split_commas(const std::string& s, const char* option) {
-  std::vector<std::string> out;
-  for (size_t at = 0; at <= s.size();) {
-    const size_t comma = std::min(s.find(',', at), s.size());
-    out.push_back(s.substr(at, comma - at));
-    DUO_CHECK(!out.back().empty(), "{}: empty item in '{}'", option, s);
-    at = comma + 1;
-  }
-  return out;
-}
-
 // The RULER source's settings: lengths, depths and loss rows as the passkey source's.
 RulerDataConfig ruler_config(const CalibrateOptions& o) {
   RulerDataConfig r;

@@ -20,19 +20,10 @@ namespace duo::cli {
 
 namespace {
 
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> v;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) v.push_back(item);
-  return v;
-}
-
 template <typename T>
 std::vector<T> parse_list(const std::string& s, const char* what) {
   std::vector<T> v;
-  for (const auto& item : split(s)) {
+  for (const auto& item : split_commas(s)) {
     std::istringstream is(item);
     T x{};
     is >> x;
@@ -148,7 +139,7 @@ void add_ruler_eval(CLI::App& eval) {
   cmd->callback([o] {
     RulerGrid grid;
     grid.kind = parse_ruler_grid(o->grid);
-    if (o->tasks != "all") grid.tasks = split(o->tasks);
+    if (o->tasks != "all") grid.tasks = split_commas(o->tasks);
     for (const auto& t : grid.tasks) ruler_task(t);  // unknown names fail before the model loads
     grid.lengths = parse_list<int64_t>(o->lengths, "length");
     grid.samples = o->samples;
@@ -158,7 +149,7 @@ void add_ruler_eval(CLI::App& eval) {
     grid.seed = o->seed;
     grid.use_chat_template = !o->plain;
     grid.chat_template_file = o->chat_template;
-    const std::vector<std::string> names = o->modes.empty() ? std::vector<std::string>{o->model.attention} : split(o->modes);
+    const std::vector<std::string> names = o->modes.empty() ? std::vector<std::string>{o->model.attention} : split_commas(o->modes);
     bool any_duo = false;
     for (const auto& n : names) {
       const ModeSpec ms = parse_mode(n, o->model.pattern);

@@ -2,6 +2,7 @@
 #pragma once
 #include <CLI/CLI.hpp>
 #include <string>
+#include <vector>
 
 #include "duo/engine.h"
 
@@ -62,6 +63,10 @@ void add_chat_template_option(CLI::App& cmd, std::string& file);
 
 // The whole file as bytes; a clear error when it cannot be read.
 std::string read_text_file(const std::string& path);
+
+// The comma-separated items of s. With `option` an empty item ("a,,b", a trailing comma, an
+// empty s) is an error naming the option; without, empty items are skipped.
+std::vector<std::string> split_commas(const std::string& s, const char* option = nullptr);
 
 // Peak resident memory of this process in MiB (from /proc/self/status VmHWM).
 double peak_rss_mib();

@@ -121,6 +121,19 @@ std::string read_text_file(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(f), {});
 }
 
+std::vector<std::string> split_commas(const std::string& s, const char* option) {
+  std::vector<std::string> out;
+  for (size_t at = 0; at <= s.size();) {
+    const size_t comma = std::min(s.find(',', at), s.size());
+    if (comma > at)
+      out.push_back(s.substr(at, comma - at));
+    else
+      DUO_CHECK(!option, "{}: empty item in '{}'", option, s);
+    at = comma + 1;
+  }
+  return out;
+}
+
 double peak_rss_mib() {
   std::ifstream f("/proc/self/status");
   std::string line;
