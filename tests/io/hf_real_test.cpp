@@ -74,6 +74,15 @@ size_t first_difference(const std::vector<int32_t>& a, const std::vector<int32_t
   return i;
 }
 
+// n greedy tokens of the GGUF engine g after pg and of the directory's engine h after ph, checked
+// equal (what: the prompt, for the failure message); returns g's.
+std::vector<int32_t> expect_same_greedy(Engine& g, const std::vector<int32_t>& pg, Engine& h,
+                                        const std::vector<int32_t>& ph, int n, const std::string& what) {
+  const auto a = greedy(g, pg, n), b = greedy(h, ph, n);
+  EXPECT_EQ(a, b) << what << ": first difference at " << first_difference(a, b);
+  return a;
+}
+
 TEST(HfReal, SmolLM2TokenizerJsonMatchesHf) {
   REQUIRE_HF_DIR(dir, kSmolHf);
   expect_tokenizer_matches_hf(dir, kSmolHf);
@@ -85,11 +94,8 @@ TEST(HfReal, SmolLM2DirectoryGreedyEqualsGguf) {
   REQUIRE_HF_DIR(dir, kSmolHf);
   DUO_REQUIRE_MODEL(gguf, test::kSmolLM2);
   auto g = engine(gguf), h = engine(dir);
-  for (const char* prompt : {"The capital of France is", "def fibonacci(n):\n"}) {
-    const auto a = greedy(*g, plain_prompt(*g, prompt), 24), b = greedy(*h, plain_prompt(*h, prompt), 24);
-    EXPECT_FALSE(a.empty());
-    EXPECT_EQ(a, b) << prompt << ": first difference at " << first_difference(a, b);
-  }
+  for (const char* prompt : {"The capital of France is", "def fibonacci(n):\n"})
+    EXPECT_FALSE(expect_same_greedy(*g, plain_prompt(*g, prompt), *h, plain_prompt(*h, prompt), 24, prompt).empty());
 }
 
 TEST(HfReal, QwenCoderTokenizerJsonMatchesHf) {
@@ -104,17 +110,12 @@ TEST(HfReal, QwenCoderDirectoryGreedyEqualsGguf) {
   REQUIRE_HF_DIR(dir, kQwenHf);
   DUO_REQUIRE_MODEL(gguf, test::kQwenCoder);
   auto g = engine(gguf), h = engine(dir);
-  for (const char* prompt : {"def fibonacci(n):\n", "# Sum of the squares of 1 to 100\n"}) {
-    const auto a = greedy(*g, plain_prompt(*g, prompt), 16), b = greedy(*h, plain_prompt(*h, prompt), 16);
-    EXPECT_EQ(a.size(), 16u);
-    EXPECT_EQ(a, b) << prompt << ": first difference at " << first_difference(a, b);
-  }
+  for (const char* prompt : {"def fibonacci(n):\n", "# Sum of the squares of 1 to 100\n"})
+    EXPECT_EQ(expect_same_greedy(*g, plain_prompt(*g, prompt), *h, plain_prompt(*h, prompt), 16, prompt).size(), 16u);
   const std::vector<ChatMessage> chat = {{"user", "Write a C function that returns the larger of two ints."}};
   const auto pg = chat_prompt(*g, chat), ph = chat_prompt(*h, chat);
   ASSERT_EQ(pg, ph);
-  const auto a = greedy(*g, pg, 24), b = greedy(*h, ph, 24);
-  EXPECT_EQ(a.size(), 24u);
-  EXPECT_EQ(a, b) << "chat: first difference at " << first_difference(a, b);
+  EXPECT_EQ(expect_same_greedy(*g, pg, *h, ph, 24, "chat").size(), 24u);
 }
 
 }  // namespace
