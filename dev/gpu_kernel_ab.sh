@@ -42,6 +42,7 @@ if [ "$(left)" -gt 60 ]; then
   timeout 60 /tmp/duo-ab-bn/duo_cuda_tests --gtest_brief=1 --gtest_filter="$tests" > "$R/cuda_tests.txt" 2>&1
   log "tests rc=$? ($(grep -c '^\[  FAILED' "$R/cuda_tests.txt") failed lines)"
 fi
+bin_of() { [ "$1" = base ] && echo /tmp/duo-ab-bb/duo || echo /tmp/duo-ab-bn/duo; }  # new|base
 B=(bench --device cuda --synthetic llama3-8b --gpu-weights int8 --modes full,duo50 --each-kv-type
    --kv-types bf16,q8,q4 --prefill 0 --decode 131072 --decode-steps 16)
 bench() {  # new|base round
@@ -51,17 +52,15 @@ bench() {  # new|base round
     wait $base_pid 2>/dev/null
     [ "$(cat "$R/build_base.rc" 2>/dev/null)" = 0 ] || return 0
   fi
-  local bin=/tmp/duo-ab-bn/duo; [ "$1" = base ] && bin=/tmp/duo-ab-bb/duo
-  timeout $(( $(left) - 20 )) "$bin" "${B[@]}" --out "$R/bench_$1_r$2.json" > "$R/bench_$1_r$2.txt" 2>&1
+  timeout $(( $(left) - 20 )) "$(bin_of "$1")" "${B[@]}" --out "$R/bench_$1_r$2.json" > "$R/bench_$1_r$2.txt" 2>&1
   log "bench $1 r$2 rc=$?"
 }
 ncu1() {  # new|base kv-type: one decode-attention launch at 128K, hardware counters
   [ "$(left)" -gt 80 ] || return 0
-  local bin=/tmp/duo-ab-bn/duo; [ "$1" = base ] && bin=/tmp/duo-ab-bb/duo
   timeout 75 ncu --clock-control none -k regex:decode_mma_kernel --launch-skip 8 --launch-count 1 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
     --section LaunchStats --section InstructionStats --section SchedulerStats \
-    "$bin" bench --device cuda --synthetic llama3-8b --gpu-weights int8 --modes full --each-kv-type \
+    "$(bin_of "$1")" bench --device cuda --synthetic llama3-8b --gpu-weights int8 --modes full --each-kv-type \
     --kv-types "$2" --prefill 0 --decode 131072 --decode-steps 2 > "$R/ncu_$1_$2.txt" 2>&1
   log "ncu $1 $2 rc=$?"
 }
