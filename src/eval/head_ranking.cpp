@@ -19,8 +19,8 @@ namespace {
 
 class NeedleMassObserver : public AttentionObserver {
  public:
-  NeedleMassObserver(int n_layers, int n_kv, const NeedlePrompt& p)
-      : n_kv_(n_kv), mass_((size_t)n_layers * n_kv, 0.0), p_(p) {}
+  NeedleMassObserver(int n_layers, int n_heads, const NeedlePrompt& p)
+      : n_heads_(n_heads), mass_((size_t)n_layers * n_heads, 0.0), p_(p) {}
 
   void on_attention(const ObservedAttention& a) override {
     const int d = a.head_dim, g = a.n_heads / a.n_kv_heads;
@@ -49,29 +49,31 @@ class NeedleMassObserver : public AttentionObserver {
           total += e;
           if (in) on_needle += e;
         }
-        mass_[(size_t)a.layer * n_kv_ + kvh] += on_needle / total / g;
+        mass_[(size_t)a.layer * n_heads_ + h] += on_needle / total;
       }
     }
   }
   const std::vector<double>& mass() const { return mass_; }
 
  private:
-  int n_kv_;
+  int n_heads_;
   std::vector<double> mass_;
   const NeedlePrompt& p_;
 };
 
 }  // namespace
 
-GateMatrix rank_heads_by_needle_mass(Engine& engine, const HeadRankingOptions& o,
-                                     const std::function<void(size_t, size_t)>& progress) {
+NeedleMass measure_needle_mass(Engine& engine, const HeadRankingOptions& o,
+                               const std::function<void(size_t, size_t)>& progress) {
   DUO_CHECK(engine.options().attention == AttentionMode::Full, "head ranking must run with full attention");
   ModelBackend& backend = engine.backend();
   DUO_CHECK(backend.observes_attention(),
             "head ranking observes attention, which device '{}' does not show: use --device cpu",
             to_string(backend.device()));
   const ModelConfig& c = engine.model().config();
-  std::vector<double> mass((size_t)c.n_layers * c.n_kv_heads, 0.0);
+  NeedleMass m;
+  m.n_layers = c.n_layers, m.n_heads = c.n_heads, m.n_kv_heads = c.n_kv_heads;
+  m.query.assign((size_t)c.n_layers * c.n_heads, 0.0);
   const ChatTemplate tmpl = chat_template_of(engine.model(), engine.tokenizer());
   const size_t total = o.lengths.size() * o.depths.size();
   size_t done = 0;
@@ -79,7 +81,7 @@ GateMatrix rank_heads_by_needle_mass(Engine& engine, const HeadRankingOptions& o
     for (double depth : o.depths) {
       const NeedlePrompt p =
           build_needle_prompt(engine.tokenizer(), &tmpl, NeedleTask::Niah, L, depth, o.seed + done);
-      NeedleMassObserver obs(c.n_layers, c.n_kv_heads, p);
+      NeedleMassObserver obs(c.n_layers, c.n_heads, p);
       backend.set_attention_observer(&obs);
       auto session = engine.new_session();
       try {
@@ -89,15 +91,69 @@ GateMatrix rank_heads_by_needle_mass(Engine& engine, const HeadRankingOptions& o
         throw;
       }
       backend.set_attention_observer(nullptr);
-      for (size_t i = 0; i < mass.size(); ++i) mass[i] += obs.mass()[i];
+      for (size_t i = 0; i < m.query.size(); ++i) m.query[i] += obs.mass()[i];
       if (progress) progress(++done, total);
     }
+  return m;
+}
+
+namespace {
+// Each KV head's group mean.
+std::vector<double> kv_mass(const NeedleMass& m) {
+  const int g = m.n_heads / m.n_kv_heads;
+  std::vector<double> kv((size_t)m.n_layers * m.n_kv_heads, 0.0);
+  for (size_t i = 0; i < m.query.size(); ++i) {
+    const size_t l = i / (size_t)m.n_heads, h = i % (size_t)m.n_heads;
+    kv[l * (size_t)m.n_kv_heads + h / (size_t)g] += m.query[i] / g;
+  }
+  return kv;
+}
+// Indices of v from largest to smallest (ties: lower index first).
+std::vector<size_t> by_mass(const std::vector<double>& v) {
+  std::vector<size_t> idx(v.size());
+  for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
+  std::stable_sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return v[a] > v[b]; });
+  return idx;
+}
+}  // namespace
+
+GateMatrix gates_of(const NeedleMass& m) {
   GateMatrix g;
-  g.n_layers = c.n_layers;
-  g.n_kv_heads = c.n_kv_heads;
-  const double mx = *std::max_element(mass.begin(), mass.end());
-  for (double m : mass) g.values.push_back(mx > 0 ? (float)(m / mx) : 0.0f);
+  g.n_layers = m.n_layers;
+  g.n_kv_heads = m.n_kv_heads;
+  const std::vector<double> kv = kv_mass(m);
+  const double mx = kv.empty() ? 0.0 : *std::max_element(kv.begin(), kv.end());
+  for (double v : kv) g.values.push_back(mx > 0 ? (float)(v / mx) : 0.0f);
   return g;
+}
+
+GqaCoverage gqa_coverage(const NeedleMass& m, double fraction) {
+  DUO_CHECK(fraction >= 0.0 && fraction <= 1.0, "gqa_coverage: fraction {} outside [0, 1]", fraction);
+  const int g = m.n_heads / m.n_kv_heads;
+  const std::vector<double> kv = kv_mass(m);
+  double sum = 0;
+  for (double v : m.query) sum += v;
+  GqaCoverage c;
+  c.kv_kept = (int)std::lround(fraction * (double)kv.size());
+  c.query_kept = (int)std::lround(fraction * (double)m.query.size());
+  if (sum <= 0) return c;
+  const std::vector<size_t> kv_order = by_mass(kv), q_order = by_mass(m.query);
+  for (int i = 0; i < c.kv_kept; ++i) c.kv_share += kv[kv_order[(size_t)i]] * g / sum;
+  std::vector<char> holds(kv.size(), 0);
+  for (int i = 0; i < c.query_kept; ++i) {
+    const size_t q = q_order[(size_t)i];
+    c.query_share += m.query[q] / sum;
+    holds[q / (size_t)m.n_heads * (size_t)m.n_kv_heads + q % (size_t)m.n_heads / (size_t)g] = 1;
+  }
+  for (char h : holds) c.kv_holding_top_queries += h;
+  for (double held = 0; c.kv_for_query_share < (int)kv.size() && held < c.query_share * (1 - 1e-12);)
+    held += kv[kv_order[(size_t)c.kv_for_query_share++]] * g / sum;
+  return c;
+}
+
+GateMatrix rank_heads_by_needle_mass(Engine& engine, const HeadRankingOptions& o,
+                                     const std::function<void(size_t, size_t)>& progress) {
+  return gates_of(measure_needle_mass(engine, o, progress));
 }
 
 }  // namespace duo

@@ -19,6 +19,32 @@ struct HeadRankingOptions {
   uint64_t seed = 11;
 };
 
+// Needle attention mass of every query head, summed over the probe prompts' question rows
+// (row-major [layer][query head]; a KV head's group is g = n_heads / n_kv_heads consecutive heads).
+struct NeedleMass {
+  int n_layers = 0, n_heads = 0, n_kv_heads = 0;
+  std::vector<double> query;
+};
+
+NeedleMass measure_needle_mass(Engine& engine, const HeadRankingOptions& opts,
+                               const std::function<void(size_t, size_t)>& progress = nullptr);
+
+// The KV heads' gates: each group's mean mass, scaled by the largest.
+GateMatrix gates_of(const NeedleMass& m);
+
+// What grouping query heads under a KV head costs a retrieval budget of `fraction` of the heads:
+// the needle mass the top KV heads hold (k = round(fraction * layers * KV heads), each holding its
+// whole group), against what the same fraction of query heads would hold if each could be kept on
+// its own, how many KV heads those query heads sit in, and how many top KV heads it takes to hold
+// as much mass as those query heads do.
+struct GqaCoverage {
+  int kv_kept = 0, query_kept = 0;
+  double kv_share = 0, query_share = 0;  // of the total mass
+  int kv_holding_top_queries = 0;
+  int kv_for_query_share = 0;
+};
+GqaCoverage gqa_coverage(const NeedleMass& m, double fraction);
+
 GateMatrix rank_heads_by_needle_mass(Engine& engine, const HeadRankingOptions& opts,
                                      const std::function<void(size_t, size_t)>& progress = nullptr);
 

@@ -65,6 +65,39 @@ TEST(HeadRanking, NeedleMassOfHandSetHeads) {
       EXPECT_EQ(kinds[l][h], h == M::digit_head(l) ? HeadKind::Retrieval : HeadKind::Streaming) << l << " " << h;
 }
 
+// GQA coverage on a hand-set mass: 2 layers, 4 query heads over 2 KV heads (groups {0, 1}, {2, 3}).
+//   layer 0: 8 0 | 1 1      KV means 4, 1
+//   layer 1: 3 3 | 0 0      KV means 3, 0       total 16
+// At 25%: one KV head, layer 0 head 0 (group mass 8 of 16: 50%); two query heads, the 8 and one 3
+// (11/16 = 68.75%) in two KV heads, which the top two KV heads also reach (14/16). At 50%: KV heads
+// (0, 0) and (1, 0), 14/16 = 87.5%; query heads 8, 3, 3, 1 (15/16 = 93.75%) in three KV heads, as
+// much as the top three KV heads hold (16/16).
+TEST(HeadRanking, GqaCoverageOfHandSetMass) {
+  NeedleMass m;
+  m.n_layers = 2, m.n_heads = 4, m.n_kv_heads = 2;
+  m.query = {8, 0, 1, 1, 3, 3, 0, 0};
+  const GateMatrix g = gates_of(m);
+  EXPECT_FLOAT_EQ(g.at(0, 0), 1.0f);
+  EXPECT_FLOAT_EQ(g.at(0, 1), 0.25f);
+  EXPECT_FLOAT_EQ(g.at(1, 0), 0.75f);
+  EXPECT_FLOAT_EQ(g.at(1, 1), 0.0f);
+  const GqaCoverage q = gqa_coverage(m, 0.25);
+  EXPECT_EQ(q.kv_kept, 1);
+  EXPECT_EQ(q.query_kept, 2);
+  EXPECT_DOUBLE_EQ(q.kv_share, 0.5);
+  EXPECT_DOUBLE_EQ(q.query_share, 11.0 / 16);
+  EXPECT_EQ(q.kv_holding_top_queries, 2);
+  EXPECT_EQ(q.kv_for_query_share, 2);
+  const GqaCoverage h = gqa_coverage(m, 0.5);
+  EXPECT_EQ(h.kv_kept, 2);
+  EXPECT_EQ(h.query_kept, 4);
+  EXPECT_DOUBLE_EQ(h.kv_share, 14.0 / 16);
+  EXPECT_DOUBLE_EQ(h.query_share, 15.0 / 16);
+  EXPECT_EQ(h.kv_holding_top_queries, 3);
+  EXPECT_EQ(h.kv_for_query_share, 3);
+  EXPECT_THROW(gqa_coverage(m, 1.5), std::runtime_error);
+}
+
 TEST(HeadRanking, NeedsFullAttention) {
   test::TempFile file("duo_head_ranking_mode.gguf");
   test::write_byte_model(file.path);

@@ -189,12 +189,23 @@ void add_pattern(CLI::App& app) {
     ho.lengths = parse_csv_list<int64_t>(o->lengths, "length");
     ho.depths = parse_csv_list<double>(o->depths, "depth");
     const auto t0 = std::chrono::steady_clock::now();
-    GateMatrix g = rank_heads_by_needle_mass(engine, ho, [&](size_t done, size_t total) {
+    const NeedleMass m = measure_needle_mass(engine, ho, [&](size_t done, size_t total) {
       progress_bar(done, total, "probe prompts",
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     });
+    const GateMatrix g = gates_of(m);
     save_gates_tsv(g, o->out);
     fmt::print("wrote {} ({} layers x {} KV heads)\n", o->out, g.n_layers, g.n_kv_heads);
+    if (m.n_heads > m.n_kv_heads) {  // GQA: what keeping whole groups costs
+      for (double f : {0.25, 0.5}) {
+        const GqaCoverage c = gqa_coverage(m, f);
+        fmt::print(
+            "{:.0f}% of heads: the top {} KV heads hold {:.1f}% of the needle mass; the top {} query heads would hold "
+            "{:.1f}%, spread over {} KV heads (the top {} KV heads hold as much)\n",
+            100 * f, c.kv_kept, 100 * c.kv_share, c.query_kept, 100 * c.query_share, c.kv_holding_top_queries,
+            c.kv_for_query_share);
+      }
+    }
   });
   auto file = std::make_shared<std::string>();
   auto ratio = std::make_shared<double>(0.5);
