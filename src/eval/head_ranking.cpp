@@ -98,14 +98,15 @@ NeedleMass measure_needle_mass(Engine& engine, const HeadRankingOptions& o,
 }
 
 namespace {
-// Each KV head's group mean.
+// The KV head (layer-major index) that query head q (layer-major index) reads.
+size_t kv_of(const NeedleMass& m, size_t q) {
+  const size_t g = (size_t)(m.n_heads / m.n_kv_heads);
+  return q / (size_t)m.n_heads * (size_t)m.n_kv_heads + q % (size_t)m.n_heads / g;
+}
+// Each KV head's group total.
 std::vector<double> kv_mass(const NeedleMass& m) {
-  const int g = m.n_heads / m.n_kv_heads;
   std::vector<double> kv((size_t)m.n_layers * m.n_kv_heads, 0.0);
-  for (size_t i = 0; i < m.query.size(); ++i) {
-    const size_t l = i / (size_t)m.n_heads, h = i % (size_t)m.n_heads;
-    kv[l * (size_t)m.n_kv_heads + h / (size_t)g] += m.query[i] / g;
-  }
+  for (size_t q = 0; q < m.query.size(); ++q) kv[kv_of(m, q)] += m.query[q];
   return kv;
 }
 // Indices of v from largest to smallest (ties: lower index first).
@@ -129,7 +130,6 @@ GateMatrix gates_of(const NeedleMass& m) {
 
 GqaCoverage gqa_coverage(const NeedleMass& m, double fraction) {
   DUO_CHECK(fraction >= 0.0 && fraction <= 1.0, "gqa_coverage: fraction {} outside [0, 1]", fraction);
-  const int g = m.n_heads / m.n_kv_heads;
   const std::vector<double> kv = kv_mass(m);
   double sum = 0;
   for (double v : m.query) sum += v;
@@ -138,16 +138,16 @@ GqaCoverage gqa_coverage(const NeedleMass& m, double fraction) {
   c.query_kept = (int)std::lround(fraction * (double)m.query.size());
   if (sum <= 0) return c;
   const std::vector<size_t> kv_order = by_mass(kv), q_order = by_mass(m.query);
-  for (int i = 0; i < c.kv_kept; ++i) c.kv_share += kv[kv_order[(size_t)i]] * g / sum;
+  for (int i = 0; i < c.kv_kept; ++i) c.kv_share += kv[kv_order[(size_t)i]] / sum;
   std::vector<char> holds(kv.size(), 0);
   for (int i = 0; i < c.query_kept; ++i) {
     const size_t q = q_order[(size_t)i];
     c.query_share += m.query[q] / sum;
-    holds[q / (size_t)m.n_heads * (size_t)m.n_kv_heads + q % (size_t)m.n_heads / (size_t)g] = 1;
+    holds[kv_of(m, q)] = 1;
   }
   for (char h : holds) c.kv_holding_top_queries += h;
   for (double held = 0; c.kv_for_query_share < (int)kv.size() && held < c.query_share * (1 - 1e-12);)
-    held += kv[kv_order[(size_t)c.kv_for_query_share++]] * g / sum;
+    held += kv[kv_order[(size_t)c.kv_for_query_share++]] / sum;
   return c;
 }
 

@@ -29,7 +29,7 @@ struct NeedleMass {
 NeedleMass measure_needle_mass(Engine& engine, const HeadRankingOptions& opts,
                                const std::function<void(size_t, size_t)>& progress = nullptr);
 
-// The KV heads' gates: each group's mean mass, scaled by the largest.
+// The KV heads' gates: each group's total mass, scaled by the largest (as its mean would be).
 GateMatrix gates_of(const NeedleMass& m);
 
 // What grouping query heads under a KV head costs a retrieval budget of `fraction` of the heads:
